@@ -1,0 +1,23 @@
+//! One module per command. Each parses its own arguments and calls into a library crate.
+
+use std::process::ExitCode;
+
+/// How a command that ran to the end came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Outcome {
+    /// Success: clean, verified, passed.
+    Success,
+    /// The command ran and found something (findings, failed verification).
+    Findings,
+}
+
+impl Outcome {
+    /// The documented exit code: 0 success, 1 findings (2 is errors, in `main`).
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Outcome::Success => ExitCode::SUCCESS,
+            Outcome::Findings => ExitCode::from(1),
+        }
+    }
+}
