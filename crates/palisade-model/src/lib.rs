@@ -1,0 +1,2 @@
+//! Model runtimes behind the `palisade-core` classifier abstraction.
+#![forbid(unsafe_code)]
