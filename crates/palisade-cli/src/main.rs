@@ -31,13 +31,18 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Scan model files for code-execution payloads (exit 0 clean, 1 findings, 2 unscannable).
+    Scan(cmd::scan::ScanArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging(&cli.log);
     let ctx = output::Ctx { json: cli.json };
-    let result: anyhow::Result<cmd::Outcome> = match cli.command {};
+    let result: anyhow::Result<cmd::Outcome> = match &cli.command {
+        Command::Scan(args) => cmd::scan::run(&ctx, args),
+    };
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => output::report_error(&ctx, &err),
