@@ -97,11 +97,12 @@ impl ScanOptions {
 #[non_exhaustive]
 pub enum ScanError {
     /// The path to scan does not exist or cannot be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
     },
     /// Walking a directory failed.

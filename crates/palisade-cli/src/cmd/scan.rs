@@ -9,12 +9,7 @@ use palisade_scan::{FileStatus, ScanOptions, ScanReport, Severity};
 use crate::cmd::Outcome;
 use crate::output::Ctx;
 
-/// Scan model files and directories for payloads (pickle, PyTorch, NumPy, Keras, TensorFlow,
-/// ONNX, safetensors, GGUF; formats detected by content).
-///
-/// Exit codes: 0 every file clean; 1 suspicious or dangerous findings; 2 no findings but at
-/// least one file could not be analysed (unknown format, truncated, malformed, unreadable), or
-/// an error. A file that could not be analysed is never reported clean.
+/// Arguments of `palisade scan` (its help text is on `Command::Scan`).
 #[derive(Debug, Args)]
 pub struct ScanArgs {
     /// Files or directories (scanned recursively, in parallel).
@@ -28,10 +23,6 @@ pub struct ScanArgs {
     /// Strict: archive members of unknown format make the archive unscannable.
     #[arg(long)]
     pub strict: bool,
-
-    /// Accepted for symmetry with --sarif; same as the global --json.
-    #[arg(long, hide = true)]
-    pub json: bool,
 }
 
 /// Runs the scan and prints the report.
@@ -50,9 +41,6 @@ pub fn run(ctx: &Ctx, args: &ScanArgs) -> anyhow::Result<Outcome> {
         s.finish_and_clear();
     }
     let report = ScanReport::merge(reports);
-    let ctx = Ctx {
-        json: ctx.json || args.json,
-    };
     if args.sarif {
         let log = palisade_scan::sarif::to_sarif(&report);
         let s = serde_json::to_string_pretty(&log)?;
