@@ -168,8 +168,7 @@ fn getattr_chain_reports_the_call_chain() {
     let last = r.files[0]
         .findings
         .iter()
-        .filter(|f| f.kind == K::PickleCall)
-        .next_back()
+        .rfind(|f| f.kind == K::PickleCall)
         .unwrap();
     assert!(
         last.chain
