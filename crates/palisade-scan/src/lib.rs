@@ -257,3 +257,44 @@ pub fn scan_bytes(path: &Path, bytes: Vec<u8>, opts: &ScanOptions) -> ScanReport
         )],
     )
 }
+
+/// Entry points for the cargo-fuzz targets in `fuzz/`: each runs one parser on arbitrary bytes.
+/// Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::detect::Ctx;
+    use crate::sink::Sink;
+    use crate::{ScanOptions, formats, pickle};
+
+    /// The pickle VM over a raw stream (several pickles, legacy torch layout).
+    pub fn pickle(data: &[u8]) {
+        let mut sink = Sink::new();
+        let mut r = data;
+        let _ = pickle::scan_stream(&mut r, &mut sink, pickle::vm::Limits::default());
+    }
+
+    /// The zip reader and every member scanner behind it.
+    pub fn zip(data: &[u8]) {
+        let opts = ScanOptions { max_in_memory: 1 << 20, max_member_size: 16 << 20, ..ScanOptions::default() };
+        let ctx = Ctx { opts: &opts, dir: None, file_name: None };
+        let mut sink = Sink::new();
+        let _ = formats::archive::scan_zip(&data.to_vec(), &mut sink, &ctx, 0);
+    }
+
+    /// The safetensors header checks.
+    pub fn safetensors(data: &[u8]) {
+        let mut sink = Sink::new();
+        formats::safetensors::scan(&data.to_vec(), &mut sink);
+    }
+
+    /// The GGUF parser.
+    pub fn gguf(data: &[u8]) {
+        let mut sink = Sink::new();
+        formats::gguf::scan(&data.to_vec(), &mut sink);
+    }
+
+    /// Detection and dispatch: any bytes, as a file.
+    pub fn any(data: &[u8]) {
+        let _ = crate::scan_bytes(std::path::Path::new("fuzz"), data.to_vec(), &ScanOptions::default());
+    }
+}
