@@ -102,17 +102,11 @@ pub(crate) fn scan_stream(r: &mut dyn BufRead, sink: &mut Sink, limits: Limits) 
         match one(&mut input, sink, limits) {
             Ok(Some(o)) => {
                 count += 1;
-                let sev = if sink.any_dangerous_since(before) {
-                    Severity::Dangerous
-                } else {
-                    Severity::Suspicious
-                };
-                sink.push(
-                    sev,
-                    FindingKind::ParserDifferential,
-                    Some(at),
-                    format!("a second pickle follows STOP at offset {at} (pickle.load reads only the first)"),
-                    Vec::new(),
+                more_after_stop(
+                    sink,
+                    before,
+                    at,
+                    "a second pickle follows STOP (pickle.load reads only the first)",
                 );
                 result.nested.extend(o.nested);
             }
@@ -230,20 +224,12 @@ fn legacy(input: &mut Input<'_>, sink: &mut Sink, limits: Limits, result: &mut S
             let before = sink.len();
             // Anything after the last storage is never read by torch.load: scan it anyway.
             match one(input, sink, limits) {
-                Ok(Some(_)) => {
-                    let sev = if sink.any_dangerous_since(before) {
-                        Severity::Dangerous
-                    } else {
-                        Severity::Suspicious
-                    };
-                    sink.push(
-                        sev,
-                        FindingKind::ParserDifferential,
-                        Some(at),
-                        "a pickle follows the last legacy torch storage",
-                        Vec::new(),
-                    );
-                }
+                Ok(Some(_)) => more_after_stop(
+                    sink,
+                    before,
+                    at,
+                    "a pickle follows the last legacy torch storage",
+                ),
                 _ => sink.push(
                     Severity::Suspicious,
                     FindingKind::ParserDifferential,
@@ -259,6 +245,23 @@ fn legacy(input: &mut Input<'_>, sink: &mut Sink, limits: Limits, result: &mut S
             format!("read error: {e}"),
         ),
     }
+}
+
+/// Reports a pickle found where the loader stops reading: dangerous if it holds something
+/// dangerous, suspicious otherwise.
+fn more_after_stop(sink: &mut Sink, before: usize, at: u64, what: &str) {
+    let sev = if sink.any_dangerous_since(before) {
+        Severity::Dangerous
+    } else {
+        Severity::Suspicious
+    };
+    sink.push(
+        sev,
+        FindingKind::ParserDifferential,
+        Some(at),
+        format!("{what}, at offset {at}"),
+        Vec::new(),
+    );
 }
 
 fn read_exact(input: &mut Input<'_>, buf: &mut [u8]) -> Result<(), PickleError> {

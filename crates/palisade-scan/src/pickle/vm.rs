@@ -21,6 +21,8 @@ pub(crate) struct Limits {
     pub(crate) max_line: usize,
     /// Bytes/str operands longer than this are skipped, not kept (their length is).
     pub(crate) keep_bytes: u64,
+    /// Most operand bytes kept over the whole pickle; beyond it, operands are skipped.
+    pub(crate) keep_total: u64,
     /// Deepest mark nesting.
     pub(crate) max_marks: usize,
 }
@@ -32,6 +34,7 @@ impl Default for Limits {
             max_memo: 10_000_000,
             max_line: 1 << 20,
             keep_bytes: 64 << 20,
+            keep_total: 256 << 20,
             max_marks: 100_000,
         }
     }
@@ -265,6 +268,8 @@ pub(crate) struct Vm<'s> {
     memo: HashMap<u64, V>,
     arena: Vec<Obj>,
     elements: usize,
+    /// Operand bytes kept so far.
+    kept: u64,
     /// Base offset added to every reported offset (where this pickle starts in its member).
     base: u64,
     /// End of the current frame, if inside one.
@@ -285,6 +290,7 @@ impl<'s> Vm<'s> {
             memo: HashMap::new(),
             arena: Vec::new(),
             elements: 0,
+            kept: 0,
             base,
             frame_end: None,
             frame_differential_reported: false,
@@ -683,8 +689,18 @@ impl<'s> Vm<'s> {
         Ok(())
     }
 
+    /// Whether an operand of `n` bytes may be kept in memory (and counts it if so).
+    fn keep(&mut self, n: u64) -> bool {
+        if n <= self.limits.keep_bytes && self.kept.saturating_add(n) <= self.limits.keep_total {
+            self.kept += n;
+            true
+        } else {
+            false
+        }
+    }
+
     fn bytes(&mut self, input: &mut Input<'_>, n: u64, at: u64) -> R<V> {
-        if n <= self.limits.keep_bytes {
+        if self.keep(n) {
             let len = usize::try_from(n).map_err(|_| PickleError::Limit {
                 offset: self.base + at,
                 msg: "length",
@@ -698,7 +714,7 @@ impl<'s> Vm<'s> {
     }
 
     fn text(&mut self, input: &mut Input<'_>, n: u64, at: u64) -> R<V> {
-        if n <= self.limits.keep_bytes {
+        if self.keep(n) {
             let len = usize::try_from(n).map_err(|_| PickleError::Limit {
                 offset: self.base + at,
                 msg: "length",
