@@ -188,30 +188,59 @@ fn symlink_report(path: &Path, message: &str) -> FileReport {
     )
 }
 
+/// Files up to this size are read whole (one read, hashed from memory); larger ones are read
+/// with positional reads, only where a format needs it, so memory stays constant.
+const READ_WHOLE: u64 = 32 << 20;
+
 /// Scans one file. IO problems become error findings.
 fn scan_file(path: &Path, opts: &ScanOptions) -> FileReport {
     let mut sink = Sink::new();
-    let (format, size, sha) = match File::open(path).and_then(FileBlob::new) {
+    let ctx = detect::Ctx {
+        opts,
+        dir: path.parent().map(Path::to_path_buf),
+        file_name: file_name(path),
+    };
+    let opened = File::open(path).and_then(|f| {
+        let len = f.metadata()?.len();
+        Ok((f, len))
+    });
+    let (format, size, sha) = match opened {
         Err(e) => {
             sink.error(FindingKind::Unparsable, None, format!("cannot read: {e}"));
             (Format::Unknown, 0, String::new())
         }
-        Ok(blob) => {
-            let sha = match sha256_file(path) {
-                Ok(h) => h,
+        Ok((mut f, len)) if len <= READ_WHOLE => {
+            let mut bytes = Vec::with_capacity(len as usize);
+            match f.read_to_end(&mut bytes) {
+                Ok(_) => {
+                    let sha = hex::encode(Sha256::digest(&bytes));
+                    let format = detect::scan_blob(&bytes, &mut sink, &ctx, 0);
+                    (format, bytes.len() as u64, sha)
+                }
                 Err(e) => {
                     sink.error(FindingKind::Unparsable, None, format!("cannot read: {e}"));
-                    String::new()
+                    (Format::Unknown, len, String::new())
                 }
-            };
-            let ctx = detect::Ctx {
-                opts,
-                dir: path.parent().map(Path::to_path_buf),
-                file_name: file_name(path),
-            };
-            let format = detect::scan_blob(&blob, &mut sink, &ctx, 0);
-            (format, blob::Blob::len(&blob), sha)
+            }
         }
+        Ok((f, _)) => match FileBlob::new(f) {
+            Err(e) => {
+                sink.error(FindingKind::Unparsable, None, format!("cannot read: {e}"));
+                (Format::Unknown, 0, String::new())
+            }
+            Ok(blob) => {
+                // Hash and scan at the same time: the hash reads every byte, the scan few.
+                let (sha, format) = rayon::join(
+                    || sha256_file(path),
+                    || detect::scan_blob(&blob, &mut sink, &ctx, 0),
+                );
+                let sha = sha.unwrap_or_else(|e| {
+                    sink.error(FindingKind::Unparsable, None, format!("cannot read: {e}"));
+                    String::new()
+                });
+                (format, blob::Blob::len(&blob), sha)
+            }
+        },
     };
     FileReport::new(path.to_path_buf(), format, size, sha, sink.findings)
 }
