@@ -413,3 +413,59 @@ fn resource_limits_fail_closed_without_panicking() {
         .bytes();
     assert!(!scan("x", b).is_clean());
 }
+
+/// A joblib `NumpyArrayWrapper` for an array of `count` elements of `dtype`, as joblib writes it
+/// (the array bytes follow, outside the pickle opcodes).
+fn joblib_wrapper(dtype: &str, count: u8) -> Pickle {
+    Pickle::new()
+        .proto(4)
+        .short_unicode("joblib.numpy_pickle")
+        .short_unicode("NumpyArrayWrapper")
+        .stack_global()
+        .empty_tuple()
+        .newobj()
+        .empty_dict()
+        .mark()
+        .short_unicode("shape")
+        .int1(count)
+        .tuple1()
+        .short_unicode("dtype")
+        .short_unicode("numpy")
+        .short_unicode("dtype")
+        .stack_global()
+        .short_unicode(dtype)
+        .op(0x89)
+        .op(0x88)
+        .op(0x87)
+        .reduce()
+        .short_unicode("numpy_array_alignment_bytes")
+        .int1(16)
+        .setitems()
+        .build()
+}
+
+#[test]
+fn joblib_arrays_are_skipped_and_object_arrays_emulated() {
+    // 3 float64 = 24 raw bytes that look like a payload to a parser that reads them as opcodes.
+    let mut raw = b"cos\nsystem\n(S'id'\ntR.".to_vec();
+    raw.resize(24, b'.');
+    let b = joblib_wrapper("f8", 3)
+        .raw(&[2, 0xff, 0xff])
+        .raw(&raw)
+        .stop()
+        .bytes();
+    let r = scan("m.joblib", b);
+    assert!(r.is_clean(), "{}", dump(&r));
+
+    // An object array is a nested pickle, emulated like any other.
+    let b = joblib_wrapper("O8", 1)
+        .raw(&Pickle::os_system("id"))
+        .stop()
+        .bytes();
+    let r = scan("m.joblib", b);
+    assert!(has(&r, S::Dangerous, K::PickleCall), "{}", dump(&r));
+
+    // Array bytes cut short.
+    let b = joblib_wrapper("f8", 3).raw(&[0]).raw(&[0; 10]).bytes();
+    assert!(!scan("m.joblib", b).is_clean());
+}
