@@ -469,3 +469,20 @@ fn joblib_arrays_are_skipped_and_object_arrays_emulated() {
     let b = joblib_wrapper("f8", 3).raw(&[0]).raw(&[0; 10]).bytes();
     assert!(!scan("m.joblib", b).is_clean());
 }
+
+#[test]
+fn compressed_joblib_streams() {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&Pickle::os_system("id")).unwrap();
+    let r = scan("m.joblib", z.finish().unwrap());
+    assert_eq!(r.files[0].format, Format::Compressed);
+    assert!(has(&r, S::Dangerous, K::PickleCall), "{}", dump(&r));
+
+    let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    g.write_all(&torch_state_dict()).unwrap();
+    assert!(scan("m.joblib", g.finish().unwrap()).is_clean());
+
+    // A stream that is not what its header says.
+    assert!(!scan("m.joblib", b"\x1f\x8b\x08\x00garbage".to_vec()).is_clean());
+}
