@@ -62,28 +62,35 @@ PY
 
 measure() { # runs, label, command...: median wall time and largest peak RSS over the runs
   local runs=$1 label=$2; shift 2
-  local log walls=() rss=0 rc=0 w r
+  local log walls=() cpus=() rss=0 rc=0 w r c
   log=$(mktemp)
   for ((i = 0; i < runs; i++)); do
+    # Wall time from bash's microsecond clock (time(1) rounds to 10 ms); RSS from time(1).
+    local t0=$EPOCHREALTIME
     set +e
     /usr/bin/time -v "$@" > /dev/null 2> "$log"
     rc=$?
     set -e
-    w=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$log" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+    w=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.4f", b - a }')
     r=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
+    c=$(awk -F': ' '/User time \(seconds\)/ {u=$2} /System time \(seconds\)/ {s=$2} END {print u + s}' "$log")
     walls+=("$w")
+    cpus+=("$c")
     ((r > rss)) && rss=$r
   done
   rm -f "$log"
-  local median
+  local median cpu
   median=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  printf '%-24s wall %8.3f s (median of %d)  peak RSS %8d KiB  exit %d\n' "$label" "$median" "$runs" "$rss" "$rc"
+  cpu=$(printf '%s\n' "${cpus[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  printf '%-24s wall %8.4f s  cpu %6.2f s (medians of %d)  peak RSS %8d KiB  exit %d\n' "$label" "$median" "$cpu" "$runs" "$rss" "$rc"
   echo "$median" > "$TMP/$label.wall"
+  echo "$cpu" > "$TMP/$label.cpu"
 }
 
-ratio() { # anchor, palisade (wall times are rounded to 10 ms by time(1); 0 counts as 10 ms)
-  awk -v a="$(cat "$TMP/$1.wall")" -v p="$(cat "$TMP/$2.wall")" \
-    'BEGIN { if (p < 0.01) p = 0.01; printf "%-48s %.1fx\n", "'"$1"' / '"$2"'", a / p }'
+ratio() { # anchor, palisade: wall-time ratio, and CPU-time ratio (user + sys; time(1) counts
+  # CPU in 10 ms steps, so a palisade CPU time of 0 is taken as 0.01 s: the ratio is then a floor)
+  awk -v a="$(cat "$TMP/$1.wall")" -v p="$(cat "$TMP/$2.wall")" -v ac="$(cat "$TMP/$1.cpu")" -v pc="$(cat "$TMP/$2.cpu")" \
+    'BEGIN { if (pc < 0.01) pc = 0.01; printf "%-48s wall %6.1fx   cpu %6.1fx\n", "'"$1"' / '"$2"'", a / p, ac / pc }'
 }
 
 echo "== corpus ($CORPUS)"

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::blob::{Blob, BlobReader, read_upto_at};
 use crate::formats;
-use crate::pickle::{self, vm::Limits};
+use crate::pickle;
 use crate::report::{FindingKind, Format, Severity};
 use crate::sink::Sink;
 use crate::{ScanOptions, zip};
@@ -17,6 +17,26 @@ pub(crate) struct Ctx<'o> {
     pub(crate) dir: Option<PathBuf>,
     /// Name of the file being scanned.
     pub(crate) file_name: Option<String>,
+    /// Pickle emulation settings.
+    pub(crate) policy: pickle::Policy,
+}
+
+impl<'o> Ctx<'o> {
+    pub(crate) fn new(opts: &'o ScanOptions, path: Option<&std::path::Path>) -> Self {
+        Ctx {
+            opts,
+            dir: path
+                .and_then(|p| p.parent())
+                .map(std::path::Path::to_path_buf),
+            file_name: path
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned()),
+            policy: pickle::Policy {
+                limits: pickle::vm::Limits::default(),
+                allow: pickle::policy::Allow::new(&opts.allow),
+            },
+        }
+    }
 }
 
 /// Formats recognisable from the first bytes alone.
@@ -123,7 +143,7 @@ fn polyglot_tail(blob: &dyn Blob, sink: &mut Sink, ctx: &Ctx<'_>, depth: u32, fo
 
 fn scan_pickle_blob(blob: &dyn Blob, sink: &mut Sink, ctx: &Ctx<'_>, depth: u32) -> Format {
     let mut r = BufReader::with_capacity(1 << 16, BlobReader::new(blob, 0, blob.len()));
-    let res = pickle::scan_stream(&mut r, sink, Limits::default());
+    let res = pickle::scan_stream(&mut r, sink, &ctx.policy);
     scan_nested(res.nested, sink, ctx, depth);
     res.format
 }
@@ -151,7 +171,7 @@ fn scan_compressed(blob: &dyn Blob, head: &[u8], sink: &mut Sink, ctx: &Ctx<'_>,
             }
         };
         if sniff(&inner) == Format::Pickle {
-            let res = pickle::scan_stream(&mut r, s, Limits::default());
+            let res = pickle::scan_stream(&mut r, s, &ctx.policy);
             scan_nested(res.nested, s, ctx, depth);
             return;
         }
@@ -216,7 +236,7 @@ fn try_protocol0_pickle(
     if pickle::looks_like_pickle(head) {
         let mut trial = Sink::new();
         let mut r = BufReader::with_capacity(1 << 16, BlobReader::new(blob, 0, blob.len()));
-        let res = pickle::scan_stream(&mut r, &mut trial, Limits::default());
+        let res = pickle::scan_stream(&mut r, &mut trial, &ctx.policy);
         let found = trial
             .findings
             .iter()

@@ -486,3 +486,30 @@ fn compressed_joblib_streams() {
     // A stream that is not what its header says.
     assert!(!scan("m.joblib", b"\x1f\x8b\x08\x00garbage".to_vec()).is_clean());
 }
+
+#[test]
+fn user_allowlist_extends_the_policy() {
+    use palisade_scan::{ScanOptions, scan_bytes};
+    // A scikit-learn estimator: instantiated through NEWOBJ, then its state set by BUILD.
+    let b = Pickle::new()
+        .proto(4)
+        .short_unicode("sklearn.linear_model._logistic")
+        .short_unicode("LogisticRegression")
+        .stack_global()
+        .empty_tuple()
+        .newobj()
+        .empty_dict()
+        .build()
+        .stop()
+        .bytes();
+    let r = scan("m.pkl", b.clone());
+    assert!(has(&r, S::Dangerous, K::PickleCall), "{}", dump(&r));
+    let opts = ScanOptions::default().allow(vec!["sklearn.*".into()]);
+    let r = scan_bytes(std::path::Path::new("m.pkl"), b.clone(), &opts);
+    assert!(r.is_clean(), "{}", dump(&r));
+    // The allowance is exactly what was asked for.
+    let opts = ScanOptions::default().allow(vec![
+        "sklearn.linear_model._logistic.LogisticRegressionCV".into(),
+    ]);
+    assert!(!scan_bytes(std::path::Path::new("m.pkl"), b, &opts).is_clean());
+}

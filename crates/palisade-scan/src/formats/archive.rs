@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use crate::blob::{Blob, SubBlob};
 use crate::detect::{self, Ctx};
 use crate::formats;
-use crate::pickle::{self, vm::Limits};
+use crate::pickle;
 use crate::report::{FindingKind, Format, Severity};
 use crate::sink::Sink;
 use crate::zip::{self, Archive, Entry};
@@ -224,7 +224,7 @@ fn scan_member_inner(
         );
     }
     if pickle_like {
-        let res = pickle::scan_stream(&mut buf, sink, Limits::default());
+        let res = pickle::scan_stream(&mut buf, sink, &ctx.policy);
         drop(buf);
         // Read to the end so the CRC covers the whole member.
         let _ = std::io::copy(&mut reader, &mut std::io::sink());

@@ -263,6 +263,7 @@ pub(crate) struct Outcome {
 pub(crate) struct Vm<'s> {
     sink: &'s mut Sink,
     limits: Limits,
+    policy: &'s super::Policy,
     stack: Vec<V>,
     marks: Vec<usize>,
     memo: HashMap<u64, V>,
@@ -283,10 +284,11 @@ pub(crate) struct Vm<'s> {
 }
 
 impl<'s> Vm<'s> {
-    pub(crate) fn new(sink: &'s mut Sink, limits: Limits, base: u64) -> Self {
+    pub(crate) fn new(sink: &'s mut Sink, policy: &'s super::Policy, base: u64) -> Self {
         Vm {
             sink,
-            limits,
+            limits: policy.limits,
+            policy,
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
@@ -492,7 +494,8 @@ impl<'s> Vm<'s> {
     }
 
     fn import(&mut self, module: &str, name: &str, at: u64, op: &str) -> V {
-        let rule = policy::rule(module, name);
+        let rule = policy::rule(module, name)
+            .or_else(|| self.policy.allow.allows(module, name).then_some(Rule::Call));
         let path = format!("{module}.{name}");
         if rule.is_none() {
             let (sev, why) = if policy::dangerous_import(module, name) {
@@ -1337,7 +1340,7 @@ impl<'s> Vm<'s> {
                     msg: "joblib object arrays nested too deeply",
                 });
             }
-            let mut inner = Vm::new(&mut *self.sink, self.limits, 0);
+            let mut inner = Vm::new(&mut *self.sink, self.policy, 0);
             inner.depth = self.depth + 1;
             match inner.run(input)? {
                 Some(o) => self.out.nested.extend(o.nested),
