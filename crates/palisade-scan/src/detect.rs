@@ -108,6 +108,9 @@ pub(crate) fn scan_blob(blob: &dyn Blob, sink: &mut Sink, ctx: &Ctx<'_>, depth: 
             } else if format == Format::Unknown {
                 format = try_protocol0_pickle(blob, &head, sink, ctx, depth);
             }
+            if format == Format::Unknown {
+                format = text_or_json(blob, sink, ctx, depth, &head);
+            }
         }
     }
     // A zip archive appended to something else (a pickle/zip polyglot): loaders that look for
@@ -237,11 +240,18 @@ fn try_protocol0_pickle(
         let mut trial = Sink::new();
         let mut r = BufReader::with_capacity(1 << 16, BlobReader::new(blob, 0, blob.len()));
         let res = pickle::scan_stream(&mut r, &mut trial, &ctx.policy);
-        let found = trial
+        // Text that merely starts like a pickle (a README beginning with "c") fails early with
+        // nothing importable. Anything else is treated as the pickle it may be: a dangerous
+        // finding, an import Python could perform, a resource limit hit.
+        let dangerous = trial
             .findings
             .iter()
-            .any(|f| matches!(f.severity, Severity::Suspicious | Severity::Dangerous));
-        if res.first_ok || found {
+            .any(|f| f.severity == Severity::Dangerous);
+        let limit = trial
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::Unparsable && f.message.contains("resource limit"));
+        if res.first_ok || dangerous || limit || trial.importable_imports > 0 {
             let member = sink.member().to_string();
             for mut f in trial.findings {
                 if !member.is_empty() {
@@ -258,6 +268,59 @@ fn try_protocol0_pickle(
         }
     }
     unknown(sink, ctx, depth, head)
+}
+
+/// Largest text file read to tell JSON and text apart.
+const MAX_TEXT: u64 = 64 << 20;
+
+/// JSON and plain text are data no model loader executes (a Keras config excepted, which is
+/// checked). Called after the protocol-0 pickle trial, so a text pickle never lands here; the
+/// unknown-format finding that trial made is replaced.
+fn text_or_json(
+    blob: &dyn Blob,
+    sink: &mut Sink,
+    ctx: &Ctx<'_>,
+    depth: u32,
+    head: &[u8],
+) -> Format {
+    if blob.len() > MAX_TEXT || head.contains(&0) {
+        return Format::Unknown;
+    }
+    let Ok(bytes) = read_upto_at(blob, 0, blob.len() as usize) else {
+        return Format::Unknown;
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Format::Unknown;
+    };
+    if text
+        .bytes()
+        .any(|b| b == 0 || (b < 0x20 && !b"\t\n\r\x0c".contains(&b)))
+    {
+        return Format::Unknown;
+    }
+    // Drop the unknown-format finding the pickle trial left for this blob.
+    let member = sink.member().to_string();
+    sink.findings.retain(|f| {
+        !(f.kind == FindingKind::UnknownFormat && f.member == member && f.offset == Some(0))
+    });
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        formats::keras::check_config(&v, sink);
+        return Format::Json;
+    }
+    let sev = if ctx.opts.strict {
+        Severity::Error
+    } else {
+        Severity::Info
+    };
+    let _ = depth;
+    sink.push(
+        sev,
+        FindingKind::UnknownFormat,
+        Some(0),
+        "text file: no model format (not analysed further)",
+        Vec::new(),
+    );
+    Format::Text
 }
 
 /// Reports content of unknown format: an error for a file (fail closed), `info` for an archive

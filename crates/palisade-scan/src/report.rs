@@ -176,6 +176,10 @@ pub enum Format {
     TfCheckpointData,
     /// A zlib or gzip stream (compressed joblib); its content is scanned.
     Compressed,
+    /// JSON (checked as a Keras config when it looks like one).
+    Json,
+    /// UTF-8 text that is no model format (and, tried first, no pickle).
+    Text,
     /// Not recognised.
     Unknown,
 }
@@ -201,6 +205,8 @@ impl Format {
             Format::TfFingerprint => "tf-fingerprint",
             Format::TfCheckpointData => "tf-checkpoint-data",
             Format::Compressed => "compressed",
+            Format::Json => "json",
+            Format::Text => "text",
             Format::Unknown => "unknown",
         }
     }

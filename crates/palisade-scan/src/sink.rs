@@ -7,6 +7,9 @@ use crate::report::{Finding, FindingKind, Severity};
 #[derive(Debug, Default)]
 pub(crate) struct Sink {
     pub(crate) findings: Vec<Finding>,
+    /// Pickle imports outside the allowlist whose module is a valid Python dotted name (an
+    /// import Python could actually perform).
+    pub(crate) importable_imports: usize,
     member: String,
 }
 

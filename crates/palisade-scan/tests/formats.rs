@@ -451,3 +451,37 @@ fn sarif_shape() {
         "x.pkl"
     );
 }
+
+#[test]
+fn text_and_json_are_data_but_keras_configs_are_checked() {
+    let r = scan("README.md", b"# A model\n\nTrained on MNIST.\n".to_vec());
+    assert_eq!(r.files[0].format, Format::Text);
+    assert!(r.is_clean(), "{}", dump(&r));
+    let strict = palisade_scan::scan_bytes(
+        "README.md".as_ref(),
+        b"# A model\n".to_vec(),
+        &ScanOptions::default().strict(true),
+    );
+    assert!(!strict.is_clean());
+    let r = scan(
+        "config.json",
+        br#"{"class_name": "Lambda", "config": {}}"#.to_vec(),
+    );
+    assert_eq!(r.files[0].format, Format::Json);
+    assert!(has(&r, S::Dangerous, K::KerasCode), "{}", dump(&r));
+    // A text pickle is still a pickle, even when it breaks off after an import Python performs.
+    let r = scan("notes.txt", b"cos\nsystem\n(S'id'\ntR.".to_vec());
+    assert!(has(&r, S::Dangerous, K::PickleCall), "{}", dump(&r));
+    let r = scan("notes.txt", b"cevilpkg.hooks\nrun\n\xff".to_vec());
+    assert!(
+        has(&r, S::Suspicious, K::PickleImport) && !r.is_clean(),
+        "{}",
+        dump(&r)
+    );
+    // Text that only starts like one is text.
+    let r = scan(
+        "NOTICE",
+        b"copyright (c) 2026 the authors\nall rights reserved\n".to_vec(),
+    );
+    assert_eq!(r.files[0].format, Format::Text, "{}", dump(&r));
+}

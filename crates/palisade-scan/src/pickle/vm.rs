@@ -498,6 +498,18 @@ impl<'s> Vm<'s> {
             .or_else(|| self.policy.allow.allows(module, name).then_some(Rule::Call));
         let path = format!("{module}.{name}");
         if rule.is_none() {
+            let ident = |s: &str| {
+                !s.is_empty()
+                    && s.split('.').all(|c| {
+                        c.chars()
+                            .next()
+                            .is_some_and(|ch| ch.is_alphabetic() || ch == '_')
+                            && c.chars().all(|ch| ch.is_alphanumeric() || ch == '_')
+                    })
+            };
+            if ident(module) && ident(name) {
+                self.sink.importable_imports += 1;
+            }
             let (sev, why) = if policy::dangerous_import(module, name) {
                 (
                     Severity::Dangerous,
