@@ -99,10 +99,12 @@ measure 7 picklescan-corpus "$VENV/bin/picklescan" --path "$CORPUS"
 measure 7 modelscan-corpus "$VENV/bin/modelscan" -p "$CORPUS"
 echo "== 1 GiB safetensors"
 measure 3 palisade-safetensors "$PAL" scan --json "$TMP/big.safetensors"
+measure 3 palisade-nohash-st "$PAL" scan --json --no-hash "$TMP/big.safetensors"
 measure 3 picklescan-safetensors "$VENV/bin/picklescan" --path "$TMP/big.safetensors"
 measure 3 modelscan-safetensors "$VENV/bin/modelscan" -p "$TMP/big.safetensors"
 echo "== 512 MiB PyTorch zip"
 measure 3 palisade-torchzip "$PAL" scan --json "$TMP/big.pt"
+measure 3 palisade-nohash-pt "$PAL" scan --json --no-hash "$TMP/big.pt"
 measure 3 picklescan-torchzip "$VENV/bin/picklescan" --path "$TMP/big.pt"
 measure 3 modelscan-torchzip "$VENV/bin/modelscan" -p "$TMP/big.pt"
 echo "== wall-time ratios (anchor / palisade; palisade also hashes every byte with SHA-256 for its proof token)"
@@ -110,5 +112,9 @@ ratio picklescan-corpus palisade-corpus
 ratio modelscan-corpus palisade-corpus
 ratio picklescan-safetensors palisade-safetensors
 ratio modelscan-safetensors palisade-safetensors
+ratio picklescan-safetensors palisade-nohash-st
+ratio modelscan-safetensors palisade-nohash-st
 ratio picklescan-torchzip palisade-torchzip
 ratio modelscan-torchzip palisade-torchzip
+ratio picklescan-torchzip palisade-nohash-pt
+ratio modelscan-torchzip palisade-nohash-pt

@@ -69,6 +69,9 @@ pub struct ScanOptions {
     pub max_depth: u32,
     /// Follow symbolic links that leave the scanned directory (off: they are reported).
     pub follow_external_symlinks: bool,
+    /// Compute the SHA-256 of every file (default). Without it a scan of large files reads only
+    /// what the formats need, but the report carries no hashes and yields no [`Clean`] token.
+    pub hash: bool,
     /// Extra pickle globals to treat as allowlisted callables, for libraries you trust:
     /// `module.Name`, or `module.*` for a module and its submodules (`sklearn.*`).
     pub allow: Vec<String>,
@@ -83,6 +86,7 @@ impl Default for ScanOptions {
             max_depth: 8,
             follow_external_symlinks: false,
             allow: Vec::new(),
+            hash: true,
         }
     }
 }
@@ -91,6 +95,12 @@ impl ScanOptions {
     /// Sets `strict`.
     pub fn strict(mut self, strict: bool) -> Self {
         self.strict = strict;
+        self
+    }
+
+    /// Sets `hash` (SHA-256 of every file, needed for a [`Clean`] token).
+    pub fn hash(mut self, hash: bool) -> Self {
+        self.hash = hash;
         self
     }
 
@@ -219,7 +229,11 @@ fn scan_file(path: &Path, opts: &ScanOptions) -> FileReport {
             let mut bytes = Vec::with_capacity(len as usize);
             match f.read_to_end(&mut bytes) {
                 Ok(_) => {
-                    let sha = hex::encode(Sha256::digest(&bytes));
+                    let sha = if opts.hash {
+                        hex::encode(Sha256::digest(&bytes))
+                    } else {
+                        String::new()
+                    };
                     let format = detect::scan_blob(&bytes, &mut sink, &ctx, 0);
                     (format, bytes.len() as u64, sha)
                 }
@@ -236,8 +250,15 @@ fn scan_file(path: &Path, opts: &ScanOptions) -> FileReport {
             }
             Ok(blob) => {
                 // Hash and scan at the same time: the hash reads every byte, the scan few.
+                // Hash and scan at the same time: the hash reads every byte, the scan few.
                 let (sha, format) = rayon::join(
-                    || sha256_file(path),
+                    || {
+                        if opts.hash {
+                            sha256_file(path)
+                        } else {
+                            Ok(String::new())
+                        }
+                    },
                     || detect::scan_blob(&blob, &mut sink, &ctx, 0),
                 );
                 let sha = sha.unwrap_or_else(|e| {

@@ -254,7 +254,7 @@ pub struct FileReport {
     pub format: Format,
     /// Its size in bytes.
     pub size: u64,
-    /// SHA-256 of its bytes (hex), as scanned.
+    /// SHA-256 of its bytes (hex), as scanned; empty when hashing was turned off.
     pub sha256: String,
     /// The verdict.
     pub status: FileStatus,
@@ -410,7 +410,8 @@ impl ScanReport {
 
     /// The proof that this report is clean, or `None`. See [`Clean`].
     pub fn clean(&self) -> Option<Clean> {
-        if !self.is_clean() {
+        // No token without the hashes that bind it to the bytes (`ScanOptions::hash`).
+        if !self.is_clean() || self.files.iter().any(|f| f.sha256.is_empty()) {
             return None;
         }
         Some(Clean {

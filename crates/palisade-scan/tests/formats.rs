@@ -421,6 +421,11 @@ fn directory_scan_and_proof_token() {
     assert!(proof.covers(&f.path, &f.sha256));
     assert!(!proof.covers(&f.path, "00"));
 
+    let unhashed = scan_path(dir.path(), &ScanOptions::default().hash(false)).unwrap();
+    assert!(
+        unhashed.is_clean() && unhashed.clean().is_none() && unhashed.files[0].sha256.is_empty()
+    );
+
     std::fs::write(dir.path().join("sub/c.bin"), Pickle::os_system("id")).unwrap();
     let r = scan_path(dir.path(), &ScanOptions::default()).unwrap();
     assert!(r.clean().is_none() && r.has_findings());

@@ -24,6 +24,10 @@ pub struct ScanArgs {
     #[arg(long)]
     pub strict: bool,
 
+    /// Skip the SHA-256 of every file (faster on large files; the report then has no hashes).
+    #[arg(long)]
+    pub no_hash: bool,
+
     /// Also allow this pickle global as a callable, for a library you trust: `module.Name`, or
     /// `module.*` for a module and its submodules (e.g. `--allow 'sklearn.*'`). Repeatable.
     #[arg(long, value_name = "GLOBAL")]
@@ -34,7 +38,8 @@ pub struct ScanArgs {
 pub fn run(ctx: &Ctx, args: &ScanArgs) -> anyhow::Result<Outcome> {
     let opts = ScanOptions::default()
         .strict(args.strict)
-        .allow(args.allow.clone());
+        .allow(args.allow.clone())
+        .hash(!args.no_hash);
     let mut reports = Vec::with_capacity(args.paths.len());
     let spinner = ctx.progress().then(indicatif::ProgressBar::new_spinner);
     for p in &args.paths {
