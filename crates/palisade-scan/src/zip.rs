@@ -106,14 +106,15 @@ pub(crate) fn find_eocd(blob: &dyn Blob) -> Result<u64, ZipError> {
     // The last record whose comment runs exactly to the end of the file wins; failing that, the
     // last signature at all (a comment that lies about its length is reported by the caller).
     let mut fallback = None;
-    for i in (0..=tail.len() - 22).rev() {
-        if u32_at(&tail, i) == EOCD_SIG {
-            let comment = u64::from(u16_at(&tail, i + 20));
-            if i as u64 + 22 + comment == window {
-                return Ok(start + i as u64);
-            }
-            fallback.get_or_insert(start + i as u64);
+    for i in memchr::memmem::rfind_iter(&tail, &EOCD_SIG.to_le_bytes()) {
+        if i + 22 > tail.len() {
+            continue;
         }
+        let comment = u64::from(u16_at(&tail, i + 20));
+        if i as u64 + 22 + comment == window {
+            return Ok(start + i as u64);
+        }
+        fallback.get_or_insert(start + i as u64);
     }
     fallback.ok_or(ZipError::NoEocd)
 }

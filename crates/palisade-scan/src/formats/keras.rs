@@ -187,7 +187,7 @@ pub(crate) fn scan_embedded_configs(
     let mut found_attr = false;
     let mut parsed = 0usize;
     let mut skip_until = 0u64;
-    let mut chunk = vec![0u8; 1 << 20];
+    let mut chunk = vec![0u8; 1 << 16];
     // Configs are searched in a sliding window; a config longer than the window's overlap is
     // read from the blob directly.
     loop {
