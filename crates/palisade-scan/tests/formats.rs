@@ -490,3 +490,39 @@ fn text_and_json_are_data_but_keras_configs_are_checked() {
     );
     assert_eq!(r.files[0].format, Format::Text, "{}", dump(&r));
 }
+
+#[test]
+fn torchscript_archive_classes_are_not_python_imports() {
+    // data.pkl of a scripted module: a TorchScript class instantiated and given its state.
+    let data = Pickle::new()
+        .proto(2)
+        .global("__torch__.___torch_mangle_0", "Net")
+        .empty_tuple()
+        .newobj()
+        .empty_dict()
+        .binunicode("training")
+        .op(0x88)
+        .setitem()
+        .build()
+        .stop()
+        .bytes();
+    let constants = Pickle::new().proto(2).empty_tuple().stop().bytes();
+    let z = zip_of(
+        &[
+            ("net/data.pkl", &data),
+            ("net/constants.pkl", &constants),
+            ("net/code/__torch__.py", b"class Net(Module):\n  pass\n"),
+        ],
+        false,
+    );
+    let r = scan("net.pt", z);
+    assert_eq!(r.files[0].format, Format::TorchZip);
+    assert!(r.is_clean(), "{}", dump(&r));
+    // The exemption is for TorchScript classes only, not for dunder attribute walks.
+    let b = Pickle::new()
+        .proto(2)
+        .global("__torch__.x", "__globals__")
+        .stop()
+        .bytes();
+    assert!(has(&scan("x", b), S::Dangerous, K::PickleImport));
+}

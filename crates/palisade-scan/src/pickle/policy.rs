@@ -132,6 +132,13 @@ const ALLOW: &[(&str, &str, Rule)] = &[
         "_core.multiarray._reconstruct",
         Rule::HigherOrder(&[0]),
     ),
+    // TorchScript archives: list builders and type tags of torch.jit's pickler.
+    ("torch.jit._pickle", "build_intlist", Rule::Call),
+    ("torch.jit._pickle", "build_doublelist", Rule::Call),
+    ("torch.jit._pickle", "build_boollist", Rule::Call),
+    ("torch.jit._pickle", "build_tensorlist", Rule::Call),
+    ("torch.jit._pickle", "build_tensor_from_id", Rule::Call),
+    ("torch.jit._pickle", "restore_type_tag", Rule::Call),
     // joblib's array wrapper (the arrays follow the pickle as raw bytes).
     ("joblib.numpy_pickle", "NumpyArrayWrapper", Rule::Call),
     (
@@ -248,6 +255,11 @@ pub(crate) fn rule(module: &str, name: &str) -> Option<Rule> {
         return Some(Rule::ImportOnly);
     }
     if torch_nn_class(module, name) {
+        return Some(Rule::Call);
+    }
+    // TorchScript classes: `torch.jit.load` resolves `__torch__.*` from the archive's own
+    // TorchScript code (compiled, not run as Python); a Python unpickler cannot import them.
+    if (module == "__torch__" || module.starts_with("__torch__.")) && !name.contains("__") {
         return Some(Rule::Call);
     }
     None
