@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use crate::blob::{Blob, SubBlob};
 use crate::detect::{self, Ctx};
 use crate::formats;
-use crate::pickle;
+use crate::pickle::{self, policy, vm::StorageRef};
 use crate::report::{FindingKind, Format, Severity};
 use crate::sink::Sink;
 use crate::zip::{self, Archive, Entry};
@@ -23,8 +23,9 @@ pub(crate) fn scan_zip(blob: &dyn Blob, sink: &mut Sink, ctx: &Ctx<'_>, depth: u
             if !entries.is_empty() {
                 let archive = Archive { entries, prefix: 0 };
                 let kind = classify(&archive);
+                let mut refs = Vec::new();
                 for e in &archive.entries {
-                    scan_member(blob, e, kind, sink, ctx, depth);
+                    scan_member(blob, e, kind, sink, ctx, depth, &mut refs);
                 }
             }
             Format::Zip
@@ -90,6 +91,7 @@ pub(crate) fn scan_zip_archive(
             let _ = f;
         });
     }
+    let mut refs = Vec::new();
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for e in &a.entries {
         *seen.entry(e.name.as_str()).or_default() += 1;
@@ -140,9 +142,52 @@ pub(crate) fn scan_zip_archive(
                 )
             });
         }
-        scan_member(blob, e, kind, sink, ctx, depth);
+        scan_member(blob, e, kind, sink, ctx, depth, &mut refs);
+    }
+    if kind == Format::TorchZip {
+        check_storages(&a, &refs, sink);
     }
     kind
+}
+
+/// Every storage a torch `data.pkl` references must be a member `<root>/data/<key>` holding at
+/// least `numel * element size` bytes (what `torch.load` reads).
+fn check_storages(a: &Archive, refs: &[(String, Vec<StorageRef>)], sink: &mut Sink) {
+    for (pkl, storages) in refs {
+        let root = pkl.strip_suffix("data.pkl").unwrap_or("");
+        for s in storages {
+            let name = format!("{root}data/{}", s.key);
+            match a.entries.iter().find(|e| e.name == name) {
+                None => sink.error(
+                    FindingKind::MalformedTensors,
+                    None,
+                    format!(
+                        "{pkl} references storage {:?}, but the archive has no {name:?}",
+                        s.key
+                    ),
+                ),
+                Some(e) => {
+                    let need = s
+                        .numel
+                        .zip(policy::torch_storage_element_size(&s.type_name))
+                        .and_then(|(n, sz)| n.checked_mul(sz));
+                    if let Some(need) = need
+                        && e.sizes_known
+                        && e.size < need
+                    {
+                        sink.error(
+                            FindingKind::MalformedTensors,
+                            Some(e.local_offset),
+                            format!(
+                                "storage {name:?} holds {} bytes, {need} are referenced",
+                                e.size
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn scan_member(
@@ -152,6 +197,7 @@ fn scan_member(
     sink: &mut Sink,
     ctx: &Ctx<'_>,
     depth: u32,
+    refs: &mut Vec<(String, Vec<StorageRef>)>,
 ) {
     if e.is_dir() {
         return;
@@ -160,7 +206,9 @@ fn scan_member(
         // Raw tensor bytes: torch reads them with `read_record`, never unpickles them.
         return;
     }
-    sink.within(&e.name, |s| scan_member_inner(blob, e, kind, s, ctx, depth));
+    sink.within(&e.name, |s| {
+        scan_member_inner(blob, e, kind, s, ctx, depth, refs)
+    });
 }
 
 fn scan_member_inner(
@@ -170,6 +218,7 @@ fn scan_member_inner(
     sink: &mut Sink,
     ctx: &Ctx<'_>,
     depth: u32,
+    refs: &mut Vec<(String, Vec<StorageRef>)>,
 ) {
     let Some(mut reader) = open_member(blob, e, ctx.opts.max_member_size, sink) else {
         return;
@@ -230,6 +279,9 @@ fn scan_member_inner(
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
         check_crc(e, &reader, sink);
         detect::scan_nested(res.nested, sink, ctx, depth);
+        if e.name.ends_with("data.pkl") {
+            refs.push((e.name.clone(), res.storages));
+        }
         return;
     }
     if sniffed == Format::Npy {

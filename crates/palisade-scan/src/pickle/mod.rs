@@ -32,6 +32,8 @@ pub(crate) struct StreamResult {
     pub(crate) nested: Vec<Nested>,
     /// Whether the first pickle was emulated to its STOP.
     pub(crate) first_ok: bool,
+    /// Storages the first pickle references through persistent ids (torch).
+    pub(crate) storages: Vec<StorageRef>,
 }
 
 fn report_error(sink: &mut Sink, e: &PickleError, what: &str) {
@@ -61,6 +63,7 @@ pub(crate) fn scan_stream(r: &mut dyn BufRead, sink: &mut Sink, policy: &Policy)
         format: Format::Pickle,
         nested: Vec::new(),
         first_ok: false,
+        storages: Vec::new(),
     };
     let first = match one(&mut input, sink, policy) {
         Ok(Some(o)) => o,
@@ -80,6 +83,7 @@ pub(crate) fn scan_stream(r: &mut dyn BufRead, sink: &mut Sink, policy: &Policy)
         return result;
     }
     result.nested.extend(first.nested);
+    result.storages = first.storages;
     // Data after STOP: `pickle.load` stops at STOP, but a loader that calls it again (or another
     // parser) reads on. Scan whatever follows as further pickles.
     let mut count = 1;
