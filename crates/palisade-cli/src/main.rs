@@ -31,13 +31,24 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Sign a model in the OpenSSF Model Signing format.
+    Sign(cmd::sign::Args),
+    /// Verify a model against an OpenSSF Model Signing bundle (0 verified, 1 failed, 2 error).
+    Verify(cmd::verify::Args),
+    /// Generate an ECDSA P-256/P-384 key pair for signing.
+    Keygen(cmd::keygen::Args),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging(&cli.log);
     let ctx = output::Ctx { json: cli.json };
-    let result: anyhow::Result<cmd::Outcome> = match cli.command {};
+    let result: anyhow::Result<cmd::Outcome> = match cli.command {
+        Command::Sign(a) => cmd::sign::run(&ctx, a),
+        Command::Verify(a) => cmd::verify::run(&ctx, a),
+        Command::Keygen(a) => cmd::keygen::run(&ctx, a),
+    };
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => output::report_error(&ctx, &err),

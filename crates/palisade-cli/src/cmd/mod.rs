@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+pub mod keyargs;
+pub mod keygen;
+pub mod progress;
+pub mod sign;
+pub mod verify;
+
 /// How a command that ran to the end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
