@@ -38,6 +38,10 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Generate an ECDSA P-256/P-384 key pair for signing.
     Keygen(cmd::keygen::Args),
+    /// Encrypt a file at rest (age: X25519 recipients or passphrase).
+    Seal(cmd::seal::SealArgs),
+    /// Decrypt an age file (atomic: nothing is written unless it authenticates).
+    Unseal(cmd::seal::UnsealArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::Sign(a) => cmd::sign::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Keygen(a) => cmd::keygen::run(&ctx, a),
+        Command::Seal(a) => cmd::seal::run_seal(&ctx, a),
+        Command::Unseal(a) => cmd::seal::run_unseal(&ctx, a),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

@@ -14,9 +14,9 @@ use crate::output::Ctx;
 /// Generate a P-256 or P-384 key pair in PEM.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Curve: p256 or p384.
+    /// Key type: p256 or p384 (ECDSA, for signing), or x25519 (an age identity, for sealing).
     #[arg(long, default_value = "p256")]
-    curve: Curve,
+    curve: KeyKind,
     /// Private key output (PKCS#8 PEM; encrypted when a password is given).
     #[arg(long, value_name = "FILE")]
     private_key: PathBuf,
@@ -30,9 +30,37 @@ pub struct Args {
     password: PasswordArgs,
 }
 
+/// What to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    /// An ECDSA signing key.
+    Ecdsa(Curve),
+    /// An age X25519 identity.
+    X25519,
+}
+
+impl std::str::FromStr for KeyKind {
+    type Err = palisade_supply::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("x25519") {
+            return Ok(KeyKind::X25519);
+        }
+        s.parse().map(KeyKind::Ecdsa)
+    }
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyKind::Ecdsa(c) => c.fmt(f),
+            KeyKind::X25519 => f.write_str("X25519"),
+        }
+    }
+}
+
 #[derive(serde::Serialize)]
 struct Report {
-    curve: Curve,
+    curve: String,
     private_key: PathBuf,
     public_key: PathBuf,
     encrypted: bool,
@@ -50,21 +78,37 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Outcome> {
         bail!("--private-key and --public-key must be different files");
     }
     let pw = args.password.password()?;
-    let key = SigningKey::generate(args.curve);
-    let pem = key.to_pkcs8_pem(pw.as_ref().map(|p| p.as_slice()))?;
-    atomic::write_secret_atomic(&args.private_key, pem.as_bytes())?;
-    let public = key.public_key();
-    atomic::write_atomic(&args.public_key, public.to_pem().as_bytes())?;
+    let hint = match args.curve {
+        KeyKind::Ecdsa(curve) => {
+            let key = SigningKey::generate(curve);
+            let pem = key.to_pkcs8_pem(pw.as_ref().map(|p| p.as_slice()))?;
+            atomic::write_secret_atomic(&args.private_key, pem.as_bytes())?;
+            let public = key.public_key();
+            atomic::write_atomic(&args.public_key, public.to_pem().as_bytes())?;
+            public.hint()
+        }
+        KeyKind::X25519 => {
+            if pw.is_some() {
+                bail!(
+                    "x25519 identities are written unencrypted (seal the identity file itself if needed)"
+                );
+            }
+            let (identity, recipient) = palisade_supply::seal::generate_identity();
+            atomic::write_secret_atomic(&args.private_key, identity.as_bytes())?;
+            atomic::write_atomic(&args.public_key, format!("{recipient}\n").as_bytes())?;
+            recipient
+        }
+    };
     let r = Report {
-        curve: args.curve,
+        curve: args.curve.to_string(),
         private_key: args.private_key,
         public_key: args.public_key,
         encrypted: pw.is_some(),
-        hint: public.hint(),
+        hint,
     };
     ctx.emit(&r, |r| {
         format!(
-            "generated {} key pair: private {}{}, public {} (hint {})",
+            "generated {} key pair: private {}{}, public {} ({})",
             r.curve,
             r.private_key.display(),
             if r.encrypted { " (encrypted)" } else { "" },

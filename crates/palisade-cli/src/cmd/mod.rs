@@ -5,6 +5,7 @@ use std::process::ExitCode;
 pub mod keyargs;
 pub mod keygen;
 pub mod progress;
+pub mod seal;
 pub mod sign;
 pub mod verify;
 
