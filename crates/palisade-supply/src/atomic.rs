@@ -42,6 +42,13 @@ impl AtomicFile {
         Ok(())
     }
 
+    /// Like [`AtomicFile::commit`], to another destination on the same file system (used when
+    /// the name depends on the content, as in a content-addressed store).
+    pub fn commit_as(mut self, dest: &Path) -> Result<()> {
+        self.dest = dest.to_path_buf();
+        self.commit()
+    }
+
     /// Flushes, fsyncs and renames into place; then fsyncs the directory.
     pub fn commit(mut self) -> Result<()> {
         self.tmp.flush().map_err(|e| Error::io(&self.dest, e))?;

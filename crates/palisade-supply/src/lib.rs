@@ -16,10 +16,12 @@
 pub mod atomic;
 pub mod bundle;
 pub mod error;
+pub mod gate;
 pub mod hashing;
 pub mod keys;
 pub mod manifest;
 pub mod oms;
+pub mod registry;
 pub mod seal;
 pub mod walk;
 

@@ -330,6 +330,7 @@ fn parse_statement(
 pub struct Verified {
     model: PathBuf,
     manifest: SignedManifest,
+    bundle: Vec<u8>,
 }
 
 impl Verified {
@@ -340,6 +341,10 @@ impl Verified {
     /// What was signed.
     pub fn manifest(&self) -> &SignedManifest {
         &self.manifest
+    }
+    /// The bundle bytes that verified.
+    pub fn bundle(&self) -> &[u8] {
+        &self.bundle
     }
 }
 
@@ -433,5 +438,6 @@ pub fn verify_model(
     Ok(Verified {
         model: canonical,
         manifest: m,
+        bundle: bundle_bytes.to_vec(),
     })
 }
