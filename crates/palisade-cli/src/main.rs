@@ -32,6 +32,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Scan model files for code-execution payloads (exit 0 clean, 1 findings, 2 unscannable).
+    ///
+    /// Pickle (joblib, dill), PyTorch zip and legacy, TorchScript, NumPy .npy/.npz, Keras .keras
+    /// and .h5, TensorFlow SavedModel, ONNX, safetensors and GGUF; formats are detected by
+    /// content, directories scanned recursively and in parallel. Nothing is ever unpickled.
+    ///
+    /// Exit codes: 0 every file clean; 1 suspicious or dangerous findings (also when some files
+    /// could not be analysed); 2 no findings but at least one file could not be analysed
+    /// (unknown format, truncated, malformed, encrypted, unreadable), or an error. A file that
+    /// could not be analysed is never reported clean.
+    Scan(cmd::scan::ScanArgs),
     /// Sign a model in the OpenSSF Model Signing format.
     Sign(cmd::sign::Args),
     /// Verify a model against an OpenSSF Model Signing bundle (0 verified, 1 failed, 2 error).
@@ -54,6 +65,7 @@ fn main() -> ExitCode {
         Command::Keygen(a) => cmd::keygen::run(&ctx, a),
         Command::Seal(a) => cmd::seal::run_seal(&ctx, a),
         Command::Unseal(a) => cmd::seal::run_unseal(&ctx, a),
+        Command::Scan(args) => cmd::scan::run(&ctx, &args),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

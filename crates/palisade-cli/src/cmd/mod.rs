@@ -5,6 +5,7 @@ use std::process::ExitCode;
 pub mod keyargs;
 pub mod keygen;
 pub mod progress;
+pub mod scan;
 pub mod seal;
 pub mod sign;
 pub mod verify;
@@ -17,14 +18,18 @@ pub enum Outcome {
     Success,
     /// The command ran and found something (findings, failed verification).
     Findings,
+    /// The command ran but could not analyse some input (unknown format, unparsable file).
+    Unscannable,
 }
 
 impl Outcome {
-    /// The documented exit code: 0 success, 1 findings (2 is errors, in `main`).
+    /// The documented exit code: 0 success, 1 findings, 2 unscannable input (2 is also errors,
+    /// in `main`).
     pub fn exit_code(self) -> ExitCode {
         match self {
             Outcome::Success => ExitCode::SUCCESS,
             Outcome::Findings => ExitCode::from(1),
+            Outcome::Unscannable => ExitCode::from(2),
         }
     }
 }
