@@ -53,6 +53,8 @@ enum Command {
     Seal(cmd::seal::SealArgs),
     /// Decrypt an age file (atomic: nothing is written unless it authenticates).
     Unseal(cmd::seal::UnsealArgs),
+    /// The model registry: versions, aliases, rollback, history (add: exit 1 if refused).
+    Registry(cmd::registry::RegistryArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,10 +67,21 @@ fn main() -> ExitCode {
         Command::Keygen(a) => cmd::keygen::run(&ctx, a),
         Command::Seal(a) => cmd::seal::run_seal(&ctx, a),
         Command::Unseal(a) => cmd::seal::run_unseal(&ctx, a),
+        Command::Registry(a) => cmd::registry::run(&ctx, a),
         Command::Scan(args) => cmd::scan::run(&ctx, &args),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => output::report_error(&ctx, &err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

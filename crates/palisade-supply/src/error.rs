@@ -42,6 +42,9 @@ pub enum Error {
     /// Encryption or decryption (age) failed.
     #[error("{0}")]
     Crypto(String),
+    /// The scanner did not find the model clean, so it may not enter the registry.
+    #[error("not admitted: {0}")]
+    NotClean(String),
     /// The registry database refused an operation or is corrupt.
     #[error("registry: {0}")]
     Registry(String),
@@ -59,6 +62,11 @@ impl Error {
     /// Whether this is a failed verification (exit 1) rather than an error (exit 2).
     pub fn is_verification_failure(&self) -> bool {
         matches!(self, Error::Verification(_))
+    }
+
+    /// Whether the input was examined and refused (failed verification or not clean): exit 1.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Verification(_) | Error::NotClean(_))
     }
 
     pub(crate) fn key(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {

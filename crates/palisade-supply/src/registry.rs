@@ -7,7 +7,7 @@
 //! (`.age` when sealed). A blob is named by the SHA-256 of its plaintext.
 //!
 //! **Invariant:** a version enters only with an [`oms::Verified`] (its signature verified against
-//! a trusted key) and a [`ScanProof`] (a clean scan); while storing, every byte is re-hashed and
+//! a trusted key) and a [`Clean`] (a clean scan by `palisade-scan`); while storing, every byte is re-hashed and
 //! checked against both, so the stored bytes are the bytes that were verified and scanned.
 
 use std::collections::BTreeMap;
@@ -20,7 +20,7 @@ use sha2::Digest;
 
 use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
-use crate::gate::ScanProof;
+use crate::gate::Clean;
 use crate::hashing::{HashAlgorithm, Hasher};
 use crate::manifest::{self, Serialization};
 use crate::oms::Verified;
@@ -233,7 +233,7 @@ impl Registry {
         &mut self,
         model: &str,
         verified: &Verified,
-        scan: &ScanProof,
+        scan: &Clean,
         opts: &AddOptions,
     ) -> Result<VersionInfo> {
         check_name(model, "model name")?;
@@ -716,7 +716,7 @@ fn store_blob(
     name: &str,
     algo: HashAlgorithm,
     expect: &Expect,
-    scan: &ScanProof,
+    scan: &Clean,
     seal_to: &[age::x25519::Recipient],
 ) -> Result<StoredFile> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -921,16 +921,17 @@ mod tests {
     use crate::keys::{Curve, SigningKey};
     use crate::oms::{self, SignOptions, VerifyOptions};
 
-    fn scan_all(root: &Path) -> ScanProof {
-        let mut files = Vec::new();
-        for e in walkdir::WalkDir::new(root) {
-            let e = e.unwrap();
-            if e.file_type().is_file() {
-                let d = crate::hashing::hash_file(e.path(), HashAlgorithm::Sha256).unwrap();
-                files.push((e.path().to_path_buf(), hex::encode(d)));
-            }
-        }
-        ScanProof::for_tests(files)
+    fn scan_all(root: &Path) -> Clean {
+        crate::gate::admit_scan(root).unwrap()
+    }
+
+    /// A minimal valid safetensors file (one U8 tensor), which the scanner finds clean.
+    fn safetensors(fill: u8, n: usize) -> Vec<u8> {
+        let h = format!(r#"{{"w":{{"dtype":"U8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#);
+        let mut v = (h.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(h.as_bytes());
+        v.extend(std::iter::repeat_n(fill, n));
+        v
     }
 
     fn signed(model: &Path, k: &SigningKey, opts: &SignOptions) -> Verified {
@@ -957,8 +958,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let m = d.path().join("model");
         std::fs::create_dir_all(m.join("sub")).unwrap();
-        std::fs::write(m.join("w.bin"), vec![3u8; 5000]).unwrap();
-        std::fs::write(m.join("sub/c.json"), b"{}").unwrap();
+        std::fs::write(m.join("w.safetensors"), safetensors(3, 5000)).unwrap();
+        std::fs::write(m.join("sub/c.safetensors"), safetensors(1, 10)).unwrap();
         let k = SigningKey::generate(Curve::P256);
         let mut reg = Registry::open(&d.path().join("reg")).unwrap();
         let v1 = signed(&m, &k, &SignOptions::default());
@@ -967,7 +968,7 @@ mod tests {
             .unwrap();
         assert_eq!(i1.version, 1);
         assert_eq!(i1.files.len(), 2);
-        std::fs::write(m.join("w.bin"), vec![4u8; 6000]).unwrap();
+        std::fs::write(m.join("w.safetensors"), safetensors(4, 6000)).unwrap();
         let shards = SignOptions {
             serialization: Serialization::Shards { shard_size: 1024 },
             ..Default::default()
@@ -1019,8 +1020,14 @@ mod tests {
         let out = d.path().join("out");
         reg.export("mnist", &VersionRef::Alias("production".into()), &out, &[])
             .unwrap();
-        assert_eq!(std::fs::read(out.join("w.bin")).unwrap(), vec![3u8; 5000]);
-        assert_eq!(std::fs::read(out.join("sub/c.json")).unwrap(), b"{}");
+        assert_eq!(
+            std::fs::read(out.join("w.safetensors")).unwrap(),
+            safetensors(3, 5000)
+        );
+        assert_eq!(
+            std::fs::read(out.join("sub/c.safetensors")).unwrap(),
+            safetensors(1, 10)
+        );
         assert!(
             reg.export("mnist", &VersionRef::Number(1), &out, &[])
                 .is_err(),
@@ -1031,7 +1038,11 @@ mod tests {
         oms::verify_model(&out, &sig, &k.public_key(), &VerifyOptions::default(), None).unwrap();
         // A corrupt blob is detected on export and nothing is written.
         let blob = reg.blob_path(
-            &i1.files.iter().find(|f| f.name == "w.bin").unwrap().sha256,
+            &i1.files
+                .iter()
+                .find(|f| f.name == "w.safetensors")
+                .unwrap()
+                .sha256,
             false,
         );
         std::fs::write(&blob, vec![9u8; 5000]).unwrap();
@@ -1048,21 +1059,27 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let m = d.path().join("model");
         std::fs::create_dir_all(&m).unwrap();
-        std::fs::write(m.join("w.bin"), b"weights").unwrap();
+        std::fs::write(m.join("w.safetensors"), safetensors(1, 7)).unwrap();
+        std::fs::write(d.path().join("other.safetensors"), safetensors(2, 7)).unwrap();
         let k = SigningKey::generate(Curve::P384);
         let mut reg = Registry::open(&d.path().join("reg")).unwrap();
         let v = signed(&m, &k, &SignOptions::default());
         let scan = scan_all(v.model());
         // Not covered by the scan.
         let e = reg
-            .add_version("m", &v, &ScanProof::for_tests(Vec::new()), &opts("a"))
+            .add_version(
+                "m",
+                &v,
+                &scan_all(&d.path().join("other.safetensors")),
+                &opts("a"),
+            )
             .unwrap_err();
         assert!(
             e.to_string().contains("not covered by the clean scan"),
             "{e}"
         );
         // Changed after verification (and after the scan).
-        std::fs::write(m.join("w.bin"), b"evil!!!").unwrap();
+        std::fs::write(m.join("w.safetensors"), safetensors(6, 7)).unwrap();
         let e = reg.add_version("m", &v, &scan, &opts("a")).unwrap_err();
         assert!(e.to_string().contains("changed after verification"), "{e}");
         assert!(reg.list().unwrap().is_empty());
@@ -1072,8 +1089,8 @@ mod tests {
     #[test]
     fn sealed_versions_need_the_identity() {
         let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("model.onnx");
-        std::fs::write(&f, b"onnx bytes").unwrap();
+        let f = d.path().join("model.safetensors");
+        std::fs::write(&f, safetensors(0x42, 64)).unwrap();
         let k = SigningKey::generate(Curve::P256);
         let mut reg = Registry::open(&d.path().join("reg")).unwrap();
         let v = signed(&f, &k, &SignOptions::default());
@@ -1098,6 +1115,6 @@ mod tests {
         assert!(!out.exists());
         reg.export("onnx", &VersionRef::Latest, &out, &[id])
             .unwrap();
-        assert_eq!(std::fs::read(&out).unwrap(), b"onnx bytes");
+        assert_eq!(std::fs::read(&out).unwrap(), safetensors(0x42, 64));
     }
 }
