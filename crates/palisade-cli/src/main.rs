@@ -55,6 +55,8 @@ enum Command {
     Unseal(cmd::seal::UnsealArgs),
     /// The model registry: versions, aliases, rollback, history (add: exit 1 if refused).
     Registry(cmd::registry::RegistryArgs),
+    /// Provenance: dataset manifests, signed training records, chain verification.
+    Provenance(cmd::provenance::ProvenanceArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::Seal(a) => cmd::seal::run_seal(&ctx, a),
         Command::Unseal(a) => cmd::seal::run_unseal(&ctx, a),
         Command::Registry(a) => cmd::registry::run(&ctx, a),
+        Command::Provenance(a) => cmd::provenance::run(&ctx, a),
         Command::Scan(args) => cmd::scan::run(&ctx, &args),
     };
     match result {

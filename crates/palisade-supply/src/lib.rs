@@ -21,6 +21,7 @@ pub mod hashing;
 pub mod keys;
 pub mod manifest;
 pub mod oms;
+pub mod provenance;
 pub mod registry;
 pub mod seal;
 pub mod walk;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 pub mod keyargs;
 pub mod keygen;
 pub mod progress;
+pub mod provenance;
 pub mod registry;
 pub mod scan;
 pub mod seal;

@@ -83,6 +83,23 @@ enum RegistryCommand {
         /// Alias.
         alias: String,
     },
+    /// Attach a signed training record (provenance) to a version; its subject must be that version.
+    AttachProvenance {
+        /// Model name.
+        name: String,
+        /// Version number, alias, or `latest`.
+        #[arg(default_value = "latest", value_name = "VERSION")]
+        rev: VersionRef,
+        /// The provenance bundle (from `palisade provenance record`).
+        #[arg(long, value_name = "FILE")]
+        provenance: PathBuf,
+        /// Trainer's public key.
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// The dataset manifest the record must name.
+        #[arg(long, value_name = "FILE")]
+        dataset_manifest: PathBuf,
+    },
     /// Write a version's files out (checked against their digests), and its signature.
     Export {
         /// Model name.
@@ -239,6 +256,44 @@ pub fn run(ctx: &Ctx, args: RegistryArgs) -> anyhow::Result<Outcome> {
                 format!("{name}: {alias} rolled back v{from} -> v{to}")
             })?;
             Ok(Outcome::Success)
+        }
+        RegistryCommand::AttachProvenance {
+            name,
+            rev,
+            provenance,
+            public_key,
+            dataset_manifest,
+        } => {
+            let key = PublicKey::from_pem_file(&public_key)?;
+            let bundle = std::fs::read(&provenance)
+                .with_context(|| format!("provenance {}", provenance.display()))?;
+            let dm = std::fs::read(&dataset_manifest)
+                .with_context(|| format!("dataset manifest {}", dataset_manifest.display()))?;
+            let info = reg.show(&name, &rev)?;
+            let checked = palisade_supply::provenance::verify_record(&bundle, &key).and_then(|r| {
+                palisade_supply::provenance::verify_chain(r, &info.root_digest, &dm, None, None)
+            });
+            match checked {
+                Ok(_) => {
+                    let v = reg.attach_provenance(
+                        &name,
+                        &VersionRef::Number(info.version),
+                        &bundle,
+                        &who,
+                    )?;
+                    let out = serde_json::json!({ "model": name, "version": v, "attached": true });
+                    ctx.emit(&out, |_| format!("{name} v{v}: provenance attached"))?;
+                    Ok(Outcome::Success)
+                }
+                Err(e) if e.is_refusal() => {
+                    let out = serde_json::json!({ "model": name, "attached": false, "reason": e.to_string() });
+                    ctx.emit(&out, |_| {
+                        format!("{name} v{}: provenance refused: {e}", info.version)
+                    })?;
+                    Ok(Outcome::Findings)
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         RegistryCommand::Export {
             name,
