@@ -12,6 +12,8 @@ use crate::{AttackError, HopSkipJump};
 
 /// Rows times evaluations per gradient-estimation call (bounds memory: ~50 MB for MNIST).
 const ESTIMATE_ROWS: usize = 16_384;
+/// Rounds of uniform noise tried as a starting point before other samples are.
+const NOISE_TRIES: u32 = 10;
 /// Halvings tried by the geometric step-size search before a step is given up.
 const MAX_HALVINGS: u32 = 12;
 
@@ -55,25 +57,46 @@ pub(crate) fn run(p: &HopSkipJump, b: &Batch<'_>) -> Result<Found, AttackError> 
     };
     let mut adv = b.x.clone();
     let mut have = vec![false; n];
-    // 1. A first adversarial point: uniform noise over the input range.
-    for _ in 0..p.init_size {
+    // 1. A first adversarial point: uniform noise over the input range for the first
+    //    NOISE_TRIES rounds, then the other samples of the batch, nearest first (noise often
+    //    lands in a single class, whose own samples it can never start from).
+    let mut neighbours: Vec<Vec<usize>> = Vec::new();
+    for round in 0..p.init_size {
         let todo: Vec<usize> = (0..n)
             .filter(|&i| !have[i] && cx.queries[i] < u64::from(p.max_queries))
             .collect();
         if todo.is_empty() {
             break;
         }
-        let mut noise = Array2::<f32>::zeros((todo.len(), d));
-        for (k, &i) in todo.iter().enumerate() {
-            let rng = &mut rngs[i];
-            noise
-                .row_mut(k)
-                .mapv_inplace(|_| range.min + (range.max - range.min) * rng.random::<f32>());
+        let mut cand = Array2::<f32>::zeros((todo.len(), d));
+        let mut who = Vec::with_capacity(todo.len());
+        let mut rows = Vec::with_capacity(todo.len());
+        for &i in &todo {
+            let k = who.len();
+            if round < NOISE_TRIES {
+                let rng = &mut rngs[i];
+                cand.row_mut(k)
+                    .mapv_inplace(|_| range.min + (range.max - range.min) * rng.random::<f32>());
+            } else {
+                if neighbours.is_empty() {
+                    neighbours = nearest(&b.x);
+                }
+                let Some(&j) = neighbours[i].get((round - NOISE_TRIES) as usize) else {
+                    continue;
+                };
+                cand.row_mut(k).assign(&b.x.row(j));
+            }
+            who.push(i);
+            rows.push(k);
         }
-        let ok = cx.adversarial(&noise, &todo)?;
-        for (k, &i) in todo.iter().enumerate() {
+        if who.is_empty() {
+            break;
+        }
+        let cand = crate::tensor::rows(&cand, &rows);
+        let ok = cx.adversarial(&cand, &who)?;
+        for (k, &i) in who.iter().enumerate() {
             if ok[k] {
-                adv.row_mut(i).assign(&noise.row(k));
+                adv.row_mut(i).assign(&cand.row(k));
                 have[i] = true;
             }
         }
@@ -248,4 +271,19 @@ fn boundary_search(
         adv.row_mut(i).assign(&ndarray::ArrayView1::from(&row[..]));
     }
     Ok(())
+}
+
+/// For each sample, the other samples of the batch by increasing L2 distance.
+fn nearest(x: &Array2<f32>) -> Vec<Vec<usize>> {
+    let n = x.nrows();
+    (0..n)
+        .map(|i| {
+            let mut d: Vec<(f32, usize)> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| (l2((&x.row(i) - &x.row(j)).view()), j))
+                .collect();
+            d.sort_by(|a, b| a.0.total_cmp(&b.0));
+            d.into_iter().map(|(_, j)| j).collect()
+        })
+        .collect()
 }
