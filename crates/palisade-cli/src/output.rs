@@ -14,7 +14,11 @@ pub struct Ctx {
 
 impl Ctx {
     /// Prints `value` as pretty JSON when `--json` is on, else calls `text`.
-    pub fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    pub fn emit<T: Serialize>(
+        &self,
+        value: &T,
+        text: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let s = if self.json {
             serde_json::to_string_pretty(value)?
@@ -31,6 +35,15 @@ impl Ctx {
     /// Whether progress bars may be drawn (never in JSON mode).
     pub fn progress(&self) -> bool {
         !self.json
+    }
+}
+
+/// Writes one line to stdout; a closed pipe is a normal stop.
+pub fn print_line(s: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{s}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
     }
 }
 
