@@ -183,7 +183,8 @@ impl ApgdRun {
             grad: g,
             loss_best_last_check: l.clone(),
             loss_best: l,
-            reduced_last_check: vec![false; n],
+            // As the reference (`zeros == zeros`): no "no improvement" halving at the first checkpoint.
+            reduced_last_check: vec![true; n],
             step: vec![2.0 * self.eps; n],
             history: vec![Vec::with_capacity(n_iter); n],
         };
