@@ -13,6 +13,7 @@
 //! | GET | `/v2/audit/proof/inclusion?index=I&size=N` | audit |
 //! | GET | `/v2/audit/proof/consistency?first=M&second=N` | audit |
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,7 +123,16 @@ async fn create_key(State(s): State<AdminState>, body: Bytes) -> Response {
     }
 }
 
-async fn revoke_key(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+/// Path parameters. The outer router's wildcard is among them, so handlers take them all and
+/// pick theirs by name.
+type Params = Path<HashMap<String, String>>;
+
+fn param(p: &HashMap<String, String>, name: &str) -> String {
+    p.get(name).cloned().unwrap_or_default()
+}
+
+async fn revoke_key(State(s): State<AdminState>, Path(p): Params) -> Response {
+    let id = param(&p, "id");
     match s.keys.revoke(&id, now_ms()) {
         Ok(changed) => json_response(
             StatusCode::OK,
@@ -138,7 +148,8 @@ struct Rotate {
     overlap_s: u64,
 }
 
-async fn rotate_key(State(s): State<AdminState>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -> Response {
+    let id = param(&p, "id");
     let req: Rotate = match parse_json(&body) {
         Ok(r) => r,
         Err(m) => return bad_request(&m),
@@ -152,7 +163,8 @@ async fn rotate_key(State(s): State<AdminState>, Path(id): Path<String>, body: B
     }
 }
 
-async fn rollback(State(s): State<AdminState>, Path(model): Path<String>) -> Response {
+async fn rollback(State(s): State<AdminState>, Path(p): Params) -> Response {
+    let model = param(&p, "model");
     match s.models.rollback(&model) {
         Ok(m) => json_response(
             StatusCode::OK,
@@ -180,7 +192,10 @@ async fn checkpoint(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn entry(State(s): State<AdminState>, Path(index): Path<u64>) -> Response {
+async fn entry(State(s): State<AdminState>, Path(p): Params) -> Response {
+    let Ok(index) = param(&p, "index").parse::<u64>() else {
+        return bad_request("the entry index must be a non-negative integer");
+    };
     match s.audit.entry(index) {
         Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(v) => json_response(
