@@ -31,13 +31,21 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Manage the gateway's API keys.
+    Keys(cmd::keys::KeysArgs),
+    /// Verify the gateway's audit log; checkpoints and proofs.
+    Audit(cmd::audit::AuditArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging(&cli.log);
     let ctx = output::Ctx { json: cli.json };
-    let result: anyhow::Result<cmd::Outcome> = match cli.command {};
+    let result: anyhow::Result<cmd::Outcome> = match cli.command {
+        Command::Keys(a) => cmd::keys::run(&ctx, a),
+        Command::Audit(a) => cmd::audit::run(&ctx, a),
+    };
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => output::report_error(&ctx, &err),

@@ -49,6 +49,7 @@ use std::path::Path;
 
 pub mod admin;
 pub mod audit;
+pub mod grpc;
 pub mod guard;
 mod hexfmt;
 pub mod infer;
@@ -68,7 +69,7 @@ pub use server::{Gateway, LocalState, StatePaths, serve};
 #[non_exhaustive]
 pub enum GatewayError {
     /// A file or socket failed.
-    #[error("{path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// What was being accessed.
         path: String,

@@ -31,7 +31,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum PolicyError {
     /// The file could not be read.
-    #[error("policy {path}: {source}")]
+    #[error("cannot read policy {path}")]
     Io {
         /// The file.
         path: String,

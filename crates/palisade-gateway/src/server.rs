@@ -15,13 +15,14 @@ use tower::ServiceBuilder;
 use crate::GatewayError;
 use crate::admin::{self, AdminState};
 use crate::audit::{AuditLog, CheckpointPolicy, CheckpointSigner, SqliteAuditLog};
+use crate::grpc::GrpcGateway;
 use crate::guard::audit::Audit;
 use crate::guard::authn::Authenticate;
 use crate::guard::authz::Authorise;
 use crate::guard::harden::Harden;
 use crate::guard::ratelimit::{Limits, MemoryBudgets, RateLimit};
 use crate::guard::validate::Validate;
-use crate::guard::{GuardLayer, error_response, json_response};
+use crate::guard::{GuardLayer, Next, error_response, json_response};
 use crate::infer::ModelService;
 use crate::keys::{KeyStore, NewKey, Role, SqliteKeyStore};
 use crate::metrics::{Measure, Metrics};
@@ -221,24 +222,15 @@ impl Gateway {
     ///
     /// The guard order, outside in, is documented in the crate root.
     pub fn router(&self) -> Router {
-        let audit = GuardLayer(Audit::new(self.audit.clone(), self.metrics.clone()));
-        let authn = GuardLayer(Authenticate::new(self.keys.clone()));
-        let authz = GuardLayer(Authorise::new(self.keys.clone()));
-        let models = ServiceBuilder::new()
-            .layer(audit.clone())
-            .layer(authn.clone())
-            .layer(authz.clone())
-            .layer(GuardLayer(RateLimit::new(
-                self.limits.clone(),
-                self.models.clone(),
-            )))
-            .layer(GuardLayer(Validate::new(self.models.clone())))
-            .layer(GuardLayer(Harden))
-            .service(ModelService::new(self.models.clone(), self.metrics.clone()));
+        let models = self.model_stack();
+        let grpc = GrpcGateway::new(models.clone(), self.models.clone()).into_service();
         let admin = ServiceBuilder::new()
-            .layer(audit)
-            .layer(authn)
-            .layer(authz)
+            .layer(GuardLayer(Audit::new(
+                self.audit.clone(),
+                self.metrics.clone(),
+            )))
+            .layer(GuardLayer(Authenticate::new(self.keys.clone())))
+            .layer(GuardLayer(Authorise::new(self.keys.clone())))
             .service(admin::router(AdminState {
                 keys: self.keys.clone(),
                 models: self.models.clone(),
@@ -271,10 +263,33 @@ impl Gateway {
                 }),
             )
             .route_service("/v2/models/{*rest}", models)
+            .route_service("/inference.GRPCInferenceService/{*rest}", grpc)
             .route_service("/v2/admin/{*rest}", admin.clone())
             .route_service("/v2/audit/{*rest}", admin)
             .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
             .layer(GuardLayer(Measure(self.metrics.clone())))
+    }
+}
+
+impl Gateway {
+    /// The guarded model routes: audit → authenticate → authorise → rate limit → validate →
+    /// harden → infer. REST and gRPC both go through this one stack.
+    pub fn model_stack(&self) -> Next {
+        let svc = ServiceBuilder::new()
+            .layer(GuardLayer(Audit::new(
+                self.audit.clone(),
+                self.metrics.clone(),
+            )))
+            .layer(GuardLayer(Authenticate::new(self.keys.clone())))
+            .layer(GuardLayer(Authorise::new(self.keys.clone())))
+            .layer(GuardLayer(RateLimit::new(
+                self.limits.clone(),
+                self.models.clone(),
+            )))
+            .layer(GuardLayer(Validate::new(self.models.clone())))
+            .layer(GuardLayer(Harden))
+            .service(ModelService::new(self.models.clone(), self.metrics.clone()));
+        Next::new(svc)
     }
 }
 

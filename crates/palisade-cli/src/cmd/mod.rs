@@ -2,6 +2,9 @@
 
 use std::process::ExitCode;
 
+pub mod audit;
+pub mod keys;
+
 /// How a command that ran to the end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]

@@ -46,7 +46,10 @@ impl Guard for Audit {
     async fn handle(self, req: Request, next: Next) -> Response {
         let started = Instant::now();
         let ts_ms = now_ms();
-        let method = req.method().to_string();
+        let method = match req.extensions().get::<super::Via>() {
+            Some(v) => format!("GRPC {}", v.0),
+            None => req.method().to_string(),
+        };
         let path = req.uri().path().to_string();
         let target = Target::parse(&path);
         let resp = call_next(next, req).await;

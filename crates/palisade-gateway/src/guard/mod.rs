@@ -125,6 +125,11 @@ pub struct Principal(pub Arc<KeyRecord>);
 #[derive(Debug, Clone)]
 pub struct PresentedKeyId(pub String);
 
+/// The gRPC method a request was translated from (request extension; the audit log records it
+/// as the method).
+#[derive(Debug, Clone, Copy)]
+pub struct Via(pub &'static str);
+
 /// SHA-256 (hex) of the decompressed request body (response extension from validation).
 #[derive(Debug, Clone)]
 pub struct InputDigest(pub String);
