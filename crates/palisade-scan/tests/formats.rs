@@ -23,7 +23,13 @@ fn torch_zip_scans_every_pickle_member() {
     // A referenced storage that is missing, or shorter than its tensor needs.
     let missing = zip_of(&[("archive/data.pkl", &torch_state_dict())], false);
     assert!(has(&scan("m.pt", missing), S::Error, K::MalformedTensors));
-    let short = zip_of(&[("archive/data.pkl", &torch_state_dict()), ("archive/data/0", &[0u8; 15])], false);
+    let short = zip_of(
+        &[
+            ("archive/data.pkl", &torch_state_dict()),
+            ("archive/data/0", &[0u8; 15]),
+        ],
+        false,
+    );
     assert!(has(&scan("m.pt", short), S::Error, K::MalformedTensors));
 
     // The payload is in a second pickle member, compressed.
