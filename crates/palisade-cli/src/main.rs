@@ -32,6 +32,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Manage the gateway's API keys.
+    Keys(cmd::keys::KeysArgs),
+    /// Verify the gateway's audit log; checkpoints and proofs.
+    Audit(cmd::audit::AuditArgs),
     /// Scan model files for code-execution payloads (exit 0 clean, 1 findings, 2 unscannable).
     ///
     /// Pickle (joblib, dill), PyTorch zip and legacy, TorchScript, NumPy .npy/.npz, Keras .keras
@@ -72,6 +76,8 @@ fn main() -> ExitCode {
         Command::Registry(a) => cmd::registry::run(&ctx, a),
         Command::Provenance(a) => cmd::provenance::run(&ctx, a),
         Command::Scan(args) => cmd::scan::run(&ctx, &args),
+        Command::Keys(a) => cmd::keys::run(&ctx, a),
+        Command::Audit(a) => cmd::audit::run(&ctx, a),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

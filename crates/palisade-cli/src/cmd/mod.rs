@@ -7,6 +7,8 @@ pub mod keygen;
 pub mod progress;
 pub mod provenance;
 pub mod registry;
+pub mod audit;
+pub mod keys;
 pub mod scan;
 pub mod seal;
 pub mod sign;
