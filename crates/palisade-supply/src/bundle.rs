@@ -24,6 +24,23 @@ pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 /// Largest bundle accepted (bundles are small; this bounds memory on hostile input).
 pub const MAX_BUNDLE_LEN: u64 = 256 << 20;
 
+/// Reads a bundle file, refusing anything larger than [`MAX_BUNDLE_LEN`].
+pub fn read_bundle_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut v = Vec::new();
+    f.take(MAX_BUNDLE_LEN + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| Error::io(path, e))?;
+    if v.len() as u64 > MAX_BUNDLE_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "{}: larger than any signature bundle",
+            path.display()
+        )));
+    }
+    Ok(v)
+}
+
 /// DSSE pre-authentication encoding: `DSSEv1 <len> <type> <len> <body>`.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(payload.len() + payload_type.len() + 32);

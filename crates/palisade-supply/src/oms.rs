@@ -222,7 +222,7 @@ pub fn verify_bundle(bundle_bytes: &[u8], trusted: &PublicKey) -> Result<SignedM
     parse_statement(&env.payload, env.method, env.key_hint)
 }
 
-fn parse_statement(
+pub(crate) fn parse_statement(
     payload: &[u8],
     method: SigningMethod,
     key_hint: String,

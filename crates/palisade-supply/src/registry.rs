@@ -309,7 +309,7 @@ impl Registry {
         for f in &stored {
             tx.execute(
                 "INSERT INTO version_files (model, version, name, sha256, size) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![model, version, f.name, f.sha256, f.size],
+                params![model, version, f.name, f.sha256, i64::try_from(f.size).unwrap_or(i64::MAX)],
             )
             .map_err(db_err)?;
         }
@@ -414,7 +414,11 @@ impl Registry {
                 Ok(StoredFile {
                     name: r.get(0)?,
                     sha256: r.get(1)?,
-                    size: r.get(2)?,
+                    size: {
+                        let n: i64 = r.get(2)?;
+                        u64::try_from(n)
+                            .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(2, n))?
+                    },
                 })
             })
             .and_then(|rows| rows.collect())

@@ -116,7 +116,7 @@ fn read_json(p: &Path, what: &str) -> anyhow::Result<serde_json::Value> {
 /// Verifies the model's OMS signature and returns its root digest.
 fn model_root(m: &ModelArgs) -> Result<String, Error> {
     let key = PublicKey::from_pem_file(&m.model_key)?;
-    let bundle = std::fs::read(&m.model_signature).map_err(|e| Error::io(&m.model_signature, e))?;
+    let bundle = palisade_supply::bundle::read_bundle_file(&m.model_signature)?;
     let opts = VerifyOptions {
         signature_path: Some(m.model_signature.clone()),
         ..Default::default()
@@ -194,7 +194,7 @@ pub fn run(ctx: &Ctx, args: ProvenanceArgs) -> anyhow::Result<Outcome> {
             code_version,
         } => {
             let key = PublicKey::from_pem_file(&public_key)?;
-            let bundle = read(&prov, "provenance")?;
+            let bundle = palisade_supply::bundle::read_bundle_file(&prov)?;
             let dm_bytes = read(&dataset_manifest, "dataset manifest")?;
             let result = model_root(&model).and_then(|root| {
                 let rec = provenance::verify_record(&bundle, &key)?;

@@ -163,8 +163,7 @@ pub fn run(ctx: &Ctx, args: RegistryArgs) -> anyhow::Result<Outcome> {
             seal_to,
         } => {
             let key = PublicKey::from_pem_file(&public_key)?;
-            let bundle = std::fs::read(&signature)
-                .with_context(|| format!("signature {}", signature.display()))?;
+            let bundle = palisade_supply::bundle::read_bundle_file(&signature)?;
             let mut recipients = Vec::new();
             for r in &seal_to {
                 recipients.extend(seal::parse_recipients(
@@ -265,8 +264,7 @@ pub fn run(ctx: &Ctx, args: RegistryArgs) -> anyhow::Result<Outcome> {
             dataset_manifest,
         } => {
             let key = PublicKey::from_pem_file(&public_key)?;
-            let bundle = std::fs::read(&provenance)
-                .with_context(|| format!("provenance {}", provenance.display()))?;
+            let bundle = palisade_supply::bundle::read_bundle_file(&provenance)?;
             let dm = std::fs::read(&dataset_manifest)
                 .with_context(|| format!("dataset manifest {}", dataset_manifest.display()))?;
             let info = reg.show(&name, &rev)?;

@@ -50,7 +50,7 @@ struct Report {
 /// Runs the command.
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Outcome> {
     let key = PublicKey::from_pem_file(&args.public_key)?;
-    let bundle = read_bundle(&args.signature)?;
+    let bundle = palisade_supply::bundle::read_bundle_file(&args.signature)?;
     let result = match &args.model {
         Some(model) => {
             let opts = VerifyOptions {
@@ -100,19 +100,6 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Outcome> {
     } else {
         Outcome::Findings
     })
-}
-
-fn read_bundle(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).with_context(|| format!("signature {}", path.display()))?;
-    let mut v = Vec::new();
-    f.take(palisade_supply::bundle::MAX_BUNDLE_LEN + 1)
-        .read_to_end(&mut v)
-        .with_context(|| format!("signature {}", path.display()))?;
-    if v.len() as u64 > palisade_supply::bundle::MAX_BUNDLE_LEN {
-        anyhow::bail!("signature {}: larger than any bundle", path.display());
-    }
-    Ok(v)
 }
 
 fn text(r: &Report) -> String {
