@@ -275,8 +275,16 @@ pub mod fuzzing {
 
     /// The zip reader and every member scanner behind it.
     pub fn zip(data: &[u8]) {
-        let opts = ScanOptions { max_in_memory: 1 << 20, max_member_size: 16 << 20, ..ScanOptions::default() };
-        let ctx = Ctx { opts: &opts, dir: None, file_name: None };
+        let opts = ScanOptions {
+            max_in_memory: 1 << 20,
+            max_member_size: 16 << 20,
+            ..ScanOptions::default()
+        };
+        let ctx = Ctx {
+            opts: &opts,
+            dir: None,
+            file_name: None,
+        };
         let mut sink = Sink::new();
         let _ = formats::archive::scan_zip(&data.to_vec(), &mut sink, &ctx, 0);
     }
@@ -295,6 +303,10 @@ pub mod fuzzing {
 
     /// Detection and dispatch: any bytes, as a file.
     pub fn any(data: &[u8]) {
-        let _ = crate::scan_bytes(std::path::Path::new("fuzz"), data.to_vec(), &ScanOptions::default());
+        let _ = crate::scan_bytes(
+            std::path::Path::new("fuzz"),
+            data.to_vec(),
+            &ScanOptions::default(),
+        );
     }
 }

@@ -17,7 +17,11 @@ impl Rng {
         self.0
     }
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
@@ -31,10 +35,23 @@ fn seeds() -> Vec<Vec<u8>> {
     vec![
         sd.clone(),
         Pickle::os_system("id"),
-        zip_of(&[("archive/data.pkl", &sd), ("archive/data/0", &[0u8; 16])], false),
-        zip_of(&[("archive/data.pkl", &sd), ("x.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|O'}")], true),
-        safetensors(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, &[0; 8]),
-        b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00".to_vec(),
+        zip_of(
+            &[("archive/data.pkl", &sd), ("archive/data/0", &[0u8; 16])],
+            false,
+        ),
+        zip_of(
+            &[
+                ("archive/data.pkl", &sd),
+                ("x.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '|O'}"),
+            ],
+            true,
+        ),
+        safetensors(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            &[0; 8],
+        ),
+        b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00"
+            .to_vec(),
         onnx,
         b"\x89HDF\r\n\x1a\n model_config {\"class_name\": \"Lambda\"}".to_vec(),
     ]
