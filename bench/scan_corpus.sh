@@ -38,6 +38,10 @@ run_set() { # $1 = label, $2 = directory, $3 = malicious|benign
     out=$("$BIN" scan --json "$s" 2>/dev/null)
     rc=$?
     set -e
+    if ((rc > 2)) || [[ "$out" != *'"summary"'* ]]; then
+      echo "palisade did not run on $s (exit $rc)" >&2
+      exit 3
+    fi
     [[ $rc != 0 ]] && nonzero=$((nonzero + 1))
     [[ $rc == 2 ]] && unscannable=$((unscannable + 1))
     if [[ "$out" == *'"severity": "dangerous"'* ]]; then dangerous=$((dangerous + 1)); fi

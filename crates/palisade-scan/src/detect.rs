@@ -1,11 +1,11 @@
 //! Format detection by content, and dispatch to the format scanners.
 
-use std::io::BufReader;
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 use crate::blob::{Blob, BlobReader, read_upto_at};
 use crate::formats;
-use crate::pickle::{self, vm::Limits};
+use crate::pickle;
 use crate::report::{FindingKind, Format, Severity};
 use crate::sink::Sink;
 use crate::{ScanOptions, zip};
@@ -17,6 +17,26 @@ pub(crate) struct Ctx<'o> {
     pub(crate) dir: Option<PathBuf>,
     /// Name of the file being scanned.
     pub(crate) file_name: Option<String>,
+    /// Pickle emulation settings.
+    pub(crate) policy: pickle::Policy,
+}
+
+impl<'o> Ctx<'o> {
+    pub(crate) fn new(opts: &'o ScanOptions, path: Option<&std::path::Path>) -> Self {
+        Ctx {
+            opts,
+            dir: path
+                .and_then(|p| p.parent())
+                .map(std::path::Path::to_path_buf),
+            file_name: path
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned()),
+            policy: pickle::Policy {
+                limits: pickle::vm::Limits::default(),
+                allow: pickle::policy::Allow::new(&opts.allow),
+            },
+        }
+    }
 }
 
 /// Formats recognisable from the first bytes alone.
@@ -40,6 +60,14 @@ pub(crate) fn sniff(head: &[u8]) -> Format {
         && *p <= 5
     {
         return Format::Pickle;
+    }
+    if head.starts_with(b"\x1f\x8b\x08") {
+        return Format::Compressed;
+    }
+    if let [0x78, b, ..] = head
+        && (0x7800u16 | u16::from(*b)).is_multiple_of(31)
+    {
+        return Format::Compressed;
     }
     Format::Unknown
 }
@@ -72,6 +100,7 @@ pub(crate) fn scan_blob(blob: &dyn Blob, sink: &mut Sink, ctx: &Ctx<'_>, depth: 
         Format::Gguf => formats::gguf::scan(blob, sink),
         Format::Hdf5 => formats::keras::scan_hdf5(blob, sink),
         Format::Pickle => format = scan_pickle_blob(blob, sink, ctx, depth),
+        Format::Compressed => scan_compressed(blob, &head, sink, ctx, depth),
         _ => {
             format = formats::probe(blob, &head, sink, ctx);
             if format == Format::Unknown && depth == 0 && formats::tf_data_shard(sink, ctx) {
@@ -114,9 +143,63 @@ fn polyglot_tail(blob: &dyn Blob, sink: &mut Sink, ctx: &Ctx<'_>, depth: u32, fo
 
 fn scan_pickle_blob(blob: &dyn Blob, sink: &mut Sink, ctx: &Ctx<'_>, depth: u32) -> Format {
     let mut r = BufReader::with_capacity(1 << 16, BlobReader::new(blob, 0, blob.len()));
-    let res = pickle::scan_stream(&mut r, sink, Limits::default());
+    let res = pickle::scan_stream(&mut r, sink, &ctx.policy);
     scan_nested(res.nested, sink, ctx, depth);
     res.format
+}
+
+/// A zlib or gzip stream (joblib's `compress=`): pickles are emulated as they are decompressed;
+/// anything else is decompressed into memory (bounded) and scanned by content.
+fn scan_compressed(blob: &dyn Blob, head: &[u8], sink: &mut Sink, ctx: &Ctx<'_>, depth: u32) {
+    let raw = BlobReader::new(blob, 0, blob.len());
+    let (name, dec): (&str, Box<dyn Read + '_>) = if head.starts_with(b"\x1f\x8b") {
+        ("gzip", Box::new(flate2::read::MultiGzDecoder::new(raw)))
+    } else {
+        ("zlib", Box::new(flate2::read::ZlibDecoder::new(raw)))
+    };
+    let mut r = BufReader::with_capacity(1 << 16, dec.take(ctx.opts.max_member_size));
+    sink.within(name, |s| {
+        let inner = match r.fill_buf() {
+            Ok(h) => h.get(..64).unwrap_or(h).to_vec(),
+            Err(e) => {
+                s.error(
+                    FindingKind::Unparsable,
+                    Some(0),
+                    format!("cannot decompress: {e}"),
+                );
+                return;
+            }
+        };
+        if sniff(&inner) == Format::Pickle {
+            let res = pickle::scan_stream(&mut r, s, &ctx.policy);
+            scan_nested(res.nested, s, ctx, depth);
+            return;
+        }
+        let mut data = Vec::new();
+        match r.take(ctx.opts.max_in_memory + 1).read_to_end(&mut data) {
+            Ok(n) if n as u64 > ctx.opts.max_in_memory => s.error(
+                FindingKind::Unparsable,
+                Some(0),
+                "decompressed content too large to analyse in memory",
+            ),
+            Ok(_) => {
+                if scan_blob(&data, s, ctx, depth + 1) == Format::Unknown && !ctx.opts.strict {
+                    // At depth > 0 unknown content is only `info`: a compressed file of unknown
+                    // content is still unscannable.
+                    s.error(
+                        FindingKind::UnknownFormat,
+                        Some(0),
+                        "compressed content of unknown format",
+                    );
+                }
+            }
+            Err(e) => s.error(
+                FindingKind::Unparsable,
+                Some(0),
+                format!("cannot decompress: {e}"),
+            ),
+        }
+    });
 }
 
 /// Scans models embedded as bytes in a pickle (a Keras archive inside a pickle).
@@ -153,7 +236,7 @@ fn try_protocol0_pickle(
     if pickle::looks_like_pickle(head) {
         let mut trial = Sink::new();
         let mut r = BufReader::with_capacity(1 << 16, BlobReader::new(blob, 0, blob.len()));
-        let res = pickle::scan_stream(&mut r, &mut trial, Limits::default());
+        let res = pickle::scan_stream(&mut r, &mut trial, &ctx.policy);
         let found = trial
             .findings
             .iter()

@@ -69,6 +69,9 @@ pub struct ScanOptions {
     pub max_depth: u32,
     /// Follow symbolic links that leave the scanned directory (off: they are reported).
     pub follow_external_symlinks: bool,
+    /// Extra pickle globals to treat as allowlisted callables, for libraries you trust:
+    /// `module.Name`, or `module.*` for a module and its submodules (`sklearn.*`).
+    pub allow: Vec<String>,
 }
 
 impl Default for ScanOptions {
@@ -79,14 +82,21 @@ impl Default for ScanOptions {
             max_in_memory: 512 << 20,
             max_depth: 8,
             follow_external_symlinks: false,
+            allow: Vec::new(),
         }
     }
 }
 
 impl ScanOptions {
-    /// Default options with `strict` set.
+    /// Sets `strict`.
     pub fn strict(mut self, strict: bool) -> Self {
         self.strict = strict;
+        self
+    }
+
+    /// Sets `allow` (extra allowlisted pickle globals).
+    pub fn allow(mut self, allow: Vec<String>) -> Self {
+        self.allow = allow;
         self
     }
 }
@@ -188,36 +198,57 @@ fn symlink_report(path: &Path, message: &str) -> FileReport {
     )
 }
 
+/// Files up to this size are read whole (one read, hashed from memory); larger ones are read
+/// with positional reads, only where a format needs it, so memory stays constant.
+const READ_WHOLE: u64 = 32 << 20;
+
 /// Scans one file. IO problems become error findings.
 fn scan_file(path: &Path, opts: &ScanOptions) -> FileReport {
     let mut sink = Sink::new();
-    let (format, size, sha) = match File::open(path).and_then(FileBlob::new) {
+    let ctx = detect::Ctx::new(opts, Some(path));
+    let opened = File::open(path).and_then(|f| {
+        let len = f.metadata()?.len();
+        Ok((f, len))
+    });
+    let (format, size, sha) = match opened {
         Err(e) => {
             sink.error(FindingKind::Unparsable, None, format!("cannot read: {e}"));
             (Format::Unknown, 0, String::new())
         }
-        Ok(blob) => {
-            let sha = match sha256_file(path) {
-                Ok(h) => h,
+        Ok((mut f, len)) if len <= READ_WHOLE => {
+            let mut bytes = Vec::with_capacity(len as usize);
+            match f.read_to_end(&mut bytes) {
+                Ok(_) => {
+                    let sha = hex::encode(Sha256::digest(&bytes));
+                    let format = detect::scan_blob(&bytes, &mut sink, &ctx, 0);
+                    (format, bytes.len() as u64, sha)
+                }
                 Err(e) => {
                     sink.error(FindingKind::Unparsable, None, format!("cannot read: {e}"));
-                    String::new()
+                    (Format::Unknown, len, String::new())
                 }
-            };
-            let ctx = detect::Ctx {
-                opts,
-                dir: path.parent().map(Path::to_path_buf),
-                file_name: file_name(path),
-            };
-            let format = detect::scan_blob(&blob, &mut sink, &ctx, 0);
-            (format, blob::Blob::len(&blob), sha)
+            }
         }
+        Ok((f, _)) => match FileBlob::new(f) {
+            Err(e) => {
+                sink.error(FindingKind::Unparsable, None, format!("cannot read: {e}"));
+                (Format::Unknown, 0, String::new())
+            }
+            Ok(blob) => {
+                // Hash and scan at the same time: the hash reads every byte, the scan few.
+                let (sha, format) = rayon::join(
+                    || sha256_file(path),
+                    || detect::scan_blob(&blob, &mut sink, &ctx, 0),
+                );
+                let sha = sha.unwrap_or_else(|e| {
+                    sink.error(FindingKind::Unparsable, None, format!("cannot read: {e}"));
+                    String::new()
+                });
+                (format, blob::Blob::len(&blob), sha)
+            }
+        },
     };
     FileReport::new(path.to_path_buf(), format, size, sha, sink.findings)
-}
-
-fn file_name(path: &Path) -> Option<String> {
-    path.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -239,11 +270,8 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 pub fn scan_bytes(path: &Path, bytes: Vec<u8>, opts: &ScanOptions) -> ScanReport {
     let mut sink = Sink::new();
     let sha = hex::encode(Sha256::digest(&bytes));
-    let ctx = detect::Ctx {
-        opts,
-        dir: None,
-        file_name: file_name(path),
-    };
+    let mut ctx = detect::Ctx::new(opts, Some(path));
+    ctx.dir = None;
     let size = bytes.len() as u64;
     let format = detect::scan_blob(&bytes, &mut sink, &ctx, 0);
     ScanReport::new(
@@ -270,7 +298,7 @@ pub mod fuzzing {
     pub fn pickle(data: &[u8]) {
         let mut sink = Sink::new();
         let mut r = data;
-        let _ = pickle::scan_stream(&mut r, &mut sink, pickle::vm::Limits::default());
+        let _ = pickle::scan_stream(&mut r, &mut sink, &pickle::Policy::default());
     }
 
     /// The zip reader and every member scanner behind it.
@@ -280,11 +308,7 @@ pub mod fuzzing {
             max_member_size: 16 << 20,
             ..ScanOptions::default()
         };
-        let ctx = Ctx {
-            opts: &opts,
-            dir: None,
-            file_name: None,
-        };
+        let ctx = Ctx::new(&opts, None);
         let mut sink = Sink::new();
         let _ = formats::archive::scan_zip(&data.to_vec(), &mut sink, &ctx, 0);
     }

@@ -174,6 +174,8 @@ pub enum Format {
     TfFingerprint,
     /// A TensorFlow checkpoint data shard (raw bytes addressed by a sibling `variables.index`).
     TfCheckpointData,
+    /// A zlib or gzip stream (compressed joblib); its content is scanned.
+    Compressed,
     /// Not recognised.
     Unknown,
 }
@@ -198,6 +200,7 @@ impl Format {
             Format::TfCheckpointIndex => "tf-checkpoint-index",
             Format::TfFingerprint => "tf-fingerprint",
             Format::TfCheckpointData => "tf-checkpoint-data",
+            Format::Compressed => "compressed",
             Format::Unknown => "unknown",
         }
     }

@@ -413,3 +413,103 @@ fn resource_limits_fail_closed_without_panicking() {
         .bytes();
     assert!(!scan("x", b).is_clean());
 }
+
+/// A joblib `NumpyArrayWrapper` for an array of `count` elements of `dtype`, as joblib writes it
+/// (the array bytes follow, outside the pickle opcodes).
+fn joblib_wrapper(dtype: &str, count: u8) -> Pickle {
+    Pickle::new()
+        .proto(4)
+        .short_unicode("joblib.numpy_pickle")
+        .short_unicode("NumpyArrayWrapper")
+        .stack_global()
+        .empty_tuple()
+        .newobj()
+        .empty_dict()
+        .mark()
+        .short_unicode("shape")
+        .int1(count)
+        .tuple1()
+        .short_unicode("dtype")
+        .short_unicode("numpy")
+        .short_unicode("dtype")
+        .stack_global()
+        .short_unicode(dtype)
+        .op(0x89)
+        .op(0x88)
+        .op(0x87)
+        .reduce()
+        .short_unicode("numpy_array_alignment_bytes")
+        .int1(16)
+        .setitems()
+        .build()
+}
+
+#[test]
+fn joblib_arrays_are_skipped_and_object_arrays_emulated() {
+    // 3 float64 = 24 raw bytes that look like a payload to a parser that reads them as opcodes.
+    let mut raw = b"cos\nsystem\n(S'id'\ntR.".to_vec();
+    raw.resize(24, b'.');
+    let b = joblib_wrapper("f8", 3)
+        .raw(&[2, 0xff, 0xff])
+        .raw(&raw)
+        .stop()
+        .bytes();
+    let r = scan("m.joblib", b);
+    assert!(r.is_clean(), "{}", dump(&r));
+
+    // An object array is a nested pickle, emulated like any other.
+    let b = joblib_wrapper("O8", 1)
+        .raw(&Pickle::os_system("id"))
+        .stop()
+        .bytes();
+    let r = scan("m.joblib", b);
+    assert!(has(&r, S::Dangerous, K::PickleCall), "{}", dump(&r));
+
+    // Array bytes cut short.
+    let b = joblib_wrapper("f8", 3).raw(&[0]).raw(&[0; 10]).bytes();
+    assert!(!scan("m.joblib", b).is_clean());
+}
+
+#[test]
+fn compressed_joblib_streams() {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&Pickle::os_system("id")).unwrap();
+    let r = scan("m.joblib", z.finish().unwrap());
+    assert_eq!(r.files[0].format, Format::Compressed);
+    assert!(has(&r, S::Dangerous, K::PickleCall), "{}", dump(&r));
+
+    let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    g.write_all(&torch_state_dict()).unwrap();
+    assert!(scan("m.joblib", g.finish().unwrap()).is_clean());
+
+    // A stream that is not what its header says.
+    assert!(!scan("m.joblib", b"\x1f\x8b\x08\x00garbage".to_vec()).is_clean());
+}
+
+#[test]
+fn user_allowlist_extends_the_policy() {
+    use palisade_scan::{ScanOptions, scan_bytes};
+    // A scikit-learn estimator: instantiated through NEWOBJ, then its state set by BUILD.
+    let b = Pickle::new()
+        .proto(4)
+        .short_unicode("sklearn.linear_model._logistic")
+        .short_unicode("LogisticRegression")
+        .stack_global()
+        .empty_tuple()
+        .newobj()
+        .empty_dict()
+        .build()
+        .stop()
+        .bytes();
+    let r = scan("m.pkl", b.clone());
+    assert!(has(&r, S::Dangerous, K::PickleCall), "{}", dump(&r));
+    let opts = ScanOptions::default().allow(vec!["sklearn.*".into()]);
+    let r = scan_bytes(std::path::Path::new("m.pkl"), b.clone(), &opts);
+    assert!(r.is_clean(), "{}", dump(&r));
+    // The allowance is exactly what was asked for.
+    let opts = ScanOptions::default().allow(vec![
+        "sklearn.linear_model._logistic.LogisticRegressionCV".into(),
+    ]);
+    assert!(!scan_bytes(std::path::Path::new("m.pkl"), b, &opts).is_clean());
+}

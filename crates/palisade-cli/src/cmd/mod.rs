@@ -2,9 +2,17 @@
 
 use std::process::ExitCode;
 
+pub mod keyargs;
+pub mod keygen;
+pub mod progress;
+pub mod provenance;
+pub mod registry;
 pub mod audit;
 pub mod keys;
 pub mod scan;
+pub mod seal;
+pub mod sign;
+pub mod verify;
 
 /// How a command that ran to the end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

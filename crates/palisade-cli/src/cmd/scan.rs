@@ -23,11 +23,18 @@ pub struct ScanArgs {
     /// Strict: archive members of unknown format make the archive unscannable.
     #[arg(long)]
     pub strict: bool,
+
+    /// Also allow this pickle global as a callable, for a library you trust: `module.Name`, or
+    /// `module.*` for a module and its submodules (e.g. `--allow 'sklearn.*'`). Repeatable.
+    #[arg(long, value_name = "GLOBAL")]
+    pub allow: Vec<String>,
 }
 
 /// Runs the scan and prints the report.
 pub fn run(ctx: &Ctx, args: &ScanArgs) -> anyhow::Result<Outcome> {
-    let opts = ScanOptions::default().strict(args.strict);
+    let opts = ScanOptions::default()
+        .strict(args.strict)
+        .allow(args.allow.clone());
     let mut reports = Vec::with_capacity(args.paths.len());
     let spinner = ctx.progress().then(indicatif::ProgressBar::new_spinner);
     for p in &args.paths {

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use crate::blob::{Blob, SubBlob};
 use crate::detect::{self, Ctx};
 use crate::formats;
-use crate::pickle::{self, vm::Limits};
+use crate::pickle;
 use crate::report::{FindingKind, Format, Severity};
 use crate::sink::Sink;
 use crate::zip::{self, Archive, Entry};
@@ -171,16 +171,8 @@ fn scan_member_inner(
     ctx: &Ctx<'_>,
     depth: u32,
 ) {
-    let mut reader = match zip::open(blob, e, ctx.opts.max_member_size) {
-        Ok(r) => r,
-        Err(err) => {
-            sink.error(
-                FindingKind::Unparsable,
-                Some(e.local_offset),
-                err.to_string(),
-            );
-            return;
-        }
+    let Some(mut reader) = open_member(blob, e, ctx.opts.max_member_size, sink) else {
+        return;
     };
     let mut buf = BufReader::with_capacity(1 << 16, &mut reader);
     let head = match buf.fill_buf() {
@@ -232,7 +224,7 @@ fn scan_member_inner(
         );
     }
     if pickle_like {
-        let res = pickle::scan_stream(&mut buf, sink, Limits::default());
+        let res = pickle::scan_stream(&mut buf, sink, &ctx.policy);
         drop(buf);
         // Read to the end so the CRC covers the whole member.
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
@@ -272,16 +264,8 @@ fn scan_member_inner(
         return;
     }
     let mut data = Vec::new();
-    let mut reader = match zip::open(blob, e, ctx.opts.max_in_memory) {
-        Ok(r) => r,
-        Err(err) => {
-            sink.error(
-                FindingKind::Unparsable,
-                Some(e.local_offset),
-                err.to_string(),
-            );
-            return;
-        }
+    let Some(mut reader) = open_member(blob, e, ctx.opts.max_in_memory, sink) else {
+        return;
     };
     if let Err(err) = reader.read_to_end(&mut data) {
         sink.error(
@@ -293,6 +277,26 @@ fn scan_member_inner(
     }
     check_crc(e, &reader, sink);
     member_blob(&data, e, kind, sink, ctx, depth);
+}
+
+/// Opens a member, reporting why it cannot be.
+fn open_member<'a>(
+    blob: &'a dyn Blob,
+    e: &Entry,
+    limit: u64,
+    sink: &mut Sink,
+) -> Option<zip::MemberReader<'a>> {
+    match zip::open(blob, e, limit) {
+        Ok(r) => Some(r),
+        Err(err) => {
+            sink.error(
+                FindingKind::Unparsable,
+                Some(e.local_offset),
+                err.to_string(),
+            );
+            None
+        }
+    }
 }
 
 fn member_blob(b: &dyn Blob, e: &Entry, kind: Format, sink: &mut Sink, ctx: &Ctx<'_>, depth: u32) {

@@ -268,10 +268,10 @@ fn extract_json(blob: &dyn Blob, at: u64) -> Option<(Value, u64)> {
 }
 
 pub(crate) fn memfind(h: &[u8], n: &[u8]) -> Option<usize> {
-    if n.is_empty() || h.len() < n.len() {
+    if n.is_empty() {
         return None;
     }
-    h.windows(n.len()).position(|w| w == n)
+    memchr::memmem::find(h, n)
 }
 
 #[cfg(test)]

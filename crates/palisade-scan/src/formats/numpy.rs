@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read};
 
 use crate::blob::{Blob, BlobReader};
 use crate::detect::{self, Ctx};
-use crate::pickle::{self, vm::Limits};
+use crate::pickle;
 use crate::report::{FindingKind, Severity};
 use crate::sink::Sink;
 
@@ -56,7 +56,7 @@ pub(crate) fn scan_npy_stream(
             ),
             Vec::new(),
         );
-        let res = pickle::scan_stream(r, sink, Limits::default());
+        let res = pickle::scan_stream(r, sink, &ctx.policy);
         // Offsets from the VM are relative to the pickle, which starts after the header.
         detect::scan_nested(res.nested, sink, ctx, 1);
         return;

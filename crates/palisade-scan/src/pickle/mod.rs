@@ -10,6 +10,13 @@ use crate::report::{FindingKind, Format, Severity};
 use crate::sink::Sink;
 use vm::{Input, Limits, Nested, Outcome, PickleError, StorageRef, Vm};
 
+/// Everything the emulator is configured with: resource limits and user-allowed globals.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Policy {
+    pub(crate) limits: Limits,
+    pub(crate) allow: policy::Allow,
+}
+
 /// `torch.serialization.MAGIC_NUMBER`, the first pickle of a legacy checkpoint.
 const TORCH_LEGACY_MAGIC: i128 = 0x1950a86a20f9469cfc6c;
 
@@ -40,22 +47,22 @@ fn report_error(sink: &mut Sink, e: &PickleError, what: &str) {
 fn one(
     input: &mut Input<'_>,
     sink: &mut Sink,
-    limits: Limits,
+    policy: &Policy,
 ) -> Result<Option<Outcome>, PickleError> {
     // The input's positions are absolute within the stream, so the VM needs no base offset.
-    Vm::new(sink, limits, 0).run(input)
+    Vm::new(sink, policy, 0).run(input)
 }
 
 /// Scans a pickle stream to its end. Every finding goes to `sink`; a stream that cannot be
 /// emulated to its end gets an error finding.
-pub(crate) fn scan_stream(r: &mut dyn BufRead, sink: &mut Sink, limits: Limits) -> StreamResult {
+pub(crate) fn scan_stream(r: &mut dyn BufRead, sink: &mut Sink, policy: &Policy) -> StreamResult {
     let mut input = Input::new(r);
     let mut result = StreamResult {
         format: Format::Pickle,
         nested: Vec::new(),
         first_ok: false,
     };
-    let first = match one(&mut input, sink, limits) {
+    let first = match one(&mut input, sink, policy) {
         Ok(Some(o)) => o,
         Ok(None) => {
             sink.error(FindingKind::Unparsable, Some(0), "empty pickle stream");
@@ -69,7 +76,7 @@ pub(crate) fn scan_stream(r: &mut dyn BufRead, sink: &mut Sink, limits: Limits) 
     result.first_ok = true;
     if first.top_int == Some(TORCH_LEGACY_MAGIC) {
         result.format = Format::TorchLegacy;
-        legacy(&mut input, sink, limits, &mut result);
+        legacy(&mut input, sink, policy, &mut result);
         return result;
     }
     result.nested.extend(first.nested);
@@ -99,20 +106,14 @@ pub(crate) fn scan_stream(r: &mut dyn BufRead, sink: &mut Sink, limits: Limits) 
             break;
         }
         let before = sink.len();
-        match one(&mut input, sink, limits) {
+        match one(&mut input, sink, policy) {
             Ok(Some(o)) => {
                 count += 1;
-                let sev = if sink.any_dangerous_since(before) {
-                    Severity::Dangerous
-                } else {
-                    Severity::Suspicious
-                };
-                sink.push(
-                    sev,
-                    FindingKind::ParserDifferential,
-                    Some(at),
-                    format!("a second pickle follows STOP at offset {at} (pickle.load reads only the first)"),
-                    Vec::new(),
+                more_after_stop(
+                    sink,
+                    before,
+                    at,
+                    "a second pickle follows STOP (pickle.load reads only the first)",
                 );
                 result.nested.extend(o.nested);
             }
@@ -136,14 +137,14 @@ pub(crate) fn scan_stream(r: &mut dyn BufRead, sink: &mut Sink, limits: Limits) 
 /// The rest of a legacy `torch.save` file after its magic number: protocol version, system info,
 /// the object pickle, the storage keys, then each storage as a little-endian element count and
 /// raw bytes. Every storage must be accounted for and the file must end exactly after the last.
-fn legacy(input: &mut Input<'_>, sink: &mut Sink, limits: Limits, result: &mut StreamResult) {
+fn legacy(input: &mut Input<'_>, sink: &mut Sink, policy: &Policy, result: &mut StreamResult) {
     let mut storages: Vec<StorageRef> = Vec::new();
     let mut keys: Option<Vec<String>> = None;
     for (i, what) in ["protocol version", "system info", "objects", "storage keys"]
         .iter()
         .enumerate()
     {
-        match one(input, sink, limits) {
+        match one(input, sink, policy) {
             Ok(Some(o)) => {
                 if i == 0 && o.top_int != Some(1001) {
                     sink.push(
@@ -229,21 +230,13 @@ fn legacy(input: &mut Input<'_>, sink: &mut Sink, limits: Limits, result: &mut S
             let at = input.pos();
             let before = sink.len();
             // Anything after the last storage is never read by torch.load: scan it anyway.
-            match one(input, sink, limits) {
-                Ok(Some(_)) => {
-                    let sev = if sink.any_dangerous_since(before) {
-                        Severity::Dangerous
-                    } else {
-                        Severity::Suspicious
-                    };
-                    sink.push(
-                        sev,
-                        FindingKind::ParserDifferential,
-                        Some(at),
-                        "a pickle follows the last legacy torch storage",
-                        Vec::new(),
-                    );
-                }
+            match one(input, sink, policy) {
+                Ok(Some(_)) => more_after_stop(
+                    sink,
+                    before,
+                    at,
+                    "a pickle follows the last legacy torch storage",
+                ),
                 _ => sink.push(
                     Severity::Suspicious,
                     FindingKind::ParserDifferential,
@@ -259,6 +252,23 @@ fn legacy(input: &mut Input<'_>, sink: &mut Sink, limits: Limits, result: &mut S
             format!("read error: {e}"),
         ),
     }
+}
+
+/// Reports a pickle found where the loader stops reading: dangerous if it holds something
+/// dangerous, suspicious otherwise.
+fn more_after_stop(sink: &mut Sink, before: usize, at: u64, what: &str) {
+    let sev = if sink.any_dangerous_since(before) {
+        Severity::Dangerous
+    } else {
+        Severity::Suspicious
+    };
+    sink.push(
+        sev,
+        FindingKind::ParserDifferential,
+        Some(at),
+        format!("{what}, at offset {at}"),
+        Vec::new(),
+    );
 }
 
 fn read_exact(input: &mut Input<'_>, buf: &mut [u8]) -> Result<(), PickleError> {

@@ -4,6 +4,38 @@
 //! legitimately use. A call to anything else is dangerous; an import of anything else is
 //! suspicious, and dangerous when it names a module or attribute known to reach the system.
 
+/// Extra globals a user allows (`ScanOptions::allow`): `module.Name`, or `module.*` for every
+/// name in a module and its submodules.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Allow {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl Allow {
+    pub(crate) fn new(list: &[String]) -> Self {
+        let mut a = Allow::default();
+        for e in list {
+            match e.strip_suffix(".*") {
+                Some(m) => a.prefixes.push(m.to_string()),
+                None => a.exact.push(e.clone()),
+            }
+        }
+        a
+    }
+
+    pub(crate) fn allows(&self, module: &str, name: &str) -> bool {
+        let full = format!("{module}.{name}");
+        self.exact.contains(&full)
+            || self.prefixes.iter().any(|p| {
+                module == p
+                    || module
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+            })
+    }
+}
+
 /// What the policy says about one `module.name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rule {

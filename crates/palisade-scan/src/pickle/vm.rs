@@ -21,6 +21,8 @@ pub(crate) struct Limits {
     pub(crate) max_line: usize,
     /// Bytes/str operands longer than this are skipped, not kept (their length is).
     pub(crate) keep_bytes: u64,
+    /// Most operand bytes kept over the whole pickle; beyond it, operands are skipped.
+    pub(crate) keep_total: u64,
     /// Deepest mark nesting.
     pub(crate) max_marks: usize,
 }
@@ -32,6 +34,7 @@ impl Default for Limits {
             max_memo: 10_000_000,
             max_line: 1 << 20,
             keep_bytes: 64 << 20,
+            keep_total: 256 << 20,
             max_marks: 100_000,
         }
     }
@@ -260,11 +263,14 @@ pub(crate) struct Outcome {
 pub(crate) struct Vm<'s> {
     sink: &'s mut Sink,
     limits: Limits,
+    policy: &'s super::Policy,
     stack: Vec<V>,
     marks: Vec<usize>,
     memo: HashMap<u64, V>,
     arena: Vec<Obj>,
     elements: usize,
+    /// Operand bytes kept so far.
+    kept: u64,
     /// Base offset added to every reported offset (where this pickle starts in its member).
     base: u64,
     /// End of the current frame, if inside one.
@@ -273,23 +279,28 @@ pub(crate) struct Vm<'s> {
     /// Set once the pickle mutates an imported object: allowlisted names can no longer be trusted.
     tainted: bool,
     out: Outcome,
+    /// Nesting of pickles inside pickles (joblib object arrays).
+    depth: u32,
 }
 
 impl<'s> Vm<'s> {
-    pub(crate) fn new(sink: &'s mut Sink, limits: Limits, base: u64) -> Self {
+    pub(crate) fn new(sink: &'s mut Sink, policy: &'s super::Policy, base: u64) -> Self {
         Vm {
             sink,
-            limits,
+            limits: policy.limits,
+            policy,
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
             arena: Vec::new(),
             elements: 0,
+            kept: 0,
             base,
             frame_end: None,
             frame_differential_reported: false,
             tainted: false,
             out: Outcome::default(),
+            depth: 0,
         }
     }
 
@@ -483,7 +494,8 @@ impl<'s> Vm<'s> {
     }
 
     fn import(&mut self, module: &str, name: &str, at: u64, op: &str) -> V {
-        let rule = policy::rule(module, name);
+        let rule = policy::rule(module, name)
+            .or_else(|| self.policy.allow.allows(module, name).then_some(Rule::Call));
         let path = format!("{module}.{name}");
         if rule.is_none() {
             let (sev, why) = if policy::dangerous_import(module, name) {
@@ -683,8 +695,18 @@ impl<'s> Vm<'s> {
         Ok(())
     }
 
+    /// Whether an operand of `n` bytes may be kept in memory (and counts it if so).
+    fn keep(&mut self, n: u64) -> bool {
+        if n <= self.limits.keep_bytes && self.kept.saturating_add(n) <= self.limits.keep_total {
+            self.kept += n;
+            true
+        } else {
+            false
+        }
+    }
+
     fn bytes(&mut self, input: &mut Input<'_>, n: u64, at: u64) -> R<V> {
-        if n <= self.limits.keep_bytes {
+        if self.keep(n) {
             let len = usize::try_from(n).map_err(|_| PickleError::Limit {
                 offset: self.base + at,
                 msg: "length",
@@ -698,7 +720,7 @@ impl<'s> Vm<'s> {
     }
 
     fn text(&mut self, input: &mut Input<'_>, n: u64, at: u64) -> R<V> {
-        if n <= self.limits.keep_bytes {
+        if self.keep(n) {
             let len = usize::try_from(n).map_err(|_| PickleError::Limit {
                 offset: self.base + at,
                 msg: "length",
@@ -1196,9 +1218,21 @@ impl<'s> Vm<'s> {
                 self.stack.push(v);
             }
             b'b' => {
-                let _state = self.pop(at)?;
+                let state = self.pop(at)?;
                 let target = self.top(at)?.clone();
                 self.mutate(&target, at, "BUILD");
+                if self.is_joblib_wrapper(&target) {
+                    // joblib commits the frame before writing an array: the array bytes follow
+                    // the frame, never sit inside it.
+                    if self.frame_end.is_some_and(|end| input.pos() < end) {
+                        return Err(PickleError::malformed(
+                            self.base + at,
+                            "joblib array data inside a pickle frame",
+                        ));
+                    }
+                    self.frame_end = None;
+                    self.joblib_array(input, &state, at)?;
+                }
             }
             b'P' => {
                 let l = input.line(self.limits.max_line)?;
@@ -1247,6 +1281,86 @@ impl<'s> Vm<'s> {
             }
         }
         Ok(())
+    }
+
+    fn is_joblib_wrapper(&self, v: &V) -> bool {
+        matches!(self.obj(v), Some(Obj::Call { func: V::Global(g), allowed: true, .. })
+            if g.name == "NumpyArrayWrapper" && g.module.ends_with("joblib.numpy_pickle"))
+    }
+
+    /// The value under `key` in a dict value.
+    fn dict_get(&self, d: &V, key: &str) -> Option<V> {
+        match self.obj(d) {
+            Some(Obj::Dict(items)) => items
+                .iter()
+                .rev()
+                .find(|(k, _)| matches!(k, V::Str(s) if &**s == key))
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    }
+
+    /// joblib writes each array's bytes into the stream right after the BUILD of its
+    /// `NumpyArrayWrapper` (`NumpyArrayWrapper.read_array`): an alignment padding when the state
+    /// has `numpy_array_alignment_bytes`, then `prod(shape) * itemsize` raw bytes, or, for object
+    /// arrays, a whole nested pickle. Skip the bytes; emulate the nested pickle.
+    fn joblib_array(&mut self, input: &mut Input<'_>, state: &V, at: u64) -> R<()> {
+        let bad =
+            |msg: &str| PickleError::malformed(self.base + at, format!("joblib array: {msg}"));
+        let shape = self
+            .dict_get(state, "shape")
+            .ok_or_else(|| bad("no shape"))?;
+        let mut count: u64 = 1;
+        for d in self.items(&shape) {
+            let V::Int(d) = d else {
+                return Err(bad("shape is not integers"));
+            };
+            let d = u64::try_from(*d).map_err(|_| bad("negative dimension"))?;
+            count = count.checked_mul(d).ok_or_else(|| bad("shape overflows"))?;
+        }
+        let dtype = self
+            .dict_get(state, "dtype")
+            .ok_or_else(|| bad("no dtype"))?;
+        let descr = match self.obj(&dtype) {
+            Some(Obj::Call {
+                func: V::Global(g),
+                args,
+                allowed: true,
+                ..
+            }) if g.name == "dtype" => match self.items(args).first() {
+                Some(V::Str(s)) => s.to_string(),
+                _ => return Err(bad("dtype without a type string")),
+            },
+            _ => return Err(bad("dtype is not numpy.dtype(...)")),
+        };
+        if descr.starts_with('O') {
+            if self.depth >= 8 {
+                return Err(PickleError::Limit {
+                    offset: self.base + at,
+                    msg: "joblib object arrays nested too deeply",
+                });
+            }
+            let mut inner = Vm::new(&mut *self.sink, self.policy, 0);
+            inner.depth = self.depth + 1;
+            match inner.run(input)? {
+                Some(o) => self.out.nested.extend(o.nested),
+                None => return Err(PickleError::Truncated(input.pos())),
+            }
+            return Ok(());
+        }
+        let item = crate::formats::numpy::itemsize(&descr).ok_or_else(|| bad("unknown dtype"))?;
+        if self
+            .dict_get(state, "numpy_array_alignment_bytes")
+            .is_some_and(|v| !matches!(v, V::None))
+        {
+            let pad = input.array::<1>()?[0];
+            input.skip(u64::from(pad))?;
+        }
+        input.skip(
+            count
+                .checked_mul(item)
+                .ok_or_else(|| bad("size overflows"))?,
+        )
     }
 
     fn extend(&mut self, target: &V, items: Vec<V>, at: u64, op: &str) -> R<()> {
