@@ -2,13 +2,13 @@
 
 use std::process::ExitCode;
 
+pub mod audit;
 pub mod keyargs;
 pub mod keygen;
+pub mod keys;
 pub mod progress;
 pub mod provenance;
 pub mod registry;
-pub mod audit;
-pub mod keys;
 pub mod scan;
 pub mod seal;
 pub mod sign;
