@@ -65,7 +65,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    output::init_logging(&cli.log);
+    output::init_logging(&cli.log, false);
     let ctx = output::Ctx { json: cli.json };
     let result: anyhow::Result<cmd::Outcome> = match cli.command {
         Command::Sign(a) => cmd::sign::run(&ctx, a),

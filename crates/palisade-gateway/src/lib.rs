@@ -54,11 +54,14 @@ pub mod guard;
 mod hexfmt;
 pub mod infer;
 pub mod keys;
+pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod oip;
 pub mod policy;
 pub mod server;
+#[cfg(feature = "tract")]
+pub mod tract_runtime;
 
 pub use model::{ModelRepository, ServedModel};
 pub use policy::Policy;
