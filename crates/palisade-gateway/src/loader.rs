@@ -87,6 +87,19 @@ pub fn admit(path: &Path) -> Result<Admitted, GatewayError> {
             path.display()
         ))
     })?;
+    // Clean is not enough: the file must be what the runtime will parse, an ONNX model (a
+    // clean text or pickle file named model.onnx is refused here, not by the runtime).
+    if let Some(f) = report
+        .files
+        .iter()
+        .find(|f| f.format != palisade_scan::Format::Onnx)
+    {
+        return Err(GatewayError::Model(format!(
+            "{} is not an ONNX model (scanned as {:?})",
+            path.display(),
+            f.format
+        )));
+    }
     if !clean.covers(path, &sha256) {
         return Err(GatewayError::Model(format!(
             "{} changed while it was being scanned",
