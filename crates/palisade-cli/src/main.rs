@@ -31,13 +31,18 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Inspect and check model files (`model info`, `model check`).
+    Model(cmd::model::ModelArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging(&cli.log);
     let ctx = output::Ctx { json: cli.json };
-    let result: anyhow::Result<cmd::Outcome> = match cli.command {};
+    let result: anyhow::Result<cmd::Outcome> = match cli.command {
+        Command::Model(args) => cmd::model::run(&ctx, args),
+    };
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => output::report_error(&ctx, &err),

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+pub mod model;
+
 /// How a command that ran to the end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
