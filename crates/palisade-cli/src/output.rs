@@ -14,7 +14,11 @@ pub struct Ctx {
 
 impl Ctx {
     /// Prints `value` as pretty JSON when `--json` is on, else calls `text`.
-    pub fn emit<T: Serialize>(&self, value: &T, text: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    pub fn emit<T: Serialize>(
+        &self,
+        value: &T,
+        text: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let s = if self.json {
             serde_json::to_string_pretty(value)?

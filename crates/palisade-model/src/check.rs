@@ -141,7 +141,9 @@ pub fn check_onnx(
             return Err(e);
         }
         Err(e) => {
-            report.reasons.push(format!("cannot be used as a classifier: {e}"));
+            report
+                .reasons
+                .push(format!("cannot be used as a classifier: {e}"));
             report.classifier_error = Some(e.to_string());
             return Ok(report);
         }
@@ -174,7 +176,9 @@ pub fn check_onnx(
             report.logits = Some(l);
             report.gradients = Some(g);
         }
-        Err(e) => report.reasons.push(format!("running the check failed: {e}")),
+        Err(e) => report
+            .reasons
+            .push(format!("running the check failed: {e}")),
     }
     report.trusted = report.reasons.is_empty();
     Ok(report)
@@ -194,16 +198,16 @@ pub fn measure(
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut shape = vec![k];
     shape.extend_from_slice(&info.input_shape);
-    let x = ArrayD::from_shape_fn(IxDyn(&shape), |_| {
-        range.min + width * rng.random::<f32>()
-    });
+    let x = ArrayD::from_shape_fn(IxDyn(&shape), |_| range.min + width * rng.random::<f32>());
 
     // 1. Logits: interpreter against tract.
     let tl = model.logits(x.view())?;
     let il = model.interpreter_logits(x.view())?;
-    let max_abs_diff = (&tl - &il)
-        .iter()
-        .fold(0.0f32, |m, v| if v.is_nan() { f32::NAN } else { m.max(v.abs()) });
+    let max_abs_diff =
+        (&tl - &il).iter().fold(
+            0.0f32,
+            |m, v| if v.is_nan() { f32::NAN } else { m.max(v.abs()) },
+        );
     let max_abs_logit = tl.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let logits = LogitsComparison {
         samples: k,
@@ -246,15 +250,29 @@ pub fn measure(
                 .map_err(|e| palisade_core::ModelError::backend("batch", e))?;
             let z = model.logits(xb.view())?;
             for pair in z.axis_chunks_iter(Axis(0), 2) {
-                let fp: f64 = pair.row(0).iter().zip(wi).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
-                let fm: f64 = pair.row(1).iter().zip(wi).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+                let fp: f64 = pair
+                    .row(0)
+                    .iter()
+                    .zip(wi)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum();
+                let fm: f64 = pair
+                    .row(1)
+                    .iter()
+                    .zip(wi)
+                    .map(|(a, b)| (*a as f64) * (*b as f64))
+                    .sum();
                 fd.push(((fp - fm) / (2.0 * h as f64)) as f32);
             }
         }
         let g: Vec<f32> = coords.iter().map(|&cj| grad[[i, cj]]).collect();
         let (cos, rel) = cosine_rel(&g, &fd);
         cosines.push(cos);
-        rel_max = if rel.is_nan() { f32::NAN } else { rel_max.max(rel) };
+        rel_max = if rel.is_nan() {
+            f32::NAN
+        } else {
+            rel_max.max(rel)
+        };
     }
     let cosine_min = cosines
         .iter()

@@ -56,7 +56,12 @@ fn check(name: &str, m: pb::ModelProto) {
 }
 
 /// `x [N, ...]` → op → Flatten → `y`.
-fn single(opset: i64, input: &[i64], n: pb::NodeProto, inits: Vec<pb::TensorProto>) -> pb::ModelProto {
+fn single(
+    opset: i64,
+    input: &[i64],
+    n: pb::NodeProto,
+    inits: Vec<pb::TensorProto>,
+) -> pb::ModelProto {
     let flat = node("Flatten", "flat", &["h"], &["y"], vec![]);
     model(opset, input, vec![n, flat], inits)
 }
@@ -99,7 +104,16 @@ fn conv_2d_groups_dilation_same_upper() {
 #[test]
 fn conv_1d() {
     let w = tensor("w", &[4, 2, 3], values(24, 4, 0.5));
-    let n = node("Conv", "conv", &["x", "w"], &["h"], vec![attr("strides", A::Is(vec![2])), attr("pads", A::Is(vec![1, 1]))]);
+    let n = node(
+        "Conv",
+        "conv",
+        &["x", "w"],
+        &["h"],
+        vec![
+            attr("strides", A::Is(vec![2])),
+            attr("pads", A::Is(vec![1, 1])),
+        ],
+    );
     check("conv1d", single(13, &[2, 9], n, vec![w]));
 }
 
@@ -112,7 +126,11 @@ fn gemm_trans_b_alpha_beta() {
         "fc",
         &["x", "w", "c"],
         &["y"],
-        vec![attr("transB", A::I(1)), attr("alpha", A::F(0.5)), attr("beta", A::F(2.0))],
+        vec![
+            attr("transB", A::I(1)),
+            attr("alpha", A::F(0.5)),
+            attr("beta", A::F(2.0)),
+        ],
     );
     check("gemm", model(13, &[6], vec![n], vec![w, c]));
 }
@@ -121,7 +139,13 @@ fn gemm_trans_b_alpha_beta() {
 fn gemm_trans_a_no_bias() {
     let w = tensor("w", &[6, 3], values(18, 7, 0.5));
     let t = node("Transpose", "t", &["x"], &["xt"], vec![]);
-    let n = node("Gemm", "fc", &["xt", "w"], &["y"], vec![attr("transA", A::I(1))]);
+    let n = node(
+        "Gemm",
+        "fc",
+        &["xt", "w"],
+        &["y"],
+        vec![attr("transA", A::I(1))],
+    );
     check("gemm-transA", model(13, &[6], vec![t, n], vec![w]));
 }
 
@@ -156,13 +180,31 @@ fn arithmetic_with_broadcasting() {
 fn activations() {
     let nodes = vec![
         node("Relu", "relu", &["x"], &["a"], vec![]),
-        node("LeakyRelu", "lrelu", &["x"], &["b"], vec![attr("alpha", A::F(0.2))]),
+        node(
+            "LeakyRelu",
+            "lrelu",
+            &["x"],
+            &["b"],
+            vec![attr("alpha", A::F(0.2))],
+        ),
         node("Sigmoid", "sig", &["x"], &["c"], vec![]),
         node("Tanh", "tanh", &["x"], &["d"], vec![]),
         node("Gelu", "gelu", &["x"], &["e"], vec![]),
-        node("Gelu", "gelu_t", &["x"], &["f"], vec![attr("approximate", A::S("tanh"))]),
+        node(
+            "Gelu",
+            "gelu_t",
+            &["x"],
+            &["f"],
+            vec![attr("approximate", A::S("tanh"))],
+        ),
         node("Erf", "erf", &["x"], &["g"], vec![]),
-        node("Concat", "cat", &["a", "b", "c", "d", "e", "f", "g"], &["y"], vec![attr("axis", A::I(1))]),
+        node(
+            "Concat",
+            "cat",
+            &["a", "b", "c", "d", "e", "f", "g"],
+            &["y"],
+            vec![attr("axis", A::I(1))],
+        ),
     ];
     check("activations", model(20, &[5], nodes, vec![]));
 }
@@ -170,9 +212,27 @@ fn activations() {
 #[test]
 fn softmax_and_log_softmax() {
     let nodes = vec![
-        node("Softmax", "sm", &["x"], &["a"], vec![attr("axis", A::I(-1))]),
-        node("LogSoftmax", "lsm", &["x"], &["b"], vec![attr("axis", A::I(1))]),
-        node("Concat", "cat", &["a", "b"], &["h"], vec![attr("axis", A::I(2))]),
+        node(
+            "Softmax",
+            "sm",
+            &["x"],
+            &["a"],
+            vec![attr("axis", A::I(-1))],
+        ),
+        node(
+            "LogSoftmax",
+            "lsm",
+            &["x"],
+            &["b"],
+            vec![attr("axis", A::I(1))],
+        ),
+        node(
+            "Concat",
+            "cat",
+            &["a", "b"],
+            &["h"],
+            vec![attr("axis", A::I(2))],
+        ),
         node("Flatten", "flat", &["h"], &["y"], vec![]),
     ];
     check("softmax-13", model(13, &[2, 3], nodes.clone(), vec![]));
@@ -199,10 +259,23 @@ fn max_pool() {
         "mp",
         &["x"],
         &["h"],
-        vec![attr("kernel_shape", A::Is(vec![2, 2])), attr("ceil_mode", A::I(1)), attr("strides", A::Is(vec![2, 2]))],
+        vec![
+            attr("kernel_shape", A::Is(vec![2, 2])),
+            attr("ceil_mode", A::I(1)),
+            attr("strides", A::Is(vec![2, 2])),
+        ],
     );
     check("maxpool2d-ceil", single(13, &[1, 5, 5], n, vec![]));
-    let n = node("MaxPool", "mp", &["x"], &["h"], vec![attr("kernel_shape", A::Is(vec![3])), attr("strides", A::Is(vec![2]))]);
+    let n = node(
+        "MaxPool",
+        "mp",
+        &["x"],
+        &["h"],
+        vec![
+            attr("kernel_shape", A::Is(vec![3])),
+            attr("strides", A::Is(vec![2])),
+        ],
+    );
     check("maxpool1d", single(13, &[2, 9], n, vec![]));
 }
 
@@ -223,12 +296,24 @@ fn average_and_global_pools() {
         );
         check("avgpool2d", single(13, &[2, 6, 6], n, vec![]));
     }
-    let n = node("AveragePool", "ap", &["x"], &["h"], vec![attr("kernel_shape", A::Is(vec![2]))]);
+    let n = node(
+        "AveragePool",
+        "ap",
+        &["x"],
+        &["h"],
+        vec![attr("kernel_shape", A::Is(vec![2]))],
+    );
     check("avgpool1d", single(13, &[3, 6], n, vec![]));
     let nodes = vec![
         node("GlobalAveragePool", "gap", &["x"], &["a"], vec![]),
         node("GlobalMaxPool", "gmp", &["x"], &["b"], vec![]),
-        node("Concat", "cat", &["a", "b"], &["h"], vec![attr("axis", A::I(1))]),
+        node(
+            "Concat",
+            "cat",
+            &["a", "b"],
+            &["h"],
+            vec![attr("axis", A::I(1))],
+        ),
         node("Flatten", "flat", &["h"], &["y"], vec![]),
     ];
     check("global-pools", model(13, &[3, 4, 5], nodes, vec![]));
@@ -242,29 +327,65 @@ fn batch_normalization() {
         tensor("m", &[3], vec![0.05, 0.1, -0.1]),
         tensor("v", &[3], vec![0.5, 2.0, 1.0]),
     ];
-    let n = node("BatchNormalization", "bn", &["x", "g", "b", "m", "v"], &["h"], vec![attr("epsilon", A::F(1e-3))]);
+    let n = node(
+        "BatchNormalization",
+        "bn",
+        &["x", "g", "b", "m", "v"],
+        &["h"],
+        vec![attr("epsilon", A::F(1e-3))],
+    );
     check("batchnorm", single(15, &[3, 4, 4], n, inits));
 }
 
 #[test]
 fn shape_manipulation() {
     let nodes = vec![
-        node("Transpose", "tr", &["x"], &["t"], vec![attr("perm", A::Is(vec![0, 2, 1, 3]))]),
+        node(
+            "Transpose",
+            "tr",
+            &["x"],
+            &["t"],
+            vec![attr("perm", A::Is(vec![0, 2, 1, 3]))],
+        ),
         node("Reshape", "rs", &["t", "shape"], &["r"], vec![]),
         node("Unsqueeze", "us", &["r", "ax1"], &["u"], vec![]),
         node("Squeeze", "sq", &["u", "ax1"], &["s"], vec![]),
         node("Identity", "id", &["s"], &["i"], vec![]),
         node("Dropout", "do", &["i"], &["d"], vec![]),
-        node("Constant", "k", &[], &["kc"], vec![attr("value", A::T(tensor("kv", &[1, 12], values(12, 50, 1.0))))]),
+        node(
+            "Constant",
+            "k",
+            &[],
+            &["kc"],
+            vec![attr(
+                "value",
+                A::T(tensor("kv", &[1, 12], values(12, 50, 1.0))),
+            )],
+        ),
         node("Mul", "mk", &["d", "kc"], &["dk"], vec![]),
         node("Flatten", "fl", &["dk"], &["y"], vec![]),
     ];
-    let inits = vec![tensor_i64("shape", &[2], vec![0, -1]), tensor_i64("ax1", &[1], vec![1])];
+    let inits = vec![
+        tensor_i64("shape", &[2], vec![0, -1]),
+        tensor_i64("ax1", &[1], vec![1]),
+    ];
     check("shape-ops-13", model(13, &[2, 3, 2], nodes, inits));
     // Opset 11: Squeeze/Unsqueeze axes as attributes.
     let nodes = vec![
-        node("Unsqueeze", "us", &["x"], &["u"], vec![attr("axes", A::Is(vec![1, -1]))]),
-        node("Squeeze", "sq", &["u"], &["s"], vec![attr("axes", A::Is(vec![-1]))]),
+        node(
+            "Unsqueeze",
+            "us",
+            &["x"],
+            &["u"],
+            vec![attr("axes", A::Is(vec![1, -1]))],
+        ),
+        node(
+            "Squeeze",
+            "sq",
+            &["u"],
+            &["s"],
+            vec![attr("axes", A::Is(vec![-1]))],
+        ),
         node("Flatten", "fl", &["s"], &["y"], vec![attr("axis", A::I(1))]),
     ];
     check("shape-ops-11", model(11, &[3, 2], nodes, vec![]));
@@ -275,11 +396,29 @@ fn torch_style_dynamic_flatten() {
     // x.view(x.size(0), -1) as exported: Shape → Gather → Unsqueeze → Concat → Reshape.
     let nodes = vec![
         node("Shape", "shape", &["x"], &["s"], vec![]),
-        node("Gather", "g", &["s", "zero"], &["n"], vec![attr("axis", A::I(0))]),
+        node(
+            "Gather",
+            "g",
+            &["s", "zero"],
+            &["n"],
+            vec![attr("axis", A::I(0))],
+        ),
         node("Unsqueeze", "u", &["n", "ax0"], &["n1"], vec![]),
-        node("Concat", "c", &["n1", "minus1"], &["target"], vec![attr("axis", A::I(0))]),
+        node(
+            "Concat",
+            "c",
+            &["n1", "minus1"],
+            &["target"],
+            vec![attr("axis", A::I(0))],
+        ),
         node("Reshape", "r", &["x", "target"], &["h"], vec![]),
-        node("Gemm", "fc", &["h", "w"], &["y"], vec![attr("transB", A::I(1))]),
+        node(
+            "Gemm",
+            "fc",
+            &["h", "w"],
+            &["y"],
+            vec![attr("transB", A::I(1))],
+        ),
     ];
     let inits = vec![
         tensor_i64("zero", &[], vec![0]),
@@ -293,8 +432,17 @@ fn torch_style_dynamic_flatten() {
 #[test]
 fn pad_modes() {
     for mode in ["constant", "reflect", "edge"] {
-        let n = node("Pad", "pad", &["x", "pads", "v"], &["h"], vec![attr("mode", A::S(mode))]);
-        let inits = vec![tensor_i64("pads", &[8], vec![0, 0, 1, 2, 0, 0, 2, 1]), tensor("v", &[], vec![0.3])];
+        let n = node(
+            "Pad",
+            "pad",
+            &["x", "pads", "v"],
+            &["h"],
+            vec![attr("mode", A::S(mode))],
+        );
+        let inits = vec![
+            tensor_i64("pads", &[8], vec![0, 0, 1, 2, 0, 0, 2, 1]),
+            tensor("v", &[], vec![0.3]),
+        ];
         check(mode, single(13, &[2, 4, 4], n, inits));
     }
 }
@@ -302,20 +450,49 @@ fn pad_modes() {
 #[test]
 fn clip_inputs_and_attributes() {
     let n = node("Clip", "clip", &["x", "lo", "hi"], &["y"], vec![]);
-    check("clip-13", model(13, &[6], vec![n], vec![tensor("lo", &[], vec![-0.5]), tensor("hi", &[], vec![0.4])]));
+    check(
+        "clip-13",
+        model(
+            13,
+            &[6],
+            vec![n],
+            vec![tensor("lo", &[], vec![-0.5]), tensor("hi", &[], vec![0.4])],
+        ),
+    );
     let n = node("Clip", "clip", &["x", "", "hi"], &["y"], vec![]);
-    check("clip-13-max", model(13, &[6], vec![n], vec![tensor("hi", &[], vec![0.4])]));
-    let n = node("Clip", "clip", &["x"], &["y"], vec![attr("min", A::F(-0.3)), attr("max", A::F(0.6))]);
+    check(
+        "clip-13-max",
+        model(13, &[6], vec![n], vec![tensor("hi", &[], vec![0.4])]),
+    );
+    let n = node(
+        "Clip",
+        "clip",
+        &["x"],
+        &["y"],
+        vec![attr("min", A::F(-0.3)), attr("max", A::F(0.6))],
+    );
     check("clip-6", model(6, &[6], vec![n], vec![]));
 }
 
 #[test]
 fn reductions_and_elementwise_math() {
     let nodes = vec![
-        node("ReduceMean", "rm", &["x"], &["m"], vec![attr("axes", A::Is(vec![2])), attr("keepdims", A::I(1))]),
+        node(
+            "ReduceMean",
+            "rm",
+            &["x"],
+            &["m"],
+            vec![attr("axes", A::Is(vec![2])), attr("keepdims", A::I(1))],
+        ),
         node("Sub", "c", &["x", "m"], &["d"], vec![]),
         node("Mul", "sq", &["d", "d"], &["d2"], vec![]),
-        node("ReduceMean", "var", &["d2"], &["v"], vec![attr("axes", A::Is(vec![-1]))]),
+        node(
+            "ReduceMean",
+            "var",
+            &["d2"],
+            &["v"],
+            vec![attr("axes", A::Is(vec![-1]))],
+        ),
         node("Add", "eps", &["v", "e"], &["ve"], vec![]),
         node("Sqrt", "sqrt", &["ve"], &["s"], vec![]),
         node("Div", "norm", &["d", "s"], &["h"], vec![]),
@@ -331,13 +508,46 @@ fn reductions_and_elementwise_math() {
 #[test]
 fn a_small_cnn_end_to_end() {
     let nodes = vec![
-        node("Conv", "c1", &["x", "w1", "b1"], &["a"], vec![attr("pads", A::Is(vec![1, 1, 1, 1]))]),
-        node("BatchNormalization", "bn", &["a", "g", "b", "m", "v"], &["bn"], vec![]),
+        node(
+            "Conv",
+            "c1",
+            &["x", "w1", "b1"],
+            &["a"],
+            vec![attr("pads", A::Is(vec![1, 1, 1, 1]))],
+        ),
+        node(
+            "BatchNormalization",
+            "bn",
+            &["a", "g", "b", "m", "v"],
+            &["bn"],
+            vec![],
+        ),
         node("Relu", "r1", &["bn"], &["r"], vec![]),
-        node("MaxPool", "p1", &["r"], &["p"], vec![attr("kernel_shape", A::Is(vec![2, 2])), attr("strides", A::Is(vec![2, 2]))]),
+        node(
+            "MaxPool",
+            "p1",
+            &["r"],
+            &["p"],
+            vec![
+                attr("kernel_shape", A::Is(vec![2, 2])),
+                attr("strides", A::Is(vec![2, 2])),
+            ],
+        ),
         node("Flatten", "f", &["p"], &["f"], vec![]),
-        node("Gemm", "fc", &["f", "w2", "b2"], &["z"], vec![attr("transB", A::I(1))]),
-        node("LogSoftmax", "ls", &["z"], &["y"], vec![attr("axis", A::I(1))]),
+        node(
+            "Gemm",
+            "fc",
+            &["f", "w2", "b2"],
+            &["z"],
+            vec![attr("transB", A::I(1))],
+        ),
+        node(
+            "LogSoftmax",
+            "ls",
+            &["z"],
+            &["y"],
+            vec![attr("axis", A::I(1))],
+        ),
     ];
     let inits = vec![
         tensor("w1", &[4, 1, 3, 3], values(36, 20, 0.5)),
@@ -379,7 +589,13 @@ fn corrupt_files_are_clear_errors() {
     let real = std::fs::read(common::repo().join("models/mnist_cnn_public.onnx")).unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
-        ("garbage", values(4096, 99, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect()),
+        (
+            "garbage",
+            values(4096, 99, 1.0)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
         ("truncated", real[..real.len() / 2].to_vec()),
         ("text", b"this is not a model".to_vec()),
     ];
@@ -389,7 +605,10 @@ fn corrupt_files_are_clear_errors() {
         let e = OnnxModel::open(&p, &OnnxOptions::default()).expect_err(name);
         let msg = e.to_string();
         assert!(!msg.is_empty(), "{name}");
-        assert!(palisade_model::open(&p, &Default::default()).is_err(), "{name}");
+        assert!(
+            palisade_model::open(&p, &Default::default()).is_err(),
+            "{name}"
+        );
     }
     let missing = dir.path().join("missing.onnx");
     assert!(matches!(
@@ -402,7 +621,13 @@ fn corrupt_files_are_clear_errors() {
 fn malformed_graphs_are_errors_not_panics() {
     // A Gemm whose weight does not fit the input: tract refuses it.
     let w = tensor("w", &[4, 5], values(20, 30, 0.5));
-    let n = node("Gemm", "fc", &["x", "w"], &["y"], vec![attr("transB", A::I(1))]);
+    let n = node(
+        "Gemm",
+        "fc",
+        &["x", "w"],
+        &["y"],
+        vec![attr("transB", A::I(1))],
+    );
     let bytes = common::encode(&model(13, &[6], vec![n], vec![w]));
     assert!(OnnxModel::from_bytes(&bytes, "bad", &opts()).is_err());
     // A node reading a value nobody produces.
@@ -429,7 +654,13 @@ fn external_model(location: &str) -> pb::ModelProto {
             value: "48".into(),
         },
     ];
-    let n = node("Gemm", "fc", &["x", "w"], &["y"], vec![attr("transB", A::I(1))]);
+    let n = node(
+        "Gemm",
+        "fc",
+        &["x", "w"],
+        &["y"],
+        vec![attr("transB", A::I(1))],
+    );
     model(13, &[4], vec![n], vec![w])
 }
 
@@ -447,7 +678,8 @@ fn external_data_only_inside_the_model_directory() {
     let ok = sub.join("ok.onnx");
     std::fs::write(&ok, common::encode(&external_model("weights.bin"))).unwrap();
     let m = OnnxModel::open(&ok, &opts()).unwrap();
-    let x = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 4]), vec![1.0, 0.0, 0.0, 0.0]).unwrap();
+    let x =
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, 4]), vec![1.0, 0.0, 0.0, 0.0]).unwrap();
     let z = m.logits(x.view()).unwrap();
     assert_eq!(z.row(0).to_vec(), vec![weights[0], weights[4], weights[8]]);
     assert_eq!(m.interpreter_logits(x.view()).unwrap(), z);

@@ -17,11 +17,15 @@ fn load() -> (OnnxModel, ArrayD<f32>, Vec<f32>, Vec<f32>, Vec<usize>) {
     let (xs, x) = common::read_npy(&root.join("data/reference-parity/public_attacks_x16.npy"));
     let (ls, logits) =
         common::read_npy(&root.join("data/reference-parity/public_attacks_logits16.npy"));
-    let (gs, grad) = common::read_npy(&root.join("data/reference-parity/public_attacks_grad16.npy"));
+    let (gs, grad) =
+        common::read_npy(&root.join("data/reference-parity/public_attacks_grad16.npy"));
     assert_eq!(xs, vec![16, 1, 28, 28]);
     assert_eq!(ls, vec![16, 10]);
     assert_eq!(gs, xs);
-    let labels = common::read_idx_labels(&root.join("data/mnist-subset/t10k-labels-idx1-ubyte.gz"), 16);
+    let labels = common::read_idx_labels(
+        &root.join("data/mnist-subset/t10k-labels-idx1-ubyte.gz"),
+        16,
+    );
     (
         model,
         ArrayD::from_shape_vec(IxDyn(&xs), x).unwrap(),
@@ -32,7 +36,10 @@ fn load() -> (OnnxModel, ArrayD<f32>, Vec<f32>, Vec<f32>, Vec<usize>) {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -51,7 +58,9 @@ fn logits_match_pytorch() {
 #[test]
 fn summed_cross_entropy_gradients_match_pytorch() {
     let (model, x, want_logits, want_grad, labels) = load();
-    let diff = model.as_differentiable().expect("the interpreter supports the reference CNN");
+    let diff = model
+        .as_differentiable()
+        .expect("the interpreter supports the reference CNN");
     let vg = value_and_grad(diff, x.view(), &Objective::CrossEntropy { labels: &labels }).unwrap();
     let d = max_abs_diff(vg.logits.as_slice().unwrap(), &want_logits);
     assert!(d <= 1e-4, "vjp logits vs PyTorch: {d}");
@@ -71,5 +80,10 @@ fn batch_sizes_agree() {
     let one = model
         .logits(x.slice(ndarray::s![3..4, .., .., ..]).into_dyn())
         .unwrap();
-    assert!(max_abs_diff(one.row(0).as_slice().unwrap(), all.row(3).as_slice().unwrap()) < 1e-5);
+    assert!(
+        max_abs_diff(
+            one.row(0).as_slice().unwrap(),
+            all.row(3).as_slice().unwrap()
+        ) < 1e-5
+    );
 }

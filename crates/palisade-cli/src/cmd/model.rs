@@ -110,7 +110,11 @@ fn info_text(s: &OnnxSummary) -> String {
     let ops: Vec<String> = s.ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
     let mut out = format!(
         "producer:   {}\nopset:      {} (IR {})\ninputs:     {}\noutputs:    {}\nparameters: {}\nops:        {}",
-        if s.producer.is_empty() { "?" } else { &s.producer },
+        if s.producer.is_empty() {
+            "?"
+        } else {
+            &s.producer
+        },
         s.opset,
         s.ir_version,
         decls(&s.inputs),
@@ -122,7 +126,10 @@ fn info_text(s: &OnnxSummary) -> String {
         out.push_str("\ngradients:  every operator is supported by the differentiable interpreter");
     } else {
         let u: Vec<&str> = s.unsupported_ops.keys().map(String::as_str).collect();
-        out.push_str(&format!("\ngradients:  unsupported operators: {}", u.join(", ")));
+        out.push_str(&format!(
+            "\ngradients:  unsupported operators: {}",
+            u.join(", ")
+        ));
     }
     out
 }
@@ -130,7 +137,9 @@ fn info_text(s: &OnnxSummary) -> String {
 fn check_text(r: &CheckReport) -> String {
     let mut out = format!("model:        {}\n", r.model);
     if let (Some(shape), Some(c)) = (&r.input_shape, r.num_classes) {
-        out.push_str(&format!("classifier:   input [N, {shape:?}] → {c} classes\n"));
+        out.push_str(&format!(
+            "classifier:   input [N, {shape:?}] → {c} classes\n"
+        ));
     }
     if let Some(l) = &r.logits {
         out.push_str(&format!(

@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 
 use burn::backend::flex::FlexDevice;
-use burn::backend::ops::{
-    ActivationOps, ConvOptions, FloatTensorOps, IntTensorOps, ModuleOps, PadMode,
-};
+use burn::backend::ops::{ConvOptions, FloatTensorOps, PadMode};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
     AutodiffBackend, Backend, FloatDType, Shape, Slice, TensorData, TensorMetadata,
@@ -165,29 +163,69 @@ enum Op {
     Bin(Bin),
     Un(Un),
     LeakyRelu(f32),
-    Softmax { axis: i64, legacy: bool, log: bool },
+    Softmax {
+        axis: i64,
+        legacy: bool,
+        log: bool,
+    },
     MatMul,
-    Gemm { alpha: f32, beta: f32, ta: bool, tb: bool },
-    Conv { w: Window, group: usize },
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        ta: bool,
+        tb: bool,
+    },
+    Conv {
+        w: Window,
+        group: usize,
+    },
     MaxPool(Window),
-    AvgPool { w: Window, count_pad: bool },
-    GlobalPool { max: bool },
+    AvgPool {
+        w: Window,
+        count_pad: bool,
+    },
+    GlobalPool {
+        max: bool,
+    },
     /// Inference batch norm folded into `x * scale + shift` (inputs: x, scale `[C]`, shift `[C]`).
     Affine,
-    BatchNorm { eps: f32 },
+    BatchNorm {
+        eps: f32,
+    },
     Flatten(i64),
-    Reshape { allowzero: bool },
+    Reshape {
+        allowzero: bool,
+    },
     Transpose(Option<Vec<i64>>),
     Concat(i64),
     Squeeze(Option<Vec<i64>>),
     Unsqueeze(Option<Vec<i64>>),
-    Pad { mode: PadModeK, pads: Option<Vec<i64>>, value: f32 },
-    Clip { min: Option<f32>, max: Option<f32> },
-    Shape { start: i64, end: Option<i64> },
+    Pad {
+        mode: PadModeK,
+        pads: Option<Vec<i64>>,
+        value: f32,
+    },
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
     Gather(i64),
-    Cast { to_float: bool },
-    Slice { attrs: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)> },
-    Reduce { mean: bool, axes: Option<Vec<i64>>, keep: bool, noop_empty: bool },
+    Cast {
+        to_float: bool,
+    },
+    Slice {
+        attrs: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)>,
+    },
+    Reduce {
+        mean: bool,
+        axes: Option<Vec<i64>>,
+        keep: bool,
+        noop_empty: bool,
+    },
     ConstantOfShape(HostTensor),
     Expand,
 }
@@ -269,7 +307,9 @@ impl Plan {
             b.node(n, opset)?;
         }
         let output = *b.slots.get(output_name).ok_or_else(|| {
-            OnnxError::Invalid(format!("output '{output_name}' is not produced by any node"))
+            OnnxError::Invalid(format!(
+                "output '{output_name}' is not produced by any node"
+            ))
         })?;
         b.finish(input, output)
     }
@@ -377,7 +417,7 @@ fn read_vec<B: Backend>(t: FloatTensor<B>) -> Result<Vec<f32>, OnnxError> {
         .ok_or_else(|| OnnxError::Runtime("cannot read tensor synchronously".into()))?
         .map_err(|e| OnnxError::Runtime(format!("{e:?}")))?;
     data.convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| OnnxError::Runtime(format!("{e:?}")))
 }
 
@@ -440,7 +480,11 @@ impl Builder {
             }
         }
         let host_in = |i: usize| -> Option<&HostTensor> {
-            inputs.get(i).copied().flatten().and_then(|s| self.host.get(&s))
+            inputs
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|s| self.host.get(&s))
         };
         let scalar_in = |i: usize| -> Result<Option<f32>, OnnxError> {
             match host_in(i) {
@@ -541,7 +585,10 @@ impl Builder {
             }
             "AveragePool" => {
                 let w = window(false)?;
-                if w.dilations.as_ref().is_some_and(|d| d.iter().any(|&x| x != 1)) {
+                if w.dilations
+                    .as_ref()
+                    .is_some_and(|d| d.iter().any(|&x| x != 1))
+                {
                     return Err(err("dilated AveragePool is not supported".into()));
                 }
                 Op::AvgPool {
@@ -553,7 +600,9 @@ impl Builder {
             "GlobalMaxPool" => Op::GlobalPool { max: true },
             "BatchNormalization" => {
                 if a.int("training_mode", 0) != 0 {
-                    return Err(err("training_mode BatchNormalization is not supported".into()));
+                    return Err(err(
+                        "training_mode BatchNormalization is not supported".into()
+                    ));
                 }
                 if n.output.iter().skip(1).any(|o| !o.is_empty()) {
                     return Err(err("running statistics outputs are not supported".into()));
@@ -659,7 +708,9 @@ impl Builder {
             }
             "Slice" => Op::Slice {
                 attrs: if opset < 10 {
-                    let s = a.ints("starts").ok_or_else(|| err("starts missing".into()))?;
+                    let s = a
+                        .ints("starts")
+                        .ok_or_else(|| err("starts missing".into()))?;
                     let e = a.ints("ends").ok_or_else(|| err("ends missing".into()))?;
                     Some((s.to_vec(), e.to_vec(), a.ints("axes").map(|x| x.to_vec())))
                 } else {
@@ -695,12 +746,7 @@ impl Builder {
                 });
             }
         };
-        let outputs: Vec<usize> = n
-            .output
-            .iter()
-            .take(1)
-            .map(|o| self.define(o))
-            .collect();
+        let outputs: Vec<usize> = n.output.iter().take(1).map(|o| self.define(o)).collect();
         if outputs.is_empty() {
             return Err(err("no output".into()));
         }
@@ -806,7 +852,7 @@ fn constant_value(a: &Attrs<'_>) -> Result<HostTensor, String> {
 // ---------------------------------------------------------------------------------------------
 // Execution of one step.
 
-fn dims<B: Backend>(t: &FloatTensor<B>) -> Vec<usize> {
+fn dims(t: &impl TensorMetadata) -> Vec<usize> {
     t.shape().to_vec()
 }
 
@@ -814,7 +860,7 @@ fn reshape<B: Backend>(t: FloatTensor<B>, shape: Vec<usize>) -> FloatTensor<B> {
     B::float_reshape(t, Shape::from(shape))
 }
 
-fn to_float<B: Backend>(i: &Ints, device: &FlexDevice) -> FloatTensor<B> {
+fn to_float<B: Exec>(i: &Ints, device: &FlexDevice) -> FloatTensor<B> {
     let shape = if i.shape.is_empty() {
         vec![1]
     } else {
@@ -879,7 +925,7 @@ impl From<OnnxError> for Failure {
 
 type Take<'a, B> = dyn FnMut(usize) -> Result<Val<B>, OnnxError> + 'a;
 
-fn float<B: Backend>(v: Val<B>, device: &FlexDevice) -> FloatTensor<B> {
+fn float<B: Exec>(v: Val<B>, device: &FlexDevice) -> FloatTensor<B> {
     match v {
         Val::F(t) => t,
         Val::I(i) => to_float::<B>(&i, device),
@@ -916,7 +962,7 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                 }
                 (x, y) => {
                     let (x, y) = (float(x, device), float(y, device));
-                    let (x, y) = align(x, y)?;
+                    let (x, y) = align::<B>(x, y)?;
                     Val::F(match b {
                         Bin::Add => B::float_add(x, y),
                         Bin::Sub => B::float_sub(x, y),
@@ -945,7 +991,8 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                     // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
                     let c = (2.0f64 / std::f64::consts::PI).sqrt();
                     let x3 = B::float_mul(B::float_mul(x.clone(), x.clone()), x.clone());
-                    let inner = B::float_add(x.clone(), B::float_mul_scalar(x3, 0.044715f64.into()));
+                    let inner =
+                        B::float_add(x.clone(), B::float_mul_scalar(x3, 0.044715f64.into()));
                     let t = B::float_tanh(B::float_mul_scalar(inner, c.into()));
                     let half = B::float_mul_scalar(x, 0.5f64.into());
                     B::float_mul(half, B::float_add_scalar(t, 1.0f64.into()))
@@ -956,7 +1003,11 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             float(take(0)?, device),
             (*alpha as f64).into(),
         )),
-        Op::Softmax { axis: ax, legacy, log } => {
+        Op::Softmax {
+            axis: ax,
+            legacy,
+            log,
+        } => {
             let x = float(take(0)?, device);
             let d = dims(&x);
             let k = axis(*ax, d.len())?;
@@ -970,8 +1021,8 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             if *legacy && k + 1 != d.len() {
                 let outer: usize = d[..k].iter().product();
                 let inner: usize = d[k..].iter().product();
-                let y = f(reshape(x, vec![outer, inner]), 1);
-                Val::F(reshape(y, d))
+                let y = f(reshape::<B>(x, vec![outer, inner]), 1);
+                Val::F(reshape::<B>(y, d))
             } else {
                 Val::F(f(x, k))
             }
@@ -980,7 +1031,12 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             let (a, b) = (float(take(0)?, device), float(take(1)?, device));
             Val::F(matmul::<B>(a, b)?)
         }
-        Op::Gemm { alpha, beta, ta, tb } => {
+        Op::Gemm {
+            alpha,
+            beta,
+            ta,
+            tb,
+        } => {
             let (a, b) = (float(take(0)?, device), float(take(1)?, device));
             let (da, db) = (dims(&a), dims(&b));
             if da.len() != 2 || db.len() != 2 {
@@ -1001,7 +1057,7 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                 if *beta != 1.0 {
                     c = B::float_mul_scalar(c, (*beta as f64).into());
                 }
-                let (y2, c) = align(y, c)?;
+                let (y2, c) = align::<B>(y, c)?;
                 if host::broadcast_shapes(&dims(&y2), &dims(&c))? != dims(&y2) {
                     return Err("Gemm: C does not broadcast to the output".into());
                 }
@@ -1044,8 +1100,8 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             }
             let mut s = vec![1; d.len()];
             s[1] = c;
-            let y = B::float_mul(x, reshape(scale, s.clone()));
-            Val::F(B::float_add(y, reshape(shift, s)))
+            let y = B::float_mul(x, reshape::<B>(scale, s.clone()));
+            Val::F(B::float_add(y, reshape::<B>(shift, s)))
         }
         Op::BatchNorm { eps } => {
             let x = float(take(0)?, device);
@@ -1122,11 +1178,10 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                 let d0 = dims(&ts[0]);
                 for t in &ts {
                     let d = dims(t);
-                    if d.len() != d0.len()
-                        || d[..k] != d0[..k]
-                        || d[k + 1..] != d0[k + 1..]
-                    {
-                        return Err(format!("cannot concatenate {d0:?} and {d:?} on axis {k}").into());
+                    if d.len() != d0.len() || d[..k] != d0[..k] || d[k + 1..] != d0[k + 1..] {
+                        return Err(
+                            format!("cannot concatenate {d0:?} and {d:?} on axis {k}").into()
+                        );
                     }
                 }
                 Val::F(B::float_cat(ts, k))
@@ -1136,14 +1191,19 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             let v = take(0)?;
             let axes = match attr {
                 Some(a) => Some(a.clone()),
-                None => opt(take, 1).map(|a| ints(a, "axes")).transpose()?.map(|i| i.data),
+                None => opt(take, 1)
+                    .map(|a| ints(a, "axes"))
+                    .transpose()?
+                    .map(|i| i.data),
             };
             let d = val_dims(&v);
             let shape: Vec<usize> = match axes {
                 None => d.iter().copied().filter(|&x| x != 1).collect(),
                 Some(axes) => {
-                    let ks: Vec<usize> =
-                        axes.iter().map(|&a| axis(a, d.len())).collect::<Result<_, _>>()?;
+                    let ks: Vec<usize> = axes
+                        .iter()
+                        .map(|&a| axis(a, d.len()))
+                        .collect::<Result<_, _>>()?;
                     if ks.iter().any(|&k| d[k] != 1) {
                         return Err(format!("cannot squeeze axes {axes:?} of {d:?}").into());
                     }
@@ -1267,11 +1327,11 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                     shape.extend_from_slice(&idx.shape);
                     shape.extend_from_slice(&d[k + 1..]);
                     let shape = if shape.is_empty() { vec![1] } else { shape };
-                    Val::F(reshape(y, shape))
+                    Val::F(reshape::<B>(y, shape))
                 }
             }
         }
-        Op::Cast { to_float } => match (take(0)?, to_float) {
+        Op::Cast { to_float: tf } => match (take(0)?, tf) {
             (Val::F(t), true) => Val::F(t),
             (Val::I(i), false) => Val::I(i),
             (Val::I(i), true) => Val::F(to_float::<B>(&i, device)),
@@ -1291,8 +1351,14 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                 None => (
                     ints(take(1)?, "starts")?.data,
                     ints(take(2)?, "ends")?.data,
-                    opt(take, 3).map(|a| ints(a, "axes")).transpose()?.map(|i| i.data),
-                    opt(take, 4).map(|a| ints(a, "steps")).transpose()?.map(|i| i.data),
+                    opt(take, 3)
+                        .map(|a| ints(a, "axes"))
+                        .transpose()?
+                        .map(|i| i.data),
+                    opt(take, 4)
+                        .map(|a| ints(a, "steps"))
+                        .transpose()?
+                        .map(|i| i.data),
                 ),
             };
             let d = val_dims(&v);
@@ -1306,7 +1372,10 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             }
             let mut ranges: Vec<(usize, usize, usize)> = d.iter().map(|&n| (0, n, 1)).collect();
             for (j, &k) in axes.iter().enumerate() {
-                let step = steps.as_ref().map(|s| s.get(j).copied().unwrap_or(1)).unwrap_or(1);
+                let step = steps
+                    .as_ref()
+                    .map(|s| s.get(j).copied().unwrap_or(1))
+                    .unwrap_or(1);
                 if step < 1 {
                     return Err("Slice with a non-positive step is not supported".into());
                 }
@@ -1322,7 +1391,11 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                     let slices: Vec<Slice> = ranges
                         .iter()
                         .map(|&(s, len, st)| {
-                            Slice::new(s as isize, Some((s + len.saturating_sub(1) * st + 1) as isize), st as isize)
+                            Slice::new(
+                                s as isize,
+                                Some((s + len.saturating_sub(1) * st + 1) as isize),
+                                st as isize,
+                            )
                         })
                         .collect();
                     if ranges.iter().any(|r| r.1 == 0) {
@@ -1354,7 +1427,9 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             let mut ks: Vec<usize> = if axes.is_empty() {
                 (0..d.len()).collect()
             } else {
-                axes.iter().map(|&a| axis(a, d.len())).collect::<Result<_, _>>()?
+                axes.iter()
+                    .map(|&a| axis(a, d.len()))
+                    .collect::<Result<_, _>>()?
             };
             ks.sort_unstable();
             ks.dedup();
@@ -1374,7 +1449,7 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                     .map(|(_, &n)| n)
                     .collect();
                 let shape = if shape.is_empty() { vec![1] } else { shape };
-                y = reshape(y, shape);
+                y = reshape::<B>(y, shape);
             }
             Val::F(y)
         }
@@ -1385,7 +1460,12 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                 HostTensor::F32 { data, .. } => {
                     let v = *data.first().ok_or("empty value")?;
                     let s = if s.is_empty() { vec![1] } else { s };
-                    Val::F(B::float_full(Shape::from(s), (v as f64).into(), device, FloatDType::F32))
+                    Val::F(B::float_full(
+                        Shape::from(s),
+                        (v as f64).into(),
+                        device,
+                        FloatDType::F32,
+                    ))
                 }
                 HostTensor::I64 { data, .. } => {
                     let v = *data.first().ok_or("empty value")?;
@@ -1401,7 +1481,10 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             let shape = ints(take(1)?, "the shape of Expand")?;
             let (s, _) = proto::dims_to_shape(&shape.data)?;
             let out = host::broadcast_shapes(&dims(&x), &s)?;
-            let (x, _) = align(x, B::float_zeros(Shape::from(vec![1; out.len()]), device, FloatDType::F32))?;
+            let (x, _) = align::<B>(
+                x,
+                B::float_zeros(Shape::from(vec![1; out.len()]), device, FloatDType::F32),
+            )?;
             Val::F(B::float_expand(x, Shape::from(out)))
         }
     })
@@ -1420,7 +1503,10 @@ fn val_reshape<B: Backend>(v: Val<B>, shape: Vec<usize>) -> Result<Val<B>, Failu
         return Err(format!("cannot reshape {:?} to {shape:?}", val_dims(&v)).into());
     }
     Ok(match v {
-        Val::F(t) => Val::F(reshape(t, if shape.is_empty() { vec![1] } else { shape })),
+        Val::F(t) => Val::F(reshape::<B>(
+            t,
+            if shape.is_empty() { vec![1] } else { shape },
+        )),
         Val::I(i) => Val::I(i.reshape(shape)?),
     })
 }
@@ -1470,7 +1556,7 @@ fn align<B: Backend>(
         } else {
             let mut s = vec![1; r - d.len()];
             s.extend(d);
-            reshape(t, s)
+            reshape::<B>(t, s)
         }
     };
     Ok((up(x, dx), up(y, dy)))
@@ -1481,13 +1567,13 @@ fn matmul<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> Result<FloatTenso
     let (va, vb) = (da.len() == 1, db.len() == 1);
     let a = if va {
         da.insert(0, 1);
-        reshape(a, da.clone())
+        reshape::<B>(a, da.clone())
     } else {
         a
     };
     let b = if vb {
         db.push(1);
-        reshape(b, db.clone())
+        reshape::<B>(b, db.clone())
     } else {
         b
     };
@@ -1502,7 +1588,7 @@ fn matmul<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> Result<FloatTenso
         } else {
             let mut s = vec![1; r - d.len()];
             s.extend_from_slice(d);
-            reshape(t, s)
+            reshape::<B>(t, s)
         }
     };
     let y = B::float_matmul(up(a, &da), up(b, &db));
@@ -1515,7 +1601,7 @@ fn matmul<B: Backend>(a: FloatTensor<B>, b: FloatTensor<B>) -> Result<FloatTenso
             d.remove(d.len() - if vb { 1 } else { 2 });
         }
         let d = if d.is_empty() { vec![1] } else { d };
-        return Ok(reshape(y, d));
+        return Ok(reshape::<B>(y, d));
     }
     Ok(y)
 }
@@ -1531,7 +1617,9 @@ fn resolve_window(
     let n = spatial.len();
     let kernel = match (&w.kernel, kernel_from_weight) {
         (Some(k), Some(kw)) if k.as_slice() != kw => {
-            return Err(format!("kernel_shape {k:?} differs from the weight's {kw:?}"));
+            return Err(format!(
+                "kernel_shape {k:?} differs from the weight's {kw:?}"
+            ));
         }
         (Some(k), _) => k.clone(),
         (None, Some(kw)) => kw.to_vec(),
@@ -1560,7 +1648,8 @@ fn resolve_window(
             AutoPad::Valid => (0, 0),
             AutoPad::SameUpper | AutoPad::SameLower => {
                 let out_len = spatial[i].div_ceil(strides[i]);
-                let total = ((out_len.saturating_sub(1)) * strides[i] + eff).saturating_sub(spatial[i]);
+                let total =
+                    ((out_len.saturating_sub(1)) * strides[i] + eff).saturating_sub(spatial[i]);
                 let small = total / 2;
                 if matches!(w.pads, AutoPad::SameUpper) {
                     (small, total - small)
@@ -1589,7 +1678,10 @@ fn conv<B: Backend>(
 ) -> Result<FloatTensor<B>, Failure> {
     let (dx, dw) = (dims(&x), dims(&w));
     if dx.len() != dw.len() || !(3..=4).contains(&dx.len()) {
-        return Err(format!("Conv of input {dx:?} with weight {dw:?} (1-D and 2-D convolutions are supported)").into());
+        return Err(format!(
+            "Conv of input {dx:?} with weight {dw:?} (1-D and 2-D convolutions are supported)"
+        )
+        .into());
     }
     if dx[1] != dw[1] * group || dw[0] % group != 0 {
         return Err(format!("Conv: input {dx:?}, weight {dw:?}, group {group}").into());
@@ -1602,19 +1694,29 @@ fn conv<B: Backend>(
     let wdw = resolve_window(win, &dx[2..], Some(&dw[2..]))?;
     Ok(if dx.len() == 3 {
         let (_, s, d, b, e) = wdw[0];
-        B::conv1d(x, w, bias, ConvOptions {
-            stride: [s],
-            padding: [(b, e)],
-            dilation: [d],
-            groups: group,
-        })
+        B::conv1d(
+            x,
+            w,
+            bias,
+            ConvOptions {
+                stride: [s],
+                padding: [(b, e)],
+                dilation: [d],
+                groups: group,
+            },
+        )
     } else {
-        B::conv2d(x, w, bias, ConvOptions {
-            stride: [wdw[0].1, wdw[1].1],
-            padding: [(wdw[0].3, wdw[0].4), (wdw[1].3, wdw[1].4)],
-            dilation: [wdw[0].2, wdw[1].2],
-            groups: group,
-        })
+        B::conv2d(
+            x,
+            w,
+            bias,
+            ConvOptions {
+                stride: [wdw[0].1, wdw[1].1],
+                padding: [(wdw[0].3, wdw[0].4), (wdw[1].3, wdw[1].4)],
+                dilation: [wdw[0].2, wdw[1].2],
+                groups: group,
+            },
+        )
     })
 }
 
@@ -1643,7 +1745,10 @@ fn pool<B: Backend>(
         };
         let mut pairs = vec![(0, 0), (0, 0)];
         pairs.extend(w.iter().map(|p| (p.3, p.4)));
-        (B::float_pad(x, &pairs, PadMode::Constant(fill)), vec![0; w.len()])
+        (
+            B::float_pad(x, &pairs, PadMode::Constant(fill)),
+            vec![0; w.len()],
+        )
     };
     // burn pools need padding at most half the kernel.
     if w.iter().zip(&pads).any(|(p, &pad)| pad > p.0 / 2) {
@@ -1677,7 +1782,10 @@ mod tests {
 
     #[test]
     fn reshape_targets() {
-        assert_eq!(reshape_target(&[2, 3, 4], &[0, -1], false).unwrap(), vec![2, 12]);
+        assert_eq!(
+            reshape_target(&[2, 3, 4], &[0, -1], false).unwrap(),
+            vec![2, 12]
+        );
         assert_eq!(reshape_target(&[2, 3, 4], &[-1], false).unwrap(), vec![24]);
         assert!(reshape_target(&[2, 3, 4], &[-1, -1], false).is_err());
         assert!(reshape_target(&[2, 3, 4], &[5, -1], false).is_err());

@@ -95,7 +95,9 @@ fn summarise(model: &pb::ModelProto) -> OnnxSummary {
         .map(|t| {
             t.dims
                 .iter()
-                .try_fold(1u64, |a, &d| u64::try_from(d).ok().and_then(|d| a.checked_mul(d)))
+                .try_fold(1u64, |a, &d| {
+                    u64::try_from(d).ok().and_then(|d| a.checked_mul(d))
+                })
                 .unwrap_or(0)
         })
         .fold(0u64, u64::saturating_add);
@@ -357,7 +359,10 @@ impl Classifier for OnnxModel {
     }
 
     fn as_differentiable(&self) -> Option<&dyn Differentiable> {
-        self.interpreter.as_ref().ok().map(|_| self as &dyn Differentiable)
+        self.interpreter
+            .as_ref()
+            .ok()
+            .map(|_| self as &dyn Differentiable)
     }
 }
 

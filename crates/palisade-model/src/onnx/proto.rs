@@ -37,7 +37,9 @@ pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, OnnxError> {
         });
     }
     let mut bytes = Vec::with_capacity(size as usize);
-    file.take(MAX_FILE_BYTES).read_to_end(&mut bytes).map_err(io)?;
+    file.take(MAX_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
     Ok(bytes)
 }
 
@@ -201,14 +203,6 @@ pub(crate) enum HostTensor {
     },
 }
 
-impl HostTensor {
-    pub(crate) fn shape(&self) -> &[usize] {
-        match self {
-            HostTensor::F32 { shape, .. } | HostTensor::I64 { shape, .. } => shape,
-        }
-    }
-}
-
 /// Converts dimensions, refusing negatives and element counts over `MAX_ELEMENTS`.
 pub(crate) fn dims_to_shape(dims: &[i64]) -> Result<(Vec<usize>, usize), String> {
     let mut n: usize = 1;
@@ -283,7 +277,9 @@ pub(crate) fn read_tensor(t: &pb::TensorProto) -> Result<HostTensor, String> {
         DataType::Float => f(t.float_data.clone()),
         DataType::Double if use_raw => {
             raw_len(8)?;
-            f(chunks::<8>(raw).map(|b| f64::from_le_bytes(b) as f32).collect())
+            f(chunks::<8>(raw)
+                .map(|b| f64::from_le_bytes(b) as f32)
+                .collect())
         }
         DataType::Double => f(t.double_data.iter().map(|&v| v as f32).collect()),
         DataType::Float16 if use_raw => {
@@ -304,7 +300,9 @@ pub(crate) fn read_tensor(t: &pb::TensorProto) -> Result<HostTensor, String> {
         DataType::Int64 => i(t.int64_data.clone()),
         DataType::Int32 if use_raw => {
             raw_len(4)?;
-            i(chunks::<4>(raw).map(|b| i32::from_le_bytes(b) as i64).collect())
+            i(chunks::<4>(raw)
+                .map(|b| i32::from_le_bytes(b) as i64)
+                .collect())
         }
         DataType::Uint8 | DataType::Bool if use_raw => {
             raw_len(1)?;

@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 use ndarray::Array2;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::DimLike;
 
 use super::OnnxError;
 
@@ -42,9 +43,11 @@ impl TractRunner {
             shape.extend(input_shape.iter().map(|&d| d.to_dim()));
             im.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))
                 .map_err(tract_err)?;
-            let first = *im.output_outlets().map_err(tract_err)?.first().ok_or_else(|| {
-                OnnxError::NotAClassifier("the graph has no output".into())
-            })?;
+            let first = *im
+                .output_outlets()
+                .map_err(tract_err)?
+                .first()
+                .ok_or_else(|| OnnxError::NotAClassifier("the graph has no output".into()))?;
             im.select_output_outlets(&[first]).map_err(tract_err)?;
             let typed = im.into_optimized().map_err(tract_err)?;
             let fact = typed.output_fact(0).map_err(tract_err)?.clone();

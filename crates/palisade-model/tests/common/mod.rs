@@ -37,7 +37,9 @@ pub fn tensor_i64(name: &str, dims: &[i64], data: Vec<i64>) -> pb::TensorProto {
 
 /// Deterministic pseudo-random values in [-scale, scale].
 pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             s = s
@@ -91,7 +93,13 @@ pub fn attr(name: &str, a: A) -> pb::AttributeProto {
     p
 }
 
-pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<pb::AttributeProto>) -> pb::NodeProto {
+pub fn node(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
     pb::NodeProto {
         op_type: op.into(),
         name: name.into(),
@@ -175,7 +183,13 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let header = std::str::from_utf8(&bytes[start..start + hlen]).unwrap();
     assert!(header.contains("'descr': '<f4'"), "{header}");
     assert!(header.contains("'fortran_order': False"), "{header}");
-    let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape_str = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
     let shape: Vec<usize> = shape_str
         .split(',')
         .map(str::trim)
@@ -195,6 +209,9 @@ pub fn read_idx_labels(path: &Path, n: usize) -> Vec<usize> {
     let mut gz = flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap());
     let mut bytes = Vec::new();
     gz.read_to_end(&mut bytes).unwrap();
-    assert_eq!(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), 2049);
+    assert_eq!(
+        u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+        2049
+    );
     bytes[8..8 + n].iter().map(|&b| b as usize).collect()
 }
