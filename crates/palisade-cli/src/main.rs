@@ -34,17 +34,66 @@ struct Cli {
 enum Command {
     /// Inspect and check model files (`model info`, `model check`).
     Model(cmd::model::ModelArgs),
+    /// Manage the gateway's API keys.
+    Keys(cmd::keys::KeysArgs),
+    /// Verify the gateway's audit log; checkpoints and proofs.
+    Audit(cmd::audit::AuditArgs),
+    /// Scan model files for code-execution payloads (exit 0 clean, 1 findings, 2 unscannable).
+    ///
+    /// Pickle (joblib, dill), PyTorch zip and legacy, TorchScript, NumPy .npy/.npz, Keras .keras
+    /// and .h5, TensorFlow SavedModel, ONNX, safetensors and GGUF; formats are detected by
+    /// content, directories scanned recursively and in parallel. Nothing is ever unpickled.
+    ///
+    /// Exit codes: 0 every file clean; 1 suspicious or dangerous findings (also when some files
+    /// could not be analysed); 2 no findings but at least one file could not be analysed
+    /// (unknown format, truncated, malformed, encrypted, unreadable), or an error. A file that
+    /// could not be analysed is never reported clean.
+    Scan(cmd::scan::ScanArgs),
+    /// Sign a model in the OpenSSF Model Signing format.
+    Sign(cmd::sign::Args),
+    /// Verify a model against an OpenSSF Model Signing bundle (0 verified, 1 failed, 2 error).
+    Verify(cmd::verify::Args),
+    /// Generate an ECDSA P-256/P-384 key pair for signing.
+    Keygen(cmd::keygen::Args),
+    /// Encrypt a file at rest (age: X25519 recipients or passphrase).
+    Seal(cmd::seal::SealArgs),
+    /// Decrypt an age file (atomic: nothing is written unless it authenticates).
+    Unseal(cmd::seal::UnsealArgs),
+    /// The model registry: versions, aliases, rollback, history (add: exit 1 if refused).
+    Registry(cmd::registry::RegistryArgs),
+    /// Provenance: dataset manifests, signed training records, chain verification.
+    Provenance(cmd::provenance::ProvenanceArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    output::init_logging(&cli.log);
+    output::init_logging(&cli.log, false);
     let ctx = output::Ctx { json: cli.json };
     let result: anyhow::Result<cmd::Outcome> = match cli.command {
         Command::Model(args) => cmd::model::run(&ctx, args),
+        Command::Sign(a) => cmd::sign::run(&ctx, a),
+        Command::Verify(a) => cmd::verify::run(&ctx, a),
+        Command::Keygen(a) => cmd::keygen::run(&ctx, a),
+        Command::Seal(a) => cmd::seal::run_seal(&ctx, a),
+        Command::Unseal(a) => cmd::seal::run_unseal(&ctx, a),
+        Command::Registry(a) => cmd::registry::run(&ctx, a),
+        Command::Provenance(a) => cmd::provenance::run(&ctx, a),
+        Command::Scan(args) => cmd::scan::run(&ctx, &args),
+        Command::Keys(a) => cmd::keys::run(&ctx, a),
+        Command::Audit(a) => cmd::audit::run(&ctx, a),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => output::report_error(&ctx, &err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -38,14 +38,27 @@ impl Ctx {
     }
 }
 
-/// Structured logs on stderr (`--log`, `PALISADE_LOG`).
-pub fn init_logging(level: &str) {
+/// Writes one line to stdout; a closed pipe is a normal stop.
+pub fn print_line(s: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{s}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
+/// Structured logs on stderr (`--log`, `PALISADE_LOG`); JSON lines when `json` (servers).
+pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Prints an error as one line (its cause chain joined by ": ") and returns exit code 2.

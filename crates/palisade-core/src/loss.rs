@@ -250,7 +250,11 @@ mod tests {
                 .check(2, 5)
                 .is_err()
         );
-        assert!(Objective::CrossEntropy { labels: &[0] }.check(2, 5).is_err());
+        assert!(
+            Objective::CrossEntropy { labels: &[0] }
+                .check(2, 5)
+                .is_err()
+        );
         assert!(Objective::Dlr { labels: &[0, 1] }.check(2, 2).is_err());
     }
 }

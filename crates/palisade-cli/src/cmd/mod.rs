@@ -3,6 +3,17 @@
 use std::process::ExitCode;
 
 pub mod model;
+pub mod audit;
+pub mod keyargs;
+pub mod keygen;
+pub mod keys;
+pub mod progress;
+pub mod provenance;
+pub mod registry;
+pub mod scan;
+pub mod seal;
+pub mod sign;
+pub mod verify;
 
 /// How a command that ran to the end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,14 +23,18 @@ pub enum Outcome {
     Success,
     /// The command ran and found something (findings, failed verification).
     Findings,
+    /// The command ran but could not analyse some input (unknown format, unparsable file).
+    Unscannable,
 }
 
 impl Outcome {
-    /// The documented exit code: 0 success, 1 findings (2 is errors, in `main`).
+    /// The documented exit code: 0 success, 1 findings, 2 unscannable input (2 is also errors,
+    /// in `main`).
     pub fn exit_code(self) -> ExitCode {
         match self {
             Outcome::Success => ExitCode::SUCCESS,
             Outcome::Findings => ExitCode::from(1),
+            Outcome::Unscannable => ExitCode::from(2),
         }
     }
 }

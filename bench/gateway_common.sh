@@ -1,0 +1,53 @@
+# Shared by the gateway benchmarks: build, start `palisade serve` on a free port, helpers.
+# Sourced, not run. Needs python3, curl and wrk (apt-get install wrk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk > /dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
+PROFILE=${PROFILE:-release}
+cargo build -q --profile "$PROFILE" -p palisade-cli -p palisade-gateway --example bare_endpoint
+TDIR=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+BIN=$TDIR/palisade
+BARE=$TDIR/examples/bare_endpoint
+STATE=$(mktemp -d)
+BODY=$STATE/body.bin
+HLEN=$(python3 bench/oip_body.py "$BODY")
+export BODY HLEN
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2> /dev/null || true; done; rm -rf "$STATE"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_ready() { # URL PID
+    for _ in $(seq 1 300); do
+        curl -fs "$1" > /dev/null 2>&1 && return 0
+        kill -0 "$2" 2> /dev/null || { echo "server died" >&2; cat "$STATE/serve.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "server not ready" >&2; exit 1
+}
+
+start_gateway() { # PORT; sets GW_PID (and AUTH on first start)
+    "$BIN" --json serve --state "$STATE/gw" --listen "127.0.0.1:$1" --grpc-listen "127.0.0.1:$1" \
+        >> "$STATE/serve.out" 2>> "$STATE/serve.log" &
+    GW_PID=$!
+    PIDS+=("$GW_PID")
+    wait_ready "http://127.0.0.1:$1/v2/health/ready" "$GW_PID"
+    if [ -z "${AUTH:-}" ]; then
+        AUTH="Bearer $(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read())["key"])' "$STATE/serve.out")"
+        export AUTH
+    fi
+}
+
+audit_entries() { "$BIN" --json audit verify --state "$STATE/gw" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r["entries"])'; }
+
+served_infers() { # PORT: infer requests the gateway answered, from its own metrics
+    curl -fs "http://127.0.0.1:$1/metrics" | awk '/^palisade_requests_total\{/ && /route="infer"/ {s+=$NF} END {print s+0}'
+}
+
+run_wrk() { # URL CONNECTIONS SECONDS -> one JSON line
+    local t=$(( $2 < 2 ? 1 : 2 ))
+    wrk -t"$t" -c"$2" -d"$3"s --latency -s bench/oip_post.lua "$1" | grep '^{'
+}
+
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }

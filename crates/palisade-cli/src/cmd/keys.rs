@@ -1,0 +1,175 @@
+//! `palisade keys`: create, list, rotate and revoke the gateway's API keys.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use palisade_gateway::keys::{KeyStore as _, NewKey, Role, SqliteKeyStore};
+use palisade_gateway::server::StatePaths;
+
+use crate::cmd::Outcome;
+use crate::output::Ctx;
+
+/// Arguments of `palisade keys`.
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// The gateway's state folder.
+    #[arg(long, default_value = "palisade-state", global = true)]
+    state: PathBuf,
+
+    #[command(subcommand)]
+    action: KeysAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Make a key (shown once). Keys with admin or deploy get a TOTP secret.
+    Create {
+        /// A label for people.
+        #[arg(long)]
+        name: String,
+        /// A role: query:<model>, query:*, ingest, train, deploy, audit, admin (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Validity, e.g. 30d, 12h, 15m.
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key at once.
+    Revoke {
+        /// The key id (the 12 hex digits after `pal_`).
+        id: String,
+    },
+    /// Make a successor with the same roles; the old key lives for the overlap.
+    Rotate {
+        /// The key id.
+        id: String,
+        /// How long the old key stays valid, e.g. 1h.
+        #[arg(long, default_value = "1h")]
+        overlap: String,
+    },
+}
+
+/// `30s`, `15m`, `12h`, `7d`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("'{s}' is not a duration like 30s, 15m, 12h or 7d"))?;
+    let secs = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("'{s}': unknown unit '{unit}' (use s, m, h or d)"),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How a new key is shown.
+pub fn show_new_key(k: &NewKey) -> String {
+    let mut s = format!(
+        "key {} ({}), roles {}\n\n    {}\n\nStore it now: it is not shown again.",
+        k.record.id,
+        k.record.name,
+        k.record
+            .roles
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        k.key
+    );
+    if let (Some(secret), Some(uri)) = (&k.totp_secret, &k.totp_uri) {
+        s.push_str(&format!(
+            "\nAdmin actions also need a TOTP code (header X-Palisade-TOTP).\nTOTP secret: {secret}\n{uri}"
+        ));
+    }
+    s
+}
+
+/// Runs `palisade keys`.
+pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
+    let paths = StatePaths::new(&args.state);
+    if !matches!(args.action, KeysAction::Create { .. }) && !paths.keys_db().exists() {
+        anyhow::bail!(
+            "no key database in {} (start `palisade serve` or create a key first)",
+            args.state.display()
+        );
+    }
+    std::fs::create_dir_all(&args.state)
+        .with_context(|| format!("cannot create {}", args.state.display()))?;
+    let store = SqliteKeyStore::open(&paths.keys_db())?;
+    match args.action {
+        KeysAction::Create {
+            name,
+            roles,
+            expires_in,
+        } => {
+            let roles = roles
+                .iter()
+                .map(|r| r.parse::<Role>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let now = now_ms();
+            let expires = match expires_in {
+                Some(d) => Some(now.saturating_add(parse_duration(&d)?.as_millis() as u64)),
+                None => None,
+            };
+            let k = store.create(&name, &roles, expires, now)?;
+            ctx.emit(&k, show_new_key)?;
+        }
+        KeysAction::List => {
+            let keys = store.list()?;
+            ctx.emit(&keys, |keys| {
+                let now = now_ms();
+                keys.iter()
+                    .map(|k| {
+                        let status = if k.revoked_ms.is_some() {
+                            "revoked"
+                        } else if k.expires_ms.is_some_and(|e| e <= now) {
+                            "expired"
+                        } else {
+                            "active"
+                        };
+                        let roles: Vec<String> = k.roles.iter().map(|r| r.to_string()).collect();
+                        format!("{}  {:8}  {:20}  {}", k.id, status, k.name, roles.join(","))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+        }
+        KeysAction::Revoke { id } => {
+            let changed = store.revoke(&id, now_ms())?;
+            let v = serde_json::json!({ "id": id, "revoked": true, "was_active": changed });
+            ctx.emit(&v, |_| {
+                if changed {
+                    format!("revoked {id}")
+                } else {
+                    format!("{id} was already revoked")
+                }
+            })?;
+        }
+        KeysAction::Rotate { id, overlap } => {
+            let k = store.rotate(&id, parse_duration(&overlap)?, now_ms())?;
+            ctx.emit(&k, |k| {
+                format!(
+                    "{} stays valid for {overlap}; its successor:\n{}",
+                    id,
+                    show_new_key(k)
+                )
+            })?;
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,280 @@
+//! The admin and audit API, behind the same guards as the model routes (the roles and the TOTP
+//! check are the authorise guard's; every call is audited).
+//!
+//! | method | path | role |
+//! |---|---|---|
+//! | GET | `/v2/admin/keys` | admin |
+//! | POST | `/v2/admin/keys` `{"name", "roles", "expires_in_s"?}` | admin |
+//! | POST | `/v2/admin/keys/{id}/revoke` | admin |
+//! | POST | `/v2/admin/keys/{id}/rotate` `{"overlap_s"}` | admin |
+//! | POST | `/v2/admin/models/{m}/rollback` | deploy |
+//! | GET | `/v2/audit/checkpoint` | audit |
+//! | GET | `/v2/audit/entries/{i}` | audit |
+//! | GET | `/v2/audit/proof/inclusion?index=I&size=N` | audit |
+//! | GET | `/v2/audit/proof/consistency?first=M&second=N` | audit |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::audit::{AuditError, AuditLog};
+use crate::guard::{Decision, error_response, json_response};
+use crate::hexfmt;
+use crate::keys::{KeyError, KeyStore, Role};
+use crate::model::{ModelRepository, RepositoryError};
+use crate::now_ms;
+
+/// What the admin API works on.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Keys.
+    pub keys: Arc<dyn KeyStore>,
+    /// Models.
+    pub models: Arc<ModelRepository>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditLog>,
+    /// The checkpoint public key.
+    pub audit_public_key: [u8; 32],
+}
+
+/// The admin and audit routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/v2/admin/keys", get(list_keys).post(create_key))
+        .route("/v2/admin/keys/{id}/revoke", post(revoke_key))
+        .route("/v2/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/v2/admin/models/{model}/rollback", post(rollback))
+        .route("/v2/audit/checkpoint", get(checkpoint))
+        .route("/v2/audit/entries/{index}", get(entry))
+        .route("/v2/audit/proof/inclusion", get(inclusion))
+        .route("/v2/audit/proof/consistency", get(consistency))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+}
+
+fn bad_request(message: &str) -> Response {
+    let mut r = error_response(StatusCode::BAD_REQUEST, message);
+    r.extensions_mut().insert(Decision::Denied("validate"));
+    r
+}
+
+fn key_error(e: KeyError) -> Response {
+    let status = match e {
+        KeyError::NotFound(_) => StatusCode::NOT_FOUND,
+        KeyError::Role(_) | KeyError::Invalid(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_response(status, &e.to_string())
+}
+
+fn audit_error(e: AuditError) -> Response {
+    let status = match e {
+        AuditError::OutOfRange(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error_response(status, &e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    roles: Vec<String>,
+    #[serde(default)]
+    expires_in_s: Option<u64>,
+}
+
+async fn list_keys(State(s): State<AdminState>) -> Response {
+    match s.keys.list() {
+        Ok(k) => json_response(StatusCode::OK, &k),
+        Err(e) => key_error(e),
+    }
+}
+
+async fn create_key(State(s): State<AdminState>, body: Bytes) -> Response {
+    let req: CreateKey = match parse_json(&body) {
+        Ok(r) => r,
+        Err(m) => return bad_request(&m),
+    };
+    let roles: Result<Vec<Role>, KeyError> = req.roles.iter().map(|r| r.parse()).collect();
+    let roles = match roles {
+        Ok(r) => r,
+        Err(e) => return key_error(e),
+    };
+    let now = now_ms();
+    let expires = req
+        .expires_in_s
+        .map(|s| now.saturating_add(s.saturating_mul(1000)));
+    match s.keys.create(&req.name, &roles, expires, now) {
+        Ok(k) => json_response(StatusCode::CREATED, &k),
+        Err(e) => key_error(e),
+    }
+}
+
+/// Path parameters. The outer router's wildcard is among them, so handlers take them all and
+/// pick theirs by name.
+type Params = Path<HashMap<String, String>>;
+
+fn param(p: &HashMap<String, String>, name: &str) -> String {
+    p.get(name).cloned().unwrap_or_default()
+}
+
+async fn revoke_key(State(s): State<AdminState>, Path(p): Params) -> Response {
+    let id = param(&p, "id");
+    match s.keys.revoke(&id, now_ms()) {
+        Ok(changed) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "id": id, "revoked": true, "was_active": changed }),
+        ),
+        Err(e) => key_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    overlap_s: u64,
+}
+
+async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -> Response {
+    let id = param(&p, "id");
+    let req: Rotate = match parse_json(&body) {
+        Ok(r) => r,
+        Err(m) => return bad_request(&m),
+    };
+    match s
+        .keys
+        .rotate(&id, Duration::from_secs(req.overlap_s), now_ms())
+    {
+        Ok(k) => json_response(StatusCode::CREATED, &k),
+        Err(e) => key_error(e),
+    }
+}
+
+async fn rollback(State(s): State<AdminState>, Path(p): Params) -> Response {
+    let model = param(&p, "model");
+    match s.models.rollback(&model) {
+        Ok(m) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "model": m.name, "active_version": m.version }),
+        ),
+        Err(e @ RepositoryError::NotFound(_)) => {
+            error_response(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Err(e) => error_response(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+async fn checkpoint(State(s): State<AdminState>) -> Response {
+    let log = s.audit.clone();
+    match tokio::task::spawn_blocking(move || log.latest_checkpoint()).await {
+        Ok(Ok(c)) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "checkpoint": c,
+                "public_key": hexfmt::encode(&s.audit_public_key),
+            }),
+        ),
+        Ok(Err(e)) => audit_error(e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn entry(State(s): State<AdminState>, Path(p): Params) -> Response {
+    let Ok(index) = param(&p, "index").parse::<u64>() else {
+        return bad_request("the entry index must be a non-negative integer");
+    };
+    match s.audit.entry(index) {
+        Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "index": index, "entry": v }),
+            ),
+            Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        Ok(None) => error_response(StatusCode::NOT_FOUND, &format!("no entry {index}")),
+        Err(e) => audit_error(e),
+    }
+}
+
+/// `a=1&b=2` → the value of `key` as u64.
+fn query_u64(q: &Option<String>, key: &str) -> Result<Option<u64>, String> {
+    let Some(q) = q else { return Ok(None) };
+    for pair in q.split('&') {
+        if let Some((k, v)) = pair.split_once('=')
+            && k == key
+        {
+            return v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("query parameter '{key}' must be a non-negative integer"));
+        }
+    }
+    Ok(None)
+}
+
+async fn inclusion(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Response {
+    let (index, size) = match (query_u64(&q, "index"), query_u64(&q, "size")) {
+        (Ok(Some(i)), Ok(size)) => (i, size),
+        (Err(m), _) | (_, Err(m)) => return bad_request(&m),
+        (Ok(None), _) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "query parameter 'index' is required",
+            );
+        }
+    };
+    let log = s.audit.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let size = match size {
+            Some(n) => n,
+            None => log.size()?,
+        };
+        log.inclusion(index, size)
+    })
+    .await;
+    match res {
+        Ok(Ok(p)) => json_response(StatusCode::OK, &p),
+        Ok(Err(e)) => audit_error(e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn consistency(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Response {
+    let (first, second) = match (query_u64(&q, "first"), query_u64(&q, "second")) {
+        (Ok(Some(f)), Ok(second)) => (f, second),
+        (Err(m), _) | (_, Err(m)) => return bad_request(&m),
+        (Ok(None), _) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "query parameter 'first' is required",
+            );
+        }
+    };
+    let log = s.audit.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let second = match second {
+            Some(n) => n,
+            None => log.size()?,
+        };
+        log.consistency(first, second)
+    })
+    .await;
+    match res {
+        Ok(Ok(p)) => json_response(StatusCode::OK, &p),
+        Ok(Err(e)) => audit_error(e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}

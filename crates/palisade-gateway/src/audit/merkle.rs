@@ -1,0 +1,339 @@
+//! Merkle tree hashing, proofs and their verification, exactly as RFC 6962 / RFC 9162 §2.1
+//! (Certificate Transparency) define them.
+//!
+//! - leaf hash: `SHA-256(0x00 ‖ entry)`; interior node: `SHA-256(0x01 ‖ left ‖ right)`;
+//! - the hash of an empty tree is `SHA-256("")`;
+//! - a tree of `n > 1` leaves splits at `k`, the largest power of two smaller than `n`.
+//!
+//! Everything here is pure and works on leaf hashes, so the same code serves the live log, the
+//! API and the offline verifier.
+
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 digest.
+pub type Hash = [u8; 32];
+
+/// `SHA-256(0x00 ‖ entry)`.
+pub fn leaf_hash(entry: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(entry);
+    h.finalize().into()
+}
+
+/// `SHA-256(0x01 ‖ left ‖ right)`.
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update([1u8]);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+/// The hash of the empty tree, `SHA-256("")`.
+pub fn empty_root() -> Hash {
+    Sha256::digest([]).into()
+}
+
+/// Largest power of two strictly smaller than `n` (`n ≥ 2`).
+fn split(n: usize) -> usize {
+    debug_assert!(n >= 2);
+    let mut k = 1usize;
+    while k << 1 < n {
+        k <<= 1;
+    }
+    k
+}
+
+/// The Merkle tree hash `MTH(D[0:n])` of a list of leaf hashes.
+pub fn root(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = split(n);
+            node_hash(&root(&leaves[..k]), &root(&leaves[k..]))
+        }
+    }
+}
+
+/// The inclusion proof (audit path) of leaf `index` in the tree of `leaves`, or `None` when the
+/// index is outside the tree.
+pub fn inclusion_proof(index: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
+    if index >= leaves.len() {
+        return None;
+    }
+    let mut proof = Vec::new();
+    path(index, leaves, &mut proof);
+    Some(proof)
+}
+
+fn path(m: usize, d: &[Hash], out: &mut Vec<Hash>) {
+    let n = d.len();
+    if n <= 1 {
+        return;
+    }
+    let k = split(n);
+    if m < k {
+        path(m, &d[..k], out);
+        out.push(root(&d[k..]));
+    } else {
+        path(m - k, &d[k..], out);
+        out.push(root(&d[..k]));
+    }
+}
+
+/// The consistency proof between the tree of the first `first` leaves and the tree of all
+/// `leaves`, or `None` when `first` is 0 or larger than the tree.
+pub fn consistency_proof(first: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
+    if first == 0 || first > leaves.len() {
+        return None;
+    }
+    let mut proof = Vec::new();
+    subproof(first, leaves, true, &mut proof);
+    Some(proof)
+}
+
+fn subproof(m: usize, d: &[Hash], complete: bool, out: &mut Vec<Hash>) {
+    let n = d.len();
+    if m == n {
+        if !complete {
+            out.push(root(d));
+        }
+        return;
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(m, &d[..k], complete, out);
+        out.push(root(&d[k..]));
+    } else {
+        subproof(m - k, &d[k..], false, out);
+        out.push(root(&d[..k]));
+    }
+}
+
+/// Verifies an inclusion proof (RFC 9162 §2.1.3.2): that `leaf` is leaf `index` of the tree of
+/// size `size` whose root is `root`.
+pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
+    if index >= size {
+        return false;
+    }
+    let (mut fnode, mut snode) = (index, size - 1);
+    let mut r = *leaf;
+    for p in proof {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            r = node_hash(p, &r);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && r == *root
+}
+
+/// Verifies a consistency proof (RFC 9162 §2.1.4.2): that the tree of size `first` with root
+/// `first_root` is a prefix of the tree of size `second` with root `second_root`.
+pub fn verify_consistency(
+    first: u64,
+    second: u64,
+    first_root: &Hash,
+    second_root: &Hash,
+    proof: &[Hash],
+) -> bool {
+    if first > second {
+        return false;
+    }
+    if first == second {
+        return proof.is_empty() && first_root == second_root;
+    }
+    if first == 0 {
+        // Every tree extends the empty tree; there is nothing to prove.
+        return proof.is_empty();
+    }
+    let mut path: Vec<Hash> = proof.to_vec();
+    if first.is_power_of_two() {
+        path.insert(0, *first_root);
+    }
+    let Some((c0, rest)) = path.split_first() else {
+        return false;
+    };
+    let (mut fnode, mut snode) = (first - 1, second - 1);
+    while fnode & 1 == 1 {
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    let (mut fr, mut sr) = (*c0, *c0);
+    for c in rest {
+        if snode == 0 {
+            return false;
+        }
+        if fnode & 1 == 1 || fnode == snode {
+            fr = node_hash(c, &fr);
+            sr = node_hash(c, &sr);
+            if fnode & 1 == 0 {
+                while fnode & 1 == 0 && fnode != 0 {
+                    fnode >>= 1;
+                    snode >>= 1;
+                }
+            }
+        } else {
+            sr = node_hash(&sr, c);
+        }
+        fnode >>= 1;
+        snode >>= 1;
+    }
+    snode == 0 && fr == *first_root && sr == *second_root
+}
+
+/// The right edge of a growing tree: the roots of its perfect subtrees, largest first. Appending
+/// and computing the root cost O(log n), so the live log never rereads its leaves.
+#[derive(Debug, Clone, Default)]
+pub struct Frontier {
+    /// `(height, hash)` of each perfect subtree, left to right.
+    nodes: Vec<(u32, Hash)>,
+    size: u64,
+}
+
+impl Frontier {
+    /// An empty tree.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of leaves.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends one leaf hash.
+    pub fn push(&mut self, leaf: Hash) {
+        let mut cur = (0u32, leaf);
+        while let Some(&(h, left)) = self.nodes.last() {
+            if h != cur.0 {
+                break;
+            }
+            self.nodes.pop();
+            cur = (h + 1, node_hash(&left, &cur.1));
+        }
+        self.nodes.push(cur);
+        self.size += 1;
+    }
+
+    /// The current root (`MTH` of all leaves so far).
+    pub fn root(&self) -> Hash {
+        let mut it = self.nodes.iter().rev();
+        let Some(&(_, mut acc)) = it.next() else {
+            return empty_root();
+        };
+        for (_, left) in it {
+            acc = node_hash(left, &acc);
+        }
+        acc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(n: usize) -> Vec<Hash> {
+        (0..n)
+            .map(|i| leaf_hash(format!("entry {i}").as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn rfc6962_empty_and_single() {
+        // SHA-256 of the empty string.
+        assert_eq!(
+            hex(&empty_root()),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        // Certificate Transparency's test vector: the leaf hash of the empty entry.
+        assert_eq!(
+            hex(&leaf_hash(b"")),
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
+        );
+    }
+
+    fn hex(h: &Hash) -> String {
+        h.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn frontier_matches_recursive_root() {
+        let l = leaves(70);
+        let mut f = Frontier::new();
+        assert_eq!(f.root(), root(&[]));
+        for n in 1..=l.len() {
+            f.push(l[n - 1]);
+            assert_eq!(f.root(), root(&l[..n]), "size {n}");
+        }
+    }
+
+    #[test]
+    fn inclusion_proofs_verify_and_reject_tampering() {
+        let l = leaves(37);
+        for n in 1..=l.len() {
+            let r = root(&l[..n]);
+            for i in 0..n {
+                let p = inclusion_proof(i, &l[..n]).unwrap();
+                assert!(
+                    verify_inclusion(i as u64, n as u64, &l[i], &p, &r),
+                    "{i}/{n}"
+                );
+                let other = leaf_hash(b"forged");
+                assert!(!verify_inclusion(i as u64, n as u64, &other, &p, &r));
+                if !p.is_empty() {
+                    let mut bad = p.clone();
+                    bad[0][0] ^= 1;
+                    assert!(!verify_inclusion(i as u64, n as u64, &l[i], &bad, &r));
+                }
+            }
+            assert!(inclusion_proof(n, &l[..n]).is_none());
+        }
+    }
+
+    #[test]
+    fn consistency_proofs_verify_and_reject_tampering() {
+        let l = leaves(33);
+        for n in 1..=l.len() {
+            let rn = root(&l[..n]);
+            for m in 1..=n {
+                let rm = root(&l[..m]);
+                let p = consistency_proof(m, &l[..n]).unwrap();
+                assert!(
+                    verify_consistency(m as u64, n as u64, &rm, &rn, &p),
+                    "{m}/{n}"
+                );
+                if m < n {
+                    let mut other = l[..n].to_vec();
+                    other[m - 1] = leaf_hash(b"rewritten history");
+                    let forged_old = root(&other[..m]);
+                    assert!(!verify_consistency(
+                        m as u64,
+                        n as u64,
+                        &forged_old,
+                        &rn,
+                        &p
+                    ));
+                    for k in 0..p.len() {
+                        let mut bad = p.clone();
+                        bad[k][5] ^= 0x40;
+                        assert!(!verify_consistency(m as u64, n as u64, &rm, &rn, &bad));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The tamper-evident audit log: every request and admin action is an entry of an append-only
+//! Merkle tree (RFC 6962 hashing), with Ed25519-signed checkpoints, inclusion and consistency
+//! proofs, and an offline verifier.
+//!
+//! [`AuditLog`] is the interface the gateway writes to; [`SqliteAuditLog`] is the embedded
+//! implementation (a PostgreSQL one can back several gateways later).
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+mod checkpoint;
+pub mod merkle;
+mod sqlite;
+mod verify;
+
+pub use checkpoint::{Checkpoint, CheckpointSigner, SignedCheckpoint};
+pub use sqlite::{CheckpointPolicy, SqliteAuditLog};
+pub use verify::{VerifyReport, verify_log};
+
+use crate::hexfmt;
+
+/// What can go wrong with the audit log.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The database failed.
+    #[error("audit database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A file could not be read or written, or the writer thread could not start.
+    #[error("audit log I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The writer failed to commit an entry (the entry is not in the log).
+    #[error("audit write failed: {0}")]
+    Write(String),
+    /// The log has been closed.
+    #[error("the audit log is closed")]
+    Closed,
+    /// A requested index or size lies outside the log.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// The stored log is inconsistent.
+    #[error("audit log corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Resolves with the entry's index once it is durable.
+pub type AppendFuture = Pin<Box<dyn Future<Output = Result<u64, AuditError>> + Send>>;
+
+/// An append-only, verifiable log.
+pub trait AuditLog: Send + Sync + 'static {
+    /// Appends `entry`; the future resolves only once the entry is durable.
+    fn append(&self, entry: Vec<u8>) -> AppendFuture;
+    /// Number of committed entries.
+    fn size(&self) -> Result<u64, AuditError>;
+    /// The bytes of entry `index`.
+    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, AuditError>;
+    /// The most recent signed checkpoint.
+    fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError>;
+    /// Proof that entry `index` is in the tree of the first `size` entries.
+    fn inclusion(&self, index: u64, size: u64) -> Result<InclusionProof, AuditError>;
+    /// Proof that the tree of `first` entries is a prefix of the tree of `second` entries.
+    fn consistency(&self, first: u64, second: u64) -> Result<ConsistencyProof, AuditError>;
+}
+
+/// One audited event. Serialised as JSON, these bytes are the Merkle leaf.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Milliseconds since the Unix epoch, when the request arrived.
+    pub ts_ms: u64,
+    /// The key's identifying prefix, when one was presented and recognised.
+    pub key_id: Option<String>,
+    /// HTTP method or gRPC call.
+    pub method: String,
+    /// Request path (no query string).
+    pub path: String,
+    /// What was asked: `infer`, `metadata`, `ready`, `admin.keys.create`, `audit.proof`, …
+    pub action: String,
+    /// The model, for model routes.
+    pub model: Option<String>,
+    /// The model version that answered, when one did.
+    pub version: Option<String>,
+    /// `allowed`, or the guard that refused: `denied:authenticate`, `denied:authorise`,
+    /// `denied:rate-limit`, `denied:validate`, `error`.
+    pub decision: String,
+    /// Status code sent.
+    pub status: u16,
+    /// SHA-256 of the (decompressed) request body, when the body was read.
+    pub input_sha256: Option<String>,
+    /// SHA-256 of the response body.
+    pub output_sha256: Option<String>,
+    /// Time from arrival to the response being ready, in microseconds (before the audit write).
+    pub latency_us: u64,
+}
+
+/// An inclusion proof, hex-encoded for JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    /// Leaf index.
+    pub index: u64,
+    /// Tree size the proof is for.
+    pub size: u64,
+    /// The leaf hash.
+    pub leaf: String,
+    /// The root of the tree of `size` entries.
+    pub root: String,
+    /// The audit path, bottom up.
+    pub path: Vec<String>,
+}
+
+/// A consistency proof, hex-encoded for JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyProof {
+    /// The older tree size.
+    pub first: u64,
+    /// The newer tree size.
+    pub second: u64,
+    /// Root of the older tree.
+    pub first_root: String,
+    /// Root of the newer tree.
+    pub second_root: String,
+    /// The proof nodes.
+    pub path: Vec<String>,
+}
+
+fn decode_path(path: &[String]) -> Option<Vec<merkle::Hash>> {
+    path.iter().map(|h| hexfmt::decode_32(h)).collect()
+}
+
+impl InclusionProof {
+    /// Whether the proof is valid for its own leaf and root.
+    pub fn verify(&self) -> bool {
+        let (Some(leaf), Some(root), Some(path)) = (
+            hexfmt::decode_32(&self.leaf),
+            hexfmt::decode_32(&self.root),
+            decode_path(&self.path),
+        ) else {
+            return false;
+        };
+        merkle::verify_inclusion(self.index, self.size, &leaf, &path, &root)
+    }
+}
+
+impl ConsistencyProof {
+    /// Whether the proof is valid for its own roots.
+    pub fn verify(&self) -> bool {
+        let (Some(a), Some(b), Some(path)) = (
+            hexfmt::decode_32(&self.first_root),
+            hexfmt::decode_32(&self.second_root),
+            decode_path(&self.path),
+        ) else {
+            return false;
+        };
+        merkle::verify_consistency(self.first, self.second, &a, &b, &path)
+    }
+}
+
+/// Opens the audit database read-only-ish for offline use (proofs from the CLI).
+pub fn open_offline(path: &Path) -> Result<OfflineLog, AuditError> {
+    if !path.exists() {
+        return Err(AuditError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} does not exist", path.display()),
+        )));
+    }
+    Ok(OfflineLog {
+        conn: std::sync::Mutex::new(sqlite::open_conn(path)?),
+    })
+}
+
+/// A log opened without a writer, for proofs and inspection.
+#[derive(Debug)]
+pub struct OfflineLog {
+    conn: std::sync::Mutex<rusqlite::Connection>,
+}
+
+impl OfflineLog {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let c = self.conn.lock().map_err(|_| AuditError::Closed)?;
+        f(&c)
+    }
+
+    /// Number of entries.
+    pub fn size(&self) -> Result<u64, AuditError> {
+        self.with(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+    }
+
+    /// Inclusion proof of entry `index` in the tree of `size` entries.
+    pub fn inclusion(&self, index: u64, size: u64) -> Result<InclusionProof, AuditError> {
+        self.with(|c| sqlite::inclusion_from(c, index, size))
+    }
+
+    /// Consistency proof between the trees of `first` and `second` entries.
+    pub fn consistency(&self, first: u64, second: u64) -> Result<ConsistencyProof, AuditError> {
+        self.with(|c| sqlite::consistency_from(c, first, second))
+    }
+
+    /// The most recent stored checkpoint.
+    pub fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
+        self.with(sqlite::latest_checkpoint)
+    }
+}

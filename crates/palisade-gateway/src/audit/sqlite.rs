@@ -1,0 +1,443 @@
+//! The SQLite audit log: one writer thread with group commit, readers on their own connection.
+//!
+//! **Durability policy.** The database runs in WAL mode with `synchronous=FULL`: a commit returns
+//! only after the WAL has been fsynced. [`SqliteAuditLog::append`] resolves only after the
+//! transaction holding the entry has committed, and the gateway sends a response only after its
+//! entry's append has resolved, so an acknowledged request's entry survives `kill -9` and power
+//! loss. Concurrent appends are committed together (one fsync per group), which is what keeps
+//! the cost per request low under load.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::checkpoint::{Checkpoint, CheckpointSigner, SignedCheckpoint};
+use super::merkle::{self, Frontier, Hash};
+use super::{AppendFuture, AuditError, AuditLog, ConsistencyProof, InclusionProof};
+use crate::hexfmt;
+
+/// Most entries committed in one transaction.
+const MAX_GROUP: usize = 4096;
+
+/// When checkpoints are signed.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    /// Sign after this many new entries…
+    pub every_entries: u64,
+    /// …or when this much time has passed with unsigned entries.
+    pub every: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            every_entries: 1000,
+            every: Duration::from_secs(1),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<u64, AuditError>>;
+
+enum Msg {
+    Append(Vec<u8>, Reply),
+    Checkpoint(oneshot::Sender<Result<Option<SignedCheckpoint>, AuditError>>),
+}
+
+/// An append-only Merkle log in an SQLite file.
+pub struct SqliteAuditLog {
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    reader: Mutex<Connection>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SqliteAuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteAuditLog").finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn open_conn(path: &Path) -> Result<Connection, AuditError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS entries (
+             idx  INTEGER PRIMARY KEY,
+             leaf BLOB NOT NULL,
+             data BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS checkpoints (
+             size         INTEGER PRIMARY KEY,
+             root         BLOB NOT NULL,
+             timestamp_ms INTEGER NOT NULL,
+             signature    BLOB NOT NULL);",
+    )?;
+    Ok(conn)
+}
+
+/// Reads the leaf hashes `[0, size)` in order, checking that indices are contiguous.
+pub(crate) fn read_leaves(conn: &Connection, size: u64) -> Result<Vec<Hash>, AuditError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT idx, leaf FROM entries WHERE idx < ?1 ORDER BY idx")?;
+    let mut rows = stmt.query(params![size as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let idx: i64 = row.get(0)?;
+        let leaf: Vec<u8> = row.get(1)?;
+        if idx != out.len() as i64 {
+            return Err(AuditError::Corrupt(format!(
+                "entry {} is missing (found {idx} next)",
+                out.len()
+            )));
+        }
+        let leaf: Hash = leaf
+            .try_into()
+            .map_err(|_| AuditError::Corrupt(format!("entry {idx}: leaf hash is not 32 bytes")))?;
+        out.push(leaf);
+    }
+    if (out.len() as u64) < size {
+        return Err(AuditError::OutOfRange(format!(
+            "the log has {} entries, {size} were asked for",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+pub(crate) fn row_to_checkpoint(
+    size: i64,
+    root: Vec<u8>,
+    ts: i64,
+    sig: Vec<u8>,
+) -> SignedCheckpoint {
+    SignedCheckpoint {
+        checkpoint: Checkpoint {
+            size: size.max(0) as u64,
+            root: hexfmt::encode(&root),
+            timestamp_ms: ts.max(0) as u64,
+        },
+        signature: hexfmt::encode(&sig),
+    }
+}
+
+/// The stored checkpoint with the largest size.
+pub(crate) fn latest_checkpoint(conn: &Connection) -> Result<Option<SignedCheckpoint>, AuditError> {
+    Ok(conn
+        .query_row(
+            "SELECT size, root, timestamp_ms, signature FROM checkpoints ORDER BY size DESC LIMIT 1",
+            [],
+            |r| Ok(row_to_checkpoint(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl SqliteAuditLog {
+    /// Opens (or creates) the log at `path`, rebuilding the tree's right edge from the stored leaf
+    /// hashes, and starts the writer thread.
+    pub fn open(
+        path: &Path,
+        signer: CheckpointSigner,
+        policy: CheckpointPolicy,
+    ) -> Result<Self, AuditError> {
+        let wconn = open_conn(path)?;
+        let size: i64 = wconn.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
+        let mut frontier = Frontier::new();
+        for leaf in read_leaves(&wconn, size as u64)? {
+            frontier.push(leaf);
+        }
+        let last_ckpt: i64 =
+            wconn.query_row("SELECT COALESCE(MAX(size), 0) FROM checkpoints", [], |r| {
+                r.get(0)
+            })?;
+        let reader = open_conn(path)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            conn: wconn,
+            frontier,
+            signer,
+            policy,
+            last_checkpoint_size: last_ckpt.max(0) as u64,
+            last_checkpoint_at: Instant::now(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("palisade-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(AuditError::Io)?;
+        Ok(SqliteAuditLog {
+            tx: Mutex::new(Some(tx)),
+            reader: Mutex::new(reader),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Msg>> {
+        self.tx.lock().ok()?.clone()
+    }
+
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let conn = self.reader.lock().map_err(|_| AuditError::Closed)?;
+        f(&conn)
+    }
+
+    /// Signs a checkpoint of everything committed so far (if anything is unsigned) and returns
+    /// the latest checkpoint.
+    pub fn checkpoint_now(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.sender()
+            .ok_or(AuditError::Closed)?
+            .send(Msg::Checkpoint(tx))
+            .map_err(|_| AuditError::Closed)?;
+        rx.blocking_recv().map_err(|_| AuditError::Closed)?
+    }
+
+    /// Stops the writer after it has committed what it was given and signed a final checkpoint.
+    pub fn close(&self) {
+        if let Ok(mut g) = self.tx.lock() {
+            g.take();
+        }
+        if let Some(h) = self.writer.lock().ok().and_then(|mut g| g.take()) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for SqliteAuditLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl AuditLog for SqliteAuditLog {
+    fn append(&self, entry: Vec<u8>) -> AppendFuture {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .sender()
+            .map(|s| s.send(Msg::Append(entry, tx)).is_ok())
+            .unwrap_or(false);
+        Box::pin(async move {
+            if !sent {
+                return Err(AuditError::Closed);
+            }
+            rx.await.map_err(|_| AuditError::Closed)?
+        })
+    }
+
+    fn size(&self) -> Result<u64, AuditError> {
+        self.with_reader(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        })
+    }
+
+    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, AuditError> {
+        self.with_reader(|c| {
+            Ok(c.query_row(
+                "SELECT data FROM entries WHERE idx = ?1",
+                params![index as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
+        self.with_reader(latest_checkpoint)
+    }
+
+    fn inclusion(&self, index: u64, size: u64) -> Result<InclusionProof, AuditError> {
+        self.with_reader(|c| inclusion_from(c, index, size))
+    }
+
+    fn consistency(&self, first: u64, second: u64) -> Result<ConsistencyProof, AuditError> {
+        self.with_reader(|c| consistency_from(c, first, second))
+    }
+}
+
+/// Inclusion proof of entry `index` in the tree of the first `size` entries stored in `conn`.
+pub(crate) fn inclusion_from(
+    conn: &Connection,
+    index: u64,
+    size: u64,
+) -> Result<InclusionProof, AuditError> {
+    if index >= size {
+        return Err(AuditError::OutOfRange(format!(
+            "index {index} is not below tree size {size}"
+        )));
+    }
+    let leaves = read_leaves(conn, size)?;
+    let proof = merkle::inclusion_proof(index as usize, &leaves)
+        .ok_or_else(|| AuditError::OutOfRange(format!("index {index}")))?;
+    Ok(InclusionProof {
+        index,
+        size,
+        leaf: hexfmt::encode(&leaves[index as usize]),
+        root: hexfmt::encode(&merkle::root(&leaves)),
+        path: proof.iter().map(|h| hexfmt::encode(h)).collect(),
+    })
+}
+
+/// Consistency proof between the trees of the first `first` and `second` entries in `conn`.
+pub(crate) fn consistency_from(
+    conn: &Connection,
+    first: u64,
+    second: u64,
+) -> Result<ConsistencyProof, AuditError> {
+    if first == 0 || first > second {
+        return Err(AuditError::OutOfRange(format!(
+            "a consistency proof needs 0 < first <= second (got {first}, {second})"
+        )));
+    }
+    let leaves = read_leaves(conn, second)?;
+    let proof = merkle::consistency_proof(first as usize, &leaves)
+        .ok_or_else(|| AuditError::OutOfRange(format!("first {first}")))?;
+    Ok(ConsistencyProof {
+        first,
+        second,
+        first_root: hexfmt::encode(&merkle::root(&leaves[..first as usize])),
+        second_root: hexfmt::encode(&merkle::root(&leaves)),
+        path: proof.iter().map(|h| hexfmt::encode(h)).collect(),
+    })
+}
+
+struct Writer {
+    conn: Connection,
+    frontier: Frontier,
+    signer: CheckpointSigner,
+    policy: CheckpointPolicy,
+    last_checkpoint_size: u64,
+    last_checkpoint_at: Instant,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        loop {
+            let first = match rx.recv_timeout(self.policy.every) {
+                Ok(m) => m,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = self.checkpoint_if_due(true) {
+                        tracing::error!(error = %e, "audit checkpoint failed");
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut appends: Vec<(Vec<u8>, Reply)> = Vec::new();
+            let mut ckpt_waiters = Vec::new();
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                match m {
+                    Msg::Append(d, r) => appends.push((d, r)),
+                    Msg::Checkpoint(r) => ckpt_waiters.push(r),
+                }
+                if appends.len() < MAX_GROUP {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let force = !ckpt_waiters.is_empty();
+            match self.commit_group(&appends, force) {
+                Ok(start) => {
+                    for (i, (_, r)) in appends.into_iter().enumerate() {
+                        let _ = r.send(Ok(start + i as u64));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit append failed");
+                    let msg = e.to_string();
+                    for (_, r) in appends {
+                        let _ = r.send(Err(AuditError::Write(msg.clone())));
+                    }
+                }
+            }
+            for w in ckpt_waiters {
+                let _ = w.send(self.latest());
+            }
+        }
+        if let Err(e) = self.checkpoint_if_due(true) {
+            tracing::error!(error = %e, "final audit checkpoint failed");
+        }
+    }
+
+    fn latest(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
+        latest_checkpoint(&self.conn)
+    }
+
+    /// Commits `appends` in one transaction (with a checkpoint when one is due) and returns the
+    /// index of the first. On failure nothing is committed and the in-memory tree is unchanged.
+    fn commit_group(
+        &mut self,
+        appends: &[(Vec<u8>, Reply)],
+        force: bool,
+    ) -> Result<u64, AuditError> {
+        let start = self.frontier.size();
+        let mut frontier = self.frontier.clone();
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("INSERT INTO entries (idx, leaf, data) VALUES (?1, ?2, ?3)")?;
+            for (data, _) in appends {
+                let leaf = merkle::leaf_hash(data);
+                stmt.execute(params![frontier.size() as i64, &leaf[..], data])?;
+                frontier.push(leaf);
+            }
+        }
+        let due = frontier.size() > self.last_checkpoint_size
+            && (force
+                || frontier.size() - self.last_checkpoint_size >= self.policy.every_entries
+                || self.last_checkpoint_at.elapsed() >= self.policy.every);
+        if due {
+            insert_checkpoint(&tx, &self.signer, &frontier)?;
+        }
+        tx.commit()?;
+        self.frontier = frontier;
+        if due {
+            self.last_checkpoint_size = self.frontier.size();
+            self.last_checkpoint_at = Instant::now();
+        }
+        Ok(start)
+    }
+
+    fn checkpoint_if_due(&mut self, force: bool) -> Result<(), AuditError> {
+        if self.frontier.size() <= self.last_checkpoint_size {
+            return Ok(());
+        }
+        if !force && self.last_checkpoint_at.elapsed() < self.policy.every {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        insert_checkpoint(&tx, &self.signer, &self.frontier)?;
+        tx.commit()?;
+        self.last_checkpoint_size = self.frontier.size();
+        self.last_checkpoint_at = Instant::now();
+        Ok(())
+    }
+}
+
+fn insert_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    signer: &CheckpointSigner,
+    frontier: &Frontier,
+) -> Result<(), AuditError> {
+    let c = signer.sign(Checkpoint::new(frontier.size(), &frontier.root(), now_ms()));
+    let sig = hexfmt::decode(&c.signature).unwrap_or_default();
+    let root = frontier.root();
+    tx.execute(
+        "INSERT OR REPLACE INTO checkpoints (size, root, timestamp_ms, signature) VALUES (?1, ?2, ?3, ?4)",
+        params![c.checkpoint.size as i64, &root[..], c.checkpoint.timestamp_ms as i64, sig],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Offline verification of an audit database: every leaf hash is recomputed from its entry, the
+//! tree is rebuilt, and every stored checkpoint (and any checkpoint the caller kept elsewhere)
+//! must match the rebuilt root and carry a valid signature.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+use super::merkle::{self, Frontier};
+use super::{AuditError, AuditRecord, SignedCheckpoint, sqlite};
+use crate::hexfmt;
+
+/// What the verifier found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Entries in the log.
+    pub entries: u64,
+    /// Checkpoints checked (stored and supplied).
+    pub checkpoints: u64,
+    /// Size of the largest checkpoint that verified.
+    pub verified_up_to: u64,
+    /// Entries after the last verified checkpoint (protected only by the next checkpoint).
+    pub unsigned_tail: u64,
+    /// The root of the whole log (hex).
+    pub root: String,
+    /// Everything that is wrong; empty when the log verifies.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether the log verified.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Verifies the audit database at `db` against the checkpoint `public_key`. `trusted` are
+/// checkpoints kept outside the database (e.g. fetched earlier from the API): they detect a
+/// truncated log whose later checkpoints were deleted too.
+pub fn verify_log(
+    db: &Path,
+    public_key: &[u8; 32],
+    trusted: &[SignedCheckpoint],
+) -> Result<VerifyReport, AuditError> {
+    if !db.is_file() {
+        return Err(AuditError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} is not a file", db.display()),
+        )));
+    }
+    // Read-write open so that a WAL left by a killed writer is read (nothing is written).
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let mut problems = Vec::new();
+
+    let mut ckpts: BTreeMap<u64, Vec<(SignedCheckpoint, &'static str)>> = BTreeMap::new();
+    {
+        let mut stmt = conn
+            .prepare("SELECT size, root, timestamp_ms, signature FROM checkpoints ORDER BY size")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(sqlite::row_to_checkpoint(
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })?;
+        for c in rows {
+            let c = c?;
+            ckpts
+                .entry(c.checkpoint.size)
+                .or_default()
+                .push((c, "stored"));
+        }
+    }
+    for c in trusted {
+        ckpts
+            .entry(c.checkpoint.size)
+            .or_default()
+            .push((c.clone(), "supplied"));
+    }
+    let n_ckpts = ckpts.values().map(|v| v.len() as u64).sum();
+
+    let mut frontier = Frontier::new();
+    let mut verified_up_to = 0u64;
+    let mut last_ts = 0u64;
+    let mut check = |size: u64,
+                     root: &merkle::Hash,
+                     list: &[(SignedCheckpoint, &str)],
+                     problems: &mut Vec<String>| {
+        for (c, origin) in list {
+            if !c.verify(public_key) {
+                problems.push(format!("{origin} checkpoint at size {size}: bad signature"));
+            } else if c.checkpoint.root_hash() != Some(*root) {
+                problems.push(format!(
+                    "{origin} checkpoint at size {size}: root {} but the entries give {}",
+                    c.checkpoint.root,
+                    hexfmt::encode(root)
+                ));
+            } else {
+                verified_up_to = verified_up_to.max(size);
+                if *origin == "stored" {
+                    if c.checkpoint.timestamp_ms < last_ts {
+                        problems.push(format!(
+                            "stored checkpoint at size {size}: timestamp goes backwards"
+                        ));
+                    }
+                    last_ts = c.checkpoint.timestamp_ms;
+                }
+            }
+        }
+    };
+    if let Some(list) = ckpts.get(&0) {
+        check(0, &merkle::empty_root(), list, &mut problems);
+    }
+    {
+        let mut stmt = conn.prepare("SELECT idx, leaf, data FROM entries ORDER BY idx")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let idx: i64 = row.get(0)?;
+            let leaf: Vec<u8> = row.get(1)?;
+            let data: Vec<u8> = row.get(2)?;
+            let expected = frontier.size();
+            if idx != expected as i64 {
+                problems.push(format!("entry {expected} is missing (next is {idx})"));
+                break;
+            }
+            let computed = merkle::leaf_hash(&data);
+            if leaf.as_slice() != computed {
+                problems.push(format!(
+                    "entry {idx}: stored leaf hash does not match its data"
+                ));
+            }
+            if serde_json::from_slice::<AuditRecord>(&data).is_err() {
+                problems.push(format!("entry {idx}: not a well-formed audit record"));
+            }
+            frontier.push(computed);
+            if let Some(list) = ckpts.get(&frontier.size()) {
+                check(frontier.size(), &frontier.root(), list, &mut problems);
+            }
+        }
+    }
+    let entries = frontier.size();
+    if let Some((&size, _)) = ckpts.range(entries + 1..).next() {
+        problems.push(format!(
+            "a checkpoint covers {size} entries but the log holds only {entries}: entries were removed"
+        ));
+    }
+    Ok(VerifyReport {
+        entries,
+        checkpoints: n_ckpts,
+        verified_up_to,
+        unsigned_tail: entries - verified_up_to.min(entries),
+        root: hexfmt::encode(&frontier.root()),
+        problems,
+    })
+}

@@ -1,0 +1,129 @@
+//! Audit: every request through the guarded routes, served or refused, becomes an entry of the
+//! Merkle log before its response leaves.
+//!
+//! This guard is the outermost of the stack: it sees refusals from every inner guard. It waits
+//! for the entry to be durable (see [`crate::audit::SqliteAuditLog`] for the fsync policy) and
+//! only then releases the response; if the log cannot be written the request fails closed with
+//! 503 and no output.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+
+use super::{
+    Decision, Guard, InputDigest, Next, PresentedKeyId, Principal, ServedVersion, call_next,
+    error_response,
+};
+use crate::audit::{AuditLog, AuditRecord};
+use crate::hexfmt;
+use crate::metrics::Metrics;
+use crate::now_ms;
+use crate::oip::Target;
+
+/// Largest response body the audit guard will hash (responses are built in memory, well below).
+const MAX_RESPONSE: usize = 256 << 20;
+
+/// The audit guard.
+#[derive(Clone)]
+pub struct Audit {
+    log: Arc<dyn AuditLog>,
+    metrics: Arc<Metrics>,
+}
+
+impl Audit {
+    /// Appends to `log`.
+    pub fn new(log: Arc<dyn AuditLog>, metrics: Arc<Metrics>) -> Self {
+        Audit { log, metrics }
+    }
+}
+
+impl Guard for Audit {
+    async fn handle(self, req: Request, next: Next) -> Response {
+        let started = Instant::now();
+        let ts_ms = now_ms();
+        let method = match req.extensions().get::<super::Via>() {
+            Some(v) => format!("GRPC {}", v.0),
+            None => req.method().to_string(),
+        };
+        let path = req.uri().path().to_string();
+        let target = Target::parse(&path);
+        let resp = call_next(next, req).await;
+        let (mut parts, body) = resp.into_parts();
+        let bytes = match axum::body::to_bytes(body, MAX_RESPONSE).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read a response body for the audit log");
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
+        };
+        let ext = &parts.extensions;
+        let decision = ext
+            .get::<Decision>()
+            .copied()
+            .unwrap_or(if parts.status.is_success() {
+                Decision::Allowed
+            } else if parts.status.is_server_error() {
+                Decision::Error
+            } else {
+                Decision::Denied("route")
+            });
+        let key_id = ext
+            .get::<Principal>()
+            .map(|p| p.0.id.clone())
+            .or_else(|| ext.get::<PresentedKeyId>().map(|k| k.0.clone()));
+        let record = AuditRecord {
+            ts_ms,
+            key_id,
+            method,
+            path,
+            action: target.action().to_string(),
+            model: target.model().map(str::to_string),
+            version: ext.get::<ServedVersion>().map(|v| v.0.clone()),
+            decision: decision.as_string(),
+            status: parts.status.as_u16(),
+            input_sha256: ext.get::<InputDigest>().map(|d| d.0.clone()),
+            output_sha256: Some(hexfmt::encode(&Sha256::digest(&bytes))),
+            latency_us: started.elapsed().as_micros() as u64,
+        };
+        let entry = match serde_json::to_vec(&record) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "could not serialise an audit record");
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+            }
+        };
+        let t = Instant::now();
+        let appended = self.log.append(entry).await;
+        self.metrics.audit_append(t.elapsed(), appended.is_ok());
+        match appended {
+            Ok(index) => {
+                tracing::info!(
+                    audit_index = index,
+                    key_id = record.key_id.as_deref().unwrap_or("-"),
+                    action = %record.action,
+                    model = record.model.as_deref().unwrap_or("-"),
+                    decision = %record.decision,
+                    status = record.status,
+                    latency_us = record.latency_us,
+                    "request"
+                );
+                parts.extensions.insert(decision);
+                Response::from_parts(parts, Body::from(bytes))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit append failed; withholding the response");
+                let mut r = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the audit log is unavailable; the request was not served",
+                );
+                r.extensions_mut().insert(Decision::Error);
+                r
+            }
+        }
+    }
+}

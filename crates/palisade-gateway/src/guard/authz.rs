@@ -1,0 +1,109 @@
+//! Authorisation, least privilege: what the caller may do. Each route needs one role:
+//!
+//! | route | role |
+//! |---|---|
+//! | `/v2/models/{m}/…` | `query:{m}` or `query:*` |
+//! | `/v2/audit/…` | `audit` |
+//! | `/v2/admin/keys…` | `admin` + a TOTP code |
+//! | `/v2/admin/models…` | `deploy` + a TOTP code |
+//!
+//! (`ingest` and `train` exist for the data and training endpoints; no route needs them yet.)
+//! Anything else under a guarded prefix is refused. The TOTP code travels in `X-Palisade-TOTP`
+//! and is accepted once.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::{Guard, Next, Principal, call_next, reject};
+use crate::keys::{KeyStore, Role};
+use crate::now_ms;
+use crate::oip::Target;
+
+/// The header that carries a TOTP code.
+pub const TOTP_HEADER: &str = "x-palisade-totp";
+
+/// The authorisation guard.
+#[derive(Clone)]
+pub struct Authorise {
+    keys: Arc<dyn KeyStore>,
+}
+
+impl Authorise {
+    /// Checks TOTP codes against `keys`.
+    pub fn new(keys: Arc<dyn KeyStore>) -> Self {
+        Authorise { keys }
+    }
+}
+
+const GUARD: &str = "authorise";
+
+impl Guard for Authorise {
+    async fn handle(self, req: Request, next: Next) -> Response {
+        let Some(Principal(key)) = req.extensions().get::<Principal>().cloned() else {
+            // The stack is built so that this cannot happen; refuse rather than serve.
+            return reject(StatusCode::UNAUTHORIZED, GUARD, "not authenticated");
+        };
+        let target = Target::parse(req.uri().path());
+        let (role, mfa) = match &target {
+            Target::Model { name, .. } => {
+                if key.roles.iter().any(|r| r.allows_query(name)) {
+                    return call_next(next, req).await;
+                }
+                return reject(
+                    StatusCode::FORBIDDEN,
+                    GUARD,
+                    &format!("key {} may not query model '{name}'", key.id),
+                );
+            }
+            Target::Audit => (Role::Audit, false),
+            Target::AdminKeys => (Role::Admin, true),
+            Target::AdminModels => (Role::Deploy, true),
+            Target::Unknown => {
+                return reject(StatusCode::NOT_FOUND, GUARD, "no such route");
+            }
+        };
+        if !key.has(&role) {
+            return reject(
+                StatusCode::FORBIDDEN,
+                GUARD,
+                &format!("key {} lacks the '{role}' role", key.id),
+            );
+        }
+        if mfa {
+            let code = req
+                .headers()
+                .get(TOTP_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim);
+            let Some(code) = code else {
+                return reject(
+                    StatusCode::UNAUTHORIZED,
+                    GUARD,
+                    "this action needs a TOTP code in X-Palisade-TOTP",
+                );
+            };
+            match self.keys.check_totp(&key.id, code, now_ms()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return reject(
+                        StatusCode::UNAUTHORIZED,
+                        GUARD,
+                        "wrong, expired or already used TOTP code",
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TOTP check failed");
+                    return reject(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        GUARD,
+                        "key store unavailable",
+                    );
+                }
+            }
+        }
+        call_next(next, req).await
+    }
+}

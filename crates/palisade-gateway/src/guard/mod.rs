@@ -1,0 +1,200 @@
+//! The guards: one tower layer per concern.
+//!
+//! Each guard is a small value implementing [`Guard`]; [`GuardLayer`] turns it into a tower
+//! [`Layer`]. A guard either answers the request itself (a refusal, built with [`reject`]) or
+//! passes it to the next service, and may look at the response on its way back.
+//!
+//! Guards talk to each other only through typed extensions: on the request going in
+//! ([`Principal`] from authentication, [`ValidatedInfer`] from validation) and on the response
+//! coming out ([`Decision`], [`Principal`], [`InputDigest`], [`ServedVersion`]), which the
+//! audit guard, outermost, writes to the log.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use ndarray::ArrayD;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt as _};
+
+use crate::keys::KeyRecord;
+use crate::model::ServedModel;
+use crate::oip::InferRequest;
+
+pub mod audit;
+pub mod authn;
+pub mod authz;
+pub mod harden;
+pub mod ratelimit;
+pub mod validate;
+
+/// The rest of the stack, as a guard sees it.
+pub type Next = BoxCloneSyncService<Request, Response, Infallible>;
+
+/// One concern of the request path.
+pub trait Guard: Clone + Send + Sync + 'static {
+    /// Handles `req`, calling `next` (see [`call_next`]) to go on.
+    fn handle(self, req: Request, next: Next) -> impl Future<Output = Response> + Send;
+}
+
+/// Calls the rest of the stack.
+pub async fn call_next(next: Next, req: Request) -> Response {
+    match next.oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// A [`Guard`] as a tower [`Layer`].
+#[derive(Debug, Clone)]
+pub struct GuardLayer<G>(pub G);
+
+impl<G: Guard, S> Layer<S> for GuardLayer<G>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = GuardService<G>;
+    fn layer(&self, inner: S) -> GuardService<G> {
+        GuardService {
+            guard: self.0.clone(),
+            next: BoxCloneSyncService::new(inner),
+        }
+    }
+}
+
+/// The service a [`GuardLayer`] makes.
+#[derive(Clone)]
+pub struct GuardService<G> {
+    guard: G,
+    next: Next,
+}
+
+impl<G: Guard> Service<Request> for GuardService<G> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        // The inner service is called through `oneshot`, which waits for its readiness.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let guard = self.guard.clone();
+        let next = self.next.clone();
+        Box::pin(async move { Ok(guard.handle(req, next).await) })
+    }
+}
+
+/// How the request was decided, on the response (for audit and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Served.
+    Allowed,
+    /// Refused by a guard.
+    Denied(&'static str),
+    /// Failed inside the server.
+    Error,
+}
+
+impl Decision {
+    /// The audit-log form.
+    pub fn as_string(&self) -> String {
+        match self {
+            Decision::Allowed => "allowed".into(),
+            Decision::Denied(g) => format!("denied:{g}"),
+            Decision::Error => "error".into(),
+        }
+    }
+}
+
+/// The authenticated caller (request extension from authentication; copied onto the response).
+#[derive(Debug, Clone)]
+pub struct Principal(pub Arc<KeyRecord>);
+
+/// The key id presented, even when authentication failed (response extension).
+#[derive(Debug, Clone)]
+pub struct PresentedKeyId(pub String);
+
+/// The gRPC method a request was translated from (request extension; the audit log records it
+/// as the method).
+#[derive(Debug, Clone, Copy)]
+pub struct Via(pub &'static str);
+
+/// SHA-256 (hex) of the decompressed request body (response extension from validation).
+#[derive(Debug, Clone)]
+pub struct InputDigest(pub String);
+
+/// The model version that served the request (response extension).
+#[derive(Debug, Clone)]
+pub struct ServedVersion(pub String);
+
+/// A request that passed validation (request extension): the model version it is for, the
+/// decoded request and the input as a batch.
+#[derive(Debug, Clone)]
+pub struct ValidatedInfer {
+    /// The version that will serve it.
+    pub model: Arc<ServedModel>,
+    /// The decoded request (ids, requested outputs).
+    pub request: Arc<InferRequest>,
+    /// The input batch `[N, ...input_shape]`.
+    pub input: Arc<ArrayD<f32>>,
+}
+
+/// Raw model output, before hardening (response extension from the infer service). No body is
+/// ever written from it except by the harden guard.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// What was asked.
+    pub validated: ValidatedInfer,
+    /// Logits `[N, C]`.
+    pub logits: Arc<ndarray::Array2<f32>>,
+}
+
+/// A JSON error response, `{"error": message}`.
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A refusal by guard `guard`: a JSON error with the decision recorded for the audit log.
+pub fn reject(status: StatusCode, guard: &'static str, message: &str) -> Response {
+    let mut r = error_response(status, message);
+    r.extensions_mut().insert(Decision::Denied(guard));
+    r
+}
+
+/// A JSON response.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut r = Response::new(Body::from(body));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => {
+            let mut r = error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+            r.extensions_mut().insert(Decision::Error);
+            r
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Rate limits: GCRA (governor) per key and model and per model, and a daily budget per key and
+//! model. Infer requests only (metadata and readiness are not metered).
+//!
+//! Responses carry the IETF `RateLimit-Policy` and `RateLimit` fields
+//! (draft-ietf-httpapi-ratelimit-headers), one item per limit: `"key"`, `"model"` and `"day"`,
+//! with `q` the quota, `w` the window in seconds, `r` what remains and `t` the seconds until the
+//! quota is whole again. A refused request gets 429 with `Retry-After`.
+//!
+//! State is in memory ([`Limits`]); the daily budget sits behind [`BudgetStore`] so that
+//! several gateways can share it (e.g. in Redis). A restart resets the counters.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter};
+
+use super::{Guard, Next, Principal, call_next, reject};
+use crate::model::ModelRepository;
+use crate::now_ms;
+use crate::oip::{ModelAction, Target};
+use crate::policy::{LimitPolicy, Rate};
+
+type KeyedLimiter = RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+type DirectLimiter = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// Daily budgets: how many requests a key has spent on a model today.
+pub trait BudgetStore: Send + Sync + 'static {
+    /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
+    /// been spent; returns what remains after spending, or `None` when the budget is exhausted.
+    fn spend(&self, key: &str, model: &str, day: u64, limit: u64) -> Option<u64>;
+}
+
+/// Budgets in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryBudgets {
+    used: Mutex<HashMap<(String, String), (u64, u64)>>,
+}
+
+impl BudgetStore for MemoryBudgets {
+    fn spend(&self, key: &str, model: &str, day: u64, limit: u64) -> Option<u64> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let e = used
+            .entry((key.to_string(), model.to_string()))
+            .or_insert((day, 0));
+        if e.0 != day {
+            *e = (day, 0);
+        }
+        if e.1 >= limit {
+            return None;
+        }
+        e.1 += 1;
+        Some(limit - e.1)
+    }
+}
+
+fn quota(r: Rate) -> Option<Quota> {
+    let per = Duration::from_millis(r.period_ms) / r.rate.max(1);
+    Some(Quota::with_period(per)?.allow_burst(NonZeroU32::new(r.burst)?))
+}
+
+struct ModelLimiters {
+    policy: LimitPolicy,
+    per_key: Option<(Rate, KeyedLimiter)>,
+    per_model: Option<(Rate, DirectLimiter)>,
+}
+
+impl ModelLimiters {
+    fn new(policy: &LimitPolicy) -> Self {
+        ModelLimiters {
+            policy: policy.clone(),
+            per_key: policy
+                .per_key
+                .and_then(|r| Some((r, RateLimiter::keyed(quota(r)?).with_middleware()))),
+            per_model: policy
+                .per_model
+                .and_then(|r| Some((r, RateLimiter::direct(quota(r)?).with_middleware()))),
+        }
+    }
+}
+
+/// The rate-limit state of a gateway.
+pub struct Limits {
+    models: RwLock<HashMap<String, Arc<ModelLimiters>>>,
+    budgets: Arc<dyn BudgetStore>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits").finish_non_exhaustive()
+    }
+}
+
+impl Limits {
+    /// Limits with budgets kept in `budgets`.
+    pub fn new(budgets: Arc<dyn BudgetStore>) -> Self {
+        Limits {
+            models: RwLock::default(),
+            budgets,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// The limiters of `model` under `policy` (rebuilt when the policy changed).
+    fn for_model(&self, model: &str, policy: &LimitPolicy) -> Arc<ModelLimiters> {
+        if let Some(m) = self
+            .models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(model)
+            && m.policy == *policy
+        {
+            return m.clone();
+        }
+        let mut w = self.models.write().unwrap_or_else(|p| p.into_inner());
+        match w.get(model) {
+            Some(m) if m.policy == *policy => m.clone(),
+            _ => {
+                let m = Arc::new(ModelLimiters::new(policy));
+                w.insert(model.to_string(), m.clone());
+                m
+            }
+        }
+    }
+}
+
+/// The rate-limit guard.
+#[derive(Clone)]
+pub struct RateLimit {
+    limits: Arc<Limits>,
+    models: Arc<ModelRepository>,
+}
+
+impl RateLimit {
+    /// Limits requests to the models of `models`, by their policies.
+    pub fn new(limits: Arc<Limits>, models: Arc<ModelRepository>) -> Self {
+        RateLimit { limits, models }
+    }
+}
+
+struct Item {
+    name: &'static str,
+    quota: u64,
+    window_s: u64,
+    remaining: u64,
+    reset_s: u64,
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn gcra_item(name: &'static str, r: Rate, remaining: u32) -> Item {
+    let per = Duration::from_millis(r.period_ms) / r.rate.max(1);
+    let missing = r.burst.saturating_sub(remaining);
+    Item {
+        name,
+        quota: u64::from(r.burst),
+        window_s: ceil_secs(per * r.burst).max(1),
+        remaining: u64::from(remaining),
+        reset_s: ceil_secs(per * missing),
+    }
+}
+
+fn headers(resp: &mut Response, items: &[Item]) {
+    let policy: Vec<String> = items
+        .iter()
+        .map(|i| format!("\"{}\";q={};w={}", i.name, i.quota, i.window_s))
+        .collect();
+    let state: Vec<String> = items
+        .iter()
+        .map(|i| format!("\"{}\";r={};t={}", i.name, i.remaining, i.reset_s))
+        .collect();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&policy.join(", ")) {
+        h.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&state.join(", ")) {
+        h.insert("ratelimit", v);
+    }
+}
+
+fn limited(items: &[Item], retry_after: u64, what: &str) -> Response {
+    let mut r = reject(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limit",
+        &format!("{what}; retry after {retry_after} s"),
+    );
+    headers(&mut r, items);
+    if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+impl Guard for RateLimit {
+    async fn handle(self, req: Request, next: Next) -> Response {
+        let Target::Model {
+            name,
+            version,
+            action: ModelAction::Infer,
+        } = Target::parse(req.uri().path())
+        else {
+            return call_next(next, req).await;
+        };
+        let Some(model) = self.models.get(&name, version.as_deref()) else {
+            // Unknown model: validation answers 404.
+            return call_next(next, req).await;
+        };
+        let key_id = match req.extensions().get::<Principal>() {
+            Some(Principal(k)) => k.id.clone(),
+            None => return reject(StatusCode::UNAUTHORIZED, "rate-limit", "not authenticated"),
+        };
+        let lim = self.limits.for_model(&name, &model.policy.limits);
+        let now = self.limits.clock.now();
+        let mut items = Vec::with_capacity(3);
+        if let Some((r, l)) = &lim.per_key {
+            match l.check_key(&key_id) {
+                Ok(s) => items.push(gcra_item("key", *r, s.remaining_burst_capacity())),
+                Err(nu) => {
+                    items.push(gcra_item("key", *r, 0));
+                    let wait = ceil_secs(nu.wait_time_from(now)).max(1);
+                    return limited(&items, wait, "rate limit for this key exceeded");
+                }
+            }
+        }
+        if let Some((r, l)) = &lim.per_model {
+            match l.check() {
+                Ok(s) => items.push(gcra_item("model", *r, s.remaining_burst_capacity())),
+                Err(nu) => {
+                    items.push(gcra_item("model", *r, 0));
+                    let wait = ceil_secs(nu.wait_time_from(now)).max(1);
+                    return limited(&items, wait, "rate limit for this model exceeded");
+                }
+            }
+        }
+        if let Some(limit) = lim.policy.daily_budget {
+            let t = now_ms();
+            let reset_s = (DAY_MS - t % DAY_MS).div_ceil(1000);
+            let spent = self.limits.budgets.spend(&key_id, &name, t / DAY_MS, limit);
+            let item = |remaining| Item {
+                name: "day",
+                quota: limit,
+                window_s: 86_400,
+                remaining,
+                reset_s,
+            };
+            match spent {
+                Some(rem) => items.push(item(rem)),
+                None => {
+                    items.push(item(0));
+                    return limited(&items, reset_s.max(1), "daily query budget exhausted");
+                }
+            }
+        }
+        let mut resp = call_next(next, req).await;
+        headers(&mut resp, &items);
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_reset_daily() {
+        let b = MemoryBudgets::default();
+        assert_eq!(b.spend("k", "m", 1, 2), Some(1));
+        assert_eq!(b.spend("k", "m", 1, 2), Some(0));
+        assert_eq!(b.spend("k", "m", 1, 2), None);
+        assert_eq!(b.spend("k2", "m", 1, 2), Some(1));
+        assert_eq!(b.spend("k", "m", 2, 2), Some(1));
+    }
+
+    #[test]
+    fn gcra_items() {
+        let r = Rate {
+            rate: 10,
+            period_ms: 1000,
+            burst: 5,
+        };
+        let i = gcra_item("key", r, 2);
+        assert_eq!((i.quota, i.window_s, i.remaining, i.reset_s), (5, 1, 2, 1));
+    }
+}

@@ -1,0 +1,250 @@
+//! Input validation: untrusted bytes in, a typed batch out, or a 4xx that says what is wrong.
+//!
+//! For infer requests, in order: the model exists (404); the body fits the policy's
+//! `max_body_bytes`, before and after `gzip`/`deflate` decompression (413; other encodings 415);
+//! it is a well-formed OIP request, JSON or binary extension, whose sizes add up (400); it has
+//! the model's one input, with dtype FP32 and shape `[N, ...input_shape]`, `1 ≤ N ≤ max_batch`
+//! (400); every value is finite and inside the declared range (400); the outputs it asks for
+//! exist (400). The batch goes on the request as [`ValidatedInfer`].
+
+use std::io::Read as _;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use ndarray::{ArrayD, IxDyn};
+use sha2::{Digest, Sha256};
+
+use super::{Guard, InputDigest, Next, ServedVersion, ValidatedInfer, call_next, reject};
+use crate::hexfmt;
+use crate::model::{ModelRepository, ServedModel};
+use crate::oip::{self, InferRequest, ModelAction, Target};
+
+const GUARD: &str = "validate";
+
+/// The validation guard.
+#[derive(Clone)]
+pub struct Validate {
+    models: Arc<ModelRepository>,
+}
+
+impl Validate {
+    /// Validates requests for the models of `models`, by their policies.
+    pub fn new(models: Arc<ModelRepository>) -> Self {
+        Validate { models }
+    }
+}
+
+fn bad(message: String) -> Response {
+    reject(StatusCode::BAD_REQUEST, GUARD, &message)
+}
+
+fn too_large(limit: usize) -> Response {
+    reject(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        GUARD,
+        &format!("request body exceeds {limit} bytes"),
+    )
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge,
+    Encoding(String),
+    Corrupt(String),
+    Read(String),
+}
+
+/// Reads and decompresses a body, never holding more than `limit` bytes of either form.
+async fn read_body(body: Body, encoding: Option<&str>, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        // `to_bytes` reports the limit as a `LengthLimitError` in its source chain.
+        let mut src: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = src {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return BodyError::TooLarge;
+            }
+            src = s.source();
+        }
+        BodyError::Read(e.to_string())
+    })?;
+    let enc = encoding.map(|e| e.trim().to_ascii_lowercase());
+    let mut out = Vec::new();
+    let take = limit as u64 + 1;
+    let res = match enc.as_deref() {
+        None | Some("identity") => return Ok(raw.to_vec()),
+        Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(&raw[..])
+            .take(take)
+            .read_to_end(&mut out),
+        Some("deflate") => {
+            // RFC 9110's "deflate" is zlib-wrapped; some clients send raw deflate.
+            let zlib = flate2::read::ZlibDecoder::new(&raw[..])
+                .take(take)
+                .read_to_end(&mut out);
+            if zlib.is_err() {
+                out.clear();
+                flate2::read::DeflateDecoder::new(&raw[..])
+                    .take(take)
+                    .read_to_end(&mut out)
+            } else {
+                zlib
+            }
+        }
+        Some(other) => {
+            return Err(BodyError::Encoding(format!(
+                "unsupported Content-Encoding '{other}' (use gzip, deflate or none)"
+            )));
+        }
+    };
+    res.map_err(|e| BodyError::Corrupt(format!("cannot decompress the body: {e}")))?;
+    if out.len() > limit {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(out)
+}
+
+/// Checks a decoded request against the model and builds the batch.
+pub fn check_request(model: &ServedModel, req: &InferRequest) -> Result<ArrayD<f32>, String> {
+    let info = model.classifier.info();
+    let input = match req.inputs.as_slice() {
+        [one] => one,
+        [] => return Err("the request has no inputs".into()),
+        many => {
+            return Err(format!(
+                "the request has {} inputs; model '{}' takes one, '{}'",
+                many.len(),
+                model.name,
+                model.input_name
+            ));
+        }
+    };
+    if input.name != model.input_name {
+        return Err(format!(
+            "unknown input '{}'; model '{}' takes '{}'",
+            input.name, model.name, model.input_name
+        ));
+    }
+    let n = info.check_batch(&input.shape).map_err(|_| {
+        format!(
+            "input '{}' has shape {:?}; the model expects [N, {}]",
+            input.name,
+            input.shape,
+            info.input_shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let max = model.policy.input.max_batch;
+    if n == 0 || n > max {
+        return Err(format!("batch size {n} is outside 1..={max}"));
+    }
+    let [lo, hi] = model
+        .policy
+        .input
+        .range
+        .unwrap_or([info.input_range.min, info.input_range.max]);
+    for (i, &v) in input.data.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(format!("input '{}': element {i} is {v}", input.name));
+        }
+        if v < lo || v > hi {
+            return Err(format!(
+                "input '{}': element {i} = {v} is outside [{lo}, {hi}]",
+                input.name
+            ));
+        }
+    }
+    let outputs = model.outputs();
+    for o in &req.outputs {
+        if !outputs.iter().any(|t| t.name == o.name) {
+            let names: Vec<&str> = outputs.iter().map(|t| t.name.as_str()).collect();
+            return Err(format!(
+                "unknown output '{}'; model '{}' has {names:?}",
+                o.name, model.name
+            ));
+        }
+    }
+    ArrayD::from_shape_vec(IxDyn(&input.shape), input.data.clone())
+        .map_err(|e| format!("input '{}': {e}", input.name))
+}
+
+impl Guard for Validate {
+    async fn handle(self, req: Request, next: Next) -> Response {
+        let Target::Model {
+            name,
+            version,
+            action,
+        } = Target::parse(req.uri().path())
+        else {
+            return call_next(next, req).await;
+        };
+        let Some(model) = self.models.get(&name, version.as_deref()) else {
+            let what = match &version {
+                Some(v) => format!("model '{name}' version '{v}' not found"),
+                None => format!("model '{name}' not found"),
+            };
+            return reject(StatusCode::NOT_FOUND, GUARD, &what);
+        };
+        if action != ModelAction::Infer {
+            return call_next(next, req).await;
+        }
+        let limit = model.policy.input.max_body_bytes;
+        let declared_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared_len.is_some_and(|l| l > limit as u64) {
+            return too_large(limit);
+        }
+        let header_len = match req.headers().get(oip::HEADER_LENGTH) {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+                Some(h) => Some(h),
+                None => {
+                    return bad("Inference-Header-Content-Length is not a number".into());
+                }
+            },
+        };
+        let encoding = req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (mut parts, body) = req.into_parts();
+        let bytes = match read_body(body, encoding.as_deref(), limit).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => return too_large(limit),
+            Err(BodyError::Encoding(m)) => {
+                return reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, GUARD, &m);
+            }
+            Err(BodyError::Corrupt(m)) | Err(BodyError::Read(m)) => return bad(m),
+        };
+        let digest = InputDigest(hexfmt::encode(&Sha256::digest(&bytes)));
+        let result = oip::decode_request(&bytes, header_len)
+            .map_err(|e| e.to_string())
+            .and_then(|r| check_request(&model, &r).map(|x| (r, x)));
+        let (request, input) = match result {
+            Ok(v) => v,
+            Err(m) => {
+                let mut r = bad(m);
+                r.extensions_mut().insert(digest);
+                return r;
+            }
+        };
+        let version = ServedVersion(model.version.clone());
+        parts.extensions.insert(ValidatedInfer {
+            model,
+            request: Arc::new(request),
+            input: Arc::new(input),
+        });
+        let mut resp = call_next(next, Request::from_parts(parts, Body::empty())).await;
+        resp.extensions_mut().insert(digest);
+        resp.extensions_mut().insert(version);
+        resp
+    }
+}

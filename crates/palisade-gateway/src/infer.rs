@@ -1,0 +1,113 @@
+//! The innermost service of the model routes: metadata, readiness and inference.
+//!
+//! **Invariant:** inference never writes a response body. It puts the raw logits on the response
+//! as a [`Prediction`], and only the harden guard serialises outputs.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+use tower::Service;
+
+use crate::guard::{Decision, Prediction, ValidatedInfer, error_response, json_response};
+use crate::metrics::Metrics;
+use crate::model::ModelRepository;
+use crate::oip::{ModelAction, Target};
+
+/// Answers model routes once every guard has passed.
+#[derive(Clone)]
+pub struct ModelService {
+    models: Arc<ModelRepository>,
+    metrics: Arc<Metrics>,
+}
+
+impl ModelService {
+    /// Serves the models of `models`.
+    pub fn new(models: Arc<ModelRepository>, metrics: Arc<Metrics>) -> Self {
+        ModelService { models, metrics }
+    }
+
+    async fn answer(self, req: Request) -> Response {
+        let Target::Model {
+            name,
+            version,
+            action,
+        } = Target::parse(req.uri().path())
+        else {
+            return error_response(StatusCode::NOT_FOUND, "no such route");
+        };
+        let Some(model) = self.models.get(&name, version.as_deref()) else {
+            return error_response(StatusCode::NOT_FOUND, &format!("model '{name}' not found"));
+        };
+        match action {
+            ModelAction::Metadata => {
+                json_response(StatusCode::OK, &model.metadata(self.models.versions(&name)))
+            }
+            ModelAction::Ready => {
+                let mut r = Response::new(Body::empty());
+                *r.status_mut() = StatusCode::OK;
+                r
+            }
+            ModelAction::Infer => {
+                let Some(v) = req.extensions().get::<ValidatedInfer>().cloned() else {
+                    tracing::error!("infer request reached the model without validation");
+                    let mut r = error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                    r.extensions_mut().insert(Decision::Error);
+                    return r;
+                };
+                let n = v.input.shape()[0];
+                let job = v.clone();
+                let out = tokio::task::spawn_blocking(move || {
+                    job.model.classifier.logits(job.input.view())
+                })
+                .await;
+                let logits = match out {
+                    Ok(Ok(l)) if l.nrows() == n => l,
+                    Ok(Ok(l)) => {
+                        return internal(&format!(
+                            "the model returned {} rows for a batch of {n}",
+                            l.nrows()
+                        ));
+                    }
+                    Ok(Err(e)) => return internal(&format!("inference failed: {e}")),
+                    Err(e) => return internal(&format!("inference task failed: {e}")),
+                };
+                self.metrics.samples(&model.name, n);
+                let mut r = Response::new(Body::empty());
+                r.extensions_mut().insert(Prediction {
+                    validated: v,
+                    logits: Arc::new(logits),
+                });
+                r
+            }
+        }
+    }
+}
+
+fn internal(message: &str) -> Response {
+    tracing::error!(message, "inference error");
+    let mut r = error_response(StatusCode::INTERNAL_SERVER_ERROR, message);
+    r.extensions_mut().insert(Decision::Error);
+    r
+}
+
+impl Service<Request> for ModelService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.answer(req).await) })
+    }
+}

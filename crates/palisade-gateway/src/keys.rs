@@ -1,0 +1,610 @@
+//! API keys and roles.
+//!
+//! A key reads `pal_<id>_<secret>`: `id` is 12 hex digits that identify the key (they appear in
+//! logs and the audit log), `secret` is 32 random bytes (base64url). Only SHA-256 of the whole key
+//! is stored: the key carries 256 bits of entropy, so a fast hash is enough and a stolen database
+//! gives no usable key. A key shows once, when it is created.
+//!
+//! Rotation creates a new key with the same roles and lets the old one live for an overlap
+//! window; revocation is a row update that the next request sees (every request reads the store:
+//! there is no cache to invalidate).
+//!
+//! Keys with the `admin` or `deploy` role also get a TOTP secret (RFC 6238, SHA-1, 6 digits,
+//! 30 s): admin actions must carry a current code, and a code is accepted once per key.
+//! The TOTP secret must be stored in clear to compute codes; it lives in the key database.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use rand::RngCore as _;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// Errors of the key store.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The database failed.
+    #[error("key database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A role string that is not one of the roles.
+    #[error(
+        "unknown role '{0}' (roles: query:<model>, query:*, ingest, train, deploy, audit, admin)"
+    )]
+    Role(String),
+    /// No key with this id.
+    #[error("no key with id '{0}'")]
+    NotFound(String),
+    /// Bad arguments (empty roles, bad name).
+    #[error("{0}")]
+    Invalid(String),
+    /// The TOTP library refused the secret.
+    #[error("totp: {0}")]
+    Totp(String),
+}
+
+/// A least-privilege role.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Query (metadata, ready, infer) one model, or every model (`*`).
+    Query(String),
+    /// Send data to ingest endpoints.
+    Ingest,
+    /// Start training jobs.
+    Train,
+    /// Load, swap and roll back models.
+    Deploy,
+    /// Read the audit log and its proofs.
+    Audit,
+    /// Manage keys.
+    Admin,
+}
+
+impl Role {
+    /// Whether this role lets its holder query `model`.
+    pub fn allows_query(&self, model: &str) -> bool {
+        matches!(self, Role::Query(m) if m == "*" || m == model)
+    }
+
+    /// Roles that need a second factor (TOTP).
+    pub fn needs_mfa(&self) -> bool {
+        matches!(self, Role::Admin | Role::Deploy)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Query(m) => write!(f, "query:{m}"),
+            Role::Ingest => f.write_str("ingest"),
+            Role::Train => f.write_str("train"),
+            Role::Deploy => f.write_str("deploy"),
+            Role::Audit => f.write_str("audit"),
+            Role::Admin => f.write_str("admin"),
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        Ok(match s {
+            "ingest" => Role::Ingest,
+            "train" => Role::Train,
+            "deploy" => Role::Deploy,
+            "audit" => Role::Audit,
+            "admin" => Role::Admin,
+            _ => match s.strip_prefix("query:") {
+                Some(m) if m == "*" || crate::model::valid_name(m) => Role::Query(m.to_string()),
+                _ => return Err(KeyError::Role(s.to_string())),
+            },
+        })
+    }
+}
+
+impl Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What the store knows about a key (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The identifying prefix (12 hex digits).
+    pub id: String,
+    /// A label for people.
+    pub name: String,
+    /// What the key may do.
+    pub roles: Vec<Role>,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+    /// End of validity (set by rotation or at creation), ms since the epoch.
+    pub expires_ms: Option<u64>,
+    /// When it was revoked.
+    pub revoked_ms: Option<u64>,
+    /// Whether admin actions with this key need (and can give) a TOTP code.
+    pub mfa: bool,
+}
+
+impl KeyRecord {
+    /// Whether the key holds `role`.
+    pub fn has(&self, role: &Role) -> bool {
+        self.roles.contains(role)
+    }
+}
+
+/// A freshly made key: shown once.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewKey {
+    /// The full key, `pal_<id>_<secret>`.
+    pub key: String,
+    /// Its record.
+    pub record: KeyRecord,
+    /// The TOTP secret (base32), for keys that need MFA.
+    pub totp_secret: Option<String>,
+    /// `otpauth://` URI for authenticator apps.
+    pub totp_uri: Option<String>,
+}
+
+/// The outcome of presenting a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authn {
+    /// A valid key.
+    Valid(KeyRecord),
+    /// Not of the `pal_<id>_<secret>` form.
+    Malformed,
+    /// No key with this id, or the secret does not match (a forgery).
+    Unknown(Option<String>),
+    /// Revoked.
+    Revoked(String),
+    /// Past its expiry (e.g. the old half of a rotation).
+    Expired(String),
+}
+
+/// Where keys live. The SQLite store is the embedded default; PostgreSQL can implement this to
+/// share keys between gateways.
+pub trait KeyStore: Send + Sync + 'static {
+    /// Checks a presented key.
+    fn authenticate(&self, presented: &str, now_ms: u64) -> Result<Authn, KeyError>;
+    /// Creates a key.
+    fn create(
+        &self,
+        name: &str,
+        roles: &[Role],
+        expires_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<NewKey, KeyError>;
+    /// Revokes a key at once. Returns false if it was already revoked.
+    fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError>;
+    /// Makes a successor with the same roles; the old key stays valid for `overlap`.
+    fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError>;
+    /// All keys.
+    fn list(&self) -> Result<Vec<KeyRecord>, KeyError>;
+    /// Checks a TOTP code for key `id` and consumes it (a code works once).
+    fn check_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError>;
+}
+
+/// Keys in an SQLite file.
+pub struct SqliteKeyStore {
+    conn: Mutex<Connection>,
+}
+
+impl fmt::Debug for SqliteKeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteKeyStore").finish_non_exhaustive()
+    }
+}
+
+const PREFIX: &str = "pal_";
+const ID_HEX: usize = 12;
+const MAX_KEY_LEN: usize = 128;
+
+fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The id part of a well-formed key.
+pub fn key_id(presented: &str) -> Option<&str> {
+    if presented.len() > MAX_KEY_LEN {
+        return None;
+    }
+    let rest = presented.strip_prefix(PREFIX)?;
+    let id = rest.get(..ID_HEX)?;
+    let secret = rest.get(ID_HEX..)?.strip_prefix('_')?;
+    let ok_id = id
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let ok_secret = !secret.is_empty()
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (ok_id && ok_secret).then_some(id)
+}
+
+fn totp_for(secret: Vec<u8>) -> Result<totp_rs::Totp, KeyError> {
+    totp_rs::Builder::new()
+        .with_secret(secret)
+        .build()
+        .map_err(|e| KeyError::Totp(e.to_string()))
+}
+
+impl SqliteKeyStore {
+    /// Opens (or creates) the key database at `path`.
+    pub fn open(path: &Path) -> Result<Self, KeyError> {
+        Self::from_conn(Connection::open(path)?)
+    }
+
+    /// An in-memory store (tests, ephemeral servers).
+    pub fn in_memory() -> Result<Self, KeyError> {
+        Self::from_conn(Connection::open_in_memory()?)
+    }
+
+    fn from_conn(conn: Connection) -> Result<Self, KeyError> {
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS keys (
+                 id          TEXT PRIMARY KEY,
+                 name        TEXT NOT NULL,
+                 hash        BLOB NOT NULL,
+                 roles       TEXT NOT NULL,
+                 created_ms  INTEGER NOT NULL,
+                 expires_ms  INTEGER,
+                 revoked_ms  INTEGER,
+                 totp_secret BLOB,
+                 totp_last   INTEGER);",
+        )?;
+        Ok(SqliteKeyStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the store holds no key at all (first start).
+    pub fn is_empty(&self) -> Result<bool, KeyError> {
+        let n: i64 = self
+            .lock()
+            .query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
+        Ok(n == 0)
+    }
+
+    fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(KeyRecord, Vec<u8>)> {
+        let roles: String = row.get(3)?;
+        let roles = roles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let totp: Option<Vec<u8>> = row.get(7)?;
+        Ok((
+            KeyRecord {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                roles,
+                created_ms: row.get::<_, i64>(4)?.max(0) as u64,
+                expires_ms: row.get::<_, Option<i64>>(5)?.map(|v| v.max(0) as u64),
+                revoked_ms: row.get::<_, Option<i64>>(6)?.map(|v| v.max(0) as u64),
+                mfa: totp.is_some(),
+            },
+            row.get(2)?,
+        ))
+    }
+
+    fn get(&self, conn: &Connection, id: &str) -> Result<Option<(KeyRecord, Vec<u8>)>, KeyError> {
+        Ok(conn
+            .prepare_cached(
+                "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret
+                 FROM keys WHERE id = ?1",
+            )?
+            .query_row(params![id], Self::record)
+            .optional()?)
+    }
+
+    fn insert(
+        conn: &Connection,
+        name: &str,
+        roles: &[Role],
+        expires_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<NewKey, KeyError> {
+        if roles.is_empty() {
+            return Err(KeyError::Invalid("a key needs at least one role".into()));
+        }
+        if name.is_empty() || name.len() > 64 || name.contains(char::is_control) {
+            return Err(KeyError::Invalid(
+                "a key name is 1 to 64 printable characters".into(),
+            ));
+        }
+        let mut rng = rand::rng();
+        let mut idb = [0u8; ID_HEX / 2];
+        rng.fill_bytes(&mut idb);
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let id = crate::hexfmt::encode(&idb);
+        let key = format!(
+            "{PREFIX}{id}_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        );
+        let mfa = roles.iter().any(Role::needs_mfa);
+        let totp_secret = mfa.then(|| {
+            let mut s = vec![0u8; 20];
+            rng.fill_bytes(&mut s);
+            s
+        });
+        let roles_s: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        conn.execute(
+            "INSERT INTO keys (id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)",
+            params![
+                id,
+                name,
+                &hash_key(&key)[..],
+                roles_s.join(","),
+                now_ms as i64,
+                expires_ms.map(|v| v as i64),
+                totp_secret
+            ],
+        )?;
+        let (totp_b32, totp_uri) = match totp_secret {
+            Some(s) => {
+                let b32 = totp_for(s)?.secret().to_base32();
+                let uri = format!(
+                    "otpauth://totp/Palisade:{id}?secret={b32}&issuer=Palisade&algorithm=SHA1&digits=6&period=30"
+                );
+                (Some(b32), Some(uri))
+            }
+            None => (None, None),
+        };
+        Ok(NewKey {
+            key,
+            record: KeyRecord {
+                id,
+                name: name.to_string(),
+                roles: roles.to_vec(),
+                created_ms: now_ms,
+                expires_ms,
+                revoked_ms: None,
+                mfa,
+            },
+            totp_secret: totp_b32,
+            totp_uri,
+        })
+    }
+}
+
+impl KeyStore for SqliteKeyStore {
+    fn authenticate(&self, presented: &str, now_ms: u64) -> Result<Authn, KeyError> {
+        let Some(id) = key_id(presented) else {
+            return Ok(Authn::Malformed);
+        };
+        let conn = self.lock();
+        let Some((rec, hash)) = self.get(&conn, id)? else {
+            return Ok(Authn::Unknown(None));
+        };
+        if !ct_eq(&hash, &hash_key(presented)) {
+            return Ok(Authn::Unknown(Some(rec.id)));
+        }
+        if rec.revoked_ms.is_some() {
+            return Ok(Authn::Revoked(rec.id));
+        }
+        if rec.expires_ms.is_some_and(|e| now_ms >= e) {
+            return Ok(Authn::Expired(rec.id));
+        }
+        Ok(Authn::Valid(rec))
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        roles: &[Role],
+        expires_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<NewKey, KeyError> {
+        Self::insert(&self.lock(), name, roles, expires_ms, now_ms)
+    }
+
+    fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError> {
+        let conn = self.lock();
+        if self.get(&conn, id)?.is_none() {
+            return Err(KeyError::NotFound(id.to_string()));
+        }
+        let n = conn.execute(
+            "UPDATE keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+            params![id, now_ms as i64],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError> {
+        let mut conn = self.lock();
+        let (old, _) = self
+            .get(&conn, id)?
+            .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
+        if old.revoked_ms.is_some() {
+            return Err(KeyError::Invalid(format!("key {id} is revoked")));
+        }
+        let tx = conn.transaction()?;
+        let end = now_ms.saturating_add(overlap.as_millis().min(u64::MAX as u128) as u64);
+        let end = old.expires_ms.map_or(end, |e| e.min(end));
+        tx.execute(
+            "UPDATE keys SET expires_ms = ?2 WHERE id = ?1",
+            params![id, end as i64],
+        )?;
+        let new = Self::insert(&tx, &old.name, &old.roles, None, now_ms)?;
+        tx.commit()?;
+        Ok(new)
+    }
+
+    fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret
+             FROM keys ORDER BY created_ms, id",
+        )?;
+        let rows = stmt.query_map([], Self::record)?;
+        Ok(rows.map(|r| r.map(|(k, _)| k)).collect::<Result<_, _>>()?)
+    }
+
+    fn check_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError> {
+        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(false);
+        }
+        let conn = self.lock();
+        let secret: Option<Option<Vec<u8>>> = conn
+            .query_row(
+                "SELECT totp_secret FROM keys WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(Some(secret)) = secret else {
+            return Ok(false);
+        };
+        let Some(step) = totp_for(secret)?.check(code, now_ms / 1000) else {
+            return Ok(false);
+        };
+        // Consume the step: a code is accepted once (RFC 6238 §5.2).
+        let n = conn.execute(
+            "UPDATE keys SET totp_last = ?2 WHERE id = ?1 AND (totp_last IS NULL OR totp_last < ?2)",
+            params![id, step as i64],
+        )?;
+        Ok(n == 1)
+    }
+}
+
+/// The current TOTP code of a base32 secret at `now_ms` (for tests and the CLI).
+pub fn totp_code(secret_base32: &str, now_ms: u64) -> Result<String, KeyError> {
+    let secret = totp_rs::Secret::try_from_base32(secret_base32)
+        .map_err(|e| KeyError::Totp(format!("{e:?}")))?;
+    Ok(totp_for(secret.as_bytes().to_vec())?
+        .generate(now_ms / 1000)
+        .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn create_authenticate_forge_revoke() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        assert!(s.is_empty().unwrap());
+        let k = s
+            .create("alice", &[Role::Query("mnist".into())], None, T0)
+            .unwrap();
+        assert!(k.key.starts_with(&format!("pal_{}_", k.record.id)));
+        assert!(k.totp_secret.is_none());
+        assert!(
+            matches!(s.authenticate(&k.key, T0).unwrap(), Authn::Valid(r) if r.id == k.record.id)
+        );
+        // Same id, another secret: a forgery.
+        let forged = format!("pal_{}_{}", k.record.id, "A".repeat(43));
+        assert_eq!(
+            s.authenticate(&forged, T0).unwrap(),
+            Authn::Unknown(Some(k.record.id.clone()))
+        );
+        assert_eq!(s.authenticate("nonsense", T0).unwrap(), Authn::Malformed);
+        assert_eq!(
+            s.authenticate("pal_0123456789ab_xyz", T0).unwrap(),
+            Authn::Unknown(None)
+        );
+        assert!(s.revoke(&k.record.id, T0 + 1).unwrap());
+        assert!(!s.revoke(&k.record.id, T0 + 2).unwrap());
+        assert_eq!(
+            s.authenticate(&k.key, T0 + 3).unwrap(),
+            Authn::Revoked(k.record.id.clone())
+        );
+        assert!(matches!(
+            s.revoke("000000000000", T0),
+            Err(KeyError::NotFound(_))
+        ));
+        // The hash, not the key, is stored.
+        let stored: Vec<u8> = s
+            .lock()
+            .query_row("SELECT hash FROM keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, hash_key(&k.key));
+    }
+
+    #[test]
+    fn rotation_keeps_old_key_for_the_overlap_only() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let old = s.create("svc", &[Role::Audit], None, T0).unwrap();
+        let new = s
+            .rotate(&old.record.id, Duration::from_secs(60), T0)
+            .unwrap();
+        assert_eq!(new.record.roles, vec![Role::Audit]);
+        assert!(matches!(
+            s.authenticate(&old.key, T0 + 59_000).unwrap(),
+            Authn::Valid(_)
+        ));
+        assert!(matches!(
+            s.authenticate(&old.key, T0 + 60_000).unwrap(),
+            Authn::Expired(_)
+        ));
+        assert!(matches!(
+            s.authenticate(&new.key, T0 + 60_000).unwrap(),
+            Authn::Valid(_)
+        ));
+        assert_eq!(s.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn totp_codes_work_once() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let k = s.create("root", &[Role::Admin], None, T0).unwrap();
+        let secret = k.totp_secret.clone().unwrap();
+        let code = totp_code(&secret, T0).unwrap();
+        assert!(!s.check_totp(&k.record.id, "000000x", T0).unwrap());
+        assert!(s.check_totp(&k.record.id, &code, T0).unwrap());
+        assert!(!s.check_totp(&k.record.id, &code, T0).unwrap(), "replay");
+        let later = totp_code(&secret, T0 + 30_000).unwrap();
+        assert!(s.check_totp(&k.record.id, &later, T0 + 30_000).unwrap());
+        let stale = totp_code(&secret, T0 - 600_000).unwrap();
+        assert!(!s.check_totp(&k.record.id, &stale, T0 + 60_000).unwrap());
+    }
+
+    #[test]
+    fn roles_parse_and_print() {
+        for r in [
+            "query:mnist",
+            "query:*",
+            "ingest",
+            "train",
+            "deploy",
+            "audit",
+            "admin",
+        ] {
+            assert_eq!(r.parse::<Role>().unwrap().to_string(), r);
+        }
+        assert!("query:".parse::<Role>().is_err());
+        assert!("root".parse::<Role>().is_err());
+        assert!("query:a/b".parse::<Role>().is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! The Palisade gateway: a model server speaking the Open Inference Protocol (KServe v2), with
+//! its security guards in the same process.
+//!
+//! # The guard stack
+//!
+//! Each guard is a tower layer with one concern, in its own module under [`guard`], configured
+//! per model by a [`policy::Policy`]. A request goes in through the layers and its response comes
+//! back out through them, like the layers of an onion:
+//!
+//! ```text
+//!            requests                                     responses
+//!               │                                             ▲
+//!   ┌───────────┼─────────────── metrics ─────────────────────┼───────────┐
+//!   │ ┌─────────┼─────────────── audit ───────────────────────┼─────────┐ │  entry durable,
+//!   │ │ ┌───────┼─────────────── authenticate ────────────────┼───────┐ │ │  then released
+//!   │ │ │ ┌─────┼─────────────── authorise ───────────────────┼─────┐ │ │ │
+//!   │ │ │ │ ┌───┼─────────────── rate limit ──────────────────┼───┐ │ │ │ │  + RateLimit headers
+//!   │ │ │ │ │ ┌─┼─────────────── validate ──────────────────────┼─┐ │ │ │ │ │
+//!   │ │ │ │ │ │ │ ┌───────────── harden output ───────────────┐ │ │ │ │ │ │  logits → body
+//!   │ │ │ │ │ │ │ │               infer (model)               │ │ │ │ │ │ │
+//!   │ │ │ │ │ │ │ └───────────────────────────────────────────┘ │ │ │ │ │ │
+//!   └─┴─┴─┴─┴─┴─┴─────────────────────────────────────────────────┴─┴─┴─┴─┴─┘
+//! ```
+//!
+//! - **metrics** ([`metrics::Measure`]): counts and times every request (no per-client labels).
+//! - **audit** ([`guard::audit`]): appends every request's outcome to the Merkle log and waits
+//!   until it is durable before the response leaves; fails closed.
+//! - **authenticate** ([`guard::authn`]): API key → 401.
+//! - **authorise** ([`guard::authz`]): role for the route, TOTP for admin actions → 403/401.
+//! - **rate limit** ([`guard::ratelimit`]): GCRA per key and per model, daily budget → 429.
+//! - **validate** ([`guard::validate`]): body size, decompression, OIP decoding, shape, dtype,
+//!   range, NaN/Inf → 413/415/400.
+//! - **harden output** ([`guard::harden`]): the only code that turns logits into a response body.
+//! - **infer** ([`infer::ModelService`]): runs the classifier on a blocking thread.
+//!
+//! A refusal by any guard is a JSON `{"error": …}` with the right 4xx, and still passes back out
+//! through audit and metrics. Guards pass facts along only as typed extensions
+//! ([`guard::Principal`], [`guard::ValidatedInfer`], [`guard::Decision`], …).
+//!
+//! # State
+//!
+//! Keys ([`keys::KeyStore`]), the audit log ([`audit::AuditLog`]) and budgets
+//! ([`guard::ratelimit::BudgetStore`]) are traits; the embedded implementations keep them in an
+//! SQLite folder ([`server::LocalState`]) and in memory.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::path::Path;
+
+pub mod admin;
+pub mod audit;
+pub mod grpc;
+pub mod guard;
+mod hexfmt;
+pub mod infer;
+pub mod keys;
+pub mod loader;
+pub mod metrics;
+pub mod model;
+pub mod oip;
+pub mod policy;
+pub mod server;
+#[cfg(feature = "tract")]
+pub mod tract_runtime;
+
+pub use model::{ModelRepository, ServedModel};
+pub use policy::Policy;
+pub use server::{Gateway, LocalState, StatePaths, serve};
+
+/// Errors setting up or running a gateway.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// A file or socket failed.
+    #[error("cannot access {path}")]
+    Io {
+        /// What was being accessed.
+        path: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key store failed.
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    /// The audit log failed.
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    /// A policy is unusable.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    /// The state folder is inconsistent.
+    #[error("state: {0}")]
+    State(String),
+    /// A model could not be loaded or deployed.
+    #[error("model: {0}")]
+    Model(String),
+}
+
+impl GatewayError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        GatewayError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Hex helpers used in the JSON forms of digests and keys.
+pub mod hex {
+    pub use crate::hexfmt::{decode, decode_32, encode};
+}

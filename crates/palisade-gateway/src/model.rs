@@ -1,0 +1,237 @@
+//! The models a gateway serves: versions, the active one, hot swap and roll back.
+//!
+//! A [`ServedModel`] is a classifier plus what the guards need to know about it (its policy and
+//! tensor names). How it was loaded, and which checks it passed, is the concern of the loader:
+//! see [`crate::loader`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use palisade_core::Classifier;
+use serde::Serialize;
+
+use crate::policy::{Policy, Reveal};
+
+/// Whether `s` may name a model or a version: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with a dot.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// One version of one model, ready to serve.
+pub struct ServedModel {
+    /// Model name.
+    pub name: String,
+    /// Version string.
+    pub version: String,
+    /// The model.
+    pub classifier: Arc<dyn Classifier>,
+    /// What the guards enforce.
+    pub policy: Policy,
+    /// Name of the input tensor.
+    pub input_name: String,
+    /// Name of the main output tensor.
+    pub output_name: String,
+    /// Platform string for metadata (`onnx`, `palisade-linear`, …).
+    pub platform: String,
+}
+
+impl std::fmt::Debug for ServedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedModel")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("platform", &self.platform)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tensor in model metadata.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorMetadata {
+    /// Name.
+    pub name: String,
+    /// OIP datatype.
+    pub datatype: &'static str,
+    /// Shape; -1 is the batch axis.
+    pub shape: Vec<i64>,
+}
+
+/// `GET /v2/models/{m}` response.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelMetadata {
+    /// Name.
+    pub name: String,
+    /// Available versions.
+    pub versions: Vec<String>,
+    /// Platform.
+    pub platform: String,
+    /// Inputs.
+    pub inputs: Vec<TensorMetadata>,
+    /// Outputs, as the output policy shapes them.
+    pub outputs: Vec<TensorMetadata>,
+}
+
+impl ServedModel {
+    /// The name of the class-index output that accompanies top-k scores.
+    pub fn classes_output_name(&self) -> String {
+        format!("{}_classes", self.output_name)
+    }
+
+    /// The outputs a client can ask for, as the policy shapes them.
+    pub fn outputs(&self) -> Vec<TensorMetadata> {
+        let c = self.classifier.info().num_classes as i64;
+        let o = &self.policy.output;
+        match (o.reveal, o.top_k) {
+            (Reveal::Label, _) => vec![TensorMetadata {
+                name: "label".into(),
+                datatype: "INT64",
+                shape: vec![-1],
+            }],
+            (_, Some(k)) => {
+                let k = (k as i64).min(c);
+                vec![
+                    TensorMetadata {
+                        name: self.output_name.clone(),
+                        datatype: "FP32",
+                        shape: vec![-1, k],
+                    },
+                    TensorMetadata {
+                        name: self.classes_output_name(),
+                        datatype: "INT64",
+                        shape: vec![-1, k],
+                    },
+                ]
+            }
+            (_, None) => vec![TensorMetadata {
+                name: self.output_name.clone(),
+                datatype: "FP32",
+                shape: vec![-1, c],
+            }],
+        }
+    }
+
+    /// Metadata of this version, listing `versions`.
+    pub fn metadata(&self, versions: Vec<String>) -> ModelMetadata {
+        let mut shape = vec![-1i64];
+        shape.extend(self.classifier.info().input_shape.iter().map(|&d| d as i64));
+        ModelMetadata {
+            name: self.name.clone(),
+            versions,
+            platform: self.platform.clone(),
+            inputs: vec![TensorMetadata {
+                name: self.input_name.clone(),
+                datatype: "FP32",
+                shape,
+            }],
+            outputs: self.outputs(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Loaded versions, oldest first.
+    versions: Vec<Arc<ServedModel>>,
+    /// Index of the active version in `versions`.
+    active: usize,
+}
+
+/// The served models. Reads take a short read lock and clone an `Arc`; a request keeps the
+/// version it started with even if a swap happens meanwhile.
+#[derive(Default)]
+pub struct ModelRepository {
+    slots: RwLock<HashMap<String, Slot>>,
+}
+
+impl std::fmt::Debug for ModelRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelRepository")
+            .field("models", &self.names())
+            .finish()
+    }
+}
+
+/// Why a repository operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepositoryError {
+    /// No such model.
+    #[error("model '{0}' not found")]
+    NotFound(String),
+    /// The version exists already.
+    #[error("model '{0}' already has a version '{1}'")]
+    Exists(String, String),
+    /// Nothing to roll back to.
+    #[error("model '{0}' has no earlier version to roll back to")]
+    NoPrevious(String),
+}
+
+impl ModelRepository {
+    /// An empty repository.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Slot>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Slot>> {
+        self.slots.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a version and makes it the active one (hot swap).
+    pub fn deploy(&self, model: ServedModel) -> Result<Arc<ServedModel>, RepositoryError> {
+        let mut slots = self.write();
+        let slot = slots.entry(model.name.clone()).or_default();
+        if slot.versions.iter().any(|v| v.version == model.version) {
+            return Err(RepositoryError::Exists(model.name, model.version));
+        }
+        let m = Arc::new(model);
+        slot.versions.push(m.clone());
+        slot.active = slot.versions.len() - 1;
+        Ok(m)
+    }
+
+    /// Makes the version before the active one active again.
+    pub fn rollback(&self, name: &str) -> Result<Arc<ServedModel>, RepositoryError> {
+        let mut slots = self.write();
+        let slot = slots
+            .get_mut(name)
+            .ok_or_else(|| RepositoryError::NotFound(name.to_string()))?;
+        if slot.active == 0 {
+            return Err(RepositoryError::NoPrevious(name.to_string()));
+        }
+        slot.active -= 1;
+        Ok(slot.versions[slot.active].clone())
+    }
+
+    /// The active version, or the named one.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Option<Arc<ServedModel>> {
+        let slots = self.read();
+        let slot = slots.get(name)?;
+        match version {
+            None => slot.versions.get(slot.active).cloned(),
+            Some(v) => slot.versions.iter().find(|m| m.version == v).cloned(),
+        }
+    }
+
+    /// Versions of a model, oldest first.
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        self.read()
+            .get(name)
+            .map(|s| s.versions.iter().map(|m| m.version.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Names of the served models, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+}

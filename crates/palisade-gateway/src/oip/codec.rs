@@ -1,0 +1,562 @@
+//! The Open Inference Protocol (KServe v2) REST wire format: infer requests as JSON tensors or
+//! with the binary tensor extension, and infer responses in either form.
+//!
+//! Pure functions over bytes: nothing here allocates more than the input's size allows, and
+//! nothing panics on any input (see `fuzz/fuzz_targets/oip_request.rs`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// Why a request body is not a well-formed infer request.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The JSON is broken or not an infer request.
+    #[error("invalid JSON infer request: {0}")]
+    Json(String),
+    /// The binary header length does not fit the body.
+    #[error("Inference-Header-Content-Length is {header} but the body has only {body} bytes")]
+    HeaderLength {
+        /// Declared JSON header length.
+        header: usize,
+        /// Body length.
+        body: usize,
+    },
+    /// A `binary_data_size` claims more bytes than remain.
+    #[error(
+        "input '{name}' declares binary_data_size {declared} but only {available} bytes remain"
+    )]
+    BinaryOverrun {
+        /// Input name.
+        name: String,
+        /// Declared size.
+        declared: u64,
+        /// Bytes left in the body.
+        available: usize,
+    },
+    /// Bytes left over after every binary input was read.
+    #[error("{0} bytes of binary data follow the inputs but no input declares them")]
+    TrailingBytes(usize),
+    /// Binary data on a request without the binary extension header.
+    #[error(
+        "input '{0}' declares binary_data_size but the request has no Inference-Header-Content-Length"
+    )]
+    NoHeaderLength(String),
+    /// A datatype this server does not accept.
+    #[error("input '{name}' has datatype {datatype}; this server accepts FP32 inputs")]
+    Datatype {
+        /// Input name.
+        name: String,
+        /// What was sent.
+        datatype: String,
+    },
+    /// Shape and data do not agree, or the shape is nonsense.
+    #[error("input '{name}': {detail}")]
+    Shape {
+        /// Input name.
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A JSON value that is not a number.
+    #[error("input '{name}': element {index} is not a number")]
+    NotANumber {
+        /// Input name.
+        name: String,
+        /// Flat element index.
+        index: usize,
+    },
+}
+
+/// One input tensor, decoded to `f32`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputTensor {
+    /// Its name.
+    pub name: String,
+    /// Its shape, batch first.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// An output the client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedOutput {
+    /// Output name.
+    pub name: String,
+    /// Whether it should come back as binary data.
+    pub binary: bool,
+}
+
+/// A decoded infer request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    /// The client's request id, echoed back.
+    pub id: Option<String>,
+    /// The inputs, in request order.
+    pub inputs: Vec<InputTensor>,
+    /// The outputs asked for (empty: all).
+    pub outputs: Vec<RequestedOutput>,
+    /// `parameters.binary_data_output`: default for outputs not listed.
+    pub binary_data_output: bool,
+}
+
+#[derive(Deserialize)]
+struct WireRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    inputs: Vec<WireInput>,
+    #[serde(default)]
+    outputs: Option<Vec<WireOutput>>,
+}
+
+#[derive(Deserialize)]
+struct WireInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// The datatypes of the protocol (anything else is a protocol error).
+const DATATYPES: &[&str] = &[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+    "FP32", "FP64", "BYTES", "BF16",
+];
+
+fn bool_param(p: &Option<Map<String, Value>>, key: &str) -> bool {
+    p.as_ref()
+        .and_then(|m| m.get(key))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// Decodes an infer request body. `header_len` is the `Inference-Header-Content-Length` value,
+/// when the binary extension is used.
+pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferRequest, CodecError> {
+    let (json, mut binary) = match header_len {
+        Some(h) if h > body.len() => {
+            return Err(CodecError::HeaderLength {
+                header: h,
+                body: body.len(),
+            });
+        }
+        Some(h) => body.split_at(h),
+        None => (body, &[][..]),
+    };
+    let wire: WireRequest =
+        serde_json::from_slice(json).map_err(|e| CodecError::Json(e.to_string()))?;
+    let mut inputs = Vec::with_capacity(wire.inputs.len().min(16));
+    for inp in wire.inputs {
+        let name = inp.name;
+        if !DATATYPES.contains(&inp.datatype.as_str()) {
+            return Err(CodecError::Datatype {
+                name,
+                datatype: inp.datatype,
+            });
+        }
+        let mut shape = Vec::with_capacity(inp.shape.len().min(8));
+        let mut count: usize = 1;
+        for &d in &inp.shape {
+            let d = usize::try_from(d).map_err(|_| CodecError::Shape {
+                name: name.clone(),
+                detail: format!("negative dimension {d} in shape {:?}", inp.shape),
+            })?;
+            count = count.checked_mul(d).ok_or_else(|| CodecError::Shape {
+                name: name.clone(),
+                detail: format!("shape {:?} is too large", inp.shape),
+            })?;
+            shape.push(d);
+        }
+        let binary_size = inp
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"));
+        let data = match binary_size {
+            Some(v) => {
+                let declared = v.as_u64().ok_or_else(|| {
+                    CodecError::Json(format!(
+                        "input '{name}': binary_data_size must be a non-negative integer"
+                    ))
+                })?;
+                if header_len.is_none() {
+                    return Err(CodecError::NoHeaderLength(name));
+                }
+                let available = binary.len();
+                let n = usize::try_from(declared)
+                    .ok()
+                    .filter(|&n| n <= available)
+                    .ok_or_else(|| CodecError::BinaryOverrun {
+                        name: name.clone(),
+                        declared,
+                        available,
+                    })?;
+                let (mine, rest) = binary.split_at(n);
+                binary = rest;
+                if inp.datatype != "FP32" {
+                    return Err(CodecError::Datatype {
+                        name,
+                        datatype: inp.datatype,
+                    });
+                }
+                if Some(n) != count.checked_mul(4) {
+                    return Err(CodecError::Shape {
+                        name,
+                        detail: format!(
+                            "shape {shape:?} needs {count} FP32 values ({} bytes) but binary_data_size is {n}",
+                            count.saturating_mul(4)
+                        ),
+                    });
+                }
+                mine.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            }
+            None => {
+                if inp.datatype != "FP32" {
+                    return Err(CodecError::Datatype {
+                        name,
+                        datatype: inp.datatype,
+                    });
+                }
+                let Some(v) = inp.data else {
+                    return Err(CodecError::Json(format!(
+                        "input '{name}' has neither data nor binary_data_size"
+                    )));
+                };
+                let flat = flatten_numbers(&name, &v)?;
+                if flat.len() != count {
+                    return Err(CodecError::Shape {
+                        name,
+                        detail: format!(
+                            "shape {shape:?} needs {count} values but data has {}",
+                            flat.len()
+                        ),
+                    });
+                }
+                flat
+            }
+        };
+        inputs.push(InputTensor { name, shape, data });
+    }
+    if !binary.is_empty() {
+        return Err(CodecError::TrailingBytes(binary.len()));
+    }
+    let outputs = wire
+        .outputs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| RequestedOutput {
+            binary: bool_param(&o.parameters, "binary_data"),
+            name: o.name,
+        })
+        .collect();
+    Ok(InferRequest {
+        id: wire.id,
+        inputs,
+        outputs,
+        binary_data_output: bool_param(&wire.parameters, "binary_data_output"),
+    })
+}
+
+/// Flattens a (possibly nested) JSON array of numbers, row-major. The nesting depth is bounded
+/// by serde_json's recursion limit; the work by the input's size.
+fn flatten_numbers(name: &str, v: &Value) -> Result<Vec<f32>, CodecError> {
+    let mut out = Vec::new();
+    let mut stack: Vec<std::slice::Iter<'_, Value>> = Vec::new();
+    match v {
+        Value::Array(a) => stack.push(a.iter()),
+        other => stack.push(std::slice::from_ref(other).iter()),
+    }
+    while let Some(top) = stack.last_mut() {
+        match top.next() {
+            None => {
+                stack.pop();
+            }
+            Some(Value::Array(a)) => stack.push(a.iter()),
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(x) => out.push(x as f32),
+                None => {
+                    return Err(CodecError::NotANumber {
+                        name: name.to_string(),
+                        index: out.len(),
+                    });
+                }
+            },
+            Some(_) => {
+                return Err(CodecError::NotANumber {
+                    name: name.to_string(),
+                    index: out.len(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Values of an output tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputData {
+    /// `FP32`
+    F32(Vec<f32>),
+    /// `INT64`
+    I64(Vec<i64>),
+}
+
+impl OutputData {
+    fn datatype(&self) -> &'static str {
+        match self {
+            OutputData::F32(_) => "FP32",
+            OutputData::I64(_) => "INT64",
+        }
+    }
+
+    fn le_bytes(&self) -> Vec<u8> {
+        match self {
+            OutputData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            OutputData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// One output tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputTensor {
+    /// Its name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values.
+    pub data: OutputData,
+}
+
+#[derive(Serialize)]
+struct WireResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<WireOutTensor<'a>>,
+}
+
+#[derive(Serialize)]
+struct WireOutTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a OutputData>,
+}
+
+impl Serialize for OutputData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            OutputData::F32(v) => v.serialize(s),
+            OutputData::I64(v) => v.serialize(s),
+        }
+    }
+}
+
+/// An encoded infer response.
+#[derive(Debug, Clone)]
+pub struct EncodedResponse {
+    /// The body.
+    pub body: Vec<u8>,
+    /// Length of the JSON header when binary outputs follow it.
+    pub header_len: Option<usize>,
+}
+
+/// Encodes an infer response with the outputs in `tensors` that the request asked for (all when
+/// it named none), each as JSON or binary data as asked.
+pub fn encode_response(
+    model_name: &str,
+    model_version: &str,
+    request: &InferRequest,
+    tensors: &[OutputTensor],
+) -> Result<EncodedResponse, serde_json::Error> {
+    let mut binary = Vec::new();
+    let mut outs = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let as_binary = if request.outputs.is_empty() {
+            request.binary_data_output
+        } else {
+            match request.outputs.iter().find(|o| o.name == t.name) {
+                Some(o) => o.binary,
+                None => continue,
+            }
+        };
+        if as_binary {
+            let bytes = t.data.le_bytes();
+            outs.push(WireOutTensor {
+                name: &t.name,
+                datatype: t.data.datatype(),
+                shape: &t.shape,
+                parameters: Some(serde_json::json!({ "binary_data_size": bytes.len() })),
+                data: None,
+            });
+            binary.extend_from_slice(&bytes);
+        } else {
+            outs.push(WireOutTensor {
+                name: &t.name,
+                datatype: t.data.datatype(),
+                shape: &t.shape,
+                parameters: None,
+                data: Some(&t.data),
+            });
+        }
+    }
+    let mut body = serde_json::to_vec(&WireResponse {
+        model_name,
+        model_version,
+        id: request.id.as_deref(),
+        outputs: outs,
+    })?;
+    let header_len = (!binary.is_empty()).then_some(body.len());
+    body.extend_from_slice(&binary);
+    Ok(EncodedResponse { body, header_len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary_request(values: &[f32], declared: usize, shape: &str) -> (Vec<u8>, usize) {
+        let header = format!(
+            r#"{{"inputs":[{{"name":"x","shape":{shape},"datatype":"FP32","parameters":{{"binary_data_size":{declared}}}}}],"outputs":[{{"name":"y","parameters":{{"binary_data":true}}}}]}}"#
+        );
+        let mut body = header.clone().into_bytes();
+        for v in values {
+            body.extend_from_slice(&v.to_le_bytes());
+        }
+        (body, header.len())
+    }
+
+    #[test]
+    fn json_nested_and_flat() {
+        let r = decode_request(
+            br#"{"id":"7","inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.id.as_deref(), Some("7"));
+        assert_eq!(r.inputs[0].data, vec![1.0, 2.0, 3.0, 4.5]);
+        let r = decode_request(
+            br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}],"parameters":{"binary_data_output":true}}"#,
+            None,
+        )
+        .unwrap();
+        assert!(r.binary_data_output);
+    }
+
+    #[test]
+    fn binary_round_trip() {
+        let (body, h) = binary_request(&[1.0, -2.0, 0.5], 12, "[1,3]");
+        let r = decode_request(&body, Some(h)).unwrap();
+        assert_eq!(r.inputs[0].data, vec![1.0, -2.0, 0.5]);
+        assert_eq!(
+            r.outputs,
+            vec![RequestedOutput {
+                name: "y".into(),
+                binary: true
+            }]
+        );
+        let enc = encode_response(
+            "m",
+            "1",
+            &r,
+            &[OutputTensor {
+                name: "y".into(),
+                shape: vec![1, 2],
+                data: OutputData::F32(vec![0.25, 4.0]),
+            }],
+        )
+        .unwrap();
+        let hl = enc.header_len.unwrap();
+        let v: Value = serde_json::from_slice(&enc.body[..hl]).unwrap();
+        assert_eq!(v["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert_eq!(&enc.body[hl..hl + 4], &0.25f32.to_le_bytes());
+    }
+
+    #[test]
+    fn lies_and_breakage_are_errors() {
+        // Declares more bytes than sent.
+        let (body, h) = binary_request(&[1.0, 2.0], 12, "[1,3]");
+        assert!(matches!(
+            decode_request(&body, Some(h)),
+            Err(CodecError::BinaryOverrun { .. })
+        ));
+        // Declares fewer bytes than sent.
+        let (body, h) = binary_request(&[1.0, 2.0, 3.0], 8, "[1,3]");
+        assert!(matches!(
+            decode_request(&body, Some(h)),
+            Err(CodecError::Shape { .. })
+        ));
+        // Header length beyond the body.
+        assert!(matches!(
+            decode_request(&body, Some(body.len() + 1)),
+            Err(CodecError::HeaderLength { .. })
+        ));
+        // Binary size without the header.
+        assert!(matches!(
+            decode_request(&body[..h], None),
+            Err(CodecError::Json(_)) | Err(CodecError::NoHeaderLength(_))
+        ));
+        // Trailing bytes.
+        let (mut body, h) = binary_request(&[1.0, 2.0, 3.0], 12, "[1,3]");
+        body.push(0);
+        assert_eq!(
+            decode_request(&body, Some(h)),
+            Err(CodecError::TrailingBytes(1))
+        );
+        // Broken JSON, wrong dtype, mismatched shape, strings, negative and huge shapes.
+        assert!(matches!(
+            decode_request(b"{\"inputs\":[", None),
+            Err(CodecError::Json(_))
+        ));
+        let dt = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT64","data":[1]}]}"#;
+        assert!(matches!(
+            decode_request(dt, None),
+            Err(CodecError::Datatype { .. })
+        ));
+        let dt = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#;
+        assert!(matches!(
+            decode_request(dt, None),
+            Err(CodecError::Datatype { .. })
+        ));
+        let sh = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1]}]}"#;
+        assert!(matches!(
+            decode_request(sh, None),
+            Err(CodecError::Shape { .. })
+        ));
+        let s = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#;
+        assert!(matches!(
+            decode_request(s, None),
+            Err(CodecError::NotANumber { .. })
+        ));
+        let neg = br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#;
+        assert!(matches!(
+            decode_request(neg, None),
+            Err(CodecError::Shape { .. })
+        ));
+        let huge = br#"{"inputs":[{"name":"x","shape":[4294967296,4294967296,4294967296],"datatype":"FP32","data":[1]}]}"#;
+        assert!(matches!(
+            decode_request(huge, None),
+            Err(CodecError::Shape { .. })
+        ));
+    }
+}

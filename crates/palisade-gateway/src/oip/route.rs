@@ -1,0 +1,131 @@
+//! What a request path asks for. Every guard reads the target from here, so routing and the
+//! guards can never disagree about which model a request is for.
+
+/// What is asked of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelAction {
+    /// `GET /v2/models/{m}[/versions/{v}]`
+    Metadata,
+    /// `GET /v2/models/{m}[/versions/{v}]/ready`
+    Ready,
+    /// `POST /v2/models/{m}[/versions/{v}]/infer`
+    Infer,
+}
+
+impl ModelAction {
+    /// Name used in the audit log and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelAction::Metadata => "metadata",
+            ModelAction::Ready => "ready",
+            ModelAction::Infer => "infer",
+        }
+    }
+}
+
+/// The target of a request, parsed from its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A model route.
+    Model {
+        /// Model name.
+        name: String,
+        /// Explicit version, if any.
+        version: Option<String>,
+        /// What is asked.
+        action: ModelAction,
+    },
+    /// `/v2/admin/keys…`: key management (role `admin`, with TOTP).
+    AdminKeys,
+    /// `/v2/admin/models…`: deployment (role `deploy`, with TOTP).
+    AdminModels,
+    /// `/v2/audit…`: the audit log (role `audit`).
+    Audit,
+    /// Anything else under a guarded prefix (denied by default).
+    Unknown,
+}
+
+impl Target {
+    /// Parses a request path. Names must be valid model names (see [`crate::model::valid_name`]).
+    pub fn parse(path: &str) -> Target {
+        let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        match segs.as_slice() {
+            ["", "v2", "models", name, rest @ ..] if crate::model::valid_name(name) => {
+                let (version, rest) = match rest {
+                    ["versions", v, tail @ ..] if crate::model::valid_name(v) => {
+                        (Some((*v).to_string()), tail)
+                    }
+                    _ => (None, rest),
+                };
+                let action = match rest {
+                    [] => ModelAction::Metadata,
+                    ["ready"] => ModelAction::Ready,
+                    ["infer"] => ModelAction::Infer,
+                    _ => return Target::Unknown,
+                };
+                Target::Model {
+                    name: (*name).to_string(),
+                    version,
+                    action,
+                }
+            }
+            ["", "v2", "admin", "keys", ..] => Target::AdminKeys,
+            ["", "v2", "admin", "models", ..] => Target::AdminModels,
+            ["", "v2", "audit", ..] => Target::Audit,
+            _ => Target::Unknown,
+        }
+    }
+
+    /// Name used in the audit log and metrics.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Target::Model { action, .. } => action.as_str(),
+            Target::AdminKeys => "admin.keys",
+            Target::AdminModels => "admin.models",
+            Target::Audit => "audit",
+            Target::Unknown => "unknown",
+        }
+    }
+
+    /// The model, for model routes.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Target::Model { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let m = |n: &str, v: Option<&str>, a| Target::Model {
+            name: n.into(),
+            version: v.map(Into::into),
+            action: a,
+        };
+        assert_eq!(
+            Target::parse("/v2/models/mnist"),
+            m("mnist", None, ModelAction::Metadata)
+        );
+        assert_eq!(
+            Target::parse("/v2/models/mnist/ready"),
+            m("mnist", None, ModelAction::Ready)
+        );
+        assert_eq!(
+            Target::parse("/v2/models/mnist/versions/2/infer"),
+            m("mnist", Some("2"), ModelAction::Infer)
+        );
+        assert_eq!(Target::parse("/v2/models/mnist/explode"), Target::Unknown);
+        assert_eq!(Target::parse("/v2/models/../infer"), Target::Unknown);
+        assert_eq!(
+            Target::parse("/v2/admin/keys/abc/revoke"),
+            Target::AdminKeys
+        );
+        assert_eq!(Target::parse("/v2/audit/checkpoint"), Target::Audit);
+        assert_eq!(Target::parse("/v2/adminx"), Target::Unknown);
+    }
+}

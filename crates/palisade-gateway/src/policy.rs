@@ -1,0 +1,288 @@
+//! The per-model policy file (TOML): what the guards enforce for one model.
+//!
+//! ```toml
+//! [input]                 # validate
+//! max_body_bytes = 4194304
+//! max_batch = 64
+//! range = [0.0, 1.0]      # default: the model's declared input range
+//!
+//! [limits]                # rate limit (GCRA)
+//! per_key = { rate = 100, period_ms = 1000, burst = 200 }
+//! per_model = { rate = 2000, period_ms = 1000, burst = 4000 }
+//! daily_budget = 100000   # requests per key per UTC day
+//!
+//! [output]                # harden
+//! reveal = "logits"       # logits | probabilities | label
+//! top_k = 3
+//! round = 4               # decimals
+//! noise = { kind = "laplace", scale = 0.01 }
+//! ```
+//!
+//! Every section and field is optional; unknown fields are an error (a typo must not silently
+//! turn a guard off).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A policy that cannot be used.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy {path}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or an unknown field.
+    #[error("policy: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// Parsed, but a value makes no sense.
+    #[error("policy: {0}")]
+    Invalid(String),
+}
+
+/// Everything the guards need to know about one model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Input validation.
+    pub input: InputPolicy,
+    /// Rate limits and budgets.
+    pub limits: LimitPolicy,
+    /// Output hardening.
+    pub output: OutputPolicy,
+}
+
+/// Input validation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputPolicy {
+    /// Largest request body, after decompression, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest batch.
+    pub max_batch: usize,
+    /// Allowed value range; `None` uses the model's declared range.
+    pub range: Option<[f32; 2]>,
+}
+
+impl Default for InputPolicy {
+    fn default() -> Self {
+        InputPolicy {
+            max_body_bytes: 4 << 20,
+            max_batch: 64,
+            range: None,
+        }
+    }
+}
+
+/// A GCRA rate: `rate` requests per `period_ms`, with bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Requests per period.
+    pub rate: u32,
+    /// The period, in milliseconds.
+    pub period_ms: u64,
+    /// Largest burst.
+    pub burst: u32,
+}
+
+/// Rate limits and budgets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitPolicy {
+    /// Limit for each key on this model.
+    pub per_key: Option<Rate>,
+    /// Limit for the model, all keys together.
+    pub per_model: Option<Rate>,
+    /// Requests per key per UTC day.
+    pub daily_budget: Option<u64>,
+}
+
+impl Default for LimitPolicy {
+    fn default() -> Self {
+        LimitPolicy {
+            per_key: Some(Rate {
+                rate: 1000,
+                period_ms: 1000,
+                burst: 2000,
+            }),
+            per_model: None,
+            daily_budget: None,
+        }
+    }
+}
+
+/// What the client sees of the model's output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reveal {
+    /// Raw logits.
+    #[default]
+    Logits,
+    /// Softmax probabilities.
+    Probabilities,
+    /// Only the predicted class.
+    Label,
+}
+
+/// Noise added to scores before they leave.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Noise {
+    /// Distribution.
+    pub kind: NoiseKind,
+    /// Laplace scale b, or Gaussian standard deviation.
+    pub scale: f32,
+}
+
+/// A noise distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseKind {
+    /// Laplace(0, b).
+    Laplace,
+    /// Normal(0, σ²).
+    Gaussian,
+}
+
+/// Output hardening settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputPolicy {
+    /// What is revealed.
+    pub reveal: Reveal,
+    /// Reveal only the k best classes (their scores and indices).
+    pub top_k: Option<usize>,
+    /// Round scores to this many decimals.
+    pub round: Option<u32>,
+    /// Add noise to scores.
+    pub noise: Option<Noise>,
+}
+
+impl Policy {
+    /// Parses and checks a policy.
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let p: Policy = toml::from_str(text)?;
+        p.check()?;
+        Ok(p)
+    }
+
+    /// Reads a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks the values.
+    pub fn check(&self) -> Result<(), PolicyError> {
+        let bad = |m: String| Err(PolicyError::Invalid(m));
+        if self.input.max_body_bytes == 0 || self.input.max_body_bytes > 1 << 30 {
+            return bad("input.max_body_bytes must be in 1..=1 GiB".into());
+        }
+        if self.input.max_batch == 0 || self.input.max_batch > 1 << 16 {
+            return bad("input.max_batch must be in 1..=65536".into());
+        }
+        if let Some([lo, hi]) = self.input.range
+            && !(lo.is_finite() && hi.is_finite() && lo <= hi)
+        {
+            return bad(format!("input.range [{lo}, {hi}] is not a finite interval"));
+        }
+        for (name, r) in [
+            ("limits.per_key", self.limits.per_key),
+            ("limits.per_model", self.limits.per_model),
+        ] {
+            if let Some(r) = r
+                && (r.rate == 0 || r.period_ms == 0 || r.burst == 0)
+            {
+                return bad(format!(
+                    "{name}: rate, period_ms and burst must be positive"
+                ));
+            }
+        }
+        if self.limits.daily_budget == Some(0) {
+            return bad("limits.daily_budget must be positive (remove it for no budget)".into());
+        }
+        if self.output.top_k == Some(0) {
+            return bad("output.top_k must be at least 1".into());
+        }
+        if self.output.round.is_some_and(|d| d > 9) {
+            return bad("output.round must be at most 9 decimals".into());
+        }
+        if let Some(n) = self.output.noise
+            && !(n.scale.is_finite() && n.scale >= 0.0)
+        {
+            return bad("output.noise.scale must be finite and non-negative".into());
+        }
+        if self.output.reveal == Reveal::Label
+            && (self.output.top_k.is_some() || self.output.round.is_some())
+        {
+            return bad(
+                "output.reveal = \"label\" reveals no scores: top_k and round do not apply".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_policy_parses() {
+        let p = Policy::from_toml(
+            r#"
+            [input]
+            max_body_bytes = 1000
+            max_batch = 8
+            range = [0.0, 1.0]
+            [limits]
+            per_key = { rate = 10, period_ms = 1000, burst = 5 }
+            daily_budget = 100
+            [output]
+            reveal = "probabilities"
+            top_k = 3
+            round = 2
+            noise = { kind = "gaussian", scale = 0.1 }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(p.input.max_batch, 8);
+        assert_eq!(p.output.top_k, Some(3));
+        assert_eq!(Policy::from_toml("").unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn typos_and_nonsense_are_errors() {
+        assert!(matches!(
+            Policy::from_toml("[input]\nmax_bach = 3"),
+            Err(PolicyError::Parse(_))
+        ));
+        assert!(matches!(
+            Policy::from_toml("[outputs]\n"),
+            Err(PolicyError::Parse(_))
+        ));
+        assert!(matches!(
+            Policy::from_toml("[output]\ntop_k = 0"),
+            Err(PolicyError::Invalid(_))
+        ));
+        assert!(matches!(
+            Policy::from_toml("[input]\nrange = [1.0, 0.0]"),
+            Err(PolicyError::Invalid(_))
+        ));
+        assert!(matches!(
+            Policy::from_toml("[output]\nreveal = \"label\"\ntop_k = 2"),
+            Err(PolicyError::Invalid(_))
+        ));
+    }
+}

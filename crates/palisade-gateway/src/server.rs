@@ -1,0 +1,320 @@
+//! Assembling a gateway: its state folder, the guard stacks and the HTTP router.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use rand::RngCore as _;
+use tower::ServiceBuilder;
+
+use crate::GatewayError;
+use crate::admin::{self, AdminState};
+use crate::audit::{AuditLog, CheckpointPolicy, CheckpointSigner, SqliteAuditLog};
+use crate::grpc::GrpcGateway;
+use crate::guard::audit::Audit;
+use crate::guard::authn::Authenticate;
+use crate::guard::authz::Authorise;
+use crate::guard::harden::Harden;
+use crate::guard::ratelimit::{Limits, MemoryBudgets, RateLimit};
+use crate::guard::validate::Validate;
+use crate::guard::{GuardLayer, Next, error_response, json_response};
+use crate::infer::ModelService;
+use crate::keys::{KeyStore, NewKey, Role, SqliteKeyStore};
+use crate::metrics::{Measure, Metrics};
+use crate::model::ModelRepository;
+
+/// Everything a running gateway shares between requests.
+#[derive(Clone)]
+pub struct Gateway {
+    /// Served models.
+    pub models: Arc<ModelRepository>,
+    /// API keys.
+    pub keys: Arc<dyn KeyStore>,
+    /// The audit log.
+    pub audit: Arc<dyn AuditLog>,
+    /// Rate-limit state.
+    pub limits: Arc<Limits>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Public key of the audit checkpoints.
+    pub audit_public_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("models", &self.models)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The files of a gateway's state folder.
+#[derive(Debug, Clone)]
+pub struct StatePaths {
+    /// The folder.
+    pub dir: PathBuf,
+}
+
+impl StatePaths {
+    /// Paths under `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        StatePaths { dir: dir.into() }
+    }
+    /// API keys (SQLite).
+    pub fn keys_db(&self) -> PathBuf {
+        self.dir.join("keys.db")
+    }
+    /// The audit log (SQLite).
+    pub fn audit_db(&self) -> PathBuf {
+        self.dir.join("audit.db")
+    }
+    /// The checkpoint signing key (32-byte Ed25519 seed, mode 0600).
+    pub fn signing_key(&self) -> PathBuf {
+        self.dir.join("audit-ed25519.key")
+    }
+    /// The checkpoint public key (hex).
+    pub fn public_key(&self) -> PathBuf {
+        self.dir.join("audit-ed25519.pub")
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename), private to the owner.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), GatewayError> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(|e| GatewayError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| GatewayError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| GatewayError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| GatewayError::io(path, e))?;
+    Ok(())
+}
+
+/// Reads the checkpoint signing key of a state folder, creating it on first use.
+pub fn load_or_create_signer(paths: &StatePaths) -> Result<CheckpointSigner, GatewayError> {
+    let p = paths.signing_key();
+    let signer = match fs::read(&p) {
+        Ok(b) => {
+            let seed: [u8; 32] = b.as_slice().try_into().map_err(|_| {
+                GatewayError::State(format!("{} is not a 32-byte Ed25519 seed", p.display()))
+            })?;
+            CheckpointSigner::from_seed(&seed)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            rand::rng().fill_bytes(&mut seed);
+            write_private(&p, &seed)?;
+            CheckpointSigner::from_seed(&seed)
+        }
+        Err(e) => return Err(GatewayError::io(&p, e)),
+    };
+    let pubhex = crate::hexfmt::encode(&signer.public_key());
+    let pp = paths.public_key();
+    if fs::read_to_string(&pp).ok().as_deref().map(str::trim) != Some(pubhex.as_str()) {
+        write_private(&pp, format!("{pubhex}\n").as_bytes())?;
+    }
+    Ok(signer)
+}
+
+/// Reads a hex public key file.
+pub fn read_public_key(path: &Path) -> Result<[u8; 32], GatewayError> {
+    let s = fs::read_to_string(path).map_err(|e| GatewayError::io(path, e))?;
+    crate::hexfmt::decode_32(s.trim()).ok_or_else(|| {
+        GatewayError::State(format!(
+            "{} is not a hex Ed25519 public key",
+            path.display()
+        ))
+    })
+}
+
+/// The embedded state of one gateway: a folder with the key database, the audit log and the
+/// checkpoint key.
+pub struct LocalState {
+    /// The folder's paths.
+    pub paths: StatePaths,
+    /// Keys.
+    pub keys: Arc<SqliteKeyStore>,
+    /// The audit log.
+    pub audit: Arc<SqliteAuditLog>,
+    /// Checkpoint public key.
+    pub public_key: [u8; 32],
+}
+
+impl std::fmt::Debug for LocalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalState")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalState {
+    /// Opens (creating when needed) the state folder `dir`.
+    pub fn open(dir: &Path, checkpoints: CheckpointPolicy) -> Result<Self, GatewayError> {
+        fs::create_dir_all(dir).map_err(|e| GatewayError::io(dir, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        }
+        let paths = StatePaths::new(dir);
+        let signer = load_or_create_signer(&paths)?;
+        let public_key = signer.public_key();
+        let keys = Arc::new(SqliteKeyStore::open(&paths.keys_db())?);
+        let audit = Arc::new(SqliteAuditLog::open(
+            &paths.audit_db(),
+            signer,
+            checkpoints,
+        )?);
+        Ok(LocalState {
+            paths,
+            keys,
+            audit,
+            public_key,
+        })
+    }
+
+    /// On first start (no keys at all), makes the first admin key: roles admin, deploy, audit
+    /// and query:*, with a TOTP secret. Returns `None` when keys exist.
+    pub fn first_admin_key(&self) -> Result<Option<NewKey>, GatewayError> {
+        if !self.keys.is_empty()? {
+            return Ok(None);
+        }
+        let roles = [
+            Role::Admin,
+            Role::Deploy,
+            Role::Audit,
+            Role::Query("*".into()),
+        ];
+        Ok(Some(self.keys.create(
+            "first-admin",
+            &roles,
+            None,
+            crate::now_ms(),
+        )?))
+    }
+
+    /// A gateway over this state serving `models`.
+    pub fn gateway(&self, models: Arc<ModelRepository>) -> Result<Gateway, GatewayError> {
+        Ok(Gateway {
+            models,
+            keys: self.keys.clone(),
+            audit: self.audit.clone(),
+            limits: Arc::new(Limits::new(Arc::new(MemoryBudgets::default()))),
+            metrics: Arc::new(Metrics::new().map_err(|e| GatewayError::State(e.to_string()))?),
+            audit_public_key: self.public_key,
+        })
+    }
+}
+
+impl Gateway {
+    /// The HTTP router: OIP REST, admin and audit API, health and metrics.
+    ///
+    /// The guard order, outside in, is documented in the crate root.
+    pub fn router(&self) -> Router {
+        let models = self.model_stack();
+        let grpc = GrpcGateway::new(models.clone(), self.models.clone()).into_service();
+        let admin = ServiceBuilder::new()
+            .layer(GuardLayer(Audit::new(
+                self.audit.clone(),
+                self.metrics.clone(),
+            )))
+            .layer(GuardLayer(Authenticate::new(self.keys.clone())))
+            .layer(GuardLayer(Authorise::new(self.keys.clone())))
+            .service(admin::router(AdminState {
+                keys: self.keys.clone(),
+                models: self.models.clone(),
+                audit: self.audit.clone(),
+                audit_public_key: self.audit_public_key,
+            }));
+        let ready_models = self.models.clone();
+        let metrics = self.metrics.clone();
+        Router::new()
+            .route("/v2/health/live", get(|| async { StatusCode::OK }))
+            .route(
+                "/v2/health/ready",
+                get(move || async move {
+                    if ready_models.names().is_empty() {
+                        error_response(StatusCode::SERVICE_UNAVAILABLE, "no model loaded")
+                    } else {
+                        StatusCode::OK.into_response()
+                    }
+                }),
+            )
+            .route("/v2", get(server_metadata))
+            .route(
+                "/metrics",
+                get(move || async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                        .into_response()
+                }),
+            )
+            .route_service("/v2/models/{*rest}", models)
+            .route_service("/inference.GRPCInferenceService/{*rest}", grpc)
+            .route_service("/v2/admin/{*rest}", admin.clone())
+            .route_service("/v2/audit/{*rest}", admin)
+            .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
+            .layer(GuardLayer(Measure(self.metrics.clone())))
+    }
+}
+
+impl Gateway {
+    /// The guarded model routes: audit → authenticate → authorise → rate limit → validate →
+    /// harden → infer. REST and gRPC both go through this one stack.
+    pub fn model_stack(&self) -> Next {
+        let svc = ServiceBuilder::new()
+            .layer(GuardLayer(Audit::new(
+                self.audit.clone(),
+                self.metrics.clone(),
+            )))
+            .layer(GuardLayer(Authenticate::new(self.keys.clone())))
+            .layer(GuardLayer(Authorise::new(self.keys.clone())))
+            .layer(GuardLayer(RateLimit::new(
+                self.limits.clone(),
+                self.models.clone(),
+            )))
+            .layer(GuardLayer(Validate::new(self.models.clone())))
+            .layer(GuardLayer(Harden))
+            .service(ModelService::new(self.models.clone(), self.metrics.clone()));
+        Next::new(svc)
+    }
+}
+
+async fn server_metadata() -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "name": "palisade",
+            "version": env!("CARGO_PKG_VERSION"),
+            "extensions": ["binary_tensor_data"],
+        }),
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| GatewayError::Io {
+            path: "listener".into(),
+            source: e,
+        })
+}

@@ -1,0 +1,497 @@
+//! The abuse battery: every kind of bad request gets the right 4xx and a JSON error, the server
+//! keeps serving, and every answered request is in the audit log, which verifies.
+
+mod common;
+
+use std::io::Write as _;
+
+use common::*;
+use palisade_core::Classifier as _;
+use palisade_gateway::audit::{AuditLog as _, verify_log};
+
+/// Expected status, headers, body, path, and what the error must mention.
+type Case<'a> = (u16, Vec<(&'a str, String)>, Vec<u8>, &'a str, &'a str);
+
+/// A valid request still works.
+async fn still_serving(s: &Server) {
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/models/lin/infer",
+        &[("Authorization", &bearer(&s.query))],
+        &json_infer(&[0.1, 0.2, 0.3, 0.4], 1),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_requests_get_the_right_4xx_and_the_server_keeps_serving() {
+    let s = start().await;
+    let q = bearer(&s.query);
+    let infer = "/v2/models/lin/infer";
+    let good = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
+    let mut answered = 0u64;
+
+    // (status, headers, body, path, what the error must mention)
+    let forged = format!("Bearer pal_{}_{}", s.query.record.id, "A".repeat(43));
+    let cases: Vec<Case> = vec![
+        // Authentication.
+        (401, vec![], good.clone(), infer, "missing API key"),
+        (401, vec![("Authorization", "Bearer nonsense".into())], good.clone(), infer, "malformed"),
+        (401, vec![("Authorization", forged)], good.clone(), infer, "invalid API key"),
+        (401, vec![("Authorization", "Basic dTpw".into())], good.clone(), infer, "missing API key"),
+        // Authorisation.
+        (403, vec![("Authorization", q.clone())], good.clone(), "/v2/models/top2/infer", "may not query"),
+        (403, vec![("Authorization", bearer(&s.auditor))], good.clone(), infer, "may not query"),
+        (403, vec![("Authorization", q.clone())], b"{}".to_vec(), "/v2/admin/keys", "lacks the 'admin' role"),
+        (403, vec![("Authorization", q.clone())], vec![], "/v2/audit/checkpoint", "lacks the 'audit' role"),
+        (401, vec![("Authorization", bearer(&s.admin))], b"{}".to_vec(), "/v2/admin/keys", "TOTP"),
+        (401, vec![("Authorization", bearer(&s.admin)), ("X-Palisade-TOTP", "123456".into())], b"{}".to_vec(), "/v2/admin/keys", "TOTP"),
+        (404, vec![("Authorization", q.clone())], vec![], "/v2/models/lin/explode", "no such route"),
+        // Unknown model (the key may query it, it does not exist).
+        (404, vec![("Authorization", bearer(&s.admin))], good.clone(), "/v2/models/nope/infer", "not found"),
+        (404, vec![("Authorization", q.clone())], good.clone(), "/v2/models/lin/versions/9/infer", "not found"),
+        // Broken JSON and wrong requests.
+        (400, vec![("Authorization", q.clone())], b"{\"inputs\": [".to_vec(), infer, "invalid JSON"),
+        (400, vec![("Authorization", q.clone())], b"[1,2,3]".to_vec(), infer, "invalid JSON"),
+        (400, vec![("Authorization", q.clone())], br#"{"inputs":[]}"#.to_vec(), infer, "no inputs"),
+        (400, vec![("Authorization", q.clone())],
+            br#"{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[0,0,0,0]}]}"#.to_vec(),
+            infer, "the model expects [N, 1, 2, 2]"),
+        (400, vec![("Authorization", q.clone())],
+            br#"{"inputs":[{"name":"input","shape":[1,1,2,2],"datatype":"INT64","data":[0,0,0,0]}]}"#.to_vec(),
+            infer, "datatype INT64"),
+        (400, vec![("Authorization", q.clone())],
+            br#"{"inputs":[{"name":"input","shape":[1,1,2,2],"datatype":"FP32","data":[0,0,0]}]}"#.to_vec(),
+            infer, "needs 4 values"),
+        (400, vec![("Authorization", q.clone())],
+            br#"{"inputs":[{"name":"pixels","shape":[1,1,2,2],"datatype":"FP32","data":[0,0,0,0]}]}"#.to_vec(),
+            infer, "unknown input 'pixels'"),
+        (400, vec![("Authorization", q.clone())],
+            br#"{"inputs":[{"name":"input","shape":[1,1,2,2],"datatype":"FP32","data":[0,0,7,0]}]}"#.to_vec(),
+            infer, "element 2 = 7 is outside [0, 1]"),
+        (400, vec![("Authorization", q.clone())],
+            br#"{"inputs":[{"name":"input","shape":[1,1,2,2],"datatype":"FP32","data":[0,"x",0,0]}]}"#.to_vec(),
+            infer, "element 1 is not a number"),
+        (400, vec![("Authorization", q.clone())], json_infer(&[0.5; 20], 5), infer, "batch size 5"),
+        (400, vec![("Authorization", q.clone())],
+            br#"{"inputs":[{"name":"input","shape":[1,1,2,2],"datatype":"FP32","data":[0,0,0,0]}],"outputs":[{"name":"secret"}]}"#.to_vec(),
+            infer, "unknown output 'secret'"),
+        // Compression.
+        (415, vec![("Authorization", q.clone()), ("Content-Encoding", "br".into())], good.clone(), infer, "Content-Encoding"),
+        (400, vec![("Authorization", q.clone()), ("Content-Encoding", "gzip".into())], b"not gzip at all".to_vec(), infer, "decompress"),
+        // Body size: over the limit as sent, and as a small gzip bomb.
+        (413, vec![("Authorization", q.clone())], vec![b' '; 5000], infer, "exceeds 4096"),
+        (413, vec![("Authorization", q.clone()), ("Content-Encoding", "gzip".into())], gzip(&vec![b' '; 1 << 20]), infer, "exceeds 4096"),
+    ];
+    for (status, headers, body, path, needle) in &cases {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = request(s.addr, "POST", path, &h, body).await;
+        answered += 1;
+        assert_eq!(r.status, *status, "{path} {headers:?}: {r:?}");
+        let msg = r.error();
+        assert!(
+            msg.contains(needle),
+            "{path}: '{msg}' should mention '{needle}'"
+        );
+        if *status == 401 {
+            assert!(r.headers.contains_key("www-authenticate") || msg.contains("TOTP"));
+        }
+        still_serving(&s).await;
+        answered += 1;
+    }
+
+    // Binary extension lies.
+    let v = [0.1f32, 0.2, 0.3, 0.4];
+    let bin = |body: Vec<u8>, h: String| {
+        let q = q.clone();
+        let addr = s.addr;
+        async move {
+            let hs = [
+                ("Authorization", q.as_str()),
+                ("Inference-Header-Content-Length", h.as_str()),
+            ];
+            request(addr, "POST", "/v2/models/lin/infer", &hs, &body).await
+        }
+    };
+    let (body, h) = binary_infer(&v, &[1, 1, 2, 2], 16);
+    let r = bin(body.clone(), h.to_string()).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let (short, h2) = binary_infer(&v[..3], &[1, 1, 2, 2], 16);
+    for (b, hl, needle) in [
+        (short, h2.to_string(), "only 12 bytes remain"),
+        (
+            body.clone(),
+            (body.len() + 10).to_string(),
+            "but the body has only",
+        ),
+        (body.clone(), "twelve".to_string(), "not a number"),
+        (
+            [body.clone(), vec![0u8; 3]].concat(),
+            h.to_string(),
+            "3 bytes of binary data",
+        ),
+        (
+            binary_infer(&[0.1, 0.2, 0.3, 0.4, 0.5], &[1, 1, 2, 2], 20).0,
+            h.to_string(),
+            "binary_data_size is 20",
+        ),
+        (
+            binary_infer(&[0.1, f32::NAN, 0.3, 0.4], &[1, 1, 2, 2], 16).0,
+            h.to_string(),
+            "element 1 is NaN",
+        ),
+        (
+            binary_infer(&[0.1, f32::INFINITY, 0.3, 0.4], &[1, 1, 2, 2], 16).0,
+            h.to_string(),
+            "element 1 is inf",
+        ),
+    ] {
+        let r = bin(b, hl).await;
+        answered += 2;
+        assert_eq!(r.status, 400, "{needle}: {r:?}");
+        let msg = r.error();
+        assert!(msg.contains(needle), "'{msg}' should mention '{needle}'");
+        still_serving(&s).await;
+    }
+    answered += 1; // the good binary request
+
+    // A Content-Length that lies: 100 declared, 10 sent, then the client hangs up.
+    let lie = format!(
+        "POST {infer} HTTP/1.1\r\nHost: t\r\nAuthorization: {q}\r\nContent-Length: 100\r\n\r\n0123456789"
+    );
+    let r = raw(s.addr, lie.as_bytes(), true).await;
+    answered += 1;
+    assert_eq!(r.status, 400, "{r:?}");
+    r.error();
+    // Chunked with no length, over the limit.
+    let mut chunked = format!(
+        "POST {infer} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: {q}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..5 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b' '; 0x400]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let r = raw(s.addr, &chunked, false).await;
+    answered += 1;
+    assert_eq!(r.status, 413, "{r:?}");
+    still_serving(&s).await;
+    answered += 1;
+
+    // A burst over the limit: 3 allowed, then 429 with Retry-After and RateLimit fields.
+    for i in 0..5 {
+        let r = request(
+            s.addr,
+            "POST",
+            "/v2/models/limited/infer",
+            &[("Authorization", &q)],
+            &good,
+        )
+        .await;
+        answered += 1;
+        assert!(r.headers.contains_key("ratelimit"), "{r:?}");
+        assert!(
+            r.headers["ratelimit-policy"].contains("\"key\";q=3;w=180"),
+            "{r:?}"
+        );
+        if i < 3 {
+            assert_eq!(r.status, 200, "request {i}: {r:?}");
+            assert!(
+                r.headers["ratelimit"].contains(&format!("r={}", 2 - i)),
+                "{r:?}"
+            );
+        } else {
+            assert_eq!(r.status, 429, "request {i}: {r:?}");
+            let retry: u64 = r.headers["retry-after"].parse().unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+            assert!(r.error().contains("rate limit"));
+        }
+    }
+    // Other keys and models are not affected.
+    still_serving(&s).await;
+    answered += 1;
+
+    // Health and metrics are not audited; metrics carry no key ids.
+    let m = request(s.addr, "GET", "/metrics", &[], b"").await;
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.contains("palisade_guard_rejections_total{guard=\"rate-limit\"} 2"),
+        "{text}"
+    );
+    assert!(!text.contains(&s.query.record.id));
+
+    // Every answered request is in the log, and the log verifies.
+    let log = s.state.audit.clone();
+    assert_eq!(log.size().unwrap(), answered);
+    let dbp = s.state.paths.audit_db();
+    let pk = s.state.public_key;
+    let _dir = s.stop().await;
+    let report = verify_log(&dbp, &pk, &[]).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.entries, answered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_binary_and_gzip_agree_with_the_classifier() {
+    let s = start().await;
+    let q = bearer(&s.query);
+    let x = [0.1f32, 0.9, 0.3, 0.4, 0.0, 1.0, 0.5, 0.25];
+    let expected = linear("lin")
+        .logits(
+            ndarray::ArrayD::from_shape_vec(vec![2, 1, 2, 2], x.to_vec())
+                .unwrap()
+                .view(),
+        )
+        .unwrap();
+    let expected: Vec<f32> = expected.iter().copied().collect();
+
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/models/lin/infer",
+        &[("Authorization", &q)],
+        &json_infer(&x, 2),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["id"], "t");
+    assert_eq!(v["model_version"], "1");
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([2, 3]));
+    let got: Vec<f32> = serde_json::from_value(v["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(got, expected);
+
+    let gz = gzip(&json_infer(&x, 2));
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/models/lin/infer",
+        &[("Authorization", &q), ("Content-Encoding", "gzip")],
+        &gz,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let got: Vec<f32> = serde_json::from_value(r.json()["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(got, expected);
+
+    let (body, h) = binary_infer(&x, &[2, 1, 2, 2], 32);
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/models/lin/infer",
+        &[
+            ("Authorization", &q),
+            ("Inference-Header-Content-Length", &h.to_string()),
+        ],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let hl: usize = r.headers["inference-header-content-length"]
+        .parse()
+        .unwrap();
+    let got: Vec<f32> = r.body[hl..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(got, expected);
+
+    // Metadata and readiness.
+    let r = request(
+        s.addr,
+        "GET",
+        "/v2/models/lin",
+        &[("Authorization", &q)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["inputs"][0]["shape"],
+        serde_json::json!([-1, 1, 2, 2])
+    );
+    let r = request(
+        s.addr,
+        "GET",
+        "/v2/models/lin/ready",
+        &[("Authorization", &q)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for p in ["/v2/health/live", "/v2/health/ready", "/v2"] {
+        assert_eq!(request(s.addr, "GET", p, &[], b"").await.status, 200, "{p}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardened_outputs_reveal_only_what_the_policy_allows() {
+    let s = start().await;
+    let a = bearer(&s.admin);
+    let x = [0.1f32, 0.9, 0.3, 0.4];
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/models/top2/infer",
+        &[("Authorization", &a)],
+        &json_infer(&x, 1),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, 2]));
+    assert_eq!(v["outputs"][1]["name"], "logits_classes");
+    for val in v["outputs"][0]["data"].as_array().unwrap() {
+        let f = val.as_f64().unwrap();
+        assert!(
+            ((f * 100.0).round() - f * 100.0).abs() < 1e-3,
+            "{f} not rounded"
+        );
+    }
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/models/label/infer",
+        &[("Authorization", &a)],
+        &json_infer(&x, 1),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = r.json();
+    assert_eq!(v["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(v["outputs"][0]["name"], "label");
+    assert_eq!(v["outputs"][0]["datatype"], "INT64");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_totp_once_and_revocation_is_immediate() {
+    let s = start().await;
+    let a = bearer(&s.admin);
+    let q = bearer(&s.query);
+    let code = totp_now(&s.admin, -1);
+    let body = br#"{"name":"svc","roles":["query:lin"]}"#;
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/admin/keys",
+        &[("Authorization", &a), ("X-Palisade-TOTP", &code)],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let new_key = r.json()["key"].as_str().unwrap().to_string();
+    // Replaying the code fails.
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/admin/keys",
+        &[("Authorization", &a), ("X-Palisade-TOTP", &code)],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    // Bad JSON and bad roles in an admin call are 400s.
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/admin/keys",
+        &[
+            ("Authorization", &a),
+            ("X-Palisade-TOTP", &totp_now(&s.admin, 0)),
+        ],
+        br#"{"name":"x","roles":["root"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.error().contains("unknown role"));
+
+    let nk = format!("Bearer {new_key}");
+    let addr = s.addr;
+    let infer = |k: String| async move {
+        request(
+            addr,
+            "POST",
+            "/v2/models/lin/infer",
+            &[("Authorization", &k)],
+            &json_infer(&[0.0; 4], 1),
+        )
+        .await
+    };
+    assert_eq!(infer(nk.clone()).await.status, 200);
+    let id = &new_key[4..16];
+    let r = request(
+        s.addr,
+        "POST",
+        &format!("/v2/admin/keys/{id}/revoke"),
+        &[
+            ("Authorization", &a),
+            ("X-Palisade-TOTP", &totp_now(&s.admin, 1)),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = infer(nk).await;
+    assert_eq!(r.status, 401);
+    assert!(r.error().contains("revoked"));
+    assert_eq!(infer(q).await.status, 200);
+
+    // The auditor gets proofs that verify.
+    let au = bearer(&s.auditor);
+    let r = request(
+        s.addr,
+        "GET",
+        "/v2/audit/proof/inclusion?index=2",
+        &[("Authorization", &au)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let p: palisade_gateway::audit::InclusionProof = serde_json::from_slice(&r.body).unwrap();
+    assert!(p.verify());
+    let r = request(
+        s.addr,
+        "GET",
+        "/v2/audit/proof/consistency?first=3",
+        &[("Authorization", &au)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let c: palisade_gateway::audit::ConsistencyProof = serde_json::from_slice(&r.body).unwrap();
+    assert!(c.verify());
+    let r = request(
+        s.addr,
+        "GET",
+        "/v2/audit/proof/inclusion?index=x",
+        &[("Authorization", &au)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = request(
+        s.addr,
+        "GET",
+        "/v2/audit/entries/0",
+        &[("Authorization", &au)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["entry"]["action"], "admin.keys");
+    assert_eq!(r.json()["entry"]["key_id"], s.admin.record.id.as_str());
+    s.stop().await;
+}

@@ -1,0 +1,271 @@
+//! A gateway on 127.0.0.1:0 serving small linear models, and a raw HTTP/1.1 client that can say
+//! things a well-behaved client would not.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ndarray::{Array1, Array2};
+use palisade_core::{InputRange, LinearClassifier};
+use palisade_gateway::audit::CheckpointPolicy;
+use palisade_gateway::keys::{KeyStore, NewKey, Role};
+use palisade_gateway::{LocalState, ModelRepository, Policy, ServedModel};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: Arc<LocalState>,
+    pub models: Arc<ModelRepository>,
+    pub admin: NewKey,
+    pub query: NewKey,
+    pub auditor: NewKey,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The linear model every test uses: input [N, 1, 2, 2] in [0, 1], 3 classes.
+pub fn linear(name: &str) -> LinearClassifier {
+    let w = Array2::from_shape_fn((3, 4), |(i, j)| (i as f32 + 1.0) * (j as f32 - 1.5) * 0.5);
+    LinearClassifier::new(
+        name,
+        vec![1, 2, 2],
+        InputRange::default(),
+        w,
+        Array1::from(vec![0.1, -0.2, 0.3]),
+    )
+    .unwrap()
+}
+
+pub fn served(name: &str, version: &str, policy: &str) -> ServedModel {
+    ServedModel {
+        name: name.into(),
+        version: version.into(),
+        classifier: Arc::new(linear(name)),
+        policy: Policy::from_toml(policy).unwrap(),
+        input_name: "input".into(),
+        output_name: "logits".into(),
+        platform: "palisade-linear".into(),
+    }
+}
+
+pub const LIN_POLICY: &str = "[input]\nmax_body_bytes = 4096\nmax_batch = 4\n";
+
+pub async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(LocalState::open(dir.path(), CheckpointPolicy::default()).unwrap());
+    let admin = state.first_admin_key().unwrap().unwrap();
+    let now = now_ms();
+    let query = state
+        .keys
+        .create(
+            "q",
+            &[Role::Query("lin".into()), Role::Query("limited".into())],
+            None,
+            now,
+        )
+        .unwrap();
+    let auditor = state.keys.create("a", &[Role::Audit], None, now).unwrap();
+    let models = Arc::new(ModelRepository::new());
+    models.deploy(served("lin", "1", LIN_POLICY)).unwrap();
+    models
+        .deploy(served(
+            "limited",
+            "1",
+            "[limits]\nper_key = { rate = 1, period_ms = 60000, burst = 3 }\n",
+        ))
+        .unwrap();
+    models
+        .deploy(served("top2", "1", "[output]\ntop_k = 2\nround = 2\n"))
+        .unwrap();
+    models
+        .deploy(served("label", "1", "[output]\nreveal = \"label\"\n"))
+        .unwrap();
+    let gw = state.gateway(models.clone()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let router = gw.router();
+    let task = tokio::spawn(async move {
+        palisade_gateway::serve(listener, router, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    Server {
+        addr,
+        state,
+        models,
+        admin,
+        query,
+        auditor,
+        dir,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl Server {
+    /// Stops the server; returns the state folder (deleted when dropped).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.dir
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A JSON `{"error": "..."}` with the JSON content type; returns the message.
+    pub fn error(&self) -> String {
+        assert_eq!(
+            self.headers.get("content-type").map(String::as_str),
+            Some("application/json"),
+            "{self:?}"
+        );
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {self:?}"))
+            .to_string()
+    }
+}
+
+/// Sends raw bytes and reads the response (the request should say `Connection: close`).
+pub async fn raw(addr: SocketAddr, bytes: &[u8], close_write: bool) -> Reply {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    if close_write {
+        s.shutdown().await.unwrap();
+    }
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    parse_reply(&buf)
+}
+
+fn parse_reply(buf: &[u8]) -> Reply {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(buf)));
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[end + 4..].to_vec();
+    if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(p) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..p]).trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[p + 2..p + 2 + n]);
+        b = &b[p + 2 + n + 2..];
+    }
+}
+
+/// A well-formed request with the given headers and body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut r = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        r.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    r.push_str("\r\n");
+    let mut bytes = r.into_bytes();
+    bytes.extend_from_slice(body);
+    raw(addr, &bytes, false).await
+}
+
+pub fn bearer(k: &NewKey) -> String {
+    format!("Bearer {}", k.key)
+}
+
+/// A JSON infer body for `n` samples of the linear model.
+pub fn json_infer(values: &[f32], n: usize) -> Vec<u8> {
+    serde_json::json!({
+        "id": "t",
+        "inputs": [{"name": "input", "shape": [n, 1, 2, 2], "datatype": "FP32", "data": values}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A binary-extension infer body; returns (body, header length).
+pub fn binary_infer(values: &[f32], shape: &[usize], declared: usize) -> (Vec<u8>, usize) {
+    let header = serde_json::json!({
+        "inputs": [{"name": "input", "shape": shape, "datatype": "FP32",
+                     "parameters": {"binary_data_size": declared}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": true}}]
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    for v in values {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    (body, header.len())
+}
+
+pub fn totp_now(k: &NewKey, offset_steps: i64) -> String {
+    let t = (now_ms() as i64 + offset_steps * 30_000) as u64;
+    palisade_gateway::keys::totp_code(k.totp_secret.as_deref().unwrap(), t).unwrap()
+}

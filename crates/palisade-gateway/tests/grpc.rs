@@ -1,0 +1,159 @@
+//! gRPC (`inference.GRPCInferenceService`) through the same guards as REST.
+
+mod common;
+
+use common::*;
+use palisade_core::Classifier as _;
+use palisade_gateway::grpc::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use palisade_gateway::grpc::inference::model_infer_request::InferInputTensor;
+use palisade_gateway::grpc::inference::*;
+use tonic::Code;
+
+fn infer_request(
+    model: &str,
+    x: &[f32],
+    shape: Vec<i64>,
+    key: &str,
+) -> tonic::Request<ModelInferRequest> {
+    let raw: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut r = tonic::Request::new(ModelInferRequest {
+        model_name: model.into(),
+        id: "g1".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape,
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw],
+        ..Default::default()
+    });
+    if !key.is_empty() {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_infer_matches_the_classifier_and_is_guarded() {
+    let s = start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = GrpcInferenceServiceClient::new(channel);
+    let x = [0.1f32, 0.9, 0.3, 0.4, 0.0, 1.0, 0.5, 0.25];
+    let expected = linear("lin")
+        .logits(
+            ndarray::ArrayD::from_shape_vec(vec![2, 1, 2, 2], x.to_vec())
+                .unwrap()
+                .view(),
+        )
+        .unwrap();
+
+    let r = c
+        .model_infer(infer_request("lin", &x, vec![2, 1, 2, 2], &s.query.key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.id, "g1");
+    assert_eq!(r.outputs[0].name, "logits");
+    assert_eq!(r.outputs[0].shape, vec![2, 3]);
+    let got: Vec<f32> = r.raw_output_contents[0]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(got, expected.iter().copied().collect::<Vec<_>>());
+
+    // Typed contents instead of raw bytes.
+    let mut typed = infer_request("lin", &[], vec![2, 1, 2, 2], &s.query.key);
+    typed.get_mut().raw_input_contents.clear();
+    typed.get_mut().inputs[0].contents = Some(InferTensorContents {
+        fp32_contents: x.to_vec(),
+        ..Default::default()
+    });
+    let r = c.model_infer(typed).await.unwrap().into_inner();
+    assert_eq!(r.raw_output_contents[0].len(), 2 * 3 * 4);
+
+    // The guards answer with the matching gRPC codes.
+    let e = c
+        .model_infer(infer_request("lin", &x, vec![2, 1, 2, 2], ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let e = c
+        .model_infer(infer_request("top2", &x, vec![2, 1, 2, 2], &s.query.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = c
+        .model_infer(infer_request("lin", &x, vec![2, 4], &s.query.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("expects [N, 1, 2, 2]"), "{e:?}");
+    let e = c
+        .model_infer(infer_request(
+            "lin",
+            &x[..7],
+            vec![2, 1, 2, 2],
+            &s.query.key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = c
+        .model_infer(infer_request("nope", &x, vec![2, 1, 2, 2], &s.admin.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // Health and metadata.
+    assert!(
+        c.server_live(ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    assert!(
+        c.server_ready(ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let mut mr = tonic::Request::new(ModelReadyRequest {
+        name: "lin".into(),
+        version: String::new(),
+    });
+    mr.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", s.query.key).parse().unwrap(),
+    );
+    assert!(c.model_ready(mr).await.unwrap().into_inner().ready);
+    let mut mm = tonic::Request::new(ModelMetadataRequest {
+        name: "lin".into(),
+        version: String::new(),
+    });
+    mm.metadata_mut()
+        .insert("x-api-key", s.query.key.parse().unwrap());
+    let m = c.model_metadata(mm).await.unwrap().into_inner();
+    assert_eq!(m.inputs[0].shape, vec![-1, 1, 2, 2]);
+
+    // Everything went through the audit log.
+    let n = {
+        use palisade_gateway::audit::AuditLog as _;
+        s.state.audit.size().unwrap()
+    };
+    assert_eq!(n, 9);
+    let e0 = {
+        use palisade_gateway::audit::AuditLog as _;
+        s.state.audit.entry(0).unwrap().unwrap()
+    };
+    let v: serde_json::Value = serde_json::from_slice(&e0).unwrap();
+    assert_eq!(v["method"], "GRPC ModelInfer");
+    s.stop().await;
+}
