@@ -31,13 +31,24 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Train a native network (default: the CNN on the bundled MNIST subset) and save a checkpoint.
+    Train(cmd::train::TrainArgs),
+    /// Evaluate a model: accuracy, per-class accuracy, loss.
+    Eval(cmd::eval::EvalArgs),
+    /// The main job on the embedded defaults: train, evaluate and check the native CNN.
+    Demo(cmd::demo::DemoArgs),
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_logging(&cli.log);
     let ctx = output::Ctx { json: cli.json };
-    let result: anyhow::Result<cmd::Outcome> = match cli.command {};
+    let result: anyhow::Result<cmd::Outcome> = match cli.command {
+        Command::Train(args) => cmd::train::run(&ctx, args),
+        Command::Eval(args) => cmd::eval::run(&ctx, args),
+        Command::Demo(args) => cmd::demo::run(&ctx, args),
+    };
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(err) => output::report_error(&ctx, &err),

@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+mod common;
+pub mod demo;
+pub mod eval;
+pub mod train;
+
 /// How a command that ran to the end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
