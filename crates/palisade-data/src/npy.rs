@@ -440,7 +440,10 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, NpyArray>, DataError> {
         let mut entry = zip
             .by_index(i)
             .map_err(|e| DataError::format(path, format!("npz entry {i}: {e}")))?;
-        let name = entry.name().to_string();
+        let name = entry
+            .name()
+            .map_err(|e| DataError::format(path, format!("npz entry {i}: {e}")))?
+            .into_owned();
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
         let mut bytes = Vec::new();
         let limit = MAX_FILE_BYTES - total;

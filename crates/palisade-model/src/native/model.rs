@@ -224,7 +224,8 @@ impl Classifier for NativeNet {
             let end = (start + CHUNK).min(n);
             let part = flat[start * d..end * d].to_vec();
             let z = self.forward_plain(end - start, d, part)?;
-            out.slice_mut(ndarray::s![start..end, ..]).assign(&z);
+            out.slice_axis_mut(ndarray::Axis(0), (start..end).into())
+                .assign(&z);
             start = end;
         }
         Ok(out)
