@@ -68,13 +68,13 @@ impl Dataset {
                 self.class_names.len()
             )));
         }
-        if let Some(s) = &self.sensitive {
-            if s.values.len() != n || s.values.iter().any(|&v| v >= s.categories.len()) {
-                return Err(DataError::Invalid(format!(
-                    "sensitive attribute '{}' does not match the samples",
-                    s.name
-                )));
-            }
+        if let Some(s) = &self.sensitive
+            && (s.values.len() != n || s.values.iter().any(|&v| v >= s.categories.len()))
+        {
+            return Err(DataError::Invalid(format!(
+                "sensitive attribute '{}' does not match the samples",
+                s.name
+            )));
         }
         Ok(())
     }
