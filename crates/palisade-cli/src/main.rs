@@ -63,6 +63,12 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Provenance: dataset manifests, signed training records, chain verification.
     Provenance(cmd::provenance::ProvenanceArgs),
+    /// Train a native network (default: the CNN on the bundled MNIST subset) and save a checkpoint.
+    Train(cmd::train::TrainArgs),
+    /// Evaluate a model: accuracy, per-class accuracy, loss.
+    Eval(cmd::eval::EvalArgs),
+    /// The main job on the embedded defaults: train, evaluate and check the native CNN.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +87,9 @@ fn main() -> ExitCode {
         Command::Scan(args) => cmd::scan::run(&ctx, &args),
         Command::Keys(a) => cmd::keys::run(&ctx, a),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
+        Command::Train(args) => cmd::train::run(&ctx, args),
+        Command::Eval(args) => cmd::eval::run(&ctx, args),
+        Command::Demo(args) => cmd::demo::run(&ctx, args),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

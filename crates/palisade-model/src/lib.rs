@@ -5,11 +5,21 @@
 //! - [`check`]: `palisade model check`: compares the two runtimes and the gradients against
 //!   finite differences, and says whether white-box attacks can trust the model.
 //! - [`open`]: opens a model file, choosing the runtime by content.
+//! - [`native`]: networks built and trained in Rust on burn's `flex` CPU backend (MLP, small
+//!   CNN, small ResNet), with seeded training and safetensors checkpoints.
+//! - [`evaluate`]: accuracy, per-class accuracy and loss of any classifier.
+//! - [`gradcheck`]: input gradients against finite differences.
+//!
+//! Optional burn backends (`tch`, `cuda`, `wgpu`, `cpu`) are cargo features, off by default;
+//! nothing requires them.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod backend;
 pub mod check;
+pub mod evaluate;
+pub mod gradcheck;
+pub mod native;
 pub mod onnx;
 
 use std::path::Path;

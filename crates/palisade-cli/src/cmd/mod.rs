@@ -14,6 +14,10 @@ pub mod scan;
 pub mod seal;
 pub mod sign;
 pub mod verify;
+mod common;
+pub mod demo;
+pub mod eval;
+pub mod train;
 
 /// How a command that ran to the end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
