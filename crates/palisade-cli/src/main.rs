@@ -63,6 +63,10 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Provenance: dataset manifests, signed training records, chain verification.
     Provenance(cmd::provenance::ProvenanceArgs),
+    /// Run one evasion attack; writes adversarial examples (NPY) and a JSON summary.
+    Attack(Box<cmd::attack::AttackArgs>),
+    /// Robustness suite over a sweep of epsilons: JSON, accuracy-vs-epsilon plot, HTML report.
+    Robustness(cmd::robustness::RobustnessArgs),
     /// Train a native network (default: the CNN on the bundled MNIST subset) and save a checkpoint.
     Train(cmd::train::TrainArgs),
     /// Evaluate a model: accuracy, per-class accuracy, loss.
@@ -87,6 +91,8 @@ fn main() -> ExitCode {
         Command::Scan(args) => cmd::scan::run(&ctx, &args),
         Command::Keys(a) => cmd::keys::run(&ctx, a),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
+        Command::Attack(a) => cmd::attack::run(&ctx, *a),
+        Command::Robustness(a) => cmd::robustness::run(&ctx, a),
         Command::Train(args) => cmd::train::run(&ctx, args),
         Command::Eval(args) => cmd::eval::run(&ctx, args),
         Command::Demo(args) => cmd::demo::run(&ctx, args),

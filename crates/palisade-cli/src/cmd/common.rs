@@ -49,7 +49,9 @@ pub fn load_idx(dir: Option<&Path>) -> anyhow::Result<(String, TrainTest)> {
     }
 }
 
-/// Opens a model file for black-box (and, where trustworthy, white-box) use.
+/// Opens a model for black-box (and, where it has gradients, white-box) use: a native
+/// checkpoint (directory, `model.json` or `model.safetensors`) or an ONNX file, recognised by
+/// content.
 pub fn open_model(path: &Path) -> anyhow::Result<Box<dyn Classifier>> {
     if palisade_model::native::is_checkpoint(path) {
         let net = NativeNet::load(path).with_context(|| format!("loading {}", path.display()))?;
@@ -58,10 +60,9 @@ pub fn open_model(path: &Path) -> anyhow::Result<Box<dyn Classifier>> {
     if !path.exists() {
         anyhow::bail!("{}: no such file or directory", path.display());
     }
-    anyhow::bail!(
-        "{}: not a native checkpoint (a directory with model.json, or its .json/.safetensors file); ONNX files are opened by the ONNX runtime",
-        path.display()
-    )
+    let model = palisade_model::open(path, &palisade_model::OpenOptions::default())
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(model)
 }
 
 /// A progress bar on stderr, hidden in `--json` mode.

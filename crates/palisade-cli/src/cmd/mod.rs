@@ -3,12 +3,14 @@
 use std::process::ExitCode;
 
 pub mod model;
+pub mod attack;
 pub mod audit;
 pub mod keyargs;
 pub mod keygen;
 pub mod keys;
 pub mod progress;
 pub mod provenance;
+pub mod robustness;
 pub mod registry;
 pub mod scan;
 pub mod seal;
