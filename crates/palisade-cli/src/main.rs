@@ -32,6 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Inspect and check model files (`model info`, `model check`).
+    Model(cmd::model::ModelArgs),
     /// Manage the gateway's API keys.
     Keys(cmd::keys::KeysArgs),
     /// Verify the gateway's audit log; checkpoints and proofs.
@@ -61,6 +63,16 @@ enum Command {
     Registry(cmd::registry::RegistryArgs),
     /// Provenance: dataset manifests, signed training records, chain verification.
     Provenance(cmd::provenance::ProvenanceArgs),
+    /// Run one evasion attack; writes adversarial examples (NPY) and a JSON summary.
+    Attack(Box<cmd::attack::AttackArgs>),
+    /// Robustness suite over a sweep of epsilons: JSON, accuracy-vs-epsilon plot, HTML report.
+    Robustness(cmd::robustness::RobustnessArgs),
+    /// Train a native network (default: the CNN on the bundled MNIST subset) and save a checkpoint.
+    Train(cmd::train::TrainArgs),
+    /// Evaluate a model: accuracy, per-class accuracy, loss.
+    Eval(cmd::eval::EvalArgs),
+    /// The main job on the embedded defaults: train, evaluate and check the native CNN.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +80,7 @@ fn main() -> ExitCode {
     output::init_logging(&cli.log, false);
     let ctx = output::Ctx { json: cli.json };
     let result: anyhow::Result<cmd::Outcome> = match cli.command {
+        Command::Model(args) => cmd::model::run(&ctx, args),
         Command::Sign(a) => cmd::sign::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Keygen(a) => cmd::keygen::run(&ctx, a),
@@ -78,6 +91,11 @@ fn main() -> ExitCode {
         Command::Scan(args) => cmd::scan::run(&ctx, &args),
         Command::Keys(a) => cmd::keys::run(&ctx, a),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
+        Command::Attack(a) => cmd::attack::run(&ctx, *a),
+        Command::Robustness(a) => cmd::robustness::run(&ctx, a),
+        Command::Train(args) => cmd::train::run(&ctx, args),
+        Command::Eval(args) => cmd::eval::run(&ctx, args),
+        Command::Demo(args) => cmd::demo::run(&ctx, args),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),
