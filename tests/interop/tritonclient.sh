@@ -42,20 +42,23 @@ import tritonclient.grpc as tg
 from tritonclient.utils import InferenceServerException
 
 key = json.load(open(sys.argv[1]))["key"]
-hdr = {"Authorization": f"Bearer {key}"}
+# A fresh dict per call: tritonclient's http infer() writes Inference-Header-Content-Length into
+# the headers dict it is given, which would then be sent with the next (JSON) request too.
+def hdr():
+    return {"Authorization": f"Bearer {key}"}
 x = np.load("data/reference-parity/public_attacks_x16.npy").astype(np.float32)
 ref = np.load("data/reference-parity/public_attacks_logits16.npy").astype(np.float32)
 
 h = th.InferenceServerClient(url=f"127.0.0.1:{sys.argv[2]}")
 assert h.is_server_live() and h.is_server_ready()
-meta = h.get_model_metadata("mnist", headers=hdr)
+meta = h.get_model_metadata("mnist", headers=hdr())
 print("metadata:", meta["inputs"], meta["outputs"])
 
 def http_infer(binary):
     i = th.InferInput("input", list(x.shape), "FP32")
     i.set_data_from_numpy(x, binary_data=binary)
     o = th.InferRequestedOutput("logits", binary_data=binary)
-    return h.infer("mnist", [i], outputs=[o], headers=hdr).as_numpy("logits")
+    return h.infer("mnist", [i], outputs=[o], headers=hdr()).as_numpy("logits")
 
 binary = http_infer(True)
 js = http_infer(False)
@@ -64,14 +67,15 @@ def http_input(a):
     i.set_data_from_numpy(a)
     return i
 
-gz = h.infer("mnist", [http_input(x)], headers=hdr,
+gz = h.infer("mnist", [http_input(x)], headers=hdr(),
              request_compression_algorithm="gzip").as_numpy("logits")
 
 g = tg.InferenceServerClient(url=f"127.0.0.1:{sys.argv[3]}")
 assert g.is_server_live()
 gi = tg.InferInput("input", list(x.shape), "FP32")
 gi.set_data_from_numpy(x)
-grpc = g.infer("mnist", [gi], headers=hdr).as_numpy("logits")
+# gRPC metadata keys must be lower case.
+grpc = g.infer("mnist", [gi], headers={"authorization": f"Bearer {key}"}).as_numpy("logits")
 
 for name, y in [("http-binary", binary), ("http-json", js), ("http-gzip", gz), ("grpc", grpc)]:
     d = float(np.abs(y - ref).max())

@@ -34,6 +34,9 @@ struct Cli {
 enum Command {
     /// Inspect and check model files (`model info`, `model check`).
     Model(cmd::model::ModelArgs),
+    /// Serve models over the Open Inference Protocol behind the guards (default: the bundled
+    /// MNIST model; prints a first admin key once).
+    Serve(cmd::serve::ServeArgs),
     /// Manage the gateway's API keys.
     Keys(cmd::keys::KeysArgs),
     /// Verify the gateway's audit log; checkpoints and proofs.
@@ -77,7 +80,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    output::init_logging(&cli.log, false);
+    // The server logs JSON lines (for log shippers); other commands log text unless --json.
+    output::init_logging(
+        &cli.log,
+        cli.json || matches!(cli.command, Command::Serve(_)),
+    );
     let ctx = output::Ctx { json: cli.json };
     let result: anyhow::Result<cmd::Outcome> = match cli.command {
         Command::Model(args) => cmd::model::run(&ctx, args),
@@ -89,6 +96,7 @@ fn main() -> ExitCode {
         Command::Registry(a) => cmd::registry::run(&ctx, a),
         Command::Provenance(a) => cmd::provenance::run(&ctx, a),
         Command::Scan(args) => cmd::scan::run(&ctx, &args),
+        Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Keys(a) => cmd::keys::run(&ctx, a),
         Command::Audit(a) => cmd::audit::run(&ctx, a),
         Command::Attack(a) => cmd::attack::run(&ctx, *a),

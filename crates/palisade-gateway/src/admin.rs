@@ -7,6 +7,7 @@
 //! | POST | `/v2/admin/keys` `{"name", "roles", "expires_in_s"?}` | admin |
 //! | POST | `/v2/admin/keys/{id}/revoke` | admin |
 //! | POST | `/v2/admin/keys/{id}/rotate` `{"overlap_s"}` | admin |
+//! | POST | `/v2/admin/models/{m}/load` `{"version"}` | deploy |
 //! | POST | `/v2/admin/models/{m}/rollback` | deploy |
 //! | GET | `/v2/audit/checkpoint` | audit |
 //! | GET | `/v2/audit/entries/{i}` | audit |
@@ -43,6 +44,8 @@ pub struct AdminState {
     pub audit: Arc<dyn AuditLog>,
     /// The checkpoint public key.
     pub audit_public_key: [u8; 32],
+    /// Where new versions are loaded from (`None`: loading is refused).
+    pub source: Option<crate::loader::ModelSource>,
 }
 
 /// The admin and audit routes.
@@ -51,6 +54,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v2/admin/keys", get(list_keys).post(create_key))
         .route("/v2/admin/keys/{id}/revoke", post(revoke_key))
         .route("/v2/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/v2/admin/models/{model}/load", post(load_model))
         .route("/v2/admin/models/{model}/rollback", post(rollback))
         .route("/v2/audit/checkpoint", get(checkpoint))
         .route("/v2/audit/entries/{index}", get(entry))
@@ -160,6 +164,49 @@ async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
     {
         Ok(k) => json_response(StatusCode::CREATED, &k),
         Err(e) => key_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadBody {
+    version: String,
+}
+
+/// Hot-swap: loads `<repo>/<model>/<version>` through the signature and scan checks and makes it
+/// the active version. 422 when it fails a check, 409 when that version is already served.
+async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -> Response {
+    let model = param(&p, "model");
+    let Some(source) = s.source.clone() else {
+        return error_response(
+            StatusCode::CONFLICT,
+            "this gateway was started without a model repository to load from",
+        );
+    };
+    let body: LoadBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(&format!("expected {{\"version\": \"…\"}}: {e}")),
+    };
+    if s.models.versions(&model).contains(&body.version) {
+        return error_response(
+            StatusCode::CONFLICT,
+            &format!("{model} version {} is already loaded", body.version),
+        );
+    }
+    let name = model.clone();
+    let version = body.version.clone();
+    let loaded = tokio::task::spawn_blocking(move || source.load(&name, &version)).await;
+    let served = match loaded {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => return error_response(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    match s.models.deploy(served) {
+        Ok(m) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "model": m.name, "active_version": m.version }),
+        ),
+        Err(e) => error_response(StatusCode::CONFLICT, &e.to_string()),
     }
 }
 

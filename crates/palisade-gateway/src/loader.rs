@@ -5,12 +5,18 @@
 //! ```text
 //! <repo>/<model>/<version>/model.onnx     the model
 //! <repo>/<model>/<version>/policy.toml    its policy (optional: defaults)
+//! <repo>/<model>/<version>/model.sig      OMS signature over the folder (model and policy)
 //! ```
 //!
 //! Each version's file is read once; `palisade scan` must find it clean, and the
 //! [`palisade_scan::Clean`] proof must cover the exact bytes (SHA-256) that are then handed to
 //! the runtime, so what runs is what was scanned. [`Admitted`] can only be made by
 //! [`admit`], and [`load_version`] needs one.
+//!
+//! Under [`Trust::Key`] (the default of `palisade serve`), `model.sig` must verify against the
+//! trusted key (OpenSSF Model Signing, `files` serialisation), and the bytes of `model.onnx` and
+//! `policy.toml` that are used must be the ones the signature names: each is read once, and its
+//! digest compared with the signed digest, so a file swapped after verification is refused.
 //!
 //! The runtime (ONNX through tract, in `palisade-model`) is injected as a [`Runtime`], so this
 //! crate depends on no ML engine.
@@ -141,6 +147,96 @@ pub fn load_version(
     })
 }
 
+/// Which signatures a version must carry to be loaded.
+#[derive(Clone)]
+pub enum Trust {
+    /// `model.sig` must verify against this key and cover the model and its policy.
+    Key(Arc<palisade_supply::keys::PublicKey>),
+    /// No signature is required (development only: every load says so in the log).
+    Unsigned,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trust::Key(k) => write!(f, "Trust::Key({})", k.hint()),
+            Trust::Unsigned => f.write_str("Trust::Unsigned"),
+        }
+    }
+}
+
+/// The signature file in a version folder.
+pub const SIGNATURE_FILE: &str = "model.sig";
+
+/// Largest signature bundle read.
+const MAX_SIGNATURE_BYTES: u64 = 1 << 20;
+
+/// What a verified signature says about a version folder's files.
+struct SignedFiles {
+    hash: palisade_supply::hashing::HashAlgorithm,
+    digests: std::collections::BTreeMap<String, String>,
+}
+
+impl SignedFiles {
+    /// Checks that `bytes` are what was signed as `name` (`None` when `name` was not signed).
+    fn check(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), GatewayError> {
+        let signed = self.digests.get(name).ok_or_else(|| {
+            GatewayError::Model(format!(
+                "{}: {name} is not covered by {SIGNATURE_FILE}",
+                dir.display()
+            ))
+        })?;
+        let mut h = palisade_supply::hashing::Hasher::new(self.hash);
+        h.update(bytes);
+        if hexfmt::encode(&h.finalize()) != *signed {
+            return Err(GatewayError::Model(format!(
+                "{}: {name} changed after its signature was verified",
+                dir.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn verify_signature(
+    dir: &Path,
+    key: &palisade_supply::keys::PublicKey,
+) -> Result<SignedFiles, GatewayError> {
+    let sig = dir.join(SIGNATURE_FILE);
+    let meta = std::fs::metadata(&sig).map_err(|e| {
+        GatewayError::Model(format!(
+            "{}: no signature ({e}); sign the folder with `palisade sign {} --signature {}`",
+            dir.display(),
+            dir.display(),
+            sig.display()
+        ))
+    })?;
+    if meta.len() > MAX_SIGNATURE_BYTES {
+        return Err(GatewayError::Model(format!(
+            "{} is over {MAX_SIGNATURE_BYTES} bytes",
+            sig.display()
+        )));
+    }
+    let bundle = std::fs::read(&sig).map_err(|e| GatewayError::io(&sig, e))?;
+    let opts = palisade_supply::oms::VerifyOptions {
+        signature_path: Some(sig.clone()),
+        ..Default::default()
+    };
+    let verified = palisade_supply::oms::verify_model(dir, &bundle, key, &opts, None)
+        .map_err(|e| GatewayError::Model(format!("{}: signature: {e}", dir.display())))?;
+    let m = verified.manifest();
+    if m.serialization != palisade_supply::manifest::Serialization::Files {
+        return Err(GatewayError::Model(format!(
+            "{}: sign model folders with the `files` serialisation",
+            sig.display()
+        )));
+    }
+    Ok(SignedFiles {
+        hash: m.hash,
+        digests: m.resources.clone(),
+    })
+}
+
 /// One version found in a repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionDir {
@@ -190,16 +286,100 @@ pub fn list_repository(repo: &Path) -> Result<Vec<VersionDir>, GatewayError> {
     Ok(out)
 }
 
-/// Loads one version folder (`model.onnx`, optional `policy.toml`) through the checks.
-pub fn load_dir(v: &VersionDir, runtime: &dyn Runtime) -> Result<ServedModel, GatewayError> {
+/// Where the admin API loads new versions from: a repository folder, the runtime and the trust
+/// policy, the same checks as at start.
+#[derive(Clone)]
+pub struct ModelSource {
+    /// The repository folder (`<repo>/<model>/<version>/`).
+    pub repo: PathBuf,
+    /// The runtime.
+    pub runtime: Arc<dyn Runtime>,
+    /// Which signatures are required.
+    pub trust: Trust,
+}
+
+impl std::fmt::Debug for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSource")
+            .field("repo", &self.repo)
+            .field("trust", &self.trust)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelSource {
+    /// Loads `<repo>/<name>/<version>` through every check.
+    pub fn load(&self, name: &str, version: &str) -> Result<ServedModel, GatewayError> {
+        let v = find_version(&self.repo, name, version)?;
+        load_dir(&v, self.runtime.as_ref(), &self.trust)
+    }
+}
+
+/// Largest policy file read.
+const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// Loads one version folder (`model.onnx`, optional `policy.toml`, `model.sig` under
+/// [`Trust::Key`]) through the checks.
+pub fn load_dir(
+    v: &VersionDir,
+    runtime: &dyn Runtime,
+    trust: &Trust,
+) -> Result<ServedModel, GatewayError> {
+    let signed = match trust {
+        Trust::Key(key) => Some(verify_signature(&v.dir, key)?),
+        Trust::Unsigned => {
+            tracing::warn!(model = %v.name, version = %v.version, "loading without a signature check");
+            None
+        }
+    };
     let policy_path = v.dir.join("policy.toml");
     let policy = if policy_path.is_file() {
-        Policy::load(&policy_path)?
+        let len = std::fs::metadata(&policy_path)
+            .map_err(|e| GatewayError::io(&policy_path, e))?
+            .len();
+        if len > MAX_POLICY_BYTES {
+            return Err(GatewayError::Model(format!(
+                "{} is over {MAX_POLICY_BYTES} bytes",
+                policy_path.display()
+            )));
+        }
+        let bytes = std::fs::read(&policy_path).map_err(|e| GatewayError::io(&policy_path, e))?;
+        if let Some(s) = &signed {
+            s.check(&v.dir, "policy.toml", &bytes)?;
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| GatewayError::Model(format!("{} is not UTF-8", policy_path.display())))?;
+        Policy::from_toml(text)
+            .map_err(|e| GatewayError::Model(format!("{}: {e}", policy_path.display())))?
     } else {
         Policy::default()
     };
     let admitted = admit(&v.dir.join("model.onnx"))?;
+    if let Some(s) = &signed {
+        s.check(&v.dir, "model.onnx", &admitted.bytes)?;
+    }
     load_version(&v.name, &v.version, admitted, policy, runtime)
+}
+
+/// Finds version `version` of model `name` in a repository folder.
+pub fn find_version(repo: &Path, name: &str, version: &str) -> Result<VersionDir, GatewayError> {
+    if !valid_name(name) || !valid_name(version) {
+        return Err(GatewayError::Model(format!(
+            "'{name}'/'{version}': names are 1 to 64 of [A-Za-z0-9_.-]"
+        )));
+    }
+    let dir = repo.join(name).join(version);
+    if !dir.join("model.onnx").is_file() {
+        return Err(GatewayError::Model(format!(
+            "{} has no model.onnx",
+            dir.display()
+        )));
+    }
+    Ok(VersionDir {
+        name: name.to_string(),
+        version: version.to_string(),
+        dir,
+    })
 }
 
 /// Loads every version of a repository into `models` (the last version of each model becomes
@@ -207,11 +387,12 @@ pub fn load_dir(v: &VersionDir, runtime: &dyn Runtime) -> Result<ServedModel, Ga
 pub fn load_repository(
     repo: &Path,
     runtime: &dyn Runtime,
+    trust: &Trust,
     models: &ModelRepository,
 ) -> Result<Vec<(String, String)>, GatewayError> {
     let mut loaded = Vec::new();
     for v in list_repository(repo)? {
-        let m = load_dir(&v, runtime)?;
+        let m = load_dir(&v, runtime, trust)?;
         models
             .deploy(m)
             .map_err(|e| GatewayError::Model(e.to_string()))?;
@@ -248,6 +429,65 @@ mod tests {
         }
     }
 
+    fn sign(dir: &Path, key: &palisade_supply::keys::SigningKey) {
+        let sig = dir.join(SIGNATURE_FILE);
+        let opts = palisade_supply::oms::SignOptions {
+            signature_path: Some(sig.clone()),
+            ..Default::default()
+        };
+        let signed = palisade_supply::oms::sign_model(dir, key, &opts, None).unwrap();
+        std::fs::write(sig, signed.bundle).unwrap();
+    }
+
+    #[test]
+    fn only_a_version_signed_by_the_trusted_key_loads() {
+        use palisade_supply::keys::{Curve, SigningKey};
+        let repo = tempfile::tempdir().unwrap();
+        let dir = repo.path().join("m/1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundled =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist_cnn_public.onnx");
+        std::fs::copy(&bundled, dir.join("model.onnx")).unwrap();
+        std::fs::write(dir.join("policy.toml"), "[input]\nmax_batch = 8\n").unwrap();
+        let key = SigningKey::generate(Curve::P256);
+        let trust = Trust::Key(Arc::new(key.public_key()));
+        let v = find_version(repo.path(), "m", "1").unwrap();
+
+        // No signature: refused, and the error says how to sign.
+        let err = load_dir(&v, &Fake, &trust).unwrap_err().to_string();
+        assert!(err.contains("no signature"), "{err}");
+
+        sign(&dir, &key);
+        let m = load_dir(&v, &Fake, &trust).unwrap();
+        assert_eq!(m.policy.input.max_batch, 8);
+
+        // Signed by another key: refused.
+        let other = Trust::Key(Arc::new(SigningKey::generate(Curve::P256).public_key()));
+        let err = load_dir(&v, &Fake, &other).unwrap_err().to_string();
+        assert!(err.contains("signature"), "{err}");
+
+        // The policy is covered too: loosening it without re-signing is refused.
+        std::fs::write(dir.join("policy.toml"), "[input]\nmax_batch = 4096\n").unwrap();
+        assert!(load_dir(&v, &Fake, &trust).is_err());
+        std::fs::write(dir.join("policy.toml"), "[input]\nmax_batch = 8\n").unwrap();
+        assert!(load_dir(&v, &Fake, &trust).is_ok());
+
+        // An extra unsigned file is refused (it might be read by something later).
+        std::fs::write(dir.join("extra.bin"), b"x").unwrap();
+        assert!(load_dir(&v, &Fake, &trust).is_err());
+        std::fs::remove_file(dir.join("extra.bin")).unwrap();
+
+        // Through a ModelSource, as the admin API loads.
+        let source = ModelSource {
+            repo: repo.path().to_path_buf(),
+            runtime: Arc::new(Fake),
+            trust: trust.clone(),
+        };
+        assert!(source.load("m", "1").is_ok());
+        assert!(source.load("m", "2").is_err());
+        assert!(source.load("../m", "1").is_err());
+    }
+
     #[test]
     fn a_malicious_file_is_refused_and_a_clean_one_loads() {
         let dir = tempfile::tempdir().unwrap();
@@ -264,16 +504,18 @@ mod tests {
         let listed = list_repository(dir.path()).unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].version, "1");
-        let err = load_dir(&listed[1], &Fake).unwrap_err().to_string();
+        let err = load_dir(&listed[1], &Fake, &Trust::Unsigned)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("did not scan clean"), "{err}");
-        let m = load_dir(&listed[0], &Fake).unwrap();
+        let m = load_dir(&listed[0], &Fake, &Trust::Unsigned).unwrap();
         assert_eq!((m.name.as_str(), m.version.as_str()), ("m", "1"));
         // A policy with a typo refuses the version.
         std::fs::write(v1.join("policy.toml"), "[input]\nmax_bach = 1\n").unwrap();
-        assert!(load_dir(&listed[0], &Fake).is_err());
+        assert!(load_dir(&listed[0], &Fake, &Trust::Unsigned).is_err());
         // A file that is no model at all is not clean either.
         std::fs::write(v1.join("model.onnx"), b"not a model").unwrap();
         std::fs::remove_file(v1.join("policy.toml")).unwrap();
-        assert!(load_dir(&listed[0], &Fake).is_err());
+        assert!(load_dir(&listed[0], &Fake, &Trust::Unsigned).is_err());
     }
 }

@@ -43,6 +43,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Public key of the audit checkpoints.
     pub audit_public_key: [u8; 32],
+    /// Where the admin API loads new versions from (`None`: hot-swap is off).
+    pub source: Option<crate::loader::ModelSource>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -213,6 +215,7 @@ impl LocalState {
             limits: Arc::new(Limits::new(Arc::new(MemoryBudgets::default()))),
             metrics: Arc::new(Metrics::new().map_err(|e| GatewayError::State(e.to_string()))?),
             audit_public_key: self.public_key,
+            source: None,
         })
     }
 }
@@ -236,6 +239,7 @@ impl Gateway {
                 models: self.models.clone(),
                 audit: self.audit.clone(),
                 audit_public_key: self.audit_public_key,
+                source: self.source.clone(),
             }));
         let ready_models = self.models.clone();
         let metrics = self.metrics.clone();

@@ -160,14 +160,14 @@ pub fn check_onnx(
     match measure(&model, opts) {
         Ok((l, g)) => {
             let scale = l.max_abs_logit.max(1.0);
-            if !(l.max_abs_diff <= opts.logits_tolerance * scale) {
+            if l.max_abs_diff.is_nan() || l.max_abs_diff > opts.logits_tolerance * scale {
                 report.reasons.push(format!(
                     "interpreter logits differ from tract's by {:.3e} (tolerance {:.1e})",
                     l.max_abs_diff,
                     opts.logits_tolerance * scale
                 ));
             }
-            if !(g.cosine_min >= opts.min_cosine) {
+            if g.cosine_min.is_nan() || g.cosine_min < opts.min_cosine {
                 report.reasons.push(format!(
                     "gradient cosine with finite differences {:.5} < {}",
                     g.cosine_min, opts.min_cosine

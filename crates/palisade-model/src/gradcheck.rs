@@ -34,7 +34,7 @@ pub fn check_gradients(
     seed: u64,
 ) -> Result<GradientCheck, ModelError> {
     let obj = Objective::CrossEntropy { labels };
-    let vg = value_and_grad(model, x, &obj)?;
+    let vg = value_and_grad(model, x.view(), &obj)?;
     let f = |x: &ArrayD<f32>| -> Result<f64, ModelError> {
         let z = model.logits(x.view())?;
         Ok(obj

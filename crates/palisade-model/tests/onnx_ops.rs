@@ -359,7 +359,7 @@ fn shape_manipulation() {
             &["kc"],
             vec![attr(
                 "value",
-                A::T(tensor("kv", &[1, 12], values(12, 50, 1.0))),
+                A::T(Box::new(tensor("kv", &[1, 12], values(12, 50, 1.0)))),
             )],
         ),
         node("Mul", "mk", &["d", "kc"], &["dk"], vec![]),

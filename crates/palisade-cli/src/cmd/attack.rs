@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use palisade_attack::{
     Apgd, ApgdT, AttackOutput, AttackReport, AttackSpec, AutoAttack, CwL2, DeepFool, Fgsm,
-    HopSkipJump, LabelSource, Loss, MiFgsm, Norm, Pgd, RunOptions, SampleResult, Square,
-    Stopping, TargetMode, run_attack,
+    HopSkipJump, LabelSource, Loss, MiFgsm, Norm, Pgd, RunOptions, SampleResult, Square, Stopping,
+    TargetMode, run_attack,
 };
 use palisade_data::Dataset;
 use serde::Serialize;
@@ -254,7 +254,11 @@ impl AttackArgs {
             LossArg::Dlr => Loss::Dlr,
         };
         Ok(match self.attack {
-            AttackName::Fgsm => AttackSpec::Fgsm(Fgsm { norm, eps: self.eps()?, target }),
+            AttackName::Fgsm => AttackSpec::Fgsm(Fgsm {
+                norm,
+                eps: self.eps()?,
+                target,
+            }),
             AttackName::Pgd | AttackName::Bim => {
                 let eps = self.eps()?;
                 let steps = self.steps.unwrap_or(40);
@@ -305,7 +309,11 @@ impl AttackArgs {
                 eps: self.eps()?,
                 steps: self.steps.unwrap_or(100),
                 restarts: self.restarts,
-                loss: if self.attack == AttackName::ApgdCe { Loss::Ce } else { Loss::Dlr },
+                loss: if self.attack == AttackName::ApgdCe {
+                    Loss::Ce
+                } else {
+                    Loss::Dlr
+                },
                 rho: 0.75,
             }),
             AttackName::ApgdT => AttackSpec::ApgdT(ApgdT {
@@ -394,7 +402,10 @@ pub fn run(ctx: &Ctx, args: AttackArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let shape = out.adversarial.shape().to_vec();
     let flat: Vec<f32> = out.adversarial.iter().copied().collect();
-    palisade_report::write_atomic(&files.adversarial, &palisade_report::npy_f32(&shape, &flat)?)?;
+    palisade_report::write_atomic(
+        &files.adversarial,
+        &palisade_report::npy_f32(&shape, &flat)?,
+    )?;
     let doc = AttackCliOutput {
         model: args.target.model.display().to_string(),
         data: data_name,
@@ -404,7 +415,10 @@ pub fn run(ctx: &Ctx, args: AttackArgs) -> anyhow::Result<Outcome> {
         samples: Some(&out.samples),
     };
     palisade_report::write_atomic(&files.json, &serde_json::to_vec_pretty(&doc)?)?;
-    let doc = AttackCliOutput { samples: None, ..doc };
+    let doc = AttackCliOutput {
+        samples: None,
+        ..doc
+    };
     ctx.emit(&doc, |d| {
         let r = d.report;
         let pct = |v: Option<f32>| v.map_or("n/a".to_string(), |a| format!("{:.1}%", 100.0 * a));

@@ -2,24 +2,25 @@
 
 use std::process::ExitCode;
 
-pub mod model;
 pub mod attack;
 pub mod audit;
-pub mod keyargs;
-pub mod keygen;
-pub mod keys;
-pub mod progress;
-pub mod provenance;
-pub mod robustness;
-pub mod registry;
-pub mod scan;
-pub mod seal;
-pub mod sign;
-pub mod verify;
 mod common;
 pub mod demo;
 pub mod eval;
+pub mod keyargs;
+pub mod keygen;
+pub mod keys;
+pub mod model;
+pub mod progress;
+pub mod provenance;
+pub mod registry;
+pub mod robustness;
+pub mod scan;
+pub mod seal;
+pub mod serve;
+pub mod sign;
 pub mod train;
+pub mod verify;
 
 /// How a command that ran to the end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

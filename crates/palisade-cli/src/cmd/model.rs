@@ -69,8 +69,8 @@ pub fn run(ctx: &Ctx, args: ModelArgs) -> anyhow::Result<Outcome> {
             Ok(Outcome::Success)
         }
         ModelCommand::Check(a) => {
-            if !(a.min < a.max) {
-                anyhow::bail!("--min {} must be below --max {}", a.min, a.max);
+            if !(a.min.is_finite() && a.max.is_finite()) || a.min >= a.max {
+                anyhow::bail!("--min {} must be below --max {}, both finite", a.min, a.max);
             }
             let onnx = OnnxOptions {
                 input_range: Some(InputRange {

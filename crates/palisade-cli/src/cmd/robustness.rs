@@ -42,7 +42,11 @@ pub struct RobustnessArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     pub attacks: Vec<SweepAttack>,
     /// L∞ budgets.
-    #[arg(long, value_delimiter = ',', default_value = "0,0.05,0.1,0.15,0.2,0.25,0.3")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,0.05,0.1,0.15,0.2,0.25,0.3"
+    )]
     pub eps: Vec<f32>,
     /// L2 budgets.
     #[arg(long, value_delimiter = ',', default_value = "0,0.5,1,1.5,2,2.5,3")]
@@ -95,19 +99,38 @@ pub fn run(ctx: &Ctx, args: RobustnessArgs) -> anyhow::Result<Outcome> {
             SweepAttack::Fgsm => (AttackSpec::fgsm(1.0), args.eps.clone()),
             SweepAttack::Pgd => (AttackSpec::pgd(Norm::Linf, 1.0, steps), args.eps.clone()),
             SweepAttack::PgdL2 => (AttackSpec::pgd(Norm::L2, 1.0, steps), args.eps_l2.clone()),
-            SweepAttack::ApgdCe => (
-                AttackSpec::apgd(Norm::Linf, 1.0, palisade_attack::Loss::Ce).with_steps(steps),
+            SweepAttack::ApgdCe => {
+                let mut s = AttackSpec::apgd(Norm::Linf, 1.0, palisade_attack::Loss::Ce);
+                if let AttackSpec::Apgd(a) = &mut s {
+                    a.steps = steps;
+                }
+                (s, args.eps.clone())
+            }
+            SweepAttack::Autoattack => (AttackSpec::auto_attack(Norm::Linf, 1.0), args.eps.clone()),
+            SweepAttack::Square => (
+                AttackSpec::square(Norm::Linf, 1.0, args.queries),
                 args.eps.clone(),
             ),
-            SweepAttack::Autoattack => (AttackSpec::auto_attack(Norm::Linf, 1.0), args.eps.clone()),
-            SweepAttack::Square => (AttackSpec::square(Norm::Linf, 1.0, args.queries), args.eps.clone()),
             SweepAttack::Deepfool => (AttackSpec::deep_fool(), args.eps_l2.clone()),
-            SweepAttack::Cw => (AttackSpec::cw_l2_search(), args.eps_l2.clone()),
+            SweepAttack::Cw => {
+                // C&W with a binary search over c (5 rounds), as a robustness figure needs.
+                let mut s = AttackSpec::cw_l2();
+                if let AttackSpec::CwL2(c) = &mut s {
+                    c.binary_search_steps = 5;
+                }
+                (s, args.eps_l2.clone())
+            }
         })
         .collect();
     let total: usize = suite
         .iter()
-        .map(|(s, e)| if s.eps().is_some() { e.iter().filter(|&&v| v > 0.0).count() } else { 1 })
+        .map(|(s, e)| {
+            if s.eps().is_some() {
+                e.iter().filter(|&&v| v > 0.0).count()
+            } else {
+                1
+            }
+        })
         .sum();
     let pb = super::common::bar(ctx, total as u64, "sweep");
     let report = robustness(
@@ -151,7 +174,12 @@ pub fn run(ctx: &Ctx, args: RobustnessArgs) -> anyhow::Result<Outcome> {
                 .iter()
                 .map(|p| format!("{}→{:.1}%", p.eps, 100.0 * p.robust_accuracy))
                 .collect();
-            s.push_str(&format!("  {:10} ({}): {}\n", c.attack, c.norm, pts.join("  ")));
+            s.push_str(&format!(
+                "  {:10} ({}): {}\n",
+                c.attack,
+                c.norm,
+                pts.join("  ")
+            ));
         }
         s.push_str(&format!(
             "wrote {}, {}, {}, {}",
@@ -161,7 +189,10 @@ pub fn run(ctx: &Ctx, args: RobustnessArgs) -> anyhow::Result<Outcome> {
             o.files.html.display()
         ));
         if !o.below_threshold.is_empty() {
-            s.push_str(&format!("\nbelow threshold: {}", o.below_threshold.join(", ")));
+            s.push_str(&format!(
+                "\nbelow threshold: {}",
+                o.below_threshold.join(", ")
+            ));
         }
         s
     })?;

@@ -187,7 +187,7 @@ pub(crate) fn to_host<const D: usize>(t: Tensor<D>) -> Result<HostTensor, Native
     let data = t
         .try_into_data()
         .map_err(|e| NativeError::Backend(format!("read tensor: {e:?}")))?
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| NativeError::Backend(format!("read tensor: {e:?}")))?;
     Ok(HostTensor { shape, data })
 }

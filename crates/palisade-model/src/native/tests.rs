@@ -203,7 +203,7 @@ fn cnn_learns_and_training_is_reproducible() {
     let (a, report) = train(
         &small_cnn(0.25),
         &quick_config(42),
-        samples,
+        samples.clone(),
         Some(val),
         meta(3),
         &mut |p| match p {
@@ -221,7 +221,7 @@ fn cnn_learns_and_training_is_reproducible() {
     let (b, _) = train(
         &small_cnn(0.25),
         &quick_config(42),
-        samples,
+        samples.clone(),
         None,
         meta(3),
         &mut |_| {},
@@ -323,7 +323,8 @@ fn bad_configurations_are_errors() {
         x: x.view(),
         y: &[0, 1, 2, 0],
     };
-    let run = |cfg: TrainConfig| train(&small_cnn(0.0), &cfg, s, None, meta(3), &mut |_| {});
+    let run =
+        |cfg: TrainConfig| train(&small_cnn(0.0), &cfg, s.clone(), None, meta(3), &mut |_| {});
     assert!(matches!(
         run(TrainConfig {
             epochs: 0,

@@ -132,7 +132,7 @@ impl TrainConfig {
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
-        let wd = (self.weight_decay > 0.0).then(|| WeightDecayConfig {
+        let wd = (self.weight_decay > 0.0).then_some(WeightDecayConfig {
             penalty: self.weight_decay,
         });
         match self.optimizer {
@@ -153,7 +153,7 @@ impl TrainConfig {
 }
 
 /// A labelled set of samples, borrowed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Samples<'a> {
     /// Inputs `[N, ...input_shape]`.
     pub x: ArrayViewD<'a, f32>,
@@ -458,7 +458,9 @@ fn accuracy_of(trainer: &Trainer, v: &Samples<'_>) -> Result<f32, NativeError> {
         },
         training: None,
     })?;
-    let z = snapshot.logits(v.x.view())?;
+    let z = snapshot
+        .logits(v.x.view())
+        .map_err(|e| NativeError::Backend(e.to_string()))?;
     let pred = argmax_rows(z.view());
     let correct = pred.iter().zip(v.y).filter(|(p, y)| p == y).count();
     Ok(correct as f32 / v.y.len().max(1) as f32)

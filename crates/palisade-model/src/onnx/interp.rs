@@ -157,6 +157,9 @@ struct Window {
     ceil: bool,
 }
 
+/// Slice attributes (opset < 10): starts, ends, axes.
+type SliceAttrs = (Vec<i64>, Vec<i64>, Option<Vec<i64>>);
+
 #[derive(Debug, Clone)]
 enum Op {
     Identity,
@@ -218,7 +221,7 @@ enum Op {
         to_float: bool,
     },
     Slice {
-        attrs: Option<(Vec<i64>, Vec<i64>, Option<Vec<i64>>)>,
+        attrs: Option<SliceAttrs>,
     },
     Reduce {
         mean: bool,
@@ -1532,7 +1535,7 @@ fn reshape_target(d: &[usize], target: &[i64], allowzero: bool) -> Result<Vec<us
         .try_fold(1usize, |a, &b| a.checked_mul(b))
         .ok_or("Reshape target overflows")?;
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {d:?} to {target:?}"));
         }
         out[i] = total / known;

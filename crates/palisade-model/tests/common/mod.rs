@@ -56,7 +56,7 @@ pub enum A {
     Is(Vec<i64>),
     Fs(Vec<f32>),
     S(&'static str),
-    T(pb::TensorProto),
+    T(Box<pb::TensorProto>),
 }
 
 pub fn attr(name: &str, a: A) -> pb::AttributeProto {
@@ -86,7 +86,7 @@ pub fn attr(name: &str, a: A) -> pb::AttributeProto {
             p.r#type = 3;
         }
         A::T(t) => {
-            p.t = Some(t);
+            p.t = Some(*t);
             p.r#type = 4;
         }
     }

@@ -1,0 +1,242 @@
+//! `palisade serve`: the guarded Open Inference Protocol gateway.
+//!
+//! With no arguments it serves the bundled MNIST model (`models/` in the repository, embedded in
+//! the binary with its policy and its OMS signature) from a state folder, verifying the signature
+//! against the bundled public key like any other model, and prints a first admin key once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use palisade_gateway::loader::{self, LoadedModel, ModelSource, Runtime, Trust};
+use palisade_gateway::{LocalState, ModelRepository};
+use palisade_model::onnx::{OnnxModel, OnnxOptions};
+use serde::Serialize;
+
+use crate::cmd::Outcome;
+use crate::output::Ctx;
+
+/// The bundled model, its policy and its signature (made with the bundled key, whose private half
+/// was destroyed after signing).
+const BUNDLED_MODEL: &[u8] = include_bytes!("../../../../models/mnist_cnn_public.onnx");
+const BUNDLED_POLICY: &[u8] = include_bytes!("../../../../models/mnist-policy.toml");
+const BUNDLED_SIGNATURE: &[u8] = include_bytes!("../../../../models/mnist.sig");
+const BUNDLED_PUBLIC_KEY: &[u8] = include_bytes!("../../../../models/palisade-bundled.pub");
+
+/// Arguments of `palisade serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model repository: `<dir>/<model>/<version>/{model.onnx, policy.toml, model.sig}`.
+    /// Default: the bundled MNIST model, as `mnist` version 1.
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// State folder: API keys, the audit log, the checkpoint key.
+    #[arg(long, default_value = "palisade-state")]
+    state: PathBuf,
+    /// HTTP (REST and gRPC) address.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: String,
+    /// A second address for gRPC clients that expect Triton's port (`none` to turn it off).
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    grpc_listen: String,
+    /// Public key (PEM) that model signatures must verify against. Default for the bundled
+    /// model: the bundled key; required with --models unless --allow-unsigned.
+    #[arg(long)]
+    trusted_key: Option<PathBuf>,
+    /// Load models without a signature check (development only; every load logs a warning).
+    #[arg(long, conflicts_with = "trusted_key")]
+    allow_unsigned: bool,
+}
+
+/// Loads ONNX models with `palisade-model` (tract for inference).
+struct OnnxRuntime;
+
+impl Runtime for OnnxRuntime {
+    fn load(&self, path: &Path, bytes: &[u8]) -> Result<LoadedModel, String> {
+        let name = path
+            .parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let model = OnnxModel::from_bytes(bytes, &name, &OnnxOptions::default())
+            .map_err(|e| e.to_string())?;
+        let input_name = model.summary().inputs[0].name.clone();
+        let output_name = model.summary().outputs[0].name.clone();
+        Ok(LoadedModel {
+            classifier: Arc::new(model),
+            input_name,
+            output_name,
+            platform: "onnx".into(),
+        })
+    }
+}
+
+/// Writes the bundled model folder under `state` (rewriting it if it differs) and returns the
+/// repository folder.
+fn install_bundled(state: &Path) -> anyhow::Result<PathBuf> {
+    let repo = state.join("bundled-models");
+    let dir = repo.join("mnist").join("1");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, bytes) in [
+        ("model.onnx", BUNDLED_MODEL),
+        ("policy.toml", BUNDLED_POLICY),
+        (loader::SIGNATURE_FILE, BUNDLED_SIGNATURE),
+    ] {
+        let path = dir.join(name);
+        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            palisade_supply::atomic::write_atomic(&path, bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    Ok(repo)
+}
+
+fn read_key(pem: &[u8], path: &Path) -> anyhow::Result<Trust> {
+    let key = palisade_supply::keys::PublicKey::from_pem(pem, path)
+        .with_context(|| format!("reading the trusted key {}", path.display()))?;
+    Ok(Trust::Key(Arc::new(key)))
+}
+
+/// What `serve` prints on start.
+#[derive(Debug, Serialize)]
+struct Started<'a> {
+    listening: &'a str,
+    grpc_listening: Option<&'a str>,
+    state: &'a Path,
+    models: Vec<String>,
+    trust: String,
+    /// Only on the first start: the admin key, shown once.
+    #[serde(flatten)]
+    first_admin: Option<&'a palisade_gateway::keys::NewKey>,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Runs `palisade serve` until SIGINT or SIGTERM.
+pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
+    let given = match &args.trusted_key {
+        Some(k) => Some(read_key(
+            &std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?,
+            k,
+        )?),
+        None => None,
+    };
+    let trust = match (given, args.allow_unsigned, &args.models) {
+        (Some(t), _, _) => t,
+        (None, true, _) => Trust::Unsigned,
+        (None, false, None) => {
+            read_key(BUNDLED_PUBLIC_KEY, Path::new("models/palisade-bundled.pub"))?
+        }
+        (None, false, Some(_)) => anyhow::bail!(
+            "--models needs --trusted-key KEY.pub (models load only if their signature verifies), or --allow-unsigned for development"
+        ),
+    };
+    let repo = match &args.models {
+        None => install_bundled(&args.state)?,
+        Some(r) => r.clone(),
+    };
+    let runtime: Arc<dyn Runtime> = Arc::new(OnnxRuntime);
+    let models = Arc::new(ModelRepository::new());
+    let loaded = loader::load_repository(&repo, runtime.as_ref(), &trust, &models)
+        .with_context(|| format!("loading the models in {}", repo.display()))?;
+    if loaded.is_empty() {
+        anyhow::bail!(
+            "{} holds no model (expected <model>/<version>/model.onnx)",
+            repo.display()
+        );
+    }
+    let state = LocalState::open(&args.state, Default::default())
+        .with_context(|| format!("opening the state folder {}", args.state.display()))?;
+    let first = state.first_admin_key()?;
+    let mut gw = state.gateway(models)?;
+    let trust_text = match &trust {
+        Trust::Key(k) => format!("signatures verified against {}", k.hint()),
+        Trust::Unsigned => "UNSIGNED models allowed".into(),
+    };
+    gw.source = Some(ModelSource {
+        repo: repo.clone(),
+        runtime,
+        trust,
+    });
+    let router = gw.router();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let http = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let grpc = if args.grpc_listen == "none" || args.grpc_listen == args.listen {
+            None
+        } else {
+            Some(
+                tokio::net::TcpListener::bind(&args.grpc_listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", args.grpc_listen))?,
+            )
+        };
+        let started = Started {
+            listening: &args.listen,
+            grpc_listening: grpc.as_ref().map(|_| args.grpc_listen.as_str()),
+            state: &args.state,
+            models: loaded.iter().map(|(m, v)| format!("{m}/{v}")).collect(),
+            trust: trust_text,
+            first_admin: first.as_ref(),
+        };
+        ctx.emit(&started, |s| {
+            let mut t = format!(
+                "serving {} on http://{} (gRPC also on {}), state in {}; {}",
+                s.models.join(", "),
+                s.listening,
+                s.grpc_listening.unwrap_or("the same port"),
+                s.state.display(),
+                s.trust
+            );
+            if let Some(k) = s.first_admin {
+                t.push_str("\n\nFirst start: an admin key was made.\n");
+                t.push_str(&crate::cmd::keys::show_new_key(k));
+            }
+            t
+        })?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for listener in std::iter::once(http).chain(grpc) {
+            let router = router.clone();
+            let mut rx = rx.clone();
+            tasks.spawn(palisade_gateway::serve(listener, router, async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }));
+        }
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = tx.send(true);
+        while let Some(r) = tasks.join_next().await {
+            r.context("server task")??;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(Outcome::Success)
+}
