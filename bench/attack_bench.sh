@@ -24,8 +24,11 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, torchat
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q torch torchattacks==3.5.1 numpy
 fi
-cargo build --release -q -p palisade-cli
-BIN=target/release/palisade
+# PALISADE=path/to/palisade uses an existing binary instead of building the release one.
+if [ -n "${PALISADE:-}" ]; then BIN=$PALISADE; else
+    cargo build --release -q -p palisade-cli
+    BIN=target/release/palisade
+fi
 
 "$VENV/bin/python" - "$REF/mnist_cnn_public.state_dict.pt" "$DATA" "$THREADS" > "$OUT/torchattacks.json" <<'PY'
 import gzip, json, sys, time

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk > /dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
 PROFILE=${PROFILE:-release}
-cargo build -q --profile "$PROFILE" -p palisade-cli -p palisade-gateway --example bare_endpoint
+cargo build -q --profile "$PROFILE" -p palisade-cli
+cargo build -q --profile "$PROFILE" -p palisade-gateway --features tract --example bare_endpoint
 TDIR=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 BIN=$TDIR/palisade
 BARE=$TDIR/examples/bare_endpoint

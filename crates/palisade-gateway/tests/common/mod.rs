@@ -54,6 +54,11 @@ pub fn served(name: &str, version: &str, policy: &str) -> ServedModel {
 pub const LIN_POLICY: &str = "[input]\nmax_body_bytes = 4096\nmax_batch = 4\n";
 
 pub async fn start() -> Server {
+    start_with(None).await
+}
+
+/// A gateway whose admin API can load versions from `source`.
+pub async fn start_with(source: Option<palisade_gateway::loader::ModelSource>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(LocalState::open(dir.path(), CheckpointPolicy::default()).unwrap());
     let admin = state.first_admin_key().unwrap().unwrap();
@@ -83,7 +88,8 @@ pub async fn start() -> Server {
     models
         .deploy(served("label", "1", "[output]\nreveal = \"label\"\n"))
         .unwrap();
-    let gw = state.gateway(models.clone()).unwrap();
+    let mut gw = state.gateway(models.clone()).unwrap();
+    gw.source = source;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,137 @@
+//! Hot-swap through the admin API: a new version loads only if it is signed by the trusted key
+//! and scans clean, and the previous one can be made active again.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use palisade_gateway::keys::{KeyStore as _, NewKey, Role};
+use palisade_gateway::loader::{LoadedModel, ModelSource, Runtime, SIGNATURE_FILE, Trust};
+use palisade_supply::keys::{Curve, SigningKey};
+
+/// Any ONNX bytes become the test's linear model (the runtime is not what is under test).
+struct LinearRuntime;
+
+impl Runtime for LinearRuntime {
+    fn load(&self, _path: &Path, _bytes: &[u8]) -> Result<LoadedModel, String> {
+        Ok(LoadedModel {
+            classifier: Arc::new(linear("lin")),
+            input_name: "input".into(),
+            output_name: "logits".into(),
+            platform: "palisade-linear".into(),
+        })
+    }
+}
+
+fn version(repo: &Path, v: &str, policy: &str) -> std::path::PathBuf {
+    let dir = repo.join("lin").join(v);
+    std::fs::create_dir_all(&dir).unwrap();
+    let onnx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist_cnn_public.onnx");
+    std::fs::copy(onnx, dir.join("model.onnx")).unwrap();
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    dir
+}
+
+fn sign(dir: &Path, key: &SigningKey) {
+    let sig = dir.join(SIGNATURE_FILE);
+    let opts = palisade_supply::oms::SignOptions {
+        signature_path: Some(sig.clone()),
+        ..Default::default()
+    };
+    let signed = palisade_supply::oms::sign_model(dir, key, &opts, None).unwrap();
+    std::fs::write(sig, signed.bundle).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() {
+    let repo = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate(Curve::P256);
+    let source = ModelSource {
+        repo: repo.path().to_path_buf(),
+        runtime: Arc::new(LinearRuntime),
+        trust: Trust::Key(Arc::new(key.public_key())),
+    };
+    let s = start_with(Some(source)).await;
+    let a = bearer(&s.admin);
+    // A TOTP code works once and codes must move forward: a second deploy key gives the test
+    // more than the three codes of one key's window.
+    let deployer = s
+        .state
+        .keys
+        .create("deployer", &[Role::Deploy], None, now_ms())
+        .unwrap();
+    let load = |k: &NewKey, v: &'static str, step: i64| {
+        let a = bearer(k);
+        let code = totp_now(k, step);
+        let addr = s.addr;
+        async move {
+            request(
+                addr,
+                "POST",
+                "/v2/admin/models/lin/load",
+                &[("Authorization", &a), ("X-Palisade-TOTP", &code)],
+                format!(r#"{{"version":"{v}"}}"#).as_bytes(),
+            )
+            .await
+        }
+    };
+
+    // Version 2, unsigned: refused with the reason, version 1 stays active.
+    let v2 = version(repo.path(), "2", "[input]\nmax_batch = 2\n");
+    let r = load(&s.admin, "2", -1).await;
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(r.error().contains("no signature"), "{}", r.error());
+    assert_eq!(s.models.get("lin", None).unwrap().version, "1");
+
+    // Signed: loads and becomes active.
+    sign(&v2, &key);
+    let r = load(&s.admin, "2", 0).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["active_version"], "2");
+    assert_eq!(s.models.get("lin", None).unwrap().policy.input.max_batch, 2);
+
+    // Loading it again is a conflict; a version that does not exist fails its checks.
+    assert_eq!(load(&s.admin, "2", 1).await.status, 409);
+    let v3 = version(repo.path(), "3", "");
+    sign(&v3, &SigningKey::generate(Curve::P256));
+    let r = load(&deployer, "3", -1).await;
+    assert_eq!(r.status, 422, "signed by an untrusted key: {r:?}");
+
+    // Without the TOTP code, or with a query key, loading is refused.
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/admin/models/lin/load",
+        &[("Authorization", &a)],
+        br#"{"version":"3"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/admin/models/lin/load",
+        &[("Authorization", &bearer(&s.query))],
+        br#"{"version":"3"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+
+    // Rollback makes version 1 active again.
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/admin/models/lin/rollback",
+        &[
+            ("Authorization", &bearer(&deployer)),
+            ("X-Palisade-TOTP", &totp_now(&deployer, 0)),
+        ],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(s.models.get("lin", None).unwrap().version, "1");
+    s.stop().await;
+}
