@@ -236,8 +236,6 @@ enum Op {
 #[derive(Debug, Clone, Copy)]
 enum PadModeK {
     Constant,
-    Reflect,
-    Edge,
 }
 
 struct Step {
@@ -665,8 +663,8 @@ impl Builder {
             "Pad" => {
                 let mode = match a.string("mode", "constant")?.as_str() {
                     "constant" => PadModeK::Constant,
-                    "reflect" => PadModeK::Reflect,
-                    "edge" => PadModeK::Edge,
+                    // Refused until they agree with tract: on the test case of `pad_modes`
+                    // (pads 2 and 1 on a 4-wide axis) the logits differed by more than 1.
                     other => return Err(err(format!("pad mode '{other}'"))),
                 };
                 let (pads, value) = if opset < 11 {
@@ -1273,13 +1271,6 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             }
             let m = match mode {
                 PadModeK::Constant => PadMode::Constant(*value),
-                PadModeK::Reflect => {
-                    if pairs.iter().zip(&d).any(|(p, &n)| p.0 >= n || p.1 >= n) {
-                        return Err("reflect padding must be smaller than the dimension".into());
-                    }
-                    PadMode::Reflect
-                }
-                PadModeK::Edge => PadMode::Edge,
             };
             Val::F(B::float_pad(x, &pairs, m))
         }
