@@ -435,24 +435,17 @@ fn pad_modes() {
     // refused by the interpreter (a named error; black-box use through tract still works):
     // on this very case burn's padding and tract's disagreed by more than 1 in the logits.
     for mode in ["reflect", "edge"] {
-        let n = node(
-            "Pad",
-            "pad",
-            &["x", "pads", "v"],
-            &["h"],
-            vec![attr("mode", A::S(mode))],
-        );
-        let inits = vec![
-            tensor_i64("pads", &[8], vec![0, 0, 1, 2, 0, 0, 2, 1]),
-            tensor("v", &[], vec![0.3]),
-        ];
-        let bytes = common::encode(&single(13, &[2, 4, 4], n, inits));
+        let bytes = common::encode(&pad_model(mode));
         let m = OnnxModel::from_bytes(&bytes, mode, &opts()).unwrap();
         let msg = m.interpreter_status().unwrap_err().to_string();
         assert!(msg.contains(mode) && msg.contains("pad"), "{msg}");
         assert!(m.as_differentiable().is_none());
     }
-    let mode = "constant";
+    check("constant", pad_model("constant"));
+}
+
+/// A Pad node (pads 1/2 before and 2/1 after the two spatial axes) on `[N, 2, 4, 4]`.
+fn pad_model(mode: &'static str) -> pb::ModelProto {
     let n = node(
         "Pad",
         "pad",
@@ -464,7 +457,7 @@ fn pad_modes() {
         tensor_i64("pads", &[8], vec![0, 0, 1, 2, 0, 0, 2, 1]),
         tensor("v", &[], vec![0.3]),
     ];
-    check(mode, single(13, &[2, 4, 4], n, inits));
+    single(13, &[2, 4, 4], n, inits)
 }
 
 #[test]
