@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build -q --release -p palisade-data --example data_check
 target/release/examples/data_check ../shared/data/mnist ../shared/data/tabular
-target/release/examples/data_check ../shared/data/fashion-mnist ../shared/data/tabular | head -n 1
+target/release/examples/data_check ../shared/data/fashion-mnist ../shared/data/tabular | sed -n 1p
