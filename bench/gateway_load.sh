@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load and fault test of `palisade serve` (bundled MNIST model, binary OIP requests, loopback):
-#  1. 64 connections for 60 s: zero 5xx (zero non-2xx), and audit entries == requests the
+#  1. 64 connections for 60 s: zero 5xx (zero non-2xx), and audit entries >= requests the
 #     gateway answered (its own /metrics) >= responses wrk received;
 #  2. kill -9 under load (64 connections), restart on the same state: `palisade audit verify`
 #     passes and the log holds at least every response wrk received (no acknowledged request lost).
@@ -20,7 +20,12 @@ E1=$(audit_entries)
 S1=$(served_infers "$PORT")
 echo "answered by wrk: $(field "$R1" requests); served (metrics): $S1; audit entries: $E1"
 [ "$(field "$R1" non2xx)" = 0 ] || { echo "FAIL: non-2xx responses"; exit 1; }
-[ "$E1" = "$S1" ] || { echo "FAIL: audit entries $E1 != served $S1"; exit 1; }
+# Every answered request has its entry. A request whose entry was written but whose connection
+# wrk closed at the end of the run (so no response was counted) adds an entry: at most one per
+# connection.
+if [ "$E1" -lt "$S1" ] || [ "$E1" -gt $((S1 + CONNS)) ]; then
+    echo "FAIL: audit entries $E1 vs served $S1 (expected between $S1 and $((S1 + CONNS)))"; exit 1
+fi
 [ "$E1" -ge "$(field "$R1" requests)" ] || { echo "FAIL: fewer entries than responses"; exit 1; }
 
 echo "== kill -9 under load"
@@ -39,4 +44,4 @@ echo "entries after restart: $E2; acknowledged so far: $ACK"
 [ "$E2" -ge "$ACK" ] || { echo "FAIL: $(( ACK - E2 )) acknowledged requests missing from the audit log"; exit 1; }
 kill -TERM "$GW_PID"; wait "$GW_PID" || true
 "$BIN" audit verify --state "$STATE/gw" > /dev/null
-echo "OK: zero non-2xx, audit == served, kill -9 lost no acknowledged entry, the log verifies"
+echo "OK: zero non-2xx, every served request audited, kill -9 lost no acknowledged entry, the log verifies"

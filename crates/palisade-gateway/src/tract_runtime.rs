@@ -60,9 +60,9 @@ impl Runtime for TractRuntime {
                 .r#type
                 .as_ref()
                 .and_then(|t| t.value.as_ref())
-                .and_then(|v| match v {
-                    tract_onnx::pb::type_proto::Value::TensorType(t) => t.shape.as_ref(),
-                    _ => None,
+                .and_then(|v| {
+                    let tract_onnx::pb::type_proto::Value::TensorType(t) = v;
+                    t.shape.as_ref()
                 })
                 .map(|s| {
                     s.dim
