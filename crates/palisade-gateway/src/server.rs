@@ -150,6 +150,9 @@ pub struct LocalState {
     pub audit: Arc<SqliteAuditLog>,
     /// Checkpoint public key.
     pub public_key: [u8; 32],
+    /// An exclusive lock on `<dir>/lock`, held while this value lives: two gateways on one
+    /// state folder would interleave their audit logs.
+    _lock: fs::File,
 }
 
 impl std::fmt::Debug for LocalState {
@@ -169,6 +172,23 @@ impl LocalState {
             use std::os::unix::fs::PermissionsExt as _;
             let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
         }
+        let lock_path = dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| GatewayError::io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(GatewayError::State(format!(
+                    "{} is in use by another gateway (stop it, or give this one its own --state)",
+                    dir.display()
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(GatewayError::io(&lock_path, e)),
+        }
         let paths = StatePaths::new(dir);
         let signer = load_or_create_signer(&paths)?;
         let public_key = signer.public_key();
@@ -183,6 +203,7 @@ impl LocalState {
             keys,
             audit,
             public_key,
+            _lock: lock,
         })
     }
 
@@ -321,4 +342,22 @@ pub async fn serve(
             path: "listener".into(),
             source: e,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_state_folder_serves_one_gateway_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LocalState::open(dir.path(), CheckpointPolicy::default()).unwrap();
+        let err = LocalState::open(dir.path(), CheckpointPolicy::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another gateway"),
+            "{err}"
+        );
+        drop(first);
+        LocalState::open(dir.path(), CheckpointPolicy::default()).unwrap();
+    }
 }
