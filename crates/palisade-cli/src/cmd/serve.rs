@@ -93,7 +93,8 @@ fn install_bundled(state: &Path) -> anyhow::Result<PathBuf> {
     Ok(repo)
 }
 
-fn read_key(pem: &[u8], path: &Path) -> anyhow::Result<Trust> {
+/// The bundled public key, which is embedded rather than read from a file.
+fn bundled_trust(pem: &[u8], path: &Path) -> anyhow::Result<Trust> {
     let key = palisade_supply::keys::PublicKey::from_pem(pem, path)
         .with_context(|| format!("reading the trusted key {}", path.display()))?;
     Ok(Trust::Key(Arc::new(key)))
@@ -136,17 +137,17 @@ async fn shutdown_signal() {
 /// Runs `palisade serve` until SIGINT or SIGTERM.
 pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
     let given = match &args.trusted_key {
-        Some(k) => Some(read_key(
-            &std::fs::read(k).with_context(|| format!("cannot read {}", k.display()))?,
-            k,
-        )?),
+        Some(k) => Some(Trust::Key(Arc::new(
+            palisade_supply::keys::PublicKey::from_pem_file(k)
+                .with_context(|| format!("reading the trusted key {}", k.display()))?,
+        ))),
         None => None,
     };
     let trust = match (given, args.allow_unsigned, &args.models) {
         (Some(t), _, _) => t,
         (None, true, _) => Trust::Unsigned,
         (None, false, None) => {
-            read_key(BUNDLED_PUBLIC_KEY, Path::new("models/palisade-bundled.pub"))?
+            bundled_trust(BUNDLED_PUBLIC_KEY, Path::new("models/palisade-bundled.pub"))?
         }
         (None, false, Some(_)) => anyhow::bail!(
             "--models needs --trusted-key KEY.pub (models load only if their signature verifies), or --allow-unsigned for development"
