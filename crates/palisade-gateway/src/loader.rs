@@ -178,7 +178,8 @@ struct SignedFiles {
 }
 
 impl SignedFiles {
-    /// Checks that `bytes` are what was signed as `name` (`None` when `name` was not signed).
+    /// Checks that `bytes` are what was signed as `name`; an error when they differ or when
+    /// `name` was not signed at all.
     fn check(&self, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), GatewayError> {
         let signed = self.digests.get(name).ok_or_else(|| {
             GatewayError::Model(format!(
