@@ -100,24 +100,17 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
     assert_eq!(r.status, 422, "signed by an untrusted key: {r:?}");
 
     // Without the TOTP code, or with a query key, loading is refused.
-    let r = request(
-        s.addr,
-        "POST",
-        "/v2/admin/models/lin/load",
-        &[("Authorization", &a)],
-        br#"{"version":"3"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 401, "{r:?}");
-    let r = request(
-        s.addr,
-        "POST",
-        "/v2/admin/models/lin/load",
-        &[("Authorization", &bearer(&s.query))],
-        br#"{"version":"3"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 403, "{r:?}");
+    for (auth, status) in [(a.clone(), 401), (bearer(&s.query), 403)] {
+        let r = request(
+            s.addr,
+            "POST",
+            "/v2/admin/models/lin/load",
+            &[("Authorization", &auth)],
+            br#"{"version":"3"}"#,
+        )
+        .await;
+        assert_eq!(r.status, status, "{r:?}");
+    }
 
     // Rollback makes version 1 active again.
     let r = request(
