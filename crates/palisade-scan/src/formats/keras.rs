@@ -181,7 +181,9 @@ pub(crate) fn scan_embedded_configs(
     marker: &[u8],
 ) -> (bool, usize) {
     const KEY: &[u8] = b"\"class_name\"";
-    let mut r = BufReader::with_capacity(1 << 20, BlobReader::new(blob, 0, blob.len()));
+    // Read straight into `chunk`: a BufReader in between would only add a copy (and zero its
+    // whole buffer before the first read).
+    let mut r = BlobReader::new(blob, 0, blob.len());
     let mut window: Vec<u8> = Vec::new();
     let mut base = 0u64;
     let mut found_attr = false;
