@@ -28,14 +28,16 @@ wait_ready() { # URL PID
     echo "server not ready" >&2; exit 1
 }
 
-start_gateway() { # PORT; sets GW_PID (and AUTH on first start)
-    "$BIN" --json serve --state "$STATE/gw" --listen "127.0.0.1:$1" --grpc-listen "127.0.0.1:$1" \
-        >> "$STATE/serve.out" 2>> "$STATE/serve.log" &
+start_gateway() { # PORT [STATE_SUBDIR=gw [SERVE_ARGS...]]; sets GW_PID (and AUTH on first start)
+    local port=$1 sub=${2:-gw}
+    shift; shift || true
+    "$BIN" --json serve --state "$STATE/$sub" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$port" \
+        "$@" >> "$STATE/$sub.out" 2>> "$STATE/serve.log" &
     GW_PID=$!
     PIDS+=("$GW_PID")
-    wait_ready "http://127.0.0.1:$1/v2/health/ready" "$GW_PID"
+    wait_ready "http://127.0.0.1:$port/v2/health/ready" "$GW_PID"
     if [ -z "${AUTH:-}" ]; then
-        AUTH="Bearer $(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read())["key"])' "$STATE/serve.out")"
+        AUTH="Bearer $(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read())["key"])' "$STATE/$sub.out")"
         export AUTH
     fi
 }

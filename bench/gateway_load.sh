@@ -4,13 +4,14 @@
 #     gateway answered (its own /metrics) >= responses wrk received;
 #  2. kill -9 under load (64 connections), restart on the same state: `palisade audit verify`
 #     passes and the log holds at least every response wrk received (no acknowledged request lost).
-# Usage: bash bench/gateway_load.sh   (DURATION=60 CONNS=64 PROFILE=release)
+# Usage: bash bench/gateway_load.sh   (DURATION=60 CONNS=64 PROFILE=release
+#        SERVE_ARGS="--audit-durability process")
 source "$(dirname "$0")/gateway_common.sh"
 DURATION=${DURATION:-60}
 CONNS=${CONNS:-64}
 PORT=$(free_port)
 URL="http://127.0.0.1:$PORT/v2/models/mnist/infer"
-start_gateway "$PORT"
+start_gateway "$PORT" gw ${SERVE_ARGS:-}
 
 echo "== $CONNS connections for $DURATION s"
 R1=$(run_wrk "$URL" "$CONNS" "$DURATION")
@@ -36,7 +37,7 @@ kill -9 "$GW_PID"
 wait "$WRK" || true
 R2=$(cat "$STATE/wrk2.json")
 echo "$R2"
-start_gateway "$PORT"
+start_gateway "$PORT" gw ${SERVE_ARGS:-}
 E2=$(audit_entries)
 ACK=$(( E1 + $(field "$R2" requests) ))
 echo "entries after restart: $E2; acknowledged so far: $ACK"

@@ -14,7 +14,7 @@ use tower::ServiceBuilder;
 
 use crate::GatewayError;
 use crate::admin::{self, AdminState};
-use crate::audit::{AuditLog, CheckpointPolicy, CheckpointSigner, SqliteAuditLog};
+use crate::audit::{AuditLog, CheckpointPolicy, CheckpointSigner, Durability, SqliteAuditLog};
 use crate::grpc::GrpcGateway;
 use crate::guard::audit::Audit;
 use crate::guard::authn::Authenticate;
@@ -164,8 +164,13 @@ impl std::fmt::Debug for LocalState {
 }
 
 impl LocalState {
-    /// Opens (creating when needed) the state folder `dir`.
-    pub fn open(dir: &Path, checkpoints: CheckpointPolicy) -> Result<Self, GatewayError> {
+    /// Opens (creating when needed) the state folder `dir`; the audit log commits with
+    /// `durability`.
+    pub fn open(
+        dir: &Path,
+        checkpoints: CheckpointPolicy,
+        durability: Durability,
+    ) -> Result<Self, GatewayError> {
         fs::create_dir_all(dir).map_err(|e| GatewayError::io(dir, e))?;
         #[cfg(unix)]
         {
@@ -197,6 +202,7 @@ impl LocalState {
             &paths.audit_db(),
             signer,
             checkpoints,
+            durability,
         )?);
         Ok(LocalState {
             paths,
@@ -351,13 +357,15 @@ mod tests {
     #[test]
     fn one_state_folder_serves_one_gateway_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let first = LocalState::open(dir.path(), CheckpointPolicy::default()).unwrap();
-        let err = LocalState::open(dir.path(), CheckpointPolicy::default()).unwrap_err();
+        let first =
+            LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full).unwrap();
+        let err = LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full)
+            .unwrap_err();
         assert!(
             err.to_string().contains("in use by another gateway"),
             "{err}"
         );
         drop(first);
-        LocalState::open(dir.path(), CheckpointPolicy::default()).unwrap();
+        LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full).unwrap();
     }
 }

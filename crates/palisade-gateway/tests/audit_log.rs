@@ -2,7 +2,8 @@
 //! verifier catches rewritten, reordered and truncated logs.
 
 use palisade_gateway::audit::{
-    AuditLog as _, AuditRecord, CheckpointPolicy, CheckpointSigner, SqliteAuditLog, verify_log,
+    AuditLog as _, AuditRecord, CheckpointPolicy, CheckpointSigner, Durability, SqliteAuditLog,
+    verify_log,
 };
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ fn write_log(path: &std::path::Path, n: u64, every: u64) -> [u8; 32] {
             every_entries: every,
             every: Duration::from_secs(3600),
         },
+        Durability::Full,
     )
     .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
+use palisade_gateway::audit::Durability;
 use palisade_gateway::loader::{self, LoadedModel, ModelSource, Runtime, Trust};
 use palisade_gateway::{LocalState, ModelRepository};
 use palisade_model::onnx::{OnnxModel, OnnxOptions};
@@ -47,6 +48,27 @@ pub struct ServeArgs {
     /// Load models without a signature check (development only; every load logs a warning).
     #[arg(long, conflicts_with = "trusted_key")]
     allow_unsigned: bool,
+    /// When an answered request's audit entry is durable: `full` fsyncs the audit log before
+    /// each answer (survives power loss); `process` writes it to the kernel without an fsync
+    /// per commit (survives `kill -9` of the gateway, not a power cut).
+    #[arg(long, value_enum, default_value_t = AuditDurability::Full)]
+    audit_durability: AuditDurability,
+}
+
+/// `--audit-durability` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum AuditDurability {
+    Full,
+    Process,
+}
+
+impl From<AuditDurability> for Durability {
+    fn from(d: AuditDurability) -> Self {
+        match d {
+            AuditDurability::Full => Durability::Full,
+            AuditDurability::Process => Durability::Process,
+        }
+    }
 }
 
 /// Loads ONNX models with `palisade-model` (tract for inference).
@@ -167,8 +189,12 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             repo.display()
         );
     }
-    let state = LocalState::open(&args.state, Default::default())
-        .with_context(|| format!("opening the state folder {}", args.state.display()))?;
+    let state = LocalState::open(
+        &args.state,
+        Default::default(),
+        args.audit_durability.into(),
+    )
+    .with_context(|| format!("opening the state folder {}", args.state.display()))?;
     let first = state.first_admin_key()?;
     let mut gw = state.gateway(models)?;
     let trust_text = match &trust {

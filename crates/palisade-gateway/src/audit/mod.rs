@@ -18,7 +18,7 @@ mod sqlite;
 mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointSigner, SignedCheckpoint};
-pub use sqlite::{CheckpointPolicy, SqliteAuditLog};
+pub use sqlite::{CheckpointPolicy, Durability, SqliteAuditLog};
 pub use verify::{VerifyReport, verify_log};
 
 use crate::hexfmt;
@@ -168,7 +168,7 @@ pub fn open_offline(path: &Path) -> Result<OfflineLog, AuditError> {
         )));
     }
     Ok(OfflineLog {
-        conn: std::sync::Mutex::new(sqlite::open_conn(path)?),
+        conn: std::sync::Mutex::new(sqlite::open_conn(path, Durability::Full)?),
     })
 }
 

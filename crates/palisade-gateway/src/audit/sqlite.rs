@@ -1,11 +1,17 @@
 //! The SQLite audit log: one writer thread with group commit, readers on their own connection.
 //!
-//! **Durability policy.** The database runs in WAL mode with `synchronous=FULL`: a commit returns
-//! only after the WAL has been fsynced. [`SqliteAuditLog::append`] resolves only after the
-//! transaction holding the entry has committed, and the gateway sends a response only after its
-//! entry's append has resolved, so an acknowledged request's entry survives `kill -9` and power
-//! loss. Concurrent appends are committed together (one fsync per group), which is what keeps
-//! the cost per request low under load.
+//! **Durability policy.** The database runs in WAL mode. [`SqliteAuditLog::append`] resolves only
+//! after the transaction holding the entry has committed, and the gateway sends a response only
+//! after its entry's append has resolved. What "committed" means is the [`Durability`]:
+//! - [`Durability::Full`] (the default, `synchronous=FULL`): the WAL is fsynced at every commit,
+//!   so an acknowledged request's entry survives `kill -9` and power loss;
+//! - [`Durability::Process`] (`synchronous=NORMAL`): the commit is written to the WAL file but
+//!   not fsynced (the WAL is fsynced when SQLite checkpoints it into the database), so an
+//!   acknowledged entry survives `kill -9` of the gateway — the kernel holds the written pages —
+//!   but the last commits can be lost if the machine itself loses power or crashes.
+//!
+//! Concurrent appends are committed together (one commit, and with `Full` one fsync, per group),
+//! which is what keeps the cost per request low under load.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -22,6 +28,26 @@ use crate::hexfmt;
 
 /// Most entries committed in one transaction.
 const MAX_GROUP: usize = 4096;
+
+/// When an audit commit is considered durable (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The WAL is fsynced at every commit: acknowledged entries survive power loss.
+    #[default]
+    Full,
+    /// Commits reach the kernel but are not fsynced one by one: acknowledged entries survive the
+    /// gateway process being killed, not the machine losing power.
+    Process,
+}
+
+impl Durability {
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Process => "NORMAL",
+        }
+    }
+}
 
 /// When checkpoints are signed.
 #[derive(Debug, Clone, Copy)]
@@ -61,11 +87,11 @@ impl std::fmt::Debug for SqliteAuditLog {
     }
 }
 
-pub(crate) fn open_conn(path: &Path) -> Result<Connection, AuditError> {
+pub(crate) fn open_conn(path: &Path, durability: Durability) -> Result<Connection, AuditError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", durability.synchronous())?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS entries (
              idx  INTEGER PRIMARY KEY,
@@ -145,13 +171,14 @@ pub(crate) fn now_ms() -> u64 {
 
 impl SqliteAuditLog {
     /// Opens (or creates) the log at `path`, rebuilding the tree's right edge from the stored leaf
-    /// hashes, and starts the writer thread.
+    /// hashes, and starts the writer thread, which commits with the given `durability`.
     pub fn open(
         path: &Path,
         signer: CheckpointSigner,
         policy: CheckpointPolicy,
+        durability: Durability,
     ) -> Result<Self, AuditError> {
-        let wconn = open_conn(path)?;
+        let wconn = open_conn(path, durability)?;
         let size: i64 = wconn.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
         let mut frontier = Frontier::new();
         for leaf in read_leaves(&wconn, size as u64)? {
@@ -161,7 +188,7 @@ impl SqliteAuditLog {
             wconn.query_row("SELECT COALESCE(MAX(size), 0) FROM checkpoints", [], |r| {
                 r.get(0)
             })?;
-        let reader = open_conn(path)?;
+        let reader = open_conn(path, durability)?;
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             conn: wconn,
@@ -440,4 +467,63 @@ fn insert_checkpoint(
         params![c.checkpoint.size as i64, &root[..], c.checkpoint.timestamp_ms as i64, sig],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn durability_sets_what_a_commit_waits_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        // SQLite's codes: 1 = NORMAL (no fsync per WAL commit), 2 = FULL.
+        assert_eq!(synchronous(&open_conn(&db, Durability::Full).unwrap()), 2);
+        assert_eq!(
+            synchronous(&open_conn(&db, Durability::Process).unwrap()),
+            1
+        );
+        let mode: String = open_conn(&db, Durability::Process)
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn entries_committed_without_fsync_are_read_back_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let policy = CheckpointPolicy::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        {
+            let log = SqliteAuditLog::open(
+                &db,
+                CheckpointSigner::from_seed(&[1; 32]),
+                policy,
+                Durability::Process,
+            )
+            .unwrap();
+            for i in 0..5u64 {
+                assert_eq!(rt.block_on(log.append(vec![i as u8])).unwrap(), i);
+            }
+        }
+        let log = SqliteAuditLog::open(
+            &db,
+            CheckpointSigner::from_seed(&[1; 32]),
+            policy,
+            Durability::Full,
+        )
+        .unwrap();
+        assert_eq!(log.size().unwrap(), 5);
+        assert_eq!(log.entry(3).unwrap(), Some(vec![3]));
+        assert_eq!(rt.block_on(log.append(vec![5])).unwrap(), 5);
+    }
 }

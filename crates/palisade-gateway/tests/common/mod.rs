@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2};
 use palisade_core::{InputRange, LinearClassifier};
-use palisade_gateway::audit::CheckpointPolicy;
+use palisade_gateway::audit::{CheckpointPolicy, Durability};
 use palisade_gateway::keys::{KeyStore, NewKey, Role};
 use palisade_gateway::{LocalState, ModelRepository, Policy, ServedModel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,7 +60,9 @@ pub async fn start() -> Server {
 /// A gateway whose admin API can load versions from `source`.
 pub async fn start_with(source: Option<palisade_gateway::loader::ModelSource>) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let state = Arc::new(LocalState::open(dir.path(), CheckpointPolicy::default()).unwrap());
+    let state = Arc::new(
+        LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full).unwrap(),
+    );
     let admin = state.first_admin_key().unwrap().unwrap();
     let now = now_ms();
     let query = state
