@@ -61,20 +61,25 @@ if not os.path.exists(pt) or os.path.getsize(pt) < 512 << 20:
 PY
 
 measure() { # runs, label, command...: median wall time and largest peak RSS over the runs
+  # Wall time: the command run directly between two readings of bash's microsecond clock (no
+  # time(1) process in between, whose own start would weigh on a 15 ms command and not on a
+  # 300 ms one). CPU time and peak RSS: separate runs under time(1).
   local runs=$1 label=$2; shift 2
-  local log walls=() cpus=() rss=0 rc=0 w r c
+  local log walls=() cpus=() rss=0 rc=0 w r c t0
   log=$(mktemp)
   for ((i = 0; i < runs; i++)); do
-    # Wall time from bash's microsecond clock (time(1) rounds to 10 ms); RSS from time(1).
-    local t0=$EPOCHREALTIME
+    t0=$EPOCHREALTIME
     set +e
-    /usr/bin/time -v "$@" > /dev/null 2> "$log"
+    "$@" > /dev/null 2>&1
     rc=$?
     set -e
     w=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.4f", b - a }')
+    walls+=("$w")
+    set +e
+    /usr/bin/time -v "$@" > /dev/null 2> "$log"
+    set -e
     r=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
     c=$(awk -F': ' '/User time \(seconds\)/ {u=$2} /System time \(seconds\)/ {s=$2} END {print u + s}' "$log")
-    walls+=("$w")
     cpus+=("$c")
     ((r > rss)) && rss=$r
   done
@@ -94,9 +99,9 @@ ratio() { # anchor, palisade: wall-time ratio, and CPU-time ratio (user + sys; t
 }
 
 echo "== corpus ($CORPUS)"
-measure 7 palisade-corpus "$PAL" scan --json "$CORPUS"
-measure 7 picklescan-corpus "$VENV/bin/picklescan" --path "$CORPUS"
-measure 7 modelscan-corpus "$VENV/bin/modelscan" -p "$CORPUS"
+measure 15 palisade-corpus "$PAL" scan --json "$CORPUS"
+measure 15 picklescan-corpus "$VENV/bin/picklescan" --path "$CORPUS"
+measure 15 modelscan-corpus "$VENV/bin/modelscan" -p "$CORPUS"
 echo "== 1 GiB safetensors"
 measure 3 palisade-safetensors "$PAL" scan --json "$TMP/big.safetensors"
 measure 3 palisade-nohash-st "$PAL" scan --json --no-hash "$TMP/big.safetensors"

@@ -4,6 +4,7 @@
 #   model_signing sign   -> palisade verify
 #   tampered after signing -> both refuse
 # Needs network to PyPI the first time (creates .venv-oms-interop/, git-ignored). Run by .ci/run.
+# Usage: bash tests/interop/oms_interop.sh [--prepare]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${OMS_VENV:-.venv-oms-interop}
@@ -12,8 +13,11 @@ if [ ! -x "$VENV/bin/model_signing" ]; then
   # pyopenssl: imported by model-signing 1.1.1 but not declared as a dependency.
   "$VENV/bin/pip" install -q "model-signing==1.1.1" pyopenssl
 fi
+# --prepare: only make the venv (CI does it while Rust compiles).
+if [ "${1:-}" = "--prepare" ]; then exit 0; fi
 MS="$VENV/bin/model_signing"
-cargo build -q -p palisade-cli
+# PALISADE=path/to/palisade uses that binary (CI passes the one `cargo test` just built).
+if [ -z "${PALISADE:-}" ]; then cargo build -q -p palisade-cli; fi
 P=${PALISADE:-target/debug/palisade}
 
 T=$(mktemp -d)

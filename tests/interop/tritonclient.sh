@@ -4,7 +4,7 @@
 # to PyTorch's own logits for the same 16 images (data/reference-parity) to 1e-4. A request
 # without a key must be refused. Afterwards the audit log must verify offline.
 #
-# Usage: bash tests/interop/tritonclient.sh   (creates .venv-interop; needs python3 and cargo)
+# Usage: bash tests/interop/tritonclient.sh [--prepare]   (creates .venv-interop; needs python3 and cargo)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -13,9 +13,15 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check "tritonclient[http,grpc]" numpy
+# --prepare: only make the venv (CI does it while Rust compiles).
+if [ "${1:-}" = "--prepare" ]; then exit 0; fi
 
-cargo build -q -p palisade-cli
-BIN="$ROOT/target/debug/palisade"
+# PALISADE=path/to/palisade uses that binary (CI passes the one `cargo test` just built: a
+# `cargo build -p palisade-cli` here would rebuild part of the tree with other features).
+if [ -n "${PALISADE:-}" ]; then BIN=$(realpath "$PALISADE"); else
+    cargo build -q -p palisade-cli
+    BIN="$ROOT/target/debug/palisade"
+fi
 STATE=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; rm -rf "$STATE"' EXIT
 read -r HTTP_PORT GRPC_PORT < <("$VENV/bin/python" -c '
