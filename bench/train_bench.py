@@ -47,7 +47,7 @@ def train_step():
     loss = F.cross_entropy(net(x), y)
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def grad_step():

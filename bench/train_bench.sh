@@ -38,7 +38,7 @@ if cargo build -q --release -p palisade-model --features cpu --example train_ste
     echo "${CPU:-the cpu backend failed at run time}"
 else
     echo "burn's cpu backend did not build here (see /tmp/palisade-bench-cpu.log):"
-    tail -n 3 /tmp/palisade-bench-cpu.log
+    grep -m 3 -E '^error|Err' /tmp/palisade-bench-cpu.log || tail -n 3 /tmp/palisade-bench-cpu.log
 fi
 
 python3 - "$FLEX" "$TORCH" "$CPU" <<'PY'
