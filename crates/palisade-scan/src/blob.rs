@@ -115,24 +115,38 @@ impl Read for BlobReader<'_> {
 
 /// Reads exactly `len` bytes at `offset`, or fails.
 pub(crate) fn read_exact_at(blob: &dyn Blob, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    // A length read from the data is checked against the blob before anything is allocated.
+    let eof = || io::Error::new(io::ErrorKind::UnexpectedEof, "unexpected end of data");
+    if offset.saturating_add(len as u64) > blob.len() {
+        return Err(eof());
+    }
     let mut v = vec![0u8; len];
-    let mut filled = 0;
-    while filled < len {
-        let n = blob.read_at(offset + filled as u64, &mut v[filled..])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "unexpected end of data",
-            ));
-        }
-        filled += n;
+    if fill_at(blob, offset, &mut v)? < len {
+        return Err(eof());
     }
     Ok(v)
 }
 
-/// Reads up to `len` bytes at `offset` (fewer at the end).
+/// Reads up to `len` bytes at `offset` (fewer at the end), with one allocation of the size that
+/// can be read.
 pub(crate) fn read_upto_at(blob: &dyn Blob, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut v = Vec::new();
-    BlobReader::new(blob, offset, offset.saturating_add(len as u64)).read_to_end(&mut v)?;
+    let avail = usize::try_from(blob.len().saturating_sub(offset)).unwrap_or(usize::MAX);
+    let mut v = vec![0u8; len.min(avail)];
+    let n = fill_at(blob, offset, &mut v)?;
+    v.truncate(n);
     Ok(v)
+}
+
+/// Fills `buf` from `offset` as far as the blob goes; returns how many bytes were read.
+pub(crate) fn fill_at(blob: &dyn Blob, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match blob.read_at(offset + filled as u64, &mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }

@@ -1,7 +1,7 @@
 //! A minimal protobuf wire-format reader over a blob: fields are yielded with the offsets of
 //! their payloads, so large messages (ONNX initializers) are walked without being loaded.
 
-use crate::blob::{Blob, read_upto_at};
+use crate::blob::{Blob, fill_at, read_upto_at};
 
 /// One field's payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +33,11 @@ impl<'a> Msg<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, String> {
-        let b = read_upto_at(self.blob, self.pos, 10).map_err(|e| e.to_string())?;
+        // On the stack: messages are walked varint by varint.
+        let mut buf = [0u8; 10];
+        let n = fill_at(self.blob, self.pos, &mut buf).map_err(|e| e.to_string())?;
         let mut v: u64 = 0;
-        for (i, byte) in b.iter().enumerate() {
+        for (i, byte) in buf[..n].iter().enumerate() {
             if self.pos + i as u64 >= self.end {
                 break;
             }
