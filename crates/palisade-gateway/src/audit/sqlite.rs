@@ -503,25 +503,22 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        {
-            let log = SqliteAuditLog::open(
+        let open = |durability| {
+            SqliteAuditLog::open(
                 &db,
                 CheckpointSigner::from_seed(&[1; 32]),
                 policy,
-                Durability::Process,
+                durability,
             )
-            .unwrap();
+            .unwrap()
+        };
+        {
+            let log = open(Durability::Process);
             for i in 0..5u64 {
                 assert_eq!(rt.block_on(log.append(vec![i as u8])).unwrap(), i);
             }
         }
-        let log = SqliteAuditLog::open(
-            &db,
-            CheckpointSigner::from_seed(&[1; 32]),
-            policy,
-            Durability::Full,
-        )
-        .unwrap();
+        let log = open(Durability::Full);
         assert_eq!(log.size().unwrap(), 5);
         assert_eq!(log.entry(3).unwrap(), Some(vec![3]));
         assert_eq!(rt.block_on(log.append(vec![5])).unwrap(), 5);
