@@ -236,6 +236,28 @@ enum Op {
 #[derive(Debug, Clone, Copy)]
 enum PadModeK {
     Constant,
+    Reflect,
+    Edge,
+}
+
+impl PadModeK {
+    /// The source index along an axis of length `n` that output position `p` (counted from
+    /// the original first element, so negative inside the leading pad) copies, for the modes
+    /// that copy: numpy's `reflect` (mirror without repeating the edge, repeated for pads
+    /// longer than the axis) and `edge`.
+    fn source(self, p: i64, n: i64) -> i64 {
+        match self {
+            PadModeK::Constant | PadModeK::Edge => p.clamp(0, n - 1),
+            PadModeK::Reflect => {
+                if n == 1 {
+                    return 0;
+                }
+                let period = 2 * (n - 1);
+                let q = p.rem_euclid(period);
+                if q >= n { period - q } else { q }
+            }
+        }
+    }
 }
 
 struct Step {
@@ -663,8 +685,8 @@ impl Builder {
             "Pad" => {
                 let mode = match a.string("mode", "constant")?.as_str() {
                     "constant" => PadModeK::Constant,
-                    // Refused until they agree with tract: on the test case of `pad_modes`
-                    // (pads 2 and 1 on a 4-wide axis) the logits differed by more than 1.
+                    "reflect" => PadModeK::Reflect,
+                    "edge" => PadModeK::Edge,
                     other => return Err(err(format!("pad mode '{other}'"))),
                 };
                 let (pads, value) = if opset < 11 {
@@ -1261,18 +1283,37 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             if pads.len() != 2 * axes.len() {
                 return Err(format!("{} pads for {} axes", pads.len(), axes.len()).into());
             }
-            let mut pairs = vec![(0usize, 0usize); r];
+            if let PadModeK::Constant = mode {
+                let mut pairs = vec![(0usize, 0usize); r];
+                for (j, &k) in axes.iter().enumerate() {
+                    let (b, e) = (pads[j], pads[j + axes.len()]);
+                    pairs[k] = (
+                        usize::try_from(b).map_err(|_| "negative pads are not supported")?,
+                        usize::try_from(e).map_err(|_| "negative pads are not supported")?,
+                    );
+                }
+                return Ok(Val::F(B::float_pad(x, &pairs, PadMode::Constant(*value))));
+            }
+            // The copying modes are a gather along each padded axis: differentiable through
+            // `select`, whose backward pass adds up the gradients of repeated indices.
+            let mut x = x;
             for (j, &k) in axes.iter().enumerate() {
                 let (b, e) = (pads[j], pads[j + axes.len()]);
-                pairs[k] = (
-                    usize::try_from(b).map_err(|_| "negative pads are not supported")?,
-                    usize::try_from(e).map_err(|_| "negative pads are not supported")?,
-                );
+                if b == 0 && e == 0 {
+                    continue;
+                }
+                let n = d[k] as i64;
+                let len = n + b + e;
+                if n == 0 || len <= 0 {
+                    return Err(
+                        format!("pads {b} and {e} leave nothing of an axis of length {n}").into(),
+                    );
+                }
+                let idx: Vec<i64> = (-b..n + e).map(|p| mode.source(p, n)).collect();
+                let it = B::int_from_data(TensorData::new(idx, vec![len as usize]), device);
+                x = B::float_select(x, k, it);
             }
-            let m = match mode {
-                PadModeK::Constant => PadMode::Constant(*value),
-            };
-            Val::F(B::float_pad(x, &pairs, m))
+            Val::F(x)
         }
         Op::Clip { min, max } => {
             let x = float(take(0)?, device);

@@ -33,11 +33,42 @@ fn guard<T>(f: impl FnOnce() -> Result<T, OnnxError>) -> Result<T, OnnxError> {
     })
 }
 
+/// ONNX reads Pad's `constant_value` input only in `constant` mode; tract pads with it whatever
+/// the mode when the input is present. A copy of `model` with that input dropped from the
+/// other modes' Pad nodes (the main graph's: classifiers exported by PyTorch have no
+/// subgraphs), or `None` when no node has it.
+fn without_unused_pad_constants(model: &pb::ModelProto) -> Option<pb::ModelProto> {
+    let needs = |n: &pb::NodeProto| {
+        n.op_type == "Pad"
+            && (n.domain.is_empty() || n.domain == "ai.onnx")
+            && n.input.get(2).is_some_and(|i| !i.is_empty())
+            && n.attribute
+                .iter()
+                .any(|a| a.name == "mode" && a.s.as_slice() != b"constant")
+    };
+    let graph = model.graph.as_ref()?;
+    if !graph.node.iter().any(needs) {
+        return None;
+    }
+    let mut fixed = model.clone();
+    for n in fixed.graph.as_mut()?.node.iter_mut().filter(|n| needs(n)) {
+        if n.input.len() == 3 {
+            n.input.truncate(2);
+        } else {
+            n.input[2].clear();
+        }
+    }
+    Some(fixed)
+}
+
 impl TractRunner {
     pub(crate) fn new(model: &pb::ModelProto, input_shape: &[usize]) -> Result<Self, OnnxError> {
         guard(|| {
             let onnx = tract_onnx::onnx().with_ignore_value_info(true);
-            let mut im = onnx.model_for_proto_model(model).map_err(tract_err)?;
+            let fixed = without_unused_pad_constants(model);
+            let mut im = onnx
+                .model_for_proto_model(fixed.as_ref().unwrap_or(model))
+                .map_err(tract_err)?;
             let batch = im.symbols.sym("N");
             let mut shape: TVec<TDim> = tvec![batch.into()];
             shape.extend(input_shape.iter().map(|&d| d.to_dim()));
