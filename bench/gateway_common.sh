@@ -13,8 +13,33 @@ STATE=$(mktemp -d)
 BODY=$STATE/body.bin
 HLEN=$(python3 bench/oip_body.py "$BODY")
 export BODY HLEN
+# The benchmarks serve the bundled model from a repository of their own whose policy keeps every
+# guard on the path but sets limits no run reaches (the bundled policy allows 5,000 requests per
+# second per key, which would turn a fast run into 429s): signed with a key made here.
+REPO=$STATE/repo
+mkdir -p "$REPO/mnist/1"
+cp models/mnist_cnn_public.onnx "$REPO/mnist/1/model.onnx"
+cat > "$REPO/mnist/1/policy.toml" <<'TOML'
+[input]
+range = [0.0, 1.0]
+max_batch = 256
+max_body_bytes = 4194304
+
+[limits]
+per_key = { rate = 1000000, period_ms = 1000, burst = 2000000 }
+per_model = { rate = 1000000, period_ms = 1000, burst = 2000000 }
+daily_budget = 1000000000000
+
+[output]
+reveal = "logits"
+TOML
+"$BIN" keygen --private-key "$STATE/bench.key" --public-key "$STATE/bench.pub" > /dev/null
+"$BIN" sign --private-key "$STATE/bench.key" --signature "$REPO/mnist/1/model.sig" "$REPO/mnist/1" > /dev/null
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2> /dev/null || true; done; rm -rf "$STATE"; }
+cleanup() {
+    for p in "${PIDS[@]}"; do { kill -9 "$p" && wait "$p"; } > /dev/null 2>&1 || true; done
+    rm -rf "$STATE"
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -31,7 +56,7 @@ wait_ready() { # URL PID
 start_gateway() { # PORT [STATE_SUBDIR=gw [SERVE_ARGS...]]; sets GW_PID (and AUTH on first start)
     local port=$1 sub=${2:-gw}
     shift; shift || true
-    "$BIN" --json serve --state "$STATE/$sub" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$port" \
+    "$BIN" --json serve --models "$REPO" --trusted-key "$STATE/bench.pub" --state "$STATE/$sub" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$port" \
         "$@" >> "$STATE/$sub.out" 2>> "$STATE/serve.log" &
     GW_PID=$!
     PIDS+=("$GW_PID")

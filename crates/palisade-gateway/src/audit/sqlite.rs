@@ -12,6 +12,15 @@
 //!
 //! Concurrent appends are committed together (one commit, and with `Full` one fsync, per group),
 //! which is what keeps the cost per request low under load.
+//!
+//! **WAL checkpoints** (copying the WAL into the database file, with an fsync of each) do not run
+//! in the writer: SQLite's automatic checkpoint would run inside a commit every 1,000 pages and
+//! hold that request, and the ones queued behind it, for as long as the copy and its fsyncs take
+//! (hundreds of milliseconds were seen). A second thread checkpoints on its own connection in
+//! `PASSIVE` mode, beside the writer, every [`WAL_CHECKPOINT_EVERY`]; when the WAL has grown past
+//! [`WAL_RESTART_FRAMES`] frames (a writer that never pauses leaves no moment for SQLite to
+//! start the WAL over), it checkpoints in `RESTART` mode, which holds the writer only for the
+//! frames written since the last pass.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -28,6 +37,12 @@ use crate::hexfmt;
 
 /// Most entries committed in one transaction.
 const MAX_GROUP: usize = 4096;
+
+/// How often the WAL checkpointer copies committed frames into the database file.
+const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// WAL length (frames of one page) from which the checkpointer also starts the WAL over.
+const WAL_RESTART_FRAMES: i64 = 16_384;
 
 /// When an audit commit is considered durable (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +94,7 @@ pub struct SqliteAuditLog {
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     reader: Mutex<Connection>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    wal: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for SqliteAuditLog {
@@ -179,6 +195,7 @@ impl SqliteAuditLog {
         durability: Durability,
     ) -> Result<Self, AuditError> {
         let wconn = open_conn(path, durability)?;
+        wconn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let size: i64 = wconn.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
         let mut frontier = Frontier::new();
         for leaf in read_leaves(&wconn, size as u64)? {
@@ -198,6 +215,12 @@ impl SqliteAuditLog {
             last_checkpoint_size: last_ckpt.max(0) as u64,
             last_checkpoint_at: Instant::now(),
         };
+        let wal_conn = open_conn(path, durability)?;
+        let (wal_tx, wal_rx) = mpsc::channel();
+        let wal = std::thread::Builder::new()
+            .name("palisade-audit-wal".into())
+            .spawn(move || wal_checkpointer(wal_conn, wal_rx))
+            .map_err(AuditError::Io)?;
         let handle = std::thread::Builder::new()
             .name("palisade-audit".into())
             .spawn(move || writer.run(rx))
@@ -206,6 +229,7 @@ impl SqliteAuditLog {
             tx: Mutex::new(Some(tx)),
             reader: Mutex::new(reader),
             writer: Mutex::new(Some(handle)),
+            wal: Mutex::new(Some((wal_tx, wal))),
         })
     }
 
@@ -238,6 +262,10 @@ impl SqliteAuditLog {
             g.take();
         }
         if let Some(h) = self.writer.lock().ok().and_then(|mut g| g.take()) {
+            let _ = h.join();
+        }
+        if let Some((stop, h)) = self.wal.lock().ok().and_then(|mut g| g.take()) {
+            drop(stop);
             let _ = h.join();
         }
     }
@@ -454,6 +482,34 @@ impl Writer {
     }
 }
 
+/// The WAL checkpointer's loop (see the module documentation); ends when `stop`'s sender is
+/// dropped, after a last pass.
+fn wal_checkpointer(conn: Connection, stop: mpsc::Receiver<()>) {
+    let checkpoint = |mode: &str| -> rusqlite::Result<(i64, i64, i64)> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+    };
+    loop {
+        let last = !matches!(
+            stop.recv_timeout(WAL_CHECKPOINT_EVERY),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        match checkpoint("PASSIVE") {
+            Ok((_, frames, _)) if frames >= WAL_RESTART_FRAMES => {
+                if let Err(e) = checkpoint("RESTART") {
+                    tracing::warn!(error = %e, frames, "audit WAL restart failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "audit WAL checkpoint failed"),
+        }
+        if last {
+            break;
+        }
+    }
+}
+
 fn insert_checkpoint(
     tx: &rusqlite::Transaction<'_>,
     signer: &CheckpointSigner,
@@ -493,6 +549,46 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn the_wal_is_checkpointed_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let log = SqliteAuditLog::open(
+            &db,
+            CheckpointSigner::from_seed(&[2; 32]),
+            CheckpointPolicy::default(),
+            Durability::Process,
+        )
+        .unwrap();
+        for i in 0..200u64 {
+            assert_eq!(rt.block_on(log.append(vec![7; 3000])).unwrap(), i);
+        }
+        // The writer never checkpoints (its commits stay short); the checkpointer copies the
+        // WAL into the database file within a few of its periods.
+        let main_db_pages = || std::fs::metadata(&db).unwrap().len() / 4096;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while main_db_pages() < 100 && Instant::now() < deadline {
+            std::thread::sleep(WAL_CHECKPOINT_EVERY);
+        }
+        assert!(
+            main_db_pages() >= 100,
+            "the database file has {} pages after 200 entries of 3 KB",
+            main_db_pages()
+        );
+        log.close();
+        let log = SqliteAuditLog::open(
+            &db,
+            CheckpointSigner::from_seed(&[2; 32]),
+            CheckpointPolicy::default(),
+            Durability::Full,
+        )
+        .unwrap();
+        assert_eq!(log.size().unwrap(), 200);
     }
 
     #[test]
