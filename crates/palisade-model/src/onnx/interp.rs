@@ -236,19 +236,25 @@ enum Op {
 #[derive(Debug, Clone, Copy)]
 enum PadModeK {
     Constant,
+    /// The modes that copy input values into the pads.
+    Copy(CopyPad),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CopyPad {
     Reflect,
     Edge,
 }
 
-impl PadModeK {
+impl CopyPad {
     /// The source index along an axis of length `n` that output position `p` (counted from
-    /// the original first element, so negative inside the leading pad) copies, for the modes
-    /// that copy: numpy's `reflect` (mirror without repeating the edge, repeated for pads
-    /// longer than the axis) and `edge`.
+    /// the original first element, so negative inside the leading pad) copies: numpy's
+    /// `reflect` (mirror without repeating the edge, repeated for pads longer than the axis)
+    /// or `edge`.
     fn source(self, p: i64, n: i64) -> i64 {
         match self {
-            PadModeK::Constant | PadModeK::Edge => p.clamp(0, n - 1),
-            PadModeK::Reflect => {
+            CopyPad::Edge => p.clamp(0, n - 1),
+            CopyPad::Reflect => {
                 if n == 1 {
                     return 0;
                 }
@@ -685,8 +691,8 @@ impl Builder {
             "Pad" => {
                 let mode = match a.string("mode", "constant")?.as_str() {
                     "constant" => PadModeK::Constant,
-                    "reflect" => PadModeK::Reflect,
-                    "edge" => PadModeK::Edge,
+                    "reflect" => PadModeK::Copy(CopyPad::Reflect),
+                    "edge" => PadModeK::Copy(CopyPad::Edge),
                     other => return Err(err(format!("pad mode '{other}'"))),
                 };
                 let (pads, value) = if opset < 11 {
@@ -1283,17 +1289,20 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
             if pads.len() != 2 * axes.len() {
                 return Err(format!("{} pads for {} axes", pads.len(), axes.len()).into());
             }
-            if let PadModeK::Constant = mode {
-                let mut pairs = vec![(0usize, 0usize); r];
-                for (j, &k) in axes.iter().enumerate() {
-                    let (b, e) = (pads[j], pads[j + axes.len()]);
-                    pairs[k] = (
-                        usize::try_from(b).map_err(|_| "negative pads are not supported")?,
-                        usize::try_from(e).map_err(|_| "negative pads are not supported")?,
-                    );
+            let copy = match mode {
+                PadModeK::Copy(c) => *c,
+                PadModeK::Constant => {
+                    let mut pairs = vec![(0usize, 0usize); r];
+                    for (j, &k) in axes.iter().enumerate() {
+                        let (b, e) = (pads[j], pads[j + axes.len()]);
+                        pairs[k] = (
+                            usize::try_from(b).map_err(|_| "negative pads are not supported")?,
+                            usize::try_from(e).map_err(|_| "negative pads are not supported")?,
+                        );
+                    }
+                    return Ok(Val::F(B::float_pad(x, &pairs, PadMode::Constant(*value))));
                 }
-                return Ok(Val::F(B::float_pad(x, &pairs, PadMode::Constant(*value))));
-            }
+            };
             // The copying modes are a gather along each padded axis: differentiable through
             // `select`, whose backward pass adds up the gradients of repeated indices.
             let mut x = x;
@@ -1309,7 +1318,7 @@ fn eval<B: Exec>(op: &Op, take: &mut Take<'_, B>, device: &FlexDevice) -> Result
                         format!("pads {b} and {e} leave nothing of an axis of length {n}").into(),
                     );
                 }
-                let idx: Vec<i64> = (-b..n + e).map(|p| mode.source(p, n)).collect();
+                let idx: Vec<i64> = (-b..n + e).map(|p| copy.source(p, n)).collect();
                 let it = B::int_from_data(TensorData::new(idx, vec![len as usize]), device);
                 x = B::float_select(x, k, it);
             }
