@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Speed and memory of `palisade scan` against picklescan 1.0.5 and modelscan 0.8.8, in one run:
+# Speed and memory of `palisade scan` (and of the standalone `palisade-scan` on the corpus) against picklescan 1.0.5 and modelscan 0.8.8, in one run:
 #   1. the shared corpus (../shared/data/scan-corpus, both halves),
 #   2. a generated 1 GiB safetensors file,
 #   3. a generated 512 MiB PyTorch zip checkpoint (64 tensors of 8 MiB, written by hand).
@@ -15,8 +15,10 @@ TMP=${BENCH_TMP:-/tmp/palisade-scan-bench}
 VENV=bench/.venv-scan
 mkdir -p "$TMP"
 
-cargo build --release -q -p palisade-cli
+cargo build --release -q -p palisade-cli -p palisade-scan-cli
 PAL=target/release/palisade
+# The standalone scanner (same library, same report, no ML runtime linked in).
+PALSCAN=target/release/palisade-scan
 
 if [[ ! -x $VENV/bin/picklescan || ! -x $VENV/bin/modelscan ]]; then
   python3 -m venv "$VENV"
@@ -100,6 +102,7 @@ ratio() { # anchor, palisade: wall-time ratio, and CPU-time ratio (user + sys; t
 
 echo "== corpus ($CORPUS)"
 measure 15 palisade-corpus "$PAL" scan --json "$CORPUS"
+measure 15 palisade-scan-corpus "$PALSCAN" --json "$CORPUS"
 measure 15 picklescan-corpus "$VENV/bin/picklescan" --path "$CORPUS"
 measure 15 modelscan-corpus "$VENV/bin/modelscan" -p "$CORPUS"
 echo "== 1 GiB safetensors"
@@ -115,6 +118,8 @@ measure 3 modelscan-torchzip "$VENV/bin/modelscan" -p "$TMP/big.pt"
 echo "== wall-time ratios (anchor / palisade; palisade also hashes every byte with SHA-256 for its proof token)"
 ratio picklescan-corpus palisade-corpus
 ratio modelscan-corpus palisade-corpus
+ratio picklescan-corpus palisade-scan-corpus
+ratio modelscan-corpus palisade-scan-corpus
 ratio picklescan-safetensors palisade-safetensors
 ratio modelscan-safetensors palisade-safetensors
 ratio picklescan-safetensors palisade-nohash-st

@@ -42,15 +42,7 @@ enum Command {
     /// Verify the gateway's audit log; checkpoints and proofs.
     Audit(cmd::audit::AuditArgs),
     /// Scan model files for code-execution payloads (exit 0 clean, 1 findings, 2 unscannable).
-    ///
-    /// Pickle (joblib, dill), PyTorch zip and legacy, TorchScript, NumPy .npy/.npz, Keras .keras
-    /// and .h5, TensorFlow SavedModel, ONNX, safetensors and GGUF; formats are detected by
-    /// content, directories scanned recursively and in parallel. Nothing is ever unpickled.
-    ///
-    /// Exit codes: 0 every file clean; 1 suspicious or dangerous findings (also when some files
-    /// could not be analysed); 2 no findings but at least one file could not be analysed
-    /// (unknown format, truncated, malformed, encrypted, unreadable), or an error. A file that
-    /// could not be analysed is never reported clean.
+    #[command(long_about = palisade_scan_cli::LONG_ABOUT)]
     Scan(cmd::scan::ScanArgs),
     /// Sign a model in the OpenSSF Model Signing format.
     Sign(cmd::sign::Args),

@@ -38,15 +38,6 @@ impl Ctx {
     }
 }
 
-/// Writes one line to stdout; a closed pipe is a normal stop.
-pub fn print_line(s: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{s}") {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => Ok(r?),
-    }
-}
-
 /// Structured logs on stderr (`--log`, `PALISADE_LOG`); JSON lines when `json` (servers).
 pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)

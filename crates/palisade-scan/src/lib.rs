@@ -227,7 +227,7 @@ fn scan_file(path: &Path, opts: &ScanOptions) -> FileReport {
         }
         Ok((mut f, len)) if len <= READ_WHOLE => {
             let mut bytes = Vec::with_capacity(len as usize);
-            match f.read_to_end(&mut bytes) {
+            match KnownLength(&mut f).read_to_end(&mut bytes) {
                 Ok(_) => {
                     let sha = if opts.hash {
                         hex::encode(Sha256::digest(&bytes))
@@ -269,6 +269,18 @@ fn scan_file(path: &Path, opts: &ScanOptions) -> FileReport {
         },
     };
     FileReport::new(path.to_path_buf(), format, size, sha, sink.findings)
+}
+
+/// A file whose length was just read, without `File`'s own `read_to_end`: that one asks the
+/// kernel for the length and the position again (a `statx` and an `lseek`) to size its buffer,
+/// which the caller has already sized. On a directory of small files those two calls were a
+/// third of the system calls per file (`strace -c`).
+struct KnownLength<'a>(&'a mut File);
+
+impl Read for KnownLength<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {
