@@ -64,7 +64,7 @@ impl Guard for Authenticate {
         };
         let outcome = self.keys.authenticate(key, now_ms());
         let record = match outcome {
-            Ok(Authn::Valid(r)) => Arc::new(r),
+            Ok(Authn::Valid(r)) => r,
             Ok(Authn::Malformed) => return unauthorised("malformed API key", None),
             Ok(Authn::Unknown(id)) => return unauthorised("invalid API key", id),
             Ok(Authn::Revoked(id)) => return unauthorised("API key revoked", Some(id)),
