@@ -180,19 +180,24 @@ fn gcra_item(name: &'static str, r: Rate, remaining: u32) -> Item {
 }
 
 fn headers(resp: &mut Response, items: &[Item]) {
-    let policy: Vec<String> = items
-        .iter()
-        .map(|i| format!("\"{}\";q={};w={}", i.name, i.quota, i.window_s))
-        .collect();
-    let state: Vec<String> = items
-        .iter()
-        .map(|i| format!("\"{}\";r={};t={}", i.name, i.remaining, i.reset_s))
-        .collect();
+    use std::fmt::Write as _;
+    // Written into one buffer each: these two fields are on every answered infer request.
+    let mut policy = String::with_capacity(32 * items.len());
+    let mut state = String::with_capacity(32 * items.len());
+    for (n, i) in items.iter().enumerate() {
+        let sep = if n == 0 { "" } else { ", " };
+        let _ = write!(policy, "{sep}\"{}\";q={};w={}", i.name, i.quota, i.window_s);
+        let _ = write!(
+            state,
+            "{sep}\"{}\";r={};t={}",
+            i.name, i.remaining, i.reset_s
+        );
+    }
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&policy.join(", ")) {
+    if let Ok(v) = HeaderValue::try_from(policy) {
         h.insert("ratelimit-policy", v);
     }
-    if let Ok(v) = HeaderValue::from_str(&state.join(", ")) {
+    if let Ok(v) = HeaderValue::try_from(state) {
         h.insert("ratelimit", v);
     }
 }
