@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Speed and memory of `palisade scan` (and of the standalone `palisade-scan` on the corpus) against picklescan 1.0.5 and modelscan 0.8.8, in one run:
+# Speed and memory of `palisade scan` (and, on the corpus, of the standalone `palisade-scan`)
+# against picklescan 1.0.5 and modelscan 0.8.8, in one run:
 #   1. the shared corpus (../shared/data/scan-corpus, both halves),
 #   2. a generated 1 GiB safetensors file,
 #   3. a generated 512 MiB PyTorch zip checkpoint (64 tensors of 8 MiB, written by hand).

@@ -3,9 +3,9 @@
 //! Both binaries parse the same [`ScanArgs`], call [`run`] and exit with [`Outcome::exit_code`],
 //! so their reports and exit codes are the same by construction. The standalone binary exists
 //! for CI pipelines and pre-commit hooks that only scan: it links the scanner and nothing of the
-//! ML runtime or the gateway (9 MB and ~1,750 relocations against the full binary's 376 MB and
-//! ~90,000), so it starts in a fraction of the time and carries a smaller attack surface into
-//! the job that opens untrusted files.
+//! ML runtime or the gateway (14 MB and ~2,600 relocations against the full binary's 376 MB and
+//! ~90,000; `--version` in 1.4 ms against 3.3 ms under `hyperfine -N`), and carries a smaller
+//! attack surface into the job that opens untrusted files.
 
 #![forbid(unsafe_code)]
 
