@@ -100,6 +100,12 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                     "{} entries, {} checkpoints, verified up to {} ({} unsigned after), root {}",
                     r.entries, r.checkpoints, r.verified_up_to, r.unsigned_tail, r.root
                 );
+                if r.journal_entries > 0 {
+                    s.push_str(&format!(
+                        "\n{} of the entries are in the append journal, not yet in the database (the gateway copies them in when it starts)",
+                        r.journal_entries
+                    ));
+                }
                 if r.ok() {
                     s.push_str("\nOK: the log verifies");
                 } else {

@@ -49,8 +49,8 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "trusted_key")]
     allow_unsigned: bool,
     /// When an answered request's audit entry is durable: `full` fsyncs the audit log before
-    /// each answer (survives power loss); `process` writes it to the kernel without an fsync
-    /// per commit (survives `kill -9` of the gateway, not a power cut).
+    /// each answer (survives power loss); `process` appends it to a journal beside the log
+    /// without an fsync (survives `kill -9` of the gateway, not a power cut).
     #[arg(long, value_enum, default_value_t = AuditDurability::Full)]
     audit_durability: AuditDurability,
 }

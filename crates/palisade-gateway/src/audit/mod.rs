@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod checkpoint;
+mod journal;
 pub mod merkle;
 mod sqlite;
 mod verify;

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use super::merkle::{self, Frontier};
-use super::{AuditError, AuditRecord, SignedCheckpoint, sqlite};
+use super::{AuditError, AuditRecord, SignedCheckpoint, journal, sqlite};
 use crate::hexfmt;
 
 /// What the verifier found.
@@ -17,6 +17,10 @@ use crate::hexfmt;
 pub struct VerifyReport {
     /// Entries in the log.
     pub entries: u64,
+    /// Of those, entries found only in the append journal beside the database (acknowledged by
+    /// a gateway with `process` durability that stopped before copying them in; it copies them
+    /// when it opens the log again).
+    pub journal_entries: u64,
     /// Checkpoints checked (stored and supplied).
     pub checkpoints: u64,
     /// Size of the largest checkpoint that verified.
@@ -114,6 +118,8 @@ pub fn verify_log(
     if let Some(list) = ckpts.get(&0) {
         check(0, &merkle::empty_root(), list, &mut problems);
     }
+    let mut leaves = Vec::new();
+    let mut gap = false;
     {
         let mut stmt = conn.prepare("SELECT idx, leaf, data FROM entries ORDER BY idx")?;
         let mut rows = stmt.query([])?;
@@ -124,6 +130,7 @@ pub fn verify_log(
             let expected = frontier.size();
             if idx != expected as i64 {
                 problems.push(format!("entry {expected} is missing (next is {idx})"));
+                gap = true;
                 break;
             }
             let computed = merkle::leaf_hash(&data);
@@ -136,10 +143,47 @@ pub fn verify_log(
                 problems.push(format!("entry {idx}: not a well-formed audit record"));
             }
             frontier.push(computed);
+            leaves.push(computed);
             if let Some(list) = ckpts.get(&frontier.size()) {
                 check(frontier.size(), &frontier.root(), list, &mut problems);
             }
         }
+    }
+    // The journal of a gateway that stopped before copying it in: entries the database has
+    // must be the same; the rest must follow on.
+    let in_db = frontier.size();
+    match journal::read(db) {
+        Err(e) => problems.push(format!("append journal: {e}")),
+        Ok(j) if !gap => {
+            for (idx, data) in &j.entries {
+                let computed = merkle::leaf_hash(data);
+                if let Some(leaf) = leaves.get(*idx as usize) {
+                    if *leaf != computed {
+                        problems.push(format!(
+                            "journal entry {idx} differs from the database's entry {idx}"
+                        ));
+                    }
+                    continue;
+                }
+                if *idx != frontier.size() {
+                    problems.push(format!(
+                        "entry {} is missing (the journal goes on from {idx})",
+                        frontier.size()
+                    ));
+                    break;
+                }
+                if serde_json::from_slice::<AuditRecord>(data).is_err() {
+                    problems.push(format!(
+                        "journal entry {idx}: not a well-formed audit record"
+                    ));
+                }
+                frontier.push(computed);
+                if let Some(list) = ckpts.get(&frontier.size()) {
+                    check(frontier.size(), &frontier.root(), list, &mut problems);
+                }
+            }
+        }
+        Ok(_) => {}
     }
     let entries = frontier.size();
     if let Some((&size, _)) = ckpts.range(entries + 1..).next() {
@@ -149,6 +193,7 @@ pub fn verify_log(
     }
     Ok(VerifyReport {
         entries,
+        journal_entries: entries - in_db,
         checkpoints: n_ckpts,
         verified_up_to,
         unsigned_tail: entries - verified_up_to.min(entries),

@@ -1,0 +1,346 @@
+//! The append journal of [`Durability::Process`](super::Durability::Process): where an entry is
+//! made durable before its request is answered, ahead of the SQLite log that holds the tree.
+//!
+//! A group of entries costs one `write(2)` to the end of a file, where an SQLite commit costs a
+//! read and a write transaction, their `-shm` locks and WAL page writes. A background thread
+//! (see `sqlite.rs`) copies the journal's entries into SQLite in large transactions and deletes
+//! a journal file once everything in it is there; opening the log copies what a killed gateway
+//! left behind, and the offline verifier reads a journal it finds beside the database.
+//!
+//! **Format.** Files `<database>.journal-<first index, 20 digits>` beside the database, each a
+//! run of records `len: u32 LE | crc32: u32 LE | index: u64 LE | data[len]`, the CRC (IEEE) over
+//! the index bytes and the data. Indices are contiguous within and across files. A file is
+//! started afresh at [`ROTATE_BYTES`], so that ingested ones can be deleted.
+//!
+//! **Torn tails.** A write cut short by `kill -9` (Linux stops a buffered write between pages
+//! when a fatal signal is pending) leaves a prefix of a record at the end of the last file. That
+//! record's request was never answered: readers stop at it. A write that fails (a full disk) is
+//! cut back off the file before the error is returned, so no later record follows a torn one; if
+//! even that fails the journal refuses every later append.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use super::AuditError;
+
+/// Size from which the next group starts a new file.
+pub(crate) const ROTATE_BYTES: u64 = 4 << 20;
+
+/// Bytes before a record's data.
+const HEADER: usize = 16;
+
+/// Largest entry a record holds (entries are audit records of a few hundred bytes).
+const MAX_ENTRY: usize = 16 << 20;
+
+/// The journal's files for the database `db`, with their first indices, in index order.
+pub(crate) fn files(db: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let (dir, prefix) = dir_and_prefix(db);
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(first) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .filter(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        out.push((first, entry.path()));
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn dir_and_prefix(db: &Path) -> (PathBuf, String) {
+    let dir = match db.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = db
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, format!("{name}.journal-"))
+}
+
+fn path_for(db: &Path, first: u64) -> PathBuf {
+    let (dir, prefix) = dir_and_prefix(db);
+    dir.join(format!("{prefix}{first:020}"))
+}
+
+fn crc(index: u64, data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&index.to_le_bytes());
+    h.update(data);
+    h.finalize()
+}
+
+/// Appends one record for entry `index` to `buf`.
+fn encode(buf: &mut Vec<u8>, index: u64, data: &[u8]) {
+    buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc(index, data).to_le_bytes());
+    buf.extend_from_slice(&index.to_le_bytes());
+    buf.extend_from_slice(data);
+}
+
+/// The records of one file's bytes, up to the first that is incomplete or fails its CRC, and
+/// the number of bytes after the last good record.
+fn decode(bytes: &[u8]) -> (Vec<(u64, Vec<u8>)>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= HEADER {
+        let word = |o: usize| u32::from_le_bytes(bytes[at + o..at + o + 4].try_into().unwrap());
+        let len = word(0) as usize;
+        let sum = word(4);
+        let index = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap());
+        let Some(data) = bytes.get(at + HEADER..at + HEADER + len) else {
+            break;
+        };
+        if len > MAX_ENTRY || crc(index, data) != sum {
+            break;
+        }
+        out.push((index, data.to_vec()));
+        at += HEADER + len;
+    }
+    (out, bytes.len() - at)
+}
+
+/// Everything the journal of `db` holds: its files, and their entries in index order.
+#[derive(Debug, Default)]
+pub(crate) struct Contents {
+    /// The files read, in index order.
+    pub files: Vec<PathBuf>,
+    /// `(index, data)`, contiguous.
+    pub entries: Vec<(u64, Vec<u8>)>,
+    /// Bytes of torn records dropped from the ends of files (a write cut short by a kill).
+    pub torn_bytes: usize,
+}
+
+/// Reads the journal of `db`. Fails if its indices are not contiguous (a file is missing or was
+/// edited).
+pub(crate) fn read(db: &Path) -> Result<Contents, AuditError> {
+    let mut c = Contents::default();
+    for (first, path) in files(db)? {
+        let mut bytes = Vec::new();
+        File::open(&path)?.read_to_end(&mut bytes)?;
+        let (records, torn) = decode(&bytes);
+        c.torn_bytes += torn;
+        if let Some((idx, _)) = records.first()
+            && *idx != first
+        {
+            return Err(AuditError::Corrupt(format!(
+                "{} starts with entry {idx}, not {first}",
+                path.display()
+            )));
+        }
+        for (idx, data) in records {
+            if let Some((prev, _)) = c.entries.last()
+                && idx != prev + 1
+            {
+                return Err(AuditError::Corrupt(format!(
+                    "journal entry {} is missing ({} follows it in {})",
+                    prev + 1,
+                    idx,
+                    path.display()
+                )));
+            }
+            c.entries.push((idx, data));
+        }
+        c.files.push(path);
+    }
+    Ok(c)
+}
+
+/// The open journal, written by one appender at a time.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    db: PathBuf,
+    file: File,
+    path: PathBuf,
+    len: u64,
+    next: u64,
+    buf: Vec<u8>,
+    /// Set when a failed write could not be cut back off the file.
+    broken: Option<String>,
+}
+
+/// A file the journal has moved on from, to delete once entries `..end` are in the database.
+#[derive(Debug)]
+pub(crate) struct Retired {
+    pub path: PathBuf,
+    pub end: u64,
+}
+
+impl Journal {
+    /// Starts a journal whose first entry will be `next`, in a new file.
+    pub(crate) fn create(db: &Path, next: u64) -> io::Result<Journal> {
+        let path = path_for(db, next);
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let len = file.metadata()?.len();
+        if len != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not empty", path.display()),
+            ));
+        }
+        Ok(Journal {
+            db: db.to_path_buf(),
+            file,
+            path,
+            len: 0,
+            next,
+            buf: Vec::new(),
+            broken: None,
+        })
+    }
+
+    /// Writes `entries` with one write and returns the index of the first, and the file the
+    /// journal moved on from before writing, if it did.
+    pub(crate) fn append<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(u64, Option<Retired>), AuditError> {
+        if let Some(why) = &self.broken {
+            return Err(AuditError::Write(why.clone()));
+        }
+        let retired = if self.len >= ROTATE_BYTES {
+            let fresh = Journal::create(&self.db, self.next)?;
+            let old = std::mem::replace(&mut self.file, fresh.file);
+            drop(old);
+            let path = std::mem::replace(&mut self.path, fresh.path);
+            self.len = 0;
+            Some(Retired {
+                path,
+                end: self.next,
+            })
+        } else {
+            None
+        };
+        let first = self.next;
+        self.buf.clear();
+        let mut next = first;
+        for data in entries {
+            if data.len() > MAX_ENTRY {
+                return Err(AuditError::Write(format!(
+                    "an audit entry of {} bytes exceeds {MAX_ENTRY}",
+                    data.len()
+                )));
+            }
+            encode(&mut self.buf, next, data);
+            next += 1;
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            if let Err(cut) = self.file.set_len(self.len) {
+                self.broken = Some(format!(
+                    "a journal write failed ({e}) and could not be undone ({cut})"
+                ));
+            }
+            return Err(AuditError::Io(e));
+        }
+        self.len += self.buf.len() as u64;
+        self.next = next;
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = Vec::new();
+        }
+        Ok((first, retired))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("audit.db")
+    }
+
+    #[test]
+    fn records_read_back_in_order_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(&dir);
+        let mut j = Journal::create(&db, 7).unwrap();
+        let (first, r) = j.append([&b"a"[..], b"bb"]).unwrap();
+        assert_eq!((first, r.is_none()), (7, true));
+        // Past the rotation size the next group goes to a new file.
+        let big = vec![1u8; ROTATE_BYTES as usize];
+        j.append([big.as_slice()]).unwrap();
+        let (first, retired) = j.append([&b"c"[..]]).unwrap();
+        assert_eq!(first, 10);
+        assert_eq!(retired.unwrap().end, 10);
+        let c = read(&db).unwrap();
+        assert_eq!(c.files.len(), 2);
+        let idx: Vec<u64> = c.entries.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, vec![7, 8, 9, 10]);
+        assert_eq!(c.entries[1].1, b"bb");
+        assert_eq!(c.entries[3].1, b"c");
+        assert_eq!(c.torn_bytes, 0);
+        // Other files beside the database are not journal files.
+        std::fs::write(dir.path().join("audit.db.journal-12"), b"x").unwrap();
+        std::fs::write(dir.path().join("audit.db-wal"), b"x").unwrap();
+        assert_eq!(files(&db).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_ends_the_journal_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(&dir);
+        let mut j = Journal::create(&db, 0).unwrap();
+        j.append([&b"one"[..], b"two", b"three"]).unwrap();
+        let path = files(&db).unwrap()[0].1.clone();
+        let full = std::fs::read(&path).unwrap();
+        // Every cut inside the last record leaves the first two.
+        let last = full.len() - (HEADER + 5);
+        for cut in last..full.len() {
+            std::fs::write(&path, &full[..cut]).unwrap();
+            let c = read(&db).unwrap();
+            assert_eq!(c.entries.len(), 2, "cut at {cut}");
+            assert_eq!(c.torn_bytes, cut - last);
+        }
+        // A flipped bit in the second record's data ends the journal after the first.
+        let mut bad = full.clone();
+        bad[HEADER + 3 + HEADER] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert_eq!(read(&db).unwrap().entries.len(), 1);
+    }
+
+    #[test]
+    fn a_gap_between_files_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(&dir);
+        Journal::create(&db, 0)
+            .unwrap()
+            .append([&b"a"[..], b"b"])
+            .unwrap();
+        Journal::create(&db, 5)
+            .unwrap()
+            .append([&b"c"[..]])
+            .unwrap();
+        assert!(
+            matches!(read(&db), Err(AuditError::Corrupt(m)) if m.contains("entry 2 is missing"))
+        );
+    }
+
+    #[test]
+    fn a_journal_is_never_started_over_a_nonempty_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(&dir);
+        Journal::create(&db, 3)
+            .unwrap()
+            .append([&b"a"[..]])
+            .unwrap();
+        assert!(Journal::create(&db, 3).is_err());
+        assert_eq!(read(&db).unwrap().entries.len(), 1);
+    }
+}
