@@ -7,7 +7,7 @@
 # instructions per request in tract (2026-12-02).
 # The gateway runs twice, once per audit durability: `full` (fsync before each answer) and
 # `process` (survives kill -9 of the gateway, not a power cut).
-# Usage: bash bench/gateway_vs_bare.sh   (SECONDS_PER_RUN=10 ROUNDS=3 PROFILE=release)
+# Usage: bash bench/gateway_vs_bare.sh   (SECONDS_PER_RUN=10 ROUNDS=3 PROFILE=release CONNS_LIST="1 16 64")
 source "$(dirname "$0")/gateway_common.sh"
 SECS=${SECONDS_PER_RUN:-10}
 BP=$(free_port)
@@ -30,7 +30,7 @@ done
 # figure is the median of its rounds: on a shared 2-core VM single runs vary by ~10%.
 ROUNDS=${ROUNDS:-3}
 printf "%-8s %-5s %10s %10s %7s %10s %10s %10s\n" audit conns bare_rps guard_rps ratio bare_p99 guard_p99 added_p99
-for C in 1 16 64; do
+for C in ${CONNS_LIST:-1 16 64}; do
     RESULTS=$STATE/results-$C.jsonl
     : > "$RESULTS"
     for _ in $(seq 1 "$ROUNDS"); do

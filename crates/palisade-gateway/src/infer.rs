@@ -18,7 +18,7 @@ use tower::Service;
 use crate::guard::{Decision, Prediction, ValidatedInfer, error_response, json_response};
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
-use crate::oip::{ModelAction, Target};
+use crate::oip::{ModelAction, Target, target_of};
 
 /// Answers model routes once every guard has passed.
 #[derive(Clone)]
@@ -33,12 +33,13 @@ impl ModelService {
         ModelService { models, metrics }
     }
 
-    async fn answer(self, req: Request) -> Response {
+    async fn answer(self, mut req: Request) -> Response {
+        let target = target_of(&mut req);
         let Target::Model {
             name,
             version,
             action,
-        } = Target::parse(req.uri().path())
+        } = &*target
         else {
             return error_response(StatusCode::NOT_FOUND, "no such route");
         };

@@ -11,7 +11,7 @@ use prometheus::{
 };
 
 use crate::guard::{Decision, Guard, Next, call_next};
-use crate::oip::Target;
+use crate::oip::target_of;
 
 /// The gateway's metrics.
 #[derive(Debug, Clone)]
@@ -25,13 +25,14 @@ pub struct Metrics {
     audit_failures: IntCounter,
 }
 
-fn route_label(path: &str) -> &'static str {
+fn route_label(req: &mut Request) -> &'static str {
+    let path = req.uri().path();
     match path {
         "/v2/health/live" | "/v2/health/ready" => "health",
         "/v2" => "server",
         "/metrics" => "metrics",
         _ if path.starts_with("/inference.GRPCInferenceService/") => "grpc",
-        _ => Target::parse(path).action(),
+        _ => target_of(req).action(),
     }
 }
 
@@ -121,8 +122,8 @@ impl Metrics {
 pub struct Measure(pub std::sync::Arc<Metrics>);
 
 impl Guard for Measure {
-    async fn handle(self, req: Request, next: Next) -> Response {
-        let route = route_label(req.uri().path());
+    async fn handle(self, mut req: Request, next: Next) -> Response {
+        let route = route_label(&mut req);
         let t = Instant::now();
         let resp = call_next(next, req).await;
         let m = &self.0;

@@ -23,7 +23,7 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::hexfmt;
 use crate::metrics::Metrics;
 use crate::now_ms;
-use crate::oip::Target;
+use crate::oip::target_of;
 
 /// Largest response body the audit guard will hash (responses are built in memory, well below).
 const MAX_RESPONSE: usize = 256 << 20;
@@ -43,7 +43,7 @@ impl Audit {
 }
 
 impl Guard for Audit {
-    async fn handle(self, req: Request, next: Next) -> Response {
+    async fn handle(self, mut req: Request, next: Next) -> Response {
         let started = Instant::now();
         let ts_ms = now_ms();
         let method = match req.extensions().get::<super::Via>() {
@@ -51,7 +51,7 @@ impl Guard for Audit {
             None => req.method().to_string(),
         };
         let path = req.uri().path().to_string();
-        let target = Target::parse(&path);
+        let target = target_of(&mut req);
         let resp = call_next(next, req).await;
         let (mut parts, body) = resp.into_parts();
         let bytes = match axum::body::to_bytes(body, MAX_RESPONSE).await {

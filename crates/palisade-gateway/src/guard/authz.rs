@@ -20,7 +20,7 @@ use axum::response::Response;
 use super::{Guard, Next, Principal, call_next, reject};
 use crate::keys::{KeyStore, Role};
 use crate::now_ms;
-use crate::oip::Target;
+use crate::oip::{Target, target_of};
 
 /// The header that carries a TOTP code.
 pub const TOTP_HEADER: &str = "x-palisade-totp";
@@ -41,13 +41,13 @@ impl Authorise {
 const GUARD: &str = "authorise";
 
 impl Guard for Authorise {
-    async fn handle(self, req: Request, next: Next) -> Response {
+    async fn handle(self, mut req: Request, next: Next) -> Response {
         let Some(Principal(key)) = req.extensions().get::<Principal>().cloned() else {
             // The stack is built so that this cannot happen; refuse rather than serve.
             return reject(StatusCode::UNAUTHORIZED, GUARD, "not authenticated");
         };
-        let target = Target::parse(req.uri().path());
-        let (role, mfa) = match &target {
+        let target = target_of(&mut req);
+        let (role, mfa) = match &*target {
             Target::Model { name, .. } => {
                 if key.roles.iter().any(|r| r.allows_query(name)) {
                     return call_next(next, req).await;

@@ -24,7 +24,7 @@ use governor::{Quota, RateLimiter};
 use super::{Guard, Next, Principal, call_next, reject};
 use crate::model::ModelRepository;
 use crate::now_ms;
-use crate::oip::{ModelAction, Target};
+use crate::oip::{ModelAction, Target, target_of};
 use crate::policy::{LimitPolicy, Rate};
 
 type KeyedLimiter = RateLimiter<
@@ -218,12 +218,13 @@ fn limited(items: &[Item], retry_after: u64, what: &str) -> Response {
 const DAY_MS: u64 = 86_400_000;
 
 impl Guard for RateLimit {
-    async fn handle(self, req: Request, next: Next) -> Response {
+    async fn handle(self, mut req: Request, next: Next) -> Response {
+        let target = target_of(&mut req);
         let Target::Model {
             name,
             version,
             action: ModelAction::Infer,
-        } = Target::parse(req.uri().path())
+        } = &*target
         else {
             return call_next(next, req).await;
         };

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use super::{Guard, InputDigest, Next, ServedVersion, ValidatedInfer, call_next, reject};
 use crate::hexfmt;
 use crate::model::{ModelRepository, ServedModel};
-use crate::oip::{self, InferRequest, ModelAction, Target};
+use crate::oip::{self, InferRequest, ModelAction, Target, target_of};
 
 const GUARD: &str = "validate";
 
@@ -173,12 +173,13 @@ pub fn check_request(model: &ServedModel, req: &InferRequest) -> Result<ArrayD<f
 }
 
 impl Guard for Validate {
-    async fn handle(self, req: Request, next: Next) -> Response {
+    async fn handle(self, mut req: Request, next: Next) -> Response {
+        let target = target_of(&mut req);
         let Target::Model {
             name,
             version,
             action,
-        } = Target::parse(req.uri().path())
+        } = &*target
         else {
             return call_next(next, req).await;
         };
@@ -189,7 +190,7 @@ impl Guard for Validate {
             };
             return reject(StatusCode::NOT_FOUND, GUARD, &what);
         };
-        if action != ModelAction::Infer {
+        if *action != ModelAction::Infer {
             return call_next(next, req).await;
         }
         let limit = model.policy.input.max_body_bytes;

@@ -7,7 +7,7 @@ pub use codec::{
     CodecError, EncodedResponse, InferRequest, InputTensor, OutputData, OutputTensor,
     RequestedOutput, decode_request, encode_response,
 };
-pub use route::{ModelAction, Target};
+pub use route::{ModelAction, Target, target_of};
 
 /// The header of the binary tensor extension: length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";

@@ -1,6 +1,21 @@
 //! What a request path asks for. Every guard reads the target from here, so routing and the
 //! guards can never disagree about which model a request is for.
 
+use std::sync::Arc;
+
+use axum::extract::Request;
+
+/// The target of `req`, parsed once per request: the first layer to ask parses the path and
+/// leaves the result on the request for the layers inside it (no layer rewrites the path).
+pub fn target_of(req: &mut Request) -> Arc<Target> {
+    if let Some(t) = req.extensions().get::<Arc<Target>>() {
+        return t.clone();
+    }
+    let t = Arc::new(Target::parse(req.uri().path()));
+    req.extensions_mut().insert(t.clone());
+    t
+}
+
 /// What is asked of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelAction {
@@ -127,5 +142,14 @@ mod tests {
         );
         assert_eq!(Target::parse("/v2/audit/checkpoint"), Target::Audit);
         assert_eq!(Target::parse("/v2/adminx"), Target::Unknown);
+    }
+
+    #[test]
+    fn the_target_is_parsed_once_and_shared() {
+        let mut req = Request::new(axum::body::Body::empty());
+        *req.uri_mut() = "/v2/models/mnist/infer".parse().unwrap();
+        let first = target_of(&mut req);
+        assert_eq!(first.model(), Some("mnist"));
+        assert!(Arc::ptr_eq(&first, &target_of(&mut req)));
     }
 }
