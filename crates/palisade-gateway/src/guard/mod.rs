@@ -19,7 +19,6 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use ndarray::ArrayD;
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceExt as _};
 
 use crate::keys::KeyRecord;
@@ -33,8 +32,80 @@ pub mod harden;
 pub mod ratelimit;
 pub mod validate;
 
-/// The rest of the stack, as a guard sees it.
-pub type Next = BoxCloneSyncService<Request, Response, Infallible>;
+/// A response on its way.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+/// The rest of the stack, as a guard sees it: a shared handle, so that cloning it (once per
+/// request and layer) is one reference count. A boxed cloneable service
+/// (`tower::util::BoxCloneSyncService`) would clone every layer below it instead, each clone a
+/// heap allocation, and the reference counts of every guard's state with it.
+#[derive(Clone)]
+pub struct Next(Arc<dyn Fn(Request) -> ResponseFuture + Send + Sync>);
+
+impl Next {
+    /// The service `svc` as the rest of a stack. Each request goes to a clone of it.
+    pub fn new<S>(svc: S) -> Next
+    where
+        S: Service<Request, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Next(Arc::new(move |req| {
+            let svc = svc.clone();
+            Box::pin(async move {
+                match svc.oneshot(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            })
+        }))
+    }
+
+    /// Sends `req` down the stack.
+    pub fn run(&self, req: Request) -> ResponseFuture {
+        (self.0)(req)
+    }
+}
+
+impl std::fmt::Debug for Next {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Next")
+    }
+}
+
+impl Service<Request> for Next {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = OkFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> OkFuture {
+        OkFuture(self.run(req))
+    }
+}
+
+/// [`Next`]'s future as a service's: the response, which is never an error.
+pub struct OkFuture(ResponseFuture);
+
+impl Future for OkFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map(Ok)
+    }
+}
 
 /// One concern of the request path.
 pub trait Guard: Clone + Send + Sync + 'static {
@@ -44,10 +115,7 @@ pub trait Guard: Clone + Send + Sync + 'static {
 
 /// Calls the rest of the stack.
 pub async fn call_next(next: Next, req: Request) -> Response {
-    match next.oneshot(req).await {
-        Ok(r) => r,
-        Err(never) => match never {},
-    }
+    next.run(req).await
 }
 
 /// A [`Guard`] as a tower [`Layer`].
@@ -63,7 +131,7 @@ where
     fn layer(&self, inner: S) -> GuardService<G> {
         GuardService {
             guard: self.0.clone(),
-            next: BoxCloneSyncService::new(inner),
+            next: Next::new(inner),
         }
     }
 }
@@ -78,7 +146,7 @@ pub struct GuardService<G> {
 impl<G: Guard> Service<Request> for GuardService<G> {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = OkFuture;
 
     fn poll_ready(
         &mut self,
@@ -88,10 +156,10 @@ impl<G: Guard> Service<Request> for GuardService<G> {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, req: Request) -> OkFuture {
         let guard = self.guard.clone();
         let next = self.next.clone();
-        Box::pin(async move { Ok(guard.handle(req, next).await) })
+        OkFuture(Box::pin(guard.handle(req, next)))
     }
 }
 
