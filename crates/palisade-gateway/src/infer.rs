@@ -43,12 +43,12 @@ impl ModelService {
         else {
             return error_response(StatusCode::NOT_FOUND, "no such route");
         };
-        let Some(model) = self.models.get(&name, version.as_deref()) else {
+        let Some(model) = self.models.get(name, version.as_deref()) else {
             return error_response(StatusCode::NOT_FOUND, &format!("model '{name}' not found"));
         };
         match action {
             ModelAction::Metadata => {
-                json_response(StatusCode::OK, &model.metadata(self.models.versions(&name)))
+                json_response(StatusCode::OK, &model.metadata(self.models.versions(name)))
             }
             ModelAction::Ready => {
                 let mut r = Response::new(Body::empty());

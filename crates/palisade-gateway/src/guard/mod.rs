@@ -53,6 +53,10 @@ impl Next {
             + 'static,
         S::Future: Send + 'static,
     {
+        // A guard layer's service is already a `Next`: share it rather than wrap it again.
+        if let Some(next) = (&svc as &dyn std::any::Any).downcast_ref::<Next>() {
+            return next.clone();
+        }
         Next(Arc::new(move |req| {
             let svc = svc.clone();
             Box::pin(async move {
@@ -118,7 +122,8 @@ pub async fn call_next(next: Next, req: Request) -> Response {
     next.run(req).await
 }
 
-/// A [`Guard`] as a tower [`Layer`].
+/// A [`Guard`] as a tower [`Layer`]: the layered service is a [`Next`] that hands each request
+/// to the guard with the rest of the stack.
 #[derive(Debug, Clone)]
 pub struct GuardLayer<G>(pub G);
 
@@ -127,39 +132,13 @@ where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    type Service = GuardService<G>;
-    fn layer(&self, inner: S) -> GuardService<G> {
-        GuardService {
-            guard: self.0.clone(),
-            next: Next::new(inner),
-        }
-    }
-}
-
-/// The service a [`GuardLayer`] makes.
-#[derive(Clone)]
-pub struct GuardService<G> {
-    guard: G,
-    next: Next,
-}
-
-impl<G: Guard> Service<Request> for GuardService<G> {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = OkFuture;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        // The inner service is called through `oneshot`, which waits for its readiness.
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> OkFuture {
-        let guard = self.guard.clone();
-        let next = self.next.clone();
-        OkFuture(Box::pin(guard.handle(req, next)))
+    type Service = Next;
+    fn layer(&self, inner: S) -> Next {
+        let guard = self.0.clone();
+        let next = Next::new(inner);
+        Next(Arc::new(move |req| {
+            Box::pin(guard.clone().handle(req, next.clone()))
+        }))
     }
 }
 

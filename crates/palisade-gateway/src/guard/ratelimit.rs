@@ -228,7 +228,7 @@ impl Guard for RateLimit {
         else {
             return call_next(next, req).await;
         };
-        let Some(model) = self.models.get(&name, version.as_deref()) else {
+        let Some(model) = self.models.get(name, version.as_deref()) else {
             // Unknown model: validation answers 404.
             return call_next(next, req).await;
         };
@@ -236,7 +236,7 @@ impl Guard for RateLimit {
             Some(Principal(k)) => k.id.clone(),
             None => return reject(StatusCode::UNAUTHORIZED, "rate-limit", "not authenticated"),
         };
-        let lim = self.limits.for_model(&name, &model.policy.limits);
+        let lim = self.limits.for_model(name, &model.policy.limits);
         let now = self.limits.clock.now();
         let mut items = Vec::with_capacity(3);
         if let Some((r, l)) = &lim.per_key {
@@ -262,7 +262,7 @@ impl Guard for RateLimit {
         if let Some(limit) = lim.policy.daily_budget {
             let t = now_ms();
             let reset_s = (DAY_MS - t % DAY_MS).div_ceil(1000);
-            let spent = self.limits.budgets.spend(&key_id, &name, t / DAY_MS, limit);
+            let spent = self.limits.budgets.spend(&key_id, name, t / DAY_MS, limit);
             let item = |remaining| Item {
                 name: "day",
                 quota: limit,

@@ -183,7 +183,7 @@ impl Guard for Validate {
         else {
             return call_next(next, req).await;
         };
-        let Some(model) = self.models.get(&name, version.as_deref()) else {
+        let Some(model) = self.models.get(name, version.as_deref()) else {
             let what = match &version {
                 Some(v) => format!("model '{name}' version '{v}' not found"),
                 None => format!("model '{name}' not found"),
