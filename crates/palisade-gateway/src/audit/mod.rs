@@ -22,6 +22,23 @@ pub use checkpoint::{Checkpoint, CheckpointSigner, SignedCheckpoint};
 pub use sqlite::{CheckpointPolicy, Durability, SqliteAuditLog};
 pub use verify::{VerifyReport, verify_log};
 
+/// Entry points for the cargo-fuzz targets in `fuzz/`. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The append journal's record reader (`palisade audit verify` reads journals from state
+    /// folders it is handed) over one file's bytes: the records it accepts, re-encoded, are the
+    /// bytes it consumed.
+    pub fn journal(bytes: &[u8]) {
+        let (records, torn) = super::journal::decode(bytes);
+        let mut again = Vec::new();
+        for (index, data) in &records {
+            super::journal::encode(&mut again, *index, data);
+        }
+        assert_eq!(again.len() + torn, bytes.len());
+        assert_eq!(again[..], bytes[..again.len()]);
+    }
+}
+
 use crate::hexfmt;
 
 /// What can go wrong with the audit log.
