@@ -12,13 +12,16 @@ source "$(dirname "$0")/gateway_common.sh"
 SECS=${SECONDS_PER_RUN:-10}
 BP=$(free_port)
 "$BARE" models/mnist_cnn_public.onnx "127.0.0.1:$BP" 2>> "$STATE/bare.log" &
-PIDS+=("$!")
+PID_BARE=$!
+PIDS+=("$PID_BARE")
 FP=$(free_port)
 start_gateway "$FP" full --audit-durability full
+PID_FULL=$GW_PID
 AUTH_FULL=$AUTH
 unset AUTH
 PP=$(free_port)
 start_gateway "$PP" process --audit-durability process
+PID_PROCESS=$GW_PID
 AUTH_PROCESS=$AUTH
 # The bare endpoint has no health route: wait until it answers an infer.
 for _ in $(seq 1 100); do
@@ -28,30 +31,38 @@ for _ in $(seq 1 100); do
 done
 # Runs alternate (bare, full, process, bare, …) ROUNDS times per connection count and each
 # figure is the median of its rounds: on a shared 2-core VM single runs vary by ~10%.
+# cpu_us is the server process's CPU time (user + system, all threads) per request: what the
+# guards cost, less sensitive than throughput to what else the VM runs.
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ROUNDS=${ROUNDS:-3}
-printf "%-8s %-5s %10s %10s %7s %10s %10s %10s\n" audit conns bare_rps guard_rps ratio bare_p99 guard_p99 added_p99
+printf "%-8s %-5s %10s %10s %7s %10s %10s %10s %8s %8s\n" audit conns bare_rps guard_rps ratio bare_p99 guard_p99 added_p99 bare_cpu guard_cpu
 for C in ${CONNS_LIST:-1 16 64}; do
     RESULTS=$STATE/results-$C.jsonl
     : > "$RESULTS"
     for _ in $(seq 1 "$ROUNDS"); do
         for MODE in bare full process; do
             case $MODE in
-                bare) URL="http://127.0.0.1:$BP/v2/models/mnist/infer" A= ;;
-                full) URL="http://127.0.0.1:$FP/v2/models/mnist/infer" A=$AUTH_FULL ;;
-                process) URL="http://127.0.0.1:$PP/v2/models/mnist/infer" A=$AUTH_PROCESS ;;
+                bare) URL="http://127.0.0.1:$BP/v2/models/mnist/infer" A= P=$PID_BARE ;;
+                full) URL="http://127.0.0.1:$FP/v2/models/mnist/infer" A=$AUTH_FULL P=$PID_FULL ;;
+                process) URL="http://127.0.0.1:$PP/v2/models/mnist/infer" A=$AUTH_PROCESS P=$PID_PROCESS ;;
             esac
+            T0=$(cpu_ticks "$P")
             R=$(AUTH=$A run_wrk "$URL" "$C" "$SECS")
+            T1=$(cpu_ticks "$P")
             [ "$(field "$R" non2xx)" = 0 ] || echo "warning: $MODE answered non-2xx: $R"
-            echo "{\"mode\": \"$MODE\", \"run\": $R}" >> "$RESULTS"
+            echo "{\"mode\": \"$MODE\", \"cpu_us\": $(( (T1 - T0) * TICK_US )), \"run\": $R}" >> "$RESULTS"
         done
     done
     python3 - "$C" "$RESULTS" <<'PY'
 import json, statistics, sys
 c, rows = sys.argv[1], [json.loads(l) for l in open(sys.argv[2])]
 med = lambda m, k: statistics.median(r["run"][k] for r in rows if r["mode"] == m)
+cpu = lambda m: statistics.median(r["cpu_us"] / r["run"]["requests"] for r in rows if r["mode"] == m)
 for m in ("full", "process"):
     b, g = med("bare", "rps"), med(m, "rps")
     bp, gp = med("bare", "p99_ms"), med(m, "p99_ms")
-    print(f"{m:<8} {c:<5} {b:10.1f} {g:10.1f} {g / b:7.3f} {bp:8.3f}ms {gp:8.3f}ms {gp - bp:8.3f}ms")
+    print(f"{m:<8} {c:<5} {b:10.1f} {g:10.1f} {g / b:7.3f} {bp:8.3f}ms {gp:8.3f}ms {gp - bp:8.3f}ms"
+          f" {cpu('bare'):6.0f}us {cpu(m):6.0f}us")
 PY
 done
