@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Load and fault test of `palisade serve` (bundled MNIST model, binary OIP requests, loopback):
-#  1. 64 connections for 60 s: zero 5xx (zero non-2xx), and audit entries >= requests the
-#     gateway answered (its own /metrics) >= responses wrk received;
+#  1. 64 connections for 60 s: zero 5xx (zero non-2xx), the live log verifies halfway through,
+#     and audit entries >= requests the gateway answered (its own /metrics) >= responses wrk
+#     received;
 #  2. kill -9 under load (64 connections); `palisade audit verify` on the killed state, then
-#     restart on the same state: `palisade audit verify` passes and the log holds at least every response wrk received (no acknowledged request lost).
+#     restart on the same state: `palisade audit verify` passes and the log holds at least
+#     every response wrk received (no acknowledged request lost).
 # Usage: bash bench/gateway_load.sh   (DURATION=60 CONNS=64 PROFILE=release
 #        SERVE_ARGS="--audit-durability process")
 source "$(dirname "$0")/gateway_common.sh"
@@ -14,7 +16,16 @@ URL="http://127.0.0.1:$PORT/v2/models/mnist/infer"
 start_gateway "$PORT" gw ${SERVE_ARGS:-}
 
 echo "== $CONNS connections for $DURATION s"
-R1=$(run_wrk "$URL" "$CONNS" "$DURATION")
+run_wrk "$URL" "$CONNS" "$DURATION" > "$STATE/wrk1.json" &
+WRK=$!
+# Halfway through, the live log verifies offline (under load, while entries are being written
+# and, with `process` durability, journal files copied in and deleted).
+sleep $(( DURATION / 2 ))
+"$BIN" audit verify --state "$STATE/gw" > "$STATE/live-verify.txt" \
+    || { cat "$STATE/live-verify.txt"; echo "FAIL: the live log does not verify under load"; exit 1; }
+echo "live log under load: $(head -1 "$STATE/live-verify.txt")"
+wait "$WRK"
+R1=$(cat "$STATE/wrk1.json")
 echo "$R1"
 sleep 1
 E1=$(audit_entries)

@@ -125,12 +125,18 @@ pub(crate) struct Contents {
 }
 
 /// Reads the journal of `db`. Fails if its indices are not contiguous (a file is missing or was
-/// edited).
+/// edited). A file that disappears between listing and reading is skipped: a running gateway's
+/// ingester deletes a file only once the database holds all of it, so a reader that reads the
+/// journal first and the database after misses nothing.
 pub(crate) fn read(db: &Path) -> Result<Contents, AuditError> {
     let mut c = Contents::default();
     for (first, path) in files(db)? {
         let mut bytes = Vec::new();
-        File::open(&path)?.read_to_end(&mut bytes)?;
+        match File::open(&path) {
+            Ok(mut f) => f.read_to_end(&mut bytes)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
         let (records, torn) = decode(&bytes);
         c.torn_bytes += torn;
         if let Some((idx, _)) = records.first()
@@ -372,5 +378,24 @@ mod tests {
                 .collect();
             crate::audit::fuzzing::journal(&noise);
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_file_deleted_while_listing_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(&dir);
+        // Listed (by name) but gone when opened, as when the ingester deletes it meanwhile.
+        std::os::unix::fs::symlink(dir.path().join("gone"), path_for(&db, 0)).unwrap();
+        Journal::create(&db, 4)
+            .unwrap()
+            .append([&b"e"[..]])
+            .unwrap();
+        let c = read(&db).unwrap();
+        assert_eq!(c.files.len(), 1);
+        assert_eq!(
+            c.entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![4]
+        );
     }
 }

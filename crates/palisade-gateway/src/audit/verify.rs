@@ -54,6 +54,10 @@ pub fn verify_log(
             format!("{} is not a file", db.display()),
         )));
     }
+    // The journal is read before the entries: a running gateway deletes a journal file only
+    // once the database holds all of it, so whatever leaves the journal meanwhile is in the
+    // database when its entries are read.
+    let journal = journal::read(db);
     // Read-write open so that a WAL left by a killed writer is read (nothing is written).
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     let mut problems = Vec::new();
@@ -152,7 +156,7 @@ pub fn verify_log(
     // The journal of a gateway that stopped before copying it in: entries the database has
     // must be the same; the rest must follow on.
     let in_db = frontier.size();
-    match journal::read(db) {
+    match journal {
         Err(e) => problems.push(format!("append journal: {e}")),
         Ok(j) if !gap => {
             for (idx, data) in &j.entries {
