@@ -1261,4 +1261,34 @@ mod tests {
         assert_eq!(c.checkpoint.size, 3);
         assert_eq!(c.checkpoint.root, log.inclusion(0, 3).unwrap().root);
     }
+
+    #[test]
+    fn when_sqlite_cannot_take_the_journal_appends_and_reads_fail_closed_and_the_journal_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let rt = runtime();
+        let log = open_log(&db, 7, Durability::Process);
+        assert_eq!(rt.block_on(log.append(vec![0])).unwrap(), 0);
+        assert_eq!(log.size().unwrap(), 1);
+        // Another connection breaks the table the ingester writes to.
+        open_conn(&db, Durability::Full)
+            .unwrap()
+            .execute_batch("ALTER TABLE entries RENAME TO broken")
+            .unwrap();
+        // The entry is journaled and acknowledged; copying it in fails.
+        assert_eq!(rt.block_on(log.append(vec![1])).unwrap(), 1);
+        assert!(matches!(log.size(), Err(AuditError::Write(_))));
+        // From then on appends are refused rather than piling up in the journal.
+        assert!(matches!(
+            rt.block_on(log.append(vec![2])),
+            Err(AuditError::Write(_))
+        ));
+        log.close();
+        // The acknowledged entry is still in the journal for the next open to copy in.
+        let left = journal::read(&db).unwrap();
+        assert_eq!(
+            left.entries.last().map(|(i, d)| (*i, d.clone())),
+            Some((1, vec![1]))
+        );
+    }
 }
