@@ -23,6 +23,7 @@ use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use super::AuditError;
+use super::merkle::{self, Hash};
 
 /// Size from which the next group starts a new file.
 pub(crate) const ROTATE_BYTES: u64 = 4 << 20;
@@ -163,6 +164,33 @@ pub(crate) fn read(db: &Path) -> Result<Contents, AuditError> {
         c.files.push(path);
     }
     Ok(c)
+}
+
+/// The entries of a journal (as [`read`] returns them) that a database holding `leaves` lacks:
+/// contiguous from `leaves.len()`. Fails, saying why, if an entry both hold differs or if the
+/// journal goes on past entries neither holds. Opening the log and the offline verifier both
+/// hold the journal to this rule.
+pub(crate) fn beyond<'a>(
+    entries: &'a [(u64, Vec<u8>)],
+    leaves: &[Hash],
+) -> Result<&'a [(u64, Vec<u8>)], String> {
+    let size = leaves.len() as u64;
+    let split = entries.partition_point(|(idx, _)| *idx < size);
+    for (idx, data) in &entries[..split] {
+        if leaves[*idx as usize] != merkle::leaf_hash(data) {
+            return Err(format!(
+                "journal entry {idx} differs from the database's entry {idx}"
+            ));
+        }
+    }
+    let tail = &entries[split..];
+    match tail.first() {
+        Some((idx, _)) if *idx != size => Err(format!(
+            "the journal goes on from entry {idx} but the database holds {size}: entries {size} to {} are missing",
+            idx - 1
+        )),
+        _ => Ok(tail),
+    }
 }
 
 /// The open journal, written by one appender at a time.

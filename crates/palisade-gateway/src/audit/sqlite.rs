@@ -876,27 +876,9 @@ impl Writer {
                 "dropped a torn record at the end of the audit journal (a write cut short by a kill; its request was not answered)"
             );
         }
-        let size = self.frontier.size();
-        let mut tail = Vec::new();
-        for (idx, data) in &j.entries {
-            match leaves.get(*idx as usize) {
-                Some(leaf) if *leaf != merkle::leaf_hash(data) => {
-                    return Err(AuditError::Corrupt(format!(
-                        "journal entry {idx} differs from the database's entry {idx}"
-                    )));
-                }
-                Some(_) => {}
-                None if tail.is_empty() && *idx != size => {
-                    return Err(AuditError::Corrupt(format!(
-                        "the journal goes on from entry {idx} but the database holds {size}: entries {size} to {} are missing",
-                        idx - 1
-                    )));
-                }
-                None => tail.push(data.as_slice()),
-            }
-        }
+        let tail = journal::beyond(&j.entries, leaves).map_err(AuditError::Corrupt)?;
         if !tail.is_empty() {
-            self.commit_group(tail.iter().copied(), true)?;
+            self.commit_group(tail.iter().map(|(_, d)| d.as_slice()), true)?;
             tracing::info!(
                 entries = tail.len(),
                 "copied journaled audit entries into the database"

@@ -158,35 +158,22 @@ pub fn verify_log(
     let in_db = frontier.size();
     match journal {
         Err(e) => problems.push(format!("append journal: {e}")),
-        Ok(j) if !gap => {
-            for (idx, data) in &j.entries {
-                let computed = merkle::leaf_hash(data);
-                if let Some(leaf) = leaves.get(*idx as usize) {
-                    if *leaf != computed {
+        Ok(j) if !gap => match journal::beyond(&j.entries, &leaves) {
+            Err(why) => problems.push(why),
+            Ok(tail) => {
+                for (idx, data) in tail {
+                    if serde_json::from_slice::<AuditRecord>(data).is_err() {
                         problems.push(format!(
-                            "journal entry {idx} differs from the database's entry {idx}"
+                            "journal entry {idx}: not a well-formed audit record"
                         ));
                     }
-                    continue;
-                }
-                if *idx != frontier.size() {
-                    problems.push(format!(
-                        "entry {} is missing (the journal goes on from {idx})",
-                        frontier.size()
-                    ));
-                    break;
-                }
-                if serde_json::from_slice::<AuditRecord>(data).is_err() {
-                    problems.push(format!(
-                        "journal entry {idx}: not a well-formed audit record"
-                    ));
-                }
-                frontier.push(computed);
-                if let Some(list) = ckpts.get(&frontier.size()) {
-                    check(frontier.size(), &frontier.root(), list, &mut problems);
+                    frontier.push(merkle::leaf_hash(data));
+                    if let Some(list) = ckpts.get(&frontier.size()) {
+                        check(frontier.size(), &frontier.root(), list, &mut problems);
+                    }
                 }
             }
-        }
+        },
         Ok(_) => {}
     }
     let entries = frontier.size();
