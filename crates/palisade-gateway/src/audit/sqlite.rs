@@ -46,7 +46,6 @@
 //! last pass.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -149,8 +148,6 @@ struct Inline {
     ingest_wake: Condvar,
     /// Signalled after each ingestion pass.
     ingested_cv: Condvar,
-    /// Set when ingestion failed: appends then fail closed.
-    failed: AtomicBool,
 }
 
 /// Journaled entries on their way into SQLite.
@@ -344,7 +341,6 @@ impl SqliteAuditLog {
                     }),
                     ingest_wake: Condvar::new(),
                     ingested_cv: Condvar::new(),
-                    failed: AtomicBool::new(false),
                 });
                 let ingest = inline.clone();
                 let handle = std::thread::Builder::new()
@@ -443,10 +439,12 @@ impl SqliteAuditLog {
                 let n = q.pending.len().min(MAX_GROUP);
                 q.pending.drain(..n).collect()
             };
-            let written = if inline.failed.load(Ordering::Acquire) {
-                Err(AuditError::Write(
-                    "the audit database could not take journaled entries".into(),
-                ))
+            // Once SQLite cannot take the journal, appends fail closed rather than pile up there.
+            let failed = lock(&inline.ingest).failed.clone();
+            let written = if let Some(why) = failed {
+                Err(AuditError::Write(format!(
+                    "the audit database could not take journaled entries: {why}"
+                )))
             } else {
                 match lock(&inline.journal).as_mut() {
                     Some(j) => j.append(batch.iter().map(|(d, _)| d.as_slice())),
@@ -469,16 +467,11 @@ impl SqliteAuditLog {
                             inline.ingest_wake.notify_one();
                         }
                     }
-                    for (i, r) in replies.into_iter().enumerate() {
-                        let _ = r.send(Ok(first + i as u64));
-                    }
+                    reply(replies, Ok(first));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit journal write failed");
-                    let msg = e.to_string();
-                    for (_, r) in batch {
-                        let _ = r.send(Err(AuditError::Write(msg.clone())));
-                    }
+                    reply(batch.into_iter().map(|(_, r)| r), Err(e));
                 }
             }
         }
@@ -517,6 +510,23 @@ impl SqliteAuditLog {
         if let Some((stop, h)) = self.wal.lock().ok().and_then(|mut g| g.take()) {
             drop(stop);
             let _ = h.join();
+        }
+    }
+}
+
+/// Tells a group's appenders, in order, their indices from `first`, or why the group failed.
+fn reply(replies: impl IntoIterator<Item = Reply>, first: Result<u64, AuditError>) {
+    match first {
+        Ok(first) => {
+            for (i, r) in replies.into_iter().enumerate() {
+                let _ = r.send(Ok(first + i as u64));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            for r in replies {
+                let _ = r.send(Err(AuditError::Write(msg.clone())));
+            }
         }
     }
 }
@@ -586,7 +596,6 @@ fn ingest_loop(shared: &Mutex<Writer>, inline: &Inline) {
         drop(w);
         if let Err(e) = &done {
             tracing::error!(error = %e, "copying the audit journal into SQLite failed");
-            inline.failed.store(true, Ordering::Release);
         }
         for r in retired {
             if done.is_ok()
@@ -787,20 +796,11 @@ impl Writer {
 
     /// Commits `appends` as one group and tells each appender its index, or the error.
     fn commit_and_reply(&mut self, appends: Vec<(Vec<u8>, Reply)>, force: bool) {
-        match self.commit_group(appends.iter().map(|(d, _)| d.as_slice()), force) {
-            Ok(start) => {
-                for (i, (_, r)) in appends.into_iter().enumerate() {
-                    let _ = r.send(Ok(start + i as u64));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "audit append failed");
-                let msg = e.to_string();
-                for (_, r) in appends {
-                    let _ = r.send(Err(AuditError::Write(msg.clone())));
-                }
-            }
+        let result = self.commit_group(appends.iter().map(|(d, _)| d.as_slice()), force);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "audit append failed");
         }
+        reply(appends.into_iter().map(|(_, r)| r), result);
     }
 
     fn latest(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
