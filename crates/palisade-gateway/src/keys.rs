@@ -207,9 +207,14 @@ pub trait KeyStore: Send + Sync + 'static {
 
 /// Keys in an SQLite file.
 pub struct SqliteKeyStore {
-    conn: Mutex<Connection>,
-    /// Taken after `conn`, never before it.
-    cache: Mutex<KeyCache>,
+    /// The connection and the records cached from it, under one lock: every use of the cache
+    /// also uses the connection.
+    store: Mutex<Store>,
+}
+
+struct Store {
+    conn: Connection,
+    cache: KeyCache,
 }
 
 /// Most keys held in the cache; past it the cache starts over.
@@ -223,6 +228,14 @@ struct KeyCache {
     version: Option<i64>,
     /// Key id → record and stored hash.
     keys: HashMap<String, (Arc<KeyRecord>, Vec<u8>)>,
+}
+
+impl KeyCache {
+    /// Forgets the cached records (after a write through the store's connection).
+    fn invalidate(&mut self) {
+        self.version = None;
+        self.keys.clear();
+    }
 }
 
 impl fmt::Debug for SqliteKeyStore {
@@ -296,32 +309,25 @@ impl SqliteKeyStore {
                  totp_last   INTEGER);",
         )?;
         Ok(SqliteKeyStore {
-            conn: Mutex::new(conn),
-            cache: Mutex::default(),
+            store: Mutex::new(Store {
+                conn,
+                cache: KeyCache::default(),
+            }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
-        // back), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Forgets the cached records (after a write through this connection).
-    fn invalidate(&self) {
-        let mut c = self.cache();
-        c.version = None;
-        c.keys.clear();
+        // back) nor the cache wrong (it is only ever dropped or filled from the database), so a
+        // poisoned lock is still usable.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the store holds no key at all (first start).
     pub fn is_empty(&self) -> Result<bool, KeyError> {
         let n: i64 = self
             .lock()
+            .conn
             .query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
         Ok(n == 0)
     }
@@ -435,17 +441,17 @@ impl KeyStore for SqliteKeyStore {
         let Some(id) = key_id(presented) else {
             return Ok(Authn::Malformed);
         };
-        let conn = self.lock();
+        let mut guard = self.lock();
+        let Store { conn, cache } = &mut *guard;
         let version: i64 = conn
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?;
-        let mut cache = self.cache();
         if cache.version != Some(version) {
             cache.keys.clear();
             cache.version = Some(version);
         }
         if !cache.keys.contains_key(id) {
-            let Some((rec, hash)) = self.get(&conn, id)? else {
+            let Some((rec, hash)) = self.get(conn, id)? else {
                 return Ok(Authn::Unknown(None));
             };
             if cache.keys.len() >= MAX_CACHED {
@@ -474,26 +480,28 @@ impl KeyStore for SqliteKeyStore {
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         // A new id changes no cached record: the cache holds only keys that were found.
-        Self::insert(&self.lock(), name, roles, expires_ms, now_ms)
+        Self::insert(&self.lock().conn, name, roles, expires_ms, now_ms)
     }
 
     fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError> {
-        let conn = self.lock();
-        if self.get(&conn, id)?.is_none() {
+        let mut guard = self.lock();
+        let Store { conn, cache } = &mut *guard;
+        if self.get(conn, id)?.is_none() {
             return Err(KeyError::NotFound(id.to_string()));
         }
         let n = conn.execute(
             "UPDATE keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
             params![id, now_ms as i64],
         );
-        self.invalidate();
+        cache.invalidate();
         Ok(n? == 1)
     }
 
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError> {
-        let mut conn = self.lock();
+        let mut guard = self.lock();
+        let Store { conn, cache } = &mut *guard;
         let (old, _) = self
-            .get(&conn, id)?
+            .get(conn, id)?
             .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
         if old.revoked_ms.is_some() {
             return Err(KeyError::Invalid(format!("key {id} is revoked")));
@@ -507,13 +515,14 @@ impl KeyStore for SqliteKeyStore {
         )?;
         let new = Self::insert(&tx, &old.name, &old.roles, None, now_ms)?;
         let committed = tx.commit();
-        self.invalidate();
+        cache.invalidate();
         committed?;
         Ok(new)
     }
 
     fn list(&self) -> Result<Vec<KeyRecord>, KeyError> {
-        let conn = self.lock();
+        let guard = self.lock();
+        let conn = &guard.conn;
         let mut stmt = conn.prepare(
             "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret
              FROM keys ORDER BY created_ms, id",
@@ -526,7 +535,8 @@ impl KeyStore for SqliteKeyStore {
         if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(false);
         }
-        let conn = self.lock();
+        let guard = self.lock();
+        let conn = &guard.conn;
         let secret: Option<Option<Vec<u8>>> = conn
             .query_row(
                 "SELECT totp_secret FROM keys WHERE id = ?1",
@@ -600,6 +610,7 @@ mod tests {
         // The hash, not the key, is stored.
         let stored: Vec<u8> = s
             .lock()
+            .conn
             .query_row("SELECT hash FROM keys", [], |r| r.get(0))
             .unwrap();
         assert_eq!(stored, hash_key(&k.key));
@@ -615,7 +626,7 @@ mod tests {
             matches!(gateway.authenticate(&key.key, now).unwrap(),
                 Authn::Valid(r) if r.id == key.record.id)
         };
-        let cached = |key: &NewKey| gateway.cache().keys.contains_key(&key.record.id);
+        let cached = |key: &NewKey| gateway.lock().cache.keys.contains_key(&key.record.id);
         let k = gateway
             .create("svc", &[Role::Query("*".into())], None, T0)
             .unwrap();
