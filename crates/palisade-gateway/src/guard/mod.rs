@@ -245,3 +245,32 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Pass;
+
+    impl Guard for Pass {
+        async fn handle(self, req: Request, next: Next) -> Response {
+            call_next(next, req).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stack_of_guard_layers_shares_its_handles_and_answers() {
+        let inner = tower::service_fn(|_req: Request| async {
+            Ok::<_, Infallible>(error_response(StatusCode::IM_A_TEAPOT, "inner"))
+        });
+        let stack: Next = tower::ServiceBuilder::new()
+            .layer(GuardLayer(Pass))
+            .layer(GuardLayer(Pass))
+            .service(inner);
+        // Wrapping a Next again shares it instead of adding a layer of its own.
+        assert!(Arc::ptr_eq(&stack.0, &Next::new(stack.clone()).0));
+        let resp = stack.run(Request::new(Body::empty())).await;
+        assert_eq!(resp.status(), StatusCode::IM_A_TEAPOT);
+    }
+}
