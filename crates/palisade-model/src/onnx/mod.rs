@@ -15,6 +15,7 @@ pub mod interp;
 mod proto;
 mod tract_rt;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -315,7 +316,10 @@ impl OnnxModel {
             .map_err(|e| ModelError::NotDifferentiable(format!("{}: {e}", self.info.name)))
     }
 
-    fn flat(&self, x: &ArrayViewD<'_, f32>) -> Result<(Vec<f32>, usize), ModelError> {
+    /// The batch `x` as row-major values (borrowed when `x` is already laid out so; an
+    /// element-wise walk of a dynamic-rank view costs more than the rest of a small model's
+    /// serving path) and its batch size.
+    fn flat<'a>(&self, x: &'a ArrayViewD<'_, f32>) -> Result<(Cow<'a, [f32]>, usize), ModelError> {
         let n = self.info.check_batch(x.shape())?;
         if n == 0 {
             return Err(ModelError::Shape {
@@ -323,7 +327,11 @@ impl OnnxModel {
                 got: x.shape().to_vec(),
             });
         }
-        Ok((x.iter().copied().collect(), n))
+        let data = match x.as_slice() {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(x.iter().copied().collect()),
+        };
+        Ok((data, n))
     }
 
     /// Logits computed by the differentiable interpreter (no autodiff), for comparison with
@@ -331,7 +339,7 @@ impl OnnxModel {
     pub fn interpreter_logits(&self, x: ArrayViewD<'_, f32>) -> Result<Array2<f32>, ModelError> {
         let plan = self.plan()?;
         let (data, _) = self.flat(&x)?;
-        let out = plan.logits(data, x.shape())?;
+        let out = plan.logits(data.into_owned(), x.shape())?;
         self.to_logits(out)
     }
 
@@ -355,7 +363,7 @@ impl Classifier for OnnxModel {
 
     fn logits(&self, x: ArrayViewD<'_, f32>) -> Result<Array2<f32>, ModelError> {
         let (data, n) = self.flat(&x)?;
-        Ok(self.tract.run(data, n)?)
+        Ok(self.tract.run(&data, n)?)
     }
 
     fn as_differentiable(&self) -> Option<&dyn Differentiable> {
@@ -375,7 +383,7 @@ impl Differentiable for OnnxModel {
         let plan = self.plan()?;
         let (data, _) = self.flat(&x)?;
         let c = self.info.num_classes;
-        let (out, grad) = plan.vjp(data, x.shape(), &mut |logits| {
+        let (out, grad) = plan.vjp(data.into_owned(), x.shape(), &mut |logits| {
             let view = ArrayView2::from_shape((logits.shape[0], logits.shape[1]), &logits.data)
                 .map_err(|e| OnnxError::Runtime(e.to_string()))?;
             if logits.shape[1] != c {

@@ -100,7 +100,7 @@ impl TractRunner {
                 Some(d) if fact.shape.len() >= 2 => d.iter().product(),
                 _ => {
                     let n: usize = input_shape.iter().product();
-                    let (c, _) = runner.raw(vec![0.0; n], 1)?;
+                    let (c, _) = runner.raw(&vec![0.0; n], 1)?;
                     c
                 }
             };
@@ -119,10 +119,10 @@ impl TractRunner {
     }
 
     /// Runs a batch of `n` samples; returns the width and the flattened values.
-    fn raw(&self, data: Vec<f32>, n: usize) -> Result<(usize, Vec<f32>), OnnxError> {
+    fn raw(&self, data: &[f32], n: usize) -> Result<(usize, Vec<f32>), OnnxError> {
         let mut shape = vec![n];
         shape.extend_from_slice(&self.input_shape);
-        let t = Tensor::from_shape(&shape, &data).map_err(tract_err)?;
+        let t = Tensor::from_shape(&shape, data).map_err(tract_err)?;
         let out = guard(|| self.plan.run(tvec!(t.into_tvalue())).map_err(tract_err))?;
         let y = out
             .first()
@@ -137,11 +137,15 @@ impl TractRunner {
         }
         let width: usize = dims[1..].iter().product();
         let view = y.to_plain_array_view::<f32>().map_err(tract_err)?;
-        Ok((width, view.iter().copied().collect()))
+        let values = match view.as_slice() {
+            Some(s) => s.to_vec(),
+            None => view.iter().copied().collect(),
+        };
+        Ok((width, values))
     }
 
     /// Logits `[n, C]` for `n` samples in row-major `data`.
-    pub(crate) fn run(&self, data: Vec<f32>, n: usize) -> Result<Array2<f32>, OnnxError> {
+    pub(crate) fn run(&self, data: &[f32], n: usize) -> Result<Array2<f32>, OnnxError> {
         let (c, v) = self.raw(data, n)?;
         if c != self.num_classes {
             return Err(OnnxError::Tract(format!(
