@@ -137,7 +137,12 @@ fn param(p: &HashMap<String, String>, name: &str) -> String {
 
 async fn revoke_key(State(s): State<AdminState>, Path(p): Params) -> Response {
     let id = param(&p, "id");
-    match s.keys.revoke(&id, now_ms()) {
+    let keys = s.keys.clone();
+    let key = id.clone();
+    let Ok(revoked) = tokio::task::spawn_blocking(move || keys.revoke(&key, now_ms())).await else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "the revocation failed");
+    };
+    match revoked {
         Ok(changed) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "id": id, "revoked": true, "was_active": changed }),
@@ -158,10 +163,14 @@ async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
         Ok(r) => r,
         Err(m) => return bad_request(&m),
     };
-    match s
-        .keys
-        .rotate(&id, Duration::from_secs(req.overlap_s), now_ms())
-    {
+    let keys = s.keys.clone();
+    let overlap = Duration::from_secs(req.overlap_s);
+    let Ok(rotated) =
+        tokio::task::spawn_blocking(move || keys.rotate(&id, overlap, now_ms())).await
+    else {
+        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "the rotation failed");
+    };
+    match rotated {
         Ok(k) => json_response(StatusCode::CREATED, &k),
         Err(e) => key_error(e),
     }

@@ -7,13 +7,14 @@
 //!
 //! Rotation creates a new key with the same roles and lets the old one live for an overlap
 //! window; revocation is a row update that the next request sees. Requests are checked against
-//! records cached in memory, but every check first asks SQLite whether the database changed
+//! records cached in memory. The cache is dropped when SQLite says the database changed
 //! (`PRAGMA data_version`, which sees commits by any other connection or process, such as
-//! `palisade keys revoke`) and drops the cache if it did; the store's own writes drop it too. A
-//! hit saves the row lookup and its decoding, not the database round trip: the pragma still opens
-//! a read transaction, which takes and drops a lock on the `-shm` file (two `fcntl` calls). Under
-//! `perf` at 16 connections authentication was 3.0% of the gateway's CPU before the cache and
-//! 2.1-2.8% with it (one outlier profile showed 0.4%).
+//! `palisade keys revoke`) and on the store's own writes. Asking costs a read transaction, which
+//! takes and drops a lock on the `-shm` file (two `fcntl` calls), so an answer vouches for the
+//! cache for [`RECHECK_AFTER`] (1 ms): under load most requests skip the question. In exchange a
+//! write that takes validity away (revoke, rotate) waits [`SETTLE`] (2 ms, longer than that window)
+//! after its commit before it returns, so once `palisade keys revoke` (or the admin API) has
+//! answered, no gateway on the same database accepts the key, whichever process wrote it.
 //!
 //! Keys with the `admin` or `deploy` role also get a TOTP secret (RFC 6238, SHA-1, 6 digits,
 //! 30 s): admin actions must carry a current code, and a code is accepted once per key.
@@ -24,7 +25,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use rand::RngCore as _;
@@ -195,9 +196,11 @@ pub trait KeyStore: Send + Sync + 'static {
         expires_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError>;
-    /// Revokes a key at once. Returns false if it was already revoked.
+    /// Revokes a key at once: when this returns, no gateway on the same store accepts it.
+    /// Returns false if it was already revoked. May block for a few milliseconds.
     fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError>;
-    /// Makes a successor with the same roles; the old key stays valid for `overlap`.
+    /// Makes a successor with the same roles; the old key stays valid for `overlap`. May block
+    /// for a few milliseconds (as `revoke`).
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError>;
     /// All keys.
     fn list(&self) -> Result<Vec<KeyRecord>, KeyError>;
@@ -220,12 +223,22 @@ struct Store {
 /// Most keys held in the cache; past it the cache starts over.
 const MAX_CACHED: usize = 4096;
 
+/// How long an answer to "did the database change?" vouches for the cached records.
+pub const RECHECK_AFTER: Duration = Duration::from_millis(1);
+
+/// How long a write that takes a key's validity away waits after its commit before it returns:
+/// longer than [`RECHECK_AFTER`], so that by then every store on the database has asked again.
+pub const SETTLE: Duration = Duration::from_millis(2);
+
 /// Records read since the database last changed (see the module documentation).
 #[derive(Default)]
 struct KeyCache {
     /// `PRAGMA data_version` when the records were read; `None` after a write of our own, which
     /// that pragma does not count.
     version: Option<i64>,
+    /// When the pragma was last asked (the instant before asking, so that the window never
+    /// outlasts a commit the answer missed by more than [`RECHECK_AFTER`]).
+    asked: Option<Instant>,
     /// Key id → record and stored hash.
     keys: HashMap<String, (Arc<KeyRecord>, Vec<u8>)>,
 }
@@ -234,6 +247,7 @@ impl KeyCache {
     /// Forgets the cached records (after a write through the store's connection).
     fn invalidate(&mut self) {
         self.version = None;
+        self.asked = None;
         self.keys.clear();
     }
 }
@@ -443,12 +457,16 @@ impl KeyStore for SqliteKeyStore {
         };
         let mut guard = self.lock();
         let Store { conn, cache } = &mut *guard;
-        let version: i64 = conn
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?;
-        if cache.version != Some(version) {
-            cache.keys.clear();
-            cache.version = Some(version);
+        if cache.asked.is_none_or(|t| t.elapsed() >= RECHECK_AFTER) {
+            let asked = Instant::now();
+            let version: i64 = conn
+                .prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get(0))?;
+            if cache.version != Some(version) {
+                cache.keys.clear();
+                cache.version = Some(version);
+            }
+            cache.asked = Some(asked);
         }
         if !cache.keys.contains_key(id) {
             let Some((rec, hash)) = self.get(conn, id)? else {
@@ -494,7 +512,12 @@ impl KeyStore for SqliteKeyStore {
             params![id, now_ms as i64],
         );
         cache.invalidate();
-        Ok(n? == 1)
+        drop(guard);
+        let changed = n? == 1;
+        if changed {
+            std::thread::sleep(SETTLE);
+        }
+        Ok(changed)
     }
 
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError> {
@@ -516,7 +539,9 @@ impl KeyStore for SqliteKeyStore {
         let new = Self::insert(&tx, &old.name, &old.roles, None, now_ms)?;
         let committed = tx.commit();
         cache.invalidate();
+        drop(guard);
         committed?;
+        std::thread::sleep(SETTLE);
         Ok(new)
     }
 
@@ -664,6 +689,33 @@ mod tests {
             gateway.authenticate(&forged, T0).unwrap(),
             Authn::Unknown(Some(k3.record.id.clone()))
         );
+    }
+
+    #[test]
+    fn a_write_that_skips_the_settle_is_seen_once_the_recheck_window_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let gateway = SqliteKeyStore::open(&path).unwrap();
+        let k = gateway
+            .create("svc", &[Role::Query("*".into())], None, T0)
+            .unwrap();
+        assert!(matches!(
+            gateway.authenticate(&k.key, T0).unwrap(),
+            Authn::Valid(_)
+        ));
+        // A writer that does not wait (an older palisade, a hand-made SQL update).
+        let raw = Connection::open(&path).unwrap();
+        raw.execute(
+            "UPDATE keys SET revoked_ms = ?2 WHERE id = ?1",
+            params![k.record.id, T0 as i64],
+        )
+        .unwrap();
+        std::thread::sleep(RECHECK_AFTER);
+        assert_eq!(
+            gateway.authenticate(&k.key, T0 + 1).unwrap(),
+            Authn::Revoked(k.record.id.clone())
+        );
+        assert!(SETTLE > RECHECK_AFTER);
     }
 
     #[test]
