@@ -36,7 +36,9 @@ done
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ROUNDS=${ROUNDS:-3}
-printf "%-8s %-5s %10s %10s %7s %10s %10s %10s %8s %8s\n" audit conns bare_rps guard_rps ratio bare_p99 guard_p99 added_p99 bare_cpu guard_cpu
+# ratio_range: the lowest and highest ratio of a single round (each guarded run against the bare
+# run of the same round), to show how far one run on this machine can be trusted.
+printf "%-8s %-5s %10s %10s %7s %13s %10s %10s %10s %8s %8s\n" audit conns bare_rps guard_rps ratio ratio_range bare_p99 guard_p99 added_p99 bare_cpu guard_cpu
 for C in ${CONNS_LIST:-1 16 64}; do
     RESULTS=$STATE/results-$C.jsonl
     : > "$RESULTS"
@@ -59,10 +61,13 @@ import json, statistics, sys
 c, rows = sys.argv[1], [json.loads(l) for l in open(sys.argv[2])]
 med = lambda m, k: statistics.median(r["run"][k] for r in rows if r["mode"] == m)
 cpu = lambda m: statistics.median(r["cpu_us"] / r["run"]["requests"] for r in rows if r["mode"] == m)
+bare_runs = [r["run"]["rps"] for r in rows if r["mode"] == "bare"]
 for m in ("full", "process"):
     b, g = med("bare", "rps"), med(m, "rps")
     bp, gp = med("bare", "p99_ms"), med(m, "p99_ms")
-    print(f"{m:<8} {c:<5} {b:10.1f} {g:10.1f} {g / b:7.3f} {bp:8.3f}ms {gp:8.3f}ms {gp - bp:8.3f}ms"
-          f" {cpu('bare'):6.0f}us {cpu(m):6.0f}us")
+    per_round = [r["run"]["rps"] / br for r, br in zip((r for r in rows if r["mode"] == m), bare_runs)]
+    spread = f"{min(per_round):.3f}-{max(per_round):.3f}"
+    print(f"{m:<8} {c:<5} {b:10.1f} {g:10.1f} {g / b:7.3f} {spread:>13} {bp:8.3f}ms {gp:8.3f}ms"
+          f" {gp - bp:8.3f}ms {cpu('bare'):6.0f}us {cpu(m):6.0f}us")
 PY
 done
