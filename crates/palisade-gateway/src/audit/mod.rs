@@ -5,6 +5,7 @@
 //! [`AuditLog`] is the interface the gateway writes to; [`SqliteAuditLog`] is the embedded
 //! implementation (a PostgreSQL one can back several gateways later).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -85,32 +86,44 @@ pub trait AuditLog: Send + Sync + 'static {
 }
 
 /// One audited event. Serialised as JSON, these bytes are the Merkle leaf.
+///
+/// The text fields borrow where they can (the gateway builds a record per request from data the
+/// request already holds; reading a log borrows from the entry's bytes when nothing is escaped).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuditRecord {
+pub struct AuditRecord<'a> {
     /// Milliseconds since the Unix epoch, when the request arrived.
     pub ts_ms: u64,
     /// The key's identifying prefix, when one was presented and recognised.
-    pub key_id: Option<String>,
+    #[serde(borrow)]
+    pub key_id: Option<Cow<'a, str>>,
     /// HTTP method or gRPC call.
-    pub method: String,
+    #[serde(borrow)]
+    pub method: Cow<'a, str>,
     /// Request path (no query string).
-    pub path: String,
+    #[serde(borrow)]
+    pub path: Cow<'a, str>,
     /// What was asked: `infer`, `metadata`, `ready`, `admin.keys.create`, `audit.proof`, …
-    pub action: String,
+    #[serde(borrow)]
+    pub action: Cow<'a, str>,
     /// The model, for model routes.
-    pub model: Option<String>,
+    #[serde(borrow)]
+    pub model: Option<Cow<'a, str>>,
     /// The model version that answered, when one did.
-    pub version: Option<String>,
+    #[serde(borrow)]
+    pub version: Option<Cow<'a, str>>,
     /// `allowed`, or the guard that refused: `denied:authenticate`, `denied:authorise`,
     /// `denied:rate-limit`, `denied:validate`, `error`.
-    pub decision: String,
+    #[serde(borrow)]
+    pub decision: Cow<'a, str>,
     /// Status code sent.
     pub status: u16,
     /// SHA-256 of the (decompressed) request body, when the body was read.
-    pub input_sha256: Option<String>,
+    #[serde(borrow)]
+    pub input_sha256: Option<Cow<'a, str>>,
     /// SHA-256 of the response body.
-    pub output_sha256: Option<String>,
+    #[serde(borrow)]
+    pub output_sha256: Option<Cow<'a, str>>,
     /// Time from arrival to the response being ready, in microseconds (before the audit write).
     pub latency_us: u64,
 }

@@ -6,6 +6,7 @@
 //! only then releases the response; if the log cannot be written the request fails closed with
 //! 503 and no output.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,11 +47,14 @@ impl Guard for Audit {
     async fn handle(self, mut req: Request, next: Next) -> Response {
         let started = Instant::now();
         let ts_ms = now_ms();
-        let method = match req.extensions().get::<super::Via>() {
-            Some(v) => format!("GRPC {}", v.0),
-            None => req.method().to_string(),
-        };
-        let path = req.uri().path().to_string();
+        let via = req
+            .extensions()
+            .get::<super::Via>()
+            .map(|v| format!("GRPC {}", v.0));
+        // Kept for the record without copying their text: a standard method is a constant, the
+        // URI's path a shared buffer.
+        let method = req.method().clone();
+        let uri = req.uri().clone();
         let target = target_of(&mut req);
         let resp = call_next(next, req).await;
         let (mut parts, body) = resp.into_parts();
@@ -74,20 +78,24 @@ impl Guard for Audit {
             });
         let key_id = ext
             .get::<Principal>()
-            .map(|p| p.0.id.clone())
-            .or_else(|| ext.get::<PresentedKeyId>().map(|k| k.0.clone()));
+            .map(|p| p.0.id.as_str())
+            .or_else(|| ext.get::<PresentedKeyId>().map(|k| k.0.as_str()));
         let record = AuditRecord {
             ts_ms,
-            key_id,
-            method,
-            path,
-            action: target.action().to_string(),
-            model: target.model().map(str::to_string),
-            version: ext.get::<ServedVersion>().map(|v| v.0.clone()),
-            decision: decision.as_string(),
+            key_id: key_id.map(Cow::Borrowed),
+            method: Cow::Borrowed(via.as_deref().unwrap_or(method.as_str())),
+            path: Cow::Borrowed(uri.path()),
+            action: Cow::Borrowed(target.action()),
+            model: target.model().map(Cow::Borrowed),
+            version: ext
+                .get::<ServedVersion>()
+                .map(|v| Cow::Borrowed(v.0.as_str())),
+            decision: decision.as_str(),
             status: parts.status.as_u16(),
-            input_sha256: ext.get::<InputDigest>().map(|d| d.0.clone()),
-            output_sha256: Some(hexfmt::encode(&Sha256::digest(&bytes))),
+            input_sha256: ext
+                .get::<InputDigest>()
+                .map(|d| Cow::Borrowed(d.0.as_str())),
+            output_sha256: Some(Cow::Owned(hexfmt::encode(&Sha256::digest(&bytes)))),
             latency_us: started.elapsed().as_micros() as u64,
         };
         let entry = match serde_json::to_vec(&record) {

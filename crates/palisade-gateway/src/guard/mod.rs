@@ -9,6 +9,7 @@
 //! coming out ([`Decision`], [`Principal`], [`InputDigest`], [`ServedVersion`]), which the
 //! audit guard, outermost, writes to the log.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -155,11 +156,11 @@ pub enum Decision {
 
 impl Decision {
     /// The audit-log form.
-    pub fn as_string(&self) -> String {
+    pub fn as_str(&self) -> Cow<'static, str> {
         match self {
-            Decision::Allowed => "allowed".into(),
-            Decision::Denied(g) => format!("denied:{g}"),
-            Decision::Error => "error".into(),
+            Decision::Allowed => Cow::Borrowed("allowed"),
+            Decision::Denied(g) => Cow::Owned(format!("denied:{g}")),
+            Decision::Error => Cow::Borrowed("error"),
         }
     }
 }
