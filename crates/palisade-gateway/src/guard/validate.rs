@@ -147,18 +147,16 @@ pub fn check_request(model: &ServedModel, req: &InferRequest) -> Result<ArrayD<f
         .input
         .range
         .unwrap_or([info.input_range.min, info.input_range.max]);
-    if !all_finite_within(&input.data, lo, hi) {
-        for (i, &v) in input.data.iter().enumerate() {
-            if !v.is_finite() {
-                return Err(format!("input '{}': element {i} is {v}", input.name));
-            }
-            if v < lo || v > hi {
-                return Err(format!(
-                    "input '{}': element {i} = {v} is outside [{lo}, {hi}]",
-                    input.name
-                ));
-            }
-        }
+    if let Some(i) = first_outside(&input.data, lo, hi) {
+        let v = input.data[i];
+        return Err(if v.is_finite() {
+            format!(
+                "input '{}': element {i} = {v} is outside [{lo}, {hi}]",
+                input.name
+            )
+        } else {
+            format!("input '{}': element {i} is {v}", input.name)
+        });
     }
     let outputs = model.outputs();
     for o in &req.outputs {
@@ -174,15 +172,24 @@ pub fn check_request(model: &ServedModel, req: &InferRequest) -> Result<ArrayD<f
         .map_err(|e| format!("input '{}': {e}", input.name))
 }
 
-/// Whether every value is finite and within `[lo, hi]`: one pass of comparisons OR-ed into a
-/// flag, without early exit, which the compiler turns into vector instructions (a request is almost
-/// always valid; the offender is looked for only when this says no). NaN fails every comparison.
-fn all_finite_within(data: &[f32], lo: f32, hi: f32) -> bool {
+/// Whether `v` is finite and within `[lo, hi]` (NaN fails every comparison).
+fn acceptable(v: f32, lo: f32, hi: f32) -> bool {
+    (v >= lo) & (v <= hi) & (v.abs() <= f32::MAX)
+}
+
+/// The first value that is not [`acceptable`], if any. A request is almost always valid, so the
+/// whole slice is first checked in one pass of comparisons OR-ed into a flag, without early exit,
+/// which the compiler turns into vector instructions; the offender is looked for only when that
+/// says there is one.
+fn first_outside(data: &[f32], lo: f32, hi: f32) -> Option<usize> {
     let mut bad = 0u32;
     for &v in data {
-        bad |= u32::from(!((v >= lo) & (v <= hi) & (v.abs() <= f32::MAX)));
+        bad |= u32::from(!acceptable(v, lo, hi));
     }
-    bad == 0
+    if bad == 0 {
+        return None;
+    }
+    data.iter().position(|&v| !acceptable(v, lo, hi))
 }
 
 impl Guard for Validate {
@@ -265,29 +272,35 @@ impl Guard for Validate {
 
 #[cfg(test)]
 mod tests {
-    use super::all_finite_within;
+    use super::first_outside;
 
     #[test]
     fn the_vectorised_range_check_finds_any_bad_value_in_any_position() {
         for len in [0usize, 1, 15, 16, 17, 33, 784] {
             let good = vec![0.5f32; len];
-            assert!(all_finite_within(&good, 0.0, 1.0), "len {len}");
+            assert_eq!(first_outside(&good, 0.0, 1.0), None, "len {len}");
             for at in 0..len {
                 for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.001, 1.001] {
                     let mut v = good.clone();
                     v[at] = bad;
-                    assert!(!all_finite_within(&v, 0.0, 1.0), "{bad} at {at} of {len}");
+                    assert_eq!(
+                        first_outside(&v, 0.0, 1.0),
+                        Some(at),
+                        "{bad} at {at} of {len}"
+                    );
+                    // The first of several is the one reported.
+                    v.push(bad);
+                    assert_eq!(first_outside(&v, 0.0, 1.0), Some(at));
                 }
             }
         }
         // The bounds are inclusive; an unbounded range still refuses infinities.
-        assert!(all_finite_within(&[0.0, 1.0], 0.0, 1.0));
+        assert_eq!(first_outside(&[0.0, 1.0], 0.0, 1.0), None);
         let wide = [f32::MAX, f32::MIN];
-        assert!(all_finite_within(&wide, f32::NEG_INFINITY, f32::INFINITY));
-        assert!(!all_finite_within(
-            &[f32::INFINITY],
-            f32::NEG_INFINITY,
-            f32::INFINITY
-        ));
+        assert_eq!(first_outside(&wide, f32::NEG_INFINITY, f32::INFINITY), None);
+        assert_eq!(
+            first_outside(&[f32::INFINITY], f32::NEG_INFINITY, f32::INFINITY),
+            Some(0)
+        );
     }
 }
