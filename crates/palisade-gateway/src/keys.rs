@@ -228,7 +228,7 @@ pub const RECHECK_AFTER: Duration = Duration::from_millis(1);
 
 /// How long a write that takes a key's validity away waits after its commit before it returns:
 /// longer than [`RECHECK_AFTER`], so that by then every store on the database has asked again.
-pub const SETTLE: Duration = Duration::from_millis(2);
+pub const SETTLE: Duration = RECHECK_AFTER.saturating_mul(2);
 
 /// Records read since the database last changed (see the module documentation).
 #[derive(Default)]
@@ -328,6 +328,17 @@ impl SqliteKeyStore {
                 cache: KeyCache::default(),
             }),
         })
+    }
+
+    /// After a write through the store's connection: drops the cache and the lock, then, if the
+    /// write took a key's validity away, waits [`SETTLE`] so that every other store on the
+    /// database has seen it by the time the write returns.
+    fn written(mut guard: std::sync::MutexGuard<'_, Store>, took_validity_away: bool) {
+        guard.cache.invalidate();
+        drop(guard);
+        if took_validity_away {
+            std::thread::sleep(SETTLE);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -502,34 +513,29 @@ impl KeyStore for SqliteKeyStore {
     }
 
     fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError> {
-        let mut guard = self.lock();
-        let Store { conn, cache } = &mut *guard;
-        if self.get(conn, id)?.is_none() {
+        let guard = self.lock();
+        if self.get(&guard.conn, id)?.is_none() {
             return Err(KeyError::NotFound(id.to_string()));
         }
-        let n = conn.execute(
+        let n = guard.conn.execute(
             "UPDATE keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
             params![id, now_ms as i64],
         );
-        cache.invalidate();
-        drop(guard);
-        let changed = n? == 1;
-        if changed {
-            std::thread::sleep(SETTLE);
-        }
+        let changed = matches!(n, Ok(1));
+        Self::written(guard, changed);
+        n?;
         Ok(changed)
     }
 
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError> {
         let mut guard = self.lock();
-        let Store { conn, cache } = &mut *guard;
         let (old, _) = self
-            .get(conn, id)?
+            .get(&guard.conn, id)?
             .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
         if old.revoked_ms.is_some() {
             return Err(KeyError::Invalid(format!("key {id} is revoked")));
         }
-        let tx = conn.transaction()?;
+        let tx = guard.conn.transaction()?;
         let end = now_ms.saturating_add(overlap.as_millis().min(u64::MAX as u128) as u64);
         let end = old.expires_ms.map_or(end, |e| e.min(end));
         tx.execute(
@@ -538,10 +544,8 @@ impl KeyStore for SqliteKeyStore {
         )?;
         let new = Self::insert(&tx, &old.name, &old.roles, None, now_ms)?;
         let committed = tx.commit();
-        cache.invalidate();
-        drop(guard);
+        Self::written(guard, committed.is_ok());
         committed?;
-        std::thread::sleep(SETTLE);
         Ok(new)
     }
 
