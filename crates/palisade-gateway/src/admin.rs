@@ -137,17 +137,16 @@ fn param(p: &HashMap<String, String>, name: &str) -> String {
 
 async fn revoke_key(State(s): State<AdminState>, Path(p): Params) -> Response {
     let id = param(&p, "id");
+    // A revocation waits out the other gateways' key caches (`keys::SETTLE`): off the workers.
     let keys = s.keys.clone();
     let key = id.clone();
-    let Ok(revoked) = tokio::task::spawn_blocking(move || keys.revoke(&key, now_ms())).await else {
-        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "the revocation failed");
-    };
-    match revoked {
-        Ok(changed) => json_response(
+    match tokio::task::spawn_blocking(move || keys.revoke(&key, now_ms())).await {
+        Ok(Ok(changed)) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "id": id, "revoked": true, "was_active": changed }),
         ),
-        Err(e) => key_error(e),
+        Ok(Err(e)) => key_error(e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -165,14 +164,10 @@ async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
     };
     let keys = s.keys.clone();
     let overlap = Duration::from_secs(req.overlap_s);
-    let Ok(rotated) =
-        tokio::task::spawn_blocking(move || keys.rotate(&id, overlap, now_ms())).await
-    else {
-        return error_response(StatusCode::INTERNAL_SERVER_ERROR, "the rotation failed");
-    };
-    match rotated {
-        Ok(k) => json_response(StatusCode::CREATED, &k),
-        Err(e) => key_error(e),
+    match tokio::task::spawn_blocking(move || keys.rotate(&id, overlap, now_ms())).await {
+        Ok(Ok(k)) => json_response(StatusCode::CREATED, &k),
+        Ok(Err(e)) => key_error(e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
