@@ -7,65 +7,89 @@
 # instructions per request in tract (2026-12-02).
 # The gateway runs twice, once per audit durability: `full` (fsync before each answer) and
 # `process` (survives kill -9 of the gateway, not a power cut).
-# Usage: bash bench/gateway_vs_bare.sh   (SECONDS_PER_RUN=10 ROUNDS=3 PROFILE=release CONNS_LIST="1 16 64")
+# Usage: bash bench/gateway_vs_bare.sh   (SECONDS_PER_RUN=6 ROUNDS=5 PROFILE=release CONNS_LIST="1 16 64")
 source "$(dirname "$0")/gateway_common.sh"
-SECS=${SECONDS_PER_RUN:-10}
-BP=$(free_port)
-"$BARE" models/mnist_cnn_public.onnx "127.0.0.1:$BP" 2>> "$STATE/bare.log" &
-PID_BARE=$!
-PIDS+=("$PID_BARE")
-FP=$(free_port)
-start_gateway "$FP" full --audit-durability full
-PID_FULL=$GW_PID
-AUTH_FULL=$AUTH
-unset AUTH
-PP=$(free_port)
-start_gateway "$PP" process --audit-durability process
-PID_PROCESS=$GW_PID
-AUTH_PROCESS=$AUTH
-# The bare endpoint has no health route: wait until it answers an infer.
-for _ in $(seq 1 100); do
-    curl -fs -o /dev/null -H "Inference-Header-Content-Length: $HLEN" --data-binary @"$BODY" \
-        "http://127.0.0.1:$BP/v2/models/mnist/infer" && break
-    sleep 0.1
-done
-# Runs alternate (bare, full, process, bare, …) ROUNDS times per connection count and each
-# figure is the median of its rounds: on a shared 2-core VM single runs vary by ~10%.
+SECS=${SECONDS_PER_RUN:-6}
+# Every round starts the three servers afresh. Two processes of the same binary can differ by
+# ~8% in throughput for as long as they live (where the allocator and the loader happened to put
+# things: the same bare endpoint binary, started twice, ran at 5,950 and 6,450 req/s, three
+# alternating rounds each, 2026-12-02), so a figure from one process per server is one draw of
+# that; the median over rounds of fresh processes is not.
+start_servers() {
+    BP=$(free_port)
+    "$BARE" models/mnist_cnn_public.onnx "127.0.0.1:$BP" 2>> "$STATE/bare.log" &
+    PID_BARE=$!
+    PIDS+=("$PID_BARE")
+    # Each gateway keeps its state folder across rounds; its first start prints the admin key.
+    FP=$(free_port)
+    AUTH=${AUTH_FULL:-}
+    start_gateway "$FP" full --audit-durability full
+    PID_FULL=$GW_PID
+    AUTH_FULL=$AUTH
+    unset AUTH
+    PP=$(free_port)
+    AUTH=${AUTH_PROCESS:-}
+    start_gateway "$PP" process --audit-durability process
+    PID_PROCESS=$GW_PID
+    AUTH_PROCESS=$AUTH
+    unset AUTH
+    # The bare endpoint has no health route: wait until it answers an infer.
+    for _ in $(seq 1 100); do
+        curl -fs -o /dev/null -H "Inference-Header-Content-Length: $HLEN" --data-binary @"$BODY" \
+            "http://127.0.0.1:$BP/v2/models/mnist/infer" && break
+        sleep 0.1
+    done
+}
+stop_servers() { # SIGTERM: the gateways close their audit logs before the next round reopens them
+    kill "$PID_BARE" "$PID_FULL" "$PID_PROCESS" 2> /dev/null || true
+    wait "$PID_BARE" "$PID_FULL" "$PID_PROCESS" 2> /dev/null || true
+}
+# Within a round the runs alternate (bare, full, process, …; reversed every other round), each
+# after a one-second warm-up, and each figure is the median of its rounds: on a shared 2-core VM
+# single runs vary by ~10%.
 # cpu_us is the server process's CPU time (user + system, all threads) per request: what the
 # guards cost, less sensitive than throughput to what else the VM runs.
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 # ratio_range: the lowest and highest ratio of a single round (each guarded run against the bare
 # run of the same round), to show how far one run on this machine can be trusted.
 printf "%-8s %-5s %10s %10s %7s %13s %10s %10s %10s %8s %8s\n" audit conns bare_rps guard_rps ratio ratio_range bare_p99 guard_p99 added_p99 bare_cpu guard_cpu
-for C in ${CONNS_LIST:-1 16 64}; do
-    RESULTS=$STATE/results-$C.jsonl
-    : > "$RESULTS"
-    for _ in $(seq 1 "$ROUNDS"); do
-        for MODE in bare full process; do
+CONNS_LIST=${CONNS_LIST:-1 16 64}
+for C in $CONNS_LIST; do : > "$STATE/results-$C.jsonl"; done
+for ROUND in $(seq 1 "$ROUNDS"); do
+    start_servers
+    MODES="bare full process"
+    [ $((ROUND % 2)) = 0 ] && MODES="process full bare"
+    for C in $CONNS_LIST; do
+        for MODE in $MODES; do
             case $MODE in
                 bare) URL="http://127.0.0.1:$BP/v2/models/mnist/infer" A= P=$PID_BARE ;;
                 full) URL="http://127.0.0.1:$FP/v2/models/mnist/infer" A=$AUTH_FULL P=$PID_FULL ;;
                 process) URL="http://127.0.0.1:$PP/v2/models/mnist/infer" A=$AUTH_PROCESS P=$PID_PROCESS ;;
             esac
+            AUTH=$A run_wrk "$URL" "$C" 1 > /dev/null
             T0=$(cpu_ticks "$P")
             R=$(AUTH=$A run_wrk "$URL" "$C" "$SECS")
             T1=$(cpu_ticks "$P")
             [ "$(field "$R" non2xx)" = 0 ] || echo "warning: $MODE answered non-2xx: $R"
-            echo "{\"mode\": \"$MODE\", \"cpu_us\": $(( (T1 - T0) * TICK_US )), \"run\": $R}" >> "$RESULTS"
+            echo "{\"round\": $ROUND, \"mode\": \"$MODE\", \"cpu_us\": $(( (T1 - T0) * TICK_US )), \"run\": $R}" >> "$STATE/results-$C.jsonl"
         done
     done
+    stop_servers
+done
+for C in $CONNS_LIST; do
+    RESULTS=$STATE/results-$C.jsonl
     python3 - "$C" "$RESULTS" <<'PY'
 import json, statistics, sys
 c, rows = sys.argv[1], [json.loads(l) for l in open(sys.argv[2])]
 med = lambda m, k: statistics.median(r["run"][k] for r in rows if r["mode"] == m)
 cpu = lambda m: statistics.median(r["cpu_us"] / r["run"]["requests"] for r in rows if r["mode"] == m)
-bare_runs = [r["run"]["rps"] for r in rows if r["mode"] == "bare"]
+bare_runs = {r["round"]: r["run"]["rps"] for r in rows if r["mode"] == "bare"}
 for m in ("full", "process"):
     b, g = med("bare", "rps"), med(m, "rps")
     bp, gp = med("bare", "p99_ms"), med(m, "p99_ms")
-    per_round = [r["run"]["rps"] / br for r, br in zip((r for r in rows if r["mode"] == m), bare_runs)]
+    per_round = [r["run"]["rps"] / bare_runs[r["round"]] for r in rows if r["mode"] == m]
     spread = f"{min(per_round):.3f}-{max(per_round):.3f}"
     print(f"{m:<8} {c:<5} {b:10.1f} {g:10.1f} {g / b:7.3f} {spread:>13} {bp:8.3f}ms {gp:8.3f}ms"
           f" {gp - bp:8.3f}ms {cpu('bare'):6.0f}us {cpu(m):6.0f}us")
