@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
         output_name: "logits".into(),
         platform: "fuzz".into(),
     };
-    let Ok(r) = decode_request(data, None) else { return };
+    let Ok(r) = decode_request(data, None) else {
+        return;
+    };
     if let Ok(x) = check_request(&model, &r) {
         assert_eq!(&x.shape()[1..], &[1, 2, 2]);
         assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
