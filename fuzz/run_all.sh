@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (or those in TARGETS) under libFuzzer for SECONDS_PER_TARGET each, one
+# after another, and prints one line per target: runs, coverage, and whether it found anything.
+# Corpora grow in fuzz/corpus/<target>, findings land in fuzz/artifacts/<target> (both ignored by
+# git). With a seed folder (e.g. ../shared/data), files under it seed the targets that read that
+# kind of file, a copy of each one at most 1 MiB.
+# Needs a nightly toolchain and cargo-fuzz (`rustup toolchain install nightly`,
+# `cargo install cargo-fuzz`).
+# Usage: bash fuzz/run_all.sh [SEED_DIR]   (SECONDS_PER_TARGET=120 TARGETS="zip pickle_vm")
+set -euo pipefail
+cd "$(dirname "$0")"
+SECS=${SECONDS_PER_TARGET:-120}
+SEEDS=${1:-}
+TARGETS=${TARGETS:-$(cargo +nightly fuzz list)}
+BUILD_LOG=$(mktemp)
+cargo +nightly fuzz build --release > "$BUILD_LOG" 2>&1 || { cat "$BUILD_LOG" >&2; exit 2; }
+rm -f "$BUILD_LOG"
+
+seed_globs() { # TARGET -> find(1) name patterns of the files that seed it
+    case $1 in
+        pickle_vm) echo "*.pkl *.pickle *.pt *.pth *.bin *.joblib" ;;
+        zip) echo "*.zip *.pt *.pth *.npz *.keras" ;;
+        safetensors) echo "*.safetensors" ;;
+        gguf) echo "*.gguf" ;;
+        onnx_open) echo "*.onnx" ;;
+        scan_any) echo "*" ;;
+        oms_bundle | oms_statement) echo "*.sig *.json" ;;
+        data_npy) echo "*.npy" ;;
+        pem_key) echo "*.pem *.pub *.key" ;;
+        *) echo "" ;;
+    esac
+}
+
+FOUND=0
+printf "%-14s %10s %8s %8s  %s\n" target runs cov corpus finding
+for T in $TARGETS; do
+    CORPUS=corpus/$T
+    mkdir -p "$CORPUS" "artifacts/$T"
+    if [ -n "$SEEDS" ]; then
+        for g in $(seed_globs "$T"); do
+            find "$SEEDS" -type f -name "$g" -size -1025k -print0 2> /dev/null |
+                while IFS= read -r -d '' f; do cp -n "$f" "$CORPUS/seed-$(basename "$f")"; done
+        done
+    fi
+    before=$(find "artifacts/$T" -type f | wc -l)
+    LOG=$(mktemp)
+    # -rss_limit_mb: some parsers allocate by design up to their own caps (checked by the target).
+    cargo +nightly fuzz run --release "$T" "$CORPUS" -- -max_total_time="$SECS" \
+        -rss_limit_mb=4096 > "$LOG" 2>&1 || true
+    after=$(find "artifacts/$T" -type f | wc -l)
+    last=$(grep -E '^#[0-9]+' "$LOG" | tail -1 || true)
+    runs=$(sed -E 's/^#([0-9]+).*/\1/' <<< "$last")
+    cov=$(grep -oE 'cov: [0-9]+' <<< "$last" | cut -d' ' -f2 || true)
+    corp=$(grep -oE 'corp: [0-9]+' <<< "$last" | cut -d' ' -f2 || true)
+    finding=none
+    if [ "$after" -gt "$before" ]; then
+        FOUND=1
+        finding="$(grep -m1 -E 'ERROR: libFuzzer|panicked at|SUMMARY' "$LOG" || echo crash) -> artifacts/$T/"
+        cp "$LOG" "artifacts/$T/log-$(date +%s).txt"
+    fi
+    printf "%-14s %10s %8s %8s  %s\n" "$T" "${runs:-?}" "${cov:-?}" "${corp:-?}" "$finding"
+    rm -f "$LOG"
+done
+exit "$FOUND"
