@@ -2,7 +2,8 @@
 # Runs every fuzz target (or those in TARGETS) under libFuzzer for SECONDS_PER_TARGET each, one
 # after another, and prints one line per target: runs, coverage, and whether it found anything.
 # Corpora grow in fuzz/corpus/<target>, findings land in fuzz/artifacts/<target> (both ignored by
-# git). With a seed folder (e.g. ../shared/data), files under it seed the targets that read that
+# git). fuzz/seeds/<target>/ holds inputs the fuzzer does not find by itself in minutes (a gRPC
+# request with nested FP32 contents); they always seed their target. With a seed folder (e.g. ../shared/data), files under it seed the targets that read that
 # kind of file, a copy of each one at most 1 MiB.
 # Needs a nightly toolchain and cargo-fuzz (`rustup toolchain install nightly`,
 # `cargo install cargo-fuzz`).
@@ -36,6 +37,7 @@ printf "%-14s %10s %8s %8s  %s\n" target runs cov corpus finding
 for T in $TARGETS; do
     CORPUS=corpus/$T
     mkdir -p "$CORPUS" "artifacts/$T"
+    if [ -d "seeds/$T" ]; then cp -n seeds/"$T"/* "$CORPUS"/; fi
     if [ -n "$SEEDS" ]; then
         for g in $(seed_globs "$T"); do
             find "$SEEDS" -type f -name "$g" -size -1025k -print0 2> /dev/null |
