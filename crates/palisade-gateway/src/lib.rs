@@ -49,6 +49,7 @@ use std::path::Path;
 
 pub mod admin;
 pub mod audit;
+pub mod baseline;
 pub mod grpc;
 pub mod guard;
 mod hexfmt;

@@ -1,0 +1,77 @@
+//! The benchmarks' baseline: a model behind a plain OIP infer route, with no guards.
+//!
+//! It decodes the request with the same codec as the gateway, runs the classifier on a blocking
+//! thread as the gateway does, and encodes the logits the same way; it checks no key, keeps no
+//! limit, validates nothing beyond decoding, writes no audit entry and counts nothing. The
+//! difference between it and [`crate::Gateway::router`] on the same model is what the guards
+//! cost (`bench/gateway_vs_bare.sh` over HTTP with the real model,
+//! `benches/guard_chain.rs` in process with a small one). Not for serving.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use palisade_core::Classifier;
+
+use crate::oip::{self, InferRequest, OutputData, OutputTensor};
+
+/// `POST /v2/models/{name}/infer` answered by `clf`, its output named `output_name`, and the
+/// model reported as `name` version `version` in every response.
+pub fn router(clf: Arc<dyn Classifier>, name: &str, version: &str, output_name: &str) -> Router {
+    let ids: Arc<(String, String, String)> =
+        Arc::new((name.into(), version.into(), output_name.into()));
+    Router::new().route(
+        "/v2/models/{name}/infer",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let clf = clf.clone();
+            let ids = ids.clone();
+            async move { infer(clf, &ids, headers, body).await }
+        }),
+    )
+}
+
+async fn infer(
+    clf: Arc<dyn Classifier>,
+    (name, version, output_name): &(String, String, String),
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let h = headers
+        .get(oip::HEADER_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let req: InferRequest = match oip::decode_request(&body, h) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let Some(t) = req.inputs.first() else {
+        return (StatusCode::BAD_REQUEST, "no input").into_response();
+    };
+    let x = match ndarray::ArrayD::from_shape_vec(t.shape.clone(), t.data.clone()) {
+        Ok(x) => x,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let logits = match tokio::task::spawn_blocking(move || clf.logits(x.view())).await {
+        Ok(Ok(l)) => l,
+        _ => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let tensors = [OutputTensor {
+        name: output_name.clone(),
+        shape: vec![logits.nrows(), logits.ncols()],
+        data: OutputData::F32(logits.iter().copied().collect()),
+    }];
+    match oip::encode_response(name, version, &req, &tensors) {
+        Ok(enc) => {
+            let mut r = Response::new(Body::from(enc.body));
+            if let Some(h) = enc.header_len {
+                r.headers_mut()
+                    .insert(oip::HEADER_LENGTH, h.to_string().parse().expect("digits"));
+            }
+            r
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
