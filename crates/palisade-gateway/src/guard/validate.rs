@@ -10,7 +10,7 @@
 use std::io::Read as _;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
@@ -57,8 +57,9 @@ enum BodyError {
     Read(String),
 }
 
-/// Reads and decompresses a body, never holding more than `limit` bytes of either form.
-async fn read_body(body: Body, encoding: Option<&str>, limit: usize) -> Result<Vec<u8>, BodyError> {
+/// Reads and decompresses a body, never holding more than `limit` bytes of either form. An
+/// uncompressed body is returned as read, not copied.
+async fn read_body(body: Body, encoding: Option<&str>, limit: usize) -> Result<Bytes, BodyError> {
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
         // `to_bytes` reports the limit as a `LengthLimitError` in its source chain.
         let mut src: Option<&dyn std::error::Error> = Some(&e);
@@ -74,7 +75,7 @@ async fn read_body(body: Body, encoding: Option<&str>, limit: usize) -> Result<V
     let mut out = Vec::new();
     let take = limit as u64 + 1;
     let res = match enc.as_deref() {
-        None | Some("identity") => return Ok(raw.to_vec()),
+        None | Some("identity") => return Ok(raw),
         Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(&raw[..])
             .take(take)
             .read_to_end(&mut out),
@@ -102,11 +103,13 @@ async fn read_body(body: Body, encoding: Option<&str>, limit: usize) -> Result<V
     if out.len() > limit {
         return Err(BodyError::TooLarge);
     }
-    Ok(out)
+    Ok(out.into())
 }
 
-/// Checks a decoded request against the model and builds the batch.
-pub fn check_request(model: &ServedModel, req: &InferRequest) -> Result<ArrayD<f32>, String> {
+/// Checks a decoded request against the model and builds the batch. The batch takes the input's
+/// values: once it is built, `req`'s input holds none (the request is kept for its ids and the
+/// outputs it asks for). On an error `req` is unchanged.
+pub fn check_request(model: &ServedModel, req: &mut InferRequest) -> Result<ArrayD<f32>, String> {
     let info = model.classifier.info();
     let input = match req.inputs.as_slice() {
         [one] => one,
@@ -168,7 +171,22 @@ pub fn check_request(model: &ServedModel, req: &InferRequest) -> Result<ArrayD<f
             ));
         }
     }
-    ArrayD::from_shape_vec(IxDyn(&input.shape), input.data.clone())
+    // The one failure `from_shape_vec` has, checked before the values are taken.
+    if input
+        .shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        != Some(input.data.len())
+    {
+        return Err(format!(
+            "input '{}': shape {:?} does not hold {} values",
+            input.name,
+            input.shape,
+            input.data.len()
+        ));
+    }
+    let input = &mut req.inputs[0];
+    ArrayD::from_shape_vec(IxDyn(&input.shape), std::mem::take(&mut input.data))
         .map_err(|e| format!("input '{}': {e}", input.name))
 }
 
@@ -248,7 +266,7 @@ impl Guard for Validate {
         let digest = InputDigest(hexfmt::encode(&Sha256::digest(&bytes)));
         let result = oip::decode_request(&bytes, header_len)
             .map_err(|e| e.to_string())
-            .and_then(|r| check_request(&model, &r).map(|x| (r, x)));
+            .and_then(|mut r| check_request(&model, &mut r).map(|x| (r, x)));
         let (request, input) = match result {
             Ok(v) => v,
             Err(m) => {
@@ -272,7 +290,51 @@ impl Guard for Validate {
 
 #[cfg(test)]
 mod tests {
-    use super::first_outside;
+    use std::sync::Arc;
+
+    use palisade_core::{InputRange, LinearClassifier};
+
+    use super::{check_request, first_outside};
+    use crate::oip::decode_request;
+    use crate::{Policy, ServedModel};
+
+    #[test]
+    fn a_checked_batch_takes_the_input_values_and_a_refusal_leaves_the_request_alone() {
+        let model = ServedModel {
+            name: "m".into(),
+            version: "1".into(),
+            classifier: Arc::new(
+                LinearClassifier::new(
+                    "m",
+                    vec![2],
+                    InputRange::default(),
+                    ndarray::Array2::zeros((3, 2)),
+                    ndarray::Array1::zeros(3),
+                )
+                .unwrap(),
+            ),
+            policy: Policy::default(),
+            input_name: "x".into(),
+            output_name: "logits".into(),
+            platform: "test".into(),
+        };
+        let body = |data: &str| {
+            format!(
+                r#"{{"id":"r1","inputs":[{{"name":"x","shape":[2,2],"datatype":"FP32","data":{data}}}]}}"#
+            )
+        };
+        let mut ok = decode_request(body("[0.1,0.2,0.3,0.4]").as_bytes(), None).unwrap();
+        let x = check_request(&model, &mut ok).unwrap();
+        assert_eq!(x.shape(), &[2, 2]);
+        assert_eq!(x.iter().copied().collect::<Vec<_>>(), [0.1, 0.2, 0.3, 0.4]);
+        assert!(ok.inputs[0].data.is_empty());
+        assert_eq!(ok.id.as_deref(), Some("r1"));
+        let mut out_of_range = decode_request(body("[0.1,0.2,0.3,4.0]").as_bytes(), None).unwrap();
+        let before = out_of_range.clone();
+        let err = check_request(&model, &mut out_of_range).unwrap_err();
+        assert!(err.contains("element 3 = 4 is outside"), "{err}");
+        assert_eq!(out_of_range, before);
+    }
 
     #[test]
     fn the_vectorised_range_check_finds_any_bad_value_in_any_position() {
