@@ -9,9 +9,14 @@
 # `cargo install cargo-fuzz`).
 # Usage: bash fuzz/run_all.sh [SEED_DIR]   (SECONDS_PER_TARGET=120 TARGETS="zip pickle_vm")
 set -euo pipefail
+SEEDS=${1:-}
+# The seed folder is named relative to where the script was started, not to fuzz/.
+if [ -n "$SEEDS" ]; then
+    [ -d "$SEEDS" ] || { echo "no seed folder $SEEDS" >&2; exit 2; }
+    SEEDS=$(realpath "$SEEDS")
+fi
 cd "$(dirname "$0")"
 SECS=${SECONDS_PER_TARGET:-120}
-SEEDS=${1:-}
 TARGETS=${TARGETS:-$(cargo +nightly fuzz list)}
 BUILD_LOG=$(mktemp)
 cargo +nightly fuzz build --release > "$BUILD_LOG" 2>&1 || { cat "$BUILD_LOG" >&2; exit 2; }
@@ -27,6 +32,7 @@ seed_globs() { # TARGET -> find(1) name patterns of the files that seed it
         scan_any) echo "*" ;;
         oms_bundle | oms_statement) echo "*.sig *.json" ;;
         data_npy) echo "*.npy" ;;
+        data_csv) echo "*.csv *.data *.test" ;;
         pem_key) echo "*.pem *.pub *.key" ;;
         *) echo "" ;;
     esac

@@ -72,13 +72,19 @@ pub struct Table {
 /// Reads a CSV file into strings (values trimmed; empty lines skipped).
 pub fn read_table(path: &Path, opts: &TabularOptions) -> Result<Table, DataError> {
     let bytes = crate::io::read_maybe_gz(path, crate::io::MAX_FILE_BYTES)?;
+    parse_table(path, &bytes, opts)
+}
+
+/// Parses CSV bytes into strings, as [`read_table`] does (`path` names them in errors). Every
+/// row has one value per column, and no two columns have the same name.
+pub fn parse_table(path: &Path, bytes: &[u8], opts: &TabularOptions) -> Result<Table, DataError> {
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(opts.delimiter)
         .has_headers(false)
         .flexible(true)
         .comment(opts.comment)
         .trim(csv::Trim::All)
-        .from_reader(bytes.as_slice());
+        .from_reader(bytes);
     let mut rows = Vec::new();
     let mut names = opts.columns.clone();
     for rec in rdr.records() {
@@ -123,6 +129,21 @@ pub fn read_table(path: &Path, opts: &TabularOptions) -> Result<Table, DataError
         rows.push(values);
     }
     let names = names.ok_or_else(|| DataError::format(path, "empty CSV file"))?;
+    // Columns are found by name: a second column of the same name would be fitted from one
+    // column and encoded from the other.
+    let mut seen = BTreeMap::new();
+    for (j, n) in names.iter().enumerate() {
+        if let Some(first) = seen.insert(n.as_str(), j) {
+            return Err(DataError::format(
+                path,
+                format!(
+                    "column '{n}' appears twice (columns {} and {})",
+                    first + 1,
+                    j + 1
+                ),
+            ));
+        }
+    }
     Ok(Table {
         path: path.to_path_buf(),
         names,
@@ -256,6 +277,16 @@ impl TabularEncoder {
                     let mean = vals.iter().sum::<f64>() / n;
                     let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
                     let std = if var > 0.0 { var.sqrt() } else { 1.0 };
+                    // Values near f64's limit overflow the sum or the squares: refused, rather
+                    // than encoded as NaN or infinity.
+                    if !mean.is_finite() || !std.is_finite() {
+                        return Err(DataError::format(
+                            &table.path,
+                            format!(
+                                "column '{name}' has values too large to standardise (mean {mean}, standard deviation {std})"
+                            ),
+                        ));
+                    }
                     enc.columns.push(ColumnEncoding::Numeric {
                         name: name.clone(),
                         mean,
@@ -563,5 +594,35 @@ mod tests {
             load_tabular(&write(dir.path(), "f.csv", "a,label\n1,x\n2,y\n"), &forced).unwrap();
         assert_eq!(d.feature_names, vec!["a=1", "a=2"]);
         assert!(load_tabular(&write(dir.path(), "e.csv", ""), &o).is_err());
+    }
+
+    #[test]
+    fn duplicate_columns_and_unstandardisable_values_are_refused() {
+        let p = Path::new("t.csv");
+        let o = TabularOptions::new("label");
+        // A second 'label' column used to be fitted as a numeric feature from its own values
+        // and encoded from the first 'label' column's, failing on the very table it was fitted on.
+        let err = parse_table(p, b"a,label,label\n1,x,2\n3,y,4\n", &o).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("column 'label' appears twice (columns 2 and 3)"),
+            "{err}"
+        );
+        // Values whose sum or squares overflow f64 used to be encoded as NaN.
+        let huge = parse_table(p, b"a,label\n1e308,x\n1e308,y\n-1e308,x\n", &o).unwrap();
+        let err = TabularEncoder::fit(&huge, &o).unwrap_err();
+        assert!(
+            err.to_string().contains("column 'a' has values too large"),
+            "{err}"
+        );
+        let wide = parse_table(p, b"a,label\n1e200,x\n-1e200,y\n", &o).unwrap();
+        assert!(TabularEncoder::fit(&wide, &o).is_err());
+        // Large but representable values are fine, and encode finite.
+        let big = parse_table(p, b"a,label\n1e150,x\n-1e150,y\n", &o).unwrap();
+        let d = TabularEncoder::fit(&big, &o)
+            .unwrap()
+            .transform(&big)
+            .unwrap();
+        assert!(d.x.iter().all(|v| v.is_finite()));
     }
 }
