@@ -165,10 +165,21 @@ fn guard_chain(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
     // The two above are measured seconds apart, and what a wake-up of the blocking thread costs
     // on a VM drifts by ~10% over that time. This one pairs them: each iteration sends one
     // request to each route and counts the guarded one's CPU time less the bare one's, so the
-    // drift cancels and what is left is the guards' cost per request.
+    // drift cancels and what is left is the guards' cost per request. Criterion plans its
+    // iterations from the time reported, here a sixth or so of the time spent: few, flat samples
+    // keep the run short, and make every sample thousands of pairs (a sample of a few pairs
+    // could come out at or below zero, which criterion refuses; one that still does is
+    // reported as 1 ns).
+    let mut g = c.benchmark_group("infer_cpu_per_request_paired");
+    g.sampling_mode(criterion::SamplingMode::Flat)
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
     g.bench_function("guards_minus_bare", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
@@ -181,7 +192,7 @@ fn guard_chain(c: &mut Criterion) {
                     let t2 = cpu_now();
                     net += (t2 - t1).as_nanos() as i128 - (t1 - t0).as_nanos() as i128;
                 }
-                Duration::from_nanos(net.max(0) as u64)
+                Duration::from_nanos(net.max(1) as u64)
             })
         })
     });
