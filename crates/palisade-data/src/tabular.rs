@@ -394,7 +394,18 @@ impl TabularEncoder {
                             let f: f64 = v.parse().ok().filter(|f: &f64| f.is_finite()).ok_or_else(|| {
                                 DataError::format(&table.path, format!("data row {line}: column '{name}' value '{v}' is not a number"))
                             })?;
-                            x[[r, k]] = ((f - mean) / std) as f32;
+                            // A value far from the training values (a tiny training spread, or
+                            // a huge value) can overflow f32: refused, never encoded as infinity.
+                            let z = ((f - mean) / std) as f32;
+                            if !z.is_finite() {
+                                return Err(DataError::format(
+                                    &table.path,
+                                    format!(
+                                        "data row {line}: column '{name}' value '{v}' is too far from the training values to standardise (mean {mean}, standard deviation {std})"
+                                    ),
+                                ));
+                            }
+                            x[[r, k]] = z;
                         }
                         k += 1;
                     }
@@ -624,5 +635,22 @@ mod tests {
             .transform(&big)
             .unwrap();
         assert!(d.x.iter().all(|v| v.is_finite()));
+        // Fitted on a tiny spread, a later table's ordinary value is ~1e160 deviations away:
+        // beyond f32, so refused rather than encoded as infinity.
+        let narrow = parse_table(p, b"a,label\n0,x\n1e-160,y\n", &o).unwrap();
+        let enc = TabularEncoder::fit(&narrow, &o).unwrap();
+        assert!(
+            enc.transform(&narrow)
+                .unwrap()
+                .x
+                .iter()
+                .all(|v| v.is_finite())
+        );
+        let later = parse_table(p, b"a,label\n1,x\n", &o).unwrap();
+        let err = enc.transform(&later).unwrap_err();
+        assert!(
+            err.to_string().contains("too far from the training values"),
+            "{err}"
+        );
     }
 }
