@@ -3,8 +3,9 @@
 # after another, and prints one line per target: runs, coverage, and whether it found anything.
 # Corpora grow in fuzz/corpus/<target>, findings land in fuzz/artifacts/<target> (both ignored by
 # git). fuzz/seeds/<target>/ holds inputs the fuzzer does not find by itself in minutes (a gRPC
-# request with nested FP32 contents); they always seed their target. With a seed folder (e.g. ../shared/data), files under it seed the targets that read that
-# kind of file, a copy of each one at most 1 MiB.
+# request with nested FP32 contents); they always seed their target. With a seed folder (e.g.
+# ../shared/data), files under it seed the targets that read that kind of file, a copy of each
+# one at most 1 MiB.
 # Needs a nightly toolchain and cargo-fuzz (`rustup toolchain install nightly`,
 # `cargo install cargo-fuzz`).
 # Usage: bash fuzz/run_all.sh [SEED_DIR]   (SECONDS_PER_TARGET=120 TARGETS="zip pickle_vm")
@@ -38,16 +39,22 @@ seed_globs() { # TARGET -> find(1) name patterns of the files that seed it
     esac
 }
 
+add_seed() { [ -e "$2" ] || cp "$1" "$2"; }
+
 FOUND=0
 printf "%-14s %10s %8s %8s  %s\n" target runs cov corpus finding
 for T in $TARGETS; do
     CORPUS=corpus/$T
     mkdir -p "$CORPUS" "artifacts/$T"
-    if [ -d "seeds/$T" ]; then cp -n seeds/"$T"/* "$CORPUS"/; fi
+    # Seeds already in the corpus are left as they are (not `cp -n`, which exits 1 on a skipped
+    # file in some coreutils releases and would stop the script).
+    if [ -d "seeds/$T" ]; then
+        for f in seeds/"$T"/*; do add_seed "$f" "$CORPUS/$(basename "$f")"; done
+    fi
     if [ -n "$SEEDS" ]; then
         for g in $(seed_globs "$T"); do
             find "$SEEDS" -type f -name "$g" -size -1025k -print0 2> /dev/null |
-                while IFS= read -r -d '' f; do cp -n "$f" "$CORPUS/seed-$(basename "$f")"; done
+                while IFS= read -r -d '' f; do add_seed "$f" "$CORPUS/seed-$(basename "$f")"; done
         done
     fi
     before=$(find "artifacts/$T" -type f | wc -l)

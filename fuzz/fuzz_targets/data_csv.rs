@@ -1,6 +1,8 @@
 //! CSV tables: parsing never panics; what parses has one value per column and unique column
 //! names; an encoder fitted on a table encodes that same table, into finite features, one row
-//! per data row. The first byte picks the options (delimiter, a sensitive column, comments).
+//! per data row. A first byte below 8 picks the options (bit 0: `;` as delimiter, bit 1: `#`
+//! comments, bit 2: the first column as sensitive attribute) and is not part of the CSV; any
+//! other first byte starts the CSV itself, so a real CSV file seeds the target as it is.
 #![no_main]
 
 use std::path::Path;
@@ -9,8 +11,9 @@ use libfuzzer_sys::fuzz_target;
 use palisade_data::tabular::{TabularEncoder, TabularOptions, parse_table};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&pick, csv)) = data.split_first() else {
-        return;
+    let (pick, csv) = match data.split_first() {
+        Some((&b, rest)) if b < 8 => (b, rest),
+        _ => (0, data),
     };
     let mut opts = TabularOptions::new("");
     opts.delimiter = if pick & 1 == 0 { b',' } else { b';' };
@@ -23,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!table.names[..j].contains(n), "duplicate column {n}");
     }
     assert!(table.rows.iter().all(|r| r.len() == table.names.len()));
-    // The last column is the label; with bit 2, the first is the sensitive attribute.
+    // The last column is the label.
     let Some(label) = table.names.last() else {
         return;
     };
