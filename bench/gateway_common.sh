@@ -15,24 +15,12 @@ HLEN=$(python3 bench/oip_body.py "$BODY")
 export BODY HLEN
 # The benchmarks serve the bundled model from a repository of their own whose policy keeps every
 # guard on the path but sets limits no run reaches (the bundled policy allows 5,000 requests per
-# second per key, which would turn a fast run into 429s): signed with a key made here.
+# second per key, which would turn a fast run into 429s), bench/bench-policy.toml, signed with a
+# key made here.
 REPO=$STATE/repo
 mkdir -p "$REPO/mnist/1"
 cp models/mnist_cnn_public.onnx "$REPO/mnist/1/model.onnx"
-cat > "$REPO/mnist/1/policy.toml" <<'TOML'
-[input]
-range = [0.0, 1.0]
-max_batch = 256
-max_body_bytes = 4194304
-
-[limits]
-per_key = { rate = 1000000, period_ms = 1000, burst = 2000000 }
-per_model = { rate = 1000000, period_ms = 1000, burst = 2000000 }
-daily_budget = 1000000000000
-
-[output]
-reveal = "logits"
-TOML
+cp bench/bench-policy.toml "$REPO/mnist/1/policy.toml"
 "$BIN" keygen --private-key "$STATE/bench.key" --public-key "$STATE/bench.pub" > /dev/null
 "$BIN" sign --private-key "$STATE/bench.key" --signature "$REPO/mnist/1/model.sig" "$REPO/mnist/1" > /dev/null
 PIDS=()

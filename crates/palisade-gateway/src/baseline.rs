@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use palisade_core::Classifier;
@@ -43,14 +43,15 @@ async fn infer(
         .get(oip::HEADER_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let req: InferRequest = match oip::decode_request(&body, h) {
+    let mut req: InferRequest = match oip::decode_request(&body, h) {
         Ok(r) => r,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let Some(t) = req.inputs.first() else {
+    let Some(t) = req.inputs.first_mut() else {
         return (StatusCode::BAD_REQUEST, "no input").into_response();
     };
-    let x = match ndarray::ArrayD::from_shape_vec(t.shape.clone(), t.data.clone()) {
+    // The batch takes the decoded values, as the gateway's validation does: no copy either side.
+    let x = match ndarray::ArrayD::from_shape_vec(t.shape.clone(), std::mem::take(&mut t.data)) {
         Ok(x) => x,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
@@ -68,7 +69,7 @@ async fn infer(
             let mut r = Response::new(Body::from(enc.body));
             if let Some(h) = enc.header_len {
                 r.headers_mut()
-                    .insert(oip::HEADER_LENGTH, h.to_string().parse().expect("digits"));
+                    .insert(oip::HEADER_LENGTH, HeaderValue::from(h));
             }
             r
         }
