@@ -28,6 +28,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ndarray::{Array1, Array2};
 use palisade_core::{Classifier, InputRange, LinearClassifier};
 use palisade_gateway::audit::{CheckpointPolicy, Durability};
+use palisade_gateway::pool::InferencePool;
 use palisade_gateway::{LocalState, ModelRepository, Policy, ServedModel};
 use tower::ServiceExt as _;
 
@@ -97,7 +98,8 @@ impl Route {
     }
 }
 
-fn guarded(dir: &std::path::Path) -> (LocalState, Route) {
+/// The gateway's route, and its inference threads (the baseline runs on the same ones).
+fn guarded(dir: &std::path::Path) -> (LocalState, Route, Arc<InferencePool>) {
     let state =
         LocalState::open(dir, CheckpointPolicy::default(), Durability::Process).expect("state");
     let key = state.first_admin_key().expect("keys").expect("a new key");
@@ -113,7 +115,8 @@ fn guarded(dir: &std::path::Path) -> (LocalState, Route) {
             platform: "palisade-linear".into(),
         })
         .expect("deploy");
-    let router = state.gateway(models).expect("gateway").router();
+    let gateway = state.gateway(models).expect("gateway");
+    let router = gateway.router();
     let (body, hlen) = body();
     let route = Route {
         router,
@@ -121,7 +124,7 @@ fn guarded(dir: &std::path::Path) -> (LocalState, Route) {
         body,
         hlen,
     };
-    (state, route)
+    (state, route, gateway.inference)
 }
 
 fn guard_chain(c: &mut Criterion) {
@@ -130,15 +133,15 @@ fn guard_chain(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let (_state, guarded, inference) = guarded(dir.path());
     let (body, hlen) = body();
     let bare = Route {
-        router: palisade_gateway::baseline::router(classifier(), "mnist", "1", "logits"),
+        router: palisade_gateway::baseline::router(classifier(), inference, "mnist", "1", "logits"),
         auth: None,
         body,
         hlen,
     };
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let (_state, guarded) = guarded(dir.path());
 
     let mut g = c.benchmark_group("infer_cpu_per_request");
     for (name, route) in [("bare", &bare), ("guarded", &guarded)] {

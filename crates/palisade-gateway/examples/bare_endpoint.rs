@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use palisade_core::Classifier;
 use palisade_gateway::loader::Runtime as _;
+use palisade_gateway::pool::InferencePool;
 use palisade_gateway::tract_runtime::TractRuntime;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,7 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::path::Path::new(&model);
     let loaded = TractRuntime::default().load(path, &std::fs::read(path)?)?;
     let clf: Arc<dyn Classifier> = loaded.classifier;
-    let app = palisade_gateway::baseline::router(clf, "mnist", "1", &loaded.output_name);
+    // One inference thread per core, as `palisade serve` runs by default.
+    let inference = Arc::new(InferencePool::per_core()?);
+    let app = palisade_gateway::baseline::router(clf, inference, "mnist", "1", &loaded.output_name);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind(&addr).await?;

@@ -1,7 +1,7 @@
 //! The benchmarks' baseline: a model behind a plain OIP infer route, with no guards.
 //!
-//! It decodes the request with the same codec as the gateway, runs the classifier on a blocking
-//! thread as the gateway does, and encodes the logits the same way; it checks no key, keeps no
+//! It decodes the request with the same codec as the gateway, runs the classifier on the same
+//! kind of inference threads as the gateway ([`InferencePool`]), and encodes the logits the same way; it checks no key, keeps no
 //! limit, validates nothing beyond decoding, writes no audit entry and counts nothing. The
 //! difference between it and [`crate::Gateway::router`] on the same model is what the guards
 //! cost (`bench/gateway_vs_bare.sh` over HTTP with the real model,
@@ -17,24 +17,33 @@ use axum::routing::post;
 use palisade_core::Classifier;
 
 use crate::oip::{self, InferRequest, OutputData, OutputTensor};
+use crate::pool::InferencePool;
 
-/// `POST /v2/models/{name}/infer` answered by `clf`, its output named `output_name`, and the
-/// model reported as `name` version `version` in every response.
-pub fn router(clf: Arc<dyn Classifier>, name: &str, version: &str, output_name: &str) -> Router {
+/// `POST /v2/models/{name}/infer` answered by `clf` on `inference`'s threads, its output named
+/// `output_name`, and the model reported as `name` version `version` in every response.
+pub fn router(
+    clf: Arc<dyn Classifier>,
+    inference: Arc<InferencePool>,
+    name: &str,
+    version: &str,
+    output_name: &str,
+) -> Router {
     let ids: Arc<(String, String, String)> =
         Arc::new((name.into(), version.into(), output_name.into()));
     Router::new().route(
         "/v2/models/{name}/infer",
         post(move |headers: HeaderMap, body: Bytes| {
             let clf = clf.clone();
+            let inference = inference.clone();
             let ids = ids.clone();
-            async move { infer(clf, &ids, headers, body).await }
+            async move { infer(clf, &inference, &ids, headers, body).await }
         }),
     )
 }
 
 async fn infer(
     clf: Arc<dyn Classifier>,
+    inference: &InferencePool,
     (name, version, output_name): &(String, String, String),
     headers: HeaderMap,
     body: Bytes,
@@ -55,7 +64,7 @@ async fn infer(
         Ok(x) => x,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let logits = match tokio::task::spawn_blocking(move || clf.logits(x.view())).await {
+    let logits = match inference.run(move || clf.logits(x.view())).await {
         Ok(Ok(l)) => l,
         _ => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };

@@ -19,18 +19,28 @@ use crate::guard::{Decision, Prediction, ValidatedInfer, error_response, json_re
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::oip::{ModelAction, Target, target_of};
+use crate::pool::InferencePool;
 
 /// Answers model routes once every guard has passed.
 #[derive(Clone)]
 pub struct ModelService {
     models: Arc<ModelRepository>,
     metrics: Arc<Metrics>,
+    inference: Arc<InferencePool>,
 }
 
 impl ModelService {
-    /// Serves the models of `models`.
-    pub fn new(models: Arc<ModelRepository>, metrics: Arc<Metrics>) -> Self {
-        ModelService { models, metrics }
+    /// Serves the models of `models`, running them on `inference`'s threads.
+    pub fn new(
+        models: Arc<ModelRepository>,
+        metrics: Arc<Metrics>,
+        inference: Arc<InferencePool>,
+    ) -> Self {
+        ModelService {
+            models,
+            metrics,
+            inference,
+        }
     }
 
     async fn answer(self, mut req: Request) -> Response {
@@ -64,10 +74,10 @@ impl ModelService {
                 };
                 let n = v.input.shape()[0];
                 let job = v.clone();
-                let out = tokio::task::spawn_blocking(move || {
-                    job.model.classifier.logits(job.input.view())
-                })
-                .await;
+                let out = self
+                    .inference
+                    .run(move || job.model.classifier.logits(job.input.view()))
+                    .await;
                 let logits = match out {
                     Ok(Ok(l)) if l.nrows() == n => l,
                     Ok(Ok(l)) => {
@@ -77,7 +87,7 @@ impl ModelService {
                         ));
                     }
                     Ok(Err(e)) => return internal(&format!("inference failed: {e}")),
-                    Err(e) => return internal(&format!("inference task failed: {e}")),
+                    Err(e) => return internal(&format!("inference failed: {e}")),
                 };
                 self.metrics.samples(&model.name, n);
                 let mut r = Response::new(Body::empty());

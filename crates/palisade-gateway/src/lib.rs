@@ -31,7 +31,8 @@
 //! - **validate** ([`guard::validate`]): body size, decompression, OIP decoding, shape, dtype,
 //!   range, NaN/Inf → 413/415/400.
 //! - **harden output** ([`guard::harden`]): the only code that turns logits into a response body.
-//! - **infer** ([`infer::ModelService`]): runs the classifier on a blocking thread.
+//! - **infer** ([`infer::ModelService`]): runs the classifier on one of a fixed set of
+//!   inference threads ([`pool::InferencePool`]).
 //!
 //! A refusal by any guard is a JSON `{"error": …}` with the right 4xx, and still passes back out
 //! through audit and metrics. Guards pass facts along only as typed extensions
@@ -60,6 +61,7 @@ pub mod metrics;
 pub mod model;
 pub mod oip;
 pub mod policy;
+pub mod pool;
 pub mod server;
 #[cfg(feature = "tract")]
 pub mod tract_runtime;

@@ -27,6 +27,7 @@ use crate::infer::ModelService;
 use crate::keys::{KeyStore, NewKey, Role, SqliteKeyStore};
 use crate::metrics::{Measure, Metrics};
 use crate::model::ModelRepository;
+use crate::pool::InferencePool;
 
 /// Everything a running gateway shares between requests.
 #[derive(Clone)]
@@ -45,6 +46,8 @@ pub struct Gateway {
     pub audit_public_key: [u8; 32],
     /// Where the admin API loads new versions from (`None`: hot-swap is off).
     pub source: Option<crate::loader::ModelSource>,
+    /// The threads that run the models (one per core unless set otherwise).
+    pub inference: Arc<InferencePool>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -243,6 +246,10 @@ impl LocalState {
             metrics: Arc::new(Metrics::new().map_err(|e| GatewayError::State(e.to_string()))?),
             audit_public_key: self.public_key,
             source: None,
+            inference: Arc::new(InferencePool::per_core().map_err(|e| GatewayError::Io {
+                path: "inference threads".into(),
+                source: e,
+            })?),
         })
     }
 }
@@ -319,7 +326,11 @@ impl Gateway {
             )))
             .layer(GuardLayer(Validate::new(self.models.clone())))
             .layer(GuardLayer(Harden))
-            .service(ModelService::new(self.models.clone(), self.metrics.clone()));
+            .service(ModelService::new(
+                self.models.clone(),
+                self.metrics.clone(),
+                self.inference.clone(),
+            ));
         Next::new(svc)
     }
 }

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::Args;
 use palisade_gateway::audit::Durability;
 use palisade_gateway::loader::{self, LoadedModel, ModelSource, Runtime, Trust};
+use palisade_gateway::pool::InferencePool;
 use palisade_gateway::{LocalState, ModelRepository};
 use palisade_model::onnx::{OnnxModel, OnnxOptions};
 use serde::Serialize;
@@ -53,6 +54,10 @@ pub struct ServeArgs {
     /// without an fsync (survives `kill -9` of the gateway, not a power cut).
     #[arg(long, value_enum, default_value_t = AuditDurability::Full)]
     audit_durability: AuditDurability,
+    /// Threads that run inference, taking requests from one queue (default: one per core).
+    /// More threads than cores only time-slice the same cores.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    inference_threads: Option<u16>,
 }
 
 /// `--audit-durability` values.
@@ -130,6 +135,7 @@ struct Started<'a> {
     state: &'a Path,
     models: Vec<String>,
     trust: String,
+    inference_threads: usize,
     /// Only on the first start: the admin key, shown once.
     #[serde(flatten)]
     first_admin: Option<&'a palisade_gateway::keys::NewKey>,
@@ -197,6 +203,10 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
     .with_context(|| format!("opening the state folder {}", args.state.display()))?;
     let first = state.first_admin_key()?;
     let mut gw = state.gateway(models)?;
+    if let Some(n) = args.inference_threads {
+        gw.inference =
+            Arc::new(InferencePool::new(n.into()).context("starting the inference threads")?);
+    }
     let trust_text = match &trust {
         Trust::Key(k) => format!("signatures verified against {}", k.hint()),
         Trust::Unsigned => "UNSIGNED models allowed".into(),
@@ -206,6 +216,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         runtime,
         trust,
     });
+    let inference_threads = gw.inference.threads();
     let router = gw.router();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -231,16 +242,19 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             state: &args.state,
             models: loaded.iter().map(|(m, v)| format!("{m}/{v}")).collect(),
             trust: trust_text,
+            inference_threads,
             first_admin: first.as_ref(),
         };
         ctx.emit(&started, |s| {
             let mut t = format!(
-                "serving {} on http://{} (gRPC also on {}), state in {}; {}",
+                "serving {} on http://{} (gRPC also on {}), state in {}; {}; {} inference thread{}",
                 s.models.join(", "),
                 s.listening,
                 s.grpc_listening.unwrap_or("the same port"),
                 s.state.display(),
-                s.trust
+                s.trust,
+                s.inference_threads,
+                if s.inference_threads == 1 { "" } else { "s" }
             );
             if let Some(k) = s.first_admin {
                 t.push_str("\n\nFirst start: an admin key was made.\n");
