@@ -159,12 +159,14 @@ fn guard_chain(c: &mut Criterion) {
     }
     g.finish();
 
-    // The two above are measured seconds apart, and what a wake-up of the blocking thread costs
+    // The two above are measured seconds apart, and what a wake-up of an inference thread costs
     // on a VM drifts by ~10% over that time. This one pairs them: each iteration sends one
     // request to each route and counts the guarded one's CPU time less the bare one's, so drift
     // within a run cancels and what is left is the guards' cost per request. Between runs it
-    // still moves: seven invocations on a 2-vCPU VM gave 19.8 to 35.4 µs (2026-12-03), each
-    // with a confidence interval of a few µs, so compare changes over several invocations. Criterion plans its
+    // still moves: on a 2-vCPU VM, seven invocations gave 19.8 to 35.4 µs with tokio's blocking
+    // pool under both routes, and three gave 19.4 to 27.7 µs with the inference pool
+    // (2026-12-03), each with a confidence interval of a few µs, so compare changes over
+    // several invocations. Criterion plans its
     // iterations from the time reported, here a sixth or so of the time spent: few, flat samples
     // keep the run short, and make every sample thousands of pairs (a sample of a few pairs
     // could come out at or below zero, which criterion refuses; one that still does is

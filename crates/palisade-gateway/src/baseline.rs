@@ -1,9 +1,9 @@
 //! The benchmarks' baseline: a model behind a plain OIP infer route, with no guards.
 //!
 //! It decodes the request with the same codec as the gateway, runs the classifier on the same
-//! kind of inference threads as the gateway ([`InferencePool`]), and encodes the logits the same way; it checks no key, keeps no
-//! limit, validates nothing beyond decoding, writes no audit entry and counts nothing. The
-//! difference between it and [`crate::Gateway::router`] on the same model is what the guards
+//! kind of inference threads as the gateway ([`InferencePool`]), and encodes the logits the same
+//! way; it checks no key, keeps no limit, validates nothing beyond decoding, writes no audit
+//! entry and counts nothing. The difference between it and [`crate::Gateway::router`] on the same model is what the guards
 //! cost (`bench/gateway_vs_bare.sh` over HTTP with the real model,
 //! `benches/guard_chain.rs` in process with a small one). Not for serving.
 

@@ -19,7 +19,7 @@ use crate::guard::{Decision, Prediction, ValidatedInfer, error_response, json_re
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::oip::{ModelAction, Target, target_of};
-use crate::pool::InferencePool;
+use crate::pool::{InferencePool, PoolError};
 
 /// Answers model routes once every guard has passed.
 #[derive(Clone)]
@@ -87,6 +87,12 @@ impl ModelService {
                         ));
                     }
                     Ok(Err(e)) => return internal(&format!("inference failed: {e}")),
+                    Err(e @ PoolError::Stopped) => {
+                        // Shutting down: the request may be retried on another instance.
+                        let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+                        r.extensions_mut().insert(Decision::Error);
+                        return r;
+                    }
                     Err(e) => return internal(&format!("inference failed: {e}")),
                 };
                 self.metrics.samples(&model.name, n);

@@ -98,6 +98,9 @@ pub enum GatewayError {
     /// A model could not be loaded or deployed.
     #[error("model: {0}")]
     Model(String),
+    /// The inference threads could not be started.
+    #[error("cannot start the inference threads")]
+    Threads(#[source] std::io::Error),
 }
 
 impl GatewayError {

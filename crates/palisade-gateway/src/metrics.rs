@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use axum::extract::Request;
 use axum::response::Response;
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::guard::{Decision, Guard, Next, call_next};
@@ -23,6 +23,7 @@ pub struct Metrics {
     samples: IntCounterVec,
     audit_append: Histogram,
     audit_failures: IntCounter,
+    inference_queue: IntGauge,
 }
 
 fn route_label(req: &mut Request) -> &'static str {
@@ -77,12 +78,17 @@ impl Metrics {
             "audit_append_failures_total",
             "Audit appends that failed (requests withheld)",
         )?;
+        let inference_queue = IntGauge::new(
+            "inference_queue",
+            "Model calls waiting for an inference thread (when /metrics was read)",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(samples.clone()))?;
         registry.register(Box::new(audit_append.clone()))?;
         registry.register(Box::new(audit_failures.clone()))?;
+        registry.register(Box::new(inference_queue.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -91,6 +97,7 @@ impl Metrics {
             samples,
             audit_append,
             audit_failures,
+            inference_queue,
         })
     }
 
@@ -100,6 +107,12 @@ impl Metrics {
         if !ok {
             self.audit_failures.inc();
         }
+    }
+
+    /// Records how many model calls wait for an inference thread.
+    pub fn inference_queue(&self, queued: usize) {
+        self.inference_queue
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
 
     /// Records `n` samples through `model`.

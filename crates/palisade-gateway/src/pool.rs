@@ -5,11 +5,18 @@
 //! under load on a 2-core machine), and the operating system then time-slices that many
 //! inference threads against the workers that parse, guard and answer requests. Like Triton's
 //! model instances, a fixed number of threads (by default one per core) take calls from a queue
-//! instead: while the queue is not empty they do not sleep, so a loaded server pays no wake-up
-//! per call, and no more inferences run at once than there are cores to run them.
+//! instead: while the queue is not empty an inference thread does not sleep, so a loaded server
+//! wakes none per call (the caller's task is still woken when its result is ready), and no more
+//! inferences run at once than there are threads.
+//!
+//! A call whose caller has gone (a client that disconnected while it waited) is skipped rather
+//! than run. The queue itself is not bounded: what bounds it is the callers in flight, one per
+//! HTTP/1 connection or HTTP/2 stream. [`InferencePool::queued`] is exported as the
+//! `palisade_inference_queue` gauge.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
 
 use crossbeam_channel as channel;
 
@@ -17,15 +24,18 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// A fixed set of inference threads.
 pub struct InferencePool {
-    queue: Mutex<Option<channel::Sender<Job>>>,
-    threads: usize,
+    /// `None` once the pool is shut down.
+    queue: RwLock<Option<channel::Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    count: usize,
 }
 
 impl std::fmt::Debug for InferencePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InferencePool")
-            .field("threads", &self.threads)
-            .finish_non_exhaustive()
+            .field("threads", &self.count)
+            .field("queued", &self.queued())
+            .finish()
     }
 }
 
@@ -33,7 +43,7 @@ impl std::fmt::Debug for InferencePool {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
-    /// The call panicked; the thread that ran it goes on serving.
+    /// The call panicked; the thread that ran it goes on.
     #[error("the inference call panicked")]
     Panicked,
     /// The pool was shut down before the call ran.
@@ -44,21 +54,27 @@ pub enum PoolError {
 impl InferencePool {
     /// Starts `threads` inference threads (at least one).
     pub fn new(threads: usize) -> std::io::Result<Self> {
-        let threads = threads.max(1);
+        let count = threads.max(1);
         let (tx, rx) = channel::unbounded::<Job>();
-        for i in 0..threads {
+        let mut handles = Vec::with_capacity(count);
+        for i in 0..count {
             let rx = rx.clone();
-            std::thread::Builder::new()
-                .name(format!("palisade-infer-{i}"))
-                .spawn(move || {
-                    for job in rx.iter() {
-                        job();
-                    }
-                })?;
+            // On an error the threads started so far see the queue close and exit.
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("palisade-infer-{i}"))
+                    .spawn(move || {
+                        // Ends once the queue is closed and empty: queued calls still run.
+                        for job in rx.iter() {
+                            job();
+                        }
+                    })?,
+            );
         }
         Ok(InferencePool {
-            queue: Mutex::new(Some(tx)),
-            threads,
+            queue: RwLock::new(Some(tx)),
+            threads: Mutex::new(handles),
+            count,
         })
     }
 
@@ -69,15 +85,16 @@ impl InferencePool {
 
     /// How many threads run calls.
     pub fn threads(&self) -> usize {
-        self.threads
+        self.count
     }
 
     /// Calls waiting for a thread.
     pub fn queued(&self) -> usize {
-        lock(&self.queue).as_ref().map_or(0, channel::Sender::len)
+        read(&self.queue).as_ref().map_or(0, channel::Sender::len)
     }
 
-    /// Runs `f` on an inference thread and returns its result.
+    /// Runs `f` on an inference thread and returns its result. Dropping the returned future
+    /// before the call starts cancels it.
     pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -85,12 +102,15 @@ impl InferencePool {
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                return;
+            }
             let out =
                 std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| PoolError::Panicked);
             let _ = tx.send(out);
         });
         {
-            let q = lock(&self.queue);
+            let q = read(&self.queue);
             let Some(q) = q.as_ref() else {
                 return Err(PoolError::Stopped);
             };
@@ -99,19 +119,37 @@ impl InferencePool {
         rx.await.unwrap_or(Err(PoolError::Stopped))
     }
 
-    /// Stops taking calls; the threads finish the calls queued and exit.
+    /// Stops taking calls; the threads finish the calls already queued, then exit. Dropping the
+    /// pool does the same.
     pub fn shutdown(&self) {
-        lock(&self.queue).take();
+        self.queue
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Shuts the pool down and waits until its threads have run the calls already queued and
+    /// exited. It blocks: call it from a plain thread, not an async worker.
+    pub fn shutdown_and_join(&self) {
+        self.shutdown();
+        let handles =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for h in handles {
+            // A thread only ends by its loop ending: job panics are caught inside the job.
+            let _ = h.join();
+        }
     }
 }
 
-/// The queue's lock guards no invariant a panic could break (it only holds the sender).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The lock guards no invariant a panic could break (it only holds the sender).
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for InferencePool {
     fn drop(&mut self) {
+        // Not joined here: the last reference may be dropped on an async worker, which must
+        // not wait for a model call.
         self.shutdown();
     }
 }
@@ -120,8 +158,8 @@ impl Drop for InferencePool {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
@@ -129,6 +167,18 @@ mod tests {
             .enable_all()
             .build()
             .unwrap()
+    }
+
+    /// Waits (at most 10 s) until `f` holds.
+    fn eventually(f: impl Fn() -> bool) -> bool {
+        let t = Instant::now();
+        while !f() {
+            if t.elapsed() > Duration::from_secs(10) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     #[test]
@@ -143,7 +193,10 @@ mod tests {
                     pool.run(move || {
                         let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);
-                        std::thread::sleep(Duration::from_millis(30));
+                        // Hold the thread until the other one runs a call too (or 10 s pass:
+                        // then the assertion on `most` below fails instead of the test hanging).
+                        eventually(|| most.load(Ordering::SeqCst) >= 2);
+                        std::thread::sleep(Duration::from_millis(5));
                         running.fetch_sub(1, Ordering::SeqCst);
                         i * 10
                     })
@@ -176,36 +229,61 @@ mod tests {
         assert_eq!(rt.block_on(pool.run(|| 7)).unwrap(), 7);
     }
 
+    /// One thread, held by a call until the returned sender is dropped.
+    fn held(
+        pool: &Arc<InferencePool>,
+        rt: &tokio::runtime::Runtime,
+    ) -> std::sync::mpsc::Sender<()> {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let p = pool.clone();
+        rt.spawn(async move {
+            p.run(move || {
+                started_tx.send(()).unwrap();
+                let _ = gate.recv();
+            })
+            .await
+        });
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        release
+    }
+
     #[test]
     fn a_stopped_pool_refuses_calls_and_finishes_the_queued_ones() {
         let pool = Arc::new(InferencePool::new(1).unwrap());
         let rt = runtime();
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let first = {
-            let pool = pool.clone();
-            rt.spawn(async move {
-                pool.run(move || {
-                    started_tx.send(()).unwrap();
-                    std::thread::sleep(Duration::from_millis(50));
-                    1
-                })
-                .await
-            })
-        };
-        started_rx.recv().unwrap();
+        let release = held(&pool, &rt);
         let queued = {
             let pool = pool.clone();
             rt.spawn(async move { pool.run(|| 2).await })
         };
-        while pool.queued() == 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        assert!(eventually(|| pool.queued() == 1));
         pool.shutdown();
         assert!(matches!(
             rt.block_on(pool.run(|| 3)).unwrap_err(),
             PoolError::Stopped
         ));
-        assert_eq!(rt.block_on(first).unwrap().unwrap(), 1);
+        drop(release);
         assert_eq!(rt.block_on(queued).unwrap().unwrap(), 2);
+        pool.shutdown_and_join();
+    }
+
+    #[test]
+    fn a_call_whose_caller_left_is_skipped() {
+        let pool = Arc::new(InferencePool::new(1).unwrap());
+        let rt = runtime();
+        let release = held(&pool, &rt);
+        let ran = Arc::new(AtomicBool::new(false));
+        let abandoned = {
+            let (pool, ran) = (pool.clone(), ran.clone());
+            rt.spawn(async move { pool.run(move || ran.store(true, Ordering::SeqCst)).await })
+        };
+        assert!(eventually(|| pool.queued() == 1));
+        abandoned.abort();
+        let _ = rt.block_on(abandoned);
+        drop(release);
+        // Joining waits until the thread has taken every queued call.
+        pool.shutdown_and_join();
+        assert!(!ran.load(Ordering::SeqCst), "the abandoned call ran");
     }
 }

@@ -236,8 +236,18 @@ impl LocalState {
         )?))
     }
 
-    /// A gateway over this state serving `models`.
+    /// A gateway over this state serving `models`, with one inference thread per core.
     pub fn gateway(&self, models: Arc<ModelRepository>) -> Result<Gateway, GatewayError> {
+        let inference = InferencePool::per_core().map_err(GatewayError::Threads)?;
+        self.gateway_with(models, Arc::new(inference))
+    }
+
+    /// A gateway over this state serving `models` on the threads of `inference`.
+    pub fn gateway_with(
+        &self,
+        models: Arc<ModelRepository>,
+        inference: Arc<InferencePool>,
+    ) -> Result<Gateway, GatewayError> {
         Ok(Gateway {
             models,
             keys: self.keys.clone(),
@@ -246,10 +256,7 @@ impl LocalState {
             metrics: Arc::new(Metrics::new().map_err(|e| GatewayError::State(e.to_string()))?),
             audit_public_key: self.public_key,
             source: None,
-            inference: Arc::new(InferencePool::per_core().map_err(|e| GatewayError::Io {
-                path: "inference threads".into(),
-                source: e,
-            })?),
+            inference,
         })
     }
 }
@@ -277,6 +284,7 @@ impl Gateway {
             }));
         let ready_models = self.models.clone();
         let metrics = self.metrics.clone();
+        let inference = self.inference.clone();
         Router::new()
             .route("/v2/health/live", get(|| async { StatusCode::OK }))
             .route(
@@ -293,6 +301,7 @@ impl Gateway {
             .route(
                 "/metrics",
                 get(move || async move {
+                    metrics.inference_queue(inference.queued());
                     (
                         [("content-type", "text/plain; version=0.0.4")],
                         metrics.render(),

@@ -202,11 +202,12 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
     )
     .with_context(|| format!("opening the state folder {}", args.state.display()))?;
     let first = state.first_admin_key()?;
-    let mut gw = state.gateway(models)?;
-    if let Some(n) = args.inference_threads {
-        gw.inference =
-            Arc::new(InferencePool::new(n.into()).context("starting the inference threads")?);
+    let inference = match args.inference_threads {
+        Some(n) => InferencePool::new(n.into()),
+        None => InferencePool::per_core(),
     }
+    .context("starting the inference threads")?;
+    let mut gw = state.gateway_with(models, Arc::new(inference))?;
     let trust_text = match &trust {
         Trust::Key(k) => format!("signatures verified against {}", k.hint()),
         Trust::Unsigned => "UNSIGNED models allowed".into(),
