@@ -10,8 +10,11 @@
 //! inferences run at once than there are threads.
 //!
 //! A call whose caller has gone (a client that disconnected while it waited) is skipped rather
-//! than run. The queue itself is not bounded: what bounds it is the callers in flight, one per
-//! HTTP/1 connection or HTTP/2 stream. [`InferencePool::queued`] is exported as the
+//! than run. By default the queue is not bounded: what bounds it is the callers in flight, one
+//! per HTTP/1 connection or HTTP/2 stream. With a limit ([`InferencePool::with_queue_limit`]) a
+//! call that finds the queue full is refused at once ([`PoolError::Busy`], which the gateway
+//! answers 503 with `Retry-After`) instead of waiting behind it: under overload, latency stays
+//! bounded and clients can go elsewhere. [`InferencePool::queued`] is exported as the
 //! `palisade_inference_queue` gauge.
 
 use std::panic::AssertUnwindSafe;
@@ -49,13 +52,29 @@ pub enum PoolError {
     /// The pool was shut down before the call ran.
     #[error("the inference threads have stopped")]
     Stopped,
+    /// The queue was full: the call was not queued.
+    #[error("the server is busy: {queued} model calls are already waiting")]
+    Busy {
+        /// The queue's limit, which it had reached.
+        queued: usize,
+    },
 }
 
 impl InferencePool {
-    /// Starts `threads` inference threads (at least one).
+    /// Starts `threads` inference threads (at least one), with an unbounded queue.
     pub fn new(threads: usize) -> std::io::Result<Self> {
+        Self::with_queue_limit(threads, None)
+    }
+
+    /// Starts `threads` inference threads (at least one); with `Some(limit)`, a call that finds
+    /// `limit` calls already waiting is refused ([`PoolError::Busy`]). A limit of 0 queues
+    /// nothing: a call runs only if a thread is idle.
+    pub fn with_queue_limit(threads: usize, limit: Option<usize>) -> std::io::Result<Self> {
         let count = threads.max(1);
-        let (tx, rx) = channel::unbounded::<Job>();
+        let (tx, rx) = match limit {
+            Some(n) => channel::bounded::<Job>(n),
+            None => channel::unbounded::<Job>(),
+        };
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
             let rx = rx.clone();
@@ -78,9 +97,14 @@ impl InferencePool {
         })
     }
 
-    /// One thread per core the process may use.
+    /// One thread per core the process may use, with an unbounded queue.
     pub fn per_core() -> std::io::Result<Self> {
-        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        Self::new(Self::cores())
+    }
+
+    /// The cores this process may use (1 if unknown).
+    pub fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
     /// How many threads run calls.
@@ -114,7 +138,12 @@ impl InferencePool {
             let Some(q) = q.as_ref() else {
                 return Err(PoolError::Stopped);
             };
-            q.send(job).map_err(|_| PoolError::Stopped)?;
+            q.try_send(job).map_err(|e| match e {
+                channel::TrySendError::Full(_) => PoolError::Busy {
+                    queued: q.capacity().unwrap_or(usize::MAX),
+                },
+                channel::TrySendError::Disconnected(_) => PoolError::Stopped,
+            })?;
         }
         rx.await.unwrap_or(Err(PoolError::Stopped))
     }
@@ -266,6 +295,23 @@ mod tests {
         drop(release);
         assert_eq!(rt.block_on(queued).unwrap().unwrap(), 2);
         pool.shutdown_and_join();
+    }
+
+    #[test]
+    fn a_full_queue_refuses_a_call_at_once_and_takes_calls_again_once_it_drains() {
+        let pool = Arc::new(InferencePool::with_queue_limit(1, Some(1)).unwrap());
+        let rt = runtime();
+        let release = held(&pool, &rt);
+        let waiting = {
+            let pool = pool.clone();
+            rt.spawn(async move { pool.run(|| 1).await })
+        };
+        assert!(eventually(|| pool.queued() == 1));
+        let err = rt.block_on(pool.run(|| 2)).unwrap_err();
+        assert!(matches!(err, PoolError::Busy { queued: 1 }), "{err}");
+        drop(release);
+        assert_eq!(rt.block_on(waiting).unwrap().unwrap(), 1);
+        assert_eq!(rt.block_on(pool.run(|| 3)).unwrap(), 3);
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// More threads than cores only time-slice the same cores.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     inference_threads: Option<u16>,
+    /// Model calls that may wait for an inference thread; a request that finds that many
+    /// waiting is answered 503 with `Retry-After` (0: only when a thread is idle). Default: no
+    /// limit (the connections in flight bound the queue).
+    #[arg(long)]
+    inference_queue: Option<usize>,
 }
 
 /// `--audit-durability` values.
@@ -136,6 +141,8 @@ struct Started<'a> {
     models: Vec<String>,
     trust: String,
     inference_threads: usize,
+    /// `None`: no limit.
+    inference_queue_limit: Option<usize>,
     /// Only on the first start: the admin key, shown once.
     #[serde(flatten)]
     first_admin: Option<&'a palisade_gateway::keys::NewKey>,
@@ -202,11 +209,12 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
     )
     .with_context(|| format!("opening the state folder {}", args.state.display()))?;
     let first = state.first_admin_key()?;
-    let inference = match args.inference_threads {
-        Some(n) => InferencePool::new(n.into()),
-        None => InferencePool::per_core(),
-    }
-    .context("starting the inference threads")?;
+    let threads = match args.inference_threads {
+        Some(n) => n.into(),
+        None => InferencePool::cores(),
+    };
+    let inference = InferencePool::with_queue_limit(threads, args.inference_queue)
+        .context("starting the inference threads")?;
     let mut gw = state.gateway_with(models, Arc::new(inference))?;
     let trust_text = match &trust {
         Trust::Key(k) => format!("signatures verified against {}", k.hint()),
@@ -244,6 +252,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             models: loaded.iter().map(|(m, v)| format!("{m}/{v}")).collect(),
             trust: trust_text,
             inference_threads,
+            inference_queue_limit: args.inference_queue,
             first_admin: first.as_ref(),
         };
         ctx.emit(&started, |s| {
