@@ -12,9 +12,9 @@
 //! A call whose caller has gone (a client that disconnected while it waited) is skipped rather
 //! than run. By default the queue is not bounded: what bounds it is the callers in flight, one
 //! per HTTP/1 connection or HTTP/2 stream. With a limit ([`InferencePool::with_queue_limit`]) a
-//! call that finds the queue full is refused at once ([`PoolError::Busy`], which the gateway
-//! answers 503 with `Retry-After`) instead of waiting behind it: under overload, latency stays
-//! bounded and clients can go elsewhere. [`InferencePool::queued`] is exported as the
+//! call that finds the queue full is refused without waiting for a thread ([`PoolError::Busy`],
+//! which the gateway answers 503 with `Retry-After`): under overload, latency stays bounded and
+//! clients can go elsewhere. [`InferencePool::queued`] is exported as the
 //! `palisade_inference_queue` gauge.
 
 use std::panic::AssertUnwindSafe;
@@ -53,10 +53,10 @@ pub enum PoolError {
     #[error("the inference threads have stopped")]
     Stopped,
     /// The queue was full: the call was not queued.
-    #[error("the server is busy: {queued} model calls are already waiting")]
+    #[error("{}", busy_message(*.limit))]
     Busy {
         /// The queue's limit, which it had reached.
-        queued: usize,
+        limit: usize,
     },
 }
 
@@ -68,7 +68,8 @@ impl InferencePool {
 
     /// Starts `threads` inference threads (at least one); with `Some(limit)`, a call that finds
     /// `limit` calls already waiting is refused ([`PoolError::Busy`]). A limit of 0 queues
-    /// nothing: a call runs only if a thread is idle.
+    /// nothing: a call is taken only by a thread already waiting for work, so one that has just
+    /// finished a call and not yet come back to the queue does not count as free.
     pub fn with_queue_limit(threads: usize, limit: Option<usize>) -> std::io::Result<Self> {
         let count = threads.max(1);
         let (tx, rx) = match limit {
@@ -140,7 +141,7 @@ impl InferencePool {
             };
             q.try_send(job).map_err(|e| match e {
                 channel::TrySendError::Full(_) => PoolError::Busy {
-                    queued: q.capacity().unwrap_or(usize::MAX),
+                    limit: q.capacity().unwrap_or(usize::MAX),
                 },
                 channel::TrySendError::Disconnected(_) => PoolError::Stopped,
             })?;
@@ -167,6 +168,14 @@ impl InferencePool {
             // A thread only ends by its loop ending: job panics are caught inside the job.
             let _ = h.join();
         }
+    }
+}
+
+fn busy_message(limit: usize) -> String {
+    match limit {
+        0 => "the server is busy: every inference thread is in use".into(),
+        1 => "the server is busy: 1 model call is already waiting".into(),
+        n => format!("the server is busy: {n} model calls are already waiting"),
     }
 }
 
@@ -307,8 +316,16 @@ mod tests {
             rt.spawn(async move { pool.run(|| 1).await })
         };
         assert!(eventually(|| pool.queued() == 1));
-        let err = rt.block_on(pool.run(|| 2)).unwrap_err();
-        assert!(matches!(err, PoolError::Busy { queued: 1 }), "{err}");
+        // Refused without waiting: were the call queued, it would wait for the held thread.
+        let err = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), pool.run(|| 2)).await })
+            .expect("a full queue refuses at once")
+            .unwrap_err();
+        assert!(matches!(err, PoolError::Busy { limit: 1 }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the server is busy: 1 model call is already waiting"
+        );
         drop(release);
         assert_eq!(rt.block_on(waiting).unwrap().unwrap(), 1);
         assert_eq!(rt.block_on(pool.run(|| 3)).unwrap(), 3);

@@ -58,11 +58,11 @@ pub struct ServeArgs {
     /// More threads than cores only time-slice the same cores.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     inference_threads: Option<u16>,
-    /// Model calls that may wait for an inference thread; a request that finds that many
-    /// waiting is answered 503 with `Retry-After` (0: only when a thread is idle). Default: no
-    /// limit (the connections in flight bound the queue).
-    #[arg(long)]
-    inference_queue: Option<usize>,
+    /// Model calls that may wait for an inference thread (1 to 65536); a request that finds that
+    /// many waiting is answered 503 with `Retry-After`. Default: no limit (the requests in
+    /// flight bound the queue).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    inference_queue: Option<u32>,
 }
 
 /// `--audit-durability` values.
@@ -213,7 +213,8 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         Some(n) => n.into(),
         None => InferencePool::cores(),
     };
-    let inference = InferencePool::with_queue_limit(threads, args.inference_queue)
+    let queue_limit = args.inference_queue.map(|n| n as usize);
+    let inference = InferencePool::with_queue_limit(threads, queue_limit)
         .context("starting the inference threads")?;
     let mut gw = state.gateway_with(models, Arc::new(inference))?;
     let trust_text = match &trust {
@@ -252,7 +253,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             models: loaded.iter().map(|(m, v)| format!("{m}/{v}")).collect(),
             trust: trust_text,
             inference_threads,
-            inference_queue_limit: args.inference_queue,
+            inference_queue_limit: queue_limit,
             first_admin: first.as_ref(),
         };
         ctx.emit(&started, |s| {
@@ -266,6 +267,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
                 s.inference_threads,
                 if s.inference_threads == 1 { "" } else { "s" }
             );
+            if let Some(n) = s.inference_queue_limit {
+                t.push_str(&format!(" (at most {n} calls waiting)"));
+            }
             if let Some(k) = s.first_admin {
                 t.push_str("\n\nFirst start: an admin key was made.\n");
                 t.push_str(&crate::cmd::keys::show_new_key(k));

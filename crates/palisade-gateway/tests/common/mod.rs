@@ -10,6 +10,7 @@ use ndarray::{Array1, Array2};
 use palisade_core::{InputRange, LinearClassifier};
 use palisade_gateway::audit::{CheckpointPolicy, Durability};
 use palisade_gateway::keys::{KeyStore, NewKey, Role};
+use palisade_gateway::pool::InferencePool;
 use palisade_gateway::{LocalState, ModelRepository, Policy, ServedModel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -59,6 +60,14 @@ pub async fn start() -> Server {
 
 /// A gateway whose admin API can load versions from `source`.
 pub async fn start_with(source: Option<palisade_gateway::loader::ModelSource>) -> Server {
+    start_on(source, None).await
+}
+
+/// A gateway running its models on `inference` (default: one thread per core).
+pub async fn start_on(
+    source: Option<palisade_gateway::loader::ModelSource>,
+    inference: Option<Arc<InferencePool>>,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(
         LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full).unwrap(),
@@ -90,7 +99,10 @@ pub async fn start_with(source: Option<palisade_gateway::loader::ModelSource>) -
     models
         .deploy(served("label", "1", "[output]\nreveal = \"label\"\n"))
         .unwrap();
-    let mut gw = state.gateway(models.clone()).unwrap();
+    let mut gw = match inference {
+        Some(pool) => state.gateway_with(models.clone(), pool).unwrap(),
+        None => state.gateway(models.clone()).unwrap(),
+    };
     gw.source = source;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,0 +1,132 @@
+//! A full inference queue: the request that finds it full is refused 503 with `Retry-After`,
+//! audited and counted as an overload, and the calls already waiting are answered once the
+//! model frees up.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use common::*;
+use ndarray::{Array2, ArrayViewD};
+use palisade_core::{Classifier, LinearClassifier, ModelError, ModelInfo};
+use palisade_gateway::audit::AuditLog as _;
+use palisade_gateway::keys::{KeyStore, Role};
+use palisade_gateway::pool::InferencePool;
+
+/// The test's linear model, whose calls wait until the gate opens.
+struct Gated {
+    inner: LinearClassifier,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    /// Calls that have reached the model.
+    entered: Arc<AtomicUsize>,
+}
+
+impl Classifier for Gated {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn logits(&self, x: ArrayViewD<'_, f32>) -> Result<Array2<f32>, ModelError> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let (open, cv) = &*self.gate;
+        let guard = open.lock().unwrap();
+        // Bounded, so a broken test fails on its assertions instead of hanging.
+        let _ = cv
+            .wait_timeout_while(guard, Duration::from_secs(20), |o| !*o)
+            .unwrap();
+        self.inner.logits(x)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
+    // One thread, at most one call waiting.
+    let pool = Arc::new(InferencePool::with_queue_limit(1, Some(1)).unwrap());
+    let s = start_on(None, Some(pool.clone())).await;
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let entered = Arc::new(AtomicUsize::new(0));
+    let mut slow = served("slow", "1", LIN_POLICY);
+    slow.classifier = Arc::new(Gated {
+        inner: linear("slow"),
+        gate: gate.clone(),
+        entered: entered.clone(),
+    });
+    s.models.deploy(slow).unwrap();
+    let key = s
+        .state
+        .keys
+        .create("slow", &[Role::Query("slow".into())], None, now_ms())
+        .unwrap();
+    let auth = bearer(&key);
+    let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
+    let infer = |auth: String, body: Vec<u8>| {
+        let addr = s.addr;
+        tokio::spawn(async move {
+            request(
+                addr,
+                "POST",
+                "/v2/models/slow/infer",
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+                &body,
+            )
+            .await
+        })
+    };
+    // The first call holds the thread; the second waits in the queue.
+    let running = infer(auth.clone(), body.clone());
+    wait_until(|| entered.load(Ordering::SeqCst) == 1).await;
+    let waiting = infer(auth.clone(), body.clone());
+    wait_until(|| pool.queued() == 1).await;
+
+    let refused = infer(auth.clone(), body.clone()).await.unwrap();
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(
+        refused.headers.get("retry-after").map(String::as_str),
+        Some("1")
+    );
+    assert!(refused.error().contains("busy"), "{refused:?}");
+
+    // Open the gate: both calls that got in are answered.
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    for r in [running.await.unwrap(), waiting.await.unwrap()] {
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["outputs"][0]["shape"], serde_json::json!([1, 3]));
+    }
+
+    let metrics = request(s.addr, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("palisade_guard_rejections_total{guard=\"overload\"} 1"),
+        "{text}"
+    );
+    // The refusal is in the audit log like any other.
+    let n = s.state.audit.size().unwrap();
+    let decisions: Vec<String> = (0..n)
+        .filter_map(|i| s.state.audit.entry(i).unwrap())
+        .map(|e| serde_json::from_slice::<serde_json::Value>(&e).unwrap()["decision"].to_string())
+        .collect();
+    assert_eq!(
+        decisions
+            .iter()
+            .filter(|d| d.contains("denied:overload"))
+            .count(),
+        1,
+        "{decisions:?}"
+    );
+    s.stop().await;
+}
+
+/// Waits (at most 10 s) until `cond` holds.
+async fn wait_until(cond: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
