@@ -109,6 +109,45 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    // Over the limit (burst 3 per key): RESOURCE_EXHAUSTED with the retry delay as metadata.
+    let one = &x[..4];
+    let mut refused = None;
+    for _ in 0..4 {
+        match c
+            .model_infer(infer_request(
+                "limited",
+                one,
+                vec![1, 1, 2, 2],
+                &s.query.key,
+            ))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the fourth request is over the burst");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    let secs: u64 = e
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(secs >= 1, "{e:?}");
+    assert_eq!(
+        e.metadata()
+            .get("grpc-retry-pushback-ms")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        (secs * 1000).to_string()
+    );
 
     // Health and metadata.
     assert!(
@@ -148,7 +187,7 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
         use palisade_gateway::audit::AuditLog as _;
         s.state.audit.size().unwrap()
     };
-    assert_eq!(n, 9);
+    assert_eq!(n, 13); // nine above, and the four to the limited model
     let e0 = {
         use palisade_gateway::audit::AuditLog as _;
         s.state.audit.entry(0).unwrap().unwrap()

@@ -90,14 +90,16 @@ impl GrpcGateway {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         if !parts.status.is_success() {
-            return Err(status_of(parts.status, &bytes));
+            return Err(status_of(parts.status, &parts.headers, &bytes));
         }
         Ok((parts, bytes.to_vec()))
     }
 }
 
-/// The gRPC status for a refused REST request, with the guard's message.
-fn status_of(status: StatusCode, body: &[u8]) -> Status {
+/// The gRPC status for a refused REST request, with the guard's message. A `Retry-After` (rate
+/// limit, overload) travels as `retry-after` and as gRPC's retry pushback
+/// (`grpc-retry-pushback-ms`, gRFC A6), which gRPC clients with retries configured obey.
+fn status_of(status: StatusCode, headers: &axum::http::HeaderMap, body: &[u8]) -> Status {
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
@@ -113,7 +115,17 @@ fn status_of(status: StatusCode, body: &[u8]) -> Status {
         StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
         _ => Code::Internal,
     };
-    Status::new(code, message)
+    let retry_after = headers
+        .get(axum::http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let Some(secs) = retry_after else {
+        return Status::new(code, message);
+    };
+    let mut meta = tonic::metadata::MetadataMap::new();
+    meta.insert("retry-after", secs.into());
+    meta.insert("grpc-retry-pushback-ms", secs.saturating_mul(1000).into());
+    Status::with_metadata(code, message, meta)
 }
 
 fn model_path(name: &str, version: &str, tail: &str) -> String {
