@@ -11,11 +11,13 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::Response;
 use tower::Service;
 
-use crate::guard::{Decision, Prediction, ValidatedInfer, error_response, json_response, reject};
+use crate::guard::{
+    Decision, Prediction, ValidatedInfer, error_response, json_response, reject_retry,
+};
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::oip::{ModelAction, Target, target_of};
@@ -88,11 +90,8 @@ impl ModelService {
                     }
                     Ok(Err(e)) => return internal(&format!("inference failed: {e}")),
                     Err(e @ PoolError::Busy { .. }) => {
-                        let mut r =
-                            reject(StatusCode::SERVICE_UNAVAILABLE, "overload", &e.to_string());
-                        r.headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                        return r;
+                        let m = e.to_string();
+                        return reject_retry(StatusCode::SERVICE_UNAVAILABLE, "overload", &m, 1);
                     }
                     Err(e @ PoolError::Stopped) => {
                         // Shutting down: the request may be retried on another instance.

@@ -227,6 +227,15 @@ pub fn reject(status: StatusCode, guard: &'static str, message: &str) -> Respons
     r
 }
 
+/// A refusal by guard `guard` that the client may retry after `secs` seconds: [`reject`] with a
+/// `Retry-After` header (which the gRPC translation carries over as retry pushback).
+pub fn reject_retry(status: StatusCode, guard: &'static str, message: &str, secs: u64) -> Response {
+    let mut r = reject(status, guard, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
 /// A JSON response.
 pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {

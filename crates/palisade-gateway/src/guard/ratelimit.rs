@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
 
-use super::{Guard, Next, Principal, call_next, reject};
+use super::{Guard, Next, Principal, call_next, reject, reject_retry};
 use crate::model::ModelRepository;
 use crate::now_ms;
 use crate::oip::{ModelAction, Target, target_of};
@@ -215,15 +215,13 @@ fn headers(resp: &mut Response, items: &[Item]) {
 }
 
 fn limited(items: &[Item], retry_after: u64, what: &str) -> Response {
-    let mut r = reject(
+    let mut r = reject_retry(
         StatusCode::TOO_MANY_REQUESTS,
         "rate-limit",
         &format!("{what}; retry after {retry_after} s"),
+        retry_after,
     );
     headers(&mut r, items);
-    if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
-        r.headers_mut().insert(header::RETRY_AFTER, v);
-    }
     r
 }
 
