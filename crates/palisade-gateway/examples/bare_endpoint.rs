@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let loaded = TractRuntime::default().load(path, &std::fs::read(path)?)?;
     let clf: Arc<dyn Classifier> = loaded.classifier;
     // One inference thread per core, as `palisade serve` runs by default.
-    let inference = Arc::new(InferencePool::per_core()?);
+    let inference = Arc::new(InferencePool::new(None, None)?);
     let app = palisade_gateway::baseline::router(clf, inference, "mnist", "1", &loaded.output_name);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {

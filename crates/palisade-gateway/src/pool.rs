@@ -11,7 +11,7 @@
 //!
 //! A call whose caller has gone (a client that disconnected while it waited) is skipped rather
 //! than run. By default the queue is not bounded: what bounds it is the callers in flight, one
-//! per HTTP/1 connection or HTTP/2 stream. With a limit ([`InferencePool::with_queue_limit`]) a
+//! per HTTP/1 connection or HTTP/2 stream. With a limit ([`InferencePool::new`]) a
 //! call that finds the queue full is refused without waiting for a thread ([`PoolError::Busy`],
 //! which the gateway answers 503 with `Retry-After`): under overload, latency stays bounded and
 //! clients can go elsewhere. [`InferencePool::queued`] is exported as the
@@ -61,16 +61,14 @@ pub enum PoolError {
 }
 
 impl InferencePool {
-    /// Starts `threads` inference threads (at least one), with an unbounded queue.
-    pub fn new(threads: usize) -> std::io::Result<Self> {
-        Self::with_queue_limit(threads, None)
-    }
-
-    /// Starts `threads` inference threads (at least one); with `Some(limit)`, a call that finds
-    /// `limit` calls already waiting is refused ([`PoolError::Busy`]). A limit of 0 queues
+    /// Starts the inference threads: `threads` of them (at least one; `None`: one per core the
+    /// process may use). With `Some(limit)`, a call that finds `limit` calls already waiting is
+    /// refused ([`PoolError::Busy`]); `None`: the queue is not bounded. A limit of 0 queues
     /// nothing: a call is taken only by a thread already waiting for work, so one that has just
     /// finished a call and not yet come back to the queue does not count as free.
-    pub fn with_queue_limit(threads: usize, limit: Option<usize>) -> std::io::Result<Self> {
+    pub fn new(threads: Option<usize>, limit: Option<usize>) -> std::io::Result<Self> {
+        let threads =
+            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let count = threads.max(1);
         let (tx, rx) = match limit {
             Some(n) => channel::bounded::<Job>(n),
@@ -96,16 +94,6 @@ impl InferencePool {
             threads: Mutex::new(handles),
             count,
         })
-    }
-
-    /// One thread per core the process may use, with an unbounded queue.
-    pub fn per_core() -> std::io::Result<Self> {
-        Self::new(Self::cores())
-    }
-
-    /// The cores this process may use (1 if unknown).
-    pub fn cores() -> usize {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
     /// How many threads run calls.
@@ -221,7 +209,7 @@ mod tests {
 
     #[test]
     fn no_more_calls_run_at_once_than_there_are_threads() {
-        let pool = Arc::new(InferencePool::new(2).unwrap());
+        let pool = Arc::new(InferencePool::new(Some(2), None).unwrap());
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let results = runtime().block_on(async {
@@ -257,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_panicking_call_is_an_error_and_its_thread_goes_on() {
-        let pool = InferencePool::new(1).unwrap();
+        let pool = InferencePool::new(Some(1), None).unwrap();
         let rt = runtime();
         let err = rt
             .block_on(pool.run(|| -> u32 { panic!("a model bug") }))
@@ -286,16 +274,25 @@ mod tests {
         release
     }
 
+    /// Sends `f` to the pool from a task and returns once it waits in the queue.
+    fn queue_one<T: Send + 'static>(
+        pool: &Arc<InferencePool>,
+        rt: &tokio::runtime::Runtime,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<T, PoolError>> {
+        let before = pool.queued();
+        let p = pool.clone();
+        let call = rt.spawn(async move { p.run(f).await });
+        assert!(eventually(|| pool.queued() == before + 1), "never queued");
+        call
+    }
+
     #[test]
     fn a_stopped_pool_refuses_calls_and_finishes_the_queued_ones() {
-        let pool = Arc::new(InferencePool::new(1).unwrap());
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
         let rt = runtime();
         let release = held(&pool, &rt);
-        let queued = {
-            let pool = pool.clone();
-            rt.spawn(async move { pool.run(|| 2).await })
-        };
-        assert!(eventually(|| pool.queued() == 1));
+        let queued = queue_one(&pool, &rt, || 2);
         pool.shutdown();
         assert!(matches!(
             rt.block_on(pool.run(|| 3)).unwrap_err(),
@@ -308,14 +305,10 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_a_call_at_once_and_takes_calls_again_once_it_drains() {
-        let pool = Arc::new(InferencePool::with_queue_limit(1, Some(1)).unwrap());
+        let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
         let rt = runtime();
         let release = held(&pool, &rt);
-        let waiting = {
-            let pool = pool.clone();
-            rt.spawn(async move { pool.run(|| 1).await })
-        };
-        assert!(eventually(|| pool.queued() == 1));
+        let waiting = queue_one(&pool, &rt, || 1);
         // Refused without waiting: were the call queued, it would wait for the held thread.
         let err = rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), pool.run(|| 2)).await })
@@ -333,15 +326,12 @@ mod tests {
 
     #[test]
     fn a_call_whose_caller_left_is_skipped() {
-        let pool = Arc::new(InferencePool::new(1).unwrap());
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
         let rt = runtime();
         let release = held(&pool, &rt);
         let ran = Arc::new(AtomicBool::new(false));
-        let abandoned = {
-            let (pool, ran) = (pool.clone(), ran.clone());
-            rt.spawn(async move { pool.run(move || ran.store(true, Ordering::SeqCst)).await })
-        };
-        assert!(eventually(|| pool.queued() == 1));
+        let flag = ran.clone();
+        let abandoned = queue_one(&pool, &rt, move || flag.store(true, Ordering::SeqCst));
         abandoned.abort();
         let _ = rt.block_on(abandoned);
         drop(release);

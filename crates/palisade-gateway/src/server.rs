@@ -238,7 +238,7 @@ impl LocalState {
 
     /// A gateway over this state serving `models`, with one inference thread per core.
     pub fn gateway(&self, models: Arc<ModelRepository>) -> Result<Gateway, GatewayError> {
-        let inference = InferencePool::per_core().map_err(GatewayError::Threads)?;
+        let inference = InferencePool::new(None, None).map_err(GatewayError::Threads)?;
         self.gateway_with(models, Arc::new(inference))
     }
 

@@ -43,7 +43,7 @@ impl Classifier for Gated {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
     // One thread, at most one call waiting.
-    let pool = Arc::new(InferencePool::with_queue_limit(1, Some(1)).unwrap());
+    let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
     let s = start_on(None, Some(pool.clone())).await;
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
     let entered = Arc::new(AtomicUsize::new(0));

@@ -209,12 +209,8 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
     )
     .with_context(|| format!("opening the state folder {}", args.state.display()))?;
     let first = state.first_admin_key()?;
-    let threads = match args.inference_threads {
-        Some(n) => n.into(),
-        None => InferencePool::cores(),
-    };
     let queue_limit = args.inference_queue.map(|n| n as usize);
-    let inference = InferencePool::with_queue_limit(threads, queue_limit)
+    let inference = InferencePool::new(args.inference_threads.map(usize::from), queue_limit)
         .context("starting the inference threads")?;
     let mut gw = state.gateway_with(models, Arc::new(inference))?;
     let trust_text = match &trust {
