@@ -23,8 +23,6 @@ done
 SECS=${SECONDS_PER_RUN:-6}
 ROUNDS=${ROUNDS:-4}
 CONNS_LIST=${CONNS_LIST:-1 16 64}
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 OUT=$STATE/ab.jsonl
 declare -A KEY # each build's gateway keeps its state folder, and so its admin key, across rounds
 for ROUND in $(seq 1 "$ROUNDS"); do
@@ -32,9 +30,8 @@ for ROUND in $(seq 1 "$ROUNDS"); do
     for V in $VARIANTS; do
         N=${V%%=*} D=${V#*=}
         P=$(free_port)
-        "$D/bare_endpoint" models/mnist_cnn_public.onnx "127.0.0.1:$P" 2>> "$STATE/bare-$N.log" &
-        PID[bare/$N]=$!
-        PIDS+=("$!")
+        start_bare "$P" "$D/bare_endpoint"
+        PID[bare/$N]=$BARE_PID
         URL[bare/$N]="http://127.0.0.1:$P/v2/models/mnist/infer"
         AUTHS[bare/$N]=""
         P=$(free_port)
@@ -46,22 +43,11 @@ for ROUND in $(seq 1 "$ROUNDS"); do
         URL[gateway/$N]="http://127.0.0.1:$P/v2/models/mnist/infer"
         AUTHS[gateway/$N]=${KEY[$N]}
     done
-    # The bare endpoints have no health route: wait until each answers an infer.
-    for K in "${!URL[@]}"; do
-        for _ in $(seq 1 100); do
-            AUTH=${AUTHS[$K]} run_wrk "${URL[$K]}" 1 1 > /dev/null 2>&1 && break
-            sleep 0.1
-        done
-    done
     ORDER=$(printf '%s\n' "${!URL[@]}" | shuf)
     for C in $CONNS_LIST; do
         for K in $ORDER; do
-            AUTH=${AUTHS[$K]} run_wrk "${URL[$K]}" "$C" 1 > /dev/null
-            T0=$(cpu_ticks "${PID[$K]}")
-            R=$(AUTH=${AUTHS[$K]} run_wrk "${URL[$K]}" "$C" "$SECS")
-            T1=$(cpu_ticks "${PID[$K]}")
-            [ "$(field "$R" non2xx)" = 0 ] || echo "warning: $K answered non-2xx: $R"
-            echo "{\"round\": $ROUND, \"conns\": $C, \"server\": \"${K%%/*}\", \"build\": \"${K#*/}\", \"cpu_us\": $(( (T1 - T0) * TICK_US )), \"run\": $R}" >> "$OUT"
+            M=$(AUTH=${AUTHS[$K]} measure "${PID[$K]}" "${URL[$K]}" "$C" "$SECS")
+            echo "{\"round\": $ROUND, \"conns\": $C, \"server\": \"${K%%/*}\", \"build\": \"${K#*/}\", $M}" >> "$OUT"
         done
     done
     kill "${PID[@]}" 2> /dev/null || true

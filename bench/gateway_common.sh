@@ -67,3 +67,30 @@ run_wrk() { # URL CONNECTIONS SECONDS -> one JSON line
 }
 
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+
+start_bare() { # PORT [BARE_BINARY]; sets BARE_PID once the endpoint answers an infer
+    "${2:-$BARE}" models/mnist_cnn_public.onnx "127.0.0.1:$1" 2>> "$STATE/bare.log" &
+    BARE_PID=$!
+    PIDS+=("$BARE_PID")
+    # The bare endpoint has no health route.
+    for _ in $(seq 1 100); do
+        curl -fs -o /dev/null -H "Inference-Header-Content-Length: $HLEN" --data-binary @"$BODY" \
+            "http://127.0.0.1:$1/v2/models/mnist/infer" && return 0
+        sleep 0.1
+    done
+    echo "bare endpoint not answering" >&2; cat "$STATE/bare.log" >&2; exit 1
+}
+
+# cpu_us: the server process's CPU time (user + system, all threads) over a run.
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+measure() { # SERVER_PID URL CONNECTIONS SECONDS (with $AUTH) -> '"cpu_us": N, "run": {...}'
+    run_wrk "$2" "$3" 1 > /dev/null # warm-up
+    local t0 t1 r
+    t0=$(cpu_ticks "$1")
+    r=$(run_wrk "$2" "$3" "$4")
+    t1=$(cpu_ticks "$1")
+    [ "$(field "$r" non2xx)" = 0 ] || echo "warning: $2 answered non-2xx: $r" >&2
+    echo "\"cpu_us\": $(( (t1 - t0) * TICK_US )), \"run\": $r"
+}

@@ -17,9 +17,8 @@ SECS=${SECONDS_PER_RUN:-6}
 # that; the median over rounds of fresh processes is not.
 start_servers() {
     BP=$(free_port)
-    "$BARE" models/mnist_cnn_public.onnx "127.0.0.1:$BP" 2>> "$STATE/bare.log" &
-    PID_BARE=$!
-    PIDS+=("$PID_BARE")
+    start_bare "$BP"
+    PID_BARE=$BARE_PID
     # Each gateway keeps its state folder across rounds; its first start prints the admin key.
     FP=$(free_port)
     AUTH=${AUTH_FULL:-}
@@ -33,12 +32,6 @@ start_servers() {
     PID_PROCESS=$GW_PID
     AUTH_PROCESS=$AUTH
     unset AUTH
-    # The bare endpoint has no health route: wait until it answers an infer.
-    for _ in $(seq 1 100); do
-        curl -fs -o /dev/null -H "Inference-Header-Content-Length: $HLEN" --data-binary @"$BODY" \
-            "http://127.0.0.1:$BP/v2/models/mnist/infer" && break
-        sleep 0.1
-    done
 }
 stop_servers() { # SIGTERM: the gateways close their audit logs before the next round reopens them
     kill "$PID_BARE" "$PID_FULL" "$PID_PROCESS" 2> /dev/null || true
@@ -47,10 +40,8 @@ stop_servers() { # SIGTERM: the gateways close their audit logs before the next 
 # Within a round the runs alternate (bare, full, process, …; reversed every other round), each
 # after a one-second warm-up, and each figure is the median of its rounds: on a shared 2-core VM
 # single runs vary by ~10%.
-# cpu_us is the server process's CPU time (user + system, all threads) per request: what the
-# guards cost, less sensitive than throughput to what else the VM runs.
-TICK_US=$((1000000 / $(getconf CLK_TCK)))
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_us (gateway_common.sh's measure) per request: what the guards cost, less sensitive than
+# throughput to what else the VM runs.
 ROUNDS=${ROUNDS:-5}
 # ratio_range: the lowest and highest ratio of a single round (each guarded run against the bare
 # run of the same round), to show how far one run on this machine can be trusted.
@@ -68,12 +59,8 @@ for ROUND in $(seq 1 "$ROUNDS"); do
                 full) URL="http://127.0.0.1:$FP/v2/models/mnist/infer" A=$AUTH_FULL P=$PID_FULL ;;
                 process) URL="http://127.0.0.1:$PP/v2/models/mnist/infer" A=$AUTH_PROCESS P=$PID_PROCESS ;;
             esac
-            AUTH=$A run_wrk "$URL" "$C" 1 > /dev/null
-            T0=$(cpu_ticks "$P")
-            R=$(AUTH=$A run_wrk "$URL" "$C" "$SECS")
-            T1=$(cpu_ticks "$P")
-            [ "$(field "$R" non2xx)" = 0 ] || echo "warning: $MODE answered non-2xx: $R"
-            echo "{\"round\": $ROUND, \"mode\": \"$MODE\", \"cpu_us\": $(( (T1 - T0) * TICK_US )), \"run\": $R}" >> "$STATE/results-$C.jsonl"
+            M=$(AUTH=$A measure "$P" "$URL" "$C" "$SECS")
+            echo "{\"round\": $ROUND, \"mode\": \"$MODE\", $M}" >> "$STATE/results-$C.jsonl"
         done
     done
     stop_servers
