@@ -123,6 +123,27 @@ pub async fn call_next(next: Next, req: Request) -> Response {
     next.run(req).await
 }
 
+/// Calls the rest of the stack and, once it has gone as far as it can without waiting (on an
+/// infer request: down to the model call, queued for an inference thread), runs `meanwhile`
+/// before waiting for the response. Work that does not depend on the response (hashing the input
+/// for the audit log, building headers) then runs while the model does, on a core that would
+/// otherwise wait, instead of lengthening the request's path. `meanwhile` runs exactly once,
+/// also when the rest of the stack answers at once (a refusal).
+pub async fn call_next_meanwhile<T>(
+    next: Next,
+    req: Request,
+    meanwhile: impl FnOnce() -> T,
+) -> (Response, T) {
+    let mut answer = next.run(req);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(answer.as_mut().poll(cx))).await;
+    let done = meanwhile();
+    let resp = match first {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => answer.await,
+    };
+    (resp, done)
+}
+
 /// A [`Guard`] as a tower [`Layer`]: the layered service is a [`Next`] that hands each request
 /// to the guard with the rest of the stack.
 #[derive(Debug, Clone)]
@@ -282,5 +303,47 @@ mod tests {
         assert!(Arc::ptr_eq(&stack.0, &Next::new(stack.clone()).0));
         let resp = stack.run(Request::new(Body::empty())).await;
         assert_eq!(resp.status(), StatusCode::IM_A_TEAPOT);
+    }
+
+    #[tokio::test]
+    async fn meanwhile_runs_after_the_stack_below_starts_waiting_and_before_it_answers() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let started = Arc::new(AtomicBool::new(false));
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(std::sync::Mutex::new(Some(released)));
+        let s = started.clone();
+        // The "model": marks that it started, then waits until released.
+        let slow = Next::new(tower::service_fn(move |_req: Request| {
+            let s = s.clone();
+            let released = released.lock().unwrap().take();
+            async move {
+                s.store(true, Ordering::SeqCst);
+                if let Some(r) = released {
+                    let _ = r.await;
+                }
+                Ok::<_, Infallible>(error_response(StatusCode::IM_A_TEAPOT, "slow"))
+            }
+        }));
+        let answered = call_next_meanwhile(slow, Request::new(Body::empty()), || {
+            let seen = started.load(Ordering::SeqCst);
+            // Only now may the answer come: had the response been awaited before this ran,
+            // the test would time out.
+            release.send(()).unwrap();
+            seen
+        });
+        let (resp, seen) = tokio::time::timeout(std::time::Duration::from_secs(5), answered)
+            .await
+            .expect("meanwhile ran before the response was awaited");
+        assert!(seen, "meanwhile ran before the stack below had started");
+        assert_eq!(resp.status(), StatusCode::IM_A_TEAPOT);
+
+        // A stack that answers at once: meanwhile still runs, once.
+        let quick = Next::new(tower::service_fn(|_req: Request| async {
+            Ok::<_, Infallible>(error_response(StatusCode::FORBIDDEN, "no"))
+        }));
+        let mut runs = 0;
+        let (resp, ()) =
+            call_next_meanwhile(quick, Request::new(Body::empty()), || runs += 1).await;
+        assert_eq!((resp.status(), runs), (StatusCode::FORBIDDEN, 1));
     }
 }

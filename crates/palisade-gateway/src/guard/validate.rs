@@ -17,7 +17,9 @@ use axum::response::Response;
 use ndarray::{ArrayD, IxDyn};
 use sha2::{Digest, Sha256};
 
-use super::{Guard, InputDigest, Next, ServedVersion, ValidatedInfer, call_next, reject};
+use super::{
+    Guard, InputDigest, Next, ServedVersion, ValidatedInfer, call_next, call_next_meanwhile, reject,
+};
 use crate::hexfmt;
 use crate::model::{ModelRepository, ServedModel};
 use crate::oip::{self, InferRequest, ModelAction, Target, target_of};
@@ -263,7 +265,7 @@ impl Guard for Validate {
             }
             Err(BodyError::Corrupt(m)) | Err(BodyError::Read(m)) => return bad(m),
         };
-        let digest = InputDigest(hexfmt::encode(&Sha256::digest(&bytes)));
+        let digest = || InputDigest(hexfmt::encode(&Sha256::digest(&bytes)));
         let result = oip::decode_request(&bytes, header_len)
             .map_err(|e| e.to_string())
             .and_then(|mut r| check_request(&model, &mut r).map(|x| (r, x)));
@@ -271,7 +273,7 @@ impl Guard for Validate {
             Ok(v) => v,
             Err(m) => {
                 let mut r = bad(m);
-                r.extensions_mut().insert(digest);
+                r.extensions_mut().insert(digest());
                 return r;
             }
         };
@@ -281,7 +283,9 @@ impl Guard for Validate {
             request: Arc::new(request),
             input: Arc::new(input),
         });
-        let mut resp = call_next(next, Request::from_parts(parts, Body::empty())).await;
+        // The digest is only for the audit log: it is computed while the model runs.
+        let (mut resp, digest) =
+            call_next_meanwhile(next, Request::from_parts(parts, Body::empty()), digest).await;
         resp.extensions_mut().insert(digest);
         resp.extensions_mut().insert(version);
         resp
