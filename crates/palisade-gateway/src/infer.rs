@@ -15,13 +15,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use tower::Service;
 
-use crate::guard::{
-    Decision, Prediction, ValidatedInfer, error_response, json_response, reject_retry,
-};
+use crate::guard::admit::refusal;
+use crate::guard::{Decision, Prediction, ValidatedInfer, error_response, json_response};
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::oip::{ModelAction, Target, target_of};
-use crate::pool::{InferencePool, PoolError};
+use crate::pool::{Admission, InferencePool, PoolError};
 
 /// Answers model routes once every guard has passed.
 #[derive(Clone)]
@@ -76,10 +75,12 @@ impl ModelService {
                 };
                 let n = v.input.shape()[0];
                 let job = v.clone();
-                let out = self
-                    .inference
-                    .run(move || job.model.classifier.logits(job.input.view()))
-                    .await;
+                let call = move || job.model.classifier.logits(job.input.view());
+                // Admitted by the admission guard; a stack without it is admitted here.
+                let out = match req.extensions_mut().remove::<Admission>() {
+                    Some(place) => self.inference.run_admitted(place, call).await,
+                    None => self.inference.run(call).await,
+                };
                 let logits = match out {
                     Ok(Ok(l)) if l.nrows() == n => l,
                     Ok(Ok(l)) => {
@@ -89,16 +90,7 @@ impl ModelService {
                         ));
                     }
                     Ok(Err(e)) => return internal(&format!("inference failed: {e}")),
-                    Err(e @ PoolError::Busy { .. }) => {
-                        let m = e.to_string();
-                        return reject_retry(StatusCode::SERVICE_UNAVAILABLE, "overload", &m, 1);
-                    }
-                    Err(e @ PoolError::Stopped) => {
-                        // Shutting down: the request may be retried on another instance.
-                        let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-                        r.extensions_mut().insert(Decision::Error);
-                        return r;
-                    }
+                    Err(e @ (PoolError::Busy { .. } | PoolError::Stopped)) => return refusal(&e),
                     Err(e) => return internal(&format!("inference failed: {e}")),
                 };
                 self.metrics.samples(&model.name, n);

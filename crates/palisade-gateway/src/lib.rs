@@ -8,18 +8,19 @@
 //! back out through them, like the layers of an onion:
 //!
 //! ```text
-//!            requests                                     responses
-//!               │                                             ▲
-//!   ┌───────────┼─────────────── metrics ─────────────────────┼───────────┐
-//!   │ ┌─────────┼─────────────── audit ───────────────────────┼─────────┐ │  entry durable,
-//!   │ │ ┌───────┼─────────────── authenticate ────────────────┼───────┐ │ │  then released
-//!   │ │ │ ┌─────┼─────────────── authorise ───────────────────┼─────┐ │ │ │
-//!   │ │ │ │ ┌───┼─────────────── rate limit ──────────────────┼───┐ │ │ │ │  + RateLimit headers
-//!   │ │ │ │ │ ┌─┼─────────────── validate ──────────────────────┼─┐ │ │ │ │ │
-//!   │ │ │ │ │ │ │ ┌───────────── harden output ───────────────┐ │ │ │ │ │ │  logits → body
-//!   │ │ │ │ │ │ │ │               infer (model)               │ │ │ │ │ │ │
-//!   │ │ │ │ │ │ │ └───────────────────────────────────────────┘ │ │ │ │ │ │
-//!   └─┴─┴─┴─┴─┴─┴─────────────────────────────────────────────────┴─┴─┴─┴─┴─┘
+//!                requests                                     responses
+//!                 │                                             ▲
+//!   ┌─────────────┼─────────────── metrics ─────────────────────┼─────────────┐
+//!   │ ┌───────────┼─────────────── audit ───────────────────────┼───────────┐ │  entry durable,
+//!   │ │ ┌─────────┼─────────────── authenticate ────────────────┼─────────┐ │ │  then released
+//!   │ │ │ ┌───────┼─────────────── authorise ───────────────────┼───────┐ │ │ │
+//!   │ │ │ │ ┌─────┼─────────────── admit ───────────────────────┼─────┐ │ │ │ │  503 when the queue is full
+//!   │ │ │ │ │ ┌───┼─────────────── rate limit ──────────────────┼───┐ │ │ │ │ │  + RateLimit headers
+//!   │ │ │ │ │ │ ┌─┼─────────────── validate ────────────────────┼─┐ │ │ │ │ │ │
+//!   │ │ │ │ │ │ │ │ ┌───────────── harden output ─────────────┐ │ │ │ │ │ │ │ │  logits → body
+//!   │ │ │ │ │ │ │ │ │              infer (model)              │ │ │ │ │ │ │ │ │
+//!   │ │ │ │ │ │ │ │ └─────────────────────────────────────────┘ │ │ │ │ │ │ │ │
+//!   └─┴─┴─┴─┴─┴─┴─┴─────────────────────────────────────────────┴─┴─┴─┴─┴─┴─┴─┘
 //! ```
 //!
 //! - **metrics** ([`metrics::Measure`]): counts and times every request (no per-client labels).
@@ -27,6 +28,8 @@
 //!   until it is durable before the response leaves; fails closed.
 //! - **authenticate** ([`guard::authn`]): API key → 401.
 //! - **authorise** ([`guard::authz`]): role for the route, TOTP for admin actions → 403/401.
+//! - **admit** ([`guard::admit`]): reserves the request's place in the inference queue, or, when
+//!   the queue is at its limit, refuses → 503 with `Retry-After`, before any quota is charged.
 //! - **rate limit** ([`guard::ratelimit`]): GCRA per key and per model, daily budget → 429.
 //! - **validate** ([`guard::validate`]): body size, decompression, OIP decoding, shape, dtype,
 //!   range, NaN/Inf → 413/415/400.

@@ -16,6 +16,7 @@ use crate::GatewayError;
 use crate::admin::{self, AdminState};
 use crate::audit::{AuditLog, CheckpointPolicy, CheckpointSigner, Durability, SqliteAuditLog};
 use crate::grpc::GrpcGateway;
+use crate::guard::admit::Admit;
 use crate::guard::audit::Audit;
 use crate::guard::authn::Authenticate;
 use crate::guard::authz::Authorise;
@@ -319,8 +320,8 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// The guarded model routes: audit → authenticate → authorise → rate limit → validate →
-    /// harden → infer. REST and gRPC both go through this one stack.
+    /// The guarded model routes: audit → authenticate → authorise → admit → rate limit →
+    /// validate → harden → infer. REST and gRPC both go through this one stack.
     pub fn model_stack(&self) -> Next {
         let svc = ServiceBuilder::new()
             .layer(GuardLayer(Audit::new(
@@ -329,6 +330,7 @@ impl Gateway {
             )))
             .layer(GuardLayer(Authenticate::new(self.keys.clone())))
             .layer(GuardLayer(Authorise::new(self.keys.clone())))
+            .layer(GuardLayer(Admit::new(self.inference.clone())))
             .layer(GuardLayer(RateLimit::new(
                 self.limits.clone(),
                 self.models.clone(),

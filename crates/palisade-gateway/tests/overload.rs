@@ -1,6 +1,6 @@
 //! A full inference queue: the request that finds it full is refused 503 with `Retry-After`,
-//! audited and counted as an overload, and the calls already waiting are answered once the
-//! model frees up.
+//! audited and counted as an overload, without being charged to the caller's rate limit or daily
+//! budget, and the calls already waiting are answered once the model frees up.
 
 mod common;
 
@@ -47,7 +47,11 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
     let s = start_on(None, Some(pool.clone())).await;
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
     let entered = Arc::new(AtomicUsize::new(0));
-    let mut slow = served("slow", "1", LIN_POLICY);
+    // A quota of three requests (per-key burst and daily budget alike).
+    let policy = format!(
+        "{LIN_POLICY}[limits]\nper_key = {{ rate = 1, period_ms = 600000, burst = 3 }}\ndaily_budget = 3\n"
+    );
+    let mut slow = served("slow", "1", &policy);
     slow.classifier = Arc::new(Gated {
         inner: linear("slow"),
         gate: gate.clone(),
@@ -98,6 +102,17 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["outputs"][0]["shape"], serde_json::json!([1, 3]));
     }
+    // The refused request cost no quota: a third request is served, with nothing left after it
+    // (charged, the overload would have left none for it: 429), and a fourth is over the quota.
+    let third = infer(auth.clone(), body.clone()).await.unwrap();
+    assert_eq!(third.status, 200, "{third:?}");
+    let state = third.headers.get("ratelimit").cloned().unwrap_or_default();
+    assert!(
+        state.contains("\"key\";r=0") && state.contains("\"day\";r=0"),
+        "{state}"
+    );
+    let fourth = infer(auth.clone(), body.clone()).await.unwrap();
+    assert_eq!(fourth.status, 429, "{fourth:?}");
 
     let metrics = request(s.addr, "GET", "/metrics", &[], b"").await;
     let text = String::from_utf8_lossy(&metrics.body);

@@ -26,6 +26,7 @@ use crate::keys::KeyRecord;
 use crate::model::ServedModel;
 use crate::oip::InferRequest;
 
+pub mod admit;
 pub mod audit;
 pub mod authn;
 pub mod authz;

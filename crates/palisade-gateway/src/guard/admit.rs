@@ -1,0 +1,73 @@
+//! Admission: whether the model can take one more call. An infer request that would find the
+//! inference queue at its limit (`palisade serve --inference-queue`) stops here with 503 and
+//! `Retry-After: 1`, audited as `denied:overload`.
+//!
+//! It runs after authorisation, so that only callers allowed to query the model learn that the
+//! server is busy, and before the rate limiter, so that a refused request is not charged to the
+//! caller's rate or daily budget: retrying after an overload costs no quota. Before validation
+//! too: under overload, a request is refused before its body is read and decoded. The place in
+//! the queue it reserves ([`Admission`], a request extension) is taken by the infer service;
+//! if a guard in between refuses the request, the place is given back with it.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::{Decision, Guard, Next, call_next, error_response, reject_retry};
+use crate::oip::{ModelAction, Target, target_of};
+use crate::pool::{InferencePool, PoolError};
+
+/// The admission guard.
+#[derive(Clone)]
+pub struct Admit {
+    inference: Arc<InferencePool>,
+}
+
+impl Admit {
+    /// Admits infer requests to `inference`'s queue.
+    pub fn new(inference: Arc<InferencePool>) -> Self {
+        Admit { inference }
+    }
+}
+
+/// The answer to a request the pool could not take.
+pub fn refusal(e: &PoolError) -> Response {
+    match e {
+        PoolError::Busy { .. } => reject_retry(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overload",
+            &e.to_string(),
+            1,
+        ),
+        // Shutting down: the request may be retried on another instance.
+        _ => {
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            r.extensions_mut().insert(Decision::Error);
+            r
+        }
+    }
+}
+
+impl Guard for Admit {
+    async fn handle(self, mut req: Request, next: Next) -> Response {
+        let target = target_of(&mut req);
+        if !matches!(
+            &*target,
+            Target::Model {
+                action: ModelAction::Infer,
+                ..
+            }
+        ) {
+            return call_next(next, req).await;
+        }
+        match self.inference.admit() {
+            Ok(place) => {
+                req.extensions_mut().insert(place);
+                call_next(next, req).await
+            }
+            Err(e) => refusal(&e),
+        }
+    }
+}
