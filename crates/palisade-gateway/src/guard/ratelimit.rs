@@ -50,15 +50,26 @@ pub trait BudgetStore: Send + Sync + 'static {
 /// Budgets in process memory.
 #[derive(Debug, Default)]
 pub struct MemoryBudgets {
-    used: Mutex<HashMap<(String, String), (u64, u64)>>,
+    /// Key → model → (day, spent). Nested, so that a lookup borrows the names (a map keyed by
+    /// the pair would copy both into a new key on every request).
+    used: Mutex<HashMap<String, HashMap<String, Spent>>>,
 }
+
+/// The UTC day and how many requests were spent on it.
+type Spent = (u64, u64);
 
 impl BudgetStore for MemoryBudgets {
     fn spend(&self, key: &str, model: &str, day: u64, limit: u64) -> Option<u64> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let e = used
-            .entry((key.to_string(), model.to_string()))
-            .or_insert((day, 0));
+        if !used.contains_key(key) {
+            used.insert(key.to_string(), HashMap::new());
+        }
+        // Both present from here on (inserted above when missing).
+        let per_model = used.get_mut(key)?;
+        if !per_model.contains_key(model) {
+            per_model.insert(model.to_string(), (day, 0));
+        }
+        let e = per_model.get_mut(model)?;
         if e.0 != day {
             *e = (day, 0);
         }
@@ -262,15 +273,16 @@ impl Guard for RateLimit {
             // Unknown model: validation answers 404.
             return call_next(next, req).await;
         };
-        let key_id = match req.extensions().get::<Principal>() {
-            Some(Principal(k)) => k.id.clone(),
+        // The record, shared, rather than a copy of its id.
+        let caller = match req.extensions().get::<Principal>() {
+            Some(Principal(k)) => k.clone(),
             None => return reject(StatusCode::UNAUTHORIZED, "rate-limit", "not authenticated"),
         };
         let lim = self.limits.for_model(name, &model.policy.limits);
         let now = self.limits.clock.now();
         let mut items = Vec::with_capacity(3);
         if let Some((r, l)) = &lim.per_key {
-            match l.check_key(&key_id) {
+            match l.check_key(&caller.id) {
                 Ok(s) => items.push(gcra_item("key", *r, s.remaining_burst_capacity())),
                 Err(nu) => {
                     items.push(gcra_item("key", *r, 0));
@@ -292,7 +304,10 @@ impl Guard for RateLimit {
         if let Some(limit) = lim.policy.daily_budget {
             let t = now_ms();
             let reset_s = (DAY_MS - t % DAY_MS).div_ceil(1000);
-            let spent = self.limits.budgets.spend(&key_id, name, t / DAY_MS, limit);
+            let spent = self
+                .limits
+                .budgets
+                .spend(&caller.id, name, t / DAY_MS, limit);
             let item = |remaining| Item {
                 name: "day",
                 quota: limit,
