@@ -5,8 +5,8 @@
 //! Both routes get the same OIP binary-extension request (one 1×1×28×28 FP32 image, as in
 //! `bench/gateway_vs_bare.sh`) through `tower::ServiceExt::oneshot`:
 //! - `bare`: [`palisade_gateway::baseline::router`], decode → classifier → encode;
-//! - `guarded`: the gateway's whole router (metrics, audit, authenticate, authorise, rate limit,
-//!   validate, harden) over a fresh state folder, the audit log in `process` durability (with
+//! - `guarded`: the gateway's whole router (metrics, audit, authenticate, authorise, admit, rate
+//!   limit, validate, harden) over a fresh state folder, the audit log in `process` durability (with
 //!   `full`, each request also waits for an fsync: time, not CPU, and the wall-clock benchmark
 //!   measures it).
 //!

@@ -20,7 +20,7 @@ use crate::guard::{Decision, Prediction, ValidatedInfer, error_response, json_re
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::oip::{ModelAction, Target, target_of};
-use crate::pool::{Admission, InferencePool, PoolError};
+use crate::pool::{InferencePool, PoolError};
 
 /// Answers model routes once every guard has passed.
 #[derive(Clone)]
@@ -75,12 +75,10 @@ impl ModelService {
                 };
                 let n = v.input.shape()[0];
                 let job = v.clone();
-                let call = move || job.model.classifier.logits(job.input.view());
-                // Admitted by the admission guard; a stack without it is admitted here.
-                let out = match req.extensions_mut().remove::<Admission>() {
-                    Some(place) => self.inference.run_admitted(place, call).await,
-                    None => self.inference.run(call).await,
-                };
+                let out = self
+                    .inference
+                    .run(move || job.model.classifier.logits(job.input.view()))
+                    .await;
                 let logits = match out {
                     Ok(Ok(l)) if l.nrows() == n => l,
                     Ok(Ok(l)) => {
@@ -90,6 +88,8 @@ impl ModelService {
                         ));
                     }
                     Ok(Err(e)) => return internal(&format!("inference failed: {e}")),
+                    // Admitted, then found the queue full (or the pool stopped) by the time it
+                    // came to it.
                     Err(e @ (PoolError::Busy { .. } | PoolError::Stopped)) => return refusal(&e),
                     Err(e) => return internal(&format!("inference failed: {e}")),
                 };

@@ -28,8 +28,8 @@
 //!   until it is durable before the response leaves; fails closed.
 //! - **authenticate** ([`guard::authn`]): API key → 401.
 //! - **authorise** ([`guard::authz`]): role for the route, TOTP for admin actions → 403/401.
-//! - **admit** ([`guard::admit`]): reserves the request's place in the inference queue, or, when
-//!   the queue is at its limit, refuses → 503 with `Retry-After`, before any quota is charged.
+//! - **admit** ([`guard::admit`]): the inference queue at its limit → 503 with `Retry-After`,
+//!   before any quota is charged (it looks at the queue and reserves nothing).
 //! - **rate limit** ([`guard::ratelimit`]): GCRA per key and per model, daily budget → 429.
 //! - **validate** ([`guard::validate`]): body size, decompression, OIP decoding, shape, dtype,
 //!   range, NaN/Inf → 413/415/400.
@@ -37,7 +37,8 @@
 //! - **infer** ([`infer::ModelService`]): runs the classifier on one of a fixed set of
 //!   inference threads ([`pool::InferencePool`]).
 //!
-//! A refusal by any guard is a JSON `{"error": …}` with the right 4xx, and still passes back out
+//! A refusal by any guard is a JSON `{"error": …}` with the right status (a 4xx, or 503 for an
+//! overload), and still passes back out
 //! through audit and metrics. Guards pass facts along only as typed extensions
 //! ([`guard::Principal`], [`guard::ValidatedInfer`], [`guard::Decision`], …).
 //!

@@ -11,22 +11,16 @@
 //!
 //! A call whose caller has gone (a client that disconnected while it waited) is skipped rather
 //! than run. By default the queue is not bounded: what bounds it is the callers in flight, one
-//! per HTTP/1 connection or HTTP/2 stream. With a limit ([`InferencePool::new`]) a call is
-//! refused without waiting for a thread when `limit` calls are already waiting
-//! ([`PoolError::Busy`], which the gateway answers 503 with `Retry-After`): under overload,
-//! latency stays bounded and clients can go elsewhere.
-//!
-//! A call takes its place in the queue in two steps: [`InferencePool::admit`] reserves it (or
-//! refuses), [`InferencePool::run_admitted`] queues it. The gateway admits an infer request
-//! before the rate limiter charges it to the caller's quota, so that a request refused for
-//! overload costs the caller nothing; the place counts as waiting from admission until a thread
-//! takes the call (or the request ends without one, refused by a guard in between).
-//! [`InferencePool::queued`], the calls waiting so counted, is exported as the
+//! per HTTP/1 connection or HTTP/2 stream. With a limit ([`InferencePool::new`]) a
+//! call that finds the queue full is refused without waiting for a thread ([`PoolError::Busy`],
+//! which the gateway answers 503 with `Retry-After`): under overload, latency stays bounded and
+//! clients can go elsewhere. [`InferencePool::check`] says whether a call made now would be
+//! refused, without queueing one: the gateway asks it before the rate limiter charges a request
+//! to the caller's quota. [`InferencePool::queued`] is exported as the
 //! `palisade_inference_queue` gauge.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel as channel;
@@ -39,26 +33,6 @@ pub struct InferencePool {
     queue: RwLock<Option<channel::Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     count: usize,
-    /// Calls admitted and not yet taken by a thread.
-    waiting: Arc<AtomicUsize>,
-    limit: Option<usize>,
-}
-
-/// A call's place in the queue, reserved by [`InferencePool::admit`]: it counts as waiting until
-/// a thread takes the call, or until it is dropped (the call was never made). Cloned, it is one
-/// place still, given back when the last clone goes.
-#[derive(Debug, Clone)]
-pub struct Admission {
-    _place: Arc<Place>,
-}
-
-#[derive(Debug)]
-struct Place(Arc<AtomicUsize>);
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl std::fmt::Debug for InferencePool {
@@ -90,14 +64,17 @@ pub enum PoolError {
 
 impl InferencePool {
     /// Starts the inference threads: `threads` of them (at least one; `None`: one per core the
-    /// process may use). With `Some(limit)` (at least one), a call that finds `limit` calls
-    /// already waiting is refused ([`PoolError::Busy`]); `None`: the queue is not bounded.
+    /// process may use). With `Some(limit)` (at least one: 0 is taken as 1), a call that finds
+    /// `limit` calls already waiting is refused ([`PoolError::Busy`]); `None`: the queue is not
+    /// bounded.
     pub fn new(threads: Option<usize>, limit: Option<usize>) -> std::io::Result<Self> {
         let threads =
             threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let count = threads.max(1);
-        // What bounds the queue is `waiting`, counted from admission on.
-        let (tx, rx) = channel::unbounded::<Job>();
+        let (tx, rx) = match limit {
+            Some(n) => channel::bounded::<Job>(n.max(1)),
+            None => channel::unbounded::<Job>(),
+        };
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
             let rx = rx.clone();
@@ -117,8 +94,6 @@ impl InferencePool {
             queue: RwLock::new(Some(tx)),
             threads: Mutex::new(handles),
             count,
-            waiting: Arc::default(),
-            limit: limit.map(|n| n.max(1)),
         })
     }
 
@@ -127,50 +102,34 @@ impl InferencePool {
         self.count
     }
 
-    /// Calls waiting for a thread: admitted and not yet taken by one.
+    /// Calls waiting for a thread.
     pub fn queued(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        read(&self.queue).as_ref().map_or(0, channel::Sender::len)
     }
 
-    /// Reserves a place in the queue for a call, or refuses at once: [`PoolError::Busy`] when the
-    /// queue is at its limit, [`PoolError::Stopped`] once the pool is shut down.
-    pub fn admit(&self) -> Result<Admission, PoolError> {
-        if read(&self.queue).is_none() {
+    /// Whether a call made now would be refused: [`PoolError::Busy`] when the queue is at its
+    /// limit, [`PoolError::Stopped`] once the pool is shut down. It reserves nothing: a call made
+    /// a moment later may still find the queue full (and is refused then).
+    pub fn check(&self) -> Result<(), PoolError> {
+        let q = read(&self.queue);
+        let Some(q) = q.as_ref() else {
             return Err(PoolError::Stopped);
+        };
+        match q.capacity() {
+            Some(limit) if q.len() >= limit => Err(PoolError::Busy { limit }),
+            _ => Ok(()),
         }
-        let limit = self.limit.unwrap_or(usize::MAX);
-        self.waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .map_err(|_| PoolError::Busy { limit })?;
-        Ok(Admission {
-            _place: Arc::new(Place(self.waiting.clone())),
-        })
     }
 
-    /// Runs `f` on an inference thread and returns its result: [`InferencePool::admit`], then
-    /// [`InferencePool::run_admitted`].
+    /// Runs `f` on an inference thread and returns its result. Dropping the returned future
+    /// before the call starts cancels it.
     pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let place = self.admit()?;
-        self.run_admitted(place, f).await
-    }
-
-    /// Runs `f`, admitted as `place`, on an inference thread and returns its result. Dropping the
-    /// returned future before the call starts cancels it.
-    pub async fn run_admitted<T, F>(&self, place: Admission, f: F) -> Result<T, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            // Taken by a thread: no longer waiting.
-            drop(place);
             if tx.is_closed() {
                 return;
             }
@@ -183,8 +142,12 @@ impl InferencePool {
             let Some(q) = q.as_ref() else {
                 return Err(PoolError::Stopped);
             };
-            // Unbounded: only a closed queue refuses.
-            q.send(job).map_err(|_| PoolError::Stopped)?;
+            q.try_send(job).map_err(|e| match e {
+                channel::TrySendError::Full(_) => PoolError::Busy {
+                    limit: q.capacity().unwrap_or(usize::MAX),
+                },
+                channel::TrySendError::Disconnected(_) => PoolError::Stopped,
+            })?;
         }
         rx.await.unwrap_or(Err(PoolError::Stopped))
     }
@@ -359,7 +322,9 @@ mod tests {
         let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
         let rt = runtime();
         let release = held(&pool, &rt);
+        assert!(pool.check().is_ok(), "an empty queue takes a call");
         let waiting = queue_one(&pool, &rt, || 1);
+        assert!(matches!(pool.check(), Err(PoolError::Busy { limit: 1 })));
         // Refused without waiting: were the call queued, it would wait for the held thread.
         let err = rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(10), pool.run(|| 2)).await })
@@ -372,33 +337,10 @@ mod tests {
         );
         drop(release);
         assert_eq!(rt.block_on(waiting).unwrap().unwrap(), 1);
+        assert!(pool.check().is_ok(), "a drained queue takes calls again");
         assert_eq!(rt.block_on(pool.run(|| 3)).unwrap(), 3);
-    }
-
-    #[test]
-    fn an_admitted_place_counts_until_a_thread_takes_the_call_or_it_is_dropped() {
-        let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
-        let rt = runtime();
-        let release = held(&pool, &rt);
-        assert_eq!(pool.queued(), 0, "a call taken by a thread no longer waits");
-        let place = pool.admit().unwrap();
-        assert_eq!(pool.queued(), 1);
-        assert!(matches!(pool.admit(), Err(PoolError::Busy { limit: 1 })));
-        // A request refused after its admission gives its place back.
-        let copy = place.clone();
-        drop(place);
-        assert!(
-            matches!(pool.admit(), Err(PoolError::Busy { .. })),
-            "a clone holds it"
-        );
-        drop(copy);
-        assert_eq!(pool.queued(), 0);
-        let place = pool.admit().unwrap();
-        let p = pool.clone();
-        let call = rt.spawn(async move { p.run_admitted(place, || 5).await });
-        drop(release);
-        assert_eq!(rt.block_on(call).unwrap().unwrap(), 5);
-        assert_eq!(pool.queued(), 0);
+        pool.shutdown();
+        assert!(matches!(pool.check(), Err(PoolError::Stopped)));
     }
 
     #[test]

@@ -137,6 +137,48 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
     s.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_still_sending_their_bodies_do_not_fill_the_inference_queue() {
+    use tokio::io::AsyncWriteExt as _;
+    // One thread, at most one call waiting: were a place in the queue taken on admission,
+    // one stalled upload would have every other request refused while the thread idles.
+    let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
+    let s = start_on(None, Some(pool.clone())).await;
+    let auth = bearer(&s.query);
+    let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let head = format!(
+            "POST /v2/models/lin/infer HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(&body[..body.len() / 2]).await.unwrap();
+        stalled.push(conn);
+    }
+    // Let the server read what was sent and pass the two requests through the guards it can.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let r = request(
+            s.addr,
+            "POST",
+            "/v2/models/lin/infer",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(pool.queued(), 0);
+    drop(stalled);
+    s.stop().await;
+}
+
 /// Waits (at most 10 s) until `cond` holds.
 async fn wait_until(cond: impl Fn() -> bool) {
     let t = std::time::Instant::now();

@@ -59,8 +59,9 @@ pub struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     inference_threads: Option<u16>,
     /// Model calls that may wait for an inference thread (1 to 65536); a request that finds that
-    /// many waiting is answered 503 with `Retry-After`, before the rate limiter charges it to the
-    /// caller's quota. Default: no limit (the requests in flight bound the queue).
+    /// many waiting is answered 503 with `Retry-After` (checked before the rate limiter, so the
+    /// refusal costs the caller no quota). Default: no limit (the requests in flight bound the
+    /// queue).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     inference_queue: Option<u32>,
 }

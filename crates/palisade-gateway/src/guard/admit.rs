@@ -1,13 +1,16 @@
-//! Admission: whether the model can take one more call. An infer request that would find the
+//! Admission: whether the model can take one more call. An infer request that finds the
 //! inference queue at its limit (`palisade serve --inference-queue`) stops here with 503 and
 //! `Retry-After: 1`, audited as `denied:overload`.
 //!
 //! It runs after authorisation, so that only callers allowed to query the model learn that the
 //! server is busy, and before the rate limiter, so that a refused request is not charged to the
 //! caller's rate or daily budget: retrying after an overload costs no quota. Before validation
-//! too: under overload, a request is refused before its body is read and decoded. The place in
-//! the queue it reserves ([`Admission`], a request extension) is taken by the infer service;
-//! if a guard in between refuses the request, the place is given back with it.
+//! too: under overload a request is refused before its body is read and decoded (so its audit
+//! entry has no input digest or model version). It only looks at the queue
+//! ([`InferencePool::check`]) and reserves no place in it: requests still sending their bodies
+//! or being validated hold none, so slow clients cannot fill the queue while the inference
+//! threads are idle. The price is a race: a request admitted just before the queue fills is
+//! refused by the infer service instead, after the rate limiter has charged it.
 
 use std::sync::Arc;
 
@@ -42,8 +45,13 @@ pub fn refusal(e: &PoolError) -> Response {
             1,
         ),
         // Shutting down: the request may be retried on another instance.
-        _ => {
+        PoolError::Stopped => {
             let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            r.extensions_mut().insert(Decision::Error);
+            r
+        }
+        _ => {
+            let mut r = error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
             r.extensions_mut().insert(Decision::Error);
             r
         }
@@ -62,11 +70,8 @@ impl Guard for Admit {
         ) {
             return call_next(next, req).await;
         }
-        match self.inference.admit() {
-            Ok(place) => {
-                req.extensions_mut().insert(place);
-                call_next(next, req).await
-            }
+        match self.inference.check() {
+            Ok(()) => call_next(next, req).await,
             Err(e) => refusal(&e),
         }
     }

@@ -190,8 +190,8 @@ fn gcra_item(name: &'static str, r: Rate, remaining: u32) -> Item {
     }
 }
 
-/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), on every answered
-/// infer request.
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), on every infer
+/// request the rate limiter sees (an overload refused before it carries none: it was not counted).
 fn headers(resp: &mut Response, items: &[Item]) {
     fields(items).insert(resp);
 }
@@ -323,9 +323,9 @@ impl Guard for RateLimit {
                 }
             }
         }
-        // The fields are built while the model runs.
-        let (mut resp, fields) = call_next_meanwhile(next, req, || fields(&items)).await;
-        fields.insert(&mut resp);
+        // Built once the stack below waits (for the body, or for the model).
+        let (mut resp, ready) = call_next_meanwhile(next, req, || fields(&items)).await;
+        ready.insert(&mut resp);
         resp
     }
 }
