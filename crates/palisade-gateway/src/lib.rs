@@ -31,8 +31,8 @@
 //! - **admit** ([`guard::admit`]): the inference queue at its limit → 503 with `Retry-After`,
 //!   before any quota is charged (it looks at the queue and reserves nothing).
 //! - **rate limit** ([`guard::ratelimit`]): GCRA per key and per model, daily budget → 429.
-//! - **validate** ([`guard::validate`]): body size, decompression, OIP decoding, shape, dtype,
-//!   range, NaN/Inf → 413/415/400.
+//! - **validate** ([`guard::validate`]): body size and arrival time, decompression, OIP decoding,
+//!   shape, dtype, range, NaN/Inf → 413/408/415/400.
 //! - **harden output** ([`guard::harden`]): the only code that turns logits into a response body.
 //! - **infer** ([`infer::ModelService`]): runs the classifier on one of a fixed set of
 //!   inference threads ([`pool::InferencePool`]).

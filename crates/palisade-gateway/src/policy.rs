@@ -5,6 +5,7 @@
 //! max_body_bytes = 4194304
 //! max_batch = 64
 //! range = [0.0, 1.0]      # default: the model's declared input range
+//! body_timeout_ms = 30000 # the whole body must arrive within this (else 408)
 //!
 //! [limits]                # rate limit (GCRA)
 //! per_key = { rate = 100, period_ms = 1000, burst = 200 }
@@ -69,7 +70,15 @@ pub struct InputPolicy {
     pub max_batch: usize,
     /// Allowed value range; `None` uses the model's declared range.
     pub range: Option<[f32; 2]>,
+    /// How long the whole request body may take to arrive, in milliseconds, from when
+    /// validation starts reading it. A client that sends its headers and then trickles or
+    /// stalls its body is answered 408 when it runs out, instead of holding a connection and a
+    /// request in flight for as long as it likes.
+    pub body_timeout_ms: u64,
 }
+
+/// [`InputPolicy::body_timeout_ms`] unless the policy says otherwise.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
 
 impl Default for InputPolicy {
     fn default() -> Self {
@@ -77,6 +86,7 @@ impl Default for InputPolicy {
             max_body_bytes: 4 << 20,
             max_batch: 64,
             range: None,
+            body_timeout_ms: DEFAULT_BODY_TIMEOUT_MS,
         }
     }
 }
@@ -192,6 +202,9 @@ impl Policy {
         if self.input.max_batch == 0 || self.input.max_batch > 1 << 16 {
             return bad("input.max_batch must be in 1..=65536".into());
         }
+        if self.input.body_timeout_ms == 0 || self.input.body_timeout_ms > 600_000 {
+            return bad("input.body_timeout_ms must be in 1..=600000 (10 minutes)".into());
+        }
         if let Some([lo, hi]) = self.input.range
             && !(lo.is_finite() && hi.is_finite() && lo <= hi)
         {
@@ -246,6 +259,7 @@ mod tests {
             max_body_bytes = 1000
             max_batch = 8
             range = [0.0, 1.0]
+            body_timeout_ms = 5000
             [limits]
             per_key = { rate = 10, period_ms = 1000, burst = 5 }
             daily_budget = 100
@@ -258,6 +272,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.input.max_batch, 8);
+        assert_eq!(p.input.body_timeout_ms, 5000);
+        assert_eq!(
+            Policy::default().input.body_timeout_ms,
+            DEFAULT_BODY_TIMEOUT_MS
+        );
         assert_eq!(p.output.top_k, Some(3));
         assert_eq!(Policy::from_toml("").unwrap(), Policy::default());
     }
@@ -276,6 +295,12 @@ mod tests {
             Policy::from_toml("[output]\ntop_k = 0"),
             Err(PolicyError::Invalid(_))
         ));
+        for t in ["0", "600001"] {
+            assert!(matches!(
+                Policy::from_toml(&format!("[input]\nbody_timeout_ms = {t}")),
+                Err(PolicyError::Invalid(_))
+            ));
+        }
         assert!(matches!(
             Policy::from_toml("[input]\nrange = [1.0, 0.0]"),
             Err(PolicyError::Invalid(_))

@@ -12,7 +12,6 @@ use common::*;
 use ndarray::{Array2, ArrayViewD};
 use palisade_core::{Classifier, LinearClassifier, ModelError, ModelInfo};
 use palisade_gateway::audit::AuditLog as _;
-use palisade_gateway::keys::{KeyStore, Role};
 use palisade_gateway::pool::InferencePool;
 
 /// The test's linear model, whose calls wait until the gate opens.
@@ -58,28 +57,11 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
         entered: entered.clone(),
     });
     s.models.deploy(slow).unwrap();
-    let key = s
-        .state
-        .keys
-        .create("slow", &[Role::Query("slow".into())], None, now_ms())
-        .unwrap();
-    let auth = bearer(&key);
+    let auth = query_auth(&s, "slow");
     let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
     let infer = |auth: String, body: Vec<u8>| {
         let addr = s.addr;
-        tokio::spawn(async move {
-            request(
-                addr,
-                "POST",
-                "/v2/models/slow/infer",
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/json"),
-                ],
-                &body,
-            )
-            .await
-        })
+        tokio::spawn(async move { post_infer(addr, "slow", &auth, &body).await })
     };
     // The first call holds the thread; the second waits in the queue.
     let running = infer(auth.clone(), body.clone());
@@ -139,7 +121,6 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_still_sending_their_bodies_do_not_fill_the_inference_queue() {
-    use tokio::io::AsyncWriteExt as _;
     // One thread, at most one call waiting: were a place in the queue taken on admission,
     // one stalled upload would have every other request refused while the thread idles.
     let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
@@ -148,30 +129,12 @@ async fn requests_still_sending_their_bodies_do_not_fill_the_inference_queue() {
     let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
     let mut stalled = Vec::new();
     for _ in 0..2 {
-        let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-        let head = format!(
-            "POST /v2/models/lin/infer HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        conn.write_all(head.as_bytes()).await.unwrap();
-        conn.write_all(&body[..body.len() / 2]).await.unwrap();
-        stalled.push(conn);
+        stalled.push(stalled_infer(s.addr, "lin", &auth, &body).await);
     }
     // Let the server read what was sent and pass the two requests through the guards it can.
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..3 {
-        let r = request(
-            s.addr,
-            "POST",
-            "/v2/models/lin/infer",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            &body,
-        )
-        .await;
+        let r = post_infer(s.addr, "lin", &auth, &body).await;
         assert_eq!(r.status, 200, "{r:?}");
     }
     assert_eq!(pool.queued(), 0);

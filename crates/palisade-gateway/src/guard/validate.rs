@@ -9,10 +9,11 @@
 
 use std::io::Read as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use ndarray::{ArrayD, IxDyn};
 use sha2::{Digest, Sha256};
@@ -49,6 +50,18 @@ fn too_large(limit: usize) -> Response {
         GUARD,
         &format!("request body exceeds {limit} bytes"),
     )
+}
+
+/// 408, and the connection closed (RFC 9110 §15.5.9): what is left of the body never comes.
+fn too_slow(ms: u64) -> Response {
+    let mut r = reject(
+        StatusCode::REQUEST_TIMEOUT,
+        GUARD,
+        &format!("the request body did not arrive within {ms} ms"),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Why a body could not be read.
@@ -257,7 +270,13 @@ impl Guard for Validate {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let (mut parts, body) = req.into_parts();
-        let bytes = match read_body(body, encoding.as_deref(), limit).await {
+        // A body already received is read at once and starts no timer.
+        let wait = Duration::from_millis(model.policy.input.body_timeout_ms);
+        let read = tokio::time::timeout(wait, read_body(body, encoding.as_deref(), limit)).await;
+        let Ok(read) = read else {
+            return too_slow(model.policy.input.body_timeout_ms);
+        };
+        let bytes = match read {
             Ok(b) => b,
             Err(BodyError::TooLarge) => return too_large(limit),
             Err(BodyError::Encoding(m)) => {

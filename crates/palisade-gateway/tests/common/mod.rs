@@ -260,6 +260,50 @@ pub fn bearer(k: &NewKey) -> String {
     format!("Bearer {}", k.key)
 }
 
+/// `Bearer …` for a new key that may query `model` only.
+pub fn query_auth(s: &Server, model: &str) -> String {
+    let key = s
+        .state
+        .keys
+        .create(model, &[Role::Query(model.into())], None, now_ms())
+        .unwrap();
+    bearer(&key)
+}
+
+/// POSTs a JSON infer `body` to `model` with the key `auth` (`Bearer …`).
+pub async fn post_infer(addr: SocketAddr, model: &str, auth: &str, body: &[u8]) -> Reply {
+    request(
+        addr,
+        "POST",
+        &format!("/v2/models/{model}/infer"),
+        &[
+            ("Authorization", auth),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+    .await
+}
+
+/// Starts a JSON infer request to `model` that sends its headers and half of `body`, then
+/// stalls; the connection is returned open.
+pub async fn stalled_infer(
+    addr: SocketAddr,
+    model: &str,
+    auth: &str,
+    body: &[u8],
+) -> tokio::net::TcpStream {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v2/models/{model}/infer HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..body.len() / 2]).await.unwrap();
+    conn
+}
+
 /// A JSON infer body for `n` samples of the linear model.
 pub fn json_infer(values: &[f32], n: usize) -> Vec<u8> {
     serde_json::json!({
