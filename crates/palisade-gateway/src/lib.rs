@@ -60,6 +60,7 @@ pub mod guard;
 mod hexfmt;
 pub mod infer;
 pub mod keys;
+pub mod listen;
 pub mod loader;
 pub mod metrics;
 pub mod model;
@@ -70,9 +71,10 @@ pub mod server;
 #[cfg(feature = "tract")]
 pub mod tract_runtime;
 
+pub use listen::{ServeOptions, serve, serve_with};
 pub use model::{ModelRepository, ServedModel};
 pub use policy::Policy;
-pub use server::{Gateway, LocalState, StatePaths, serve};
+pub use server::{Gateway, LocalState, StatePaths};
 
 /// Errors setting up or running a gateway.
 #[derive(Debug, thiserror::Error)]

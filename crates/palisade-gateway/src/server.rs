@@ -357,21 +357,6 @@ async fn server_metadata() -> Response {
     )
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), GatewayError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| GatewayError::Io {
-            path: "listener".into(),
-            source: e,
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
