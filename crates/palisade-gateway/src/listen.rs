@@ -1,28 +1,35 @@
 //! Serving a router on a TCP listener: what `axum::serve` does (HTTP/1 and HTTP/2 on one port,
-//! graceful shutdown), plus what a server facing untrusted clients needs and it leaves out: a
-//! deadline for a request's headers. `axum::serve` gives hyper no timer, and without one hyper
-//! enforces no header timeout, so a client that sent its headers a byte at a time (slowloris)
-//! held a connection, and its task, for as long as it liked.
+//! graceful shutdown), plus what a server facing untrusted clients needs and it leaves out:
+//! deadlines. `axum::serve` gives hyper no timer, and without one hyper enforces no header
+//! timeout, so a client that sent its headers a byte at a time (slowloris), or connected and sent
+//! nothing, held a connection, and its task, for as long as it liked. Connections are not
+//! upgraded (no WebSockets, no CONNECT): nothing here uses them.
 
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::Router;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt as _;
 
 use crate::GatewayError;
 
 /// How connections are served.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// How long an HTTP/1 client may take to send a request's headers; past it the connection
-    /// is closed. The clock starts when the server is ready for the next request, so this also
-    /// closes a keep-alive connection left idle that long. (A request's body has its own
-    /// deadline, the model policy's `input.body_timeout_ms`.)
+    /// How long a new connection may take to bring its first request (any protocol), and an
+    /// HTTP/1 client each request's headers; past it the connection is closed. The HTTP/1 clock
+    /// starts when the server is ready for the next request, so this also closes a keep-alive
+    /// connection left idle that long. (A REST body has its own deadline, the model policy's
+    /// `input.body_timeout_ms`.)
     pub header_read_timeout: Duration,
 }
 
@@ -44,8 +51,16 @@ pub async fn serve(
     serve_with(listener, router, shutdown, ServeOptions::default()).await
 }
 
+/// How long shutdown waits for open connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting, lets every
-/// connection finish the requests it has begun, and returns once they have.
+/// connection finish the requests it has begun (for up to 30 s), and returns.
+///
+/// A connection must bring its first request within the header deadline, whatever its
+/// protocol: hyper's own HTTP/1 deadline starts only once the connection is known to be HTTP/1,
+/// after its first bytes, and HTTP/2 has none, so a client that connected and sent nothing, or
+/// only part of HTTP/2's opening, would otherwise hold its connection for good.
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
@@ -58,7 +73,9 @@ pub async fn serve_with(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    // `stop` tells the connections to finish; each holds an `open` receiver until it ends.
+    let (stop_tx, stop_rx) = watch::channel(());
+    let (open_tx, open_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let tcp = tokio::select! {
@@ -71,20 +88,65 @@ pub async fn serve_with(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
-        let conn = graceful.watch(
-            builder
-                .serve_connection(TokioIo::new(tcp), service)
-                .into_owned(),
-        );
+        let seen = Arc::new(AtomicBool::new(false));
+        let first = seen.clone();
+        let router = router.clone();
+        let service = service_fn(move |req: axum::http::Request<Incoming>| {
+            first.store(true, Ordering::Relaxed);
+            router.clone().oneshot(req)
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(tcp), service)
+            .into_owned();
+        let mut stop = stop_rx.clone();
+        let open = open_rx.clone();
+        let deadline = options.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection closed with an error");
+            let mut conn = std::pin::pin!(conn);
+            let mut first_due = std::pin::pin!(tokio::time::sleep(deadline));
+            // 0: waiting for the first request; 1: none came, asked to close; 2: done waiting.
+            let (mut phase, mut stopping) = (0, false);
+            loop {
+                tokio::select! {
+                    done = conn.as_mut() => {
+                        if let Err(e) = done {
+                            tracing::debug!(error = %e, "connection closed with an error");
+                        }
+                        break;
+                    }
+                    () = &mut first_due, if phase < 2 => {
+                        if seen.load(Ordering::Relaxed) {
+                            phase = 2;
+                        } else if phase == 0 {
+                            // Asked to close; an HTTP/2 connection still in its handshake
+                            // ignores that, so it gets one more deadline and is then dropped.
+                            conn.as_mut().graceful_shutdown();
+                            first_due.as_mut().reset(tokio::time::Instant::now() + deadline);
+                            phase = 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    _ = stop.changed(), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
             }
+            drop(open);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop((stop_rx, open_rx));
+    let _ = stop_tx.send(());
+    if tokio::time::timeout(SHUTDOWN_GRACE, open_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open {SHUTDOWN_GRACE:?} after shutdown began; leaving them"
+        );
+    }
     Ok(())
 }
 
@@ -112,8 +174,22 @@ mod tests {
 
     use super::*;
 
+    /// Sends `bytes` on a new connection and returns how long the server took to close it
+    /// (failing if it kept it open 10 s).
+    async fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> Duration {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(bytes).await.unwrap();
+        let t = Instant::now();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("the server kept open a connection that sent {bytes:?}"))
+            .unwrap();
+        t.elapsed()
+    }
+
     #[tokio::test]
-    async fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
+    async fn connections_that_never_complete_a_request_are_cut_off_and_others_are_served() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -130,22 +206,18 @@ mod tests {
             options,
         ));
 
-        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
-        slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
-            .await
-            .unwrap();
-        let t = Instant::now();
-        let mut got = Vec::new();
-        // Closed by the server (bounded here, so that a hang fails the test).
-        tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut got))
-            .await
-            .expect("the server closed a connection whose headers never ended")
-            .unwrap();
-        assert!(
-            t.elapsed() >= Duration::from_millis(150),
-            "{:?}",
-            t.elapsed()
-        );
+        // Headers trickled (hyper's HTTP/1 deadline), nothing at all, part of HTTP/2's opening,
+        // and all of it with no request after (the first-request deadline): all cut off.
+        let h2_preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        for bytes in [
+            &b"GET / HTTP/1.1\r\nHost: t\r\n"[..],
+            b"",
+            b"PRI * HTTP/2.0\r\n",
+            h2_preface,
+        ] {
+            let took = closed_after(addr, bytes).await;
+            assert!(took >= Duration::from_millis(150), "{bytes:?}: {took:?}");
+        }
 
         let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
         ok.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
@@ -156,6 +228,16 @@ mod tests {
         let reply = String::from_utf8_lossy(&reply);
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         assert!(reply.ends_with("ok"), "{reply}");
+
+        // A keep-alive connection that has had its first request is not cut by that deadline
+        // (only by hyper's header deadline once idle, here 200 ms as well).
+        let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = kept.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), server)

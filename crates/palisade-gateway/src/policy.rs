@@ -5,7 +5,7 @@
 //! max_body_bytes = 4194304
 //! max_batch = 64
 //! range = [0.0, 1.0]      # default: the model's declared input range
-//! body_timeout_ms = 30000 # the whole body must arrive within this (else 408)
+//! body_timeout_ms = 30000 # a REST body must arrive whole within this (else 408)
 //!
 //! [limits]                # rate limit (GCRA)
 //! per_key = { rate = 100, period_ms = 1000, burst = 200 }

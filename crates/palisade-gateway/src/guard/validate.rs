@@ -1,7 +1,8 @@
 //! Input validation: untrusted bytes in, a typed batch out, or a 4xx that says what is wrong.
 //!
-//! For infer requests, in order: the model exists (404); the body fits the policy's
-//! `max_body_bytes`, before and after `gzip`/`deflate` decompression (413; other encodings 415);
+//! For infer requests, in order: the model exists (404); the body arrives within the policy's
+//! `body_timeout_ms` (408, and the connection closed) and fits its `max_body_bytes`, before and
+//! after `gzip`/`deflate` decompression (413; other encodings 415);
 //! it is a well-formed OIP request, JSON or binary extension, whose sizes add up (400); it has
 //! the model's one input, with dtype FP32 and shape `[N, ...input_shape]`, `1 ≤ N ≤ max_batch`
 //! (400); every value is finite and inside the declared range (400); the outputs it asks for
