@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,6 +17,7 @@ use crate::GatewayError;
 use crate::admin::{self, AdminState};
 use crate::audit::{AuditLog, CheckpointPolicy, CheckpointSigner, Durability, SqliteAuditLog};
 use crate::grpc::GrpcGateway;
+use crate::grpc::deadline::{self, DeadlineBody};
 use crate::guard::admit::Admit;
 use crate::guard::audit::Audit;
 use crate::guard::authn::Authenticate;
@@ -268,7 +270,12 @@ impl Gateway {
     /// The guard order, outside in, is documented in the crate root.
     pub fn router(&self) -> Router {
         let models = self.model_stack();
-        let grpc = GrpcGateway::new(models.clone(), self.models.clone()).into_service();
+        // gRPC bodies are read by tonic before the guards: they get their deadline here.
+        let grpc = ServiceBuilder::new()
+            .map_request(|req: axum::extract::Request| {
+                req.map(|b| Body::new(DeadlineBody::new(b, deadline::BODY_DEADLINE)))
+            })
+            .service(GrpcGateway::new(models.clone(), self.models.clone()).into_service());
         let admin = ServiceBuilder::new()
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),

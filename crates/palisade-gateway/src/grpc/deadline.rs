@@ -1,0 +1,110 @@
+//! A deadline on a gRPC request's body. tonic reads a message whole (up to its 4 MiB limit)
+//! before the guards see the request, so the model policy's `input.body_timeout_ms`, which the
+//! validate guard applies to REST bodies, cannot apply; without a deadline here a client, even
+//! one without a key, could open HTTP/2 streams and stall their bodies for as long as it liked.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use hyper::body::{Frame, SizeHint};
+
+/// How long a gRPC request's body may take to arrive whole: the REST default.
+pub const BODY_DEADLINE: Duration = Duration::from_millis(crate::policy::DEFAULT_BODY_TIMEOUT_MS);
+
+/// A body that fails once its deadline, counted from the request's arrival, has passed before
+/// it ended. A body that has arrived whole never starts the timer.
+pub struct DeadlineBody {
+    inner: Body,
+    due: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+impl DeadlineBody {
+    /// `inner`, due within `limit` from now.
+    pub fn new(inner: Body, limit: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            due: Box::pin(tokio::time::sleep(limit)),
+            limit,
+        }
+    }
+}
+
+/// Why a body failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {} ms", .0.as_millis())]
+pub struct BodyTimedOut(Duration);
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if this.due.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut(this.limit)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    /// A body whose data never comes.
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_fails_at_its_deadline_and_a_whole_one_passes() {
+        let t = Instant::now();
+        let mut stalled = DeadlineBody::new(Body::new(Stalled), Duration::from_millis(100));
+        let got = tokio::time::timeout(Duration::from_secs(10), stalled.frame())
+            .await
+            .expect("the deadline ended the wait");
+        let err = got.expect("a frame").expect_err("an error");
+        assert!(err.to_string().contains("within 100 ms"), "{err}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+
+        let whole = DeadlineBody::new(Body::from("abc"), Duration::from_millis(100));
+        let bytes = whole.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"abc");
+    }
+}
