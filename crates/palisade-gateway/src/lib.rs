@@ -55,6 +55,7 @@ use std::path::Path;
 pub mod admin;
 pub mod audit;
 pub mod baseline;
+pub mod deadline;
 pub mod grpc;
 pub mod guard;
 mod hexfmt;

@@ -33,8 +33,6 @@ use crate::oip;
 )]
 pub mod inference;
 
-pub mod deadline;
-
 use inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use inference::*;
 

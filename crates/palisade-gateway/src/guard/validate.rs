@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Guard, InputDigest, Next, ServedVersion, ValidatedInfer, call_next, call_next_meanwhile, reject,
 };
+use crate::deadline::{BodyTimedOut, DeadlineBody};
 use crate::hexfmt;
 use crate::model::{ModelRepository, ServedModel};
 use crate::oip::{self, InferRequest, ModelAction, Target, target_of};
@@ -68,6 +69,7 @@ fn too_slow(ms: u64) -> Response {
 /// Why a body could not be read.
 enum BodyError {
     TooLarge,
+    TimedOut,
     Encoding(String),
     Corrupt(String),
     Read(String),
@@ -77,11 +79,15 @@ enum BodyError {
 /// uncompressed body is returned as read, not copied.
 async fn read_body(body: Body, encoding: Option<&str>, limit: usize) -> Result<Bytes, BodyError> {
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        // `to_bytes` reports the limit as a `LengthLimitError` in its source chain.
+        // `to_bytes` reports the limit as a `LengthLimitError`, and the body's deadline as a
+        // `BodyTimedOut`, in its source chain.
         let mut src: Option<&dyn std::error::Error> = Some(&e);
         while let Some(s) = src {
             if s.is::<http_body_util::LengthLimitError>() {
                 return BodyError::TooLarge;
+            }
+            if s.is::<BodyTimedOut>() {
+                return BodyError::TimedOut;
             }
             src = s.source();
         }
@@ -273,12 +279,10 @@ impl Guard for Validate {
         let (mut parts, body) = req.into_parts();
         // A body already received is read at once and starts no timer.
         let wait = Duration::from_millis(model.policy.input.body_timeout_ms);
-        let read = tokio::time::timeout(wait, read_body(body, encoding.as_deref(), limit)).await;
-        let Ok(read) = read else {
-            return too_slow(model.policy.input.body_timeout_ms);
-        };
-        let bytes = match read {
+        let body = Body::new(DeadlineBody::new(body, wait));
+        let bytes = match read_body(body, encoding.as_deref(), limit).await {
             Ok(b) => b,
+            Err(BodyError::TimedOut) => return too_slow(model.policy.input.body_timeout_ms),
             Err(BodyError::TooLarge) => return too_large(limit),
             Err(BodyError::Encoding(m)) => {
                 return reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, GUARD, &m);

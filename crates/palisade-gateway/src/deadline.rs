@@ -1,7 +1,9 @@
-//! A deadline on a gRPC request's body. tonic reads a message whole (up to its 4 MiB limit)
-//! before the guards see the request, so the model policy's `input.body_timeout_ms`, which the
-//! validate guard applies to REST bodies, cannot apply; without a deadline here a client, even
-//! one without a key, could open HTTP/2 streams and stall their bodies for as long as it liked.
+//! A deadline on a request's body, the one mechanism behind both body deadlines: the validate
+//! guard wraps a REST body in it with the model policy's `input.body_timeout_ms` (a body that
+//! fails it is answered 408), and the router wraps every gRPC body in it with
+//! [`BODY_DEADLINE`], because tonic reads a message whole (up to its 4 MiB limit) before the
+//! guards see the request. Without them a client, even one without a key, could stall a body
+//! and hold its request for as long as it liked.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -33,7 +35,7 @@ impl DeadlineBody {
     }
 }
 
-/// Why a body failed.
+/// Why a body failed (in the source chain of the error a reader of the body gets).
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within {} ms", .0.as_millis())]
 pub struct BodyTimedOut(Duration);
