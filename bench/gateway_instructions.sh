@@ -4,12 +4,12 @@
 # requests one at a time over one keep-alive connection after a warm-up, and the count covers the
 # whole server process (every thread: the guards, the inference thread, the audit log's ingester)
 # for exactly those N requests. Instruction counts do not move with what else the machine runs,
-# so two builds can be compared on a noisy VM where throughput moves by ±10% between runs
+# so two builds can be compared on a noisy VM where the bare endpoint alone ran at 1,565 to 2,343 req/s between runs (2026-12-03)
 # (gateway_vs_bare.sh and gateway_ab.sh time the real thing; this counts the work).
 # Caveat: under valgrind the sha2 crate falls back to its software SHA-256 (no SHA-NI), so the
 # guards' hashing (input and output digests, key hash, Merkle leaves) counts ~200k instructions
 # per request that take ~3 µs natively; compare builds, not the absolute guard share.
-# Needs valgrind. Slow: ~5 minutes per build at N=1500.
+# Needs valgrind. Slow: two builds at N=1500 took 19 minutes on a 2-vCPU VM (N=50: 1.5 minutes for one).
 # Usage: VARIANTS="before=DIR after=DIR" N=1500 bash bench/gateway_instructions.sh
 #   (each DIR holds a build's `palisade` and `bare_endpoint`, as for gateway_ab.sh; default: this
 #   checkout's target/release). Build another revision with its own CARGO_TARGET_DIR: a worktree
