@@ -2,14 +2,15 @@
 //! graceful shutdown), plus what a server facing untrusted clients needs and it leaves out:
 //! deadlines. `axum::serve` gives hyper no timer, and without one hyper enforces no header
 //! timeout, so a client that sent its headers a byte at a time (slowloris), or connected and sent
-//! nothing, held a connection, and its task, for as long as it liked. Connections are not
-//! upgraded (no WebSockets, no CONNECT): nothing here uses them.
+//! nothing, held a connection, and its task, for as long as it liked; and nothing closes an
+//! HTTP/2 connection that stays open with no request in it. Connections are not upgraded (no
+//! WebSockets, no CONNECT): nothing here uses them.
 
 use std::future::Future;
 use std::time::Duration;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use axum::Router;
 use hyper::body::Incoming;
@@ -31,13 +32,20 @@ pub struct ServeOptions {
     /// connection left idle that long. (A REST body has its own deadline, the model policy's
     /// `input.body_timeout_ms`.)
     pub header_read_timeout: Duration,
+    /// How long a connection that has had requests may stay open with none in progress, whatever
+    /// its protocol; past it the server asks it to close (HTTP/2: `GOAWAY`, which clients answer
+    /// by reconnecting when they next need to) and drops it one `header_read_timeout` later if
+    /// it has not. HTTP/1 connections are usually closed sooner, by the header deadline.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServeOptions {
-    /// 30 s for headers, hyper's own default once it has a timer.
+    /// 30 s for headers, hyper's own default once it has a timer; 60 s idle (nginx keeps an idle
+    /// connection 75 s, Envoy one hour; hyper and `axum::serve` forever).
     fn default() -> Self {
         ServeOptions {
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -60,7 +68,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// A connection must bring its first request within the header deadline, whatever its
 /// protocol: hyper's own HTTP/1 deadline starts only once the connection is known to be HTTP/1,
 /// after its first bytes, and HTTP/2 has none, so a client that connected and sent nothing, or
-/// only part of HTTP/2's opening, would otherwise hold its connection for good.
+/// only part of HTTP/2's opening, would otherwise hold its connection for good. Afterwards it
+/// must not stay idle (no request in progress) past [`ServeOptions::idle_timeout`].
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
@@ -88,24 +97,31 @@ pub async fn serve_with(
             },
             () = &mut shutdown => break,
         };
-        let seen = Arc::new(AtomicBool::new(false));
-        let first = seen.clone();
+        let activity = Arc::new(Activity::new());
+        let counted = activity.clone();
         let router = router.clone();
         let service = service_fn(move |req: axum::http::Request<Incoming>| {
-            first.store(true, Ordering::Relaxed);
-            router.clone().oneshot(req)
+            let request = Request::begin(counted.clone());
+            let call = router.clone().oneshot(req);
+            async move {
+                let response = call.await;
+                drop(request);
+                response
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(tcp), service)
             .into_owned();
         let mut stop = stop_rx.clone();
         let open = open_rx.clone();
-        let deadline = options.header_read_timeout;
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
-            let mut first_due = std::pin::pin!(tokio::time::sleep(deadline));
-            // 0: waiting for the first request; 1: none came, asked to close; 2: done waiting.
-            let (mut phase, mut stopping) = (0, false);
+            // Looked at when the first request is due or the connection could first be idle too
+            // long, whichever comes first, and then as `idle_until` says.
+            let first_look = options.header_read_timeout.min(options.idle_timeout);
+            let mut due = std::pin::pin!(tokio::time::sleep(first_look));
+            // Asked to close for idling: dropped at the next `due` if still open.
+            let (mut closing, mut stopping) = (false, false);
             loop {
                 tokio::select! {
                     done = conn.as_mut() => {
@@ -114,17 +130,21 @@ pub async fn serve_with(
                         }
                         break;
                     }
-                    () = &mut first_due, if phase < 2 => {
-                        if seen.load(Ordering::Relaxed) {
-                            phase = 2;
-                        } else if phase == 0 {
-                            // Asked to close; an HTTP/2 connection still in its handshake
-                            // ignores that, so it gets one more deadline and is then dropped.
-                            conn.as_mut().graceful_shutdown();
-                            first_due.as_mut().reset(tokio::time::Instant::now() + deadline);
-                            phase = 1;
-                        } else {
+                    () = &mut due => {
+                        if closing {
                             break;
+                        }
+                        match activity.idle_until(&options) {
+                            Some(next) => due.as_mut().reset(next),
+                            None => {
+                                // An HTTP/2 connection still in its handshake ignores the
+                                // request to close, so it gets one more deadline and is dropped.
+                                conn.as_mut().graceful_shutdown();
+                                due.as_mut().reset(
+                                    tokio::time::Instant::now() + options.header_read_timeout,
+                                );
+                                closing = true;
+                            }
                         }
                     }
                     _ = stop.changed(), if !stopping => {
@@ -148,6 +168,60 @@ pub async fn serve_with(
         );
     }
     Ok(())
+}
+
+/// What a connection is doing, for its idle deadlines: requests in progress, and when the last
+/// one ended.
+struct Activity {
+    opened: tokio::time::Instant,
+    /// Requests begun and not yet answered.
+    active: AtomicUsize,
+    /// Milliseconds from `opened` to the end of the last request, plus one; 0: none yet.
+    last_end: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: tokio::time::Instant::now(),
+            active: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+        }
+    }
+
+    /// `None` when the connection has been idle past its deadline (the first request's or, once
+    /// it has had one, the idle timeout); otherwise when to look again.
+    fn idle_until(&self, options: &ServeOptions) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        if self.active.load(Ordering::Acquire) > 0 {
+            return Some(now + options.idle_timeout);
+        }
+        let due = match self.last_end.load(Ordering::Acquire) {
+            0 => self.opened + options.header_read_timeout,
+            end => self.opened + Duration::from_millis(end - 1) + options.idle_timeout,
+        };
+        (due > now).then_some(due)
+    }
+}
+
+/// A request in progress on a connection, from its headers until its response is ready (or it
+/// is dropped: a reset HTTP/2 stream).
+struct Request(Arc<Activity>);
+
+impl Request {
+    fn begin(activity: Arc<Activity>) -> Self {
+        activity.active.fetch_add(1, Ordering::AcqRel);
+        Request(activity)
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let since = a.opened.elapsed().as_millis() as u64 + 1;
+        a.last_end.fetch_max(since, Ordering::AcqRel);
+        a.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// After a failed `accept`: a connection that went away before it was accepted is nothing; any
@@ -196,6 +270,7 @@ mod tests {
         let router = Router::new().route("/", get(|| async { "ok" }));
         let options = ServeOptions {
             header_read_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(60),
         };
         let server = tokio::spawn(serve_with(
             listener,
@@ -245,5 +320,71 @@ mod tests {
             .expect("graceful shutdown finished")
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_left_idle_is_closed_and_a_busy_one_is_not() {
+        use axum::body::Body;
+        use http_body_util::BodyExt as _;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "ok" })).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                "slow"
+            }),
+        );
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_millis(300),
+        };
+        tokio::spawn(serve_with(
+            listener,
+            router,
+            std::future::pending(),
+            options,
+        ));
+
+        let get_on = |sender: &mut hyper::client::conn::http2::SendRequest<Body>, path: &str| {
+            let req = axum::http::Request::get(format!("http://{addr}{path}"))
+                .body(Body::empty())
+                .unwrap();
+            let sent = sender.send_request(req);
+            async move {
+                let resp = sent.await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.into_body().collect().await.unwrap().to_bytes()
+            }
+        };
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+
+        // Requests 200 ms apart, and one that runs three times the idle timeout: never idle.
+        for _ in 0..3 {
+            assert_eq!(&get_on(&mut sender, "/").await[..], b"ok");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(&get_on(&mut sender, "/slow").await[..], b"slow");
+        assert!(!conn.is_finished(), "a connection in use was closed");
+
+        // Then idle: the server says GOAWAY and the connection ends at once (not 5 s later,
+        // when the server would drop it).
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the idle connection was closed")
+            .unwrap()
+            .unwrap();
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
     }
 }
