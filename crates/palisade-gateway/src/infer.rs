@@ -77,7 +77,7 @@ impl ModelService {
                 let job = v.clone();
                 let out = self
                     .inference
-                    .run(move || job.model.classifier.logits(job.input.view()))
+                    .run_admitted(move || job.model.classifier.logits(job.input.view()))
                     .await;
                 let logits = match out {
                     Ok(Ok(l)) if l.nrows() == n => l,
@@ -88,8 +88,8 @@ impl ModelService {
                         ));
                     }
                     Ok(Err(e)) => return internal(&format!("inference failed: {e}")),
-                    // Admitted, then found the queue full (or the pool stopped) by the time it
-                    // came to it.
+                    // The pool stopped (the gateway is shutting down). A full queue does not
+                    // refuse a request the admit guard let through: it has been charged.
                     Err(e @ (PoolError::Busy { .. } | PoolError::Stopped)) => return refusal(&e),
                     Err(e) => return internal(&format!("inference failed: {e}")),
                 };

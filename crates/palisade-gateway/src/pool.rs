@@ -16,11 +16,13 @@
 //! which the gateway answers 503 with `Retry-After`): under overload, latency stays bounded and
 //! clients can go elsewhere. [`InferencePool::check`] says whether a call made now would be
 //! refused, without queueing one: the gateway asks it before the rate limiter charges a request
-//! to the caller's quota. [`InferencePool::queued`] is exported as the
-//! `palisade_inference_queue` gauge.
+//! to the caller's quota, and makes the call later with [`InferencePool::run_admitted`], which
+//! queues it even if the queue has filled in between (a request is not refused after it has
+//! been charged). [`InferencePool::queued`] is exported as the `palisade_inference_queue` gauge.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel as channel;
@@ -31,6 +33,11 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct InferencePool {
     /// `None` once the pool is shut down.
     queue: RwLock<Option<channel::Sender<Job>>>,
+    /// Calls queued and not yet taken by a thread (counted here rather than by a bounded
+    /// channel, so that an admitted call can go past the limit).
+    waiting: Arc<AtomicUsize>,
+    /// Most calls `run` lets wait.
+    limit: Option<usize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     count: usize,
 }
@@ -71,13 +78,12 @@ impl InferencePool {
         let threads =
             threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let count = threads.max(1);
-        let (tx, rx) = match limit {
-            Some(n) => channel::bounded::<Job>(n.max(1)),
-            None => channel::unbounded::<Job>(),
-        };
+        let (tx, rx) = channel::unbounded::<Job>();
+        let waiting = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
             let rx = rx.clone();
+            let waiting = waiting.clone();
             // On an error the threads started so far see the queue close and exit.
             handles.push(
                 std::thread::Builder::new()
@@ -85,6 +91,7 @@ impl InferencePool {
                     .spawn(move || {
                         // Ends once the queue is closed and empty: queued calls still run.
                         for job in rx.iter() {
+                            waiting.fetch_sub(1, Ordering::AcqRel);
                             job();
                         }
                     })?,
@@ -92,6 +99,8 @@ impl InferencePool {
         }
         Ok(InferencePool {
             queue: RwLock::new(Some(tx)),
+            waiting,
+            limit: limit.map(|n| n.max(1)),
             threads: Mutex::new(handles),
             count,
         })
@@ -104,26 +113,47 @@ impl InferencePool {
 
     /// Calls waiting for a thread.
     pub fn queued(&self) -> usize {
-        read(&self.queue).as_ref().map_or(0, channel::Sender::len)
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Whether a call made now would be refused: [`PoolError::Busy`] when the queue is at its
-    /// limit, [`PoolError::Stopped`] once the pool is shut down. It reserves nothing: a call made
-    /// a moment later may still find the queue full (and is refused then).
+    /// limit, [`PoolError::Stopped`] once the pool is shut down. It reserves nothing: the queue
+    /// may fill before the call is made, which [`InferencePool::run`] then refuses and
+    /// [`InferencePool::run_admitted`] does not.
     pub fn check(&self) -> Result<(), PoolError> {
-        let q = read(&self.queue);
-        let Some(q) = q.as_ref() else {
+        if read(&self.queue).is_none() {
             return Err(PoolError::Stopped);
-        };
-        match q.capacity() {
-            Some(limit) if q.len() >= limit => Err(PoolError::Busy { limit }),
+        }
+        match self.limit {
+            Some(limit) if self.queued() >= limit => Err(PoolError::Busy { limit }),
             _ => Ok(()),
         }
     }
 
-    /// Runs `f` on an inference thread and returns its result. Dropping the returned future
-    /// before the call starts cancels it.
+    /// Runs `f` on an inference thread and returns its result; refused at once
+    /// ([`PoolError::Busy`]) when the queue is at its limit. Dropping the returned future before
+    /// the call starts cancels it.
     pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.call(f, true).await
+    }
+
+    /// Runs `f` as [`InferencePool::run`] does, but never refuses it for a full queue: for a
+    /// call admitted by [`InferencePool::check`] a moment before, which the queue takes even if
+    /// it has filled since. The queue can then hold more calls than its limit, by as many as
+    /// were admitted before it filled and came to their call after.
+    pub async fn run_admitted<T, F>(&self, f: F) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.call(f, false).await
+    }
+
+    async fn call<T, F>(&self, f: F, within_limit: bool) -> Result<T, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
@@ -142,12 +172,24 @@ impl InferencePool {
             let Some(q) = q.as_ref() else {
                 return Err(PoolError::Stopped);
             };
-            q.try_send(job).map_err(|e| match e {
-                channel::TrySendError::Full(_) => PoolError::Busy {
-                    limit: q.capacity().unwrap_or(usize::MAX),
-                },
-                channel::TrySendError::Disconnected(_) => PoolError::Stopped,
-            })?;
+            match self.limit {
+                Some(limit) if within_limit => {
+                    self.waiting
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                            (w < limit).then_some(w + 1)
+                        })
+                        .map_err(|_| PoolError::Busy { limit })?;
+                }
+                _ => {
+                    self.waiting.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            // The threads hold the receivers until the sender is dropped, which the lock held
+            // here prevents, so this fails only if every thread has died.
+            if q.send(job).is_err() {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                return Err(PoolError::Stopped);
+            }
         }
         rx.await.unwrap_or(Err(PoolError::Stopped))
     }
@@ -318,7 +360,8 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_refuses_a_call_at_once_and_takes_calls_again_once_it_drains() {
+    fn a_full_queue_refuses_a_call_at_once_but_not_an_admitted_one_and_takes_calls_again_once_it_drains()
+     {
         let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
         let rt = runtime();
         let release = held(&pool, &rt);
@@ -335,8 +378,17 @@ mod tests {
             err.to_string(),
             "the server is busy: 1 model call is already waiting"
         );
+        // An admitted call goes in past the limit.
+        let p = pool.clone();
+        let admitted = rt.spawn(async move { p.run_admitted(|| 4).await });
+        assert!(
+            eventually(|| pool.queued() == 2),
+            "the admitted call was not queued"
+        );
         drop(release);
         assert_eq!(rt.block_on(waiting).unwrap().unwrap(), 1);
+        assert_eq!(rt.block_on(admitted).unwrap().unwrap(), 4);
+        assert_eq!(pool.queued(), 0);
         assert!(pool.check().is_ok(), "a drained queue takes calls again");
         assert_eq!(rt.block_on(pool.run(|| 3)).unwrap(), 3);
         pool.shutdown();

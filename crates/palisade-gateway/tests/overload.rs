@@ -1,7 +1,7 @@
 //! A full inference queue: the request that finds it full is refused 503 with `Retry-After`,
 //! audited and counted as an overload, without being charged to the caller's rate limit or daily
-//! budget, and the calls already waiting are answered once the model frees up.
-
+//! budget, and the calls already waiting are answered once the model frees up. A request
+//! admitted before the queue filled is served, not refused after its charge.
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,37 +39,71 @@ impl Classifier for Gated {
     }
 }
 
+/// A gateway with one inference thread and at most one call waiting, serving the model "slow"
+/// (the linear model behind a gate, under `policy`); and a query key for it.
+struct Slow {
+    pool: Arc<InferencePool>,
+    s: Server,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+    entered: Arc<AtomicUsize>,
+    auth: String,
+}
+
+impl Slow {
+    async fn start(policy: &str) -> Slow {
+        let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
+        let s = start_on(None, Some(pool.clone())).await;
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let entered = Arc::new(AtomicUsize::new(0));
+        let mut slow = served("slow", "1", policy);
+        slow.classifier = Arc::new(Gated {
+            inner: linear("slow"),
+            gate: gate.clone(),
+            entered: entered.clone(),
+        });
+        s.models.deploy(slow).unwrap();
+        let auth = query_auth(&s, "slow");
+        Slow {
+            pool,
+            s,
+            gate,
+            entered,
+            auth,
+        }
+    }
+
+    /// Sends an infer request from a task.
+    fn infer(&self, body: &[u8]) -> tokio::task::JoinHandle<Reply> {
+        let (addr, auth, body) = (self.s.addr, self.auth.clone(), body.to_vec());
+        tokio::spawn(async move { post_infer(addr, "slow", &auth, &body).await })
+    }
+
+    /// Fills the queue: one call holds the thread, one waits; returns both.
+    async fn fill(&self, body: &[u8]) -> [tokio::task::JoinHandle<Reply>; 2] {
+        let running = self.infer(body);
+        wait_until(|| self.entered.load(Ordering::SeqCst) == 1).await;
+        let waiting = self.infer(body);
+        wait_until(|| self.pool.queued() == 1).await;
+        [running, waiting]
+    }
+
+    fn open_gate(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
-    // One thread, at most one call waiting.
-    let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
-    let s = start_on(None, Some(pool.clone())).await;
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let entered = Arc::new(AtomicUsize::new(0));
     // A quota of three requests (per-key burst and daily budget alike).
     let policy = format!(
         "{LIN_POLICY}[limits]\nper_key = {{ rate = 1, period_ms = 600000, burst = 3 }}\ndaily_budget = 3\n"
     );
-    let mut slow = served("slow", "1", &policy);
-    slow.classifier = Arc::new(Gated {
-        inner: linear("slow"),
-        gate: gate.clone(),
-        entered: entered.clone(),
-    });
-    s.models.deploy(slow).unwrap();
-    let auth = query_auth(&s, "slow");
+    let slow = Slow::start(&policy).await;
     let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
-    let infer = |auth: String, body: Vec<u8>| {
-        let addr = s.addr;
-        tokio::spawn(async move { post_infer(addr, "slow", &auth, &body).await })
-    };
-    // The first call holds the thread; the second waits in the queue.
-    let running = infer(auth.clone(), body.clone());
-    wait_until(|| entered.load(Ordering::SeqCst) == 1).await;
-    let waiting = infer(auth.clone(), body.clone());
-    wait_until(|| pool.queued() == 1).await;
+    let [running, waiting] = slow.fill(&body).await;
 
-    let refused = infer(auth.clone(), body.clone()).await.unwrap();
+    let refused = slow.infer(&body).await.unwrap();
     assert_eq!(refused.status, 503, "{refused:?}");
     assert_eq!(
         refused.headers.get("retry-after").map(String::as_str),
@@ -78,34 +112,33 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
     assert!(refused.error().contains("busy"), "{refused:?}");
 
     // Open the gate: both calls that got in are answered.
-    *gate.0.lock().unwrap() = true;
-    gate.1.notify_all();
+    slow.open_gate();
     for r in [running.await.unwrap(), waiting.await.unwrap()] {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["outputs"][0]["shape"], serde_json::json!([1, 3]));
     }
     // The refused request cost no quota: a third request is served, with nothing left after it
     // (charged, the overload would have left none for it: 429), and a fourth is over the quota.
-    let third = infer(auth.clone(), body.clone()).await.unwrap();
+    let third = slow.infer(&body).await.unwrap();
     assert_eq!(third.status, 200, "{third:?}");
     let state = third.headers.get("ratelimit").cloned().unwrap_or_default();
     assert!(
         state.contains("\"key\";r=0") && state.contains("\"day\";r=0"),
         "{state}"
     );
-    let fourth = infer(auth.clone(), body.clone()).await.unwrap();
+    let fourth = slow.infer(&body).await.unwrap();
     assert_eq!(fourth.status, 429, "{fourth:?}");
 
-    let metrics = request(s.addr, "GET", "/metrics", &[], b"").await;
+    let metrics = request(slow.s.addr, "GET", "/metrics", &[], b"").await;
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(
         text.contains("palisade_guard_rejections_total{guard=\"overload\"} 1"),
         "{text}"
     );
     // The refusal is in the audit log like any other.
-    let n = s.state.audit.size().unwrap();
+    let n = slow.s.state.audit.size().unwrap();
     let decisions: Vec<String> = (0..n)
-        .filter_map(|i| s.state.audit.entry(i).unwrap())
+        .filter_map(|i| slow.s.state.audit.entry(i).unwrap())
         .map(|e| serde_json::from_slice::<serde_json::Value>(&e).unwrap()["decision"].to_string())
         .collect();
     assert_eq!(
@@ -116,7 +149,7 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
         1,
         "{decisions:?}"
     );
-    s.stop().await;
+    slow.s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,6 +173,33 @@ async fn requests_still_sending_their_bodies_do_not_fill_the_inference_queue() {
     assert_eq!(pool.queued(), 0);
     drop(stalled);
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_admitted_before_the_queue_filled_is_served_not_refused_after_its_charge() {
+    let slow = Slow::start(LIN_POLICY).await;
+    let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
+    // Admitted (and charged) while the queue is empty; its body is still on the way.
+    let late = stalled_infer(slow.s.addr, "slow", &slow.auth, &body).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let [running, waiting] = slow.fill(&body).await;
+    // A new request is refused at admission...
+    let refused = slow.infer(&body).await.unwrap();
+    assert_eq!(refused.status, 503, "{refused:?}");
+    // ...but the admitted one, its body complete, goes into the queue past the limit.
+    let rest = body[body.len() / 2..].to_vec();
+    let late = tokio::spawn(async move { finish_stalled(late, &rest).await });
+    wait_until(|| slow.pool.queued() == 2).await;
+    slow.open_gate();
+    for r in [
+        running.await.unwrap(),
+        waiting.await.unwrap(),
+        late.await.unwrap(),
+    ] {
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(slow.pool.queued(), 0);
+    slow.s.stop().await;
 }
 
 /// Waits (at most 10 s) until `cond` holds.

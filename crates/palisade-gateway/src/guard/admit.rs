@@ -9,8 +9,11 @@
 //! entry has no input digest or model version). It only looks at the queue
 //! ([`InferencePool::check`]) and reserves no place in it: requests still sending their bodies
 //! or being validated hold none, so slow clients cannot fill the queue while the inference
-//! threads are idle. The price is a race: a request admitted just before the queue fills is
-//! refused by the infer service instead, after the rate limiter has charged it.
+//! threads are idle. Nor is an admitted request refused later for a full queue, which would
+//! come after the rate limiter charged it: the infer service queues it whatever the queue holds
+//! by then ([`InferencePool::run_admitted`]). The queue's limit is therefore a bound on what
+//! admission lets in, which the queue itself can pass for a moment, by the requests admitted
+//! before it filled that reach their model call after.
 
 use std::sync::Arc;
 

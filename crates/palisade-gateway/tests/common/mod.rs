@@ -304,6 +304,30 @@ pub async fn stalled_infer(
     conn
 }
 
+/// Sends the rest of a stalled request's body (`rest`) on `conn` and reads its response (which
+/// must have a `Content-Length`; the connection stays open).
+pub async fn finish_stalled(mut conn: tokio::net::TcpStream, rest: &[u8]) -> Reply {
+    conn.write_all(rest).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a whole response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a Content-Length");
+            if buf.len() >= end + 4 + len {
+                return parse_reply(&buf[..end + 4 + len]);
+            }
+        }
+    }
+}
+
 /// A JSON infer body for `n` samples of the linear model.
 pub fn json_infer(values: &[f32], n: usize) -> Vec<u8> {
     serde_json::json!({
