@@ -2,6 +2,7 @@
 //! audited and counted as an overload, without being charged to the caller's rate limit or daily
 //! budget, and the calls already waiting are answered once the model frees up. A request
 //! admitted before the queue filled is served, not refused after its charge.
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
