@@ -2,7 +2,8 @@
 //! guard wraps a REST body in it with the model policy's `input.body_timeout_ms` (a body that
 //! fails it is answered 408), and the router wraps every gRPC body in it with
 //! [`BODY_DEADLINE`], because tonic reads a message whole (up to its 4 MiB limit) before the
-//! guards see the request. Without them a client, even one without a key, could stall a body
+//! guards see the request (a gRPC body that fails it is answered `DEADLINE_EXCEEDED`, see
+//! [`for_grpc`], and audited by [`crate::grpc::audit`]). Without them a client, even one without a key, could stall a body
 //! and hold its request for as long as it liked.
 
 use std::future::Future as _;
@@ -39,6 +40,16 @@ impl DeadlineBody {
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within {} ms", .0.as_millis())]
 pub struct BodyTimedOut(Duration);
+
+/// A body error as tonic should answer it: tonic replies with the gRPC status it finds in the
+/// error's source chain (else `UNKNOWN`), so a missed deadline becomes `DEADLINE_EXCEEDED`.
+pub fn for_grpc(e: axum::Error) -> axum::Error {
+    use std::error::Error as _;
+    match e.source().and_then(|s| s.downcast_ref::<BodyTimedOut>()) {
+        Some(t) => axum::Error::new(tonic::Status::deadline_exceeded(t.to_string())),
+        None => e,
+    }
+}
 
 impl hyper::body::Body for DeadlineBody {
     type Data = Bytes;
@@ -108,5 +119,25 @@ mod tests {
         let whole = DeadlineBody::new(Body::from("abc"), Duration::from_millis(100));
         let bytes = whole.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"abc");
+    }
+
+    #[tokio::test]
+    async fn tonic_answers_a_missed_deadline_with_deadline_exceeded() {
+        let mut stalled =
+            DeadlineBody::new(Body::new(Stalled), Duration::from_millis(10)).map_err(for_grpc);
+        let err = stalled
+            .frame()
+            .await
+            .expect("a frame")
+            .expect_err("an error");
+        let status = tonic::Status::from_error(Box::new(err));
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert!(status.message().contains("within 10 ms"), "{status:?}");
+        // Other errors are left to tonic.
+        let other = for_grpc(axum::Error::new(std::io::Error::other("reset")));
+        assert_eq!(
+            tonic::Status::from_error(Box::new(other)).code(),
+            tonic::Code::Unknown
+        );
     }
 }

@@ -42,6 +42,10 @@
 //! through audit and metrics. Guards pass facts along only as typed extensions
 //! ([`guard::Principal`], [`guard::ValidatedInfer`], [`guard::Decision`], …).
 //!
+//! gRPC calls are translated into REST requests and sent through the same stack ([`grpc`]); the
+//! calls refused before they can be (tonic could not decode them, say) get their audit entries
+//! from [`grpc::audit::AuditUnreached`], around the gRPC service.
+//!
 //! # State
 //!
 //! Keys ([`keys::KeyStore`]), the audit log ([`audit::AuditLog`]) and budgets

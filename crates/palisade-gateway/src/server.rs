@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use http_body_util::BodyExt as _;
 use rand::RngCore as _;
 use tower::ServiceBuilder;
 
@@ -18,6 +19,7 @@ use crate::admin::{self, AdminState};
 use crate::audit::{AuditLog, CheckpointPolicy, CheckpointSigner, Durability, SqliteAuditLog};
 use crate::deadline::{self, DeadlineBody};
 use crate::grpc::GrpcGateway;
+use crate::grpc::audit::AuditUnreached;
 use crate::guard::admit::Admit;
 use crate::guard::audit::Audit;
 use crate::guard::authn::Authenticate;
@@ -270,11 +272,22 @@ impl Gateway {
     /// The guard order, outside in, is documented in the crate root.
     pub fn router(&self) -> Router {
         let models = self.model_stack();
-        // gRPC bodies are read by tonic before the guards: they get their deadline here.
+        // gRPC bodies are read by tonic before the guards: they get their deadline here, and
+        // the calls refused before the guards their audit entries.
         let grpc = ServiceBuilder::new()
             .map_request(|req: axum::extract::Request| {
-                req.map(|b| Body::new(DeadlineBody::new(b, deadline::BODY_DEADLINE)))
+                req.map(|b| {
+                    Body::new(
+                        DeadlineBody::new(b, deadline::BODY_DEADLINE).map_err(deadline::for_grpc),
+                    )
+                })
             })
+            .layer(GuardLayer(AuditUnreached::new(
+                self.audit.clone(),
+                self.keys.clone(),
+                self.metrics.clone(),
+            )))
+            .map_response(|r: axum::http::Response<tonic::body::Body>| r.map(Body::new))
             .service(GrpcGateway::new(models.clone(), self.models.clone()).into_service());
         let admin = ServiceBuilder::new()
             .layer(GuardLayer(Audit::new(

@@ -196,3 +196,91 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
     assert_eq!(v["method"], "GRPC ModelInfer");
     s.stop().await;
 }
+
+/// The audit entries from `from` on, as JSON.
+fn entries_from(s: &Server, from: u64) -> Vec<serde_json::Value> {
+    use palisade_gateway::audit::AuditLog as _;
+    let n = s.state.audit.size().unwrap();
+    (from..n)
+        .map(|i| serde_json::from_slice(&s.state.audit.entry(i).unwrap().unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_refused_before_the_guards_are_audited_too() {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let s = start().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = GrpcInferenceServiceClient::new(channel);
+    let x = [0.1f32, 0.9, 0.3, 0.4];
+
+    // Two raw inputs for one declared input: the translator refuses it.
+    let mut twice = infer_request("lin", &x, vec![1, 1, 2, 2], &s.query.key);
+    let raw = twice.get_ref().raw_input_contents[0].clone();
+    twice.get_mut().raw_input_contents.push(raw);
+    let e = c.model_infer(twice).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // A message that is not protobuf, sent by hand: tonic refuses it.
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake::<_, _, Full<bytes::Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
+    let req = axum::http::Request::post(format!(
+        "http://{}/inference.GRPCInferenceService/ModelInfer",
+        s.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", format!("Bearer {}", s.admin.key))
+    .body(Full::new(frame))
+    .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    let status = resp.headers().get("grpc-status").cloned();
+    let _ = resp.into_body().collect().await;
+    assert!(
+        status.is_some_and(|v| v != "0"),
+        "a garbage message was not refused"
+    );
+
+    // A call that reaches the guards is recorded once, by them; the health calls not at all.
+    c.model_infer(infer_request("lin", &x, vec![1, 1, 2, 2], &s.query.key))
+        .await
+        .unwrap();
+    c.server_live(ServerLiveRequest {}).await.unwrap();
+
+    let got = entries_from(&s, 0);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    for (e, key) in got[..2].iter().zip([&s.query, &s.admin]) {
+        assert_eq!(e["decision"], "denied:grpc", "{e}");
+        assert_eq!(e["status"], 400, "{e}");
+        assert_eq!(e["method"], "GRPC", "{e}");
+        assert_eq!(
+            e["path"], "/inference.GRPCInferenceService/ModelInfer",
+            "{e}"
+        );
+        assert_eq!(e["key_id"], key.record.id.as_str(), "{e}");
+    }
+    assert_eq!(got[2]["decision"], "allowed");
+    assert_eq!(got[2]["method"], "GRPC ModelInfer");
+
+    // Counted as refusals in the metrics.
+    let metrics = request(s.addr, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("palisade_guard_rejections_total{guard=\"grpc\"} 2"),
+        "{text}"
+    );
+    s.stop().await;
+}

@@ -113,7 +113,8 @@ pub struct AuditRecord<'a> {
     #[serde(borrow)]
     pub version: Option<Cow<'a, str>>,
     /// `allowed`, or the guard that refused: `denied:authenticate`, `denied:authorise`,
-    /// `denied:rate-limit`, `denied:validate`, `error`.
+    /// `denied:overload`, `denied:rate-limit`, `denied:validate`, `denied:grpc` (a gRPC call
+    /// refused before the guards), or `error`.
     #[serde(borrow)]
     pub decision: Cow<'a, str>,
     /// Status code sent.

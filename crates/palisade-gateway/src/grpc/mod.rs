@@ -5,7 +5,8 @@
 //! stack (audit, authenticate, authorise, admit, rate limit, validate, harden, infer), and the response
 //! is translated back (`raw_output_contents`). The guards therefore exist once, and a gRPC client
 //! is held to exactly the same policy as a REST client. Credentials travel as metadata
-//! (`authorization: Bearer …` or `x-api-key`).
+//! (`authorization: Bearer …` or `x-api-key`). A call refused before it can be translated (a
+//! message tonic cannot decode, a bad model name…) is audited by [`audit::AuditUnreached`].
 //!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
 //! 0.14 (`compile_fds` on the file's descriptor set, server and client, no transport), so that
@@ -24,6 +25,8 @@ use tower::ServiceExt as _;
 use crate::guard::{Next, Via};
 use crate::model::ModelRepository;
 use crate::oip;
+
+pub mod audit;
 
 #[allow(
     missing_docs,
@@ -54,12 +57,12 @@ impl GrpcGateway {
         GrpcInferenceServiceServer::new(self)
     }
 
-    async fn call(
+    async fn call<T>(
         &self,
         rpc: &'static str,
         method: Method,
         path: String,
-        meta: &tonic::metadata::MetadataMap,
+        call: &tonic::Request<T>,
         headers: &[(&'static str, String)],
         body: Vec<u8>,
     ) -> Result<(axum::http::response::Parts, Vec<u8>), Status> {
@@ -69,7 +72,7 @@ impl GrpcGateway {
             .parse()
             .map_err(|_| Status::invalid_argument("invalid model name or version"))?;
         for name in ["authorization", "x-api-key", "x-palisade-totp"] {
-            if let Some(v) = meta.get(name).and_then(|v| v.to_str().ok())
+            if let Some(v) = call.metadata().get(name).and_then(|v| v.to_str().ok())
                 && let Ok(v) = HeaderValue::from_str(v)
             {
                 req.headers_mut().insert(name, v);
@@ -81,6 +84,10 @@ impl GrpcGateway {
             }
         }
         req.extensions_mut().insert(Via(rpc));
+        // From here the model stack's audit guard records the call.
+        if let Some(r) = call.extensions().get::<audit::Reached>() {
+            r.mark();
+        }
         let resp = match self.stack.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
@@ -269,14 +276,7 @@ impl GrpcInferenceService for GrpcGateway {
     ) -> Result<tonic::Response<ModelReadyResponse>, Status> {
         let path = model_path(&r.get_ref().name, &r.get_ref().version, "/ready");
         let ready = match self
-            .call(
-                "ModelReady",
-                Method::GET,
-                path,
-                r.metadata(),
-                &[],
-                Vec::new(),
-            )
+            .call("ModelReady", Method::GET, path, &r, &[], Vec::new())
             .await
         {
             Ok(_) => true,
@@ -303,14 +303,7 @@ impl GrpcInferenceService for GrpcGateway {
     ) -> Result<tonic::Response<ModelMetadataResponse>, Status> {
         let path = model_path(&r.get_ref().name, &r.get_ref().version, "");
         let (_, body) = self
-            .call(
-                "ModelMetadata",
-                Method::GET,
-                path,
-                r.metadata(),
-                &[],
-                Vec::new(),
-            )
+            .call("ModelMetadata", Method::GET, path, &r, &[], Vec::new())
             .await?;
         #[derive(Deserialize)]
         struct Meta {
@@ -351,7 +344,7 @@ impl GrpcInferenceService for GrpcGateway {
                 "ModelInfer",
                 Method::POST,
                 path,
-                r.metadata(),
+                &r,
                 &[(oip::HEADER_LENGTH, h.to_string())],
                 body,
             )

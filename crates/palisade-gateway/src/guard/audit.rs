@@ -98,17 +98,9 @@ impl Guard for Audit {
             output_sha256: Some(Cow::Owned(hexfmt::encode(&Sha256::digest(&bytes)))),
             latency_us: started.elapsed().as_micros() as u64,
         };
-        // Room for a whole entry (~350 bytes), rather than growing from serde_json's 128.
-        let mut entry = Vec::with_capacity(512);
-        if let Err(e) = serde_json::to_writer(&mut entry, &record) {
-            tracing::error!(error = %e, "could not serialise an audit record");
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-        }
-        let t = Instant::now();
-        let appended = self.log.append(entry).await;
-        self.metrics.audit_append(t.elapsed(), appended.is_ok());
+        let appended = append(&*self.log, &self.metrics, &record).await;
         match appended {
-            Ok(index) => {
+            Some(index) => {
                 tracing::info!(
                     audit_index = index,
                     key_id = record.key_id.as_deref().unwrap_or("-"),
@@ -122,8 +114,7 @@ impl Guard for Audit {
                 parts.extensions.insert(decision);
                 Response::from_parts(parts, Body::from(bytes))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "audit append failed; withholding the response");
+            None => {
                 let mut r = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the audit log is unavailable; the request was not served",
@@ -133,4 +124,28 @@ impl Guard for Audit {
             }
         }
     }
+}
+
+/// Serialises `record` and appends it to `log`, timing the append in `metrics`: the entry's index
+/// once it is durable, or `None` when the log could not take it (logged here; the caller then
+/// withholds its response).
+pub(crate) async fn append(
+    log: &dyn AuditLog,
+    metrics: &Metrics,
+    record: &AuditRecord<'_>,
+) -> Option<u64> {
+    // Room for a whole entry (~350 bytes), rather than growing from serde_json's 128.
+    let mut entry = Vec::with_capacity(512);
+    if let Err(e) = serde_json::to_writer(&mut entry, record) {
+        tracing::error!(error = %e, "could not serialise an audit record");
+        return None;
+    }
+    let t = Instant::now();
+    let appended = log.append(entry).await;
+    metrics.audit_append(t.elapsed(), appended.is_ok());
+    appended
+        .inspect_err(
+            |e| tracing::error!(error = %e, "audit append failed; withholding the response"),
+        )
+        .ok()
 }
