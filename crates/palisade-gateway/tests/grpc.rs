@@ -35,15 +35,20 @@ fn infer_request(
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_infer_matches_the_classifier_and_is_guarded() {
-    let s = start().await;
+/// A gRPC client of `s`.
+async fn client(s: &Server) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut c = GrpcInferenceServiceClient::new(channel);
+    GrpcInferenceServiceClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_infer_matches_the_classifier_and_is_guarded() {
+    let s = start().await;
+    let mut c = client(&s).await;
     let x = [0.1f32, 0.9, 0.3, 0.4, 0.0, 1.0, 0.5, 0.25];
     let expected = linear("lin")
         .logits(
@@ -212,12 +217,7 @@ async fn grpc_calls_refused_before_the_guards_are_audited_too() {
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let s = start().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut c = GrpcInferenceServiceClient::new(channel);
+    let mut c = client(&s).await;
     let x = [0.1f32, 0.9, 0.3, 0.4];
 
     // Two raw inputs for one declared input: the translator refuses it.
