@@ -1,10 +1,12 @@
 //! A deadline on a request's body, the one mechanism behind both body deadlines: the validate
 //! guard wraps a REST body in it with the model policy's `input.body_timeout_ms` (a body that
-//! fails it is answered 408), and the router wraps every gRPC body in it with
-//! [`BODY_DEADLINE`], because tonic reads a message whole (up to its 4 MiB limit) before the
-//! guards see the request (a gRPC body that fails it is answered `DEADLINE_EXCEEDED`, see
-//! [`for_grpc`], and audited by [`crate::grpc::audit`]). Without them a client, even one without a key, could stall a body
-//! and hold its request for as long as it liked.
+//! fails it is answered 408). tonic reads a gRPC message whole (up to its 4 MiB limit) before
+//! the model is known, so the router wraps every gRPC body in it with the longest deadline of
+//! any model served ([`crate::ModelRepository::longest_body_timeout`]; a body that fails it is
+//! answered `DEADLINE_EXCEEDED`, see [`for_grpc`], and audited by [`crate::grpc::audit`]) and
+//! notes when the call [`Arrived`]; once the call names its model, the validate guard holds
+//! that time against the model's own deadline. Without them a client, even one without a key,
+//! could stall a body and hold its request for as long as it liked.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -14,8 +16,11 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use hyper::body::{Frame, SizeHint};
 
-/// How long a gRPC request's body may take to arrive whole: the REST default.
-pub const BODY_DEADLINE: Duration = Duration::from_millis(crate::policy::DEFAULT_BODY_TIMEOUT_MS);
+/// When a gRPC call arrived, before tonic read its body (request extension, passed on by the
+/// translator to the request it makes): the validate guard answers 408 when the body took longer
+/// than the model's `input.body_timeout_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub std::time::Instant);
 
 /// A body that fails once its deadline, counted from the request's arrival, has passed before
 /// it ended. A body that has arrived whole never starts the timer.

@@ -228,6 +228,19 @@ impl ModelRepository {
             .unwrap_or_default()
     }
 
+    /// The longest body deadline (`input.body_timeout_ms`) of any version served, or the
+    /// default when none is: what a request's body may take before its model is known (gRPC).
+    pub fn longest_body_timeout(&self) -> std::time::Duration {
+        let ms = self
+            .read()
+            .values()
+            .flat_map(|s| s.versions.iter())
+            .map(|m| m.policy.input.body_timeout_ms)
+            .max()
+            .unwrap_or(crate::policy::DEFAULT_BODY_TIMEOUT_MS);
+        std::time::Duration::from_millis(ms)
+    }
+
     /// Names of the served models, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.read().keys().cloned().collect();

@@ -272,15 +272,15 @@ impl Gateway {
     /// The guard order, outside in, is documented in the crate root.
     pub fn router(&self) -> Router {
         let models = self.model_stack();
-        // gRPC bodies are read by tonic before the guards: they get their deadline here, and
-        // the calls refused before the guards their audit entries.
+        // gRPC bodies are read by tonic before the guards: they get their deadline here (see
+        // `deadline`), and the calls refused before the guards their audit entries.
+        let repo = self.models.clone();
         let grpc = ServiceBuilder::new()
-            .map_request(|req: axum::extract::Request| {
-                req.map(|b| {
-                    Body::new(
-                        DeadlineBody::new(b, deadline::BODY_DEADLINE).map_err(deadline::for_grpc),
-                    )
-                })
+            .map_request(move |mut req: axum::extract::Request| {
+                req.extensions_mut()
+                    .insert(deadline::Arrived(std::time::Instant::now()));
+                let limit = repo.longest_body_timeout();
+                req.map(|b| Body::new(DeadlineBody::new(b, limit).map_err(deadline::for_grpc)))
             })
             .layer(GuardLayer(AuditUnreached::new(
                 self.audit.clone(),

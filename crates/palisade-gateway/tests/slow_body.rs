@@ -1,6 +1,6 @@
 //! A client that sends its headers and then stalls its body is answered 408 once the model's
 //! `input.body_timeout_ms` runs out, the connection is closed, the refusal is audited, and the
-//! gateway goes on serving.
+//! gateway goes on serving. A gRPC body is held to its own model's deadline too.
 
 mod common;
 
@@ -46,5 +46,117 @@ async fn a_stalled_body_is_answered_408_when_the_policy_s_wait_runs_out() {
         .filter(|e| e["status"] == 408)
         .count();
     assert_eq!(refused, 1);
+    s.stop().await;
+}
+
+/// Sends a gRPC infer call to `model` over HTTP/2 whose message arrives in two halves `pause`
+/// apart; returns the call's `grpc-status` and `grpc-message`.
+async fn grpc_infer_slowly(
+    addr: std::net::SocketAddr,
+    model: &str,
+    auth: &str,
+    pause: Duration,
+) -> (String, String) {
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+    use http_body_util::channel::Channel;
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use palisade_gateway::grpc::inference::ModelInferRequest;
+    use palisade_gateway::grpc::inference::model_infer_request::InferInputTensor;
+    use tonic_prost::prost::Message as _;
+
+    let message = ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 1, 2, 2],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![
+            [0.1f32, 0.2, 0.3, 0.4]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake::<_, _, Channel<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (mut tx, body) = Channel::<Bytes>::new(2);
+    let req = axum::http::Request::post(format!(
+        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", auth)
+    .body(body)
+    .unwrap();
+    let sent = tokio::spawn(h2.send_request(req));
+    let half = frame.len() / 2;
+    tx.send_data(Bytes::copy_from_slice(&frame[..half]))
+        .await
+        .unwrap();
+    tokio::time::sleep(pause).await;
+    // The server may have answered already; the rest then has nowhere to go.
+    let _ = tx
+        .send(Frame::data(Bytes::copy_from_slice(&frame[half..])))
+        .await;
+    drop(tx);
+    let resp = sent.await.unwrap().unwrap();
+    let (parts, body) = resp.into_parts();
+    let trailers = body
+        .collect()
+        .await
+        .ok()
+        .and_then(|c| c.trailers().cloned())
+        .unwrap_or_default();
+    let get = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    // grpc-message is percent-encoded; the messages here have no other escapes than spaces.
+    (get("grpc-status"), get("grpc-message").replace("%20", " "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_body_is_held_to_its_model_s_deadline() {
+    let s = start().await;
+    let policy = format!("{LIN_POLICY}body_timeout_ms = 300\n");
+    s.models.deploy(served("quick", "1", &policy)).unwrap();
+    let quick = query_auth(&s, "quick");
+    let lin = bearer(&s.query);
+    let pause = Duration::from_millis(600);
+
+    // 600 ms is within "lin"'s 30 s: served. Past "quick"'s 300 ms: DEADLINE_EXCEEDED (4).
+    let (code, message) = grpc_infer_slowly(s.addr, "lin", &lin, pause).await;
+    assert_eq!(code, "0", "{message}");
+    let (code, message) = grpc_infer_slowly(s.addr, "quick", &quick, pause).await;
+    assert_eq!(code, "4", "{message}");
+    assert!(message.contains("300 ms"), "{message}");
+
+    // Audited by the guards, as a REST body past its deadline is.
+    let n = s.state.audit.size().unwrap();
+    let last: serde_json::Value =
+        serde_json::from_slice(&s.state.audit.entry(n - 1).unwrap().unwrap()).unwrap();
+    assert_eq!(last["status"], 408, "{last}");
+    assert_eq!(last["decision"], "denied:validate", "{last}");
+    assert_eq!(last["method"], "GRPC ModelInfer", "{last}");
     s.stop().await;
 }

@@ -84,6 +84,9 @@ impl GrpcGateway {
             }
         }
         req.extensions_mut().insert(Via(rpc));
+        if let Some(a) = call.extensions().get::<crate::deadline::Arrived>() {
+            req.extensions_mut().insert(*a);
+        }
         // From here the model stack's audit guard records the call.
         if let Some(r) = call.extensions().get::<audit::Reached>() {
             r.mark();
@@ -118,6 +121,7 @@ fn status_of(status: StatusCode, headers: &axum::http::HeaderMap, body: &[u8]) -
         StatusCode::UNAUTHORIZED => Code::Unauthenticated,
         StatusCode::FORBIDDEN => Code::PermissionDenied,
         StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::REQUEST_TIMEOUT => Code::DeadlineExceeded,
         StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
         StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
         _ => Code::Internal,

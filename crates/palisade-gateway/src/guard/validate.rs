@@ -1,7 +1,8 @@
 //! Input validation: untrusted bytes in, a typed batch out, or a 4xx that says what is wrong.
 //!
 //! For infer requests, in order: the model exists (404); the body arrives within the policy's
-//! `body_timeout_ms` (408, and the connection closed) and fits its `max_body_bytes`, before and
+//! `body_timeout_ms` (408, and the connection closed; a gRPC call's body, read before its model
+//! was known, is held to it from when the call [`Arrived`]) and fits its `max_body_bytes`, before and
 //! after `gzip`/`deflate` decompression (413; other encodings 415);
 //! it is a well-formed OIP request, JSON or binary extension, whose sizes add up (400); it has
 //! the model's one input, with dtype FP32 and shape `[N, ...input_shape]`, `1 ≤ N ≤ max_batch`
@@ -22,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Guard, InputDigest, Next, ServedVersion, ValidatedInfer, call_next, call_next_meanwhile, reject,
 };
-use crate::deadline::{BodyTimedOut, DeadlineBody};
+use crate::deadline::{Arrived, BodyTimedOut, DeadlineBody};
 use crate::hexfmt;
 use crate::model::{ModelRepository, ServedModel};
 use crate::oip::{self, InferRequest, ModelAction, Target, target_of};
@@ -276,9 +277,15 @@ impl Guard for Validate {
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let wait = Duration::from_millis(model.policy.input.body_timeout_ms);
+        // A gRPC call's body was read before its model was known (`deadline`).
+        if let Some(Arrived(t)) = req.extensions().get::<Arrived>()
+            && t.elapsed() > wait
+        {
+            return too_slow(model.policy.input.body_timeout_ms);
+        }
         let (mut parts, body) = req.into_parts();
         // A body already received is read at once and starts no timer.
-        let wait = Duration::from_millis(model.policy.input.body_timeout_ms);
         let body = Body::new(DeadlineBody::new(body, wait));
         let bytes = match read_body(body, encoding.as_deref(), limit).await {
             Ok(b) => b,
