@@ -136,14 +136,20 @@ impl Guard for AuditUnreached {
             output_sha256: None,
             latency_us: started.elapsed().as_micros() as u64,
         };
-        let mut resp = match crate::guard::audit::append(&*self.log, &self.metrics, &record).await {
-            Some(_) => resp,
-            None => tonic::Status::unavailable(
-                "the audit log is unavailable; the request was not served",
-            )
-            .into_http::<Body>(),
-        };
-        resp.extensions_mut().insert(Decision::Denied(GUARD));
-        resp
+        match crate::guard::audit::append(&*self.log, &self.metrics, &record).await {
+            Some(_) => {
+                let mut resp = resp;
+                resp.extensions_mut().insert(Decision::Denied(GUARD));
+                resp
+            }
+            None => {
+                let mut r = tonic::Status::unavailable(
+                    "the audit log is unavailable; the request was not served",
+                )
+                .into_http::<Body>();
+                r.extensions_mut().insert(Decision::Error);
+                r
+            }
+        }
     }
 }
