@@ -213,9 +213,6 @@ fn entries_from(s: &Server, from: u64) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_refused_before_the_guards_are_audited_too() {
-    use http_body_util::{BodyExt as _, Full};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
     let s = start().await;
     let mut c = client(&s).await;
     let x = [0.1f32, 0.9, 0.3, 0.4];
@@ -228,30 +225,11 @@ async fn grpc_calls_refused_before_the_guards_are_audited_too() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     // A message that is not protobuf, sent by hand: tonic refuses it.
-    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake::<_, _, Full<bytes::Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
-    let req = axum::http::Request::post(format!(
-        "http://{}/inference.GRPCInferenceService/ModelInfer",
-        s.addr
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("authorization", format!("Bearer {}", s.admin.key))
-    .body(Full::new(frame))
-    .unwrap();
-    let resp = h2.send_request(req).await.unwrap();
-    let status = resp.headers().get("grpc-status").cloned();
-    let _ = resp.into_body().collect().await;
+    let garbage = http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&[0xff; 3])));
+    let (status, message) = grpc_raw(s.addr, &bearer(&s.admin), garbage).await;
     assert!(
-        status.is_some_and(|v| v != "0"),
-        "a garbage message was not refused"
+        !status.is_empty() && status != "0",
+        "a garbage message was not refused: {status} {message}"
     );
 
     // A call that reaches the guards is recorded once, by them; the health calls not at all.

@@ -58,10 +58,8 @@ async fn grpc_infer_slowly(
     pause: Duration,
 ) -> (String, String) {
     use bytes::Bytes;
-    use http_body_util::BodyExt as _;
     use http_body_util::channel::Channel;
     use hyper::body::Frame;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use palisade_gateway::grpc::inference::ModelInferRequest;
     use palisade_gateway::grpc::inference::model_infer_request::InferInputTensor;
     use tonic_prost::prost::Message as _;
@@ -83,28 +81,12 @@ async fn grpc_infer_slowly(
         ..Default::default()
     }
     .encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
-
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake::<_, _, Channel<Bytes>>(
-        TokioExecutor::new(),
-        TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let frame = grpc_frame(&message);
     let (mut tx, body) = Channel::<Bytes>::new(2);
-    let req = axum::http::Request::post(format!(
-        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("authorization", auth)
-    .body(body)
-    .unwrap();
-    let sent = tokio::spawn(h2.send_request(req));
+    let call = tokio::spawn({
+        let auth = auth.to_string();
+        async move { grpc_raw(addr, &auth, body).await }
+    });
     let half = frame.len() / 2;
     tx.send_data(Bytes::copy_from_slice(&frame[..half]))
         .await
@@ -115,24 +97,7 @@ async fn grpc_infer_slowly(
         .send(Frame::data(Bytes::copy_from_slice(&frame[half..])))
         .await;
     drop(tx);
-    let resp = sent.await.unwrap().unwrap();
-    let (parts, body) = resp.into_parts();
-    let trailers = body
-        .collect()
-        .await
-        .ok()
-        .and_then(|c| c.trailers().cloned())
-        .unwrap_or_default();
-    let get = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .or_else(|| trailers.get(name))
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
-    // grpc-message is percent-encoded; the messages here have no other escapes than spaces.
-    (get("grpc-status"), get("grpc-message").replace("%20", " "))
+    call.await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

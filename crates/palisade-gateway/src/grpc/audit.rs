@@ -114,7 +114,7 @@ impl Guard for AuditUnreached {
         let uri = req.uri().clone();
         // Kept (tonic takes the request) and looked up only if the call is refused here.
         let presented = presented_key(req.headers()).map(str::to_owned);
-        let resp = call_next(next, req).await;
+        let mut resp = call_next(next, req).await;
         if reached.get() {
             return resp;
         }
@@ -138,7 +138,6 @@ impl Guard for AuditUnreached {
         };
         match crate::guard::audit::append(&*self.log, &self.metrics, &record).await {
             Some(_) => {
-                let mut resp = resp;
                 resp.extensions_mut().insert(Decision::Denied(GUARD));
                 resp
             }

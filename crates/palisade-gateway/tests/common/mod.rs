@@ -328,6 +328,58 @@ pub async fn finish_stalled(mut conn: tokio::net::TcpStream, rest: &[u8]) -> Rep
     }
 }
 
+/// A gRPC `ModelInfer` call sent by hand over HTTP/2 with the key `auth` (`Bearer …`) and the
+/// request body `body` (gRPC-framed, see [`grpc_frame`], or not: whatever the test needs);
+/// returns the call's `grpc-status` and `grpc-message` (percent-decoded for spaces, the only
+/// escapes the gateway's messages use), from the headers or the trailers.
+pub async fn grpc_raw<B>(addr: SocketAddr, auth: &str, body: B) -> (String, String)
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake::<_, _, B>(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = axum::http::Request::post(format!(
+        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", auth)
+    .body(body)
+    .unwrap();
+    let (parts, body) = h2.send_request(req).await.unwrap().into_parts();
+    let trailers = body
+        .collect()
+        .await
+        .ok()
+        .and_then(|c| c.trailers().cloned())
+        .unwrap_or_default();
+    let get = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .or_else(|| trailers.get(name))
+            .map(|v| v.to_str().unwrap().replace("%20", " "))
+            .unwrap_or_default()
+    };
+    (get("grpc-status"), get("grpc-message"))
+}
+
+/// `message` as one gRPC length-prefixed frame (not compressed).
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
 /// A JSON infer body for `n` samples of the linear model.
 pub fn json_infer(values: &[f32], n: usize) -> Vec<u8> {
     serde_json::json!({
