@@ -12,8 +12,9 @@
 //! threads are idle. Nor is an admitted request refused later for a full queue, which would
 //! come after the rate limiter charged it: the infer service queues it whatever the queue holds
 //! by then ([`InferencePool::run_admitted`]). The queue's limit is therefore a bound on what
-//! admission lets in, which the queue itself can pass for a moment, by the requests admitted
-//! before it filled that reach their model call after.
+//! admission lets in, which the queue itself can pass by as many requests as were admitted
+//! before it filled and reach their model call after: nothing but the requests in flight bounds
+//! that (many slow uploads admitted while the queue was short, finished together, all go in).
 
 use std::sync::Arc;
 
