@@ -35,7 +35,10 @@ pub struct ServeOptions {
     /// How long a connection that has had requests may stay open with none in progress, whatever
     /// its protocol; past it the server asks it to close (HTTP/2: `GOAWAY`, which clients answer
     /// by reconnecting when they next need to) and drops it one `header_read_timeout` later if
-    /// it has not. HTTP/1 connections are usually closed sooner, by the header deadline.
+    /// it has not, unless a request is then in progress on it (it is left to end). A request is
+    /// in progress from its headers until its response's body has been sent, except that a
+    /// response the client has stopped reading for this long no longer counts. HTTP/1
+    /// connections are usually closed sooner, by the header deadline.
     pub idle_timeout: Duration,
 }
 
@@ -104,9 +107,8 @@ pub async fn serve_with(
             let request = Request::begin(counted.clone());
             let call = router.clone().oneshot(req);
             async move {
-                let response = call.await;
-                drop(request);
-                response
+                let response = call.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| request.answered(body)))
             }
         });
         let conn = builder
@@ -132,7 +134,16 @@ pub async fn serve_with(
                     }
                     () = &mut due => {
                         if closing {
-                            break;
+                            // Asked to close a header deadline ago: dropped unless a request is
+                            // still in progress on it (one sent as the request to close crossed
+                            // it, or a response still being read), which is left to end.
+                            if !activity.in_progress(&options) {
+                                break;
+                            }
+                            due.as_mut().reset(
+                                tokio::time::Instant::now() + options.header_read_timeout,
+                            );
+                            continue;
                         }
                         match activity.idle_until(&options) {
                             Some(next) => due.as_mut().reset(next),
@@ -170,57 +181,122 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// What a connection is doing, for its idle deadlines: requests in progress, and when the last
-/// one ended.
+/// What a connection is doing, for its idle deadlines: requests being handled, responses being
+/// sent, and when a request last showed signs of life.
+///
+/// A response whose body has not been asked for more for an idle timeout is stalled (hyper asks
+/// a body for its next frame only when it can write it, so a client that stops reading stops
+/// the asking): a connection with only such responses is idle, as one with nothing in it, so a
+/// client that never reads what it asked for cannot hold a connection for good.
 struct Activity {
     opened: tokio::time::Instant,
-    /// Requests begun and not yet answered.
-    active: AtomicUsize,
-    /// Milliseconds from `opened` to the end of the last request, plus one; 0: none yet.
-    last_end: AtomicU64,
+    /// Requests begun whose response is not ready yet.
+    handling: AtomicUsize,
+    /// Responses whose body has not ended yet.
+    sending: AtomicUsize,
+    /// Milliseconds from `opened` to the last sign of life (a response ready, a frame of a body
+    /// sent, a request's end), plus one; 0: none yet.
+    progress: AtomicU64,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
             opened: tokio::time::Instant::now(),
-            active: AtomicUsize::new(0),
-            last_end: AtomicU64::new(0),
+            handling: AtomicUsize::new(0),
+            sending: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
         }
+    }
+
+    fn progressed(&self) {
+        let since = self.opened.elapsed().as_millis() as u64 + 1;
+        self.progress.fetch_max(since, Ordering::AcqRel);
     }
 
     /// `None` when the connection has been idle past its deadline (the first request's or, once
     /// it has had one, the idle timeout); otherwise when to look again.
     fn idle_until(&self, options: &ServeOptions) -> Option<tokio::time::Instant> {
         let now = tokio::time::Instant::now();
-        if self.active.load(Ordering::Acquire) > 0 {
+        if self.handling.load(Ordering::Acquire) > 0 {
             return Some(now + options.idle_timeout);
         }
-        let due = match self.last_end.load(Ordering::Acquire) {
+        let due = match self.progress.load(Ordering::Acquire) {
             0 => self.opened + options.header_read_timeout,
-            end => self.opened + Duration::from_millis(end - 1) + options.idle_timeout,
+            last => self.opened + Duration::from_millis(last - 1) + options.idle_timeout,
         };
         (due > now).then_some(due)
     }
+
+    /// Whether a request is being handled, or a response sent and not stalled.
+    fn in_progress(&self, options: &ServeOptions) -> bool {
+        self.handling.load(Ordering::Acquire) > 0
+            || (self.sending.load(Ordering::Acquire) > 0 && self.idle_until(options).is_some())
+    }
 }
 
-/// A request in progress on a connection, from its headers until its response is ready (or it
+/// A request being handled on a connection, from its headers until its response is ready (or it
 /// is dropped: a reset HTTP/2 stream).
 struct Request(Arc<Activity>);
 
 impl Request {
     fn begin(activity: Arc<Activity>) -> Self {
-        activity.active.fetch_add(1, Ordering::AcqRel);
+        activity.handling.fetch_add(1, Ordering::AcqRel);
         Request(activity)
+    }
+
+    /// The response is ready: the request is now a response being sent, until `body` ends.
+    fn answered(self, body: axum::body::Body) -> Sending {
+        self.0.sending.fetch_add(1, Ordering::AcqRel);
+        Sending {
+            body,
+            activity: self.0.clone(),
+        }
+        // `self` drops here: no longer handled.
     }
 }
 
 impl Drop for Request {
     fn drop(&mut self) {
-        let a = &self.0;
-        let since = a.opened.elapsed().as_millis() as u64 + 1;
-        a.last_end.fetch_max(since, Ordering::AcqRel);
-        a.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.progressed();
+        self.0.handling.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body being sent, counted on its connection until it ends or is dropped.
+struct Sending {
+    body: axum::body::Body,
+    activity: Arc<Activity>,
+}
+
+impl hyper::body::Body for Sending {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if polled.is_ready() {
+            self.activity.progressed();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.activity.progressed();
+        self.activity.sending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -322,13 +398,100 @@ mod tests {
             .unwrap();
     }
 
+    /// A body of `chunks` chunks of `size` bytes, `every` apart (forever if `chunks` is `None`,
+    /// or until the connection is gone).
+    fn trickled(chunks: Option<usize>, size: usize, every: Duration) -> axum::body::Body {
+        let (mut tx, body) =
+            http_body_util::channel::Channel::<axum::body::Bytes, std::convert::Infallible>::new(1);
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while chunks.is_none_or(|n| sent < n) {
+                if tx.send_data(vec![b'x'; size].into()).await.is_err() {
+                    return;
+                }
+                sent += 1;
+                tokio::time::sleep(every).await;
+            }
+        });
+        axum::body::Body::new(body)
+    }
+
+    async fn serve_on_loopback(router: Router, options: ServeOptions) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_with(
+            listener,
+            router,
+            std::future::pending(),
+            options,
+        ));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_response_still_being_read_keeps_its_connection_and_a_stalled_one_does_not() {
+        use axum::body::Body;
+        use http_body_util::BodyExt as _;
+
+        let router = Router::new()
+            .route(
+                "/slow",
+                get(|| async { trickled(Some(6), 10, Duration::from_millis(200)) }),
+            )
+            .route(
+                "/endless",
+                get(|| async { trickled(None, 64 << 10, Duration::ZERO) }),
+            );
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(300),
+        };
+        let addr = serve_on_loopback(router, options).await;
+
+        // HTTP/2: a body sent over 1.2 s, four idle timeouts, arrives whole (the connection
+        // is not taken for idle while it is sent, nor dropped under it).
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = axum::http::Request::get(format!("http://{addr}/slow"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.expect("the whole body");
+        assert_eq!(body.to_bytes().len(), 60);
+
+        // HTTP/1: a client that asks for an endless body and stops reading it has its
+        // connection closed (what it then reads ends), not held for as long as it likes.
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stalled
+            .write_all(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut buf = vec![0u8; 1 << 16];
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(n) = stalled.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            drained.is_ok(),
+            "a client that stopped reading kept its connection"
+        );
+    }
+
     #[tokio::test]
     async fn an_http2_connection_left_idle_is_closed_and_a_busy_one_is_not() {
         use axum::body::Body;
         use http_body_util::BodyExt as _;
 
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let router = Router::new().route("/", get(|| async { "ok" })).route(
             "/slow",
             get(|| async {
@@ -340,12 +503,7 @@ mod tests {
             header_read_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_millis(300),
         };
-        tokio::spawn(serve_with(
-            listener,
-            router,
-            std::future::pending(),
-            options,
-        ));
+        let addr = serve_on_loopback(router, options).await;
 
         let get_on = |sender: &mut hyper::client::conn::http2::SendRequest<Body>, path: &str| {
             let req = axum::http::Request::get(format!("http://{addr}{path}"))
