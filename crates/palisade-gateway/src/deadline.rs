@@ -2,11 +2,12 @@
 //! guard wraps a REST body in it with the model policy's `input.body_timeout_ms` (a body that
 //! fails it is answered 408). tonic reads a gRPC message whole (up to its 4 MiB limit) before
 //! the model is known, so the router wraps every gRPC body in it with the longest deadline of
-//! any model served ([`crate::ModelRepository::longest_body_timeout`]; a body that fails it is
-//! answered `DEADLINE_EXCEEDED`, see [`for_grpc`], and audited by [`crate::grpc::audit`]) and
-//! notes when the call [`Arrived`]; once the call names its model, the validate guard holds
-//! that time against the model's own deadline. Without them a client, even one without a key,
-//! could stall a body and hold its request for as long as it liked.
+//! any model served, or the shortest for a caller without a valid key ([`grpc_body_limit`]; a
+//! body that fails it is answered `DEADLINE_EXCEEDED`, see [`for_grpc`], and audited by
+//! [`crate::grpc::audit`]) and notes when the call [`Arrived`]; the translator turns that into
+//! how long the body took ([`BodyTook`]), which the validate guard holds against the model's own
+//! deadline once the call names its model. Without them a client, even one without a key, could
+//! stall a body and hold its request for as long as it liked.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -16,11 +17,41 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use hyper::body::{Frame, SizeHint};
 
-/// When a gRPC call arrived, before tonic read its body (request extension, passed on by the
-/// translator to the request it makes): the validate guard answers 408 when the body took longer
-/// than the model's `input.body_timeout_ms`.
+/// When a gRPC call arrived, before tonic read its body (request extension).
 #[derive(Debug, Clone, Copy)]
 pub struct Arrived(pub std::time::Instant);
+
+/// How long a gRPC call's message took to arrive, from [`Arrived`] to its decoding (request
+/// extension the translator puts on the request it makes): the validate guard answers 408 when
+/// it is longer than the model's `input.body_timeout_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTook(pub Duration);
+
+/// How long a gRPC call's body may take, before its model is known: the longest
+/// `input.body_timeout_ms` of any model served when the call presents a valid key, else the
+/// shortest, and at most the default. A call without a valid key is refused once its message is
+/// read, whatever the model, so it gets no more than any model grants: REST refuses such a
+/// request before reading its body at all, and a model's long deadline is for its own callers.
+pub fn grpc_body_limit(
+    models: &crate::ModelRepository,
+    keys: &dyn crate::keys::KeyStore,
+    headers: &axum::http::HeaderMap,
+) -> Duration {
+    let (shortest, longest) = models.body_timeouts();
+    let keyless = shortest.min(Duration::from_millis(
+        crate::policy::DEFAULT_BODY_TIMEOUT_MS,
+    ));
+    if keyless == longest {
+        return longest;
+    }
+    let valid = crate::guard::authn::presented_key(headers).is_some_and(|k| {
+        matches!(
+            keys.authenticate(k, crate::now_ms()),
+            Ok(crate::keys::Authn::Valid(_))
+        )
+    });
+    if valid { longest } else { keyless }
+}
 
 /// A body that fails once its deadline, counted from the request's arrival, has passed before
 /// it ended. A body that has arrived whole never starts the timer.

@@ -274,12 +274,12 @@ impl Gateway {
         let models = self.model_stack();
         // gRPC bodies are read by tonic before the guards: they get their deadline here (see
         // `deadline`), and the calls refused before the guards their audit entries.
-        let repo = self.models.clone();
+        let (repo, keys) = (self.models.clone(), self.keys.clone());
         let grpc = ServiceBuilder::new()
             .map_request(move |mut req: axum::extract::Request| {
                 req.extensions_mut()
                     .insert(deadline::Arrived(std::time::Instant::now()));
-                let limit = repo.longest_body_timeout();
+                let limit = deadline::grpc_body_limit(&repo, &*keys, req.headers());
                 req.map(|b| Body::new(DeadlineBody::new(b, limit).map_err(deadline::for_grpc)))
             })
             .layer(GuardLayer(AuditUnreached::new(

@@ -188,27 +188,10 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
     assert_eq!(m.inputs[0].shape, vec![-1, 1, 2, 2]);
 
     // Everything went through the audit log.
-    let n = {
-        use palisade_gateway::audit::AuditLog as _;
-        s.state.audit.size().unwrap()
-    };
-    assert_eq!(n, 13); // nine above, and the four to the limited model
-    let e0 = {
-        use palisade_gateway::audit::AuditLog as _;
-        s.state.audit.entry(0).unwrap().unwrap()
-    };
-    let v: serde_json::Value = serde_json::from_slice(&e0).unwrap();
-    assert_eq!(v["method"], "GRPC ModelInfer");
+    let entries = s.audit_entries(0);
+    assert_eq!(entries.len(), 13); // nine above, and the four to the limited model
+    assert_eq!(entries[0]["method"], "GRPC ModelInfer");
     s.stop().await;
-}
-
-/// The audit entries from `from` on, as JSON.
-fn entries_from(s: &Server, from: u64) -> Vec<serde_json::Value> {
-    use palisade_gateway::audit::AuditLog as _;
-    let n = s.state.audit.size().unwrap();
-    (from..n)
-        .map(|i| serde_json::from_slice(&s.state.audit.entry(i).unwrap().unwrap()).unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +221,7 @@ async fn grpc_calls_refused_before_the_guards_are_audited_too() {
         .unwrap();
     c.server_live(ServerLiveRequest {}).await.unwrap();
 
-    let got = entries_from(&s, 0);
+    let got = s.audit_entries(0);
     assert_eq!(got.len(), 3, "{got:#?}");
     for (e, key) in got[..2].iter().zip([&s.query, &s.admin]) {
         assert_eq!(e["decision"], "denied:grpc", "{e}");

@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::*;
 use ndarray::{Array2, ArrayViewD};
 use palisade_core::{Classifier, LinearClassifier, ModelError, ModelInfo};
-use palisade_gateway::audit::AuditLog as _;
 use palisade_gateway::pool::InferencePool;
 
 /// The test's linear model, whose calls wait until the gate opens.
@@ -137,10 +136,11 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
         "{text}"
     );
     // The refusal is in the audit log like any other.
-    let n = slow.s.state.audit.size().unwrap();
-    let decisions: Vec<String> = (0..n)
-        .filter_map(|i| slow.s.state.audit.entry(i).unwrap())
-        .map(|e| serde_json::from_slice::<serde_json::Value>(&e).unwrap()["decision"].to_string())
+    let decisions: Vec<String> = slow
+        .s
+        .audit_entries(0)
+        .iter()
+        .map(|e| e["decision"].to_string())
         .collect();
     assert_eq!(
         decisions

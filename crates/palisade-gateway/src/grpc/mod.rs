@@ -84,8 +84,9 @@ impl GrpcGateway {
             }
         }
         req.extensions_mut().insert(Via(rpc));
-        if let Some(a) = call.extensions().get::<crate::deadline::Arrived>() {
-            req.extensions_mut().insert(*a);
+        if let Some(crate::deadline::Arrived(t)) = call.extensions().get() {
+            req.extensions_mut()
+                .insert(crate::deadline::BodyTook(t.elapsed()));
         }
         // From here the model stack's audit guard records the call.
         if let Some(r) = call.extensions().get::<audit::Reached>() {

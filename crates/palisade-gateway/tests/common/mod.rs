@@ -129,6 +129,22 @@ pub async fn start_on(
 }
 
 impl Server {
+    /// The audit log's entries from `from` on, as JSON.
+    pub fn audit_entries(&self, from: u64) -> Vec<serde_json::Value> {
+        use palisade_gateway::audit::AuditLog as _;
+        let n = self.state.audit.size().unwrap();
+        (from..n)
+            .map(|i| serde_json::from_slice(&self.state.audit.entry(i).unwrap().unwrap()).unwrap())
+            .collect()
+    }
+
+    /// The audit log's last entry, as JSON.
+    pub fn last_audit_entry(&self) -> serde_json::Value {
+        use palisade_gateway::audit::AuditLog as _;
+        let n = self.state.audit.size().unwrap();
+        self.audit_entries(n - 1).remove(0)
+    }
+
     /// Stops the server; returns the state folder (deleted when dropped).
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.shutdown.take() {
