@@ -7,6 +7,8 @@
 //! WebSockets, no CONNECT): nothing here uses them.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -36,9 +38,10 @@ pub struct ServeOptions {
     /// its protocol; past it the server asks it to close (HTTP/2: `GOAWAY`, which clients answer
     /// by reconnecting when they next need to) and drops it one `header_read_timeout` later if
     /// it has not, unless a request is then in progress on it (it is left to end). A request is
-    /// in progress from its headers until its response's body has been sent, except that a
-    /// response the client has stopped reading for this long no longer counts. HTTP/1
-    /// connections are usually closed sooner, by the header deadline.
+    /// in progress from its headers until the socket has taken the last of its response: a
+    /// response the client reads slowly keeps its connection, one it has stopped reading for
+    /// this long does not. HTTP/1 connections are usually closed sooner, by the header
+    /// deadline.
     pub idle_timeout: Duration,
 }
 
@@ -107,12 +110,17 @@ pub async fn serve_with(
             let request = Request::begin(counted.clone());
             let call = router.clone().oneshot(req);
             async move {
-                let response = call.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| request.answered(body)))
+                let response = call.await;
+                drop(request);
+                response
             }
         });
+        let watched = Watched {
+            tcp,
+            activity: activity.clone(),
+        };
         let conn = builder
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(TokioIo::new(watched), service)
             .into_owned();
         let mut stop = stop_rx.clone();
         let open = open_rx.clone();
@@ -137,7 +145,7 @@ pub async fn serve_with(
                             // Asked to close a header deadline ago: dropped unless a request is
                             // still in progress on it (one sent as the request to close crossed
                             // it, or a response still being read), which is left to end.
-                            if !activity.in_progress(&options) {
+                            if !activity.busy(&options) {
                                 break;
                             }
                             due.as_mut().reset(
@@ -181,22 +189,23 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// What a connection is doing, for its idle deadlines: requests being handled, responses being
-/// sent, and when a request last showed signs of life.
+/// What a connection is doing, for its idle deadlines: requests being handled, when the last was
+/// answered, and when bytes were last written to the client.
 ///
-/// A response whose body has not been asked for more for an idle timeout is stalled (hyper asks
-/// a body for its next frame only when it can write it, so a client that stops reading stops
-/// the asking): a connection with only such responses is idle, as one with nothing in it, so a
-/// client that never reads what it asked for cannot hold a connection for good.
+/// A response is sent for as long as the socket takes its bytes: hyper lets go of a body once it
+/// has buffered the body's last frame, long before a slow reader has them all, so what counts
+/// is the socket, not the body. A client that stops reading stops the writes, and its connection
+/// is then idle like an empty one: it cannot hold the connection for good. Any write counts,
+/// HTTP/2 `PING` answers too: a client that pings keeps its connection, as one sending a cheap
+/// request now and then would.
 struct Activity {
     opened: tokio::time::Instant,
     /// Requests begun whose response is not ready yet.
     handling: AtomicUsize,
-    /// Responses whose body has not ended yet.
-    sending: AtomicUsize,
-    /// Milliseconds from `opened` to the last sign of life (a response ready, a frame of a body
-    /// sent, a request's end), plus one; 0: none yet.
-    progress: AtomicU64,
+    /// When the last request's response was ready: see [`Activity::stamp`].
+    answered: AtomicU64,
+    /// When bytes were last written to the socket: see [`Activity::stamp`].
+    written: AtomicU64,
 }
 
 impl Activity {
@@ -204,34 +213,51 @@ impl Activity {
         Activity {
             opened: tokio::time::Instant::now(),
             handling: AtomicUsize::new(0),
-            sending: AtomicUsize::new(0),
-            progress: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         }
     }
 
-    fn progressed(&self) {
+    /// Notes now in `at`, as milliseconds from `opened` plus one (0: never).
+    fn stamp(&self, at: &AtomicU64) {
         let since = self.opened.elapsed().as_millis() as u64 + 1;
-        self.progress.fetch_max(since, Ordering::AcqRel);
+        at.fetch_max(since, Ordering::AcqRel);
+    }
+
+    fn when(&self, at: &AtomicU64) -> Option<tokio::time::Instant> {
+        match at.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(self.opened + Duration::from_millis(t - 1)),
+        }
     }
 
     /// `None` when the connection has been idle past its deadline (the first request's or, once
-    /// it has had one, the idle timeout); otherwise when to look again.
+    /// it has had one, the idle timeout since its last answer or write, whichever is later);
+    /// otherwise when to look again.
     fn idle_until(&self, options: &ServeOptions) -> Option<tokio::time::Instant> {
         let now = tokio::time::Instant::now();
         if self.handling.load(Ordering::Acquire) > 0 {
             return Some(now + options.idle_timeout);
         }
-        let due = match self.progress.load(Ordering::Acquire) {
-            0 => self.opened + options.header_read_timeout,
-            last => self.opened + Duration::from_millis(last - 1) + options.idle_timeout,
+        // Before its first request a connection's writes (HTTP/2's opening) do not count.
+        let due = match self.when(&self.answered) {
+            None => self.opened + options.header_read_timeout,
+            Some(answered) => {
+                let written = self.when(&self.written).unwrap_or(answered);
+                answered.max(written) + options.idle_timeout
+            }
         };
         (due > now).then_some(due)
     }
 
-    /// Whether a request is being handled, or a response sent and not stalled.
-    fn in_progress(&self, options: &ServeOptions) -> bool {
+    /// For a connection asked to close one header deadline ago: whether a request is being
+    /// handled on it or it has written in the last half of that wait (its first half has the
+    /// request to close itself, an HTTP/2 `GOAWAY`).
+    fn busy(&self, options: &ServeOptions) -> bool {
         self.handling.load(Ordering::Acquire) > 0
-            || (self.sending.load(Ordering::Acquire) > 0 && self.idle_until(options).is_some())
+            || self
+                .when(&self.written)
+                .is_some_and(|last| last.elapsed() < options.header_read_timeout / 2)
     }
 }
 
@@ -244,59 +270,70 @@ impl Request {
         activity.handling.fetch_add(1, Ordering::AcqRel);
         Request(activity)
     }
-
-    /// The response is ready: the request is now a response being sent, until `body` ends.
-    fn answered(self, body: axum::body::Body) -> Sending {
-        self.0.sending.fetch_add(1, Ordering::AcqRel);
-        Sending {
-            body,
-            activity: self.0.clone(),
-        }
-        // `self` drops here: no longer handled.
-    }
 }
 
 impl Drop for Request {
     fn drop(&mut self) {
-        self.0.progressed();
+        self.0.stamp(&self.0.answered);
         self.0.handling.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-/// A response body being sent, counted on its connection until it ends or is dropped.
-struct Sending {
-    body: axum::body::Body,
+/// A connection's socket, noting each write that goes through on its [`Activity`].
+struct Watched {
+    tcp: tokio::net::TcpStream,
     activity: Arc<Activity>,
 }
 
-impl hyper::body::Body for Sending {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if polled.is_ready() {
-            self.activity.progressed();
+impl Watched {
+    fn noted(&self, written: &Poll<std::io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.stamp(&self.activity.written);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
     }
 }
 
-impl Drop for Sending {
-    fn drop(&mut self) {
-        self.activity.progressed();
-        self.activity.sending.fetch_sub(1, Ordering::AcqRel);
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.noted(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.noted(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 
@@ -485,6 +522,35 @@ mod tests {
             drained.is_ok(),
             "a client that stopped reading kept its connection"
         );
+    }
+
+    #[tokio::test]
+    async fn a_large_response_read_slowly_keeps_its_connection() {
+        // One frame, which hyper takes whole and lets go of at once: what keeps the connection
+        // is the socket taking its bytes, more than the kernel's buffers hold, over ~2 s.
+        const SIZE: usize = 32 << 20;
+        let router = Router::new().route(
+            "/big",
+            get(|| async { axum::body::Body::from(vec![b'x'; SIZE]) }),
+        );
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_millis(300),
+        };
+        let addr = serve_on_loopback(router, options).await;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let (mut got, mut buf) = (0, vec![0u8; 1 << 20]);
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(got > SIZE, "the connection was cut after {got} bytes");
     }
 
     #[tokio::test]
