@@ -1,56 +1,88 @@
 //! A deadline on a request's body, the one mechanism behind both body deadlines: the validate
 //! guard wraps a REST body in it with the model policy's `input.body_timeout_ms` (a body that
 //! fails it is answered 408). tonic reads a gRPC message whole (up to its 4 MiB limit) before
-//! the model is known, so the router wraps every gRPC body in it with the longest deadline of
-//! any model served, or the shortest for a caller without a valid key ([`grpc_body_limit`]; a
-//! body that fails it is answered `DEADLINE_EXCEEDED`, see [`for_grpc`], and audited by
-//! [`crate::grpc::audit`]) and notes when the call [`Arrived`]; the translator turns that into
-//! how long the body took ([`BodyTook`]), which the validate guard holds against the model's own
-//! deadline once the call names its model. Without them a client, even one without a key, could
-//! stall a body and hold its request for as long as it liked.
+//! the model is known, so the router wraps every gRPC body in it with the deadline the caller's
+//! key allows ([`grpc_body_limit`]; a body that fails it is answered `DEADLINE_EXCEEDED`, see
+//! [`for_grpc`], and audited by [`crate::grpc::audit`]) and a [`BodyClock`]; the translator
+//! turns the clock into how long the body took ([`BodyTook`]), which the validate guard holds
+//! against the model's own deadline once the call names its model. Without them a client, even
+//! one without a key, could stall a body and hold its request for as long as it liked.
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use hyper::body::{Frame, SizeHint};
 
-/// When a gRPC call arrived, before tonic read its body (request extension).
-#[derive(Debug, Clone, Copy)]
-pub struct Arrived(pub std::time::Instant);
+/// When a gRPC call arrived and when the last of its body's data came (request extension put by
+/// the router; the body's [`DeadlineBody`] winds it).
+#[derive(Debug, Clone)]
+pub struct BodyClock {
+    arrived: Instant,
+    /// Nanoseconds from `arrived` to the last data frame.
+    last_data: Arc<AtomicU64>,
+}
 
-/// How long a gRPC call's message took to arrive, from [`Arrived`] to its decoding (request
-/// extension the translator puts on the request it makes): the validate guard answers 408 when
-/// it is longer than the model's `input.body_timeout_ms`.
+impl BodyClock {
+    /// A clock started now.
+    pub fn start() -> Self {
+        BodyClock {
+            arrived: Instant::now(),
+            last_data: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn data_came(&self) {
+        let ns = self.arrived.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        self.last_data.fetch_max(ns, Ordering::AcqRel);
+    }
+
+    /// From the call's arrival to the last data its body has brought so far.
+    pub fn took(&self) -> Duration {
+        Duration::from_nanos(self.last_data.load(Ordering::Acquire))
+    }
+}
+
+/// How long a gRPC call's message took to arrive, from the call's arrival to the last of its
+/// data ([`BodyClock`]; request extension the translator puts on the request it makes): the
+/// validate guard answers 408 when it is longer than the model's `input.body_timeout_ms`.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTook(pub Duration);
 
+/// What a gRPC body may take when the caller may query no model served (no key, a forged,
+/// revoked or expired one, or one with other roles only): enough for a message sent with its
+/// headers, as every client does, and for the calls served without a key (`ServerLive`,
+/// `ServerReady`, `ServerMetadata`). REST refuses such a request before reading its body at all.
+pub const KEYLESS_BODY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a gRPC call's body may take, before its model is known: the longest
-/// `input.body_timeout_ms` of any model served when the call presents a valid key, else the
-/// shortest, and at most the default. A call without a valid key is refused once its message is
-/// read, whatever the model, so it gets no more than any model grants: REST refuses such a
-/// request before reading its body at all, and a model's long deadline is for its own callers.
+/// `input.body_timeout_ms` of the models the caller's key may query, or
+/// [`KEYLESS_BODY_TIMEOUT`] when it may query none. A model's long deadline is for its own
+/// callers. The key is looked up only when some model allows more than the keyless wait.
 pub fn grpc_body_limit(
     models: &crate::ModelRepository,
     keys: &dyn crate::keys::KeyStore,
     headers: &axum::http::HeaderMap,
 ) -> Duration {
-    let (shortest, longest) = models.body_timeouts();
-    let keyless = shortest.min(Duration::from_millis(
-        crate::policy::DEFAULT_BODY_TIMEOUT_MS,
-    ));
-    if keyless == longest {
-        return longest;
+    let keyless = match models.longest_body_timeout(|_| true) {
+        Some(longest) if longest > KEYLESS_BODY_TIMEOUT => KEYLESS_BODY_TIMEOUT,
+        // Nobody may take longer than the keyless wait: no need to look at the key.
+        Some(longest) => return longest,
+        None => return KEYLESS_BODY_TIMEOUT,
+    };
+    let Some(presented) = crate::guard::authn::presented_key(headers) else {
+        return keyless;
+    };
+    match keys.authenticate(presented, crate::now_ms()) {
+        Ok(crate::keys::Authn::Valid(key)) => models
+            .longest_body_timeout(|model| key.roles.iter().any(|r| r.allows_query(model)))
+            .unwrap_or(keyless),
+        _ => keyless,
     }
-    let valid = crate::guard::authn::presented_key(headers).is_some_and(|k| {
-        matches!(
-            keys.authenticate(k, crate::now_ms()),
-            Ok(crate::keys::Authn::Valid(_))
-        )
-    });
-    if valid { longest } else { keyless }
 }
 
 /// A body that fails once its deadline, counted from the request's arrival, has passed before
@@ -59,6 +91,7 @@ pub struct DeadlineBody {
     inner: Body,
     due: Pin<Box<tokio::time::Sleep>>,
     limit: Duration,
+    clock: Option<BodyClock>,
 }
 
 impl DeadlineBody {
@@ -68,6 +101,15 @@ impl DeadlineBody {
             inner,
             due: Box::pin(tokio::time::sleep(limit)),
             limit,
+            clock: None,
+        }
+    }
+
+    /// `inner`, due within `limit` from now, noting on `clock` when its data comes.
+    pub fn clocked(inner: Body, limit: Duration, clock: BodyClock) -> Self {
+        DeadlineBody {
+            clock: Some(clock),
+            ..DeadlineBody::new(inner, limit)
         }
     }
 }
@@ -97,6 +139,11 @@ impl hyper::body::Body for DeadlineBody {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if let (Some(Ok(f)), Some(clock)) = (&frame, &this.clock)
+                && f.is_data()
+            {
+                clock.data_came();
+            }
             return Poll::Ready(frame);
         }
         if this.due.as_mut().poll(cx).is_ready() {
@@ -155,6 +202,24 @@ mod tests {
         let whole = DeadlineBody::new(Body::from("abc"), Duration::from_millis(100));
         let bytes = whole.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"abc");
+    }
+
+    #[tokio::test]
+    async fn the_clock_stops_at_the_body_s_last_data_not_when_it_is_looked_at() {
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
+        let clock = BodyClock::start();
+        let body = DeadlineBody::clocked(Body::new(body), Duration::from_secs(10), clock.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send_data(Bytes::from_static(b"late")).await.unwrap();
+        });
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"late");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let took = clock.took();
+        assert!(
+            took >= Duration::from_millis(90) && took < Duration::from_millis(300),
+            "{took:?}"
+        );
     }
 
     #[tokio::test]

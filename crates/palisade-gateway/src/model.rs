@@ -228,21 +228,19 @@ impl ModelRepository {
             .unwrap_or_default()
     }
 
-    /// The shortest and the longest body deadline (`input.body_timeout_ms`) of any version
-    /// served, or the default twice when none is: what a request's body may take before its
-    /// model is known (gRPC, see [`crate::deadline::grpc_body_limit`]).
-    pub fn body_timeouts(&self) -> (std::time::Duration, std::time::Duration) {
-        let models = self.read();
-        let mut ms = models
-            .values()
-            .flat_map(|s| s.versions.iter())
-            .map(|m| m.policy.input.body_timeout_ms);
-        let first = ms.next().unwrap_or(crate::policy::DEFAULT_BODY_TIMEOUT_MS);
-        let (lo, hi) = ms.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t)));
-        (
-            std::time::Duration::from_millis(lo),
-            std::time::Duration::from_millis(hi),
-        )
+    /// The longest body deadline (`input.body_timeout_ms`) of the versions served of the models
+    /// `include` accepts, or `None` when it accepts none: what a request's body may take before
+    /// its model is known (gRPC, see [`crate::deadline::grpc_body_limit`]).
+    pub fn longest_body_timeout(
+        &self,
+        include: impl Fn(&str) -> bool,
+    ) -> Option<std::time::Duration> {
+        self.read()
+            .iter()
+            .filter(|(name, _)| include(name))
+            .flat_map(|(_, s)| s.versions.iter())
+            .map(|m| std::time::Duration::from_millis(m.policy.input.body_timeout_ms))
+            .max()
     }
 
     /// Names of the served models, sorted.

@@ -277,10 +277,12 @@ impl Gateway {
         let (repo, keys) = (self.models.clone(), self.keys.clone());
         let grpc = ServiceBuilder::new()
             .map_request(move |mut req: axum::extract::Request| {
-                req.extensions_mut()
-                    .insert(deadline::Arrived(std::time::Instant::now()));
+                let clock = deadline::BodyClock::start();
+                req.extensions_mut().insert(clock.clone());
                 let limit = deadline::grpc_body_limit(&repo, &*keys, req.headers());
-                req.map(|b| Body::new(DeadlineBody::new(b, limit).map_err(deadline::for_grpc)))
+                req.map(|b| {
+                    Body::new(DeadlineBody::clocked(b, limit, clock).map_err(deadline::for_grpc))
+                })
             })
             .layer(GuardLayer(AuditUnreached::new(
                 self.audit.clone(),

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use palisade_gateway::keys::{KeyStore as _, Role};
 use tokio::io::AsyncReadExt as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,17 +48,45 @@ async fn a_stalled_body_is_answered_408_when_the_policy_s_wait_runs_out() {
     s.stop().await;
 }
 
-/// Sends a gRPC infer call to `model` over HTTP/2 whose message arrives in two halves `pause`
-/// apart; returns the call's `grpc-status` and `grpc-message`.
-async fn grpc_infer_slowly(
+/// Sends gRPC `message` to `method` over HTTP/2, framed, in two halves `pause` apart; returns
+/// the call's `grpc-status` and `grpc-message`.
+async fn grpc_slowly(
     addr: std::net::SocketAddr,
-    model: &str,
+    method: &str,
+    message: &[u8],
     auth: &str,
     pause: Duration,
 ) -> (String, String) {
     use bytes::Bytes;
     use http_body_util::channel::Channel;
     use hyper::body::Frame;
+
+    let frame = grpc_frame(message);
+    let (mut tx, body) = Channel::<Bytes>::new(2);
+    let call = tokio::spawn({
+        let (auth, method) = (auth.to_string(), method.to_string());
+        async move { grpc_raw_to(addr, &method, &auth, body).await }
+    });
+    let half = frame.len() / 2;
+    tx.send_data(Bytes::copy_from_slice(&frame[..half]))
+        .await
+        .unwrap();
+    tokio::time::sleep(pause).await;
+    // The server may have answered already; the rest then has nowhere to go.
+    let _ = tx
+        .send(Frame::data(Bytes::copy_from_slice(&frame[half..])))
+        .await;
+    drop(tx);
+    call.await.unwrap()
+}
+
+/// [`grpc_slowly`] with an infer call to `model`.
+async fn grpc_infer_slowly(
+    addr: std::net::SocketAddr,
+    model: &str,
+    auth: &str,
+    pause: Duration,
+) -> (String, String) {
     use palisade_gateway::grpc::inference::ModelInferRequest;
     use palisade_gateway::grpc::inference::model_infer_request::InferInputTensor;
     use tonic_prost::prost::Message as _;
@@ -79,23 +108,7 @@ async fn grpc_infer_slowly(
         ..Default::default()
     }
     .encode_to_vec();
-    let frame = grpc_frame(&message);
-    let (mut tx, body) = Channel::<Bytes>::new(2);
-    let call = tokio::spawn({
-        let auth = auth.to_string();
-        async move { grpc_raw(addr, &auth, body).await }
-    });
-    let half = frame.len() / 2;
-    tx.send_data(Bytes::copy_from_slice(&frame[..half]))
-        .await
-        .unwrap();
-    tokio::time::sleep(pause).await;
-    // The server may have answered already; the rest then has nowhere to go.
-    let _ = tx
-        .send(Frame::data(Bytes::copy_from_slice(&frame[half..])))
-        .await;
-    drop(tx);
-    call.await.unwrap()
+    grpc_slowly(addr, "ModelInfer", &message, auth, pause).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,13 +117,25 @@ async fn a_grpc_body_is_held_to_its_model_s_deadline() {
     let policy = format!("{LIN_POLICY}body_timeout_ms = 300\n");
     s.models.deploy(served("quick", "1", &policy)).unwrap();
     let quick = query_auth(&s, "quick");
-    let lin = bearer(&s.query);
+    let both = s
+        .state
+        .keys
+        .create(
+            "both",
+            &[Role::Query("lin".into()), Role::Query("quick".into())],
+            None,
+            now_ms(),
+        )
+        .unwrap();
+    let both = bearer(&both);
     let pause = Duration::from_millis(600);
 
-    // 600 ms is within "lin"'s 30 s: served. Past "quick"'s 300 ms: DEADLINE_EXCEEDED (4).
-    let (code, message) = grpc_infer_slowly(s.addr, "lin", &lin, pause).await;
+    // A key for both models gets "lin"'s 30 s before the model is known. 600 ms is within
+    // them: served. Past "quick"'s 300 ms: DEADLINE_EXCEEDED (4), from validate, which holds
+    // the time the message took against the model it names.
+    let (code, message) = grpc_infer_slowly(s.addr, "lin", &both, pause).await;
     assert_eq!(code, "0", "{message}");
-    let (code, message) = grpc_infer_slowly(s.addr, "quick", &quick, pause).await;
+    let (code, message) = grpc_infer_slowly(s.addr, "quick", &both, pause).await;
     assert_eq!(code, "4", "{message}");
     assert!(message.contains("300 ms"), "{message}");
 
@@ -120,17 +145,29 @@ async fn a_grpc_body_is_held_to_its_model_s_deadline() {
     assert_eq!(last["decision"], "denied:validate", "{last}");
     assert_eq!(last["method"], "GRPC ModelInfer", "{last}");
 
-    // Without a valid key a call gets the shortest deadline of any model, whichever it names:
-    // "lin"'s 30 s are for its callers (given it, these would be read whole and then refused
+    // A key gets the longest deadline of the models it may query: "lin"'s 30 s are for its
+    // callers, and "quick"'s key gets 300 ms whichever model it names (given 30 s, its call
+    // would be read whole and refused PERMISSION_DENIED, 7).
+    let (code, message) = grpc_infer_slowly(s.addr, "lin", &quick, pause).await;
+    assert_eq!(code, "4", "{message}");
+    assert!(message.contains("300 ms"), "{message}");
+    assert_eq!(s.last_audit_entry()["decision"], "denied:grpc");
+
+    // Without a valid key a call gets 2 s (given 30 s, these would be read whole and refused
     // UNAUTHENTICATED, 16). Audited before the guards, with the key's id when it has one.
     let forged = format!("{}x", bearer(&s.query));
     for auth in ["", forged.as_str()] {
-        let (code, message) = grpc_infer_slowly(s.addr, "lin", auth, pause).await;
+        let (code, message) =
+            grpc_infer_slowly(s.addr, "lin", auth, Duration::from_millis(2300)).await;
         assert_eq!(code, "4", "{auth:?}: {message}");
-        assert!(message.contains("300 ms"), "{message}");
+        assert!(message.contains("2000 ms"), "{message}");
         let last = s.last_audit_entry();
         assert_eq!(last["status"], 408, "{last}");
         assert_eq!(last["decision"], "denied:grpc", "{last}");
     }
+    // That is more than any model's shortest: a keyless health call whose message comes
+    // 600 ms after its headers is served, though "quick" allows 300 ms.
+    let (code, message) = grpc_slowly(s.addr, "ServerLive", &[], "", pause).await;
+    assert_eq!(code, "0", "{message}");
     s.stop().await;
 }

@@ -84,9 +84,9 @@ impl GrpcGateway {
             }
         }
         req.extensions_mut().insert(Via(rpc));
-        if let Some(crate::deadline::Arrived(t)) = call.extensions().get() {
+        if let Some(clock) = call.extensions().get::<crate::deadline::BodyClock>() {
             req.extensions_mut()
-                .insert(crate::deadline::BodyTook(t.elapsed()));
+                .insert(crate::deadline::BodyTook(clock.took()));
         }
         // From here the model stack's audit guard records the call.
         if let Some(r) = call.extensions().get::<audit::Reached>() {

@@ -142,7 +142,8 @@ impl Server {
     pub fn last_audit_entry(&self) -> serde_json::Value {
         use palisade_gateway::audit::AuditLog as _;
         let n = self.state.audit.size().unwrap();
-        self.audit_entries(n - 1).remove(0)
+        let last = n.checked_sub(1).expect("the audit log is empty");
+        self.audit_entries(last).remove(0)
     }
 
     /// Stops the server; returns the state folder (deleted when dropped).
@@ -353,6 +354,15 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    grpc_raw_to(addr, "ModelInfer", auth, body).await
+}
+
+/// [`grpc_raw`] to another method of the inference service.
+pub async fn grpc_raw_to<B>(addr: SocketAddr, method: &str, auth: &str, body: B) -> (String, String)
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use http_body_util::BodyExt as _;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -363,7 +373,7 @@ where
             .unwrap();
     tokio::spawn(conn);
     let req = axum::http::Request::post(format!(
-        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
+        "http://{addr}/inference.GRPCInferenceService/{method}"
     ))
     .header("content-type", "application/grpc")
     .header("te", "trailers")
