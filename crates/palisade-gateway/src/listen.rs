@@ -37,10 +37,12 @@ pub struct ServeOptions {
     /// How long a connection that has had requests may stay open with none in progress, whatever
     /// its protocol; past it the server asks it to close (HTTP/2: `GOAWAY`, which clients answer
     /// by reconnecting when they next need to) and drops it one `header_read_timeout` later if
-    /// it has not, unless a request is then in progress on it (it is left to end). A request is
-    /// in progress from its headers until the socket has taken the last of its response: a
-    /// response the client reads slowly keeps its connection, one it has stopped reading for
-    /// this long does not. HTTP/1 connections are usually closed sooner, by the header
+    /// it has not, unless a request is then being handled on it or one answered since is still
+    /// being written (it is left to end). A request is in progress from its headers until the
+    /// socket has taken the last of its response: a response the client reads slowly keeps its
+    /// connection, one it has stopped reading for this long does not. Any write counts, HTTP/2
+    /// `PING` answers too: a client that pings keeps its connection, as one sending a cheap
+    /// request now and then would. HTTP/1 connections are usually closed sooner, by the header
     /// deadline.
     pub idle_timeout: Duration,
 }
@@ -130,8 +132,8 @@ pub async fn serve_with(
             // long, whichever comes first, and then as `idle_until` says.
             let first_look = options.header_read_timeout.min(options.idle_timeout);
             let mut due = std::pin::pin!(tokio::time::sleep(first_look));
-            // Asked to close for idling: dropped at the next `due` if still open.
-            let (mut closing, mut stopping) = (false, false);
+            // When it was asked to close for idling: dropped at the next `due` if still open.
+            let (mut asked, mut stopping) = (None, false);
             loop {
                 tokio::select! {
                     done = conn.as_mut() => {
@@ -141,11 +143,11 @@ pub async fn serve_with(
                         break;
                     }
                     () = &mut due => {
-                        if closing {
+                        if let Some(asked) = asked {
                             // Asked to close a header deadline ago: dropped unless a request is
                             // still in progress on it (one sent as the request to close crossed
                             // it, or a response still being read), which is left to end.
-                            if !activity.busy(&options) {
+                            if !activity.busy_since(asked, &options) {
                                 break;
                             }
                             due.as_mut().reset(
@@ -159,10 +161,9 @@ pub async fn serve_with(
                                 // An HTTP/2 connection still in its handshake ignores the
                                 // request to close, so it gets one more deadline and is dropped.
                                 conn.as_mut().graceful_shutdown();
-                                due.as_mut().reset(
-                                    tokio::time::Instant::now() + options.header_read_timeout,
-                                );
-                                closing = true;
+                                let now = tokio::time::Instant::now();
+                                due.as_mut().reset(now + options.header_read_timeout);
+                                asked = Some(now);
                             }
                         }
                     }
@@ -250,14 +251,20 @@ impl Activity {
         (due > now).then_some(due)
     }
 
-    /// For a connection asked to close one header deadline ago: whether a request is being
-    /// handled on it or it has written in the last half of that wait (its first half has the
-    /// request to close itself, an HTTP/2 `GOAWAY`).
-    fn busy(&self, options: &ServeOptions) -> bool {
+    /// For a connection asked to close at `asked`: whether a request is being handled on it, or
+    /// one answered since is still being sent (a write within the idle timeout). Writes alone
+    /// do not count here: the request to close, and HTTP/2 `PING` answers to a client that
+    /// ignores it, are writes too.
+    fn busy_since(&self, asked: tokio::time::Instant, options: &ServeOptions) -> bool {
+        // Stamps are whole milliseconds, rounded down.
+        let answered_since = self
+            .when(&self.answered)
+            .is_some_and(|a| a + Duration::from_millis(1) >= asked);
         self.handling.load(Ordering::Acquire) > 0
-            || self
-                .when(&self.written)
-                .is_some_and(|last| last.elapsed() < options.header_read_timeout / 2)
+            || (answered_since
+                && self
+                    .when(&self.written)
+                    .is_some_and(|last| last.elapsed() < options.idle_timeout))
     }
 }
 
@@ -525,6 +532,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_http2_client_that_only_pings_is_cut_off_all_the_same() {
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let addr = serve_on_loopback(router, options).await;
+        let conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut rx, mut tx) = conn.into_split();
+        // HTTP/2's opening, an empty SETTINGS frame, then a PING every 50 ms and no request; the
+        // server's own PING, sent with its GOAWAY, is never answered.
+        tx.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let pinger = tokio::spawn(async move {
+            let ping = b"\0\0\x08\x06\0\0\0\0\0pingping";
+            while tx.write_all(ping).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let t = Instant::now();
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = rx.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        pinger.abort();
+        assert!(
+            closed.is_ok(),
+            "a connection that only pinged was kept open"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
     async fn a_large_response_read_slowly_keeps_its_connection() {
         // One frame, which hyper takes whole and lets go of at once: what keeps the connection
         // is the socket taking its bytes, more than the kernel's buffers hold, over ~2 s.
@@ -539,11 +589,11 @@ mod tests {
         };
         let addr = serve_on_loopback(router, options).await;
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        conn.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        conn.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .unwrap();
         let (mut got, mut buf) = (0, vec![0u8; 1 << 20]);
-        loop {
+        while got <= SIZE {
             match conn.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => got += n,
