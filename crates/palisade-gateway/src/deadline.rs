@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use hyper::body::{Frame, SizeHint};
 
-/// When a gRPC call arrived and when the last of its body's data came (request extension put by
-/// the router; the body's [`DeadlineBody`] winds it).
+/// When a gRPC call arrived and when its body last moved: a frame (data or trailers) or its end
+/// (request extension put by the router; the body's [`DeadlineBody`] winds it).
 #[derive(Debug, Clone)]
 pub struct BodyClock {
     arrived: Instant,
-    /// Nanoseconds from `arrived` to the last data frame.
-    last_data: Arc<AtomicU64>,
+    /// Nanoseconds from `arrived` to the body's last frame or its end.
+    last_moved: Arc<AtomicU64>,
 }
 
 impl BodyClock {
@@ -32,55 +32,60 @@ impl BodyClock {
     pub fn start() -> Self {
         BodyClock {
             arrived: Instant::now(),
-            last_data: Arc::new(AtomicU64::new(0)),
+            last_moved: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    fn data_came(&self) {
+    fn moved(&self) {
         let ns = self.arrived.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-        self.last_data.fetch_max(ns, Ordering::AcqRel);
+        self.last_moved.fetch_max(ns, Ordering::AcqRel);
     }
 
-    /// From the call's arrival to the last data its body has brought so far.
+    /// From the call's arrival to its body's last frame or end so far.
     pub fn took(&self) -> Duration {
-        Duration::from_nanos(self.last_data.load(Ordering::Acquire))
+        Duration::from_nanos(self.last_moved.load(Ordering::Acquire))
     }
 }
 
-/// How long a gRPC call's message took to arrive, from the call's arrival to the last of its
-/// data ([`BodyClock`]; request extension the translator puts on the request it makes): the
-/// validate guard answers 408 when it is longer than the model's `input.body_timeout_ms`.
+/// How long a gRPC call's body took to arrive, from the call's arrival to the body's end (tonic
+/// reads a unary call's body to its end, trailers included: [`BodyClock`]; request extension the
+/// translator puts on the request it makes): the validate guard answers 408 when it is longer
+/// than the model's `input.body_timeout_ms`.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTook(pub Duration);
 
-/// What a gRPC body may take when the caller may query no model served (no key, a forged,
-/// revoked or expired one, or one with other roles only): enough for a message sent with its
-/// headers, as every client does, and for the calls served without a key (`ServerLive`,
-/// `ServerReady`, `ServerMetadata`). REST refuses such a request before reading its body at all.
+/// What any gRPC body may take, and all that one may take when the caller may query no model
+/// served (no key, a forged, revoked or expired one, or one with other roles only): enough for a
+/// message sent with its headers, as every client does, and for the calls served without a key
+/// (`ServerLive`, `ServerReady`, `ServerMetadata`). REST refuses a request without a valid key
+/// before reading its body at all.
 pub const KEYLESS_BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a gRPC call's body may take, before its model is known: the longest
-/// `input.body_timeout_ms` of the models the caller's key may query, or
-/// [`KEYLESS_BODY_TIMEOUT`] when it may query none. A model's long deadline is for its own
-/// callers. The key is looked up only when some model allows more than the keyless wait.
+/// `input.body_timeout_ms` of the models the caller's key may query, or [`KEYLESS_BODY_TIMEOUT`]
+/// when that is less or it may query none. A model's long deadline is for its own callers; its
+/// short one is held by validate once the call names it. The key is looked up only when some
+/// model allows more than the keyless wait.
 pub fn grpc_body_limit(
     models: &crate::ModelRepository,
     keys: &dyn crate::keys::KeyStore,
     headers: &axum::http::HeaderMap,
 ) -> Duration {
-    let keyless = match models.longest_body_timeout(|_| true) {
-        Some(longest) if longest > KEYLESS_BODY_TIMEOUT => KEYLESS_BODY_TIMEOUT,
-        // Nobody may take longer than the keyless wait: no need to look at the key.
-        Some(longest) => return longest,
-        None => return KEYLESS_BODY_TIMEOUT,
-    };
+    let keyless = KEYLESS_BODY_TIMEOUT;
+    // When no model allows more than the keyless wait there is no need to look at the key.
+    if models
+        .longest_body_timeout(|_| true)
+        .is_none_or(|longest| longest <= keyless)
+    {
+        return keyless;
+    }
     let Some(presented) = crate::guard::authn::presented_key(headers) else {
         return keyless;
     };
     match keys.authenticate(presented, crate::now_ms()) {
         Ok(crate::keys::Authn::Valid(key)) => models
             .longest_body_timeout(|model| key.roles.iter().any(|r| r.allows_query(model)))
-            .unwrap_or(keyless),
+            .map_or(keyless, |own| own.max(keyless)),
         _ => keyless,
     }
 }
@@ -139,10 +144,8 @@ impl hyper::body::Body for DeadlineBody {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if let (Some(Ok(f)), Some(clock)) = (&frame, &this.clock)
-                && f.is_data()
-            {
-                clock.data_came();
+            if let (None | Some(Ok(_)), Some(clock)) = (&frame, &this.clock) {
+                clock.moved();
             }
             return Poll::Ready(frame);
         }
@@ -205,15 +208,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_clock_stops_at_the_body_s_last_data_not_when_it_is_looked_at() {
+    async fn the_clock_stops_when_the_body_ends_not_when_it_is_looked_at() {
+        // The data comes at once and the trailers 100 ms later: the body took 100 ms.
         let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(1);
         let clock = BodyClock::start();
         let body = DeadlineBody::clocked(Body::new(body), Duration::from_secs(10), clock.clone());
         tokio::spawn(async move {
+            tx.send_data(Bytes::from_static(b"early")).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
-            tx.send_data(Bytes::from_static(b"late")).await.unwrap();
+            tx.send_trailers(Default::default()).await.unwrap();
         });
-        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"late");
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"early");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let took = clock.took();
         assert!(

@@ -145,29 +145,33 @@ async fn a_grpc_body_is_held_to_its_model_s_deadline() {
     assert_eq!(last["decision"], "denied:validate", "{last}");
     assert_eq!(last["method"], "GRPC ModelInfer", "{last}");
 
-    // A key gets the longest deadline of the models it may query: "lin"'s 30 s are for its
-    // callers, and "quick"'s key gets 300 ms whichever model it names (given 30 s, its call
-    // would be read whole and refused PERMISSION_DENIED, 7).
-    let (code, message) = grpc_infer_slowly(s.addr, "lin", &quick, pause).await;
-    assert_eq!(code, "4", "{message}");
-    assert!(message.contains("300 ms"), "{message}");
-    assert_eq!(s.last_audit_entry()["decision"], "denied:grpc");
-
-    // Without a valid key a call gets 2 s (given 30 s, these would be read whole and refused
-    // UNAUTHENTICATED, 16). Audited before the guards, with the key's id when it has one.
+    // Before the model is known a key gets the longest deadline of the models it may query,
+    // and no less than 2 s; a caller who may query none gets 2 s. Sent in halves 2.3 s apart:
+    // "quick"'s key calling "lin", no key, a forged key, each refused DEADLINE_EXCEEDED at 2 s
+    // (given "lin"'s 30 s, they would be read whole and refused PERMISSION_DENIED, 7, and
+    // UNAUTHENTICATED, 16), and audited before the guards.
     let forged = format!("{}x", bearer(&s.query));
-    for auth in ["", forged.as_str()] {
-        let (code, message) =
-            grpc_infer_slowly(s.addr, "lin", auth, Duration::from_millis(2300)).await;
-        assert_eq!(code, "4", "{auth:?}: {message}");
+    let late = Duration::from_millis(2300);
+    let before = s.audit_entries(0).len() as u64;
+    let (a, b, c) = tokio::join!(
+        grpc_infer_slowly(s.addr, "lin", &quick, late),
+        grpc_infer_slowly(s.addr, "lin", "", late),
+        grpc_infer_slowly(s.addr, "lin", &forged, late),
+    );
+    for (code, message) in [a, b, c] {
+        assert_eq!(code, "4", "{message}");
         assert!(message.contains("2000 ms"), "{message}");
-        let last = s.last_audit_entry();
-        assert_eq!(last["status"], 408, "{last}");
-        assert_eq!(last["decision"], "denied:grpc", "{last}");
     }
-    // That is more than any model's shortest: a keyless health call whose message comes
-    // 600 ms after its headers is served, though "quick" allows 300 ms.
-    let (code, message) = grpc_slowly(s.addr, "ServerLive", &[], "", pause).await;
-    assert_eq!(code, "0", "{message}");
+    let refused = s.audit_entries(before);
+    assert_eq!(refused.len(), 3);
+    for e in &refused {
+        assert_eq!(e["status"], 408, "{e}");
+        assert_eq!(e["decision"], "denied:grpc", "{e}");
+    }
+    // Health calls get the 2 s, with or without a key, though "quick" allows 300 ms.
+    for auth in ["", quick.as_str()] {
+        let (code, message) = grpc_slowly(s.addr, "ServerLive", &[], auth, pause).await;
+        assert_eq!(code, "0", "{auth:?}: {message}");
+    }
     s.stop().await;
 }
