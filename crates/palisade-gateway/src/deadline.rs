@@ -97,6 +97,8 @@ pub struct DeadlineBody {
     due: Pin<Box<tokio::time::Sleep>>,
     limit: Duration,
     clock: Option<BodyClock>,
+    /// Whether the body was known to have ended with the last frame it gave.
+    ended: bool,
 }
 
 impl DeadlineBody {
@@ -107,10 +109,12 @@ impl DeadlineBody {
             due: Box::pin(tokio::time::sleep(limit)),
             limit,
             clock: None,
+            ended: false,
         }
     }
 
-    /// `inner`, due within `limit` from now, noting on `clock` when its data comes.
+    /// `inner`, due within `limit` from now, noting on `clock` each frame it gives, its end and
+    /// its failure.
     pub fn clocked(inner: Body, limit: Duration, clock: BodyClock) -> Self {
         DeadlineBody {
             clock: Some(clock),
@@ -144,8 +148,14 @@ impl hyper::body::Body for DeadlineBody {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if let (None | Some(Ok(_)), Some(clock)) = (&frame, &this.clock) {
-                clock.moved();
+            if let Some(clock) = &this.clock {
+                // A frame, a failure (a reset stream, which tonic may take for the end of the
+                // body) or the end; not an end already known with the last frame, which comes
+                // only when the reader asks, after decoding the message.
+                if frame.is_some() || !this.ended {
+                    clock.moved();
+                }
+                this.ended = frame.is_some() && this.inner.is_end_stream();
             }
             return Poll::Ready(frame);
         }
@@ -225,6 +235,22 @@ mod tests {
             took >= Duration::from_millis(90) && took < Duration::from_millis(300),
             "{took:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_clock_stops_when_the_body_fails_too() {
+        // The data comes at once and the body fails (a reset stream) 100 ms later.
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+        let clock = BodyClock::start();
+        let body = DeadlineBody::clocked(Body::new(body), Duration::from_secs(10), clock.clone());
+        tokio::spawn(async move {
+            tx.send_data(Bytes::from_static(b"early")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.abort(std::io::Error::other("reset"));
+        });
+        assert!(body.collect().await.is_err());
+        let took = clock.took();
+        assert!(took >= Duration::from_millis(90), "{took:?}");
     }
 
     #[tokio::test]
