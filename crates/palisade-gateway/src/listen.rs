@@ -38,7 +38,8 @@ pub struct ServeOptions {
     /// its protocol; past it the server asks it to close (HTTP/2: `GOAWAY`, which clients answer
     /// by reconnecting when they next need to) and drops it one `header_read_timeout` later if
     /// it has not, unless a request is then being handled on it or one answered since is still
-    /// being written (it is left to end). A request is in progress from its headers until the
+    /// being written (it is left to end; such writes count for up to this long after the request
+    /// to close). A request is in progress from its headers until the
     /// socket has taken the last of its response: a response the client reads slowly keeps its
     /// connection, one it has stopped reading for this long does not. Any write counts, HTTP/2
     /// `PING` answers too: a client that pings keeps its connection, as one sending a cheap
@@ -144,9 +145,9 @@ pub async fn serve_with(
                     }
                     () = &mut due => {
                         if let Some(asked) = asked {
-                            // Asked to close a header deadline ago: dropped unless a request is
-                            // still in progress on it (one sent as the request to close crossed
-                            // it, or a response still being read), which is left to end.
+                            // Asked to close: dropped unless a request is still in progress on it
+                            // (one sent as the request to close crossed it, or its response still
+                            // being read), which is left to end.
                             if !activity.busy_since(asked, &options) {
                                 break;
                             }
@@ -251,10 +252,12 @@ impl Activity {
         (due > now).then_some(due)
     }
 
-    /// For a connection asked to close at `asked`: whether a request is being handled on it, or
-    /// one answered since is still being sent (a write within the idle timeout). Writes alone
-    /// do not count here: the request to close, and HTTP/2 `PING` answers to a client that
-    /// ignores it, are writes too.
+    /// For a connection asked to close at `asked`: whether a request is being handled on it, or,
+    /// for up to an idle timeout after `asked`, one answered since is still being sent (a write
+    /// within the idle timeout). Writes alone do not count: the request to close, and HTTP/2
+    /// `PING` answers to a client that ignores it, are writes too; nor, past that time, do writes
+    /// after an answer, or a client that ignores the request to close could keep the connection
+    /// by sending one request and then only `PING`s.
     fn busy_since(&self, asked: tokio::time::Instant, options: &ServeOptions) -> bool {
         // Stamps are whole milliseconds, rounded down.
         let answered_since = self
@@ -262,6 +265,7 @@ impl Activity {
             .is_some_and(|a| a + Duration::from_millis(1) >= asked);
         self.handling.load(Ordering::Acquire) > 0
             || (answered_since
+                && asked.elapsed() < options.idle_timeout
                 && self
                     .when(&self.written)
                     .is_some_and(|last| last.elapsed() < options.idle_timeout))
