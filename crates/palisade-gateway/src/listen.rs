@@ -535,27 +535,44 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_http2_client_that_only_pings_is_cut_off_all_the_same() {
+    /// A raw HTTP/2 connection to a server of `GET /` with a 200 ms header deadline and an
+    /// `idle` timeout, past HTTP/2's opening (the preface and an empty SETTINGS frame).
+    async fn raw_http2(
+        idle: Duration,
+    ) -> (
+        tokio::net::tcp::OwnedReadHalf,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
         let router = Router::new().route("/", get(|| async { "ok" }));
         let options = ServeOptions {
             header_read_timeout: Duration::from_millis(200),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: idle,
         };
         let addr = serve_on_loopback(router, options).await;
         let conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut rx, mut tx) = conn.into_split();
-        // HTTP/2's opening, an empty SETTINGS frame, then a PING every 50 ms and no request; the
-        // server's own PING, sent with its GOAWAY, is never answered.
+        let (rx, mut tx) = conn.into_split();
         tx.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
             .await
             .unwrap();
-        let pinger = tokio::spawn(async move {
+        (rx, tx)
+    }
+
+    /// Sends an HTTP/2 PING on `tx` every 50 ms, never acknowledging the server's.
+    fn pinging(mut tx: tokio::net::tcp::OwnedWriteHalf) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
             let ping = b"\0\0\x08\x06\0\0\0\0\0pingping";
             while tx.write_all(ping).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn an_http2_client_that_only_pings_is_cut_off_all_the_same() {
+        // No request, a PING every 50 ms; the server's own PING, sent with its GOAWAY, is never
+        // answered.
+        let (mut rx, tx) = raw_http2(Duration::from_secs(60)).await;
+        let pinger = pinging(tx);
         let t = Instant::now();
         let mut buf = [0u8; 4096];
         let closed = tokio::time::timeout(Duration::from_secs(5), async {
@@ -575,6 +592,50 @@ mod tests {
             t.elapsed() >= Duration::from_millis(150),
             "{:?}",
             t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_after_the_goaway_does_not_let_pings_keep_the_connection() {
+        let (mut rx, mut tx) = raw_http2(Duration::from_millis(300)).await;
+        // A GET / on a stream of HTTP/2, its headers in HPACK's static table but the authority.
+        let get = |stream: u8| {
+            let mut f = vec![0, 0, 6, 0x1, 0x5, 0, 0, 0, stream];
+            f.extend_from_slice(&[0x82, 0x86, 0x84, 0x41, 0x01, b't']);
+            f
+        };
+        tx.write_all(&get(1)).await.unwrap();
+        // Reads frames until the connection ends; says when the GOAWAY comes.
+        let (goaway_tx, goaway) = tokio::sync::oneshot::channel::<()>();
+        let reader = tokio::spawn(async move {
+            let mut goaway_tx = Some(goaway_tx);
+            let mut head = [0u8; 9];
+            while rx.read_exact(&mut head).await.is_ok() {
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                if rx.read_exact(&mut payload).await.is_err() {
+                    break;
+                }
+                if head[3] == 0x7
+                    && let Some(tx) = goaway_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        // Idle until asked to close; then a request, which the GOAWAY still allows (the
+        // server's PING is never acknowledged), and PINGs every 50 ms.
+        tokio::time::timeout(Duration::from_secs(5), goaway)
+            .await
+            .expect("asked to close once idle")
+            .unwrap();
+        tx.write_all(&get(3)).await.unwrap();
+        let pinger = pinging(tx);
+        let closed = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        pinger.abort();
+        assert!(
+            closed.is_ok(),
+            "one request and PINGs kept a connection asked to close"
         );
     }
 
