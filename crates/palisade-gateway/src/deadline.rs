@@ -84,7 +84,7 @@ pub fn grpc_body_limit(
     };
     match keys.authenticate(presented, crate::now_ms()) {
         Ok(crate::keys::Authn::Valid(key)) => models
-            .longest_body_timeout(|model| key.roles.iter().any(|r| r.allows_query(model)))
+            .longest_body_timeout(|model| key.may_query(model))
             .map_or(keyless, |own| own.max(keyless)),
         _ => keyless,
     }

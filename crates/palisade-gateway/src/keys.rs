@@ -153,6 +153,11 @@ impl KeyRecord {
     pub fn has(&self, role: &Role) -> bool {
         self.roles.contains(role)
     }
+
+    /// Whether one of the key's roles lets it query `model`.
+    pub fn may_query(&self, model: &str) -> bool {
+        self.roles.iter().any(|r| r.allows_query(model))
+    }
 }
 
 /// A freshly made key: shown once.

@@ -49,7 +49,7 @@ impl Guard for Authorise {
         let target = target_of(&mut req);
         let (role, mfa) = match &*target {
             Target::Model { name, .. } => {
-                if key.roles.iter().any(|r| r.allows_query(name)) {
+                if key.may_query(name) {
                     return call_next(next, req).await;
                 }
                 return reject(
