@@ -3,9 +3,9 @@
 //! fails it is answered 408). tonic reads a gRPC message whole (up to its 4 MiB limit) before
 //! the model is known, so the router wraps every gRPC body in it with the deadline the caller's
 //! key allows ([`grpc_body_limit`]; a body that fails it is answered `DEADLINE_EXCEEDED`, see
-//! [`for_grpc`], and audited by [`crate::grpc::audit`]) and a [`BodyClock`]; the translator
-//! turns the clock into how long the body took ([`BodyTook`]), which the validate guard holds
-//! against the model's own deadline once the call names its model. Without them a client, even
+//! [`for_grpc`], and audited by [`crate::grpc::audit`]) and a [`BodyClock`], which the
+//! translator passes on and the validate guard holds against the model's own deadline once the
+//! call names its model. Without them a client, even
 //! one without a key, could stall a body and hold its request for as long as it liked.
 
 use std::future::Future as _;
@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use hyper::body::{Frame, SizeHint};
 
-/// When a gRPC call arrived and when its body last moved: a frame (data or trailers) or its end
-/// (request extension put by the router; the body's [`DeadlineBody`] winds it).
+/// When a gRPC call arrived and when its body last moved: a frame (data or trailers), its end or
+/// its failure (request extension put by the router and passed on by the translator; the body's
+/// [`DeadlineBody`] winds it). tonic reads a unary call's body to its end, trailers included, so
+/// by the time the guards see the call, [`BodyClock::took`] is how long its body took: the
+/// validate guard answers 408 when that is longer than the model's `input.body_timeout_ms`.
 #[derive(Debug, Clone)]
 pub struct BodyClock {
     arrived: Instant,
@@ -46,13 +49,6 @@ impl BodyClock {
         Duration::from_nanos(self.last_moved.load(Ordering::Acquire))
     }
 }
-
-/// How long a gRPC call's body took to arrive, from the call's arrival to the body's end (tonic
-/// reads a unary call's body to its end, trailers included: [`BodyClock`]; request extension the
-/// translator puts on the request it makes): the validate guard answers 408 when it is longer
-/// than the model's `input.body_timeout_ms`.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyTook(pub Duration);
 
 /// What any gRPC body may take, and all that one may take when the caller may query no model
 /// served (no key, a forged, revoked or expired one, or one with other roles only): enough for a

@@ -85,8 +85,7 @@ impl GrpcGateway {
         }
         req.extensions_mut().insert(Via(rpc));
         if let Some(clock) = call.extensions().get::<crate::deadline::BodyClock>() {
-            req.extensions_mut()
-                .insert(crate::deadline::BodyTook(clock.took()));
+            req.extensions_mut().insert(clock.clone());
         }
         // From here the model stack's audit guard records the call.
         if let Some(r) = call.extensions().get::<audit::Reached>() {

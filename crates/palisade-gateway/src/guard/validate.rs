@@ -2,7 +2,7 @@
 //!
 //! For infer requests, in order: the model exists (404); the body arrives within the policy's
 //! `body_timeout_ms` (408, and the connection closed; a gRPC call's body, read before its model
-//! was known, is held to it by how long it took, [`BodyTook`]) and fits its `max_body_bytes`,
+//! was known, is held to it by how long it took, [`BodyClock`]) and fits its `max_body_bytes`,
 //! before and after `gzip`/`deflate` decompression (413; other encodings 415);
 //! it is a well-formed OIP request, JSON or binary extension, whose sizes add up (400); it has
 //! the model's one input, with dtype FP32 and shape `[N, ...input_shape]`, `1 ≤ N ≤ max_batch`
@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Guard, InputDigest, Next, ServedVersion, ValidatedInfer, call_next, call_next_meanwhile, reject,
 };
-use crate::deadline::{BodyTimedOut, BodyTook, DeadlineBody};
+use crate::deadline::{BodyClock, BodyTimedOut, DeadlineBody};
 use crate::hexfmt;
 use crate::model::{ModelRepository, ServedModel};
 use crate::oip::{self, InferRequest, ModelAction, Target, target_of};
@@ -279,8 +279,8 @@ impl Guard for Validate {
             .map(str::to_string);
         let wait = Duration::from_millis(model.policy.input.body_timeout_ms);
         // A gRPC call's body was read before its model was known (`deadline`).
-        if let Some(BodyTook(took)) = req.extensions().get::<BodyTook>()
-            && *took > wait
+        if let Some(clock) = req.extensions().get::<BodyClock>()
+            && clock.took() > wait
         {
             return too_slow(model.policy.input.body_timeout_ms);
         }
