@@ -39,12 +39,11 @@ pub struct ServeOptions {
     /// by reconnecting when they next need to) and drops it one `header_read_timeout` later if
     /// it has not, unless a request is then being handled on it or one answered since is still
     /// being written (it is left to end; such writes count for up to this long after the request
-    /// to close). A request is in progress from its headers until the
-    /// socket has taken the last of its response: a response the client reads slowly keeps its
-    /// connection, one it has stopped reading for this long does not. Any write counts, HTTP/2
-    /// `PING` answers too: a client that pings keeps its connection, as one sending a cheap
-    /// request now and then would. HTTP/1 connections are usually closed sooner, by the header
-    /// deadline.
+    /// to close). A request is in progress from its headers until the socket has taken the last
+    /// of its response: a response the client reads slowly keeps its connection, one it has
+    /// stopped reading for this long does not. Any write counts, HTTP/2 `PING` answers too: a
+    /// client that pings keeps its connection, as one sending a cheap request now and then
+    /// would. HTTP/1 connections are usually closed sooner, by the header deadline.
     pub idle_timeout: Duration,
 }
 
