@@ -6,9 +6,11 @@
 # of its gateway (`process` audit durability), and its gateway/bare ratio per round.
 #
 # Usage: VARIANTS="before=DIR_A after=DIR_B" bash bench/gateway_ab.sh
-#   where each DIR holds `bare_endpoint` and `palisade` built from one revision, e.g.
+#   where each DIR holds `bare_endpoint` and `palisade` built from one revision, e.g. (the bare
+#   endpoint built with palisade-cli's dependency features: see gateway_common.sh)
 #   cargo build --release -p palisade-cli && \
-#     cargo build --release -p palisade-gateway --features tract --example bare_endpoint && \
+#     cargo build --release -p palisade-cli -p palisade-gateway --features palisade-gateway/tract \
+#       --example bare_endpoint && \
 #     mkdir -p /tmp/ab/after && cp target/release/palisade target/release/examples/bare_endpoint /tmp/ab/after/
 #   (ROUNDS=4 SECONDS_PER_RUN=6 CONNS_LIST="1 16 64")
 source "$(dirname "$0")/gateway_common.sh"

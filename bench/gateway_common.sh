@@ -5,7 +5,12 @@ cd "$(dirname "$0")/.."
 command -v wrk > /dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
 PROFILE=${PROFILE:-release}
 cargo build -q --profile "$PROFILE" -p palisade-cli
-cargo build -q --profile "$PROFILE" -p palisade-gateway --features tract --example bare_endpoint
+# The bare endpoint is built in one invocation with palisade-cli, so that cargo compiles its
+# dependencies with the features palisade-cli's graph turns on: built alone, tract (through
+# smallvec, half, ...) got other features than in `palisade`, and different machine code. Its
+# im2col took 21 µs per request there against 30 µs in `palisade` (perf, 16 connections,
+# 2026-12-04), a difference of tract builds, not of guards.
+cargo build -q --profile "$PROFILE" -p palisade-cli -p palisade-gateway --features palisade-gateway/tract --example bare_endpoint
 TDIR=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 BIN=$TDIR/palisade
 BARE=$TDIR/examples/bare_endpoint

@@ -2,7 +2,11 @@
 //! codec, behind a plain endpoint with no guards ([`palisade_gateway::baseline`]: no keys, limits,
 //! validation beyond decoding, hardening, audit or metrics).
 //!
-//! `cargo run --release -p palisade-gateway --example bare_endpoint -- MODEL.onnx 127.0.0.1:9000`
+//! `cargo run --release -p palisade-gateway --features tract --example bare_endpoint -- MODEL.onnx 127.0.0.1:9000`
+//!
+//! To compare it with `palisade serve`, build it as `bench/gateway_common.sh` does, in one cargo
+//! invocation with `-p palisade-cli`: built alone, its dependencies (tract's among them) get other
+//! features than in `palisade`, and tract other machine code.
 
 use std::sync::Arc;
 
