@@ -2,6 +2,7 @@
 # Where the gateway's CPU goes per guard: `palisade serve` (the bench repository of
 # gateway_common.sh) under wrk, sampled by perf with DWARF call graphs, each sample attributed to
 # the innermost guard (or tract, hyper, axum, tokio) on its stack. Needs perf (linux-perf) and wrk.
+# Also: the CPU per request of each kind of thread (async workers, inference threads, audit).
 # Usage: bash bench/gateway_profile.sh   (CONNS=16 SECONDS_PER_RUN=6 FREQ=1500 DURABILITY=process)
 source "$(dirname "$0")/gateway_common.sh"
 command -v perf > /dev/null || { echo "perf is needed: apt-get install linux-perf" >&2; exit 2; }
@@ -14,25 +15,37 @@ run_wrk "$URL" "$C" 2 > /dev/null # warm up
 perf record -e cpu-clock -F "${FREQ:-1500}" --call-graph dwarf,16384 -p "$GW_PID" \
     -o "$STATE/gw.perf" -- sleep "$SECS" > /dev/null 2>&1 &
 PERF=$!
-run_wrk "$URL" "$C" "$SECS"
+RUN=$(run_wrk "$URL" "$C" "$SECS")
+echo "$RUN"
 wait "$PERF"
+# Each cpu-clock sample stands for 1/FREQ s of CPU: per thread, that over the requests wrk
+# counted is the thread's CPU per request (perf's own cost included).
+export FREQ=${FREQ:-1500} REQUESTS=$(field "$RUN" requests)
 perf script -i "$STATE/gw.perf" 2> /dev/null | python3 -c '
-import collections, re, sys
+import collections, os, re, sys
 owners = [("tract", r"tract_|palisade_model::onnx"), ("audit", r"guard::audit::"),
           ("authn", r"guard::authn::"), ("authz", r"guard::authz::"),
           ("ratelimit", r"guard::ratelimit::"), ("validate", r"guard::validate::"),
           ("harden", r"guard::harden::"), ("infer service", r"palisade_gateway::infer::"),
           ("metrics", r"palisade_gateway::metrics::"), ("grpc", r"palisade_gateway::grpc"),
           ("axum routing", r"axum::"), ("hyper", r"hyper::"), ("tokio", r"tokio::")]
-count, n = collections.Counter(), 0
+count, threads, n = collections.Counter(), collections.Counter(), 0
 for sample in sys.stdin.read().split("\n\n"):
-    frames = sample.strip().split("\n")[1:]
+    lines = sample.strip().split("\n")
+    frames = lines[1:]
     if not frames:
         continue
     n += 1
+    # The kernel keeps 15 characters of a thread name: palisade-infer-0 and -1 are both
+    # "palisade-infer-" (counted together), palisade-audit-wal is "palisade-audit-".
+    threads[lines[0].split()[0]] += 1
     owner = next((o for f in frames for o, p in owners if re.search(p, f)), "other")
     count[owner] += 1
 print(f"{n} samples; share of the gateway process CPU by innermost owner on the stack:")
 for owner, c in count.most_common():
     print(f"  {100 * c / n:5.1f}%  {owner}")
+per_request = 1e6 / int(os.environ["FREQ"]) / int(os.environ["REQUESTS"])
+print("CPU per request by thread (perf sampling included):")
+for name, c in threads.most_common():
+    print(f"  {c * per_request:7.1f} µs  {name}")
 '
