@@ -333,8 +333,19 @@ pub fn load_dir(
             None
         }
     };
-    let policy_path = v.dir.join("policy.toml");
-    let policy = if policy_path.is_file() {
+    let policy = read_policy(&v.dir, signed.as_ref())?;
+    let admitted = admit(&v.dir.join("model.onnx"))?;
+    if let Some(s) = &signed {
+        s.check(&v.dir, "model.onnx", &admitted.bytes)?;
+    }
+    load_version(&v.name, &v.version, admitted, policy, runtime)
+}
+
+/// The policy of the version folder `dir`: its `policy.toml`, checked against the signature when
+/// there is one, or the default policy when the folder has none and none was signed.
+fn read_policy(dir: &Path, signed: Option<&SignedFiles>) -> Result<Policy, GatewayError> {
+    let policy_path = dir.join("policy.toml");
+    Ok(if policy_path.is_file() {
         let len = std::fs::metadata(&policy_path)
             .map_err(|e| GatewayError::io(&policy_path, e))?
             .len();
@@ -345,21 +356,23 @@ pub fn load_dir(
             )));
         }
         let bytes = std::fs::read(&policy_path).map_err(|e| GatewayError::io(&policy_path, e))?;
-        if let Some(s) = &signed {
-            s.check(&v.dir, "policy.toml", &bytes)?;
+        if let Some(s) = signed {
+            s.check(dir, "policy.toml", &bytes)?;
         }
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| GatewayError::Model(format!("{} is not UTF-8", policy_path.display())))?;
         Policy::from_toml(text)
             .map_err(|e| GatewayError::Model(format!("{}: {e}", policy_path.display())))?
+    } else if signed.is_some_and(|s| s.digests.contains_key("policy.toml")) {
+        // Signed with a policy that is gone now (deleted after the signature was checked, or
+        // since): serving under the default policy would drop every limit it set.
+        return Err(GatewayError::Model(format!(
+            "{}: policy.toml is covered by {SIGNATURE_FILE} but missing",
+            dir.display()
+        )));
     } else {
         Policy::default()
-    };
-    let admitted = admit(&v.dir.join("model.onnx"))?;
-    if let Some(s) = &signed {
-        s.check(&v.dir, "model.onnx", &admitted.bytes)?;
-    }
-    load_version(&v.name, &v.version, admitted, policy, runtime)
+    })
 }
 
 /// Finds version `version` of model `name` in a repository folder.
@@ -487,6 +500,30 @@ mod tests {
         assert!(source.load("m", "1").is_ok());
         assert!(source.load("m", "2").is_err());
         assert!(source.load("../m", "1").is_err());
+    }
+
+    #[test]
+    fn a_signed_policy_that_goes_missing_after_verification_is_an_error() {
+        use palisade_supply::keys::{Curve, SigningKey};
+        let repo = tempfile::tempdir().unwrap();
+        let dir = repo.path().join("m/1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.onnx"), b"not read here").unwrap();
+        std::fs::write(dir.join("policy.toml"), "[input]\nmax_batch = 8\n").unwrap();
+        let key = SigningKey::generate(Curve::P256);
+        sign(&dir, &key);
+        let signed = verify_signature(&dir, &key.public_key()).unwrap();
+        assert_eq!(read_policy(&dir, Some(&signed)).unwrap().input.max_batch, 8);
+        // Deleted between the signature check and the read: not the default policy.
+        std::fs::remove_file(dir.join("policy.toml")).unwrap();
+        let err = read_policy(&dir, Some(&signed)).unwrap_err().to_string();
+        assert!(err.contains("policy.toml is covered"), "{err}");
+        // A folder signed without a policy, and an unsigned one, get the default.
+        std::fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
+        sign(&dir, &key);
+        let signed = verify_signature(&dir, &key.public_key()).unwrap();
+        assert_eq!(read_policy(&dir, Some(&signed)).unwrap(), Policy::default());
+        assert_eq!(read_policy(&dir, None).unwrap(), Policy::default());
     }
 
     #[test]
