@@ -197,7 +197,9 @@ impl ModelRepository {
         Ok(m)
     }
 
-    /// Makes the version before the active one active again.
+    /// Unloads the active version and makes the one loaded before it active again. The version
+    /// rolled back from is no longer served, not even when a request names it, until it is
+    /// loaded again (under the same checks); a later rollback therefore never returns to it.
     pub fn rollback(&self, name: &str) -> Result<Arc<ServedModel>, RepositoryError> {
         let mut slots = self.write();
         let slot = slots
@@ -206,6 +208,9 @@ impl ModelRepository {
         if slot.active == 0 {
             return Err(RepositoryError::NoPrevious(name.to_string()));
         }
+        // `deploy` makes the newest version active and this removes it, so the active version
+        // is always the last one.
+        slot.versions.remove(slot.active);
         slot.active -= 1;
         Ok(slot.versions[slot.active].clone())
     }
@@ -248,5 +253,68 @@ impl ModelRepository {
         let mut v: Vec<String> = self.read().keys().cloned().collect();
         v.sort();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use palisade_core::{InputRange, LinearClassifier};
+
+    use super::{ModelRepository, RepositoryError, ServedModel};
+    use crate::policy::Policy;
+
+    fn version(v: &str) -> ServedModel {
+        let c = LinearClassifier::new(
+            "t",
+            vec![2],
+            InputRange::default(),
+            ndarray::Array2::zeros((2, 2)),
+            ndarray::Array1::zeros(2),
+        )
+        .unwrap();
+        ServedModel {
+            name: "m".into(),
+            version: v.into(),
+            classifier: Arc::new(c),
+            policy: Policy::default(),
+            input_name: "x".into(),
+            output_name: "y".into(),
+            platform: "test".into(),
+        }
+    }
+
+    fn active(r: &ModelRepository) -> String {
+        r.get("m", None).unwrap().version.clone()
+    }
+
+    #[test]
+    fn a_rolled_back_version_is_no_longer_served_nor_returned_to() {
+        let r = ModelRepository::new();
+        for v in ["1", "2", "3"] {
+            r.deploy(version(v)).unwrap();
+        }
+        assert_eq!(active(&r), "3");
+        assert_eq!(r.rollback("m").unwrap().version, "2");
+        // Not by name either.
+        assert!(r.get("m", Some("3")).is_none());
+        assert_eq!(r.versions("m"), ["1", "2"]);
+        assert_eq!(r.rollback("m").unwrap().version, "1");
+        // A version loaded after two rollbacks rolls back to 1, not to 3 or 2.
+        r.deploy(version("4")).unwrap();
+        assert_eq!(r.rollback("m").unwrap().version, "1");
+        assert_eq!(
+            r.rollback("m").unwrap_err(),
+            RepositoryError::NoPrevious("m".into())
+        );
+        assert_eq!(active(&r), "1");
+        // A version rolled back from can be loaded again.
+        r.deploy(version("3")).unwrap();
+        assert_eq!(active(&r), "3");
+        assert_eq!(
+            r.rollback("x").unwrap_err(),
+            RepositoryError::NotFound("x".into())
+        );
     }
 }

@@ -126,5 +126,7 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
     .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(s.models.get("lin", None).unwrap().version, "1");
+    // The version rolled back from is unloaded: not served even when named.
+    assert!(s.models.get("lin", Some("2")).is_none());
     s.stop().await;
 }
