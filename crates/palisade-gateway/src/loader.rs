@@ -84,8 +84,10 @@ pub fn admit(path: &Path) -> Result<Admitted, GatewayError> {
     }
     let bytes = std::fs::read(path).map_err(|e| GatewayError::io(path, e))?;
     let sha256 = hexfmt::encode(&Sha256::digest(&bytes));
-    let report = palisade_scan::scan_path(path, &palisade_scan::ScanOptions::default())
-        .map_err(|e| GatewayError::Model(format!("scanning {}: {e}", path.display())))?;
+    // The bytes read above are scanned, not the path: a file replaced between two opens (the
+    // scanner's and its hasher's, for large files) could otherwise be scanned as one file and
+    // hashed as another.
+    let report = palisade_scan::scan_slice(path, &bytes, &palisade_scan::ScanOptions::default());
     let clean = report.clean().ok_or_else(|| {
         GatewayError::Model(format!(
             "{} did not scan clean; run `palisade scan {}` for the findings",

@@ -41,9 +41,9 @@ impl Blob for FileBlob {
     }
 }
 
-impl Blob for Vec<u8> {
+impl Blob for &[u8] {
     fn len(&self) -> u64 {
-        self.as_slice().len() as u64
+        <[u8]>::len(self) as u64
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -56,6 +56,16 @@ impl Blob for Vec<u8> {
         let n = src.len().min(buf.len());
         buf[..n].copy_from_slice(&src[..n]);
         Ok(n)
+    }
+}
+
+impl Blob for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.as_slice().read_at(offset, buf)
     }
 }
 

@@ -302,8 +302,14 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// Scans bytes held in memory (an upload, a registry blob) as if they were a file at `path`
 /// (the path is only reported; nothing is read from it).
 pub fn scan_bytes(path: &Path, bytes: Vec<u8>, opts: &ScanOptions) -> ScanReport {
+    scan_slice(path, &bytes, opts)
+}
+
+/// [`scan_bytes`] on borrowed bytes: for a caller that scans what it has read and then uses
+/// the same bytes (the gateway's loader), so that what was scanned is what is used.
+pub fn scan_slice(path: &Path, bytes: &[u8], opts: &ScanOptions) -> ScanReport {
     let mut sink = Sink::new();
-    let sha = hex::encode(Sha256::digest(&bytes));
+    let sha = hex::encode(Sha256::digest(bytes));
     let mut ctx = detect::Ctx::new(opts, Some(path));
     ctx.dir = None;
     let size = bytes.len() as u64;
