@@ -42,6 +42,10 @@
 //! through audit and metrics. Guards pass facts along only as typed extensions
 //! ([`guard::Principal`], [`guard::ValidatedInfer`], [`guard::Decision`], …).
 //!
+//! The admin and audit API has a stack of its own: audit, authenticate, authorise (TOTP for
+//! admin actions), run in a task of its own per request, so that an action whose client leaves
+//! still runs to its end and its audit entry.
+//!
 //! gRPC calls are translated into REST requests and sent through the same stack ([`grpc`]); the
 //! calls refused before they can be (tonic could not decode them, say) get their audit entries
 //! from [`grpc::audit::AuditUnreached`], around the gRPC service.

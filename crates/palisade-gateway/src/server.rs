@@ -292,6 +292,18 @@ impl Gateway {
             .map_response(|r: axum::http::Response<tonic::body::Body>| r.map(Body::new))
             .service(GrpcGateway::new(models.clone(), self.models.clone()).into_service());
         let admin = ServiceBuilder::new()
+            // An admin action runs to its end and its audit entry, in a task of its own, even
+            // when the client goes away meanwhile: dropped with the connection, the stack would
+            // lose the entry of a revocation or rotation that its blocking task still commits.
+            .map_future(|call| async move {
+                tokio::spawn(call).await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "an admin request's task failed");
+                    Ok(error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error",
+                    ))
+                })
+            })
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),
                 self.metrics.clone(),

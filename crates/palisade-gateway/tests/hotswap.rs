@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use palisade_gateway::keys::{KeyStore as _, NewKey, Role};
+use palisade_gateway::keys::{Authn, KeyStore as _, NewKey, Role};
 use palisade_gateway::loader::{LoadedModel, ModelSource, Runtime, SIGNATURE_FILE, Trust};
 use palisade_supply::keys::{Curve, SigningKey};
 
@@ -128,5 +128,51 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
     assert_eq!(s.models.get("lin", None).unwrap().version, "1");
     // The version rolled back from is unloaded: not served even when named.
     assert!(s.models.get("lin", Some("2")).is_none());
+    s.stop().await;
+}
+
+/// An admin action whose client closes its connection as soon as the request is sent still
+/// completes and is audited: the action's side effect and its entry go together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_action_whose_client_leaves_is_still_audited() {
+    use tokio::io::AsyncWriteExt as _;
+    let s = start().await;
+    let before = s.audit_entries(0).len() as u64;
+    let victim = s
+        .state
+        .keys
+        .create("v", &[Role::Query("lin".into())], None, now_ms())
+        .unwrap();
+    let id = &victim.key[4..16];
+    let request = format!(
+        "POST /v2/admin/keys/{id}/revoke HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nX-Palisade-TOTP: {}\r\nContent-Length: 0\r\n\r\n",
+        bearer(&s.admin),
+        totp_now(&s.admin, 0)
+    );
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    conn.shutdown().await.unwrap();
+    drop(conn);
+    // The revocation happens; so must its entry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let revoked = || {
+        matches!(
+            s.state.keys.authenticate(&victim.key, now_ms()),
+            Ok(Authn::Revoked(_))
+        )
+    };
+    while !revoked() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(revoked(), "the revocation did not happen");
+    let audited = || {
+        s.audit_entries(before)
+            .iter()
+            .any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/revoke")))
+    };
+    while !audited() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(audited(), "a revocation without its audit entry");
     s.stop().await;
 }
