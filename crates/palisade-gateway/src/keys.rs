@@ -19,6 +19,12 @@
 //! Keys with the `admin` or `deploy` role also get a TOTP secret (RFC 6238, SHA-1, 6 digits,
 //! 30 s): admin actions must carry a current code, and a code is accepted once per key.
 //! The TOTP secret must be stored in clear to compute codes; it lives in the key database.
+//! Three codes pass at any moment (the current step and one either side), so a stolen key could
+//! find a code by trying about 333 000 of them; after [`TOTP_MAX_FAILS`] refused codes, each
+//! within [`TOTP_LOCKOUT`] of the one before, the key's TOTP checks are refused, even with a right
+//! code, until [`TOTP_LOCKOUT`] after the last of them. The count lives in the key database next
+//! to the rest of the TOTP state, so that a restart does not clear it and every gateway on the
+//! database shares it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use rand::RngCore as _;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -55,6 +61,16 @@ pub enum KeyError {
     /// The TOTP library refused the secret.
     #[error("totp: {0}")]
     Totp(String),
+    /// Too many refused TOTP codes for this key: every TOTP check is refused until `until_ms`.
+    #[error(
+        "too many wrong TOTP codes for key {id}: TOTP checks are refused until {until_ms} ms since the epoch"
+    )]
+    TotpLocked {
+        /// The key.
+        id: String,
+        /// End of the lockout, ms since the epoch.
+        until_ms: u64,
+    },
 }
 
 /// A least-privilege role.
@@ -209,7 +225,9 @@ pub trait KeyStore: Send + Sync + 'static {
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError>;
     /// All keys.
     fn list(&self) -> Result<Vec<KeyRecord>, KeyError>;
-    /// Checks a TOTP code for key `id` and consumes it (a code works once).
+    /// Checks a TOTP code for key `id` and consumes it (a code works once). After
+    /// [`TOTP_MAX_FAILS`] refused codes, each within [`TOTP_LOCKOUT`] of the one before, answers
+    /// [`KeyError::TotpLocked`] for every code until [`TOTP_LOCKOUT`] after the last of them.
     fn check_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError>;
 }
 
@@ -224,6 +242,13 @@ struct Store {
     conn: Connection,
     cache: KeyCache,
 }
+
+/// Refused TOTP codes (each within [`TOTP_LOCKOUT`] of the one before) that lock a key's TOTP.
+pub const TOTP_MAX_FAILS: u32 = 5;
+
+/// How close together refused TOTP codes must be to add up, and how long a lockout lasts after
+/// the last of them.
+pub const TOTP_LOCKOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Most keys held in the cache; past it the cache starts over.
 const MAX_CACHED: usize = 4096;
@@ -311,22 +336,42 @@ impl SqliteKeyStore {
         Self::from_conn(Connection::open_in_memory()?)
     }
 
-    fn from_conn(conn: Connection) -> Result<Self, KeyError> {
+    fn from_conn(mut conn: Connection) -> Result<Self, KeyError> {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(
+        // One write transaction, so that two processes opening the database at once do not both
+        // add the same column.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS keys (
-                 id          TEXT PRIMARY KEY,
-                 name        TEXT NOT NULL,
-                 hash        BLOB NOT NULL,
-                 roles       TEXT NOT NULL,
-                 created_ms  INTEGER NOT NULL,
-                 expires_ms  INTEGER,
-                 revoked_ms  INTEGER,
-                 totp_secret BLOB,
-                 totp_last   INTEGER);",
+                 id             TEXT PRIMARY KEY,
+                 name           TEXT NOT NULL,
+                 hash           BLOB NOT NULL,
+                 roles          TEXT NOT NULL,
+                 created_ms     INTEGER NOT NULL,
+                 expires_ms     INTEGER,
+                 revoked_ms     INTEGER,
+                 totp_secret    BLOB,
+                 totp_last      INTEGER,
+                 totp_fails     INTEGER NOT NULL DEFAULT 0,
+                 totp_failed_ms INTEGER);",
         )?;
+        // Databases made before the TOTP failure count lack its columns.
+        for (column, decl) in [
+            ("totp_fails", "INTEGER NOT NULL DEFAULT 0"),
+            ("totp_failed_ms", "INTEGER"),
+        ] {
+            let has: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('keys') WHERE name = ?1",
+                params![column],
+                |r| r.get(0),
+            )?;
+            if has == 0 {
+                tx.execute_batch(&format!("ALTER TABLE keys ADD COLUMN {column} {decl}"))?;
+            }
+        }
+        tx.commit()?;
         Ok(SqliteKeyStore {
             store: Mutex::new(Store {
                 conn,
@@ -533,21 +578,37 @@ impl KeyStore for SqliteKeyStore {
     }
 
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError> {
+        // The end of the overlap is stored as an i64: refuse one past it rather than wrap to a
+        // negative time, which would end the old key at once.
+        let end = u64::try_from(overlap.as_millis())
+            .ok()
+            .and_then(|o| now_ms.checked_add(o))
+            .filter(|&e| i64::try_from(e).is_ok())
+            .ok_or_else(|| {
+                KeyError::Invalid(format!("an overlap of {} s is too long", overlap.as_secs()))
+            })?;
         let mut guard = self.lock();
+        // Read the old key in the write transaction (taken at once, not on the first write), so
+        // that a revocation by another process cannot land between the checks and the insert.
+        let tx = guard
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (old, _) = self
-            .get(&guard.conn, id)?
+            .get(&tx, id)?
             .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
         if old.revoked_ms.is_some() {
             return Err(KeyError::Invalid(format!("key {id} is revoked")));
         }
-        let tx = guard.conn.transaction()?;
-        let end = now_ms.saturating_add(overlap.as_millis().min(u64::MAX as u128) as u64);
+        if old.expires_ms.is_some_and(|e| now_ms >= e) {
+            return Err(KeyError::Invalid(format!("key {id} has expired")));
+        }
         let end = old.expires_ms.map_or(end, |e| e.min(end));
         tx.execute(
             "UPDATE keys SET expires_ms = ?2 WHERE id = ?1",
             params![id, end as i64],
         )?;
-        let new = Self::insert(&tx, &old.name, &old.roles, None, now_ms)?;
+        // The successor lives no longer than the key it replaces was meant to.
+        let new = Self::insert(&tx, &old.name, &old.roles, old.expires_ms, now_ms)?;
         let committed = tx.commit();
         Self::written(guard, committed.is_ok());
         committed?;
@@ -569,27 +630,64 @@ impl KeyStore for SqliteKeyStore {
         if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(false);
         }
-        let guard = self.lock();
-        let conn = &guard.conn;
-        let secret: Option<Option<Vec<u8>>> = conn
+        let mut guard = self.lock();
+        // A write transaction from the start: the failure count is read and updated in one step
+        // for every gateway on the database.
+        let tx = guard
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<(Option<Vec<u8>>, i64, Option<i64>)> = tx
             .query_row(
-                "SELECT totp_secret FROM keys WHERE id = ?1",
+                "SELECT totp_secret, totp_fails, totp_failed_ms FROM keys WHERE id = ?1",
                 params![id],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some(Some(secret)) = secret else {
+        let Some((Some(secret), fails, failed_ms)) = row else {
             return Ok(false);
         };
-        let Some(step) = totp_for(secret)?.check(code, now_ms / 1000) else {
-            return Ok(false);
+        let window = u64::try_from(TOTP_LOCKOUT.as_millis()).unwrap_or(u64::MAX);
+        // The last refusal, if it is recent enough for the next one to add to the count.
+        let recent = failed_ms
+            .map(|t| t.max(0) as u64)
+            .filter(|&t| now_ms < t.saturating_add(window));
+        let fails = if recent.is_some() {
+            u32::try_from(fails.max(0)).unwrap_or(u32::MAX)
+        } else {
+            0
         };
-        // Consume the step: a code is accepted once (RFC 6238 §5.2).
-        let n = conn.execute(
-            "UPDATE keys SET totp_last = ?2 WHERE id = ?1 AND (totp_last IS NULL OR totp_last < ?2)",
-            params![id, step as i64],
-        )?;
-        Ok(n == 1)
+        if let Some(last) = recent
+            && fails >= TOTP_MAX_FAILS
+        {
+            return Err(KeyError::TotpLocked {
+                id: id.to_string(),
+                until_ms: last.saturating_add(window),
+            });
+        }
+        // Consume the step: a code is accepted once (RFC 6238 §5.2). A success clears the count.
+        let accepted = match totp_for(secret)?.check(code, now_ms / 1000) {
+            Some(step) => {
+                tx.execute(
+                    "UPDATE keys SET totp_last = ?2, totp_fails = 0, totp_failed_ms = NULL
+                     WHERE id = ?1 AND (totp_last IS NULL OR totp_last < ?2)",
+                    params![id, step as i64],
+                )? == 1
+            }
+            None => false,
+        };
+        if !accepted {
+            // A replayed code counts too: the count is of refusals, whatever their cause.
+            tx.execute(
+                "UPDATE keys SET totp_fails = ?2, totp_failed_ms = ?3 WHERE id = ?1",
+                params![
+                    id,
+                    fails.saturating_add(1),
+                    now_ms.max(recent.unwrap_or(0)) as i64
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(accepted)
     }
 }
 
@@ -763,6 +861,258 @@ mod tests {
         assert!(s.check_totp(&k.record.id, &later, T0 + 30_000).unwrap());
         let stale = totp_code(&secret, T0 - 600_000).unwrap();
         assert!(!s.check_totp(&k.record.id, &stale, T0 + 60_000).unwrap());
+    }
+
+    #[test]
+    fn rotation_keeps_the_original_expiry() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let old = s
+            .create("svc", &[Role::Audit], Some(T0 + 100_000), T0)
+            .unwrap();
+        let new = s
+            .rotate(&old.record.id, Duration::from_secs(60), T0)
+            .unwrap();
+        assert_eq!(new.record.expires_ms, Some(T0 + 100_000));
+        let listed = s.list().unwrap();
+        let stored = listed.iter().find(|r| r.id == new.record.id).unwrap();
+        assert_eq!(stored.expires_ms, Some(T0 + 100_000));
+        assert!(matches!(
+            s.authenticate(&new.key, T0 + 99_999).unwrap(),
+            Authn::Valid(_)
+        ));
+        assert_eq!(
+            s.authenticate(&new.key, T0 + 100_000).unwrap(),
+            Authn::Expired(new.record.id.clone())
+        );
+        // The old key ends with the overlap, which is shorter than its own life here.
+        assert_eq!(
+            s.authenticate(&old.key, T0 + 60_000).unwrap(),
+            Authn::Expired(old.record.id.clone())
+        );
+    }
+
+    #[test]
+    fn rotating_an_expired_or_revoked_key_is_refused() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let expired = s.create("old", &[Role::Audit], Some(T0 + 10), T0).unwrap();
+        let e = s
+            .rotate(&expired.record.id, Duration::from_secs(60), T0 + 10)
+            .unwrap_err();
+        assert!(
+            matches!(&e, KeyError::Invalid(m) if m.contains("expired")),
+            "{e}"
+        );
+        let revoked = s.create("gone", &[Role::Audit], None, T0).unwrap();
+        assert!(s.revoke(&revoked.record.id, T0 + 1).unwrap());
+        let e = s
+            .rotate(&revoked.record.id, Duration::from_secs(60), T0 + 2)
+            .unwrap_err();
+        assert!(
+            matches!(&e, KeyError::Invalid(m) if m.contains("revoked")),
+            "{e}"
+        );
+        // Neither refusal left a successor behind.
+        assert_eq!(s.list().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn rotation_refuses_an_overlap_that_overflows() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let k = s.create("svc", &[Role::Audit], None, T0).unwrap();
+        for overlap in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX),
+            // Fits a u64 but not the i64 column.
+            Duration::from_millis(i64::MAX as u64 - T0 + 1),
+        ] {
+            let e = s.rotate(&k.record.id, overlap, T0).unwrap_err();
+            assert!(
+                matches!(&e, KeyError::Invalid(m) if m.contains("too long")),
+                "{e}"
+            );
+        }
+        // Nothing changed: the key lives on, with no successor.
+        assert_eq!(s.list().unwrap().len(), 1);
+        assert!(matches!(
+            s.authenticate(&k.key, T0 + 1).unwrap(),
+            Authn::Valid(_)
+        ));
+        // The longest overlap that fits is accepted.
+        let new = s
+            .rotate(
+                &k.record.id,
+                Duration::from_millis(i64::MAX as u64 - T0),
+                T0,
+            )
+            .unwrap();
+        assert_eq!(new.record.expires_ms, None);
+        assert!(matches!(
+            s.authenticate(&k.key, T0 + 1).unwrap(),
+            Authn::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn a_revocation_that_lands_while_rotate_waits_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let s = SqliteKeyStore::open(&path).unwrap();
+        let k = s.create("svc", &[Role::Audit], None, T0).unwrap();
+        // Another process holds the write lock and is about to revoke the key.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        std::thread::scope(|scope| {
+            let rotation = scope.spawn(|| s.rotate(&k.record.id, Duration::from_secs(60), T0 + 2));
+            std::thread::sleep(Duration::from_millis(100));
+            other
+                .execute(
+                    "UPDATE keys SET revoked_ms = ?2 WHERE id = ?1",
+                    params![k.record.id, (T0 + 1) as i64],
+                )
+                .unwrap();
+            other.execute_batch("COMMIT").unwrap();
+            let e = rotation.join().unwrap().unwrap_err();
+            assert!(
+                matches!(&e, KeyError::Invalid(m) if m.contains("revoked")),
+                "{e}"
+            );
+        });
+        assert_eq!(s.list().unwrap().len(), 1);
+    }
+
+    /// A well-formed code that no step near `now_ms` accepts.
+    fn wrong_code(secret: &str, now_ms: u64) -> String {
+        let near: Vec<String> = [now_ms - 30_000, now_ms, now_ms + 30_000]
+            .iter()
+            .map(|&t| totp_code(secret, t).unwrap())
+            .collect();
+        (0..1_000_000)
+            .map(|n| format!("{n:06}"))
+            .find(|c| !near.contains(c))
+            .unwrap()
+    }
+
+    #[test]
+    fn five_wrong_totp_codes_lock_the_key_until_the_lockout_ends() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let k = s.create("root", &[Role::Admin], None, T0).unwrap();
+        let id = &k.record.id;
+        let secret = k.totp_secret.clone().unwrap();
+        let window = TOTP_LOCKOUT.as_millis() as u64;
+        for i in 0..u64::from(TOTP_MAX_FAILS) {
+            let t = T0 + i * 1000;
+            assert!(!s.check_totp(id, &wrong_code(&secret, t), t).unwrap());
+        }
+        let last = T0 + (u64::from(TOTP_MAX_FAILS) - 1) * 1000;
+        // Even the right code is refused, with the end of the lockout.
+        let t = last + 1000;
+        let e = s
+            .check_totp(id, &totp_code(&secret, t).unwrap(), t)
+            .unwrap_err();
+        assert!(
+            matches!(&e, KeyError::TotpLocked { id: i, until_ms } if i == id && *until_ms == last + window),
+            "{e}"
+        );
+        // Refusals during the lockout do not lengthen it.
+        let t = last + window - 1;
+        assert!(matches!(
+            s.check_totp(id, &wrong_code(&secret, t), t),
+            Err(KeyError::TotpLocked { until_ms, .. }) if until_ms == last + window
+        ));
+        assert!(matches!(
+            s.check_totp(id, &totp_code(&secret, t).unwrap(), t),
+            Err(KeyError::TotpLocked { .. })
+        ));
+        // Once it has ended, the right code passes.
+        let t = last + window;
+        assert!(
+            s.check_totp(id, &totp_code(&secret, t).unwrap(), t)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn a_right_totp_code_resets_the_failure_count() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let k = s.create("root", &[Role::Admin], None, T0).unwrap();
+        let id = &k.record.id;
+        let secret = k.totp_secret.clone().unwrap();
+        let mut t = T0;
+        for round in 0..3 {
+            for _ in 1..TOTP_MAX_FAILS {
+                assert!(!s.check_totp(id, &wrong_code(&secret, t), t).unwrap());
+                t += 1000;
+            }
+            // A fresh step each round: a code works once.
+            t = T0 + round * 30_000 + 29_000;
+            assert!(
+                s.check_totp(id, &totp_code(&secret, t).unwrap(), t)
+                    .unwrap(),
+                "round {round}"
+            );
+            t += 1000;
+        }
+        // Failures far apart do not add up either.
+        let window = TOTP_LOCKOUT.as_millis() as u64;
+        for _ in 0..2 * TOTP_MAX_FAILS {
+            t += window;
+            assert!(!s.check_totp(id, &wrong_code(&secret, t), t).unwrap());
+        }
+        t += 1000;
+        assert!(
+            s.check_totp(id, &totp_code(&secret, t).unwrap(), t)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn a_totp_lockout_is_shared_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let a = SqliteKeyStore::open(&path).unwrap();
+        let k = a.create("root", &[Role::Admin], None, T0).unwrap();
+        let id = &k.record.id;
+        let secret = k.totp_secret.clone().unwrap();
+        for _ in 0..TOTP_MAX_FAILS {
+            assert!(!a.check_totp(id, &wrong_code(&secret, T0), T0).unwrap());
+        }
+        let b = SqliteKeyStore::open(&path).unwrap();
+        drop(a);
+        let code = totp_code(&secret, T0 + 1000).unwrap();
+        assert!(matches!(
+            b.check_totp(id, &code, T0 + 1000),
+            Err(KeyError::TotpLocked { .. })
+        ));
+    }
+
+    #[test]
+    fn a_database_without_the_failure_count_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        // The schema before the TOTP failure count.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE keys (
+                     id TEXT PRIMARY KEY, name TEXT NOT NULL, hash BLOB NOT NULL,
+                     roles TEXT NOT NULL, created_ms INTEGER NOT NULL, expires_ms INTEGER,
+                     revoked_ms INTEGER, totp_secret BLOB, totp_last INTEGER);",
+            )
+            .unwrap();
+        let s = SqliteKeyStore::open(&path).unwrap();
+        let k = s.create("root", &[Role::Admin], None, T0).unwrap();
+        let secret = k.totp_secret.clone().unwrap();
+        assert!(
+            !s.check_totp(&k.record.id, &wrong_code(&secret, T0), T0)
+                .unwrap()
+        );
+        assert!(
+            s.check_totp(&k.record.id, &totp_code(&secret, T0).unwrap(), T0)
+                .unwrap()
+        );
+        // Opening it again finds the columns there.
+        drop(s);
+        SqliteKeyStore::open(&path).unwrap();
     }
 
     #[test]

@@ -17,8 +17,8 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::{Guard, Next, Principal, call_next, reject};
-use crate::keys::{KeyStore, Role};
+use super::{Guard, Next, Principal, call_next, reject, reject_retry};
+use crate::keys::{KeyError, KeyStore, Role};
 use crate::now_ms;
 use crate::oip::{Target, target_of};
 
@@ -92,6 +92,20 @@ impl Guard for Authorise {
                         StatusCode::UNAUTHORIZED,
                         GUARD,
                         "wrong, expired or already used TOTP code",
+                    );
+                }
+                Err(KeyError::TotpLocked { until_ms, .. }) => {
+                    // Refused codes in a row: perhaps someone with a stolen key trying codes.
+                    let secs = until_ms.saturating_sub(now_ms()).div_ceil(1000).max(1);
+                    tracing::warn!(key_id = %key.id, retry_after_s = secs, "TOTP checks locked after too many wrong codes");
+                    return reject_retry(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        GUARD,
+                        &format!(
+                            "too many wrong TOTP codes for key {}: try again in {secs} s",
+                            key.id
+                        ),
+                        secs,
                     );
                 }
                 Err(e) => {
