@@ -23,6 +23,7 @@
 //! turn a guard off).
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -101,6 +102,22 @@ pub struct Rate {
     pub period_ms: u64,
     /// Largest burst.
     pub burst: u32,
+}
+
+/// The longest [`Rate::period_ms`], and the longest a full burst may take to come back: 366
+/// days. Longer is surely a mistake (a daily budget covers long spans), and the limiter keeps
+/// its times in 64-bit nanoseconds, which run out after 584 years.
+pub const MAX_PERIOD_MS: u64 = 366 * 86_400_000;
+
+impl Rate {
+    /// The emission interval: one request per `period_ms / rate` (truncated to whole
+    /// nanoseconds; zero when `rate` is zero or above one per nanosecond, which
+    /// [`Policy::check`] refuses).
+    pub fn interval(self) -> Duration {
+        Duration::from_millis(self.period_ms)
+            .checked_div(self.rate)
+            .unwrap_or(Duration::ZERO)
+    }
 }
 
 /// Rate limits and budgets.
@@ -214,11 +231,31 @@ impl Policy {
             ("limits.per_key", self.limits.per_key),
             ("limits.per_model", self.limits.per_model),
         ] {
-            if let Some(r) = r
-                && (r.rate == 0 || r.period_ms == 0 || r.burst == 0)
-            {
+            let Some(r) = r else { continue };
+            if r.rate == 0 || r.period_ms == 0 || r.burst == 0 {
                 return bad(format!(
                     "{name}: rate, period_ms and burst must be positive"
+                ));
+            }
+            if r.period_ms > MAX_PERIOD_MS {
+                return bad(format!(
+                    "{name}: period_ms must be at most {MAX_PERIOD_MS} (366 days)"
+                ));
+            }
+            let interval = r.interval();
+            if interval.is_zero() {
+                return bad(format!(
+                    "{name}: rate {} per period_ms {} is more than one request per nanosecond",
+                    r.rate, r.period_ms
+                ));
+            }
+            if interval
+                .checked_mul(r.burst)
+                .is_none_or(|w| w > Duration::from_millis(MAX_PERIOD_MS))
+            {
+                return bad(format!(
+                    "{name}: burst × period_ms / rate (the time a full burst takes to come back) \
+                     must be at most 366 days"
                 ));
             }
         }
@@ -309,5 +346,65 @@ mod tests {
             Policy::from_toml("[output]\nreveal = \"label\"\ntop_k = 2"),
             Err(PolicyError::Invalid(_))
         ));
+    }
+
+    /// The message of the error `limits` gives, or `None` when it is a valid policy.
+    fn limits_error(limits: &str) -> Option<String> {
+        match Policy::from_toml(&format!("[limits]\n{limits}")) {
+            Ok(_) => None,
+            Err(PolicyError::Invalid(m)) => Some(m),
+            Err(e) => panic!("{limits}: {e}"),
+        }
+    }
+
+    #[test]
+    fn rates_the_limiter_cannot_keep_are_errors() {
+        // More than one request per nanosecond: the interval truncates to zero.
+        let m = limits_error("per_key = { rate = 1000001, period_ms = 1, burst = 1 }").unwrap();
+        assert!(
+            m.starts_with("limits.per_key: ") && m.contains("nanosecond"),
+            "{m}"
+        );
+        assert_eq!(
+            limits_error("per_key = { rate = 1000000, period_ms = 1, burst = 1 }"),
+            None
+        );
+        let m =
+            limits_error("per_model = { rate = 4294967295, period_ms = 4, burst = 1 }").unwrap();
+        assert!(m.starts_with("limits.per_model: "), "{m}");
+        // A period past 366 days.
+        let m = limits_error(&format!(
+            "per_model = {{ rate = 1, period_ms = {}, burst = 1 }}",
+            MAX_PERIOD_MS + 1
+        ))
+        .unwrap();
+        assert!(m.starts_with("limits.per_model: period_ms"), "{m}");
+        let m = limits_error("per_key = { rate = 1, period_ms = 18446744073709551615, burst = 1 }")
+            .unwrap();
+        assert!(m.starts_with("limits.per_key: period_ms"), "{m}");
+        assert_eq!(
+            limits_error(&format!(
+                "per_key = {{ rate = 1, period_ms = {MAX_PERIOD_MS}, burst = 1 }}"
+            )),
+            None
+        );
+        // A burst that takes longer than that to come back (here 2^32 - 1 years).
+        let m = limits_error(&format!(
+            "per_key = {{ rate = 1, period_ms = {MAX_PERIOD_MS}, burst = 4294967295 }}"
+        ))
+        .unwrap();
+        assert!(m.starts_with("limits.per_key: burst"), "{m}");
+        assert!(
+            limits_error(&format!(
+                "per_key = {{ rate = 1, period_ms = {MAX_PERIOD_MS}, burst = 2 }}"
+            ))
+            .is_some()
+        );
+        assert_eq!(
+            limits_error(&format!(
+                "per_key = {{ rate = 2, period_ms = {MAX_PERIOD_MS}, burst = 2 }}"
+            )),
+            None
+        );
     }
 }

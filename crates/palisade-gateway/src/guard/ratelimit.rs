@@ -45,6 +45,12 @@ pub trait BudgetStore: Send + Sync + 'static {
     /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
     /// been spent; returns what remains after spending, or `None` when the budget is exhausted.
     fn spend(&self, key: &str, model: &str, day: u64, limit: u64) -> Option<u64>;
+
+    /// What remains of `key`'s budget on `model` for UTC day `day`, spending nothing: checked
+    /// before the rate limits so that a key whose budget is spent is refused without charging
+    /// them (and so cannot use up the model's shared rate). [`BudgetStore::spend`] stays the
+    /// authority: two requests racing for the last unit may both see one here.
+    fn remaining(&self, key: &str, model: &str, day: u64, limit: u64) -> u64;
 }
 
 /// Budgets in process memory.
@@ -70,7 +76,9 @@ impl BudgetStore for MemoryBudgets {
             per_model.insert(model.to_string(), (day, 0));
         }
         let e = per_model.get_mut(model)?;
-        if e.0 != day {
+        // Only a later day starts afresh: a clock stepping back across midnight must not zero
+        // the count, so an earlier day counts against the one stored.
+        if day > e.0 {
             *e = (day, 0);
         }
         if e.1 >= limit {
@@ -79,12 +87,41 @@ impl BudgetStore for MemoryBudgets {
         e.1 += 1;
         Some(limit - e.1)
     }
+
+    fn remaining(&self, key: &str, model: &str, day: u64, limit: u64) -> u64 {
+        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        match used.get(key).and_then(|m| m.get(model)) {
+            Some(&(d, spent)) if d >= day => limit.saturating_sub(spent),
+            _ => limit,
+        }
+    }
+}
+
+/// The longest time a limiter may span (interval × burst): governor keeps its times in u64
+/// nanoseconds and overflows past 584 years. A checked policy stays within 366 days
+/// ([`crate::policy::MAX_PERIOD_MS`]); this bounds one built in code without the check.
+const MAX_SPAN: Duration = Duration::from_nanos(u64::MAX / 4);
+
+/// `r` as the limiter keeps it: its emission interval within 1 ns..=[`MAX_SPAN`] and its burst
+/// within 1..=`MAX_SPAN / interval`, so that the limiter always exists and its arithmetic
+/// cannot overflow. Unchanged for a policy that passed [`crate::policy::Policy::check`].
+fn gcra_params(r: Rate) -> (Duration, NonZeroU32) {
+    let per = r.interval().clamp(Duration::from_nanos(1), MAX_SPAN);
+    let most = u32::try_from(MAX_SPAN.as_nanos() / per.as_nanos()).unwrap_or(u32::MAX);
+    (
+        per,
+        NonZeroU32::new(r.burst.min(most)).unwrap_or(NonZeroU32::MIN),
+    )
 }
 
 fn quota(r: Rate) -> Option<Quota> {
-    let per = Duration::from_millis(r.period_ms) / r.rate.max(1);
-    Some(Quota::with_period(per)?.allow_burst(NonZeroU32::new(r.burst)?))
+    let (per, burst) = gcra_params(r);
+    Some(Quota::with_period(per)?.allow_burst(burst))
 }
+
+/// How many limiter sets [`Limits`] keeps per model, one per distinct [`LimitPolicy`] among
+/// its versions; past it the oldest goes (its counters with it).
+const POLICIES_PER_MODEL: usize = 8;
 
 struct ModelLimiters {
     policy: LimitPolicy,
@@ -108,7 +145,11 @@ impl ModelLimiters {
 
 /// The rate-limit state of a gateway.
 pub struct Limits {
-    models: RwLock<HashMap<String, Arc<ModelLimiters>>>,
+    /// Model name → its limiters, one set per distinct limit policy, oldest first. Each version
+    /// of a model has its own policy: keyed by name alone, a client alternating versions with
+    /// different limits would rebuild (and so refill) them on every request; versions with
+    /// equal limits share one set, so alternating them gains nothing.
+    models: RwLock<HashMap<String, Vec<Arc<ModelLimiters>>>>,
     budgets: Arc<dyn BudgetStore>,
     clock: DefaultClock,
 }
@@ -129,25 +170,130 @@ impl Limits {
         }
     }
 
-    /// The limiters of `model` under `policy` (rebuilt when the policy changed).
+    /// The limiters of `model` under `policy`, made on first use.
     fn for_model(&self, model: &str, policy: &LimitPolicy) -> Arc<ModelLimiters> {
-        if let Some(m) = self
-            .models
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(model)
-            && m.policy == *policy
-        {
-            return m.clone();
+        let find = |sets: &[Arc<ModelLimiters>]| sets.iter().find(|m| m.policy == *policy).cloned();
+        let r = self.models.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = r.get(model).and_then(|s| find(s)) {
+            return m;
         }
+        drop(r);
         let mut w = self.models.write().unwrap_or_else(|p| p.into_inner());
-        match w.get(model) {
-            Some(m) if m.policy == *policy => m.clone(),
-            _ => {
-                let m = Arc::new(ModelLimiters::new(policy));
-                w.insert(model.to_string(), m.clone());
-                m
+        let sets = w.entry(model.to_string()).or_default();
+        if let Some(m) = find(sets) {
+            return m;
+        }
+        if sets.len() >= POLICIES_PER_MODEL {
+            sets.remove(0);
+        }
+        let m = Arc::new(ModelLimiters::new(policy));
+        sets.push(m.clone());
+        m
+    }
+
+    /// Charges one request by `key` to `model` under `policy`, `t_ms` milliseconds after the
+    /// epoch (for the daily budget): the header items, or why it is refused.
+    ///
+    /// A spent daily budget is refused first, charging nothing. Otherwise each limit is charged
+    /// in turn (per key, per model, then the budget), and a refusal by a later one leaves the
+    /// earlier ones charged; the budget is only read before the rate limits, so a race for its
+    /// last unit can charge them for a request its spend then refuses.
+    fn admit(
+        &self,
+        key: &String,
+        model: &str,
+        policy: &LimitPolicy,
+        t_ms: u64,
+    ) -> Result<Vec<Item>, Refusal> {
+        let lim = self.for_model(model, policy);
+        let mut items = Vec::with_capacity(3);
+        let day = lim.policy.daily_budget.map(|limit| {
+            let reset_s = (DAY_MS - t_ms % DAY_MS).div_ceil(1000);
+            let item = move |remaining| Item {
+                name: "day",
+                quota: limit,
+                window_s: 86_400,
+                remaining,
+                reset_s,
+            };
+            (limit, reset_s, item)
+        });
+        let today = t_ms / DAY_MS;
+        if let Some((limit, reset_s, item)) = day
+            && self.budgets.remaining(key, model, today, limit) == 0
+        {
+            items.push(item(0));
+            return Err(Refusal::new(items, reset_s, DAY_SPENT));
+        }
+        let now = self.clock.now();
+        // A later refusal keeps the unit the key has just spent: a client retrying after the
+        // model's wait must not then meet its own limit, so it waits at least until the key
+        // has regained one.
+        let mut key_wait = 0;
+        if let Some((r, l)) = &lim.per_key {
+            match l.check_key(key) {
+                Ok(s) => {
+                    let remaining = s.remaining_burst_capacity();
+                    if remaining == 0 {
+                        key_wait = ceil_secs(gcra_params(*r).0);
+                    }
+                    items.push(gcra_item("key", *r, remaining));
+                }
+                Err(nu) => {
+                    items.push(gcra_item("key", *r, 0));
+                    let wait = ceil_secs(nu.wait_time_from(now));
+                    return Err(Refusal::new(
+                        items,
+                        wait,
+                        "rate limit for this key exceeded",
+                    ));
+                }
             }
+        }
+        if let Some((r, l)) = &lim.per_model {
+            match l.check() {
+                Ok(s) => items.push(gcra_item("model", *r, s.remaining_burst_capacity())),
+                Err(nu) => {
+                    items.push(gcra_item("model", *r, 0));
+                    let wait = ceil_secs(nu.wait_time_from(now)).max(key_wait);
+                    return Err(Refusal::new(
+                        items,
+                        wait,
+                        "rate limit for this model exceeded",
+                    ));
+                }
+            }
+        }
+        if let Some((limit, reset_s, item)) = day {
+            match self.budgets.spend(key, model, today, limit) {
+                Some(rem) => items.push(item(rem)),
+                None => {
+                    items.push(item(0));
+                    return Err(Refusal::new(items, reset_s.max(key_wait), DAY_SPENT));
+                }
+            }
+        }
+        Ok(items)
+    }
+}
+
+const DAY_SPENT: &str = "daily query budget exhausted";
+
+/// A request refused: the items checked up to the refusal, and how long to wait.
+#[derive(Debug)]
+struct Refusal {
+    items: Vec<Item>,
+    /// Seconds, at least 1.
+    retry_after: u64,
+    what: &'static str,
+}
+
+impl Refusal {
+    fn new(items: Vec<Item>, retry_after: u64, what: &'static str) -> Self {
+        Refusal {
+            items,
+            retry_after: retry_after.max(1),
+            what,
         }
     }
 }
@@ -166,6 +312,7 @@ impl RateLimit {
     }
 }
 
+#[derive(Debug)]
 struct Item {
     name: &'static str,
     quota: u64,
@@ -175,18 +322,20 @@ struct Item {
 }
 
 fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 fn gcra_item(name: &'static str, r: Rate, remaining: u32) -> Item {
-    let per = Duration::from_millis(r.period_ms) / r.rate.max(1);
-    let missing = r.burst.saturating_sub(remaining);
+    let (per, burst) = gcra_params(r);
+    let burst = burst.get();
+    let missing = burst.saturating_sub(remaining);
+    let span = |n: u32| ceil_secs(per.checked_mul(n).unwrap_or(Duration::MAX));
     Item {
         name,
-        quota: u64::from(r.burst),
-        window_s: ceil_secs(per * r.burst).max(1),
+        quota: u64::from(burst),
+        window_s: span(burst).max(1),
         remaining: u64::from(remaining),
-        reset_s: ceil_secs(per * missing),
+        reset_s: span(missing),
     }
 }
 
@@ -216,6 +365,10 @@ impl Fields {
     }
 }
 
+/// The largest integer a structured field may carry (RFC 9651, 15 digits); larger values are
+/// written as it.
+const MAX_SF_INTEGER: u64 = 999_999_999_999_999;
+
 /// Written by hand into one buffer each: through `write!` these two fields cost ~6.8k
 /// instructions per request (callgrind), more than any guard's own decision.
 fn fields(items: &[Item]) -> Fields {
@@ -234,9 +387,9 @@ fn fields(items: &[Item]) -> Fields {
             out.push('"');
             out.push_str(i.name);
             out.push_str(k1);
-            out.push_str(num.format(v1));
+            out.push_str(num.format(v1.min(MAX_SF_INTEGER)));
             out.push_str(k2);
-            out.push_str(num.format(v2));
+            out.push_str(num.format(v2.min(MAX_SF_INTEGER)));
         }
     }
     Fields {
@@ -245,12 +398,17 @@ fn fields(items: &[Item]) -> Fields {
     }
 }
 
-fn limited(items: &[Item], retry_after: u64, what: &str) -> Response {
+fn limited(refusal: &Refusal) -> Response {
+    let Refusal {
+        items,
+        retry_after,
+        what,
+    } = refusal;
     let mut r = reject_retry(
         StatusCode::TOO_MANY_REQUESTS,
         "rate-limit",
         &format!("{what}; retry after {retry_after} s"),
-        retry_after,
+        *retry_after,
     );
     headers(&mut r, items);
     r
@@ -278,51 +436,13 @@ impl Guard for RateLimit {
             Some(Principal(k)) => k.clone(),
             None => return reject(StatusCode::UNAUTHORIZED, "rate-limit", "not authenticated"),
         };
-        let lim = self.limits.for_model(name, &model.policy.limits);
-        let now = self.limits.clock.now();
-        let mut items = Vec::with_capacity(3);
-        if let Some((r, l)) = &lim.per_key {
-            match l.check_key(&caller.id) {
-                Ok(s) => items.push(gcra_item("key", *r, s.remaining_burst_capacity())),
-                Err(nu) => {
-                    items.push(gcra_item("key", *r, 0));
-                    let wait = ceil_secs(nu.wait_time_from(now)).max(1);
-                    return limited(&items, wait, "rate limit for this key exceeded");
-                }
-            }
-        }
-        if let Some((r, l)) = &lim.per_model {
-            match l.check() {
-                Ok(s) => items.push(gcra_item("model", *r, s.remaining_burst_capacity())),
-                Err(nu) => {
-                    items.push(gcra_item("model", *r, 0));
-                    let wait = ceil_secs(nu.wait_time_from(now)).max(1);
-                    return limited(&items, wait, "rate limit for this model exceeded");
-                }
-            }
-        }
-        if let Some(limit) = lim.policy.daily_budget {
-            let t = now_ms();
-            let reset_s = (DAY_MS - t % DAY_MS).div_ceil(1000);
-            let spent = self
-                .limits
-                .budgets
-                .spend(&caller.id, name, t / DAY_MS, limit);
-            let item = |remaining| Item {
-                name: "day",
-                quota: limit,
-                window_s: 86_400,
-                remaining,
-                reset_s,
-            };
-            match spent {
-                Some(rem) => items.push(item(rem)),
-                None => {
-                    items.push(item(0));
-                    return limited(&items, reset_s.max(1), "daily query budget exhausted");
-                }
-            }
-        }
+        let items = match self
+            .limits
+            .admit(&caller.id, name, &model.policy.limits, now_ms())
+        {
+            Ok(items) => items,
+            Err(refusal) => return limited(&refusal),
+        };
         // Built once the stack below waits (for the body, or for the model).
         let (mut resp, ready) = call_next_meanwhile(next, req, || fields(&items)).await;
         ready.insert(&mut resp);
@@ -357,7 +477,7 @@ mod tests {
         );
         assert_eq!(
             r.headers()["ratelimit"],
-            "\"key\";r=2;t=60, \"model\";r=0;t=18446744073709551615"
+            "\"key\";r=2;t=60, \"model\";r=0;t=999999999999999"
         );
         let mut one = Response::new(axum::body::Body::empty());
         headers(&mut one, &[item("day", 5, 86_400, 5, 0)]);
@@ -372,6 +492,158 @@ mod tests {
         assert_eq!(b.spend("k", "m", 1, 2), None);
         assert_eq!(b.spend("k2", "m", 1, 2), Some(1));
         assert_eq!(b.spend("k", "m", 2, 2), Some(1));
+    }
+
+    #[test]
+    fn an_earlier_day_counts_against_the_later_one() {
+        let b = MemoryBudgets::default();
+        assert_eq!(b.remaining("k", "m", 2, 2), 2);
+        assert_eq!(b.spend("k", "m", 2, 2), Some(1));
+        // The clock stepped back across midnight: still day 2's budget.
+        assert_eq!(b.remaining("k", "m", 1, 2), 1);
+        assert_eq!(b.spend("k", "m", 1, 2), Some(0));
+        assert_eq!(b.remaining("k", "m", 2, 2), 0);
+        assert_eq!(b.spend("k", "m", 2, 2), None);
+        assert_eq!(b.spend("k", "m", 1, 2), None);
+        assert_eq!(b.remaining("k", "m", 3, 2), 2);
+        assert_eq!(b.remaining("k", "other", 2, 2), 2);
+    }
+
+    fn rate(rate: u32, period_ms: u64, burst: u32) -> Option<Rate> {
+        Some(Rate {
+            rate,
+            period_ms,
+            burst,
+        })
+    }
+
+    fn limits() -> Limits {
+        Limits::new(Arc::new(MemoryBudgets::default()))
+    }
+
+    const T: u64 = 1_000 * DAY_MS;
+
+    fn key(k: &str) -> String {
+        k.to_string()
+    }
+
+    #[test]
+    fn each_limit_policy_of_a_model_keeps_its_own_limiters() {
+        let l = limits();
+        let a = LimitPolicy {
+            per_key: rate(1, 60_000, 1),
+            per_model: None,
+            daily_budget: None,
+        };
+        let b = LimitPolicy {
+            daily_budget: Some(100),
+            ..a.clone()
+        };
+        let k = key("k");
+        assert!(l.admit(&k, "m", &a, T).is_ok());
+        assert!(l.admit(&k, "m", &a, T).is_err());
+        assert!(l.admit(&k, "m", &b, T).is_ok());
+        // B's request did not rebuild A's limiters (nor refill A's burst).
+        let r = l.admit(&k, "m", &a, T).err().unwrap();
+        assert_eq!(r.what, "rate limit for this key exceeded");
+        assert!(l.admit(&k, "m", &b, T).is_err());
+        // Versions with equal limits share them.
+        assert!(Arc::ptr_eq(
+            &l.for_model("m", &a),
+            &l.for_model("m", &a.clone())
+        ));
+        assert!(!Arc::ptr_eq(&l.for_model("m", &a), &l.for_model("m2", &a)));
+    }
+
+    #[test]
+    fn the_limiters_kept_per_model_are_bounded() {
+        let l = limits();
+        let policy = |n| LimitPolicy {
+            daily_budget: Some(n),
+            ..LimitPolicy::default()
+        };
+        let first = l.for_model("m", &policy(1));
+        for n in 2..=20 {
+            l.for_model("m", &policy(n));
+        }
+        let models = l.models.read().unwrap();
+        assert_eq!(models["m"].len(), POLICIES_PER_MODEL);
+        assert!(!models["m"].iter().any(|m| Arc::ptr_eq(m, &first)));
+        assert_eq!(models["m"][POLICIES_PER_MODEL - 1].policy, policy(20));
+    }
+
+    #[test]
+    fn a_spent_budget_charges_no_rate_limit() {
+        let l = limits();
+        let p = LimitPolicy {
+            per_key: rate(1000, 1000, 100),
+            per_model: rate(1, 60_000, 2),
+            daily_budget: Some(1),
+        };
+        let (k1, k2) = (key("k1"), key("k2"));
+        assert!(l.admit(&k1, "m", &p, T).is_ok());
+        for _ in 0..3 {
+            let r = l.admit(&k1, "m", &p, T).err().unwrap();
+            assert_eq!(r.what, DAY_SPENT);
+            assert_eq!(r.retry_after, 86_400);
+            assert_eq!(r.items.len(), 1);
+            assert_eq!((r.items[0].name, r.items[0].remaining), ("day", 0));
+        }
+        // k1's refused requests left the model's second unit to k2.
+        let items = l.admit(&k2, "m", &p, T).unwrap();
+        assert_eq!(
+            items
+                .iter()
+                .map(|i| (i.name, i.remaining))
+                .collect::<Vec<_>>(),
+            [("key", 99), ("model", 0), ("day", 0)]
+        );
+    }
+
+    #[test]
+    fn a_model_refusal_waits_for_the_key_too() {
+        let l = limits();
+        let p = LimitPolicy {
+            per_key: rate(1, 60_000, 1),
+            per_model: rate(1, 1_000, 1),
+            daily_budget: None,
+        };
+        let (k1, k2) = (key("k1"), key("k2"));
+        assert!(l.admit(&k1, "m", &p, T).is_ok());
+        // k2's check took its only unit: retrying after the model's second would meet it.
+        let r = l.admit(&k2, "m", &p, T).err().unwrap();
+        assert_eq!(r.what, "rate limit for this model exceeded");
+        assert_eq!(r.retry_after, 60);
+        // A key with units left waits only for the model.
+        let roomy = LimitPolicy {
+            per_key: rate(1, 60_000, 5),
+            ..p
+        };
+        assert!(l.admit(&k1, "n", &roomy, T).is_ok());
+        let r = l.admit(&k2, "n", &roomy, T).err().unwrap();
+        assert_eq!(r.what, "rate limit for this model exceeded");
+        assert_eq!(r.retry_after, 1);
+    }
+
+    #[test]
+    fn unchecked_rates_neither_vanish_nor_overflow() {
+        let l = limits();
+        // An interval that truncates to zero, and one burst × interval past any clock.
+        let p = LimitPolicy {
+            per_key: rate(u32::MAX, 1, u32::MAX),
+            per_model: rate(1, u64::MAX, u32::MAX),
+            daily_budget: Some(u64::MAX),
+        };
+        let lim = l.for_model("m", &p);
+        assert!(lim.per_key.is_some() && lim.per_model.is_some());
+        let items = l.admit(&key("k"), "m", &p, T).unwrap();
+        let f = fields(&items);
+        assert!(f.policy.is_some() && f.state.is_some());
+        for i in &items {
+            assert!(i.window_s >= 1, "{}", i.name);
+        }
+        let i = gcra_item("model", rate(1, u64::MAX, u32::MAX).unwrap(), 0);
+        assert!(i.reset_s > 0 && i.window_s >= i.reset_s);
     }
 
     #[test]
