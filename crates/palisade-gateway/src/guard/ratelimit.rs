@@ -119,12 +119,16 @@ fn quota(r: Rate) -> Option<Quota> {
     Some(Quota::with_period(per)?.allow_burst(burst))
 }
 
-/// How many limiter sets [`Limits`] keeps per model, one per distinct [`LimitPolicy`] among
-/// its versions; past it the oldest goes (its counters with it).
-const POLICIES_PER_MODEL: usize = 8;
+/// What a set of limiters is made from: a policy's two rates (its daily budget is kept apart,
+/// in the [`BudgetStore`], so that versions differing only by it share their limiters).
+type Rates = (Option<Rate>, Option<Rate>);
+
+fn rates(policy: &LimitPolicy) -> Rates {
+    (policy.per_key, policy.per_model)
+}
 
 struct ModelLimiters {
-    policy: LimitPolicy,
+    rates: Rates,
     per_key: Option<(Rate, KeyedLimiter)>,
     per_model: Option<(Rate, DirectLimiter)>,
 }
@@ -132,7 +136,7 @@ struct ModelLimiters {
 impl ModelLimiters {
     fn new(policy: &LimitPolicy) -> Self {
         ModelLimiters {
-            policy: policy.clone(),
+            rates: rates(policy),
             per_key: policy
                 .per_key
                 .and_then(|r| Some((r, RateLimiter::keyed(quota(r)?).with_middleware()))),
@@ -145,10 +149,12 @@ impl ModelLimiters {
 
 /// The rate-limit state of a gateway.
 pub struct Limits {
-    /// Model name → its limiters, one set per distinct limit policy, oldest first. Each version
-    /// of a model has its own policy: keyed by name alone, a client alternating versions with
-    /// different limits would rebuild (and so refill) them on every request; versions with
-    /// equal limits share one set, so alternating them gains nothing.
+    /// Model name → its limiters, one set per distinct pair of rates among its versions. Each
+    /// version of a model has its own policy: keyed by name alone, a client alternating versions
+    /// with different limits would rebuild (and so refill) them on every request; versions with
+    /// equal rates share one set, so alternating them gains nothing. A set is dropped only when
+    /// no version served uses its rates (never to make room: a client cycling through versions
+    /// could then refill them all).
     models: RwLock<HashMap<String, Vec<Arc<ModelLimiters>>>>,
     budgets: Arc<dyn BudgetStore>,
     clock: DefaultClock,
@@ -170,9 +176,16 @@ impl Limits {
         }
     }
 
-    /// The limiters of `model` under `policy`, made on first use.
-    fn for_model(&self, model: &str, policy: &LimitPolicy) -> Arc<ModelLimiters> {
-        let find = |sets: &[Arc<ModelLimiters>]| sets.iter().find(|m| m.policy == *policy).cloned();
+    /// The limiters of `model` under `policy`, made on first use. Making a set first drops
+    /// those whose rates none of `live` (the policies of the versions served) has.
+    fn for_model(
+        &self,
+        model: &str,
+        policy: &LimitPolicy,
+        live: impl FnOnce() -> Vec<LimitPolicy>,
+    ) -> Arc<ModelLimiters> {
+        let want = rates(policy);
+        let find = |sets: &[Arc<ModelLimiters>]| sets.iter().find(|m| m.rates == want).cloned();
         let r = self.models.read().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = r.get(model).and_then(|s| find(s)) {
             return m;
@@ -183,9 +196,8 @@ impl Limits {
         if let Some(m) = find(sets) {
             return m;
         }
-        if sets.len() >= POLICIES_PER_MODEL {
-            sets.remove(0);
-        }
+        let live: Vec<Rates> = live().iter().map(rates).collect();
+        sets.retain(|m| live.contains(&m.rates));
         let m = Arc::new(ModelLimiters::new(policy));
         sets.push(m.clone());
         m
@@ -204,10 +216,11 @@ impl Limits {
         model: &str,
         policy: &LimitPolicy,
         t_ms: u64,
+        live: impl FnOnce() -> Vec<LimitPolicy>,
     ) -> Result<Vec<Item>, Refusal> {
-        let lim = self.for_model(model, policy);
+        let lim = self.for_model(model, policy, live);
         let mut items = Vec::with_capacity(3);
-        let day = lim.policy.daily_budget.map(|limit| {
+        let day = policy.daily_budget.map(|limit| {
             let reset_s = (DAY_MS - t_ms % DAY_MS).div_ceil(1000);
             let item = move |remaining| Item {
                 name: "day",
@@ -436,13 +449,20 @@ impl Guard for RateLimit {
             Some(Principal(k)) => k.clone(),
             None => return reject(StatusCode::UNAUTHORIZED, "rate-limit", "not authenticated"),
         };
-        let items = match self
-            .limits
-            .admit(&caller.id, name, &model.policy.limits, now_ms())
-        {
-            Ok(items) => items,
-            Err(refusal) => return limited(&refusal),
-        };
+        let items =
+            match self
+                .limits
+                .admit(&caller.id, name, &model.policy.limits, now_ms(), || {
+                    self.models
+                        .versions(name)
+                        .iter()
+                        .filter_map(|v| self.models.get(name, Some(v)))
+                        .map(|m| m.policy.limits.clone())
+                        .collect()
+                }) {
+                Ok(items) => items,
+                Err(refusal) => return limited(&refusal),
+            };
         // Built once the stack below waits (for the body, or for the model).
         let (mut resp, ready) = call_next_meanwhile(next, req, || fields(&items)).await;
         ready.insert(&mut resp);
@@ -536,40 +556,59 @@ mod tests {
             daily_budget: None,
         };
         let b = LimitPolicy {
+            per_key: rate(1, 30_000, 1),
+            ..a.clone()
+        };
+        let live = || vec![a.clone(), b.clone()];
+        let k = key("k");
+        assert!(l.admit(&k, "m", &a, T, live).is_ok());
+        assert!(l.admit(&k, "m", &a, T, live).is_err());
+        assert!(l.admit(&k, "m", &b, T, live).is_ok());
+        // B's request did not rebuild A's limiters (nor refill A's burst).
+        let r = l.admit(&k, "m", &a, T, live).err().unwrap();
+        assert_eq!(r.what, "rate limit for this key exceeded");
+        assert!(l.admit(&k, "m", &b, T, live).is_err());
+        // Versions with equal rates share them, whatever their daily budgets.
+        let c = LimitPolicy {
             daily_budget: Some(100),
             ..a.clone()
         };
-        let k = key("k");
-        assert!(l.admit(&k, "m", &a, T).is_ok());
-        assert!(l.admit(&k, "m", &a, T).is_err());
-        assert!(l.admit(&k, "m", &b, T).is_ok());
-        // B's request did not rebuild A's limiters (nor refill A's burst).
-        let r = l.admit(&k, "m", &a, T).err().unwrap();
-        assert_eq!(r.what, "rate limit for this key exceeded");
-        assert!(l.admit(&k, "m", &b, T).is_err());
-        // Versions with equal limits share them.
         assert!(Arc::ptr_eq(
-            &l.for_model("m", &a),
-            &l.for_model("m", &a.clone())
+            &l.for_model("m", &a, live),
+            &l.for_model("m", &c, live)
         ));
-        assert!(!Arc::ptr_eq(&l.for_model("m", &a), &l.for_model("m2", &a)));
+        assert!(!Arc::ptr_eq(
+            &l.for_model("m", &a, live),
+            &l.for_model("m2", &a, live)
+        ));
     }
 
     #[test]
-    fn the_limiters_kept_per_model_are_bounded() {
+    fn cycling_through_versions_refills_nothing_and_unused_limiters_go() {
         let l = limits();
-        let policy = |n| LimitPolicy {
-            daily_budget: Some(n),
+        let policy = |n: u64| LimitPolicy {
+            per_key: rate(1, 60_000 + n, 1),
             ..LimitPolicy::default()
         };
-        let first = l.for_model("m", &policy(1));
-        for n in 2..=20 {
-            l.for_model("m", &policy(n));
+        let all = || (0..12).map(policy).collect::<Vec<_>>();
+        let k = key("k");
+        for n in 0..12 {
+            assert!(l.admit(&k, "m", &policy(n), T, all).is_ok());
         }
-        let models = l.models.read().unwrap();
-        assert_eq!(models["m"].len(), POLICIES_PER_MODEL);
-        assert!(!models["m"].iter().any(|m| Arc::ptr_eq(m, &first)));
-        assert_eq!(models["m"][POLICIES_PER_MODEL - 1].policy, policy(20));
+        // Twelve versions' limiters, none rebuilt: every one still refuses.
+        for n in 0..12 {
+            assert!(l.admit(&k, "m", &policy(n), T, all).is_err(), "{n}");
+        }
+        assert_eq!(l.models.read().unwrap()["m"].len(), 12);
+        // Once only two versions are served, making a set drops the others' sets.
+        let two = || vec![policy(0), policy(12)];
+        assert!(l.admit(&k, "m", &policy(12), T, two).is_ok());
+        let kept: Vec<Rates> = l.models.read().unwrap()["m"]
+            .iter()
+            .map(|m| m.rates)
+            .collect();
+        assert_eq!(kept, [rates(&policy(0)), rates(&policy(12))]);
+        assert!(l.admit(&k, "m", &policy(0), T, two).is_err());
     }
 
     #[test]
@@ -581,16 +620,16 @@ mod tests {
             daily_budget: Some(1),
         };
         let (k1, k2) = (key("k1"), key("k2"));
-        assert!(l.admit(&k1, "m", &p, T).is_ok());
+        assert!(l.admit(&k1, "m", &p, T, Vec::new).is_ok());
         for _ in 0..3 {
-            let r = l.admit(&k1, "m", &p, T).err().unwrap();
+            let r = l.admit(&k1, "m", &p, T, Vec::new).err().unwrap();
             assert_eq!(r.what, DAY_SPENT);
             assert_eq!(r.retry_after, 86_400);
             assert_eq!(r.items.len(), 1);
             assert_eq!((r.items[0].name, r.items[0].remaining), ("day", 0));
         }
         // k1's refused requests left the model's second unit to k2.
-        let items = l.admit(&k2, "m", &p, T).unwrap();
+        let items = l.admit(&k2, "m", &p, T, Vec::new).unwrap();
         assert_eq!(
             items
                 .iter()
@@ -609,9 +648,9 @@ mod tests {
             daily_budget: None,
         };
         let (k1, k2) = (key("k1"), key("k2"));
-        assert!(l.admit(&k1, "m", &p, T).is_ok());
+        assert!(l.admit(&k1, "m", &p, T, Vec::new).is_ok());
         // k2's check took its only unit: retrying after the model's second would meet it.
-        let r = l.admit(&k2, "m", &p, T).err().unwrap();
+        let r = l.admit(&k2, "m", &p, T, Vec::new).err().unwrap();
         assert_eq!(r.what, "rate limit for this model exceeded");
         assert_eq!(r.retry_after, 60);
         // A key with units left waits only for the model.
@@ -619,8 +658,8 @@ mod tests {
             per_key: rate(1, 60_000, 5),
             ..p
         };
-        assert!(l.admit(&k1, "n", &roomy, T).is_ok());
-        let r = l.admit(&k2, "n", &roomy, T).err().unwrap();
+        assert!(l.admit(&k1, "n", &roomy, T, Vec::new).is_ok());
+        let r = l.admit(&k2, "n", &roomy, T, Vec::new).err().unwrap();
         assert_eq!(r.what, "rate limit for this model exceeded");
         assert_eq!(r.retry_after, 1);
     }
@@ -634,9 +673,9 @@ mod tests {
             per_model: rate(1, u64::MAX, u32::MAX),
             daily_budget: Some(u64::MAX),
         };
-        let lim = l.for_model("m", &p);
+        let lim = l.for_model("m", &p, Vec::new);
         assert!(lim.per_key.is_some() && lim.per_model.is_some());
-        let items = l.admit(&key("k"), "m", &p, T).unwrap();
+        let items = l.admit(&key("k"), "m", &p, T, Vec::new).unwrap();
         let f = fields(&items);
         assert!(f.policy.is_some() && f.state.is_some());
         for i in &items {
