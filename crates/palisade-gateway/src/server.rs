@@ -53,7 +53,13 @@ pub struct Gateway {
     pub source: Option<crate::loader::ModelSource>,
     /// The threads that run the models (one per core unless set otherwise).
     pub inference: Arc<InferencePool>,
+    /// Permits for admin requests running in tasks of their own ([`Gateway::router`]).
+    admin_tasks: Arc<tokio::sync::Semaphore>,
 }
+
+/// Admin requests that may run in tasks of their own at once; past it an admin request runs in
+/// its connection's task, as every other request does (and is dropped with it).
+const ADMIN_TASKS: u32 = 64;
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -262,11 +268,23 @@ impl LocalState {
             audit_public_key: self.public_key,
             source: None,
             inference,
+            admin_tasks: Arc::new(tokio::sync::Semaphore::new(ADMIN_TASKS as usize)),
         })
     }
 }
 
 impl Gateway {
+    /// Waits until the admin requests running in tasks of their own have ended: call it once the
+    /// servers have stopped, before the process exits, so that an action whose client left just
+    /// before the shutdown still gets its audit entry.
+    pub async fn settle(&self) {
+        // Every permit back means no such task is left; closed, the semaphore admits no more.
+        if let Ok(all) = self.admin_tasks.acquire_many(ADMIN_TASKS).await {
+            all.forget();
+            self.admin_tasks.close();
+        }
+    }
+
     /// The HTTP router: OIP REST, admin and audit API, health and metrics.
     ///
     /// The guard order, outside in, is documented in the crate root.
@@ -295,14 +313,30 @@ impl Gateway {
             // An admin action runs to its end and its audit entry, in a task of its own, even
             // when the client goes away meanwhile: dropped with the connection, the stack would
             // lose the entry of a revocation or rotation that its blocking task still commits.
-            .map_future(|call| async move {
-                tokio::spawn(call).await.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "an admin request's task failed");
-                    Ok(error_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal error",
-                    ))
-                })
+            // At most ADMIN_TASKS such tasks (a client sending and resetting requests must not
+            // pile them up); `Gateway::settle` waits for them at shutdown.
+            .map_future({
+                let permits = self.admin_tasks.clone();
+                move |call| {
+                    let permit = permits.clone().try_acquire_owned();
+                    async move {
+                        let Ok(permit) = permit else {
+                            return call.await;
+                        };
+                        let task = tokio::spawn(async move {
+                            let r = call.await;
+                            drop(permit);
+                            r
+                        });
+                        task.await.unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "an admin request's task failed");
+                            Ok(error_response(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "internal error",
+                            ))
+                        })
+                    }
+                }
             })
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),
