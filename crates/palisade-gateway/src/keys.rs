@@ -220,8 +220,10 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Revokes a key at once: when this returns, no gateway on the same store accepts it.
     /// Returns false if it was already revoked. May block for a few milliseconds.
     fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError>;
-    /// Makes a successor with the same roles; the old key stays valid for `overlap`. May block
-    /// for a few milliseconds (as `revoke`).
+    /// Makes a successor with the same roles and the same expiry; the old key stays valid for
+    /// `overlap`, or until its own expiry if sooner. A revoked or expired key, or an overlap
+    /// that does not fit the store's clock, is refused. May block for a few milliseconds (as
+    /// `revoke`).
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError>;
     /// All keys.
     fn list(&self) -> Result<Vec<KeyRecord>, KeyError>;

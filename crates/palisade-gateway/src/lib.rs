@@ -27,10 +27,12 @@
 //! - **audit** ([`guard::audit`]): appends every request's outcome to the Merkle log and waits
 //!   until it is durable before the response leaves; fails closed.
 //! - **authenticate** ([`guard::authn`]): API key → 401.
-//! - **authorise** ([`guard::authz`]): role for the route, TOTP for admin actions → 403/401.
+//! - **authorise** ([`guard::authz`]): role for the route, TOTP for admin actions → 403/401,
+//!   429 once a key's TOTP is locked after wrong codes.
 //! - **admit** ([`guard::admit`]): the inference queue at its limit → 503 with `Retry-After`,
 //!   before any quota is charged (it looks at the queue and reserves nothing).
-//! - **rate limit** ([`guard::ratelimit`]): GCRA per key and per model, daily budget → 429.
+//! - **rate limit** ([`guard::ratelimit`]): GCRA per key and per model, daily budget → 429. A
+//!   model's versions with different rates are limited apart (one set of limiters per rates).
 //! - **validate** ([`guard::validate`]): body size and arrival time, decompression, OIP decoding,
 //!   shape, dtype, range, NaN/Inf → 413/408/415/400.
 //! - **harden output** ([`guard::harden`]): the only code that turns logits into a response body.

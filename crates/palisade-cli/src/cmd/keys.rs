@@ -43,7 +43,8 @@ enum KeysAction {
         /// The key id (the 12 hex digits after `pal_`).
         id: String,
     },
-    /// Make a successor with the same roles; the old key lives for the overlap.
+    /// Make a successor with the same roles and expiry; the old key lives for the overlap (not
+    /// past its own expiry).
     Rotate {
         /// The key id.
         id: String,
@@ -164,7 +165,7 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
             let k = store.rotate(&id, parse_duration(&overlap)?, now_ms())?;
             ctx.emit(&k, |k| {
                 format!(
-                    "{} stays valid for {overlap}; its successor:\n{}",
+                    "{} stays valid for {overlap} (not past its own expiry); its successor:\n{}",
                     id,
                     show_new_key(k)
                 )
