@@ -162,6 +162,10 @@ pub struct KeyRecord {
     pub revoked_ms: Option<u64>,
     /// Whether admin actions with this key need (and can give) a TOTP code.
     pub mfa: bool,
+    /// The key whose rate limits and daily budgets this one spends: itself, or for a successor
+    /// made by rotation the first key of its line, so that rotating a key neither refills its
+    /// budget nor, during the overlap, doubles its rate.
+    pub lineage: String,
 }
 
 impl KeyRecord {
@@ -357,12 +361,14 @@ impl SqliteKeyStore {
                  totp_secret    BLOB,
                  totp_last      INTEGER,
                  totp_fails     INTEGER NOT NULL DEFAULT 0,
-                 totp_failed_ms INTEGER);",
+                 totp_failed_ms INTEGER,
+                 lineage        TEXT);",
         )?;
         // Databases made before the TOTP failure count lack its columns.
         for (column, decl) in [
             ("totp_fails", "INTEGER NOT NULL DEFAULT 0"),
             ("totp_failed_ms", "INTEGER"),
+            ("lineage", "TEXT"),
         ] {
             let has: i64 = tx.query_row(
                 "SELECT COUNT(*) FROM pragma_table_info('keys') WHERE name = ?1",
@@ -417,15 +423,21 @@ impl SqliteKeyStore {
             .filter_map(|s| s.parse().ok())
             .collect();
         let totp: Option<Vec<u8>> = row.get(7)?;
+        let id: String = row.get(0)?;
+        // NULL: the key heads its own line (and keys made before lines were recorded do).
+        let lineage = row
+            .get::<_, Option<String>>(8)?
+            .unwrap_or_else(|| id.clone());
         Ok((
             KeyRecord {
-                id: row.get(0)?,
+                id,
                 name: row.get(1)?,
                 roles,
                 created_ms: row.get::<_, i64>(4)?.max(0) as u64,
                 expires_ms: row.get::<_, Option<i64>>(5)?.map(|v| v.max(0) as u64),
                 revoked_ms: row.get::<_, Option<i64>>(6)?.map(|v| v.max(0) as u64),
                 mfa: totp.is_some(),
+                lineage,
             },
             row.get(2)?,
         ))
@@ -434,7 +446,7 @@ impl SqliteKeyStore {
     fn get(&self, conn: &Connection, id: &str) -> Result<Option<(KeyRecord, Vec<u8>)>, KeyError> {
         Ok(conn
             .prepare_cached(
-                "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret
+                "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage
                  FROM keys WHERE id = ?1",
             )?
             .query_row(params![id], Self::record)
@@ -446,6 +458,7 @@ impl SqliteKeyStore {
         name: &str,
         roles: &[Role],
         expires_ms: Option<u64>,
+        lineage: Option<&str>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         if roles.is_empty() {
@@ -474,8 +487,8 @@ impl SqliteKeyStore {
         });
         let roles_s: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
         conn.execute(
-            "INSERT INTO keys (id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7)",
+            "INSERT INTO keys (id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8)",
             params![
                 id,
                 name,
@@ -483,7 +496,8 @@ impl SqliteKeyStore {
                 roles_s.join(","),
                 now_ms as i64,
                 expires_ms.map(|v| v as i64),
-                totp_secret
+                totp_secret,
+                lineage
             ],
         )?;
         let (totp_b32, totp_uri) = match totp_secret {
@@ -496,6 +510,7 @@ impl SqliteKeyStore {
             }
             None => (None, None),
         };
+        let lineage = lineage.map_or_else(|| id.clone(), str::to_string);
         Ok(NewKey {
             key,
             record: KeyRecord {
@@ -506,6 +521,7 @@ impl SqliteKeyStore {
                 expires_ms,
                 revoked_ms: None,
                 mfa,
+                lineage,
             },
             totp_secret: totp_b32,
             totp_uri,
@@ -561,7 +577,7 @@ impl KeyStore for SqliteKeyStore {
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         // A new id changes no cached record: the cache holds only keys that were found.
-        Self::insert(&self.lock().conn, name, roles, expires_ms, now_ms)
+        Self::insert(&self.lock().conn, name, roles, expires_ms, None, now_ms)
     }
 
     fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError> {
@@ -610,7 +626,14 @@ impl KeyStore for SqliteKeyStore {
             params![id, end as i64],
         )?;
         // The successor lives no longer than the key it replaces was meant to.
-        let new = Self::insert(&tx, &old.name, &old.roles, old.expires_ms, now_ms)?;
+        let new = Self::insert(
+            &tx,
+            &old.name,
+            &old.roles,
+            old.expires_ms,
+            Some(&old.lineage),
+            now_ms,
+        )?;
         let committed = tx.commit();
         Self::written(guard, committed.is_ok());
         committed?;
@@ -621,7 +644,7 @@ impl KeyStore for SqliteKeyStore {
         let guard = self.lock();
         let conn = &guard.conn;
         let mut stmt = conn.prepare(
-            "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret
+            "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage
              FROM keys ORDER BY created_ms, id",
         )?;
         let rows = stmt.query_map([], Self::record)?;
@@ -863,6 +886,29 @@ mod tests {
         assert!(s.check_totp(&k.record.id, &later, T0 + 30_000).unwrap());
         let stale = totp_code(&secret, T0 - 600_000).unwrap();
         assert!(!s.check_totp(&k.record.id, &stale, T0 + 60_000).unwrap());
+    }
+
+    #[test]
+    fn a_rotated_key_keeps_the_line_of_the_first() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let first = s.create("svc", &[Role::Audit], None, T0).unwrap();
+        assert_eq!(first.record.lineage, first.record.id);
+        let second = s
+            .rotate(&first.record.id, Duration::from_secs(60), T0)
+            .unwrap();
+        let third = s
+            .rotate(&second.record.id, Duration::from_secs(60), T0 + 1)
+            .unwrap();
+        for k in [&second, &third] {
+            assert_eq!(k.record.lineage, first.record.id);
+        }
+        // As stored, and as a gateway reads it.
+        let Authn::Valid(r) = s.authenticate(&third.key, T0 + 2).unwrap() else {
+            panic!("the newest key is valid");
+        };
+        assert_eq!(r.lineage, first.record.id);
+        let listed = s.list().unwrap();
+        assert!(listed.iter().all(|r| r.lineage == first.record.id));
     }
 
     #[test]

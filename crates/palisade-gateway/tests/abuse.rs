@@ -8,6 +8,7 @@ use std::io::Write as _;
 use common::*;
 use palisade_core::Classifier as _;
 use palisade_gateway::audit::{AuditLog as _, verify_log};
+use palisade_gateway::keys::{KeyStore as _, Role};
 
 /// Expected status, headers, body, path, and what the error must mention.
 type Case<'a> = (u16, Vec<(&'a str, String)>, Vec<u8>, &'a str, &'a str);
@@ -493,5 +494,51 @@ async fn admin_api_needs_totp_once_and_revocation_is_immediate() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["entry"]["action"], "admin.keys");
     assert_eq!(r.json()["entry"]["key_id"], s.admin.record.id.as_str());
+    s.stop().await;
+}
+
+/// Rotating a key neither refills its rate limit nor doubles it during the overlap: the
+/// successor and the old key spend the limits of the key they descend from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_shares_the_limits_of_its_line() {
+    let s = start().await;
+    let k = s
+        .state
+        .keys
+        .create("l", &[Role::Query("limited".into())], None, now_ms())
+        .unwrap();
+    let infer = |key: String| {
+        let addr = s.addr;
+        async move {
+            request(
+                addr,
+                "POST",
+                "/v2/models/limited/infer",
+                &[("Authorization", &format!("Bearer {key}"))],
+                &json_infer(&[0.0; 4], 1),
+            )
+            .await
+        }
+    };
+    // The model allows a burst of 3 per key, then one a minute.
+    for _ in 0..3 {
+        assert_eq!(infer(k.key.clone()).await.status, 200);
+    }
+    let next = s
+        .state
+        .keys
+        .rotate(&k.record.id, std::time::Duration::from_secs(600), now_ms())
+        .unwrap();
+    assert_eq!(next.record.lineage, k.record.id);
+    let r = infer(next.key.clone()).await;
+    assert_eq!(r.status, 429, "the successor got a fresh burst: {r:?}");
+    assert_eq!(infer(k.key.clone()).await.status, 429);
+    // Another key of its own is not affected.
+    let other = s
+        .state
+        .keys
+        .create("o", &[Role::Query("limited".into())], None, now_ms())
+        .unwrap();
+    assert_eq!(infer(other.key).await.status, 200);
     s.stop().await;
 }

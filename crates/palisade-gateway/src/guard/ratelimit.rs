@@ -449,20 +449,23 @@ impl Guard for RateLimit {
             Some(Principal(k)) => k.clone(),
             None => return reject(StatusCode::UNAUTHORIZED, "rate-limit", "not authenticated"),
         };
-        let items =
-            match self
-                .limits
-                .admit(&caller.id, name, &model.policy.limits, now_ms(), || {
-                    self.models
-                        .versions(name)
-                        .iter()
-                        .filter_map(|v| self.models.get(name, Some(v)))
-                        .map(|m| m.policy.limits.clone())
-                        .collect()
-                }) {
-                Ok(items) => items,
-                Err(refusal) => return limited(&refusal),
-            };
+        let items = match self.limits.admit(
+            &caller.lineage,
+            name,
+            &model.policy.limits,
+            now_ms(),
+            || {
+                self.models
+                    .versions(name)
+                    .iter()
+                    .filter_map(|v| self.models.get(name, Some(v)))
+                    .map(|m| m.policy.limits.clone())
+                    .collect()
+            },
+        ) {
+            Ok(items) => items,
+            Err(refusal) => return limited(&refusal),
+        };
         // Built once the stack below waits (for the body, or for the model).
         let (mut resp, ready) = call_next_meanwhile(next, req, || fields(&items)).await;
         ready.insert(&mut resp);
