@@ -45,8 +45,9 @@
 //! ([`guard::Principal`], [`guard::ValidatedInfer`], [`guard::Decision`], …).
 //!
 //! The admin and audit API has a stack of its own: audit, authenticate, authorise (TOTP for
-//! admin actions), run in a task of its own per request, so that an action whose client leaves
-//! still runs to its end and its audit entry.
+//! admin actions). A request that can change something, from a valid `admin` or `deploy` key,
+//! runs in a task of its own (at most 64 at once), so that an action whose client leaves still
+//! runs to its end and its audit entry; [`Gateway::settle`] waits for those tasks at shutdown.
 //!
 //! gRPC calls are translated into REST requests and sent through the same stack ([`grpc`]); the
 //! calls refused before they can be (tonic could not decode them, say) get their audit entries

@@ -285,6 +285,70 @@ impl Gateway {
         }
     }
 
+    /// `admin` (the admin and audit stack, audit outermost) with each admin action run in a
+    /// task of its own, to its end and its audit entry even when the client goes away meanwhile:
+    /// dropped with the connection, the stack would lose the entry of a revocation or rotation
+    /// that its blocking task still commits. Only a request that can change something (not a
+    /// `GET`) and presents a valid key with the `admin` or `deploy` role gets a task, at most
+    /// [`ADMIN_TASKS`] at once; any other runs in its connection's task, as every request does, so
+    /// that clients without such a key can neither pile tasks up (a reset stream no longer
+    /// cancels a task) nor use up the permits. [`Gateway::settle`] waits for the tasks.
+    fn detached_actions<S>(
+        &self,
+        admin: S,
+    ) -> impl tower::Service<
+        axum::extract::Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future = impl Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+    where
+        S: tower::Service<
+                axum::extract::Request,
+                Response = Response,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        use tower::ServiceExt as _;
+        let permits = self.admin_tasks.clone();
+        let keys = self.keys.clone();
+        tower::service_fn(move |req: axum::extract::Request| {
+            let admin = admin.clone();
+            let acting = req.method() != axum::http::Method::GET
+                && crate::guard::authn::presented_key(req.headers()).is_some_and(|k| {
+                    matches!(
+                        keys.authenticate(k, crate::now_ms()),
+                        Ok(crate::keys::Authn::Valid(r)) if r.has(&Role::Admin) || r.has(&Role::Deploy)
+                    )
+                });
+            let permit = acting
+                .then(|| permits.clone().try_acquire_owned().ok())
+                .flatten();
+            async move {
+                let Some(permit) = permit else {
+                    return admin.oneshot(req).await;
+                };
+                let task = tokio::spawn(async move {
+                    let r = admin.oneshot(req).await;
+                    drop(permit);
+                    r
+                });
+                task.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "an admin request's task failed");
+                    Ok(error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error",
+                    ))
+                })
+            }
+        })
+    }
+
     /// The HTTP router: OIP REST, admin and audit API, health and metrics.
     ///
     /// The guard order, outside in, is documented in the crate root.
@@ -310,34 +374,6 @@ impl Gateway {
             .map_response(|r: axum::http::Response<tonic::body::Body>| r.map(Body::new))
             .service(GrpcGateway::new(models.clone(), self.models.clone()).into_service());
         let admin = ServiceBuilder::new()
-            // An admin action runs to its end and its audit entry, in a task of its own, even
-            // when the client goes away meanwhile: dropped with the connection, the stack would
-            // lose the entry of a revocation or rotation that its blocking task still commits.
-            // At most ADMIN_TASKS such tasks (a client sending and resetting requests must not
-            // pile them up); `Gateway::settle` waits for them at shutdown.
-            .map_future({
-                let permits = self.admin_tasks.clone();
-                move |call| {
-                    let permit = permits.clone().try_acquire_owned();
-                    async move {
-                        let Ok(permit) = permit else {
-                            return call.await;
-                        };
-                        let task = tokio::spawn(async move {
-                            let r = call.await;
-                            drop(permit);
-                            r
-                        });
-                        task.await.unwrap_or_else(|e| {
-                            tracing::error!(error = %e, "an admin request's task failed");
-                            Ok(error_response(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                "internal error",
-                            ))
-                        })
-                    }
-                }
-            })
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),
                 self.metrics.clone(),
@@ -351,6 +387,7 @@ impl Gateway {
                 audit_public_key: self.audit_public_key,
                 source: self.source.clone(),
             }));
+        let admin = self.detached_actions(admin);
         let ready_models = self.models.clone();
         let metrics = self.metrics.clone();
         let inference = self.inference.clone();
