@@ -364,7 +364,7 @@ impl SqliteKeyStore {
                  totp_failed_ms INTEGER,
                  lineage        TEXT);",
         )?;
-        // Databases made before the TOTP failure count lack its columns.
+        // Databases made before the TOTP failure count and the rotation lines lack their columns.
         for (column, decl) in [
             ("totp_fails", "INTEGER NOT NULL DEFAULT 0"),
             ("totp_failed_ms", "INTEGER"),

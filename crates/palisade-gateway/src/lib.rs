@@ -31,8 +31,9 @@
 //!   429 once a key's TOTP is locked after wrong codes.
 //! - **admit** ([`guard::admit`]): the inference queue at its limit → 503 with `Retry-After`,
 //!   before any quota is charged (it looks at the queue and reserves nothing).
-//! - **rate limit** ([`guard::ratelimit`]): GCRA per key and per model, daily budget → 429. A
-//!   model's versions with different rates are limited apart (one set of limiters per rates).
+//! - **rate limit** ([`guard::ratelimit`]): GCRA per key (a key and its successors by rotation
+//!   count as one) and per model, daily budget → 429. A model's versions with different rates are
+//!   limited apart (one set of limiters per rates).
 //! - **validate** ([`guard::validate`]): body size and arrival time, decompression, OIP decoding,
 //!   shape, dtype, range, NaN/Inf → 413/408/415/400.
 //! - **harden output** ([`guard::harden`]): the only code that turns logits into a response body.

@@ -53,7 +53,7 @@ pub struct Gateway {
     pub source: Option<crate::loader::ModelSource>,
     /// The threads that run the models (one per core unless set otherwise).
     pub inference: Arc<InferencePool>,
-    /// Permits for admin requests running in tasks of their own ([`Gateway::router`]).
+    /// Permits for admin requests running in tasks of their own (`Gateway::detached_actions`).
     admin_tasks: Arc<tokio::sync::Semaphore>,
 }
 
@@ -289,10 +289,11 @@ impl Gateway {
     /// task of its own, to its end and its audit entry even when the client goes away meanwhile:
     /// dropped with the connection, the stack would lose the entry of a revocation or rotation
     /// that its blocking task still commits. Only a request that can change something (not a
-    /// `GET`) and presents a valid key with the `admin` or `deploy` role gets a task, at most
-    /// [`ADMIN_TASKS`] at once; any other runs in its connection's task, as every request does, so
-    /// that clients without such a key can neither pile tasks up (a reset stream no longer
-    /// cancels a task) nor use up the permits. [`Gateway::settle`] waits for the tasks.
+    /// `GET`, `HEAD` or `OPTIONS`) and presents a valid key with the `admin` or `deploy` role
+    /// gets a task, at most [`ADMIN_TASKS`] at once; any other runs in its connection's task, as
+    /// every request does, so that clients without such a key can neither pile tasks up (a reset
+    /// stream no longer cancels a task) nor use up the permits. [`Gateway::settle`] waits for the
+    /// tasks.
     fn detached_actions<S>(
         &self,
         admin: S,
@@ -319,13 +320,15 @@ impl Gateway {
         let keys = self.keys.clone();
         tower::service_fn(move |req: axum::extract::Request| {
             let admin = admin.clone();
-            let acting = req.method() != axum::http::Method::GET
-                && crate::guard::authn::presented_key(req.headers()).is_some_and(|k| {
-                    matches!(
-                        keys.authenticate(k, crate::now_ms()),
-                        Ok(crate::keys::Authn::Valid(r)) if r.has(&Role::Admin) || r.has(&Role::Deploy)
-                    )
-                });
+            let acting = !matches!(
+                *req.method(),
+                axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+            ) && crate::guard::authn::presented_key(req.headers()).is_some_and(|k| {
+                matches!(
+                    keys.authenticate(k, crate::now_ms()),
+                    Ok(crate::keys::Authn::Valid(r)) if r.has(&Role::Admin) || r.has(&Role::Deploy)
+                )
+            });
             let permit = acting
                 .then(|| permits.clone().try_acquire_owned().ok())
                 .flatten();

@@ -1,5 +1,7 @@
 //! Rate limits: GCRA (governor) per key and model and per model, and a daily budget per key and
-//! model. Infer requests only (metadata and readiness are not metered).
+//! model. Infer requests only (metadata and readiness are not metered). "Key" here is a key's
+//! line ([`crate::keys::KeyRecord::lineage`]): a key and its successors by rotation share their
+//! limits and budgets.
 //!
 //! Responses carry the IETF `RateLimit-Policy` and `RateLimit` fields
 //! (draft-ietf-httpapi-ratelimit-headers), one item per limit: `"key"`, `"model"` and `"day"`,
@@ -40,7 +42,8 @@ type DirectLimiter = RateLimiter<
     StateInformationMiddleware,
 >;
 
-/// Daily budgets: how many requests a key has spent on a model today.
+/// Daily budgets: how many requests a key (a key's line, [`crate::keys::KeyRecord::lineage`])
+/// has spent on a model today.
 pub trait BudgetStore: Send + Sync + 'static {
     /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
     /// been spent; returns what remains after spending, or `None` when the budget is exhausted.
