@@ -144,7 +144,19 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
                             "active"
                         };
                         let roles: Vec<String> = k.roles.iter().map(|r| r.to_string()).collect();
-                        format!("{}  {:8}  {:20}  {}", k.id, status, k.name, roles.join(","))
+                        // A successor by rotation shares its line's limits: say whose.
+                        let line = if k.lineage == k.id {
+                            String::new()
+                        } else {
+                            format!("  (rotated from line {})", k.lineage)
+                        };
+                        format!(
+                            "{}  {:8}  {:20}  {}{line}",
+                            k.id,
+                            status,
+                            k.name,
+                            roles.join(",")
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
