@@ -326,7 +326,7 @@ impl Gateway {
             ) && crate::guard::authn::presented_key(req.headers()).is_some_and(|k| {
                 matches!(
                     keys.authenticate(k, crate::now_ms()),
-                    Ok(crate::keys::Authn::Valid(r)) if r.has(&Role::Admin) || r.has(&Role::Deploy)
+                    Ok(crate::keys::Authn::Valid(r)) if r.roles.iter().any(Role::needs_mfa)
                 )
             });
             let permit = acting
