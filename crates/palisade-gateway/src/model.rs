@@ -227,9 +227,17 @@ impl ModelRepository {
 
     /// Versions of a model, oldest first.
     pub fn versions(&self, name: &str) -> Vec<String> {
+        self.served(name)
+            .iter()
+            .map(|m| m.version.clone())
+            .collect()
+    }
+
+    /// The versions of a model served now, oldest first, read at one instant.
+    pub fn served(&self, name: &str) -> Vec<Arc<ServedModel>> {
         self.read()
             .get(name)
-            .map(|s| s.versions.iter().map(|m| m.version.clone()).collect())
+            .map(|s| s.versions.clone())
             .unwrap_or_default()
     }
 

@@ -459,9 +459,8 @@ impl Guard for RateLimit {
             now_ms(),
             || {
                 self.models
-                    .versions(name)
+                    .served(name)
                     .iter()
-                    .filter_map(|v| self.models.get(name, Some(v)))
                     .map(|m| m.policy.limits.clone())
                     .collect()
             },
