@@ -8,8 +8,8 @@ cargo build -q --profile "$PROFILE" -p palisade-cli
 # The bare endpoint is built in one invocation with palisade-cli, so that cargo compiles its
 # dependencies with the features palisade-cli's graph turns on: built alone, tract (through
 # smallvec, half, ...) got other features than in `palisade`, and different machine code. Its
-# im2col took 21 µs per request there against 30 µs in `palisade` (perf, 16 connections,
-# 2026-12-04), a difference of tract builds, not of guards.
+# im2col took 21 µs per request there against 29-35 µs in `palisade` (perf, 16 connections,
+# two runs each, 2026-12-04), a difference of tract builds, not of guards.
 cargo build -q --profile "$PROFILE" -p palisade-cli -p palisade-gateway --features palisade-gateway/tract --example bare_endpoint
 TDIR=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 BIN=$TDIR/palisade
