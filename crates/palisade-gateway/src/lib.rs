@@ -56,9 +56,9 @@
 //!
 //! # State
 //!
-//! Keys ([`keys::KeyStore`]), the audit log ([`audit::AuditLog`]) and budgets
-//! ([`guard::ratelimit::BudgetStore`]) are traits; the embedded implementations keep them in an
-//! SQLite folder ([`server::LocalState`]) and in memory.
+//! Keys ([`keys::KeyStore`]), the audit log ([`audit::AuditLog`]) and the rate limits with the
+//! daily budgets ([`guard::ratelimit::LimitStore`]) are traits; the embedded implementations keep
+//! them in an SQLite folder ([`server::LocalState`]) and in memory.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -25,7 +25,7 @@ use crate::guard::audit::Audit;
 use crate::guard::authn::Authenticate;
 use crate::guard::authz::Authorise;
 use crate::guard::harden::Harden;
-use crate::guard::ratelimit::{Limits, MemoryBudgets, RateLimit};
+use crate::guard::ratelimit::{LimitStore, MemoryLimits, RateLimit};
 use crate::guard::validate::Validate;
 use crate::guard::{GuardLayer, Next, error_response, json_response};
 use crate::infer::ModelService;
@@ -43,8 +43,8 @@ pub struct Gateway {
     pub keys: Arc<dyn KeyStore>,
     /// The audit log.
     pub audit: Arc<dyn AuditLog>,
-    /// Rate-limit state.
-    pub limits: Arc<Limits>,
+    /// Rate limits and daily budgets.
+    pub limits: Arc<dyn LimitStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Public key of the audit checkpoints.
@@ -263,7 +263,7 @@ impl LocalState {
             models,
             keys: self.keys.clone(),
             audit: self.audit.clone(),
-            limits: Arc::new(Limits::new(Arc::new(MemoryBudgets::default()))),
+            limits: Arc::new(MemoryLimits::default()),
             metrics: Arc::new(Metrics::new().map_err(|e| GatewayError::State(e.to_string()))?),
             audit_public_key: self.public_key,
             source: None,

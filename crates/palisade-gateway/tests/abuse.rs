@@ -542,3 +542,95 @@ async fn a_rotated_key_shares_the_limits_of_its_line() {
     assert_eq!(infer(other.key).await.status, 200);
     s.stop().await;
 }
+
+/// A limit store that cannot answer for one model (a shared store out of reach, say) makes that
+/// model's infer requests fail closed with 503 and `Retry-After`, audited; the store is asked once
+/// per infer request, with the caller's line and the version's limits, and not for metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
+    use palisade_gateway::guard::ratelimit::{
+        AdmitFuture, Charge, LimitError, LimitStore, MemoryLimits,
+    };
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Flaky {
+        inner: MemoryLimits,
+        asked: Mutex<Vec<(String, String, Option<u32>)>>,
+    }
+    impl LimitStore for Flaky {
+        fn admit<'a>(&'a self, c: Charge<'a>) -> AdmitFuture<'a> {
+            let burst = c.limits.per_key.map(|r| r.burst);
+            self.asked
+                .lock()
+                .unwrap()
+                .push((c.key.clone(), c.model.to_string(), burst));
+            if c.model == "lin" {
+                return Box::pin(async { Err(LimitError::Unavailable("refused".into())) });
+            }
+            self.inner.admit(c)
+        }
+    }
+
+    let store = Arc::new(Flaky::default());
+    let s = start_limited_by(store.clone()).await;
+    let q = bearer(&s.query);
+    let infer = |model: &'static str| {
+        let (addr, q) = (s.addr, q.clone());
+        async move {
+            request(
+                addr,
+                "POST",
+                &format!("/v2/models/{model}/infer"),
+                &[("Authorization", &q)],
+                &json_infer(&[0.1, 0.2, 0.3, 0.4], 1),
+            )
+            .await
+        }
+    };
+    let r = infer("lin").await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.headers["retry-after"], "1", "{r:?}");
+    assert!(
+        r.error().contains("rate limits could not be checked"),
+        "{r:?}"
+    );
+    assert!(!r.headers.contains_key("ratelimit"), "{r:?}");
+    // The store answers for the other model: its limits are counted there.
+    let r = infer("limited").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.headers["ratelimit"].contains("\"key\";r=2"), "{r:?}");
+    // Metadata is not metered.
+    let m = request(
+        s.addr,
+        "GET",
+        "/v2/models/lin",
+        &[("Authorization", &q)],
+        b"",
+    )
+    .await;
+    assert_eq!(m.status, 200, "{m:?}");
+    let id = s.query.record.lineage.clone();
+    // `lin` has the default limits.
+    let default_burst = palisade_gateway::Policy::default()
+        .limits
+        .per_key
+        .map(|r| r.burst);
+    assert_eq!(
+        *store.asked.lock().unwrap(),
+        [
+            (id.clone(), "lin".to_string(), default_burst),
+            (id, "limited".to_string(), Some(3))
+        ]
+    );
+    let entries = s.audit_entries(0);
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    assert_eq!(
+        entries[0]["decision"], "denied:rate-limit",
+        "{}",
+        entries[0]
+    );
+    assert_eq!(entries[0]["status"], 503, "{}", entries[0]);
+    assert_eq!(entries[1]["decision"], "allowed", "{}", entries[1]);
+    s.stop().await;
+}

@@ -1,18 +1,23 @@
-//! Rate limits: GCRA (governor) per key and model and per model, and a daily budget per key and
-//! model. Infer requests only (metadata and readiness are not metered). "Key" here is a key's
-//! line ([`crate::keys::KeyRecord::lineage`]): a key and its successors by rotation share their
-//! limits and budgets.
+//! Rate limits: GCRA per key and model and per model, and a daily budget per key and model.
+//! Infer requests only (metadata and readiness are not metered). "Key" here is a key's line
+//! ([`crate::keys::KeyRecord::lineage`]): a key and its successors by rotation share their limits
+//! and budgets.
 //!
 //! Responses carry the IETF `RateLimit-Policy` and `RateLimit` fields
 //! (draft-ietf-httpapi-ratelimit-headers), one item per limit: `"key"`, `"model"` and `"day"`,
 //! with `q` the quota, `w` the window in seconds, `r` what remains and `t` the seconds until the
 //! quota is whole again. A refused request gets 429 with `Retry-After`.
 //!
-//! State is in memory ([`Limits`]); the daily budget sits behind [`BudgetStore`] so that
-//! several gateways can share it (e.g. in Redis). A restart resets the counters.
+//! The counters sit behind [`LimitStore`], charged once per request for all of a request's limits,
+//! so that a store shared by several gateways (Redis, say, with a script that does the whole
+//! charge) takes one round trip and sees no other gateway's charge half done. A store that cannot
+//! answer refuses the request with 503: the limits fail closed. [`MemoryLimits`] keeps them in
+//! process memory (governor's GCRA); a restart resets them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -42,23 +47,58 @@ type DirectLimiter = RateLimiter<
     StateInformationMiddleware,
 >;
 
-/// Daily budgets: how many requests a key (a key's line, [`crate::keys::KeyRecord::lineage`])
-/// has spent on a model today.
-pub trait BudgetStore: Send + Sync + 'static {
-    /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
-    /// been spent; returns what remains after spending, or `None` when the budget is exhausted.
-    fn spend(&self, key: &str, model: &str, day: u64, limit: u64) -> Option<u64>;
-
-    /// What remains of `key`'s budget on `model` for UTC day `day`, spending nothing: checked
-    /// before the rate limits so that a key whose budget is spent is refused without charging
-    /// them (and so cannot use up the model's shared rate). [`BudgetStore::spend`] stays the
-    /// authority: two requests racing for the last unit may both see one here.
-    fn remaining(&self, key: &str, model: &str, day: u64, limit: u64) -> u64;
+/// One infer request to charge to the limits of its model version's policy.
+pub struct Charge<'a> {
+    /// The caller's key line ([`crate::keys::KeyRecord::lineage`]).
+    pub key: &'a String,
+    /// The model's name (all its versions' requests count against the same model).
+    pub model: &'a str,
+    /// The limits of the version asked for.
+    pub limits: &'a LimitPolicy,
+    /// Milliseconds since the Unix epoch: the UTC day of the daily budget.
+    pub t_ms: u64,
+    /// The limit policies of the versions of `model` served now: a store may drop what it keeps
+    /// for rates none of them has. Listing them takes a lock; a store calls it only when it
+    /// would drop something.
+    pub live: &'a (dyn Fn() -> Vec<LimitPolicy> + Sync),
 }
 
-/// Budgets in process memory.
+/// What a [`LimitStore`] decided.
+#[derive(Debug)]
+pub enum Admission {
+    /// Served; the items of the `RateLimit` fields, in the order `"key"`, `"model"`, `"day"`
+    /// (those the policy sets).
+    Admitted(Vec<Item>),
+    /// Refused with 429.
+    Refused(Refusal),
+}
+
+/// A [`LimitStore`] that could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    /// The store's state could not be read or written (a shared store out of reach, say).
+    #[error("the rate-limit state is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The answer of [`LimitStore::admit`].
+pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitError>> + Send + 'a>>;
+
+/// Where the rate limits and daily budgets are counted.
+///
+/// One call charges a request to every limit its policy sets, in this order: a key whose daily
+/// budget is spent is refused first, charging nothing; otherwise the key's rate, then the
+/// model's, then the budget are charged in turn, and a refusal by a later one leaves the earlier
+/// ones charged. A refusal's `Retry-After` is at least the time until each limit it charged can
+/// take the request again (so that the retry does not meet the key's own limit).
+pub trait LimitStore: Send + Sync + 'static {
+    /// Charges one request (see the trait's documentation).
+    fn admit<'a>(&'a self, charge: Charge<'a>) -> AdmitFuture<'a>;
+}
+
+/// Daily budgets in process memory: how many requests a key's line has spent on a model today.
 #[derive(Debug, Default)]
-pub struct MemoryBudgets {
+struct MemoryBudgets {
     /// Key → model → (day, spent). Nested, so that a lookup borrows the names (a map keyed by
     /// the pair would copy both into a new key on every request).
     used: Mutex<HashMap<String, HashMap<String, Spent>>>,
@@ -67,7 +107,9 @@ pub struct MemoryBudgets {
 /// The UTC day and how many requests were spent on it.
 type Spent = (u64, u64);
 
-impl BudgetStore for MemoryBudgets {
+impl MemoryBudgets {
+    /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
+    /// been spent; returns what remains after spending, or `None` when the budget is exhausted.
     fn spend(&self, key: &str, model: &str, day: u64, limit: u64) -> Option<u64> {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         if !used.contains_key(key) {
@@ -91,6 +133,10 @@ impl BudgetStore for MemoryBudgets {
         Some(limit - e.1)
     }
 
+    /// What remains of `key`'s budget on `model` for UTC day `day`, spending nothing: checked
+    /// before the rate limits so that a key whose budget is spent is refused without charging
+    /// them (and so cannot use up the model's shared rate). [`MemoryBudgets::spend`] stays the
+    /// authority: two requests racing for the last unit may both see one here.
     fn remaining(&self, key: &str, model: &str, day: u64, limit: u64) -> u64 {
         let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         match used.get(key).and_then(|m| m.get(model)) {
@@ -150,8 +196,9 @@ impl ModelLimiters {
     }
 }
 
-/// The rate-limit state of a gateway.
-pub struct Limits {
+/// The limits of a gateway in its own memory: governor's GCRA limiters and a map of budgets.
+#[derive(Default)]
+pub struct MemoryLimits {
     /// Model name → its limiters, one set per distinct pair of rates among its versions. Each
     /// version of a model has its own policy: keyed by name alone, a client alternating versions
     /// with different limits would rebuild (and so refill) them on every request; versions with
@@ -159,26 +206,27 @@ pub struct Limits {
     /// no version served uses its rates (never to make room: a client cycling through versions
     /// could then refill them all).
     models: RwLock<HashMap<String, Vec<Arc<ModelLimiters>>>>,
-    budgets: Arc<dyn BudgetStore>,
+    budgets: MemoryBudgets,
     clock: DefaultClock,
 }
 
-impl std::fmt::Debug for Limits {
+impl std::fmt::Debug for MemoryLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limits").finish_non_exhaustive()
+        f.debug_struct("MemoryLimits").finish_non_exhaustive()
     }
 }
 
-impl Limits {
-    /// Limits with budgets kept in `budgets`.
-    pub fn new(budgets: Arc<dyn BudgetStore>) -> Self {
-        Limits {
-            models: RwLock::default(),
-            budgets,
-            clock: DefaultClock::default(),
-        }
+impl LimitStore for MemoryLimits {
+    fn admit<'a>(&'a self, c: Charge<'a>) -> AdmitFuture<'a> {
+        let decided = match self.charge(c.key, c.model, c.limits, c.t_ms, c.live) {
+            Ok(items) => Admission::Admitted(items),
+            Err(refusal) => Admission::Refused(refusal),
+        };
+        Box::pin(std::future::ready(Ok(decided)))
     }
+}
 
+impl MemoryLimits {
     /// The limiters of `model` under `policy`, made on first use. Making a set first drops
     /// those whose rates none of `live` (the policies of the versions served) has.
     fn for_model(
@@ -207,13 +255,10 @@ impl Limits {
     }
 
     /// Charges one request by `key` to `model` under `policy`, `t_ms` milliseconds after the
-    /// epoch (for the daily budget): the header items, or why it is refused.
-    ///
-    /// A spent daily budget is refused first, charging nothing. Otherwise each limit is charged
-    /// in turn (per key, per model, then the budget), and a refusal by a later one leaves the
-    /// earlier ones charged; the budget is only read before the rate limits, so a race for its
-    /// last unit can charge them for a request its spend then refuses.
-    fn admit(
+    /// epoch (for the daily budget): the header items, or why it is refused ([`LimitStore`] says
+    /// in which order). The budget is only read before the rate limits, so a race for its last
+    /// unit can charge them for a request its spend then refuses.
+    fn charge(
         &self,
         key: &String,
         model: &str,
@@ -224,15 +269,8 @@ impl Limits {
         let lim = self.for_model(model, policy, live);
         let mut items = Vec::with_capacity(3);
         let day = policy.daily_budget.map(|limit| {
-            let reset_s = (DAY_MS - t_ms % DAY_MS).div_ceil(1000);
-            let item = move |remaining| Item {
-                name: "day",
-                quota: limit,
-                window_s: 86_400,
-                remaining,
-                reset_s,
-            };
-            (limit, reset_s, item)
+            let item = move |remaining| Item::day(limit, remaining, t_ms);
+            (limit, item(0).reset_s, item)
         });
         let today = t_ms / DAY_MS;
         if let Some((limit, reset_s, item)) = day
@@ -253,30 +291,22 @@ impl Limits {
                     if remaining == 0 {
                         key_wait = ceil_secs(gcra_params(*r).0);
                     }
-                    items.push(gcra_item("key", *r, remaining));
+                    items.push(Item::gcra("key", *r, remaining));
                 }
                 Err(nu) => {
-                    items.push(gcra_item("key", *r, 0));
+                    items.push(Item::gcra("key", *r, 0));
                     let wait = ceil_secs(nu.wait_time_from(now));
-                    return Err(Refusal::new(
-                        items,
-                        wait,
-                        "rate limit for this key exceeded",
-                    ));
+                    return Err(Refusal::new(items, wait, KEY_EXCEEDED));
                 }
             }
         }
         if let Some((r, l)) = &lim.per_model {
             match l.check() {
-                Ok(s) => items.push(gcra_item("model", *r, s.remaining_burst_capacity())),
+                Ok(s) => items.push(Item::gcra("model", *r, s.remaining_burst_capacity())),
                 Err(nu) => {
-                    items.push(gcra_item("model", *r, 0));
+                    items.push(Item::gcra("model", *r, 0));
                     let wait = ceil_secs(nu.wait_time_from(now)).max(key_wait);
-                    return Err(Refusal::new(
-                        items,
-                        wait,
-                        "rate limit for this model exceeded",
-                    ));
+                    return Err(Refusal::new(items, wait, MODEL_EXCEEDED));
                 }
             }
         }
@@ -293,19 +323,27 @@ impl Limits {
     }
 }
 
-const DAY_SPENT: &str = "daily query budget exhausted";
+/// [`Refusal::what`] when the key's rate refuses.
+pub const KEY_EXCEEDED: &str = "rate limit for this key exceeded";
+/// [`Refusal::what`] when the model's rate refuses.
+pub const MODEL_EXCEEDED: &str = "rate limit for this model exceeded";
+/// [`Refusal::what`] when the daily budget is spent.
+pub const DAY_SPENT: &str = "daily query budget exhausted";
 
 /// A request refused: the items checked up to the refusal, and how long to wait.
 #[derive(Debug)]
-struct Refusal {
-    items: Vec<Item>,
-    /// Seconds, at least 1.
-    retry_after: u64,
-    what: &'static str,
+pub struct Refusal {
+    /// The items of the `RateLimit` fields, up to the limit that refused (its `remaining` 0).
+    pub items: Vec<Item>,
+    /// `Retry-After`, in seconds, at least 1.
+    pub retry_after: u64,
+    /// Why, for the error message.
+    pub what: &'static str,
 }
 
 impl Refusal {
-    fn new(items: Vec<Item>, retry_after: u64, what: &'static str) -> Self {
+    /// A refusal (a `retry_after` of 0 becomes 1).
+    pub fn new(items: Vec<Item>, retry_after: u64, what: &'static str) -> Self {
         Refusal {
             items,
             retry_after: retry_after.max(1),
@@ -317,41 +355,63 @@ impl Refusal {
 /// The rate-limit guard.
 #[derive(Clone)]
 pub struct RateLimit {
-    limits: Arc<Limits>,
+    limits: Arc<dyn LimitStore>,
     models: Arc<ModelRepository>,
 }
 
 impl RateLimit {
-    /// Limits requests to the models of `models`, by their policies.
-    pub fn new(limits: Arc<Limits>, models: Arc<ModelRepository>) -> Self {
+    /// Limits requests to the models of `models`, by their policies, counting in `limits`.
+    pub fn new(limits: Arc<dyn LimitStore>, models: Arc<ModelRepository>) -> Self {
         RateLimit { limits, models }
     }
 }
 
-#[derive(Debug)]
-struct Item {
-    name: &'static str,
-    quota: u64,
-    window_s: u64,
-    remaining: u64,
-    reset_s: u64,
+/// One limit's item in the `RateLimit-Policy` and `RateLimit` fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// `"key"`, `"model"` or `"day"`.
+    pub name: &'static str,
+    /// The quota (`q`): the burst of a rate, the requests of a budget.
+    pub quota: u64,
+    /// The window in seconds (`w`).
+    pub window_s: u64,
+    /// What remains of the quota (`r`).
+    pub remaining: u64,
+    /// Seconds until the quota is whole again (`t`).
+    pub reset_s: u64,
 }
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
-fn gcra_item(name: &'static str, r: Rate, remaining: u32) -> Item {
-    let (per, burst) = gcra_params(r);
-    let burst = burst.get();
-    let missing = burst.saturating_sub(remaining);
-    let span = |n: u32| ceil_secs(per.checked_mul(n).unwrap_or(Duration::MAX));
-    Item {
-        name,
-        quota: u64::from(burst),
-        window_s: span(burst).max(1),
-        remaining: u64::from(remaining),
-        reset_s: span(missing),
+impl Item {
+    /// The item of a GCRA rate (`name` `"key"` or `"model"`) with `remaining` requests of burst
+    /// left: the quota is the burst, the window the time a whole burst takes to come back.
+    pub fn gcra(name: &'static str, r: Rate, remaining: u32) -> Item {
+        let (per, burst) = gcra_params(r);
+        let burst = burst.get();
+        let missing = burst.saturating_sub(remaining);
+        let span = |n: u32| ceil_secs(per.checked_mul(n).unwrap_or(Duration::MAX));
+        Item {
+            name,
+            quota: u64::from(burst),
+            window_s: span(burst).max(1),
+            remaining: u64::from(remaining),
+            reset_s: span(missing),
+        }
+    }
+
+    /// The item of a daily budget of `limit` requests with `remaining` left, `t_ms` milliseconds
+    /// after the epoch: it is whole again at the next UTC midnight.
+    pub fn day(limit: u64, remaining: u64, t_ms: u64) -> Item {
+        Item {
+            name: "day",
+            quota: limit,
+            window_s: 86_400,
+            remaining,
+            reset_s: (DAY_MS - t_ms % DAY_MS).div_ceil(1000),
+        }
     }
 }
 
@@ -452,21 +512,32 @@ impl Guard for RateLimit {
             Some(Principal(k)) => k.clone(),
             None => return reject(StatusCode::UNAUTHORIZED, "rate-limit", "not authenticated"),
         };
-        let items = match self.limits.admit(
-            &caller.lineage,
-            name,
-            &model.policy.limits,
-            now_ms(),
-            || {
-                self.models
-                    .served(name)
-                    .iter()
-                    .map(|m| m.policy.limits.clone())
-                    .collect()
-            },
-        ) {
-            Ok(items) => items,
-            Err(refusal) => return limited(&refusal),
+        let live = || {
+            self.models
+                .served(name)
+                .iter()
+                .map(|m| m.policy.limits.clone())
+                .collect()
+        };
+        let charge = Charge {
+            key: &caller.lineage,
+            model: name,
+            limits: &model.policy.limits,
+            t_ms: now_ms(),
+            live: &live,
+        };
+        let items = match self.limits.admit(charge).await {
+            Ok(Admission::Admitted(items)) => items,
+            Ok(Admission::Refused(refusal)) => return limited(&refusal),
+            Err(e) => {
+                tracing::error!(error = %e, model = %name, "rate limits could not be checked; request refused");
+                return reject_retry(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate-limit",
+                    "the rate limits could not be checked; retry later",
+                    1,
+                );
+            }
         };
         // Built once the stack below waits (for the body, or for the model).
         let (mut resp, ready) = call_next_meanwhile(next, req, || fields(&items)).await;
@@ -542,8 +613,8 @@ mod tests {
         })
     }
 
-    fn limits() -> Limits {
-        Limits::new(Arc::new(MemoryBudgets::default()))
+    fn limits() -> MemoryLimits {
+        MemoryLimits::default()
     }
 
     const T: u64 = 1_000 * DAY_MS;
@@ -566,13 +637,13 @@ mod tests {
         };
         let live = || vec![a.clone(), b.clone()];
         let k = key("k");
-        assert!(l.admit(&k, "m", &a, T, live).is_ok());
-        assert!(l.admit(&k, "m", &a, T, live).is_err());
-        assert!(l.admit(&k, "m", &b, T, live).is_ok());
+        assert!(l.charge(&k, "m", &a, T, live).is_ok());
+        assert!(l.charge(&k, "m", &a, T, live).is_err());
+        assert!(l.charge(&k, "m", &b, T, live).is_ok());
         // B's request did not rebuild A's limiters (nor refill A's burst).
-        let r = l.admit(&k, "m", &a, T, live).err().unwrap();
-        assert_eq!(r.what, "rate limit for this key exceeded");
-        assert!(l.admit(&k, "m", &b, T, live).is_err());
+        let r = l.charge(&k, "m", &a, T, live).err().unwrap();
+        assert_eq!(r.what, KEY_EXCEEDED);
+        assert!(l.charge(&k, "m", &b, T, live).is_err());
         // Versions with equal rates share them, whatever their daily budgets.
         let c = LimitPolicy {
             daily_budget: Some(100),
@@ -598,22 +669,22 @@ mod tests {
         let all = || (0..12).map(policy).collect::<Vec<_>>();
         let k = key("k");
         for n in 0..12 {
-            assert!(l.admit(&k, "m", &policy(n), T, all).is_ok());
+            assert!(l.charge(&k, "m", &policy(n), T, all).is_ok());
         }
         // Twelve versions' limiters, none rebuilt: every one still refuses.
         for n in 0..12 {
-            assert!(l.admit(&k, "m", &policy(n), T, all).is_err(), "{n}");
+            assert!(l.charge(&k, "m", &policy(n), T, all).is_err(), "{n}");
         }
         assert_eq!(l.models.read().unwrap()["m"].len(), 12);
         // Once only two versions are served, making a set drops the others' sets.
         let two = || vec![policy(0), policy(12)];
-        assert!(l.admit(&k, "m", &policy(12), T, two).is_ok());
+        assert!(l.charge(&k, "m", &policy(12), T, two).is_ok());
         let kept: Vec<Rates> = l.models.read().unwrap()["m"]
             .iter()
             .map(|m| m.rates)
             .collect();
         assert_eq!(kept, [rates(&policy(0)), rates(&policy(12))]);
-        assert!(l.admit(&k, "m", &policy(0), T, two).is_err());
+        assert!(l.charge(&k, "m", &policy(0), T, two).is_err());
     }
 
     #[test]
@@ -625,16 +696,16 @@ mod tests {
             daily_budget: Some(1),
         };
         let (k1, k2) = (key("k1"), key("k2"));
-        assert!(l.admit(&k1, "m", &p, T, Vec::new).is_ok());
+        assert!(l.charge(&k1, "m", &p, T, Vec::new).is_ok());
         for _ in 0..3 {
-            let r = l.admit(&k1, "m", &p, T, Vec::new).err().unwrap();
+            let r = l.charge(&k1, "m", &p, T, Vec::new).err().unwrap();
             assert_eq!(r.what, DAY_SPENT);
             assert_eq!(r.retry_after, 86_400);
             assert_eq!(r.items.len(), 1);
             assert_eq!((r.items[0].name, r.items[0].remaining), ("day", 0));
         }
         // k1's refused requests left the model's second unit to k2.
-        let items = l.admit(&k2, "m", &p, T, Vec::new).unwrap();
+        let items = l.charge(&k2, "m", &p, T, Vec::new).unwrap();
         assert_eq!(
             items
                 .iter()
@@ -653,19 +724,19 @@ mod tests {
             daily_budget: None,
         };
         let (k1, k2) = (key("k1"), key("k2"));
-        assert!(l.admit(&k1, "m", &p, T, Vec::new).is_ok());
+        assert!(l.charge(&k1, "m", &p, T, Vec::new).is_ok());
         // k2's check took its only unit: retrying after the model's second would meet it.
-        let r = l.admit(&k2, "m", &p, T, Vec::new).err().unwrap();
-        assert_eq!(r.what, "rate limit for this model exceeded");
+        let r = l.charge(&k2, "m", &p, T, Vec::new).err().unwrap();
+        assert_eq!(r.what, MODEL_EXCEEDED);
         assert_eq!(r.retry_after, 60);
         // A key with units left waits only for the model.
         let roomy = LimitPolicy {
             per_key: rate(1, 60_000, 5),
             ..p
         };
-        assert!(l.admit(&k1, "n", &roomy, T, Vec::new).is_ok());
-        let r = l.admit(&k2, "n", &roomy, T, Vec::new).err().unwrap();
-        assert_eq!(r.what, "rate limit for this model exceeded");
+        assert!(l.charge(&k1, "n", &roomy, T, Vec::new).is_ok());
+        let r = l.charge(&k2, "n", &roomy, T, Vec::new).err().unwrap();
+        assert_eq!(r.what, MODEL_EXCEEDED);
         assert_eq!(r.retry_after, 1);
     }
 
@@ -680,13 +751,13 @@ mod tests {
         };
         let lim = l.for_model("m", &p, Vec::new);
         assert!(lim.per_key.is_some() && lim.per_model.is_some());
-        let items = l.admit(&key("k"), "m", &p, T, Vec::new).unwrap();
+        let items = l.charge(&key("k"), "m", &p, T, Vec::new).unwrap();
         let f = fields(&items);
         assert!(f.policy.is_some() && f.state.is_some());
         for i in &items {
             assert!(i.window_s >= 1, "{}", i.name);
         }
-        let i = gcra_item("model", rate(1, u64::MAX, u32::MAX).unwrap(), 0);
+        let i = Item::gcra("model", rate(1, u64::MAX, u32::MAX).unwrap(), 0);
         assert!(i.reset_s > 0 && i.window_s >= i.reset_s);
     }
 
@@ -697,7 +768,7 @@ mod tests {
             period_ms: 1000,
             burst: 5,
         };
-        let i = gcra_item("key", r, 2);
+        let i = Item::gcra("key", r, 2);
         assert_eq!((i.quota, i.window_s, i.remaining, i.reset_s), (5, 1, 2, 1));
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use ndarray::{Array1, Array2};
 use palisade_core::{InputRange, LinearClassifier};
 use palisade_gateway::audit::{CheckpointPolicy, Durability};
+use palisade_gateway::guard::ratelimit::LimitStore;
 use palisade_gateway::keys::{KeyStore, NewKey, Role};
 use palisade_gateway::pool::InferencePool;
 use palisade_gateway::{LocalState, ModelRepository, Policy, ServedModel};
@@ -68,6 +69,19 @@ pub async fn start_on(
     source: Option<palisade_gateway::loader::ModelSource>,
     inference: Option<Arc<InferencePool>>,
 ) -> Server {
+    start_full(source, inference, None).await
+}
+
+/// A gateway counting its rate limits in `limits`.
+pub async fn start_limited_by(limits: Arc<dyn LimitStore>) -> Server {
+    start_full(None, None, Some(limits)).await
+}
+
+async fn start_full(
+    source: Option<palisade_gateway::loader::ModelSource>,
+    inference: Option<Arc<InferencePool>>,
+    limits: Option<Arc<dyn LimitStore>>,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(
         LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full).unwrap(),
@@ -104,6 +118,9 @@ pub async fn start_on(
         None => state.gateway(models.clone()).unwrap(),
     };
     gw.source = source;
+    if let Some(limits) = limits {
+        gw.limits = limits;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
