@@ -32,8 +32,9 @@
 //! - **admit** ([`guard::admit`]): the inference queue at its limit → 503 with `Retry-After`,
 //!   before any quota is charged (it looks at the queue and reserves nothing).
 //! - **rate limit** ([`guard::ratelimit`]): GCRA per key (a key and its successors by rotation
-//!   count as one) and per model, daily budget → 429. A model's versions with different rates are
-//!   limited apart (one set of limiters per rates).
+//!   count as one) and per model, daily budget → 429, counted in a
+//!   [`guard::ratelimit::LimitStore`] (503 when it cannot answer). A model's versions with
+//!   different rates are limited apart.
 //! - **validate** ([`guard::validate`]): body size and arrival time, decompression, OIP decoding,
 //!   shape, dtype, range, NaN/Inf → 413/408/415/400.
 //! - **harden output** ([`guard::harden`]): the only code that turns logits into a response body.
@@ -46,7 +47,8 @@
 //! ([`guard::Principal`], [`guard::ValidatedInfer`], [`guard::Decision`], …).
 //!
 //! The admin and audit API has a stack of its own: audit, authenticate, authorise (TOTP for
-//! admin actions). A request that can change something, from a valid `admin` or `deploy` key,
+//! admin actions), write-ahead ([`guard::audit::WriteAhead`]: an `intent` entry on the log
+//! before an admin action runs; 503 and no action when the log cannot take it). A request that can change something, from a valid `admin` or `deploy` key,
 //! runs in a task of its own (at most 64 at once), so that an action whose client leaves still
 //! runs to its end and its audit entry; [`Gateway::settle`] waits for those tasks at shutdown.
 //!

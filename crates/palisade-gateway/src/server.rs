@@ -21,7 +21,7 @@ use crate::deadline::{self, DeadlineBody};
 use crate::grpc::GrpcGateway;
 use crate::grpc::audit::AuditUnreached;
 use crate::guard::admit::Admit;
-use crate::guard::audit::Audit;
+use crate::guard::audit::{Audit, WriteAhead};
 use crate::guard::authn::Authenticate;
 use crate::guard::authz::Authorise;
 use crate::guard::harden::Harden;
@@ -383,6 +383,10 @@ impl Gateway {
             )))
             .layer(GuardLayer(Authenticate::new(self.keys.clone())))
             .layer(GuardLayer(Authorise::new(self.keys.clone())))
+            .layer(GuardLayer(WriteAhead::new(
+                self.audit.clone(),
+                self.metrics.clone(),
+            )))
             .service(admin::router(AdminState {
                 keys: self.keys.clone(),
                 models: self.models.clone(),

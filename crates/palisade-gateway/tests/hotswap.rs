@@ -171,11 +171,13 @@ async fn an_admin_action_whose_client_leaves_is_audited_or_not_done() {
                 Ok(Authn::Revoked(_))
             )
         };
+        // The outcome's entry: the one written ahead of the action does not count here.
         let audited = || {
             s.audit_entries(0).iter().any(|e| {
-                e["path"]
-                    .as_str()
-                    .is_some_and(|p| p.ends_with(&format!("/{id}/revoke")))
+                e["decision"] != "intent"
+                    && e["path"]
+                        .as_str()
+                        .is_some_and(|p| p.ends_with(&format!("/{id}/revoke")))
             })
         };
         // A revocation that runs takes a few ms; its entry may take longer on a loaded machine.
@@ -240,5 +242,129 @@ async fn wrong_totp_codes_lock_admin_actions() {
         assert!((14 * 60..=15 * 60).contains(&secs), "{secs}");
         assert!(r.error().contains("too many wrong TOTP codes"), "{r:?}");
     }
+    s.stop().await;
+}
+
+/// An admin action is on the log before it runs: an `intent` entry (the caller, the digest of
+/// the body, status 0), then the outcome's entry. When the log cannot take the intent, the
+/// action is not taken (503); when it takes the intent but not the outcome, the action is on
+/// the log and the answer (500) says that it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_are_written_ahead_and_not_taken_when_the_log_fails() {
+    use palisade_gateway::audit::{
+        AppendFuture, AuditError, AuditLog, ConsistencyProof, InclusionProof, SignedCheckpoint,
+    };
+    use sha2::{Digest as _, Sha256};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Takes appends while `left` is above zero.
+    struct Breakable {
+        inner: Arc<dyn AuditLog>,
+        left: Arc<AtomicU64>,
+    }
+    impl AuditLog for Breakable {
+        fn append(&self, entry: Vec<u8>) -> AppendFuture {
+            let took = self
+                .left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if took.is_err() {
+                return Box::pin(async { Err(AuditError::Write("disk full".into())) });
+            }
+            self.inner.append(entry)
+        }
+        fn size(&self) -> Result<u64, AuditError> {
+            self.inner.size()
+        }
+        fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, AuditError> {
+            self.inner.entry(index)
+        }
+        fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
+            self.inner.latest_checkpoint()
+        }
+        fn inclusion(&self, index: u64, size: u64) -> Result<InclusionProof, AuditError> {
+            self.inner.inclusion(index, size)
+        }
+        fn consistency(&self, first: u64, second: u64) -> Result<ConsistencyProof, AuditError> {
+            self.inner.consistency(first, second)
+        }
+    }
+
+    let left = Arc::new(AtomicU64::new(u64::MAX));
+    let flag = left.clone();
+    let s = start_audited_by(|inner| Arc::new(Breakable { inner, left: flag })).await;
+    let a = bearer(&s.admin);
+    let body = br#"{"name":"svc","roles":["query:lin"]}"#;
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/admin/keys",
+        &[
+            ("Authorization", &a),
+            ("X-Palisade-TOTP", &totp_now(&s.admin, -1)),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let created = r.json()["key"].as_str().unwrap().to_string();
+    let entries = s.audit_entries(0);
+    assert_eq!(entries.len(), 2, "{entries:#?}");
+    let (intent, outcome) = (&entries[0], &entries[1]);
+    assert_eq!(intent["decision"], "intent", "{intent}");
+    assert_eq!(intent["status"], 0, "{intent}");
+    assert_eq!(intent["action"], outcome["action"], "{intent}");
+    assert_eq!(intent["key_id"], s.admin.record.id.as_str(), "{intent}");
+    let digest: String = Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(intent["input_sha256"], digest.as_str(), "{intent}");
+    assert_eq!(outcome["decision"], "allowed", "{outcome}");
+    assert_eq!(outcome["status"], 201, "{outcome}");
+
+    // The log fails: the revocation is refused and not done.
+    left.store(0, Ordering::SeqCst);
+    let id = &created[4..16];
+    let revoke = |offset| {
+        let (addr, a, code) = (s.addr, a.clone(), totp_now(&s.admin, offset));
+        async move {
+            request(
+                addr,
+                "POST",
+                &format!("/v2/admin/keys/{id}/revoke"),
+                &[("Authorization", &a), ("X-Palisade-TOTP", &code)],
+                b"",
+            )
+            .await
+        }
+    };
+    let r = revoke(0).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.error().contains("not taken"), "{r:?}");
+    let valid = || {
+        matches!(
+            s.state.keys.authenticate(&created, now_ms()),
+            Ok(Authn::Valid(_))
+        )
+    };
+    assert!(valid());
+    assert_eq!(s.audit_entries(0).len(), 2);
+
+    // The log takes the intent, then fails: the revocation is done, and on the log.
+    left.store(1, Ordering::SeqCst);
+    let r = revoke(1).await;
+    assert_eq!(r.status, 500, "{r:?}");
+    assert!(r.error().contains("the action ran"), "{r:?}");
+    assert!(r.error().contains("entry 2"), "{r:?}");
+    assert!(!valid());
+    let entries = s.audit_entries(0);
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    assert_eq!(entries[2]["decision"], "intent", "{}", entries[2]);
+    assert!(
+        entries[2]["path"].as_str().unwrap().ends_with("/revoke"),
+        "{}",
+        entries[2]
+    );
+    left.store(u64::MAX, Ordering::SeqCst);
     s.stop().await;
 }

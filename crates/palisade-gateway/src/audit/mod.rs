@@ -114,10 +114,11 @@ pub struct AuditRecord<'a> {
     pub version: Option<Cow<'a, str>>,
     /// `allowed`, or the guard that refused: `denied:authenticate`, `denied:authorise`,
     /// `denied:overload`, `denied:rate-limit`, `denied:validate`, `denied:grpc` (a gRPC call
-    /// refused before the guards), or `error`.
+    /// refused before the guards), or `error`; `intent` for the entry written before an admin
+    /// action runs (status 0; the request's own entry follows with the outcome).
     #[serde(borrow)]
     pub decision: Cow<'a, str>,
-    /// Status code sent.
+    /// Status code sent (0 in an `intent` entry: nothing was sent yet).
     pub status: u16,
     /// SHA-256 of the (decompressed) request body, when the body was read.
     #[serde(borrow)]

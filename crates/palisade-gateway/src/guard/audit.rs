@@ -5,6 +5,12 @@
 //! for the entry to be durable (see [`crate::audit::SqliteAuditLog`] for the fsync policy) and
 //! only then releases the response; if the log cannot be written the request fails closed with
 //! 503 and no output.
+//!
+//! An admin action (a request that can change something, on the admin routes) is also written
+//! ahead by [`WriteAhead`], inside the authorise guard: an `intent` entry goes to the log before
+//! the action runs, so that an action whose outcome entry cannot be written (the log failing
+//! meanwhile, the process killed) is still on the log, and an action the log cannot take is not
+//! taken (503).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -12,7 +18,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 
@@ -115,10 +121,23 @@ impl Guard for Audit {
                 Response::from_parts(parts, Body::from(bytes))
             }
             None => {
-                let mut r = error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the audit log is unavailable; the request was not served",
-                );
+                let mut r = match parts.extensions.get::<Ahead>() {
+                    // The action ran: say so, rather than that nothing was served.
+                    Some(Ahead::Written(i)) => error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!(
+                            "the action ran, but the audit log could not take its outcome \
+                             (its intent is entry {i}); check its effect before retrying"
+                        ),
+                    ),
+                    Some(Ahead::Refused) => {
+                        error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_TAKEN)
+                    }
+                    None => error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the audit log is unavailable; the request was not served",
+                    ),
+                };
                 r.extensions_mut().insert(Decision::Error);
                 r
             }
@@ -148,4 +167,85 @@ pub(crate) async fn append(
             |e| tracing::error!(error = %e, "audit append failed; withholding the response"),
         )
         .ok()
+}
+
+/// Largest admin request body [`WriteAhead`] reads (admin bodies are a few hundred bytes).
+const MAX_ADMIN_BODY: usize = 1 << 20;
+
+/// The `decision` of an entry written ahead of an admin action.
+pub const INTENT: &str = "intent";
+
+/// Writes an admin action to the audit log before it runs (see the module documentation).
+///
+/// The entry has the `intent` decision, status 0 (no answer yet), the caller's key id and the
+/// SHA-256 of the request body; the request's own entry, with the outcome, follows. Requests
+/// that change nothing (`GET`, `HEAD`, `OPTIONS`) pass without one.
+#[derive(Clone)]
+pub struct WriteAhead {
+    log: Arc<dyn AuditLog>,
+    metrics: Arc<Metrics>,
+}
+
+impl WriteAhead {
+    /// Writes ahead to `log`.
+    pub fn new(log: Arc<dyn AuditLog>, metrics: Arc<Metrics>) -> Self {
+        WriteAhead { log, metrics }
+    }
+}
+
+impl Guard for WriteAhead {
+    async fn handle(self, mut req: Request, next: Next) -> Response {
+        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+            return call_next(next, req).await;
+        }
+        let ts_ms = now_ms();
+        let target = target_of(&mut req);
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, MAX_ADMIN_BODY).await else {
+            let mut r = error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("an admin request body is at most {MAX_ADMIN_BODY} bytes"),
+            );
+            r.extensions_mut().insert(Decision::Denied("validate"));
+            return r;
+        };
+        let record = AuditRecord {
+            ts_ms,
+            key_id: parts
+                .extensions
+                .get::<Principal>()
+                .map(|p| Cow::Borrowed(p.0.id.as_str())),
+            method: Cow::Borrowed(parts.method.as_str()),
+            path: Cow::Borrowed(parts.uri.path()),
+            action: Cow::Borrowed(target.action()),
+            model: target.model().map(Cow::Borrowed),
+            version: None,
+            decision: Cow::Borrowed(INTENT),
+            status: 0,
+            input_sha256: Some(Cow::Owned(hexfmt::encode(&Sha256::digest(&bytes)))),
+            output_sha256: None,
+            latency_us: 0,
+        };
+        let Some(index) = append(&*self.log, &self.metrics, &record).await else {
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_TAKEN);
+            r.extensions_mut().insert(Decision::Error);
+            r.extensions_mut().insert(Ahead::Refused);
+            return r;
+        };
+        let mut r = call_next(next, Request::from_parts(parts, Body::from(bytes))).await;
+        r.extensions_mut().insert(Ahead::Written(index));
+        r
+    }
+}
+
+const NOT_TAKEN: &str = "the audit log is unavailable; the action was not taken";
+
+/// What [`WriteAhead`] did (response extension, for the audit guard's message when the outcome
+/// cannot be written either).
+#[derive(Debug, Clone, Copy)]
+enum Ahead {
+    /// The intent is entry `.0`, and the action ran.
+    Written(u64),
+    /// The intent could not be written; the action did not run.
+    Refused,
 }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2};
 use palisade_core::{InputRange, LinearClassifier};
-use palisade_gateway::audit::{CheckpointPolicy, Durability};
+use palisade_gateway::audit::{AuditLog, CheckpointPolicy, Durability};
 use palisade_gateway::guard::ratelimit::LimitStore;
 use palisade_gateway::keys::{KeyStore, NewKey, Role};
 use palisade_gateway::pool::InferencePool;
-use palisade_gateway::{LocalState, ModelRepository, Policy, ServedModel};
+use palisade_gateway::{Gateway, LocalState, ModelRepository, Policy, ServedModel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -69,18 +69,24 @@ pub async fn start_on(
     source: Option<palisade_gateway::loader::ModelSource>,
     inference: Option<Arc<InferencePool>>,
 ) -> Server {
-    start_full(source, inference, None).await
+    start_full(source, inference, |_| {}).await
 }
 
 /// A gateway counting its rate limits in `limits`.
 pub async fn start_limited_by(limits: Arc<dyn LimitStore>) -> Server {
-    start_full(None, None, Some(limits)).await
+    start_full(None, None, |gw| gw.limits = limits).await
+}
+
+/// A gateway whose guards and admin API write to the log `wrap` makes of the state's own (the
+/// one [`Server::audit_entries`] reads).
+pub async fn start_audited_by(wrap: impl FnOnce(Arc<dyn AuditLog>) -> Arc<dyn AuditLog>) -> Server {
+    start_full(None, None, |gw| gw.audit = wrap(gw.audit.clone())).await
 }
 
 async fn start_full(
     source: Option<palisade_gateway::loader::ModelSource>,
     inference: Option<Arc<InferencePool>>,
-    limits: Option<Arc<dyn LimitStore>>,
+    tweak: impl FnOnce(&mut Gateway),
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(
@@ -118,9 +124,7 @@ async fn start_full(
         None => state.gateway(models.clone()).unwrap(),
     };
     gw.source = source;
-    if let Some(limits) = limits {
-        gw.limits = limits;
-    }
+    tweak(&mut gw);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
