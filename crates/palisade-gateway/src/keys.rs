@@ -242,6 +242,9 @@ pub struct SqliteKeyStore {
     /// The connection and the records cached from it, under one lock: every use of the cache
     /// also uses the connection.
     store: Mutex<Store>,
+    /// Who acts through this store when it is not a gateway (`palisade keys`): its changes are
+    /// then queued for the audit log (see [`SqliteKeyStore::for_operator`]).
+    operator: Option<String>,
 }
 
 struct Store {
@@ -293,6 +296,9 @@ impl fmt::Debug for SqliteKeyStore {
         f.debug_struct("SqliteKeyStore").finish_non_exhaustive()
     }
 }
+
+/// The `method` of an audit entry for a change made outside the gateway's HTTP API.
+pub const OPERATOR_METHOD: &str = "OPERATOR";
 
 const PREFIX: &str = "pal_";
 const ID_HEX: usize = 12;
@@ -362,7 +368,10 @@ impl SqliteKeyStore {
                  totp_last      INTEGER,
                  totp_fails     INTEGER NOT NULL DEFAULT 0,
                  totp_failed_ms INTEGER,
-                 lineage        TEXT);",
+                 lineage        TEXT);
+             CREATE TABLE IF NOT EXISTS outbox (
+                 seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+                 entry BLOB NOT NULL);",
         )?;
         // Databases made before the TOTP failure count and the rotation lines lack their columns.
         for (column, decl) in [
@@ -385,7 +394,109 @@ impl SqliteKeyStore {
                 conn,
                 cache: KeyCache::default(),
             }),
+            operator: None,
         })
+    }
+
+    /// This store as used by `operator` rather than by a gateway (`palisade keys`, say): each
+    /// change it makes (create, revoke, rotate) also queues an audit entry naming `operator`, in
+    /// the change's own transaction, so that a change is never made without its entry queued.
+    /// The gateway that owns the state folder moves queued entries into its audit log
+    /// ([`crate::server::LocalState::drain_key_outbox`]). Changes through the admin API need
+    /// none: their requests are audited.
+    pub fn for_operator(mut self, operator: impl Into<String>) -> Self {
+        self.operator = Some(operator.into());
+        self
+    }
+
+    /// Queues, in `tx`, the audit entry of a change by the operator (if this store has one):
+    /// `command` is the equivalent `palisade keys` command line, `action` the admin API's
+    /// action name for the same change.
+    fn queue(
+        operator: Option<&str>,
+        tx: &Connection,
+        action: &str,
+        command: &str,
+        now_ms: u64,
+    ) -> Result<(), KeyError> {
+        let Some(operator) = operator else {
+            return Ok(());
+        };
+        use std::borrow::Cow;
+        let record = crate::audit::AuditRecord {
+            ts_ms: now_ms,
+            key_id: None,
+            method: Cow::Borrowed(OPERATOR_METHOD),
+            path: Cow::Borrowed(command),
+            action: Cow::Borrowed(action),
+            model: None,
+            version: None,
+            decision: Cow::Borrowed("allowed"),
+            status: 0,
+            input_sha256: None,
+            output_sha256: None,
+            latency_us: 0,
+            operator: Some(Cow::Borrowed(operator)),
+        };
+        let entry = serde_json::to_vec(&record)
+            .map_err(|e| KeyError::Invalid(format!("cannot encode an audit entry: {e}")))?;
+        tx.execute("INSERT INTO outbox (entry) VALUES (?1)", params![entry])?;
+        Ok(())
+    }
+
+    /// The oldest audit entries queued by operators (at most `max`), with their sequence numbers.
+    pub fn outbox(&self, max: usize) -> Result<Vec<(i64, Vec<u8>)>, KeyError> {
+        let guard = self.lock();
+        let mut stmt = guard
+            .conn
+            .prepare_cached("SELECT seq, entry FROM outbox ORDER BY seq LIMIT ?1")?;
+        let rows = stmt.query_map(params![max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes the queued entry `seq` (once the audit log holds it).
+    pub fn outbox_done(&self, seq: i64) -> Result<(), KeyError> {
+        self.lock()
+            .conn
+            .execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
+        Ok(())
+    }
+
+    /// Makes a key as `operator` would through [`SqliteKeyStore::for_operator`], on a store
+    /// used by a gateway (its first admin key).
+    pub fn create_by(
+        &self,
+        operator: &str,
+        name: &str,
+        roles: &[Role],
+        expires_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<NewKey, KeyError> {
+        self.create_as(Some(operator), name, roles, expires_ms, now_ms)
+    }
+
+    fn create_as(
+        &self,
+        operator: Option<&str>,
+        name: &str,
+        roles: &[Role],
+        expires_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<NewKey, KeyError> {
+        // A new id changes no cached record: the cache holds only keys that were found.
+        let guard = self.lock();
+        let tx = guard.conn.unchecked_transaction()?;
+        let k = Self::insert(&tx, name, roles, expires_ms, None, now_ms)?;
+        let roles: Vec<String> = roles.iter().map(|r| format!(" --role {r}")).collect();
+        let expiry = expires_ms.map_or(String::new(), |e| format!(" (expires at {e} ms)"));
+        let command = format!(
+            "palisade keys create --name {name:?}{}: {}{expiry}",
+            roles.concat(),
+            k.record.id
+        );
+        Self::queue(operator, &tx, "admin.keys", &command, now_ms)?;
+        tx.commit()?;
+        Ok(k)
     }
 
     /// After a write through the store's connection: drops the cache and the lock, then, if the
@@ -576,8 +687,7 @@ impl KeyStore for SqliteKeyStore {
         expires_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
-        // A new id changes no cached record: the cache holds only keys that were found.
-        Self::insert(&self.lock().conn, name, roles, expires_ms, None, now_ms)
+        self.create_as(self.operator.as_deref(), name, roles, expires_ms, now_ms)
     }
 
     fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError> {
@@ -585,14 +695,28 @@ impl KeyStore for SqliteKeyStore {
         if self.get(&guard.conn, id)?.is_none() {
             return Err(KeyError::NotFound(id.to_string()));
         }
-        let n = guard.conn.execute(
-            "UPDATE keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
-            params![id, now_ms as i64],
-        );
-        let changed = matches!(n, Ok(1));
-        Self::written(guard, changed);
-        n?;
-        Ok(changed)
+        let done = (|| {
+            let tx = guard.conn.unchecked_transaction()?;
+            let n = tx.execute(
+                "UPDATE keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+                params![id, now_ms as i64],
+            )?;
+            let command = format!(
+                "palisade keys revoke {id}{}",
+                if n == 1 { "" } else { " (already revoked)" }
+            );
+            Self::queue(
+                self.operator.as_deref(),
+                &tx,
+                "admin.keys.revoke",
+                &command,
+                now_ms,
+            )?;
+            tx.commit()?;
+            Ok::<_, KeyError>(n == 1)
+        })();
+        Self::written(guard, matches!(done, Ok(true)));
+        done
     }
 
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError> {
@@ -632,6 +756,18 @@ impl KeyStore for SqliteKeyStore {
             &old.roles,
             old.expires_ms,
             Some(&old.lineage),
+            now_ms,
+        )?;
+        let command = format!(
+            "palisade keys rotate {id} --overlap {}s: {} (the old key ends at {end} ms)",
+            overlap.as_secs(),
+            new.record.id
+        );
+        Self::queue(
+            self.operator.as_deref(),
+            &tx,
+            "admin.keys.rotate",
+            &command,
             now_ms,
         )?;
         let committed = tx.commit();
@@ -730,6 +866,74 @@ mod tests {
     use super::*;
 
     const T0: u64 = 1_700_000_000_000;
+
+    /// A store used by an operator queues an audit entry with each change it makes, in the
+    /// change's transaction (another connection sees both); a gateway's store and refused
+    /// changes queue none.
+    #[test]
+    fn an_operators_changes_queue_their_audit_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let plain = SqliteKeyStore::open(&path).unwrap();
+        let op = SqliteKeyStore::open(&path)
+            .unwrap()
+            .for_operator("ops@host");
+        let k = plain
+            .create("svc", &[Role::Query("m".into())], None, T0)
+            .unwrap();
+        assert!(plain.outbox(10).unwrap().is_empty());
+        let a = op.create("adm", &[Role::Admin], Some(T0 + 9), T0).unwrap();
+        let r = op
+            .rotate(&k.record.id, Duration::from_secs(60), T0 + 1)
+            .unwrap();
+        assert!(op.revoke(&k.record.id, T0 + 2).unwrap());
+        assert!(!op.revoke(&k.record.id, T0 + 3).unwrap());
+        assert!(op.revoke("ffffffffffff", T0 + 4).is_err());
+        assert!(op.create("", &[Role::Admin], None, T0 + 5).is_err());
+        assert!(
+            op.rotate(&k.record.id, Duration::from_secs(1), T0 + 6)
+                .is_err()
+        );
+
+        let queued = plain.outbox(10).unwrap();
+        let seqs: Vec<i64> = queued.iter().map(|(s, _)| *s).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        let entries: Vec<serde_json::Value> = queued
+            .iter()
+            .map(|(_, e)| serde_json::from_slice(e).unwrap())
+            .collect();
+        let actions: Vec<&str> = entries
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "admin.keys",
+                "admin.keys.rotate",
+                "admin.keys.revoke",
+                "admin.keys.revoke"
+            ]
+        );
+        for e in &entries {
+            assert_eq!(e["operator"], "ops@host", "{e}");
+            assert_eq!(e["method"], OPERATOR_METHOD, "{e}");
+            assert_eq!(e["status"], 0, "{e}");
+            assert!(e["key_id"].is_null(), "{e}");
+        }
+        let path_of = |i: usize| entries[i]["path"].as_str().unwrap().to_string();
+        assert!(path_of(0).contains(&a.record.id), "{}", path_of(0));
+        assert!(path_of(0).contains("--role admin"), "{}", path_of(0));
+        assert!(path_of(0).contains(&format!("expires at {}", T0 + 9)));
+        assert!(path_of(1).contains(&r.record.id), "{}", path_of(1));
+        assert!(!path_of(2).contains("already"), "{}", path_of(2));
+        assert!(path_of(3).contains("already revoked"), "{}", path_of(3));
+        assert_eq!(entries[2]["ts_ms"], T0 + 2);
+
+        assert_eq!(op.outbox(2).unwrap(), queued[..2]);
+        op.outbox_done(queued[0].0).unwrap();
+        assert_eq!(plain.outbox(10).unwrap(), queued[1..]);
+    }
 
     #[test]
     fn create_authenticate_forge_revoke() {

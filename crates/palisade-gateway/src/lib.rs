@@ -116,6 +116,9 @@ pub enum GatewayError {
     /// The state folder is inconsistent.
     #[error("state: {0}")]
     State(String),
+    /// Another process (a running gateway) holds the state folder.
+    #[error("{0} is in use by another gateway (stop it, or give this one its own --state)")]
+    InUse(std::path::PathBuf),
     /// A model could not be loaded or deployed.
     #[error("model: {0}")]
     Model(String),

@@ -153,6 +153,13 @@ pub fn read_public_key(path: &Path) -> Result<[u8; 32], GatewayError> {
     })
 }
 
+/// The operator named in the audit entry of the first admin key.
+const FIRST_START: &str = "palisade serve (first start)";
+
+/// How often `palisade serve` moves entries queued by operators into the audit log
+/// ([`LocalState::drain_key_outbox`]).
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The embedded state of one gateway: a folder with the key database, the audit log and the
 /// checkpoint key.
 pub struct LocalState {
@@ -201,10 +208,7 @@ impl LocalState {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(GatewayError::State(format!(
-                    "{} is in use by another gateway (stop it, or give this one its own --state)",
-                    dir.display()
-                )));
+                return Err(GatewayError::InUse(dir.to_path_buf()));
             }
             Err(fs::TryLockError::Error(e)) => return Err(GatewayError::io(&lock_path, e)),
         }
@@ -239,12 +243,33 @@ impl LocalState {
             Role::Audit,
             Role::Query("*".into()),
         ];
-        Ok(Some(self.keys.create(
+        Ok(Some(self.keys.create_by(
+            FIRST_START,
             "first-admin",
             &roles,
             None,
             crate::now_ms(),
         )?))
+    }
+
+    /// Moves the audit entries that operators queued in the key database (`palisade keys`, the
+    /// first admin key: [`SqliteKeyStore::for_operator`]) into the audit log, oldest first, each
+    /// removed from the queue once the log holds it; returns how many. A crash between the two
+    /// leaves the entry queued, so it may reach the log twice, never not at all. `palisade serve`
+    /// calls it at start and every [`DRAIN_EVERY`].
+    pub async fn drain_key_outbox(&self) -> Result<usize, GatewayError> {
+        let mut moved = 0;
+        loop {
+            let queued = self.keys.outbox(64)?;
+            if queued.is_empty() {
+                return Ok(moved);
+            }
+            for (seq, entry) in queued {
+                self.audit.append(entry).await?;
+                self.keys.outbox_done(seq)?;
+                moved += 1;
+            }
+        }
     }
 
     /// A gateway over this state serving `models`, with one inference thread per core.

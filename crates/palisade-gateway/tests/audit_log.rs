@@ -21,6 +21,7 @@ fn record(i: u64) -> Vec<u8> {
         input_sha256: None,
         output_sha256: None,
         latency_us: i,
+        operator: None,
     })
     .unwrap()
 }
@@ -131,4 +132,46 @@ fn tampering_is_detected() {
         "{:?}",
         r.problems
     );
+}
+
+/// Key changes made outside the HTTP API reach the audit log, each once: the first admin key, and
+/// a revocation by `palisade keys` (its own connection, as an operator) while the gateway holds
+/// the state folder. The log then verifies.
+#[tokio::test]
+async fn key_changes_by_operators_are_moved_into_the_audit_log() {
+    use palisade_gateway::keys::{KeyStore as _, OPERATOR_METHOD, SqliteKeyStore};
+    use palisade_gateway::{GatewayError, LocalState};
+    let dir = tempfile::tempdir().unwrap();
+    let state =
+        LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full).unwrap();
+    let admin = state.first_admin_key().unwrap().unwrap();
+    let cli = SqliteKeyStore::open(&state.paths.keys_db())
+        .unwrap()
+        .for_operator("ops@host");
+    assert!(cli.revoke(&admin.record.id, 1_700_000_000_000).unwrap());
+    assert!(matches!(
+        LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full),
+        Err(GatewayError::InUse(_))
+    ));
+    assert_eq!(state.drain_key_outbox().await.unwrap(), 2);
+    assert_eq!(state.drain_key_outbox().await.unwrap(), 0);
+    assert_eq!(state.audit.size().unwrap(), 2);
+    let entry = |i| -> serde_json::Value {
+        serde_json::from_slice(&state.audit.entry(i).unwrap().unwrap()).unwrap()
+    };
+    let (first, revoked) = (entry(0), entry(1));
+    assert_eq!(first["operator"], "palisade serve (first start)", "{first}");
+    assert_eq!(first["action"], "admin.keys", "{first}");
+    assert!(
+        first["path"].as_str().unwrap().contains(&admin.record.id),
+        "{first}"
+    );
+    assert_eq!(revoked["operator"], "ops@host", "{revoked}");
+    assert_eq!(revoked["method"], OPERATOR_METHOD, "{revoked}");
+    assert_eq!(revoked["action"], "admin.keys.revoke", "{revoked}");
+    let (db, pk) = (state.paths.audit_db(), state.public_key);
+    drop(state);
+    let report = verify_log(&db, &pk, &[]).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.entries, 2);
 }

@@ -203,12 +203,14 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             repo.display()
         );
     }
-    let state = LocalState::open(
-        &args.state,
-        Default::default(),
-        args.audit_durability.into(),
-    )
-    .with_context(|| format!("opening the state folder {}", args.state.display()))?;
+    let state = Arc::new(
+        LocalState::open(
+            &args.state,
+            Default::default(),
+            args.audit_durability.into(),
+        )
+        .with_context(|| format!("opening the state folder {}", args.state.display()))?,
+    );
     let first = state.first_admin_key()?;
     let queue_limit = args.inference_queue.map(|n| n as usize);
     let inference = InferencePool::new(args.inference_threads.map(usize::from), queue_limit)
@@ -273,6 +275,16 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             }
             t
         })?;
+        // Key changes made with `palisade keys` (and the first admin key) reach the audit log.
+        let drainer = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                loop {
+                    drain_operator_changes(&state).await;
+                    tokio::time::sleep(palisade_gateway::server::DRAIN_EVERY).await;
+                }
+            })
+        };
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for listener in std::iter::once(http).chain(grpc) {
@@ -297,7 +309,23 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
                 "admin requests still running 30 s after the shutdown; exiting without them"
             );
         }
+        drainer.abort();
+        drain_operator_changes(&state).await;
         anyhow::Ok(())
     })?;
     Ok(Outcome::Success)
+}
+
+/// Moves the key changes queued by operators into the audit log, saying so in the log.
+async fn drain_operator_changes(state: &LocalState) {
+    match state.drain_key_outbox().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            entries = n,
+            "key changes by operators moved into the audit log"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "could not move key changes by operators into the audit log")
+        }
+    }
 }

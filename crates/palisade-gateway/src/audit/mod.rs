@@ -128,6 +128,10 @@ pub struct AuditRecord<'a> {
     pub output_sha256: Option<Cow<'a, str>>,
     /// Time from arrival to the response being ready, in microseconds (before the audit write).
     pub latency_us: u64,
+    /// Who made a change outside the HTTP API (`palisade keys`, the first admin key): then
+    /// `method` is `OPERATOR`, `path` the equivalent command and `status` 0. Absent otherwise.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<Cow<'a, str>>,
 }
 
 /// An inclusion proof, hex-encoded for JSON.

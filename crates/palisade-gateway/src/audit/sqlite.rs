@@ -1235,6 +1235,7 @@ mod tests {
                 input_sha256: None,
                 output_sha256: None,
                 latency_us: 1,
+                operator: None,
             })
             .unwrap()
         };

@@ -135,6 +135,7 @@ impl Guard for AuditUnreached {
             input_sha256: None,
             output_sha256: None,
             latency_us: started.elapsed().as_micros() as u64,
+            operator: None,
         };
         match crate::guard::audit::append(&*self.log, &self.metrics, &record).await {
             Some(_) => {

@@ -103,6 +103,7 @@ impl Guard for Audit {
                 .map(|d| Cow::Borrowed(d.0.as_str())),
             output_sha256: Some(Cow::Owned(hexfmt::encode(&Sha256::digest(&bytes)))),
             latency_us: started.elapsed().as_micros() as u64,
+            operator: None,
         };
         let appended = append(&*self.log, &self.metrics, &record).await;
         match appended {
@@ -225,6 +226,7 @@ impl Guard for WriteAhead {
             input_sha256: Some(Cow::Owned(hexfmt::encode(&Sha256::digest(&bytes)))),
             output_sha256: None,
             latency_us: 0,
+            operator: None,
         };
         let Some(index) = append(&*self.log, &self.metrics, &record).await else {
             let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_TAKEN);
