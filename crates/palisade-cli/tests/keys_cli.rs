@@ -1,8 +1,11 @@
-//! End-to-end: `palisade keys` changes reach the audit log of their state folder, which then
-//! verifies (no gateway running: the command appends them itself).
+//! End-to-end: `palisade keys` changes reach the audit log of their state folder through the
+//! gateway that runs on it (at once when it runs, when it starts otherwise), and the log
+//! verifies; `palisade audit verify` counts the changes still queued.
 
+use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn palisade(dir: &Path, args: &[&str]) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_palisade"))
@@ -21,29 +24,82 @@ fn palisade(dir: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null)
 }
 
-fn entries(dir: &Path) -> u64 {
+/// (entries in the log, key changes queued), the log verifying.
+fn audit(dir: &Path) -> (u64, u64) {
     let v = palisade(dir, &["audit", "verify", "--state", "st"]);
-    v["entries"].as_u64().unwrap_or_else(|| panic!("{v}"))
+    assert!(
+        v["problems"].as_array().is_some_and(|p| p.is_empty()),
+        "{v}"
+    );
+    (
+        v["entries"].as_u64().unwrap(),
+        v["queued_key_changes"].as_u64().unwrap(),
+    )
+}
+
+fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ready(addr: &str) -> bool {
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = c.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.1 200")
 }
 
 #[test]
-fn key_changes_by_the_cli_are_audited() {
+fn key_changes_by_the_cli_reach_the_audit_log() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let k = palisade(
-        d,
-        &[
-            "keys", "--state", "st", "create", "--name", "svc", "--role", "query:*",
-        ],
-    );
+    let keys = |args: &[&str]| {
+        let mut all = vec!["keys", "--state", "st"];
+        all.extend_from_slice(args);
+        palisade(d, &all)
+    };
+    // No gateway yet: the change waits in the key database.
+    let k = keys(&["create", "--name", "svc", "--role", "query:*"]);
     let id = k["record"]["id"].as_str().unwrap().to_string();
-    assert_eq!(entries(d), 1);
-    palisade(
-        d,
-        &["keys", "--state", "st", "rotate", &id, "--overlap", "1m"],
-    );
-    palisade(d, &["keys", "--state", "st", "revoke", &id]);
-    // Listing changes nothing and logs nothing.
-    palisade(d, &["keys", "--state", "st", "list"]);
-    assert_eq!(entries(d), 3);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["--json", "serve", "--state", "st", "--listen", &addr])
+        .args(["--grpc-listen", "none"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    until("the gateway", Duration::from_secs(120), || ready(&addr));
+    // Keys existed: no first admin key; the queued change is in the log.
+    until("the queued change", Duration::from_secs(10), || {
+        audit(d) == (1, 0)
+    });
+    // With the gateway running: in the log within a second or so.
+    keys(&["revoke", &id]);
+    until("the revocation", Duration::from_secs(10), || {
+        audit(d) == (2, 0)
+    });
+    Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(serve.wait().unwrap().success());
+    assert_eq!(audit(d), (2, 0));
+    // Listing changes nothing; a change with the gateway stopped is queued, and counted.
+    keys(&["list"]);
+    keys(&["create", "--name", "later", "--role", "audit"]);
+    assert_eq!(audit(d), (2, 1));
 }

@@ -410,8 +410,8 @@ impl SqliteKeyStore {
     }
 
     /// Queues, in `tx`, the audit entry of a change by the operator (if this store has one):
-    /// `command` is the equivalent `palisade keys` command line, `action` the admin API's
-    /// action name for the same change.
+    /// `command` says what was done, in words close to `palisade keys`'s, `action` is the admin
+    /// API's action name for the same change.
     fn queue(
         operator: Option<&str>,
         tx: &Connection,
@@ -454,6 +454,23 @@ impl SqliteKeyStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// How many audit entries are queued in the key database at `path`, read without writing
+    /// (0 when it has no queue yet): for `palisade audit verify`, which only reads.
+    pub fn queued(path: &Path) -> Result<u64, KeyError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let has: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+            [],
+            |r| r.get(0),
+        )?;
+        if has == 0 {
+            return Ok(0);
+        }
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Removes the queued entry `seq` (once the audit log holds it).
     pub fn outbox_done(&self, seq: i64) -> Result<(), KeyError> {
         self.lock()
@@ -490,7 +507,7 @@ impl SqliteKeyStore {
         let roles: Vec<String> = roles.iter().map(|r| format!(" --role {r}")).collect();
         let expiry = expires_ms.map_or(String::new(), |e| format!(" (expires at {e} ms)"));
         let command = format!(
-            "palisade keys create --name {name:?}{}: {}{expiry}",
+            "create key --name {name:?}{}: {}{expiry}",
             roles.concat(),
             k.record.id
         );
@@ -702,7 +719,7 @@ impl KeyStore for SqliteKeyStore {
                 params![id, now_ms as i64],
             )?;
             let command = format!(
-                "palisade keys revoke {id}{}",
+                "revoke key {id}{}",
                 if n == 1 { "" } else { " (already revoked)" }
             );
             Self::queue(
@@ -759,7 +776,7 @@ impl KeyStore for SqliteKeyStore {
             now_ms,
         )?;
         let command = format!(
-            "palisade keys rotate {id} --overlap {}s: {} (the old key ends at {end} ms)",
+            "rotate key {id} --overlap {}s: {} (the old key ends at {end} ms)",
             overlap.as_secs(),
             new.record.id
         );
@@ -933,6 +950,28 @@ mod tests {
         assert_eq!(op.outbox(2).unwrap(), queued[..2]);
         op.outbox_done(queued[0].0).unwrap();
         assert_eq!(plain.outbox(10).unwrap(), queued[1..]);
+        assert_eq!(SqliteKeyStore::queued(&path).unwrap(), 3);
+
+        // The entry is in the change's transaction: when it cannot be queued, nothing changes.
+        plain
+            .lock()
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER full BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'full'); END",
+            )
+            .unwrap();
+        let fresh = plain.create("f", &[Role::Audit], None, T0).unwrap();
+        assert!(op.revoke(&fresh.record.id, T0 + 10).is_err());
+        assert!(
+            op.rotate(&fresh.record.id, Duration::from_secs(60), T0 + 10)
+                .is_err()
+        );
+        assert!(op.create("g", &[Role::Audit], None, T0 + 10).is_err());
+        let now = plain.list().unwrap();
+        assert_eq!(now.len(), 4, "{now:?}");
+        let f = now.iter().find(|k| k.id == fresh.record.id).unwrap();
+        assert!(f.revoked_ms.is_none() && f.expires_ms.is_none(), "{f:?}");
+        assert_eq!(SqliteKeyStore::queued(&path).unwrap(), 3);
     }
 
     #[test]

@@ -543,9 +543,10 @@ async fn a_rotated_key_shares_the_limits_of_its_line() {
     s.stop().await;
 }
 
-/// A limit store that cannot answer for one model (a shared store out of reach, say) makes that
-/// model's infer requests fail closed with 503 and `Retry-After`, audited; the store is asked once
-/// per infer request, with the caller's line and the version's limits, and not for metadata.
+/// A limit store that fails for one model, or does not answer for another (a shared store out
+/// of reach, say), makes their infer requests fail closed with 503 and `Retry-After`, audited as
+/// errors; the store is asked once per infer request, with the caller's line and the version's
+/// limits, and not for metadata.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
     use palisade_gateway::guard::ratelimit::{
@@ -565,18 +566,21 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
                 .lock()
                 .unwrap()
                 .push((c.key.clone(), c.model.to_string(), burst));
-            if c.model == "lin" {
-                return Box::pin(async { Err(LimitError::Unavailable("refused".into())) });
+            match c.model {
+                "lin" => Box::pin(async { Err(LimitError::Unavailable("refused".into())) }),
+                // Out of reach: never answers.
+                "top2" => Box::pin(std::future::pending()),
+                _ => self.inner.admit(c),
             }
-            self.inner.admit(c)
         }
     }
 
     let store = Arc::new(Flaky::default());
     let s = start_limited_by(store.clone()).await;
     let q = bearer(&s.query);
-    let infer = |model: &'static str| {
-        let (addr, q) = (s.addr, q.clone());
+    // The query key may not query `top2`; the admin key may query every model.
+    let infer_as = |model: &'static str, q: String| {
+        let addr = s.addr;
         async move {
             request(
                 addr,
@@ -588,6 +592,7 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
             .await
         }
     };
+    let infer = |model: &'static str| infer_as(model, q.clone());
     let r = infer("lin").await;
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.headers["retry-after"], "1", "{r:?}");
@@ -596,6 +601,15 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
         "{r:?}"
     );
     assert!(!r.headers.contains_key("ratelimit"), "{r:?}");
+    // No answer: refused once the guard stops waiting.
+    let t = std::time::Instant::now();
+    let r = infer_as("top2", bearer(&s.admin)).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.error().contains("rate limits could not be checked"),
+        "{r:?}"
+    );
+    assert!(t.elapsed() >= palisade_gateway::guard::ratelimit::STORE_TIMEOUT);
     // The store answers for the other model: its limits are counted there.
     let r = infer("limited").await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -620,17 +634,16 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
         *store.asked.lock().unwrap(),
         [
             (id.clone(), "lin".to_string(), default_burst),
+            (s.admin.record.id.clone(), "top2".to_string(), default_burst),
             (id, "limited".to_string(), Some(3))
         ]
     );
     let entries = s.audit_entries(0);
-    assert_eq!(entries.len(), 3, "{entries:#?}");
-    assert_eq!(
-        entries[0]["decision"], "denied:rate-limit",
-        "{}",
-        entries[0]
-    );
-    assert_eq!(entries[0]["status"], 503, "{}", entries[0]);
-    assert_eq!(entries[1]["decision"], "allowed", "{}", entries[1]);
+    assert_eq!(entries.len(), 4, "{entries:#?}");
+    for e in &entries[..2] {
+        assert_eq!(e["decision"], "error", "{e}");
+        assert_eq!(e["status"], 503, "{e}");
+    }
+    assert_eq!(entries[2]["decision"], "allowed", "{}", entries[2]);
     s.stop().await;
 }

@@ -322,6 +322,29 @@ async fn admin_actions_are_written_ahead_and_not_taken_when_the_log_fails() {
     assert_eq!(outcome["decision"], "allowed", "{outcome}");
     assert_eq!(outcome["status"], 201, "{outcome}");
 
+    // A body too large for an admin request: refused before any intent (the refusal's own
+    // entry only).
+    let other = s
+        .state
+        .keys
+        .create("adm2", &[Role::Admin], None, now_ms())
+        .unwrap();
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/admin/keys",
+        &[
+            ("Authorization", &bearer(&other)),
+            ("X-Palisade-TOTP", &totp_now(&other, 0)),
+        ],
+        &vec![b' '; (1 << 20) + 1],
+    )
+    .await;
+    assert_eq!(r.status, 413, "{r:?}");
+    let entries = s.audit_entries(0);
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    assert_eq!(entries[2]["decision"], "denied:validate", "{}", entries[2]);
+
     // The log fails: the revocation is refused and not done.
     left.store(0, Ordering::SeqCst);
     let id = &created[4..16];
@@ -348,22 +371,22 @@ async fn admin_actions_are_written_ahead_and_not_taken_when_the_log_fails() {
         )
     };
     assert!(valid());
-    assert_eq!(s.audit_entries(0).len(), 2);
+    assert_eq!(s.audit_entries(0).len(), 3);
 
     // The log takes the intent, then fails: the revocation is done, and on the log.
     left.store(1, Ordering::SeqCst);
     let r = revoke(1).await;
     assert_eq!(r.status, 500, "{r:?}");
     assert!(r.error().contains("the action ran"), "{r:?}");
-    assert!(r.error().contains("entry 2"), "{r:?}");
+    assert!(r.error().contains("entry 3"), "{r:?}");
     assert!(!valid());
     let entries = s.audit_entries(0);
-    assert_eq!(entries.len(), 3, "{entries:#?}");
-    assert_eq!(entries[2]["decision"], "intent", "{}", entries[2]);
+    assert_eq!(entries.len(), 4, "{entries:#?}");
+    assert_eq!(entries[3]["decision"], "intent", "{}", entries[3]);
     assert!(
-        entries[2]["path"].as_str().unwrap().ends_with("/revoke"),
+        entries[3]["path"].as_str().unwrap().ends_with("/revoke"),
         "{}",
-        entries[2]
+        entries[3]
     );
     left.store(u64::MAX, Ordering::SeqCst);
     s.stop().await;

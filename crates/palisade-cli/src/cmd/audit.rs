@@ -6,10 +6,20 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use palisade_gateway::audit::{SignedCheckpoint, open_offline, verify_log};
+use palisade_gateway::keys::SqliteKeyStore;
 use palisade_gateway::server::{StatePaths, read_public_key};
 
 use crate::cmd::Outcome;
 use crate::output::Ctx;
+
+/// What `palisade audit verify` reports: the verifier's report, and the key changes queued for
+/// the log.
+#[derive(serde::Serialize)]
+struct Verified<'a> {
+    #[serde(flatten)]
+    report: &'a palisade_gateway::audit::VerifyReport,
+    queued_key_changes: u64,
+}
 
 /// Arguments of `palisade audit`.
 #[derive(Debug, Args)]
@@ -95,7 +105,21 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                 s.finish_and_clear();
             }
             let report = report?;
-            ctx.emit(&report, |r| {
+            // Key changes by operators not yet moved into the log (read only; a folder given
+            // only as --db has none to tell).
+            let keys_db = paths.keys_db();
+            let queued_key_changes = if keys_db.exists() {
+                SqliteKeyStore::queued(&keys_db)
+                    .with_context(|| format!("reading {}", keys_db.display()))?
+            } else {
+                0
+            };
+            let out = Verified {
+                report: &report,
+                queued_key_changes,
+            };
+            ctx.emit(&out, |v| {
+                let r = v.report;
                 let mut s = format!(
                     "{} entries, {} checkpoints, verified up to {} ({} unsigned after), root {}",
                     r.entries, r.checkpoints, r.verified_up_to, r.unsigned_tail, r.root
@@ -104,6 +128,12 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                     s.push_str(&format!(
                         "\n{} of the entries are in the append journal, not yet in the database (the gateway copies them in when it starts)",
                         r.journal_entries
+                    ));
+                }
+                if v.queued_key_changes > 0 {
+                    s.push_str(&format!(
+                        "\n{} key changes made with `palisade keys` are queued, not yet in the log (the gateway appends them within a second, or when it starts)",
+                        v.queued_key_changes
                     ));
                 }
                 if r.ok() {

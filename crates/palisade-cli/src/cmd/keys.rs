@@ -186,11 +186,15 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
         }
     }
     if changes {
-        drop(store);
-        log_change(&args.state);
+        // On stderr, so that --json output stays one document.
+        eprintln!("{QUEUED}");
     }
     Ok(Outcome::Success)
 }
+
+/// Said after each change: where its audit entry is.
+const QUEUED: &str = "audit: this change's entry is queued in the key database; the gateway on \
+this state folder appends it to the audit log within a second (a stopped one when it starts)";
 
 /// Who runs this command, for the audit entry: `$PALISADE_ACTOR` (as `palisade registry`
 /// records), else the user, and the host, as the environment says (informative: anyone who can
@@ -205,35 +209,4 @@ fn operator() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown host".into());
     format!("palisade keys ({user}@{host})")
-}
-
-/// The change's audit entry is queued in the key database with it; this moves it into the audit
-/// log now when no gateway holds the state folder (one that does moves it within
-/// `DRAIN_EVERY`). The change is made either way: a failure here is a warning, and the entry
-/// stays queued for the next gateway.
-fn log_change(state: &std::path::Path) {
-    use palisade_gateway::audit::{CheckpointPolicy, Durability};
-    use palisade_gateway::{GatewayError, LocalState};
-    let moved = match LocalState::open(state, CheckpointPolicy::default(), Durability::Full) {
-        Ok(local) => tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(|e| e.to_string())
-            .and_then(|rt| {
-                rt.block_on(local.drain_key_outbox())
-                    .map_err(|e| e.to_string())
-            }),
-        Err(GatewayError::InUse(_)) => {
-            tracing::info!("the running gateway moves this change's audit entry into its log");
-            return;
-        }
-        Err(e) => Err(e.to_string()),
-    };
-    match moved {
-        Ok(n) => tracing::info!(entries = n, "audit entries appended"),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "the change is made, but its audit entry could not be appended now; it stays queued \
-             in the key database for the next gateway"
-        ),
-    }
 }

@@ -275,17 +275,21 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             }
             t
         })?;
-        // Key changes made with `palisade keys` (and the first admin key) reach the audit log.
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        // Key changes made with `palisade keys` (and the first admin key) reach the audit log:
+        // now, every second, and once more after the shutdown.
         let drainer = {
-            let state = state.clone();
+            let (state, mut stop) = (state.clone(), rx.clone());
             tokio::spawn(async move {
                 loop {
                     drain_operator_changes(&state).await;
-                    tokio::time::sleep(palisade_gateway::server::DRAIN_EVERY).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(palisade_gateway::server::DRAIN_EVERY) => {}
+                        _ = stop.wait_for(|stop| *stop) => return,
+                    }
                 }
             })
         };
-        let (tx, rx) = tokio::sync::watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         for listener in std::iter::once(http).chain(grpc) {
             let router = router.clone();
@@ -309,7 +313,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
                 "admin requests still running 30 s after the shutdown; exiting without them"
             );
         }
-        drainer.abort();
+        // Stopped between two drains (not in the middle of one, which would append an entry
+        // and leave it queued, to be appended again).
+        let _ = drainer.await;
         drain_operator_changes(&state).await;
         anyhow::Ok(())
     })?;

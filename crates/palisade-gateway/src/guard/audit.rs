@@ -30,7 +30,7 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::hexfmt;
 use crate::metrics::Metrics;
 use crate::now_ms;
-use crate::oip::target_of;
+use crate::oip::{Target, target_of};
 
 /// Largest response body the audit guard will hash (responses are built in memory, well below).
 const MAX_RESPONSE: usize = 256 << 20;
@@ -124,11 +124,19 @@ impl Guard for Audit {
             None => {
                 let mut r = match parts.extensions.get::<Ahead>() {
                     // The action ran: say so, rather than that nothing was served.
-                    Some(Ahead::Written(i)) => error_response(
+                    Some(Ahead::Written(i, s)) if s.is_success() => error_response(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         &format!(
                             "the action ran, but the audit log could not take its outcome \
                              (its intent is entry {i}); check its effect before retrying"
+                        ),
+                    ),
+                    Some(Ahead::Written(i, s)) => error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!(
+                            "the action was refused ({}), and the audit log could not take \
+                             that outcome (its intent is entry {i})",
+                            s.as_u16()
                         ),
                     ),
                     Some(Ahead::Refused) => {
@@ -196,19 +204,34 @@ impl WriteAhead {
 
 impl Guard for WriteAhead {
     async fn handle(self, mut req: Request, next: Next) -> Response {
-        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        let target = target_of(&mut req);
+        if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+            || !matches!(*target, Target::AdminKeys | Target::AdminModels)
+        {
             return call_next(next, req).await;
         }
         let ts_ms = now_ms();
-        let target = target_of(&mut req);
         let (parts, body) = req.into_parts();
-        let Ok(bytes) = axum::body::to_bytes(body, MAX_ADMIN_BODY).await else {
-            let mut r = error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("an admin request body is at most {MAX_ADMIN_BODY} bytes"),
-            );
-            r.extensions_mut().insert(Decision::Denied("validate"));
-            return r;
+        let bytes = match axum::body::to_bytes(body, MAX_ADMIN_BODY).await {
+            Ok(b) => b,
+            Err(e) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                let (status, message) = if too_large {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("an admin request body is at most {MAX_ADMIN_BODY} bytes"),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("could not read the request body: {e}"),
+                    )
+                };
+                let mut r = error_response(status, &message);
+                r.extensions_mut().insert(Decision::Denied("validate"));
+                return r;
+            }
         };
         let record = AuditRecord {
             ts_ms,
@@ -235,7 +258,8 @@ impl Guard for WriteAhead {
             return r;
         };
         let mut r = call_next(next, Request::from_parts(parts, Body::from(bytes))).await;
-        r.extensions_mut().insert(Ahead::Written(index));
+        let status = r.status();
+        r.extensions_mut().insert(Ahead::Written(index, status));
         r
     }
 }
@@ -246,8 +270,8 @@ const NOT_TAKEN: &str = "the audit log is unavailable; the action was not taken"
 /// cannot be written either).
 #[derive(Debug, Clone, Copy)]
 enum Ahead {
-    /// The intent is entry `.0`, and the action ran.
-    Written(u64),
+    /// The intent is entry `.0`, and the admin API answered with status `.1`.
+    Written(u64, StatusCode),
     /// The intent could not be written; the action did not run.
     Refused,
 }

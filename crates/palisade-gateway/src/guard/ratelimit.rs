@@ -28,7 +28,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
 
-use super::{Guard, Next, Principal, call_next, call_next_meanwhile, reject, reject_retry};
+use super::{
+    Decision, Guard, Next, Principal, call_next, call_next_meanwhile, reject, reject_retry,
+};
 use crate::model::ModelRepository;
 use crate::now_ms;
 use crate::oip::{ModelAction, Target, target_of};
@@ -75,11 +77,16 @@ pub enum Admission {
 
 /// A [`LimitStore`] that could not decide.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LimitError {
     /// The store's state could not be read or written (a shared store out of reach, say).
     #[error("the rate-limit state is unavailable: {0}")]
     Unavailable(String),
 }
+
+/// The longest the rate-limit guard waits for a [`LimitStore`] (an in-memory one answers at
+/// once; a shared one out of reach must not hold every request).
+pub const STORE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The answer of [`LimitStore::admit`].
 pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitError>> + Send + 'a>>;
@@ -91,6 +98,18 @@ pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitEr
 /// model's, then the budget are charged in turn, and a refusal by a later one leaves the earlier
 /// ones charged. A refusal's `Retry-After` is at least the time until each limit it charged can
 /// take the request again (so that the retry does not meet the key's own limit).
+///
+/// What is counted together, as [`MemoryLimits`] does: a rate's state belongs to the model and
+/// the pair of rates (`per_key`, `per_model`) of the version asked for (versions with the same
+/// pair share it; per key, also to the key's line); a budget belongs to the key's line, the model
+/// and the UTC day of [`Charge::t_ms`], whatever the version, and a day earlier than the one
+/// counted counts against it (a clock stepping back does not refill it). GCRA runs on the store's
+/// own clock, with each rate's emission interval ([`Rate::interval`]) and burst; the items are
+/// made with [`Item::gcra`] and [`Item::day`], the refusals' reasons are [`KEY_EXCEEDED`],
+/// [`MODEL_EXCEEDED`] and [`DAY_SPENT`].
+///
+/// The guard waits at most [`STORE_TIMEOUT`] for an answer; past it, or on an error, the request
+/// is refused with 503 (the limits fail closed).
 pub trait LimitStore: Send + Sync + 'static {
     /// Charges one request (see the trait's documentation).
     fn admit<'a>(&'a self, charge: Charge<'a>) -> AdmitFuture<'a>;
@@ -169,7 +188,7 @@ fn quota(r: Rate) -> Option<Quota> {
 }
 
 /// What a set of limiters is made from: a policy's two rates (its daily budget is kept apart,
-/// in the [`BudgetStore`], so that versions differing only by it share their limiters).
+/// in [`MemoryBudgets`], so that versions differing only by it share their limiters).
 type Rates = (Option<Rate>, Option<Rate>);
 
 fn rates(policy: &LimitPolicy) -> Rates {
@@ -526,17 +545,28 @@ impl Guard for RateLimit {
             t_ms: now_ms(),
             live: &live,
         };
-        let items = match self.limits.admit(charge).await {
+        let decided = tokio::time::timeout(STORE_TIMEOUT, self.limits.admit(charge))
+            .await
+            .unwrap_or_else(|_| {
+                Err(LimitError::Unavailable(format!(
+                    "no answer within {} ms",
+                    STORE_TIMEOUT.as_millis()
+                )))
+            });
+        let items = match decided {
             Ok(Admission::Admitted(items)) => items,
             Ok(Admission::Refused(refusal)) => return limited(&refusal),
             Err(e) => {
                 tracing::error!(error = %e, model = %name, "rate limits could not be checked; request refused");
-                return reject_retry(
+                let mut r = reject_retry(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "rate-limit",
                     "the rate limits could not be checked; retry later",
                     1,
                 );
+                // A failure of the gateway's state, not a client refused by its limits.
+                r.extensions_mut().insert(Decision::Error);
+                return r;
             }
         };
         // Built once the stack below waits (for the body, or for the model).
