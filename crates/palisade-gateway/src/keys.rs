@@ -15,6 +15,8 @@
 //! write that takes validity away (revoke, rotate) waits [`SETTLE`] (2 ms, longer than that window)
 //! after its commit before it returns, so once `palisade keys revoke` (or the admin API) has
 //! answered, no gateway on the same database accepts the key, whichever process wrote it.
+//! Writes (changes, TOTP checks) go through a second connection with a lock of its own, so
+//! that their fsync does not hold up the authentication of the requests meanwhile.
 //!
 //! Keys with the `admin` or `deploy` role also get a TOTP secret (RFC 6238, SHA-1, 6 digits,
 //! 30 s): admin actions must carry a current code, and a code is accepted once per key.
@@ -242,6 +244,10 @@ pub struct SqliteKeyStore {
     /// The connection and the records cached from it, under one lock: every use of the cache
     /// also uses the connection.
     store: Mutex<Store>,
+    /// The connection that writes (changes, TOTP checks, the audit queue), apart from the one
+    /// that authenticates, so that a write's fsync does not hold up the authentication of every
+    /// request meanwhile; `None` for an in-memory store, whose writes use the one connection.
+    writer: Option<Mutex<Connection>>,
     /// Who acts through this store when it is not a gateway (`palisade keys`): its changes are
     /// then queued for the audit log (see [`SqliteKeyStore::for_operator`]).
     operator: Option<String>,
@@ -250,6 +256,31 @@ pub struct SqliteKeyStore {
 struct Store {
     conn: Connection,
     cache: KeyCache,
+}
+
+/// A locked connection to write with: the store's writer, or (in memory) its one connection.
+enum Writer<'a> {
+    Own(std::sync::MutexGuard<'a, Connection>),
+    Shared(std::sync::MutexGuard<'a, Store>),
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            Writer::Own(c) => c,
+            Writer::Shared(s) => &s.conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        match self {
+            Writer::Own(c) => c,
+            Writer::Shared(s) => &mut s.conn,
+        }
+    }
 }
 
 /// Refused TOTP codes (each within [`TOTP_LOCKOUT`] of the one before) that lock a key's TOTP.
@@ -340,7 +371,12 @@ fn totp_for(secret: Vec<u8>) -> Result<totp_rs::Totp, KeyError> {
 impl SqliteKeyStore {
     /// Opens (or creates) the key database at `path`.
     pub fn open(path: &Path) -> Result<Self, KeyError> {
-        Self::from_conn(Connection::open(path)?)
+        let mut store = Self::from_conn(Connection::open(path)?)?;
+        let writer = Connection::open(path)?;
+        writer.busy_timeout(Duration::from_secs(10))?;
+        writer.pragma_update(None, "synchronous", "FULL")?;
+        store.writer = Some(Mutex::new(writer));
+        Ok(store)
     }
 
     /// An in-memory store (tests, ephemeral servers).
@@ -394,6 +430,7 @@ impl SqliteKeyStore {
                 conn,
                 cache: KeyCache::default(),
             }),
+            writer: None,
             operator: None,
         })
     }
@@ -473,8 +510,7 @@ impl SqliteKeyStore {
 
     /// Removes the queued entry `seq` (once the audit log holds it).
     pub fn outbox_done(&self, seq: i64) -> Result<(), KeyError> {
-        self.lock()
-            .conn
+        self.write()
             .execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
         Ok(())
     }
@@ -501,8 +537,8 @@ impl SqliteKeyStore {
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         // A new id changes no cached record: the cache holds only keys that were found.
-        let guard = self.lock();
-        let tx = guard.conn.unchecked_transaction()?;
+        let w = self.write();
+        let tx = w.unchecked_transaction()?;
         let k = Self::insert(&tx, name, roles, expires_ms, None, now_ms)?;
         let roles: Vec<String> = roles.iter().map(|r| format!(" --role {r}")).collect();
         let expiry = expires_ms.map_or(String::new(), |e| format!(" (expires at {e} ms)"));
@@ -516,12 +552,12 @@ impl SqliteKeyStore {
         Ok(k)
     }
 
-    /// After a write through the store's connection: drops the cache and the lock, then, if the
-    /// write took a key's validity away, waits [`SETTLE`] so that every other store on the
-    /// database has seen it by the time the write returns.
-    fn written(mut guard: std::sync::MutexGuard<'_, Store>, took_validity_away: bool) {
-        guard.cache.invalidate();
-        drop(guard);
+    /// After a write: releases the writer, drops the cache, then, if the write took a key's
+    /// validity away, waits [`SETTLE`] so that every other store on the database has seen it by
+    /// the time the write returns.
+    fn written(&self, w: Writer<'_>, took_validity_away: bool) {
+        drop(w);
+        self.lock().cache.invalidate();
         if took_validity_away {
             std::thread::sleep(SETTLE);
         }
@@ -532,6 +568,14 @@ impl SqliteKeyStore {
         // back) nor the cache wrong (it is only ever dropped or filled from the database), so a
         // poisoned lock is still usable.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection to write with (see [`SqliteKeyStore::writer`]).
+    fn write(&self) -> Writer<'_> {
+        match &self.writer {
+            Some(w) => Writer::Own(w.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Writer::Shared(self.lock()),
+        }
     }
 
     /// Whether the store holds no key at all (first start).
@@ -708,12 +752,12 @@ impl KeyStore for SqliteKeyStore {
     }
 
     fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError> {
-        let guard = self.lock();
-        if self.get(&guard.conn, id)?.is_none() {
+        let w = self.write();
+        if self.get(&w, id)?.is_none() {
             return Err(KeyError::NotFound(id.to_string()));
         }
         let done = (|| {
-            let tx = guard.conn.unchecked_transaction()?;
+            let tx = w.unchecked_transaction()?;
             let n = tx.execute(
                 "UPDATE keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
                 params![id, now_ms as i64],
@@ -732,7 +776,7 @@ impl KeyStore for SqliteKeyStore {
             tx.commit()?;
             Ok::<_, KeyError>(n == 1)
         })();
-        Self::written(guard, matches!(done, Ok(true)));
+        self.written(w, matches!(done, Ok(true)));
         done
     }
 
@@ -746,12 +790,10 @@ impl KeyStore for SqliteKeyStore {
             .ok_or_else(|| {
                 KeyError::Invalid(format!("an overlap of {} s is too long", overlap.as_secs()))
             })?;
-        let mut guard = self.lock();
+        let mut w = self.write();
         // Read the old key in the write transaction (taken at once, not on the first write), so
         // that a revocation by another process cannot land between the checks and the insert.
-        let tx = guard
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = w.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (old, _) = self
             .get(&tx, id)?
             .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
@@ -788,7 +830,7 @@ impl KeyStore for SqliteKeyStore {
             now_ms,
         )?;
         let committed = tx.commit();
-        Self::written(guard, committed.is_ok());
+        self.written(w, committed.is_ok());
         committed?;
         Ok(new)
     }
@@ -808,12 +850,10 @@ impl KeyStore for SqliteKeyStore {
         if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(false);
         }
-        let mut guard = self.lock();
+        let mut w = self.write();
         // A write transaction from the start: the failure count is read and updated in one step
         // for every gateway on the database.
-        let tx = guard
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = w.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let row: Option<(Option<Vec<u8>>, i64, Option<i64>)> = tx
             .query_row(
                 "SELECT totp_secret, totp_fails, totp_failed_ms FROM keys WHERE id = ?1",
@@ -883,6 +923,23 @@ mod tests {
     use super::*;
 
     const T0: u64 = 1_700_000_000_000;
+
+    /// Requests are authenticated while a write (a revocation's fsync, a TOTP check) holds the
+    /// writer: the two use different connections and locks.
+    #[test]
+    fn authentication_does_not_wait_for_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteKeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let k = s.create("q", &[Role::Query("m".into())], None, T0).unwrap();
+        let writing = s.write();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| tx.send(s.authenticate(&k.key, T0)).unwrap());
+            let got = rx.recv_timeout(Duration::from_secs(10));
+            drop(writing);
+            assert!(matches!(got, Ok(Ok(Authn::Valid(_)))), "{got:?}");
+        });
+    }
 
     /// A store used by an operator queues an audit entry with each change it makes, in the
     /// change's transaction (another connection sees both); a gateway's store and refused

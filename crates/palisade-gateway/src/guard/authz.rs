@@ -85,7 +85,15 @@ impl Guard for Authorise {
                     "this action needs a TOTP code in X-Palisade-TOTP",
                 );
             };
-            match self.keys.check_totp(&key.id, code, now_ms()) {
+            // A TOTP check commits (and fsyncs) its count: off the async workers.
+            let (keys, id, code) = (self.keys.clone(), key.id.clone(), code.to_string());
+            let checked =
+                tokio::task::spawn_blocking(move || keys.check_totp(&id, &code, now_ms()))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(KeyError::Invalid(format!("the TOTP check failed: {e}")))
+                    });
+            match checked {
                 Ok(true) => {}
                 Ok(false) => {
                     return reject(
