@@ -175,3 +175,66 @@ async fn key_changes_by_operators_are_moved_into_the_audit_log() {
     assert!(report.ok(), "{:?}", report.problems);
     assert_eq!(report.entries, 2);
 }
+
+/// Proofs come from the stored roots of perfect subtrees, not from every leaf: with a leaf far
+/// from its path rewritten, the proof of entry 0 still verifies against the checkpoint (from
+/// the leaves, its root would change). A log whose node table is gone (made before it existed)
+/// still gets the same proofs, from its leaves, and reopening it fills the table again.
+#[test]
+fn proofs_read_stored_subtrees_and_old_logs_still_prove() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    write_log(&db, 1000, 250);
+    let off = palisade_gateway::audit::open_offline(&db).unwrap();
+    let checkpoint = off.latest_checkpoint().unwrap().unwrap();
+    assert_eq!(checkpoint.checkpoint.size, 1000);
+    let expected: Vec<_> = [0u64, 1, 15, 16, 511, 512, 999]
+        .iter()
+        .map(|&i| off.inclusion(i, 1000).unwrap())
+        .collect();
+    let consistency = off.consistency(250, 1000).unwrap();
+    for p in &expected {
+        assert!(p.verify(), "{p:?}");
+        assert_eq!(p.root, checkpoint.checkpoint.root, "{p:?}");
+    }
+    assert!(consistency.verify());
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let nodes = |c: &rusqlite::Connection| -> i64 {
+        c.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Levels 4.. of 1000 leaves: 62 + 31 + 15 + 7 + 3 + 1.
+    assert_eq!(nodes(&c), 119);
+
+    // Entry 900's leaf rewritten (no checkpoint covers the change): entry 0's proof reads
+    // only stored subtrees on that side, and does not notice.
+    let leaf: Vec<u8> = c
+        .query_row("SELECT leaf FROM entries WHERE idx = 900", [], |r| r.get(0))
+        .unwrap();
+    c.execute("UPDATE entries SET leaf = zeroblob(32) WHERE idx = 900", [])
+        .unwrap();
+    assert_eq!(off.inclusion(0, 1000).unwrap(), expected[0]);
+    c.execute(
+        "UPDATE entries SET leaf = ?1 WHERE idx = 900",
+        rusqlite::params![leaf],
+    )
+    .unwrap();
+
+    // Without the node table: the same proofs, hashed from the leaves.
+    c.execute("DELETE FROM nodes", []).unwrap();
+    for (p, &i) in expected.iter().zip(&[0u64, 1, 15, 16, 511, 512, 999]) {
+        assert_eq!(off.inclusion(i, 1000).unwrap(), *p);
+    }
+    assert_eq!(off.consistency(250, 1000).unwrap(), consistency);
+    drop(off);
+    // A gateway opening the log fills the table in again.
+    let log = SqliteAuditLog::open(
+        &db,
+        CheckpointSigner::from_seed(&[9u8; 32]),
+        CheckpointPolicy::default(),
+        Durability::Full,
+    )
+    .unwrap();
+    log.close();
+    assert_eq!(nodes(&c), 119);
+}

@@ -112,6 +112,112 @@ fn subproof(m: usize, d: &[Hash], complete: bool, out: &mut Vec<Hash>) {
     }
 }
 
+/// `MTH` of the leaves `[a, b)`, from the roots of perfect subtrees that `node(level, index)`
+/// gives (the subtree over leaves `[index << level, (index + 1) << level)`; level 0 is a leaf).
+/// `a` must be a multiple of a power of two at least `b - a`, as every range the proofs below
+/// ask for is: the range is then its binary decomposition into aligned perfect subtrees, largest
+/// first, folded from the right. O(log(b - a)) calls of `node`.
+pub fn range_root<E>(
+    a: u64,
+    b: u64,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+) -> Result<Hash, E> {
+    let mut blocks = Vec::new();
+    let (mut start, mut len) = (a, b.saturating_sub(a));
+    while len > 0 {
+        let level = 63 - len.leading_zeros();
+        debug_assert_eq!(start % (1 << level), 0, "range [{a}, {b}) is not aligned");
+        blocks.push(node(level, start >> level)?);
+        start += 1 << level;
+        len -= 1 << level;
+    }
+    let Some(mut acc) = blocks.pop() else {
+        return Ok(empty_root());
+    };
+    while let Some(left) = blocks.pop() {
+        acc = node_hash(&left, &acc);
+    }
+    Ok(acc)
+}
+
+/// [`inclusion_proof`] of leaf `index` in the tree of `size` leaves, from subtree roots
+/// (see [`range_root`]) rather than from every leaf: O(log² size) calls of `node`.
+pub fn inclusion_proof_by<E>(
+    index: u64,
+    size: u64,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+) -> Result<Option<Vec<Hash>>, E> {
+    if index >= size {
+        return Ok(None);
+    }
+    let mut proof = Vec::new();
+    path_by(index, 0, size, node, &mut proof)?;
+    Ok(Some(proof))
+}
+
+/// `PATH(m, D[a:a+n])`.
+fn path_by<E>(
+    m: u64,
+    a: u64,
+    n: u64,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+    out: &mut Vec<Hash>,
+) -> Result<(), E> {
+    if n <= 1 {
+        return Ok(());
+    }
+    let k = split(n as usize) as u64;
+    if m < k {
+        path_by(m, a, k, node, out)?;
+        out.push(range_root(a + k, a + n, node)?);
+    } else {
+        path_by(m - k, a + k, n - k, node, out)?;
+        out.push(range_root(a, a + k, node)?);
+    }
+    Ok(())
+}
+
+/// [`consistency_proof`] between the trees of `first` and `size` leaves, from subtree roots
+/// (see [`range_root`]).
+pub fn consistency_proof_by<E>(
+    first: u64,
+    size: u64,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+) -> Result<Option<Vec<Hash>>, E> {
+    if first == 0 || first > size {
+        return Ok(None);
+    }
+    let mut proof = Vec::new();
+    subproof_by(first, 0, size, true, node, &mut proof)?;
+    Ok(Some(proof))
+}
+
+/// `SUBPROOF(m, D[a:a+n], complete)`.
+fn subproof_by<E>(
+    m: u64,
+    a: u64,
+    n: u64,
+    complete: bool,
+    node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+    out: &mut Vec<Hash>,
+) -> Result<(), E> {
+    if m == n {
+        if !complete {
+            out.push(range_root(a, a + n, node)?);
+        }
+        return Ok(());
+    }
+    let k = split(n as usize) as u64;
+    if m <= k {
+        subproof_by(m, a, k, complete, node, out)?;
+        out.push(range_root(a + k, a + n, node)?);
+    } else {
+        subproof_by(m - k, a + k, n - k, false, node, out)?;
+        out.push(range_root(a, a + k, node)?);
+    }
+    Ok(())
+}
+
 /// Verifies an inclusion proof (RFC 9162 §2.1.3.2): that `leaf` is leaf `index` of the tree of
 /// size `size` whose root is `root`.
 pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
@@ -217,6 +323,13 @@ impl Frontier {
 
     /// Appends one leaf hash.
     pub fn push(&mut self, leaf: Hash) {
+        self.push_with(leaf, |_, _, _| {});
+    }
+
+    /// Appends one leaf hash, calling `made(level, index, hash)` for each perfect subtree it
+    /// completes (level 1 and up: the subtree over leaves `[index << level, (index + 1) << level)`).
+    pub fn push_with(&mut self, leaf: Hash, mut made: impl FnMut(u32, u64, &Hash)) {
+        let last = self.size;
         let mut cur = (0u32, leaf);
         while let Some(&(h, left)) = self.nodes.last() {
             if h != cur.0 {
@@ -224,6 +337,7 @@ impl Frontier {
             }
             self.nodes.pop();
             cur = (h + 1, node_hash(&left, &cur.1));
+            made(cur.0, last >> cur.0, &cur.1);
         }
         self.nodes.push(cur);
         self.size += 1;
@@ -250,6 +364,53 @@ mod tests {
         (0..n)
             .map(|i| leaf_hash(format!("entry {i}").as_bytes()))
             .collect()
+    }
+
+    /// The proofs from subtree roots equal the proofs from the leaves, for every index and
+    /// pair of sizes up to 70, whether the subtrees come from the leaves or from nodes
+    /// recorded by `Frontier::push_with` (level 4 and up, as the SQLite log keeps them).
+    #[test]
+    fn proofs_from_subtree_roots_match_proofs_from_leaves() {
+        let all = leaves(70);
+        let mut recorded = std::collections::HashMap::new();
+        let mut f = Frontier::new();
+        for l in &all {
+            f.push_with(*l, |level, index, h| {
+                recorded.insert((level, index), *h);
+            });
+        }
+        let mut node = |level: u32, index: u64| -> Result<Hash, ()> {
+            if level >= 4 {
+                return recorded.get(&(level, index)).copied().ok_or(());
+            }
+            let a = (index << level) as usize;
+            Ok(root(&all[a..a + (1 << level)]))
+        };
+        for size in 1..=70u64 {
+            let d = &all[..size as usize];
+            assert_eq!(range_root(0, size, &mut node), Ok(root(d)), "{size}");
+            for i in 0..size {
+                assert_eq!(
+                    inclusion_proof_by(i, size, &mut node).unwrap(),
+                    inclusion_proof(i as usize, d),
+                    "index {i} of {size}"
+                );
+            }
+            for first in 0..=size + 1 {
+                assert_eq!(
+                    consistency_proof_by(first, size, &mut node).unwrap(),
+                    consistency_proof(first as usize, d),
+                    "{first} of {size}"
+                );
+            }
+        }
+        assert!(inclusion_proof_by(70, 70, &mut node).unwrap().is_none());
+        // Every perfect subtree of level >= 1 was reported once, under its index.
+        for (&(level, index), h) in &recorded {
+            let a = (index << level) as usize;
+            assert_eq!(*h, root(&all[a..a + (1 << level)]), "({level}, {index})");
+        }
+        assert_eq!(recorded.len(), (1..7).map(|l| 70 >> l).sum::<usize>());
     }
 
     #[test]
