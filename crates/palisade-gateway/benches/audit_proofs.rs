@@ -4,6 +4,10 @@
 //! rows, so the time should grow by a small factor from the smallest log to the largest, not
 //! by 128.
 //!
+//! Also what a gateway's opening of the log costs (`open`, then `close`): it takes the tree up
+//! from the stored subtree roots of its right edge, checked against the latest checkpoint, so
+//! that too should not grow with the log.
+//!
 //! `cargo bench -p palisade-gateway --bench audit_proofs`
 
 use std::time::Duration;
@@ -55,6 +59,24 @@ fn proofs(c: &mut Criterion) {
         });
         g.bench_with_input(BenchmarkId::new("consistency", n), &n, |b, &n| {
             b.iter(|| log.consistency(n / 2 + 1, n).unwrap())
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("audit_open");
+    g.sample_size(10);
+    for n in [1u64 << 10, 1 << 14, 1 << 17] {
+        let db = dir.path().join(format!("audit-{n}.db"));
+        g.bench_with_input(BenchmarkId::new("open_close", n), &n, |b, _| {
+            b.iter(|| {
+                SqliteAuditLog::open(
+                    &db,
+                    CheckpointSigner::from_seed(&[3u8; 32]),
+                    CheckpointPolicy::default(),
+                    Durability::Full,
+                )
+                .unwrap()
+                .close()
+            })
         });
     }
     g.finish();

@@ -52,6 +52,17 @@ fn write_log(path: &std::path::Path, n: u64, every: u64) -> [u8; 32] {
     pk
 }
 
+/// Replaces entry `idx` by `record(with)`, with a matching leaf hash.
+fn rewrite_entry(c: &rusqlite::Connection, idx: i64, with: u64) {
+    let data = record(with);
+    let leaf = palisade_gateway::audit::merkle::leaf_hash(&data);
+    c.execute(
+        "UPDATE entries SET data = ?1, leaf = ?2 WHERE idx = ?3",
+        rusqlite::params![data, &leaf[..], idx],
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_clean_log_verifies_and_proofs_check() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,13 +98,7 @@ fn tampering_is_detected() {
     let c = rusqlite::Connection::open(&db).unwrap();
 
     // Rewrite one entry and its leaf hash consistently: the checkpoints catch it.
-    let forged = record(999);
-    let leaf = palisade_gateway::audit::merkle::leaf_hash(&forged);
-    c.execute(
-        "UPDATE entries SET data = ?1, leaf = ?2 WHERE idx = 5",
-        rusqlite::params![forged, &leaf[..]],
-    )
-    .unwrap();
+    rewrite_entry(&c, 5, 999);
     let r = verify_log(&db, &pk, &[]).unwrap();
     assert!(
         r.problems.iter().any(|p| p.contains("root")),
@@ -103,13 +108,7 @@ fn tampering_is_detected() {
 
     // Restore, then truncate the log and delete the checkpoints that covered the tail: only a
     // checkpoint kept elsewhere notices.
-    let orig = record(5);
-    let leaf = palisade_gateway::audit::merkle::leaf_hash(&orig);
-    c.execute(
-        "UPDATE entries SET data = ?1, leaf = ?2 WHERE idx = 5",
-        rusqlite::params![orig, &leaf[..]],
-    )
-    .unwrap();
+    rewrite_entry(&c, 5, 5);
     assert!(verify_log(&db, &pk, &[]).unwrap().ok());
     c.execute("DELETE FROM entries WHERE idx >= 30", [])
         .unwrap();
@@ -237,4 +236,93 @@ fn proofs_read_stored_subtrees_and_old_logs_still_prove() {
     .unwrap();
     log.close();
     assert_eq!(nodes(&c), 119);
+}
+
+/// Opening a log takes its tree up from the stored subtree roots, checked against the latest
+/// signed checkpoint, and the entries after it: the tree goes on as if rebuilt from every leaf.
+/// A damaged table is rebuilt; a log that contradicts its own signed checkpoint is refused.
+#[test]
+fn reopening_resumes_from_stored_roots_and_refuses_a_log_its_checkpoint_contradicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let pk = write_log(&db, 1000, 300);
+    let open = |seed: u8| {
+        SqliteAuditLog::open(
+            &db,
+            CheckpointSigner::from_seed(&[seed; 32]),
+            CheckpointPolicy::default(),
+            Durability::Full,
+        )
+    };
+    let off = palisade_gateway::audit::open_offline(&db).unwrap();
+    let full = off.latest_checkpoint().unwrap().unwrap().checkpoint;
+    drop(off);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let node = |level: u32, idx: i64| -> Vec<u8> {
+        c.query_row(
+            "SELECT hash FROM nodes WHERE level = ?1 AND idx = ?2",
+            rusqlite::params![level, idx],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+
+    // As a killed gateway leaves it: 100 entries after the last checkpoint (900). Reopening
+    // signs them, with the root of all 1000 leaves.
+    c.execute("DELETE FROM checkpoints WHERE size > 900", [])
+        .unwrap();
+    open(9).unwrap().close();
+    let off = palisade_gateway::audit::open_offline(&db).unwrap();
+    let again = off.latest_checkpoint().unwrap().unwrap().checkpoint;
+    drop(off);
+    assert_eq!((again.size, &again.root), (1000, &full.root));
+    assert!(verify_log(&db, &pk, &[]).unwrap().ok());
+
+    // An interior stored root rewritten: the verifier says so; emptying the table and
+    // reopening refills it.
+    let interior = node(4, 3);
+    c.execute(
+        "UPDATE nodes SET hash = zeroblob(32) WHERE level = 4 AND idx = 3",
+        [],
+    )
+    .unwrap();
+    let r = verify_log(&db, &pk, &[]).unwrap();
+    assert!(
+        r.problems.iter().any(|p| p.contains("(level 4, index 3)")),
+        "{:?}",
+        r.problems
+    );
+    c.execute("DELETE FROM nodes", []).unwrap();
+    open(9).unwrap().close();
+    assert_eq!(node(4, 3), interior);
+    assert!(verify_log(&db, &pk, &[]).unwrap().ok());
+
+    // A root on the tree's right edge rewritten (1000 = 512 + 256 + ...): the resumed tree
+    // does not give the checkpoint's root, so the table is rebuilt from the leaves.
+    let edge = node(9, 0);
+    c.execute(
+        "UPDATE nodes SET hash = zeroblob(32) WHERE level = 9 AND idx = 0",
+        [],
+    )
+    .unwrap();
+    open(9).unwrap().close();
+    assert_eq!(node(9, 0), edge);
+
+    // Another key's gateway does not extend the log.
+    let e = open(1).unwrap_err().to_string();
+    assert!(e.contains("not signed by this gateway's audit key"), "{e}");
+
+    // An entry rewritten together with its leaf hash and the stored roots: the resumed tree
+    // contradicts the signed checkpoint, and the log is refused.
+    rewrite_entry(&c, 5, 999);
+    c.execute("DELETE FROM nodes", []).unwrap();
+    let e = open(9).unwrap_err().to_string();
+    assert!(e.contains("does not match its latest checkpoint"), "{e}");
+    rewrite_entry(&c, 5, 5);
+
+    // Entries under a checkpoint deleted.
+    c.execute("DELETE FROM entries WHERE idx >= 950", [])
+        .unwrap();
+    let e = open(9).unwrap_err().to_string();
+    assert!(e.contains("entries were removed"), "{e}");
 }

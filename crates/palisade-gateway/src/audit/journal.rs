@@ -166,18 +166,24 @@ pub(crate) fn read(db: &Path) -> Result<Contents, AuditError> {
     Ok(c)
 }
 
-/// The entries of a journal (as [`read`] returns them) that a database holding `leaves` lacks:
-/// contiguous from `leaves.len()`. Fails, saying why, if an entry both hold differs or if the
-/// journal goes on past entries neither holds. Opening the log and the offline verifier both
-/// hold the journal to this rule.
+/// The entries of a journal (as [`read`] returns them) that a database lacks whose entries
+/// end where `leaves`, the leaf hashes of its entries from index `from` on, end: contiguous
+/// from there. Fails, saying why, if an entry both hold differs or if the journal goes on past
+/// entries neither holds. Journal entries before `from` are not compared (`from` is at most
+/// the journal's first index where the caller has them). Opening the log and the offline
+/// verifier both hold the journal to this rule.
 pub(crate) fn beyond<'a>(
     entries: &'a [(u64, Vec<u8>)],
+    from: u64,
     leaves: &[Hash],
 ) -> Result<&'a [(u64, Vec<u8>)], String> {
-    let size = leaves.len() as u64;
+    let size = from + leaves.len() as u64;
     let split = entries.partition_point(|(idx, _)| *idx < size);
     for (idx, data) in &entries[..split] {
-        if leaves[*idx as usize] != merkle::leaf_hash(data) {
+        let Some(have) = idx.checked_sub(from).map(|i| &leaves[i as usize]) else {
+            continue;
+        };
+        if *have != merkle::leaf_hash(data) {
             return Err(format!(
                 "journal entry {idx} differs from the database's entry {idx}"
             ));

@@ -126,7 +126,7 @@ pub fn range_root<E>(
     let (mut start, mut len) = (a, b.saturating_sub(a));
     while len > 0 {
         let level = 63 - len.leading_zeros();
-        debug_assert_eq!(start % (1 << level), 0, "range [{a}, {b}) is not aligned");
+        assert_eq!(start % (1 << level), 0, "range [{a}, {b}) is not aligned");
         blocks.push(node(level, start >> level)?);
         start += 1 << level;
         len -= 1 << level;
@@ -343,6 +343,24 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// The right edge of a tree of `size` leaves from the roots of its perfect subtrees, which
+    /// `node(level, index)` gives (as in [`range_root`]): one call per set bit of `size`, so a
+    /// stored tree is taken up again without reading its leaves.
+    pub fn from_subtrees<E>(
+        size: u64,
+        node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
+    ) -> Result<Self, E> {
+        let mut nodes = Vec::new();
+        let mut start = 0u64;
+        for level in (0..64u32).rev() {
+            if size & (1 << level) != 0 {
+                nodes.push((level, node(level, start >> level)?));
+                start += 1 << level;
+            }
+        }
+        Ok(Frontier { nodes, size })
+    }
+
     /// The current root (`MTH` of all leaves so far).
     pub fn root(&self) -> Hash {
         let mut it = self.nodes.iter().rev();
@@ -405,6 +423,16 @@ mod tests {
             }
         }
         assert!(inclusion_proof_by(70, 70, &mut node).unwrap().is_none());
+        // The right edge rebuilt from subtree roots is the one pushed leaf by leaf: same root,
+        // and it goes on the same way.
+        let mut pushed = Frontier::new();
+        for size in 0..=69u64 {
+            let mut f = Frontier::from_subtrees(size, &mut node).unwrap();
+            assert_eq!((f.size(), f.root()), (size, pushed.root()), "{size}");
+            f.push(all[size as usize]);
+            pushed.push(all[size as usize]);
+            assert_eq!(f.root(), pushed.root(), "{size} + 1");
+        }
         // Every perfect subtree of level >= 1 was reported once, under its index.
         for (&(level, index), h) in &recorded {
             let a = (index << level) as usize;

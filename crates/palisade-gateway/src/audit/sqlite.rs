@@ -43,6 +43,13 @@
 //! before the table existed gets the same proofs from its leaves until a gateway opens it, which
 //! fills the table in.
 //!
+//! **Opening** reads the same table rather than every leaf: the right edge of the tree its
+//! latest checkpoint signed (one node per set bit of the size), which must give that
+//! checkpoint's root under the gateway's key, then the entries after it. A log that does not
+//! match its own signed checkpoint is refused, not extended. Open and close of a log of 131 072
+//! entries: 0.74 ms against 36 ms reading every leaf (`audit_open` in the same bench), and memory
+//! no longer grows with the log.
+//!
 //! **WAL checkpoints** (copying the WAL into the database file, with an fsync of each) do not run
 //! in the writer: SQLite's automatic checkpoint would run inside a commit every 1,000 pages and
 //! hold that request, and the ones queued behind it, for as long as the copy and its fsyncs take
@@ -222,11 +229,6 @@ pub(crate) fn open_conn(path: &Path, durability: Durability) -> Result<Connectio
     Ok(conn)
 }
 
-/// Reads the leaf hashes `[0, size)` in order, checking that indices are contiguous.
-pub(crate) fn read_leaves(conn: &Connection, size: u64) -> Result<Vec<Hash>, AuditError> {
-    read_leaf_range(conn, 0, size)
-}
-
 /// Reads the leaf hashes `[from, to)` in order, checking that indices are contiguous.
 fn read_leaf_range(conn: &Connection, from: u64, to: u64) -> Result<Vec<Hash>, AuditError> {
     let mut stmt = conn.prepare_cached(
@@ -260,12 +262,7 @@ fn read_leaf_range(conn: &Connection, from: u64, to: u64) -> Result<Vec<Hash>, A
 /// The lowest level of the tree whose nodes the `nodes` table keeps (subtrees of 16 leaves and
 /// up: about one row per 8 entries). A proof needs O(log² n) of them; a node below this level is
 /// hashed from at most 8 leaves.
-const STORED_FROM: u32 = 4;
-
-/// How many nodes the `nodes` table holds for a tree of `size` leaves.
-fn stored_nodes(size: u64) -> u64 {
-    (STORED_FROM..64).map(|l| size >> l).sum()
-}
+pub(crate) const STORED_FROM: u32 = 4;
 
 /// Records the perfect subtrees of level [`STORED_FROM`] and up among `made`, in `tx`.
 fn insert_nodes(tx: &Connection, made: &[(u32, u64, Hash)]) -> Result<(), AuditError> {
@@ -278,19 +275,24 @@ fn insert_nodes(tx: &Connection, made: &[(u32, u64, Hash)]) -> Result<(), AuditE
 }
 
 /// The root of the perfect subtree at `level`, `index` (see [`merkle::range_root`]): from the
-/// `nodes` table, or hashed from its leaves when the table lacks it (a log written before the
-/// table existed and not reopened by a gateway since, which fills it in).
+/// `nodes` table, or, when the table lacks it (a log written before the table existed and not
+/// reopened by a gateway since, which fills it in), from its two halves, down to
+/// [`STORED_FROM`], below which it is hashed from its leaves.
 fn node_at(conn: &Connection, level: u32, index: u64) -> Result<Hash, AuditError> {
     if level >= STORED_FROM {
         let stored: Option<Vec<u8>> = conn
             .prepare_cached("SELECT hash FROM nodes WHERE level = ?1 AND idx = ?2")?
             .query_row(params![level, index as i64], |r| r.get(0))
             .optional()?;
-        if let Some(h) = stored {
-            return h.try_into().map_err(|_| {
+        return match stored {
+            Some(h) => h.try_into().map_err(|_| {
                 AuditError::Corrupt(format!("node ({level}, {index}) is not 32 bytes"))
-            });
-        }
+            }),
+            None => Ok(merkle::node_hash(
+                &node_at(conn, level - 1, 2 * index)?,
+                &node_at(conn, level - 1, 2 * index + 1)?,
+            )),
+        };
     }
     let from = index << level;
     Ok(merkle::root(&read_leaf_range(
@@ -314,27 +316,129 @@ fn holds(conn: &Connection, size: u64) -> Result<(), AuditError> {
     Ok(())
 }
 
-/// Rebuilds the `nodes` table from `leaves` when it does not hold what a tree of that many
-/// leaves has (a log made before the table, or a table damaged): one transaction.
-fn fill_nodes(conn: &mut Connection, leaves: &[Hash]) -> Result<(), AuditError> {
-    let have: i64 = conn.query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))?;
-    if have as u64 == stored_nodes(leaves.len() as u64) {
-        return Ok(());
-    }
-    let mut made = Vec::new();
-    let mut f = Frontier::new();
-    for l in leaves {
-        f.push_with(*l, |level, idx, h| {
-            if level >= STORED_FROM {
-                made.push((level, idx, *h));
+/// How many entries `conn` holds: one past the highest index, found in O(log n) (counting the
+/// rows would read the whole table). Where indices are read in order they are checked to be
+/// contiguous; `palisade audit verify` checks all of them.
+pub(crate) fn stored_size(conn: &Connection) -> Result<u64, AuditError> {
+    let last: Option<i64> = conn.query_row("SELECT MAX(idx) FROM entries", [], |r| r.get(0))?;
+    Ok(last.map_or(0, |l| l.max(-1) as u64 + 1))
+}
+
+/// Whether the `nodes` table holds every stored subtree of the right edge of a tree of `size`
+/// leaves: what opening the log reads instead of the leaves. A log made before the table, or
+/// whose table was emptied, lacks them.
+fn has_edge_nodes(conn: &Connection, size: u64) -> Result<bool, AuditError> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM nodes WHERE level = ?1 AND idx = ?2")?;
+    let mut start = 0u64;
+    for level in (STORED_FROM..64).rev() {
+        if size & (1 << level) != 0 {
+            if !stmt.exists(params![level, (start >> level) as i64])? {
+                return Ok(false);
             }
-        });
+            start += 1 << level;
+        }
     }
+    Ok(true)
+}
+
+/// Rebuilds the `nodes` table from the leaves of the first `size` entries (a log made before
+/// the table existed, or a table damaged), streaming them in index order: memory stays
+/// O(log n) however long the log. One transaction.
+fn fill_nodes(conn: &mut Connection, size: u64) -> Result<(), AuditError> {
     let tx = conn.transaction()?;
     tx.execute("DELETE FROM nodes", [])?;
-    insert_nodes(&tx, &made)?;
+    {
+        let mut rows_stmt =
+            tx.prepare("SELECT idx, leaf FROM entries WHERE idx < ?1 ORDER BY idx")?;
+        let mut rows = rows_stmt.query(params![size as i64])?;
+        let mut f = Frontier::new();
+        let mut made = Vec::new();
+        while let Some(row) = rows.next()? {
+            let idx: i64 = row.get(0)?;
+            if idx != f.size() as i64 {
+                return Err(AuditError::Corrupt(format!(
+                    "entry {} is missing (found {idx} next)",
+                    f.size()
+                )));
+            }
+            let leaf: Vec<u8> = row.get(1)?;
+            let leaf: Hash = leaf.try_into().map_err(|_| {
+                AuditError::Corrupt(format!("entry {idx}: leaf hash is not 32 bytes"))
+            })?;
+            f.push_with(leaf, |level, idx, h| {
+                if level >= STORED_FROM {
+                    made.push((level, idx, *h));
+                }
+            });
+            if made.len() >= 4096 {
+                insert_nodes(&tx, &made)?;
+                made.clear();
+            }
+        }
+        insert_nodes(&tx, &made)?;
+        if f.size() != size {
+            return Err(AuditError::Corrupt(format!(
+                "the log holds {} contiguous entries but its last index is {}",
+                f.size(),
+                size - 1
+            )));
+        }
+    }
     tx.commit()?;
     Ok(())
+}
+
+/// Takes up the tree stored in `conn`, which holds `size` entries, without reading every leaf:
+/// the right edge of the tree that the latest stored checkpoint signed comes from the `nodes`
+/// table (filled first if it lacks them), and must give that checkpoint's root under the
+/// gateway's own key; the entries after it are read and pushed. A log that does not match its
+/// latest checkpoint, or whose checkpoint another key signed, is not extended: the gateway
+/// would otherwise sign roots over history it cannot vouch for.
+fn resume_tree(
+    conn: &mut Connection,
+    size: u64,
+    signer: &CheckpointSigner,
+) -> Result<Frontier, AuditError> {
+    let latest = latest_checkpoint(conn)?;
+    let signed = latest.as_ref().map_or(0, |c| c.checkpoint.size);
+    if signed > size {
+        return Err(AuditError::Corrupt(format!(
+            "the latest checkpoint covers {signed} entries but the log holds only {size}: entries were removed (palisade audit verify shows more)"
+        )));
+    }
+    if !has_edge_nodes(conn, signed)? || !has_edge_nodes(conn, size)? {
+        tracing::info!(
+            entries = size,
+            "filling the audit log's table of subtree roots"
+        );
+        fill_nodes(conn, size)?;
+    }
+    let edge = |conn: &Connection, n: u64| {
+        Frontier::from_subtrees(n, &mut |level, idx| node_at(conn, level, idx))
+    };
+    let mut frontier = edge(conn, signed)?;
+    if let Some(c) = &latest {
+        if !c.verify(&signer.public_key()) {
+            return Err(AuditError::Corrupt(format!(
+                "the log's latest checkpoint (of {signed} entries) is not signed by this gateway's audit key: the key changed or the checkpoint was forged; run palisade audit verify with the key that signed it, and move the log aside to start a new one"
+            )));
+        }
+        let matches = |f: &Frontier| c.checkpoint.root_hash() == Some(f.root());
+        if !matches(&frontier) {
+            // The table of subtree roots may be what is wrong: rebuild it from the leaves.
+            fill_nodes(conn, size)?;
+            frontier = edge(conn, signed)?;
+            if !matches(&frontier) {
+                return Err(AuditError::Corrupt(format!(
+                    "the log does not match its latest checkpoint (of {signed} entries): its entries were altered; run palisade audit verify to see which, and move the log aside to start a new one"
+                )));
+            }
+        }
+    }
+    for leaf in read_leaf_range(conn, signed, size)? {
+        frontier.push(leaf);
+    }
+    Ok(frontier)
 }
 
 pub(crate) fn row_to_checkpoint(
@@ -380,16 +484,10 @@ impl SqliteAuditLog {
         policy: CheckpointPolicy,
         durability: Durability,
     ) -> Result<Self, AuditError> {
-        let wconn = open_conn(path, durability)?;
+        let mut wconn = open_conn(path, durability)?;
         wconn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let size: i64 = wconn.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
-        let leaves = read_leaves(&wconn, size as u64)?;
-        let mut wconn = wconn;
-        fill_nodes(&mut wconn, &leaves)?;
-        let mut frontier = Frontier::new();
-        for leaf in &leaves {
-            frontier.push(*leaf);
-        }
+        let size = stored_size(&wconn)?;
+        let frontier = resume_tree(&mut wconn, size, &signer)?;
         let last_ckpt: i64 =
             wconn.query_row("SELECT COALESCE(MAX(size), 0) FROM checkpoints", [], |r| {
                 r.get(0)
@@ -403,8 +501,7 @@ impl SqliteAuditLog {
             last_checkpoint_size: last_ckpt.max(0) as u64,
             last_checkpoint_at: Instant::now(),
         };
-        writer.replay_journal(path, &leaves)?;
-        drop(leaves);
+        writer.replay_journal(path)?;
         // Entries a killed gateway left unsigned are signed now, not at the next checkpoint due.
         writer.checkpoint_if_due(true)?;
         let wal_conn = open_conn(path, durability)?;
@@ -772,10 +869,7 @@ impl AuditLog for SqliteAuditLog {
 
     fn size(&self) -> Result<u64, AuditError> {
         self.catch_up()?;
-        self.with_reader(|c| {
-            let n: i64 = c.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
-            Ok(n.max(0) as u64)
-        })
+        self.with_reader(stored_size)
     }
 
     fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, AuditError> {
@@ -978,20 +1072,23 @@ impl Writer {
     }
 
     /// Copies into the database the journal entries it lacks (a gateway killed before its
-    /// ingester caught up), checks the ones it has against its `leaves`, then deletes the
+    /// ingester caught up), checks the ones it has against the database's, then deletes the
     /// journal.
-    fn replay_journal(&mut self, db: &Path, leaves: &[Hash]) -> Result<(), AuditError> {
+    fn replay_journal(&mut self, db: &Path) -> Result<(), AuditError> {
         let j = journal::read(db)?;
         if j.files.is_empty() {
             return Ok(());
         }
+        let size = self.frontier.size();
+        let from = j.entries.first().map_or(size, |(idx, _)| (*idx).min(size));
+        let leaves = read_leaf_range(&self.conn, from, size)?;
         if j.torn_bytes > 0 {
             tracing::warn!(
                 bytes = j.torn_bytes,
                 "dropped a torn record at the end of the audit journal (a write cut short by a kill; its request was not answered)"
             );
         }
-        let tail = journal::beyond(&j.entries, leaves).map_err(AuditError::Corrupt)?;
+        let tail = journal::beyond(&j.entries, from, &leaves).map_err(AuditError::Corrupt)?;
         if !tail.is_empty() {
             self.commit_group(tail.iter().map(|(_, d)| d.as_slice()), true)?;
             tracing::info!(

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
 use serde::Serialize;
 
 use super::merkle::{self, Frontier};
@@ -122,8 +122,28 @@ pub fn verify_log(
     if let Some(list) = ckpts.get(&0) {
         check(0, &merkle::empty_root(), list, &mut problems);
     }
+    // Only the leaves the journal also holds are kept to compare (the journal of a running
+    // gateway starts near the end of the log): memory does not grow with the log.
+    let journal_from = match &journal {
+        Ok(j) => j.entries.first().map_or(u64::MAX, |(idx, _)| *idx),
+        Err(_) => u64::MAX,
+    };
     let mut leaves = Vec::new();
     let mut gap = false;
+    // The stored subtree roots that proofs are built from must be the entries' own: a
+    // rewritten one cannot forge a signed root, but proofs through it would fail to verify.
+    let has_nodes: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'nodes'",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut node_stmt = if has_nodes {
+        Some(conn.prepare("SELECT hash FROM nodes WHERE level = ?1 AND idx = ?2")?)
+    } else {
+        None
+    };
+    let mut made = Vec::new();
+    let mut bad_nodes = 0u64;
     {
         let mut stmt = conn.prepare("SELECT idx, leaf, data FROM entries ORDER BY idx")?;
         let mut rows = stmt.query([])?;
@@ -146,19 +166,47 @@ pub fn verify_log(
             if serde_json::from_slice::<AuditRecord>(&data).is_err() {
                 problems.push(format!("entry {idx}: not a well-formed audit record"));
             }
-            frontier.push(computed);
-            leaves.push(computed);
+            if idx as u64 >= journal_from {
+                leaves.push(computed);
+            }
+            frontier.push_with(computed, |level, index, h| {
+                if level >= sqlite::STORED_FROM {
+                    made.push((level, index, *h));
+                }
+            });
+            if let Some(node_stmt) = node_stmt.as_mut() {
+                for (level, index, h) in made.drain(..) {
+                    let stored: Option<Vec<u8>> = node_stmt
+                        .query_row(rusqlite::params![level, index as i64], |r| r.get(0))
+                        .optional()?;
+                    // A missing node is hashed from its leaves when a proof needs it.
+                    if stored.is_some_and(|s| s.as_slice() != h) {
+                        bad_nodes += 1;
+                        if bad_nodes <= 10 {
+                            problems.push(format!(
+                                "stored subtree root (level {level}, index {index}) differs from the entries' (the table was altered: proofs through it will not verify; a gateway refills the table when it opens a log whose table is empty)"
+                            ));
+                        }
+                    }
+                }
+            }
             if let Some(list) = ckpts.get(&frontier.size()) {
                 check(frontier.size(), &frontier.root(), list, &mut problems);
             }
         }
+    }
+    if bad_nodes > 10 {
+        problems.push(format!(
+            "{} more stored subtree roots differ from the entries'",
+            bad_nodes - 10
+        ));
     }
     // The journal of a gateway that stopped before copying it in: entries the database has
     // must be the same; the rest must follow on.
     let in_db = frontier.size();
     match journal {
         Err(e) => problems.push(format!("append journal: {e}")),
-        Ok(j) if !gap => match journal::beyond(&j.entries, &leaves) {
+        Ok(j) if !gap => match journal::beyond(&j.entries, in_db - leaves.len() as u64, &leaves) {
             Err(why) => problems.push(why),
             Ok(tail) => {
                 for (idx, data) in tail {
