@@ -54,11 +54,60 @@ pub fn init_logging(level: &str, json: bool) {
 
 /// Prints an error as one line (its cause chain joined by ": ") and returns exit code 2.
 pub fn report_error(ctx: &Ctx, err: &anyhow::Error) -> ExitCode {
+    let line = one_line(err);
     if ctx.json {
         let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
-        let v = serde_json::json!({ "error": format!("{err:#}"), "causes": chain });
+        let v = serde_json::json!({ "error": line, "causes": chain });
         println!("{v}");
     }
-    eprintln!("error: {err:#}");
+    eprintln!("error: {line}");
     ExitCode::from(2)
+}
+
+/// The cause chain joined by ": ", leaving out a cause whose message already ends the line
+/// (an error that shows its source, as `#[error("…: {0}")]` with `#[from]` does, would
+/// otherwise print it twice).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    /// An error that shows its source in its own message, as thiserror's `{0}` with `#[from]`.
+    #[derive(Debug)]
+    struct Shows(std::io::Error);
+
+    impl std::fmt::Display for Shows {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "audit log I/O: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Shows {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_shown_is_not_repeated() {
+        let io = std::io::Error::other("x.db does not exist");
+        let e = anyhow::Error::from(Shows(io)).context("opening the log");
+        assert_eq!(
+            super::one_line(&e),
+            "opening the log: audit log I/O: x.db does not exist"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::one_line(&e), "outer: inner");
+    }
 }

@@ -51,7 +51,8 @@ enum AuditAction {
     },
     /// Print the latest signed checkpoint (save it somewhere else).
     Checkpoint,
-    /// Prove that entry INDEX is in the log (of SIZE entries, default: all).
+    /// Prove that entry INDEX is in the log (of SIZE entries, default: all, or the size of the
+    /// checkpoint given).
     Inclusion {
         /// Entry index.
         #[arg(long)]
@@ -59,6 +60,8 @@ enum AuditAction {
         /// Tree size.
         #[arg(long)]
         size: Option<u64>,
+        #[command(flatten)]
+        against: Against,
     },
     /// Prove that the log of FIRST entries is a prefix of the log of SECOND entries.
     Consistency {
@@ -68,7 +71,159 @@ enum AuditAction {
         /// The newer size (default: all).
         #[arg(long)]
         second: Option<u64>,
+        #[command(flatten)]
+        against: Against,
     },
+}
+
+/// The signed checkpoints a proof's roots are checked against. A proof that agrees with its
+/// own root shows only that it was computed correctly; that the root is the log's is what a
+/// checkpoint, signed by the gateway and kept elsewhere, vouches for.
+#[derive(Debug, Args)]
+struct Against {
+    /// A signed checkpoint saved earlier (JSON from `palisade audit checkpoint` or the API) of
+    /// one of the proof's tree sizes; repeat for both sizes of a consistency proof.
+    #[arg(long = "checkpoint")]
+    checkpoints: Vec<PathBuf>,
+    /// The key the checkpoints are checked with (hex file; default:
+    /// <state>/audit-ed25519.pub).
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+}
+
+/// A checkpoint a proof was checked against.
+#[derive(Debug, serde::Serialize)]
+struct CheckedAgainst {
+    /// The tree size it signs.
+    size: u64,
+    /// Whether its signature verifies under the key and its root is the proof's.
+    matches: bool,
+    /// Why not, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+}
+
+/// A proof, whether it is valid for its own roots, and the checkpoints its roots were checked
+/// against (`palisade audit inclusion|consistency --json`).
+#[derive(Debug, serde::Serialize)]
+struct Proved<P> {
+    #[serde(flatten)]
+    proof: P,
+    verifies: bool,
+    checked_against: Vec<CheckedAgainst>,
+}
+
+impl<P: serde::Serialize> Proved<P> {
+    /// Prints the proof (`text` describes it, the verdict follows) and says whether it held.
+    fn emit(self, ctx: &Ctx, text: impl FnOnce(&P) -> String) -> anyhow::Result<Outcome> {
+        ctx.emit(&self, |o| format!("{}\n{}", text(&o.proof), o.verdict()))?;
+        Ok(
+            if self.verifies && self.checked_against.iter().all(|c| c.matches) {
+                Outcome::Success
+            } else {
+                Outcome::Findings
+            },
+        )
+    }
+
+    /// The closing lines of the text output.
+    fn verdict(&self) -> String {
+        let mut s = String::from(if self.verifies {
+            "proof verifies against its roots"
+        } else {
+            "PROOF DOES NOT VERIFY"
+        });
+        if self.checked_against.is_empty() {
+            s.push_str(
+                "
+(not checked against a signed checkpoint: give --checkpoint)",
+            );
+        }
+        for c in &self.checked_against {
+            match &c.problem {
+                None => s.push_str(&format!(
+                    "
+root of {} entries matches the signed checkpoint",
+                    c.size
+                )),
+                Some(p) => s.push_str(&format!(
+                    "
+FAIL: checkpoint of {} entries: {p}",
+                    c.size
+                )),
+            }
+        }
+        s
+    }
+}
+
+/// Reads a signed checkpoint saved as JSON: the bare checkpoint or the API's
+/// `{"checkpoint": …}` wrapper.
+fn read_checkpoint(p: &std::path::Path) -> anyhow::Result<SignedCheckpoint> {
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))?;
+    let c = v.get("checkpoint").cloned().unwrap_or(v);
+    serde_json::from_value(c).with_context(|| format!("{} is not a signed checkpoint", p.display()))
+}
+
+impl Against {
+    /// The checkpoints, read, with the key to check them under; none without `--checkpoint`.
+    fn load(&self, paths: &StatePaths) -> anyhow::Result<(Vec<SignedCheckpoint>, [u8; 32])> {
+        let checkpoints = self
+            .checkpoints
+            .iter()
+            .map(|p| read_checkpoint(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let key = if checkpoints.is_empty() {
+            [0; 32]
+        } else {
+            let pk_path = self
+                .public_key
+                .clone()
+                .unwrap_or_else(|| paths.public_key());
+            read_public_key(&pk_path)?
+        };
+        Ok((checkpoints, key))
+    }
+}
+
+/// Checks each of `checkpoints` against the proof's root for its size (`roots`: (size, root)).
+/// A checkpoint of a size the proof is not about is an error of the caller.
+fn check_against(
+    checkpoints: &[SignedCheckpoint],
+    key: &[u8; 32],
+    roots: &[(u64, &str)],
+) -> anyhow::Result<Vec<CheckedAgainst>> {
+    checkpoints
+        .iter()
+        .map(|c| {
+            let size = c.checkpoint.size;
+            let Some((_, root)) = roots.iter().find(|(s, _)| *s == size) else {
+                let sizes: Vec<String> = roots.iter().map(|(s, _)| s.to_string()).collect();
+                anyhow::bail!(
+                    "a checkpoint of {size} entries was given, but the proof is about trees of {} entries",
+                    sizes.join(" and ")
+                );
+            };
+            let problem = if !c.verify(key) {
+                Some("its signature does not verify under the key".to_string())
+            } else if !c.checkpoint.root.eq_ignore_ascii_case(root) {
+                Some(format!(
+                    "it signs root {}, the log gives {root}: the log was altered",
+                    c.checkpoint.root
+                ))
+            } else {
+                None
+            };
+            Ok(CheckedAgainst {
+                size,
+                matches: problem.is_none(),
+                problem,
+            })
+        })
+        .collect()
 }
 
 /// Runs `palisade audit`.
@@ -82,18 +237,10 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
         } => {
             let pk_path = public_key.unwrap_or_else(|| paths.public_key());
             let pk = read_public_key(&pk_path)?;
-            let mut trusted = Vec::new();
-            for p in &checkpoints {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?;
-                let v: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{} is not JSON", p.display()))?;
-                // Accept the bare checkpoint or the API's {"checkpoint": …} wrapper.
-                let c = v.get("checkpoint").cloned().unwrap_or(v);
-                let c: SignedCheckpoint = serde_json::from_value(c)
-                    .with_context(|| format!("{} is not a signed checkpoint", p.display()))?;
-                trusted.push(c);
-            }
+            let trusted = checkpoints
+                .iter()
+                .map(|p| read_checkpoint(p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let spinner = ctx.progress().then(|| {
                 let s = indicatif::ProgressBar::new_spinner();
                 s.set_message(format!("verifying {}", db.display()));
@@ -159,64 +306,69 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
             ctx.emit(&c, |c| serde_json::to_string_pretty(c).unwrap_or_default())?;
             Ok(Outcome::Success)
         }
-        AuditAction::Inclusion { index, size } => {
+        AuditAction::Inclusion {
+            index,
+            size,
+            against,
+        } => {
+            let (checkpoints, key) = against.load(&paths)?;
             let log = open_offline(&db)?;
-            let size = match size {
-                Some(s) => s,
-                None => log.size()?,
+            let size = match (size, checkpoints.first()) {
+                (Some(s), _) => s,
+                (None, Some(c)) => c.checkpoint.size,
+                (None, None) => log.size()?,
             };
             let p = log.inclusion(index, size)?;
-            let ok = p.verify();
-            ctx.emit(&p, |p| {
+            let checked_against = check_against(&checkpoints, &key, &[(p.size, &p.root)])?;
+            Proved {
+                verifies: p.verify(),
+                proof: p,
+                checked_against,
+            }
+            .emit(ctx, |p| {
                 format!(
-                    "entry {} of {}: leaf {}\nroot {}\npath ({} nodes):\n  {}\n{}",
+                    "entry {} of {}: leaf {}\nroot {}\npath ({} nodes):\n  {}",
                     p.index,
                     p.size,
                     p.leaf,
                     p.root,
                     p.path.len(),
                     p.path.join("\n  "),
-                    if ok {
-                        "proof verifies"
-                    } else {
-                        "PROOF DOES NOT VERIFY"
-                    }
                 )
-            })?;
-            Ok(if ok {
-                Outcome::Success
-            } else {
-                Outcome::Findings
             })
         }
-        AuditAction::Consistency { first, second } => {
+        AuditAction::Consistency {
+            first,
+            second,
+            against,
+        } => {
+            let (checkpoints, key) = against.load(&paths)?;
             let log = open_offline(&db)?;
             let second = match second {
                 Some(s) => s,
                 None => log.size()?,
             };
             let p = log.consistency(first, second)?;
-            let ok = p.verify();
-            ctx.emit(&p, |p| {
+            let checked_against = check_against(
+                &checkpoints,
+                &key,
+                &[(p.first, &p.first_root), (p.second, &p.second_root)],
+            )?;
+            Proved {
+                verifies: p.verify(),
+                proof: p,
+                checked_against,
+            }
+            .emit(ctx, |p| {
                 format!(
-                    "{} → {} entries\nold root {}\nnew root {}\npath ({} nodes):\n  {}\n{}",
+                    "{} → {} entries\nold root {}\nnew root {}\npath ({} nodes):\n  {}",
                     p.first,
                     p.second,
                     p.first_root,
                     p.second_root,
                     p.path.len(),
                     p.path.join("\n  "),
-                    if ok {
-                        "proof verifies"
-                    } else {
-                        "PROOF DOES NOT VERIFY"
-                    }
                 )
-            })?;
-            Ok(if ok {
-                Outcome::Success
-            } else {
-                Outcome::Findings
             })
         }
     }

@@ -1,0 +1,179 @@
+//! `palisade audit inclusion|consistency --checkpoint`: a proof's roots are checked against
+//! signed checkpoints kept elsewhere, not only against themselves; a checkpoint that another
+//! key signed or whose root the log no longer gives fails (exit 1), one of a size the proof is
+//! not about is an error (exit 2).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use palisade_gateway::audit::{
+    AuditLog as _, CheckpointPolicy, CheckpointSigner, Durability, SqliteAuditLog,
+};
+
+/// Runs `palisade --json audit --db <db> args...`: (exit code, JSON output).
+fn audit(dir: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let o = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["--json", "audit", "--db", "audit.db"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let v = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
+    (o.status.code().unwrap(), v)
+}
+
+/// Appends `n` entries to the log in `dir`, signed by the key of `seed`, closing it (which signs
+/// a checkpoint of everything).
+fn append(dir: &Path, seed: u8, from: u64, n: u64) {
+    let log = SqliteAuditLog::open(
+        &dir.join("audit.db"),
+        CheckpointSigner::from_seed(&[seed; 32]),
+        CheckpointPolicy {
+            every_entries: 1 << 20,
+            every: Duration::from_secs(3600),
+        },
+        Durability::Full,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for i in from..from + n {
+            log.append(format!("{{\"entry\":{i}}}").into_bytes())
+                .await
+                .unwrap();
+        }
+    });
+    log.close();
+}
+
+fn save_checkpoint(dir: &Path, name: &str) {
+    let (code, v) = audit(dir, &["checkpoint"]);
+    assert_eq!(code, 0, "{v}");
+    std::fs::write(dir.join(name), v.to_string()).unwrap();
+}
+
+#[test]
+fn proofs_are_checked_against_signed_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    append(d, 7, 0, 40);
+    save_checkpoint(d, "at40.json");
+    append(d, 7, 40, 60);
+    save_checkpoint(d, "at100.json");
+    let pk = hex::encode(CheckpointSigner::from_seed(&[7; 32]).public_key());
+    std::fs::write(d.join("audit.pub"), pk).unwrap();
+    let other = hex::encode(CheckpointSigner::from_seed(&[8; 32]).public_key());
+    std::fs::write(d.join("other.pub"), other).unwrap();
+
+    // Without a checkpoint: checked against its own root only, and it says so.
+    let (code, v) = audit(d, &["inclusion", "--index", "3"]);
+    assert_eq!(
+        (code, v["size"].as_u64(), v["verifies"].as_bool()),
+        (0, Some(100), Some(true)),
+        "{v}"
+    );
+    assert_eq!(v["checked_against"], serde_json::json!([]));
+
+    // Against the checkpoint of 40 entries: the proof is for that tree, and its root matches.
+    let key = ["--public-key", "audit.pub"];
+    let (code, v) = audit(
+        d,
+        &[
+            &["inclusion", "--index", "3", "--checkpoint", "at40.json"][..],
+            &key,
+        ]
+        .concat(),
+    );
+    assert_eq!((code, v["size"].as_u64()), (0, Some(40)), "{v}");
+    assert_eq!(v["checked_against"][0]["matches"], true, "{v}");
+    let (code, v) = audit(
+        d,
+        &[
+            &[
+                "consistency",
+                "--first",
+                "40",
+                "--checkpoint",
+                "at40.json",
+                "--checkpoint",
+                "at100.json",
+            ][..],
+            &key,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v["checked_against"].as_array().map(Vec::len),
+        Some(2),
+        "{v}"
+    );
+
+    // Under another key the checkpoint does not verify: exit 1, saying why.
+    let (code, v) = audit(
+        d,
+        &[
+            "inclusion",
+            "--index",
+            "3",
+            "--checkpoint",
+            "at40.json",
+            "--public-key",
+            "other.pub",
+        ],
+    );
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["checked_against"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
+        "{v}"
+    );
+
+    // A checkpoint of a size the proof is not about is a usage error.
+    let (code, _) = audit(
+        d,
+        &[
+            &[
+                "consistency",
+                "--first",
+                "10",
+                "--second",
+                "50",
+                "--checkpoint",
+                "at40.json",
+            ][..],
+            &key,
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 2);
+
+    // The log replaced by another of the same size, signed by the same key: the proof agrees
+    // with itself, but not with what was signed.
+    for f in ["audit.db", "audit.db-wal", "audit.db-shm"] {
+        let _ = std::fs::remove_file(d.join(f));
+    }
+    append(d, 7, 1000, 100);
+    let (code, v) = audit(
+        d,
+        &[
+            &["inclusion", "--index", "3", "--checkpoint", "at40.json"][..],
+            &key,
+        ]
+        .concat(),
+    );
+    assert_eq!((code, v["verifies"].as_bool()), (1, Some(true)), "{v}");
+    assert!(
+        v["checked_against"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("altered"),
+        "{v}"
+    );
+}
