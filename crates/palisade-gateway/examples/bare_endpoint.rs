@@ -15,6 +15,11 @@ use palisade_gateway::loader::Runtime as _;
 use palisade_gateway::pool::InferencePool;
 use palisade_gateway::tract_runtime::TractRuntime;
 
+/// The allocator `palisade` uses (see its `main.rs`), so that the comparison is of the guards,
+/// not of allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let model = args.next().ok_or("usage: bare_endpoint MODEL.onnx ADDR")?;
