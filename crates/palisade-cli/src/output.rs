@@ -73,7 +73,7 @@ fn one_line(err: &anyhow::Error) -> String {
         let text = cause.to_string();
         if line.is_empty() {
             line = text;
-        } else if !line.ends_with(&text) {
+        } else if !line.ends_with(&format!(": {text}")) {
             line.push_str(": ");
             line.push_str(&text);
         }
@@ -109,5 +109,8 @@ mod tests {
         );
         let e = anyhow::anyhow!("inner").context("outer");
         assert_eq!(super::one_line(&e), "outer: inner");
+        // A cause that only happens to end the text is kept.
+        let e = anyhow::anyhow!("0").context("size 10");
+        assert_eq!(super::one_line(&e), "size 10: 0");
     }
 }

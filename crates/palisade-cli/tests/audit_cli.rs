@@ -154,6 +154,17 @@ fn proofs_are_checked_against_signed_checkpoints() {
     );
     assert_eq!(code, 2);
 
+    // The consistency of the tree at 10 with the checkpoint's (the newer size defaults to it).
+    let (code, v) = audit(
+        d,
+        &[
+            &["consistency", "--first", "10", "--checkpoint", "at40.json"][..],
+            &key,
+        ]
+        .concat(),
+    );
+    assert_eq!((code, v["second"].as_u64()), (0, Some(40)), "{v}");
+
     // The log replaced by another of the same size, signed by the same key: the proof agrees
     // with itself, but not with what was signed.
     for f in ["audit.db", "audit.db-wal", "audit.db-shm"] {
@@ -176,4 +187,39 @@ fn proofs_are_checked_against_signed_checkpoints() {
             .contains("altered"),
         "{v}"
     );
+}
+
+#[test]
+fn a_checkpoint_beyond_the_log_means_entries_were_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    append(d, 7, 0, 50);
+    save_checkpoint(d, "at50.json");
+    let pk = hex::encode(CheckpointSigner::from_seed(&[7; 32]).public_key());
+    std::fs::write(d.join("audit.pub"), pk).unwrap();
+    for f in ["audit.db", "audit.db-wal", "audit.db-shm"] {
+        let _ = std::fs::remove_file(d.join(f));
+    }
+    append(d, 7, 0, 30);
+    for cmd in [
+        &["inclusion", "--index", "3"][..],
+        &["consistency", "--first", "10"][..],
+    ] {
+        let (code, v) = audit(
+            d,
+            &[
+                cmd,
+                &["--checkpoint", "at50.json", "--public-key", "audit.pub"][..],
+            ]
+            .concat(),
+        );
+        assert_eq!((code, v["log_entries"].as_u64()), (1, Some(30)), "{v}");
+        assert!(
+            v["checked_against"][0]["problem"]
+                .as_str()
+                .unwrap()
+                .contains("removed"),
+            "{v}"
+        );
+    }
 }

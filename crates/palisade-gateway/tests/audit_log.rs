@@ -318,6 +318,11 @@ fn reopening_resumes_from_stored_roots_and_refuses_a_log_its_checkpoint_contradi
     c.execute("DELETE FROM nodes", []).unwrap();
     let e = open(9).unwrap_err().to_string();
     assert!(e.contains("does not match its latest checkpoint"), "{e}");
+    // Refused, the log is left as it was: the table rebuilt from the altered entries is not kept.
+    let kept: i64 = c
+        .query_row("SELECT COUNT(*) FROM nodes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 0);
     rewrite_entry(&c, 5, 5);
 
     // Entries under a checkpoint deleted.
@@ -325,4 +330,38 @@ fn reopening_resumes_from_stored_roots_and_refuses_a_log_its_checkpoint_contradi
         .unwrap();
     let e = open(9).unwrap_err().to_string();
     assert!(e.contains("entries were removed"), "{e}");
+}
+
+/// A lost audit key is not silently replaced while the log it signed is there: a new key could
+/// neither verify the log's checkpoints nor extend it.
+#[test]
+fn a_lost_audit_key_is_not_replaced_under_its_log() {
+    use palisade_gateway::server::{StatePaths, load_or_create_signer};
+    let dir = tempfile::tempdir().unwrap();
+    let paths = StatePaths::new(dir.path());
+    let signer = load_or_create_signer(&paths).unwrap();
+    let log = SqliteAuditLog::open(
+        &paths.audit_db(),
+        signer,
+        CheckpointPolicy::default(),
+        Durability::Full,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(log.append(record(0))).unwrap();
+    log.close();
+    // The same key is loaded again.
+    let again = load_or_create_signer(&paths).unwrap();
+    std::fs::remove_file(paths.signing_key()).unwrap();
+    let e = load_or_create_signer(&paths).unwrap_err().to_string();
+    assert!(e.contains("is missing"), "{e}");
+    assert!(!paths.signing_key().exists());
+    // Without the log, a new key is made.
+    std::fs::remove_file(paths.audit_db()).unwrap();
+    assert_ne!(
+        load_or_create_signer(&paths).unwrap().public_key(),
+        again.public_key()
+    );
 }

@@ -68,7 +68,7 @@ enum AuditAction {
         /// The older size.
         #[arg(long)]
         first: u64,
-        /// The newer size (default: all).
+        /// The newer size (default: the largest checkpoint given, else all).
         #[arg(long)]
         second: Option<u64>,
         #[command(flatten)]
@@ -155,6 +155,57 @@ FAIL: checkpoint of {} entries: {p}",
         }
         s
     }
+}
+
+/// What is printed instead of a proof when a checkpoint given covers more entries than the log
+/// holds: entries were removed (exit 1).
+#[derive(Debug, serde::Serialize)]
+struct Truncated {
+    log_entries: u64,
+    verifies: bool,
+    checked_against: Vec<CheckedAgainst>,
+}
+
+/// Fails the check, printing why, when one of `checkpoints` covers more than the log's `have`
+/// entries; `None` when the log holds all they cover.
+fn removed(
+    ctx: &Ctx,
+    checkpoints: &[SignedCheckpoint],
+    have: u64,
+) -> anyhow::Result<Option<Outcome>> {
+    let beyond: Vec<CheckedAgainst> = checkpoints
+        .iter()
+        .filter(|c| c.checkpoint.size > have)
+        .map(|c| CheckedAgainst {
+            size: c.checkpoint.size,
+            matches: false,
+            problem: Some(format!(
+                "the log holds only {have} entries: entries were removed"
+            )),
+        })
+        .collect();
+    if beyond.is_empty() {
+        return Ok(None);
+    }
+    let out = Truncated {
+        log_entries: have,
+        verifies: false,
+        checked_against: beyond,
+    };
+    ctx.emit(&out, |o| {
+        o.checked_against
+            .iter()
+            .map(|c| {
+                format!(
+                    "FAIL: checkpoint of {} entries: {}",
+                    c.size,
+                    c.problem.as_deref().unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(Some(Outcome::Findings))
 }
 
 /// Reads a signed checkpoint saved as JSON: the bare checkpoint or the API's
@@ -313,10 +364,14 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
         } => {
             let (checkpoints, key) = against.load(&paths)?;
             let log = open_offline(&db)?;
+            let have = log.size()?;
+            if let Some(outcome) = removed(ctx, &checkpoints, have)? {
+                return Ok(outcome);
+            }
             let size = match (size, checkpoints.first()) {
                 (Some(s), _) => s,
                 (None, Some(c)) => c.checkpoint.size,
-                (None, None) => log.size()?,
+                (None, None) => have,
             };
             let p = log.inclusion(index, size)?;
             let checked_against = check_against(&checkpoints, &key, &[(p.size, &p.root)])?;
@@ -344,10 +399,14 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
         } => {
             let (checkpoints, key) = against.load(&paths)?;
             let log = open_offline(&db)?;
-            let second = match second {
-                Some(s) => s,
-                None => log.size()?,
-            };
+            let have = log.size()?;
+            if let Some(outcome) = removed(ctx, &checkpoints, have)? {
+                return Ok(outcome);
+            }
+            // By default the newer tree is the largest checkpoint given, else the whole log.
+            let second = second
+                .or_else(|| checkpoints.iter().map(|c| c.checkpoint.size).max())
+                .unwrap_or(have);
             let p = log.consistency(first, second)?;
             let checked_against = check_against(
                 &checkpoints,

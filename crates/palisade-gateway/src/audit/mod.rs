@@ -226,10 +226,7 @@ impl OfflineLog {
 
     /// Number of entries.
     pub fn size(&self) -> Result<u64, AuditError> {
-        self.with(|c| {
-            let n: i64 = c.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
-            Ok(n.max(0) as u64)
-        })
+        self.with(sqlite::stored_size)
     }
 
     /// Inclusion proof of entry `index` in the tree of `size` entries.

@@ -321,7 +321,7 @@ fn holds(conn: &Connection, size: u64) -> Result<(), AuditError> {
 /// contiguous; `palisade audit verify` checks all of them.
 pub(crate) fn stored_size(conn: &Connection) -> Result<u64, AuditError> {
     let last: Option<i64> = conn.query_row("SELECT MAX(idx) FROM entries", [], |r| r.get(0))?;
-    Ok(last.map_or(0, |l| l.max(-1) as u64 + 1))
+    Ok(last.map_or(0, |l| l.saturating_add(1).max(0) as u64))
 }
 
 /// Whether the `nodes` table holds every stored subtree of the right edge of a tree of `size`
@@ -343,9 +343,8 @@ fn has_edge_nodes(conn: &Connection, size: u64) -> Result<bool, AuditError> {
 
 /// Rebuilds the `nodes` table from the leaves of the first `size` entries (a log made before
 /// the table existed, or a table damaged), streaming them in index order: memory stays
-/// O(log n) however long the log. One transaction.
-fn fill_nodes(conn: &mut Connection, size: u64) -> Result<(), AuditError> {
-    let tx = conn.transaction()?;
+/// O(log n) however long the log. In `tx`, which the caller commits or drops.
+fn fill_nodes(tx: &rusqlite::Transaction<'_>, size: u64) -> Result<(), AuditError> {
     tx.execute("DELETE FROM nodes", [])?;
     {
         let mut rows_stmt =
@@ -371,11 +370,11 @@ fn fill_nodes(conn: &mut Connection, size: u64) -> Result<(), AuditError> {
                 }
             });
             if made.len() >= 4096 {
-                insert_nodes(&tx, &made)?;
+                insert_nodes(tx, &made)?;
                 made.clear();
             }
         }
-        insert_nodes(&tx, &made)?;
+        insert_nodes(tx, &made)?;
         if f.size() != size {
             return Err(AuditError::Corrupt(format!(
                 "the log holds {} contiguous entries but its last index is {}",
@@ -384,16 +383,19 @@ fn fill_nodes(conn: &mut Connection, size: u64) -> Result<(), AuditError> {
             )));
         }
     }
-    tx.commit()?;
     Ok(())
 }
 
 /// Takes up the tree stored in `conn`, which holds `size` entries, without reading every leaf:
 /// the right edge of the tree that the latest stored checkpoint signed comes from the `nodes`
-/// table (filled first if it lacks them), and must give that checkpoint's root under the
-/// gateway's own key; the entries after it are read and pushed. A log that does not match its
-/// latest checkpoint, or whose checkpoint another key signed, is not extended: the gateway
-/// would otherwise sign roots over history it cannot vouch for.
+/// table, and must give that checkpoint's root; the checkpoint must verify under the gateway's
+/// own key; the entries after it are read and pushed. When the edge does not give the root (or
+/// cannot be read), the table is rebuilt from the leaves, kept only if the rebuilt edge gives it.
+/// A log that still does not match, or whose checkpoint another key signed, is refused, not
+/// extended, and left as it was: the gateway would otherwise sign roots over history it cannot
+/// vouch for. This checks the stored edge, not every entry under it: an entry rewritten with
+/// its leaf but not the table, or deleted, is found by `palisade audit verify` (and makes the
+/// proofs through it fail), not here.
 fn resume_tree(
     conn: &mut Connection,
     size: u64,
@@ -406,35 +408,50 @@ fn resume_tree(
             "the latest checkpoint covers {signed} entries but the log holds only {size}: entries were removed (palisade audit verify shows more)"
         )));
     }
-    if !has_edge_nodes(conn, signed)? || !has_edge_nodes(conn, size)? {
-        tracing::info!(
-            entries = size,
-            "filling the audit log's table of subtree roots"
-        );
-        fill_nodes(conn, size)?;
+    if let Some(c) = &latest
+        && !c.verify(&signer.public_key())
+    {
+        return Err(AuditError::Corrupt(format!(
+            "the log's latest checkpoint (of {signed} entries) is not signed by this gateway's audit key: the key changed or the checkpoint was forged; run palisade audit verify with the key that signed it, or move the log aside to start a new one"
+        )));
     }
-    let edge = |conn: &Connection, n: u64| {
-        Frontier::from_subtrees(n, &mut |level, idx| node_at(conn, level, idx))
+    let want = latest.as_ref().and_then(|c| c.checkpoint.root_hash());
+    if latest.is_some() && want.is_none() {
+        return Err(AuditError::Corrupt(format!(
+            "the latest checkpoint (of {signed} entries) has a malformed root"
+        )));
+    }
+    // The edge of the signed tree, when it gives the signed root (or there is none to give).
+    let edge = |conn: &Connection| -> Option<Frontier> {
+        let f =
+            Frontier::from_subtrees(signed, &mut |level, idx| node_at(conn, level, idx)).ok()?;
+        (want.is_none() || want == Some(f.root())).then_some(f)
     };
-    let mut frontier = edge(conn, signed)?;
-    if let Some(c) = &latest {
-        if !c.verify(&signer.public_key()) {
-            return Err(AuditError::Corrupt(format!(
-                "the log's latest checkpoint (of {signed} entries) is not signed by this gateway's audit key: the key changed or the checkpoint was forged; run palisade audit verify with the key that signed it, and move the log aside to start a new one"
-            )));
-        }
-        let matches = |f: &Frontier| c.checkpoint.root_hash() == Some(f.root());
-        if !matches(&frontier) {
-            // The table of subtree roots may be what is wrong: rebuild it from the leaves.
-            fill_nodes(conn, size)?;
-            frontier = edge(conn, signed)?;
-            if !matches(&frontier) {
+    let stored = if has_edge_nodes(conn, signed)? && has_edge_nodes(conn, size)? {
+        edge(conn)
+    } else {
+        None
+    };
+    let mut frontier = match stored {
+        Some(f) => f,
+        None => {
+            // A log from before the table, or a table damaged: rebuilt from the leaves, kept
+            // only if it then matches.
+            tracing::info!(
+                entries = size,
+                "rebuilding the audit log's table of subtree roots from its entries"
+            );
+            let tx = conn.transaction()?;
+            fill_nodes(&tx, size)?;
+            let Some(f) = edge(&tx) else {
                 return Err(AuditError::Corrupt(format!(
                     "the log does not match its latest checkpoint (of {signed} entries): its entries were altered; run palisade audit verify to see which, and move the log aside to start a new one"
                 )));
-            }
+            };
+            tx.commit()?;
+            f
         }
-    }
+    };
     for leaf in read_leaf_range(conn, signed, size)? {
         frontier.push(leaf);
     }
@@ -476,8 +493,9 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl SqliteAuditLog {
-    /// Opens (or creates) the log at `path`, rebuilding the tree's right edge from the stored leaf
-    /// hashes, and starts the writer thread, which commits with the given `durability`.
+    /// Opens (or creates) the log at `path`, taking up the tree's right edge from the stored
+    /// subtree roots (see `resume_tree`), and starts the writer thread, which commits with the
+    /// given `durability`.
     pub fn open(
         path: &Path,
         signer: CheckpointSigner,
