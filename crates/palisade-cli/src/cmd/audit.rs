@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use palisade_gateway::audit::merkle::Hash;
 use palisade_gateway::audit::{SignedCheckpoint, open_offline, verify_log};
 use palisade_gateway::keys::SqliteKeyStore;
 use palisade_gateway::server::{StatePaths, read_public_key};
@@ -51,8 +52,8 @@ enum AuditAction {
     },
     /// Print the latest signed checkpoint (save it somewhere else).
     Checkpoint,
-    /// Prove that entry INDEX is in the log (of SIZE entries, default: all, or the size of the
-    /// checkpoint given).
+    /// Prove that entry INDEX is in the log (of SIZE entries, default: the largest checkpoint
+    /// given, else all).
     Inclusion {
         /// Entry index.
         #[arg(long)]
@@ -128,32 +129,16 @@ impl<P: serde::Serialize> Proved<P> {
 
     /// The closing lines of the text output.
     fn verdict(&self) -> String {
-        let mut s = String::from(if self.verifies {
-            "proof verifies against its roots"
+        let mut lines = vec![if self.verifies {
+            "proof verifies against its roots".to_string()
         } else {
-            "PROOF DOES NOT VERIFY"
-        });
+            "PROOF DOES NOT VERIFY".to_string()
+        }];
         if self.checked_against.is_empty() {
-            s.push_str(
-                "
-(not checked against a signed checkpoint: give --checkpoint)",
-            );
+            lines.push("(not checked against a signed checkpoint: give --checkpoint)".into());
         }
-        for c in &self.checked_against {
-            match &c.problem {
-                None => s.push_str(&format!(
-                    "
-root of {} entries matches the signed checkpoint",
-                    c.size
-                )),
-                Some(p) => s.push_str(&format!(
-                    "
-FAIL: checkpoint of {} entries: {p}",
-                    c.size
-                )),
-            }
-        }
-        s
+        lines.extend(self.checked_against.iter().map(CheckedAgainst::line));
+        lines.join("\n")
     }
 }
 
@@ -164,48 +149,6 @@ struct Truncated {
     log_entries: u64,
     verifies: bool,
     checked_against: Vec<CheckedAgainst>,
-}
-
-/// Fails the check, printing why, when one of `checkpoints` covers more than the log's `have`
-/// entries; `None` when the log holds all they cover.
-fn removed(
-    ctx: &Ctx,
-    checkpoints: &[SignedCheckpoint],
-    have: u64,
-) -> anyhow::Result<Option<Outcome>> {
-    let beyond: Vec<CheckedAgainst> = checkpoints
-        .iter()
-        .filter(|c| c.checkpoint.size > have)
-        .map(|c| CheckedAgainst {
-            size: c.checkpoint.size,
-            matches: false,
-            problem: Some(format!(
-                "the log holds only {have} entries: entries were removed"
-            )),
-        })
-        .collect();
-    if beyond.is_empty() {
-        return Ok(None);
-    }
-    let out = Truncated {
-        log_entries: have,
-        verifies: false,
-        checked_against: beyond,
-    };
-    ctx.emit(&out, |o| {
-        o.checked_against
-            .iter()
-            .map(|c| {
-                format!(
-                    "FAIL: checkpoint of {} entries: {}",
-                    c.size,
-                    c.problem.as_deref().unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
-    Ok(Some(Outcome::Findings))
 }
 
 /// Reads a signed checkpoint saved as JSON: the bare checkpoint or the API's
@@ -219,62 +162,117 @@ fn read_checkpoint(p: &std::path::Path) -> anyhow::Result<SignedCheckpoint> {
     serde_json::from_value(c).with_context(|| format!("{} is not a signed checkpoint", p.display()))
 }
 
+/// The checkpoints given, read, and the key to check them under (read only when there are
+/// checkpoints).
+struct Checkpoints {
+    given: Vec<SignedCheckpoint>,
+    key: Option<[u8; 32]>,
+}
+
 impl Against {
-    /// The checkpoints, read, with the key to check them under; none without `--checkpoint`.
-    fn load(&self, paths: &StatePaths) -> anyhow::Result<(Vec<SignedCheckpoint>, [u8; 32])> {
-        let checkpoints = self
+    fn load(&self, paths: &StatePaths) -> anyhow::Result<Checkpoints> {
+        let given = self
             .checkpoints
             .iter()
             .map(|p| read_checkpoint(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let key = if checkpoints.is_empty() {
-            [0; 32]
+        let key = if given.is_empty() {
+            None
         } else {
             let pk_path = self
                 .public_key
                 .clone()
                 .unwrap_or_else(|| paths.public_key());
-            read_public_key(&pk_path)?
+            Some(read_public_key(&pk_path)?)
         };
-        Ok((checkpoints, key))
+        Ok(Checkpoints { given, key })
     }
 }
 
-/// Checks each of `checkpoints` against the proof's root for its size (`roots`: (size, root)).
-/// A checkpoint of a size the proof is not about is an error of the caller.
-fn check_against(
-    checkpoints: &[SignedCheckpoint],
-    key: &[u8; 32],
-    roots: &[(u64, &str)],
-) -> anyhow::Result<Vec<CheckedAgainst>> {
-    checkpoints
-        .iter()
-        .map(|c| {
-            let size = c.checkpoint.size;
-            let Some((_, root)) = roots.iter().find(|(s, _)| *s == size) else {
-                let sizes: Vec<String> = roots.iter().map(|(s, _)| s.to_string()).collect();
-                anyhow::bail!(
-                    "a checkpoint of {size} entries was given, but the proof is about trees of {} entries",
-                    sizes.join(" and ")
-                );
-            };
-            let problem = if !c.verify(key) {
-                Some("its signature does not verify under the key".to_string())
-            } else if !c.checkpoint.root.eq_ignore_ascii_case(root) {
-                Some(format!(
-                    "it signs root {}, the log gives {root}: the log was altered",
-                    c.checkpoint.root
-                ))
-            } else {
-                None
-            };
-            Ok(CheckedAgainst {
-                size,
-                matches: problem.is_none(),
-                problem,
+impl CheckedAgainst {
+    /// `c` checked (see [`SignedCheckpoint::vouches_for`]) against a log of `have` entries.
+    fn new(c: &SignedCheckpoint, key: &[u8; 32], have: u64, root: Option<&Hash>) -> Self {
+        let r = c.vouches_for(key, have, root);
+        CheckedAgainst {
+            size: c.checkpoint.size,
+            matches: r.is_ok(),
+            problem: r.err().map(|e| e.to_string()),
+        }
+    }
+
+    fn line(&self) -> String {
+        match &self.problem {
+            None => format!(
+                "root of {} entries matches the signed checkpoint",
+                self.size
+            ),
+            Some(p) => format!("FAIL: checkpoint of {} entries: {p}", self.size),
+        }
+    }
+}
+
+impl Checkpoints {
+    /// The size a proof is for by default: the largest checkpoint given.
+    fn largest(&self) -> Option<u64> {
+        self.given.iter().map(|c| c.checkpoint.size).max()
+    }
+
+    /// When a checkpoint covers more than the log's `have` entries, prints why the log fails
+    /// it (entries were removed) and returns the outcome; `None` when the log holds all they
+    /// cover.
+    fn beyond(&self, ctx: &Ctx, have: u64) -> anyhow::Result<Option<Outcome>> {
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
+        let beyond: Vec<CheckedAgainst> = self
+            .given
+            .iter()
+            .filter(|c| c.checkpoint.size > have)
+            .map(|c| CheckedAgainst::new(c, key, have, None))
+            .collect();
+        if beyond.is_empty() {
+            return Ok(None);
+        }
+        let out = Truncated {
+            log_entries: have,
+            verifies: false,
+            checked_against: beyond,
+        };
+        ctx.emit(&out, |o| {
+            o.checked_against
+                .iter()
+                .map(CheckedAgainst::line)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        Ok(Some(Outcome::Findings))
+    }
+
+    /// Each checkpoint checked against the proof's root of its size (`trees`: the proof's
+    /// sizes and roots). A checkpoint of a size the proof is not about is a usage error.
+    fn check(
+        &self,
+        have: u64,
+        trees: &[(u64, Option<Hash>)],
+    ) -> anyhow::Result<Vec<CheckedAgainst>> {
+        let Some(key) = &self.key else {
+            return Ok(Vec::new());
+        };
+        self.given
+            .iter()
+            .map(|c| {
+                let size = c.checkpoint.size;
+                let Some((_, root)) = trees.iter().find(|(s, _)| *s == size) else {
+                    let sizes: Vec<String> = trees.iter().map(|(s, _)| s.to_string()).collect();
+                    anyhow::bail!(
+                        "a checkpoint of {size} entries was given, but the proof is about trees of {} entries",
+                        sizes.join(" and ")
+                    );
+                };
+                Ok(CheckedAgainst::new(c, key, have, root.as_ref()))
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 /// Runs `palisade audit`.
@@ -362,19 +360,15 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
             size,
             against,
         } => {
-            let (checkpoints, key) = against.load(&paths)?;
+            let checkpoints = against.load(&paths)?;
             let log = open_offline(&db)?;
             let have = log.size()?;
-            if let Some(outcome) = removed(ctx, &checkpoints, have)? {
+            if let Some(outcome) = checkpoints.beyond(ctx, have)? {
                 return Ok(outcome);
             }
-            let size = match (size, checkpoints.first()) {
-                (Some(s), _) => s,
-                (None, Some(c)) => c.checkpoint.size,
-                (None, None) => have,
-            };
+            let size = size.or_else(|| checkpoints.largest()).unwrap_or(have);
             let p = log.inclusion(index, size)?;
-            let checked_against = check_against(&checkpoints, &key, &[(p.size, &p.root)])?;
+            let checked_against = checkpoints.check(have, &[p.tree()])?;
             Proved {
                 verifies: p.verify(),
                 proof: p,
@@ -397,22 +391,15 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
             second,
             against,
         } => {
-            let (checkpoints, key) = against.load(&paths)?;
+            let checkpoints = against.load(&paths)?;
             let log = open_offline(&db)?;
             let have = log.size()?;
-            if let Some(outcome) = removed(ctx, &checkpoints, have)? {
+            if let Some(outcome) = checkpoints.beyond(ctx, have)? {
                 return Ok(outcome);
             }
-            // By default the newer tree is the largest checkpoint given, else the whole log.
-            let second = second
-                .or_else(|| checkpoints.iter().map(|c| c.checkpoint.size).max())
-                .unwrap_or(have);
+            let second = second.or_else(|| checkpoints.largest()).unwrap_or(have);
             let p = log.consistency(first, second)?;
-            let checked_against = check_against(
-                &checkpoints,
-                &key,
-                &[(p.first, &p.first_root), (p.second, &p.second_root)],
-            )?;
+            let checked_against = checkpoints.check(have, &p.trees())?;
             Proved {
                 verifies: p.verify(),
                 proof: p,

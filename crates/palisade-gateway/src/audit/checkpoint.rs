@@ -93,7 +93,55 @@ impl CheckpointSigner {
     }
 }
 
+/// Why a signed checkpoint does not vouch for a log's tree of its size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Disagreement {
+    /// The signature does not verify under the key.
+    #[error("bad signature: it does not verify under the key")]
+    Signature,
+    /// The log holds fewer entries than the checkpoint covers.
+    #[error("the log holds only {have} entries: entries were removed")]
+    Removed {
+        /// Entries the log holds.
+        have: u64,
+    },
+    /// The log's tree of the checkpoint's size has another root.
+    #[error("it signs root {signed} but the log gives {log}: the log was altered")]
+    Root {
+        /// The root the checkpoint signs (hex).
+        signed: String,
+        /// The log's root (hex).
+        log: String,
+    },
+}
+
 impl SignedCheckpoint {
+    /// Whether this checkpoint vouches, under `public_key`, for a log of `log_size` entries
+    /// whose tree of the checkpoint's size has the root `root_at_size` (not looked at when the
+    /// log holds fewer entries than that). The signature is checked first: a checkpoint that
+    /// does not verify vouches for nothing.
+    pub fn vouches_for(
+        &self,
+        public_key: &[u8; 32],
+        log_size: u64,
+        root_at_size: Option<&Hash>,
+    ) -> Result<(), Disagreement> {
+        if !self.verify(public_key) {
+            return Err(Disagreement::Signature);
+        }
+        if self.checkpoint.size > log_size {
+            return Err(Disagreement::Removed { have: log_size });
+        }
+        match (self.checkpoint.root_hash(), root_at_size) {
+            (Some(signed), Some(log)) if signed == *log => Ok(()),
+            (_, log) => Err(Disagreement::Root {
+                signed: self.checkpoint.root.clone(),
+                log: log.map_or_else(|| "no root".into(), |l| hexfmt::encode(l)),
+            }),
+        }
+    }
+
     /// Whether the signature verifies under `public_key`.
     pub fn verify(&self, public_key: &[u8; 32]) -> bool {
         let Ok(vk) = VerifyingKey::from_bytes(public_key) else {
@@ -127,5 +175,25 @@ mod tests {
         let mut bad = c.clone();
         bad.signature = "zz".into();
         assert!(!bad.verify(&s.public_key()));
+    }
+
+    #[test]
+    fn a_checkpoint_vouches_only_for_its_own_root_under_its_key() {
+        let s = CheckpointSigner::from_seed(&[7u8; 32]);
+        let pk = s.public_key();
+        let c = s.sign(Checkpoint::new(5, &[3u8; 32], 1000));
+        assert_eq!(c.vouches_for(&pk, 5, Some(&[3u8; 32])), Ok(()));
+        assert_eq!(c.vouches_for(&pk, 9, Some(&[3u8; 32])), Ok(()));
+        assert!(matches!(
+            c.vouches_for(&pk, 5, Some(&[4u8; 32])),
+            Err(Disagreement::Root { .. })
+        ));
+        assert_eq!(
+            c.vouches_for(&pk, 4, None),
+            Err(Disagreement::Removed { have: 4 })
+        );
+        let other = CheckpointSigner::from_seed(&[8u8; 32]).public_key();
+        // A bad signature comes first: such a checkpoint says nothing about the log.
+        assert_eq!(c.vouches_for(&other, 4, None), Err(Disagreement::Signature));
     }
 }

@@ -19,7 +19,7 @@ pub mod merkle;
 mod sqlite;
 mod verify;
 
-pub use checkpoint::{Checkpoint, CheckpointSigner, SignedCheckpoint};
+pub use checkpoint::{Checkpoint, CheckpointSigner, Disagreement, SignedCheckpoint};
 pub use sqlite::{CheckpointPolicy, Durability, SqliteAuditLog};
 pub use verify::{VerifyReport, verify_log};
 
@@ -169,6 +169,11 @@ fn decode_path(path: &[String]) -> Option<Vec<merkle::Hash>> {
 }
 
 impl InclusionProof {
+    /// The tree the proof is about: its size and root (`None` if the root is not hex).
+    pub fn tree(&self) -> (u64, Option<merkle::Hash>) {
+        (self.size, hexfmt::decode_32(&self.root))
+    }
+
     /// Whether the proof is valid for its own leaf and root.
     pub fn verify(&self) -> bool {
         let (Some(leaf), Some(root), Some(path)) = (
@@ -183,6 +188,14 @@ impl InclusionProof {
 }
 
 impl ConsistencyProof {
+    /// The trees the proof is about: their sizes and roots (`None` if a root is not hex).
+    pub fn trees(&self) -> [(u64, Option<merkle::Hash>); 2] {
+        [
+            (self.first, hexfmt::decode_32(&self.first_root)),
+            (self.second, hexfmt::decode_32(&self.second_root)),
+        ]
+    }
+
     /// Whether the proof is valid for its own roots.
     pub fn verify(&self) -> bool {
         let (Some(a), Some(b), Some(path)) = (

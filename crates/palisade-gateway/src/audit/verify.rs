@@ -98,14 +98,8 @@ pub fn verify_log(
                      list: &[(SignedCheckpoint, &str)],
                      problems: &mut Vec<String>| {
         for (c, origin) in list {
-            if !c.verify(public_key) {
-                problems.push(format!("{origin} checkpoint at size {size}: bad signature"));
-            } else if c.checkpoint.root_hash() != Some(*root) {
-                problems.push(format!(
-                    "{origin} checkpoint at size {size}: root {} but the entries give {}",
-                    c.checkpoint.root,
-                    hexfmt::encode(root)
-                ));
+            if let Err(e) = c.vouches_for(public_key, size, Some(root)) {
+                problems.push(format!("{origin} checkpoint at size {size}: {e}"));
             } else {
                 verified_up_to = verified_up_to.max(size);
                 if *origin == "stored" {
@@ -225,10 +219,12 @@ pub fn verify_log(
         Ok(_) => {}
     }
     let entries = frontier.size();
-    if let Some((&size, _)) = ckpts.range(entries + 1..).next() {
-        problems.push(format!(
-            "a checkpoint covers {size} entries but the log holds only {entries}: entries were removed"
-        ));
+    if let Some((&size, list)) = ckpts.range(entries + 1..).next() {
+        for (c, origin) in list {
+            if let Err(e) = c.vouches_for(public_key, entries, None) {
+                problems.push(format!("{origin} checkpoint at size {size}: {e}"));
+            }
+        }
     }
     Ok(VerifyReport {
         entries,
