@@ -130,7 +130,7 @@ pub fn load_or_create_signer(paths: &StatePaths) -> Result<CheckpointSigner, Gat
             // A new key for a log that another key signed would leave the log unverifiable and
             // the gateway unable to extend it: the key was lost, not never made.
             let db = paths.audit_db();
-            if has_checkpoints(&db) {
+            if crate::audit::has_checkpoints(&db) {
                 return Err(GatewayError::State(format!(
                     "the audit signing key {} is missing, but the audit log {} holds checkpoints signed with it: restore the key (and {}), or move the log aside to start a new one",
                     p.display(),
@@ -151,34 +151,6 @@ pub fn load_or_create_signer(paths: &StatePaths) -> Result<CheckpointSigner, Gat
         write_private(&pp, format!("{pubhex}\n").as_bytes())?;
     }
     Ok(signer)
-}
-
-/// Whether the audit database at `db` exists and holds a signed checkpoint (read only; an
-/// unreadable file counts as holding one, so that no new key is made over it).
-fn has_checkpoints(db: &Path) -> bool {
-    if !db.exists() {
-        return false;
-    }
-    // Read-write (nothing is written) so that a WAL a killed gateway left is read.
-    let Ok(conn) =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-    else {
-        return true;
-    };
-    let tables: rusqlite::Result<i64> = conn.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'",
-        [],
-        |r| r.get(0),
-    );
-    match tables {
-        Ok(0) => false,
-        Ok(_) => conn
-            .query_row("SELECT EXISTS (SELECT 1 FROM checkpoints)", [], |r| {
-                r.get::<_, bool>(0)
-            })
-            .unwrap_or(true),
-        Err(_) => true,
-    }
 }
 
 /// Reads a hex public key file.

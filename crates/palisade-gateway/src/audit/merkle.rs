@@ -301,6 +301,20 @@ pub fn verify_consistency(
     snode == 0 && fr == *first_root && sr == *second_root
 }
 
+/// The perfect subtrees whose roots make the right edge of a tree of `size` leaves, largest
+/// first, as `(level, index)` (see [`range_root`]): one per set bit of `size`.
+pub fn edge(size: u64) -> impl Iterator<Item = (u32, u64)> {
+    let mut start = 0u64;
+    (0..64u32)
+        .rev()
+        .filter(move |level| size & (1 << level) != 0)
+        .map(move |level| {
+            let index = start >> level;
+            start += 1 << level;
+            (level, index)
+        })
+}
+
 /// The right edge of a growing tree: the roots of its perfect subtrees, largest first. Appending
 /// and computing the root cost O(log n), so the live log never rereads its leaves.
 #[derive(Debug, Clone, Default)]
@@ -350,14 +364,9 @@ impl Frontier {
         size: u64,
         node: &mut impl FnMut(u32, u64) -> Result<Hash, E>,
     ) -> Result<Self, E> {
-        let mut nodes = Vec::new();
-        let mut start = 0u64;
-        for level in (0..64u32).rev() {
-            if size & (1 << level) != 0 {
-                nodes.push((level, node(level, start >> level)?));
-                start += 1 << level;
-            }
-        }
+        let nodes = edge(size)
+            .map(|(level, index)| Ok((level, node(level, index)?)))
+            .collect::<Result<_, E>>()?;
         Ok(Frontier { nodes, size })
     }
 

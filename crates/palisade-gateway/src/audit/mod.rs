@@ -20,6 +20,7 @@ mod sqlite;
 mod verify;
 
 pub use checkpoint::{Checkpoint, CheckpointSigner, Disagreement, SignedCheckpoint};
+pub(crate) use sqlite::has_checkpoints;
 pub use sqlite::{CheckpointPolicy, Durability, SqliteAuditLog};
 pub use verify::{VerifyReport, verify_log};
 

@@ -229,40 +229,65 @@ pub(crate) fn open_conn(path: &Path, durability: Durability) -> Result<Connectio
     Ok(conn)
 }
 
-/// Reads the leaf hashes `[from, to)` in order, checking that indices are contiguous.
-fn read_leaf_range(conn: &Connection, from: u64, to: u64) -> Result<Vec<Hash>, AuditError> {
+/// Calls `each` with the leaf hashes `[from, to)` in order, read row by row (memory does not
+/// grow with the range), checking that indices are contiguous.
+fn for_each_leaf(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(Hash) -> Result<(), AuditError>,
+) -> Result<(), AuditError> {
     let mut stmt = conn.prepare_cached(
         "SELECT idx, leaf FROM entries WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
     )?;
     let mut rows = stmt.query(params![from as i64, to as i64])?;
-    let mut out = Vec::new();
+    let mut next = from;
     while let Some(row) = rows.next()? {
         let idx: i64 = row.get(0)?;
         let leaf: Vec<u8> = row.get(1)?;
-        let want = from + out.len() as u64;
-        if idx != want as i64 {
+        if idx != next as i64 {
             return Err(AuditError::Corrupt(format!(
-                "entry {want} is missing (found {idx} next)"
+                "entry {next} is missing (found {idx} next)"
             )));
         }
         let leaf: Hash = leaf
             .try_into()
             .map_err(|_| AuditError::Corrupt(format!("entry {idx}: leaf hash is not 32 bytes")))?;
-        out.push(leaf);
+        each(leaf)?;
+        next += 1;
     }
-    if from + (out.len() as u64) < to {
+    if next < to {
         return Err(AuditError::OutOfRange(format!(
-            "the log has {} entries, {to} were asked for",
-            from + out.len() as u64
+            "the log has {next} entries, {to} were asked for"
         )));
     }
+    Ok(())
+}
+
+/// The leaf hashes `[from, to)` (see [`for_each_leaf`]).
+fn read_leaf_range(conn: &Connection, from: u64, to: u64) -> Result<Vec<Hash>, AuditError> {
+    let mut out = Vec::new();
+    for_each_leaf(conn, from, to, |leaf| {
+        out.push(leaf);
+        Ok(())
+    })?;
     Ok(out)
 }
 
 /// The lowest level of the tree whose nodes the `nodes` table keeps (subtrees of 16 leaves and
 /// up: about one row per 8 entries). A proof needs O(log² n) of them; a node below this level is
 /// hashed from at most 8 leaves.
-pub(crate) const STORED_FROM: u32 = 4;
+const STORED_FROM: u32 = 4;
+
+/// A [`Frontier::push_with`] callback that keeps in `made` the subtrees the `nodes` table
+/// stores (level [`STORED_FROM`] and up).
+pub(crate) fn keep_stored(made: &mut Vec<(u32, u64, Hash)>) -> impl FnMut(u32, u64, &Hash) + '_ {
+    move |level, index, h| {
+        if level >= STORED_FROM {
+            made.push((level, index, *h));
+        }
+    }
+}
 
 /// Records the perfect subtrees of level [`STORED_FROM`] and up among `made`, in `tx`.
 fn insert_nodes(tx: &Connection, made: &[(u32, u64, Hash)]) -> Result<(), AuditError> {
@@ -324,18 +349,43 @@ pub(crate) fn stored_size(conn: &Connection) -> Result<u64, AuditError> {
     Ok(last.map_or(0, |l| l.saturating_add(1).max(0) as u64))
 }
 
+/// Whether `conn` has a table `name`.
+pub(crate) fn table_exists(conn: &Connection, name: &str) -> Result<bool, AuditError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+        .exists(params![name])?)
+}
+
+/// Whether the audit database at `db` exists and holds a signed checkpoint, read without
+/// changing it; one that cannot be read counts as holding one.
+pub(crate) fn has_checkpoints(db: &Path) -> bool {
+    if !db.exists() {
+        return false;
+    }
+    // Read-write (nothing is written) so that a WAL a killed gateway left is read.
+    let Ok(conn) = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+    else {
+        return true;
+    };
+    match table_exists(&conn, "checkpoints") {
+        Ok(false) => false,
+        Ok(true) => conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM checkpoints)", [], |r| {
+                r.get::<_, bool>(0)
+            })
+            .unwrap_or(true),
+        Err(_) => true,
+    }
+}
+
 /// Whether the `nodes` table holds every stored subtree of the right edge of a tree of `size`
 /// leaves: what opening the log reads instead of the leaves. A log made before the table, or
 /// whose table was emptied, lacks them.
 fn has_edge_nodes(conn: &Connection, size: u64) -> Result<bool, AuditError> {
     let mut stmt = conn.prepare_cached("SELECT 1 FROM nodes WHERE level = ?1 AND idx = ?2")?;
-    let mut start = 0u64;
-    for level in (STORED_FROM..64).rev() {
-        if size & (1 << level) != 0 {
-            if !stmt.exists(params![level, (start >> level) as i64])? {
-                return Ok(false);
-            }
-            start += 1 << level;
+    for (level, index) in merkle::edge(size).filter(|(level, _)| *level >= STORED_FROM) {
+        if !stmt.exists(params![level, index as i64])? {
+            return Ok(false);
         }
     }
     Ok(true)
@@ -346,50 +396,24 @@ fn has_edge_nodes(conn: &Connection, size: u64) -> Result<bool, AuditError> {
 /// O(log n) however long the log. In `tx`, which the caller commits or drops.
 fn fill_nodes(tx: &rusqlite::Transaction<'_>, size: u64) -> Result<(), AuditError> {
     tx.execute("DELETE FROM nodes", [])?;
-    {
-        let mut rows_stmt =
-            tx.prepare("SELECT idx, leaf FROM entries WHERE idx < ?1 ORDER BY idx")?;
-        let mut rows = rows_stmt.query(params![size as i64])?;
-        let mut f = Frontier::new();
-        let mut made = Vec::new();
-        while let Some(row) = rows.next()? {
-            let idx: i64 = row.get(0)?;
-            if idx != f.size() as i64 {
-                return Err(AuditError::Corrupt(format!(
-                    "entry {} is missing (found {idx} next)",
-                    f.size()
-                )));
-            }
-            let leaf: Vec<u8> = row.get(1)?;
-            let leaf: Hash = leaf.try_into().map_err(|_| {
-                AuditError::Corrupt(format!("entry {idx}: leaf hash is not 32 bytes"))
-            })?;
-            f.push_with(leaf, |level, idx, h| {
-                if level >= STORED_FROM {
-                    made.push((level, idx, *h));
-                }
-            });
-            if made.len() >= 4096 {
-                insert_nodes(tx, &made)?;
-                made.clear();
-            }
+    let mut f = Frontier::new();
+    let mut made = Vec::new();
+    for_each_leaf(tx, 0, size, |leaf| {
+        f.push_with(leaf, keep_stored(&mut made));
+        if made.len() >= 4096 {
+            insert_nodes(tx, &made)?;
+            made.clear();
         }
-        insert_nodes(tx, &made)?;
-        if f.size() != size {
-            return Err(AuditError::Corrupt(format!(
-                "the log holds {} contiguous entries but its last index is {}",
-                f.size(),
-                size - 1
-            )));
-        }
-    }
-    Ok(())
+        Ok(())
+    })?;
+    insert_nodes(tx, &made)
 }
 
 /// Takes up the tree stored in `conn`, which holds `size` entries, without reading every leaf:
 /// the right edge of the tree that the latest stored checkpoint signed comes from the `nodes`
 /// table, and must give that checkpoint's root; the checkpoint must verify under the gateway's
-/// own key; the entries after it are read and pushed. When the edge does not give the root (or
+/// own key; the entries after it are read and pushed (returned: the tree and the size the
+/// checkpoint signed). When the edge does not give the root (or
 /// cannot be read), the table is rebuilt from the leaves, kept only if the rebuilt edge gives it.
 /// A log that still does not match, or whose checkpoint another key signed, is refused, not
 /// extended, and left as it was: the gateway would otherwise sign roots over history it cannot
@@ -400,7 +424,7 @@ fn resume_tree(
     conn: &mut Connection,
     size: u64,
     signer: &CheckpointSigner,
-) -> Result<Frontier, AuditError> {
+) -> Result<(Frontier, u64), AuditError> {
     let latest = latest_checkpoint(conn)?;
     let signed = latest.as_ref().map_or(0, |c| c.checkpoint.size);
     if signed > size {
@@ -452,10 +476,11 @@ fn resume_tree(
             f
         }
     };
-    for leaf in read_leaf_range(conn, signed, size)? {
+    for_each_leaf(conn, signed, size, |leaf| {
         frontier.push(leaf);
-    }
-    Ok(frontier)
+        Ok(())
+    })?;
+    Ok((frontier, signed))
 }
 
 pub(crate) fn row_to_checkpoint(
@@ -505,18 +530,14 @@ impl SqliteAuditLog {
         let mut wconn = open_conn(path, durability)?;
         wconn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let size = stored_size(&wconn)?;
-        let frontier = resume_tree(&mut wconn, size, &signer)?;
-        let last_ckpt: i64 =
-            wconn.query_row("SELECT COALESCE(MAX(size), 0) FROM checkpoints", [], |r| {
-                r.get(0)
-            })?;
+        let (frontier, last_checkpoint_size) = resume_tree(&mut wconn, size, &signer)?;
         let reader = open_conn(path, durability)?;
         let mut writer = Writer {
             conn: wconn,
             frontier,
             signer,
             policy,
-            last_checkpoint_size: last_ckpt.max(0) as u64,
+            last_checkpoint_size,
             last_checkpoint_at: Instant::now(),
         };
         writer.replay_journal(path)?;
@@ -1045,11 +1066,7 @@ impl Writer {
             for data in entries {
                 let leaf = merkle::leaf_hash(data);
                 stmt.execute(params![frontier.size() as i64, &leaf[..], data])?;
-                frontier.push_with(leaf, |level, idx, h| {
-                    if level >= STORED_FROM {
-                        made.push((level, idx, *h));
-                    }
-                });
+                frontier.push_with(leaf, keep_stored(&mut made));
             }
             insert_nodes(&tx, &made)?;
         }

@@ -126,12 +126,7 @@ pub fn verify_log(
     let mut gap = false;
     // The stored subtree roots that proofs are built from must be the entries' own: a
     // rewritten one cannot forge a signed root, but proofs through it would fail to verify.
-    let has_nodes: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'nodes'",
-        [],
-        |r| r.get(0),
-    )?;
-    let mut node_stmt = if has_nodes {
+    let mut node_stmt = if sqlite::table_exists(&conn, "nodes")? {
         Some(conn.prepare("SELECT hash FROM nodes WHERE level = ?1 AND idx = ?2")?)
     } else {
         None
@@ -163,11 +158,7 @@ pub fn verify_log(
             if idx as u64 >= journal_from {
                 leaves.push(computed);
             }
-            frontier.push_with(computed, |level, index, h| {
-                if level >= sqlite::STORED_FROM {
-                    made.push((level, index, *h));
-                }
-            });
+            frontier.push_with(computed, sqlite::keep_stored(&mut made));
             if let Some(node_stmt) = node_stmt.as_mut() {
                 for (level, index, h) in made.drain(..) {
                     let stored: Option<Vec<u8>> = node_stmt
