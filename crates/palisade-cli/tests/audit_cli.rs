@@ -56,6 +56,31 @@ fn save_checkpoint(dir: &Path, name: &str) {
     std::fs::write(dir.join(name), v.to_string()).unwrap();
 }
 
+/// Writes the hex public key of the signer of `seed` to `dir/name`.
+fn write_key(dir: &Path, name: &str, seed: u8) {
+    let pk = hex::encode(CheckpointSigner::from_seed(&[seed; 32]).public_key());
+    std::fs::write(dir.join(name), pk).unwrap();
+}
+
+/// Removes the log in `dir` (to write another in its place).
+fn remove_log(dir: &Path) {
+    for f in ["audit.db", "audit.db-wal", "audit.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+}
+
+/// [`audit`] with `--public-key audit.pub`.
+fn audit_keyed(dir: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    audit(dir, &[args, &["--public-key", "audit.pub"]].concat())
+}
+
+/// The problem reported for the first checkpoint given.
+fn problem(v: &serde_json::Value) -> &str {
+    v["checked_against"][0]["problem"]
+        .as_str()
+        .unwrap_or_default()
+}
+
 #[test]
 fn proofs_are_checked_against_signed_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,10 +89,8 @@ fn proofs_are_checked_against_signed_checkpoints() {
     save_checkpoint(d, "at40.json");
     append(d, 7, 40, 60);
     save_checkpoint(d, "at100.json");
-    let pk = hex::encode(CheckpointSigner::from_seed(&[7; 32]).public_key());
-    std::fs::write(d.join("audit.pub"), pk).unwrap();
-    let other = hex::encode(CheckpointSigner::from_seed(&[8; 32]).public_key());
-    std::fs::write(d.join("other.pub"), other).unwrap();
+    write_key(d, "audit.pub", 7);
+    write_key(d, "other.pub", 8);
 
     // Without a checkpoint: checked against its own root only, and it says so.
     let (code, v) = audit(d, &["inclusion", "--index", "3"]);
@@ -79,33 +102,14 @@ fn proofs_are_checked_against_signed_checkpoints() {
     assert_eq!(v["checked_against"], serde_json::json!([]));
 
     // Against the checkpoint of 40 entries: the proof is for that tree, and its root matches.
-    let key = ["--public-key", "audit.pub"];
-    let (code, v) = audit(
+    let (code, v) = audit_keyed(
         d,
-        &[
-            &["inclusion", "--index", "3", "--checkpoint", "at40.json"][..],
-            &key,
-        ]
-        .concat(),
+        &["inclusion", "--index", "3", "--checkpoint", "at40.json"],
     );
     assert_eq!((code, v["size"].as_u64()), (0, Some(40)), "{v}");
     assert_eq!(v["checked_against"][0]["matches"], true, "{v}");
-    let (code, v) = audit(
-        d,
-        &[
-            &[
-                "consistency",
-                "--first",
-                "40",
-                "--checkpoint",
-                "at40.json",
-                "--checkpoint",
-                "at100.json",
-            ][..],
-            &key,
-        ]
-        .concat(),
-    );
+    let both = ["--checkpoint", "at40.json", "--checkpoint", "at100.json"];
+    let (code, v) = audit_keyed(d, &[&["consistency", "--first", "40"][..], &both].concat());
     assert_eq!(code, 0, "{v}");
     assert_eq!(
         v["checked_against"].as_array().map(Vec::len),
@@ -127,66 +131,40 @@ fn proofs_are_checked_against_signed_checkpoints() {
         ],
     );
     assert_eq!(code, 1, "{v}");
-    assert!(
-        v["checked_against"][0]["problem"]
-            .as_str()
-            .unwrap()
-            .contains("signature"),
-        "{v}"
-    );
+    assert!(problem(&v).contains("signature"), "{v}");
 
     // A checkpoint of a size the proof is not about is a usage error.
-    let (code, _) = audit(
+    let (code, _) = audit_keyed(
         d,
         &[
-            &[
-                "consistency",
-                "--first",
-                "10",
-                "--second",
-                "50",
-                "--checkpoint",
-                "at40.json",
-            ][..],
-            &key,
-        ]
-        .concat(),
+            "consistency",
+            "--first",
+            "10",
+            "--second",
+            "50",
+            "--checkpoint",
+            "at40.json",
+        ],
     );
     assert_eq!(code, 2);
 
     // The consistency of the tree at 10 with the checkpoint's (the newer size defaults to it).
-    let (code, v) = audit(
+    let (code, v) = audit_keyed(
         d,
-        &[
-            &["consistency", "--first", "10", "--checkpoint", "at40.json"][..],
-            &key,
-        ]
-        .concat(),
+        &["consistency", "--first", "10", "--checkpoint", "at40.json"],
     );
     assert_eq!((code, v["second"].as_u64()), (0, Some(40)), "{v}");
 
     // The log replaced by another of the same size, signed by the same key: the proof agrees
     // with itself, but not with what was signed.
-    for f in ["audit.db", "audit.db-wal", "audit.db-shm"] {
-        let _ = std::fs::remove_file(d.join(f));
-    }
+    remove_log(d);
     append(d, 7, 1000, 100);
-    let (code, v) = audit(
+    let (code, v) = audit_keyed(
         d,
-        &[
-            &["inclusion", "--index", "3", "--checkpoint", "at40.json"][..],
-            &key,
-        ]
-        .concat(),
+        &["inclusion", "--index", "3", "--checkpoint", "at40.json"],
     );
     assert_eq!((code, v["verifies"].as_bool()), (1, Some(true)), "{v}");
-    assert!(
-        v["checked_against"][0]["problem"]
-            .as_str()
-            .unwrap()
-            .contains("altered"),
-        "{v}"
-    );
+    assert!(problem(&v).contains("altered"), "{v}");
 }
 
 #[test]
@@ -195,31 +173,15 @@ fn a_checkpoint_beyond_the_log_means_entries_were_removed() {
     let d = dir.path();
     append(d, 7, 0, 50);
     save_checkpoint(d, "at50.json");
-    let pk = hex::encode(CheckpointSigner::from_seed(&[7; 32]).public_key());
-    std::fs::write(d.join("audit.pub"), pk).unwrap();
-    for f in ["audit.db", "audit.db-wal", "audit.db-shm"] {
-        let _ = std::fs::remove_file(d.join(f));
-    }
+    write_key(d, "audit.pub", 7);
+    remove_log(d);
     append(d, 7, 0, 30);
     for cmd in [
         &["inclusion", "--index", "3"][..],
         &["consistency", "--first", "10"][..],
     ] {
-        let (code, v) = audit(
-            d,
-            &[
-                cmd,
-                &["--checkpoint", "at50.json", "--public-key", "audit.pub"][..],
-            ]
-            .concat(),
-        );
+        let (code, v) = audit_keyed(d, &[cmd, &["--checkpoint", "at50.json"][..]].concat());
         assert_eq!((code, v["log_entries"].as_u64()), (1, Some(30)), "{v}");
-        assert!(
-            v["checked_against"][0]["problem"]
-                .as_str()
-                .unwrap()
-                .contains("removed"),
-            "{v}"
-        );
+        assert!(problem(&v).contains("removed"), "{v}");
     }
 }
