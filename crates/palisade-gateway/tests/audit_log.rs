@@ -52,6 +52,21 @@ fn write_log(path: &std::path::Path, n: u64, every: u64) -> [u8; 32] {
     pk
 }
 
+/// Verifies the log at `db` and fails unless a problem mentions `needle`.
+fn assert_problem(
+    db: &std::path::Path,
+    pk: &[u8; 32],
+    trusted: &[palisade_gateway::audit::SignedCheckpoint],
+    needle: &str,
+) {
+    let r = verify_log(db, pk, trusted).unwrap();
+    assert!(
+        r.problems.iter().any(|p| p.contains(needle)),
+        "no problem mentions {needle:?}: {:?}",
+        r.problems
+    );
+}
+
 /// Replaces entry `idx` by `record(with)`, with a matching leaf hash.
 fn rewrite_entry(c: &rusqlite::Connection, idx: i64, with: u64) {
     let data = record(with);
@@ -99,12 +114,7 @@ fn tampering_is_detected() {
 
     // Rewrite one entry and its leaf hash consistently: the checkpoints catch it.
     rewrite_entry(&c, 5, 999);
-    let r = verify_log(&db, &pk, &[]).unwrap();
-    assert!(
-        r.problems.iter().any(|p| p.contains("root")),
-        "{:?}",
-        r.problems
-    );
+    assert_problem(&db, &pk, &[], "root");
 
     // Restore, then truncate the log and delete the checkpoints that covered the tail: only a
     // checkpoint kept elsewhere notices.
@@ -115,22 +125,12 @@ fn tampering_is_detected() {
     c.execute("DELETE FROM checkpoints WHERE size > 30", [])
         .unwrap();
     assert!(verify_log(&db, &pk, &[]).unwrap().ok());
-    let r = verify_log(&db, &pk, &[trusted]).unwrap();
-    assert!(
-        r.problems.iter().any(|p| p.contains("removed")),
-        "{:?}",
-        r.problems
-    );
+    assert_problem(&db, &pk, &[trusted], "removed");
 
     // A leaf hash that does not match its data.
     c.execute("UPDATE entries SET data = X'00' WHERE idx = 3", [])
         .unwrap();
-    let r = verify_log(&db, &pk, &[]).unwrap();
-    assert!(
-        r.problems.iter().any(|p| p.contains("entry 3")),
-        "{:?}",
-        r.problems
-    );
+    assert_problem(&db, &pk, &[], "entry 3");
 }
 
 /// Key changes made outside the HTTP API reach the audit log, each once: the first admin key, and
@@ -258,6 +258,13 @@ fn reopening_resumes_from_stored_roots_and_refuses_a_log_its_checkpoint_contradi
     let full = off.latest_checkpoint().unwrap().unwrap().checkpoint;
     drop(off);
     let c = rusqlite::Connection::open(&db).unwrap();
+    let zero_node = |level: u32, idx: i64| {
+        c.execute(
+            "UPDATE nodes SET hash = zeroblob(32) WHERE level = ?1 AND idx = ?2",
+            rusqlite::params![level, idx],
+        )
+        .unwrap();
+    };
     let node = |level: u32, idx: i64| -> Vec<u8> {
         c.query_row(
             "SELECT hash FROM nodes WHERE level = ?1 AND idx = ?2",
@@ -281,17 +288,8 @@ fn reopening_resumes_from_stored_roots_and_refuses_a_log_its_checkpoint_contradi
     // An interior stored root rewritten: the verifier says so; emptying the table and
     // reopening refills it.
     let interior = node(4, 3);
-    c.execute(
-        "UPDATE nodes SET hash = zeroblob(32) WHERE level = 4 AND idx = 3",
-        [],
-    )
-    .unwrap();
-    let r = verify_log(&db, &pk, &[]).unwrap();
-    assert!(
-        r.problems.iter().any(|p| p.contains("(level 4, index 3)")),
-        "{:?}",
-        r.problems
-    );
+    zero_node(4, 3);
+    assert_problem(&db, &pk, &[], "(level 4, index 3)");
     c.execute("DELETE FROM nodes", []).unwrap();
     open(9).unwrap().close();
     assert_eq!(node(4, 3), interior);
@@ -300,11 +298,7 @@ fn reopening_resumes_from_stored_roots_and_refuses_a_log_its_checkpoint_contradi
     // A root on the tree's right edge rewritten (1000 = 512 + 256 + ...): the resumed tree
     // does not give the checkpoint's root, so the table is rebuilt from the leaves.
     let edge = node(9, 0);
-    c.execute(
-        "UPDATE nodes SET hash = zeroblob(32) WHERE level = 9 AND idx = 0",
-        [],
-    )
-    .unwrap();
+    zero_node(9, 0);
     open(9).unwrap().close();
     assert_eq!(node(9, 0), edge);
 
