@@ -72,10 +72,12 @@ enum Command {
 
 /// mimalloc rather than glibc's allocator: the gateway allocates per request on many threads
 /// (bodies, tensors, headers, audit entries), where glibc's malloc and free took about 3% of
-/// the gateway's CPU at 16 connections (perf, 2026-12-04). With mimalloc in both it and the
-/// bare endpoint, the CPU the guard chain adds per request fell from 29 to 24 µs at 16
-/// connections and from 46 to 38 µs at one (`bench/gateway_vs_bare.sh`, process durability, one
-/// run each, 2026-12-04); the bare endpoint's own cost did not change.
+/// the gateway's CPU at 16 connections (perf self time, 2026-12-04). With mimalloc in both it
+/// and the bare endpoint, the CPU the guard chain adds per request went from 29 to 24 µs at 16
+/// connections and from 46 to 38 µs at one (`bench/gateway_vs_bare.sh`, process durability: one
+/// 5-round run before, one 3-round run after; a later 5-round run gave 20 and 44 µs), while the
+/// bare endpoint's own cost stayed within 3 µs. Differences of this size are near what this
+/// shared VM repeats, so the figure is a direction, not a precise gain.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
