@@ -60,7 +60,8 @@
 //!
 //! Keys ([`keys::KeyStore`]), the audit log ([`audit::AuditLog`]) and the rate limits with the
 //! daily budgets ([`guard::ratelimit::LimitStore`]) are traits; the embedded implementations keep
-//! them in an SQLite folder ([`server::LocalState`]) and in memory.
+//! them in an SQLite folder ([`server::LocalState`]: `keys.db`, `audit.db`, and `limits.db` for
+//! the daily budgets) and, for the rates, in memory.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -113,6 +114,9 @@ pub enum GatewayError {
     /// A policy is unusable.
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    /// The rate limits' state (the daily budgets' ledger) could not be opened.
+    #[error(transparent)]
+    Limits(#[from] guard::ratelimit::LimitError),
     /// The state folder is inconsistent.
     #[error("state: {0}")]
     State(String),

@@ -25,7 +25,7 @@ use crate::guard::audit::{Audit, WriteAhead};
 use crate::guard::authn::Authenticate;
 use crate::guard::authz::Authorise;
 use crate::guard::harden::Harden;
-use crate::guard::ratelimit::{LimitStore, MemoryLimits, RateLimit};
+use crate::guard::ratelimit::{LimitStore, LocalLimits, RateLimit};
 use crate::guard::validate::Validate;
 use crate::guard::{GuardLayer, Next, error_response, json_response};
 use crate::infer::ModelService;
@@ -88,6 +88,10 @@ impl StatePaths {
     /// The audit log (SQLite).
     pub fn audit_db(&self) -> PathBuf {
         self.dir.join("audit.db")
+    }
+    /// The daily query budgets' ledger (SQLite).
+    pub fn limits_db(&self) -> PathBuf {
+        self.dir.join("limits.db")
     }
     /// The checkpoint signing key (32-byte Ed25519 seed, mode 0600).
     pub fn signing_key(&self) -> PathBuf {
@@ -182,6 +186,8 @@ pub struct LocalState {
     pub audit: Arc<SqliteAuditLog>,
     /// Checkpoint public key.
     pub public_key: [u8; 32],
+    /// Rate limits (in memory) and daily budgets (in `limits.db`, kept across restarts).
+    pub limits: Arc<LocalLimits>,
     /// An exclusive lock on `<dir>/lock`, held while this value lives: two gateways on one
     /// state folder would interleave their audit logs.
     _lock: fs::File,
@@ -233,11 +239,13 @@ impl LocalState {
             checkpoints,
             durability,
         )?);
+        let limits = Arc::new(LocalLimits::open(&paths.limits_db(), durability)?);
         Ok(LocalState {
             paths,
             keys,
             audit,
             public_key,
+            limits,
             _lock: lock,
         })
     }
@@ -299,7 +307,7 @@ impl LocalState {
             models,
             keys: self.keys.clone(),
             audit: self.audit.clone(),
-            limits: Arc::new(MemoryLimits::default()),
+            limits: self.limits.clone(),
             metrics: Arc::new(Metrics::new().map_err(|e| GatewayError::State(e.to_string()))?),
             audit_public_key: self.public_key,
             source: None,

@@ -550,13 +550,13 @@ async fn a_rotated_key_shares_the_limits_of_its_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
     use palisade_gateway::guard::ratelimit::{
-        AdmitFuture, Charge, LimitError, LimitStore, MemoryLimits,
+        AdmitFuture, Charge, LimitError, LimitStore, LocalLimits,
     };
     use std::sync::{Arc, Mutex};
 
     #[derive(Default)]
     struct Flaky {
-        inner: MemoryLimits,
+        inner: LocalLimits,
         asked: Mutex<Vec<(String, String, Option<u32>)>>,
     }
     impl LimitStore for Flaky {

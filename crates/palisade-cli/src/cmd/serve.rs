@@ -317,6 +317,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         // and leave it queued, to be appended again).
         let _ = drainer.await;
         drain_operator_changes(&state).await;
+        // No request is left to charge: the daily budgets' exact counts replace their
+        // reservations in limits.db, so that this restart costs no client any of its budget.
+        gw.limits.close();
         anyhow::Ok(())
     })?;
     Ok(Outcome::Success)

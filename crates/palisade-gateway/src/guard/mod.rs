@@ -30,6 +30,7 @@ pub mod admit;
 pub mod audit;
 pub mod authn;
 pub mod authz;
+mod budgets;
 pub mod harden;
 pub mod ratelimit;
 pub mod validate;

@@ -11,14 +11,16 @@
 //! The counters sit behind [`LimitStore`], charged once per request for all of a request's limits,
 //! so that a store shared by several gateways (Redis, say, with a script that does the whole
 //! charge) takes one round trip and sees no other gateway's charge half done. A store that cannot
-//! answer refuses the request with 503: the limits fail closed. [`MemoryLimits`] keeps them in
-//! process memory (governor's GCRA); a restart resets them.
+//! answer refuses the request with 503: the limits fail closed. [`LocalLimits`] keeps the rates
+//! in process memory (governor's GCRA), which a restart resets, and the daily budgets either in
+//! memory too ([`LocalLimits::default`]) or in a ledger file that a restart or a crash does not
+//! refill ([`LocalLimits::open`], what `palisade serve` uses; see `budgets.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -28,9 +30,12 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::{Quota, RateLimiter};
 
+pub use super::budgets::MAX_BLOCK as MAX_BUDGET_BLOCK;
+use super::budgets::{Budgets, Spend};
 use super::{
     Decision, Guard, Next, Principal, call_next, call_next_meanwhile, reject, reject_retry,
 };
+use crate::audit::Durability;
 use crate::model::ModelRepository;
 use crate::now_ms;
 use crate::oip::{ModelAction, Target, target_of};
@@ -99,7 +104,7 @@ pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitEr
 /// ones charged. A refusal's `Retry-After` is at least the time until each limit it charged can
 /// take the request again (so that the retry does not meet the key's own limit).
 ///
-/// What is counted together, as [`MemoryLimits`] does: a rate's state belongs to the model and
+/// What is counted together, as [`LocalLimits`] does: a rate's state belongs to the model and
 /// the pair of rates (`per_key`, `per_model`) of the version asked for (versions with the same
 /// pair share it; per key, also to the key's line); a budget belongs to the key's line, the model
 /// and the UTC day of [`Charge::t_ms`], whatever the version, and a day earlier than the one
@@ -113,56 +118,10 @@ pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitEr
 pub trait LimitStore: Send + Sync + 'static {
     /// Charges one request (see the trait's documentation).
     fn admit<'a>(&'a self, charge: Charge<'a>) -> AdmitFuture<'a>;
-}
 
-/// Daily budgets in process memory: how many requests a key's line has spent on a model today.
-#[derive(Debug, Default)]
-struct MemoryBudgets {
-    /// Key → model → (day, spent). Nested, so that a lookup borrows the names (a map keyed by
-    /// the pair would copy both into a new key on every request).
-    used: Mutex<HashMap<String, HashMap<String, Spent>>>,
-}
-
-/// The UTC day and how many requests were spent on it.
-type Spent = (u64, u64);
-
-impl MemoryBudgets {
-    /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
-    /// been spent; returns what remains after spending, or `None` when the budget is exhausted.
-    fn spend(&self, key: &str, model: &str, day: u64, limit: u64) -> Option<u64> {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        if !used.contains_key(key) {
-            used.insert(key.to_string(), HashMap::new());
-        }
-        // Both present from here on (inserted above when missing).
-        let per_model = used.get_mut(key)?;
-        if !per_model.contains_key(model) {
-            per_model.insert(model.to_string(), (day, 0));
-        }
-        let e = per_model.get_mut(model)?;
-        // Only a later day starts afresh: a clock stepping back across midnight must not zero
-        // the count, so an earlier day counts against the one stored.
-        if day > e.0 {
-            *e = (day, 0);
-        }
-        if e.1 >= limit {
-            return None;
-        }
-        e.1 += 1;
-        Some(limit - e.1)
-    }
-
-    /// What remains of `key`'s budget on `model` for UTC day `day`, spending nothing: checked
-    /// before the rate limits so that a key whose budget is spent is refused without charging
-    /// them (and so cannot use up the model's shared rate). [`MemoryBudgets::spend`] stays the
-    /// authority: two requests racing for the last unit may both see one here.
-    fn remaining(&self, key: &str, model: &str, day: u64, limit: u64) -> u64 {
-        let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        match used.get(key).and_then(|m| m.get(model)) {
-            Some(&(d, spent)) if d >= day => limit.saturating_sub(spent),
-            _ => limit,
-        }
-    }
+    /// Called once the gateway has stopped serving: writes what must outlive the process (the
+    /// exact budget counts of [`LocalLimits::open`]). Admissions after it may fail.
+    fn close(&self) {}
 }
 
 /// The longest time a limiter may span (interval × burst): governor keeps its times in u64
@@ -188,7 +147,7 @@ fn quota(r: Rate) -> Option<Quota> {
 }
 
 /// What a set of limiters is made from: a policy's two rates (its daily budget is kept apart,
-/// in [`MemoryBudgets`], so that versions differing only by it share their limiters).
+/// in [`Budgets`], so that versions differing only by it share their limiters).
 type Rates = (Option<Rate>, Option<Rate>);
 
 fn rates(policy: &LimitPolicy) -> Rates {
@@ -215,9 +174,10 @@ impl ModelLimiters {
     }
 }
 
-/// The limits of a gateway in its own memory: governor's GCRA limiters and a map of budgets.
+/// The limits of one gateway: governor's GCRA limiters in its memory, and the daily budgets in
+/// its memory or in a ledger file of its own.
 #[derive(Default)]
-pub struct MemoryLimits {
+pub struct LocalLimits {
     /// Model name → its limiters, one set per distinct pair of rates among its versions. Each
     /// version of a model has its own policy: keyed by name alone, a client alternating versions
     /// with different limits would rebuild (and so refill) them on every request; versions with
@@ -225,27 +185,48 @@ pub struct MemoryLimits {
     /// no version served uses its rates (never to make room: a client cycling through versions
     /// could then refill them all).
     models: RwLock<HashMap<String, Vec<Arc<ModelLimiters>>>>,
-    budgets: MemoryBudgets,
+    budgets: Budgets,
     clock: DefaultClock,
 }
 
-impl std::fmt::Debug for MemoryLimits {
+impl std::fmt::Debug for LocalLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryLimits").finish_non_exhaustive()
+        f.debug_struct("LocalLimits").finish_non_exhaustive()
     }
 }
 
-impl LimitStore for MemoryLimits {
+impl LimitStore for LocalLimits {
     fn admit<'a>(&'a self, c: Charge<'a>) -> AdmitFuture<'a> {
-        let decided = match self.charge(c.key, c.model, c.limits, c.t_ms, c.live) {
-            Ok(items) => Admission::Admitted(items),
-            Err(refusal) => Admission::Refused(refusal),
-        };
-        Box::pin(std::future::ready(Ok(decided)))
+        Box::pin(async move {
+            Ok(
+                match self
+                    .charge(c.key, c.model, c.limits, c.t_ms, c.live)
+                    .await?
+                {
+                    Ok(items) => Admission::Admitted(items),
+                    Err(refusal) => Admission::Refused(refusal),
+                },
+            )
+        })
+    }
+
+    fn close(&self) {
+        self.budgets.close();
     }
 }
 
-impl MemoryLimits {
+impl LocalLimits {
+    /// Rates in memory, daily budgets in the ledger at `path` (an SQLite file, made when
+    /// missing), committed with `durability`: budgets resume from it after a restart or a crash,
+    /// which may cost a client up to 1/64 of a day's budget (at most
+    /// [`MAX_BUDGET_BLOCK`] requests) but never refill it.
+    pub fn open(path: &std::path::Path, durability: Durability) -> Result<Self, LimitError> {
+        Ok(LocalLimits {
+            budgets: Budgets::open(path, durability, now_ms() / DAY_MS)?,
+            ..LocalLimits::default()
+        })
+    }
+
     /// The limiters of `model` under `policy`, made on first use. Making a set first drops
     /// those whose rates none of `live` (the policies of the versions served) has.
     fn for_model(
@@ -277,14 +258,14 @@ impl MemoryLimits {
     /// epoch (for the daily budget): the header items, or why it is refused ([`LimitStore`] says
     /// in which order). The budget is only read before the rate limits, so a race for its last
     /// unit can charge them for a request its spend then refuses.
-    fn charge(
+    async fn charge(
         &self,
         key: &String,
         model: &str,
         policy: &LimitPolicy,
         t_ms: u64,
         live: impl FnOnce() -> Vec<LimitPolicy>,
-    ) -> Result<Vec<Item>, Refusal> {
+    ) -> Result<Result<Vec<Item>, Refusal>, LimitError> {
         let lim = self.for_model(model, policy, live);
         let mut items = Vec::with_capacity(3);
         let day = policy.daily_budget.map(|limit| {
@@ -296,7 +277,7 @@ impl MemoryLimits {
             && self.budgets.remaining(key, model, today, limit) == 0
         {
             items.push(item(0));
-            return Err(Refusal::new(items, reset_s, DAY_SPENT));
+            return Ok(Err(Refusal::new(items, reset_s, DAY_SPENT)));
         }
         let now = self.clock.now();
         // A later refusal keeps the unit the key has just spent: a client retrying after the
@@ -315,7 +296,7 @@ impl MemoryLimits {
                 Err(nu) => {
                     items.push(Item::gcra("key", *r, 0));
                     let wait = ceil_secs(nu.wait_time_from(now));
-                    return Err(Refusal::new(items, wait, KEY_EXCEEDED));
+                    return Ok(Err(Refusal::new(items, wait, KEY_EXCEEDED)));
                 }
             }
         }
@@ -325,20 +306,29 @@ impl MemoryLimits {
                 Err(nu) => {
                     items.push(Item::gcra("model", *r, 0));
                     let wait = ceil_secs(nu.wait_time_from(now)).max(key_wait);
-                    return Err(Refusal::new(items, wait, MODEL_EXCEEDED));
+                    return Ok(Err(Refusal::new(items, wait, MODEL_EXCEEDED)));
                 }
             }
         }
         if let Some((limit, reset_s, item)) = day {
-            match self.budgets.spend(key, model, today, limit) {
-                Some(rem) => items.push(item(rem)),
-                None => {
-                    items.push(item(0));
-                    return Err(Refusal::new(items, reset_s.max(key_wait), DAY_SPENT));
+            loop {
+                match self.budgets.spend(key, model, today, limit)? {
+                    Spend::Granted(rem) => {
+                        items.push(item(rem));
+                        break;
+                    }
+                    Spend::Exhausted => {
+                        items.push(item(0));
+                        let wait = reset_s.max(key_wait);
+                        return Ok(Err(Refusal::new(items, wait, DAY_SPENT)));
+                    }
+                    // The ledger's writer is behind: the rates stay charged, the budget is
+                    // asked again once it has written (the guard's timeout bounds the wait).
+                    Spend::Wait(written) => written.await,
                 }
             }
         }
-        Ok(items)
+        Ok(Ok(items))
     }
 }
 
@@ -610,31 +600,6 @@ mod tests {
         assert_eq!(one.headers()["ratelimit"], "\"day\";r=5;t=0");
     }
 
-    #[test]
-    fn budgets_reset_daily() {
-        let b = MemoryBudgets::default();
-        assert_eq!(b.spend("k", "m", 1, 2), Some(1));
-        assert_eq!(b.spend("k", "m", 1, 2), Some(0));
-        assert_eq!(b.spend("k", "m", 1, 2), None);
-        assert_eq!(b.spend("k2", "m", 1, 2), Some(1));
-        assert_eq!(b.spend("k", "m", 2, 2), Some(1));
-    }
-
-    #[test]
-    fn an_earlier_day_counts_against_the_later_one() {
-        let b = MemoryBudgets::default();
-        assert_eq!(b.remaining("k", "m", 2, 2), 2);
-        assert_eq!(b.spend("k", "m", 2, 2), Some(1));
-        // The clock stepped back across midnight: still day 2's budget.
-        assert_eq!(b.remaining("k", "m", 1, 2), 1);
-        assert_eq!(b.spend("k", "m", 1, 2), Some(0));
-        assert_eq!(b.remaining("k", "m", 2, 2), 0);
-        assert_eq!(b.spend("k", "m", 2, 2), None);
-        assert_eq!(b.spend("k", "m", 1, 2), None);
-        assert_eq!(b.remaining("k", "m", 3, 2), 2);
-        assert_eq!(b.remaining("k", "other", 2, 2), 2);
-    }
-
     fn rate(rate: u32, period_ms: u64, burst: u32) -> Option<Rate> {
         Some(Rate {
             rate,
@@ -643,8 +608,25 @@ mod tests {
         })
     }
 
-    fn limits() -> MemoryLimits {
-        MemoryLimits::default()
+    fn limits() -> LocalLimits {
+        LocalLimits::default()
+    }
+
+    /// Charges without waiting: budgets in memory never make a request wait.
+    fn charge_now(
+        l: &LocalLimits,
+        key: &str,
+        model: &str,
+        policy: &LimitPolicy,
+        t_ms: u64,
+        live: impl FnOnce() -> Vec<LimitPolicy>,
+    ) -> Result<Vec<Item>, Refusal> {
+        let key = key.to_string();
+        let f = std::pin::pin!(l.charge(&key, model, policy, t_ms, live));
+        match f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(r) => r.expect("in-memory limits cannot fail"),
+            std::task::Poll::Pending => panic!("in-memory limits waited"),
+        }
     }
 
     const T: u64 = 1_000 * DAY_MS;
@@ -667,13 +649,13 @@ mod tests {
         };
         let live = || vec![a.clone(), b.clone()];
         let k = key("k");
-        assert!(l.charge(&k, "m", &a, T, live).is_ok());
-        assert!(l.charge(&k, "m", &a, T, live).is_err());
-        assert!(l.charge(&k, "m", &b, T, live).is_ok());
+        assert!(charge_now(&l, &k, "m", &a, T, live).is_ok());
+        assert!(charge_now(&l, &k, "m", &a, T, live).is_err());
+        assert!(charge_now(&l, &k, "m", &b, T, live).is_ok());
         // B's request did not rebuild A's limiters (nor refill A's burst).
-        let r = l.charge(&k, "m", &a, T, live).err().unwrap();
+        let r = charge_now(&l, &k, "m", &a, T, live).err().unwrap();
         assert_eq!(r.what, KEY_EXCEEDED);
-        assert!(l.charge(&k, "m", &b, T, live).is_err());
+        assert!(charge_now(&l, &k, "m", &b, T, live).is_err());
         // Versions with equal rates share them, whatever their daily budgets.
         let c = LimitPolicy {
             daily_budget: Some(100),
@@ -699,22 +681,22 @@ mod tests {
         let all = || (0..12).map(policy).collect::<Vec<_>>();
         let k = key("k");
         for n in 0..12 {
-            assert!(l.charge(&k, "m", &policy(n), T, all).is_ok());
+            assert!(charge_now(&l, &k, "m", &policy(n), T, all).is_ok());
         }
         // Twelve versions' limiters, none rebuilt: every one still refuses.
         for n in 0..12 {
-            assert!(l.charge(&k, "m", &policy(n), T, all).is_err(), "{n}");
+            assert!(charge_now(&l, &k, "m", &policy(n), T, all).is_err(), "{n}");
         }
         assert_eq!(l.models.read().unwrap()["m"].len(), 12);
         // Once only two versions are served, making a set drops the others' sets.
         let two = || vec![policy(0), policy(12)];
-        assert!(l.charge(&k, "m", &policy(12), T, two).is_ok());
+        assert!(charge_now(&l, &k, "m", &policy(12), T, two).is_ok());
         let kept: Vec<Rates> = l.models.read().unwrap()["m"]
             .iter()
             .map(|m| m.rates)
             .collect();
         assert_eq!(kept, [rates(&policy(0)), rates(&policy(12))]);
-        assert!(l.charge(&k, "m", &policy(0), T, two).is_err());
+        assert!(charge_now(&l, &k, "m", &policy(0), T, two).is_err());
     }
 
     #[test]
@@ -726,16 +708,16 @@ mod tests {
             daily_budget: Some(1),
         };
         let (k1, k2) = (key("k1"), key("k2"));
-        assert!(l.charge(&k1, "m", &p, T, Vec::new).is_ok());
+        assert!(charge_now(&l, &k1, "m", &p, T, Vec::new).is_ok());
         for _ in 0..3 {
-            let r = l.charge(&k1, "m", &p, T, Vec::new).err().unwrap();
+            let r = charge_now(&l, &k1, "m", &p, T, Vec::new).err().unwrap();
             assert_eq!(r.what, DAY_SPENT);
             assert_eq!(r.retry_after, 86_400);
             assert_eq!(r.items.len(), 1);
             assert_eq!((r.items[0].name, r.items[0].remaining), ("day", 0));
         }
         // k1's refused requests left the model's second unit to k2.
-        let items = l.charge(&k2, "m", &p, T, Vec::new).unwrap();
+        let items = charge_now(&l, &k2, "m", &p, T, Vec::new).unwrap();
         assert_eq!(
             items
                 .iter()
@@ -754,9 +736,9 @@ mod tests {
             daily_budget: None,
         };
         let (k1, k2) = (key("k1"), key("k2"));
-        assert!(l.charge(&k1, "m", &p, T, Vec::new).is_ok());
+        assert!(charge_now(&l, &k1, "m", &p, T, Vec::new).is_ok());
         // k2's check took its only unit: retrying after the model's second would meet it.
-        let r = l.charge(&k2, "m", &p, T, Vec::new).err().unwrap();
+        let r = charge_now(&l, &k2, "m", &p, T, Vec::new).err().unwrap();
         assert_eq!(r.what, MODEL_EXCEEDED);
         assert_eq!(r.retry_after, 60);
         // A key with units left waits only for the model.
@@ -764,8 +746,8 @@ mod tests {
             per_key: rate(1, 60_000, 5),
             ..p
         };
-        assert!(l.charge(&k1, "n", &roomy, T, Vec::new).is_ok());
-        let r = l.charge(&k2, "n", &roomy, T, Vec::new).err().unwrap();
+        assert!(charge_now(&l, &k1, "n", &roomy, T, Vec::new).is_ok());
+        let r = charge_now(&l, &k2, "n", &roomy, T, Vec::new).err().unwrap();
         assert_eq!(r.what, MODEL_EXCEEDED);
         assert_eq!(r.retry_after, 1);
     }
@@ -781,7 +763,7 @@ mod tests {
         };
         let lim = l.for_model("m", &p, Vec::new);
         assert!(lim.per_key.is_some() && lim.per_model.is_some());
-        let items = l.charge(&key("k"), "m", &p, T, Vec::new).unwrap();
+        let items = charge_now(&l, &key("k"), "m", &p, T, Vec::new).unwrap();
         let f = fields(&items);
         assert!(f.policy.is_some() && f.state.is_some());
         for i in &items {

@@ -1,0 +1,144 @@
+//! End-to-end: a daily query budget survives the gateway's restarts. A graceful stop keeps the
+//! exact count; `kill -9` keeps at least what was spent, so the budget is never refilled.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BUDGET: u64 = 3;
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Sends one HTTP/1.1 request and returns the status code (0 if there was no answer).
+fn http(addr: &str, request: &[u8]) -> u16 {
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = c.write_all(request);
+    let mut reply = Vec::new();
+    let _ = c.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    reply
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn infer(addr: &str, key: &str) -> u16 {
+    let data = vec!["0.5"; 784].join(",");
+    let body = format!(
+        r#"{{"inputs": [{{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [{data}]}}]}}"#
+    );
+    let req = format!(
+        "POST /v2/models/mnist/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http(addr, req.as_bytes())
+}
+
+/// Starts `palisade serve` on the repository `repo` and state `st` of `dir`; returns the process
+/// and its address once it answers ready, and the first admin key if it printed one.
+fn serve(dir: &Path) -> (Child, String, Option<String>) {
+    let addr = free_addr();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["--json", "serve", "--state", "st", "--models", "repo"])
+        .args([
+            "--allow-unsigned",
+            "--listen",
+            &addr,
+            "--grpc-listen",
+            "none",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first JSON value on stdout says where it serves (and gives the first admin key, once);
+    // the rest is read on, so that the gateway never writes to a closed pipe.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    let started = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the gateway exited before it said where it serves");
+        text.push_str(&line);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            break v;
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let key = started["key"].as_str().map(str::to_string);
+    let end = Instant::now() + Duration::from_secs(120);
+    let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    while http(&addr, ready) != 200 {
+        assert!(Instant::now() < end, "the gateway never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, addr, key)
+}
+
+#[test]
+fn a_daily_budget_is_not_refilled_by_a_restart_or_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let version = d.join("repo/mnist/1");
+    std::fs::create_dir_all(&version).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::copy(
+        root.join("models/mnist_cnn_public.onnx"),
+        version.join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        version.join("policy.toml"),
+        format!("[input]\nrange = [0.0, 1.0]\n\n[limits]\ndaily_budget = {BUDGET}\n"),
+    )
+    .unwrap();
+
+    let (mut gw, addr, key) = serve(d);
+    let key = key.expect("the first start prints an admin key");
+    assert_eq!(infer(&addr, &key), 200);
+    // A graceful stop, then a restart: the count goes on from 1.
+    Command::new("kill")
+        .args(["-TERM", &gw.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(gw.wait().unwrap().success());
+    let (gw, addr, again) = serve(d);
+    assert_eq!(again, None);
+    assert_eq!(infer(&addr, &key), 200);
+    // kill -9, then a restart: the spent units are still spent.
+    let (gw, addr) = crash_and_restart(gw, d);
+    assert_eq!(infer(&addr, &key), 200);
+    assert_eq!(
+        infer(&addr, &key),
+        429,
+        "the budget of {BUDGET} was refilled"
+    );
+    let (mut gw, addr) = crash_and_restart(gw, d);
+    assert_eq!(
+        infer(&addr, &key),
+        429,
+        "the budget of {BUDGET} was refilled"
+    );
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+}
+
+fn crash_and_restart(mut gw: Child, dir: &Path) -> (Child, String) {
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+    let (gw, addr, _) = serve(dir);
+    (gw, addr)
+}

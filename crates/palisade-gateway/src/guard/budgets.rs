@@ -1,0 +1,566 @@
+//! Daily query budgets: how many requests a key's line has spent on a model today, counted in
+//! memory and, with a ledger (an SQLite file), kept across restarts.
+//!
+//! A budget is a control against model extraction: a restart, or a crash a client provokes,
+//! must not hand it a fresh one. Writing every request to disk would put a commit on every
+//! infer request, so the ledger holds **reservations** instead: before a request may spend a
+//! unit, the ledger must already hold a count at least as high. A count is reserved a block at a
+//! time (a 64th of the day's budget, at most [`MAX_BLOCK`]), and the next block is asked for when
+//! half of the current one is spent, by a writer thread, so that a request waits for the disk
+//! only when spending outruns the writer: the first request of a key on a model each day, and
+//! every request against a budget of under 128 a day, whose block is the request itself. After
+//! `kill -9` or a power cut the count resumes from the reservation: the client may lose up to one
+//! block of its budget, never gain any (a budget of under 128 stays exact). A graceful stop ([`Budgets::close`]) writes the exact counts, so a planned restart
+//! loses nothing.
+//!
+//! When the ledger cannot be written, the requests that need a reservation are refused (the
+//! limits fail closed) until a write succeeds again; the spends already reserved go on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, params};
+use tokio::sync::Notify;
+
+use super::ratelimit::LimitError;
+use crate::audit::Durability;
+
+/// The largest block reserved at once: with a budget past 64 × this, a crash costs a client at
+/// most this many requests (1/64 of a smaller budget).
+pub const MAX_BLOCK: u64 = 1 << 20;
+
+/// How many units a reservation covers beyond what is spent, for a budget of `limit`.
+fn block(limit: u64) -> u64 {
+    (limit / 64).clamp(1, MAX_BLOCK)
+}
+
+/// One key line's budget on one model.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    /// The UTC day counted (days since the epoch).
+    day: u64,
+    /// Units spent that day.
+    spent: u64,
+    /// What the ledger holds for that day: `spent` may grow up to it without a write (without a
+    /// ledger: unbounded).
+    durable: u64,
+    /// The highest reservation asked of the writer (`>= durable`; more while a write is on its
+    /// way).
+    asked: u64,
+    /// The last write asked for this budget failed: the next spend that needs one reports it.
+    failed: bool,
+}
+
+type Table = HashMap<String, HashMap<String, Spent>>;
+
+/// What [`Budgets::spend`] decided.
+pub(crate) enum Spend<'a> {
+    /// Spent; what remains.
+    Granted(u64),
+    /// Nothing left today.
+    Exhausted,
+    /// The ledger does not yet hold enough: wait for it to move, then spend again.
+    Wait(Pin<Box<tokio::sync::futures::Notified<'a>>>),
+}
+
+/// The budgets of one gateway (`Default`: in process memory only, which a restart resets).
+#[derive(Debug, Default)]
+pub(crate) struct Budgets {
+    shared: Arc<Shared>,
+    ledger: Option<Ledger>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Key line → model → its budget. Nested, so that a lookup borrows the names (a map keyed by
+    /// the pair would copy both into a new key on every request).
+    used: Mutex<Table>,
+    /// Signalled after every write of the ledger, done or failed.
+    progressed: Notify,
+    /// Why the last failed write failed.
+    last_error: Mutex<Option<String>>,
+    /// Set by [`Budgets::close`]: nothing more is spent from the ledger's reservations.
+    closed: AtomicBool,
+}
+
+/// The writer of the ledger file.
+#[derive(Debug)]
+struct Ledger {
+    path: PathBuf,
+    /// `None` once closed.
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+enum Msg {
+    /// Hold at least `reserved` for (key, model, day).
+    Reserve(String, String, u64, u64),
+    /// Write these exact counts and stop.
+    Close(Vec<(String, String, u64, u64)>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unavailable(path: &Path, e: impl std::fmt::Display) -> LimitError {
+    LimitError::Unavailable(format!("budget ledger {}: {e}", path.display()))
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS budgets (
+        key      TEXT NOT NULL,
+        model    TEXT NOT NULL,
+        day      INTEGER NOT NULL,
+        reserved INTEGER NOT NULL,
+        PRIMARY KEY (key, model)) WITHOUT ROWID;";
+
+/// Raises the stored reservation; a later day replaces an earlier one, an earlier day is ignored.
+const RESERVE: &str = "INSERT INTO budgets (key, model, day, reserved) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (key, model) DO UPDATE SET day = excluded.day, reserved = excluded.reserved
+     WHERE excluded.day > budgets.day
+        OR (excluded.day = budgets.day AND excluded.reserved > budgets.reserved)";
+
+/// Sets the exact count of a day (at a graceful stop, when the count may be below the reservation).
+const EXACT: &str = "INSERT INTO budgets (key, model, day, reserved) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (key, model) DO UPDATE SET day = excluded.day, reserved = excluded.reserved
+     WHERE excluded.day >= budgets.day";
+
+impl Budgets {
+    /// Budgets kept in the ledger at `path` (created when missing), whose commits are fsynced
+    /// with [`Durability::Full`] and survive `kill -9` but not a power cut with
+    /// [`Durability::Process`]. Each budget resumes from the count the ledger holds for its day;
+    /// rows of days before `today - 1` are deleted.
+    pub(crate) fn open(
+        path: &Path,
+        durability: Durability,
+        today: u64,
+    ) -> Result<Self, LimitError> {
+        let conn = open_ledger(path, durability).map_err(|e| unavailable(path, e))?;
+        let mut table = Table::new();
+        (|| -> rusqlite::Result<()> {
+            conn.execute(
+                "DELETE FROM budgets WHERE day < ?1",
+                params![today.saturating_sub(1) as i64],
+            )?;
+            let mut stmt = conn.prepare("SELECT key, model, day, reserved FROM budgets")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (key, model): (String, String) = (r.get(0)?, r.get(1)?);
+                let (day, reserved): (i64, i64) = (r.get(2)?, r.get(3)?);
+                let n = reserved.max(0) as u64;
+                table.entry(key).or_default().insert(
+                    model,
+                    Spent {
+                        day: day.max(0) as u64,
+                        spent: n,
+                        durable: n,
+                        asked: n,
+                        failed: false,
+                    },
+                );
+            }
+            Ok(())
+        })()
+        .map_err(|e| unavailable(path, e))?;
+        let shared = Arc::new(Shared {
+            used: Mutex::new(table),
+            ..Shared::default()
+        });
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let shared = shared.clone();
+            let owned = path.to_path_buf();
+            std::thread::Builder::new()
+                .name("palisade-budgets".into())
+                .spawn(move || write_loop(conn, &owned, &shared, rx))
+                .map_err(|e| unavailable(path, e))?
+        };
+        Ok(Budgets {
+            shared,
+            ledger: Some(Ledger {
+                path: path.to_path_buf(),
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// What remains of `key`'s budget on `model` for UTC day `day`, spending nothing: checked
+    /// before the rate limits so that a key whose budget is spent is refused without charging
+    /// them (and so cannot use up the model's shared rate). [`Budgets::spend`] stays the
+    /// authority: two requests racing for the last unit may both see one here.
+    pub(crate) fn remaining(&self, key: &str, model: &str, day: u64, limit: u64) -> u64 {
+        let used = lock(&self.shared.used);
+        match used.get(key).and_then(|m| m.get(model)) {
+            Some(s) if s.day >= day => limit.saturating_sub(s.spent),
+            _ => limit,
+        }
+    }
+
+    /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
+    /// been spent and the ledger (if any) holds the unit; asks the ledger for the next block
+    /// when half of the current one is spent.
+    pub(crate) fn spend(
+        &self,
+        key: &str,
+        model: &str,
+        day: u64,
+        limit: u64,
+    ) -> Result<Spend<'_>, LimitError> {
+        let mut used = lock(&self.shared.used);
+        if !used.contains_key(key) {
+            used.insert(key.to_string(), HashMap::new());
+        }
+        let Some(per_model) = used.get_mut(key) else {
+            unreachable!("inserted above")
+        };
+        if !per_model.contains_key(model) {
+            per_model.insert(model.to_string(), Spent::default());
+        }
+        let Some(e) = per_model.get_mut(model) else {
+            unreachable!("inserted above")
+        };
+        // Only a later day starts afresh: a clock stepping back across midnight must not zero
+        // the count, so an earlier day counts against the one stored.
+        if day > e.day {
+            *e = Spent {
+                day,
+                ..Spent::default()
+            };
+        }
+        if e.spent >= limit {
+            return Ok(Spend::Exhausted);
+        }
+        let Some(ledger) = &self.ledger else {
+            e.spent += 1;
+            return Ok(Spend::Granted(limit - e.spent));
+        };
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(unavailable(&ledger.path, "closed"));
+        }
+        let block = block(limit);
+        if e.spent < e.durable {
+            e.spent += 1;
+            // Half the block spent and nothing on its way: ask for the next one now, so that
+            // the requests after this one find it written.
+            // (Never for a block of one, which is written with its own request.)
+            if e.durable - e.spent < block / 2 && e.asked == e.durable && e.durable < limit {
+                e.asked = (e.spent + block).min(limit);
+                ledger.send(key, model, e.day, e.asked);
+            }
+            return Ok(Spend::Granted(limit - e.spent));
+        }
+        if e.failed {
+            e.failed = false;
+            let why = lock(&self.shared.last_error).clone().unwrap_or_default();
+            return Err(unavailable(&ledger.path, why));
+        }
+        if e.asked <= e.spent {
+            e.asked = (e.spent + block).min(limit);
+            if !ledger.send(key, model, e.day, e.asked) {
+                e.asked = e.durable;
+                return Err(unavailable(&ledger.path, "closed"));
+            }
+        }
+        // Registered before the table is unlocked: the writer's signal cannot come in between.
+        let mut wait = Box::pin(self.shared.progressed.notified());
+        wait.as_mut().enable();
+        Ok(Spend::Wait(wait))
+    }
+
+    /// Writes the exact counts to the ledger and stops its writer; later spends that need the
+    /// ledger fail. Does nothing for budgets in memory, or a second time.
+    pub(crate) fn close(&self) {
+        let Some(ledger) = &self.ledger else { return };
+        let Some(tx) = lock(&ledger.tx).take() else {
+            return;
+        };
+        let exact = {
+            let used = lock(&self.shared.used);
+            self.shared.closed.store(true, Ordering::Release);
+            let mut exact = Vec::new();
+            for (key, models) in used.iter() {
+                for (model, e) in models {
+                    // Below what is written or on its way to be: the count is exact.
+                    if e.durable.max(e.asked) > e.spent {
+                        exact.push((key.clone(), model.clone(), e.day, e.spent));
+                    }
+                }
+            }
+            exact
+        };
+        let _ = tx.send(Msg::Close(exact));
+        drop(tx);
+        if let Some(t) = lock(&ledger.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Budgets {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Ledger {
+    /// Asks the writer for a reservation; false once closed.
+    fn send(&self, key: &str, model: &str, day: u64, reserved: u64) -> bool {
+        lock(&self.tx).as_ref().is_some_and(|tx| {
+            tx.send(Msg::Reserve(key.into(), model.into(), day, reserved))
+                .is_ok()
+        })
+    }
+}
+
+fn open_ledger(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Process => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// The ledger's writer: commits the reservations asked since its last commit in one
+/// transaction, then raises the budgets' durable counts (or marks them failed) and wakes the
+/// requests waiting for them.
+fn write_loop(mut conn: Connection, path: &Path, shared: &Shared, rx: mpsc::Receiver<Msg>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut close = None;
+        for m in std::iter::once(first).chain(rx.try_iter()) {
+            match m {
+                Msg::Reserve(k, m, d, n) => batch.push((k, m, d, n)),
+                Msg::Close(exact) => close = Some(exact),
+            }
+        }
+        let written = commit(&mut conn, RESERVE, &batch);
+        {
+            let mut used = lock(&shared.used);
+            for (k, m, d, n) in &batch {
+                let Some(e) = used.get_mut(k).and_then(|t| t.get_mut(m)) else {
+                    continue;
+                };
+                if e.day != *d {
+                    continue;
+                }
+                match &written {
+                    Ok(()) => e.durable = e.durable.max(*n),
+                    Err(_) => {
+                        e.asked = e.durable;
+                        e.failed = true;
+                    }
+                }
+            }
+        }
+        match &written {
+            Ok(()) => *lock(&shared.last_error) = None,
+            Err(e) => {
+                tracing::error!(error = %e, ledger = %path.display(), "could not reserve daily budget units; requests that need them are refused");
+                *lock(&shared.last_error) = Some(e.to_string());
+            }
+        }
+        shared.progressed.notify_waiters();
+        if let Some(exact) = close {
+            if let Err(e) = commit(&mut conn, EXACT, &exact) {
+                tracing::error!(error = %e, ledger = %path.display(), "could not write the exact daily budget counts; the reservations stand");
+            }
+            return;
+        }
+    }
+}
+
+fn commit(
+    conn: &mut Connection,
+    sql: &str,
+    rows: &[(String, String, u64, u64)],
+) -> rusqlite::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(sql)?;
+        for (k, m, d, n) in rows {
+            stmt.execute(params![k, m, *d as i64, *n as i64])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spends without waiting (budgets in memory never wait).
+    fn now(b: &Budgets, key: &str, model: &str, day: u64, limit: u64) -> Option<u64> {
+        match b.spend(key, model, day, limit).unwrap() {
+            Spend::Granted(rem) => Some(rem),
+            Spend::Exhausted => None,
+            Spend::Wait(_) => panic!("budgets in memory waited"),
+        }
+    }
+
+    /// Spends, waiting for the ledger as the rate limiter does.
+    async fn spend(
+        b: &Budgets,
+        key: &str,
+        model: &str,
+        day: u64,
+        limit: u64,
+    ) -> Result<Option<u64>, LimitError> {
+        loop {
+            match b.spend(key, model, day, limit)? {
+                Spend::Granted(rem) => return Ok(Some(rem)),
+                Spend::Exhausted => return Ok(None),
+                Spend::Wait(w) => w.await,
+            }
+        }
+    }
+
+    fn stored(path: &Path) -> Vec<(String, String, i64, i64)> {
+        let c = Connection::open(path).unwrap();
+        let mut s = c
+            .prepare("SELECT key, model, day, reserved FROM budgets ORDER BY key, model")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn budgets_reset_daily() {
+        let b = Budgets::default();
+        assert_eq!(now(&b, "k", "m", 1, 2), Some(1));
+        assert_eq!(now(&b, "k", "m", 1, 2), Some(0));
+        assert_eq!(now(&b, "k", "m", 1, 2), None);
+        assert_eq!(now(&b, "k2", "m", 1, 2), Some(1));
+        assert_eq!(now(&b, "k", "m", 2, 2), Some(1));
+    }
+
+    #[test]
+    fn an_earlier_day_counts_against_the_later_one() {
+        let b = Budgets::default();
+        assert_eq!(b.remaining("k", "m", 2, 2), 2);
+        assert_eq!(now(&b, "k", "m", 2, 2), Some(1));
+        // The clock stepped back across midnight: still day 2's budget.
+        assert_eq!(b.remaining("k", "m", 1, 2), 1);
+        assert_eq!(now(&b, "k", "m", 1, 2), Some(0));
+        assert_eq!(b.remaining("k", "m", 2, 2), 0);
+        assert_eq!(now(&b, "k", "m", 2, 2), None);
+        assert_eq!(now(&b, "k", "m", 1, 2), None);
+        assert_eq!(b.remaining("k", "m", 3, 2), 2);
+        assert_eq!(b.remaining("k", "other", 2, 2), 2);
+    }
+
+    #[tokio::test]
+    async fn a_crash_never_refills_a_budget_and_a_graceful_stop_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.db");
+        let (day, limit) = (20_000, 6_400); // a block of 100 units
+        let b = Budgets::open(&path, Durability::Process, day).unwrap();
+        for i in 1..=130 {
+            assert_eq!(
+                spend(&b, "k", "m", day, limit).await.unwrap(),
+                Some(limit - i)
+            );
+        }
+        // What a crash now would leave: at least what was spent, at most one block more.
+        let held = |path: &Path| stored(path)[0].3 as u64;
+        let mut waited = 0;
+        while held(&path) < 130 {
+            // The next block is asked for ahead, by the writer thread.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            waited += 1;
+            assert!(waited < 1000, "the ledger never held the spent units");
+        }
+        assert!(held(&path) <= 130 + block(limit), "{}", held(&path));
+        // A second gateway process on the file after the crash resumes from the reservation.
+        let after_crash = Budgets::open(&path, Durability::Process, day).unwrap();
+        assert_eq!(
+            after_crash.remaining("k", "m", day, limit),
+            limit - held(&path)
+        );
+        assert!(after_crash.remaining("k", "m", day, limit) <= limit - 130);
+        drop(after_crash);
+
+        // A graceful stop writes the exact count.
+        b.close();
+        assert_eq!(stored(&path), [("k".into(), "m".into(), day as i64, 130)]);
+        let reopened = Budgets::open(&path, Durability::Process, day).unwrap();
+        assert_eq!(reopened.remaining("k", "m", day, limit), limit - 130);
+        assert_eq!(
+            spend(&reopened, "k", "m", day, limit).await.unwrap(),
+            Some(limit - 131)
+        );
+        // The next day starts afresh; rows older than yesterday are dropped on opening.
+        assert_eq!(
+            spend(&reopened, "k", "m", day + 1, limit).await.unwrap(),
+            Some(limit - 1)
+        );
+        reopened.close();
+        drop(Budgets::open(&path, Durability::Process, day + 3).unwrap());
+        assert_eq!(stored(&path), []);
+        // Spending after close is refused, not lost.
+        assert!(b.spend("k", "m", day, limit).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_requests_spend_a_small_budget_exactly_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.db");
+        let b = Arc::new(Budgets::open(&path, Durability::Process, 7).unwrap());
+        // A budget under 128: a block of one, every unit written before it is spent.
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { spend(&b, "k", "m", 7, 100).await.unwrap() })
+            })
+            .collect();
+        let mut granted = Vec::new();
+        for t in tasks {
+            if let Some(rem) = t.await.unwrap() {
+                granted.push(rem);
+            }
+        }
+        granted.sort_unstable();
+        assert_eq!(granted, (0..100).collect::<Vec<_>>());
+        assert_eq!(stored(&path)[0].3, 100);
+    }
+
+    #[tokio::test]
+    async fn a_ledger_that_cannot_be_written_refuses_what_it_would_have_to_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.db");
+        let b = Budgets::open(&path, Durability::Process, 7).unwrap();
+        assert_eq!(spend(&b, "k", "m", 7, 10).await.unwrap(), Some(9));
+        // A budget of 10 has blocks of one: each unit is written before it is spent, so
+        // another hand breaking the file makes the next request fail, and those after it, until
+        // a write succeeds again.
+        assert_eq!(stored(&path)[0].3, 1);
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("DROP TABLE budgets").unwrap();
+        let e = spend(&b, "k", "m", 7, 10).await.unwrap_err();
+        assert!(e.to_string().contains("no such table"), "{e}");
+        assert_eq!(
+            b.remaining("k", "m", 7, 10),
+            9,
+            "the refused request spent nothing"
+        );
+        other.execute_batch(SCHEMA).unwrap();
+        assert_eq!(spend(&b, "k", "m", 7, 10).await.unwrap(), Some(8));
+        b.close();
+        assert_eq!(stored(&path), [("k".into(), "m".into(), 7, 2)]);
+    }
+}
