@@ -51,7 +51,8 @@ pub struct ServeArgs {
     allow_unsigned: bool,
     /// When an answered request's audit entry is durable: `full` fsyncs the audit log before
     /// each answer (survives power loss); `process` appends it to a journal beside the log
-    /// without an fsync (survives `kill -9` of the gateway, not a power cut).
+    /// without an fsync (survives `kill -9` of the gateway, not a power cut). The daily budgets'
+    /// reservations (limits.db) are committed with the same durability.
     #[arg(long, value_enum, default_value_t = AuditDurability::Full)]
     audit_durability: AuditDurability,
     /// Threads that run inference, taking requests from one queue (default: one per core).
@@ -317,8 +318,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         // and leave it queued, to be appended again).
         let _ = drainer.await;
         drain_operator_changes(&state).await;
-        // No request is left to charge: the daily budgets' exact counts replace their
-        // reservations in limits.db, so that this restart costs no client any of its budget.
+        // The servers have stopped, so no request is left to charge: the daily budgets' exact
+        // counts replace their reservations in limits.db, so that this restart costs no client
+        // any of its budget. (On an error above, dropping the state writes them.)
         gw.limits.close();
         anyhow::Ok(())
     })?;

@@ -8,10 +8,14 @@
 //! time (a 64th of the day's budget, at most [`MAX_BLOCK`]), and the next block is asked for when
 //! half of the current one is spent, by a writer thread, so that a request waits for the disk
 //! only when spending outruns the writer: the first request of a key on a model each day, and
-//! every request against a budget of under 128 a day, whose block is the request itself. After
-//! `kill -9` or a power cut the count resumes from the reservation: the client may lose up to one
-//! block of its budget, never gain any (a budget of under 128 stays exact). A graceful stop ([`Budgets::close`]) writes the exact counts, so a planned restart
-//! loses nothing.
+//! every request against a budget of under 128 a day, whose block is the request itself
+//! (requests that wait together are served by one write). After `kill -9`, and with
+//! [`Durability::Full`] after a power cut, the count resumes from the reservation: a client may
+//! lose up to one block of its budget (under 128 a day: the units of its requests in flight),
+//! never gain any. With [`Durability::Process`] a power cut may lose the last reservations, and
+//! so give back what they covered. A graceful stop ([`Budgets::close`]) writes the exact counts,
+//! so a planned restart loses nothing. Days are the gateway clock's UTC days: rows of days before
+//! yesterday are deleted on opening, so a clock far ahead at a start forgets today's counts.
 //!
 //! When the ledger cannot be written, the requests that need a reservation are refused (the
 //! limits fail closed) until a write succeeds again; the spends already reserved go on.
@@ -40,7 +44,7 @@ fn block(limit: u64) -> u64 {
 }
 
 /// One key line's budget on one model.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Spent {
     /// The UTC day counted (days since the epoch).
     day: u64,
@@ -52,8 +56,11 @@ struct Spent {
     /// The highest reservation asked of the writer (`>= durable`; more while a write is on its
     /// way).
     asked: u64,
-    /// The last write asked for this budget failed: the next spend that needs one reports it.
-    failed: bool,
+    /// Writes for this budget that failed so far: a request that waited for a write and sees
+    /// this grow reports the failure instead of waiting on.
+    failures: u64,
+    /// Why the last of them failed; `None` once a write has succeeded since.
+    why: Option<Arc<str>>,
 }
 
 type Table = HashMap<String, HashMap<String, Spent>>;
@@ -64,8 +71,9 @@ pub(crate) enum Spend<'a> {
     Granted(u64),
     /// Nothing left today.
     Exhausted,
-    /// The ledger does not yet hold enough: wait for it to move, then spend again.
-    Wait(Pin<Box<tokio::sync::futures::Notified<'a>>>),
+    /// The ledger does not yet hold enough: wait for it to move, then spend again, passing the
+    /// count of failed writes given here (so that a failure of the write waited for is reported).
+    Wait(Pin<Box<tokio::sync::futures::Notified<'a>>>, u64),
 }
 
 /// The budgets of one gateway (`Default`: in process memory only, which a restart resets).
@@ -82,8 +90,6 @@ struct Shared {
     used: Mutex<Table>,
     /// Signalled after every write of the ledger, done or failed.
     progressed: Notify,
-    /// Why the last failed write failed.
-    last_error: Mutex<Option<String>>,
     /// Set by [`Budgets::close`]: nothing more is spent from the ledger's reservations.
     closed: AtomicBool,
 }
@@ -160,7 +166,7 @@ impl Budgets {
                         spent: n,
                         durable: n,
                         asked: n,
-                        failed: false,
+                        ..Spent::default()
                     },
                 );
             }
@@ -204,13 +210,15 @@ impl Budgets {
 
     /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
     /// been spent and the ledger (if any) holds the unit; asks the ledger for the next block
-    /// when half of the current one is spent.
+    /// when half of the current one is spent. `waited`: the count of failed writes that the
+    /// [`Spend::Wait`] this request waited on gave (`None` on its first try).
     pub(crate) fn spend(
         &self,
         key: &str,
         model: &str,
         day: u64,
         limit: u64,
+        waited: Option<u64>,
     ) -> Result<Spend<'_>, LimitError> {
         let mut used = lock(&self.shared.used);
         if !used.contains_key(key) {
@@ -247,30 +255,45 @@ impl Budgets {
         if e.spent < e.durable {
             e.spent += 1;
             // Half the block spent and nothing on its way: ask for the next one now, so that
-            // the requests after this one find it written.
-            // (Never for a block of one, which is written with its own request.)
-            if e.durable - e.spent < block / 2 && e.asked == e.durable && e.durable < limit {
+            // the requests after this one find it written. (Never for a block of one, which is
+            // written with its own request.)
+            if block > 1
+                && 2 * (e.durable - e.spent) <= block
+                && e.asked == e.durable
+                && e.durable < limit
+            {
                 e.asked = (e.spent + block).min(limit);
-                ledger.send(key, model, e.day, e.asked);
+                if !ledger.send(key, model, e.day, e.asked) {
+                    e.asked = e.durable;
+                }
             }
             return Ok(Spend::Granted(limit - e.spent));
         }
-        if e.failed {
-            e.failed = false;
-            let why = lock(&self.shared.last_error).clone().unwrap_or_default();
-            return Err(unavailable(&ledger.path, why));
+        if waited.is_some_and(|seen| e.failures > seen) {
+            let why = e.why.clone();
+            return Err(unavailable(
+                &ledger.path,
+                why.as_deref().unwrap_or("a write failed"),
+            ));
         }
-        if e.asked <= e.spent {
-            e.asked = (e.spent + block).min(limit);
-            if !ledger.send(key, model, e.day, e.asked) {
-                e.asked = e.durable;
+        // Nothing on its way: a block. On its way already: one unit more for this request, so
+        // that requests arriving together are served by one write, not one write each.
+        let want = if e.asked <= e.spent {
+            e.spent + block
+        } else {
+            e.asked + 1
+        }
+        .min(limit);
+        if want > e.asked {
+            if !ledger.send(key, model, e.day, want) {
                 return Err(unavailable(&ledger.path, "closed"));
             }
+            e.asked = want;
         }
         // Registered before the table is unlocked: the writer's signal cannot come in between.
         let mut wait = Box::pin(self.shared.progressed.notified());
         wait.as_mut().enable();
-        Ok(Spend::Wait(wait))
+        Ok(Spend::Wait(wait, e.failures))
     }
 
     /// Writes the exact counts to the ledger and stops its writer; later spends that need the
@@ -345,6 +368,10 @@ fn write_loop(mut conn: Connection, path: &Path, shared: &Shared, rx: mpsc::Rece
             }
         }
         let written = commit(&mut conn, RESERVE, &batch);
+        let why: Option<Arc<str>> = written.as_ref().err().map(|e| {
+            tracing::error!(error = %e, ledger = %path.display(), "could not reserve daily budget units; requests that need them are refused");
+            e.to_string().into()
+        });
         {
             let mut used = lock(&shared.used);
             for (k, m, d, n) in &batch {
@@ -354,20 +381,19 @@ fn write_loop(mut conn: Connection, path: &Path, shared: &Shared, rx: mpsc::Rece
                 if e.day != *d {
                     continue;
                 }
-                match &written {
-                    Ok(()) => e.durable = e.durable.max(*n),
-                    Err(_) => {
+                match &why {
+                    None => {
+                        e.durable = e.durable.max(*n);
+                        e.asked = e.asked.max(e.durable);
+                        e.why = None;
+                    }
+                    Some(why) => {
+                        // Asked again by the next request that needs it.
                         e.asked = e.durable;
-                        e.failed = true;
+                        e.failures += 1;
+                        e.why = Some(why.clone());
                     }
                 }
-            }
-        }
-        match &written {
-            Ok(()) => *lock(&shared.last_error) = None,
-            Err(e) => {
-                tracing::error!(error = %e, ledger = %path.display(), "could not reserve daily budget units; requests that need them are refused");
-                *lock(&shared.last_error) = Some(e.to_string());
             }
         }
         shared.progressed.notify_waiters();
@@ -404,10 +430,10 @@ mod tests {
 
     /// Spends without waiting (budgets in memory never wait).
     fn now(b: &Budgets, key: &str, model: &str, day: u64, limit: u64) -> Option<u64> {
-        match b.spend(key, model, day, limit).unwrap() {
+        match b.spend(key, model, day, limit, None).unwrap() {
             Spend::Granted(rem) => Some(rem),
             Spend::Exhausted => None,
-            Spend::Wait(_) => panic!("budgets in memory waited"),
+            Spend::Wait(..) => panic!("budgets in memory waited"),
         }
     }
 
@@ -419,11 +445,15 @@ mod tests {
         day: u64,
         limit: u64,
     ) -> Result<Option<u64>, LimitError> {
+        let mut waited = None;
         loop {
-            match b.spend(key, model, day, limit)? {
+            match b.spend(key, model, day, limit, waited)? {
                 Spend::Granted(rem) => return Ok(Some(rem)),
                 Spend::Exhausted => return Ok(None),
-                Spend::Wait(w) => w.await,
+                Spend::Wait(w, failures) => {
+                    waited = Some(failures);
+                    w.await
+                }
             }
         }
     }
@@ -513,7 +543,7 @@ mod tests {
         drop(Budgets::open(&path, Durability::Process, day + 3).unwrap());
         assert_eq!(stored(&path), []);
         // Spending after close is refused, not lost.
-        assert!(b.spend("k", "m", day, limit).is_err());
+        assert!(b.spend("k", "m", day, limit, None).is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

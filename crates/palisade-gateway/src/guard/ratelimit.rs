@@ -311,8 +311,9 @@ impl LocalLimits {
             }
         }
         if let Some((limit, reset_s, item)) = day {
+            let mut waited = None;
             loop {
-                match self.budgets.spend(key, model, today, limit)? {
+                match self.budgets.spend(key, model, today, limit, waited)? {
                     Spend::Granted(rem) => {
                         items.push(item(rem));
                         break;
@@ -324,7 +325,10 @@ impl LocalLimits {
                     }
                     // The ledger's writer is behind: the rates stay charged, the budget is
                     // asked again once it has written (the guard's timeout bounds the wait).
-                    Spend::Wait(written) => written.await,
+                    Spend::Wait(written, failures) => {
+                        waited = Some(failures);
+                        written.await
+                    }
                 }
             }
         }
