@@ -283,6 +283,18 @@ impl std::ops::DerefMut for Writer<'_> {
     }
 }
 
+/// An audit entry queued by an operator ([`SqliteKeyStore::for_operator`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Its place in the queue.
+    pub seq: i64,
+    /// The entry's bytes, as the audit log is to hold them.
+    pub entry: Vec<u8>,
+    /// The audit log's size when a drain last set out to append it
+    /// ([`SqliteKeyStore::outbox_trying`]): if it got there, it is at that index or later.
+    pub tried_at: Option<u64>,
+}
+
 /// Refused TOTP codes (each within [`TOTP_LOCKOUT`] of the one before) that lock a key's TOTP.
 pub const TOTP_MAX_FAILS: u32 = 5;
 
@@ -406,22 +418,25 @@ impl SqliteKeyStore {
                  totp_failed_ms INTEGER,
                  lineage        TEXT);
              CREATE TABLE IF NOT EXISTS outbox (
-                 seq   INTEGER PRIMARY KEY AUTOINCREMENT,
-                 entry BLOB NOT NULL);",
+                 seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+                 entry    BLOB NOT NULL,
+                 tried_at INTEGER);",
         )?;
-        // Databases made before the TOTP failure count and the rotation lines lack their columns.
-        for (column, decl) in [
-            ("totp_fails", "INTEGER NOT NULL DEFAULT 0"),
-            ("totp_failed_ms", "INTEGER"),
-            ("lineage", "TEXT"),
+        // Databases made before the TOTP failure count, the rotation lines and the drain's
+        // attempts lack their columns.
+        for (table, column, decl) in [
+            ("keys", "totp_fails", "INTEGER NOT NULL DEFAULT 0"),
+            ("keys", "totp_failed_ms", "INTEGER"),
+            ("keys", "lineage", "TEXT"),
+            ("outbox", "tried_at", "INTEGER"),
         ] {
             let has: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('keys') WHERE name = ?1",
-                params![column],
+                "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+                params![table, column],
                 |r| r.get(0),
             )?;
             if has == 0 {
-                tx.execute_batch(&format!("ALTER TABLE keys ADD COLUMN {column} {decl}"))?;
+                tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
             }
         }
         tx.commit()?;
@@ -481,14 +496,31 @@ impl SqliteKeyStore {
         Ok(())
     }
 
-    /// The oldest audit entries queued by operators (at most `max`), with their sequence numbers.
-    pub fn outbox(&self, max: usize) -> Result<Vec<(i64, Vec<u8>)>, KeyError> {
+    /// The oldest audit entries queued by operators (at most `max`), oldest first.
+    pub fn outbox(&self, max: usize) -> Result<Vec<Queued>, KeyError> {
         let guard = self.lock();
         let mut stmt = guard
             .conn
-            .prepare_cached("SELECT seq, entry FROM outbox ORDER BY seq LIMIT ?1")?;
-        let rows = stmt.query_map(params![max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            .prepare_cached("SELECT seq, entry, tried_at FROM outbox ORDER BY seq LIMIT ?1")?;
+        let rows = stmt.query_map(params![max as i64], |r| {
+            Ok(Queued {
+                seq: r.get(0)?,
+                entry: r.get(1)?,
+                tried_at: r.get::<_, Option<i64>>(2)?.map(|n| n.max(0) as u64),
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes, before the queued entry `seq` is appended to the audit log, the log's size then:
+    /// if the gateway dies before [`SqliteKeyStore::outbox_done`], the next drain looks for the
+    /// entry from there on instead of appending it a second time.
+    pub fn outbox_trying(&self, seq: i64, log_size: u64) -> Result<(), KeyError> {
+        self.write().execute(
+            "UPDATE outbox SET tried_at = ?2 WHERE seq = ?1",
+            params![seq, log_size as i64],
+        )?;
+        Ok(())
     }
 
     /// How many audit entries are queued in the key database at `path`, read without writing
@@ -970,11 +1002,11 @@ mod tests {
         );
 
         let queued = plain.outbox(10).unwrap();
-        let seqs: Vec<i64> = queued.iter().map(|(s, _)| *s).collect();
+        let seqs: Vec<i64> = queued.iter().map(|q| q.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
         let entries: Vec<serde_json::Value> = queued
             .iter()
-            .map(|(_, e)| serde_json::from_slice(e).unwrap())
+            .map(|q| serde_json::from_slice(&q.entry).unwrap())
             .collect();
         let actions: Vec<&str> = entries
             .iter()
@@ -1005,8 +1037,13 @@ mod tests {
         assert_eq!(entries[2]["ts_ms"], T0 + 2);
 
         assert_eq!(op.outbox(2).unwrap(), queued[..2]);
-        op.outbox_done(queued[0].0).unwrap();
-        assert_eq!(plain.outbox(10).unwrap(), queued[1..]);
+        assert!(queued.iter().all(|q| q.tried_at.is_none()));
+        op.outbox_trying(queued[1].seq, 41).unwrap();
+        assert_eq!(plain.outbox(2).unwrap()[1].tried_at, Some(41));
+        op.outbox_done(queued[0].seq).unwrap();
+        let mut tried = queued[1..].to_vec();
+        tried[0].tried_at = Some(41);
+        assert_eq!(plain.outbox(10).unwrap(), tried);
         assert_eq!(SqliteKeyStore::queued(&path).unwrap(), 3);
 
         // The entry is in the change's transaction: when it cannot be queued, nothing changes.

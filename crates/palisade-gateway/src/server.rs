@@ -273,9 +273,11 @@ impl LocalState {
 
     /// Moves the audit entries that operators queued in the key database (`palisade keys`, the
     /// first admin key: [`SqliteKeyStore::for_operator`]) into the audit log, oldest first, each
-    /// removed from the queue once the log holds it; returns how many. A crash between the two
-    /// leaves the entry queued, so it may reach the log twice, never not at all. `palisade serve`
-    /// calls it at start and every [`DRAIN_EVERY`].
+    /// exactly once; returns how many it appended. Before appending an entry it notes the log's
+    /// size in the queue ([`SqliteKeyStore::outbox_trying`]), and removes the entry from the queue
+    /// once the log holds it; an entry found already noted (the gateway died in between) is
+    /// looked for in the log from that size on, and only appended if it is not there.
+    /// `palisade serve` calls it at start and every [`DRAIN_EVERY`].
     pub async fn drain_key_outbox(&self) -> Result<usize, GatewayError> {
         let mut moved = 0;
         loop {
@@ -283,12 +285,30 @@ impl LocalState {
             if queued.is_empty() {
                 return Ok(moved);
             }
-            for (seq, entry) in queued {
-                self.audit.append(entry).await?;
-                self.keys.outbox_done(seq)?;
-                moved += 1;
+            for q in queued {
+                let there = match q.tried_at {
+                    Some(from) => self.log_holds(from, &q.entry)?,
+                    None => false,
+                };
+                if !there {
+                    self.keys.outbox_trying(q.seq, self.audit.size()?)?;
+                    self.audit.append(q.entry).await?;
+                    moved += 1;
+                }
+                self.keys.outbox_done(q.seq)?;
             }
         }
+    }
+
+    /// Whether an entry of the audit log from index `from` on has the bytes `entry`.
+    fn log_holds(&self, from: u64, entry: &[u8]) -> Result<bool, GatewayError> {
+        let size = self.audit.size()?;
+        for i in from..size {
+            if self.audit.entry(i)?.as_deref() == Some(entry) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// A gateway over this state serving `models`, with one inference thread per core.

@@ -133,21 +133,54 @@ fn tampering_is_detected() {
     assert_problem(&db, &pk, &[], "entry 3");
 }
 
-/// Key changes made outside the HTTP API reach the audit log, each once: the first admin key, and
-/// a revocation by `palisade keys` (its own connection, as an operator) while the gateway holds
-/// the state folder. The log then verifies.
-#[tokio::test]
-async fn key_changes_by_operators_are_moved_into_the_audit_log() {
-    use palisade_gateway::keys::{KeyStore as _, OPERATOR_METHOD, SqliteKeyStore};
-    use palisade_gateway::{GatewayError, LocalState};
-    let dir = tempfile::tempdir().unwrap();
+/// A state folder at `dir` whose key database has queued two changes for the audit log: its first
+/// admin key (returned), and that key's revocation by `palisade keys` as `ops@host`.
+fn with_two_queued_key_changes(
+    dir: &std::path::Path,
+    durability: Durability,
+) -> (palisade_gateway::LocalState, palisade_gateway::keys::NewKey) {
+    use palisade_gateway::keys::{KeyStore as _, SqliteKeyStore};
     let state =
-        LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full).unwrap();
+        palisade_gateway::LocalState::open(dir, CheckpointPolicy::default(), durability).unwrap();
     let admin = state.first_admin_key().unwrap().unwrap();
     let cli = SqliteKeyStore::open(&state.paths.keys_db())
         .unwrap()
         .for_operator("ops@host");
     assert!(cli.revoke(&admin.record.id, 1_700_000_000_000).unwrap());
+    (state, admin)
+}
+
+/// A gateway that dies between appending a queued key change and taking it off the queue does
+/// not append it again when it restarts; one that died before appending it does append it.
+#[tokio::test]
+async fn a_key_change_reaches_the_audit_log_once_across_a_crash_of_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, _) = with_two_queued_key_changes(dir.path(), Durability::Process);
+    let queued = state.keys.outbox(10).unwrap();
+    assert_eq!(queued.len(), 2);
+    // The first drain died after appending the first change (and a request's entry came
+    // after it), before taking it off the queue; it had not yet appended the second one.
+    state.keys.outbox_trying(queued[0].seq, 0).unwrap();
+    state.audit.append(queued[0].entry.clone()).await.unwrap();
+    state.audit.append(b"{}".to_vec()).await.unwrap();
+    state.keys.outbox_trying(queued[1].seq, 2).unwrap();
+    // The next drain finds the first in the log and appends only the second.
+    assert_eq!(state.drain_key_outbox().await.unwrap(), 1);
+    assert!(state.keys.outbox(10).unwrap().is_empty());
+    assert_eq!(state.audit.size().unwrap(), 3);
+    assert_eq!(state.audit.entry(0).unwrap().unwrap(), queued[0].entry);
+    assert_eq!(state.audit.entry(2).unwrap().unwrap(), queued[1].entry);
+}
+
+/// Key changes made outside the HTTP API reach the audit log, each once: the first admin key, and
+/// a revocation by `palisade keys` (its own connection, as an operator) while the gateway holds
+/// the state folder. The log then verifies.
+#[tokio::test]
+async fn key_changes_by_operators_are_moved_into_the_audit_log() {
+    use palisade_gateway::keys::OPERATOR_METHOD;
+    use palisade_gateway::{GatewayError, LocalState};
+    let dir = tempfile::tempdir().unwrap();
+    let (state, admin) = with_two_queued_key_changes(dir.path(), Durability::Full);
     assert!(matches!(
         LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full),
         Err(GatewayError::InUse(_))
