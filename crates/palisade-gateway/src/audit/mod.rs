@@ -90,8 +90,12 @@ pub trait AuditLog: Send + Sync + 'static {
 ///
 /// The text fields borrow where they can (the gateway builds a record per request from data the
 /// request already holds; reading a log borrows from the entry's bytes when nothing is escaped).
+///
+/// Reading accepts fields this version does not know, so that a log written by a later gateway
+/// (which may record more) still verifies here: the leaf hash covers every byte of the entry, so
+/// nothing unknown can be slipped in unseen. (Verifiers before this rule, which refused unknown
+/// fields, report the `operator` field of key changes made with `palisade keys` as malformed.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AuditRecord<'a> {
     /// Milliseconds since the Unix epoch, when the request arrived.
     pub ts_ms: u64,
@@ -256,5 +260,24 @@ impl OfflineLog {
     /// The most recent stored checkpoint.
     pub fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
         self.with(sqlite::latest_checkpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AuditRecord;
+
+    #[test]
+    fn records_with_fields_this_version_does_not_know_are_read_and_incomplete_ones_are_not() {
+        let known = r#"{"ts_ms":1,"key_id":null,"method":"POST","path":"/p","action":"infer","model":null,"version":null,"decision":"allowed","status":200,"input_sha256":null,"output_sha256":null,"latency_us":3"#;
+        let (now, later) = (
+            format!("{known}}}"),
+            format!(r#"{known},"tenant":"t1","shadow":{{"a":1}}}}"#),
+        );
+        let r: AuditRecord = serde_json::from_str(&now).unwrap();
+        assert_eq!((r.ts_ms, r.status, r.operator.clone()), (1, 200, None));
+        let l: AuditRecord = serde_json::from_str(&later).unwrap();
+        assert_eq!(l, r);
+        assert!(serde_json::from_str::<AuditRecord>(r#"{"ts_ms":1,"tenant":"t1"}"#).is_err());
     }
 }
