@@ -237,6 +237,11 @@ pub trait KeyStore: Send + Sync + 'static {
     /// [`TOTP_MAX_FAILS`] refused codes, each within [`TOTP_LOCKOUT`] of the one before, answers
     /// [`KeyError::TotpLocked`] for every code until [`TOTP_LOCKOUT`] after the last of them.
     fn check_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError>;
+    /// Gives back a code that [`KeyStore::check_totp`] accepted a moment ago for an action that
+    /// then did not run (the audit log could not take its intent): the code works once more
+    /// while it is current. Nothing changes if another code was accepted since, or the code is
+    /// no longer current; returns whether it was given back.
+    fn release_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError>;
 }
 
 /// Keys in an SQLite file.
@@ -281,6 +286,11 @@ impl std::ops::DerefMut for Writer<'_> {
             Writer::Shared(s) => &mut s.conn,
         }
     }
+}
+
+/// Whether `code` looks like a TOTP code (six digits).
+fn totp_shaped(code: &str) -> bool {
+    code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// An audit entry queued by an operator ([`SqliteKeyStore::for_operator`]).
@@ -878,8 +888,35 @@ impl KeyStore for SqliteKeyStore {
         Ok(rows.map(|r| r.map(|(k, _)| k)).collect::<Result<_, _>>()?)
     }
 
+    fn release_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError> {
+        if !totp_shaped(code) {
+            return Ok(false);
+        }
+        let w = self.write();
+        let secret: Option<Option<Vec<u8>>> = w
+            .query_row(
+                "SELECT totp_secret FROM keys WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(Some(secret)) = secret else {
+            return Ok(false);
+        };
+        let Some(step) = totp_for(secret)?.check(code, now_ms / 1000) else {
+            return Ok(false);
+        };
+        // Back to just before the code's step, only if it is still the last one used: codes of
+        // earlier steps stay used.
+        let n = w.execute(
+            "UPDATE keys SET totp_last = ?2 WHERE id = ?1 AND totp_last = ?3",
+            params![id, step as i64 - 1, step as i64],
+        )?;
+        Ok(n == 1)
+    }
+
     fn check_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError> {
-        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        if !totp_shaped(code) {
             return Ok(false);
         }
         let mut w = self.write();
@@ -1223,6 +1260,31 @@ mod tests {
         assert!(s.check_totp(&k.record.id, &later, T0 + 30_000).unwrap());
         let stale = totp_code(&secret, T0 - 600_000).unwrap();
         assert!(!s.check_totp(&k.record.id, &stale, T0 + 60_000).unwrap());
+    }
+
+    #[test]
+    fn a_totp_code_given_back_works_once_more_and_only_while_it_is_the_last_used() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let k = s.create("root", &[Role::Admin], None, T0).unwrap();
+        let secret = k.totp_secret.clone().unwrap();
+        let id = &k.record.id;
+        let code = totp_code(&secret, T0).unwrap();
+        // Nothing to give back before the code is used.
+        assert!(!s.release_totp(id, &code, T0).unwrap());
+        assert!(s.check_totp(id, &code, T0).unwrap());
+        assert!(s.release_totp(id, &code, T0).unwrap());
+        assert!(s.check_totp(id, &code, T0).unwrap());
+        assert!(!s.check_totp(id, &code, T0).unwrap(), "replay");
+        // Once a later code is used, the earlier one stays used.
+        let later = totp_code(&secret, T0 + 30_000).unwrap();
+        assert!(s.check_totp(id, &later, T0 + 30_000).unwrap());
+        assert!(!s.release_totp(id, &code, T0 + 30_000).unwrap());
+        assert!(!s.check_totp(id, &code, T0 + 30_000).unwrap());
+        // A code no longer current, a malformed one and an unknown key give nothing back.
+        assert!(!s.release_totp(id, &later, T0 + 600_000).unwrap());
+        assert!(!s.release_totp(id, "12345x", T0 + 30_000).unwrap());
+        assert!(!s.release_totp("ffffffffffff", &later, T0 + 30_000).unwrap());
+        assert!(!s.check_totp(id, &later, T0 + 30_000).unwrap());
     }
 
     #[test]
