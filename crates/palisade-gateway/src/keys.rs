@@ -239,8 +239,9 @@ pub trait KeyStore: Send + Sync + 'static {
     fn check_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError>;
     /// Gives back a code that [`KeyStore::check_totp`] accepted a moment ago for an action that
     /// then did not run (the audit log could not take its intent): the code works once more
-    /// while it is current. Nothing changes if another code was accepted since, or the code is
-    /// no longer current; returns whether it was given back.
+    /// while it is current, and the refusal count is as before it was accepted. Nothing changes
+    /// if another code was accepted since, the code is no longer current, or it was given back
+    /// once already; returns whether it was given back.
     fn release_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError>;
 }
 
@@ -426,7 +427,10 @@ impl SqliteKeyStore {
                  totp_last      INTEGER,
                  totp_fails     INTEGER NOT NULL DEFAULT 0,
                  totp_failed_ms INTEGER,
-                 lineage        TEXT);
+                 lineage        TEXT,
+                 totp_released  INTEGER,
+                 totp_fails_before     INTEGER NOT NULL DEFAULT 0,
+                 totp_failed_ms_before INTEGER);
              CREATE TABLE IF NOT EXISTS outbox (
                  seq      INTEGER PRIMARY KEY AUTOINCREMENT,
                  entry    BLOB NOT NULL,
@@ -438,6 +442,9 @@ impl SqliteKeyStore {
             ("keys", "totp_fails", "INTEGER NOT NULL DEFAULT 0"),
             ("keys", "totp_failed_ms", "INTEGER"),
             ("keys", "lineage", "TEXT"),
+            ("keys", "totp_released", "INTEGER"),
+            ("keys", "totp_fails_before", "INTEGER NOT NULL DEFAULT 0"),
+            ("keys", "totp_failed_ms_before", "INTEGER"),
             ("outbox", "tried_at", "INTEGER"),
         ] {
             let has: i64 = tx.query_row(
@@ -906,10 +913,15 @@ impl KeyStore for SqliteKeyStore {
         let Some(step) = totp_for(secret)?.check(code, now_ms / 1000) else {
             return Ok(false);
         };
-        // Back to just before the code's step, only if it is still the last one used: codes of
-        // earlier steps stay used.
+        // Back to just before the code's step, only if it is still the last one used (codes of
+        // earlier steps stay used) and only once per step: a code given back and accepted again
+        // is not given back again, so one code cannot be cycled through refused actions. The
+        // refusal count the acceptance cleared comes back with it, so that wrong codes tried
+        // around it still add up to a lockout.
         let n = w.execute(
-            "UPDATE keys SET totp_last = ?2 WHERE id = ?1 AND totp_last = ?3",
+            "UPDATE keys SET totp_last = ?2, totp_released = ?3,
+                 totp_fails = totp_fails_before, totp_failed_ms = totp_failed_ms_before
+             WHERE id = ?1 AND totp_last = ?3 AND totp_released IS NOT ?3",
             params![id, step as i64 - 1, step as i64],
         )?;
         Ok(n == 1)
@@ -955,9 +967,10 @@ impl KeyStore for SqliteKeyStore {
         let accepted = match totp_for(secret)?.check(code, now_ms / 1000) {
             Some(step) => {
                 tx.execute(
-                    "UPDATE keys SET totp_last = ?2, totp_fails = 0, totp_failed_ms = NULL
+                    "UPDATE keys SET totp_last = ?2, totp_fails = 0, totp_failed_ms = NULL,
+                         totp_fails_before = ?3, totp_failed_ms_before = ?4
                      WHERE id = ?1 AND (totp_last IS NULL OR totp_last < ?2)",
-                    params![id, step as i64],
+                    params![id, step as i64, fails, recent.map(|t| t as i64)],
                 )? == 1
             }
             None => false,
@@ -1262,6 +1275,27 @@ mod tests {
         assert!(!s.check_totp(&k.record.id, &stale, T0 + 60_000).unwrap());
     }
 
+    /// Wrong codes around a code that is accepted and then given back still add up to a lockout:
+    /// a code cycled through refused actions does not clear the count.
+    #[test]
+    fn a_code_given_back_restores_the_refusal_count_it_cleared() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let k = s.create("root", &[Role::Admin], None, T0).unwrap();
+        let id = &k.record.id;
+        let code = totp_code(k.totp_secret.as_deref().unwrap(), T0).unwrap();
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        for _ in 0..TOTP_MAX_FAILS - 1 {
+            assert!(!s.check_totp(id, wrong, T0).unwrap());
+        }
+        assert!(s.check_totp(id, &code, T0).unwrap());
+        assert!(s.release_totp(id, &code, T0).unwrap());
+        assert!(!s.check_totp(id, wrong, T0).unwrap());
+        assert!(matches!(
+            s.check_totp(id, &code, T0),
+            Err(KeyError::TotpLocked { .. })
+        ));
+    }
+
     #[test]
     fn a_totp_code_given_back_works_once_more_and_only_while_it_is_the_last_used() {
         let s = SqliteKeyStore::in_memory().unwrap();
@@ -1274,6 +1308,8 @@ mod tests {
         assert!(s.check_totp(id, &code, T0).unwrap());
         assert!(s.release_totp(id, &code, T0).unwrap());
         assert!(s.check_totp(id, &code, T0).unwrap());
+        // Given back once per step: accepted again, it stays used.
+        assert!(!s.release_totp(id, &code, T0).unwrap());
         assert!(!s.check_totp(id, &code, T0).unwrap(), "replay");
         // Once a later code is used, the earlier one stays used.
         let later = totp_code(&secret, T0 + 30_000).unwrap();

@@ -188,6 +188,10 @@ pub struct LocalState {
     pub public_key: [u8; 32],
     /// Rate limits (in memory) and daily budgets (in `limits.db`, kept across restarts).
     pub limits: Arc<LocalLimits>,
+    /// Held by [`LocalState::drain_key_outbox`]: one drain at a time. Inside, how far the log
+    /// has been searched for each queued entry noted as tried, so that a search that must be
+    /// repeated (the queue could not be updated) goes on from there instead of starting over.
+    drain: tokio::sync::Mutex<std::collections::HashMap<i64, u64>>,
     /// An exclusive lock on `<dir>/lock`, held while this value lives: two gateways on one
     /// state folder would interleave their audit logs.
     _lock: fs::File,
@@ -246,6 +250,7 @@ impl LocalState {
             audit,
             public_key,
             limits,
+            drain: tokio::sync::Mutex::default(),
             _lock: lock,
         })
     }
@@ -279,15 +284,22 @@ impl LocalState {
     /// looked for in the log from that size on, and only appended if it is not there.
     /// `palisade serve` calls it at start and every [`DRAIN_EVERY`].
     pub async fn drain_key_outbox(&self) -> Result<usize, GatewayError> {
+        let mut searched = self.drain.lock().await;
         let mut moved = 0;
         loop {
             let queued = self.keys.outbox(64)?;
             if queued.is_empty() {
+                searched.clear();
                 return Ok(moved);
             }
             for q in queued {
                 let there = match q.tried_at {
-                    Some(from) => self.log_holds(from, &q.entry)?,
+                    Some(from) => {
+                        let from = searched.get(&q.seq).copied().unwrap_or(0).max(from);
+                        let (found, upto) = self.log_holds(from, &q.entry)?;
+                        searched.insert(q.seq, upto);
+                        found
+                    }
                     None => false,
                 };
                 if !there {
@@ -296,19 +308,21 @@ impl LocalState {
                     moved += 1;
                 }
                 self.keys.outbox_done(q.seq)?;
+                searched.remove(&q.seq);
             }
         }
     }
 
-    /// Whether an entry of the audit log from index `from` on has the bytes `entry`.
-    fn log_holds(&self, from: u64, entry: &[u8]) -> Result<bool, GatewayError> {
+    /// Whether an entry of the audit log from index `from` on has the bytes `entry`, and the
+    /// log's size searched up to.
+    fn log_holds(&self, from: u64, entry: &[u8]) -> Result<(bool, u64), GatewayError> {
         let size = self.audit.size()?;
         for i in from..size {
             if self.audit.entry(i)?.as_deref() == Some(entry) {
-                return Ok(true);
+                return Ok((true, size));
             }
         }
-        Ok(false)
+        Ok((false, size))
     }
 
     /// A gateway over this state serving `models`, with one inference thread per core.

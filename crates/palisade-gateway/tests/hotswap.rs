@@ -363,7 +363,7 @@ async fn admin_actions_are_written_ahead_and_not_taken_when_the_log_fails() {
     };
     let r = revoke(0).await;
     assert_eq!(r.status, 503, "{r:?}");
-    assert!(r.error().contains("not taken"), "{r:?}");
+    assert!(r.error().contains("not served"), "{r:?}");
     let valid = || {
         matches!(
             s.state.keys.authenticate(&created, now_ms()),

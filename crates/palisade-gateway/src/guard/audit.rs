@@ -144,10 +144,7 @@ impl Guard for Audit {
                     Some(Ahead::Refused) => {
                         error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_TAKEN)
                     }
-                    None => error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the audit log is unavailable; the request was not served",
-                    ),
+                    None => error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_SERVED),
                 };
                 r.extensions_mut().insert(Decision::Error);
                 r
@@ -282,7 +279,13 @@ impl Guard for WriteAhead {
     }
 }
 
-const NOT_TAKEN: &str = "the audit log is unavailable; the action was not taken";
+/// Also what a request refused by a guard gets when the log cannot take its refusal, so that
+/// while the log is down an admin request's answer does not say whether its TOTP code was right
+/// (an action whose intent the log refused was not taken: it was not served either).
+const NOT_TAKEN: &str = NOT_SERVED;
+
+/// The answer to a request whose entry the log could not take.
+const NOT_SERVED: &str = "the audit log is unavailable; the request was not served";
 
 /// What [`WriteAhead`] did (response extension, for the audit guard's message when the outcome
 /// cannot be written either).
