@@ -326,6 +326,17 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                         r.journal_entries
                     ));
                 }
+                if !r.unknown_fields.is_empty() {
+                    let listed: Vec<String> = r
+                        .unknown_fields
+                        .iter()
+                        .map(|(f, n)| format!("{f} ({n})"))
+                        .collect();
+                    s.push_str(&format!(
+                        "\nentries carry fields this version does not know (a later gateway's?), not checked for meaning: {}",
+                        listed.join(", ")
+                    ));
+                }
                 if v.queued_key_changes > 0 {
                     s.push_str(&format!(
                         "\n{} key changes made with `palisade keys` are queued, not yet in the log (the gateway appends them within a second, or when it starts)",

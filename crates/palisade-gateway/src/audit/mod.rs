@@ -139,6 +139,25 @@ pub struct AuditRecord<'a> {
     pub operator: Option<Cow<'a, str>>,
 }
 
+impl AuditRecord<'_> {
+    /// The names of the fields, as serialised (all of them, for a record with an `operator`).
+    pub const FIELDS: [&'static str; 13] = [
+        "ts_ms",
+        "key_id",
+        "method",
+        "path",
+        "action",
+        "model",
+        "version",
+        "decision",
+        "status",
+        "input_sha256",
+        "output_sha256",
+        "latency_us",
+        "operator",
+    ];
+}
+
 /// An inclusion proof, hex-encoded for JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InclusionProof {
@@ -279,5 +298,30 @@ mod tests {
         let l: AuditRecord = serde_json::from_str(&later).unwrap();
         assert_eq!(l, r);
         assert!(serde_json::from_str::<AuditRecord>(r#"{"ts_ms":1,"tenant":"t1"}"#).is_err());
+    }
+
+    #[test]
+    fn fields_lists_every_field_a_record_is_written_with() {
+        let r = AuditRecord {
+            ts_ms: 1,
+            key_id: Some("k".into()),
+            method: "POST".into(),
+            path: "/p".into(),
+            action: "a".into(),
+            model: Some("m".into()),
+            version: Some("1".into()),
+            decision: "allowed".into(),
+            status: 200,
+            input_sha256: Some("i".into()),
+            output_sha256: Some("o".into()),
+            latency_us: 2,
+            operator: Some("ops".into()),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        let mut written: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut listed = AuditRecord::FIELDS.to_vec();
+        written.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(written, listed);
     }
 }

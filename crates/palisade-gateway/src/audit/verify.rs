@@ -31,6 +31,11 @@ pub struct VerifyReport {
     pub root: String,
     /// Everything that is wrong; empty when the log verifies.
     pub problems: Vec<String>,
+    /// Fields of well-formed entries that this version does not know, with how many entries
+    /// carry each: not a problem (a later gateway may record more, and the leaf hashes cover
+    /// them), but what they mean is not checked here.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unknown_fields: BTreeMap<String, u64>,
 }
 
 impl VerifyReport {
@@ -61,6 +66,7 @@ pub fn verify_log(
     // Read-write open so that a WAL left by a killed writer is read (nothing is written).
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     let mut problems = Vec::new();
+    let mut unknown_fields = BTreeMap::new();
 
     let mut ckpts: BTreeMap<u64, Vec<(SignedCheckpoint, &'static str)>> = BTreeMap::new();
     {
@@ -152,7 +158,7 @@ pub fn verify_log(
                     "entry {idx}: stored leaf hash does not match its data"
                 ));
             }
-            if serde_json::from_slice::<AuditRecord>(&data).is_err() {
+            if !well_formed(&data, &mut unknown_fields) {
                 problems.push(format!("entry {idx}: not a well-formed audit record"));
             }
             if idx as u64 >= journal_from {
@@ -195,7 +201,7 @@ pub fn verify_log(
             Err(why) => problems.push(why),
             Ok(tail) => {
                 for (idx, data) in tail {
-                    if serde_json::from_slice::<AuditRecord>(data).is_err() {
+                    if !well_formed(data, &mut unknown_fields) {
                         problems.push(format!(
                             "journal entry {idx}: not a well-formed audit record"
                         ));
@@ -225,5 +231,20 @@ pub fn verify_log(
         unsigned_tail: entries - verified_up_to.min(entries),
         root: hexfmt::encode(&frontier.root()),
         problems,
+        unknown_fields,
     })
+}
+
+/// Whether `data` is an audit record; if it is, counts its fields that [`AuditRecord`] does not
+/// know in `unknown`.
+fn well_formed(data: &[u8], unknown: &mut BTreeMap<String, u64>) -> bool {
+    if serde_json::from_slice::<AuditRecord>(data).is_err() {
+        return false;
+    }
+    if let Ok(fields) = serde_json::from_slice::<BTreeMap<&str, serde::de::IgnoredAny>>(data) {
+        for name in fields.keys().filter(|k| !AuditRecord::FIELDS.contains(k)) {
+            *unknown.entry((*name).to_string()).or_default() += 1;
+        }
+    }
+    true
 }
