@@ -282,6 +282,8 @@ impl LocalState {
     /// size in the queue ([`SqliteKeyStore::outbox_trying`]), and removes the entry from the queue
     /// once the log holds it; an entry found already noted (the gateway died in between) is
     /// looked for in the log from that size on, and only appended if it is not there.
+    /// An entry leaves the queue only once the log holds it through a power cut
+    /// ([`AuditLog::sync`]), as the key database holds the change it stands for.
     /// `palisade serve` calls it at start and every [`DRAIN_EVERY`].
     pub async fn drain_key_outbox(&self) -> Result<usize, GatewayError> {
         let mut searched = self.drain.lock().await;
@@ -307,6 +309,13 @@ impl LocalState {
                     self.audit.append(q.entry).await?;
                     moved += 1;
                 }
+                // The change it stands for is fsynced in the key database: before the queue
+                // lets go of the entry, the log holds it through a power cut too (with
+                // `process` durability its append alone does not).
+                let audit = self.audit.clone();
+                tokio::task::spawn_blocking(move || audit.sync())
+                    .await
+                    .map_err(|e| GatewayError::State(format!("audit sync: {e}")))??;
                 self.keys.outbox_done(q.seq)?;
                 searched.remove(&q.seq);
             }

@@ -937,7 +937,37 @@ impl AuditLog for SqliteAuditLog {
         self.catch_up()?;
         self.with_reader(|c| consistency_from(c, first, second))
     }
+
+    /// With `Durability::Full` every commit was fsynced already. With `Process`, waits until
+    /// SQLite holds every acknowledged entry, then checkpoints the WAL in `FULL` mode, which
+    /// syncs the WAL, copies it into the database file and syncs that (waiting for the ingester's
+    /// commit in progress, if any).
+    fn sync(&self) -> Result<(), AuditError> {
+        if self.inline.is_none() {
+            return Ok(());
+        }
+        self.catch_up()?;
+        self.with_reader(|c| {
+            for _ in 0..SYNC_TRIES {
+                let (busy, _, _): (i64, i64, i64) =
+                    c.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })?;
+                if busy == 0 {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(AuditError::Write(format!(
+                "the audit WAL could not be checkpointed in {SYNC_TRIES} tries"
+            )))
+        })
+    }
 }
+
+/// How many times [`SqliteAuditLog`]'s `sync` tries a full WAL checkpoint that readers or the
+/// writer keep from completing.
+const SYNC_TRIES: u32 = 100;
 
 /// Inclusion proof of entry `index` in the tree of the first `size` entries stored in `conn`.
 pub(crate) fn inclusion_from(
@@ -1215,6 +1245,29 @@ mod tests {
             durability,
         )
         .unwrap()
+    }
+
+    /// With `process` durability, `sync` puts what was appended into the database file itself
+    /// (synced), so that the file alone, without its WAL or the journal, holds it.
+    #[test]
+    fn sync_puts_process_mode_entries_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let log = open_log(&db, 1, Durability::Process);
+        let rt = runtime();
+        for i in 0..3u8 {
+            rt.block_on(log.append(vec![b'{', i, b'}'])).unwrap();
+        }
+        log.sync().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(&db, copy.path().join("audit.db")).unwrap();
+        let alone = crate::audit::open_offline(&copy.path().join("audit.db")).unwrap();
+        assert_eq!(alone.size().unwrap(), 3);
+        log.close();
+        // With `full` durability every commit is synced already: nothing to do.
+        let full = open_log(&dir.path().join("full.db"), 1, Durability::Full);
+        full.sync().unwrap();
+        full.close();
     }
 
     fn synchronous(conn: &Connection) -> i64 {
