@@ -22,14 +22,12 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use sha2::{Digest, Sha256};
 
-use super::authz::TOTP_HEADER;
 use super::{
     Decision, Guard, InputDigest, Next, PresentedKeyId, Principal, ServedVersion, call_next,
     error_response,
 };
 use crate::audit::{AuditLog, AuditRecord};
 use crate::hexfmt;
-use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::oip::{Target, target_of};
@@ -192,14 +190,19 @@ pub const INTENT: &str = "intent";
 pub struct WriteAhead {
     log: Arc<dyn AuditLog>,
     metrics: Arc<Metrics>,
-    keys: Arc<dyn KeyStore>,
 }
 
 impl WriteAhead {
-    /// Writes ahead to `log`; gives the TOTP code of an action the log refused back to `keys`.
-    pub fn new(log: Arc<dyn AuditLog>, metrics: Arc<Metrics>, keys: Arc<dyn KeyStore>) -> Self {
-        WriteAhead { log, metrics, keys }
+    /// Writes ahead to `log`.
+    pub fn new(log: Arc<dyn AuditLog>, metrics: Arc<Metrics>) -> Self {
+        WriteAhead { log, metrics }
     }
+}
+
+/// Whether `resp` is [`WriteAhead`]'s refusal of an action whose intent the log could not take:
+/// the action did not run (the authorise guard then gives its TOTP code back).
+pub fn not_taken(resp: &Response) -> bool {
+    matches!(resp.extensions().get::<Ahead>(), Some(Ahead::Refused))
 }
 
 impl Guard for WriteAhead {
@@ -252,21 +255,6 @@ impl Guard for WriteAhead {
             operator: None,
         };
         let Some(index) = append(&*self.log, &self.metrics, &record).await else {
-            // The action did not run: the authorise guard's TOTP code, used up by its check, is
-            // given back, so the caller can retry with it rather than wait for the next one.
-            let code = parts.headers.get(TOTP_HEADER).and_then(|v| v.to_str().ok());
-            if let (Some(Principal(key)), Some(code)) = (parts.extensions.get::<Principal>(), code)
-            {
-                let (keys, id, code) = (self.keys.clone(), key.id.clone(), code.trim().to_string());
-                let given =
-                    tokio::task::spawn_blocking(move || keys.release_totp(&id, &code, now_ms()))
-                        .await;
-                if !matches!(given, Ok(Ok(_))) {
-                    tracing::warn!(
-                        "could not give back the TOTP code of an action the audit log refused"
-                    );
-                }
-            }
             let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_TAKEN);
             r.extensions_mut().insert(Decision::Error);
             r.extensions_mut().insert(Ahead::Refused);

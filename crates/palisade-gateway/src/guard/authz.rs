@@ -86,13 +86,11 @@ impl Guard for Authorise {
                 );
             };
             // A TOTP check commits (and fsyncs) its count: off the async workers.
-            let (keys, id, code) = (self.keys.clone(), key.id.clone(), code.to_string());
-            let checked =
-                tokio::task::spawn_blocking(move || keys.check_totp(&id, &code, now_ms()))
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(KeyError::Invalid(format!("the TOTP check failed: {e}")))
-                    });
+            let code = code.to_string();
+            let (keys, id, c) = (self.keys.clone(), key.id.clone(), code.clone());
+            let checked = tokio::task::spawn_blocking(move || keys.check_totp(&id, &c, now_ms()))
+                .await
+                .unwrap_or_else(|e| Err(KeyError::Invalid(format!("the TOTP check failed: {e}"))));
             match checked {
                 Ok(true) => {}
                 Ok(false) => {
@@ -125,6 +123,21 @@ impl Guard for Authorise {
                     );
                 }
             }
+            let resp = call_next(next, req).await;
+            if super::audit::not_taken(&resp) {
+                // The action did not run (the audit log could not take its intent): the code its
+                // check used up is given back, so the caller can retry with it.
+                let (keys, id) = (self.keys.clone(), key.id.clone());
+                let given =
+                    tokio::task::spawn_blocking(move || keys.release_totp(&id, &code, now_ms()))
+                        .await;
+                if !matches!(given, Ok(Ok(_))) {
+                    tracing::warn!(
+                        "could not give back the TOTP code of an action the audit log refused"
+                    );
+                }
+            }
+            return resp;
         }
         call_next(next, req).await
     }
