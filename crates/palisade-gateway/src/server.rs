@@ -298,9 +298,9 @@ impl LocalState {
                 let there = match q.tried_at {
                     Some(from) => {
                         let from = searched.get(&q.seq).copied().unwrap_or(0).max(from);
-                        let (found, upto) = self.log_holds(from, &q.entry)?;
+                        let (found, upto) = self.audit.find_from(from, &q.entry)?;
                         searched.insert(q.seq, upto);
-                        found
+                        found.is_some()
                     }
                     None => false,
                 };
@@ -320,18 +320,6 @@ impl LocalState {
                 searched.remove(&q.seq);
             }
         }
-    }
-
-    /// Whether an entry of the audit log from index `from` on has the bytes `entry`, and the
-    /// log's size searched up to.
-    fn log_holds(&self, from: u64, entry: &[u8]) -> Result<(bool, u64), GatewayError> {
-        let size = self.audit.size()?;
-        for i in from..size {
-            if self.audit.entry(i)?.as_deref() == Some(entry) {
-                return Ok((true, size));
-            }
-        }
-        Ok((false, size))
     }
 
     /// A gateway over this state serving `models`, with one inference thread per core.
