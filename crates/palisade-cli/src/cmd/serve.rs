@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// More threads than cores only time-slice the same cores.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     inference_threads: Option<u16>,
+    /// Threads that parse requests, run the guards and answer (default: a quarter of the cores,
+    /// at least one). The model's work, most of a request's CPU, is on the inference threads.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    async_threads: Option<u16>,
     /// Model calls that may wait for an inference thread (1 to 65536); a request that finds that
     /// many waiting is answered 503 with `Retry-After` (checked before the rate limiter, so the
     /// refusal costs the caller no quota). Default: no limit (the requests in flight bound the
@@ -143,6 +147,7 @@ struct Started<'a> {
     models: Vec<String>,
     trust: String,
     inference_threads: usize,
+    async_threads: usize,
     /// `None`: no limit.
     inference_queue_limit: Option<usize>,
     /// Only on the first start: the admin key, shown once.
@@ -229,7 +234,11 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
     let inference_threads = gw.inference.threads();
     let router = gw.router();
 
+    let async_threads = args
+        .async_threads
+        .map_or_else(palisade_gateway::pool::default_async_threads, usize::from);
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(async_threads)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -253,19 +262,22 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             models: loaded.iter().map(|(m, v)| format!("{m}/{v}")).collect(),
             trust: trust_text,
             inference_threads,
+            async_threads,
             inference_queue_limit: queue_limit,
             first_admin: first.as_ref(),
         };
         ctx.emit(&started, |s| {
             let mut t = format!(
-                "serving {} on http://{} (gRPC also on {}), state in {}; {}; {} inference thread{}",
+                "serving {} on http://{} (gRPC also on {}), state in {}; {}; {} inference thread{}, {} async thread{}",
                 s.models.join(", "),
                 s.listening,
                 s.grpc_listening.unwrap_or("the same port"),
                 s.state.display(),
                 s.trust,
                 s.inference_threads,
-                if s.inference_threads == 1 { "" } else { "s" }
+                if s.inference_threads == 1 { "" } else { "s" },
+                s.async_threads,
+                if s.async_threads == 1 { "" } else { "s" }
             );
             if let Some(n) = s.inference_queue_limit {
                 t.push_str(&format!(" (at most {n} calls waiting)"));
