@@ -100,10 +100,15 @@ struct CreateKey {
     expires_in_s: Option<u64>,
 }
 
+// The key database and the audit log are read and written off the async workers (a gateway on
+// 2 cores has one): a write is fsynced, and either may wait for a lock another process holds.
+
 async fn list_keys(State(s): State<AdminState>) -> Response {
-    match s.keys.list() {
-        Ok(k) => json_response(StatusCode::OK, &k),
-        Err(e) => key_error(e),
+    let keys = s.keys.clone();
+    match tokio::task::spawn_blocking(move || keys.list()).await {
+        Ok(Ok(k)) => json_response(StatusCode::OK, &k),
+        Ok(Err(e)) => key_error(e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -121,9 +126,11 @@ async fn create_key(State(s): State<AdminState>, body: Bytes) -> Response {
     let expires = req
         .expires_in_s
         .map(|s| now.saturating_add(s.saturating_mul(1000)));
-    match s.keys.create(&req.name, &roles, expires, now) {
-        Ok(k) => json_response(StatusCode::CREATED, &k),
-        Err(e) => key_error(e),
+    let keys = s.keys.clone();
+    match tokio::task::spawn_blocking(move || keys.create(&req.name, &roles, expires, now)).await {
+        Ok(Ok(k)) => json_response(StatusCode::CREATED, &k),
+        Ok(Err(e)) => key_error(e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
@@ -205,7 +212,14 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
         Ok(Err(e)) => return error_response(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
         Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    match s.models.deploy(served) {
+    // Off the async workers: a version refused here (loaded meanwhile) is freed where it is
+    // dropped.
+    let models = s.models.clone();
+    let deployed = match tokio::task::spawn_blocking(move || models.deploy(served)).await {
+        Ok(d) => d,
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    match deployed {
         Ok(m) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "model": m.name, "active_version": m.version }),
@@ -216,7 +230,13 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
 
 async fn rollback(State(s): State<AdminState>, Path(p): Params) -> Response {
     let model = param(&p, "model");
-    match s.models.rollback(&model) {
+    // Off the async workers: the version rolled back from is freed there.
+    let models = s.models.clone();
+    let rolled = match tokio::task::spawn_blocking(move || models.rollback(&model)).await {
+        Ok(r) => r,
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    match rolled {
         Ok(m) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "model": m.name, "active_version": m.version }),
@@ -247,16 +267,18 @@ async fn entry(State(s): State<AdminState>, Path(p): Params) -> Response {
     let Ok(index) = param(&p, "index").parse::<u64>() else {
         return bad_request("the entry index must be a non-negative integer");
     };
-    match s.audit.entry(index) {
-        Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+    let log = s.audit.clone();
+    match tokio::task::spawn_blocking(move || log.entry(index)).await {
+        Ok(Ok(Some(bytes))) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(v) => json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "index": index, "entry": v }),
             ),
             Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         },
-        Ok(None) => error_response(StatusCode::NOT_FOUND, &format!("no entry {index}")),
-        Err(e) => audit_error(e),
+        Ok(Ok(None)) => error_response(StatusCode::NOT_FOUND, &format!("no entry {index}")),
+        Ok(Err(e)) => audit_error(e),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 

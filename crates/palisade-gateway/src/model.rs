@@ -210,9 +210,14 @@ impl ModelRepository {
         }
         // `deploy` makes the newest version active and this removes it, so the active version
         // is always the last one.
-        slot.versions.remove(slot.active);
+        let removed = slot.versions.remove(slot.active);
         slot.active -= 1;
-        Ok(slot.versions[slot.active].clone())
+        let active = slot.versions[slot.active].clone();
+        // Freeing a model (its plan and weights, when no request holds it any more) takes time:
+        // not while every request's `get` waits for the lock.
+        drop(slots);
+        drop(removed);
+        Ok(active)
     }
 
     /// The active version, or the named one.

@@ -175,6 +175,40 @@ const FIRST_START: &str = "palisade serve (first start)";
 /// ([`LocalState::drain_key_outbox`]).
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// [`LocalState::drain_key_outbox`]'s work, on a blocking thread (`runtime` runs the appends'
+/// futures; called from an async task it would panic).
+fn drain_outbox(
+    keys: &SqliteKeyStore,
+    audit: &SqliteAuditLog,
+    runtime: &tokio::runtime::Handle,
+) -> Result<usize, GatewayError> {
+    let mut moved = 0;
+    loop {
+        let queued = keys.outbox(64)?;
+        if queued.is_empty() {
+            return Ok(moved);
+        }
+        for q in queued {
+            // Noted as tried: the entry may be in the log, from the size noted on.
+            let there = match q.tried_at {
+                Some(from) => audit.find_from(from, &q.entry)?.is_some(),
+                None => false,
+            };
+            if !there {
+                // Noting the size now also moves a search that found nothing past what it read.
+                keys.outbox_trying(q.seq, audit.size()?)?;
+                runtime.block_on(audit.append(q.entry))?;
+                moved += 1;
+            }
+            // The change it stands for is fsynced in the key database: before the queue lets
+            // go of the entry, the log holds it through a power cut too (with `process`
+            // durability its append alone does not).
+            audit.sync()?;
+            keys.outbox_done(q.seq)?;
+        }
+    }
+}
+
 /// The embedded state of one gateway: a folder with the key database, the audit log and the
 /// checkpoint key.
 pub struct LocalState {
@@ -188,10 +222,8 @@ pub struct LocalState {
     pub public_key: [u8; 32],
     /// Rate limits (in memory) and daily budgets (in `limits.db`, kept across restarts).
     pub limits: Arc<LocalLimits>,
-    /// Held by [`LocalState::drain_key_outbox`]: one drain at a time. Inside, how far the log
-    /// has been searched for each queued entry noted as tried, so that a search that must be
-    /// repeated (the queue could not be updated) goes on from there instead of starting over.
-    drain: tokio::sync::Mutex<std::collections::HashMap<i64, u64>>,
+    /// Held by [`LocalState::drain_key_outbox`] (by its blocking thread): one drain at a time.
+    drain: Arc<tokio::sync::Mutex<()>>,
     /// An exclusive lock on `<dir>/lock`, held while this value lives: two gateways on one
     /// state folder would interleave their audit logs.
     _lock: fs::File,
@@ -250,7 +282,7 @@ impl LocalState {
             audit,
             public_key,
             limits,
-            drain: tokio::sync::Mutex::default(),
+            drain: Arc::default(),
             _lock: lock,
         })
     }
@@ -284,42 +316,21 @@ impl LocalState {
     /// looked for in the log from that size on, and only appended if it is not there.
     /// An entry leaves the queue only once the log holds it through a power cut
     /// ([`AuditLog::sync`]), as the key database holds the change it stands for.
-    /// `palisade serve` calls it at start and every [`DRAIN_EVERY`].
+    /// `palisade serve` calls it at start and every [`DRAIN_EVERY`]. The work (queries on the
+    /// key database, its fsyncs, waits for the audit log) runs on a blocking thread, not on the
+    /// async workers that serve requests.
     pub async fn drain_key_outbox(&self) -> Result<usize, GatewayError> {
-        let mut searched = self.drain.lock().await;
-        let mut moved = 0;
-        loop {
-            let queued = self.keys.outbox(64)?;
-            if queued.is_empty() {
-                searched.clear();
-                return Ok(moved);
-            }
-            for q in queued {
-                let there = match q.tried_at {
-                    Some(from) => {
-                        let from = searched.get(&q.seq).copied().unwrap_or(0).max(from);
-                        let (found, upto) = self.audit.find_from(from, &q.entry)?;
-                        searched.insert(q.seq, upto);
-                        found.is_some()
-                    }
-                    None => false,
-                };
-                if !there {
-                    self.keys.outbox_trying(q.seq, self.audit.size()?)?;
-                    self.audit.append(q.entry).await?;
-                    moved += 1;
-                }
-                // The change it stands for is fsynced in the key database: before the queue
-                // lets go of the entry, the log holds it through a power cut too (with
-                // `process` durability its append alone does not).
-                let audit = self.audit.clone();
-                tokio::task::spawn_blocking(move || audit.sync())
-                    .await
-                    .map_err(|e| GatewayError::State(format!("audit sync: {e}")))??;
-                self.keys.outbox_done(q.seq)?;
-                searched.remove(&q.seq);
-            }
-        }
+        // The blocking thread holds the lock for as long as it works, even if this future is
+        // dropped meanwhile: two drains never run at once.
+        let one_at_a_time = self.drain.clone().lock_owned().await;
+        let (keys, audit) = (self.keys.clone(), self.audit.clone());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let _held = one_at_a_time;
+            drain_outbox(&keys, &audit, &runtime)
+        })
+        .await
+        .map_err(|e| GatewayError::State(format!("key outbox drain: {e}")))?
     }
 
     /// A gateway over this state serving `models`, with one inference thread per core.

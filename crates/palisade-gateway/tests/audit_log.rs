@@ -172,6 +172,41 @@ async fn a_key_change_reaches_the_audit_log_once_across_a_crash_of_the_drain() {
     assert_eq!(state.audit.entry(2).unwrap().unwrap(), queued[1].entry);
 }
 
+/// The drain waits for the key database on a blocking thread: while another process holds the
+/// database's write lock, a gateway with a single async worker goes on serving.
+#[test]
+fn a_drain_waiting_for_the_key_database_does_not_hold_up_the_async_worker() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, _) = with_two_queued_key_changes(dir.path(), Durability::Process);
+        let state = std::sync::Arc::new(state);
+        // Another process writing to the key database, for 300 ms.
+        let other = rusqlite::Connection::open(state.paths.keys_db()).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let held = std::time::Instant::now();
+        let drain = tokio::spawn({
+            let state = state.clone();
+            async move { state.drain_key_outbox().await.unwrap() }
+        });
+        // Meanwhile the worker runs another task: a 300 ms sleep ends well within 5 s (a
+        // drain on the worker would hold it for the key database's 10 s busy timeout).
+        let other_task = tokio::spawn(tokio::time::sleep(std::time::Duration::from_millis(300)));
+        tokio::time::timeout(std::time::Duration::from_secs(5), other_task)
+            .await
+            .expect("the async worker was held up")
+            .unwrap();
+        assert!(!drain.is_finished(), "the drain did not wait for the lock");
+        other.execute_batch("COMMIT").unwrap();
+        assert!(held.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(drain.await.unwrap(), 2);
+    });
+}
+
 /// Key changes made outside the HTTP API reach the audit log, each once: the first admin key, and
 /// a revocation by `palisade keys` (its own connection, as an operator) while the gateway holds
 /// the state folder. The log then verifies.

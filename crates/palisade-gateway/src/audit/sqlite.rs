@@ -641,13 +641,12 @@ impl SqliteAuditLog {
         f(&conn)
     }
 
-    /// The first index from `from` on whose entry is `entry` (matched by leaf hash, then bytes),
-    /// and the log's size searched up to: one query, not a read per entry.
-    pub fn find_from(&self, from: u64, entry: &[u8]) -> Result<(Option<u64>, u64), AuditError> {
+    /// The first index from `from` on whose entry is `entry` (matched by leaf hash, then bytes):
+    /// one query, not a read per entry.
+    pub fn find_from(&self, from: u64, entry: &[u8]) -> Result<Option<u64>, AuditError> {
         self.catch_up()?;
         let leaf = merkle::leaf_hash(entry);
         self.with_reader(|c| {
-            let size = stored_size(c)?;
             let mut stmt = c.prepare_cached(
                 "SELECT idx, data FROM entries WHERE idx >= ?1 AND leaf = ?2 ORDER BY idx",
             )?;
@@ -655,10 +654,10 @@ impl SqliteAuditLog {
             while let Some(row) = rows.next()? {
                 let data: Vec<u8> = row.get(1)?;
                 if data == entry {
-                    return Ok((Some(row.get::<_, i64>(0)?.max(0) as u64), size));
+                    return Ok(Some(row.get::<_, i64>(0)?.max(0) as u64));
                 }
             }
-            Ok((None, size))
+            Ok(None)
         })
     }
 
