@@ -241,9 +241,12 @@ fn well_formed(data: &[u8], unknown: &mut BTreeMap<String, u64>) -> bool {
     if serde_json::from_slice::<AuditRecord>(data).is_err() {
         return false;
     }
-    if let Ok(fields) = serde_json::from_slice::<BTreeMap<&str, serde::de::IgnoredAny>>(data) {
-        for name in fields.keys().filter(|k| !AuditRecord::FIELDS.contains(k)) {
-            *unknown.entry((*name).to_string()).or_default() += 1;
+    // Owned names: a name with an escape in it cannot be borrowed from the bytes.
+    if let Ok(fields) = serde_json::from_slice::<BTreeMap<String, serde::de::IgnoredAny>>(data) {
+        for name in fields.into_keys() {
+            if !AuditRecord::FIELDS.contains(&name.as_str()) {
+                *unknown.entry(name).or_default() += 1;
+            }
         }
     }
     true
