@@ -243,6 +243,92 @@ async fn abusive_requests_get_the_right_4xx_and_the_server_keeps_serving() {
     assert_eq!(report.entries, answered);
 }
 
+/// Bodies over 64 KiB, and compressed ones, take the blocking-thread path (decompressed,
+/// decoded, checked and hashed off the async worker, here the only one), and so do a large
+/// batch's scores (hardened, encoded, hashed): that path gives the answers and the audit
+/// digests a small body gets, good or bad. (Where the work ran is not observed here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn large_and_compressed_bodies_get_the_same_checks_answers_and_digests() {
+    use sha2::Digest as _;
+    let hex = |b: &[u8]| -> String {
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect()
+    };
+    let s = start().await;
+    s.models
+        .deploy(served(
+            "big",
+            "1",
+            "[input]\nmax_body_bytes = 1048576\nmax_batch = 10000\n",
+        ))
+        .unwrap();
+    let auth = query_auth(&s, "big");
+    let n = 6000;
+    let x: Vec<f32> = (0..n * 4).map(|i| (i % 97) as f32 / 97.0).collect();
+    let body = json_infer(&x, n);
+    assert!(body.len() > 64 << 10, "{} bytes", body.len());
+    let expected = linear("big")
+        .logits(
+            ndarray::ArrayD::from_shape_vec(vec![n, 1, 2, 2], x.clone())
+                .unwrap()
+                .view(),
+        )
+        .unwrap();
+    let expected: Vec<f32> = expected.iter().copied().collect();
+    for (encoding, sent) in [("identity", body.clone()), ("gzip", gzip(&body))] {
+        let r = request(
+            s.addr,
+            "POST",
+            "/v2/models/big/infer",
+            &[("Authorization", &auth), ("Content-Encoding", encoding)],
+            &sent,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{encoding}: {}", r.error());
+        let got: Vec<f32> = serde_json::from_value(r.json()["outputs"][0]["data"].clone()).unwrap();
+        assert_eq!(got, expected, "{encoding}");
+        // The input digest is of the body as decompressed; the output digest of the answer,
+        // which is over 64 KiB too.
+        assert!(r.body.len() > 64 << 10, "{} bytes", r.body.len());
+        let e = s.last_audit_entry();
+        assert_eq!(e["input_sha256"], hex(&body), "{encoding}");
+        assert_eq!(e["output_sha256"], hex(&r.body), "{encoding}");
+    }
+    // One value out of range, deep in the batch: refused, saying which, and on the log.
+    let mut bad = x.clone();
+    bad[4 * 5000 + 3] = 2.0;
+    let bad = json_infer(&bad, n);
+    let r = post_infer(s.addr, "big", &auth, &bad).await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("outside"), "{}", r.error());
+    let e = s.last_audit_entry();
+    assert_eq!(e["status"], 400);
+    assert_eq!(e["input_sha256"], hex(&bad));
+    // A small compressed body, which also takes the blocking thread, and a corrupt one.
+    let small = json_infer(&x[..4], 1);
+    let r = post_infer_encoded(&s, &auth, "gzip", &gzip(&small)).await;
+    assert_eq!(r.status, 200, "{}", r.error());
+    let r = post_infer_encoded(&s, &auth, "gzip", b"not gzip at all").await;
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("decompress"), "{}", r.error());
+    let r = post_infer_encoded(&s, &auth, "br", &small).await;
+    assert_eq!(r.status, 415);
+    s.stop().await;
+}
+
+async fn post_infer_encoded(s: &Server, auth: &str, encoding: &str, body: &[u8]) -> Reply {
+    request(
+        s.addr,
+        "POST",
+        "/v2/models/big/infer",
+        &[("Authorization", auth), ("Content-Encoding", encoding)],
+        body,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_binary_and_gzip_agree_with_the_classifier() {
     let s = start().await;

@@ -20,14 +20,12 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use sha2::{Digest, Sha256};
 
 use super::{
-    Decision, Guard, InputDigest, Next, PresentedKeyId, Principal, ServedVersion, call_next,
-    error_response,
+    BodyDigest, Decision, Guard, InputDigest, Next, PresentedKeyId, Principal, ServedVersion,
+    call_next, error_response,
 };
 use crate::audit::{AuditLog, AuditRecord};
-use crate::hexfmt;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::oip::{Target, target_of};
@@ -71,6 +69,8 @@ impl Guard for Audit {
                 return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
             }
         };
+        // A large response (a large batch's scores) is hashed on a blocking thread.
+        let output_sha256 = BodyDigest::start(bytes.clone()).get().await;
         let ext = &parts.extensions;
         let decision = ext
             .get::<Decision>()
@@ -101,7 +101,7 @@ impl Guard for Audit {
             input_sha256: ext
                 .get::<InputDigest>()
                 .map(|d| Cow::Borrowed(d.0.as_str())),
-            output_sha256: Some(Cow::Owned(hexfmt::encode(&Sha256::digest(&bytes)))),
+            output_sha256: Some(Cow::Owned(output_sha256)),
             latency_us: started.elapsed().as_micros() as u64,
             operator: None,
         };
@@ -139,10 +139,9 @@ impl Guard for Audit {
                             s.as_u16()
                         ),
                     ),
-                    Some(Ahead::Refused) => {
-                        error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_TAKEN)
+                    Some(Ahead::Refused) | None => {
+                        error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_SERVED)
                     }
-                    None => error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_SERVED),
                 };
                 r.extensions_mut().insert(Decision::Error);
                 r
@@ -249,13 +248,13 @@ impl Guard for WriteAhead {
             version: None,
             decision: Cow::Borrowed(INTENT),
             status: 0,
-            input_sha256: Some(Cow::Owned(hexfmt::encode(&Sha256::digest(&bytes)))),
+            input_sha256: Some(Cow::Owned(super::sha256_hex(&bytes))),
             output_sha256: None,
             latency_us: 0,
             operator: None,
         };
         let Some(index) = append(&*self.log, &self.metrics, &record).await else {
-            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_TAKEN);
+            let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, NOT_SERVED);
             r.extensions_mut().insert(Decision::Error);
             r.extensions_mut().insert(Ahead::Refused);
             return r;
@@ -267,12 +266,10 @@ impl Guard for WriteAhead {
     }
 }
 
-/// Also what a request refused by a guard gets when the log cannot take its refusal, so that
-/// while the log is down an admin request's answer does not say whether its TOTP code was right
-/// (an action whose intent the log refused was not taken: it was not served either).
-const NOT_TAKEN: &str = NOT_SERVED;
-
-/// The answer to a request whose entry the log could not take.
+/// The answer to a request whose entry the log could not take, and to an admin action whose
+/// intent it could not take (which was not taken, so not served either): one answer for both, so
+/// that while the log is down an admin request's answer does not say whether its TOTP code was
+/// right (a refusal by a guard and a refused intent look the same).
 const NOT_SERVED: &str = "the audit log is unavailable; the request was not served";
 
 /// What [`WriteAhead`] did (response extension, for the audit guard's message when the outcome

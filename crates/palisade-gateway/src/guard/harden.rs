@@ -18,6 +18,10 @@ use crate::model::ServedModel;
 use crate::oip::{self, OutputData, OutputTensor};
 use crate::policy::{NoiseKind, OutputPolicy, Reveal};
 
+/// Outputs up to this many values are hardened and encoded on the async worker; larger ones on a
+/// blocking thread.
+const INLINE_VALUES: usize = 4096;
+
 /// The output-hardening guard.
 #[derive(Debug, Clone, Default)]
 pub struct Harden;
@@ -114,13 +118,26 @@ impl Guard for Harden {
         let Some(pred) = resp.extensions_mut().remove::<Prediction>() else {
             return resp;
         };
-        let v = &pred.validated;
-        let tensors = harden(&v.model, &v.model.policy.output, &pred.logits);
-        let enc = match oip::encode_response(&v.model.name, &v.model.version, &v.request, &tensors)
-        {
+        let heavy = pred.logits.len() > INLINE_VALUES;
+        let encode = move || {
+            let v = &pred.validated;
+            let tensors = harden(&v.model, &v.model.policy.output, &pred.logits);
+            oip::encode_response(&v.model.name, &v.model.version, &v.request, &tensors)
+                .map_err(|e| e.to_string())
+        };
+        // A large batch's scores take milliseconds to harden and encode: on a blocking thread,
+        // not on the async worker that every connection shares.
+        let encoded = if heavy {
+            tokio::task::spawn_blocking(encode)
+                .await
+                .unwrap_or_else(|e| Err(format!("encoding the response did not finish: {e}")))
+        } else {
+            encode()
+        };
+        let enc = match encoded {
             Ok(e) => e,
             Err(e) => {
-                let mut r = error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+                let mut r = error_response(StatusCode::INTERNAL_SERVER_ERROR, &e);
                 r.extensions_mut().insert(Decision::Error);
                 return r;
             }

@@ -146,6 +146,59 @@ pub async fn call_next_meanwhile<T>(
     (resp, done)
 }
 
+/// Bodies up to this size are hashed (and, by validation, decoded and checked) on the async
+/// worker, in tens of microseconds; larger ones on a blocking thread, so that their milliseconds
+/// of CPU do not hold up the worker every connection shares.
+pub(crate) const INLINE_BYTES: usize = 64 << 10;
+
+/// SHA-256 (hex) of `bytes`, the form of the audit log's digests.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    crate::hexfmt::encode(&sha2::Sha256::digest(bytes))
+}
+
+/// A body's digest for the audit log, on its way: a body over [`INLINE_BYTES`] is hashed on a
+/// blocking thread from [`BodyDigest::start`] on; a smaller one where the caller chooses, with
+/// [`BodyDigest::compute_here`] (while it waits for something else) or at [`BodyDigest::get`].
+pub(crate) enum BodyDigest {
+    Here(bytes::Bytes),
+    Done(String),
+    Away(tokio::task::JoinHandle<String>, bytes::Bytes),
+}
+
+impl BodyDigest {
+    /// Starts hashing `bytes` on a blocking thread if they are large.
+    pub(crate) fn start(bytes: bytes::Bytes) -> Self {
+        if bytes.len() > INLINE_BYTES {
+            let b = bytes.clone();
+            BodyDigest::Away(tokio::task::spawn_blocking(move || sha256_hex(&b)), bytes)
+        } else {
+            BodyDigest::Here(bytes)
+        }
+    }
+
+    /// Hashes a small body now; a large one goes on on its thread.
+    pub(crate) fn compute_here(self) -> Self {
+        match self {
+            BodyDigest::Here(b) => BodyDigest::Done(sha256_hex(&b)),
+            other => other,
+        }
+    }
+
+    /// The digest. A blocking hash that could not finish (the runtime shutting down) is
+    /// computed here instead.
+    pub(crate) async fn get(self) -> String {
+        match self {
+            BodyDigest::Here(b) => sha256_hex(&b),
+            BodyDigest::Done(d) => d,
+            BodyDigest::Away(job, b) => match job.await {
+                Ok(d) => d,
+                Err(_) => sha256_hex(&b),
+            },
+        }
+    }
+}
+
 /// A [`Guard`] as a tower [`Layer`]: the layered service is a [`Next`] that hands each request
 /// to the guard with the rest of the stack.
 #[derive(Debug, Clone)]

@@ -7,7 +7,9 @@
 //! it is a well-formed OIP request, JSON or binary extension, whose sizes add up (400); it has
 //! the model's one input, with dtype FP32 and shape `[N, ...input_shape]`, `1 ≤ N ≤ max_batch`
 //! (400); every value is finite and inside the declared range (400); the outputs it asks for
-//! exist (400). The batch goes on the request as [`ValidatedInfer`].
+//! exist (400). The batch goes on the request as [`ValidatedInfer`]. A body over 64 KiB, or a
+//! compressed one, is decompressed, decoded, checked and hashed on a blocking thread, so that
+//! its milliseconds of CPU do not hold up the async worker every connection shares.
 
 use std::io::Read as _;
 use std::sync::Arc;
@@ -18,13 +20,12 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use ndarray::{ArrayD, IxDyn};
-use sha2::{Digest, Sha256};
 
 use super::{
-    Guard, InputDigest, Next, ServedVersion, ValidatedInfer, call_next, call_next_meanwhile, reject,
+    BodyDigest, Guard, INLINE_BYTES, InputDigest, Next, ServedVersion, ValidatedInfer, call_next,
+    call_next_meanwhile, reject,
 };
 use crate::deadline::{BodyClock, BodyTimedOut, DeadlineBody};
-use crate::hexfmt;
 use crate::model::{ModelRepository, ServedModel};
 use crate::oip::{self, InferRequest, ModelAction, Target, target_of};
 
@@ -76,10 +77,9 @@ enum BodyError {
     Read(String),
 }
 
-/// Reads and decompresses a body, never holding more than `limit` bytes of either form. An
-/// uncompressed body is returned as read, not copied.
-async fn read_body(body: Body, encoding: Option<&str>, limit: usize) -> Result<Bytes, BodyError> {
-    let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Reads a body as sent, never holding more than `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
         // `to_bytes` reports the limit as a `LengthLimitError`, and the body's deadline as a
         // `BodyTimedOut`, in its source chain.
         let mut src: Option<&dyn std::error::Error> = Some(&e);
@@ -93,7 +93,17 @@ async fn read_body(body: Body, encoding: Option<&str>, limit: usize) -> Result<B
             src = s.source();
         }
         BodyError::Read(e.to_string())
-    })?;
+    })
+}
+
+/// Whether a body is sent without compression (`Content-Encoding` absent or `identity`).
+fn uncompressed(encoding: Option<&str>) -> bool {
+    encoding.is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"))
+}
+
+/// Decompresses a body as its `Content-Encoding` says, never holding more than `limit` bytes.
+/// An uncompressed body is returned as read, not copied.
+fn decompress(raw: Bytes, encoding: Option<&str>, limit: usize) -> Result<Bytes, BodyError> {
     let enc = encoding.map(|e| e.trim().to_ascii_lowercase());
     let mut out = Vec::new();
     let take = limit as u64 + 1;
@@ -218,6 +228,14 @@ fn acceptable(v: f32, lo: f32, hi: f32) -> bool {
     (v >= lo) & (v <= hi) & (v.abs() <= f32::MAX)
 }
 
+/// 500 for a blocking task that did not finish (it panicked, or the runtime is shutting down).
+fn internal(e: &tokio::task::JoinError) -> Response {
+    tracing::error!(error = %e, "request validation did not finish");
+    let mut r = super::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    r.extensions_mut().insert(super::Decision::Error);
+    r
+}
+
 /// The first value that is not [`acceptable`], if any. A request is almost always valid, so the
 /// whole slice is first checked in one pass of comparisons OR-ed into a flag, without early exit,
 /// which the compiler turns into vector instructions; the offender is looked for only when that
@@ -287,24 +305,46 @@ impl Guard for Validate {
         let (mut parts, body) = req.into_parts();
         // A body already received is read at once and starts no timer.
         let body = Body::new(DeadlineBody::new(body, wait));
-        let bytes = match read_body(body, encoding.as_deref(), limit).await {
-            Ok(b) => b,
-            Err(BodyError::TimedOut) => return too_slow(model.policy.input.body_timeout_ms),
-            Err(BodyError::TooLarge) => return too_large(limit),
-            Err(BodyError::Encoding(m)) => {
-                return reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, GUARD, &m);
-            }
-            Err(BodyError::Corrupt(m)) | Err(BodyError::Read(m)) => return bad(m),
+        let body_error = |e: BodyError| match e {
+            BodyError::TimedOut => too_slow(model.policy.input.body_timeout_ms),
+            BodyError::TooLarge => too_large(limit),
+            BodyError::Encoding(m) => reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, GUARD, &m),
+            BodyError::Corrupt(m) | BodyError::Read(m) => bad(m),
         };
-        let digest = || InputDigest(hexfmt::encode(&Sha256::digest(&bytes)));
-        let result = oip::decode_request(&bytes, header_len)
-            .map_err(|e| e.to_string())
-            .and_then(|mut r| check_request(&model, &mut r).map(|x| (r, x)));
+        let raw = match read_body(body, limit).await {
+            Ok(b) => b,
+            Err(e) => return body_error(e),
+        };
+        // Decompressing, decoding, checking and hashing a large body takes milliseconds of CPU:
+        // on a blocking thread, not on the async worker that every connection shares.
+        let heavy = raw.len() > INLINE_BYTES || !uncompressed(encoding.as_deref());
+        let checking = model.clone();
+        let prepare = move || {
+            let bytes = decompress(raw, encoding.as_deref(), limit)?;
+            let checked = oip::decode_request(&bytes, header_len)
+                .map_err(|e| e.to_string())
+                .and_then(|mut r| check_request(&checking, &mut r).map(|x| (r, x)));
+            Ok((bytes, checked))
+        };
+        let prepared = if heavy {
+            match tokio::task::spawn_blocking(prepare).await {
+                Ok(p) => p,
+                Err(e) => return internal(&e),
+            }
+        } else {
+            prepare()
+        };
+        let (bytes, result) = match prepared {
+            Ok(p) => p,
+            Err(e) => return body_error(e),
+        };
+        // The digest is only for the audit log: it is computed while the model runs.
+        let digest = BodyDigest::start(bytes);
         let (request, input) = match result {
             Ok(v) => v,
             Err(m) => {
                 let mut r = bad(m);
-                r.extensions_mut().insert(digest());
+                r.extensions_mut().insert(InputDigest(digest.get().await));
                 return r;
             }
         };
@@ -314,10 +354,10 @@ impl Guard for Validate {
             request: Arc::new(request),
             input: Arc::new(input),
         });
-        // The digest is only for the audit log: it is computed while the model runs.
-        let (mut resp, digest) =
-            call_next_meanwhile(next, Request::from_parts(parts, Body::empty()), digest).await;
-        resp.extensions_mut().insert(digest);
+        let req = Request::from_parts(parts, Body::empty());
+        let (mut resp, digest) = call_next_meanwhile(next, req, || digest.compute_here()).await;
+        resp.extensions_mut()
+            .insert(InputDigest(digest.get().await));
         resp.extensions_mut().insert(version);
         resp
     }
