@@ -100,15 +100,36 @@ struct CreateKey {
     expires_in_s: Option<u64>,
 }
 
-// The key database and the audit log are read and written off the async workers (a gateway on
-// 2 cores has one): a write is fsynced, and either may wait for a lock another process holds.
+/// Runs `f` off the async workers (a gateway on 2 cores has one): the key database and the
+/// audit log are read and written there, since a write is fsynced and either may wait for a lock
+/// another process holds; so are model loads, deploys and rollbacks. Its error, if any, is
+/// answered by `answer`; a task that did not finish (it panicked, or the runtime is shutting
+/// down) gets a 500 that says no more than that, the details going to the log.
+async fn off_workers<T, E>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+    answer: fn(E) -> Response,
+) -> Result<T, Response>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(answer),
+        Err(e) => {
+            tracing::error!(error = %e, "an admin task did not finish");
+            Err(error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ))
+        }
+    }
+}
 
 async fn list_keys(State(s): State<AdminState>) -> Response {
     let keys = s.keys.clone();
-    match tokio::task::spawn_blocking(move || keys.list()).await {
-        Ok(Ok(k)) => json_response(StatusCode::OK, &k),
-        Ok(Err(e)) => key_error(e),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    match off_workers(move || keys.list(), key_error).await {
+        Ok(k) => json_response(StatusCode::OK, &k),
+        Err(r) => r,
     }
 }
 
@@ -127,10 +148,14 @@ async fn create_key(State(s): State<AdminState>, body: Bytes) -> Response {
         .expires_in_s
         .map(|s| now.saturating_add(s.saturating_mul(1000)));
     let keys = s.keys.clone();
-    match tokio::task::spawn_blocking(move || keys.create(&req.name, &roles, expires, now)).await {
-        Ok(Ok(k)) => json_response(StatusCode::CREATED, &k),
-        Ok(Err(e)) => key_error(e),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    match off_workers(
+        move || keys.create(&req.name, &roles, expires, now),
+        key_error,
+    )
+    .await
+    {
+        Ok(k) => json_response(StatusCode::CREATED, &k),
+        Err(r) => r,
     }
 }
 
@@ -144,16 +169,15 @@ fn param(p: &HashMap<String, String>, name: &str) -> String {
 
 async fn revoke_key(State(s): State<AdminState>, Path(p): Params) -> Response {
     let id = param(&p, "id");
-    // A revocation waits out the other gateways' key caches (`keys::SETTLE`): off the workers.
+    // A revocation also waits out the other gateways' key caches (`keys::SETTLE`).
     let keys = s.keys.clone();
     let key = id.clone();
-    match tokio::task::spawn_blocking(move || keys.revoke(&key, now_ms())).await {
-        Ok(Ok(changed)) => json_response(
+    match off_workers(move || keys.revoke(&key, now_ms()), key_error).await {
+        Ok(changed) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "id": id, "revoked": true, "was_active": changed }),
         ),
-        Ok(Err(e)) => key_error(e),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -171,10 +195,9 @@ async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
     };
     let keys = s.keys.clone();
     let overlap = Duration::from_secs(req.overlap_s);
-    match tokio::task::spawn_blocking(move || keys.rotate(&id, overlap, now_ms())).await {
-        Ok(Ok(k)) => json_response(StatusCode::CREATED, &k),
-        Ok(Err(e)) => key_error(e),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    match off_workers(move || keys.rotate(&id, overlap, now_ms()), key_error).await {
+        Ok(k) => json_response(StatusCode::CREATED, &k),
+        Err(r) => r,
     }
 }
 
@@ -206,60 +229,52 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
     }
     let name = model.clone();
     let version = body.version.clone();
-    let loaded = tokio::task::spawn_blocking(move || source.load(&name, &version)).await;
-    let served = match loaded {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => return error_response(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
-        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let unprocessable =
+        |e: crate::GatewayError| error_response(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
+    let served = match off_workers(move || source.load(&name, &version), unprocessable).await {
+        Ok(m) => m,
+        Err(r) => return r,
     };
-    // Off the async workers: a version refused here (loaded meanwhile) is freed where it is
-    // dropped.
+    // A version refused here (loaded meanwhile) is freed where it is dropped: off the workers.
     let models = s.models.clone();
-    let deployed = match tokio::task::spawn_blocking(move || models.deploy(served)).await {
-        Ok(d) => d,
-        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
-    match deployed {
+    let conflict = |e: RepositoryError| error_response(StatusCode::CONFLICT, &e.to_string());
+    match off_workers(move || models.deploy(served), conflict).await {
         Ok(m) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "model": m.name, "active_version": m.version }),
         ),
-        Err(e) => error_response(StatusCode::CONFLICT, &e.to_string()),
+        Err(r) => r,
     }
 }
 
 async fn rollback(State(s): State<AdminState>, Path(p): Params) -> Response {
     let model = param(&p, "model");
-    // Off the async workers: the version rolled back from is freed there.
+    // The version rolled back from is freed where it is dropped: off the workers.
     let models = s.models.clone();
-    let rolled = match tokio::task::spawn_blocking(move || models.rollback(&model)).await {
-        Ok(r) => r,
-        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    let refused = |e: RepositoryError| match e {
+        RepositoryError::NotFound(_) => error_response(StatusCode::NOT_FOUND, &e.to_string()),
+        _ => error_response(StatusCode::CONFLICT, &e.to_string()),
     };
-    match rolled {
+    match off_workers(move || models.rollback(&model), refused).await {
         Ok(m) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "model": m.name, "active_version": m.version }),
         ),
-        Err(e @ RepositoryError::NotFound(_)) => {
-            error_response(StatusCode::NOT_FOUND, &e.to_string())
-        }
-        Err(e) => error_response(StatusCode::CONFLICT, &e.to_string()),
+        Err(r) => r,
     }
 }
 
 async fn checkpoint(State(s): State<AdminState>) -> Response {
     let log = s.audit.clone();
-    match tokio::task::spawn_blocking(move || log.latest_checkpoint()).await {
-        Ok(Ok(c)) => json_response(
+    match off_workers(move || log.latest_checkpoint(), audit_error).await {
+        Ok(c) => json_response(
             StatusCode::OK,
             &serde_json::json!({
                 "checkpoint": c,
                 "public_key": hexfmt::encode(&s.audit_public_key),
             }),
         ),
-        Ok(Err(e)) => audit_error(e),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -268,17 +283,16 @@ async fn entry(State(s): State<AdminState>, Path(p): Params) -> Response {
         return bad_request("the entry index must be a non-negative integer");
     };
     let log = s.audit.clone();
-    match tokio::task::spawn_blocking(move || log.entry(index)).await {
-        Ok(Ok(Some(bytes))) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+    match off_workers(move || log.entry(index), audit_error).await {
+        Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(v) => json_response(
                 StatusCode::OK,
                 &serde_json::json!({ "index": index, "entry": v }),
             ),
             Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         },
-        Ok(Ok(None)) => error_response(StatusCode::NOT_FOUND, &format!("no entry {index}")),
-        Ok(Err(e)) => audit_error(e),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Ok(None) => error_response(StatusCode::NOT_FOUND, &format!("no entry {index}")),
+        Err(r) => r,
     }
 }
 
@@ -310,18 +324,16 @@ async fn inclusion(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Respon
         }
     };
     let log = s.audit.clone();
-    let res = tokio::task::spawn_blocking(move || {
+    let proof = move || {
         let size = match size {
             Some(n) => n,
             None => log.size()?,
         };
         log.inclusion(index, size)
-    })
-    .await;
-    match res {
-        Ok(Ok(p)) => json_response(StatusCode::OK, &p),
-        Ok(Err(e)) => audit_error(e),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    match off_workers(proof, audit_error).await {
+        Ok(p) => json_response(StatusCode::OK, &p),
+        Err(r) => r,
     }
 }
 
@@ -337,17 +349,15 @@ async fn consistency(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Resp
         }
     };
     let log = s.audit.clone();
-    let res = tokio::task::spawn_blocking(move || {
+    let proof = move || {
         let second = match second {
             Some(n) => n,
             None => log.size()?,
         };
         log.consistency(first, second)
-    })
-    .await;
-    match res {
-        Ok(Ok(p)) => json_response(StatusCode::OK, &p),
-        Ok(Err(e)) => audit_error(e),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    match off_workers(proof, audit_error).await {
+        Ok(p) => json_response(StatusCode::OK, &p),
+        Err(r) => r,
     }
 }
