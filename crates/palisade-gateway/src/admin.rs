@@ -361,3 +361,44 @@ async fn consistency(State(s): State<AdminState>, RawQuery(q): RawQuery) -> Resp
         Err(r) => r,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_found(e: String) -> Response {
+        error_response(StatusCode::NOT_FOUND, &e)
+    }
+
+    async fn body_text(r: Response) -> String {
+        let b = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn off_workers_gives_the_value_the_handlers_answer_or_a_plain_500() {
+        let ok = off_workers(|| Ok::<_, String>(7), not_found).await;
+        assert!(matches!(ok, Ok(7)));
+
+        let Err(r) = off_workers(|| Err::<u8, _>("no such key".to_string()), not_found).await
+        else {
+            panic!("an error was taken for a value");
+        };
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(body_text(r).await.contains("no such key"));
+
+        // A task that panics: 500, and the panic's text stays out of the response.
+        let Err(r) = off_workers(
+            || -> Result<u8, String> { panic!("secret detail") },
+            not_found,
+        )
+        .await
+        else {
+            panic!("a panicked task gave a value");
+        };
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = body_text(r).await;
+        assert!(text.contains("internal error"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+}
