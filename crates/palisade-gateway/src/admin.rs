@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::audit::{AuditError, AuditLog};
-use crate::guard::{Decision, error_response, json_response};
+use crate::guard::{Decision, error_response, json_response, off_worker_if};
 use crate::hexfmt;
 use crate::keys::{KeyError, KeyStore, Role};
 use crate::model::{ModelRepository, RepositoryError};
@@ -100,11 +100,10 @@ struct CreateKey {
     expires_in_s: Option<u64>,
 }
 
-/// Runs `f` off the async workers (a gateway on 2 cores has one): the key database and the
-/// audit log are read and written there, since a write is fsynced and either may wait for a lock
-/// another process holds; so are model loads, deploys and rollbacks. Its error, if any, is
-/// answered by `answer`; a task that did not finish (it panicked, or the runtime is shutting
-/// down) gets a 500 that says no more than that, the details going to the log.
+/// Runs `f` off the async workers ([`off_worker_if`]): the key database and the audit log are
+/// read and written there, since a write is fsynced and either may wait for a lock another
+/// process holds; so are model loads, deploys and rollbacks. Its error, if any, is answered by
+/// `answer`.
 async fn off_workers<T, E>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
     answer: fn(E) -> Response,
@@ -113,16 +112,9 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(answer),
-        Err(e) => {
-            tracing::error!(error = %e, "an admin task did not finish");
-            Err(error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error",
-            ))
-        }
-    }
+    off_worker_if(true, "admin action", f)
+        .await?
+        .map_err(answer)
 }
 
 async fn list_keys(State(s): State<AdminState>) -> Response {

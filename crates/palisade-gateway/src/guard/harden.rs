@@ -13,7 +13,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use ndarray::{Array2, Axis};
 
-use super::{Decision, Guard, Next, Prediction, call_next, error_response};
+use super::{Decision, Guard, Next, Prediction, call_next, error_response, off_worker_if};
 use crate::model::ServedModel;
 use crate::oip::{self, OutputData, OutputTensor};
 use crate::policy::{NoiseKind, OutputPolicy, Reveal};
@@ -127,16 +127,10 @@ impl Guard for Harden {
         };
         // A large batch's scores take milliseconds to harden and encode: on a blocking thread,
         // not on the async worker that every connection shares.
-        let encoded = if heavy {
-            tokio::task::spawn_blocking(encode)
-                .await
-                .unwrap_or_else(|e| Err(format!("encoding the response did not finish: {e}")))
-        } else {
-            encode()
-        };
-        let enc = match encoded {
-            Ok(e) => e,
-            Err(e) => {
+        let enc = match off_worker_if(heavy, "response encoding", encode).await {
+            Ok(Ok(e)) => e,
+            Err(r) => return r,
+            Ok(Err(e)) => {
                 let mut r = error_response(StatusCode::INTERNAL_SERVER_ERROR, &e);
                 r.extensions_mut().insert(Decision::Error);
                 return r;

@@ -146,6 +146,27 @@ pub async fn call_next_meanwhile<T>(
     (resp, done)
 }
 
+/// Runs `f` on this async worker, or, when `heavy`, on a blocking thread, so that milliseconds of
+/// CPU or a wait on a lock or an fsync do not hold up the worker every connection shares (a
+/// gateway on 2 cores has one). A blocking task that did not finish (it panicked, or the runtime
+/// is shutting down) is logged as `what` and answered with a plain 500 ([`Decision::Error`]), its
+/// details kept out of the response.
+pub(crate) async fn off_worker_if<T: Send + 'static>(
+    heavy: bool,
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    if !heavy {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, task = what, "a blocking task did not finish");
+        let mut r = error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        r.extensions_mut().insert(Decision::Error);
+        r
+    })
+}
+
 /// Bodies up to this size are hashed (and, by validation, decoded and checked) on the async
 /// worker, in tens of microseconds; larger ones on a blocking thread, so that their milliseconds
 /// of CPU do not hold up the worker every connection shares.

@@ -23,7 +23,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::{
     BodyDigest, Guard, INLINE_BYTES, InputDigest, Next, ServedVersion, ValidatedInfer, call_next,
-    call_next_meanwhile, reject,
+    call_next_meanwhile, off_worker_if, reject,
 };
 use crate::deadline::{BodyClock, BodyTimedOut, DeadlineBody};
 use crate::model::{ModelRepository, ServedModel};
@@ -228,14 +228,6 @@ fn acceptable(v: f32, lo: f32, hi: f32) -> bool {
     (v >= lo) & (v <= hi) & (v.abs() <= f32::MAX)
 }
 
-/// 500 for a blocking task that did not finish (it panicked, or the runtime is shutting down).
-fn internal(e: &tokio::task::JoinError) -> Response {
-    tracing::error!(error = %e, "request validation did not finish");
-    let mut r = super::error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-    r.extensions_mut().insert(super::Decision::Error);
-    r
-}
-
 /// The first value that is not [`acceptable`], if any. A request is almost always valid, so the
 /// whole slice is first checked in one pass of comparisons OR-ed into a flag, without early exit,
 /// which the compiler turns into vector instructions; the offender is looked for only when that
@@ -326,17 +318,10 @@ impl Guard for Validate {
                 .and_then(|mut r| check_request(&checking, &mut r).map(|x| (r, x)));
             Ok((bytes, checked))
         };
-        let prepared = if heavy {
-            match tokio::task::spawn_blocking(prepare).await {
-                Ok(p) => p,
-                Err(e) => return internal(&e),
-            }
-        } else {
-            prepare()
-        };
-        let (bytes, result) = match prepared {
-            Ok(p) => p,
-            Err(e) => return body_error(e),
+        let (bytes, result) = match off_worker_if(heavy, "request validation", prepare).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return body_error(e),
+            Err(r) => return r,
         };
         // The digest is only for the audit log: it is computed while the model runs.
         let digest = BodyDigest::start(bytes);
