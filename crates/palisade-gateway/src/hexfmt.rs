@@ -11,6 +11,13 @@ pub fn encode(bytes: &[u8]) -> String {
     s
 }
 
+/// Lower-case hex of the SHA-256 of `bytes`: the form of the audit log's digests and a served
+/// model's.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    encode(&sha2::Sha256::digest(bytes))
+}
+
 /// Bytes of a hex string (either case), or `None` if it is not hex.
 pub fn decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();

@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use palisade_core::Classifier;
-use sha2::{Digest, Sha256};
 
 use crate::model::{ModelRepository, ServedModel, valid_name};
 use crate::policy::Policy;
@@ -83,7 +82,7 @@ pub fn admit(path: &Path) -> Result<Admitted, GatewayError> {
         )));
     }
     let bytes = std::fs::read(path).map_err(|e| GatewayError::io(path, e))?;
-    let sha256 = hexfmt::encode(&Sha256::digest(&bytes));
+    let sha256 = hexfmt::sha256(&bytes);
     // The bytes read above are scanned, not the path: a file replaced between two opens (the
     // scanner's and its hasher's, for large files) could otherwise be scanned as one file and
     // hashed as another.

@@ -248,7 +248,7 @@ impl Guard for WriteAhead {
             version: None,
             decision: Cow::Borrowed(INTENT),
             status: 0,
-            input_sha256: Some(Cow::Owned(super::sha256_hex(&bytes))),
+            input_sha256: Some(Cow::Owned(crate::hexfmt::sha256(&bytes))),
             output_sha256: None,
             latency_us: 0,
             operator: None,

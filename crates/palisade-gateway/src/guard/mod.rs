@@ -172,12 +172,6 @@ pub(crate) async fn off_worker_if<T: Send + 'static>(
 /// of CPU do not hold up the worker every connection shares.
 pub(crate) const INLINE_BYTES: usize = 64 << 10;
 
-/// SHA-256 (hex) of `bytes`, the form of the audit log's digests.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    crate::hexfmt::encode(&sha2::Sha256::digest(bytes))
-}
-
 /// A body's digest for the audit log, on its way: a body over [`INLINE_BYTES`] is hashed on a
 /// blocking thread from [`BodyDigest::start`] on; a smaller one where the caller chooses, with
 /// [`BodyDigest::compute_here`] (while it waits for something else) or at [`BodyDigest::get`].
@@ -192,7 +186,10 @@ impl BodyDigest {
     pub(crate) fn start(bytes: bytes::Bytes) -> Self {
         if bytes.len() > INLINE_BYTES {
             let b = bytes.clone();
-            BodyDigest::Away(tokio::task::spawn_blocking(move || sha256_hex(&b)), bytes)
+            BodyDigest::Away(
+                tokio::task::spawn_blocking(move || crate::hexfmt::sha256(&b)),
+                bytes,
+            )
         } else {
             BodyDigest::Here(bytes)
         }
@@ -201,7 +198,7 @@ impl BodyDigest {
     /// Hashes a small body now; a large one goes on on its thread.
     pub(crate) fn compute_here(self) -> Self {
         match self {
-            BodyDigest::Here(b) => BodyDigest::Done(sha256_hex(&b)),
+            BodyDigest::Here(b) => BodyDigest::Done(crate::hexfmt::sha256(&b)),
             other => other,
         }
     }
@@ -210,11 +207,11 @@ impl BodyDigest {
     /// computed here instead.
     pub(crate) async fn get(self) -> String {
         match self {
-            BodyDigest::Here(b) => sha256_hex(&b),
+            BodyDigest::Here(b) => crate::hexfmt::sha256(&b),
             BodyDigest::Done(d) => d,
             BodyDigest::Away(job, b) => match job.await {
                 Ok(d) => d,
-                Err(_) => sha256_hex(&b),
+                Err(_) => crate::hexfmt::sha256(&b),
             },
         }
     }
