@@ -31,10 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let inference = Arc::new(InferencePool::new(None, None)?);
     let app = palisade_gateway::baseline::router(clf, inference, "mnist", "1", &loaded.output_name);
     // As many async workers as `palisade serve` runs by default.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(palisade_gateway::pool::default_async_threads())
-        .enable_all()
-        .build()?;
+    let rt = palisade_gateway::pool::async_runtime(None)?;
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind(&addr).await?;
         eprintln!("bare endpoint on http://{addr}");

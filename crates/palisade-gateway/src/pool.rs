@@ -87,6 +87,16 @@ pub fn default_async_threads() -> usize {
     async_threads_for(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// The async runtime a gateway serves on: `threads` workers (at least one; `None`:
+/// [`default_async_threads`]), with I/O and timers. Its worker count is
+/// `runtime.metrics().num_workers()`.
+pub fn async_runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.unwrap_or_else(default_async_threads).max(1))
+        .enable_all()
+        .build()
+}
+
 impl InferencePool {
     /// Starts the inference threads: `threads` of them (at least one; `None`: one per core the
     /// process may use). With `Some(limit)` (at least one: 0 is taken as 1), a call that finds
@@ -269,6 +279,14 @@ mod tests {
             .collect();
         assert_eq!(threads, [1, 1, 1, 1, 1, 2, 2, 4, 16]);
         assert!(default_async_threads() >= 1);
+    }
+
+    #[test]
+    fn the_async_runtime_has_the_workers_asked_for_and_at_least_one() {
+        let workers = |n| async_runtime(n).unwrap().metrics().num_workers();
+        assert_eq!(workers(Some(3)), 3);
+        assert_eq!(workers(Some(0)), 1);
+        assert_eq!(workers(None), default_async_threads());
     }
 
     fn runtime() -> tokio::runtime::Runtime {

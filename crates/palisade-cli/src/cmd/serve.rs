@@ -234,14 +234,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
     let inference_threads = gw.inference.threads();
     let router = gw.router();
 
-    let async_threads = args
-        .async_threads
-        .map_or_else(palisade_gateway::pool::default_async_threads, usize::from);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(async_threads)
-        .enable_all()
-        .build()
+    let rt = palisade_gateway::pool::async_runtime(args.async_threads.map(usize::from))
         .context("starting the async runtime")?;
+    let async_threads = rt.metrics().num_workers();
     rt.block_on(async move {
         let http = tokio::net::TcpListener::bind(&args.listen)
             .await
