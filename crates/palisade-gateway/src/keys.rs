@@ -10,11 +10,12 @@
 //! records cached in memory. The cache is dropped when SQLite says the database changed
 //! (`PRAGMA data_version`, which sees commits by any other connection or process, such as
 //! `palisade keys revoke`) and on the store's own writes. Asking costs a read transaction, which
-//! takes and drops a lock on the `-shm` file (two `fcntl` calls), so an answer vouches for the
-//! cache for [`RECHECK_AFTER`] (1 ms): under load most requests skip the question. In exchange a
-//! write that takes validity away (revoke, rotate) waits [`SETTLE`] (2 ms, longer than that window)
-//! after its commit before it returns, so once `palisade keys revoke` (or the admin API) has
-//! answered, no gateway on the same database accepts the key, whichever process wrote it.
+//! takes and drops a lock on the `-shm` file (two `fcntl` calls) on the request's path, so an
+//! answer vouches for the cache for [`RECHECK_AFTER`] (10 ms): under load almost every request
+//! skips the question. In exchange a write that takes validity away (revoke, rotate) waits
+//! [`SETTLE`] (20 ms, longer than that window) after its commit before it returns, so once
+//! `palisade keys revoke` (or the admin API) has answered, no gateway on the same database
+//! accepts the key, whichever process wrote it.
 //! Writes (changes, TOTP checks) go through a second connection with a lock of its own, so
 //! that their fsync does not hold up the authentication of the requests meanwhile.
 //!
@@ -317,7 +318,7 @@ pub const TOTP_LOCKOUT: Duration = Duration::from_secs(15 * 60);
 const MAX_CACHED: usize = 4096;
 
 /// How long an answer to "did the database change?" vouches for the cached records.
-pub const RECHECK_AFTER: Duration = Duration::from_millis(1);
+pub const RECHECK_AFTER: Duration = Duration::from_millis(10);
 
 /// How long a write that takes a key's validity away waits after its commit before it returns:
 /// longer than [`RECHECK_AFTER`], so that by then every store on the database has asked again.
