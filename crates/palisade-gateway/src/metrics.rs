@@ -1,9 +1,11 @@
 //! Prometheus metrics. Labels are routes, status codes, guards and models: never a key, a client
 //! address or anything else per client (cardinality stays bounded and no caller is tracked).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
+use axum::http::StatusCode;
 use axum::response::Response;
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -24,8 +26,35 @@ pub struct Metrics {
     audit_append: Histogram,
     audit_failures: IntCounter,
     inference_queue: IntGauge,
+    /// The series of every route in [`ROUTES`], looked up once here rather than per request.
+    routes: Arc<[RouteSeries]>,
 }
 
+/// Every value of the `route` label ([`route_label`]).
+const ROUTES: [&str; 11] = [
+    "health",
+    "server",
+    "metrics",
+    "grpc",
+    "metadata",
+    "ready",
+    "infer",
+    "admin.keys",
+    "admin.models",
+    "audit",
+    "unknown",
+];
+
+/// A route's request duration and its count of `200` answers, resolved once: finding a series by
+/// its label values hashes them and takes a read lock, several times per request otherwise.
+#[derive(Debug)]
+struct RouteSeries {
+    route: &'static str,
+    duration: Histogram,
+    ok: IntCounter,
+}
+
+/// The `route` label of `req`: one of [`ROUTES`].
 fn route_label(req: &mut Request) -> &'static str {
     let path = req.uri().path();
     match path {
@@ -89,6 +118,17 @@ impl Metrics {
         registry.register(Box::new(audit_append.clone()))?;
         registry.register(Box::new(audit_failures.clone()))?;
         registry.register(Box::new(inference_queue.clone()))?;
+        let routes = ROUTES
+            .iter()
+            .map(|&route| {
+                Ok(RouteSeries {
+                    route,
+                    duration: duration.get_metric_with_label_values(&[route])?,
+                    ok: requests.get_metric_with_label_values(&[route, "200"])?,
+                })
+            })
+            .collect::<Result<Vec<_>, prometheus::Error>>()?
+            .into();
         Ok(Metrics {
             registry,
             requests,
@@ -98,6 +138,7 @@ impl Metrics {
             audit_append,
             audit_failures,
             inference_queue,
+            routes,
         })
     }
 
@@ -140,15 +181,116 @@ impl Guard for Measure {
         let t = Instant::now();
         let resp = call_next(next, req).await;
         let m = &self.0;
-        m.duration
-            .with_label_values(&[route])
-            .observe(t.elapsed().as_secs_f64());
-        m.requests
-            .with_label_values(&[route, resp.status().as_str()])
-            .inc();
+        let took = t.elapsed().as_secs_f64();
+        let status = resp.status();
+        match m.routes.iter().find(|s| s.route == route) {
+            Some(s) => {
+                s.duration.observe(took);
+                if status == StatusCode::OK {
+                    s.ok.inc();
+                } else {
+                    m.requests
+                        .with_label_values(&[route, status.as_str()])
+                        .inc();
+                }
+            }
+            None => {
+                m.duration.with_label_values(&[route]).observe(took);
+                m.requests
+                    .with_label_values(&[route, status.as_str()])
+                    .inc();
+            }
+        }
         if let Some(Decision::Denied(g)) = resp.extensions().get::<Decision>() {
             m.rejections.with_label_values(&[g]).inc();
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::body::Body;
+
+    use super::*;
+    use crate::guard::{GuardLayer, error_response};
+
+    fn request(method: &str, path: &str) -> Request {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[test]
+    fn every_route_label_is_one_whose_series_are_resolved() {
+        for (method, path) in [
+            ("GET", "/v2/health/live"),
+            ("GET", "/v2/health/ready"),
+            ("GET", "/v2"),
+            ("GET", "/metrics"),
+            ("POST", "/inference.GRPCInferenceService/ModelInfer"),
+            ("GET", "/v2/models/m"),
+            ("GET", "/v2/models/m/versions/2/ready"),
+            ("POST", "/v2/models/m/infer"),
+            ("POST", "/v2/admin/keys"),
+            ("POST", "/v2/admin/models/m/deploy"),
+            ("GET", "/v2/audit/entries/0"),
+            ("GET", "/nowhere"),
+        ] {
+            let route = route_label(&mut request(method, path));
+            assert!(ROUTES.contains(&route), "{path}: {route}");
+        }
+        // Every resolved route is one of them, once.
+        let metrics = Metrics::new().unwrap();
+        let names: Vec<&str> = metrics.routes.iter().map(|s| s.route).collect();
+        assert_eq!(names, ROUTES);
+    }
+
+    #[tokio::test]
+    async fn answers_are_counted_by_route_and_code_resolved_or_not() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let stack: Next = tower::ServiceBuilder::new()
+            .layer(GuardLayer(Measure(metrics.clone())))
+            .service(tower::service_fn(|req: Request| async move {
+                let status = match req.uri().path() {
+                    "/v2/models/m/infer" => StatusCode::OK,
+                    _ => StatusCode::NOT_FOUND,
+                };
+                Ok::<_, Infallible>(error_response(status, "x"))
+            }));
+        for _ in 0..3 {
+            stack.run(request("POST", "/v2/models/m/infer")).await;
+        }
+        stack.run(request("GET", "/nowhere")).await;
+        let text = metrics.render();
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.starts_with(needle))
+                .unwrap_or_else(|| panic!("no {needle} in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            line(r#"palisade_requests_total{code="200",route="infer"}"#),
+            "3"
+        );
+        assert_eq!(
+            line(r#"palisade_requests_total{code="404",route="unknown"}"#),
+            "1"
+        );
+        assert_eq!(
+            line(r#"palisade_request_duration_seconds_count{route="infer"}"#),
+            "3"
+        );
+        assert_eq!(
+            line(r#"palisade_request_duration_seconds_count{route="unknown"}"#),
+            "1"
+        );
     }
 }
