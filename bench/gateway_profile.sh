@@ -2,7 +2,8 @@
 # Where the gateway's CPU goes per guard: `palisade serve` (the bench repository of
 # gateway_common.sh) under wrk, sampled by perf with DWARF call graphs, each sample attributed to
 # the innermost guard (or tract, hyper, axum, tokio) on its stack. Needs perf (linux-perf) and wrk.
-# Also: the CPU per request of each kind of thread (async workers, inference threads, audit).
+# Also: the CPU per request of each kind of thread (async workers, inference threads, audit), and
+# the system calls per request by kind.
 # Usage: bash bench/gateway_profile.sh   (CONNS=16 SECONDS_PER_RUN=6 FREQ=1500 DURABILITY=process)
 source "$(dirname "$0")/gateway_common.sh"
 command -v perf > /dev/null || { echo "perf is needed: apt-get install linux-perf" >&2; exit 2; }
@@ -49,3 +50,17 @@ print("CPU per request by thread (perf sampling included):")
 for name, c in threads.most_common():
     print(f"  {c * per_request:7.1f} µs  {name}")
 '
+# System calls per request, by kind, over another run: a system call that the bare endpoint does
+# not make is a cost of the guards that a CPU profile spreads thin over the kernel (the key
+# cache's `PRAGMA data_version` showed up here as `fcntl` locks on the key database, 2026-12-05).
+# Needs the syscalls tracepoints (root, or perf_event_paranoid <= -1).
+if perf stat -x, -e syscalls:sys_enter_write -o /dev/null -- true 2> /dev/null; then
+    perf stat -x, -e 'syscalls:sys_enter_*' -p "$GW_PID" -o "$STATE/sys.txt" -- sleep "$SECS" 2> /dev/null &
+    PERF=$!
+    RUN=$(run_wrk "$URL" "$C" "$SECS")
+    wait "$PERF"
+    echo "system calls per request (over $(field "$RUN" requests) requests):"
+    awk -F, -v n="$(field "$RUN" requests)" '$1 + 0 > 0 {sub("syscalls:sys_enter_", "", $3); printf "  %8.3f  %s\n", $1 / n, $3}' "$STATE/sys.txt" | sort -nr | head -15
+else
+    echo "(no syscall tracepoints here: system calls per request left out)"
+fi
