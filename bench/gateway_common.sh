@@ -16,7 +16,9 @@ BIN=$TDIR/palisade
 BARE=$TDIR/examples/bare_endpoint
 STATE=$(mktemp -d)
 BODY=$STATE/body.bin
-HLEN=$(python3 bench/oip_body.py "$BODY")
+# BATCH images per request (1 by default, at most 16): a heavier model call against the same
+# guards, to see how the guards' cost per request weighs against the model's.
+HLEN=$(python3 bench/oip_body.py "$BODY" "${BATCH:-1}")
 export BODY HLEN
 # The benchmarks serve the bundled model from a repository of their own whose policy keeps every
 # guard on the path but sets limits no run reaches (the bundled policy allows 5,000 requests per

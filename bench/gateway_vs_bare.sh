@@ -7,7 +7,8 @@
 # instructions per request in tract (2026-12-02).
 # The gateway runs twice, once per audit durability: `full` (fsync before each answer) and
 # `process` (survives kill -9 of the gateway, not a power cut).
-# Usage: bash bench/gateway_vs_bare.sh   (SECONDS_PER_RUN=6 ROUNDS=5 PROFILE=release CONNS_LIST="1 16 64")
+# Usage: bash bench/gateway_vs_bare.sh   (SECONDS_PER_RUN=6 ROUNDS=5 PROFILE=release CONNS_LIST="1 16 64"
+#        BATCH=1: images per request, up to 16)
 source "$(dirname "$0")/gateway_common.sh"
 SECS=${SECONDS_PER_RUN:-6}
 # Every round starts the three servers afresh. Two processes of the same binary can differ by

@@ -1,7 +1,8 @@
-"""Writes an OIP binary-extension infer body for one MNIST image of data/reference-parity.
+"""Writes an OIP binary-extension infer body for a batch of MNIST images of data/reference-parity
+(one by default, at most the 16 there).
 
 Prints the JSON header length (the Inference-Header-Content-Length value). No numpy needed.
-Usage: python3 bench/oip_body.py OUT_FILE
+Usage: python3 bench/oip_body.py OUT_FILE [BATCH]
 """
 import ast
 import json
@@ -14,9 +15,13 @@ assert raw[:6] == b"\x93NUMPY"
 hlen = struct.unpack("<H", raw[8:10])[0]
 header = ast.literal_eval(raw[10:10 + hlen].decode("latin1"))
 assert header["descr"] == "<f4" and not header["fortran_order"]
-data = raw[10 + hlen:10 + hlen + 784 * 4]
+batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+count = header["shape"][0]
+if not 1 <= batch <= count:
+    sys.exit(f"BATCH must be between 1 and {count}")
+data = raw[10 + hlen:10 + hlen + batch * 784 * 4]
 head = json.dumps({
-    "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+    "inputs": [{"name": "input", "shape": [batch, 1, 28, 28], "datatype": "FP32",
                 "parameters": {"binary_data_size": len(data)}}],
     "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
 }).encode()
