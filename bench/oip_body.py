@@ -15,10 +15,13 @@ assert raw[:6] == b"\x93NUMPY"
 hlen = struct.unpack("<H", raw[8:10])[0]
 header = ast.literal_eval(raw[10:10 + hlen].decode("latin1"))
 assert header["descr"] == "<f4" and not header["fortran_order"]
-batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 count = header["shape"][0]
+try:
+    batch = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+except ValueError:
+    batch = 0
 if not 1 <= batch <= count:
-    sys.exit(f"BATCH must be between 1 and {count}")
+    sys.exit(f"BATCH must be a whole number between 1 and {count}, not {sys.argv[2]!r}")
 data = raw[10 + hlen:10 + hlen + batch * 784 * 4]
 head = json.dumps({
     "inputs": [{"name": "input", "shape": [batch, 1, 28, 28], "datatype": "FP32",
