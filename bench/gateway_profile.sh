@@ -3,7 +3,7 @@
 # gateway_common.sh) under wrk, sampled by perf with DWARF call graphs, each sample attributed to
 # the innermost guard (or tract, hyper, axum, tokio) on its stack. Needs perf (linux-perf) and wrk.
 # Also: the CPU per request of each kind of thread (async workers, inference threads, audit), and
-# the system calls per request by kind.
+# the system calls per request by kind, beside the bare endpoint's.
 # Usage: bash bench/gateway_profile.sh   (CONNS=16 SECONDS_PER_RUN=6 FREQ=1500 DURABILITY=process)
 source "$(dirname "$0")/gateway_common.sh"
 command -v perf > /dev/null || { echo "perf is needed: apt-get install linux-perf" >&2; exit 2; }
@@ -50,17 +50,31 @@ print("CPU per request by thread (perf sampling included):")
 for name, c in threads.most_common():
     print(f"  {c * per_request:7.1f} µs  {name}")
 '
-# System calls per request, by kind, over another run: a system call that the bare endpoint does
-# not make is a cost of the guards that a CPU profile spreads thin over the kernel (the key
-# cache's `PRAGMA data_version` showed up here as `fcntl` locks on the key database, 2026-12-05).
-# Needs the syscalls tracepoints (root, or perf_event_paranoid <= -1).
+# System calls per request, by kind, the gateway's beside the bare endpoint's (each over a run of
+# its own): a system call the bare endpoint does not make is a cost of the guards that a CPU
+# profile spreads thin over the kernel (the key cache's `PRAGMA data_version` showed up here as
+# `fcntl` locks on the key database, 2026-12-05). Needs the syscalls tracepoints (root, or
+# perf_event_paranoid <= -1).
+syscalls_per_request() { # PID URL OUT: runs wrk on URL while counting PID's system calls
+    perf stat -x, -e 'syscalls:sys_enter_*' -p "$1" -o "$STATE/sys.txt" -- sleep "$SECS" 2> /dev/null &
+    local perf=$! run
+    run=$(run_wrk "$2" "$C" "$SECS")
+    wait "$perf"
+    awk -F, -v n="$(field "$run" requests)" '$1 + 0 > 0 {sub("syscalls:sys_enter_", "", $3); printf "%s %.3f\n", $3, $1 / n}' "$STATE/sys.txt" > "$3"
+}
 if perf stat -x, -e syscalls:sys_enter_write -o /dev/null -- true 2> /dev/null; then
-    perf stat -x, -e 'syscalls:sys_enter_*' -p "$GW_PID" -o "$STATE/sys.txt" -- sleep "$SECS" 2> /dev/null &
-    PERF=$!
-    RUN=$(run_wrk "$URL" "$C" "$SECS")
-    wait "$PERF"
-    echo "system calls per request (over $(field "$RUN" requests) requests):"
-    awk -F, -v n="$(field "$RUN" requests)" '$1 + 0 > 0 {sub("syscalls:sys_enter_", "", $3); printf "  %8.3f  %s\n", $1 / n, $3}' "$STATE/sys.txt" | sort -nr | head -15
+    BP=$(free_port)
+    start_bare "$BP"
+    syscalls_per_request "$BARE_PID" "http://127.0.0.1:$BP/v2/models/mnist/infer" "$STATE/sys-bare.txt"
+    syscalls_per_request "$GW_PID" "$URL" "$STATE/sys-gw.txt"
+    echo "system calls per request:"
+    python3 - "$STATE/sys-bare.txt" "$STATE/sys-gw.txt" <<'PY'
+import sys
+bare, gw = ({l.split()[0]: float(l.split()[1]) for l in open(f)} for f in sys.argv[1:])
+print(f"  {'call':<16} {'bare':>8} {'gateway':>8}")
+for name in sorted(set(bare) | set(gw), key=lambda k: -max(bare.get(k, 0), gw.get(k, 0)))[:15]:
+    print(f"  {name:<16} {bare.get(name, 0):8.3f} {gw.get(name, 0):8.3f}")
+PY
 else
     echo "(no syscall tracepoints here: system calls per request left out)"
 fi
