@@ -3,8 +3,9 @@
 # gateway_common.sh) under wrk, sampled by perf with DWARF call graphs, each sample attributed to
 # the innermost guard (or tract, hyper, axum, tokio) on its stack. Needs perf (linux-perf) and wrk.
 # Also: the CPU per request of each kind of thread (async workers, inference threads, audit), and
-# the system calls per request by kind, beside the bare endpoint's.
-# Usage: bash bench/gateway_profile.sh   (CONNS=16 SECONDS_PER_RUN=6 FREQ=1500 DURABILITY=process)
+# the system calls per request by kind, each beside the bare endpoint's.
+# Usage: bash bench/gateway_profile.sh   (CONNS=16 SECONDS_PER_RUN=6 FREQ=1500 DURABILITY=process
+#        ROUNDS=3: runs of each server for the per-thread CPU)
 source "$(dirname "$0")/gateway_common.sh"
 command -v perf > /dev/null || { echo "perf is needed: apt-get install linux-perf" >&2; exit 2; }
 C=${CONNS:-16}
@@ -62,10 +63,51 @@ syscalls_per_request() { # PID URL OUT: runs wrk on URL while counting PID's sys
     wait "$perf"
     awk -F, -v n="$(field "$run" requests)" '$1 + 0 > 0 {sub("syscalls:sys_enter_", "", $3); printf "%s %.3f\n", $3, $1 / n}' "$STATE/sys.txt" > "$3"
 }
+BP=$(free_port)
+start_bare "$BP"
+BARE_URL="http://127.0.0.1:$BP/v2/models/mnist/infer"
+# CPU per request of each kind of thread, from the kernel's per-thread counts (no perf attached,
+# so nothing of its own is in them), the bare endpoint's beside the gateway's, alternating over
+# ROUNDS runs each, medians. The async worker is where the guards run: it used 25 µs per request
+# on the bare endpoint and 33 µs on the gateway at 16 connections, but 36 and 55 µs at 1
+# connection, where each request finds it (and its caches) cold (2026-12-05).
+thread_ticks() { # PID -> lines "thread-name ticks", summed over threads of one name
+    for t in /proc/"$1"/task/*; do
+        echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+    done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
+}
+thread_cpu() { # PID URL OUT: appends "thread µs-per-request" lines for one run
+    local before run
+    run_wrk "$2" "$C" 1 > /dev/null
+    before=$(thread_ticks "$1")
+    run=$(run_wrk "$2" "$C" "$SECS")
+    join <(echo "$before") <(thread_ticks "$1") |
+        awk -v n="$(field "$run" requests)" -v tick="$TICK_US" '{print $1, ($3 - $2) * tick / n}' >> "$3"
+}
+: > "$STATE/thr-bare.txt"
+: > "$STATE/thr-gw.txt"
+for _ in $(seq 1 "${ROUNDS:-3}"); do
+    AUTH= thread_cpu "$BARE_PID" "$BARE_URL" "$STATE/thr-bare.txt"
+    thread_cpu "$GW_PID" "$URL" "$STATE/thr-gw.txt"
+done
+echo "CPU per request by thread, without perf (median of ${ROUNDS:-3} runs each):"
+python3 - "$STATE/thr-bare.txt" "$STATE/thr-gw.txt" <<'PY'
+import collections, statistics, sys
+def load(path):
+    runs = collections.defaultdict(list)
+    for line in open(path):
+        name, us = line.split()
+        runs[name].append(float(us))
+    return {k: statistics.median(v) for k, v in runs.items()}
+bare, gw = load(sys.argv[1]), load(sys.argv[2])
+print(f"  {'thread':<18} {'bare':>8} {'gateway':>8}")
+for name in sorted(set(bare) | set(gw), key=lambda k: -max(bare.get(k, 0), gw.get(k, 0))):
+    if max(bare.get(name, 0), gw.get(name, 0)) >= 0.05:
+        print(f"  {name:<18} {bare.get(name, 0):6.1f}µs {gw.get(name, 0):6.1f}µs")
+print(f"  {'all':<18} {sum(bare.values()):6.1f}µs {sum(gw.values()):6.1f}µs")
+PY
 if perf stat -x, -e syscalls:sys_enter_write -o /dev/null -- true 2> /dev/null; then
-    BP=$(free_port)
-    start_bare "$BP"
-    syscalls_per_request "$BARE_PID" "http://127.0.0.1:$BP/v2/models/mnist/infer" "$STATE/sys-bare.txt"
+    AUTH= syscalls_per_request "$BARE_PID" "$BARE_URL" "$STATE/sys-bare.txt"
     syscalls_per_request "$GW_PID" "$URL" "$STATE/sys-gw.txt"
     echo "system calls per request:"
     python3 - "$STATE/sys-bare.txt" "$STATE/sys-gw.txt" <<'PY'
