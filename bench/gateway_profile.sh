@@ -68,9 +68,10 @@ start_bare "$BP"
 BARE_URL="http://127.0.0.1:$BP/v2/models/mnist/infer"
 # CPU per request of each kind of thread, from the kernel's per-thread counts (no perf attached,
 # so nothing of its own is in them), the bare endpoint's beside the gateway's, alternating over
-# ROUNDS runs each, medians. The async worker is where the guards run: it used 25 µs per request
-# on the bare endpoint and 33 µs on the gateway at 16 connections, but 36 and 55 µs at 1
-# connection, where each request finds it (and its caches) cold (2026-12-05).
+# ROUNDS runs each, medians. The async worker is where the guards run: it used 23 µs per request
+# on the bare endpoint and 31 µs on the gateway at 16 connections, but 34 and 53 µs at 1
+# connection, where each request finds it idle (2026-12-05). The CPU of a thread that starts or
+# ends within a run (a blocking-pool thread, for bodies over 64 KiB) is not counted whole.
 thread_ticks() { # PID -> lines "thread-name ticks", summed over threads of one name
     for t in /proc/"$1"/task/*; do
         echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
