@@ -90,7 +90,7 @@ start_bare() { # PORT [BARE_BINARY]; sets BARE_PID once the endpoint answers an 
 
 # cpu_us: the server process's CPU time (user + system, all threads) over a run.
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # PID, or PID/task/TID for one thread
 
 measure() { # SERVER_PID URL CONNECTIONS SECONDS (with $AUTH) -> '"cpu_us": N, "run": {...}'
     run_wrk "$2" "$3" 1 > /dev/null # warm-up

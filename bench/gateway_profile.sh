@@ -20,36 +20,26 @@ PERF=$!
 RUN=$(run_wrk "$URL" "$C" "$SECS")
 echo "$RUN"
 wait "$PERF"
-# Each cpu-clock sample stands for 1/FREQ s of CPU: per thread, that over the requests wrk
-# counted is the thread's CPU per request (perf's own cost included).
-export FREQ=${FREQ:-1500} REQUESTS=$(field "$RUN" requests)
 perf script -i "$STATE/gw.perf" 2> /dev/null | python3 -c '
-import collections, os, re, sys
+import collections, re, sys
 owners = [("tract", r"tract_|palisade_model::onnx"), ("audit", r"guard::audit::"),
           ("authn", r"guard::authn::"), ("authz", r"guard::authz::"),
           ("ratelimit", r"guard::ratelimit::"), ("validate", r"guard::validate::"),
           ("harden", r"guard::harden::"), ("infer service", r"palisade_gateway::infer::"),
           ("metrics", r"palisade_gateway::metrics::"), ("grpc", r"palisade_gateway::grpc"),
           ("axum routing", r"axum::"), ("hyper", r"hyper::"), ("tokio", r"tokio::")]
-count, threads, n = collections.Counter(), collections.Counter(), 0
+count, n = collections.Counter(), 0
 for sample in sys.stdin.read().split("\n\n"):
     lines = sample.strip().split("\n")
     frames = lines[1:]
     if not frames:
         continue
     n += 1
-    # The kernel keeps 15 characters of a thread name: palisade-infer-0 and -1 are both
-    # "palisade-infer-" (counted together), palisade-audit-wal is "palisade-audit-".
-    threads[lines[0].split()[0]] += 1
     owner = next((o for f in frames for o, p in owners if re.search(p, f)), "other")
     count[owner] += 1
 print(f"{n} samples; share of the gateway process CPU by innermost owner on the stack:")
 for owner, c in count.most_common():
     print(f"  {100 * c / n:5.1f}%  {owner}")
-per_request = 1e6 / int(os.environ["FREQ"]) / int(os.environ["REQUESTS"])
-print("CPU per request by thread (perf sampling included):")
-for name, c in threads.most_common():
-    print(f"  {c * per_request:7.1f} µs  {name}")
 '
 # System calls per request, by kind, the gateway's beside the bare endpoint's (each over a run of
 # its own): a system call the bare endpoint does not make is a cost of the guards that a CPU
@@ -71,10 +61,12 @@ BARE_URL="http://127.0.0.1:$BP/v2/models/mnist/infer"
 # ROUNDS runs each, medians. The async worker is where the guards run: it used 23 µs per request
 # on the bare endpoint and 31 µs on the gateway at 16 connections, but 34 and 53 µs at 1
 # connection, where each request finds it idle (2026-12-05). The CPU of a thread that starts or
-# ends within a run (a blocking-pool thread, for bodies over 64 KiB) is not counted whole.
+# ends within a run (a blocking-pool thread, for bodies over 64 KiB) is not counted whole. The
+# kernel keeps 15 characters of a thread name: palisade-infer-0 and -1 are both "palisade-infer-"
+# (counted together), palisade-audit-wal is "palisade-audit-".
 thread_ticks() { # PID -> lines "thread-name ticks", summed over threads of one name
     for t in /proc/"$1"/task/*; do
-        echo "$(tr ' ' _ < "$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+        echo "$(tr ' ' _ < "$t/comm") $(cpu_ticks "$1/task/${t##*/}")"
     done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
 }
 thread_cpu() { # PID URL OUT: appends "thread µs-per-request" lines for one run
