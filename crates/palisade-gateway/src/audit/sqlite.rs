@@ -90,8 +90,8 @@ const WAL_RESTART_FRAMES: i64 = 16_384;
 /// (`bench/gateway_vs_bare.sh`, `cpu` columns). From 25 to 100 ms, the ingester's own CPU per
 /// request fell from 2.4 to 1.6–2.0 µs at one connection and from 1.9–2.1 to 1.4 µs at 16 (the
 /// kernel's per-thread counts, 3 alternating rounds, 2026-12-05). Reads do not wait for the
-/// tick: they hurry it; what a killed gateway leaves to copy in at its next start is at most a
-/// tick's worth.
+/// tick: they hurry it. What a killed gateway leaves in the journal for its next start to copy in
+/// is about a tick's worth of entries, more if SQLite had fallen behind.
 const INGEST_EVERY: Duration = Duration::from_millis(100);
 
 /// Longest a read waits for the ingester to bring SQLite up to the acknowledged entries.
