@@ -12,9 +12,9 @@
 //! A thread that finds the queue empty blocks at once; it does not spin first in wait for the
 //! next call. Spinning for 100 µs before blocking served 7-19% more requests per second at one
 //! connection, where the caller otherwise wakes a sleeping thread (8-11 µs of the caller's CPU
-//! per call on a 2-vCPU VM, `perf` with call graphs), but 2-5% fewer at 16 connections on 2 cores,
-//! where the spinning thread takes CPU that the async worker needs (bare endpoint and gateway,
-//! 3 rounds each, 2026-12-05).
+//! per call there on a 2-vCPU VM, sampled by `perf` with call graphs, perf's own cost included),
+//! but 2-5% fewer at 16 connections on 2 cores, where the spinning thread takes CPU that the
+//! async worker needs (bare endpoint and gateway, 3 rounds each, 2026-12-05).
 //!
 //! A call whose caller has gone (a client that disconnected while it waited) is skipped rather
 //! than run. By default the queue is not bounded: what bounds it is the callers in flight, one
