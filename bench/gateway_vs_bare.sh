@@ -8,7 +8,8 @@
 # The gateway runs twice, once per audit durability: `full` (fsync before each answer) and
 # `process` (survives kill -9 of the gateway, not a power cut).
 # Usage: bash bench/gateway_vs_bare.sh   (SECONDS_PER_RUN=6 ROUNDS=5 PROFILE=release CONNS_LIST="1 16 64"
-#        BATCH=1: images per request, up to 16)
+#        BATCH=1: images per request, up to 16; HOLD_CPU_LATENCY=1: idle cores poll, see
+#        gateway_common.sh)
 source "$(dirname "$0")/gateway_common.sh"
 SECS=${SECONDS_PER_RUN:-6}
 # Every round starts the three servers afresh. Two processes of the same binary can differ by
@@ -46,6 +47,7 @@ stop_servers() { # SIGTERM: the gateways close their audit logs before the next 
 ROUNDS=${ROUNDS:-5}
 # ratio_range: the lowest and highest ratio of a single round (each guarded run against the bare
 # run of the same round), to show how far one run on this machine can be trusted.
+machine_line
 printf "%-8s %-5s %10s %10s %7s %13s %10s %10s %10s %8s %8s\n" audit conns bare_rps guard_rps ratio ratio_range bare_p99 guard_p99 added_p99 bare_cpu guard_cpu
 CONNS_LIST=${CONNS_LIST:-1 16 64}
 for C in $CONNS_LIST; do : > "$STATE/results-$C.jsonl"; done
