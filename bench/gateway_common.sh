@@ -58,8 +58,8 @@ machine_line() {
 # halting: figures without the host's cost of waking an idle core. Released when the script exits.
 HOLD_PID=
 if [ "${HOLD_CPU_LATENCY:-0}" = 1 ]; then
-    [ -w /dev/cpu_dma_latency ] || { echo "HOLD_CPU_LATENCY=1 needs root (/dev/cpu_dma_latency)" >&2; exit 2; }
-    python3 -c 'import os, struct, sys, time
+    [ -w /dev/cpu_dma_latency ] || { echo "HOLD_CPU_LATENCY=1 needs /dev/cpu_dma_latency, writable (root)" >&2; exit 2; }
+    python3 -c 'import os, struct, time
 f = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
 os.write(f, struct.pack("i", 0))
 print("held", flush=True)
