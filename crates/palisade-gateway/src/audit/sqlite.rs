@@ -20,7 +20,10 @@
 //!   meanwhile make the next group;
 //! - with `Process`, the appending thread itself (leader/follower group write): the first
 //!   appender writes its entry and whatever others queued while it did to the journal, until the
-//!   queue is empty; the others wait for its answer. Handing the entry to another thread and
+//!   queue is empty; the others wait for its answer. Groups form only where appends overlap, on
+//!   several async workers: on one (the default up to 4 cores) each entry is its own write, 0.96
+//!   more `write(2)` per request than the bare endpoint at 16 connections on 2 cores
+//!   (`bench/gateway_profile.sh`, 2026-12-05). Handing the entry to another thread and
 //!   being woken back would cost more than the write: at one connection on a 2-core VM, removing
 //!   that hand-off cut 50 to 160 µs from each request (`bench/gateway_vs_bare.sh`). An ingester
 //!   thread copies the journaled entries into SQLite every [`INGEST_EVERY`] while there are any,
@@ -696,8 +699,9 @@ impl SqliteAuditLog {
                     q.leading = false;
                     // Only `close` waits for the leader, and it sets `closed` first (under this
                     // lock). A notify is a futex system call even with no one waiting: one per
-                    // group written, ~0.7 per request under load (`perf record -e
-                    // syscalls:sys_enter_futex`), so it is made only when it can wake someone.
+                    // group written, ~0.7 per request under load when it was measured (`perf
+                    // record -e syscalls:sys_enter_futex`), so it is made only when it can wake
+                    // someone.
                     if q.closed {
                         inline.idle.notify_all();
                     }
