@@ -26,7 +26,6 @@ SECS=${SECONDS_PER_RUN:-6}
 ROUNDS=${ROUNDS:-4}
 CONNS_LIST=${CONNS_LIST:-1 16 64}
 OUT=$STATE/ab.jsonl
-machine_line
 declare -A KEY # each build's gateway keeps its state folder, and so its admin key, across rounds
 for ROUND in $(seq 1 "$ROUNDS"); do
     declare -A URL=() PID=() AUTHS=()

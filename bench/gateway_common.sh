@@ -69,6 +69,8 @@ time.sleep(1 << 30)' > "$STATE/hold.out" &
     for _ in $(seq 1 50); do grep -q held "$STATE/hold.out" 2> /dev/null && break; sleep 0.1; done
     grep -q held "$STATE/hold.out" || { echo "could not hold /dev/cpu_dma_latency" >&2; exit 2; }
 fi
+# Every gateway benchmark's output starts with the conditions its figures belong to.
+machine_line
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -47,7 +47,6 @@ stop_servers() { # SIGTERM: the gateways close their audit logs before the next 
 ROUNDS=${ROUNDS:-5}
 # ratio_range: the lowest and highest ratio of a single round (each guarded run against the bare
 # run of the same round), to show how far one run on this machine can be trusted.
-machine_line
 printf "%-8s %-5s %10s %10s %7s %13s %10s %10s %10s %8s %8s\n" audit conns bare_rps guard_rps ratio ratio_range bare_p99 guard_p99 added_p99 bare_cpu guard_cpu
 CONNS_LIST=${CONNS_LIST:-1 16 64}
 for C in $CONNS_LIST; do : > "$STATE/results-$C.jsonl"; done
