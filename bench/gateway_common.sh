@@ -43,7 +43,8 @@ trap cleanup EXIT
 # a request at one connection pays for it: with the vCPUs held out of halt (HOLD_CPU_LATENCY=1)
 # the bare endpoint served 22-27% more requests per second at one connection and the gateway
 # 25-26% more, where the ratio between them stayed within its round-to-round spread (0.929 and
-# 0.931 halting, 0.951 and 0.944 held; 4 rounds each, 2 vCPUs, 2026-12-05).
+# 0.931 halting, 0.951 and 0.944 held, 4 rounds each; 0.908 held over 2 rounds with this script's
+# option; 2 vCPUs, 2026-12-05).
 machine_line() {
     local cpu idle poll qos
     cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2> /dev/null)
