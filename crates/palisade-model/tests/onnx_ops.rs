@@ -695,6 +695,21 @@ fn malformed_graphs_are_errors_not_panics() {
     let n = node("Relu", "r", &["nope"], &["y"], vec![]);
     let bytes = common::encode(&model(13, &[6], vec![n], vec![]));
     assert!(OnnxModel::from_bytes(&bytes, "dangling", &opts()).is_err());
+    // An Unsqueeze past the rank: tract-hir 0.23.9 panics while inferring its shape (found by
+    // the `onnx_open` fuzz target); the panic is caught and the model refused.
+    let n = node(
+        "Unsqueeze",
+        "u",
+        &["x"],
+        &["y"],
+        vec![attr("axes", A::Is(vec![5]))],
+    );
+    let bytes = common::encode(&model(11, &[6], vec![n], vec![]));
+    let err = OnnxModel::from_bytes(&bytes, "unsqueeze", &opts()).unwrap_err();
+    assert!(
+        err.to_string().contains("tract: panicked on this model"),
+        "{err}"
+    );
 }
 
 fn external_model(location: &str) -> pb::ModelProto {

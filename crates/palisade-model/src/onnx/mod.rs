@@ -27,6 +27,7 @@ use tract_onnx::pb;
 pub use error::OnnxError;
 pub use interp::{SUPPORTED_OPS, is_supported};
 pub use proto::{MAX_FILE_BYTES, looks_like_onnx};
+pub use tract_rt::in_tract_guard;
 
 use interp::Plan;
 use tract_rt::TractRunner;
