@@ -21,8 +21,20 @@ fn opts() -> OnnxOptions {
 
 /// Opens the model, compares interpreter and tract logits, and gradients with finite
 /// differences.
+///
+/// With `PALISADE_FUZZ_SEEDS=DIR` in the environment, also writes the model's bytes to
+/// `DIR/<name>.onnx`: the small graphs of every operator that seed the `onnx_open` fuzz target
+/// (`fuzz/seeds/onnx_open`) come from here.
 fn check(name: &str, m: pb::ModelProto) {
     let bytes = common::encode(&m);
+    if let Some(dir) = std::env::var_os("PALISADE_FUZZ_SEEDS") {
+        let file: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = std::path::Path::new(&dir).join(format!("{file}.onnx"));
+        std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
     let model = OnnxModel::from_bytes(&bytes, name, &opts())
         .unwrap_or_else(|e| panic!("{name}: cannot open: {e}"));
     if let Err(e) = model.interpreter_status() {
