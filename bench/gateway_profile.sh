@@ -2,8 +2,9 @@
 # Where the gateway's CPU goes per guard: `palisade serve` (the bench repository of
 # gateway_common.sh) under wrk, sampled by perf with DWARF call graphs, each sample attributed to
 # the innermost guard (or tract, hyper, axum, tokio) on its stack. Needs perf (linux-perf) and wrk.
-# Also: the CPU per request of each kind of thread (async workers, inference threads, audit), and
-# the system calls per request by kind, each beside the bare endpoint's.
+# Also: the CPU per request of each kind of thread (async workers, inference threads, audit), the
+# system calls per request by kind, and the scheduling delay per request by thread, each beside
+# the bare endpoint's.
 # Usage: bash bench/gateway_profile.sh   (CONNS=16 SECONDS_PER_RUN=6 FREQ=1500 DURABILITY=process
 #        ROUNDS=3: runs of each server for the per-thread CPU)
 source "$(dirname "$0")/gateway_common.sh"
@@ -112,4 +113,53 @@ for name in sorted(set(bare) | set(gw), key=lambda k: -max(bare.get(k, 0), gw.ge
 PY
 else
     echo "(no syscall tracepoints here: system calls per request left out)"
+fi
+# Scheduling delay: how long threads waited to run once woken (or preempted), per request, the
+# bare endpoint's beside the gateway's, from `perf sched` (sched tracepoints: root). At one
+# connection a request passes from wrk to the async worker, the inference thread, the worker again
+# and back to wrk, and on a 2-vCPU VM whose idle vCPUs halt, each request's threads waited 54 µs
+# in all on the bare endpoint and 58 µs on the gateway (worker 22.7 and 24.8, inference thread
+# 19.5 and 19.7, wrk 12.2 and 13.5; 2026-12-05): a fifth of a request's time, that the guards
+# barely add to and cannot hide. Waking the inference thread ahead, once a request had passed
+# authorisation, so that its wait overlapped the rest of the guards, did not raise the gateway's
+# throughput at one connection (4,048 req/s with it, 4,026 without; 0.924 and 0.931 of the bare
+# endpoint; medians of 5 rounds of bench/gateway_ab.sh), and was dropped.
+sched_delay() { # PID URL OUT: per thread kind, runs and µs of scheduling delay per request
+    perf sched record -o "$STATE/sched.data" -- sleep "$SECS" > /dev/null 2>&1 &
+    local perf=$! run
+    run=$(run_wrk "$2" "$C" "$SECS")
+    wait "$perf"
+    perf sched timehist -i "$STATE/sched.data" 2> /dev/null |
+        python3 -c '
+import collections, re, sys
+pid, n = sys.argv[1], int(sys.argv[2])
+runs, delay = collections.Counter(), collections.Counter()
+for line in sys.stdin:
+    m = re.match(r"\s*[\d.]+\s+\[\d+\]\s+(.+?)\[(\d+)(?:/(\d+))?\]\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", line)
+    if not m:
+        continue
+    name, tgid = m.group(1), m.group(3) or m.group(2)
+    kind = name if tgid == pid else "wrk" if name == "wrk" else None
+    if kind:
+        runs[kind] += 1
+        delay[kind] += float(m.group(5)) * 1000
+for kind in runs:
+    print(kind.replace(" ", "_"), runs[kind] / n, delay[kind] / n)
+' "$1" "$(field "$run" requests)" > "$3"
+}
+if perf sched record -o "$STATE/probe.data" -- true > /dev/null 2>&1; then
+    AUTH= sched_delay "$BARE_PID" "$BARE_URL" "$STATE/sched-bare.txt"
+    sched_delay "$GW_PID" "$URL" "$STATE/sched-gw.txt"
+    echo "scheduling delay per request (runs, and µs waited to run), by thread:"
+    python3 - "$STATE/sched-bare.txt" "$STATE/sched-gw.txt" <<'PY'
+import sys
+bare, gw = ({l.split()[0]: tuple(map(float, l.split()[1:])) for l in open(f)} for f in sys.argv[1:])
+print(f"  {'thread':<18} {'bare runs':>9} {'bare wait':>10} {'gw runs':>8} {'gw wait':>9}")
+for name in sorted(set(bare) | set(gw), key=lambda k: -max(bare.get(k, (0, 0))[1], gw.get(k, (0, 0))[1])):
+    (br, bw), (gr, gw_) = bare.get(name, (0, 0)), gw.get(name, (0, 0))
+    if max(bw, gw_) >= 0.1:
+        print(f"  {name:<18} {br:9.2f} {bw:8.1f}µs {gr:8.2f} {gw_:7.1f}µs")
+PY
+else
+    echo "(no sched tracepoints here: scheduling delay left out)"
 fi
