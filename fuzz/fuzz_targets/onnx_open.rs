@@ -2,7 +2,7 @@
 //! one gradient must return errors, never panic.
 //!
 //! tract panics on some malformed graphs (an `Unsqueeze` whose axes exceed the rank, found here
-//! with tract-hir 0.23.9); palisade catches those where it calls tract (`tract_rt.rs`) and
+//! with tract-hir 0.23.9); palisade catches those where it calls tract (`onnx/caught.rs`) and
 //! returns an error, which is the behaviour under test. libFuzzer's panic hook would abort on
 //! the caught panics too, so this target replaces it with one that only remembers the last
 //! panic: a panic that escapes palisade is still a finding, reported with that panic's message

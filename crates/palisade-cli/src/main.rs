@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     // backtrace where RUST_BACKTRACE is set, as if palisade had crashed. Other panics print.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !palisade_model::onnx::in_tract_guard() {
+        if !palisade_model::onnx::panic_is_caught() {
             default_hook(info);
         }
     }));

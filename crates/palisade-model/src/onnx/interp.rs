@@ -6,7 +6,6 @@
 //! host, computed exactly. Weights are burn tensors created once, when the plan is built.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 
 use burn::backend::flex::FlexDevice;
 use burn::backend::ops::{ConvOptions, FloatTensorOps, PadMode};
@@ -464,17 +463,9 @@ fn read<B: Backend>(t: FloatTensor<B>) -> Result<Tensor2, OnnxError> {
 /// Runs `f`, turning a panic inside the tensor backend into an error: the plan checks operand
 /// shapes before each operation, and this is the backstop for anything it missed.
 fn guard<T>(f: impl FnOnce() -> Result<T, OnnxError>) -> Result<T, OnnxError> {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panic in the tensor backend".into());
-            Err(OnnxError::Runtime(msg))
-        }
-    }
+    super::caught::catch(f, |msg| {
+        OnnxError::Runtime(format!("the tensor backend panicked: {msg}"))
+    })
 }
 
 struct Builder {

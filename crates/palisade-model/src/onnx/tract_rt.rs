@@ -1,8 +1,6 @@
 //! Inference through tract, with a symbolic batch dimension: the model is optimised once and
 //! runs any batch size.
 
-use std::panic::AssertUnwindSafe;
-
 use ndarray::Array2;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -21,33 +19,12 @@ fn tract_err(e: impl std::fmt::Display) -> OnnxError {
     OnnxError::Tract(format!("{e:#}"))
 }
 
-thread_local! {
-    /// How many [`guard`] calls the current thread is inside.
-    static GUARDED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Whether the current thread is inside a call to tract whose panic becomes an error (tract
-/// panics on some malformed graphs). A program's panic hook can ask it, so as not to print
-/// such a panic as if it were a crash: the caller gets an [`OnnxError::Tract`] that says what
-/// went wrong.
-pub fn in_tract_guard() -> bool {
-    GUARDED.with(|g| g.get() > 0)
-}
-
 /// Runs `f`, turning a panic inside tract into an error.
 fn guard<T>(f: impl FnOnce() -> Result<T, OnnxError>) -> Result<T, OnnxError> {
-    GUARDED.with(|g| g.set(g.get() + 1));
-    let out = std::panic::catch_unwind(AssertUnwindSafe(f));
-    GUARDED.with(|g| g.set(g.get() - 1));
-    out.unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "no message".into());
-        Err(OnnxError::Tract(format!(
+    super::caught::catch(f, |msg| {
+        OnnxError::Tract(format!(
             "panicked on this model, which is malformed or uses what tract does not handle: {msg}"
-        )))
+        ))
     })
 }
 
