@@ -2,57 +2,62 @@
 
 use std::process::Command;
 
-/// Protobuf wire format, enough for a small ONNX graph.
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn int(field: u64, v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    varint(field << 3, &mut out);
-    varint(v, &mut out);
-    out
-}
-
-fn bytes(field: u64, b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    varint((field << 3) | 2, &mut out);
-    varint(b.len() as u64, &mut out);
-    out.extend_from_slice(b);
-    out
-}
-
-fn message(parts: &[Vec<u8>]) -> Vec<u8> {
-    parts.concat()
-}
+use prost::Message;
+use tract_onnx::pb;
 
 /// `x [N, 6]` → `Unsqueeze(axes=[5])` → `y`, at opset 11: axis 5 is past the output's rank, and
 /// tract-hir 0.23.9 panics while inferring the shape.
 fn unsqueeze_past_rank() -> Vec<u8> {
-    let attribute = message(&[bytes(1, b"axes"), int(8, 5), int(20, 7)]);
-    let node = message(&[
-        bytes(1, b"x"),
-        bytes(2, b"y"),
-        bytes(3, b"u"),
-        bytes(4, b"Unsqueeze"),
-        bytes(5, &attribute),
-    ]);
-    let dim = |d: &[u8]| bytes(1, d);
-    let shape = message(&[dim(&bytes(2, b"N")), dim(&int(1, 6))]);
-    let tensor_type = message(&[int(1, 1), bytes(2, &shape)]);
-    let input = message(&[bytes(1, b"x"), bytes(2, &bytes(1, &tensor_type))]);
-    let output = bytes(1, b"y");
-    let graph = message(&[
-        bytes(1, &node),
-        bytes(2, b"g"),
-        bytes(11, &input),
-        bytes(12, &output),
-    ]);
-    message(&[int(1, 8), bytes(7, &graph), bytes(8, &int(2, 11))])
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    let dim = |v| Dimension {
+        value: Some(v),
+        ..Default::default()
+    };
+    let input = pb::ValueInfoProto {
+        name: "x".into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![dim(Value::DimParam("N".into())), dim(Value::DimValue(6))],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = pb::NodeProto {
+        op_type: "Unsqueeze".into(),
+        name: "u".into(),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        attribute: vec![pb::AttributeProto {
+            name: "axes".into(),
+            ints: vec![5],
+            r#type: 7,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 11,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "g".into(),
+            node: vec![node],
+            input: vec![input],
+            output: vec![pb::ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 #[test]
