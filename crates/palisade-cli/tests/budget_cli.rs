@@ -1,5 +1,6 @@
 //! End-to-end: a daily query budget survives the gateway's restarts. A graceful stop keeps the
-//! exact count; `kill -9` keeps at least what was spent, so the budget is never refilled.
+//! exact count; `kill -9` keeps at least what was spent, so the budget is never refilled. And
+//! two gateways whose limits are kept in one Redis (`--limits-redis`) share them.
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
@@ -49,9 +50,16 @@ fn infer(addr: &str, key: &str) -> u16 {
 /// Starts `palisade serve` on the repository `repo` and state `st` of `dir`; returns the process
 /// and its address once it answers ready, and the first admin key if it printed one.
 fn serve(dir: &Path) -> (Child, String, Option<String>) {
+    let (child, addr, started) = serve_with(dir, &["--state", "st"]);
+    (child, addr, started["key"].as_str().map(str::to_string))
+}
+
+/// [`serve`] with other arguments (a state folder among them); the JSON it printed on start.
+fn serve_with(dir: &Path, args: &[&str]) -> (Child, String, serde_json::Value) {
     let addr = free_addr();
     let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["--json", "serve", "--state", "st", "--models", "repo"])
+        .args(["--json", "serve", "--models", "repo"])
+        .args(args)
         .args([
             "--allow-unsigned",
             "--listen",
@@ -78,21 +86,18 @@ fn serve(dir: &Path) -> (Child, String, Option<String>) {
         }
     };
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let key = started["key"].as_str().map(str::to_string);
     let end = Instant::now() + Duration::from_secs(120);
     let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     while http(&addr, ready) != 200 {
         assert!(Instant::now() < end, "the gateway never became ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-    (child, addr, key)
+    (child, addr, started)
 }
 
-#[test]
-fn a_daily_budget_is_not_refilled_by_a_restart_or_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let version = d.join("repo/mnist/1");
+/// A model repository in `dir` (`repo/mnist/1`) with `policy` as the model's policy.
+fn repository(dir: &Path, policy: &str) {
+    let version = dir.join("repo/mnist/1");
     std::fs::create_dir_all(&version).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::fs::copy(
@@ -100,21 +105,31 @@ fn a_daily_budget_is_not_refilled_by_a_restart_or_a_crash() {
         version.join("model.onnx"),
     )
     .unwrap();
-    std::fs::write(
-        version.join("policy.toml"),
-        format!("[input]\nrange = [0.0, 1.0]\n\n[limits]\ndaily_budget = {BUDGET}\n"),
-    )
-    .unwrap();
+    std::fs::write(version.join("policy.toml"), policy).unwrap();
+}
 
-    let (mut gw, addr, key) = serve(d);
-    let key = key.expect("the first start prints an admin key");
-    assert_eq!(infer(&addr, &key), 200);
-    // A graceful stop, then a restart: the count goes on from 1.
+fn stop(mut gw: Child) {
     Command::new("kill")
         .args(["-TERM", &gw.id().to_string()])
         .status()
         .unwrap();
     assert!(gw.wait().unwrap().success());
+}
+
+#[test]
+fn a_daily_budget_is_not_refilled_by_a_restart_or_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    repository(
+        d,
+        &format!("[input]\nrange = [0.0, 1.0]\n\n[limits]\ndaily_budget = {BUDGET}\n"),
+    );
+
+    let (gw, addr, key) = serve(d);
+    let key = key.expect("the first start prints an admin key");
+    assert_eq!(infer(&addr, &key), 200);
+    // A graceful stop, then a restart: the count goes on from 1.
+    stop(gw);
     let (gw, addr, again) = serve(d);
     assert_eq!(again, None);
     assert_eq!(infer(&addr, &key), 200);
@@ -141,4 +156,71 @@ fn crash_and_restart(mut gw: Child, dir: &Path) -> (Child, String) {
     gw.wait().unwrap();
     let (gw, addr, _) = serve(dir);
     (gw, addr)
+}
+
+/// Two gateways with one key database (copied) and their limits in one Redis: a key's burst of
+/// 3 is spent across both, a refusal by one holds on the other, and once Redis is gone both
+/// refuse with 503 rather than serve unlimited. Needs `redis-server` (see
+/// `palisade-gateway/tests/redis_limits.rs` for when its absence skips the test).
+#[test]
+fn gateways_with_their_limits_in_one_redis_share_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let socket = d.join("redis.sock");
+    let bin = std::env::var("PALISADE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let spawned = Command::new(&bin)
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .arg("--dir")
+        .arg(d)
+        .stdout(Stdio::null())
+        .spawn();
+    let mut redis = match spawned {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("PALISADE_REQUIRE_REDIS").is_none() => {
+            eprintln!(
+                "skipped: cannot start {bin} ({e}); set PALISADE_REQUIRE_REDIS to fail instead"
+            );
+            return;
+        }
+        Err(e) => panic!("cannot start {bin}: {e}"),
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < end, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    repository(
+        d,
+        "[input]\nrange = [0.0, 1.0]\n\n[limits]\nper_key = { rate = 1, period_ms = 3600000, burst = 3 }\n",
+    );
+    let url = format!("redis+unix://{}", socket.display());
+    let shared = ["--limits-redis", url.as_str(), "--limits-prefix", "test:"];
+
+    // The first gateway makes the key; the second gets a copy of its key database.
+    let (gw, _, started) = serve_with(d, &[&["--state", "a"][..], &shared].concat());
+    let key = started["key"].as_str().unwrap().to_string();
+    assert_eq!(started["limits"], "redis, keys test:*");
+    stop(gw);
+    std::fs::create_dir(d.join("b")).unwrap();
+    std::fs::copy(d.join("a/keys.db"), d.join("b/keys.db")).unwrap();
+    let (mut a, at_a, _) = serve_with(d, &[&["--state", "a"][..], &shared].concat());
+    let (mut b, at_b, started) = serve_with(d, &[&["--state", "b"][..], &shared].concat());
+    assert_eq!(started["key"], serde_json::Value::Null, "b knows a's keys");
+
+    let statuses: Vec<u16> = [&at_a, &at_b, &at_a, &at_b, &at_a]
+        .iter()
+        .map(|addr| infer(addr, &key))
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // Without Redis the limits cannot be checked: refused, not served.
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    assert_eq!(infer(&at_a, &key), 503);
+    assert_eq!(infer(&at_b, &key), 503);
+    for gw in [&mut a, &mut b] {
+        gw.kill().unwrap();
+        gw.wait().unwrap();
+    }
 }

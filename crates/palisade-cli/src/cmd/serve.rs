@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use palisade_gateway::audit::Durability;
+use palisade_gateway::guard::redis_limits::RedisLimits;
 use palisade_gateway::loader::{self, LoadedModel, ModelSource, Runtime, Trust};
 use palisade_gateway::pool::InferencePool;
 use palisade_gateway::{LocalState, ModelRepository};
@@ -69,6 +70,16 @@ pub struct ServeArgs {
     /// queue).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     inference_queue: Option<u32>,
+    /// Keep the rate limits and daily budgets in this Redis server, shared with every gateway
+    /// pointed at it (`redis://[user:password@]host:port[/db]` or `redis+unix:///path`), instead
+    /// of in this process and limits.db. The environment variable keeps a password off the
+    /// command line. Requests are refused (503) while Redis cannot be reached.
+    #[arg(long, env = "PALISADE_LIMITS_REDIS", hide_env_values = true)]
+    limits_redis: Option<String>,
+    /// With --limits-redis: the prefix of the keys this gateway counts under (gateways that
+    /// share limits share a prefix).
+    #[arg(long, default_value = palisade_gateway::guard::redis_limits::DEFAULT_PREFIX, requires = "limits_redis")]
+    limits_prefix: String,
 }
 
 /// `--audit-durability` values.
@@ -150,6 +161,8 @@ struct Started<'a> {
     async_threads: usize,
     /// `None`: no limit.
     inference_queue_limit: Option<usize>,
+    /// Where the rate limits are counted: `local`, or `redis` and the key prefix.
+    limits: String,
     /// Only on the first start: the admin key, shown once.
     #[serde(flatten)]
     first_admin: Option<&'a palisade_gateway::keys::NewKey>,
@@ -217,7 +230,6 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         )
         .with_context(|| format!("opening the state folder {}", args.state.display()))?,
     );
-    let first = state.first_admin_key()?;
     let queue_limit = args.inference_queue.map(|n| n as usize);
     let inference = InferencePool::new(args.inference_threads.map(usize::from), queue_limit)
         .context("starting the inference threads")?;
@@ -232,11 +244,21 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         trust,
     });
     let inference_threads = gw.inference.threads();
-    let router = gw.router();
-
     let rt = palisade_gateway::pool::async_runtime(args.async_threads.map(usize::from))
         .context("starting the async runtime")?;
     let async_threads = rt.metrics().num_workers();
+    let limits = match &args.limits_redis {
+        None => "local".to_string(),
+        Some(url) => {
+            let shared = rt
+                .block_on(RedisLimits::connect(url, &args.limits_prefix))
+                .context("--limits-redis")?;
+            gw.limits = Arc::new(shared);
+            format!("redis, keys {}*", args.limits_prefix)
+        }
+    };
+    let router = gw.router();
+
     rt.block_on(async move {
         let http = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -250,6 +272,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
                     .with_context(|| format!("cannot listen on {}", args.grpc_listen))?,
             )
         };
+        // Made once the gateway can serve: a key made by a start that then fails would never
+        // be shown (`palisade keys` can still make one).
+        let first = state.first_admin_key()?;
         let started = Started {
             listening: &args.listen,
             grpc_listening: grpc.as_ref().map(|_| args.grpc_listen.as_str()),
@@ -259,6 +284,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             inference_threads,
             async_threads,
             inference_queue_limit: queue_limit,
+            limits,
             first_admin: first.as_ref(),
         };
         ctx.emit(&started, |s| {
@@ -276,6 +302,9 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             );
             if let Some(n) = s.inference_queue_limit {
                 t.push_str(&format!(" (at most {n} calls waiting)"));
+            }
+            if s.limits != "local" {
+                t.push_str(&format!("; rate limits in {}", s.limits));
             }
             if let Some(k) = s.first_admin {
                 t.push_str("\n\nFirst start: an admin key was made.\n");

@@ -33,6 +33,7 @@ pub mod authz;
 mod budgets;
 pub mod harden;
 pub mod ratelimit;
+pub mod redis_limits;
 pub mod validate;
 
 /// A response on its way.

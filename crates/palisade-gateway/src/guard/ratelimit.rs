@@ -9,8 +9,9 @@
 //! quota is whole again. A refused request gets 429 with `Retry-After`.
 //!
 //! The counters sit behind [`LimitStore`], charged once per request for all of a request's limits,
-//! so that a store shared by several gateways (Redis, say, with a script that does the whole
-//! charge) takes one round trip and sees no other gateway's charge half done. A store that cannot
+//! so that a store shared by several gateways ([`RedisLimits`](super::redis_limits::RedisLimits),
+//! whose script does the whole charge) takes one round trip and sees no other gateway's charge
+//! half done. A store that cannot
 //! answer refuses the request with 503: the limits fail closed. [`LocalLimits`] keeps the rates
 //! in process memory (governor's GCRA), which a restart resets, and the daily budgets either in
 //! memory too ([`LocalLimits::default`]) or in a ledger file that a restart or a crash does not
@@ -132,7 +133,7 @@ const MAX_SPAN: Duration = Duration::from_nanos(u64::MAX / 4);
 /// `r` as the limiter keeps it: its emission interval within 1 ns..=[`MAX_SPAN`] and its burst
 /// within 1..=`MAX_SPAN / interval`, so that the limiter always exists and its arithmetic
 /// cannot overflow. Unchanged for a policy that passed [`crate::policy::Policy::check`].
-fn gcra_params(r: Rate) -> (Duration, NonZeroU32) {
+pub(crate) fn gcra_params(r: Rate) -> (Duration, NonZeroU32) {
     let per = r.interval().clamp(Duration::from_nanos(1), MAX_SPAN);
     let most = u32::try_from(MAX_SPAN.as_nanos() / per.as_nanos()).unwrap_or(u32::MAX);
     (
@@ -394,7 +395,7 @@ pub struct Item {
     pub reset_s: u64,
 }
 
-fn ceil_secs(d: Duration) -> u64 {
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
@@ -503,7 +504,7 @@ fn limited(refusal: &Refusal) -> Response {
     r
 }
 
-const DAY_MS: u64 = 86_400_000;
+pub(crate) const DAY_MS: u64 = 86_400_000;
 
 impl Guard for RateLimit {
     async fn handle(self, mut req: Request, next: Next) -> Response {

@@ -1,0 +1,269 @@
+//! Rate limits and daily budgets in Redis, shared by every gateway that points at it.
+//!
+//! [`LocalLimits`](super::ratelimit::LocalLimits) counts in one process: behind a load balancer,
+//! N gateways would each let a key through at its full rate. [`RedisLimits`] keeps the counters
+//! in one Redis server instead, and charges a request with one script call (`EVALSHA`): the
+//! script reads the budget, runs GCRA for the key's rate and the model's, and spends the budget,
+//! all in one atomic step, so one round trip per request and no gateway ever sees another's charge
+//! half done. The semantics are [`LimitStore`]'s, the same as the local store's; where they
+//! differ is said here:
+//! - **Clock.** GCRA runs on the Redis server's clock (`TIME`), so gateways whose clocks disagree
+//!   still share one timeline. The daily budget's day is the gateway's ([`Charge::t_ms`]), as the
+//!   trait says; a day earlier than the one Redis holds counts against the later one, so a gateway
+//!   whose clock lags refills nothing.
+//! - **Resolution.** Times are whole microseconds: an emission interval is rounded to the nearest
+//!   microsecond, at least one (a rate of 7 per second runs at 142,857 µs, not 142,857.14).
+//! - **Budget race.** The budget is read and spent in the same atomic step, so the race for its
+//!   last unit that the local store allows (rates charged, then the budget refusing) cannot
+//!   happen.
+//! - **Memory.** Each rate state expires (`PX`) once it would be whole again, and each budget a
+//!   day after its day ends; [`Charge::live`] is not needed.
+//!
+//! Keys are `<prefix>{<model>}:key:<rates>:<line>`, `<prefix>{<model>}:model:<rates>` and
+//! `<prefix>{<model>}:day:<line>`, where `<rates>` names the pair of rates (a version with other
+//! rates keeps other counters, as locally). The model in braces is a Redis Cluster hash tag: the
+//! keys of one charge fall in one slot. Model names and key lines are letters, digits, `-`, `_`
+//! and `.`, so the parts cannot run into each other.
+//!
+//! A key's limits are shared only by gateways that know the key by the same line: the key store
+//! is each gateway's own SQLite file until a shared one exists, so today that means gateways
+//! holding copies of one `keys.db`. The model's limits are shared by all of them regardless.
+//!
+//! Redis's own persistence (RDB, AOF) decides what survives a Redis restart; a Redis that cannot
+//! be reached refuses requests with 503 through the guard's timeout, as every [`LimitStore`]
+//! error does (the limits fail closed). The client reconnects by itself.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::ratelimit::{
+    Admission, AdmitFuture, Charge, DAY_MS, DAY_SPENT, Item, KEY_EXCEEDED, LimitError, LimitStore,
+    MODEL_EXCEEDED, Refusal, ceil_secs, gcra_params,
+};
+use crate::policy::Rate;
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "palisade:";
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one script call may take before the client gives up on it (the guard gives up
+/// earlier, after [`super::ratelimit::STORE_TIMEOUT`]).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Largest daily budget the script counts exactly (Lua numbers are doubles).
+const MAX_EXACT: u64 = 1 << 53;
+
+/// The charge, in Redis's Lua.
+///
+/// `KEYS`: the key's rate state, the model's rate state, the budget (a hash: `day`, `spent`).
+/// `ARGV`: the key's interval (µs) and burst, the model's interval and burst (interval 0: no
+/// such rate), the budget (-1: none) and the gateway's day.
+/// Returns `{outcome, wait_us, key_remaining, model_remaining, day_remaining}`, -1 where a
+/// limit is not set; outcome 0 admitted, 1 budget spent, 2 key's rate exceeded, 3 model's.
+const CHARGE: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local kT, kB = tonumber(ARGV[1]), tonumber(ARGV[2])
+local mT, mB = tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit, today = tonumber(ARGV[5]), tonumber(ARGV[6])
+local krem, mrem = -1, -1
+local day, spent = today, 0
+if limit >= 0 then
+  local s = redis.call('HMGET', KEYS[3], 'day', 'spent')
+  local d = tonumber(s[1])
+  if d and d >= today then day, spent = d, tonumber(s[2]) or 0 end
+  if spent >= limit then return {1, 0, -1, -1, 0} end
+end
+-- GCRA as governor runs it: tolerance T * (B - 1), the theoretical arrival time stored.
+local function gcra(key, T, B)
+  local tau = T * (B - 1)
+  local tat = tonumber(redis.call('GET', key)) or now
+  if now < tat - tau then return false, tat - tau - now end
+  if tat < now then tat = now end
+  local nxt = tat + T
+  redis.call('SET', key, string.format('%d', nxt), 'PX', math.ceil((nxt - now) / 1000))
+  return true, math.floor((now + tau + T - nxt) / T)
+end
+if kT > 0 then
+  local ok, v = gcra(KEYS[1], kT, kB)
+  if not ok then return {2, v, 0, -1, -1} end
+  krem = v
+end
+if mT > 0 then
+  local ok, v = gcra(KEYS[2], mT, mB)
+  if not ok then return {3, v, krem, 0, -1} end
+  mrem = v
+end
+if limit >= 0 then
+  spent = spent + 1
+  redis.call('HSET', KEYS[3], 'day', string.format('%d', day), 'spent', string.format('%d', spent))
+  redis.call('PEXPIREAT', KEYS[3], string.format('%d', (day + 2) * 86400000))
+  return {0, 0, krem, mrem, limit - spent}
+end
+return {0, 0, krem, mrem, -1}
+"#;
+
+/// Rate limits and daily budgets kept in Redis (see the module documentation).
+#[derive(Clone)]
+pub struct RedisLimits {
+    conn: ConnectionManager,
+    script: redis::Script,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimits")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(what: &str, e: redis::RedisError) -> LimitError {
+    LimitError::Unavailable(format!("redis: {what}: {e}"))
+}
+
+/// A rate as the script takes it: interval in whole microseconds (0: none) and burst.
+fn script_rate(r: Option<Rate>) -> (u64, u32) {
+    match r {
+        None => (0, 0),
+        Some(r) => {
+            let (per, burst) = gcra_params(r);
+            let us = (per.as_nanos() + 500) / 1000;
+            (u64::try_from(us).unwrap_or(u64::MAX).max(1), burst.get())
+        }
+    }
+}
+
+impl RedisLimits {
+    /// Connects to the Redis server at `url` (`redis://[user:password@]host[:port][/db]` or
+    /// `redis+unix:///path/to/socket`), keeping its counters under keys that start with `prefix`
+    /// (several deployments can share one server with different prefixes). Checks that the
+    /// server answers and takes the script.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, LimitError> {
+        let client = redis::Client::open(url).map_err(|e| unavailable("bad URL", e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2);
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| unavailable("cannot connect", e))?;
+        let script = redis::Script::new(CHARGE);
+        script
+            .prepare_invoke()
+            .load_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("cannot load the rate-limit script", e))?;
+        Ok(RedisLimits {
+            conn,
+            script,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    async fn charge(&self, c: Charge<'_>) -> Result<Admission, LimitError> {
+        let (kt, kb) = script_rate(c.limits.per_key);
+        let (mt, mb) = script_rate(c.limits.per_model);
+        let rates = format!("{kt}/{kb},{mt}/{mb}");
+        let (p, m, line) = (&self.prefix, c.model, c.key);
+        let budget = c.limits.daily_budget.map(|b| b.min(MAX_EXACT));
+        let today = c.t_ms / DAY_MS;
+        let mut conn = self.conn.clone();
+        let got: Vec<i64> = self
+            .script
+            .key(format!("{p}{{{m}}}:key:{rates}:{line}"))
+            .key(format!("{p}{{{m}}}:model:{rates}"))
+            .key(format!("{p}{{{m}}}:day:{line}"))
+            .arg(kt)
+            .arg(kb)
+            .arg(mt)
+            .arg(mb)
+            .arg(budget.map_or(-1, |b| b as i64))
+            .arg(today)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("the rate-limit script failed", e))?;
+        let [outcome, wait_us, key_rem, model_rem, day_rem] = got[..] else {
+            return Err(LimitError::Unavailable(format!(
+                "redis: the rate-limit script answered {got:?}"
+            )));
+        };
+        let remaining = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
+        let mut items = Vec::with_capacity(3);
+        let day_item = |rem: i64| {
+            budget.map(|limit| Item::day(limit, u64::try_from(rem.max(0)).unwrap_or(0), c.t_ms))
+        };
+        if outcome == 1 {
+            let item = day_item(0).ok_or_else(|| {
+                LimitError::Unavailable("redis: a budget refused a policy without one".into())
+            })?;
+            let wait = item.reset_s;
+            items.push(item);
+            return Ok(Admission::Refused(Refusal::new(items, wait, DAY_SPENT)));
+        }
+        let wait = ceil_secs(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)));
+        if let Some(r) = c.limits.per_key {
+            items.push(Item::gcra("key", r, remaining(key_rem)));
+            if outcome == 2 {
+                return Ok(Admission::Refused(Refusal::new(items, wait, KEY_EXCEEDED)));
+            }
+        }
+        // A refusal by the model keeps the unit the key has just spent: the retry must not
+        // meet the key's own limit (as in the local store).
+        let key_wait = match c.limits.per_key {
+            Some(r) if key_rem == 0 => ceil_secs(gcra_params(r).0),
+            _ => 0,
+        };
+        if let Some(r) = c.limits.per_model {
+            items.push(Item::gcra("model", r, remaining(model_rem)));
+            if outcome == 3 {
+                let wait = wait.max(key_wait);
+                return Ok(Admission::Refused(Refusal::new(
+                    items,
+                    wait,
+                    MODEL_EXCEEDED,
+                )));
+            }
+        }
+        if outcome != 0 {
+            return Err(LimitError::Unavailable(format!(
+                "redis: the rate-limit script answered outcome {outcome}"
+            )));
+        }
+        items.extend(day_item(day_rem));
+        Ok(Admission::Admitted(items))
+    }
+}
+
+impl LimitStore for RedisLimits {
+    fn admit<'a>(&'a self, charge: Charge<'a>) -> AdmitFuture<'a> {
+        Box::pin(self.charge(charge))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::script_rate;
+    use crate::policy::Rate;
+
+    #[test]
+    fn intervals_are_whole_microseconds_at_least_one() {
+        let r = |rate, period_ms, burst| {
+            Some(Rate {
+                rate,
+                period_ms,
+                burst,
+            })
+        };
+        assert_eq!(script_rate(None), (0, 0));
+        assert_eq!(script_rate(r(1, 1000, 5)), (1_000_000, 5));
+        assert_eq!(script_rate(r(7, 1000, 1)), (142_857, 1));
+        assert_eq!(script_rate(r(3, 2, 1)), (667, 1));
+        assert_eq!(script_rate(r(1_000_000, 1, 1)), (1, 1));
+    }
+}

@@ -1,0 +1,283 @@
+//! The Redis rate-limit store against a real `redis-server`, started by each test on a socket of
+//! its own: it must decide as the local store does, and gateways sharing it must share the
+//! limits.
+//!
+//! Without `redis-server` on the PATH (or at `$PALISADE_REDIS_SERVER`) these tests say so and
+//! pass, unless `PALISADE_REQUIRE_REDIS` is set, as `.ci/run` sets it after installing Redis.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use palisade_gateway::guard::ratelimit::{
+    Admission, Charge, Item, LimitError, LimitStore, LocalLimits,
+};
+use palisade_gateway::guard::redis_limits::RedisLimits;
+use palisade_gateway::policy::{LimitPolicy, Rate};
+
+const DAY_MS: u64 = 86_400_000;
+
+/// A `redis-server` on a Unix socket in a folder of its own, killed on drop.
+struct Redis {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis() -> Option<Redis> {
+    let bin = std::env::var("PALISADE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let spawned = Command::new(&bin)
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn();
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("PALISADE_REQUIRE_REDIS").is_none() => {
+            eprintln!(
+                "skipped: cannot start {bin} ({e}); set PALISADE_REQUIRE_REDIS to fail instead"
+            );
+            return None;
+        }
+        Err(e) => panic!("cannot start {bin}: {e}"),
+    };
+    let r = Redis {
+        child,
+        socket,
+        _dir: dir,
+    };
+    let t = Instant::now();
+    while !r.socket.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "redis-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Some(r)
+}
+
+fn rate(rate: u32, period_ms: u64, burst: u32) -> Option<Rate> {
+    Some(Rate {
+        rate,
+        period_ms,
+        burst,
+    })
+}
+
+/// A decision, comparable: what refused (or `admitted`), the items, `Retry-After`.
+type Decided = (&'static str, Vec<Item>, u64);
+
+async fn charge(store: &dyn LimitStore, key: &str, policy: &LimitPolicy, t_ms: u64) -> Decided {
+    let live = || vec![policy.clone()];
+    let key = key.to_string();
+    let c = Charge {
+        key: &key,
+        model: "m",
+        limits: policy,
+        t_ms,
+        live: &live,
+    };
+    match store.admit(c).await.expect("the store answers") {
+        Admission::Admitted(items) => ("admitted", items, 0),
+        Admission::Refused(r) => (r.what, r.items, r.retry_after),
+    }
+}
+
+/// Noon of some day, so that a test's charges fall on one day.
+fn noon() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    (now / DAY_MS) * DAY_MS + DAY_MS / 2
+}
+
+/// Each scenario, on a fresh local store and the Redis store: the same decisions, items and
+/// `Retry-After`, in order. The rates are slow (an hour per request), so the stores' clocks
+/// moving on during the test changes nothing.
+#[tokio::test]
+async fn decides_as_the_local_store_does() {
+    let Some(server) = redis() else { return };
+    let hour = 3_600_000;
+    let rates = LimitPolicy {
+        per_key: rate(1, hour, 3),
+        per_model: rate(1, hour, 5),
+        daily_budget: Some(4),
+    };
+    let budget = LimitPolicy {
+        per_key: rate(1, hour, 2),
+        per_model: None,
+        daily_budget: Some(1),
+    };
+    let t = noon();
+    // (key, policy, t_ms): a's burst runs out; b's charges run out the model; on the budget
+    // policy, c's second request meets the spent budget and charges no rate, so that on the
+    // next day the key's second unit is still there, and the third request meets the rate.
+    let script: Vec<(&str, &LimitPolicy, u64)> = vec![
+        ("a", &rates, t),
+        ("a", &rates, t),
+        ("a", &rates, t),
+        ("a", &rates, t),
+        ("b", &rates, t),
+        ("b", &rates, t),
+        ("b", &rates, t),
+        ("c", &budget, t),
+        ("c", &budget, t),
+        ("c", &budget, t + DAY_MS),
+        ("c", &budget, t + 2 * DAY_MS),
+    ];
+    let local = LocalLimits::default();
+    let shared = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let mut seen = Vec::new();
+    for (key, policy, t_ms) in script {
+        let want = charge(&local, key, policy, t_ms).await;
+        let got = charge(&shared, key, policy, t_ms).await;
+        assert_eq!(got, want, "charge {} by {key}", seen.len());
+        seen.push(got.0);
+    }
+    // The scenarios reach what they are meant to.
+    use palisade_gateway::guard::ratelimit::{DAY_SPENT, KEY_EXCEEDED, MODEL_EXCEEDED};
+    let a = "admitted";
+    assert_eq!(
+        seen,
+        [
+            a,
+            a,
+            a,
+            KEY_EXCEEDED,
+            a,
+            a,
+            MODEL_EXCEEDED,
+            a,
+            DAY_SPENT,
+            a,
+            KEY_EXCEEDED
+        ]
+    );
+}
+
+/// Two gateways (two connections) on one Redis: a key's burst is spent across both, and a
+/// refusal on one holds on the other; another prefix counts apart.
+#[tokio::test]
+async fn gateways_on_one_redis_share_the_limits() {
+    let Some(server) = redis() else { return };
+    let policy = LimitPolicy {
+        per_key: rate(1, 3_600_000, 4),
+        per_model: None,
+        daily_budget: Some(100),
+    };
+    let one = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let two = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let t = noon();
+    let mut remaining = Vec::new();
+    for store in [&one, &two, &one, &two] {
+        let (what, items, _) = charge(store, "k", &policy, t).await;
+        assert_eq!(what, "admitted");
+        remaining.push((items[0].remaining, items[1].remaining));
+    }
+    assert_eq!(remaining, [(3, 99), (2, 98), (1, 97), (0, 96)]);
+    for store in [&one, &two] {
+        assert_eq!(
+            charge(store, "k", &policy, t).await.0,
+            "rate limit for this key exceeded"
+        );
+    }
+    let apart = RedisLimits::connect(&server.url(), "other:").await.unwrap();
+    assert_eq!(charge(&apart, "k", &policy, t).await.0, "admitted");
+}
+
+/// A gateway whose clock is a day behind the one Redis counts refills nothing: its charges
+/// count against the later day.
+#[tokio::test]
+async fn a_day_behind_counts_against_the_later_day() {
+    let Some(server) = redis() else { return };
+    let policy = LimitPolicy {
+        per_key: None,
+        per_model: None,
+        daily_budget: Some(2),
+    };
+    let store = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let t = noon();
+    let (what, items, _) = charge(&store, "k", &policy, t + DAY_MS).await;
+    assert_eq!((what, items[0].remaining), ("admitted", 1));
+    let (what, items, _) = charge(&store, "k", &policy, t).await;
+    assert_eq!((what, items[0].remaining), ("admitted", 0));
+    assert_eq!(
+        charge(&store, "k", &policy, t).await.0,
+        "daily query budget exhausted"
+    );
+    let (what, items, _) = charge(&store, "k", &policy, t + 2 * DAY_MS).await;
+    assert_eq!((what, items[0].remaining), ("admitted", 1));
+}
+
+/// GCRA on the Redis clock: a spent burst comes back after the emission interval.
+#[tokio::test]
+async fn a_spent_rate_comes_back_after_its_interval() {
+    let Some(server) = redis() else { return };
+    let policy = LimitPolicy {
+        per_key: rate(1, 1000, 1),
+        per_model: None,
+        daily_budget: None,
+    };
+    let store = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let t = noon();
+    assert_eq!(charge(&store, "k", &policy, t).await.0, "admitted");
+    let (what, _, retry) = charge(&store, "k", &policy, t).await;
+    assert_eq!((what, retry), ("rate limit for this key exceeded", 1));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (what, items, _) = charge(&store, "k", &policy, t).await;
+    assert_eq!((what, items[0].remaining), ("admitted", 0));
+}
+
+/// No Redis at the address: `connect` says so; Redis gone after it: a charge is an error, not
+/// an admission (the guard answers 503), and once Redis is back the client reconnects.
+#[tokio::test]
+async fn without_redis_charges_are_errors() {
+    let Some(mut server) = redis() else { return };
+    let missing = format!("redis+unix://{}.missing", server.socket.display());
+    let e = RedisLimits::connect(&missing, "t:").await.unwrap_err();
+    assert!(e.to_string().contains("cannot connect"), "{e}");
+    let e = RedisLimits::connect("http://localhost", "t:")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("bad URL"), "{e}");
+
+    let store = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let policy = LimitPolicy::default();
+    let t = noon();
+    assert_eq!(charge(&store, "k", &policy, t).await.0, "admitted");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let live = || vec![policy.clone()];
+    let key = "k".to_string();
+    let c = Charge {
+        key: &key,
+        model: "m",
+        limits: &policy,
+        t_ms: t,
+        live: &live,
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), store.admit(c))
+        .await
+        .expect("an answer, not a hang");
+    assert!(matches!(r, Err(LimitError::Unavailable(_))), "{r:?}");
+}
