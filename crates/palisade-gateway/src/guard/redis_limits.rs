@@ -29,6 +29,11 @@
 //! is each gateway's own SQLite file until a shared one exists, so today that means gateways
 //! holding copies of one `keys.db`. The model's limits are shared by all of them regardless.
 //!
+//! **Cost.** A request waits for one round trip before it reaches the model. With Redis on the
+//! same 2-core VM, the gateway served 0.69-0.73 of the local store's throughput at one connection
+//! and 0.85-0.89 at 16 and 64, where Redis's own CPU (18-20 µs per request) came out of the same
+//! cores (`bench/gateway_redis.sh`, 2026-12-05).
+//!
 //! Redis's own persistence (RDB, AOF) decides what survives a Redis restart; a Redis that cannot
 //! be reached refuses requests with 503 through the guard's timeout, as every [`LimitStore`]
 //! error does (the limits fail closed). The client reconnects by itself.
