@@ -227,6 +227,16 @@ async fn a_day_behind_counts_against_the_later_day() {
     );
     let (what, items, _) = charge(&store, "k", &policy, t + 2 * DAY_MS).await;
     assert_eq!((what, items[0].remaining), ("admitted", 1));
+    // A gateway whose clock is days behind Redis's: its count must not expire as it is written.
+    let week_ago = t - 7 * DAY_MS;
+    let (what, items, _) = charge(&store, "old", &policy, week_ago).await;
+    assert_eq!((what, items[0].remaining), ("admitted", 1));
+    let (what, items, _) = charge(&store, "old", &policy, week_ago).await;
+    assert_eq!((what, items[0].remaining), ("admitted", 0));
+    assert_eq!(
+        charge(&store, "old", &policy, week_ago).await.0,
+        "daily query budget exhausted"
+    );
 }
 
 /// GCRA on the Redis clock: a spent burst comes back after the emission interval.

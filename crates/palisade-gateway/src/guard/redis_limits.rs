@@ -106,7 +106,10 @@ end
 if limit >= 0 then
   spent = spent + 1
   redis.call('HSET', KEYS[3], 'day', string.format('%d', day), 'spent', string.format('%d', spent))
-  redis.call('PEXPIREAT', KEYS[3], string.format('%d', (day + 2) * 86400000))
+  -- Kept until a day after its day ends, on whichever clock is later: a gateway whose clock
+  -- lags Redis's by days must not make the count expire as it is written.
+  local last = math.max(day, math.floor(now / 86400000000))
+  redis.call('PEXPIREAT', KEYS[3], string.format('%d', (last + 2) * 86400000))
   return {0, 0, krem, mrem, limit - spent}
 end
 return {0, 0, krem, mrem, -1}
