@@ -177,7 +177,7 @@ fn gateways_with_their_limits_in_one_redis_share_them() {
         .stdout(Stdio::null())
         .spawn();
     let mut redis = match spawned {
-        Ok(c) => c,
+        Ok(c) => Killed(c),
         Err(e) if std::env::var_os("PALISADE_REQUIRE_REDIS").is_none() => {
             eprintln!(
                 "skipped: cannot start {bin} ({e}); set PALISADE_REQUIRE_REDIS to fail instead"
@@ -205,8 +205,10 @@ fn gateways_with_their_limits_in_one_redis_share_them() {
     stop(gw);
     std::fs::create_dir(d.join("b")).unwrap();
     std::fs::copy(d.join("a/keys.db"), d.join("b/keys.db")).unwrap();
-    let (mut a, at_a, _) = serve_with(d, &[&["--state", "a"][..], &shared].concat());
-    let (mut b, at_b, started) = serve_with(d, &[&["--state", "b"][..], &shared].concat());
+    let (a, at_a, _) = serve_with(d, &[&["--state", "a"][..], &shared].concat());
+    let _a = Killed(a);
+    let (b, at_b, started) = serve_with(d, &[&["--state", "b"][..], &shared].concat());
+    let _b = Killed(b);
     assert_eq!(started["key"], serde_json::Value::Null, "b knows a's keys");
 
     let statuses: Vec<u16> = [&at_a, &at_b, &at_a, &at_b, &at_a]
@@ -215,12 +217,18 @@ fn gateways_with_their_limits_in_one_redis_share_them() {
         .collect();
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
     // Without Redis the limits cannot be checked: refused, not served.
-    redis.kill().unwrap();
-    redis.wait().unwrap();
+    redis.0.kill().unwrap();
+    redis.0.wait().unwrap();
     assert_eq!(infer(&at_a, &key), 503);
     assert_eq!(infer(&at_b, &key), 503);
-    for gw in [&mut a, &mut b] {
-        gw.kill().unwrap();
-        gw.wait().unwrap();
+}
+
+/// A process killed when the test ends, passed or failed.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -73,7 +73,9 @@ pub struct ServeArgs {
     /// Keep the rate limits and daily budgets in this Redis server, shared with every gateway
     /// pointed at it (`redis://[user:password@]host:port[/db]` or `redis+unix:///path`), instead
     /// of in this process and limits.db. The environment variable keeps a password off the
-    /// command line. Requests are refused (503) while Redis cannot be reached.
+    /// command line. Infer requests are refused (503) while Redis cannot be reached. Give the
+    /// limits a Redis whose maxmemory-policy is noeviction (the default): an evicted key is a
+    /// refilled limit.
     #[arg(long, env = "PALISADE_LIMITS_REDIS", hide_env_values = true)]
     limits_redis: Option<String>,
     /// With --limits-redis: the prefix of the keys this gateway counts under (gateways that

@@ -8,7 +8,9 @@
 //! half done. The semantics are [`LimitStore`]'s, the same as the local store's; where they
 //! differ is said here:
 //! - **Clock.** GCRA runs on the Redis server's clock (`TIME`), so gateways whose clocks disagree
-//!   still share one timeline. The daily budget's day is the gateway's ([`Charge::t_ms`]), as the
+//!   still share one timeline. That clock is the wall clock, not a monotonic one: if it steps
+//!   back by X (NTP, a failover to a replica whose clock differs), every rate state in use waits
+//!   X longer; a step forward refills them. The daily budget's day is the gateway's ([`Charge::t_ms`]), as the
 //!   trait says; a day earlier than the one Redis holds counts against the later one, so a gateway
 //!   whose clock lags refills nothing.
 //! - **Resolution.** Times are whole microseconds: an emission interval is rounded to the nearest
@@ -17,11 +19,19 @@
 //!   last unit that the local store allows (rates charged, then the budget refusing) cannot
 //!   happen.
 //! - **Memory.** Each rate state expires (`PX`) once it would be whole again, and each budget a
-//!   day after its day ends; [`Charge::live`] is not needed.
+//!   day after its day ends; [`Charge::live`] is not needed. So Redis must not evict keys before
+//!   they expire: give the limits an instance (or a database) whose `maxmemory-policy` is
+//!   `noeviction`, the default. Under a `volatile-*` or `allkeys-*` policy, a full Redis evicts
+//!   these keys first and refills bursts and budgets. [`RedisLimits::connect`] logs a warning when
+//!   it can read another policy. Likewise a failover to an asynchronous replica can lose the last
+//!   charges.
+//! - **Timeouts.** A charge the guard stops waiting for (after
+//!   [`STORE_TIMEOUT`](super::ratelimit::STORE_TIMEOUT): 503) may still run in Redis and spend
+//!   its units.
 //!
 //! Keys are `<prefix>{<model>}:key:<rates>:<line>`, `<prefix>{<model>}:model:<rates>` and
-//! `<prefix>{<model>}:day:<line>`, where `<rates>` names the pair of rates (a version with other
-//! rates keeps other counters, as locally). The model in braces is a Redis Cluster hash tag: the
+//! `<prefix>{<model>}:day:<line>`, where `<rates>` names the pair of rates as the policy writes
+//! them (a version with other rates keeps other counters, as locally). The model in braces is a Redis Cluster hash tag: the
 //! keys of one charge fall in one slot. Model names and key lines are letters, digits, `-`, `_`
 //! and `.`, so the parts cannot run into each other.
 //!
@@ -167,6 +177,23 @@ impl RedisLimits {
             .load_async(&mut conn)
             .await
             .map_err(|e| unavailable("cannot load the rate-limit script", e))?;
+        // Managed services often evict by default; a server that does not let CONFIG be read
+        // (renamed, or denied by an ACL) is taken at its word.
+        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
+        if let Ok(p) = policy
+            && let Some(p) = p.get(1)
+            && p != "noeviction"
+        {
+            tracing::warn!(
+                maxmemory_policy = %p,
+                "the Redis server that keeps the rate limits may evict their keys, which refills \
+                 them; give it maxmemory-policy noeviction"
+            );
+        }
         Ok(RedisLimits {
             conn,
             script,
@@ -177,7 +204,13 @@ impl RedisLimits {
     async fn charge(&self, c: Charge<'_>) -> Result<Admission, LimitError> {
         let (kt, kb) = script_rate(c.limits.per_key);
         let (mt, mb) = script_rate(c.limits.per_model);
-        let rates = format!("{kt}/{kb},{mt}/{mb}");
+        // Named as the policy writes them, as the local store tells them apart.
+        let name = |r: Option<Rate>| {
+            r.map_or("-".to_string(), |r| {
+                format!("{}/{}ms/{}", r.rate, r.period_ms, r.burst)
+            })
+        };
+        let rates = format!("{},{}", name(c.limits.per_key), name(c.limits.per_model));
         let (p, m, line) = (&self.prefix, c.model, c.key);
         let budget = c.limits.daily_budget.map(|b| b.min(MAX_EXACT));
         let today = c.t_ms / DAY_MS;
