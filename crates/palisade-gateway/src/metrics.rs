@@ -24,6 +24,8 @@ pub struct Metrics {
     rejections: IntCounterVec,
     samples: IntCounterVec,
     audit_append: Histogram,
+    limits_check: Histogram,
+    limits_failures: IntCounter,
     audit_failures: IntCounter,
     inference_queue: IntGauge,
     /// The series of every route in [`ROUTES`], looked up once here rather than per request.
@@ -107,6 +109,20 @@ impl Metrics {
             "audit_append_failures_total",
             "Audit appends that failed (requests withheld)",
         )?;
+        let limits_check = Histogram::with_opts(
+            HistogramOpts::new(
+                "limits_check_seconds",
+                "Time the rate-limit store took to charge an infer request",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.025, 0.1, 0.25,
+            ]),
+        )?;
+        let limits_failures = IntCounter::new(
+            "limits_check_failures_total",
+            "Infer requests refused (503) because the rate-limit store could not answer",
+        )?;
         let inference_queue = IntGauge::new(
             "inference_queue",
             "Model calls waiting for an inference thread (when /metrics was read)",
@@ -117,6 +133,8 @@ impl Metrics {
         registry.register(Box::new(samples.clone()))?;
         registry.register(Box::new(audit_append.clone()))?;
         registry.register(Box::new(audit_failures.clone()))?;
+        registry.register(Box::new(limits_check.clone()))?;
+        registry.register(Box::new(limits_failures.clone()))?;
         registry.register(Box::new(inference_queue.clone()))?;
         let routes = ROUTES
             .iter()
@@ -137,6 +155,8 @@ impl Metrics {
             samples,
             audit_append,
             audit_failures,
+            limits_check,
+            limits_failures,
             inference_queue,
             routes,
         })
@@ -147,6 +167,15 @@ impl Metrics {
         self.audit_append.observe(took.as_secs_f64());
         if !ok {
             self.audit_failures.inc();
+        }
+    }
+
+    /// Records a rate-limit store's charge: how long it took, and whether it answered (a
+    /// refusal by the limits is an answer; an error or no answer in time is not).
+    pub fn limits_check(&self, took: Duration, answered: bool) {
+        self.limits_check.observe(took.as_secs_f64());
+        if !answered {
+            self.limits_failures.inc();
         }
     }
 

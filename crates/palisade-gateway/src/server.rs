@@ -532,6 +532,7 @@ impl Gateway {
             .layer(GuardLayer(RateLimit::new(
                 self.limits.clone(),
                 self.models.clone(),
+                self.metrics.clone(),
             )))
             .layer(GuardLayer(Validate::new(self.models.clone())))
             .layer(GuardLayer(Harden))

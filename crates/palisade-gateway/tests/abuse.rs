@@ -731,5 +731,16 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
         assert_eq!(e["status"], 503, "{e}");
     }
     assert_eq!(entries[2]["decision"], "allowed", "{}", entries[2]);
+    // Operators see the store failing, and how long it takes to answer.
+    let m = request(s.addr, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(
+        text.contains("palisade_limits_check_failures_total 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("palisade_limits_check_seconds_count 3"),
+        "{text}"
+    );
     s.stop().await;
 }

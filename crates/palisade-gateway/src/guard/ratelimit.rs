@@ -37,6 +37,7 @@ use super::{
     Decision, Guard, Next, Principal, call_next, call_next_meanwhile, reject, reject_retry,
 };
 use crate::audit::Durability;
+use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::now_ms;
 use crate::oip::{ModelAction, Target, target_of};
@@ -371,12 +372,22 @@ impl Refusal {
 pub struct RateLimit {
     limits: Arc<dyn LimitStore>,
     models: Arc<ModelRepository>,
+    metrics: Arc<Metrics>,
 }
 
 impl RateLimit {
-    /// Limits requests to the models of `models`, by their policies, counting in `limits`.
-    pub fn new(limits: Arc<dyn LimitStore>, models: Arc<ModelRepository>) -> Self {
-        RateLimit { limits, models }
+    /// Limits requests to the models of `models`, by their policies, counting in `limits`;
+    /// times each charge in `metrics`.
+    pub fn new(
+        limits: Arc<dyn LimitStore>,
+        models: Arc<ModelRepository>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        RateLimit {
+            limits,
+            models,
+            metrics,
+        }
     }
 }
 
@@ -540,6 +551,7 @@ impl Guard for RateLimit {
             t_ms: now_ms(),
             live: &live,
         };
+        let asked = std::time::Instant::now();
         let decided = tokio::time::timeout(STORE_TIMEOUT, self.limits.admit(charge))
             .await
             .unwrap_or_else(|_| {
@@ -548,6 +560,7 @@ impl Guard for RateLimit {
                     STORE_TIMEOUT.as_millis()
                 )))
             });
+        self.metrics.limits_check(asked.elapsed(), decided.is_ok());
         let items = match decided {
             Ok(Admission::Admitted(items)) => items,
             Ok(Admission::Refused(refusal)) => return limited(&refusal),
