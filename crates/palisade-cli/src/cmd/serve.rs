@@ -80,7 +80,11 @@ pub struct ServeArgs {
     limits_redis: Option<String>,
     /// With --limits-redis: the prefix of the keys this gateway counts under (gateways that
     /// share limits share a prefix).
-    #[arg(long, default_value = palisade_gateway::guard::redis_limits::DEFAULT_PREFIX, requires = "limits_redis")]
+    #[arg(
+        long,
+        default_value = palisade_gateway::guard::redis_limits::DEFAULT_PREFIX,
+        requires = "limits_redis"
+    )]
     limits_prefix: String,
 }
 

@@ -10,9 +10,9 @@
 //! - **Clock.** GCRA runs on the Redis server's clock (`TIME`), so gateways whose clocks disagree
 //!   still share one timeline. That clock is the wall clock, not a monotonic one: if it steps
 //!   back by X (NTP, a failover to a replica whose clock differs), every rate state in use waits
-//!   X longer; a step forward refills them. The daily budget's day is the gateway's ([`Charge::t_ms`]), as the
-//!   trait says; a day earlier than the one Redis holds counts against the later one, so a gateway
-//!   whose clock lags refills nothing.
+//!   X longer; a step forward refills them. The daily budget's day is the gateway's
+//!   ([`Charge::t_ms`]), as the trait says; a day earlier than the one Redis holds counts against
+//!   the later one, so a gateway whose clock lags refills nothing.
 //! - **Resolution.** Times are whole microseconds: an emission interval is rounded to the nearest
 //!   microsecond, at least one (a rate of 7 per second runs at 142,857 µs, not 142,857.14).
 //! - **Budget race.** The budget is read and spent in the same atomic step, so the race for its
@@ -31,9 +31,10 @@
 //!
 //! Keys are `<prefix>{<model>}:key:<rates>:<line>`, `<prefix>{<model>}:model:<rates>` and
 //! `<prefix>{<model>}:day:<line>`, where `<rates>` names the pair of rates as the policy writes
-//! them (a version with other rates keeps other counters, as locally). The model in braces is a Redis Cluster hash tag: the
-//! keys of one charge fall in one slot. Model names and key lines are letters, digits, `-`, `_`
-//! and `.`, so the parts cannot run into each other.
+//! them (a version with other rates keeps other counters, as locally). The model in braces is a
+//! Redis Cluster hash tag: the keys of one charge fall in one slot (this client does not speak
+//! Cluster yet). Model names and key lines are letters, digits, `-`, `_` and `.`, so the parts
+//! cannot run into each other.
 //!
 //! A key's limits are shared only by gateways that know the key by the same line: the key store
 //! is each gateway's own SQLite file until a shared one exists, so today that means gateways
@@ -75,7 +76,7 @@ const MAX_EXACT: u64 = 1 << 53;
 ///
 /// `KEYS`: the key's rate state, the model's rate state, the budget (a hash: `day`, `spent`).
 /// `ARGV`: the key's interval (µs) and burst, the model's interval and burst (interval 0: no
-/// such rate), the budget (-1: none) and the gateway's day.
+/// such rate), the budget (-1: none) and the gateway's day (days since the epoch, UTC).
 /// Returns `{outcome, wait_us, key_remaining, model_remaining, day_remaining}`, -1 where a
 /// limit is not set; outcome 0 admitted, 1 budget spent, 2 key's rate exceeded, 3 model's.
 const CHARGE: &str = r#"
