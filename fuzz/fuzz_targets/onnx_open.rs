@@ -4,22 +4,15 @@
 //! tract panics on some malformed graphs (an `Unsqueeze` whose axes exceed the rank, found here
 //! with tract-hir 0.23.9); palisade catches those where it calls tract (`onnx/caught.rs`) and
 //! returns an error, which is the behaviour under test. libFuzzer's panic hook aborts on every
-//! panic, caught or not, so this target wraps it, as `palisade` does its own: a panic palisade
-//! catches (`panic_is_caught`) passes silently, any other still aborts as a finding.
+//! panic, caught or not, so this target wraps it with `quiet_caught_panics`, as `palisade` does
+//! its own: a panic palisade catches passes silently, any other still aborts as a finding.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palisade_model::onnx::{OnnxModel, OnnxOptions, panic_is_caught};
+use palisade_model::onnx::{OnnxModel, OnnxOptions, quiet_caught_panics};
 
 fuzz_target!(
-    init: {
-        let libfuzzer_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !panic_is_caught() {
-                libfuzzer_hook(info);
-            }
-        }));
-    },
+    init: quiet_caught_panics(),
     |data: &[u8]| {
         let opts = OnnxOptions::default();
         if let Ok(m) = OnnxModel::from_bytes(data, "fuzz", &opts) {

@@ -86,12 +86,7 @@ fn main() -> ExitCode {
     // tract panics on some malformed models; palisade-model turns such a panic into an error,
     // which is reported below like any other. The default hook would first print it, with a
     // backtrace where RUST_BACKTRACE is set, as if palisade had crashed. Other panics print.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !palisade_model::onnx::panic_is_caught() {
-            default_hook(info);
-        }
-    }));
+    palisade_model::onnx::quiet_caught_panics();
     // The server logs JSON lines (for log shippers); other commands log text unless --json.
     output::init_logging(
         &cli.log,

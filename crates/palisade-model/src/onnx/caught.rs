@@ -3,9 +3,9 @@
 //! tract panics on some malformed graphs (an `Unsqueeze` whose axes pass the rank, with tract-hir
 //! 0.23.9), and the interpreter's tensor backend could on an operand shape its plan failed to
 //! check. A model file is untrusted input, so every call into either runs inside [`catch`],
-//! which returns such a panic as an error. The panic hook still runs first: a program that
-//! installs its own can ask [`panic_is_caught`] and not print, as if it had crashed, a panic
-//! that its caller will get as an error.
+//! which returns such a panic as an error. The panic hook still runs first: a program calls
+//! [`quiet_caught_panics`] so that its hook does not print, as if it had crashed, a panic that
+//! its caller will get as an error (or asks [`panic_is_caught`] in a hook of its own).
 
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
@@ -21,6 +21,18 @@ thread_local! {
 /// an [`OnnxError`] (the thread is inside a call to tract or to the interpreter's backend).
 pub fn panic_is_caught() -> bool {
     CATCHING.with(|c| c.get() > 0)
+}
+
+/// Wraps the panic hook installed now (the default one, libFuzzer's, …) so that it is not called
+/// for panics [`catch`] turns into errors ([`panic_is_caught`]); every other panic reaches it as
+/// before. Call it once, after any hook of the program's own is installed.
+pub fn quiet_caught_panics() {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !panic_is_caught() {
+            hook(info);
+        }
+    }));
 }
 
 /// Runs `f`; a panic inside it becomes the error `wrap` makes of the panic's message.

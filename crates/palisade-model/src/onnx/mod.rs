@@ -25,7 +25,7 @@ use palisade_core::{Classifier, Differentiable, InputRange, ModelError, ModelInf
 use serde::Serialize;
 use tract_onnx::pb;
 
-pub use caught::panic_is_caught;
+pub use caught::{panic_is_caught, quiet_caught_panics};
 pub use error::OnnxError;
 pub use interp::{SUPPORTED_OPS, is_supported};
 pub use proto::{MAX_FILE_BYTES, looks_like_onnx};
