@@ -290,9 +290,7 @@ impl LocalLimits {
             match l.check_key(key) {
                 Ok(s) => {
                     let remaining = s.remaining_burst_capacity();
-                    if remaining == 0 {
-                        key_wait = ceil_secs(gcra_params(*r).0);
-                    }
+                    key_wait = key_wait_after(*r, remaining);
                     items.push(Item::gcra("key", *r, remaining));
                 }
                 Err(nu) => {
@@ -404,6 +402,17 @@ pub struct Item {
     pub remaining: u64,
     /// Seconds until the quota is whole again (`t`).
     pub reset_s: u64,
+}
+
+/// What a refusal by a later limit must wait at least, once the key's rate `r` has charged the
+/// request and has `remaining` left: none while some remain, else until one has come back, so
+/// that the retry does not meet the key's own limit ([`LimitStore`]'s rule, for every store).
+pub(crate) fn key_wait_after(r: Rate, remaining: u32) -> u64 {
+    if remaining == 0 {
+        ceil_secs(gcra_params(r).0)
+    } else {
+        0
+    }
 }
 
 pub(crate) fn ceil_secs(d: Duration) -> u64 {

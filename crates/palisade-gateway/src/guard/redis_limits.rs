@@ -55,7 +55,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::ratelimit::{
     Admission, AdmitFuture, Charge, DAY_MS, DAY_SPENT, Item, KEY_EXCEEDED, LimitError, LimitStore,
-    MODEL_EXCEEDED, Refusal, ceil_secs, gcra_params,
+    MODEL_EXCEEDED, Refusal, ceil_secs, gcra_params, key_wait_after,
 };
 use crate::policy::Rate;
 
@@ -255,12 +255,10 @@ impl RedisLimits {
                 return Ok(Admission::Refused(Refusal::new(items, wait, KEY_EXCEEDED)));
             }
         }
-        // A refusal by the model keeps the unit the key has just spent: the retry must not
-        // meet the key's own limit (as in the local store).
-        let key_wait = match c.limits.per_key {
-            Some(r) if key_rem == 0 => ceil_secs(gcra_params(r).0),
-            _ => 0,
-        };
+        let key_wait = c
+            .limits
+            .per_key
+            .map_or(0, |r| key_wait_after(r, remaining(key_rem)));
         if let Some(r) = c.limits.per_model {
             items.push(Item::gcra("model", r, remaining(model_rem)));
             if outcome == 3 {
