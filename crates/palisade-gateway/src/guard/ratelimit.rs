@@ -89,6 +89,9 @@ pub enum LimitError {
     /// The store's state could not be read or written (a shared store out of reach, say).
     #[error("the rate-limit state is unavailable: {0}")]
     Unavailable(String),
+    /// The store was set up wrongly (an address that does not parse, say): no retry mends it.
+    #[error("the rate-limit store is misconfigured: {0}")]
+    Config(String),
 }
 
 /// The longest the rate-limit guard waits for a [`LimitStore`] (an in-memory one answers at

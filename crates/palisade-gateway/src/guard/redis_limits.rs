@@ -164,7 +164,8 @@ impl RedisLimits {
     /// (several deployments can share one server with different prefixes). Checks that the
     /// server answers and takes the script.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, LimitError> {
-        let client = redis::Client::open(url).map_err(|e| unavailable("bad URL", e))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| LimitError::Config(format!("redis: bad URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
