@@ -185,6 +185,9 @@ async fn decides_as_the_local_store_does() {
         ("c", &budget, t),
         ("c", &budget, t + DAY_MS),
         ("c", &budget, t + 2 * DAY_MS),
+        // A clock a day behind the day counted: the refusal waits until it reaches that day's end.
+        ("e", &budget, t + DAY_MS),
+        ("e", &budget, t),
         ("d", &slow_key, t),
         ("d", &slow_key, t),
     ];
@@ -216,6 +219,8 @@ async fn decides_as_the_local_store_does() {
             DAY_SPENT,
             a,
             KEY_EXCEEDED,
+            a,
+            DAY_SPENT,
             a,
             MODEL_EXCEEDED
         ]
@@ -269,9 +274,14 @@ async fn a_day_behind_counts_against_the_later_day() {
     assert_eq!((what, items[0].remaining), ("admitted", 1));
     let (what, items, _) = charge(&store, "k", &policy, t).await;
     assert_eq!((what, items[0].remaining), ("admitted", 0));
+    // Whole again when this gateway's clock reaches the end of the later day: a day and a half
+    // from its noon, not its own midnight.
+    let day_and_half = 3 * DAY_MS / 2 / 1000;
+    assert_eq!(items[0].reset_s, day_and_half);
+    let (what, _, retry_after) = charge(&store, "k", &policy, t).await;
     assert_eq!(
-        charge(&store, "k", &policy, t).await.0,
-        "daily query budget exhausted"
+        (what, retry_after),
+        ("daily query budget exhausted", day_and_half)
     );
     let (what, items, _) = charge(&store, "k", &policy, t + 2 * DAY_MS).await;
     assert_eq!((what, items[0].remaining), ("admitted", 1));

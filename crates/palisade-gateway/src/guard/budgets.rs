@@ -67,10 +67,19 @@ type Table = HashMap<String, HashMap<String, Spent>>;
 
 /// What [`Budgets::spend`] decided.
 pub(crate) enum Spend<'a> {
-    /// Spent; what remains.
-    Granted(u64),
-    /// Nothing left today.
-    Exhausted,
+    /// Spent; what remains of the budget of UTC day `day`, the day counted (the one asked for,
+    /// or a later one already stored: see [`Budgets::spend`]).
+    Granted {
+        /// Units left.
+        remaining: u64,
+        /// The day counted.
+        day: u64,
+    },
+    /// Nothing left of the budget of UTC day `day`, the day counted.
+    Exhausted {
+        /// The day counted.
+        day: u64,
+    },
     /// The ledger does not yet hold enough: wait for it to move, then spend again, passing the
     /// count of failed writes given here (so that a failure of the write waited for is reported).
     Wait(Pin<Box<tokio::sync::futures::Notified<'a>>>, u64),
@@ -196,16 +205,23 @@ impl Budgets {
         })
     }
 
-    /// What remains of `key`'s budget on `model` for UTC day `day`, spending nothing: checked
-    /// before the rate limits so that a key whose budget is spent is refused without charging
-    /// them (and so cannot use up the model's shared rate). [`Budgets::spend`] stays the
-    /// authority: two requests racing for the last unit may both see one here.
-    pub(crate) fn remaining(&self, key: &str, model: &str, day: u64, limit: u64) -> u64 {
+    /// What remains of `key`'s budget on `model` for UTC day `day`, spending nothing, and the
+    /// day it counts against (`day`, or a later day already stored, as [`Budgets::spend`]
+    /// counts it): checked before the rate limits so that a key whose budget is spent is refused
+    /// without charging them (and so cannot use up the model's shared rate). [`Budgets::spend`]
+    /// stays the authority: two requests racing for the last unit may both see one here.
+    pub(crate) fn left(&self, key: &str, model: &str, day: u64, limit: u64) -> (u64, u64) {
         let used = lock(&self.shared.used);
         match used.get(key).and_then(|m| m.get(model)) {
-            Some(s) if s.day >= day => limit.saturating_sub(s.spent),
-            _ => limit,
+            Some(s) if s.day >= day => (limit.saturating_sub(s.spent), s.day),
+            _ => (limit, day),
         }
+    }
+
+    /// The units of [`Budgets::left`] alone.
+    #[cfg(test)]
+    pub(crate) fn remaining(&self, key: &str, model: &str, day: u64, limit: u64) -> u64 {
+        self.left(key, model, day, limit).0
     }
 
     /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
@@ -242,11 +258,14 @@ impl Budgets {
             };
         }
         if e.spent >= limit {
-            return Ok(Spend::Exhausted);
+            return Ok(Spend::Exhausted { day: e.day });
         }
         let Some(ledger) = &self.ledger else {
             e.spent += 1;
-            return Ok(Spend::Granted(limit - e.spent));
+            return Ok(Spend::Granted {
+                remaining: limit - e.spent,
+                day: e.day,
+            });
         };
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(unavailable(&ledger.path, "closed"));
@@ -267,7 +286,10 @@ impl Budgets {
                     e.asked = e.durable;
                 }
             }
-            return Ok(Spend::Granted(limit - e.spent));
+            return Ok(Spend::Granted {
+                remaining: limit - e.spent,
+                day: e.day,
+            });
         }
         if waited.is_some_and(|seen| e.failures > seen) {
             let why = e.why.clone();
@@ -431,8 +453,8 @@ mod tests {
     /// Spends without waiting (budgets in memory never wait).
     fn now(b: &Budgets, key: &str, model: &str, day: u64, limit: u64) -> Option<u64> {
         match b.spend(key, model, day, limit, None).unwrap() {
-            Spend::Granted(rem) => Some(rem),
-            Spend::Exhausted => None,
+            Spend::Granted { remaining, .. } => Some(remaining),
+            Spend::Exhausted { .. } => None,
             Spend::Wait(..) => panic!("budgets in memory waited"),
         }
     }
@@ -448,8 +470,8 @@ mod tests {
         let mut waited = None;
         loop {
             match b.spend(key, model, day, limit, waited)? {
-                Spend::Granted(rem) => return Ok(Some(rem)),
-                Spend::Exhausted => return Ok(None),
+                Spend::Granted { remaining, .. } => return Ok(Some(remaining)),
+                Spend::Exhausted { .. } => return Ok(None),
                 Spend::Wait(w, failures) => {
                     waited = Some(failures);
                     w.await

@@ -113,7 +113,8 @@ pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitEr
 /// the pair of rates (`per_key`, `per_model`) of the version asked for (versions with the same
 /// pair share it; per key, also to the key's line); a budget belongs to the key's line, the model
 /// and the UTC day of [`Charge::t_ms`], whatever the version, and a day earlier than the one
-/// counted counts against it (a clock stepping back does not refill it). GCRA runs on the store's
+/// counted counts against it (a clock stepping back does not refill it; the day's item and a
+/// [`DAY_SPENT`] refusal then wait for the end of the day counted). GCRA runs on the store's
 /// own clock, with each rate's emission interval ([`Rate::interval`]) and burst; the items are
 /// made with [`Item::gcra`] and [`Item::day`], the refusals' reasons are [`KEY_EXCEEDED`],
 /// [`MODEL_EXCEEDED`] and [`DAY_SPENT`].
@@ -274,15 +275,17 @@ impl LocalLimits {
         let lim = self.for_model(model, policy, live);
         let mut items = Vec::with_capacity(3);
         let day = policy.daily_budget.map(|limit| {
-            let item = move |remaining| Item::day(limit, remaining, t_ms);
-            (limit, item(0).reset_s, item)
+            let item = move |remaining, day| Item::day(limit, remaining, day, t_ms);
+            (limit, item)
         });
         let today = t_ms / DAY_MS;
-        if let Some((limit, reset_s, item)) = day
-            && self.budgets.remaining(key, model, today, limit) == 0
+        if let Some((limit, item)) = day
+            && let (0, counted) = self.budgets.left(key, model, today, limit)
         {
-            items.push(item(0));
-            return Ok(Err(Refusal::new(items, reset_s, DAY_SPENT)));
+            let spent = item(0, counted);
+            let wait = spent.reset_s;
+            items.push(spent);
+            return Ok(Err(Refusal::new(items, wait, DAY_SPENT)));
         }
         let now = self.clock.now();
         // A later refusal keeps the unit the key has just spent: a client retrying after the
@@ -313,17 +316,18 @@ impl LocalLimits {
                 }
             }
         }
-        if let Some((limit, reset_s, item)) = day {
+        if let Some((limit, item)) = day {
             let mut waited = None;
             loop {
                 match self.budgets.spend(key, model, today, limit, waited)? {
-                    Spend::Granted(rem) => {
-                        items.push(item(rem));
+                    Spend::Granted { remaining, day } => {
+                        items.push(item(remaining, day));
                         break;
                     }
-                    Spend::Exhausted => {
-                        items.push(item(0));
-                        let wait = reset_s.max(key_wait);
+                    Spend::Exhausted { day } => {
+                        let spent = item(0, day);
+                        let wait = spent.reset_s.max(key_wait);
+                        items.push(spent);
                         return Ok(Err(Refusal::new(items, wait, DAY_SPENT)));
                     }
                     // The ledger's writer is behind: the rates stay charged, the budget is
@@ -439,15 +443,24 @@ impl Item {
         }
     }
 
-    /// The item of a daily budget of `limit` requests with `remaining` left, `t_ms` milliseconds
-    /// after the epoch: it is whole again at the next UTC midnight.
-    pub fn day(limit: u64, remaining: u64, t_ms: u64) -> Item {
+    /// The item of a daily budget of `limit` requests with `remaining` left, counted against
+    /// UTC day `day` (days since the epoch), `t_ms` milliseconds after the epoch: it is whole
+    /// again once the clock reaches the end of that day. That is the next midnight, or later
+    /// where the day counted is ahead of the clock (a clock that stepped back across midnight,
+    /// or a gateway whose clock lags the one that counted the day: [`LimitStore`] counts an
+    /// earlier day against the later one), so that a client told to retry then is not refused
+    /// again. A day behind the clock counts as today.
+    pub fn day(limit: u64, remaining: u64, day: u64, t_ms: u64) -> Item {
+        let end = day
+            .max(t_ms / DAY_MS)
+            .saturating_add(1)
+            .saturating_mul(DAY_MS);
         Item {
             name: "day",
             quota: limit,
             window_s: 86_400,
             remaining,
-            reset_s: (DAY_MS - t_ms % DAY_MS).div_ceil(1000),
+            reset_s: (end - t_ms).div_ceil(1000),
         }
     }
 }
@@ -755,6 +768,30 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("key", 99), ("model", 0), ("day", 0)]
         );
+    }
+
+    #[test]
+    fn a_clock_stepping_back_across_midnight_waits_for_the_end_of_the_day_counted() {
+        let l = limits();
+        let p = LimitPolicy {
+            per_key: None,
+            per_model: None,
+            daily_budget: Some(2),
+        };
+        let k = key("k");
+        // One second into a day, then a step back of two seconds, into the day before.
+        let items = charge_now(&l, &k, "m", &p, T + 1_000, Vec::new).unwrap();
+        assert_eq!((items[0].remaining, items[0].reset_s), (1, 86_399));
+        let items = charge_now(&l, &k, "m", &p, T - 1_000, Vec::new).unwrap();
+        assert_eq!((items[0].remaining, items[0].reset_s), (0, 86_401));
+        // Refused until the clock reaches the end of the day counted, not its own midnight a
+        // second away.
+        let r = charge_now(&l, &k, "m", &p, T - 1_000, Vec::new)
+            .err()
+            .unwrap();
+        assert_eq!((r.what, r.retry_after), (DAY_SPENT, 86_401));
+        assert_eq!(r.items[0].reset_s, 86_401);
+        assert!(charge_now(&l, &k, "m", &p, T + DAY_MS, Vec::new).is_ok());
     }
 
     #[test]

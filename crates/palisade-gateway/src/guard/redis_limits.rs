@@ -12,7 +12,8 @@
 //!   back by X (NTP, a failover to a replica whose clock differs), every rate state in use waits
 //!   X longer; a step forward refills them. The daily budget's day is the gateway's
 //!   ([`Charge::t_ms`]), as the trait says; a day earlier than the one Redis holds counts against
-//!   the later one, so a gateway whose clock lags refills nothing.
+//!   the later one, so a gateway whose clock lags refills nothing, and its refusals wait (and
+//!   its `RateLimit` items reset) until its clock reaches the end of that later day.
 //! - **Resolution.** Times are whole microseconds: an emission interval is rounded to the nearest
 //!   microsecond, at least one (a rate of 7 per second runs at 142,857 µs, not 142,857.14).
 //! - **Budget race.** The budget is read and spent in the same atomic step, so the race for its
@@ -77,8 +78,9 @@ const MAX_EXACT: u64 = 1 << 53;
 /// `KEYS`: the key's rate state, the model's rate state, the budget (a hash: `day`, `spent`).
 /// `ARGV`: the key's interval (µs) and burst, the model's interval and burst (interval 0: no
 /// such rate), the budget (-1: none) and the gateway's day (days since the epoch, UTC).
-/// Returns `{outcome, wait_us, key_remaining, model_remaining, day_remaining}`, -1 where a
-/// limit is not set; outcome 0 admitted, 1 budget spent, 2 key's rate exceeded, 3 model's.
+/// Returns `{outcome, wait_us, key_remaining, model_remaining, day_remaining, day}`, -1 where a
+/// limit is not set (`day`: the day the budget counts against, the gateway's or a later one
+/// stored); outcome 0 admitted, 1 budget spent, 2 key's rate exceeded, 3 model's.
 const CHARGE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -92,7 +94,7 @@ if limit >= 0 then
   local s = redis.call('HMGET', KEYS[3], 'day', 'spent')
   local d = tonumber(s[1])
   if d and d >= today then day, spent = d, tonumber(s[2]) or 0 end
-  if spent >= limit then return {1, 0, -1, -1, 0} end
+  if spent >= limit then return {1, 0, -1, -1, 0, day} end
 end
 -- GCRA as governor runs it: tolerance T * (B - 1), the theoretical arrival time stored.
 local function gcra(key, T, B)
@@ -106,12 +108,12 @@ local function gcra(key, T, B)
 end
 if kT > 0 then
   local ok, v = gcra(KEYS[1], kT, kB)
-  if not ok then return {2, v, 0, -1, -1} end
+  if not ok then return {2, v, 0, -1, -1, -1} end
   krem = v
 end
 if mT > 0 then
   local ok, v = gcra(KEYS[2], mT, mB)
-  if not ok then return {3, v, krem, 0, -1} end
+  if not ok then return {3, v, krem, 0, -1, -1} end
   mrem = v
 end
 if limit >= 0 then
@@ -121,9 +123,9 @@ if limit >= 0 then
   -- lags Redis's by days must not make the count expire as it is written.
   local last = math.max(day, math.floor(now / 86400000000))
   redis.call('PEXPIREAT', KEYS[3], string.format('%d', (last + 2) * 86400000))
-  return {0, 0, krem, mrem, limit - spent}
+  return {0, 0, krem, mrem, limit - spent, day}
 end
-return {0, 0, krem, mrem, -1}
+return {0, 0, krem, mrem, -1, -1}
 "#;
 
 /// Rate limits and daily budgets kept in Redis (see the module documentation).
@@ -231,15 +233,18 @@ impl RedisLimits {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable("the rate-limit script failed", e))?;
-        let [outcome, wait_us, key_rem, model_rem, day_rem] = got[..] else {
+        let [outcome, wait_us, key_rem, model_rem, day_rem, day] = got[..] else {
             return Err(LimitError::Unavailable(format!(
                 "redis: the rate-limit script answered {got:?}"
             )));
         };
         let remaining = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
         let mut items = Vec::with_capacity(3);
+        // The day counted is the gateway's or a later one (never -1 where a budget is set).
+        let day = u64::try_from(day).unwrap_or(0).max(today);
         let day_item = |rem: i64| {
-            budget.map(|limit| Item::day(limit, u64::try_from(rem.max(0)).unwrap_or(0), c.t_ms))
+            budget
+                .map(|limit| Item::day(limit, u64::try_from(rem.max(0)).unwrap_or(0), day, c.t_ms))
         };
         if outcome == 1 {
             let item = day_item(0).ok_or_else(|| {
