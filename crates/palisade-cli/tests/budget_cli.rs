@@ -232,3 +232,83 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// TLS settings that cannot work stop the start with a message and exit code 2, and no key is
+/// made: a CA for a URL without TLS, a CA file that is missing or holds no certificate, a client
+/// certificate without its key. None of these needs a Redis server.
+#[test]
+fn redis_tls_settings_that_cannot_work_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    repository(d, "[input]\nrange = [0.0, 1.0]\n");
+    std::fs::write(d.join("empty.pem"), "no certificate here\n").unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "--limits-redis",
+                "redis://127.0.0.1:1",
+                "--limits-redis-ca",
+                "empty.pem",
+            ],
+            "does not use TLS",
+        ),
+        (
+            &[
+                "--limits-redis",
+                "rediss://127.0.0.1:1",
+                "--limits-redis-ca",
+                "empty.pem",
+            ],
+            "holds no PEM certificate",
+        ),
+        (
+            &[
+                "--limits-redis",
+                "rediss://127.0.0.1:1",
+                "--limits-redis-ca",
+                "missing.pem",
+            ],
+            "--limits-redis-ca: cannot read",
+        ),
+        (
+            &[
+                "--limits-redis",
+                "rediss://127.0.0.1:1",
+                "--limits-redis-cert",
+                "empty.pem",
+            ],
+            "--limits-redis-key",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args([
+                "serve",
+                "--models",
+                "repo",
+                "--allow-unsigned",
+                "--state",
+                "st",
+            ])
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "none"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    // The state may exist (it is opened before Redis is reached), but holds no key.
+    if d.join("st/keys.db").exists() {
+        let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["--json", "keys", "list", "--state", "st"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(keys, serde_json::json!([]), "a failed start made a key");
+    }
+}

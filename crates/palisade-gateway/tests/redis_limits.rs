@@ -12,14 +12,16 @@ use std::time::{Duration, Instant};
 use palisade_gateway::guard::ratelimit::{
     Admission, Charge, Item, LimitError, LimitStore, LocalLimits,
 };
-use palisade_gateway::guard::redis_limits::RedisLimits;
+use palisade_gateway::guard::redis_limits::{RedisLimits, RedisTls};
 use palisade_gateway::policy::{LimitPolicy, Rate};
 
 const DAY_MS: u64 = 86_400_000;
 
-/// A `redis-server` on a Unix socket in a folder of its own, killed on drop.
+/// A `redis-server` on a Unix socket in a folder of its own (and on whatever else `args` add),
+/// killed on drop.
 struct Redis {
     bin: String,
+    args: Vec<std::ffi::OsString>,
     child: Child,
     socket: PathBuf,
     dir: tempfile::TempDir,
@@ -30,13 +32,18 @@ impl Redis {
         format!("redis+unix://{}", self.socket.display())
     }
 
-    fn spawn(bin: &str, dir: &std::path::Path) -> std::io::Result<Child> {
+    fn spawn(
+        bin: &str,
+        dir: &std::path::Path,
+        args: &[std::ffi::OsString],
+    ) -> std::io::Result<Child> {
         Command::new(bin)
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(dir.join("redis.sock"))
             .arg("--dir")
             .arg(dir)
+            .args(args)
             .stdout(Stdio::null())
             .spawn()
     }
@@ -61,7 +68,7 @@ impl Redis {
     /// A new server on the same socket, with none of the old one's data.
     fn restart(&mut self) {
         self.stop();
-        self.child = Redis::spawn(&self.bin, self.dir.path()).unwrap();
+        self.child = Redis::spawn(&self.bin, self.dir.path(), &self.args).unwrap();
         self.wait_ready();
     }
 }
@@ -73,9 +80,13 @@ impl Drop for Redis {
 }
 
 fn redis() -> Option<Redis> {
+    redis_with(tempfile::tempdir().unwrap(), Vec::new())
+}
+
+/// [`redis`] in `dir`, with more arguments for `redis-server`.
+fn redis_with(dir: tempfile::TempDir, args: Vec<std::ffi::OsString>) -> Option<Redis> {
     let bin = std::env::var("PALISADE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-    let dir = tempfile::tempdir().unwrap();
-    let child = match Redis::spawn(&bin, dir.path()) {
+    let child = match Redis::spawn(&bin, dir.path(), &args) {
         Ok(c) => c,
         Err(e) if std::env::var_os("PALISADE_REQUIRE_REDIS").is_none() => {
             eprintln!(
@@ -87,6 +98,7 @@ fn redis() -> Option<Redis> {
     };
     let r = Redis {
         bin,
+        args,
         child,
         socket: dir.path().join("redis.sock"),
         dir,
@@ -192,7 +204,9 @@ async fn decides_as_the_local_store_does() {
         ("d", &slow_key, t),
     ];
     let local = LocalLimits::default();
-    let shared = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let shared = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let mut last_retry = 0;
     for (key, policy, t_ms) in script {
@@ -238,8 +252,12 @@ async fn gateways_on_one_redis_share_the_limits() {
         per_model: None,
         daily_budget: Some(100),
     };
-    let one = RedisLimits::connect(&server.url(), "t:").await.unwrap();
-    let two = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let one = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
+        .await
+        .unwrap();
+    let two = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
+        .await
+        .unwrap();
     let t = noon();
     let mut remaining = Vec::new();
     for store in [&one, &two, &one, &two] {
@@ -254,7 +272,9 @@ async fn gateways_on_one_redis_share_the_limits() {
             "rate limit for this key exceeded"
         );
     }
-    let apart = RedisLimits::connect(&server.url(), "other:").await.unwrap();
+    let apart = RedisLimits::connect(&server.url(), "other:", &RedisTls::default())
+        .await
+        .unwrap();
     assert_eq!(charge(&apart, "k", &policy, t).await.0, "admitted");
 }
 
@@ -268,7 +288,9 @@ async fn a_day_behind_counts_against_the_later_day() {
         per_model: None,
         daily_budget: Some(2),
     };
-    let store = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let store = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
+        .await
+        .unwrap();
     let t = noon();
     let (what, items, _) = charge(&store, "k", &policy, t + DAY_MS).await;
     assert_eq!((what, items[0].remaining), ("admitted", 1));
@@ -306,7 +328,9 @@ async fn a_spent_rate_comes_back_after_its_interval() {
         per_model: None,
         daily_budget: None,
     };
-    let store = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let store = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
+        .await
+        .unwrap();
     let t = noon();
     let first = Instant::now();
     assert_eq!(charge(&store, "k", &policy, t).await.0, "admitted");
@@ -326,14 +350,18 @@ async fn a_spent_rate_comes_back_after_its_interval() {
 async fn without_redis_charges_are_errors() {
     let Some(mut server) = redis() else { return };
     let missing = format!("redis+unix://{}.missing", server.socket.display());
-    let e = RedisLimits::connect(&missing, "t:").await.unwrap_err();
+    let e = RedisLimits::connect(&missing, "t:", &RedisTls::default())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("cannot connect"), "{e}");
-    let e = RedisLimits::connect("http://localhost", "t:")
+    let e = RedisLimits::connect("http://localhost", "t:", &RedisTls::default())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("bad URL"), "{e}");
 
-    let store = RedisLimits::connect(&server.url(), "t:").await.unwrap();
+    let store = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
+        .await
+        .unwrap();
     let policy = LimitPolicy::default();
     let t = noon();
     assert_eq!(charge(&store, "k", &policy, t).await.0, "admitted");
@@ -355,4 +383,145 @@ async fn without_redis_charges_are_errors() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// PEM of a CA, of a certificate it signed for `names` (DNS names or IP addresses), and of that
+/// certificate's key.
+struct Pki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn pki(names: &[&str]) -> (Pki, Pki) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    // Each with a name of its own: a leaf named as its issuer looks self-signed to OpenSSL.
+    let named = |names: Vec<String>, cn: &str| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p
+    };
+    let mut ca_params = named(Vec::new(), "palisade test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cn = names[0].clone();
+        let cert = named(names, &cn).signed_by(&key, &ca).unwrap();
+        Pki {
+            ca: ca.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    };
+    let server = leaf(names.iter().map(|n| n.to_string()).collect());
+    let client = leaf(vec!["gateway".into()]);
+    (server, client)
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Over TLS (`rediss://`) to a server with a private CA that asks for client certificates: the
+/// CA and a client certificate given, the limits work; a server certificate from a CA not given,
+/// or no client certificate, and the gateway does not connect; TLS settings on a URL without
+/// TLS, or a CA file with no certificate, are configuration errors.
+#[tokio::test]
+async fn over_tls_with_a_private_ca_and_a_client_certificate() {
+    let (server_pki, client_pki) = pki(&["localhost", "127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, pem: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.into_os_string()
+    };
+    let port = free_port();
+    let args = vec![
+        "--tls-port".into(),
+        port.to_string().into(),
+        "--tls-cert-file".into(),
+        file("server.pem", &server_pki.cert),
+        "--tls-key-file".into(),
+        file("server.key", &server_pki.key),
+        "--tls-ca-cert-file".into(),
+        file("ca.pem", &server_pki.ca),
+        "--tls-auth-clients".into(),
+        "yes".into(),
+    ];
+    let Some(server) = redis_with(dir, args) else {
+        return;
+    };
+    let url = format!("rediss://localhost:{port}/");
+    let tls = RedisTls {
+        ca_pem: Some(server_pki.ca.clone().into_bytes()),
+        client: Some((
+            client_pki.cert.clone().into_bytes(),
+            client_pki.key.clone().into_bytes(),
+        )),
+    };
+    let store = RedisLimits::connect(&url, "t:", &tls).await.unwrap();
+    let policy = LimitPolicy {
+        per_key: rate(1, 3_600_000, 1),
+        per_model: None,
+        daily_budget: None,
+    };
+    let t = noon();
+    assert_eq!(charge(&store, "k", &policy, t).await.0, "admitted");
+    assert_eq!(
+        charge(&store, "k", &policy, t).await.0,
+        "rate limit for this key exceeded"
+    );
+    // The same counters as over the socket: TLS is only the way there.
+    let plain = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        charge(&plain, "k", &policy, t).await.0,
+        "rate limit for this key exceeded"
+    );
+
+    // The server's certificate is not from a CA this gateway trusts.
+    let (other, _) = pki(&["localhost"]);
+    let strangers = [
+        RedisTls::default(),
+        RedisTls {
+            ca_pem: Some(other.ca.into_bytes()),
+            ..tls.clone()
+        },
+    ];
+    for t in &strangers {
+        let e = RedisLimits::connect(&url, "t:", t).await.unwrap_err();
+        assert!(matches!(e, LimitError::Unavailable(_)), "{e}");
+        assert!(e.to_string().contains("cannot connect"), "{e}");
+    }
+    // Trusted, but with no certificate of its own to show.
+    let anonymous = RedisTls {
+        client: None,
+        ..tls.clone()
+    };
+    let e = RedisLimits::connect(&url, "t:", &anonymous)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LimitError::Unavailable(_)), "{e}");
+
+    let e = RedisLimits::connect(&server.url(), "t:", &tls)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LimitError::Config(_)), "{e}");
+    assert!(e.to_string().contains("does not use TLS"), "{e}");
+    let not_a_ca = RedisTls {
+        ca_pem: Some(client_pki.key.into_bytes()),
+        client: None,
+    };
+    let e = RedisLimits::connect(&url, "t:", &not_a_ca)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LimitError::Config(_)), "{e}");
+    assert!(e.to_string().contains("no PEM certificate"), "{e}");
 }

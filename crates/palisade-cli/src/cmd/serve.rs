@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use palisade_gateway::audit::Durability;
-use palisade_gateway::guard::redis_limits::RedisLimits;
+use palisade_gateway::guard::redis_limits::{RedisLimits, RedisTls};
 use palisade_gateway::loader::{self, LoadedModel, ModelSource, Runtime, Trust};
 use palisade_gateway::pool::InferencePool;
 use palisade_gateway::{LocalState, ModelRepository};
@@ -71,11 +71,11 @@ pub struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     inference_queue: Option<u32>,
     /// Keep the rate limits and daily budgets in this Redis server, shared with every gateway
-    /// pointed at it (`redis://[user:password@]host:port[/db]` or `redis+unix:///path`), instead
-    /// of in this process and limits.db. The environment variable keeps a password off the
-    /// command line. Infer requests are refused (503) while Redis cannot be reached. Give the
-    /// limits a Redis whose maxmemory-policy is noeviction (the default): an evicted key is a
-    /// refilled limit.
+    /// pointed at it (`redis://[user:password@]host:port[/db]`, `rediss://…` over TLS, or
+    /// `redis+unix:///path`), instead of in this process and limits.db. The environment
+    /// variable keeps a password off the command line. Infer requests are refused (503) while
+    /// Redis cannot be reached. Give the limits a Redis whose maxmemory-policy is noeviction
+    /// (the default): an evicted key is a refilled limit.
     #[arg(long, env = "PALISADE_LIMITS_REDIS", hide_env_values = true)]
     limits_redis: Option<String>,
     /// With --limits-redis: the prefix of the keys this gateway counts under (gateways that
@@ -86,6 +86,32 @@ pub struct ServeArgs {
         requires = "limits_redis"
     )]
     limits_prefix: String,
+    /// With a `rediss://` --limits-redis: trust the CAs in this PEM file instead of the system's
+    /// roots.
+    #[arg(
+        long,
+        env = "PALISADE_LIMITS_REDIS_CA",
+        value_name = "PEM",
+        requires = "limits_redis"
+    )]
+    limits_redis_ca: Option<PathBuf>,
+    /// With a `rediss://` --limits-redis: present this client certificate (PEM, the chain) to a
+    /// server that asks for one; needs --limits-redis-key.
+    #[arg(
+        long,
+        env = "PALISADE_LIMITS_REDIS_CERT",
+        value_name = "PEM",
+        requires_all = ["limits_redis", "limits_redis_key"]
+    )]
+    limits_redis_cert: Option<PathBuf>,
+    /// The private key (PEM) of --limits-redis-cert.
+    #[arg(
+        long,
+        env = "PALISADE_LIMITS_REDIS_KEY",
+        value_name = "PEM",
+        requires = "limits_redis_cert"
+    )]
+    limits_redis_key: Option<PathBuf>,
 }
 
 /// `--audit-durability` values.
@@ -256,11 +282,32 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
     let limits = match &args.limits_redis {
         None => "local".to_string(),
         Some(url) => {
+            let read = |p: &PathBuf, flag: &str| {
+                std::fs::read(p).with_context(|| format!("{flag}: cannot read {}", p.display()))
+            };
+            let tls = RedisTls {
+                ca_pem: match &args.limits_redis_ca {
+                    Some(p) => Some(read(p, "--limits-redis-ca")?),
+                    None => None,
+                },
+                client: match (&args.limits_redis_cert, &args.limits_redis_key) {
+                    (Some(c), Some(k)) => Some((
+                        read(c, "--limits-redis-cert")?,
+                        read(k, "--limits-redis-key")?,
+                    )),
+                    _ => None,
+                },
+            };
             let shared = rt
-                .block_on(RedisLimits::connect(url, &args.limits_prefix))
+                .block_on(RedisLimits::connect(url, &args.limits_prefix, &tls))
                 .context("--limits-redis")?;
             gw.limits = Arc::new(shared);
-            format!("redis, keys {}*", args.limits_prefix)
+            let over = if url.starts_with("rediss://") {
+                " over TLS"
+            } else {
+                ""
+            };
+            format!("redis{over}, keys {}*", args.limits_prefix)
         }
     };
     let router = gw.router();

@@ -46,6 +46,10 @@
 //! and 0.85-0.89 at 16 and 64, where Redis's own CPU (18-20 µs per request) came out of the same
 //! cores (`bench/gateway_redis.sh`, 2026-12-05).
 //!
+//! **TLS.** A `rediss://` URL connects through rustls: the server's certificate must be valid
+//! for the URL's host under the system's roots, or under [`RedisTls::ca_pem`] where given; a
+//! client certificate ([`RedisTls::client`]) is offered where given.
+//!
 //! Redis's own persistence (RDB, AOF) decides what survives a Redis restart; a Redis that cannot
 //! be reached refuses requests with 503 through the guard's timeout, as every [`LimitStore`]
 //! error does (the limits fail closed). The client reconnects by itself.
@@ -128,6 +132,75 @@ end
 return {0, 0, krem, mrem, -1, -1}
 "#;
 
+/// How to speak TLS to a `rediss://` server, beyond what the URL says. Without a CA the
+/// system's roots are trusted; without a client certificate none is offered.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// PEM certificates of the CAs to trust instead of the system's roots (a private CA, as
+    /// most self-hosted and in-cluster Redis servers have).
+    pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate chain and its private key, both PEM, for a server that asks for one
+    /// (`tls-auth-clients yes`).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    fn is_empty(&self) -> bool {
+        self.ca_pem.is_none() && self.client.is_none()
+    }
+}
+
+/// The client for `url` with `tls`: a configuration error for a URL that does not parse, TLS
+/// settings on a URL without TLS, or PEM that holds no certificate or key.
+fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, LimitError> {
+    let config = |m: String| LimitError::Config(format!("redis: {m}"));
+    let info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| config(format!("bad URL: {e}")))?;
+    let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if tls.is_empty() {
+        return redis::Client::open(info).map_err(|e| config(format!("bad URL: {e}")));
+    }
+    if !is_tls {
+        return Err(config(
+            "a CA or a client certificate is given, but the URL does not use TLS (rediss://)"
+                .into(),
+        ));
+    }
+    if let Some(ca) = &tls.ca_pem {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let certificates = CertificateDer::pem_slice_iter(ca)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| config(format!("the CA file is not PEM: {e}")))?;
+        if certificates.is_empty() {
+            return Err(config("the CA file holds no PEM certificate".into()));
+        }
+    }
+    // redis builds its rustls configuration from the process's default crypto provider; one
+    // installed already (by another part of the program) is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certificates = redis::TlsCertificates {
+        client_tls: tls
+            .client
+            .clone()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert,
+                client_key: key,
+            }),
+        root_cert: tls.ca_pem.clone(),
+    };
+    redis::Client::build_with_tls(info, certificates)
+        .map_err(|e| config(format!("bad TLS settings: {e}")))
+}
+
 /// Rate limits and daily budgets kept in Redis (see the module documentation).
 #[derive(Clone)]
 pub struct RedisLimits {
@@ -161,13 +234,14 @@ fn script_rate(r: Option<Rate>) -> (u64, u32) {
 }
 
 impl RedisLimits {
-    /// Connects to the Redis server at `url` (`redis://[user:password@]host[:port][/db]` or
+    /// Connects to the Redis server at `url` (`redis://[user:password@]host[:port][/db]`,
+    /// `rediss://…` for TLS, with `tls`'s CA and client certificate where given, or
     /// `redis+unix:///path/to/socket`), keeping its counters under keys that start with `prefix`
     /// (several deployments can share one server with different prefixes). Checks that the
-    /// server answers and takes the script.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, LimitError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| LimitError::Config(format!("redis: bad URL: {e}")))?;
+    /// server answers (over TLS: that its certificate is trusted for the URL's host) and takes
+    /// the script.
+    pub async fn connect(url: &str, prefix: &str, tls: &RedisTls) -> Result<Self, LimitError> {
+        let client = client(url, tls)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
