@@ -233,16 +233,17 @@ impl Drop for Killed {
     }
 }
 
-/// TLS settings that cannot work stop the start with a message and exit code 2, and no key is
+/// Redis settings that cannot work stop the start with a message and exit code 2, and no key is
 /// made: a CA for a URL without TLS, a CA file that is missing or holds no certificate, a client
-/// certificate without its key. None of these needs a Redis server.
+/// certificate without its key, a cluster node on a Unix socket. None of these needs a Redis
+/// server.
 #[test]
-fn redis_tls_settings_that_cannot_work_stop_the_start() {
+fn redis_settings_that_cannot_work_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     repository(d, "[input]\nrange = [0.0, 1.0]\n");
     std::fs::write(d.join("empty.pem"), "no certificate here\n").unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &[
                 "--limits-redis",
@@ -278,6 +279,14 @@ fn redis_tls_settings_that_cannot_work_stop_the_start() {
                 "empty.pem",
             ],
             "--limits-redis-key",
+        ),
+        (
+            &[
+                "--limits-redis",
+                "redis+unix:///nowhere",
+                "--limits-redis-cluster",
+            ],
+            "unix socket",
         ),
     ];
     for (args, says) in cases {

@@ -131,11 +131,22 @@ async fn try_charge(
     policy: &LimitPolicy,
     t_ms: u64,
 ) -> Result<Decided, LimitError> {
+    try_charge_on(store, "m", key, policy, t_ms).await
+}
+
+/// [`try_charge`] to `model`.
+async fn try_charge_on(
+    store: &dyn LimitStore,
+    model: &str,
+    key: &str,
+    policy: &LimitPolicy,
+    t_ms: u64,
+) -> Result<Decided, LimitError> {
     let live = || vec![policy.clone()];
     let key = key.to_string();
     let c = Charge {
         key: &key,
-        model: "m",
+        model,
         limits: policy,
         t_ms,
         live: &live,
@@ -164,6 +175,15 @@ fn noon() -> u64 {
 #[tokio::test]
 async fn decides_as_the_local_store_does() {
     let Some(server) = redis() else { return };
+    let shared = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
+        .await
+        .unwrap();
+    decides_as_local(&shared).await;
+}
+
+/// The scenarios of [`decides_as_the_local_store_does`], on `shared` (whose counters under
+/// `t:` must be fresh).
+async fn decides_as_local(shared: &RedisLimits) {
     let hour = 3_600_000;
     let rates = LimitPolicy {
         per_key: rate(1, hour, 3),
@@ -204,14 +224,11 @@ async fn decides_as_the_local_store_does() {
         ("d", &slow_key, t),
     ];
     let local = LocalLimits::default();
-    let shared = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
-        .await
-        .unwrap();
     let mut seen = Vec::new();
     let mut last_retry = 0;
     for (key, policy, t_ms) in script {
         let want = charge(&local, key, policy, t_ms).await;
-        let got = charge(&shared, key, policy, t_ms).await;
+        let got = charge(shared, key, policy, t_ms).await;
         assert_eq!(got, want, "charge {} by {key}", seen.len());
         seen.push(got.0);
         last_retry = got.2;
@@ -524,4 +541,158 @@ async fn over_tls_with_a_private_ca_and_a_client_certificate() {
         .unwrap_err();
     assert!(matches!(e, LimitError::Config(_)), "{e}");
     assert!(e.to_string().contains("no PEM certificate"), "{e}");
+}
+
+/// A port for a cluster node: free, and with its cluster bus port (10,000 above) free too.
+fn cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        let bus = p
+            .checked_add(10_000)
+            .filter(|b| std::net::TcpListener::bind(("127.0.0.1", *b)).is_ok());
+        if bus.is_some() {
+            return p;
+        }
+    }
+}
+
+/// A Redis Cluster of `n` primaries on loopback, its slots split evenly, once every node says
+/// the cluster is up; the nodes and their `redis://` URLs.
+async fn redis_cluster(n: u16) -> Option<(Vec<Redis>, Vec<String>)> {
+    let mut nodes = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..n {
+        let port = cluster_port();
+        let args = ["--port", &port.to_string(), "--cluster-enabled", "yes"]
+            .iter()
+            .map(|a| a.into())
+            .collect();
+        nodes.push(redis_with(tempfile::tempdir().unwrap(), args)?);
+        urls.push(format!("redis://127.0.0.1:{port}"));
+    }
+    let mut conns = Vec::new();
+    for node in &nodes {
+        let client = redis::Client::open(node.url()).unwrap();
+        conns.push(client.get_multiplexed_async_connection().await.unwrap());
+    }
+    let per = 16_384 / n;
+    for (i, c) in conns.iter_mut().enumerate() {
+        let i = i as u16;
+        let last = if i + 1 == n {
+            16_383
+        } else {
+            (i + 1) * per - 1
+        };
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(i * per)
+            .arg(last)
+            .query_async(c)
+            .await
+            .unwrap();
+    }
+    for url in &urls[1..] {
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(port)
+            .query_async(&mut conns[0])
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    for c in &mut conns {
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(c)
+                .await
+                .unwrap();
+            if info.contains("cluster_state:ok")
+                && info.contains(&format!("cluster_known_nodes:{n}"))
+            {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the cluster never came up: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Some((nodes, urls))
+}
+
+/// On a Redis Cluster of three primaries, found from one of them: the scenarios decide as the
+/// local store does, two gateways share the limits of models whose slots lie on different
+/// nodes, and a Unix socket is refused (a cluster names its nodes by address).
+#[tokio::test]
+async fn on_a_cluster_as_on_one_server() {
+    let Some((nodes, urls)) = redis_cluster(3).await else {
+        return;
+    };
+    let none = RedisTls::default();
+    let a = RedisLimits::connect_cluster(&urls[..1], "t:", &none)
+        .await
+        .unwrap();
+    decides_as_local(&a).await;
+
+    let b = RedisLimits::connect_cluster(&urls[2..], "t:", &none)
+        .await
+        .unwrap();
+    let once = LimitPolicy {
+        per_key: rate(1, 3_600_000, 1),
+        per_model: None,
+        daily_budget: None,
+    };
+    let t = noon();
+    let models: Vec<String> = (0..12).map(|i| format!("model-{i}")).collect();
+    for m in &models {
+        let first = try_charge_on(&a, m, "k", &once, t).await.unwrap();
+        let second = try_charge_on(&b, m, "k", &once, t).await.unwrap();
+        assert_eq!(
+            (first.0, second.0),
+            ("admitted", "rate limit for this key exceeded"),
+            "{m}"
+        );
+    }
+    // The models' counters lie on more than one node.
+    let mut holding = 0;
+    for node in &nodes {
+        let client = redis::Client::open(node.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+        holding += usize::from(keys > 0);
+    }
+    assert!(holding >= 2, "all counters on one node");
+
+    // A primary gone (and no replica to take its slots): the charges of its models fail, the
+    // others go on.
+    let mut nodes = nodes;
+    nodes[1].stop();
+    let (mut failed, mut served) = (0, 0);
+    for m in &models {
+        match try_charge_on(&a, m, "other", &once, t).await {
+            Ok((what, _, _)) => {
+                assert_eq!(what, "admitted", "{m}");
+                served += 1;
+            }
+            Err(e) => {
+                assert!(matches!(e, LimitError::Unavailable(_)), "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0 && served > 0, "{failed} failed, {served} served");
+
+    let unix = vec![nodes[0].url()];
+    let e = RedisLimits::connect_cluster(&unix, "t:", &none)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LimitError::Config(_)), "{e}");
+    let e = RedisLimits::connect_cluster(&[], "t:", &none)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LimitError::Config(_)), "{e}");
 }

@@ -78,6 +78,11 @@ pub struct ServeArgs {
     /// (the default): an evicted key is a refilled limit.
     #[arg(long, env = "PALISADE_LIMITS_REDIS", hide_env_values = true)]
     limits_redis: Option<String>,
+    /// With --limits-redis: it names nodes of a Redis Cluster, comma-separated
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`; one is enough, the others are found from
+    /// it), not one server.
+    #[arg(long, requires = "limits_redis")]
+    limits_redis_cluster: bool,
     /// With --limits-redis: the prefix of the keys this gateway counts under (gateways that
     /// share limits share a prefix).
     #[arg(
@@ -298,16 +303,29 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
                     _ => None,
                 },
             };
-            let shared = rt
-                .block_on(RedisLimits::connect(url, &args.limits_prefix, &tls))
-                .context("--limits-redis")?;
-            gw.limits = Arc::new(shared);
-            let over = if url.starts_with("rediss://") {
+            let prefix = &args.limits_prefix;
+            let (shared, what) = if args.limits_redis_cluster {
+                let nodes: Vec<String> = url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(String::from)
+                    .collect();
+                let store = RedisLimits::connect_cluster(&nodes, prefix, &tls);
+                (rt.block_on(store), "redis cluster")
+            } else {
+                (
+                    rt.block_on(RedisLimits::connect(url, prefix, &tls)),
+                    "redis",
+                )
+            };
+            gw.limits = Arc::new(shared.context("--limits-redis")?);
+            let over = if url.trim_start().starts_with("rediss://") {
                 " over TLS"
             } else {
                 ""
             };
-            format!("redis{over}, keys {}*", args.limits_prefix)
+            format!("{what}{over}, keys {prefix}*")
         }
     };
     let router = gw.router();

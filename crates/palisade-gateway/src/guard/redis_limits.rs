@@ -33,9 +33,11 @@
 //! Keys are `<prefix>{<model>}:key:<rates>:<line>`, `<prefix>{<model>}:model:<rates>` and
 //! `<prefix>{<model>}:day:<line>`, where `<rates>` names the pair of rates as the policy writes
 //! them (a version with other rates keeps other counters, as locally). The model in braces is a
-//! Redis Cluster hash tag: the keys of one charge fall in one slot (this client does not speak
-//! Cluster yet). Model names and key lines are letters, digits, `-`, `_` and `.`, so the parts
-//! cannot run into each other.
+//! Redis Cluster hash tag: the keys of one charge fall in one slot, so that on a cluster
+//! ([`RedisLimits::connect_cluster`]) the script runs on one node, and the models spread over
+//! the nodes (whatever the prefix: its text comes before the tag in all three keys). Model names
+//! and key lines are letters, digits, `-`, `_` and `.`, so the parts cannot run into each
+//! other. On a cluster, the rates of a model run on the clock of the node that holds its slot.
 //!
 //! A key's limits are shared only by gateways that know the key by the same line: the key store
 //! is each gateway's own SQLite file until a shared one exists, so today that means gateways
@@ -57,6 +59,7 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 
 use super::ratelimit::{
     Admission, AdmitFuture, Charge, DAY_MS, DAY_SPENT, Item, KEY_EXCEEDED, LimitError, LimitStore,
@@ -159,21 +162,15 @@ impl RedisTls {
     }
 }
 
-/// The client for `url` with `tls`: a configuration error for a URL that does not parse, TLS
-/// settings on a URL without TLS, or PEM that holds no certificate or key.
-fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, LimitError> {
-    let config = |m: String| LimitError::Config(format!("redis: {m}"));
-    let info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(url)
-        .map_err(|e| config(format!("bad URL: {e}")))?;
-    let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+fn config(m: String) -> LimitError {
+    LimitError::Config(format!("redis: {m}"))
+}
+
+/// What redis takes of `tls`: `None` without settings; a configuration error for a CA file that
+/// holds no certificate.
+fn certificates(tls: &RedisTls) -> Result<Option<redis::TlsCertificates>, LimitError> {
     if tls.is_empty() {
-        return redis::Client::open(info).map_err(|e| config(format!("bad URL: {e}")));
-    }
-    if !is_tls {
-        return Err(config(
-            "a CA or a client certificate is given, but the URL does not use TLS (rediss://)"
-                .into(),
-        ));
+        return Ok(None);
     }
     if let Some(ca) = &tls.ca_pem {
         use rustls::pki_types::{CertificateDer, pem::PemObject};
@@ -187,7 +184,7 @@ fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, LimitError> {
     // redis builds its rustls configuration from the process's default crypto provider; one
     // installed already (by another part of the program) is kept.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let certificates = redis::TlsCertificates {
+    Ok(Some(redis::TlsCertificates {
         client_tls: tls
             .client
             .clone()
@@ -196,15 +193,50 @@ fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, LimitError> {
                 client_key: key,
             }),
         root_cert: tls.ca_pem.clone(),
-    };
-    redis::Client::build_with_tls(info, certificates)
-        .map_err(|e| config(format!("bad TLS settings: {e}")))
+    }))
+}
+
+/// `url` parsed; with TLS settings, it must use TLS.
+fn address(url: &str, tls: &RedisTls) -> Result<redis::ConnectionInfo, LimitError> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|e| config(format!("bad URL: {e}")))?;
+    if !tls.is_empty() && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        return Err(config(
+            "a CA or a client certificate is given, but the URL does not use TLS (rediss://)"
+                .into(),
+        ));
+    }
+    Ok(info)
+}
+
+/// The connection charges go through: to one server (reconnecting by itself), or to a Redis
+/// Cluster (following its slots as they move).
+#[derive(Clone)]
+enum Conn {
+    One(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn invoke(&mut self, call: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
+        match self {
+            Conn::One(c) => call.invoke_async(c).await,
+            Conn::Cluster(c) => call.invoke_async(c).await,
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Conn::One(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
 }
 
 /// Rate limits and daily budgets kept in Redis (see the module documentation).
 #[derive(Clone)]
 pub struct RedisLimits {
-    conn: ConnectionManager,
+    conn: Conn,
     script: redis::Script,
     prefix: String,
 }
@@ -241,27 +273,69 @@ impl RedisLimits {
     /// server answers (over TLS: that its certificate is trusted for the URL's host) and takes
     /// the script.
     pub async fn connect(url: &str, prefix: &str, tls: &RedisTls) -> Result<Self, LimitError> {
-        let client = client(url, tls)?;
-        let config = ConnectionManagerConfig::new()
+        let info = address(url, tls)?;
+        let client = match certificates(tls)? {
+            None => redis::Client::open(info),
+            Some(c) => redis::Client::build_with_tls(info, c),
+        }
+        .map_err(|e| config(format!("bad URL or TLS settings: {e}")))?;
+        let settings = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2);
-        let mut conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client, settings)
             .await
             .map_err(|e| unavailable("cannot connect", e))?;
+        Self::ready(Conn::One(conn), prefix).await
+    }
+
+    /// Connects to the Redis Cluster that `nodes` belong to (any of its nodes, each a
+    /// `redis://` or `rediss://` URL as for [`RedisLimits::connect`], all with the same scheme
+    /// and credentials; not Unix sockets, since the cluster names its nodes by address), keeping
+    /// its counters under keys that start with `prefix`. One charge's keys share a hash tag,
+    /// the model's name, so each charge runs on the node that holds that model's slot.
+    pub async fn connect_cluster(
+        nodes: &[String],
+        prefix: &str,
+        tls: &RedisTls,
+    ) -> Result<Self, LimitError> {
+        if nodes.is_empty() {
+            return Err(config("no cluster node given".into()));
+        }
+        let infos = nodes
+            .iter()
+            .map(|n| address(n, tls))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(2);
+        if let Some(c) = certificates(tls)? {
+            builder = builder.certs(c);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| config(format!("bad cluster nodes: {e}")))?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| unavailable("cannot connect to the cluster", e))?;
+        Self::ready(Conn::Cluster(conn), prefix).await
+    }
+
+    /// The store on `conn`, once the script is loaded (on every primary, for a cluster).
+    async fn ready(mut conn: Conn, prefix: &str) -> Result<Self, LimitError> {
         let script = redis::Script::new(CHARGE);
-        script
-            .prepare_invoke()
-            .load_async(&mut conn)
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(CHARGE);
+        conn.query::<redis::Value>(&load)
             .await
             .map_err(|e| unavailable("cannot load the rate-limit script", e))?;
         // Managed services often evict by default; a server that does not let CONFIG be read
-        // (renamed, or denied by an ACL) is taken at its word.
-        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .query_async(&mut conn)
-            .await;
+        // (renamed, or denied by an ACL) is taken at its word. (In a cluster, one node answers.)
+        let mut get = redis::cmd("CONFIG");
+        get.arg("GET").arg("maxmemory-policy");
+        let policy: redis::RedisResult<Vec<String>> = conn.query(&get).await;
         if let Ok(p) = policy
             && let Some(p) = p.get(1)
             && p != "noeviction"
@@ -293,18 +367,17 @@ impl RedisLimits {
         let budget = c.limits.daily_budget.map(|b| b.min(MAX_EXACT));
         let today = c.t_ms / DAY_MS;
         let mut conn = self.conn.clone();
-        let got: Vec<i64> = self
-            .script
-            .key(format!("{p}{{{m}}}:key:{rates}:{line}"))
-            .key(format!("{p}{{{m}}}:model:{rates}"))
+        let mut call = self.script.key(format!("{p}{{{m}}}:key:{rates}:{line}"));
+        call.key(format!("{p}{{{m}}}:model:{rates}"))
             .key(format!("{p}{{{m}}}:day:{line}"))
             .arg(kt)
             .arg(kb)
             .arg(mt)
             .arg(mb)
             .arg(budget.map_or(-1, |b| b as i64))
-            .arg(today)
-            .invoke_async(&mut conn)
+            .arg(today);
+        let got = conn
+            .invoke(&call)
             .await
             .map_err(|e| unavailable("the rate-limit script failed", e))?;
         let [outcome, wait_us, key_rem, model_rem, day_rem, day] = got[..] else {
