@@ -29,24 +29,40 @@ if command -v openssl > /dev/null; then
     # A CA and a certificate for localhost, for the server's TLS port (clients are not asked for
     # one).
     TPORT=$(free_port)
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=bench CA" \
-        -keyout "$STATE/ca.key" -out "$STATE/ca.pem" 2> /dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
-        -keyout "$STATE/redis.key" -out "$STATE/redis.csr" 2> /dev/null
+    ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
     echo "subjectAltName=DNS:localhost" > "$STATE/san.ext"
-    openssl x509 -req -in "$STATE/redis.csr" -CA "$STATE/ca.pem" -CAkey "$STATE/ca.key" -CAcreateserial \
-        -days 1 -extfile "$STATE/san.ext" -out "$STATE/redis.pem" 2> /dev/null
-    TLS_ARGS=(--tls-port "$TPORT" --tls-cert-file "$STATE/redis.pem" --tls-key-file "$STATE/redis.key"
-        --tls-ca-cert-file "$STATE/ca.pem" --tls-auth-clients no)
+    {
+        openssl req -x509 "${ec[@]}" -days 1 -subj "/CN=bench CA" \
+            -keyout "$STATE/ca.key" -out "$STATE/ca.pem" &&
+        openssl req "${ec[@]}" -subj "/CN=localhost" \
+            -keyout "$STATE/redis.key" -out "$STATE/redis.csr" &&
+        openssl x509 -req -in "$STATE/redis.csr" -CA "$STATE/ca.pem" -CAkey "$STATE/ca.key" \
+            -CAcreateserial -days 1 -extfile "$STATE/san.ext" -out "$STATE/redis.pem"
+    } > "$STATE/openssl.log" 2>&1 || { echo "openssl failed:" >&2; cat "$STATE/openssl.log" >&2; exit 1; }
+    TLS_ARGS=(--tls-port "$TPORT" --tls-cert-file "$STATE/redis.pem"
+        --tls-key-file "$STATE/redis.key" --tls-ca-cert-file "$STATE/ca.pem" --tls-auth-clients no)
     MODES="local redis-tcp redis-tls redis-unix"
 else
     echo "# openssl not found: the TLS mode is left out"
 fi
-redis-server --port "$RPORT" --bind 127.0.0.1 --unixsocket "$STATE/redis.sock" --save "" \
-    --appendonly no --dir "$STATE" "${TLS_ARGS[@]}" > "$STATE/redis.log" 2>&1 &
-REDIS_PID=$!
+start_redis() {
+    redis-server --port "$RPORT" --bind 127.0.0.1 --unixsocket "$STATE/redis.sock" --save "" \
+        --appendonly no --dir "$STATE" "${TLS_ARGS[@]}" > "$STATE/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 1 100); do
+        [ -S "$STATE/redis.sock" ] && return 0
+        kill -0 "$REDIS_PID" 2> /dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+if ! start_redis && [ ${#TLS_ARGS[@]} -gt 0 ]; then
+    echo "# this redis-server does not take the TLS settings: the TLS mode is left out"
+    TLS_ARGS=()
+    MODES="local redis-tcp redis-unix"
+    start_redis || true
+fi
 PIDS+=("$REDIS_PID")
-for _ in $(seq 1 100); do [ -S "$STATE/redis.sock" ] && break; sleep 0.1; done
 [ -S "$STATE/redis.sock" ] || { echo "redis-server did not start" >&2; cat "$STATE/redis.log" >&2; exit 1; }
 declare -A KEY
 OUT=$STATE/redis.jsonl
@@ -56,7 +72,8 @@ for ROUND in $(seq 1 "$ROUNDS"); do
         case $M in
             local) EXTRA=() ;;
             redis-tcp) EXTRA=(--limits-redis "redis://127.0.0.1:$RPORT" --limits-prefix "tcp:") ;;
-            redis-tls) EXTRA=(--limits-redis "rediss://localhost:$TPORT" --limits-redis-ca "$STATE/ca.pem" --limits-prefix "tls:") ;;
+            redis-tls) EXTRA=(--limits-redis "rediss://localhost:$TPORT"
+                --limits-redis-ca "$STATE/ca.pem" --limits-prefix "tls:") ;;
             redis-unix) EXTRA=(--limits-redis "redis+unix://$STATE/redis.sock" --limits-prefix "unix:") ;;
         esac
         P=$(free_port)
@@ -86,7 +103,8 @@ print(f"{'mode':<11} {'conns':>5} {'req/s':>8} {'vs local':>8} {'p99_ms':>7} {'g
 for c in sorted({r["conns"] for r in rows}):
     med = lambda m, f: statistics.median(f(r) for r in rows if r["mode"] == m and r["conns"] == c)
     base = med("local", lambda r: r["run"]["rps"])
-    for m in [m for m in ("local", "redis-tcp", "redis-tls", "redis-unix") if any(r["mode"] == m for r in rows)]:
+    modes = ("local", "redis-tcp", "redis-tls", "redis-unix")
+    for m in [m for m in modes if any(r["mode"] == m for r in rows)]:
         rps = med(m, lambda r: r["run"]["rps"])
         print(f"{m:<11} {c:>5} {rps:>8.0f} {rps / base:>8.3f} {med(m, lambda r: r['run']['p99_ms']):>7.2f}"
               f" {med(m, lambda r: r['cpu_us'] / r['run']['requests']):>9.1f}"

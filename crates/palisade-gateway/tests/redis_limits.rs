@@ -543,32 +543,30 @@ async fn over_tls_with_a_private_ca_and_a_client_certificate() {
     assert!(e.to_string().contains("no PEM certificate"), "{e}");
 }
 
-/// A port for a cluster node: free, and with its cluster bus port (10,000 above) free too.
-fn cluster_port() -> u16 {
-    loop {
-        let p = free_port();
-        let bus = p
-            .checked_add(10_000)
-            .filter(|b| std::net::TcpListener::bind(("127.0.0.1", *b)).is_ok());
-        if bus.is_some() {
-            return p;
-        }
-    }
-}
-
 /// A Redis Cluster of `n` primaries on loopback, its slots split evenly, once every node says
 /// the cluster is up; the nodes and their `redis://` URLs.
 async fn redis_cluster(n: u16) -> Option<(Vec<Redis>, Vec<String>)> {
-    let mut nodes = Vec::new();
-    let mut urls = Vec::new();
+    let (mut nodes, mut urls, mut buses) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
-        let port = cluster_port();
-        let args = ["--port", &port.to_string(), "--cluster-enabled", "yes"]
-            .iter()
-            .map(|a| a.into())
-            .collect();
+        let (port, bus) = (free_port(), free_port());
+        // Full coverage not required: a test stops a node and expects the others to go on
+        // serving their slots, which they would stop doing once they had marked it failed.
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--cluster-port",
+            &bus.to_string(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-require-full-coverage",
+            "no",
+        ]
+        .iter()
+        .map(|a| a.into())
+        .collect();
         nodes.push(redis_with(tempfile::tempdir().unwrap(), args)?);
         urls.push(format!("redis://127.0.0.1:{port}"));
+        buses.push((port, bus));
     }
     let mut conns = Vec::new();
     for node in &nodes {
@@ -591,12 +589,12 @@ async fn redis_cluster(n: u16) -> Option<(Vec<Redis>, Vec<String>)> {
             .await
             .unwrap();
     }
-    for url in &urls[1..] {
-        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    for (port, bus) in &buses[1..] {
         let _: () = redis::cmd("CLUSTER")
             .arg("MEET")
             .arg("127.0.0.1")
-            .arg(port)
+            .arg(*port)
+            .arg(*bus)
             .query_async(&mut conns[0])
             .await
             .unwrap();
@@ -691,6 +689,10 @@ async fn on_a_cluster_as_on_one_server() {
         .await
         .unwrap_err();
     assert!(matches!(e, LimitError::Config(_)), "{e}");
+    let e = RedisLimits::connect_cluster(&urls, "{t}:", &none)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("braces"), "{e}");
     let e = RedisLimits::connect_cluster(&[], "t:", &none)
         .await
         .unwrap_err();

@@ -80,8 +80,13 @@ pub struct ServeArgs {
     limits_redis: Option<String>,
     /// With --limits-redis: it names nodes of a Redis Cluster, comma-separated
     /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`; one is enough, the others are found from
-    /// it), not one server.
-    #[arg(long, requires = "limits_redis")]
+    /// it; a comma in a password is written %2C), not one server.
+    #[arg(
+        long,
+        env = "PALISADE_LIMITS_REDIS_CLUSTER",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        requires = "limits_redis"
+    )]
     limits_redis_cluster: bool,
     /// With --limits-redis: the prefix of the keys this gateway counts under (gateways that
     /// share limits share a prefix).

@@ -35,9 +35,10 @@
 //! them (a version with other rates keeps other counters, as locally). The model in braces is a
 //! Redis Cluster hash tag: the keys of one charge fall in one slot, so that on a cluster
 //! ([`RedisLimits::connect_cluster`]) the script runs on one node, and the models spread over
-//! the nodes (whatever the prefix: its text comes before the tag in all three keys). Model names
-//! and key lines are letters, digits, `-`, `_` and `.`, so the parts cannot run into each
-//! other. On a cluster, the rates of a model run on the clock of the node that holds its slot.
+//! the nodes (a prefix with braces would be every key's tag instead: refused on a cluster).
+//! Model names and key lines are letters, digits, `-`, `_` and `.`, so the parts cannot run
+//! into each other. On a cluster, the rates of a model run on the clock of the node that holds
+//! its slot, and the eviction check at connect reads the policy of whichever node answers.
 //!
 //! A key's limits are shared only by gateways that know the key by the same line: the key store
 //! is each gateway's own SQLite file until a shared one exists, so today that means gateways
@@ -50,7 +51,10 @@
 //!
 //! **TLS.** A `rediss://` URL connects through rustls: the server's certificate must be valid
 //! for the URL's host under the system's roots, or under [`RedisTls::ca_pem`] where given; a
-//! client certificate ([`RedisTls::client`]) is offered where given.
+//! client certificate ([`RedisTls::client`]) is offered where given. On a cluster, the nodes
+//! other than those given are reached at the addresses the cluster announces (IP addresses,
+//! unless its `cluster-preferred-endpoint-type` is `hostname`), which their certificates must
+//! then name.
 //!
 //! Redis's own persistence (RDB, AOF) decides what survives a Redis restart; a Redis that cannot
 //! be reached refuses requests with 503 through the guard's timeout, as every [`LimitStore`]
@@ -181,9 +185,6 @@ fn certificates(tls: &RedisTls) -> Result<Option<redis::TlsCertificates>, LimitE
             return Err(config("the CA file holds no PEM certificate".into()));
         }
     }
-    // redis builds its rustls configuration from the process's default crypto provider; one
-    // installed already (by another part of the program) is kept.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(Some(redis::TlsCertificates {
         client_tls: tls
             .client
@@ -200,11 +201,18 @@ fn certificates(tls: &RedisTls) -> Result<Option<redis::TlsCertificates>, LimitE
 fn address(url: &str, tls: &RedisTls) -> Result<redis::ConnectionInfo, LimitError> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)
         .map_err(|e| config(format!("bad URL: {e}")))?;
-    if !tls.is_empty() && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+    let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    if !tls.is_empty() && !is_tls {
         return Err(config(
             "a CA or a client certificate is given, but the URL does not use TLS (rediss://)"
                 .into(),
         ));
+    }
+    if is_tls {
+        // redis builds its rustls configuration from the process's default crypto provider,
+        // which rustls can pick by itself only while one provider is compiled in; one
+        // installed already (by another part of the program) is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
     Ok(info)
 }
@@ -302,6 +310,13 @@ impl RedisLimits {
         if nodes.is_empty() {
             return Err(config("no cluster node given".into()));
         }
+        if prefix.contains(['{', '}']) {
+            // Its braces would be every key's hash tag: every model on one node.
+            return Err(config(format!(
+                "the key prefix {prefix:?} has braces, which on a cluster would put every \
+                 model's counters in one slot"
+            )));
+        }
         let infos = nodes
             .iter()
             .map(|n| address(n, tls))
@@ -315,7 +330,7 @@ impl RedisLimits {
         }
         let client = builder
             .build()
-            .map_err(|e| config(format!("bad cluster nodes: {e}")))?;
+            .map_err(|e| config(format!("bad cluster nodes or TLS settings: {e}")))?;
         let conn = client
             .get_async_connection()
             .await
