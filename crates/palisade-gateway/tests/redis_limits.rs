@@ -546,14 +546,19 @@ async fn over_tls_with_a_private_ca_and_a_client_certificate() {
 /// A Redis Cluster of `n` primaries on loopback, its slots split evenly, once every node says
 /// the cluster is up; the nodes and their `redis://` URLs.
 async fn redis_cluster(n: u16) -> Option<(Vec<Redis>, Vec<String>)> {
+    redis_cluster_with(n, None).await
+}
+
+/// [`redis_cluster`]; with `tls`, its nodes take clients (and each other, on the cluster bus)
+/// over TLS only, with `tls`'s certificate, and the URLs are `rediss://`.
+async fn redis_cluster_with(n: u16, tls: Option<&Pki>) -> Option<(Vec<Redis>, Vec<String>)> {
     let (mut nodes, mut urls, mut buses) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..n {
         let (port, bus) = (free_port(), free_port());
+        let dir = tempfile::tempdir().unwrap();
         // Full coverage not required: a test stops a node and expects the others to go on
         // serving their slots, which they would stop doing once they had marked it failed.
-        let args = [
-            "--port",
-            &port.to_string(),
+        let mut args: Vec<std::ffi::OsString> = [
             "--cluster-port",
             &bus.to_string(),
             "--cluster-enabled",
@@ -564,8 +569,33 @@ async fn redis_cluster(n: u16) -> Option<(Vec<Redis>, Vec<String>)> {
         .iter()
         .map(|a| a.into())
         .collect();
-        nodes.push(redis_with(tempfile::tempdir().unwrap(), args)?);
-        urls.push(format!("redis://127.0.0.1:{port}"));
+        match tls {
+            None => args.extend(["--port".into(), port.to_string().into()]),
+            Some(pki) => {
+                let file = |name: &str, pem: &str| {
+                    let p = dir.path().join(name);
+                    std::fs::write(&p, pem).unwrap();
+                    p.into_os_string()
+                };
+                args.extend([
+                    "--tls-port".into(),
+                    port.to_string().into(),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-cert-file".into(),
+                    file("node.pem", &pki.cert),
+                    "--tls-key-file".into(),
+                    file("node.key", &pki.key),
+                    "--tls-ca-cert-file".into(),
+                    file("ca.pem", &pki.ca),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]);
+            }
+        }
+        nodes.push(redis_with(dir, args)?);
+        let scheme = if tls.is_some() { "rediss" } else { "redis" };
+        urls.push(format!("{scheme}://127.0.0.1:{port}"));
         buses.push((port, bus));
     }
     let mut conns = Vec::new();
@@ -697,4 +727,46 @@ async fn on_a_cluster_as_on_one_server() {
         .await
         .unwrap_err();
     assert!(matches!(e, LimitError::Config(_)), "{e}");
+}
+
+/// A cluster whose nodes speak only TLS, to clients and among themselves: found from one node
+/// with the private CA, the others reached at the addresses the cluster announces (IP
+/// addresses, which the nodes' certificate names), it counts as one server does; without the CA
+/// it is not reached.
+#[tokio::test]
+async fn on_a_cluster_over_tls() {
+    let (node_pki, _) = pki(&["localhost", "127.0.0.1"]);
+    let Some((_nodes, urls)) = redis_cluster_with(3, Some(&node_pki)).await else {
+        return;
+    };
+    let tls = RedisTls {
+        ca_pem: Some(node_pki.ca.clone().into_bytes()),
+        client: None,
+    };
+    let a = RedisLimits::connect_cluster(&urls[..1], "t:", &tls)
+        .await
+        .unwrap();
+    let b = RedisLimits::connect_cluster(&urls[1..2], "t:", &tls)
+        .await
+        .unwrap();
+    let once = LimitPolicy {
+        per_key: rate(1, 3_600_000, 1),
+        per_model: None,
+        daily_budget: None,
+    };
+    let t = noon();
+    for i in 0..12 {
+        let m = format!("model-{i}");
+        let first = try_charge_on(&a, &m, "k", &once, t).await.unwrap();
+        let second = try_charge_on(&b, &m, "k", &once, t).await.unwrap();
+        assert_eq!(
+            (first.0, second.0),
+            ("admitted", "rate limit for this key exceeded"),
+            "{m}"
+        );
+    }
+    let e = RedisLimits::connect_cluster(&urls[..1], "t:", &RedisTls::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LimitError::Unavailable(_)), "{e}");
 }
