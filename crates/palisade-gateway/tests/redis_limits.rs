@@ -652,6 +652,29 @@ async fn redis_cluster_with(n: u16, tls: Option<&Pki>) -> Option<(Vec<Redis>, Ve
     Some((nodes, urls))
 }
 
+/// Twelve models, whose slots spread over a cluster's nodes, each with a key allowed one
+/// request an hour: the request through `a` is admitted, the same through `b` refused. The
+/// models, the policy and the time charged.
+async fn shared_by(a: &RedisLimits, b: &RedisLimits) -> (Vec<String>, LimitPolicy, u64) {
+    let once = LimitPolicy {
+        per_key: rate(1, 3_600_000, 1),
+        per_model: None,
+        daily_budget: None,
+    };
+    let t = noon();
+    let models: Vec<String> = (0..12).map(|i| format!("model-{i}")).collect();
+    for m in &models {
+        let first = try_charge_on(a, m, "k", &once, t).await.unwrap();
+        let second = try_charge_on(b, m, "k", &once, t).await.unwrap();
+        assert_eq!(
+            (first.0, second.0),
+            ("admitted", "rate limit for this key exceeded"),
+            "{m}"
+        );
+    }
+    (models, once, t)
+}
+
 /// On a Redis Cluster of three primaries, found from one of them: the scenarios decide as the
 /// local store does, two gateways share the limits of models whose slots lie on different
 /// nodes, and a Unix socket is refused (a cluster names its nodes by address).
@@ -669,22 +692,7 @@ async fn on_a_cluster_as_on_one_server() {
     let b = RedisLimits::connect_cluster(&urls[2..], "t:", &none)
         .await
         .unwrap();
-    let once = LimitPolicy {
-        per_key: rate(1, 3_600_000, 1),
-        per_model: None,
-        daily_budget: None,
-    };
-    let t = noon();
-    let models: Vec<String> = (0..12).map(|i| format!("model-{i}")).collect();
-    for m in &models {
-        let first = try_charge_on(&a, m, "k", &once, t).await.unwrap();
-        let second = try_charge_on(&b, m, "k", &once, t).await.unwrap();
-        assert_eq!(
-            (first.0, second.0),
-            ("admitted", "rate limit for this key exceeded"),
-            "{m}"
-        );
-    }
+    let (models, once, t) = shared_by(&a, &b).await;
     // The models' counters lie on more than one node.
     let mut holding = 0;
     for node in &nodes {
@@ -749,22 +757,7 @@ async fn on_a_cluster_over_tls() {
     let b = RedisLimits::connect_cluster(&urls[1..2], "t:", &tls)
         .await
         .unwrap();
-    let once = LimitPolicy {
-        per_key: rate(1, 3_600_000, 1),
-        per_model: None,
-        daily_budget: None,
-    };
-    let t = noon();
-    for i in 0..12 {
-        let m = format!("model-{i}");
-        let first = try_charge_on(&a, &m, "k", &once, t).await.unwrap();
-        let second = try_charge_on(&b, &m, "k", &once, t).await.unwrap();
-        assert_eq!(
-            (first.0, second.0),
-            ("admitted", "rate limit for this key exceeded"),
-            "{m}"
-        );
-    }
+    shared_by(&a, &b).await;
     let e = RedisLimits::connect_cluster(&urls[..1], "t:", &RedisTls::default())
         .await
         .unwrap_err();
