@@ -704,9 +704,19 @@ async fn on_a_cluster_as_on_one_server() {
     assert!(holding >= 2, "all counters on one node");
 
     // A primary gone (and no replica to take its slots): the charges of its models fail, the
-    // others go on.
+    // others go on, even where the script has to be loaded again (the survivors have lost it,
+    // as a restarted node or a promoted replica would have).
     let mut nodes = nodes;
     nodes[1].stop();
+    for node in [&nodes[0], &nodes[2]] {
+        let client = redis::Client::open(node.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
     let (mut failed, mut served) = (0, 0);
     for m in &models {
         match try_charge_on(&a, m, "other", &once, t).await {
