@@ -225,18 +225,35 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
-impl Conn {
-    async fn invoke(&mut self, call: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
+/// Whichever the connection, redis's own calls (`Script`, `Cmd`) run through it; the cluster
+/// client routes each command by its keys.
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
-            Conn::One(c) => call.invoke_async(c).await,
-            Conn::Cluster(c) => call.invoke_async(c).await,
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
-    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
-            Conn::One(c) => cmd.query_async(c).await,
-            Conn::Cluster(c) => cmd.query_async(c).await,
+            Conn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -341,16 +358,18 @@ impl RedisLimits {
     /// The store on `conn`, once the script is loaded (on every primary, for a cluster).
     async fn ready(mut conn: Conn, prefix: &str) -> Result<Self, LimitError> {
         let script = redis::Script::new(CHARGE);
-        let mut load = redis::cmd("SCRIPT");
-        load.arg("LOAD").arg(CHARGE);
-        conn.query::<redis::Value>(&load)
+        script
+            .prepare_invoke()
+            .load_async(&mut conn)
             .await
             .map_err(|e| unavailable("cannot load the rate-limit script", e))?;
         // Managed services often evict by default; a server that does not let CONFIG be read
         // (renamed, or denied by an ACL) is taken at its word. (In a cluster, one node answers.)
-        let mut get = redis::cmd("CONFIG");
-        get.arg("GET").arg("maxmemory-policy");
-        let policy: redis::RedisResult<Vec<String>> = conn.query(&get).await;
+        let policy: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut conn)
+            .await;
         if let Ok(p) = policy
             && let Some(p) = p.get(1)
             && p != "noeviction"
@@ -391,8 +410,8 @@ impl RedisLimits {
             .arg(mb)
             .arg(budget.map_or(-1, |b| b as i64))
             .arg(today);
-        let got = conn
-            .invoke(&call)
+        let got: Vec<i64> = call
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| unavailable("the rate-limit script failed", e))?;
         let [outcome, wait_us, key_rem, model_rem, day_rem, day] = got[..] else {
