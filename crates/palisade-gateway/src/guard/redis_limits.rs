@@ -421,8 +421,8 @@ impl RedisLimits {
         };
         let remaining = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
         let mut items = Vec::with_capacity(3);
-        // The day counted is the gateway's or a later one (never -1 where a budget is set).
-        let day = u64::try_from(day).unwrap_or(0).max(today);
+        // The day counted (-1 only without a budget; `Item::day` takes a day behind as today).
+        let day = u64::try_from(day).unwrap_or(0);
         let day_item = |rem: i64| {
             budget
                 .map(|limit| Item::day(limit, u64::try_from(rem.max(0)).unwrap_or(0), day, c.t_ms))
