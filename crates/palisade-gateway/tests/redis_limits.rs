@@ -483,6 +483,7 @@ async fn over_tls_with_a_private_ca_and_a_client_certificate() {
         )),
     };
     let store = RedisLimits::connect(&url, "t:", &tls).await.unwrap();
+    assert_eq!(store.describe(), "redis over TLS, keys t:*");
     let policy = LimitPolicy {
         per_key: rate(1, 3_600_000, 1),
         per_model: None,
@@ -764,6 +765,7 @@ async fn on_a_cluster_over_tls() {
     let a = RedisLimits::connect_cluster(&urls[..1], "t:", &tls)
         .await
         .unwrap();
+    assert_eq!(a.describe(), "redis cluster over TLS, keys t:*");
     let b = RedisLimits::connect_cluster(&urls[1..2], "t:", &tls)
         .await
         .unwrap();

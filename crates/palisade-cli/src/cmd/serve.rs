@@ -309,28 +309,21 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
                 },
             };
             let prefix = &args.limits_prefix;
-            let (shared, what) = if args.limits_redis_cluster {
+            let shared = if args.limits_redis_cluster {
                 let nodes: Vec<String> = url
                     .split(',')
                     .map(str::trim)
                     .filter(|n| !n.is_empty())
                     .map(String::from)
                     .collect();
-                let store = RedisLimits::connect_cluster(&nodes, prefix, &tls);
-                (rt.block_on(store), "redis cluster")
+                rt.block_on(RedisLimits::connect_cluster(&nodes, prefix, &tls))
             } else {
-                (
-                    rt.block_on(RedisLimits::connect(url, prefix, &tls)),
-                    "redis",
-                )
-            };
-            gw.limits = Arc::new(shared.context("--limits-redis")?);
-            let over = if url.trim_start().starts_with("rediss://") {
-                " over TLS"
-            } else {
-                ""
-            };
-            format!("{what}{over}, keys {prefix}*")
+                rt.block_on(RedisLimits::connect(url, prefix, &tls))
+            }
+            .context("--limits-redis")?;
+            let what = shared.describe();
+            gw.limits = Arc::new(shared);
+            what
         }
     };
     let router = gw.router();

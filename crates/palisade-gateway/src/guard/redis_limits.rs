@@ -197,18 +197,22 @@ fn certificates(tls: &RedisTls) -> Result<Option<redis::TlsCertificates>, LimitE
     }))
 }
 
+fn is_tls(info: &redis::ConnectionInfo) -> bool {
+    matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
+}
+
 /// `url` parsed; with TLS settings, it must use TLS.
 fn address(url: &str, tls: &RedisTls) -> Result<redis::ConnectionInfo, LimitError> {
     let info = redis::IntoConnectionInfo::into_connection_info(url)
         .map_err(|e| config(format!("bad URL: {e}")))?;
-    let is_tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
-    if !tls.is_empty() && !is_tls {
+    let secure = is_tls(&info);
+    if !tls.is_empty() && !secure {
         return Err(config(
             "a CA or a client certificate is given, but the URL does not use TLS (rediss://)"
                 .into(),
         ));
     }
-    if is_tls {
+    if secure {
         // redis builds its rustls configuration from the process's default crypto provider,
         // which rustls can pick by itself only while one provider is compiled in; one
         // installed already (by another part of the program) is kept.
@@ -264,6 +268,8 @@ pub struct RedisLimits {
     conn: Conn,
     script: redis::Script,
     prefix: String,
+    /// Whether the connection is over TLS, as the URL parsed says.
+    tls: bool,
 }
 
 impl std::fmt::Debug for RedisLimits {
@@ -299,6 +305,7 @@ impl RedisLimits {
     /// the script.
     pub async fn connect(url: &str, prefix: &str, tls: &RedisTls) -> Result<Self, LimitError> {
         let info = address(url, tls)?;
+        let over_tls = is_tls(&info);
         let client = match certificates(tls)? {
             None => redis::Client::open(info),
             Some(c) => redis::Client::build_with_tls(info, c),
@@ -311,7 +318,7 @@ impl RedisLimits {
         let conn = ConnectionManager::new_with_config(client, settings)
             .await
             .map_err(|e| unavailable("cannot connect", e))?;
-        Self::ready(Conn::One(conn), prefix).await
+        Self::ready(Conn::One(conn), prefix, over_tls).await
     }
 
     /// Connects to the Redis Cluster that `nodes` belong to (any of its nodes, each a
@@ -338,6 +345,8 @@ impl RedisLimits {
             .iter()
             .map(|n| address(n, tls))
             .collect::<Result<Vec<_>, _>>()?;
+        // The client refuses nodes of mixed schemes, so the first says for all.
+        let over_tls = infos.first().is_some_and(is_tls);
         let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(RESPONSE_TIMEOUT)
@@ -352,11 +361,22 @@ impl RedisLimits {
             .get_async_connection()
             .await
             .map_err(|e| unavailable("cannot connect to the cluster", e))?;
-        Self::ready(Conn::Cluster(conn), prefix).await
+        Self::ready(Conn::Cluster(conn), prefix, over_tls).await
+    }
+
+    /// What the gateway's start line says of this store: `redis` or `redis cluster`, `over
+    /// TLS` where it is, and the keys' prefix (never the address, which may hold a password).
+    pub fn describe(&self) -> String {
+        let kind = match self.conn {
+            Conn::One(_) => "redis",
+            Conn::Cluster(_) => "redis cluster",
+        };
+        let over = if self.tls { " over TLS" } else { "" };
+        format!("{kind}{over}, keys {}*", self.prefix)
     }
 
     /// The store on `conn`, once the script is loaded (on every primary, for a cluster).
-    async fn ready(mut conn: Conn, prefix: &str) -> Result<Self, LimitError> {
+    async fn ready(mut conn: Conn, prefix: &str, tls: bool) -> Result<Self, LimitError> {
         let script = redis::Script::new(CHARGE);
         script
             .prepare_invoke()
@@ -384,6 +404,7 @@ impl RedisLimits {
             conn,
             script,
             prefix: prefix.to_string(),
+            tls,
         })
     }
 
