@@ -436,6 +436,41 @@ fn pki(names: &[&str]) -> (Pki, Pki) {
     (server, client)
 }
 
+/// `redis-server` arguments for clients over TLS only on `port`, with `pki`'s certificate (its
+/// files written into `dir`), asking clients for certificates of `pki`'s CA or not.
+fn tls_args(
+    dir: &std::path::Path,
+    pki: &Pki,
+    port: u16,
+    auth_clients: bool,
+) -> Vec<std::ffi::OsString> {
+    let file = |name: &str, pem: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.into_os_string()
+    };
+    vec![
+        "--tls-port".into(),
+        port.to_string().into(),
+        "--tls-cert-file".into(),
+        file("server.pem", &pki.cert),
+        "--tls-key-file".into(),
+        file("server.key", &pki.key),
+        "--tls-ca-cert-file".into(),
+        file("ca.pem", &pki.ca),
+        "--tls-auth-clients".into(),
+        if auth_clients { "yes" } else { "no" }.into(),
+    ]
+}
+
+impl Redis {
+    /// A connection of the test's own, over the node's Unix socket.
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
 /// A port nothing listens on now.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -453,24 +488,8 @@ fn free_port() -> u16 {
 async fn over_tls_with_a_private_ca_and_a_client_certificate() {
     let (server_pki, client_pki) = pki(&["localhost", "127.0.0.1"]);
     let dir = tempfile::tempdir().unwrap();
-    let file = |name: &str, pem: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, pem).unwrap();
-        p.into_os_string()
-    };
     let port = free_port();
-    let args = vec![
-        "--tls-port".into(),
-        port.to_string().into(),
-        "--tls-cert-file".into(),
-        file("server.pem", &server_pki.cert),
-        "--tls-key-file".into(),
-        file("server.key", &server_pki.key),
-        "--tls-ca-cert-file".into(),
-        file("ca.pem", &server_pki.ca),
-        "--tls-auth-clients".into(),
-        "yes".into(),
-    ];
+    let args = tls_args(dir.path(), &server_pki, port, true);
     let Some(server) = redis_with(dir, args) else {
         return;
     };
@@ -573,25 +592,8 @@ async fn redis_cluster_with(n: u16, tls: Option<&Pki>) -> Option<(Vec<Redis>, Ve
         match tls {
             None => args.extend(["--port".into(), port.to_string().into()]),
             Some(pki) => {
-                let file = |name: &str, pem: &str| {
-                    let p = dir.path().join(name);
-                    std::fs::write(&p, pem).unwrap();
-                    p.into_os_string()
-                };
-                args.extend([
-                    "--tls-port".into(),
-                    port.to_string().into(),
-                    "--tls-cluster".into(),
-                    "yes".into(),
-                    "--tls-cert-file".into(),
-                    file("node.pem", &pki.cert),
-                    "--tls-key-file".into(),
-                    file("node.key", &pki.key),
-                    "--tls-ca-cert-file".into(),
-                    file("ca.pem", &pki.ca),
-                    "--tls-auth-clients".into(),
-                    "no".into(),
-                ]);
+                args.extend(tls_args(dir.path(), pki, port, false));
+                args.extend(["--tls-cluster".into(), "yes".into()]);
             }
         }
         nodes.push(redis_with(dir, args)?);
@@ -601,8 +603,7 @@ async fn redis_cluster_with(n: u16, tls: Option<&Pki>) -> Option<(Vec<Redis>, Ve
     }
     let mut conns = Vec::new();
     for node in &nodes {
-        let client = redis::Client::open(node.url()).unwrap();
-        conns.push(client.get_multiplexed_async_connection().await.unwrap());
+        conns.push(node.conn().await);
     }
     let per = 16_384 / n;
     for (i, c) in conns.iter_mut().enumerate() {
@@ -697,8 +698,7 @@ async fn on_a_cluster_as_on_one_server() {
     // The models' counters lie on more than one node.
     let mut holding = 0;
     for node in &nodes {
-        let client = redis::Client::open(node.url()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let mut c = node.conn().await;
         let keys: u64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
         holding += usize::from(keys > 0);
     }
@@ -710,8 +710,7 @@ async fn on_a_cluster_as_on_one_server() {
     let mut nodes = nodes;
     nodes[1].stop();
     for node in [&nodes[0], &nodes[2]] {
-        let client = redis::Client::open(node.url()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let mut c = node.conn().await;
         let _: () = redis::cmd("SCRIPT")
             .arg("FLUSH")
             .query_async(&mut c)
