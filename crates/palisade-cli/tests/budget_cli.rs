@@ -203,6 +203,9 @@ fn gateways_with_their_limits_in_one_redis_share_them() {
     let key = started["key"].as_str().unwrap().to_string();
     assert_eq!(started["limits"], "redis, keys test:*");
     stop(gw);
+    // Its limits are in Redis only: the state folder holds no limits.db to drift from them.
+    assert!(d.join("a/keys.db").exists());
+    assert!(!d.join("a/limits.db").exists());
     std::fs::create_dir(d.join("b")).unwrap();
     std::fs::copy(d.join("a/keys.db"), d.join("b/keys.db")).unwrap();
     let (a, at_a, _) = serve_with(d, &[&["--state", "a"][..], &shared].concat());

@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
@@ -220,8 +220,12 @@ pub struct LocalState {
     pub audit: Arc<SqliteAuditLog>,
     /// Checkpoint public key.
     pub public_key: [u8; 32],
-    /// Rate limits (in memory) and daily budgets (in `limits.db`, kept across restarts).
-    pub limits: Arc<LocalLimits>,
+    /// Rate limits (in memory) and daily budgets (in `limits.db`, kept across restarts), opened
+    /// by the first gateway that keeps its limits here ([`LocalState::local_limits`]): a
+    /// gateway whose limits live elsewhere ([`LocalState::gateway_on`]) leaves no `limits.db`.
+    limits: Mutex<Option<Arc<LocalLimits>>>,
+    /// How `limits.db` commits: as the audit log does.
+    durability: Durability,
     /// Held by [`LocalState::drain_key_outbox`] (by its blocking thread): one drain at a time.
     drain: Arc<tokio::sync::Mutex<()>>,
     /// An exclusive lock on `<dir>/lock`, held while this value lives: two gateways on one
@@ -275,16 +279,28 @@ impl LocalState {
             checkpoints,
             durability,
         )?);
-        let limits = Arc::new(LocalLimits::open(&paths.limits_db(), durability)?);
         Ok(LocalState {
             paths,
             keys,
             audit,
             public_key,
-            limits,
+            limits: Mutex::default(),
+            durability,
             drain: Arc::default(),
             _lock: lock,
         })
+    }
+
+    /// The limits kept in this folder: rate limits in memory, daily budgets in `limits.db`,
+    /// opened (created when needed) on the first call; every gateway of this state shares them.
+    pub fn local_limits(&self) -> Result<Arc<LocalLimits>, GatewayError> {
+        let mut held = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = held.as_ref() {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(LocalLimits::open(&self.paths.limits_db(), self.durability)?);
+        *held = Some(l.clone());
+        Ok(l)
     }
 
     /// On first start (no keys at all), makes the first admin key: roles admin, deploy, audit
@@ -339,17 +355,29 @@ impl LocalState {
         self.gateway_with(models, Arc::new(inference))
     }
 
-    /// A gateway over this state serving `models` on the threads of `inference`.
+    /// A gateway over this state serving `models` on the threads of `inference`, its limits in
+    /// this folder ([`LocalState::local_limits`]).
     pub fn gateway_with(
         &self,
         models: Arc<ModelRepository>,
         inference: Arc<InferencePool>,
     ) -> Result<Gateway, GatewayError> {
+        self.gateway_on(models, inference, self.local_limits()?)
+    }
+
+    /// A gateway over this state's keys and audit log serving `models` on the threads of
+    /// `inference`, with its rate limits and budgets in `limits` (a shared store, such as Redis).
+    pub fn gateway_on(
+        &self,
+        models: Arc<ModelRepository>,
+        inference: Arc<InferencePool>,
+        limits: Arc<dyn LimitStore>,
+    ) -> Result<Gateway, GatewayError> {
         Ok(Gateway {
             models,
             keys: self.keys.clone(),
             audit: self.audit.clone(),
-            limits: self.limits.clone(),
+            limits,
             metrics: Arc::new(Metrics::new().map_err(|e| GatewayError::State(e.to_string()))?),
             audit_public_key: self.public_key,
             source: None,

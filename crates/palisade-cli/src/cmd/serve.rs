@@ -273,9 +273,22 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("opening the state folder {}", args.state.display()))?,
     );
     let queue_limit = args.inference_queue.map(|n| n as usize);
-    let inference = InferencePool::new(args.inference_threads.map(usize::from), queue_limit)
-        .context("starting the inference threads")?;
-    let mut gw = state.gateway_with(models, Arc::new(inference))?;
+    let inference = Arc::new(
+        InferencePool::new(args.inference_threads.map(usize::from), queue_limit)
+            .context("starting the inference threads")?,
+    );
+    let rt = palisade_gateway::pool::async_runtime(args.async_threads.map(usize::from))
+        .context("starting the async runtime")?;
+    let async_threads = rt.metrics().num_workers();
+    // With Redis, the limits live there only: the state folder gets no limits.db.
+    let (mut gw, limits) = match &args.limits_redis {
+        None => (state.gateway_with(models, inference)?, "local".to_string()),
+        Some(url) => {
+            let shared = rt.block_on(connect_redis(&args, url))?;
+            let what = shared.describe();
+            (state.gateway_on(models, inference, Arc::new(shared))?, what)
+        }
+    };
     let trust_text = match &trust {
         Trust::Key(k) => format!("signatures verified against {}", k.hint()),
         Trust::Unsigned => "UNSIGNED models allowed".into(),
@@ -286,46 +299,6 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         trust,
     });
     let inference_threads = gw.inference.threads();
-    let rt = palisade_gateway::pool::async_runtime(args.async_threads.map(usize::from))
-        .context("starting the async runtime")?;
-    let async_threads = rt.metrics().num_workers();
-    let limits = match &args.limits_redis {
-        None => "local".to_string(),
-        Some(url) => {
-            let read = |p: &PathBuf, flag: &str| {
-                std::fs::read(p).with_context(|| format!("{flag}: cannot read {}", p.display()))
-            };
-            let tls = RedisTls {
-                ca_pem: match &args.limits_redis_ca {
-                    Some(p) => Some(read(p, "--limits-redis-ca")?),
-                    None => None,
-                },
-                client: match (&args.limits_redis_cert, &args.limits_redis_key) {
-                    (Some(c), Some(k)) => Some((
-                        read(c, "--limits-redis-cert")?,
-                        read(k, "--limits-redis-key")?,
-                    )),
-                    _ => None,
-                },
-            };
-            let prefix = &args.limits_prefix;
-            let shared = if args.limits_redis_cluster {
-                let nodes: Vec<String> = url
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .map(String::from)
-                    .collect();
-                rt.block_on(RedisLimits::connect_cluster(&nodes, prefix, &tls))
-            } else {
-                rt.block_on(RedisLimits::connect(url, prefix, &tls))
-            }
-            .context("--limits-redis")?;
-            let what = shared.describe();
-            gw.limits = Arc::new(shared);
-            what
-        }
-    };
     let router = gw.router();
 
     rt.block_on(async move {
@@ -430,6 +403,39 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         anyhow::Ok(())
     })?;
     Ok(Outcome::Success)
+}
+
+/// The Redis limits store that `--limits-redis` (and its TLS and cluster flags) name.
+async fn connect_redis(args: &ServeArgs, url: &str) -> anyhow::Result<RedisLimits> {
+    let read = |p: &PathBuf, flag: &str| {
+        std::fs::read(p).with_context(|| format!("{flag}: cannot read {}", p.display()))
+    };
+    let tls = RedisTls {
+        ca_pem: match &args.limits_redis_ca {
+            Some(p) => Some(read(p, "--limits-redis-ca")?),
+            None => None,
+        },
+        client: match (&args.limits_redis_cert, &args.limits_redis_key) {
+            (Some(c), Some(k)) => Some((
+                read(c, "--limits-redis-cert")?,
+                read(k, "--limits-redis-key")?,
+            )),
+            _ => None,
+        },
+    };
+    let prefix = &args.limits_prefix;
+    if args.limits_redis_cluster {
+        let nodes: Vec<String> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect();
+        RedisLimits::connect_cluster(&nodes, prefix, &tls).await
+    } else {
+        RedisLimits::connect(url, prefix, &tls).await
+    }
+    .context("--limits-redis")
 }
 
 /// Moves the key changes queued by operators into the audit log, saying so in the log.
