@@ -115,6 +115,15 @@ fn rate(rate: u32, period_ms: u64, burst: u32) -> Option<Rate> {
     })
 }
 
+/// A daily budget of `n` requests and no rates.
+fn budget_only(n: u64) -> LimitPolicy {
+    LimitPolicy {
+        per_key: None,
+        per_model: None,
+        daily_budget: Some(n),
+    }
+}
+
 /// A decision, comparable: what refused (or `admitted`), the items, `Retry-After`.
 type Decided = (&'static str, Vec<Item>, u64);
 
@@ -184,6 +193,8 @@ async fn decides_as_the_local_store_does() {
 /// The scenarios of [`decides_as_the_local_store_does`], on `shared` (whose counters under
 /// `t:` must be fresh).
 async fn decides_as_local(shared: &RedisLimits) {
+    // Its scenarios charge up to two days after today.
+    let shared = &shared.clone().max_days_ahead(2);
     let hour = 3_600_000;
     let rates = LimitPolicy {
         per_key: rate(1, hour, 3),
@@ -300,14 +311,11 @@ async fn gateways_on_one_redis_share_the_limits() {
 #[tokio::test]
 async fn a_day_behind_counts_against_the_later_day() {
     let Some(server) = redis() else { return };
-    let policy = LimitPolicy {
-        per_key: None,
-        per_model: None,
-        daily_budget: Some(2),
-    };
+    let policy = budget_only(2);
     let store = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
         .await
-        .unwrap();
+        .unwrap()
+        .max_days_ahead(2);
     let t = noon();
     let (what, items, _) = charge(&store, "k", &policy, t + DAY_MS).await;
     assert_eq!((what, items[0].remaining), ("admitted", 1));
@@ -334,6 +342,43 @@ async fn a_day_behind_counts_against_the_later_day() {
         charge(&store, "old", &policy, week_ago).await.0,
         "daily query budget exhausted"
     );
+}
+
+/// A gateway whose day runs more than a day ahead of Redis's charges no budget (an error: 503):
+/// the day it would store would hold the key's budget on every other gateway until that day.
+/// A day ahead is allowed, as is any day for a policy without a budget.
+#[tokio::test]
+async fn a_day_far_ahead_charges_no_budget() {
+    let Some(server) = redis() else { return };
+    let policy = budget_only(2);
+    let store = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
+        .await
+        .unwrap();
+    let t = noon();
+    let e = try_charge(&store, "k", &policy, t + 2 * DAY_MS)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, LimitError::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("2 days ahead"), "{e}");
+    // Nothing was spent or moved: today's budget is whole, and so is tomorrow's.
+    let (what, items, _) = charge(&store, "k", &policy, t).await;
+    assert_eq!((what, items[0].remaining), ("admitted", 1));
+    let (what, items, _) = charge(&store, "k", &policy, t + DAY_MS).await;
+    assert_eq!((what, items[0].remaining), ("admitted", 1));
+    // Rates run on Redis's clock: a clock far ahead changes nothing for them.
+    let rates = LimitPolicy {
+        per_key: rate(1, 3_600_000, 1),
+        per_model: None,
+        daily_budget: None,
+    };
+    assert_eq!(
+        charge(&store, "r", &rates, t + 30 * DAY_MS).await.0,
+        "admitted"
+    );
+    // Allowed further, it is charged.
+    let lenient = store.max_days_ahead(3);
+    let (what, items, _) = charge(&lenient, "far", &policy, t + 3 * DAY_MS).await;
+    assert_eq!((what, items[0].remaining), ("admitted", 1));
 }
 
 /// GCRA on the Redis clock: a spent burst comes back after the emission interval.

@@ -13,7 +13,10 @@
 //!   X longer; a step forward refills them. The daily budget's day is the gateway's
 //!   ([`Charge::t_ms`]), as the trait says; a day earlier than the one Redis holds counts against
 //!   the later one, so a gateway whose clock lags refills nothing, and its refusals wait (and
-//!   its `RateLimit` items reset) until its clock reaches the end of that later day.
+//!   its `RateLimit` items reset) until its clock reaches the end of that later day. A gateway
+//!   whose day is more than [`DEFAULT_DAYS_AHEAD`] after Redis's own (set with
+//!   [`RedisLimits::max_days_ahead`]) gets an error for every charge against a budget (503):
+//!   the day it stored would hold every other gateway's budget for that key until it came.
 //! - **Resolution.** Times are whole microseconds: an emission interval is rounded to the nearest
 //!   microsecond, at least one (a rate of 7 per second runs at 142,857 µs, not 142,857.14).
 //! - **Budget race.** The budget is read and spent in the same atomic step, so the race for its
@@ -74,6 +77,10 @@ use crate::policy::Rate;
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "palisade:";
 
+/// How many days a gateway's day may run ahead of the Redis server's before its charges
+/// against daily budgets are refused: one, as a clock a little ahead does around midnight.
+pub const DEFAULT_DAYS_AHEAD: u64 = 1;
+
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -88,20 +95,24 @@ const MAX_EXACT: u64 = 1 << 53;
 ///
 /// `KEYS`: the key's rate state, the model's rate state, the budget (a hash: `day`, `spent`).
 /// `ARGV`: the key's interval (µs) and burst, the model's interval and burst (interval 0: no
-/// such rate), the budget (-1: none) and the gateway's day (days since the epoch, UTC).
+/// such rate), the budget (-1: none), the gateway's day (days since the epoch, UTC) and how many
+/// days it may run ahead of Redis's.
 /// Returns `{outcome, wait_us, key_remaining, model_remaining, day_remaining, day}`, -1 where a
 /// limit is not set (`day`: the day the budget counts against, the gateway's or a later one
-/// stored); outcome 0 admitted, 1 budget spent, 2 key's rate exceeded, 3 model's.
+/// stored); outcome 0 admitted, 1 budget spent, 2 key's rate exceeded, 3 model's, 4 the
+/// gateway's day too far ahead (`wait_us`: by how many days; nothing charged).
 const CHARGE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local kT, kB = tonumber(ARGV[1]), tonumber(ARGV[2])
 local mT, mB = tonumber(ARGV[3]), tonumber(ARGV[4])
-local limit, today = tonumber(ARGV[5]), tonumber(ARGV[6])
+local limit, today, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local krem, mrem = -1, -1
 local day, spent = today, 0
 if limit >= 0 then
+  local sday = math.floor(now / 86400000000)
+  if today > sday + ahead then return {4, today - sday, -1, -1, -1, -1} end
   local s = redis.call('HMGET', KEYS[3], 'day', 'spent')
   local d = tonumber(s[1])
   if d and d >= today then day, spent = d, tonumber(s[2]) or 0 end
@@ -270,6 +281,8 @@ pub struct RedisLimits {
     prefix: String,
     /// Whether the connection is over TLS, as the URL parsed says.
     tls: bool,
+    /// [`RedisLimits::max_days_ahead`].
+    days_ahead: u64,
 }
 
 impl std::fmt::Debug for RedisLimits {
@@ -375,6 +388,13 @@ impl RedisLimits {
         format!("{kind}{over}, keys {}*", self.prefix)
     }
 
+    /// This store, allowing a gateway's day to run `days` ahead of the Redis server's
+    /// ([`DEFAULT_DAYS_AHEAD`] unless set): beyond that, charges against daily budgets fail.
+    pub fn max_days_ahead(mut self, days: u64) -> Self {
+        self.days_ahead = days;
+        self
+    }
+
     /// The store on `conn`, once the script is loaded (on every primary, for a cluster).
     async fn ready(mut conn: Conn, prefix: &str, tls: bool) -> Result<Self, LimitError> {
         let script = redis::Script::new(CHARGE);
@@ -405,6 +425,7 @@ impl RedisLimits {
             script,
             prefix: prefix.to_string(),
             tls,
+            days_ahead: DEFAULT_DAYS_AHEAD,
         })
     }
 
@@ -430,7 +451,8 @@ impl RedisLimits {
             .arg(mt)
             .arg(mb)
             .arg(budget.map_or(-1, |b| b as i64))
-            .arg(today);
+            .arg(today)
+            .arg(self.days_ahead);
         let got: Vec<i64> = call
             .invoke_async(&mut conn)
             .await
@@ -440,6 +462,13 @@ impl RedisLimits {
                 "redis: the rate-limit script answered {got:?}"
             )));
         };
+        if outcome == 4 {
+            return Err(LimitError::Unavailable(format!(
+                "redis: this gateway's clock is {wait_us} days ahead of the Redis server's, more \
+                 than the {} allowed: daily budgets are not charged until the clocks agree",
+                self.days_ahead
+            )));
+        }
         let remaining = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
         let mut items = Vec::with_capacity(3);
         // The day counted (-1 only without a budget; `Item::day` takes a day behind as today).
