@@ -617,8 +617,20 @@ async fn redis_cluster(n: u16) -> Option<(Vec<Redis>, Vec<String>)> {
 /// [`redis_cluster`]; with `tls`, its nodes take clients (and each other, on the cluster bus)
 /// over TLS only, with `tls`'s certificate, and the URLs are `rediss://`.
 async fn redis_cluster_with(n: u16, tls: Option<&Pki>) -> Option<(Vec<Redis>, Vec<String>)> {
+    cluster_of(n, false, tls).await
+}
+
+/// [`redis_cluster_with`]; with `replicated`, each primary `i` also has a replica, node `n + i`,
+/// and a replica takes over its primary's slots a second or two after losing it
+/// (`cluster-node-timeout` 1 s).
+async fn cluster_of(
+    n: u16,
+    replicated: bool,
+    tls: Option<&Pki>,
+) -> Option<(Vec<Redis>, Vec<String>)> {
+    let total = if replicated { 2 * n } else { n };
     let (mut nodes, mut urls, mut buses) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..n {
+    for _ in 0..total {
         let (port, bus) = (free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
         // Full coverage not required: a test stops a node and expects the others to go on
@@ -634,6 +646,9 @@ async fn redis_cluster_with(n: u16, tls: Option<&Pki>) -> Option<(Vec<Redis>, Ve
         .iter()
         .map(|a| a.into())
         .collect();
+        if replicated {
+            args.extend(["--cluster-node-timeout".into(), "1000".into()]);
+        }
         match tls {
             None => args.extend(["--port".into(), port.to_string().into()]),
             Some(pki) => {
@@ -651,7 +666,7 @@ async fn redis_cluster_with(n: u16, tls: Option<&Pki>) -> Option<(Vec<Redis>, Ve
         conns.push(node.conn().await);
     }
     let per = 16_384 / n;
-    for (i, c) in conns.iter_mut().enumerate() {
+    for (i, c) in conns[..usize::from(n)].iter_mut().enumerate() {
         let i = i as u16;
         let last = if i + 1 == n {
             16_383
@@ -699,7 +714,7 @@ async fn redis_cluster_with(n: u16, tls: Option<&Pki>) -> Option<(Vec<Redis>, Ve
             // where the other nodes' slots are; a client that asked it then would find
             // those slots unserved.
             if info.contains("cluster_state:ok")
-                && info.contains(&format!("cluster_known_nodes:{n}"))
+                && info.contains(&format!("cluster_known_nodes:{total}"))
                 && info.contains("cluster_slots_ok:16384")
             {
                 break;
@@ -711,7 +726,46 @@ async fn redis_cluster_with(n: u16, tls: Option<&Pki>) -> Option<(Vec<Redis>, Ve
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    if replicated {
+        let n = usize::from(n);
+        for i in 0..n {
+            let id: String = redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(&mut conns[i])
+                .await
+                .unwrap();
+            let _: () = redis::cmd("CLUSTER")
+                .arg("REPLICATE")
+                .arg(id)
+                .query_async(&mut conns[n + i])
+                .await
+                .unwrap();
+        }
+        for c in &mut conns[..n] {
+            wait_for_info(c, "replication", "connected_slaves:1").await;
+        }
+    }
     Some((nodes, urls))
+}
+
+/// Waits (up to 30 s) until `INFO section` on `c` says `says`.
+async fn wait_for_info(c: &mut impl redis::aio::ConnectionLike, section: &str, says: &str) {
+    let t = Instant::now();
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg(section)
+            .query_async(c)
+            .await
+            .unwrap();
+        if info.contains(says) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "never {says}: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Twelve models, whose slots spread over a cluster's nodes, each with a key allowed one
@@ -735,6 +789,69 @@ async fn shared_by(a: &RedisLimits, b: &RedisLimits) -> (Vec<String>, LimitPolic
         );
     }
     (models, once, t)
+}
+
+/// A primary lost where it has a replica: the replica takes over its slots, and the gateways'
+/// charges for its models go on there, against the counters replicated before the loss (a key
+/// spent before is still spent after).
+#[tokio::test]
+async fn on_a_cluster_a_replica_takes_over_with_the_counters() {
+    let Some((mut nodes, urls)) = cluster_of(3, true, None).await else {
+        return;
+    };
+    let none = RedisTls::default();
+    let a = RedisLimits::connect_cluster(&urls[..1], "t:", &none)
+        .await
+        .unwrap();
+    let b = RedisLimits::connect_cluster(&urls[2..3], "t:", &none)
+        .await
+        .unwrap();
+    let (models, once, t) = shared_by(&a, &b).await;
+    // Every charge is on the replicas before a primary goes (replication is asynchronous: a
+    // failover can lose the last charges, as the module says).
+    // (Each WAIT is short: the test's connections give up on an answer after a while.)
+    for node in &nodes[..3] {
+        let mut c = node.conn().await;
+        let t0 = Instant::now();
+        loop {
+            let acked: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(200)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            if acked == 1 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "not replicated");
+        }
+    }
+    nodes[1].stop();
+    wait_for_info(&mut nodes[4].conn().await, "replication", "role:master").await;
+    for m in &models {
+        let t0 = Instant::now();
+        loop {
+            match try_charge_on(&b, m, "k", &once, t).await {
+                Ok((what, _, _)) => {
+                    assert_eq!(what, "rate limit for this key exceeded", "{m}");
+                    break;
+                }
+                // Until the clients learn where the slots went.
+                Err(e) => {
+                    assert!(t0.elapsed() < Duration::from_secs(20), "{m}: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    // A model whose counters were never written is charged afresh on any node.
+    assert_eq!(
+        try_charge_on(&a, "model-new", "k", &once, t)
+            .await
+            .unwrap()
+            .0,
+        "admitted"
+    );
 }
 
 /// On a Redis Cluster of three primaries, found from one of them: the scenarios decide as the
