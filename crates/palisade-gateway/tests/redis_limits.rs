@@ -437,11 +437,21 @@ async fn without_redis_charges_are_errors() {
     assert!(matches!(r, Err(LimitError::Unavailable(_))), "{r:?}");
     server.restart();
     // The client reconnects by itself: a charge is admitted again within a few tries.
+    let admitted = eventually(Duration::from_secs(10), async || {
+        admit().await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert!(admitted);
+}
+
+/// `attempt`'s first `Ok`, trying every 50 ms; a panic with its last `Err` (why not yet) once
+/// `within` has passed.
+async fn eventually<T>(within: Duration, mut attempt: impl AsyncFnMut() -> Result<T, String>) -> T {
     let t0 = Instant::now();
     loop {
-        match admit().await {
-            Ok(admitted) => break assert!(admitted),
-            Err(e) => assert!(t0.elapsed() < Duration::from_secs(10), "{e}"),
+        match attempt().await {
+            Ok(v) => return v,
+            Err(why) => assert!(t0.elapsed() < within, "not within {within:?}: {why}"),
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -702,9 +712,8 @@ async fn cluster_of(
             .await
             .unwrap();
     }
-    let t = Instant::now();
     for c in &mut conns {
-        loop {
+        eventually(Duration::from_secs(30), async || {
             let info: String = redis::cmd("CLUSTER")
                 .arg("INFO")
                 .query_async(c)
@@ -713,18 +722,13 @@ async fn cluster_of(
             // With full coverage not required, a node says `ok` before it has learnt
             // where the other nodes' slots are; a client that asked it then would find
             // those slots unserved.
-            if info.contains("cluster_state:ok")
+            let up = info.contains("cluster_state:ok")
                 && info.contains(&format!("cluster_known_nodes:{total}"))
-                && info.contains("cluster_slots_ok:16384")
-            {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "the cluster never came up: {info}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                && info.contains("cluster_slots_ok:16384");
+            up.then_some(())
+                .ok_or(format!("the cluster is not up: {info}"))
+        })
+        .await;
     }
     if replicated {
         let n = usize::from(n);
@@ -750,22 +754,17 @@ async fn cluster_of(
 
 /// Waits (up to 30 s) until `INFO section` on `c` says `says`.
 async fn wait_for_info(c: &mut impl redis::aio::ConnectionLike, section: &str, says: &str) {
-    let t = Instant::now();
-    loop {
+    eventually(Duration::from_secs(30), async || {
         let info: String = redis::cmd("INFO")
             .arg(section)
             .query_async(c)
             .await
             .unwrap();
-        if info.contains(says) {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "never {says}: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        info.contains(says)
+            .then_some(())
+            .ok_or(format!("not {says}: {info}"))
+    })
+    .await;
 }
 
 /// Twelve models, whose slots spread over a cluster's nodes, each with a key allowed one
@@ -812,37 +811,28 @@ async fn on_a_cluster_a_replica_takes_over_with_the_counters() {
     // (Each WAIT is short: the test's connections give up on an answer after a while.)
     for node in &nodes[..3] {
         let mut c = node.conn().await;
-        let t0 = Instant::now();
-        loop {
+        eventually(Duration::from_secs(30), async || {
             let acked: i64 = redis::cmd("WAIT")
                 .arg(1)
                 .arg(200)
                 .query_async(&mut c)
                 .await
                 .unwrap();
-            if acked == 1 {
-                break;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(30), "not replicated");
-        }
+            (acked == 1).then_some(()).ok_or("not replicated".into())
+        })
+        .await;
     }
     nodes[1].stop();
     wait_for_info(&mut nodes[4].conn().await, "replication", "role:master").await;
     for m in &models {
-        let t0 = Instant::now();
-        loop {
-            match try_charge_on(&b, m, "k", &once, t).await {
-                Ok((what, _, _)) => {
-                    assert_eq!(what, "rate limit for this key exceeded", "{m}");
-                    break;
-                }
-                // Until the clients learn where the slots went.
-                Err(e) => {
-                    assert!(t0.elapsed() < Duration::from_secs(20), "{m}: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
+        // Errors until the clients learn where the slots went.
+        let (what, _, _) = eventually(Duration::from_secs(20), async || {
+            try_charge_on(&b, m, "k", &once, t)
+                .await
+                .map_err(|e| format!("{m}: {e}"))
+        })
+        .await;
+        assert_eq!(what, "rate limit for this key exceeded", "{m}");
     }
     // A model whose counters were never written is charged afresh on any node.
     assert_eq!(
