@@ -822,6 +822,13 @@ async fn on_a_cluster_a_replica_takes_over_with_the_counters() {
         })
         .await;
     }
+    // The primary that goes holds some models' counters, so that their charges must go
+    // through its replica (node 4) once it has taken over.
+    let held: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut nodes[1].conn().await)
+        .await
+        .unwrap();
+    assert!(held > 0, "no model's counters on the primary that goes");
     nodes[1].stop();
     wait_for_info(&mut nodes[4].conn().await, "replication", "role:master").await;
     for m in &models {
