@@ -7,9 +7,11 @@
 # instructions per request in tract (2026-12-02).
 # The gateway runs twice, once per audit durability: `full` (fsync before each answer) and
 # `process` (survives kill -9 of the gateway, not a power cut).
+# The figures also go into a picture, bench/gateway_chart.py: throughput and p99 per connection
+# count, each round's figure a dot on its bar (SVG=target/bench/gateway_vs_bare.svg).
 # Usage: bash bench/gateway_vs_bare.sh   (SECONDS_PER_RUN=6 ROUNDS=5 PROFILE=release CONNS_LIST="1 16 64"
 #        BATCH=1: images per request, up to 16; HOLD_CPU_LATENCY=1: idle cores poll, see
-#        gateway_common.sh)
+#        gateway_common.sh; SVG=path of the picture)
 source "$(dirname "$0")/gateway_common.sh"
 SECS=${SECONDS_PER_RUN:-6}
 # Every round starts the three servers afresh. Two processes of the same binary can differ by
@@ -84,3 +86,9 @@ for m in ("full", "process"):
           f" {gp - bp:8.3f}ms {cpu('bare'):6.0f}us {cpu(m):6.0f}us")
 PY
 done
+SVG=${SVG:-target/bench/gateway_vs_bare.svg}
+mkdir -p "$(dirname "$SVG")"
+RESULT_FILES=()
+for C in $CONNS_LIST; do RESULT_FILES+=("$STATE/results-$C.jsonl"); done
+python3 bench/gateway_chart.py "$SVG" "${RESULT_FILES[@]}"
+echo "picture: $SVG"
