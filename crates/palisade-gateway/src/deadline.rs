@@ -51,10 +51,10 @@ impl BodyClock {
 }
 
 /// What any gRPC body may take, and all that one may take when the caller may query no model
-/// served (no key, a forged, revoked or expired one, or one with other roles only): enough for a
-/// message sent with its headers, as every client does, and for the calls served without a key
-/// (`ServerLive`, `ServerReady`, `ServerMetadata`). REST refuses a request without a valid key
-/// before reading its body at all.
+/// served: enough for a message sent with its headers, as every client does, and for the calls
+/// served without a key (`ServerLive`, `ServerReady`, `ServerMetadata`). Any other call without
+/// a valid key, or with one that may query no model, is refused before its body is read at all
+/// ([`crate::grpc::keyfirst`]), as REST refuses such a request.
 pub const KEYLESS_BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a gRPC call's body may take, before its model is known: the longest

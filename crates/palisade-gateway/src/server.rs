@@ -20,6 +20,7 @@ use crate::audit::{AuditLog, CheckpointPolicy, CheckpointSigner, Durability, Sql
 use crate::deadline::{self, DeadlineBody};
 use crate::grpc::GrpcGateway;
 use crate::grpc::audit::AuditUnreached;
+use crate::grpc::keyfirst::KeyFirst;
 use crate::guard::admit::Admit;
 use crate::guard::audit::{Audit, WriteAhead};
 use crate::guard::authn::Authenticate;
@@ -472,7 +473,8 @@ impl Gateway {
     pub fn router(&self) -> Router {
         let models = self.model_stack();
         // gRPC bodies are read by tonic before the guards: they get their deadline here (see
-        // `deadline`), and the calls refused before the guards their audit entries.
+        // `deadline`), a call without a usable key is refused before its body is read
+        // (`grpc::keyfirst`), and the calls refused before the guards get their audit entries.
         let (repo, keys) = (self.models.clone(), self.keys.clone());
         let grpc = ServiceBuilder::new()
             .map_request(move |mut req: axum::extract::Request| {
@@ -488,6 +490,7 @@ impl Gateway {
                 self.keys.clone(),
                 self.metrics.clone(),
             )))
+            .layer(GuardLayer(KeyFirst::new(self.keys.clone())))
             .map_response(|r: axum::http::Response<tonic::body::Body>| r.map(Body::new))
             .service(GrpcGateway::new(models.clone(), self.models.clone()).into_service());
         let admin = ServiceBuilder::new()

@@ -245,3 +245,137 @@ async fn grpc_calls_refused_before_the_guards_are_audited_too() {
     );
     s.stop().await;
 }
+
+/// The peak resident memory of this test process so far, in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_a_usable_key_is_refused_before_its_message_is_read() {
+    let s = start().await;
+    // A 4 MiB message of empty `inputs` entries (2 bytes each on the wire, hundreds decoded):
+    // read and translated, it grew the gateway by 6.6 GiB and held its worker for 21 s.
+    let mut message = vec![0x0a, 0x03, b'l', b'i', b'n']; // model_name = "lin"
+    while message.len() + 2 <= (4 << 20) - 16 {
+        message.extend_from_slice(&[0x2a, 0x00]); // an empty `inputs` entry
+    }
+    let frame = bytes::Bytes::from(grpc_frame(&message));
+    let forged = format!("{}x", bearer(&s.query));
+    let before_rss = peak_rss_kib();
+    let before = s.audit_entries(0).len() as u64;
+    for (auth, code, status) in [
+        (String::new(), "16", 401),
+        (forged, "16", 401),
+        (bearer(&s.auditor), "7", 403),
+    ] {
+        let body = http_body_util::Full::new(frame.clone());
+        let t = std::time::Instant::now();
+        let (got, message) = grpc_raw(s.addr, &auth, body).await;
+        assert_eq!(got, code, "{auth:?}: {message}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+        let e = s.audit_entries(before).pop().unwrap();
+        assert_eq!(
+            (&e["decision"], &e["status"]),
+            (
+                &serde_json::json!("denied:grpc"),
+                &serde_json::json!(status)
+            ),
+            "{e}"
+        );
+    }
+    let grew_mib = peak_rss_kib().saturating_sub(before_rss) / 1024;
+    assert!(
+        grew_mib < 256,
+        "the refused calls grew the peak RSS by {grew_mib} MiB"
+    );
+    // The calls served without a key still are.
+    let (code, message) = grpc_raw_to(
+        s.addr,
+        "ServerLive",
+        "",
+        http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&[]))),
+    )
+    .await;
+    assert_eq!(code, "0", "{message}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_name_cannot_change_the_route_of_a_call() {
+    let s = start().await;
+    let mut c = client(&s).await;
+    let x = [0.1f32, 0.2, 0.3, 0.4];
+    // `?` would end the path (an infer sent as a metadata request), `/` add segments to it.
+    for name in ["lin?", "lin/versions/1", "lin#", ""] {
+        let e = c
+            .model_infer(infer_request(name, &x, vec![1, 1, 2, 2], &s.query.key))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name:?}: {e:?}");
+    }
+    let mut ready = tonic::Request::new(ModelReadyRequest {
+        name: "lin/infer?".into(),
+        version: String::new(),
+    });
+    ready
+        .metadata_mut()
+        .insert("authorization", bearer(&s.query).parse().unwrap());
+    let e = c.model_ready(ready).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let mut meta = tonic::Request::new(ModelMetadataRequest {
+        name: "lin".into(),
+        version: "1?".into(),
+    });
+    meta.metadata_mut()
+        .insert("authorization", bearer(&s.query).parse().unwrap());
+    let e = c.model_metadata(meta).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // Refused before the stack: audited as such, nothing charged to the key.
+    for e in s.audit_entries(0) {
+        assert_eq!(e["decision"], "denied:grpc", "{e}");
+        assert_eq!(e["status"], 400, "{e}");
+    }
+    // A valid name and version still go through.
+    c.model_infer(infer_request("lin", &x, vec![1, 1, 2, 2], &s.query.key))
+        .await
+        .unwrap();
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_too_many_tensors_is_refused_before_it_is_translated() {
+    let s = start().await;
+    let mut c = client(&s).await;
+    let x = [0.1f32, 0.2, 0.3, 0.4];
+    let mut many = infer_request("lin", &x, vec![1, 1, 2, 2], &s.query.key);
+    many.get_mut().outputs = (0..palisade_gateway::grpc::MAX_TENSORS)
+        .map(|i| model_infer_request::InferRequestedOutputTensor {
+            name: format!("o{i}"),
+            ..Default::default()
+        })
+        .collect();
+    let e = c.model_infer(many).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("tensors"), "{e:?}");
+    let mut deep = infer_request(
+        "lin",
+        &x,
+        vec![1; palisade_gateway::grpc::MAX_RANK + 1],
+        &s.query.key,
+    );
+    deep.get_mut().raw_input_contents[0].truncate(4);
+    let e = c.model_infer(deep).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("dimensions"), "{e:?}");
+    s.stop().await;
+}

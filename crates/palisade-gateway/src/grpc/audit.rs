@@ -2,9 +2,10 @@
 //!
 //! A gRPC call reaches the guards only once tonic has read and decoded its message and the
 //! translator has made a REST request of it; the audit guard in the model stack records it from
-//! there on. What fails earlier is refused by tonic or the translator: a message that is not
-//! protobuf, one over tonic's 4 MiB limit, a body that missed its deadline, a bad model name, raw
-//! inputs that do not match the declared ones, an unknown method. Those calls are requests too,
+//! there on. What fails earlier is refused by [`super::keyfirst`], tonic or the translator: a
+//! call without a usable key (before its message is read), a message that is not protobuf, one
+//! over tonic's 4 MiB limit, a body that missed its deadline, a bad model name, raw inputs that
+//! do not match the declared ones, too many tensors, an unknown method. Those calls are requests too,
 //! often the probing kind, and [`AuditUnreached`] writes their entries: the gRPC path, the key
 //! presented (its id, when the key store knows it), `denied:grpc`, and the status as the HTTP
 //! code the REST route gives the same refusal. Calls that reached the stack and calls answered

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tonic::{Code, Status};
 use tower::ServiceExt as _;
 
@@ -27,6 +27,7 @@ use crate::model::ModelRepository;
 use crate::oip;
 
 pub mod audit;
+pub mod keyfirst;
 
 #[allow(
     missing_docs,
@@ -139,16 +140,91 @@ fn status_of(status: StatusCode, headers: &axum::http::HeaderMap, body: &[u8]) -
     Status::with_metadata(code, message, meta)
 }
 
-fn model_path(name: &str, version: &str, tail: &str) -> String {
-    if version.is_empty() {
+/// The REST path of a model call. The name and the version (when given) must be valid model
+/// names ([`crate::model::valid_name`]), as REST's own paths are: pasted into a path unchecked,
+/// a `?`, `#` or `/` in them would send the call to another route (`lin?` made an infer a
+/// metadata request, `lin/infer?` a metadata call an infer).
+fn model_path(name: &str, version: &str, tail: &str) -> Result<String, Status> {
+    let valid = crate::model::valid_name;
+    if !valid(name) || !(version.is_empty() || valid(version)) {
+        return Err(Status::invalid_argument(
+            "invalid model name or version (letters, digits, '_', '-' and '.', at most 64)",
+        ));
+    }
+    Ok(if version.is_empty() {
         format!("/v2/models/{name}{tail}")
     } else {
         format!("/v2/models/{name}/versions/{version}{tail}")
-    }
+    })
+}
+
+/// Most tensors, inputs and outputs together, that a `ModelInferRequest` may name. A served
+/// model takes one input and gives one or two outputs; what lies far beyond is refused before
+/// it is translated, as translating costs memory per entry: an empty `inputs` entry is 2 bytes
+/// on the wire and a JSON object of about a kilobyte once translated, so that a 4 MiB message
+/// of them made gigabytes (2026-12-06 review).
+pub const MAX_TENSORS: usize = 64;
+
+/// Most dimensions a tensor of a `ModelInferRequest` may have.
+pub const MAX_RANK: usize = 32;
+
+/// The JSON header of the binary-extension body [`infer_body`] makes.
+#[derive(Serialize)]
+struct BinaryHeader<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+    inputs: Vec<BinaryInput<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    outputs: Vec<BinaryOutput<'a>>,
+    parameters: BinaryOutputs,
+}
+
+#[derive(Serialize)]
+struct BinaryInput<'a> {
+    name: &'a str,
+    datatype: &'a str,
+    shape: &'a [i64],
+    parameters: BinarySize,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+#[derive(Serialize)]
+struct BinaryOutput<'a> {
+    name: &'a str,
+    parameters: BinaryData,
+}
+
+#[derive(Serialize)]
+struct BinaryData {
+    binary_data: bool,
+}
+
+#[derive(Serialize)]
+struct BinaryOutputs {
+    binary_data_output: bool,
 }
 
 /// The OIP binary-extension body equivalent to a gRPC infer request: (body, JSON header length).
+/// A request naming more than [`MAX_TENSORS`] tensors, or a tensor of more than [`MAX_RANK`]
+/// dimensions, is refused (`INVALID_ARGUMENT`) before anything is built.
 pub fn infer_body(req: &ModelInferRequest) -> Result<(Vec<u8>, usize), Status> {
+    let tensors = req.inputs.len().saturating_add(req.outputs.len());
+    if tensors > MAX_TENSORS {
+        return Err(Status::invalid_argument(format!(
+            "the request names {tensors} tensors (inputs and outputs); at most {MAX_TENSORS}"
+        )));
+    }
+    if let Some(t) = req.inputs.iter().find(|t| t.shape.len() > MAX_RANK) {
+        return Err(Status::invalid_argument(format!(
+            "input '{}' has {} dimensions; at most {MAX_RANK}",
+            t.name,
+            t.shape.len()
+        )));
+    }
     if !req.raw_input_contents.is_empty() && req.raw_input_contents.len() != req.inputs.len() {
         return Err(Status::invalid_argument(format!(
             "raw_input_contents has {} entries for {} inputs",
@@ -170,28 +246,30 @@ pub fn infer_body(req: &ModelInferRequest) -> Result<(Vec<u8>, usize), Status> {
                 }
             }
         }
-        inputs.push(serde_json::json!({
-            "name": t.name,
-            "datatype": t.datatype,
-            "shape": t.shape,
-            "parameters": { "binary_data_size": data.len() - start },
-        }));
+        inputs.push(BinaryInput {
+            name: &t.name,
+            datatype: &t.datatype,
+            shape: &t.shape,
+            parameters: BinarySize {
+                binary_data_size: data.len() - start,
+            },
+        });
     }
-    let outputs: Vec<serde_json::Value> = req
-        .outputs
-        .iter()
-        .map(|o| serde_json::json!({ "name": o.name, "parameters": { "binary_data": true } }))
-        .collect();
-    let mut header = serde_json::json!({
-        "inputs": inputs,
-        "parameters": { "binary_data_output": true },
-    });
-    if !req.id.is_empty() {
-        header["id"] = serde_json::Value::String(req.id.clone());
-    }
-    if !outputs.is_empty() {
-        header["outputs"] = serde_json::Value::Array(outputs);
-    }
+    let header = BinaryHeader {
+        id: &req.id,
+        inputs,
+        outputs: req
+            .outputs
+            .iter()
+            .map(|o| BinaryOutput {
+                name: &o.name,
+                parameters: BinaryData { binary_data: true },
+            })
+            .collect(),
+        parameters: BinaryOutputs {
+            binary_data_output: true,
+        },
+    };
     let mut body = serde_json::to_vec(&header).map_err(|e| Status::internal(e.to_string()))?;
     let h = body.len();
     body.extend_from_slice(&data);
@@ -278,7 +356,7 @@ impl GrpcInferenceService for GrpcGateway {
         &self,
         r: tonic::Request<ModelReadyRequest>,
     ) -> Result<tonic::Response<ModelReadyResponse>, Status> {
-        let path = model_path(&r.get_ref().name, &r.get_ref().version, "/ready");
+        let path = model_path(&r.get_ref().name, &r.get_ref().version, "/ready")?;
         let ready = match self
             .call("ModelReady", Method::GET, path, &r, &[], Vec::new())
             .await
@@ -305,7 +383,7 @@ impl GrpcInferenceService for GrpcGateway {
         &self,
         r: tonic::Request<ModelMetadataRequest>,
     ) -> Result<tonic::Response<ModelMetadataResponse>, Status> {
-        let path = model_path(&r.get_ref().name, &r.get_ref().version, "");
+        let path = model_path(&r.get_ref().name, &r.get_ref().version, "")?;
         let (_, body) = self
             .call("ModelMetadata", Method::GET, path, &r, &[], Vec::new())
             .await?;
@@ -341,7 +419,7 @@ impl GrpcInferenceService for GrpcGateway {
         r: tonic::Request<ModelInferRequest>,
     ) -> Result<tonic::Response<ModelInferResponse>, Status> {
         let req = r.get_ref();
-        let path = model_path(&req.model_name, &req.model_version, "/infer");
+        let path = model_path(&req.model_name, &req.model_version, "/infer")?;
         let (body, h) = infer_body(req)?;
         let (parts, body) = self
             .call(

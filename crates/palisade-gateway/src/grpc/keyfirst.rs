@@ -1,0 +1,88 @@
+//! The key of a gRPC call, checked before tonic reads its message.
+//!
+//! REST refuses a model request without a valid key before it reads the body. tonic reads and
+//! decodes a call's whole message (up to 4 MiB) before the translator, and so the guards, see
+//! it; what it decodes can be far larger than what was sent (repeated empty messages, a few
+//! bytes each on the wire, are a few hundred bytes each decoded). Without this check any client
+//! that could reach the port, with no key at all, could make the gateway decode, and hold,
+//! hundreds of megabytes per call (2026-12-06 review).
+//!
+//! So every call but the three the gateway answers without a key (`ServerLive`, `ServerReady`,
+//! `ServerMetadata`, as REST's health and server metadata routes) must present a key that
+//! authenticates and that may query at least one model, else it is answered at once,
+//! trailers-only, without its message being read: `UNAUTHENTICATED` (no key, a malformed,
+//! unknown, revoked or expired one), `PERMISSION_DENIED` (a key that may query no model), or
+//! `UNAVAILABLE` (the key store failed). [`super::audit::AuditUnreached`], outside, writes those
+//! calls' entries. The guards inside check the key again, against the model the call names.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use tonic::Status;
+
+use crate::guard::authn::presented_key;
+use crate::guard::{Guard, Next, call_next};
+use crate::keys::{Authn, KeyStore, Role};
+use crate::now_ms;
+
+/// The methods of the inference service answered without a key.
+const KEYLESS: [&str; 3] = [
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/inference.GRPCInferenceService/ServerMetadata",
+];
+
+/// The guard in front of tonic that refuses a call without a usable key before its message is
+/// read.
+#[derive(Clone)]
+pub struct KeyFirst {
+    keys: Arc<dyn KeyStore>,
+}
+
+impl KeyFirst {
+    /// Checks keys against `keys`.
+    pub fn new(keys: Arc<dyn KeyStore>) -> Self {
+        KeyFirst { keys }
+    }
+
+    /// Why a call with these headers may not go on, if it may not.
+    fn refusal(&self, req: &Request) -> Option<Status> {
+        if KEYLESS.contains(&req.uri().path()) {
+            return None;
+        }
+        let Some(presented) = presented_key(req.headers()) else {
+            return Some(Status::unauthenticated(
+                "missing API key (send 'authorization: Bearer pal_…')",
+            ));
+        };
+        match self.keys.authenticate(presented, now_ms()) {
+            Ok(Authn::Valid(key)) => {
+                if key.roles.iter().any(|r| matches!(r, Role::Query(_))) {
+                    None
+                } else {
+                    Some(Status::permission_denied("the API key may query no model"))
+                }
+            }
+            Ok(Authn::Malformed) => Some(Status::unauthenticated("malformed API key")),
+            Ok(Authn::Unknown(_)) => Some(Status::unauthenticated("invalid API key")),
+            Ok(Authn::Revoked(_)) => Some(Status::unauthenticated("API key revoked")),
+            Ok(Authn::Expired(_)) => Some(Status::unauthenticated("API key expired")),
+            Err(e) => {
+                tracing::error!(error = %e, "key store failed");
+                Some(Status::unavailable("key store unavailable"))
+            }
+        }
+    }
+}
+
+impl Guard for KeyFirst {
+    async fn handle(self, req: Request, next: Next) -> Response {
+        match self.refusal(&req) {
+            // The request, and its unread body, are dropped here.
+            Some(status) => status.into_http::<Body>(),
+            None => call_next(next, req).await,
+        }
+    }
+}
