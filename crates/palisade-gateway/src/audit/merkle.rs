@@ -263,8 +263,9 @@ pub fn verify_consistency(
         return proof.is_empty() && first_root == second_root;
     }
     if first == 0 {
-        // Every tree extends the empty tree; there is nothing to prove.
-        return proof.is_empty();
+        // Every tree extends the empty tree; there is nothing to prove but that the first root
+        // is the empty tree's (else any pair of roots would pass as consistent).
+        return proof.is_empty() && *first_root == empty_root();
     }
     let mut path: Vec<Hash> = proof.to_vec();
     if first.is_power_of_two() {
@@ -533,5 +534,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn from_the_empty_tree_only_the_empty_root_is_consistent() {
+        let other = [0xaa; 32];
+        assert!(verify_consistency(0, 5, &empty_root(), &[0xbb; 32], &[]));
+        assert!(!verify_consistency(0, 5, &other, &[0xbb; 32], &[]));
+        assert!(!verify_consistency(
+            0,
+            5,
+            &empty_root(),
+            &[0xbb; 32],
+            &[other]
+        ));
     }
 }
