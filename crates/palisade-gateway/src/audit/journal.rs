@@ -210,6 +210,11 @@ pub(crate) struct Journal {
     buf: Vec<u8>,
     /// Set when a failed write could not be cut back off the file.
     broken: Option<String>,
+    /// A file moved on from by a group whose write then failed: handed out with the next group
+    /// written, so that it is deleted in its turn. Dropped, it stayed on disk while the files
+    /// after it were deleted, and the journal then had a hole that kept a killed log from
+    /// opening (2026-12-06 review).
+    retired: Option<Retired>,
 }
 
 /// A file the journal has moved on from, to delete once entries `..end` are in the database.
@@ -243,11 +248,12 @@ impl Journal {
             next,
             buf: Vec::new(),
             broken: None,
+            retired: None,
         })
     }
 
     /// Writes `entries` with one write and returns the index of the first, and the file the
-    /// journal moved on from before writing, if it did.
+    /// journal moved on from before writing (or before an earlier write that failed), if it did.
     pub(crate) fn append<'a>(
         &mut self,
         entries: impl IntoIterator<Item = &'a [u8]>,
@@ -255,19 +261,18 @@ impl Journal {
         if let Some(why) = &self.broken {
             return Err(AuditError::Write(why.clone()));
         }
-        let retired = if self.len >= ROTATE_BYTES {
+        if self.len >= ROTATE_BYTES {
             let fresh = Journal::create(&self.db, self.next)?;
             let old = std::mem::replace(&mut self.file, fresh.file);
             drop(old);
             let path = std::mem::replace(&mut self.path, fresh.path);
             self.len = 0;
-            Some(Retired {
+            // A file is only started afresh after a write, so at most one waits here.
+            self.retired = Some(Retired {
                 path,
                 end: self.next,
-            })
-        } else {
-            None
-        };
+            });
+        }
         let first = self.next;
         self.buf.clear();
         let mut next = first;
@@ -294,7 +299,7 @@ impl Journal {
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::new();
         }
-        Ok((first, retired))
+        Ok((first, self.retired.take()))
     }
 }
 

@@ -10,7 +10,10 @@
 //!   one `write(2)` per group and not fsynced, so an acknowledged entry survives `kill -9` of
 //!   the gateway — the kernel holds the written pages — but the last entries can be lost if the
 //!   machine itself loses power or crashes. SQLite (`synchronous=NORMAL`) receives the entries
-//!   from the journal a few milliseconds later.
+//!   from the journal a few milliseconds later. Two things are fsynced all the same: a commit
+//!   that signs a checkpoint (a root already published must not be lost, or the log could sign
+//!   another for the same size), and what the database holds before journal files go (their
+//!   deletion must not reach the disk before the entries do).
 //!
 //! Concurrent appends are made durable together (one commit or journal write, and with `Full`
 //! one fsync, per group), which is what keeps the cost per request low under load. Who writes
@@ -336,16 +339,17 @@ fn node_at(conn: &Connection, level: u32, index: u64) -> Result<Hash, AuditError
 
 /// Fails unless `conn` holds at least `size` entries.
 fn holds(conn: &Connection, size: u64) -> Result<(), AuditError> {
-    let last: Option<i64> = conn
-        .prepare_cached("SELECT idx FROM entries WHERE idx = ?1")?
-        .query_row(params![size as i64 - 1], |r| r.get(0))
-        .optional()?;
-    if size > 0 && last.is_none() {
-        return Err(AuditError::OutOfRange(format!(
-            "the log has fewer than {size} entries"
-        )));
+    let fewer = || AuditError::OutOfRange(format!("the log has fewer than {size} entries"));
+    if size == 0 {
+        return Ok(());
     }
-    Ok(())
+    // Indices are SQLite integers: a size past them is past any log.
+    let last = i64::try_from(size - 1).map_err(|_| fewer())?;
+    conn.prepare_cached("SELECT idx FROM entries WHERE idx = ?1")?
+        .query_row(params![last], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|_| ())
+        .ok_or_else(fewer)
 }
 
 /// How many entries `conn` holds: one past the highest index, found in O(log n) (counting the
@@ -541,6 +545,7 @@ impl SqliteAuditLog {
         let reader = open_conn(path, durability)?;
         let mut writer = Writer {
             conn: wconn,
+            durability,
             frontier,
             signer,
             policy,
@@ -857,7 +862,11 @@ fn ingest_loop(shared: &Mutex<Writer>, inline: &Inline) {
         drop(q);
 
         let mut w = lock(shared);
-        let done = w.ingest(&entries, !waiters.is_empty() || closing);
+        let done = w.ingest(
+            &entries,
+            !waiters.is_empty() || closing,
+            !retired.is_empty(),
+        );
         let ingested = w.frontier.size();
         let latest = if waiters.is_empty() {
             None
@@ -868,16 +877,27 @@ fn ingest_loop(shared: &Mutex<Writer>, inline: &Inline) {
         if let Err(e) = &done {
             tracing::error!(error = %e, "copying the audit journal into SQLite failed");
         }
+        // A file that could not be deleted is tried again after the next pass: left behind while
+        // the files after it go, it would leave the journal a hole that keeps the log from
+        // opening after a kill.
+        let mut undeleted = Vec::new();
         for r in retired {
-            if done.is_ok()
-                && r.end <= ingested
-                && let Err(e) = std::fs::remove_file(&r.path)
-            {
-                tracing::warn!(error = %e, file = %r.path.display(), "could not delete an audit journal file");
+            if done.is_err() || r.end > ingested {
+                undeleted.push(r);
+                continue;
+            }
+            match std::fs::remove_file(&r.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %r.path.display(), "could not delete an audit journal file; trying again after the next copy");
+                    undeleted.push(r);
+                }
             }
         }
         let finished = {
             let mut q = lock(&inline.ingest);
+            q.retired.splice(0..0, undeleted);
             q.ingested = ingested;
             if let Err(e) = &done {
                 q.failed = Some(e.to_string());
@@ -1047,6 +1067,8 @@ pub(crate) fn consistency_from(
 
 struct Writer {
     conn: Connection,
+    /// What an ordinary commit waits for (see [`Writer::commit_group`] for the exceptions).
+    durability: Durability,
     frontier: Frontier,
     signer: CheckpointSigner,
     policy: CheckpointPolicy,
@@ -1109,10 +1131,49 @@ impl Writer {
 
     /// Commits `appends` in one transaction (with a checkpoint when one is due) and returns the
     /// index of the first. On failure nothing is committed and the in-memory tree is unchanged.
-    fn commit_group<'a>(
+    ///
+    /// With `Durability::Process` an ordinary commit is not fsynced (the journal holds its
+    /// entries), but one that signs a checkpoint is, as with `Full`: clients may fetch a
+    /// checkpoint and hold the log to it, and a power cut must not take back a root already
+    /// published, after which the gateway would sign another for the same size. That is one
+    /// fsync a second at most (the checkpoint policy's `every`).
+    fn commit_group<'a, I>(&mut self, entries: I, force: bool) -> Result<u64, AuditError>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let entries = entries.into_iter();
+        let after = self.frontier.size() + entries.len() as u64;
+        let due = after > self.last_checkpoint_size
+            && (force
+                || after - self.last_checkpoint_size >= self.policy.every_entries
+                || self.last_checkpoint_at.elapsed() >= self.policy.every);
+        self.synced(due, |w| w.commit_entries(entries, due))
+    }
+
+    /// Runs `f` with every commit fsynced when `sync` is set and the ordinary commit is not.
+    fn synced<T>(
         &mut self,
-        entries: impl IntoIterator<Item = &'a [u8]>,
-        force: bool,
+        sync: bool,
+        f: impl FnOnce(&mut Self) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let raise = sync && self.durability != Durability::Full;
+        if raise {
+            self.conn
+                .pragma_update(None, "synchronous", Durability::Full.synchronous())?;
+        }
+        let r = f(self);
+        if raise {
+            self.conn
+                .pragma_update(None, "synchronous", self.durability.synchronous())?;
+        }
+        r
+    }
+
+    fn commit_entries<'a>(
+        &mut self,
+        entries: impl Iterator<Item = &'a [u8]>,
+        due: bool,
     ) -> Result<u64, AuditError> {
         let start = self.frontier.size();
         let mut frontier = self.frontier.clone();
@@ -1128,10 +1189,6 @@ impl Writer {
             }
             insert_nodes(&tx, &made)?;
         }
-        let due = frontier.size() > self.last_checkpoint_size
-            && (force
-                || frontier.size() - self.last_checkpoint_size >= self.policy.every_entries
-                || self.last_checkpoint_at.elapsed() >= self.policy.every);
         if due {
             insert_checkpoint(&tx, &self.signer, &frontier)?;
         }
@@ -1146,7 +1203,28 @@ impl Writer {
 
     /// Commits journaled `entries` (contiguous from the tree's size) as one group; with
     /// `force`, signs a checkpoint of everything even when no entries came.
-    fn ingest(&mut self, entries: &[(u64, Vec<u8>)], force: bool) -> Result<(), AuditError> {
+    /// With `durable`, journal files are to be deleted after it: what it commits, and what was
+    /// committed before, is made durable first ([`Writer::sync_committed`]), so that the
+    /// deletion cannot reach the disk before the entries do (a power cut would then leave a
+    /// database without them and no journal to take them from). Once per 4 MiB of journal.
+    fn ingest(
+        &mut self,
+        entries: &[(u64, Vec<u8>)],
+        force: bool,
+        durable: bool,
+    ) -> Result<(), AuditError> {
+        self.ingest_entries(entries, force)?;
+        if durable {
+            self.sync_committed()?;
+        }
+        Ok(())
+    }
+
+    fn ingest_entries(
+        &mut self,
+        entries: &[(u64, Vec<u8>)],
+        force: bool,
+    ) -> Result<(), AuditError> {
         let Some((first, _)) = entries.first() else {
             return if force {
                 self.checkpoint_if_due(true)
@@ -1189,8 +1267,40 @@ impl Writer {
                 "copied journaled audit entries into the database"
             );
         }
+        // What the database holds of the journal, copied now or committed without an fsync by
+        // the gateway that was killed, is made durable before the journal goes.
+        self.sync_committed()?;
         for f in &j.files {
             std::fs::remove_file(f)?;
+        }
+        Ok(())
+    }
+
+    /// Makes what was committed so far durable: fsyncs the WAL and the database file. A commit
+    /// is in the WAL until a checkpoint has copied it into the database file, and SQLite
+    /// (`synchronous=NORMAL`) fsyncs the WAL before a checkpoint and the database file after
+    /// one, before the WAL is ever started over; so every committed page is in a file synced
+    /// here or synced already.
+    fn sync_committed(&mut self) -> Result<(), AuditError> {
+        if self.durability == Durability::Full {
+            return Ok(()); // every commit was fsynced
+        }
+        let Some(db) = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+        else {
+            return Ok(()); // in memory
+        };
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        for path in [PathBuf::from(wal), db] {
+            match std::fs::File::open(&path) {
+                Ok(f) => f.sync_all()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
@@ -1202,9 +1312,13 @@ impl Writer {
         if !force && self.last_checkpoint_at.elapsed() < self.policy.every {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
-        insert_checkpoint(&tx, &self.signer, &self.frontier)?;
-        tx.commit()?;
+        // Fsynced, as every commit that signs a checkpoint (see `commit_group`).
+        self.synced(true, |w| {
+            let tx = w.conn.transaction()?;
+            insert_checkpoint(&tx, &w.signer, &w.frontier)?;
+            tx.commit()?;
+            Ok(())
+        })?;
         self.last_checkpoint_size = self.frontier.size();
         self.last_checkpoint_at = Instant::now();
         Ok(())
@@ -1244,7 +1358,15 @@ fn insert_checkpoint(
     signer: &CheckpointSigner,
     frontier: &Frontier,
 ) -> Result<(), AuditError> {
-    let c = signer.sign(Checkpoint::new(frontier.size(), &frontier.root(), now_ms()));
+    // Never before the latest checkpoint's time: a wall clock stepped back (NTP, a VM resumed or
+    // moved) would otherwise sign a checkpoint older than the one before it, which the verifier
+    // reports on every later run of an untampered log.
+    let latest: Option<i64> = tx
+        .prepare_cached("SELECT timestamp_ms FROM checkpoints ORDER BY size DESC LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let at = now_ms().max(latest.map_or(0, |t| t.max(0) as u64));
+    let c = signer.sign(Checkpoint::new(frontier.size(), &frontier.root(), at));
     let sig = hexfmt::decode(&c.signature).unwrap_or_default();
     let root = frontier.root();
     tx.execute(
@@ -1641,5 +1763,109 @@ mod tests {
             left.entries.last().map(|(i, d)| (*i, d.clone())),
             Some((1, vec![1]))
         );
+    }
+
+    fn record(i: u64) -> Vec<u8> {
+        serde_json::to_vec(&super::super::AuditRecord {
+            ts_ms: i,
+            key_id: None,
+            method: "POST".into(),
+            path: "/p".into(),
+            action: "infer".into(),
+            model: None,
+            version: None,
+            decision: "allowed".into(),
+            status: 200,
+            input_sha256: None,
+            output_sha256: None,
+            latency_us: 1,
+            operator: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_checkpoint_is_never_signed_before_the_one_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let signer = CheckpointSigner::from_seed(&[9; 32]);
+        let rt = runtime();
+        let log = open_log(&db, 9, Durability::Full);
+        for i in 0..3 {
+            rt.block_on(log.append(record(i))).unwrap();
+        }
+        let first = log.checkpoint_now().unwrap().unwrap();
+        log.close();
+        // The clock that signed it was an hour ahead of the one that signs next (it stepped back).
+        let ahead = signer.sign(Checkpoint {
+            timestamp_ms: first.checkpoint.timestamp_ms + 3_600_000,
+            ..first.checkpoint.clone()
+        });
+        let conn = open_conn(&db, Durability::Full).unwrap();
+        conn.execute(
+            "UPDATE checkpoints SET timestamp_ms = ?1, signature = ?2 WHERE size = 3",
+            params![
+                ahead.checkpoint.timestamp_ms as i64,
+                hexfmt::decode(&ahead.signature).unwrap()
+            ],
+        )
+        .unwrap();
+        drop(conn);
+        let log = open_log(&db, 9, Durability::Full);
+        for i in 3..5 {
+            rt.block_on(log.append(record(i))).unwrap();
+        }
+        let second = log.checkpoint_now().unwrap().unwrap();
+        log.close();
+        assert!(second.checkpoint.timestamp_ms >= ahead.checkpoint.timestamp_ms);
+        let report = super::super::verify_log(&db, &signer.public_key(), &[]).unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+    }
+
+    #[test]
+    fn a_proof_size_past_any_index_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let conn = open_conn(&db, Durability::Full).unwrap();
+        for size in [1 << 63, u64::MAX] {
+            assert!(matches!(
+                inclusion_from(&conn, 0, size),
+                Err(AuditError::OutOfRange(_))
+            ));
+            assert!(matches!(
+                consistency_from(&conn, 1, size),
+                Err(AuditError::OutOfRange(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_file_moved_on_from_before_a_failed_write_is_deleted_in_its_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let rt = runtime();
+        let log = open_log(&db, 8, Durability::Process);
+        let big = vec![b'x'; journal::ROTATE_BYTES as usize];
+        assert_eq!(rt.block_on(log.append(big.clone())).unwrap(), 0);
+        // The next group starts journal file 1 and then fails (an entry over the limit; a full
+        // disk takes the same path).
+        assert!(rt.block_on(log.append(vec![0; (16 << 20) + 1])).is_err());
+        assert_eq!(rt.block_on(log.append(big)).unwrap(), 1);
+        assert_eq!(rt.block_on(log.append(vec![1])).unwrap(), 2);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while journal::files(&db).unwrap().len() > 1 && Instant::now() < deadline {
+            std::thread::sleep(INGEST_EVERY);
+        }
+        let left: Vec<u64> = journal::files(&db).unwrap().iter().map(|f| f.0).collect();
+        assert_eq!(left, [2], "the files before the last were not all deleted");
+        assert_eq!(log.size().unwrap(), 3);
+        std::mem::forget(log); // kill -9
+        SqliteAuditLog::open(
+            &db,
+            CheckpointSigner::from_seed(&[8; 32]),
+            CheckpointPolicy::default(),
+            Durability::Process,
+        )
+        .expect("the killed log opens");
     }
 }
