@@ -1665,24 +1665,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("audit.db");
         let pk = CheckpointSigner::from_seed(&[4; 32]).public_key();
-        let record = |i: u64| {
-            serde_json::to_vec(&super::super::AuditRecord {
-                ts_ms: i,
-                key_id: None,
-                method: "POST".into(),
-                path: "/v2/models/m/infer".into(),
-                action: "infer".into(),
-                model: Some("m".into()),
-                version: None,
-                decision: "allowed".into(),
-                status: 200,
-                input_sha256: None,
-                output_sha256: None,
-                latency_us: 1,
-                operator: None,
-            })
-            .unwrap()
-        };
         let rt = runtime();
         let log = open_log(&db, 4, Durability::Full);
         for i in 0..4 {
@@ -1765,14 +1747,15 @@ mod tests {
         );
     }
 
+    /// A well-formed audit entry (the offline verifier checks entries' form).
     fn record(i: u64) -> Vec<u8> {
         serde_json::to_vec(&super::super::AuditRecord {
             ts_ms: i,
             key_id: None,
             method: "POST".into(),
-            path: "/p".into(),
+            path: "/v2/models/m/infer".into(),
             action: "infer".into(),
-            model: None,
+            model: Some("m".into()),
             version: None,
             decision: "allowed".into(),
             status: 200,
