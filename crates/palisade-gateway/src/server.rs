@@ -21,6 +21,7 @@ use crate::deadline::{self, DeadlineBody};
 use crate::grpc::GrpcGateway;
 use crate::grpc::audit::AuditUnreached;
 use crate::grpc::keyfirst::KeyFirst;
+use crate::grpc::prescan::Prescan;
 use crate::guard::admit::Admit;
 use crate::guard::audit::{Audit, WriteAhead};
 use crate::guard::authn::Authenticate;
@@ -474,7 +475,9 @@ impl Gateway {
         let models = self.model_stack();
         // gRPC bodies are read by tonic before the guards: they get their deadline here (see
         // `deadline`), a call without a usable key is refused before its body is read
-        // (`grpc::keyfirst`), and the calls refused before the guards get their audit entries.
+        // (`grpc::keyfirst`), a ModelInfer message that names more than a request can need
+        // before it is decoded (`grpc::prescan`), and the calls refused before the guards get
+        // their audit entries.
         let (repo, keys) = (self.models.clone(), self.keys.clone());
         let grpc = ServiceBuilder::new()
             .map_request(move |mut req: axum::extract::Request| {
@@ -491,6 +494,7 @@ impl Gateway {
                 self.metrics.clone(),
             )))
             .layer(GuardLayer(KeyFirst::new(self.keys.clone())))
+            .layer(GuardLayer(Prescan))
             .map_response(|r: axum::http::Response<tonic::body::Body>| r.map(Body::new))
             .service(GrpcGateway::new(models.clone(), self.models.clone()).into_service());
         let admin = ServiceBuilder::new()

@@ -257,7 +257,7 @@ fn peak_rss_kib() -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_without_a_usable_key_is_refused_before_its_message_is_read() {
+async fn a_call_without_a_usable_key_or_naming_too_much_is_refused_before_it_is_decoded() {
     let s = start().await;
     // A 4 MiB message of empty `inputs` entries (2 bytes each on the wire, hundreds decoded):
     // read and translated, it grew the gateway by 6.6 GiB and held its worker for 21 s.
@@ -293,6 +293,17 @@ async fn a_call_without_a_usable_key_is_refused_before_its_message_is_read() {
             "{e}"
         );
     }
+    // With a key that may query the model, the same message is refused before it is decoded.
+    let body = http_body_util::Full::new(frame.clone());
+    let (got, message) = grpc_raw(s.addr, &bearer(&s.query), body).await;
+    assert_eq!(got, "3", "{message}"); // INVALID_ARGUMENT
+    assert!(message.contains("tensors"), "{message}");
+    let e = s.last_audit_entry();
+    assert_eq!(
+        (&e["decision"], &e["status"]),
+        (&serde_json::json!("denied:grpc"), &serde_json::json!(400)),
+        "{e}"
+    );
     let grew_mib = peak_rss_kib().saturating_sub(before_rss) / 1024;
     assert!(
         grew_mib < 256,

@@ -28,6 +28,7 @@ use crate::oip;
 
 pub mod audit;
 pub mod keyfirst;
+pub mod prescan;
 
 #[allow(
     missing_docs,

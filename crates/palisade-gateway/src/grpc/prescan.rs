@@ -1,0 +1,376 @@
+//! A `ModelInfer` message's repeated fields, counted on the wire before tonic decodes it.
+//!
+//! Decoding can make far more of a message than was sent: an empty `inputs` entry is 2 bytes on
+//! the wire and a ~300-byte struct decoded, an empty `bytes` entry 2 bytes and a 24-byte `Vec`,
+//! a map entry a few bytes and a hash map slot with a `String`; a 4 MiB message of them made
+//! ~650 MB in prost alone (2026-12-06 review). [`super::keyfirst`] keeps callers without a key
+//! from sending one; this keeps a caller with one within what a request can need. The message is
+//! read whole (it is at most tonic's 4 MiB, which tonic reads whole too), its fields are walked
+//! without allocating, and a message that names more than the bounds below is refused
+//! `INVALID_ARGUMENT` before it is decoded. Whatever the walk does not understand (a malformed
+//! message, a compressed frame) goes on to tonic, which refuses it as before.
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::response::Response;
+use tonic::Status;
+
+use super::{MAX_RANK, MAX_TENSORS};
+use crate::guard::{Guard, Next, call_next};
+
+/// The method whose messages are walked: the only one whose message can be large.
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// The largest message tonic decodes (its default), and so the most read here.
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// Most entries of one `parameters` map (of the request, or of one of its tensors).
+pub const MAX_PARAMETERS: usize = 64;
+
+/// Most entries of a tensor's `bytes_contents` (decoded, each is a `Vec` of its own).
+pub const MAX_BYTES_ELEMENTS: usize = 1 << 16;
+
+/// Reads a varint at `*at`, moving past it.
+fn varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// One field of a message: its number and, for a length-delimited field, its bytes.
+enum Field<'a> {
+    Len(u32, &'a [u8]),
+    Scalar(u32),
+}
+
+/// The fields of `msg` in order, up to where it is not well formed (an invalid wire type, a
+/// length past the end), where prost stops decoding too. A group's start and end (wire types 3
+/// and 4, which prost skips in unknown fields) are fields without a payload, and the fields
+/// within a group are walked as if outside it: counted, at worst, where prost would skip them.
+fn fields(msg: &[u8]) -> impl Iterator<Item = Field<'_>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= msg.len() {
+            return None;
+        }
+        let key = varint(msg, &mut at)?;
+        let number = u32::try_from(key >> 3).ok()?;
+        match key & 7 {
+            0 => varint(msg, &mut at).map(|_| Field::Scalar(number)),
+            3 | 4 => Some(Field::Scalar(number)),
+            1 | 5 => {
+                at = at.checked_add(if key & 7 == 1 { 8 } else { 4 })?;
+                (at <= msg.len()).then_some(Field::Scalar(number))
+            }
+            2 => {
+                let len = usize::try_from(varint(msg, &mut at)?).ok()?;
+                let end = at.checked_add(len).filter(|e| *e <= msg.len())?;
+                let body = &msg[at..end];
+                at = end;
+                Some(Field::Len(number, body))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// How many elements field `number` of `msg` holds: one per occurrence, and for a packed
+/// occurrence of a varint field, one per varint in it.
+fn count_varints(msg: &[u8], number: u32) -> usize {
+    fields(msg)
+        .map(|f| match f {
+            Field::Scalar(n) if n == number => 1,
+            Field::Len(n, packed) if n == number => {
+                let mut at = 0;
+                std::iter::from_fn(|| varint(packed, &mut at)).count()
+            }
+            _ => 0,
+        })
+        .sum()
+}
+
+fn count(msg: &[u8], number: u32) -> usize {
+    fields(msg)
+        .filter(|f| matches!(f, Field::Len(n, _) | Field::Scalar(n) if *n == number))
+        .count()
+}
+
+fn at_most(what: &str, n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!("the request has {n} {what}; at most {max}"));
+    }
+    Ok(())
+}
+
+/// Checks a `ModelInferRequest` message, as sent, against the bounds: inputs and outputs
+/// together at most [`MAX_TENSORS`], as many raw input contents, each `parameters` map at most
+/// [`MAX_PARAMETERS`] entries, each input's shape at most [`MAX_RANK`] dimensions and its
+/// `bytes_contents` at most [`MAX_BYTES_ELEMENTS`] entries.
+pub fn check_infer_message(msg: &[u8]) -> Result<(), String> {
+    let (mut tensors, mut raw, mut parameters) = (0, 0, 0);
+    for field in fields(msg) {
+        let Field::Len(number, body) = field else {
+            continue;
+        };
+        match number {
+            4 => parameters += 1,
+            5 => {
+                tensors += 1;
+                at_most(
+                    "dimensions in an input's shape",
+                    count_varints(body, 3),
+                    MAX_RANK,
+                )?;
+                at_most("parameters on an input", count(body, 4), MAX_PARAMETERS)?;
+                for contents in fields(body) {
+                    if let Field::Len(5, contents) = contents {
+                        at_most(
+                            "bytes_contents entries in an input",
+                            count(contents, 8),
+                            MAX_BYTES_ELEMENTS,
+                        )?;
+                    }
+                }
+            }
+            6 => {
+                tensors += 1;
+                at_most("parameters on an output", count(body, 2), MAX_PARAMETERS)?;
+            }
+            7 => raw += 1,
+            _ => {}
+        }
+        at_most("tensors (inputs and outputs)", tensors, MAX_TENSORS)?;
+        at_most("raw_input_contents entries", raw, MAX_TENSORS)?;
+        at_most("request parameters", parameters, MAX_PARAMETERS)?;
+    }
+    Ok(())
+}
+
+/// The fuzz target's property (`fuzz/fuzz_targets/grpc_prescan.rs`): any bytes are walked
+/// without a panic, and a message the walk lets through decodes, if prost decodes it at all,
+/// within every bound: the walk never counts less than prost makes.
+pub fn fuzz_property(msg: &[u8]) {
+    use tonic_prost::prost::Message as _;
+    let passed = check_infer_message(msg).is_ok();
+    let Ok(r) = super::inference::ModelInferRequest::decode(msg) else {
+        return;
+    };
+    if !passed {
+        return;
+    }
+    assert!(r.inputs.len() + r.outputs.len() <= MAX_TENSORS);
+    assert!(r.raw_input_contents.len() <= MAX_TENSORS);
+    assert!(r.parameters.len() <= MAX_PARAMETERS);
+    for i in &r.inputs {
+        assert!(i.shape.len() <= MAX_RANK);
+        assert!(i.parameters.len() <= MAX_PARAMETERS);
+        let bytes = i.contents.as_ref().map_or(0, |c| c.bytes_contents.len());
+        assert!(bytes <= MAX_BYTES_ELEMENTS);
+    }
+    for o in &r.outputs {
+        assert!(o.parameters.len() <= MAX_PARAMETERS);
+    }
+}
+
+/// The guard in front of tonic that walks each `ModelInfer` message (see the module docs).
+#[derive(Clone, Default)]
+pub struct Prescan;
+
+/// Why a call's body could not be read whole, as the status tonic would answer.
+fn unread(e: axum::Error) -> Status {
+    let mut src: Option<&dyn std::error::Error> = Some(&e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return Status::out_of_range(format!("the message is larger than {MAX_MESSAGE} bytes"));
+        }
+        // The body's deadline, as the router's `deadline::for_grpc` made it a status.
+        if let Some(status) = s.downcast_ref::<Status>() {
+            return status.clone();
+        }
+        if let Some(t) = s.downcast_ref::<crate::deadline::BodyTimedOut>() {
+            return Status::deadline_exceeded(t.to_string());
+        }
+        src = s.source();
+    }
+    Status::cancelled(format!("the request body could not be read: {e}"))
+}
+
+/// The gRPC frames of a unary call's body: each must be checked; a compressed one (flag 1) is
+/// left to tonic, which takes no compressed messages.
+fn check_frames(mut body: &[u8]) -> Result<(), Status> {
+    while body.len() >= 5 {
+        let compressed = body[0] != 0;
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        let Some(msg) = body.get(5..5 + len) else {
+            return Ok(()); // cut short: tonic reports it
+        };
+        if !compressed {
+            check_infer_message(msg).map_err(Status::invalid_argument)?;
+        }
+        body = &body[5 + len..];
+    }
+    Ok(())
+}
+
+impl Guard for Prescan {
+    async fn handle(self, req: Request, next: Next) -> Response {
+        if req.uri().path() != MODEL_INFER {
+            return call_next(next, req).await;
+        }
+        let (parts, body) = req.into_parts();
+        // One message and its 5-byte frame header; tonic refuses a larger one as well.
+        let bytes: Bytes = match axum::body::to_bytes(body, MAX_MESSAGE + 5).await {
+            Ok(b) => b,
+            Err(e) => return unread(e).into_http::<Body>(),
+        };
+        if let Err(status) = check_frames(&bytes) {
+            return status.into_http::<Body>();
+        }
+        call_next(next, Request::from_parts(parts, Body::from(bytes))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::inference::model_infer_request::{
+        InferInputTensor, InferRequestedOutputTensor,
+    };
+    use crate::grpc::inference::{InferParameter, InferTensorContents, ModelInferRequest};
+    use tonic_prost::prost::Message as _;
+
+    fn request() -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 1, 28, 28],
+                ..Default::default()
+            }],
+            outputs: vec![InferRequestedOutputTensor {
+                name: "logits".into(),
+                ..Default::default()
+            }],
+            raw_input_contents: vec![vec![0; 784 * 4]],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_ordinary_request_passes() {
+        check_infer_message(&request().encode_to_vec()).unwrap();
+        // Typed contents and parameters within the bounds pass too.
+        let mut r = request();
+        r.raw_input_contents.clear();
+        r.inputs[0].contents = Some(InferTensorContents {
+            fp32_contents: vec![0.5; 784],
+            bytes_contents: vec![vec![1]; 10],
+            ..Default::default()
+        });
+        r.parameters.insert("p".into(), InferParameter::default());
+        check_infer_message(&r.encode_to_vec()).unwrap();
+    }
+
+    #[test]
+    fn each_bound_is_held() {
+        let check = |r: ModelInferRequest| check_infer_message(&r.encode_to_vec());
+        let mut r = request();
+        r.inputs = vec![InferInputTensor::default(); MAX_TENSORS];
+        assert!(check(r).unwrap_err().contains("tensors"));
+        let mut r = request();
+        r.raw_input_contents = vec![Vec::new(); MAX_TENSORS + 1];
+        assert!(check(r).unwrap_err().contains("raw_input_contents"));
+        let mut r = request();
+        r.inputs[0].shape = vec![1; MAX_RANK + 1];
+        assert!(check(r).unwrap_err().contains("dimensions"));
+        let mut r = request();
+        r.parameters = (0..=MAX_PARAMETERS)
+            .map(|i| (i.to_string(), InferParameter::default()))
+            .collect();
+        assert!(check(r).unwrap_err().contains("request parameters"));
+        let mut r = request();
+        r.inputs[0].parameters = (0..=MAX_PARAMETERS)
+            .map(|i| (i.to_string(), InferParameter::default()))
+            .collect();
+        assert!(check(r).unwrap_err().contains("on an input"));
+        let mut r = request();
+        r.outputs[0].parameters = (0..=MAX_PARAMETERS)
+            .map(|i| (i.to_string(), InferParameter::default()))
+            .collect();
+        assert!(check(r).unwrap_err().contains("on an output"));
+        let mut r = request();
+        r.inputs[0].contents = Some(InferTensorContents {
+            bytes_contents: vec![Vec::new(); MAX_BYTES_ELEMENTS + 1],
+            ..Default::default()
+        });
+        assert!(check(r).unwrap_err().contains("bytes_contents"));
+    }
+
+    #[test]
+    fn an_unpacked_shape_is_counted_too() {
+        // Field 3 of the input as separate varints (proto2-style), not one packed run.
+        let mut input = Vec::new();
+        for _ in 0..=MAX_RANK {
+            input.extend_from_slice(&[0x18, 0x01]);
+        }
+        let mut msg = vec![0x2a, input.len() as u8];
+        msg.extend_from_slice(&input);
+        assert!(
+            check_infer_message(&msg)
+                .unwrap_err()
+                .contains("dimensions")
+        );
+    }
+
+    #[test]
+    fn malformed_bytes_are_left_to_prost() {
+        for msg in [&[0xff][..], &[0x2a, 0x10, 0x01], &[0x0b, 0x00], &[]] {
+            check_infer_message(msg).unwrap();
+            let decoded = ModelInferRequest::decode(msg);
+            assert!(msg.is_empty() || decoded.is_err(), "{msg:?}");
+        }
+    }
+
+    #[test]
+    fn the_walk_never_counts_less_than_prost_decodes() {
+        // The fuzz target's property, on a valid message cut anywhere, with bits flipped, and
+        // with bytes of a fixed-seed generator spliced in.
+        let mut r = request();
+        r.inputs[0].contents = Some(InferTensorContents {
+            int64_contents: vec![1, 2, 3],
+            bytes_contents: vec![vec![7]; 3],
+            ..Default::default()
+        });
+        r.parameters.insert("k".into(), InferParameter::default());
+        r.raw_input_contents = vec![vec![1, 2, 3]];
+        let msg = r.encode_to_vec();
+        for cut in 0..=msg.len() {
+            fuzz_property(&msg[..cut]);
+        }
+        for bit in 0..msg.len() * 8 {
+            let mut m = msg.clone();
+            m[bit / 8] ^= 1 << (bit % 8);
+            fuzz_property(&m);
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for at in 0..msg.len() {
+            let mut m = msg[..at].to_vec();
+            for _ in 0..8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                m.push(x as u8);
+            }
+            m.extend_from_slice(&msg[at..]);
+            fuzz_property(&m);
+        }
+    }
+}
