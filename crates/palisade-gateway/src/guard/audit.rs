@@ -61,12 +61,22 @@ impl Guard for Audit {
         let uri = req.uri().clone();
         let target = target_of(&mut req);
         let resp = call_next(next, req).await;
-        let (mut parts, body) = resp.into_parts();
-        let bytes = match axum::body::to_bytes(body, MAX_RESPONSE).await {
-            Ok(b) => b,
+        let (parts, body) = resp.into_parts();
+        let (mut parts, bytes) = match axum::body::to_bytes(body, MAX_RESPONSE).await {
+            Ok(b) => (parts, b),
             Err(e) => {
+                // Answered 500, and audited as such with what the request was (its key, model,
+                // input): the action behind it may have run, and every request has its entry.
                 tracing::error!(error = %e, "could not read a response body for the audit log");
-                return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                let (mut failed, body) =
+                    error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                        .into_parts();
+                failed.extensions = parts.extensions;
+                failed.extensions.insert(Decision::Error);
+                let body = axum::body::to_bytes(body, MAX_RESPONSE)
+                    .await
+                    .unwrap_or_default();
+                (failed, body)
             }
         };
         // A large response (a large batch's scores) is hashed on a blocking thread.
@@ -280,4 +290,58 @@ enum Ahead {
     Written(u64, StatusCode),
     /// The intent could not be written; the action did not run.
     Refused,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that fails on its first frame.
+    struct Broken;
+
+    impl hyper::body::Body for Broken {
+        type Data = bytes::Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>>
+        {
+            std::task::Poll::Ready(Some(Err(std::io::Error::other("the body broke"))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_whose_body_fails_is_answered_500_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(
+            crate::audit::SqliteAuditLog::open(
+                &dir.path().join("audit.db"),
+                crate::audit::CheckpointSigner::from_seed(&[1; 32]),
+                crate::audit::CheckpointPolicy::default(),
+                crate::audit::Durability::Full,
+            )
+            .unwrap(),
+        );
+        let metrics = Arc::new(Metrics::new().unwrap());
+        // The rest of the stack served the request, and its body then failed.
+        let failing = Next::new(tower::service_fn(|_req: Request| async {
+            let mut r = Response::new(Body::new(Broken));
+            r.extensions_mut().insert(InputDigest("abc".into()));
+            Ok::<_, std::convert::Infallible>(r)
+        }));
+        let req = axum::http::Request::post("/v2/models/m/infer")
+            .body(Body::empty())
+            .unwrap();
+        let resp = Audit::new(log.clone(), metrics).handle(req, failing).await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(log.size().unwrap(), 1);
+        let entry: serde_json::Value =
+            serde_json::from_slice(&log.entry(0).unwrap().unwrap()).unwrap();
+        assert_eq!(entry["status"], 500, "{entry}");
+        assert_eq!(entry["decision"], "error", "{entry}");
+        assert_eq!(entry["input_sha256"], "abc", "{entry}");
+        assert_eq!(entry["model"], "m", "{entry}");
+    }
 }
