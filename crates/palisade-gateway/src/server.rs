@@ -138,7 +138,7 @@ pub fn load_or_create_signer(paths: &StatePaths) -> Result<CheckpointSigner, Gat
             let db = paths.audit_db();
             if crate::audit::has_checkpoints(&db) {
                 return Err(GatewayError::State(format!(
-                    "the audit signing key {} is missing, but the audit log {} holds checkpoints signed with it: restore the key (and {}), or move the log aside to start a new one",
+                    "the audit signing key {} is missing, but the audit log {} holds checkpoints signed with it: restore the key (and {}), or move the log aside, with its -wal, -shm and .journal-* files, to start a new one",
                     p.display(),
                     db.display(),
                     paths.public_key().display()

@@ -447,7 +447,7 @@ fn resume_tree(
         && !c.verify(&signer.public_key())
     {
         return Err(AuditError::Corrupt(format!(
-            "the log's latest checkpoint (of {signed} entries) is not signed by this gateway's audit key: the key changed or the checkpoint was forged; run palisade audit verify with the key that signed it, or move the log aside to start a new one"
+            "the log's latest checkpoint (of {signed} entries) is not signed by this gateway's audit key: the key changed or the checkpoint was forged; run palisade audit verify with the key that signed it, or move the log aside, with its -wal, -shm and .journal-* files, to start a new one"
         )));
     }
     let want = latest.as_ref().and_then(|c| c.checkpoint.root_hash());
@@ -480,7 +480,7 @@ fn resume_tree(
             fill_nodes(&tx, size)?;
             let Some(f) = edge(&tx) else {
                 return Err(AuditError::Corrupt(format!(
-                    "the log does not match its latest checkpoint (of {signed} entries): its entries were altered; run palisade audit verify to see which, and move the log aside to start a new one"
+                    "the log does not match its latest checkpoint (of {signed} entries): its entries were altered; run palisade audit verify to see which, and move the log aside, with its -wal, -shm and .journal-* files, to start a new one"
                 )));
             };
             tx.commit()?;
