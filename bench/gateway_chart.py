@@ -32,11 +32,11 @@ def load(paths):
 
 
 def nice_max(v):
-    """A round axis maximum at or above v."""
+    """A round axis maximum at or above v, whose quarters (the grid lines) are round too."""
     if v <= 0:
         return 1.0
     mag = 10 ** (len(str(int(v))) - 1)
-    for step in (1, 2, 2.5, 5, 10):
+    for step in (1, 2, 4, 6, 8, 10):
         if step * mag >= v:
             return step * mag
     return 10 * mag
