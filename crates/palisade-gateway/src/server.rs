@@ -507,6 +507,7 @@ impl Gateway {
             .layer(GuardLayer(WriteAhead::new(
                 self.audit.clone(),
                 self.metrics.clone(),
+                self.keys.clone(),
             )))
             .service(admin::router(AdminState {
                 keys: self.keys.clone(),

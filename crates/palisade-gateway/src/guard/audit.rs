@@ -21,11 +21,13 @@ use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
+use super::authn::presented_key;
 use super::{
     BodyDigest, Decision, Guard, InputDigest, Next, PresentedKeyId, Principal, ServedVersion,
     call_next, error_response,
 };
 use crate::audit::{AuditLog, AuditRecord};
+use crate::keys::{Authn, KeyStore};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::oip::{Target, target_of};
@@ -195,16 +197,46 @@ pub const INTENT: &str = "intent";
 /// The entry has the `intent` decision, status 0 (no answer yet), the caller's key id and the
 /// SHA-256 of the request body; the request's own entry, with the outcome, follows. Requests
 /// that change nothing (`GET`, `HEAD`, `OPTIONS`) pass without one.
+///
+/// Once the intent is written, just before the action runs, the caller's key is checked again:
+/// authentication and the TOTP check happen when the headers arrive, and a client could hold its
+/// body back and so keep an action ready to run past its key's revocation (a stolen key and one
+/// code made an admin key after `palisade keys revoke` had returned; 2026-12-06 review). A key
+/// revoked or expired meanwhile is answered 401 and the action does not run.
 #[derive(Clone)]
 pub struct WriteAhead {
     log: Arc<dyn AuditLog>,
     metrics: Arc<Metrics>,
+    keys: Arc<dyn KeyStore>,
 }
 
 impl WriteAhead {
-    /// Writes ahead to `log`.
-    pub fn new(log: Arc<dyn AuditLog>, metrics: Arc<Metrics>) -> Self {
-        WriteAhead { log, metrics }
+    /// Writes ahead to `log`, checking keys again against `keys`.
+    pub fn new(log: Arc<dyn AuditLog>, metrics: Arc<Metrics>, keys: Arc<dyn KeyStore>) -> Self {
+        WriteAhead { log, metrics, keys }
+    }
+
+    /// Why the caller of `parts` may no longer act, if it may not: its key is no longer valid
+    /// (or is not the one the guards authenticated).
+    fn no_longer(&self, parts: &axum::http::request::Parts) -> Option<Response> {
+        let authenticated = parts.extensions.get::<Principal>()?;
+        let again = presented_key(&parts.headers).map(|k| self.keys.authenticate(k, now_ms()));
+        let why = match again {
+            Some(Ok(Authn::Valid(k))) if k.id == authenticated.0.id => return None,
+            Some(Ok(Authn::Revoked(_))) => "API key revoked",
+            Some(Ok(Authn::Expired(_))) => "API key expired",
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "key store failed");
+                let mut r =
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, "key store unavailable");
+                r.extensions_mut().insert(Decision::Error);
+                return Some(r);
+            }
+            _ => "invalid API key",
+        };
+        let mut r = error_response(StatusCode::UNAUTHORIZED, why);
+        r.extensions_mut().insert(Decision::Denied("authenticate"));
+        Some(r)
     }
 }
 
@@ -269,7 +301,10 @@ impl Guard for WriteAhead {
             r.extensions_mut().insert(Ahead::Refused);
             return r;
         };
-        let mut r = call_next(next, Request::from_parts(parts, Body::from(bytes))).await;
+        let mut r = match self.no_longer(&parts) {
+            Some(refused) => refused,
+            None => call_next(next, Request::from_parts(parts, Body::from(bytes))).await,
+        };
         let status = r.status();
         r.extensions_mut().insert(Ahead::Written(index, status));
         r
