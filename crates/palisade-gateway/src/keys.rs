@@ -826,7 +826,10 @@ impl KeyStore for SqliteKeyStore {
             tx.commit()?;
             Ok::<_, KeyError>(n == 1)
         })();
-        self.written(w, matches!(done, Ok(true)));
+        // Settled also when it was revoked already: the revocation that found it so may have
+        // raced one committed a moment before, by another process, that other gateways on the
+        // database have not yet seen (review).
+        self.written(w, done.is_ok());
         done
     }
 
@@ -917,11 +920,14 @@ impl KeyStore for SqliteKeyStore {
         // Back to just before the code's step, only if it is still the last one used (codes of
         // earlier steps stay used) and only once per step: a code given back and accepted again
         // is not given back again, so one code cannot be cycled through refused actions. The
-        // refusal count the acceptance cleared comes back with it, so that wrong codes tried
-        // around it still add up to a lockout.
+        // refusal count the acceptance cleared comes back with it, added to the refusals since
+        // (which it overwrote before: wrong codes tried between the acceptance and the give-back
+        // were forgotten; 2026-12-06 review), so that wrong codes tried around it still add up to
+        // a lockout; the last refusal's time is the latest of them.
         let n = w.execute(
             "UPDATE keys SET totp_last = ?2, totp_released = ?3,
-                 totp_fails = totp_fails_before, totp_failed_ms = totp_failed_ms_before
+                 totp_fails = totp_fails_before + totp_fails,
+                 totp_failed_ms = COALESCE(totp_failed_ms, totp_failed_ms_before)
              WHERE id = ?1 AND totp_last = ?3 AND totp_released IS NOT ?3",
             params![id, step as i64 - 1, step as i64],
         )?;
@@ -1615,5 +1621,25 @@ mod tests {
         assert!("query:".parse::<Role>().is_err());
         assert!("root".parse::<Role>().is_err());
         assert!("query:a/b".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn giving_a_code_back_keeps_the_refusals_since() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let t = 1_700_000_000_000u64;
+        let k = s.create("adm", &[Role::Admin], None, t).unwrap();
+        let code = totp_code(k.totp_secret.as_ref().unwrap(), t).unwrap();
+        assert!(s.check_totp(&k.record.id, &code, t).unwrap());
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        for i in 1..=4 {
+            assert!(!s.check_totp(&k.record.id, wrong, t + i).unwrap());
+        }
+        // Given back (its action did not run): the four refusals since still count.
+        assert!(s.release_totp(&k.record.id, &code, t + 5).unwrap());
+        assert!(!s.check_totp(&k.record.id, wrong, t + 6).unwrap());
+        assert!(matches!(
+            s.check_totp(&k.record.id, wrong, t + 7),
+            Err(KeyError::TotpLocked { .. })
+        ));
     }
 }
