@@ -1136,7 +1136,8 @@ impl Writer {
     /// entries), but one that signs a checkpoint is, as with `Full`: clients may fetch a
     /// checkpoint and hold the log to it, and a power cut must not take back a root already
     /// published, after which the gateway would sign another for the same size. That is one
-    /// fsync a second at most (the checkpoint policy's `every`).
+    /// fsync per checkpoint: by the default policy every 1,000 entries or every second, whichever
+    /// comes first (about 6 a second at 6,000 requests a second), on the ingester's thread.
     fn commit_group<'a, I>(&mut self, entries: I, force: bool) -> Result<u64, AuditError>
     where
         I: IntoIterator<Item = &'a [u8]>,
