@@ -22,7 +22,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use tonic::Status;
 
-use crate::guard::authn::presented_key;
+use crate::guard::authn::{presented_key, why_refused};
 use crate::guard::{Guard, Next, call_next};
 use crate::keys::{Authn, KeyStore, Role};
 use crate::now_ms;
@@ -58,17 +58,9 @@ impl KeyFirst {
             ));
         };
         match self.keys.authenticate(presented, now_ms()) {
-            Ok(Authn::Valid(key)) => {
-                if key.roles.iter().any(|r| matches!(r, Role::Query(_))) {
-                    None
-                } else {
-                    Some(Status::permission_denied("the API key may query no model"))
-                }
-            }
-            Ok(Authn::Malformed) => Some(Status::unauthenticated("malformed API key")),
-            Ok(Authn::Unknown(_)) => Some(Status::unauthenticated("invalid API key")),
-            Ok(Authn::Revoked(_)) => Some(Status::unauthenticated("API key revoked")),
-            Ok(Authn::Expired(_)) => Some(Status::unauthenticated("API key expired")),
+            Ok(Authn::Valid(key)) => (!key.roles.iter().any(|r| matches!(r, Role::Query(_))))
+                .then(|| Status::permission_denied("the API key may query no model")),
+            Ok(other) => why_refused(&other).map(Status::unauthenticated),
             Err(e) => {
                 tracing::error!(error = %e, "key store failed");
                 Some(Status::unavailable("key store unavailable"))

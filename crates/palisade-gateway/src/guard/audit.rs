@@ -21,7 +21,7 @@ use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
-use super::authn::presented_key;
+use super::authn::{key_store_failed, presented_key, unauthorised, why_refused};
 use super::{
     BodyDigest, Decision, Guard, InputDigest, Next, PresentedKeyId, Principal, ServedVersion,
     call_next, error_response,
@@ -216,27 +216,18 @@ impl WriteAhead {
         WriteAhead { log, metrics, keys }
     }
 
-    /// Why the caller of `parts` may no longer act, if it may not: its key is no longer valid
-    /// (or is not the one the guards authenticated).
+    /// Why the caller of `parts` may no longer act, if it may not: its key is no longer valid,
+    /// or is not the one the guards authenticated (or none was: refused, not let through).
     fn no_longer(&self, parts: &axum::http::request::Parts) -> Option<Response> {
-        let authenticated = parts.extensions.get::<Principal>()?;
+        let authenticated = parts.extensions.get::<Principal>();
         let again = presented_key(&parts.headers).map(|k| self.keys.authenticate(k, now_ms()));
-        let why = match again {
-            Some(Ok(Authn::Valid(k))) if k.id == authenticated.0.id => return None,
-            Some(Ok(Authn::Revoked(_))) => "API key revoked",
-            Some(Ok(Authn::Expired(_))) => "API key expired",
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "key store failed");
-                let mut r =
-                    error_response(StatusCode::SERVICE_UNAVAILABLE, "key store unavailable");
-                r.extensions_mut().insert(Decision::Error);
-                return Some(r);
-            }
-            _ => "invalid API key",
+        let why = match (again, authenticated) {
+            (Some(Ok(Authn::Valid(k))), Some(p)) if k.id == p.0.id => return None,
+            (Some(Err(e)), _) => return Some(key_store_failed(&e)),
+            (Some(Ok(other)), _) => why_refused(&other).unwrap_or("invalid API key"),
+            (None, _) => "invalid API key",
         };
-        let mut r = error_response(StatusCode::UNAUTHORIZED, why);
-        r.extensions_mut().insert(Decision::Denied("authenticate"));
-        Some(r)
+        Some(unauthorised(why, None))
     }
 }
 

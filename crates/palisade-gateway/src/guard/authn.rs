@@ -45,7 +45,30 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn unauthorised(message: &str, id: Option<String>) -> Response {
+/// Why `outcome` lets no request through, as the refusal's message; `None` for a valid key.
+/// The one wording of these refusals: REST's 401 here, gRPC's `UNAUTHENTICATED` before a
+/// message is read (`grpc::keyfirst`), and an admin action's check just before it runs
+/// (`guard::audit::WriteAhead`).
+pub(crate) fn why_refused(outcome: &Authn) -> Option<&'static str> {
+    match outcome {
+        Authn::Valid(_) => None,
+        Authn::Malformed => Some("malformed API key"),
+        Authn::Unknown(_) => Some("invalid API key"),
+        Authn::Revoked(_) => Some("API key revoked"),
+        Authn::Expired(_) => Some("API key expired"),
+    }
+}
+
+/// The answer when the key store itself failed: 503, logged, its details kept out of it.
+pub(crate) fn key_store_failed(e: &crate::keys::KeyError) -> Response {
+    tracing::error!(error = %e, "key store failed");
+    let mut r = error_response(StatusCode::SERVICE_UNAVAILABLE, "key store unavailable");
+    r.extensions_mut().insert(super::Decision::Error);
+    r
+}
+
+/// A 401 with `WWW-Authenticate`, naming the key presented when it is known.
+pub(crate) fn unauthorised(message: &str, id: Option<String>) -> Response {
     let mut r = reject(StatusCode::UNAUTHORIZED, "authenticate", message);
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -62,19 +85,20 @@ impl Guard for Authenticate {
         let Some(key) = presented_key(req.headers()) else {
             return unauthorised("missing API key (send 'Authorization: Bearer pal_…')", None);
         };
-        let outcome = self.keys.authenticate(key, now_ms());
+        let outcome = match self.keys.authenticate(key, now_ms()) {
+            Ok(o) => o,
+            Err(e) => return key_store_failed(&e),
+        };
         let record = match outcome {
-            Ok(Authn::Valid(r)) => r,
-            Ok(Authn::Malformed) => return unauthorised("malformed API key", None),
-            Ok(Authn::Unknown(id)) => return unauthorised("invalid API key", id),
-            Ok(Authn::Revoked(id)) => return unauthorised("API key revoked", Some(id)),
-            Ok(Authn::Expired(id)) => return unauthorised("API key expired", Some(id)),
-            Err(e) => {
-                tracing::error!(error = %e, "key store failed");
-                let mut r =
-                    error_response(StatusCode::SERVICE_UNAVAILABLE, "key store unavailable");
-                r.extensions_mut().insert(super::Decision::Error);
-                return r;
+            Authn::Valid(r) => r,
+            other => {
+                let why = why_refused(&other).unwrap_or("invalid API key");
+                let id = match other {
+                    Authn::Unknown(id) => id,
+                    Authn::Revoked(id) | Authn::Expired(id) => Some(id),
+                    Authn::Malformed | Authn::Valid(_) => None,
+                };
+                return unauthorised(why, id);
             }
         };
         let principal = Principal(record);
