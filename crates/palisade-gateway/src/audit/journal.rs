@@ -317,6 +317,14 @@ mod tests {
         dir.path().join("audit.db")
     }
 
+    /// A journal file of `db` starting at entry `first`, holding `entries`.
+    fn journaled(db: &Path, first: u64, entries: &[&[u8]]) {
+        Journal::create(db, first)
+            .unwrap()
+            .append(entries.iter().copied())
+            .unwrap();
+    }
+
     #[test]
     fn records_read_back_in_order_across_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -370,14 +378,8 @@ mod tests {
     fn a_gap_between_files_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let db = db(&dir);
-        Journal::create(&db, 0)
-            .unwrap()
-            .append([&b"a"[..], b"b"])
-            .unwrap();
-        Journal::create(&db, 5)
-            .unwrap()
-            .append([&b"c"[..]])
-            .unwrap();
+        journaled(&db, 0, &[b"a", b"b"]);
+        journaled(&db, 5, &[b"c"]);
         assert!(
             matches!(read(&db), Err(AuditError::Corrupt(m)) if m.contains("entry 2 is missing"))
         );
@@ -387,10 +389,7 @@ mod tests {
     fn a_journal_is_never_started_over_a_nonempty_file() {
         let dir = tempfile::tempdir().unwrap();
         let db = db(&dir);
-        Journal::create(&db, 3)
-            .unwrap()
-            .append([&b"a"[..]])
-            .unwrap();
+        journaled(&db, 3, &[b"a"]);
         assert!(Journal::create(&db, 3).is_err());
         assert_eq!(read(&db).unwrap().entries.len(), 1);
     }
@@ -430,16 +429,10 @@ mod tests {
     fn a_middle_file_deleted_while_reading_leaves_no_false_hole() {
         let dir = tempfile::tempdir().unwrap();
         let db = db(&dir);
-        Journal::create(&db, 0)
-            .unwrap()
-            .append([&b"a"[..], b"b"])
-            .unwrap();
+        journaled(&db, 0, &[b"a", b"b"]);
         // Listed, then deleted by the ingester before it is opened.
         std::os::unix::fs::symlink(dir.path().join("gone"), path_for(&db, 2)).unwrap();
-        Journal::create(&db, 5)
-            .unwrap()
-            .append([&b"f"[..]])
-            .unwrap();
+        journaled(&db, 5, &[b"f"]);
         let c = read(&db).unwrap();
         assert_eq!(
             c.entries.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
@@ -456,10 +449,7 @@ mod tests {
         let db = db(&dir);
         // Listed (by name) but gone when opened, as when the ingester deletes it meanwhile.
         std::os::unix::fs::symlink(dir.path().join("gone"), path_for(&db, 0)).unwrap();
-        Journal::create(&db, 4)
-            .unwrap()
-            .append([&b"e"[..]])
-            .unwrap();
+        journaled(&db, 4, &[b"e"]);
         let c = read(&db).unwrap();
         assert_eq!(c.files.len(), 1);
         assert_eq!(
