@@ -1388,14 +1388,21 @@ mod tests {
     }
 
     /// The log at `db` with default checkpoints, signed with a key from `seed`.
-    fn open_log(db: &Path, seed: u8, durability: Durability) -> SqliteAuditLog {
+    fn try_open_log(
+        db: &Path,
+        seed: u8,
+        durability: Durability,
+    ) -> Result<SqliteAuditLog, AuditError> {
         SqliteAuditLog::open(
             db,
             CheckpointSigner::from_seed(&[seed; 32]),
             CheckpointPolicy::default(),
             durability,
         )
-        .unwrap()
+    }
+
+    fn open_log(db: &Path, seed: u8, durability: Durability) -> SqliteAuditLog {
+        try_open_log(db, seed, durability).unwrap()
     }
 
     /// With `process` durability, `sync` puts what was appended into the database file itself
@@ -1611,12 +1618,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("audit.db");
         killed_gateway_state(&db, 3, 5..6);
-        let refused = |db: &Path, durability| match SqliteAuditLog::open(
-            db,
-            CheckpointSigner::from_seed(&[4; 32]),
-            CheckpointPolicy::default(),
-            durability,
-        ) {
+        let refused = |db: &Path, durability| match try_open_log(db, 4, durability) {
             Err(AuditError::Corrupt(m)) => m,
             Err(e) => panic!("not a corruption error: {e}"),
             Ok(_) => panic!("the log opened"),
@@ -1844,12 +1846,6 @@ mod tests {
         assert_eq!(left, [2], "the files before the last were not all deleted");
         assert_eq!(log.size().unwrap(), 3);
         std::mem::forget(log); // kill -9
-        SqliteAuditLog::open(
-            &db,
-            CheckpointSigner::from_seed(&[8; 32]),
-            CheckpointPolicy::default(),
-            Durability::Process,
-        )
-        .expect("the killed log opens");
+        try_open_log(&db, 8, Durability::Process).expect("the killed log opens");
     }
 }
