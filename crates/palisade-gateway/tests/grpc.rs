@@ -16,7 +16,7 @@ fn infer_request(
     key: &str,
 ) -> tonic::Request<ModelInferRequest> {
     let raw: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let mut r = tonic::Request::new(ModelInferRequest {
+    let message = ModelInferRequest {
         model_name: model.into(),
         id: "g1".into(),
         inputs: vec![InferInputTensor {
@@ -27,11 +27,19 @@ fn infer_request(
         }],
         raw_input_contents: vec![raw],
         ..Default::default()
-    });
-    if !key.is_empty() {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    };
+    if key.is_empty() {
+        tonic::Request::new(message)
+    } else {
+        with_key(message, key)
     }
+}
+
+/// `message` as a call with the key `key` (`authorization: Bearer …`).
+fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
     r
 }
 
@@ -169,13 +177,12 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
             .into_inner()
             .ready
     );
-    let mut mr = tonic::Request::new(ModelReadyRequest {
-        name: "lin".into(),
-        version: String::new(),
-    });
-    mr.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", s.query.key).parse().unwrap(),
+    let mr = with_key(
+        ModelReadyRequest {
+            name: "lin".into(),
+            version: String::new(),
+        },
+        &s.query.key,
     );
     assert!(c.model_ready(mr).await.unwrap().into_inner().ready);
     let mut mm = tonic::Request::new(ModelMetadataRequest {
@@ -334,21 +341,22 @@ async fn a_model_name_cannot_change_the_route_of_a_call() {
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{name:?}: {e:?}");
     }
-    let mut ready = tonic::Request::new(ModelReadyRequest {
-        name: "lin/infer?".into(),
-        version: String::new(),
-    });
-    ready
-        .metadata_mut()
-        .insert("authorization", bearer(&s.query).parse().unwrap());
+    let ready = with_key(
+        ModelReadyRequest {
+            name: "lin/infer?".into(),
+            version: String::new(),
+        },
+        &s.query.key,
+    );
     let e = c.model_ready(ready).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    let mut meta = tonic::Request::new(ModelMetadataRequest {
-        name: "lin".into(),
-        version: "1?".into(),
-    });
-    meta.metadata_mut()
-        .insert("authorization", bearer(&s.query).parse().unwrap());
+    let meta = with_key(
+        ModelMetadataRequest {
+            name: "lin".into(),
+            version: "1?".into(),
+        },
+        &s.query.key,
+    );
     let e = c.model_metadata(meta).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     // Refused before the stack: audited as such, nothing charged to the key.
