@@ -1,6 +1,7 @@
-//! A deadline on a request's body, the one mechanism behind both body deadlines: the validate
+//! A deadline on a request's body, the one mechanism behind every body deadline: the validate
 //! guard wraps a REST body in it with the model policy's `input.body_timeout_ms` (a body that
-//! fails it is answered 408). tonic reads a gRPC message whole (up to its 4 MiB limit) before
+//! fails it is answered 408), and [`crate::guard::audit::WriteAhead`] an admin action's body with
+//! [`crate::guard::audit::ADMIN_BODY_TIMEOUT`] (408 too). tonic reads a gRPC message whole (up to its 4 MiB limit) before
 //! the model is known, so the router wraps every gRPC body in it with the deadline the caller's
 //! key allows ([`grpc_body_limit`]; a body that fails it is answered `DEADLINE_EXCEEDED`, see
 //! [`for_grpc`], and audited by [`crate::grpc::audit`]) and a [`BodyClock`], which the

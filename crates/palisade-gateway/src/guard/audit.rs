@@ -27,6 +27,7 @@ use super::{
     call_next, error_response,
 };
 use crate::audit::{AuditLog, AuditRecord};
+use crate::deadline::{BodyTimedOut, DeadlineBody};
 use crate::keys::{Authn, KeyStore};
 use crate::metrics::Metrics;
 use crate::now_ms;
@@ -189,6 +190,13 @@ pub(crate) async fn append(
 /// Largest admin request body [`WriteAhead`] reads (admin bodies are a few hundred bytes).
 const MAX_ADMIN_BODY: usize = 1 << 20;
 
+/// How long [`WriteAhead`] waits for an admin request's body, from the moment the guards before
+/// it (authentication, the role and TOTP checks) let it through; then 408 and the connection
+/// closed. Admin bodies are a few hundred bytes, sent with their headers; without a deadline a
+/// client holding an admin or deploy key could hold its request (and one of the gateway's
+/// detached admin tasks) for as long as the connection lived.
+pub const ADMIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The `decision` of an entry written ahead of an admin action.
 pub const INTENT: &str = "intent";
 
@@ -231,6 +239,33 @@ impl WriteAhead {
     }
 }
 
+/// The answer to an admin request whose body could not be read: 413 over [`MAX_ADMIN_BODY`],
+/// 408 (and the connection closed) past [`ADMIN_BODY_TIMEOUT`], else 400.
+fn unread_admin_body(e: &axum::Error) -> Response {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = src {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("an admin request body is at most {MAX_ADMIN_BODY} bytes"),
+            );
+        }
+        if s.is::<BodyTimedOut>() {
+            let mut r = error_response(StatusCode::REQUEST_TIMEOUT, &s.to_string());
+            r.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
+        src = s.source();
+    }
+    error_response(
+        StatusCode::BAD_REQUEST,
+        &format!("could not read the request body: {e}"),
+    )
+}
+
 /// Whether `resp` is [`WriteAhead`]'s refusal of an action whose intent the log could not take:
 /// the action did not run (the authorise guard then gives its TOTP code back).
 pub fn not_taken(resp: &Response) -> bool {
@@ -247,23 +282,11 @@ impl Guard for WriteAhead {
         }
         let ts_ms = now_ms();
         let (parts, body) = req.into_parts();
+        let body = Body::new(DeadlineBody::new(body, ADMIN_BODY_TIMEOUT));
         let bytes = match axum::body::to_bytes(body, MAX_ADMIN_BODY).await {
             Ok(b) => b,
             Err(e) => {
-                let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                let (status, message) = if too_large {
-                    (
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("an admin request body is at most {MAX_ADMIN_BODY} bytes"),
-                    )
-                } else {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        format!("could not read the request body: {e}"),
-                    )
-                };
-                let mut r = error_response(status, &message);
+                let mut r = unread_admin_body(&e);
                 r.extensions_mut().insert(Decision::Denied("validate"));
                 return r;
             }
