@@ -691,6 +691,22 @@ impl SqliteKeyStore {
                 "a key name is 1 to 64 printable characters".into(),
             ));
         }
+        // A key dead at birth, or one whose expiry the database cannot hold (read back as
+        // already past), is a mistake of its maker: refused, not made.
+        if let Some(e) = expires_ms {
+            if e <= now_ms {
+                return Err(KeyError::Invalid(
+                    "a key must expire after it is made".into(),
+                ));
+            }
+            if i64::try_from(e).is_err() {
+                return Err(KeyError::Invalid(format!(
+                    "a key's expiry is at most {} ms after 1970 (leave it out for a key that \
+                     does not expire)",
+                    i64::MAX
+                )));
+            }
+        }
         let mut rng = rand::rng();
         let mut idb = [0u8; ID_HEX / 2];
         rng.fill_bytes(&mut idb);
@@ -1351,6 +1367,25 @@ mod tests {
         assert_eq!(r.lineage, first.record.id);
         let listed = s.list().unwrap();
         assert!(listed.iter().all(|r| r.lineage == first.record.id));
+    }
+
+    #[test]
+    fn a_key_dead_at_birth_or_past_what_the_database_holds_is_refused() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        for expires in [T0 - 1, T0, u64::MAX, i64::MAX as u64 + 1] {
+            let e = s
+                .create("svc", &[Role::Audit], Some(expires), T0)
+                .unwrap_err();
+            assert!(matches!(e, KeyError::Invalid(_)), "{expires}: {e}");
+        }
+        assert!(s.list().unwrap().is_empty());
+        let far = s
+            .create("svc", &[Role::Audit], Some(i64::MAX as u64), T0)
+            .unwrap();
+        assert!(matches!(
+            s.authenticate(&far.key, T0 + 1).unwrap(),
+            Authn::Valid(_)
+        ));
     }
 
     #[test]

@@ -125,7 +125,10 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
                 .collect::<Result<Vec<_>, _>>()?;
             let now = now_ms();
             let expires = match expires_in {
-                Some(d) => Some(now.saturating_add(parse_duration(&d)?.as_millis() as u64)),
+                // Past u64 milliseconds saturates (and the store refuses it), never wraps.
+                Some(d) => Some(now.saturating_add(
+                    u64::try_from(parse_duration(&d)?.as_millis()).unwrap_or(u64::MAX),
+                )),
                 None => None,
             };
             let k = store.create(&name, &roles, expires, now)?;
