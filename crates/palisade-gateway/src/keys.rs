@@ -1261,6 +1261,19 @@ mod tests {
     }
 
     #[test]
+    fn a_revocation_that_finds_the_key_revoked_still_waits_out_the_caches() {
+        // Another process's revocation may have committed a moment before, and the other
+        // gateways on the database not seen it yet: the second revocation returns only once
+        // they must have.
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let k = s.create("svc", &[Role::Audit], None, T0).unwrap();
+        assert!(s.revoke(&k.record.id, T0).unwrap());
+        let t = std::time::Instant::now();
+        assert!(!s.revoke(&k.record.id, T0 + 1).unwrap());
+        assert!(t.elapsed() >= SETTLE, "{:?}", t.elapsed());
+    }
+
+    #[test]
     fn rotation_keeps_old_key_for_the_overlap_only() {
         let s = SqliteKeyStore::in_memory().unwrap();
         let old = s.create("svc", &[Role::Audit], None, T0).unwrap();
