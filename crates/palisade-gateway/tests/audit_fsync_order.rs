@@ -1,0 +1,217 @@
+//! With `process` durability an acknowledged entry is first in the append journal, and only in
+//! the SQLite log once the ingester has copied it there. A journal file may go only once what it
+//! held is durable in SQLite: every write to the log's WAL and database file before the file's
+//! deletion must be fsynced before it, or a power cut after the deletion reached the disk could
+//! lose entries the journal no longer holds.
+//!
+//! The order of those system calls is what is tested: the scenario (an ignored test of this
+//! file) runs under `strace`, and the trace is checked. Without `strace` on the PATH this test
+//! says so and passes, unless `PALISADE_REQUIRE_STRACE` is set, as `.ci/run` sets it after
+//! installing strace.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use palisade_gateway::audit::{
+    AuditLog as _, CheckpointPolicy, CheckpointSigner, Durability, SqliteAuditLog,
+};
+
+/// Where the scenario keeps its log (set by the test that runs it under strace).
+const DIR_VAR: &str = "PALISADE_FSYNC_SCENARIO_DIR";
+
+fn journal_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".journal-")
+        })
+        .count()
+}
+
+/// Appends enough large entries to fill three journal files (they start afresh at 4 MiB), waits
+/// for the ingester to delete the two it has emptied, and closes the log (which deletes the
+/// last).
+#[test]
+#[ignore = "run under strace by journal_files_go_only_after_what_they_held_is_fsynced"]
+fn scenario() {
+    let dir = std::path::PathBuf::from(std::env::var(DIR_VAR).expect("the scenario's folder"));
+    let db = dir.join("audit.db");
+    let log = SqliteAuditLog::open(
+        &db,
+        CheckpointSigner::from_seed(&[7; 32]),
+        CheckpointPolicy::default(),
+        Durability::Process,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let entry = vec![b'x'; 64 << 10];
+    for _ in 0..(2 * 64 + 3) {
+        rt.block_on(log.append(entry.clone())).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journal_files(&dir) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(journal_files(&dir), 1, "the ingester deleted emptied files");
+    log.close();
+    assert_eq!(journal_files(&dir), 0);
+}
+
+/// One system call from the trace.
+#[derive(Debug)]
+struct Call {
+    tid: u32,
+    name: String,
+    /// The path of its file (`strace -y`) or, for an unlink, its argument.
+    path: String,
+    /// Whether this line is where the call began (a whole line or an `unfinished` one).
+    began: bool,
+    /// Whether this line is where the call returned (a whole line or a `resumed` one).
+    returned: bool,
+}
+
+/// Parses `strace -f -y` output: `TID name(args) = ret`, or a call split across threads as
+/// `TID name(args <unfinished ...>` and later `TID <... name resumed>...) = ret`.
+fn parse(trace: &str) -> Vec<Call> {
+    let mut calls = Vec::new();
+    let mut started: std::collections::HashMap<u32, String> = Default::default();
+    for line in trace.lines() {
+        let Some((tid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(tid) = tid.trim().parse::<u32>() else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if let Some(resumed) = rest.strip_prefix("<... ") {
+            let name = resumed.split(' ').next().unwrap_or_default().to_string();
+            let path = started.remove(&tid).unwrap_or_default();
+            calls.push(Call {
+                tid,
+                name,
+                path,
+                began: false,
+                returned: true,
+            });
+            continue;
+        }
+        let Some((name, args)) = rest.split_once('(') else {
+            continue; // signals, exits
+        };
+        // The first argument: `3</path/to/file>` for a descriptor, `"path"` for unlink.
+        let path = if let Some(i) = args.find('<') {
+            args[i + 1..]
+                .split('>')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        } else if let Some(quoted) = args.split('"').nth(1) {
+            quoted.to_string()
+        } else {
+            String::new()
+        };
+        let returned = !rest.ends_with("<unfinished ...>");
+        if !returned {
+            started.insert(tid, path.clone());
+        }
+        calls.push(Call {
+            tid,
+            name: name.to_string(),
+            path,
+            began: true,
+            returned,
+        });
+    }
+    calls
+}
+
+/// The deletions of journal files that came before what they held was durable: for each
+/// journal file's unlink, a write to the WAL (by any thread) or to the database file (by the
+/// deleting thread: the checkpointer's copies of WAL pages need no fsync, the WAL holds them),
+/// begun before it, that no fsync of that file had covered by the time the unlink began.
+fn unsynced_deletions(calls: &[Call], db: &str) -> (usize, Vec<String>) {
+    let wal = format!("{db}-wal");
+    let is_write = |n: &str| matches!(n, "write" | "pwrite64" | "writev" | "pwritev" | "pwritev2");
+    let is_sync = |n: &str| matches!(n, "fsync" | "fdatasync");
+    let mut problems = Vec::new();
+    let mut deletions = 0;
+    for (i, c) in calls.iter().enumerate() {
+        if !(c.began
+            && matches!(c.name.as_str(), "unlink" | "unlinkat")
+            && c.path.contains(".journal-"))
+        {
+            continue;
+        }
+        deletions += 1;
+        for file in [&wal, &db.to_string()] {
+            // The last write to `file` before the unlink, and whether an fsync of it returned
+            // after that write began and before the unlink.
+            let last_write = calls[..i].iter().rposition(|w| {
+                is_write(&w.name) && w.began && &w.path == file && (file == &wal || w.tid == c.tid)
+            });
+            if let Some(w) = last_write {
+                let synced = calls[w + 1..i]
+                    .iter()
+                    .any(|s| is_sync(&s.name) && s.returned && &s.path == file);
+                if !synced {
+                    problems.push(format!(
+                        "{} deleted while a write to {file} was not fsynced",
+                        c.path
+                    ));
+                }
+            }
+        }
+    }
+    (deletions, problems)
+}
+
+#[test]
+fn journal_files_go_only_after_what_they_held_is_fsynced() {
+    let strace = std::env::var("PALISADE_STRACE").unwrap_or_else(|_| "strace".into());
+    if Command::new(&strace).arg("-V").output().is_err() {
+        if std::env::var_os("PALISADE_REQUIRE_STRACE").is_some() {
+            panic!("cannot run {strace}");
+        }
+        eprintln!("skipped: no {strace}; set PALISADE_REQUIRE_STRACE to fail instead");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    std::fs::create_dir(&log_dir).unwrap();
+    let trace = dir.path().join("trace");
+    let status = Command::new(&strace)
+        .args(["-f", "-qq", "-y", "-o"])
+        .arg(&trace)
+        .args([
+            "-e",
+            "trace=write,pwrite64,writev,pwritev,pwritev2,fsync,fdatasync,unlink,unlinkat",
+            "--",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "scenario", "--test-threads=1"])
+        .env(DIR_VAR, &log_dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the scenario failed under strace");
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let calls = parse(&trace);
+    let db = log_dir.join("audit.db").canonicalize().unwrap();
+    let db = db.to_str().unwrap();
+    // Not vacuous: entries went through the journal and the WAL, and three files were deleted.
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.name.starts_with("pwrite") && c.path == format!("{db}-wal")),
+        "no write to the WAL in the trace"
+    );
+    let (deletions, problems) = unsynced_deletions(&calls, db);
+    assert_eq!(deletions, 3, "journal files deleted");
+    assert!(problems.is_empty(), "{problems:#?}");
+}
