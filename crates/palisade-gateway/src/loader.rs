@@ -71,17 +71,52 @@ impl Admitted {
     }
 }
 
-/// Reads `path` once and scans it; admits it only if the scan is clean and covers these bytes.
-pub fn admit(path: &Path) -> Result<Admitted, GatewayError> {
-    let meta = std::fs::metadata(path).map_err(|e| GatewayError::io(path, e))?;
-    if meta.len() > MAX_MODEL_BYTES {
+/// Reads the regular file `path`, of at most `max` bytes, through one open handle: a symbolic
+/// link (not followed), a FIFO, a device or a directory is refused without being read, and a file
+/// that grows past `max` while it is read is refused once `max + 1` bytes have come, so that
+/// neither a `model.sig` linked to `/dev/zero` nor a FIFO in its place can hang the loader or
+/// fill its memory.
+fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, GatewayError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // Opening a FIFO would wait for a writer; with O_NONBLOCK it does not (and a regular
+        // file's reads ignore the flag).
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => GatewayError::Model(format!(
+                "{} is a symbolic link; a model folder's files must be regular files",
+                path.display()
+            )),
+            _ => GatewayError::io(path, e),
+        })?;
+    let meta = file.metadata().map_err(|e| GatewayError::io(path, e))?;
+    if !meta.is_file() {
         return Err(GatewayError::Model(format!(
-            "{} is {} bytes, over the {MAX_MODEL_BYTES}-byte limit",
-            path.display(),
-            meta.len()
+            "{} is not a regular file",
+            path.display()
         )));
     }
-    let bytes = std::fs::read(path).map_err(|e| GatewayError::io(path, e))?;
+    let too_big =
+        || GatewayError::Model(format!("{} is over the {max}-byte limit", path.display()));
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| GatewayError::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// Reads `path` once and scans it; admits it only if the scan is clean and covers these bytes.
+pub fn admit(path: &Path) -> Result<Admitted, GatewayError> {
+    let bytes = read_regular(path, MAX_MODEL_BYTES)?;
     let sha256 = hexfmt::sha256(&bytes);
     // The bytes read above are scanned, not the path: a file replaced between two opens (the
     // scanner's and its hasher's, for large files) could otherwise be scanned as one file and
@@ -173,6 +208,7 @@ pub const SIGNATURE_FILE: &str = "model.sig";
 const MAX_SIGNATURE_BYTES: u64 = 1 << 20;
 
 /// What a verified signature says about a version folder's files.
+#[derive(Debug)]
 struct SignedFiles {
     hash: palisade_supply::hashing::HashAlgorithm,
     digests: std::collections::BTreeMap<String, String>,
@@ -205,21 +241,15 @@ fn verify_signature(
     key: &palisade_supply::keys::PublicKey,
 ) -> Result<SignedFiles, GatewayError> {
     let sig = dir.join(SIGNATURE_FILE);
-    let meta = std::fs::metadata(&sig).map_err(|e| {
-        GatewayError::Model(format!(
+    if let Err(e) = std::fs::symlink_metadata(&sig) {
+        return Err(GatewayError::Model(format!(
             "{}: no signature ({e}); sign the folder with `palisade sign {} --signature {}`",
             dir.display(),
             dir.display(),
             sig.display()
-        ))
-    })?;
-    if meta.len() > MAX_SIGNATURE_BYTES {
-        return Err(GatewayError::Model(format!(
-            "{} is over {MAX_SIGNATURE_BYTES} bytes",
-            sig.display()
         )));
     }
-    let bundle = std::fs::read(&sig).map_err(|e| GatewayError::io(&sig, e))?;
+    let bundle = read_regular(&sig, MAX_SIGNATURE_BYTES)?;
     let opts = palisade_supply::oms::VerifyOptions {
         signature_path: Some(sig.clone()),
         ..Default::default()
@@ -347,16 +377,7 @@ pub fn load_dir(
 fn read_policy(dir: &Path, signed: Option<&SignedFiles>) -> Result<Policy, GatewayError> {
     let policy_path = dir.join("policy.toml");
     Ok(if policy_path.is_file() {
-        let len = std::fs::metadata(&policy_path)
-            .map_err(|e| GatewayError::io(&policy_path, e))?
-            .len();
-        if len > MAX_POLICY_BYTES {
-            return Err(GatewayError::Model(format!(
-                "{} is over {MAX_POLICY_BYTES} bytes",
-                policy_path.display()
-            )));
-        }
-        let bytes = std::fs::read(&policy_path).map_err(|e| GatewayError::io(&policy_path, e))?;
+        let bytes = read_regular(&policy_path, MAX_POLICY_BYTES)?;
         if let Some(s) = signed {
             s.check(dir, "policy.toml", &bytes)?;
         }
@@ -501,6 +522,38 @@ mod tests {
         assert!(source.load("m", "1").is_ok());
         assert!(source.load("m", "2").is_err());
         assert!(source.load("../m", "1").is_err());
+    }
+
+    #[test]
+    fn a_signature_that_is_not_a_regular_file_is_refused_without_being_read() {
+        use palisade_supply::keys::{Curve, SigningKey};
+        let repo = tempfile::tempdir().unwrap();
+        let dir = repo.path().join("m/1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.onnx"), b"not read here").unwrap();
+        let key = SigningKey::generate(Curve::P256);
+        let sig = dir.join(SIGNATURE_FILE);
+        // A FIFO would hang a plain read (no writer ever comes); a link to /dev/zero would fill
+        // memory. Both are refused at once.
+        let made = std::process::Command::new("mkfifo").arg(&sig).status();
+        assert!(made.unwrap().success());
+        let err = verify_signature(&dir, &key.public_key())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        std::fs::remove_file(&sig).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &sig).unwrap();
+        let err = verify_signature(&dir, &key.public_key())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        // A regular file past the limit is refused before it is read.
+        std::fs::remove_file(&sig).unwrap();
+        std::fs::write(&sig, vec![b'{'; MAX_SIGNATURE_BYTES as usize + 1]).unwrap();
+        let err = verify_signature(&dir, &key.public_key())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("-byte limit"), "{err}");
     }
 
     #[test]
