@@ -121,7 +121,103 @@ struct WireInput {
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<FlatData>,
+}
+
+/// Most dimensions a REST input's shape may have, as over gRPC.
+pub const MAX_RANK: usize = crate::grpc::MAX_RANK;
+
+/// An input's `data`, flattened row-major into `f32` as it is parsed: a `Value` tree cost about
+/// 40 bytes of memory per 2-byte number on the wire (`0,`), 71 MiB for a 4 MiB body (review,
+/// 2026-12-06); this holds 4 bytes per number (8 while the vector grows). The nesting depth is
+/// bounded by serde_json's recursion limit.
+#[derive(Debug, Default)]
+struct FlatData {
+    values: Vec<f32>,
+    /// The flat index of the first element that is not a number, if any (the rest are skipped).
+    not_a_number: Option<usize>,
+}
+
+impl<'de> Deserialize<'de> for FlatData {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut flat = FlatData::default();
+        serde::de::DeserializeSeed::deserialize(Flatten(&mut flat), d)?;
+        Ok(flat)
+    }
+}
+
+/// Adds one JSON value (a number or a nested array of them) to a [`FlatData`].
+struct Flatten<'a>(&'a mut FlatData);
+
+impl Flatten<'_> {
+    fn number(self, x: f64) {
+        if self.0.not_a_number.is_none() {
+            self.0.values.push(x as f32);
+        }
+    }
+
+    fn other(self) {
+        if self.0.not_a_number.is_none() {
+            self.0.not_a_number = Some(self.0.values.len());
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a number or an array of numbers")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, x: f64) -> Result<(), E> {
+        self.number(x);
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, x: i64) -> Result<(), E> {
+        self.number(x as f64);
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, x: u64) -> Result<(), E> {
+        self.number(x as f64);
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::IgnoredAny;
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        self.other();
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        self.other();
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.other();
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.other();
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -168,7 +264,16 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
                 datatype: inp.datatype,
             });
         }
-        let mut shape = Vec::with_capacity(inp.shape.len().min(8));
+        if inp.shape.len() > MAX_RANK {
+            return Err(CodecError::Shape {
+                name,
+                detail: format!(
+                    "a shape has at most {MAX_RANK} dimensions, not {}",
+                    inp.shape.len()
+                ),
+            });
+        }
+        let mut shape = Vec::with_capacity(inp.shape.len());
         let mut count: usize = 1;
         for &d in &inp.shape {
             let d = usize::try_from(d).map_err(|_| CodecError::Shape {
@@ -232,12 +337,15 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
                         datatype: inp.datatype,
                     });
                 }
-                let Some(v) = inp.data else {
+                let Some(data) = inp.data else {
                     return Err(CodecError::Json(format!(
                         "input '{name}' has neither data nor binary_data_size"
                     )));
                 };
-                let flat = flatten_numbers(&name, &v)?;
+                if let Some(index) = data.not_a_number {
+                    return Err(CodecError::NotANumber { name, index });
+                }
+                let flat = data.values;
                 if flat.len() != count {
                     return Err(CodecError::Shape {
                         name,
@@ -270,41 +378,6 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
         outputs,
         binary_data_output: bool_param(&wire.parameters, "binary_data_output"),
     })
-}
-
-/// Flattens a (possibly nested) JSON array of numbers, row-major. The nesting depth is bounded
-/// by serde_json's recursion limit; the work by the input's size.
-fn flatten_numbers(name: &str, v: &Value) -> Result<Vec<f32>, CodecError> {
-    let mut out = Vec::new();
-    let mut stack: Vec<std::slice::Iter<'_, Value>> = Vec::new();
-    match v {
-        Value::Array(a) => stack.push(a.iter()),
-        other => stack.push(std::slice::from_ref(other).iter()),
-    }
-    while let Some(top) = stack.last_mut() {
-        match top.next() {
-            None => {
-                stack.pop();
-            }
-            Some(Value::Array(a)) => stack.push(a.iter()),
-            Some(Value::Number(n)) => match n.as_f64() {
-                Some(x) => out.push(x as f32),
-                None => {
-                    return Err(CodecError::NotANumber {
-                        name: name.to_string(),
-                        index: out.len(),
-                    });
-                }
-            },
-            Some(_) => {
-                return Err(CodecError::NotANumber {
-                    name: name.to_string(),
-                    index: out.len(),
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Values of an output tensor.
@@ -557,6 +630,46 @@ mod tests {
         assert!(matches!(
             decode_request(huge, None),
             Err(CodecError::Shape { .. })
+        ));
+        let deep = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[{}],"datatype":"FP32","data":[1]}}]}}"#,
+            vec!["1"; MAX_RANK + 1].join(",")
+        );
+        assert!(matches!(
+            decode_request(deep.as_bytes(), None),
+            Err(CodecError::Shape { detail, .. }) if detail.contains("at most 32 dimensions")
+        ));
+    }
+
+    #[test]
+    fn json_data_is_flattened_row_major_and_its_first_non_number_named() {
+        let nested = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,-2],[3.5,4e0]]}]}"#;
+        assert_eq!(
+            decode_request(nested, None).unwrap().inputs[0].data,
+            vec![1.0, -2.0, 3.5, 4.0]
+        );
+        for (data, index) in [
+            (r#"[1,[2,"3"],4]"#, 2),
+            (r#"[[null],1]"#, 0),
+            (r#"[1,{"a":[1]},true]"#, 1),
+        ] {
+            let body = format!(
+                r#"{{"inputs":[{{"name":"x","shape":[3],"datatype":"FP32","data":{data}}}]}}"#
+            );
+            match decode_request(body.as_bytes(), None) {
+                Err(CodecError::NotANumber { index: i, .. }) => assert_eq!(i, index, "{data}"),
+                other => panic!("{data}: {other:?}"),
+            }
+        }
+        // Nesting deeper than serde_json's recursion limit is a JSON error, not a stack overflow.
+        let deep = format!(
+            r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":{}1{}}}]}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert!(matches!(
+            decode_request(deep.as_bytes(), None),
+            Err(CodecError::Json(_))
         ));
     }
 }
