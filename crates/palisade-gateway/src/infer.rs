@@ -54,7 +54,13 @@ impl ModelService {
         else {
             return error_response(StatusCode::NOT_FOUND, "no such route");
         };
-        let Some(model) = self.models.get(name, version.as_deref()) else {
+        // An infer request is served by the version validate checked it against (the one the
+        // rate limiter charged), not by whichever the name points to now.
+        let validated = req
+            .extensions()
+            .get::<ValidatedInfer>()
+            .map(|v| v.model.clone());
+        let Some(model) = validated.or_else(|| self.models.get(name, version.as_deref())) else {
             return error_response(StatusCode::NOT_FOUND, &format!("model '{name}' not found"));
         };
         match action {
@@ -80,6 +86,11 @@ impl ModelService {
                     .run_admitted(move || job.model.classifier.logits(job.input.view()))
                     .await;
                 let logits = match out {
+                    // A score that is not finite would leave as JSON `null` (not FP32 data)
+                    // or, label only, as a confident label 0 for a row of NaNs.
+                    Ok(Ok(l)) if l.nrows() == n && !l.iter().all(|x| x.is_finite()) => {
+                        return internal("the model returned a score that is not finite");
+                    }
                     Ok(Ok(l)) if l.nrows() == n => l,
                     Ok(Ok(l)) => {
                         return internal(&format!(

@@ -744,3 +744,37 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_returns_scores_that_are_not_finite_is_answered_500() {
+    let s = start().await;
+    // A bias of +Inf: every logit of class 0 is infinite, and so probabilities NaN.
+    let broken = palisade_core::LinearClassifier::new(
+        "nan",
+        vec![1, 2, 2],
+        palisade_core::InputRange::default(),
+        ndarray::Array2::zeros((3, 4)),
+        ndarray::Array1::from(vec![f32::INFINITY, 0.0, 0.0]),
+    )
+    .unwrap();
+    for (name, reveal) in [("nanlogits", "logits"), ("nanlabel", "label")] {
+        let mut m = served(
+            name,
+            "1",
+            &format!("{LIN_POLICY}[output]\nreveal = \"{reveal}\"\n"),
+        );
+        m.classifier = std::sync::Arc::new(broken.clone());
+        s.models.deploy(m).unwrap();
+    }
+    let key = s
+        .state
+        .keys
+        .create("nq", &[Role::Query("*".into())], None, 0)
+        .unwrap();
+    for name in ["nanlogits", "nanlabel"] {
+        let r = post_infer(s.addr, name, &bearer(&key), &json_infer(&[0.5; 4], 1)).await;
+        assert_eq!(r.status, 500, "{name}: {r:?}");
+        assert!(r.error().contains("not finite"), "{name}: {r:?}");
+    }
+    s.stop().await;
+}

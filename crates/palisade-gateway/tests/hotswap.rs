@@ -392,3 +392,51 @@ async fn admin_actions_are_written_ahead_and_not_taken_when_the_log_fails() {
     left.store(u64::MAX, Ordering::SeqCst);
     s.stop().await;
 }
+
+/// A limits store that charges nothing and, on its first call, deploys version 2 of `lin` with a
+/// daily budget: a swap landing while a request's limits are charged (a Redis round trip, say).
+struct SwapWhileCharging {
+    models: std::sync::OnceLock<Arc<palisade_gateway::ModelRepository>>,
+    charged: std::sync::Mutex<Vec<Option<u64>>>,
+}
+
+impl palisade_gateway::guard::ratelimit::LimitStore for SwapWhileCharging {
+    fn admit<'a>(
+        &'a self,
+        c: palisade_gateway::guard::ratelimit::Charge<'a>,
+    ) -> palisade_gateway::guard::ratelimit::AdmitFuture<'a> {
+        self.charged.lock().unwrap().push(c.limits.daily_budget);
+        if let Some(m) = self.models.get() {
+            let policy = format!("{LIN_POLICY}[limits]\ndaily_budget = 1\n");
+            let _ = m.deploy(served("lin", "2", &policy));
+        }
+        Box::pin(async {
+            Ok(palisade_gateway::guard::ratelimit::Admission::Admitted(
+                Vec::new(),
+            ))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_served_by_the_version_whose_limits_it_was_charged() {
+    let store = Arc::new(SwapWhileCharging {
+        models: Default::default(),
+        charged: Default::default(),
+    });
+    let s = start_limited_by(store.clone()).await;
+    let _ = store.models.set(s.models.clone());
+    let r = post_infer(s.addr, "lin", &bearer(&s.query), &json_infer(&[0.5; 4], 1)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Charged under version 1's limits (no budget), while version 2 was deployed: served by 1.
+    assert_eq!(*store.charged.lock().unwrap(), vec![None]);
+    assert_eq!(r.json()["model_version"], "1", "{r:?}");
+    // No limits charged: no RateLimit fields, rather than empty ones.
+    assert!(!r.headers.contains_key("ratelimit"), "{r:?}");
+    assert!(!r.headers.contains_key("ratelimit-policy"), "{r:?}");
+    // The next request is charged and served by version 2.
+    let r = post_infer(s.addr, "lin", &bearer(&s.query), &json_infer(&[0.5; 4], 1)).await;
+    assert_eq!(r.json()["model_version"], "2", "{r:?}");
+    assert_eq!(store.charged.lock().unwrap()[1], Some(1));
+    s.stop().await;
+}

@@ -281,6 +281,13 @@ pub struct InputDigest(pub String);
 #[derive(Debug, Clone)]
 pub struct ServedVersion(pub String);
 
+/// The model version whose limits the rate limiter charged (request extension): validate and
+/// the model serve that same version, even if a load or rollback changed which one the request's
+/// name points to meanwhile (a request charged under one version's limits was served by another,
+/// 2026-12-06 review).
+#[derive(Clone)]
+pub struct Charged(pub Arc<crate::ServedModel>);
+
 /// A request that passed validation (request extension): the model version it is for, the
 /// decoded request and the input as a batch.
 #[derive(Debug, Clone)]

@@ -254,7 +254,11 @@ impl Guard for Validate {
         else {
             return call_next(next, req).await;
         };
-        let Some(model) = self.models.get(name, version.as_deref()) else {
+        let charged = req
+            .extensions()
+            .get::<super::Charged>()
+            .map(|c| c.0.clone());
+        let Some(model) = charged.or_else(|| self.models.get(name, version.as_deref())) else {
             let what = match &version {
                 Some(v) => format!("model '{name}' version '{v}' not found"),
                 None => format!("model '{name}' not found"),
