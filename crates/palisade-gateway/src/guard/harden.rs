@@ -40,9 +40,11 @@ fn gaussian(rng: &mut impl rand::Rng, sigma: f32) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * sigma as f64) as f32
 }
 
+/// `v` to `decimals` places; a value that rounds to zero is `+0.0`, whatever its sign (a `-0.0`
+/// would tell the client which side of zero the hidden score fell, 2026-12-06 review).
 fn round_to(v: f32, decimals: u32) -> f32 {
     let f = 10f64.powi(decimals as i32);
-    ((v as f64 * f).round() / f) as f32
+    ((v as f64 * f).round() / f) as f32 + 0.0
 }
 
 /// Applies `policy` to logits `[N, C]`, giving the output tensors a client may see.
@@ -207,6 +209,19 @@ mod tests {
             panic!()
         };
         assert!((v[..4].iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_score_rounded_to_zero_carries_no_sign() {
+        let logits = ndarray::array![[-0.0001f32, 0.0001, -0.004, -2.0]];
+        let mut p = Policy::default();
+        p.output.round = Some(2);
+        let t = harden(&model(p.clone()), &p.output, &logits);
+        let OutputData::F32(v) = &t[0].data else {
+            panic!()
+        };
+        let bits: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(bits, [0.0f32, 0.0, 0.0, -2.0].map(f32::to_bits), "{v:?}");
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub enum CodecError {
         /// What is wrong.
         detail: String,
     },
+    /// An output parameter of an extension this server does not implement.
+    #[error("output '{name}': the '{parameter}' parameter is not supported")]
+    Unsupported {
+        /// Output name.
+        name: String,
+        /// The parameter.
+        parameter: &'static str,
+    },
     /// A JSON value that is not a number.
     #[error("input '{name}': element {index} is not a number")]
     NotANumber {
@@ -85,8 +93,9 @@ pub struct InputTensor {
 pub struct RequestedOutput {
     /// Output name.
     pub name: String,
-    /// Whether it should come back as binary data.
-    pub binary: bool,
+    /// Whether it should come back as binary data, when the output says (its `binary_data`
+    /// parameter); otherwise the request's `binary_data_output` decides.
+    pub binary: Option<bool>,
 }
 
 /// A decoded infer request.
@@ -98,7 +107,8 @@ pub struct InferRequest {
     pub inputs: Vec<InputTensor>,
     /// The outputs asked for (empty: all).
     pub outputs: Vec<RequestedOutput>,
-    /// `parameters.binary_data_output`: default for outputs not listed.
+    /// `parameters.binary_data_output`: whether outputs come back as binary data, unless an
+    /// output's own `binary_data` says otherwise (Triton's binary data extension).
     pub binary_data_output: bool,
 }
 
@@ -363,15 +373,22 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
     if !binary.is_empty() {
         return Err(CodecError::TrailingBytes(binary.len()));
     }
-    let outputs = wire
-        .outputs
-        .unwrap_or_default()
-        .into_iter()
-        .map(|o| RequestedOutput {
-            binary: bool_param(&o.parameters, "binary_data"),
+    let mut outputs = Vec::new();
+    for o in wire.outputs.unwrap_or_default() {
+        let param = |key: &str| o.parameters.as_ref().and_then(|m| m.get(key));
+        // tritonclient's `class_count` asks for the classification extension's "score:index"
+        // strings; answering the FP32 scores instead would not be what was asked for.
+        if param("classification").is_some() {
+            return Err(CodecError::Unsupported {
+                name: o.name,
+                parameter: "classification",
+            });
+        }
+        outputs.push(RequestedOutput {
+            binary: param("binary_data").and_then(Value::as_bool),
             name: o.name,
-        })
-        .collect();
+        });
+    }
     Ok(InferRequest {
         id: wire.id,
         inputs,
@@ -469,7 +486,7 @@ pub fn encode_response(
             request.binary_data_output
         } else {
             match request.outputs.iter().find(|o| o.name == t.name) {
-                Some(o) => o.binary,
+                Some(o) => o.binary.unwrap_or(request.binary_data_output),
                 None => continue,
             }
         };
@@ -545,7 +562,7 @@ mod tests {
             r.outputs,
             vec![RequestedOutput {
                 name: "y".into(),
-                binary: true
+                binary: Some(true)
             }]
         );
         let enc = encode_response(
@@ -639,6 +656,35 @@ mod tests {
             decode_request(deep.as_bytes(), None),
             Err(CodecError::Shape { detail, .. }) if detail.contains("at most 32 dimensions")
         ));
+    }
+
+    #[test]
+    fn binary_data_output_is_the_default_of_listed_outputs_too() {
+        let y = || OutputTensor {
+            name: "y".into(),
+            shape: vec![1, 2],
+            data: OutputData::F32(vec![0.25, 4.0]),
+        };
+        let body = |outputs: &str| {
+            format!(
+                r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[1]}}],"outputs":[{outputs}],"parameters":{{"binary_data_output":true}}}}"#
+            )
+        };
+        let as_binary = |outputs: &str| {
+            let r = decode_request(body(outputs).as_bytes(), None).unwrap();
+            encode_response("m", "1", &r, &[y()])
+                .unwrap()
+                .header_len
+                .is_some()
+        };
+        assert!(as_binary(r#"{"name":"y"}"#));
+        assert!(!as_binary(
+            r#"{"name":"y","parameters":{"binary_data":false}}"#
+        ));
+        // tritonclient's class_count asks for an extension this server does not implement.
+        let classify = body(r#"{"name":"y","parameters":{"classification":2}}"#);
+        let e = decode_request(classify.as_bytes(), None).unwrap_err();
+        assert!(e.to_string().contains("'classification'"), "{e}");
     }
 
     #[test]
