@@ -236,9 +236,17 @@ impl SignedFiles {
     }
 }
 
+/// Verifies the signature of the version folder `dir` of `model` `version` under `key`. The
+/// statement must name what it is found as: `<model>/<version>` (`palisade sign --name`), which
+/// binds it to both, or the version folder's own name (what model-signing and a plain `palisade
+/// sign` write), which binds it to the version; a folder signed as another is refused, so that
+/// one that could write to the repository but not sign cannot copy an old version over a newer
+/// number, nor (with the two-part name) a model under another model's name (2026-12-06 review).
 fn verify_signature(
     dir: &Path,
     key: &palisade_supply::keys::PublicKey,
+    model: &str,
+    version: &str,
 ) -> Result<SignedFiles, GatewayError> {
     let sig = dir.join(SIGNATURE_FILE);
     if let Err(e) = std::fs::symlink_metadata(&sig) {
@@ -257,6 +265,15 @@ fn verify_signature(
     let verified = palisade_supply::oms::verify_model(dir, &bundle, key, &opts, None)
         .map_err(|e| GatewayError::Model(format!("{}: signature: {e}", dir.display())))?;
     let m = verified.manifest();
+    let bound = format!("{model}/{version}");
+    if m.subject_name != version && m.subject_name != bound {
+        return Err(GatewayError::Model(format!(
+            "{}: the signature is for '{}', not for {bound}; sign each version folder as \
+             itself (`palisade sign --name {bound}`)",
+            sig.display(),
+            m.subject_name
+        )));
+    }
     if m.serialization != palisade_supply::manifest::Serialization::Files {
         return Err(GatewayError::Model(format!(
             "{}: sign model folders with the `files` serialisation",
@@ -358,7 +375,7 @@ pub fn load_dir(
     trust: &Trust,
 ) -> Result<ServedModel, GatewayError> {
     let signed = match trust {
-        Trust::Key(key) => Some(verify_signature(&v.dir, key)?),
+        Trust::Key(key) => Some(verify_signature(&v.dir, key, &v.name, &v.version)?),
         Trust::Unsigned => {
             tracing::warn!(model = %v.name, version = %v.version, "loading without a signature check");
             None
@@ -466,9 +483,14 @@ mod tests {
     }
 
     fn sign(dir: &Path, key: &palisade_supply::keys::SigningKey) {
+        sign_as(dir, key, None);
+    }
+
+    fn sign_as(dir: &Path, key: &palisade_supply::keys::SigningKey, name: Option<&str>) {
         let sig = dir.join(SIGNATURE_FILE);
         let opts = palisade_supply::oms::SignOptions {
             signature_path: Some(sig.clone()),
+            subject_name: name.map(str::to_string),
             ..Default::default()
         };
         let signed = palisade_supply::oms::sign_model(dir, key, &opts, None).unwrap();
@@ -525,6 +547,58 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_folder_copied_under_another_version_or_model_is_refused() {
+        use palisade_supply::keys::{Curve, SigningKey};
+        let repo = tempfile::tempdir().unwrap();
+        let key = SigningKey::generate(Curve::P256);
+        let trust = Trust::Key(Arc::new(key.public_key()));
+        let bundled =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist_cnn_public.onnx");
+        let make = |model: &str, version: &str, name: Option<&str>| {
+            let dir = repo.path().join(model).join(version);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(&bundled, dir.join("model.onnx")).unwrap();
+            sign_as(&dir, &key, name);
+            dir
+        };
+        let copy = |from: &Path, model: &str, version: &str| {
+            let to = repo.path().join(model).join(version);
+            std::fs::create_dir_all(&to).unwrap();
+            for f in ["model.onnx", SIGNATURE_FILE] {
+                std::fs::copy(from.join(f), to.join(f)).unwrap();
+            }
+            load_dir(
+                &find_version(repo.path(), model, version).unwrap(),
+                &Fake,
+                &trust,
+            )
+        };
+        // Signed as its folder ("1"): bound to its version.
+        let plain = make("m", "1", None);
+        assert!(load_dir(&find_version(repo.path(), "m", "1").unwrap(), &Fake, &trust).is_ok());
+        let err = copy(&plain, "m", "999").unwrap_err().to_string();
+        assert!(
+            err.contains("the signature is for '1', not for m/999"),
+            "{err}"
+        );
+        // Signed as model/version: bound to both.
+        let bound = make("open", "2", Some("open/2"));
+        assert!(
+            load_dir(
+                &find_version(repo.path(), "open", "2").unwrap(),
+                &Fake,
+                &trust
+            )
+            .is_ok()
+        );
+        let err = copy(&bound, "strict", "2").unwrap_err().to_string();
+        assert!(err.contains("not for strict/2"), "{err}");
+        // Any other name is refused where it stands.
+        make("x", "3", Some("something-else"));
+        assert!(load_dir(&find_version(repo.path(), "x", "3").unwrap(), &Fake, &trust).is_err());
+    }
+
+    #[test]
     fn a_signature_that_is_not_a_regular_file_is_refused_without_being_read() {
         use palisade_supply::keys::{Curve, SigningKey};
         let repo = tempfile::tempdir().unwrap();
@@ -537,20 +611,20 @@ mod tests {
         // memory. Both are refused at once.
         let made = std::process::Command::new("mkfifo").arg(&sig).status();
         assert!(made.unwrap().success());
-        let err = verify_signature(&dir, &key.public_key())
+        let err = verify_signature(&dir, &key.public_key(), "m", "1")
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a regular file"), "{err}");
         std::fs::remove_file(&sig).unwrap();
         std::os::unix::fs::symlink("/dev/zero", &sig).unwrap();
-        let err = verify_signature(&dir, &key.public_key())
+        let err = verify_signature(&dir, &key.public_key(), "m", "1")
             .unwrap_err()
             .to_string();
         assert!(err.contains("symbolic link"), "{err}");
         // A regular file past the limit is refused before it is read.
         std::fs::remove_file(&sig).unwrap();
         std::fs::write(&sig, vec![b'{'; MAX_SIGNATURE_BYTES as usize + 1]).unwrap();
-        let err = verify_signature(&dir, &key.public_key())
+        let err = verify_signature(&dir, &key.public_key(), "m", "1")
             .unwrap_err()
             .to_string();
         assert!(err.contains("-byte limit"), "{err}");
@@ -566,7 +640,7 @@ mod tests {
         std::fs::write(dir.join("policy.toml"), "[input]\nmax_batch = 8\n").unwrap();
         let key = SigningKey::generate(Curve::P256);
         sign(&dir, &key);
-        let signed = verify_signature(&dir, &key.public_key()).unwrap();
+        let signed = verify_signature(&dir, &key.public_key(), "m", "1").unwrap();
         assert_eq!(read_policy(&dir, Some(&signed)).unwrap().input.max_batch, 8);
         // Deleted between the signature check and the read: not the default policy.
         std::fs::remove_file(dir.join("policy.toml")).unwrap();
@@ -575,7 +649,7 @@ mod tests {
         // A folder signed without a policy, and an unsigned one, get the default.
         std::fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
         sign(&dir, &key);
-        let signed = verify_signature(&dir, &key.public_key()).unwrap();
+        let signed = verify_signature(&dir, &key.public_key(), "m", "1").unwrap();
         assert_eq!(read_policy(&dir, Some(&signed)).unwrap(), Policy::default());
         assert_eq!(read_policy(&dir, None).unwrap(), Policy::default());
     }

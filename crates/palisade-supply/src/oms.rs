@@ -39,6 +39,10 @@ pub struct SignOptions {
     pub allow_symlinks: bool,
     /// Where the signature will be written; left out of the manifest if inside the model.
     pub signature_path: Option<PathBuf>,
+    /// The statement's subject name (`None`: the model's file or folder name, as model-signing
+    /// writes it). A model server can hold it against where it finds the model: Palisade's
+    /// gateway takes `<model>/<version>` to bind a signature to both.
+    pub subject_name: Option<String>,
 }
 
 impl Default for SignOptions {
@@ -50,6 +54,7 @@ impl Default for SignOptions {
             ignore_git_paths: true,
             allow_symlinks: false,
             signature_path: None,
+            subject_name: None,
         }
     }
 }
@@ -122,8 +127,9 @@ pub fn sign_model(
         allow_symlinks: opts.allow_symlinks,
     };
     let resources = manifest::compute(model, &policy, opts.serialization, opts.hash, progress)?;
+    let subject = opts.subject_name.clone().unwrap_or_else(|| basename(model));
     let (payload, root_digest) = statement(
-        &basename(model),
+        &subject,
         &resources,
         opts.hash,
         opts.serialization,

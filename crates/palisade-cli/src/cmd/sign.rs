@@ -39,6 +39,11 @@ pub struct Args {
     /// Follow symbolic links (default: refuse them).
     #[arg(long)]
     allow_symlinks: bool,
+    /// The name the signature gives the model (default: its file or folder name). For a model
+    /// repository that `palisade serve` loads, `MODEL/VERSION` binds the signature to that model
+    /// and version: the gateway refuses the folder copied under another name.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     #[command(flatten)]
     password: PasswordArgs,
 }
@@ -68,6 +73,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<Outcome> {
         ignore_git_paths: !args.no_ignore_git_paths,
         allow_symlinks: args.allow_symlinks,
         signature_path: Some(args.signature.clone()),
+        subject_name: args.name,
     };
     let bar = super::progress::bytes_bar(ctx, &args.model);
     let tick = |n: u64| bar.inc(n);
