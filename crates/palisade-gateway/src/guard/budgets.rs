@@ -299,11 +299,16 @@ impl Budgets {
             ));
         }
         // Nothing on its way: a block. On its way already: one unit more for this request, so
-        // that requests arriving together are served by one write, not one write each.
+        // that requests arriving together are served by one write, not one write each; but only
+        // on its first try: woken by a write that did not bring its unit (another key's, say),
+        // it asked already, and asking again would reserve a unit more per wake-up, units a
+        // crash would lose (2026-12-06 review).
         let want = if e.asked <= e.spent {
             e.spent + block
-        } else {
+        } else if waited.is_none() {
             e.asked + 1
+        } else {
+            e.asked
         }
         .min(limit);
         if want > e.asked {
@@ -489,6 +494,37 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    #[test]
+    fn a_waiter_woken_before_its_unit_came_does_not_reserve_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.db");
+        // A budget of 7: blocks of one unit, each written with its request.
+        let b = Budgets::open(&path, Durability::Process, 7).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap(); // the writer's commit waits
+        let Ok(Spend::Wait(_, seen)) = b.spend("k1", "m", 7, 10, None) else {
+            panic!("the first spend waits for the ledger")
+        };
+        // What the waiter does each time a write (another key's, say) wakes it first.
+        for _ in 0..3 {
+            let Ok(Spend::Wait(..)) = b.spend("k1", "m", 7, 10, Some(seen)) else {
+                panic!("still waiting")
+            };
+        }
+        other.execute_batch("COMMIT").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stored(&path).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::mem::forget(b); // a crash: no exact counts written
+        assert_eq!(
+            stored(&path)[0].3,
+            1,
+            "reserved for the one request in flight"
+        );
     }
 
     #[test]
