@@ -135,7 +135,12 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
             ))
             .await
         {
-            Ok(_) => {}
+            // The quota travels as metadata, as the RateLimit fields over REST.
+            Ok(r) => {
+                let quota = r.metadata().get("ratelimit").expect("ratelimit metadata");
+                assert!(quota.to_str().unwrap().contains("\"key\";r="), "{quota:?}");
+                assert!(r.metadata().get("ratelimit-policy").is_some(), "{r:?}");
+            }
             Err(e) => {
                 refused = Some(e);
                 break;
@@ -144,6 +149,7 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
     }
     let e = refused.expect("the fourth request is over the burst");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.metadata().get("ratelimit").is_some(), "{e:?}");
     let secs: u64 = e
         .metadata()
         .get("retry-after")

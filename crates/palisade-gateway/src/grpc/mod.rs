@@ -132,13 +132,26 @@ fn status_of(status: StatusCode, headers: &axum::http::HeaderMap, body: &[u8]) -
         .get(axum::http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let Some(secs) = retry_after else {
-        return Status::new(code, message);
-    };
     let mut meta = tonic::metadata::MetadataMap::new();
-    meta.insert("retry-after", secs.into());
-    meta.insert("grpc-retry-pushback-ms", secs.saturating_mul(1000).into());
+    rate_limit_metadata(headers, &mut meta);
+    if let Some(secs) = retry_after {
+        meta.insert("retry-after", secs.into());
+        meta.insert("grpc-retry-pushback-ms", secs.saturating_mul(1000).into());
+    }
     Status::with_metadata(code, message, meta)
+}
+
+/// The REST answer's `RateLimit` and `RateLimit-Policy` fields, as the gRPC call's metadata
+/// (`ratelimit`, `ratelimit-policy`), so that a gRPC client sees its quota as a REST one does.
+fn rate_limit_metadata(headers: &axum::http::HeaderMap, meta: &mut tonic::metadata::MetadataMap) {
+    for name in ["ratelimit", "ratelimit-policy"] {
+        if let Some(v) = headers
+            .get(name)
+            .and_then(|v| tonic::metadata::MetadataValue::try_from(v.as_bytes()).ok())
+        {
+            meta.insert(name, v);
+        }
+    }
 }
 
 /// The REST path of a model call. The name and the version (when given) must be valid model
@@ -437,7 +450,9 @@ impl GrpcInferenceService for GrpcGateway {
             .get(oip::HEADER_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        Ok(tonic::Response::new(infer_response(hl, &body)?))
+        let mut resp = tonic::Response::new(infer_response(hl, &body)?);
+        rate_limit_metadata(&parts.headers, resp.metadata_mut());
+        Ok(resp)
     }
 
     async fn repository_model_load(
