@@ -46,6 +46,8 @@ pub struct AdminState {
     pub audit_public_key: [u8; 32],
     /// Where new versions are loaded from (`None`: loading is refused).
     pub source: Option<crate::loader::ModelSource>,
+    /// Where rollbacks are kept across restarts (`None`: in memory only).
+    pub withdrawn: Option<Arc<crate::loader::Withdrawn>>,
 }
 
 /// The admin and audit routes.
@@ -228,9 +230,17 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
         Err(r) => return r,
     };
     // A version refused here (loaded meanwhile) is freed where it is dropped: off the workers.
+    // Loaded again, a version rolled back before is no longer kept from a restart.
     let models = s.models.clone();
-    let conflict = |e: RepositoryError| error_response(StatusCode::CONFLICT, &e.to_string());
-    match off_workers(move || models.deploy(served), conflict).await {
+    let withdrawn = s.withdrawn.clone();
+    let deploy = move || {
+        if let Some(w) = &withdrawn {
+            w.set(&served.name, &served.version, false)
+                .map_err(Swap::State)?;
+        }
+        models.deploy(served).map_err(Swap::Repository)
+    };
+    match off_workers(deploy, Swap::answer).await {
         Ok(m) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "model": m.name, "active_version": m.version }),
@@ -239,15 +249,55 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
     }
 }
 
+/// Why a load or rollback was not done.
+enum Swap {
+    /// The repository refused it (answered 404 or 409).
+    Repository(RepositoryError),
+    /// The state folder could not note it (answered 500).
+    State(crate::GatewayError),
+}
+
+impl Swap {
+    fn answer(self) -> Response {
+        match self {
+            Swap::Repository(e @ RepositoryError::NotFound(_)) => {
+                error_response(StatusCode::NOT_FOUND, &e.to_string())
+            }
+            Swap::Repository(e) => error_response(StatusCode::CONFLICT, &e.to_string()),
+            Swap::State(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+}
+
 async fn rollback(State(s): State<AdminState>, Path(p): Params) -> Response {
     let model = param(&p, "model");
     // The version rolled back from is freed where it is dropped: off the workers.
     let models = s.models.clone();
-    let refused = |e: RepositoryError| match e {
-        RepositoryError::NotFound(_) => error_response(StatusCode::NOT_FOUND, &e.to_string()),
-        _ => error_response(StatusCode::CONFLICT, &e.to_string()),
+    // Noted in the state folder first: a rollback that a restart would undo is not done.
+    let withdrawn = s.withdrawn.clone();
+    let roll = move || {
+        let active = models
+            .get(&model, None)
+            .ok_or_else(|| Swap::Repository(RepositoryError::NotFound(model.clone())))?;
+        if models.versions(&model).len() < 2 {
+            return Err(Swap::Repository(RepositoryError::NoPrevious(model.clone())));
+        }
+        let note = |rolled_back| match &withdrawn {
+            Some(w) => w
+                .set(&model, &active.version, rolled_back)
+                .map_err(Swap::State),
+            None => Ok(()),
+        };
+        note(true)?;
+        models
+            .rollback_from(&model, Some(&active.version))
+            .map_err(|e| {
+                // Not rolled back after all (a concurrent rollback, say): not kept down either.
+                let _ = note(false);
+                Swap::Repository(e)
+            })
     };
-    match off_workers(move || models.rollback(&model), refused).await {
+    match off_workers(roll, Swap::answer).await {
         Ok(m) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "model": m.name, "active_version": m.version }),

@@ -442,9 +442,14 @@ pub fn load_repository(
     runtime: &dyn Runtime,
     trust: &Trust,
     models: &ModelRepository,
+    withdrawn: Option<&Withdrawn>,
 ) -> Result<Vec<(String, String)>, GatewayError> {
     let mut loaded = Vec::new();
     for v in list_repository(repo)? {
+        if withdrawn.is_some_and(|w| w.contains(&v.name, &v.version)) {
+            tracing::info!(model = %v.name, version = %v.version, "not loaded: rolled back");
+            continue;
+        }
         let m = load_dir(&v, runtime, trust)?;
         models
             .deploy(m)
@@ -452,6 +457,73 @@ pub fn load_repository(
         loaded.push((v.name, v.version));
     }
     Ok(loaded)
+}
+
+/// The versions rolled back through the admin API, kept in the state folder
+/// (`rolled-back.json`, written atomically on each change), so that a restart does not serve a
+/// version a rollback took down (every version folder of the repository was loaded, the highest
+/// active, 2026-12-06 review). Loading a version again through the admin API takes it off.
+#[derive(Debug)]
+pub struct Withdrawn {
+    path: PathBuf,
+    versions: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+}
+
+impl Withdrawn {
+    /// The set kept at `path` (empty when there is no such file yet). A file that cannot be read
+    /// or parsed is an error: loading every version instead would undo the rollbacks.
+    pub fn open(path: &Path) -> Result<Self, GatewayError> {
+        let versions = match std::fs::read(path) {
+            Ok(bytes) => {
+                let list: Vec<(String, String)> = serde_json::from_slice(&bytes).map_err(|e| {
+                    GatewayError::State(format!(
+                        "{} is not a list of rolled-back versions: {e}",
+                        path.display()
+                    ))
+                })?;
+                list.into_iter().collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(GatewayError::io(path, e)),
+        };
+        Ok(Withdrawn {
+            path: path.to_path_buf(),
+            versions: std::sync::Mutex::new(versions),
+        })
+    }
+
+    /// Whether `model` `version` was rolled back.
+    pub fn contains(&self, model: &str, version: &str) -> bool {
+        self.lock()
+            .contains(&(model.to_string(), version.to_string()))
+    }
+
+    /// Notes `model` `version` as rolled back (`true`) or loaded again (`false`), on disk before
+    /// it returns; on an error the set is as it was.
+    pub fn set(&self, model: &str, version: &str, rolled_back: bool) -> Result<(), GatewayError> {
+        let mut versions = self.lock();
+        let mut next = versions.clone();
+        let entry = (model.to_string(), version.to_string());
+        let changed = if rolled_back {
+            next.insert(entry)
+        } else {
+            next.remove(&entry)
+        };
+        if !changed {
+            return Ok(());
+        }
+        let list: Vec<&(String, String)> = next.iter().collect();
+        let bytes =
+            serde_json::to_vec_pretty(&list).map_err(|e| GatewayError::State(e.to_string()))?;
+        palisade_supply::atomic::write_atomic(&self.path, &bytes)
+            .map_err(|e| GatewayError::State(format!("{}: {e}", self.path.display())))?;
+        *versions = next;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<(String, String)>> {
+        self.versions.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -544,6 +616,27 @@ mod tests {
         assert!(source.load("m", "1").is_ok());
         assert!(source.load("m", "2").is_err());
         assert!(source.load("../m", "1").is_err());
+    }
+
+    #[test]
+    fn rollbacks_are_kept_on_disk_and_a_broken_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rolled-back.json");
+        let w = Withdrawn::open(&path).unwrap();
+        assert!(!w.contains("m", "2"));
+        w.set("m", "2", true).unwrap();
+        w.set("m", "3", true).unwrap();
+        w.set("m", "3", false).unwrap();
+        let again = Withdrawn::open(&path).unwrap();
+        assert!(again.contains("m", "2") && !again.contains("m", "3"));
+        // Unreadable: an error, never an empty set (which would serve what was rolled back).
+        std::fs::write(&path, b"{not json").unwrap();
+        let err = Withdrawn::open(&path).unwrap_err().to_string();
+        assert!(err.contains("rolled-back versions"), "{err}");
+        // A failed write leaves the set as it was.
+        let gone = Withdrawn::open(&dir.path().join("no/such/dir/rolled-back.json")).unwrap();
+        assert!(gone.set("m", "4", true).is_err());
+        assert!(!gone.contains("m", "4"));
     }
 
     #[test]

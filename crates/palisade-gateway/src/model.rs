@@ -168,6 +168,9 @@ pub enum RepositoryError {
     /// Nothing to roll back to.
     #[error("model '{0}' has no earlier version to roll back to")]
     NoPrevious(String),
+    /// The active version is no longer the one the rollback was for (another changed it).
+    #[error("model '{0}' is no longer served by version '{1}'")]
+    Moved(String, String),
 }
 
 impl ModelRepository {
@@ -201,10 +204,24 @@ impl ModelRepository {
     /// rolled back from is no longer served, not even when a request names it, until it is
     /// loaded again (under the same checks); a later rollback therefore never returns to it.
     pub fn rollback(&self, name: &str) -> Result<Arc<ServedModel>, RepositoryError> {
+        self.rollback_from(name, None)
+    }
+
+    /// [`ModelRepository::rollback`], only while `from` (when given) is the active version.
+    pub fn rollback_from(
+        &self,
+        name: &str,
+        from: Option<&str>,
+    ) -> Result<Arc<ServedModel>, RepositoryError> {
         let mut slots = self.write();
         let slot = slots
             .get_mut(name)
             .ok_or_else(|| RepositoryError::NotFound(name.to_string()))?;
+        if let Some(from) = from
+            && slot.versions[slot.active].version != from
+        {
+            return Err(RepositoryError::Moved(name.to_string(), from.to_string()));
+        }
         if slot.active == 0 {
             return Err(RepositoryError::NoPrevious(name.to_string()));
         }

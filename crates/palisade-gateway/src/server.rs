@@ -53,6 +53,8 @@ pub struct Gateway {
     pub audit_public_key: [u8; 32],
     /// Where the admin API loads new versions from (`None`: hot-swap is off).
     pub source: Option<crate::loader::ModelSource>,
+    /// Where rollbacks are kept across restarts (`None`: in memory only).
+    pub withdrawn: Option<Arc<crate::loader::Withdrawn>>,
     /// The threads that run the models (one per core unless set otherwise).
     pub inference: Arc<InferencePool>,
     /// Permits for admin requests running in tasks of their own (`Gateway::detached_actions`).
@@ -94,6 +96,10 @@ impl StatePaths {
     /// The daily query budgets' ledger (SQLite).
     pub fn limits_db(&self) -> PathBuf {
         self.dir.join("limits.db")
+    }
+    /// The versions rolled back through the admin API ([`crate::loader::Withdrawn`]).
+    pub fn rolled_back(&self) -> PathBuf {
+        self.dir.join("rolled-back.json")
     }
     /// The checkpoint signing key (32-byte Ed25519 seed, mode 0600).
     pub fn signing_key(&self) -> PathBuf {
@@ -383,6 +389,7 @@ impl LocalState {
             metrics: Arc::new(Metrics::new().map_err(|e| GatewayError::State(e.to_string()))?),
             audit_public_key: self.public_key,
             source: None,
+            withdrawn: None,
             inference,
             admin_tasks: Arc::new(tokio::sync::Semaphore::new(ADMIN_TASKS as usize)),
         })
@@ -515,6 +522,7 @@ impl Gateway {
                 audit: self.audit.clone(),
                 audit_public_key: self.audit_public_key,
                 source: self.source.clone(),
+                withdrawn: self.withdrawn.clone(),
             }));
         let admin = self.detached_actions(admin);
         let ready_models = self.models.clone();

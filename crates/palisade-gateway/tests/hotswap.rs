@@ -128,6 +128,31 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
     assert_eq!(s.models.get("lin", None).unwrap().version, "1");
     // The version rolled back from is unloaded: not served even when named.
     assert!(s.models.get("lin", Some("2")).is_none());
+
+    // And it stays down across a restart: the state folder keeps the rollback, and loading the
+    // repository again (as `palisade serve` starts) leaves it out.
+    let kept = palisade_gateway::loader::Withdrawn::open(&s.state.paths.rolled_back()).unwrap();
+    assert!(kept.contains("lin", "2"));
+    sign(&version(repo.path(), "1", ""), &key);
+    std::fs::remove_dir_all(&v3).unwrap(); // signed by an untrusted key: would fail the start
+    let restarted = palisade_gateway::ModelRepository::new();
+    let trust = Trust::Key(Arc::new(key.public_key()));
+    palisade_gateway::loader::load_repository(
+        repo.path(),
+        &LinearRuntime,
+        &trust,
+        &restarted,
+        Some(&kept),
+    )
+    .unwrap();
+    assert_eq!(restarted.get("lin", None).unwrap().version, "1");
+    assert!(restarted.get("lin", Some("2")).is_none());
+
+    // Loaded again through the API, it is no longer kept down.
+    let r = load(&deployer, "2", 1).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let kept = palisade_gateway::loader::Withdrawn::open(&s.state.paths.rolled_back()).unwrap();
+    assert!(!kept.contains("lin", "2"));
     s.stop().await;
 }
 

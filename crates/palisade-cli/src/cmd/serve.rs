@@ -256,8 +256,13 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
     };
     let runtime: Arc<dyn Runtime> = Arc::new(OnnxRuntime);
     let models = Arc::new(ModelRepository::new());
-    let loaded = loader::load_repository(&repo, runtime.as_ref(), &trust, &models)
-        .with_context(|| format!("loading the models in {}", repo.display()))?;
+    // The versions rolled back through the admin API stay down across restarts.
+    let withdrawn = Arc::new(loader::Withdrawn::open(
+        &palisade_gateway::StatePaths::new(&args.state).rolled_back(),
+    )?);
+    let loaded =
+        loader::load_repository(&repo, runtime.as_ref(), &trust, &models, Some(&withdrawn))
+            .with_context(|| format!("loading the models in {}", repo.display()))?;
     if loaded.is_empty() {
         anyhow::bail!(
             "{} holds no model (expected <model>/<version>/model.onnx)",
@@ -293,6 +298,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
         Trust::Key(k) => format!("signatures verified against {}", k.hint()),
         Trust::Unsigned => "UNSIGNED models allowed".into(),
     };
+    gw.withdrawn = Some(withdrawn);
     gw.source = Some(ModelSource {
         repo: repo.clone(),
         runtime,

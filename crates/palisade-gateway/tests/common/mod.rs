@@ -123,6 +123,13 @@ async fn start_full(
         Some(pool) => state.gateway_with(models.clone(), pool).unwrap(),
         None => state.gateway(models.clone()).unwrap(),
     };
+    // A gateway that loads from a repository keeps its rollbacks in its state folder, as
+    // `palisade serve` does.
+    if source.is_some() {
+        gw.withdrawn = Some(Arc::new(
+            palisade_gateway::loader::Withdrawn::open(&state.paths.rolled_back()).unwrap(),
+        ));
+    }
     gw.source = source;
     tweak(&mut gw);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
