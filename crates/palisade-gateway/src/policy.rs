@@ -10,7 +10,7 @@
 //! [limits]                # rate limit (GCRA)
 //! per_key = { rate = 100, period_ms = 1000, burst = 200 }
 //! per_model = { rate = 2000, period_ms = 1000, burst = 4000 }
-//! daily_budget = 100000   # requests per key per UTC day
+//! daily_budget = 100000   # requests per key per UTC day (a batch counts once: see below)
 //!
 //! [output]                # harden
 //! reveal = "logits"       # logits | probabilities | label
@@ -21,6 +21,12 @@
 //!
 //! Every section and field is optional; unknown fields are an error (a typo must not silently
 //! turn a guard off).
+//!
+//! The rates and the daily budget count requests, charged before the body is read: a request of
+//! a batch of N images counts once. Where the budget is a bound on how many queries a key can
+//! make of the model (against extraction), set `input.max_batch = 1` so that requests are
+//! samples; otherwise a key may run up to `max_batch` times its budget in samples a day, which
+//! the gateway says in its log when it loads such a model.
 
 use std::path::Path;
 use std::time::Duration;
@@ -128,7 +134,7 @@ pub struct LimitPolicy {
     pub per_key: Option<Rate>,
     /// Limit for the model, all keys together.
     pub per_model: Option<Rate>,
-    /// Requests per key per UTC day.
+    /// Requests per key per UTC day (a batch counts once; see the module documentation).
     pub daily_budget: Option<u64>,
 }
 
