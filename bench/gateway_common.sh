@@ -14,7 +14,10 @@ cargo build -q --profile "$PROFILE" -p palisade-cli -p palisade-gateway --featur
 TDIR=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 BIN=$TDIR/palisade
 BARE=$TDIR/examples/bare_endpoint
-STATE=$(mktemp -d)
+# STATE_DIR: where the servers' state (audit log, journal, limits.db) goes; the default, a fresh
+# folder under $TMPDIR, may be a tmpfs, where an fsync costs nothing (the machine line says
+# which file system it is).
+STATE=$(mktemp -d -p "${STATE_DIR:-${TMPDIR:-/tmp}}")
 BODY=$STATE/body.bin
 # BATCH images per request (1 by default, at most 16): a heavier model call against the same
 # guards, to see how the guards' cost per request weighs against the model's.
@@ -46,12 +49,14 @@ trap cleanup EXIT
 # 0.931 halting, 0.951 and 0.944 held, 4 rounds each; 0.908 held over 2 rounds with this script's
 # option; 2 vCPUs, 2026-12-05).
 machine_line() {
-    local cpu idle poll qos
+    local cpu idle poll qos fs
     cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2> /dev/null)
     idle=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2> /dev/null || echo unknown)
     poll=$(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2> /dev/null || echo -)
     qos=$([ -n "${HOLD_PID:-}" ] && echo "held at 0 us" || echo "not held")
-    echo "# machine: ${cpu:-unknown CPU}, $(nproc) cores; cpuidle $idle, guest_halt_poll_ns $poll; cpu_dma_latency $qos"
+    fs=$(stat -f -c %T "$STATE" 2> /dev/null || echo unknown)
+    echo "# machine: ${cpu:-unknown CPU}, $(nproc) cores; cpuidle $idle, guest_halt_poll_ns $poll; cpu_dma_latency $qos; state on $fs"
+    [ "$fs" != tmpfs ] || echo "# warning: the state is on tmpfs, where fsync costs nothing: the 'full' figures are not those of a disk (set STATE_DIR)"
 }
 
 # HOLD_CPU_LATENCY=1: for the whole run, hold the PM QoS CPU latency limit at 0 µs
@@ -106,7 +111,9 @@ served_infers() { # PORT: infer requests the gateway answered, from its own metr
 
 run_wrk() { # URL CONNECTIONS SECONDS -> one JSON line
     local t=$(( $2 < 2 ? 1 : 2 ))
-    wrk -t"$t" -c"$2" -d"$3"s --latency -s bench/oip_post.lua "$1" | grep '^{'
+    # wrk leaves an answer slower than its timeout (2 s by default) out of the latencies, and
+    # counts it only as a socket error: 30 s keeps a stall in the p99.
+    wrk -t"$t" -c"$2" -d"$3"s --timeout 30s --latency -s bench/oip_post.lua "$1" | grep '^{'
 }
 
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
@@ -134,6 +141,11 @@ measure() { # SERVER_PID URL CONNECTIONS SECONDS (with $AUTH) -> '"cpu_us": N, "
     t0=$(cpu_ticks "$1")
     r=$(run_wrk "$2" "$3" "$4")
     t1=$(cpu_ticks "$1")
-    [ "$(field "$r" non2xx)" = 0 ] || echo "warning: $2 answered non-2xx: $r" >&2
+    # A refusal (401, 429, 503) or a failed connection is fast: counted as a served request it
+    # would flatter the server that refused. Such a run is no figure.
+    if [ "$(field "$r" non2xx)" != 0 ] || [ "$(field "$r" socket_errors)" != 0 ]; then
+        echo "error: $2 answered non-2xx or failed connections, the run is void: $r" >&2
+        exit 1
+    fi
     echo "\"cpu_us\": $(( (t1 - t0) * TICK_US )), \"run\": $r"
 }
