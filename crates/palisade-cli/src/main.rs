@@ -87,12 +87,15 @@ fn main() -> ExitCode {
     // which is reported below like any other. The default hook would first print it, with a
     // backtrace where RUST_BACKTRACE is set, as if palisade had crashed. Other panics print.
     palisade_model::onnx::quiet_caught_panics();
+    let ctx = output::Ctx { json: cli.json };
+    if let Err(err) = output::check_log_filter(&cli.log) {
+        return output::report_error(&ctx, &err);
+    }
     // The server logs JSON lines (for log shippers); other commands log text unless --json.
     output::init_logging(
         &cli.log,
         cli.json || matches!(cli.command, Command::Serve(_)),
     );
-    let ctx = output::Ctx { json: cli.json };
     let result: anyhow::Result<cmd::Outcome> = match cli.command {
         Command::Model(args) => cmd::model::run(&ctx, args),
         Command::Sign(a) => cmd::sign::run(&ctx, a),

@@ -19,17 +19,39 @@ impl Ctx {
         value: &T,
         text: impl FnOnce(&T) -> String,
     ) -> anyhow::Result<()> {
-        let mut out = std::io::stdout().lock();
+        // A closed pipe (`palisade ... | head`) is a normal stop, not an error.
+        match self.write(value, text)? {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => Ok(r?),
+        }
+    }
+
+    /// [`Ctx::emit`] for output that carries a secret shown once (a new key): written and
+    /// flushed, or an error, a closed pipe included, so that the caller can take back what it
+    /// could not show (a key stored but never seen is a key nobody can use, or revoke by name).
+    pub fn emit_secret<T: Serialize>(
+        &self,
+        value: &T,
+        text: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        self.write(value, text)?
+            .map_err(|e| anyhow::anyhow!("cannot write the new key to stdout: {e}"))
+    }
+
+    /// Writes and flushes `value` (JSON or `text`) to stdout: the outer error is encoding's,
+    /// the inner one writing's.
+    fn write<T: Serialize>(
+        &self,
+        value: &T,
+        text: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<std::io::Result<()>> {
         let s = if self.json {
             serde_json::to_string_pretty(value)?
         } else {
             text(value)
         };
-        // A closed pipe (`palisade ... | head`) is a normal stop, not an error.
-        match writeln!(out, "{s}") {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            r => Ok(r?),
-        }
+        let mut out = std::io::stdout().lock();
+        Ok(writeln!(out, "{s}").and_then(|()| out.flush()))
     }
 
     /// Whether progress bars may be drawn (never in JSON mode).
@@ -38,12 +60,35 @@ impl Ctx {
     }
 }
 
-/// Structured logs on stderr (`--log`, `PALISADE_LOG`); JSON lines when `json` (servers).
+/// The levels `--log` takes, alone or as `target=level`.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `--log` value: comma-separated levels or `target=level` directives. A bare word that
+/// is not a level is refused: tracing would take `warning` for a target and log nothing else.
+pub fn check_log_filter(level: &str) -> anyhow::Result<()> {
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()) {
+            anyhow::bail!(
+                "--log '{d}': not a level ({}) nor a target=level directive",
+                LEVELS.join(", ")
+            );
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("--log '{level}': {e}"))
+}
+
+/// Structured logs on stderr (`--log`, `PALISADE_LOG`, checked by [`check_log_filter`]); JSON
+/// lines when `json` (servers). A log line that cannot be written is dropped: with the
+/// subscriber's default, a broken stderr (a log shipper that died) made every log line a panic,
+/// the audit guard's among them, after the request's entry was committed and before its answer.
 pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
@@ -55,12 +100,14 @@ pub fn init_logging(level: &str, json: bool) {
 /// Prints an error as one line (its cause chain joined by ": ") and returns exit code 2.
 pub fn report_error(ctx: &Ctx, err: &anyhow::Error) -> ExitCode {
     let line = one_line(err);
+    // Written where possible: a closed or full stdout or stderr must not turn the error into a
+    // panic (println! and eprintln! panic when they cannot write).
     if ctx.json {
         let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
         let v = serde_json::json!({ "error": line, "causes": chain });
-        println!("{v}");
+        let _ = writeln!(std::io::stdout(), "{v}");
     }
-    eprintln!("error: {line}");
+    let _ = writeln!(std::io::stderr(), "error: {line}");
     ExitCode::from(2)
 }
 
@@ -96,6 +143,24 @@ mod tests {
     impl std::error::Error for Shows {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_log_filter_is_levels_or_target_directives() {
+        for ok in [
+            "warn",
+            "INFO",
+            "info,tower=warn",
+            "palisade_gateway=debug",
+            "off",
+        ] {
+            assert!(super::check_log_filter(ok).is_ok(), "{ok}");
+        }
+        // tracing would take these for targets and then log nothing else.
+        for bad in ["warning", "info,verbose"] {
+            let e = super::check_log_filter(bad).unwrap_err().to_string();
+            assert!(e.contains("not a level"), "{bad}: {e}");
         }
     }
 

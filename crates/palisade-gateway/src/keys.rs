@@ -50,6 +50,14 @@ pub enum KeyError {
     /// The database failed.
     #[error("key database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database file could not be made.
+    #[error("cannot create the key database {path}: {source}")]
+    Create {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A role string that is not one of the roles.
     #[error(
         "unknown role '{0}' (roles: query:<model>, query:*, ingest, train, deploy, audit, admin)"
@@ -395,6 +403,28 @@ fn totp_for(secret: Vec<u8>) -> Result<totp_rs::Totp, KeyError> {
 impl SqliteKeyStore {
     /// Opens (or creates) the key database at `path`.
     pub fn open(path: &Path) -> Result<Self, KeyError> {
+        // Made owner-only before SQLite makes it (with the umask's mode, 0644 as a rule): the
+        // database holds the TOTP secrets of admin and deploy keys, and SQLite gives its -wal and
+        // -shm files the database's mode.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(KeyError::Create {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
         let mut store = Self::from_conn(Connection::open(path)?)?;
         let writer = Connection::open(path)?;
         writer.busy_timeout(Duration::from_secs(10))?;
@@ -1258,6 +1288,23 @@ mod tests {
             Authn::Revoked(k.record.id.clone())
         );
         assert!(SETTLE > RECHECK_AFTER);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_key_database_is_made_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let s = SqliteKeyStore::open(&path).unwrap();
+        s.create("a", &[Role::Admin], None, T0).unwrap();
+        for f in ["keys.db", "keys.db-wal"] {
+            let mode = std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}: {mode:o}");
+        }
     }
 
     #[test]

@@ -249,6 +249,28 @@ impl std::fmt::Debug for LocalState {
     }
 }
 
+/// Creates the state folder `dir` (and its parents) when missing, and makes it readable by its
+/// owner only (0700): it holds the key database, with the TOTP secrets of admin keys, and the
+/// audit signing key. A folder whose mode cannot be set (a mount that does not allow it) is
+/// used as it is, with a warning.
+pub fn make_private_dir(dir: &Path) -> Result<(), GatewayError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| GatewayError::io(dir, e))?;
+        if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(folder = %dir.display(), error = %e, "cannot make the state folder private (mode 0700)");
+        }
+    }
+    #[cfg(not(unix))]
+    fs::create_dir_all(dir).map_err(|e| GatewayError::io(dir, e))?;
+    Ok(())
+}
+
 impl LocalState {
     /// Opens (creating when needed) the state folder `dir`; the audit log commits with
     /// `durability`.
@@ -257,12 +279,7 @@ impl LocalState {
         checkpoints: CheckpointPolicy,
         durability: Durability,
     ) -> Result<Self, GatewayError> {
-        fs::create_dir_all(dir).map_err(|e| GatewayError::io(dir, e))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-        }
+        make_private_dir(dir)?;
         let lock_path = dir.join("lock");
         let lock = fs::OpenOptions::new()
             .create(true)

@@ -100,6 +100,16 @@ pub fn show_new_key(k: &NewKey) -> String {
     s
 }
 
+/// Revokes the new key `id`, in the key database `db`, that could not be shown (its audit entry,
+/// queued as the operator's, says so).
+pub fn take_back(db: &std::path::Path, id: &str) -> anyhow::Result<()> {
+    SqliteKeyStore::open(db)?
+        .for_operator(format!("{} (key not shown)", operator()))
+        .revoke(id, now_ms())
+        .with_context(|| format!("revoking {id}, which was not shown"))?;
+    Ok(())
+}
+
 /// Runs `palisade keys`.
 pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
     let paths = StatePaths::new(&args.state);
@@ -109,8 +119,7 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
             args.state.display()
         );
     }
-    std::fs::create_dir_all(&args.state)
-        .with_context(|| format!("cannot create {}", args.state.display()))?;
+    palisade_gateway::server::make_private_dir(&args.state)?;
     let store = SqliteKeyStore::open(&paths.keys_db())?.for_operator(operator());
     let changes = !matches!(args.action, KeysAction::List);
     match args.action {
@@ -132,7 +141,13 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
                 None => None,
             };
             let k = store.create(&name, &roles, expires, now)?;
-            ctx.emit(&k, show_new_key)?;
+            if let Err(e) = ctx.emit_secret(&k, show_new_key) {
+                take_back(&paths.keys_db(), &k.record.id)?;
+                return Err(e.context(format!(
+                    "key {} was not shown and has been revoked",
+                    k.record.id
+                )));
+            }
         }
         KeysAction::List => {
             let keys = store.list()?;
@@ -179,13 +194,21 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
         }
         KeysAction::Rotate { id, overlap } => {
             let k = store.rotate(&id, parse_duration(&overlap)?, now_ms())?;
-            ctx.emit(&k, |k| {
+            let shown = ctx.emit_secret(&k, |k| {
                 format!(
                     "{} stays valid for {overlap} (not past its own expiry); its successor:\n{}",
                     id,
                     show_new_key(k)
                 )
-            })?;
+            });
+            if let Err(e) = shown {
+                take_back(&paths.keys_db(), &k.record.id)?;
+                return Err(e.context(format!(
+                    "the successor {} was not shown and has been revoked ({id} stays valid for \
+                     the overlap)",
+                    k.record.id
+                )));
+            }
         }
     }
     if changes {

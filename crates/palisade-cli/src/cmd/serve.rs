@@ -335,7 +335,7 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
             limits,
             first_admin: first.as_ref(),
         };
-        ctx.emit(&started, |s| {
+        let show = |s: &Started<'_>| {
             let mut t = format!(
                 "serving {} on http://{} (gRPC also on {}), state in {}; {}; {} inference thread{}, {} async thread{}",
                 s.models.join(", "),
@@ -359,7 +359,25 @@ pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
                 t.push_str(&crate::cmd::keys::show_new_key(k));
             }
             t
-        })?;
+        };
+        match &first {
+            None => ctx.emit(&started, show)?,
+            // A key no one saw (stdout closed, or a pipe whose reader died) is taken back, and
+            // the start fails saying how to make one, rather than leave an admin key that no
+            // later start shows again.
+            Some(k) => {
+                if let Err(e) = ctx.emit_secret(&started, show) {
+                    crate::cmd::keys::take_back(&state.paths.keys_db(), &k.record.id)?;
+                    return Err(e.context(format!(
+                        "the first admin key {} was not shown and has been revoked; make one \
+                         with `palisade keys create --state {} --name admin --role admin \
+                         --role deploy --role audit`",
+                        k.record.id,
+                        args.state.display()
+                    )));
+                }
+            }
+        }
         let (tx, rx) = tokio::sync::watch::channel(false);
         // Key changes made with `palisade keys` (and the first admin key) reach the audit log:
         // now, every second, and once more after the shutdown.
