@@ -84,8 +84,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "PALISADE_LIMITS_REDIS_CLUSTER",
-        value_parser = clap::builder::BoolishValueParser::new(),
-        requires = "limits_redis"
+        value_parser = clap::builder::BoolishValueParser::new()
     )]
     limits_redis_cluster: bool,
     /// With --limits-redis: the prefix of the keys this gateway counts under (gateways that
@@ -232,7 +231,28 @@ async fn shutdown_signal() {
 }
 
 /// Runs `palisade serve` until SIGINT or SIGTERM.
-pub fn run(ctx: &Ctx, args: ServeArgs) -> anyhow::Result<Outcome> {
+pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
+    // An empty PALISADE_LIMITS_REDIS (`${X:-}` in a compose file) means no Redis, as an unset one
+    // does; and a flag that only means something with Redis is refused without it (clap's
+    // `requires` took PALISADE_LIMITS_REDIS_CLUSTER=false for a request of a cluster).
+    if args
+        .limits_redis
+        .as_deref()
+        .is_some_and(|u| u.trim().is_empty())
+    {
+        args.limits_redis = None;
+    }
+    if args.limits_redis.is_none() {
+        let redis_only = [
+            ("--limits-redis-cluster", args.limits_redis_cluster),
+            ("--limits-redis-ca", args.limits_redis_ca.is_some()),
+            ("--limits-redis-cert", args.limits_redis_cert.is_some()),
+            ("--limits-redis-key", args.limits_redis_key.is_some()),
+        ];
+        if let Some((flag, _)) = redis_only.iter().find(|(_, given)| *given) {
+            anyhow::bail!("{flag} needs --limits-redis (or PALISADE_LIMITS_REDIS)");
+        }
+    }
     let given = match &args.trusted_key {
         Some(k) => Some(Trust::Key(Arc::new(
             palisade_supply::keys::PublicKey::from_pem_file(k)
