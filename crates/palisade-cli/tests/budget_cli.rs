@@ -246,7 +246,7 @@ fn redis_settings_that_cannot_work_stop_the_start() {
     let d = dir.path();
     repository(d, "[input]\nrange = [0.0, 1.0]\n");
     std::fs::write(d.join("empty.pem"), "no certificate here\n").unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &[
                 "--limits-redis",
@@ -290,6 +290,10 @@ fn redis_settings_that_cannot_work_stop_the_start() {
                 "--limits-redis-cluster",
             ],
             "unix socket",
+        ),
+        (
+            &["--limits-redis-cluster"],
+            "--limits-redis-cluster needs --limits-redis",
         ),
     ];
     for (args, says) in cases {
