@@ -424,17 +424,29 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = tx.send(true);
-        while let Some(r) = tasks.join_next().await {
-            r.context("server task")??;
-        }
-        // Admin actions whose clients left still finish with their audit entries.
-        if tokio::time::timeout(std::time::Duration::from_secs(30), gw.settle())
-            .await
-            .is_err()
-        {
-            tracing::error!(
-                "admin requests still running 30 s after the shutdown; exiting without them"
-            );
+        let graceful = async {
+            while let Some(r) = tasks.join_next().await {
+                r.context("server task")??;
+            }
+            // Admin actions whose clients left still finish with their audit entries.
+            if tokio::time::timeout(std::time::Duration::from_secs(30), gw.settle())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "admin requests still running 30 s after the shutdown; exiting without them"
+                );
+            }
+            anyhow::Ok(())
+        };
+        // A second SIGINT or SIGTERM stops the wait (up to a minute: 30 s for the connections,
+        // 30 s for admin actions) but not what follows: the key changes still reach the audit
+        // log and the budgets' exact counts limits.db, which kill -9 would skip.
+        tokio::select! {
+            r = graceful => r?,
+            _ = shutdown_signal() => {
+                tracing::warn!("a second signal: stopping without waiting for the requests in flight");
+            }
         }
         // Stopped between two drains (not in the middle of one, which would append an entry
         // and leave it queued, to be appended again).
