@@ -102,4 +102,18 @@ fn key_changes_by_the_cli_reach_the_audit_log() {
     keys(&["list"]);
     keys(&["create", "--name", "later", "--role", "audit"]);
     assert_eq!(audit(d), (2, 1));
+    // A key database that cannot be read leaves the count unknown, not the log's verdict.
+    std::fs::write(d.join("st/keys.db"), b"not a database").unwrap();
+    for f in ["keys.db-wal", "keys.db-shm"] {
+        let _ = std::fs::remove_file(d.join("st").join(f));
+    }
+    let v = palisade(d, &["audit", "verify", "--state", "st"]);
+    assert_eq!(v["entries"], 2, "{v}");
+    assert!(v["queued_key_changes"].is_null(), "{v}");
+    assert!(
+        v["queued_key_changes_unknown"]
+            .as_str()
+            .is_some_and(|w| w.contains("keys.db")),
+        "{v}"
+    );
 }

@@ -19,7 +19,11 @@ use crate::output::Ctx;
 struct Verified<'a> {
     #[serde(flatten)]
     report: &'a palisade_gateway::audit::VerifyReport,
-    queued_key_changes: u64,
+    /// `None` when the key database beside the log could not be read.
+    queued_key_changes: Option<u64>,
+    /// Why the key database could not be read (the log's verdict stands without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queued_key_changes_unknown: Option<String>,
 }
 
 /// Arguments of `palisade audit`.
@@ -301,18 +305,25 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                 s.finish_and_clear();
             }
             let report = report?;
-            // Key changes by operators not yet moved into the log (read only; a folder given
-            // only as --db has none to tell).
-            let keys_db = paths.keys_db();
-            let queued_key_changes = if keys_db.exists() {
-                SqliteKeyStore::queued(&keys_db)
-                    .with_context(|| format!("reading {}", keys_db.display()))?
-            } else {
-                0
+            // Key changes by operators not yet moved into the log (read only), from the key
+            // database beside the log. One that cannot be read leaves the count unknown, not
+            // the log's verdict.
+            let keys_db = match &args.db {
+                Some(db) => db.with_file_name("keys.db"),
+                None => paths.keys_db(),
+            };
+            let (queued_key_changes, queued_key_changes_unknown) = match std::fs::metadata(&keys_db)
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Some(0), None),
+                _ => match SqliteKeyStore::queued(&keys_db) {
+                    Ok(n) => (Some(n), None),
+                    Err(e) => (None, Some(format!("reading {}: {e}", keys_db.display()))),
+                },
             };
             let out = Verified {
                 report: &report,
                 queued_key_changes,
+                queued_key_changes_unknown,
             };
             ctx.emit(&out, |v| {
                 let r = v.report;
@@ -337,11 +348,14 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                         listed.join(", ")
                     ));
                 }
-                if v.queued_key_changes > 0 {
-                    s.push_str(&format!(
-                        "\n{} key changes made with `palisade keys` are queued, not yet in the log (the gateway appends them within a second, or when it starts)",
-                        v.queued_key_changes
-                    ));
+                match (v.queued_key_changes, &v.queued_key_changes_unknown) {
+                    (Some(n), _) if n > 0 => s.push_str(&format!(
+                        "\n{n} key changes made with `palisade keys` are queued, not yet in the log (the gateway appends them within a second, or when it starts)"
+                    )),
+                    (None, Some(why)) => s.push_str(&format!(
+                        "\nkey changes queued for the log: unknown ({why})"
+                    )),
+                    _ => {}
                 }
                 if r.ok() {
                     s.push_str("\nOK: the log verifies");

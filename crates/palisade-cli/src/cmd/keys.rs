@@ -113,11 +113,20 @@ pub fn take_back(db: &std::path::Path, id: &str) -> anyhow::Result<()> {
 /// Runs `palisade keys`.
 pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
     let paths = StatePaths::new(&args.state);
-    if !matches!(args.action, KeysAction::Create { .. }) && !paths.keys_db().exists() {
-        anyhow::bail!(
-            "no key database in {} (start `palisade serve` or create a key first)",
-            args.state.display()
-        );
+    if !matches!(args.action, KeysAction::Create { .. }) {
+        // Only a database that is not there is "none": one that cannot be looked at (EACCES)
+        // says why.
+        match std::fs::metadata(paths.keys_db()) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+                "no key database in {} (start `palisade serve` or create a key first)",
+                args.state.display()
+            ),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot read {}", paths.keys_db().display())));
+            }
+        }
     }
     palisade_gateway::server::make_private_dir(&args.state)?;
     let store = SqliteKeyStore::open(&paths.keys_db())?.for_operator(operator());
