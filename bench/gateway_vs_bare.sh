@@ -23,21 +23,22 @@ start_servers() {
     BP=$(free_port)
     start_bare "$BP"
     PID_BARE=$BARE_PID
-    # Each gateway keeps its state folder across rounds; its first start prints the admin key.
+    # Each gateway starts every round on a fresh state folder (its first start prints the admin
+    # key the round uses): a log, journal and limits.db grown by the earlier rounds' requests
+    # would weigh on the later rounds only, and on the guarded servers only.
     FP=$(free_port)
-    AUTH=${AUTH_FULL:-}
-    start_gateway "$FP" full --audit-durability full
+    unset AUTH
+    start_gateway "$FP" "full-$ROUND" --audit-durability full
     PID_FULL=$GW_PID
     AUTH_FULL=$AUTH
     unset AUTH
     PP=$(free_port)
-    AUTH=${AUTH_PROCESS:-}
-    start_gateway "$PP" process --audit-durability process
+    start_gateway "$PP" "process-$ROUND" --audit-durability process
     PID_PROCESS=$GW_PID
     AUTH_PROCESS=$AUTH
     unset AUTH
 }
-stop_servers() { # SIGTERM: the gateways close their audit logs before the next round reopens them
+stop_servers() { # SIGTERM: the gateways close their audit logs and limits.db
     kill "$PID_BARE" "$PID_FULL" "$PID_PROCESS" 2> /dev/null || true
     wait "$PID_BARE" "$PID_FULL" "$PID_PROCESS" 2> /dev/null || true
 }
