@@ -22,12 +22,13 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
 use super::authn::{key_store_failed, presented_key, unauthorised, why_refused};
+use super::validate::{self, BodyError};
 use super::{
     BodyDigest, Decision, Guard, InputDigest, Next, PresentedKeyId, Principal, ServedVersion,
     call_next, error_response,
 };
 use crate::audit::{AuditLog, AuditRecord};
-use crate::deadline::{BodyTimedOut, DeadlineBody};
+use crate::deadline::DeadlineBody;
 use crate::keys::{Authn, KeyStore};
 use crate::metrics::Metrics;
 use crate::now_ms;
@@ -239,33 +240,6 @@ impl WriteAhead {
     }
 }
 
-/// The answer to an admin request whose body could not be read: 413 over [`MAX_ADMIN_BODY`],
-/// 408 (and the connection closed) past [`ADMIN_BODY_TIMEOUT`], else 400.
-fn unread_admin_body(e: &axum::Error) -> Response {
-    let mut src: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = src {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("an admin request body is at most {MAX_ADMIN_BODY} bytes"),
-            );
-        }
-        if s.is::<BodyTimedOut>() {
-            let mut r = error_response(StatusCode::REQUEST_TIMEOUT, &s.to_string());
-            r.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            return r;
-        }
-        src = s.source();
-    }
-    error_response(
-        StatusCode::BAD_REQUEST,
-        &format!("could not read the request body: {e}"),
-    )
-}
-
 /// Whether `resp` is [`WriteAhead`]'s refusal of an action whose intent the log could not take:
 /// the action did not run (the authorise guard then gives its TOTP code back).
 pub fn not_taken(resp: &Response) -> bool {
@@ -282,13 +256,17 @@ impl Guard for WriteAhead {
         }
         let ts_ms = now_ms();
         let (parts, body) = req.into_parts();
+        // Read as validate reads a model's body, and refused as it refuses one (413, 408 and
+        // the connection closed, 400), as the validate guard's.
         let body = Body::new(DeadlineBody::new(body, ADMIN_BODY_TIMEOUT));
-        let bytes = match axum::body::to_bytes(body, MAX_ADMIN_BODY).await {
+        let bytes = match validate::read_body(body, MAX_ADMIN_BODY).await {
             Ok(b) => b,
-            Err(e) => {
-                let mut r = unread_admin_body(&e);
-                r.extensions_mut().insert(Decision::Denied("validate"));
-                return r;
+            Err(BodyError::TooLarge) => return validate::too_large(MAX_ADMIN_BODY),
+            Err(BodyError::TimedOut) => {
+                return validate::too_slow(ADMIN_BODY_TIMEOUT.as_millis() as u64);
+            }
+            Err(BodyError::Read(m) | BodyError::Corrupt(m) | BodyError::Encoding(m)) => {
+                return validate::bad(format!("could not read the request body: {m}"));
             }
         };
         let record = AuditRecord {

@@ -44,11 +44,11 @@ impl Validate {
     }
 }
 
-fn bad(message: String) -> Response {
+pub(super) fn bad(message: String) -> Response {
     reject(StatusCode::BAD_REQUEST, GUARD, &message)
 }
 
-fn too_large(limit: usize) -> Response {
+pub(super) fn too_large(limit: usize) -> Response {
     reject(
         StatusCode::PAYLOAD_TOO_LARGE,
         GUARD,
@@ -57,7 +57,7 @@ fn too_large(limit: usize) -> Response {
 }
 
 /// 408, and the connection closed (RFC 9110 §15.5.9): what is left of the body never comes.
-fn too_slow(ms: u64) -> Response {
+pub(super) fn too_slow(ms: u64) -> Response {
     let mut r = reject(
         StatusCode::REQUEST_TIMEOUT,
         GUARD,
@@ -69,7 +69,7 @@ fn too_slow(ms: u64) -> Response {
 }
 
 /// Why a body could not be read.
-enum BodyError {
+pub(super) enum BodyError {
     TooLarge,
     TimedOut,
     Encoding(String),
@@ -78,7 +78,7 @@ enum BodyError {
 }
 
 /// Reads a body as sent, never holding more than `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         // `to_bytes` reports the limit as a `LengthLimitError`, and the body's deadline as a
         // `BodyTimedOut`, in its source chain.
