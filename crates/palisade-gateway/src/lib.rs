@@ -8,19 +8,20 @@
 //! back out through them, like the layers of an onion:
 //!
 //! ```text
-//!                requests                                     responses
-//!                 │                                             ▲
-//!   ┌─────────────┼─────────────── metrics ─────────────────────┼─────────────┐
-//!   │ ┌───────────┼─────────────── audit ───────────────────────┼───────────┐ │  entry durable,
-//!   │ │ ┌─────────┼─────────────── authenticate ────────────────┼─────────┐ │ │  then released
-//!   │ │ │ ┌───────┼─────────────── authorise ───────────────────┼───────┐ │ │ │
-//!   │ │ │ │ ┌─────┼─────────────── admit ───────────────────────┼─────┐ │ │ │ │  503 when the queue is full
-//!   │ │ │ │ │ ┌───┼─────────────── rate limit ──────────────────┼───┐ │ │ │ │ │  + RateLimit headers
-//!   │ │ │ │ │ │ ┌─┼─────────────── validate ────────────────────┼─┐ │ │ │ │ │ │
-//!   │ │ │ │ │ │ │ │ ┌───────────── harden output ─────────────┐ │ │ │ │ │ │ │ │  logits → body
-//!   │ │ │ │ │ │ │ │ │              infer (model)              │ │ │ │ │ │ │ │ │
-//!   │ │ │ │ │ │ │ │ └─────────────────────────────────────────┘ │ │ │ │ │ │ │ │
-//!   └─┴─┴─┴─┴─┴─┴─┴─────────────────────────────────────────────┴─┴─┴─┴─┴─┴─┴─┘
+//!                  requests                                     responses
+//!                   │                                             ▲
+//!   ┌───────────────┼─────────────── metrics ─────────────────────┼───────────────┐
+//!   │ ┌─────────────┼─────────────── audit ───────────────────────┼─────────────┐ │  entry durable,
+//!   │ │ ┌───────────┼─────────────── authenticate ────────────────┼───────────┐ │ │  then released
+//!   │ │ │ ┌─────────┼─────────────── authorise ───────────────────┼─────────┐ │ │ │
+//!   │ │ │ │ ┌───────┼─────────────── admit ───────────────────────┼───────┐ │ │ │ │  503 when the queue is full
+//!   │ │ │ │ │ ┌─────┼─────────────── rate limit ──────────────────┼─────┐ │ │ │ │ │  + RateLimit headers
+//!   │ │ │ │ │ │ ┌───┼─────────────── validate ────────────────────┼───┐ │ │ │ │ │ │
+//!   │ │ │ │ │ │ │ ┌─┼─────────────── charge batch ────────────────┼─┐ │ │ │ │ │ │ │  the batch's other samples
+//!   │ │ │ │ │ │ │ │ │ ┌───────────── harden output ─────────────┐ │ │ │ │ │ │ │ │ │  logits → body
+//!   │ │ │ │ │ │ │ │ │ │              infer (model)              │ │ │ │ │ │ │ │ │ │
+//!   │ │ │ │ │ │ │ │ │ └─────────────────────────────────────────┘ │ │ │ │ │ │ │ │ │
+//!   └─┴─┴─┴─┴─┴─┴─┴─┴─────────────────────────────────────────────┴─┴─┴─┴─┴─┴─┴─┴─┘
 //! ```
 //!
 //! - **metrics** ([`metrics::Measure`]): counts and times every request (no per-client labels).
@@ -34,9 +35,12 @@
 //! - **rate limit** ([`guard::ratelimit`]): GCRA per key (a key and its successors by rotation
 //!   count as one) and per model, daily budget → 429, counted in a
 //!   [`guard::ratelimit::LimitStore`] (503 when it cannot answer). A model's versions with
-//!   different rates are limited apart.
+//!   different rates are limited apart. Limits count samples: one is charged here, before the
+//!   body is read.
 //! - **validate** ([`guard::validate`]): body size and arrival time, decompression, OIP decoding,
-//!   shape, dtype, range, NaN/Inf → 413/408/415/400.
+//!   shape, dtype, range, NaN/Inf → 413/408/415/400; a batch larger than the limits could ever
+//!   let through → 400.
+//! - **charge batch** ([`guard::ratelimit::ChargeBatch`]): a batch's other samples → 429.
 //! - **harden output** ([`guard::harden`]): the only code that turns logits into a response body.
 //! - **infer** ([`infer::ModelService`]): runs the classifier on one of a fixed set of
 //!   inference threads ([`pool::InferencePool`]).
@@ -89,7 +93,7 @@ pub mod tract_runtime;
 
 pub use listen::{ServeOptions, serve, serve_with};
 pub use model::{ModelRepository, ServedModel};
-pub use policy::Policy;
+pub use policy::{Count, Policy};
 pub use server::{Gateway, LocalState, StatePaths};
 
 /// Errors setting up or running a gateway.

@@ -174,14 +174,15 @@ pub fn load_version(
         .map_err(|e| GatewayError::Model(format!("{}: {e}", admitted.path.display())))?;
     if let Some(budget) = policy.limits.daily_budget
         && policy.input.max_batch > 1
+        && policy.limits.count == crate::policy::Count::Requests
     {
         tracing::warn!(
             model = name,
             version,
             daily_budget = budget,
             max_batch = policy.input.max_batch,
-            "the daily budget counts requests, a batch once: a key may run up to max_batch times \
-             its budget in samples a day (input.max_batch = 1 makes it count samples)"
+            "the daily budget counts requests (limits.count), a batch once: a key may run up to \
+             max_batch times its budget in samples a day"
         );
     }
     Ok(ServedModel {

@@ -10,7 +10,8 @@
 //! [limits]                # rate limit (GCRA)
 //! per_key = { rate = 100, period_ms = 1000, burst = 200 }
 //! per_model = { rate = 2000, period_ms = 1000, burst = 4000 }
-//! daily_budget = 100000   # requests per key per UTC day (a batch counts once: see below)
+//! daily_budget = 100000   # samples per key per UTC day
+//! count = "samples"       # what the rates and the budget count: samples | requests
 //!
 //! [output]                # harden
 //! reveal = "logits"       # logits | probabilities | label
@@ -22,11 +23,16 @@
 //! Every section and field is optional; unknown fields are an error (a typo must not silently
 //! turn a guard off).
 //!
-//! The rates and the daily budget count requests, charged before the body is read: a request of
-//! a batch of N images counts once. Where the budget is a bound on how many queries a key can
-//! make of the model (against extraction), set `input.max_batch = 1` so that requests are
-//! samples; otherwise a key may run up to `max_batch` times its budget in samples a day, which
-//! the gateway says in its log when it loads such a model.
+//! The rates and the daily budget count samples (`count = "samples"`, the default): a request
+//! of a batch of N images costs N of each. One is charged before the body is read, so that a
+//! key over its limits is refused without reading what it sends; the other N - 1 once
+//! validation has read the batch (a refusal then leaves the first charged). A daily budget is a
+//! bound on how many queries a key can make of the model, against extraction: counted in
+//! requests, batches would multiply it by up to `max_batch`. A batch larger than a rate's burst
+//! or the daily budget could never pass, so with `count = "samples"` the largest batch accepted
+//! is the least of `input.max_batch`, the bursts and the budget ([`Policy::batch_limit`]).
+//! `count = "requests"` counts a request once whatever its batch (the gateway says in its log
+//! when it loads such a model with a budget and batches).
 
 use std::path::Path;
 use std::time::Duration;
@@ -134,8 +140,21 @@ pub struct LimitPolicy {
     pub per_key: Option<Rate>,
     /// Limit for the model, all keys together.
     pub per_model: Option<Rate>,
-    /// Requests per key per UTC day (a batch counts once; see the module documentation).
+    /// Samples (or requests, with [`Count::Requests`]) per key per UTC day.
     pub daily_budget: Option<u64>,
+    /// What the rates and the budget count.
+    pub count: Count,
+}
+
+/// What a rate limit or a daily budget counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Count {
+    /// Each sample of a batch (a request of N costs N).
+    #[default]
+    Samples,
+    /// Each request, whatever its batch.
+    Requests,
 }
 
 impl Default for LimitPolicy {
@@ -148,6 +167,7 @@ impl Default for LimitPolicy {
             }),
             per_model: None,
             daily_budget: None,
+            count: Count::Samples,
         }
     }
 }
@@ -214,6 +234,35 @@ impl Policy {
             source,
         })?;
         Self::from_toml(&text)
+    }
+
+    /// The largest batch a request may carry, and what sets it: `input.max_batch`, or, where the
+    /// limits count samples, a smaller burst or daily budget (a larger batch could never pass
+    /// them).
+    pub fn batch_limit(&self) -> (usize, &'static str) {
+        let mut most = (self.input.max_batch, "input.max_batch");
+        if self.limits.count == Count::Samples {
+            let limits = [
+                (
+                    self.limits.per_key.map(|r| u64::from(r.burst)),
+                    "limits.per_key.burst",
+                ),
+                (
+                    self.limits.per_model.map(|r| u64::from(r.burst)),
+                    "limits.per_model.burst",
+                ),
+                (self.limits.daily_budget, "limits.daily_budget"),
+            ];
+            for (n, what) in limits {
+                if let Some(n) = n
+                    && n < most.0 as u64
+                {
+                    // Below max_batch, so it fits a usize.
+                    most = (n as usize, what);
+                }
+            }
+        }
+        most
     }
 
     /// Checks the values.
@@ -322,6 +371,26 @@ mod tests {
         );
         assert_eq!(p.output.top_k, Some(3));
         assert_eq!(Policy::from_toml("").unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn counting_samples_caps_a_batch_at_the_smallest_limit() {
+        let p = |t: &str| Policy::from_toml(t).unwrap().batch_limit();
+        assert_eq!(p(""), (64, "input.max_batch"));
+        let rates = "[input]\nmax_batch = 50\n[limits]\n\
+                     per_key = { rate = 1, period_ms = 1000, burst = 40 }\n\
+                     per_model = { rate = 1, period_ms = 1000, burst = 30 }\n";
+        assert_eq!(p(rates), (30, "limits.per_model.burst"));
+        assert_eq!(
+            p(&format!("{rates}daily_budget = 20\n")),
+            (20, "limits.daily_budget")
+        );
+        // Counting requests, a batch costs one: only max_batch bounds it.
+        assert_eq!(
+            p(&format!("{rates}daily_budget = 20\ncount = \"requests\"\n")),
+            (50, "input.max_batch")
+        );
+        assert!(Policy::from_toml("[limits]\ncount = \"images\"").is_err());
     }
 
     #[test]

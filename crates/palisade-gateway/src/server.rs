@@ -27,7 +27,7 @@ use crate::guard::audit::{Audit, WriteAhead};
 use crate::guard::authn::Authenticate;
 use crate::guard::authz::Authorise;
 use crate::guard::harden::Harden;
-use crate::guard::ratelimit::{LimitStore, LocalLimits, RateLimit};
+use crate::guard::ratelimit::{ChargeBatch, LimitStore, LocalLimits, RateLimit};
 use crate::guard::validate::Validate;
 use crate::guard::{GuardLayer, Next, error_response, json_response};
 use crate::infer::ModelService;
@@ -596,6 +596,11 @@ impl Gateway {
                 self.metrics.clone(),
             )))
             .layer(GuardLayer(Validate::new(self.models.clone())))
+            .layer(GuardLayer(ChargeBatch::new(
+                self.limits.clone(),
+                self.models.clone(),
+                self.metrics.clone(),
+            )))
             .layer(GuardLayer(Harden))
             .service(ModelService::new(
                 self.models.clone(),

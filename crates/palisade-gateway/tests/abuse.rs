@@ -261,7 +261,9 @@ async fn large_and_compressed_bodies_get_the_same_checks_answers_and_digests() {
         .deploy(served(
             "big",
             "1",
-            "[input]\nmax_body_bytes = 1048576\nmax_batch = 10000\n",
+            // Samples count against the rates: a burst that holds the batches sent.
+            "[input]\nmax_body_bytes = 1048576\nmax_batch = 10000\n[limits]\n\
+             per_key = { rate = 100000, period_ms = 1000, burst = 30000 }\n",
         ))
         .unwrap();
     let auth = query_auth(&s, "big");
@@ -777,4 +779,104 @@ async fn a_model_that_returns_scores_that_are_not_finite_is_answered_500() {
         assert!(r.error().contains("not finite"), "{name}: {r:?}");
     }
     s.stop().await;
+}
+
+/// Rates and budgets count samples: a batch of N costs N (one before its body is read, the rest
+/// once validated), a batch larger than what the limits could ever let through is refused with
+/// a 400 naming the limit, and a refusal of a batch's later samples is a 429 that says what is
+/// left and is audited as the rate limiter's. With `count = "requests"` a batch costs one.
+#[tokio::test]
+async fn a_batch_costs_its_samples() {
+    let s = start().await;
+    let hour = "period_ms = 3600000";
+    s.models
+        .deploy(served(
+            "samples",
+            "1",
+            &format!(
+                "[input]\nmax_batch = 8\n[limits]\nper_key = {{ rate = 1, {hour}, burst = 10 }}\n\
+                 daily_budget = 6\n"
+            ),
+        ))
+        .unwrap();
+    s.models
+        .deploy(served(
+            "requests",
+            "1",
+            &format!(
+                "[input]\nmax_batch = 8\n[limits]\nper_key = {{ rate = 1, {hour}, burst = 10 }}\n\
+                 daily_budget = 2\ncount = \"requests\"\n"
+            ),
+        ))
+        .unwrap();
+    // One key per model, for the whole test.
+    let keys = [
+        ("samples", query_auth(&s, "samples")),
+        ("requests", query_auth(&s, "requests")),
+    ];
+    let send = |model: &'static str, n: usize| {
+        let auth = keys.iter().find(|(m, _)| *m == model).unwrap().1.clone();
+        let addr = s.addr;
+        async move {
+            let x: Vec<f32> = (0..n * 4).map(|i| (i % 7) as f32 / 7.0).collect();
+            request(
+                addr,
+                "POST",
+                &format!("/v2/models/{model}/infer"),
+                &[("Authorization", &auth)],
+                &json_infer(&x, n),
+            )
+            .await
+        }
+    };
+    // Larger than the day's budget: no such batch could ever pass. Its first unit was charged
+    // before the body was read.
+    let r = send("samples", 7).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.error()
+            .contains("batch size 7 is outside 1..=6 (the policy's limits.daily_budget)"),
+        "{}",
+        r.error()
+    );
+    // 2 samples: 3 left of the day's 6, 7 of the key's burst of 10.
+    let r = send("samples", 2).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let state = |r: &Reply| r.headers["ratelimit"].clone();
+    assert!(
+        state(&r).starts_with("\"key\";r=7;t=10800, \"day\";r=3;t="),
+        "{r:?}"
+    );
+    // 5 samples: the first unit leaves 2 of the budget, too few for the other 4. Refused,
+    // saying what is left; the first unit stays spent.
+    let r = send("samples", 5).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert!(
+        r.error().contains("daily query budget exhausted"),
+        "{}",
+        r.error()
+    );
+    assert!(state(&r).contains("\"day\";r=2;"), "{r:?}");
+    assert!(r.headers.contains_key("retry-after"), "{r:?}");
+    let e = s.last_audit_entry();
+    assert_eq!(e["decision"], "denied:rate-limit", "{e}");
+    // The last 2.
+    let r = send("samples", 2).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(state(&r).contains("\"day\";r=0;"), "{r:?}");
+    let r = send("samples", 1).await;
+    assert_eq!(r.status, 429, "{r:?}");
+
+    // Counting requests: a batch of 4 costs one.
+    for left in [1, 0] {
+        let r = send("requests", 4).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            state(&r).starts_with(&format!("\"key\";r={};", 9 - (1 - left))),
+            "{r:?}"
+        );
+        assert!(state(&r).contains(&format!("\"day\";r={left};")), "{r:?}");
+    }
+    let r = send("requests", 1).await;
+    assert_eq!(r.status, 429, "{r:?}");
 }

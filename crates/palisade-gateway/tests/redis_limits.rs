@@ -13,7 +13,7 @@ use palisade_gateway::guard::ratelimit::{
     Admission, Charge, Item, LimitError, LimitStore, LocalLimits,
 };
 use palisade_gateway::guard::redis_limits::{RedisLimits, RedisTls};
-use palisade_gateway::policy::{LimitPolicy, Rate};
+use palisade_gateway::policy::{Count, LimitPolicy, Rate};
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -121,6 +121,7 @@ fn budget_only(n: u64) -> LimitPolicy {
         per_key: None,
         per_model: None,
         daily_budget: Some(n),
+        count: Count::Samples,
     }
 }
 
@@ -151,12 +152,25 @@ async fn try_charge_on(
     policy: &LimitPolicy,
     t_ms: u64,
 ) -> Result<Decided, LimitError> {
+    try_charge_units(store, model, key, policy, t_ms, 1).await
+}
+
+/// [`try_charge_on`], `units` at once (a batch's samples).
+async fn try_charge_units(
+    store: &dyn LimitStore,
+    model: &str,
+    key: &str,
+    policy: &LimitPolicy,
+    t_ms: u64,
+    units: u32,
+) -> Result<Decided, LimitError> {
     let live = || vec![policy.clone()];
     let key = key.to_string();
     let c = Charge {
         key: &key,
         model,
         limits: policy,
+        units: std::num::NonZeroU32::new(units).expect("at least one unit"),
         t_ms,
         live: &live,
     };
@@ -200,17 +214,20 @@ async fn decides_as_local(shared: &RedisLimits) {
         per_key: rate(1, hour, 3),
         per_model: rate(1, hour, 5),
         daily_budget: Some(4),
+        count: Count::Samples,
     };
     // The model refuses at once, the key only later: the refusal's wait is the key's.
     let slow_key = LimitPolicy {
         per_key: rate(1, 60_000, 2),
         per_model: rate(1, 1000, 1),
         daily_budget: None,
+        count: Count::Samples,
     };
     let budget = LimitPolicy {
         per_key: rate(1, hour, 2),
         per_model: None,
         daily_budget: Some(1),
+        count: Count::Samples,
     };
     let t = noon();
     // (key, policy, t_ms): a's burst runs out; b's charges run out the model; on the budget
@@ -268,6 +285,65 @@ async fn decides_as_local(shared: &RedisLimits) {
         ]
     );
     assert_eq!(last_retry, 60, "the key's minute, not the model's second");
+
+    // Several units at once (a batch's samples, `Count::Samples`): the same decisions again.
+    let batch = LimitPolicy {
+        per_key: rate(1, hour, 5),
+        per_model: rate(1, hour, 9),
+        daily_budget: Some(7),
+        ..LimitPolicy::default()
+    };
+    let narrow = LimitPolicy {
+        per_key: rate(1, hour, 2),
+        per_model: None,
+        daily_budget: None,
+        ..LimitPolicy::default()
+    };
+    // (key, policy, units): f spends 3, is refused 3 by its rate (2 left), spends 2 more; then
+    // 3 more meet a budget with 2 left, charging nothing; g spends 2, and its 3 more pass its
+    // rate but not the model's (2 left of 9): the wait is the key's, until its 3 are back; h asks
+    // for more than its burst holds.
+    let script: Vec<(&str, &LimitPolicy, u32)> = vec![
+        ("f", &batch, 3),
+        ("f", &batch, 3),
+        ("f", &batch, 2),
+        ("f", &batch, 3),
+        ("g", &batch, 2),
+        ("g", &batch, 3),
+        ("h", &narrow, 3),
+    ];
+    let mut seen = Vec::new();
+    let mut decided = Vec::new();
+    for (key, policy, units) in script {
+        let want = try_charge_units(&local, "m2", key, policy, t, units)
+            .await
+            .unwrap();
+        let got = try_charge_units(shared, "m2", key, policy, t, units)
+            .await
+            .unwrap();
+        assert_eq!(got, want, "batch charge {} by {key}", seen.len());
+        seen.push(got.0);
+        decided.push(got);
+    }
+    assert_eq!(
+        seen,
+        [
+            a,
+            KEY_EXCEEDED,
+            a,
+            DAY_SPENT,
+            a,
+            MODEL_EXCEEDED,
+            KEY_EXCEEDED
+        ]
+    );
+    // What the budget refusal says is left (it refuses before any rate is charged).
+    assert_eq!(decided[3].1, vec![Item::day(7, 2, t / DAY_MS, t)]);
+    // The model's refusal waits until the key has its 3 units back: three hours, not the
+    // model's one.
+    assert_eq!(decided[5].2, 3 * 3600);
+    // More than a burst: the wait is the whole burst's.
+    assert_eq!(decided[6].2, 7200);
 }
 
 /// Two gateways (two connections) on one Redis: a key's burst is spent across both, and a
@@ -279,6 +355,7 @@ async fn gateways_on_one_redis_share_the_limits() {
         per_key: rate(1, 3_600_000, 4),
         per_model: None,
         daily_budget: Some(100),
+        count: Count::Samples,
     };
     let one = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
         .await
@@ -370,6 +447,7 @@ async fn a_day_far_ahead_charges_no_budget() {
         per_key: rate(1, 3_600_000, 1),
         per_model: None,
         daily_budget: None,
+        count: Count::Samples,
     };
     assert_eq!(
         charge(&store, "r", &rates, t + 30 * DAY_MS).await.0,
@@ -389,6 +467,7 @@ async fn a_spent_rate_comes_back_after_its_interval() {
         per_key: rate(1, 1000, 1),
         per_model: None,
         daily_budget: None,
+        count: Count::Samples,
     };
     let store = RedisLimits::connect(&server.url(), "t:", &RedisTls::default())
         .await
@@ -562,6 +641,7 @@ async fn over_tls_with_a_private_ca_and_a_client_certificate() {
         per_key: rate(1, 3_600_000, 1),
         per_model: None,
         daily_budget: None,
+        count: Count::Samples,
     };
     let t = noon();
     assert_eq!(charge(&store, "k", &policy, t).await.0, "admitted");
@@ -775,6 +855,7 @@ async fn shared_by(a: &RedisLimits, b: &RedisLimits) -> (Vec<String>, LimitPolic
         per_key: rate(1, 3_600_000, 1),
         per_model: None,
         daily_budget: None,
+        count: Count::Samples,
     };
     let t = noon();
     let models: Vec<String> = (0..12).map(|i| format!("model-{i}")).collect();

@@ -1,5 +1,6 @@
-//! Daily query budgets: how many requests a key's line has spent on a model today, counted in
-//! memory and, with a ledger (an SQLite file), kept across restarts.
+//! Daily query budgets: how many units (samples, or requests: `LimitPolicy::count`) a key's line
+//! has spent on a model today, counted in memory and, with a ledger (an SQLite file), kept across
+//! restarts. A charge spends all its units or none.
 //!
 //! A budget is a control against model extraction: a restart, or a crash a client provokes,
 //! must not hand it a fresh one. Writing every request to disk would put a commit on every
@@ -75,8 +76,10 @@ pub(crate) enum Spend<'a> {
         /// The day counted.
         day: u64,
     },
-    /// Nothing left of the budget of UTC day `day`, the day counted.
+    /// Too little left of the budget of UTC day `day`, the day counted; nothing spent.
     Exhausted {
+        /// Units left (fewer than asked for).
+        remaining: u64,
         /// The day counted.
         day: u64,
     },
@@ -224,18 +227,20 @@ impl Budgets {
         self.left(key, model, day, limit).0
     }
 
-    /// Spends one unit of `key`'s budget on `model` for UTC day `day` if fewer than `limit` have
-    /// been spent and the ledger (if any) holds the unit; asks the ledger for the next block
-    /// when half of the current one is spent. `waited`: the count of failed writes that the
-    /// [`Spend::Wait`] this request waited on gave (`None` on its first try).
+    /// Spends `units` (at least 1) of `key`'s budget on `model` for UTC day `day` if at most
+    /// `limit` are then spent and the ledger (if any) holds them; asks the ledger for the next
+    /// block when half of the current one is spent. `waited`: the count of failed writes that
+    /// the [`Spend::Wait`] this request waited on gave (`None` on its first try).
     pub(crate) fn spend(
         &self,
         key: &str,
         model: &str,
         day: u64,
         limit: u64,
+        units: u64,
         waited: Option<u64>,
     ) -> Result<Spend<'_>, LimitError> {
+        let units = units.max(1);
         let mut used = lock(&self.shared.used);
         if !used.contains_key(key) {
             used.insert(key.to_string(), HashMap::new());
@@ -257,11 +262,14 @@ impl Budgets {
                 ..Spent::default()
             };
         }
-        if e.spent >= limit {
-            return Ok(Spend::Exhausted { day: e.day });
+        if units > limit.saturating_sub(e.spent) {
+            return Ok(Spend::Exhausted {
+                remaining: limit.saturating_sub(e.spent),
+                day: e.day,
+            });
         }
         let Some(ledger) = &self.ledger else {
-            e.spent += 1;
+            e.spent += units;
             return Ok(Spend::Granted {
                 remaining: limit - e.spent,
                 day: e.day,
@@ -271,8 +279,8 @@ impl Budgets {
             return Err(unavailable(&ledger.path, "closed"));
         }
         let block = block(limit);
-        if e.spent < e.durable {
-            e.spent += 1;
+        if e.spent + units <= e.durable {
+            e.spent += units;
             // Half the block spent and nothing on its way: ask for the next one now, so that
             // the requests after this one find it written. (Never for a block of one, which is
             // written with its own request.)
@@ -298,15 +306,16 @@ impl Budgets {
                 why.as_deref().unwrap_or("a write failed"),
             ));
         }
-        // Nothing on its way: a block. On its way already: one unit more for this request, so
-        // that requests arriving together are served by one write, not one write each; but only
-        // on its first try: woken by a write that did not bring its unit (another key's, say),
-        // it asked already, and asking again would reserve a unit more per wake-up, units a
-        // crash would lose (2026-12-06 review).
-        let want = if e.asked <= e.spent {
-            e.spent + block
+        // Nothing on its way that covers this request: a block (or this request's units, if
+        // more). On its way already: this request's units more, so that requests arriving
+        // together are served by one write, not one write each; but only on its first try:
+        // woken by a write that did not bring its units (another key's, say), it asked already,
+        // and asking again would reserve units more per wake-up, units a crash would lose
+        // (2026-12-06 review).
+        let want = if e.asked < e.spent + units {
+            e.spent + block.max(units)
         } else if waited.is_none() {
-            e.asked + 1
+            e.asked + units
         } else {
             e.asked
         }
@@ -457,7 +466,7 @@ mod tests {
 
     /// Spends without waiting (budgets in memory never wait).
     fn now(b: &Budgets, key: &str, model: &str, day: u64, limit: u64) -> Option<u64> {
-        match b.spend(key, model, day, limit, None).unwrap() {
+        match b.spend(key, model, day, limit, 1, None).unwrap() {
             Spend::Granted { remaining, .. } => Some(remaining),
             Spend::Exhausted { .. } => None,
             Spend::Wait(..) => panic!("budgets in memory waited"),
@@ -472,9 +481,21 @@ mod tests {
         day: u64,
         limit: u64,
     ) -> Result<Option<u64>, LimitError> {
+        spend_n(b, key, model, day, limit, 1).await
+    }
+
+    /// [`spend`], `units` at once.
+    async fn spend_n(
+        b: &Budgets,
+        key: &str,
+        model: &str,
+        day: u64,
+        limit: u64,
+        units: u64,
+    ) -> Result<Option<u64>, LimitError> {
         let mut waited = None;
         loop {
-            match b.spend(key, model, day, limit, waited)? {
+            match b.spend(key, model, day, limit, units, waited)? {
                 Spend::Granted { remaining, .. } => return Ok(Some(remaining)),
                 Spend::Exhausted { .. } => return Ok(None),
                 Spend::Wait(w, failures) => {
@@ -504,12 +525,12 @@ mod tests {
         let b = Budgets::open(&path, Durability::Process, 7).unwrap();
         let other = Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap(); // the writer's commit waits
-        let Ok(Spend::Wait(_, seen)) = b.spend("k1", "m", 7, 10, None) else {
+        let Ok(Spend::Wait(_, seen)) = b.spend("k1", "m", 7, 10, 1, None) else {
             panic!("the first spend waits for the ledger")
         };
         // What the waiter does each time a write (another key's, say) wakes it first.
         for _ in 0..3 {
-            let Ok(Spend::Wait(..)) = b.spend("k1", "m", 7, 10, Some(seen)) else {
+            let Ok(Spend::Wait(..)) = b.spend("k1", "m", 7, 10, 1, Some(seen)) else {
                 panic!("still waiting")
             };
         }
@@ -601,7 +622,7 @@ mod tests {
         drop(Budgets::open(&path, Durability::Process, day + 3).unwrap());
         assert_eq!(stored(&path), []);
         // Spending after close is refused, not lost.
-        assert!(b.spend("k", "m", day, limit, None).is_err());
+        assert!(b.spend("k", "m", day, limit, 1, None).is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,6 +646,58 @@ mod tests {
         granted.sort_unstable();
         assert_eq!(granted, (0..100).collect::<Vec<_>>());
         assert_eq!(stored(&path)[0].3, 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_batches_spend_all_their_units_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.db");
+        let b = Arc::new(Budgets::open(&path, Durability::Process, 7).unwrap());
+        // Batches of 1 to 5 samples, 240 in all, against a budget of 100 (blocks of one).
+        let tasks: Vec<_> = (0..80u64)
+            .map(|i| {
+                let b = b.clone();
+                let units = i % 5 + 1;
+                tokio::spawn(async move {
+                    let left = spend_n(&b, "k", "m", 7, 100, units).await.unwrap();
+                    (units, left)
+                })
+            })
+            .collect();
+        let mut granted = 0;
+        let mut lefts = Vec::new();
+        for t in tasks {
+            if let (units, Some(left)) = t.await.unwrap() {
+                granted += units;
+                lefts.push(left);
+            }
+        }
+        assert!(granted <= 100, "{granted}");
+        assert_eq!(b.remaining("k", "m", 7, 100), 100 - granted);
+        // Each grant saw what it left, and no two saw the same.
+        let grants = lefts.len();
+        lefts.sort_unstable();
+        lefts.dedup();
+        assert_eq!(lefts.len(), grants, "two grants left the same");
+        // What a crash would leave covers every grant; the exact count after a stop.
+        let held = stored(&path)[0].3 as u64;
+        assert!(
+            (granted..=100).contains(&held),
+            "{held} held, {granted} granted"
+        );
+        b.close();
+        assert_eq!(stored(&path)[0].3 as u64, granted);
+        // More than is left: refused, spending nothing.
+        let reopened = Budgets::open(&path, Durability::Process, 7).unwrap();
+        let left = 100 - granted;
+        assert_eq!(
+            spend_n(&reopened, "k", "m", 7, 100, left + 1)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(reopened.remaining("k", "m", 7, 100), left);
+        reopened.close();
     }
 
     #[tokio::test]

@@ -34,14 +34,15 @@ use governor::{Quota, RateLimiter};
 pub use super::budgets::MAX_BLOCK as MAX_BUDGET_BLOCK;
 use super::budgets::{Budgets, Spend};
 use super::{
-    Decision, Guard, Next, Principal, call_next, call_next_meanwhile, reject, reject_retry,
+    Decision, Guard, Next, Principal, ValidatedInfer, call_next, call_next_meanwhile, reject,
+    reject_retry,
 };
 use crate::audit::Durability;
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::now_ms;
 use crate::oip::{ModelAction, Target, target_of};
-use crate::policy::{LimitPolicy, Rate};
+use crate::policy::{Count, LimitPolicy, Rate};
 
 type KeyedLimiter = RateLimiter<
     String,
@@ -56,8 +57,11 @@ type DirectLimiter = RateLimiter<
     StateInformationMiddleware,
 >;
 
-/// One infer request to charge to the limits of its model version's policy.
+/// Units of one infer request to charge to the limits of its model version's policy.
 pub struct Charge<'a> {
+    /// How many units: 1 for a request, or for a batch's first sample before its body is read;
+    /// the rest of the batch once validated (`LimitPolicy::count`). At least 1.
+    pub units: NonZeroU32,
     /// The caller's key line ([`crate::keys::KeyRecord::lineage`]).
     pub key: &'a String,
     /// The model's name (all its versions' requests count against the same model).
@@ -103,10 +107,11 @@ pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitEr
 
 /// Where the rate limits and daily budgets are counted.
 ///
-/// One call charges a request to every limit its policy sets, in this order: a key whose daily
-/// budget is spent is refused first, charging nothing; otherwise the key's rate, then the
-/// model's, then the budget are charged in turn, and a refusal by a later one leaves the earlier
-/// ones charged. A refusal's `Retry-After` is at least the time until each limit it charged can
+/// One call charges [`Charge::units`] to every limit its policy sets, all of them or none of
+/// each, in this order: a key whose daily budget has fewer left is refused first, charging
+/// nothing; otherwise the key's rate, then the model's, then the budget are charged in turn,
+/// and a refusal by a later one leaves the earlier ones charged. More units than a rate's burst
+/// are refused with the time the whole burst takes to come back. A refusal's `Retry-After` is at least the time until each limit it charged can
 /// take the request again (so that the retry does not meet the key's own limit).
 ///
 /// What is counted together, as [`LocalLimits`] does: a rate's state belongs to the model and
@@ -206,7 +211,7 @@ impl LimitStore for LocalLimits {
         Box::pin(async move {
             Ok(
                 match self
-                    .charge(c.key, c.model, c.limits, c.t_ms, c.live)
+                    .charge(c.key, c.model, c.limits, c.units, c.t_ms, c.live)
                     .await?
                 {
                     Ok(items) => Admission::Admitted(items),
@@ -260,15 +265,16 @@ impl LocalLimits {
         m
     }
 
-    /// Charges one request by `key` to `model` under `policy`, `t_ms` milliseconds after the
+    /// Charges `units` by `key` to `model` under `policy`, `t_ms` milliseconds after the
     /// epoch (for the daily budget): the header items, or why it is refused ([`LimitStore`] says
     /// in which order). The budget is only read before the rate limits, so a race for its last
-    /// unit can charge them for a request its spend then refuses.
+    /// units can charge them for a request its spend then refuses.
     async fn charge(
         &self,
         key: &String,
         model: &str,
         policy: &LimitPolicy,
+        units: NonZeroU32,
         t_ms: u64,
         live: impl FnOnce() -> Vec<LimitPolicy>,
     ) -> Result<Result<Vec<Item>, Refusal>, LimitError> {
@@ -280,9 +286,10 @@ impl LocalLimits {
         });
         let today = t_ms / DAY_MS;
         if let Some((limit, item)) = day
-            && let (0, counted) = self.budgets.left(key, model, today, limit)
+            && let (left, counted) = self.budgets.left(key, model, today, limit)
+            && left < u64::from(units.get())
         {
-            let spent = item(0, counted);
+            let spent = item(left, counted);
             let wait = spent.reset_s;
             items.push(spent);
             return Ok(Err(Refusal::new(items, wait, DAY_SPENT)));
@@ -292,26 +299,49 @@ impl LocalLimits {
         // model's wait must not then meet its own limit, so it waits at least until the key
         // has regained one.
         let mut key_wait = 0;
+        // More units than a burst holds can never pass (validation keeps batches within the
+        // bursts, `Policy::batch_limit`; a policy built in code may not): refused, to retry once
+        // the whole burst has come back.
+        let never = |r: Rate| ceil_secs(gcra_params(r).0.saturating_mul(gcra_params(r).1.get()));
         if let Some((r, l)) = &lim.per_key {
-            match l.check_key(key) {
-                Ok(s) => {
+            let checked = if units.get() == 1 {
+                Ok(l.check_key(key))
+            } else {
+                l.check_key_n(key, units)
+            };
+            match checked {
+                Ok(Ok(s)) => {
                     let remaining = s.remaining_burst_capacity();
-                    key_wait = key_wait_after(*r, remaining);
+                    key_wait = key_wait_after(*r, remaining, units);
                     items.push(Item::gcra("key", *r, remaining));
                 }
-                Err(nu) => {
+                Ok(Err(nu)) => {
                     items.push(Item::gcra("key", *r, 0));
                     let wait = ceil_secs(nu.wait_time_from(now));
                     return Ok(Err(Refusal::new(items, wait, KEY_EXCEEDED)));
                 }
+                Err(_) => {
+                    items.push(Item::gcra("key", *r, 0));
+                    return Ok(Err(Refusal::new(items, never(*r), KEY_EXCEEDED)));
+                }
             }
         }
         if let Some((r, l)) = &lim.per_model {
-            match l.check() {
-                Ok(s) => items.push(Item::gcra("model", *r, s.remaining_burst_capacity())),
-                Err(nu) => {
+            let checked = if units.get() == 1 {
+                Ok(l.check())
+            } else {
+                l.check_n(units)
+            };
+            match checked {
+                Ok(Ok(s)) => items.push(Item::gcra("model", *r, s.remaining_burst_capacity())),
+                Ok(Err(nu)) => {
                     items.push(Item::gcra("model", *r, 0));
                     let wait = ceil_secs(nu.wait_time_from(now)).max(key_wait);
+                    return Ok(Err(Refusal::new(items, wait, MODEL_EXCEEDED)));
+                }
+                Err(_) => {
+                    items.push(Item::gcra("model", *r, 0));
+                    let wait = never(*r).max(key_wait);
                     return Ok(Err(Refusal::new(items, wait, MODEL_EXCEEDED)));
                 }
             }
@@ -319,13 +349,16 @@ impl LocalLimits {
         if let Some((limit, item)) = day {
             let mut waited = None;
             loop {
-                match self.budgets.spend(key, model, today, limit, waited)? {
+                match self
+                    .budgets
+                    .spend(key, model, today, limit, units.get().into(), waited)?
+                {
                     Spend::Granted { remaining, day } => {
                         items.push(item(remaining, day));
                         break;
                     }
-                    Spend::Exhausted { day } => {
-                        let spent = item(0, day);
+                    Spend::Exhausted { remaining, day } => {
+                        let spent = item(remaining, day);
                         let wait = spent.reset_s.max(key_wait);
                         items.push(spent);
                         return Ok(Err(Refusal::new(items, wait, DAY_SPENT)));
@@ -411,14 +444,18 @@ pub struct Item {
     pub reset_s: u64,
 }
 
-/// What a refusal by a later limit must wait at least, once the key's rate `r` has charged the
-/// request and has `remaining` left: none while some remain, else until one has come back, so
-/// that the retry does not meet the key's own limit ([`LimitStore`]'s rule, for every store).
-pub(crate) fn key_wait_after(r: Rate, remaining: u32) -> u64 {
-    if remaining == 0 {
-        ceil_secs(gcra_params(r).0)
-    } else {
-        0
+/// What a refusal by a later limit must wait at least, once the key's rate `r` has charged
+/// `units` and has `remaining` left: none while as many remain, else until they have come back,
+/// so that the retry does not meet the key's own limit ([`LimitStore`]'s rule, for every store).
+pub(crate) fn key_wait_after(r: Rate, remaining: u32, units: NonZeroU32) -> u64 {
+    match units.get().checked_sub(remaining) {
+        Some(missing) if missing > 0 => ceil_secs(
+            gcra_params(r)
+                .0
+                .checked_mul(missing)
+                .unwrap_or(Duration::MAX),
+        ),
+        _ => 0,
     }
 }
 
@@ -477,16 +514,17 @@ struct Fields {
     state: Option<HeaderValue>,
 }
 
+static STATE_FIELD: HeaderName = HeaderName::from_static("ratelimit");
+
 impl Fields {
     fn insert(self, resp: &mut Response) {
         static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-        static STATE: HeaderName = HeaderName::from_static("ratelimit");
         let h = resp.headers_mut();
         if let Some(v) = self.policy {
             h.insert(POLICY.clone(), v);
         }
         if let Some(v) = self.state {
-            h.insert(STATE.clone(), v);
+            h.insert(STATE_FIELD.clone(), v);
         }
     }
 }
@@ -581,39 +619,119 @@ impl Guard for RateLimit {
             key: &caller.lineage,
             model: name,
             limits: &model.policy.limits,
+            units: NonZeroU32::MIN,
             t_ms: now_ms(),
             live: &live,
         };
-        let asked = std::time::Instant::now();
-        let decided = tokio::time::timeout(STORE_TIMEOUT, self.limits.admit(charge))
-            .await
-            .unwrap_or_else(|_| {
-                Err(LimitError::Unavailable(format!(
-                    "no answer within {} ms",
-                    STORE_TIMEOUT.as_millis()
-                )))
-            });
-        self.metrics.limits_check(asked.elapsed(), decided.is_ok());
-        let items = match decided {
-            Ok(Admission::Admitted(items)) => items,
-            Ok(Admission::Refused(refusal)) => return limited(&refusal),
-            Err(e) => {
-                tracing::error!(error = %e, model = %name, "rate limits could not be checked; request refused");
-                let mut r = reject_retry(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "rate-limit",
-                    "the rate limits could not be checked; retry later",
-                    1,
-                );
-                // A failure of the gateway's state, not a client refused by its limits.
-                r.extensions_mut().insert(Decision::Error);
-                return r;
-            }
+        let items = match admit(&*self.limits, charge, &self.metrics).await {
+            Ok(items) => items,
+            Err(refused) => return refused,
         };
         req.extensions_mut().insert(super::Charged(model));
         // Built once the stack below waits (for the body, or for the model).
         let (mut resp, ready) = call_next_meanwhile(next, req, || fields(&items)).await;
-        ready.insert(&mut resp);
+        // A batch's later charge ([`ChargeBatch`]) put the newer state there already.
+        if !resp.headers().contains_key(&STATE_FIELD) {
+            ready.insert(&mut resp);
+        }
+        resp
+    }
+}
+
+/// Asks `limits` to charge `c`, within [`STORE_TIMEOUT`]: the header items, or the refusal (429,
+/// or 503 when the store could not answer) to send back.
+async fn admit(
+    limits: &dyn LimitStore,
+    c: Charge<'_>,
+    metrics: &Metrics,
+) -> Result<Vec<Item>, Response> {
+    let model = c.model;
+    let asked = std::time::Instant::now();
+    let decided = tokio::time::timeout(STORE_TIMEOUT, limits.admit(c))
+        .await
+        .unwrap_or_else(|_| {
+            Err(LimitError::Unavailable(format!(
+                "no answer within {} ms",
+                STORE_TIMEOUT.as_millis()
+            )))
+        });
+    metrics.limits_check(asked.elapsed(), decided.is_ok());
+    match decided {
+        Ok(Admission::Admitted(items)) => Ok(items),
+        Ok(Admission::Refused(refusal)) => Err(limited(&refusal)),
+        Err(e) => {
+            tracing::error!(error = %e, model = %model, "rate limits could not be checked; request refused");
+            let mut r = reject_retry(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate-limit",
+                "the rate limits could not be checked; retry later",
+                1,
+            );
+            // A failure of the gateway's state, not a client refused by its limits.
+            r.extensions_mut().insert(Decision::Error);
+            Err(r)
+        }
+    }
+}
+
+/// The rest of a batch's samples, once validation has read it: where the model's limits count
+/// samples ([`Count::Samples`]), a request of N charged one before its body was read
+/// ([`RateLimit`]) is charged the other N - 1 here, to the same version's limits, before the
+/// model runs. A refusal (429 with `Retry-After`) leaves the first unit charged; the response
+/// carries the `RateLimit` fields as this charge left them.
+#[derive(Clone)]
+pub struct ChargeBatch(RateLimit);
+
+impl ChargeBatch {
+    /// Charges to `limits` as [`RateLimit::new`] does.
+    pub fn new(
+        limits: Arc<dyn LimitStore>,
+        models: Arc<ModelRepository>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        ChargeBatch(RateLimit::new(limits, models, metrics))
+    }
+}
+
+impl Guard for ChargeBatch {
+    async fn handle(self, req: Request, next: Next) -> Response {
+        let ext = req.extensions();
+        let (Some(v), Some(Principal(caller))) =
+            (ext.get::<ValidatedInfer>(), ext.get::<Principal>())
+        else {
+            return call_next(next, req).await;
+        };
+        let l = &v.model.policy.limits;
+        let more = v.input.shape().first().map_or(0, |n| n.saturating_sub(1));
+        let limited = l.per_key.is_some() || l.per_model.is_some() || l.daily_budget.is_some();
+        let Some(units) = NonZeroU32::new(u32::try_from(more).unwrap_or(u32::MAX))
+            .filter(|_| l.count == Count::Samples && limited)
+        else {
+            return call_next(next, req).await;
+        };
+        let (model, caller) = (v.model.clone(), caller.clone());
+        let live = || {
+            self.0
+                .models
+                .served(&model.name)
+                .iter()
+                .map(|m| m.policy.limits.clone())
+                .collect()
+        };
+        let charge = Charge {
+            key: &caller.lineage,
+            model: &model.name,
+            limits: &model.policy.limits,
+            units,
+            t_ms: now_ms(),
+            live: &live,
+        };
+        let items = match admit(&*self.0.limits, charge, &self.0.metrics).await {
+            Ok(items) => items,
+            Err(refused) => return refused,
+        };
+        let mut resp = call_next(next, req).await;
+        fields(&items).insert(&mut resp);
         resp
     }
 }
@@ -674,7 +792,7 @@ mod tests {
         live: impl FnOnce() -> Vec<LimitPolicy>,
     ) -> Result<Vec<Item>, Refusal> {
         let key = key.to_string();
-        let f = std::pin::pin!(l.charge(&key, model, policy, t_ms, live));
+        let f = std::pin::pin!(l.charge(&key, model, policy, NonZeroU32::MIN, t_ms, live));
         match f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
             std::task::Poll::Ready(r) => r.expect("in-memory limits cannot fail"),
             std::task::Poll::Pending => panic!("in-memory limits waited"),
@@ -694,6 +812,7 @@ mod tests {
             per_key: rate(1, 60_000, 1),
             per_model: None,
             daily_budget: None,
+            count: Count::Samples,
         };
         let b = LimitPolicy {
             per_key: rate(1, 30_000, 1),
@@ -758,6 +877,7 @@ mod tests {
             per_key: rate(1000, 1000, 100),
             per_model: rate(1, 60_000, 2),
             daily_budget: Some(1),
+            count: Count::Samples,
         };
         let (k1, k2) = (key("k1"), key("k2"));
         assert!(charge_now(&l, &k1, "m", &p, T, Vec::new).is_ok());
@@ -786,6 +906,7 @@ mod tests {
             per_key: None,
             per_model: None,
             daily_budget: Some(2),
+            count: Count::Samples,
         };
         let k = key("k");
         // One second into a day, then a step back of two seconds, into the day before.
@@ -810,6 +931,7 @@ mod tests {
             per_key: rate(1, 60_000, 1),
             per_model: rate(1, 1_000, 1),
             daily_budget: None,
+            count: Count::Samples,
         };
         let (k1, k2) = (key("k1"), key("k2"));
         assert!(charge_now(&l, &k1, "m", &p, T, Vec::new).is_ok());
@@ -836,6 +958,7 @@ mod tests {
             per_key: rate(u32::MAX, 1, u32::MAX),
             per_model: rate(1, u64::MAX, u32::MAX),
             daily_budget: Some(u64::MAX),
+            count: Count::Samples,
         };
         let lim = l.for_model("m", &p, Vec::new);
         assert!(lim.per_key.is_some() && lim.per_model.is_some());

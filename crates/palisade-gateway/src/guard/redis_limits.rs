@@ -95,12 +95,14 @@ const MAX_EXACT: u64 = 1 << 53;
 ///
 /// `KEYS`: the key's rate state, the model's rate state, the budget (a hash: `day`, `spent`).
 /// `ARGV`: the key's interval (µs) and burst, the model's interval and burst (interval 0: no
-/// such rate), the budget (-1: none), the gateway's day (days since the epoch, UTC) and how many
-/// days it may run ahead of Redis's.
+/// such rate), the budget (-1: none), the gateway's day (days since the epoch, UTC), how many
+/// days it may run ahead of Redis's, and the units to charge (at least 1).
 /// Returns `{outcome, wait_us, key_remaining, model_remaining, day_remaining, day}`, -1 where a
 /// limit is not set (`day`: the day the budget counts against, the gateway's or a later one
-/// stored); outcome 0 admitted, 1 budget spent, 2 key's rate exceeded, 3 model's, 4 the
-/// gateway's day too far ahead (`wait_us`: by how many days; nothing charged).
+/// stored); outcome 0 admitted, 1 too little budget left (nothing charged; `day_remaining` what
+/// is left), 2 key's rate exceeded, 3 model's, 4 the gateway's day too far ahead (`wait_us`: by
+/// how many days; nothing charged). More units than a burst holds are refused with the time the
+/// whole burst takes to come back (validation keeps batches within the bursts).
 const CHARGE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -108,6 +110,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local kT, kB = tonumber(ARGV[1]), tonumber(ARGV[2])
 local mT, mB = tonumber(ARGV[3]), tonumber(ARGV[4])
 local limit, today, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local n = tonumber(ARGV[8])
 local krem, mrem = -1, -1
 local day, spent = today, 0
 if limit >= 0 then
@@ -116,15 +119,18 @@ if limit >= 0 then
   local s = redis.call('HMGET', KEYS[3], 'day', 'spent')
   local d = tonumber(s[1])
   if d and d >= today then day, spent = d, tonumber(s[2]) or 0 end
-  if spent >= limit then return {1, 0, -1, -1, 0, day} end
+  if spent + n > limit then return {1, 0, -1, -1, math.max(limit - spent, 0), day} end
 end
--- GCRA as governor runs it: tolerance T * (B - 1), the theoretical arrival time stored.
+-- GCRA as governor runs it: tolerance T * (B - 1), the theoretical arrival time stored; n
+-- units weigh n - 1 intervals more than one.
 local function gcra(key, T, B)
+  if n > B then return false, T * B end
   local tau = T * (B - 1)
   local tat = tonumber(redis.call('GET', key)) or now
-  if now < tat - tau then return false, tat - tau - now end
+  local earliest = tat + T * (n - 1) - tau
+  if now < earliest then return false, earliest - now end
   if tat < now then tat = now end
-  local nxt = tat + T
+  local nxt = tat + T * n
   redis.call('SET', key, string.format('%d', nxt), 'PX', math.ceil((nxt - now) / 1000))
   return true, math.floor((now + tau + T - nxt) / T)
 end
@@ -139,7 +145,7 @@ if mT > 0 then
   mrem = v
 end
 if limit >= 0 then
-  spent = spent + 1
+  spent = spent + n
   redis.call('HSET', KEYS[3], 'day', string.format('%d', day), 'spent', string.format('%d', spent))
   -- Kept until a day after its day ends, on whichever clock is later: a gateway whose clock
   -- lags Redis's by days must not make the count expire as it is written.
@@ -452,7 +458,8 @@ impl RedisLimits {
             .arg(mb)
             .arg(budget.map_or(-1, |b| b as i64))
             .arg(today)
-            .arg(self.days_ahead);
+            .arg(self.days_ahead)
+            .arg(c.units.get());
         let got: Vec<i64> = call
             .invoke_async(&mut conn)
             .await
@@ -478,7 +485,7 @@ impl RedisLimits {
                 .map(|limit| Item::day(limit, u64::try_from(rem.max(0)).unwrap_or(0), day, c.t_ms))
         };
         if outcome == 1 {
-            let item = day_item(0).ok_or_else(|| {
+            let item = day_item(day_rem).ok_or_else(|| {
                 LimitError::Unavailable("redis: a budget refused a policy without one".into())
             })?;
             let wait = item.reset_s;
@@ -495,7 +502,7 @@ impl RedisLimits {
         let key_wait = c
             .limits
             .per_key
-            .map_or(0, |r| key_wait_after(r, remaining(key_rem)));
+            .map_or(0, |r| key_wait_after(r, remaining(key_rem), c.units));
         if let Some(r) = c.limits.per_model {
             items.push(Item::gcra("model", r, remaining(model_rem)));
             if outcome == 3 {

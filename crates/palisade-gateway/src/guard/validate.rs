@@ -174,9 +174,11 @@ pub fn check_request(model: &ServedModel, req: &mut InferRequest) -> Result<Arra
                 .join(", ")
         )
     })?;
-    let max = model.policy.input.max_batch;
+    let (max, why) = model.policy.batch_limit();
     if n == 0 || n > max {
-        return Err(format!("batch size {n} is outside 1..={max}"));
+        return Err(format!(
+            "batch size {n} is outside 1..={max} (the policy's {why})"
+        ));
     }
     let [lo, hi] = model
         .policy
