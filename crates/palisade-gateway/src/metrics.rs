@@ -112,7 +112,8 @@ impl Metrics {
         let limits_check = Histogram::with_opts(
             HistogramOpts::new(
                 "limits_check_seconds",
-                "Time the rate-limit store took to charge an infer request",
+                "Time the rate-limit store took to charge an infer request (twice for a batch: its first \
+                 sample, then the others)",
             )
             .buckets(vec![
                 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,

@@ -152,17 +152,18 @@ async fn try_charge_on(
     policy: &LimitPolicy,
     t_ms: u64,
 ) -> Result<Decided, LimitError> {
-    try_charge_units(store, model, key, policy, t_ms, 1).await
+    try_charge_units(store, model, key, policy, t_ms, (1, 0)).await
 }
 
-/// [`try_charge_on`], `units` at once (a batch's samples).
+/// [`try_charge_on`], `units` at once (a batch's samples), `before` charged earlier by the
+/// same request.
 async fn try_charge_units(
     store: &dyn LimitStore,
     model: &str,
     key: &str,
     policy: &LimitPolicy,
     t_ms: u64,
-    units: u32,
+    (units, before): (u32, u32),
 ) -> Result<Decided, LimitError> {
     let live = || vec![policy.clone()];
     let key = key.to_string();
@@ -171,6 +172,7 @@ async fn try_charge_units(
         model,
         limits: policy,
         units: std::num::NonZeroU32::new(units).expect("at least one unit"),
+        before,
         t_ms,
         live: &live,
     };
@@ -299,18 +301,27 @@ async fn decides_as_local(shared: &RedisLimits) {
         daily_budget: None,
         ..LimitPolicy::default()
     };
+    let solo = LimitPolicy {
+        per_key: rate(1, hour, 5),
+        per_model: None,
+        daily_budget: None,
+        ..LimitPolicy::default()
+    };
     // (key, policy, units): f spends 3, is refused 3 by its rate (2 left), spends 2 more; then
     // 3 more meet a budget with 2 left, charging nothing; g spends 2, and its 3 more pass its
     // rate but not the model's (2 left of 9): the wait is the key's, until its 3 are back; h asks
-    // for more than its burst holds.
-    let script: Vec<(&str, &LimitPolicy, u32)> = vec![
-        ("f", &batch, 3),
-        ("f", &batch, 3),
-        ("f", &batch, 2),
-        ("f", &batch, 3),
-        ("g", &batch, 2),
-        ("g", &batch, 3),
-        ("h", &narrow, 3),
+    // for more than its burst holds. (Units, units the request charged before: the refusals'
+    // waits cover those too.)
+    let script: Vec<(&str, &LimitPolicy, (u32, u32))> = vec![
+        ("f", &batch, (3, 0)),
+        ("f", &batch, (3, 0)),
+        ("f", &batch, (2, 0)),
+        ("f", &batch, (3, 0)),
+        ("g", &batch, (2, 0)),
+        ("g", &batch, (3, 1)),
+        ("h", &narrow, (3, 0)),
+        ("i", &solo, (4, 1)),
+        ("i", &solo, (2, 1)),
     ];
     let mut seen = Vec::new();
     let mut decided = Vec::new();
@@ -334,14 +345,19 @@ async fn decides_as_local(shared: &RedisLimits) {
             DAY_SPENT,
             a,
             MODEL_EXCEEDED,
+            KEY_EXCEEDED,
+            a,
             KEY_EXCEEDED
         ]
     );
     // What the budget refusal says is left (it refuses before any rate is charged).
     assert_eq!(decided[3].1, vec![Item::day(7, 2, t / DAY_MS, t)]);
-    // The model's refusal waits until the key has its 3 units back: three hours, not the
-    // model's one.
-    assert_eq!(decided[5].2, 3 * 3600);
+    // The model's refusal waits until the key has the retry's 4 units back (3, and the one
+    // its request charged before): four hours, not the model's two.
+    assert_eq!(decided[5].2, 4 * 3600);
+    // i's 2 more meet a key with 1 left: one hour until 2 fit, and one more for the unit its
+    // retry charges first.
+    assert_eq!(decided[8].2, 2 * 3600);
     // More than a burst: the wait is the whole burst's.
     assert_eq!(decided[6].2, 7200);
 }

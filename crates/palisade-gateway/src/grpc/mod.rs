@@ -2,7 +2,8 @@
 //!
 //! A gRPC call is translated into the equivalent REST request (an infer becomes a binary-extension
 //! body built from `raw_input_contents`, or from the typed `contents`), sent through the model
-//! stack (audit, authenticate, authorise, admit, rate limit, validate, harden, infer), and the response
+//! stack (audit, authenticate, authorise, admit, rate limit, validate, charge batch, harden,
+//! infer), and the response
 //! is translated back (`raw_output_contents`). The guards therefore exist once, and a gRPC client
 //! is held to exactly the same policy as a REST client. Credentials travel as metadata
 //! (`authorization: Bearer …` or `x-api-key`). A call refused before it can be translated (a

@@ -12,8 +12,8 @@
 //! every request against a budget of under 128 a day, whose block is the request itself
 //! (requests that wait together are served by one write). After `kill -9`, and with
 //! [`Durability::Full`] after a power cut, the count resumes from the reservation: a client may
-//! lose up to one block of its budget (under 128 a day: the units of its requests in flight),
-//! never gain any. With [`Durability::Process`] a power cut may lose the last reservations, and
+//! lose up to one block of its budget (under 128 a day: the units of its requests in flight; and
+//! at most the units of its batches in flight where those are more), never gain any. With [`Durability::Process`] a power cut may lose the last reservations, and
 //! so give back what they covered. A graceful stop ([`Budgets::close`]) writes the exact counts,
 //! so a planned restart loses nothing. Days are the gateway clock's UTC days: rows of days before
 //! yesterday are deleted on opening, so a clock far ahead at a start forgets today's counts.

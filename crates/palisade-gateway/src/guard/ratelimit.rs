@@ -8,10 +8,10 @@
 //! with `q` the quota, `w` the window in seconds, `r` what remains and `t` the seconds until the
 //! quota is whole again. A refused request gets 429 with `Retry-After`.
 //!
-//! The counters sit behind [`LimitStore`], charged once per request for all of a request's limits,
-//! so that a store shared by several gateways ([`RedisLimits`](super::redis_limits::RedisLimits),
-//! whose script does the whole charge) takes one round trip and sees no other gateway's charge
-//! half done. A store that cannot
+//! The counters sit behind [`LimitStore`], charged in one call for all of a request's limits
+//! (a batch's other samples in a second call, [`ChargeBatch`]), so that a store shared by several
+//! gateways ([`RedisLimits`](super::redis_limits::RedisLimits), whose script does the whole
+//! charge) takes one round trip per call and sees no other gateway's call half done. A store that cannot
 //! answer refuses the request with 503: the limits fail closed. [`LocalLimits`] keeps the rates
 //! in process memory (governor's GCRA), which a restart resets, and the daily budgets either in
 //! memory too ([`LocalLimits::default`]) or in a ledger file that a restart or a crash does not
@@ -62,6 +62,10 @@ pub struct Charge<'a> {
     /// How many units: 1 for a request, or for a batch's first sample before its body is read;
     /// the rest of the batch once validated (`LimitPolicy::count`). At least 1.
     pub units: NonZeroU32,
+    /// Units the same request charged before these (1 for a batch's other samples, else 0),
+    /// which its retry charges again first: a refusal's wait covers them too, so that a client
+    /// retrying after `Retry-After` is not refused again for want of them.
+    pub before: u32,
     /// The caller's key line ([`crate::keys::KeyRecord::lineage`]).
     pub key: &'a String,
     /// The model's name (all its versions' requests count against the same model).
@@ -112,7 +116,8 @@ pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitEr
 /// nothing; otherwise the key's rate, then the model's, then the budget are charged in turn,
 /// and a refusal by a later one leaves the earlier ones charged. More units than a rate's burst
 /// are refused with the time the whole burst takes to come back. A refusal's `Retry-After` is at least the time until each limit it charged can
-/// take the request again (so that the retry does not meet the key's own limit).
+/// take the request again, with the units it charged before ([`Charge::before`]), so that the
+/// retry does not meet the key's own limit.
 ///
 /// What is counted together, as [`LocalLimits`] does: a rate's state belongs to the model and
 /// the pair of rates (`per_key`, `per_model`) of the version asked for (versions with the same
@@ -127,7 +132,7 @@ pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitEr
 /// The guard waits at most [`STORE_TIMEOUT`] for an answer; past it, or on an error, the request
 /// is refused with 503 (the limits fail closed).
 pub trait LimitStore: Send + Sync + 'static {
-    /// Charges one request (see the trait's documentation).
+    /// Charges [`Charge::units`] to a request's limits (see the trait's documentation).
     fn admit<'a>(&'a self, charge: Charge<'a>) -> AdmitFuture<'a>;
 
     /// Called once the gateway has stopped serving: writes what must outlive the process (the
@@ -211,7 +216,14 @@ impl LimitStore for LocalLimits {
         Box::pin(async move {
             Ok(
                 match self
-                    .charge(c.key, c.model, c.limits, c.units, c.t_ms, c.live)
+                    .charge(
+                        c.key,
+                        c.model,
+                        c.limits,
+                        (c.units, c.before),
+                        c.t_ms,
+                        c.live,
+                    )
                     .await?
                 {
                     Ok(items) => Admission::Admitted(items),
@@ -265,16 +277,17 @@ impl LocalLimits {
         m
     }
 
-    /// Charges `units` by `key` to `model` under `policy`, `t_ms` milliseconds after the
-    /// epoch (for the daily budget): the header items, or why it is refused ([`LimitStore`] says
-    /// in which order). The budget is only read before the rate limits, so a race for its last
-    /// units can charge them for a request its spend then refuses.
+    /// Charges `units` (with `before`: [`Charge::before`]) by `key` to `model` under `policy`,
+    /// `t_ms` milliseconds after the epoch (for the daily budget): the header items, or why it
+    /// is refused ([`LimitStore`] says in which order). The budget is only read before the rate
+    /// limits, so a race for its last units can charge them for a request its spend then
+    /// refuses.
     async fn charge(
         &self,
         key: &String,
         model: &str,
         policy: &LimitPolicy,
-        units: NonZeroU32,
+        (units, before): (NonZeroU32, u32),
         t_ms: u64,
         live: impl FnOnce() -> Vec<LimitPolicy>,
     ) -> Result<Result<Vec<Item>, Refusal>, LimitError> {
@@ -303,6 +316,10 @@ impl LocalLimits {
         // bursts, `Policy::batch_limit`; a policy built in code may not): refused, to retry once
         // the whole burst has come back.
         let never = |r: Rate| ceil_secs(gcra_params(r).0.saturating_mul(gcra_params(r).1.get()));
+        // A refusal's wait until `units` fit, and then the retry's `before` units first.
+        let after = |r: Rate, nu: governor::NotUntil<_>| {
+            ceil_secs(nu.wait_time_from(now) + gcra_params(r).0.saturating_mul(before))
+        };
         if let Some((r, l)) = &lim.per_key {
             let checked = if units.get() == 1 {
                 Ok(l.check_key(key))
@@ -312,12 +329,12 @@ impl LocalLimits {
             match checked {
                 Ok(Ok(s)) => {
                     let remaining = s.remaining_burst_capacity();
-                    key_wait = key_wait_after(*r, remaining, units);
+                    key_wait = key_wait_after(*r, remaining, units.saturating_add(before));
                     items.push(Item::gcra("key", *r, remaining));
                 }
                 Ok(Err(nu)) => {
                     items.push(Item::gcra("key", *r, 0));
-                    let wait = ceil_secs(nu.wait_time_from(now));
+                    let wait = after(*r, nu);
                     return Ok(Err(Refusal::new(items, wait, KEY_EXCEEDED)));
                 }
                 Err(_) => {
@@ -336,7 +353,7 @@ impl LocalLimits {
                 Ok(Ok(s)) => items.push(Item::gcra("model", *r, s.remaining_burst_capacity())),
                 Ok(Err(nu)) => {
                     items.push(Item::gcra("model", *r, 0));
-                    let wait = ceil_secs(nu.wait_time_from(now)).max(key_wait);
+                    let wait = after(*r, nu).max(key_wait);
                     return Ok(Err(Refusal::new(items, wait, MODEL_EXCEEDED)));
                 }
                 Err(_) => {
@@ -620,6 +637,7 @@ impl Guard for RateLimit {
             model: name,
             limits: &model.policy.limits,
             units: NonZeroU32::MIN,
+            before: 0,
             t_ms: now_ms(),
             live: &live,
         };
@@ -723,6 +741,7 @@ impl Guard for ChargeBatch {
             model: &model.name,
             limits: &model.policy.limits,
             units,
+            before: 1,
             t_ms: now_ms(),
             live: &live,
         };
@@ -792,7 +811,7 @@ mod tests {
         live: impl FnOnce() -> Vec<LimitPolicy>,
     ) -> Result<Vec<Item>, Refusal> {
         let key = key.to_string();
-        let f = std::pin::pin!(l.charge(&key, model, policy, NonZeroU32::MIN, t_ms, live));
+        let f = std::pin::pin!(l.charge(&key, model, policy, (NonZeroU32::MIN, 0), t_ms, live));
         match f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
             std::task::Poll::Ready(r) => r.expect("in-memory limits cannot fail"),
             std::task::Poll::Pending => panic!("in-memory limits waited"),
@@ -800,6 +819,43 @@ mod tests {
     }
 
     const T: u64 = 1_000 * DAY_MS;
+
+    /// A batch of 3 refused after its first unit (the rate limiter's, then [`ChargeBatch`]'s 2),
+    /// retried after each `Retry-After`, passes: the wait covers the unit the retry charges
+    /// first (without it the client was refused with 1 s on every retry, 2026-12-06 review).
+    #[tokio::test]
+    async fn a_batch_retried_after_its_retry_after_passes() {
+        let l = limits();
+        let p = LimitPolicy {
+            per_key: rate(1, 1000, 3),
+            per_model: None,
+            daily_budget: None,
+            count: Count::Samples,
+        };
+        let key = key("k");
+        let (one, rest) = ((NonZeroU32::MIN, 0), (NonZeroU32::new(2).unwrap(), 1));
+        let none = Vec::new;
+        assert!(l.charge(&key, "m", &p, one, T, none).await.unwrap().is_ok());
+        assert!(
+            l.charge(&key, "m", &p, rest, T, none)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let refused = match l.charge(&key, "m", &p, one, T, none).await.unwrap() {
+                Err(r) => r,
+                Ok(_) => match l.charge(&key, "m", &p, rest, T, none).await.unwrap() {
+                    Err(r) => r,
+                    Ok(_) => return,
+                },
+            };
+            waits.push(refused.retry_after);
+            tokio::time::sleep(Duration::from_secs(refused.retry_after)).await;
+        }
+        panic!("never admitted, retrying after each Retry-After: {waits:?}");
+    }
 
     fn key(k: &str) -> String {
         k.to_string()

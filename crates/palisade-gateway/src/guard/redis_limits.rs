@@ -96,7 +96,8 @@ const MAX_EXACT: u64 = 1 << 53;
 /// `KEYS`: the key's rate state, the model's rate state, the budget (a hash: `day`, `spent`).
 /// `ARGV`: the key's interval (µs) and burst, the model's interval and burst (interval 0: no
 /// such rate), the budget (-1: none), the gateway's day (days since the epoch, UTC), how many
-/// days it may run ahead of Redis's, and the units to charge (at least 1).
+/// days it may run ahead of Redis's, the units to charge (at least 1) and the units the request
+/// charged before them (`Charge::before`: a rate's refusal waits for those too).
 /// Returns `{outcome, wait_us, key_remaining, model_remaining, day_remaining, day}`, -1 where a
 /// limit is not set (`day`: the day the budget counts against, the gateway's or a later one
 /// stored); outcome 0 admitted, 1 too little budget left (nothing charged; `day_remaining` what
@@ -110,7 +111,7 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local kT, kB = tonumber(ARGV[1]), tonumber(ARGV[2])
 local mT, mB = tonumber(ARGV[3]), tonumber(ARGV[4])
 local limit, today, ahead = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local n = tonumber(ARGV[8])
+local n, before = tonumber(ARGV[8]), tonumber(ARGV[9])
 local krem, mrem = -1, -1
 local day, spent = today, 0
 if limit >= 0 then
@@ -128,7 +129,7 @@ local function gcra(key, T, B)
   local tau = T * (B - 1)
   local tat = tonumber(redis.call('GET', key)) or now
   local earliest = tat + T * (n - 1) - tau
-  if now < earliest then return false, earliest - now end
+  if now < earliest then return false, earliest - now + T * before end
   if tat < now then tat = now end
   local nxt = tat + T * n
   redis.call('SET', key, string.format('%d', nxt), 'PX', math.ceil((nxt - now) / 1000))
@@ -459,7 +460,8 @@ impl RedisLimits {
             .arg(budget.map_or(-1, |b| b as i64))
             .arg(today)
             .arg(self.days_ahead)
-            .arg(c.units.get());
+            .arg(c.units.get())
+            .arg(c.before);
         let got: Vec<i64> = call
             .invoke_async(&mut conn)
             .await
@@ -499,10 +501,9 @@ impl RedisLimits {
                 return Ok(Admission::Refused(Refusal::new(items, wait, KEY_EXCEEDED)));
             }
         }
-        let key_wait = c
-            .limits
-            .per_key
-            .map_or(0, |r| key_wait_after(r, remaining(key_rem), c.units));
+        let key_wait = c.limits.per_key.map_or(0, |r| {
+            key_wait_after(r, remaining(key_rem), c.units.saturating_add(c.before))
+        });
         if let Some(r) = c.limits.per_model {
             items.push(Item::gcra("model", r, remaining(model_rem)));
             if outcome == 3 {
