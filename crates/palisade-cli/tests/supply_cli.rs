@@ -400,3 +400,91 @@ fn sign_verify_seal_registry_provenance() {
     let s = expect(d, &["--json", "registry", "show", "demo", "2"], 0);
     assert!(s.contains("\"has_provenance\": true"), "{s}");
 }
+
+/// `serve --require-signed-names` refuses a version whose signature names only the version
+/// (which verifies for a copy of the folder under any model's name), saying how to re-sign, and
+/// serves it once signed as `model/version`.
+#[test]
+fn serve_can_require_signatures_that_name_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let version = d.join("repo/mnist/1");
+    std::fs::create_dir_all(&version).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::copy(
+        root.join("models/mnist_cnn_public.onnx"),
+        version.join("model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(version.join("policy.toml"), "[input]\nrange = [0.0, 1.0]\n").unwrap();
+    expect(
+        d,
+        &["keygen", "--private-key", "k.pem", "--public-key", "k.pub"],
+        0,
+    );
+    let sig = "repo/mnist/1/model.sig";
+    let sign = |name: Option<&str>| {
+        let mut args = vec!["sign", "--private-key", "k.pem", "--signature", sig];
+        args.extend(name.map(|n| ["--name", n]).iter().flatten());
+        args.push("repo/mnist/1");
+        expect(d, &args, 0);
+    };
+    let serve = |state: &str| {
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args([
+                "--json",
+                "serve",
+                "--models",
+                "repo",
+                "--trusted-key",
+                "k.pub",
+            ])
+            .args(["--require-signed-names", "--state", state])
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "none"])
+            .current_dir(d)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Signed as its folder ("1"): refused, and the error says how to sign it.
+    sign(None);
+    let out = serve("st1").wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("names only version '1'") && stderr.contains("--name mnist/1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Signed as mnist/1: it serves (the first JSON value on stdout says what, once loaded).
+    sign(Some("mnist/1"));
+    let mut gw = serve("st2");
+    let mut stdout = std::io::BufReader::new(gw.stdout.take().unwrap());
+    let mut text = String::new();
+    let started = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        if n == 0 {
+            break None;
+        }
+        text.push_str(&line);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            break Some(v);
+        }
+    };
+    let _ = gw.kill();
+    let _ = gw.wait();
+    let started = started.unwrap_or_else(|| panic!("the gateway exited: {text}"));
+    assert_eq!(
+        started["models"],
+        serde_json::json!(["mnist/1"]),
+        "{started}"
+    );
+    // The address bound, not the port 0 asked for.
+    let at = started["listening"].as_str().unwrap();
+    assert!(
+        at.starts_with("127.0.0.1:") && !at.ends_with(":0"),
+        "{started}"
+    );
+}

@@ -199,8 +199,13 @@ pub fn load_version(
 /// Which signatures a version must carry to be loaded.
 #[derive(Clone)]
 pub enum Trust {
-    /// `model.sig` must verify against this key and cover the model and its policy.
+    /// `model.sig` must verify against this key and cover the model and its policy, and name
+    /// the version (`<model>/<version>`, or the version alone; the latter is logged, since it
+    /// verifies for a copy of the folder under any model's name).
     Key(Arc<palisade_supply::keys::PublicKey>),
+    /// As [`Trust::Key`], and the signature must name the model too (`<model>/<version>`,
+    /// `palisade sign --name`): a folder signed for one model does not load under another.
+    KeyNamed(Arc<palisade_supply::keys::PublicKey>),
     /// No signature is required (development only: every load says so in the log).
     Unsigned,
 }
@@ -209,6 +214,7 @@ impl std::fmt::Debug for Trust {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Trust::Key(k) => write!(f, "Trust::Key({})", k.hint()),
+            Trust::KeyNamed(k) => write!(f, "Trust::KeyNamed({})", k.hint()),
             Trust::Unsigned => f.write_str("Trust::Unsigned"),
         }
     }
@@ -258,8 +264,8 @@ impl SignedFiles {
 fn verify_signature(
     dir: &Path,
     key: &palisade_supply::keys::PublicKey,
-    model: &str,
-    version: &str,
+    (model, version): (&str, &str),
+    named: bool,
 ) -> Result<SignedFiles, GatewayError> {
     let sig = dir.join(SIGNATURE_FILE);
     if let Err(e) = std::fs::symlink_metadata(&sig) {
@@ -279,7 +285,22 @@ fn verify_signature(
         .map_err(|e| GatewayError::Model(format!("{}: signature: {e}", dir.display())))?;
     let m = verified.manifest();
     let bound = format!("{model}/{version}");
-    if m.subject_name != version && m.subject_name != bound {
+    if m.subject_name == version && m.subject_name != bound {
+        if named {
+            return Err(GatewayError::Model(format!(
+                "{}: the signature names only version '{version}', and this gateway requires \
+                 the model's name too; re-sign it as {bound} (`palisade sign --name {bound}`)",
+                sig.display()
+            )));
+        }
+        tracing::warn!(
+            model,
+            version,
+            "the signature names only the version: a copy of the folder under another model's \
+             name would verify too (sign with --name {bound}; serve --require-signed-names \
+             refuses such signatures)"
+        );
+    } else if m.subject_name != bound {
         return Err(GatewayError::Model(format!(
             "{}: the signature is for '{}', not for {bound}; sign each version folder as \
              itself (`palisade sign --name {bound}`)",
@@ -388,7 +409,8 @@ pub fn load_dir(
     trust: &Trust,
 ) -> Result<ServedModel, GatewayError> {
     let signed = match trust {
-        Trust::Key(key) => Some(verify_signature(&v.dir, key, &v.name, &v.version)?),
+        Trust::Key(key) => Some(verify_signature(&v.dir, key, (&v.name, &v.version), false)?),
+        Trust::KeyNamed(key) => Some(verify_signature(&v.dir, key, (&v.name, &v.version), true)?),
         Trust::Unsigned => {
             tracing::warn!(model = %v.name, version = %v.version, "loading without a signature check");
             None
@@ -702,6 +724,18 @@ mod tests {
         // Any other name is refused where it stands.
         make("x", "3", Some("something-else"));
         assert!(load_dir(&find_version(repo.path(), "x", "3").unwrap(), &Fake, &trust).is_err());
+        // Requiring the model's name: the version alone no longer verifies, model/version does.
+        let named = Trust::KeyNamed(Arc::new(key.public_key()));
+        let err = load_dir(&find_version(repo.path(), "m", "1").unwrap(), &Fake, &named)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("names only version '1'") && err.contains("--name m/1"),
+            "{err}"
+        );
+        let load = |m, v| load_dir(&find_version(repo.path(), m, v).unwrap(), &Fake, &named);
+        assert!(load("open", "2").is_ok());
+        assert!(load("strict", "2").is_err());
     }
 
     #[test]
@@ -717,20 +751,20 @@ mod tests {
         // memory. Both are refused at once.
         let made = std::process::Command::new("mkfifo").arg(&sig).status();
         assert!(made.unwrap().success());
-        let err = verify_signature(&dir, &key.public_key(), "m", "1")
+        let err = verify_signature(&dir, &key.public_key(), ("m", "1"), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a regular file"), "{err}");
         std::fs::remove_file(&sig).unwrap();
         std::os::unix::fs::symlink("/dev/zero", &sig).unwrap();
-        let err = verify_signature(&dir, &key.public_key(), "m", "1")
+        let err = verify_signature(&dir, &key.public_key(), ("m", "1"), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("symbolic link"), "{err}");
         // A regular file past the limit is refused before it is read.
         std::fs::remove_file(&sig).unwrap();
         std::fs::write(&sig, vec![b'{'; MAX_SIGNATURE_BYTES as usize + 1]).unwrap();
-        let err = verify_signature(&dir, &key.public_key(), "m", "1")
+        let err = verify_signature(&dir, &key.public_key(), ("m", "1"), false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("-byte limit"), "{err}");
@@ -746,7 +780,7 @@ mod tests {
         std::fs::write(dir.join("policy.toml"), "[input]\nmax_batch = 8\n").unwrap();
         let key = SigningKey::generate(Curve::P256);
         sign(&dir, &key);
-        let signed = verify_signature(&dir, &key.public_key(), "m", "1").unwrap();
+        let signed = verify_signature(&dir, &key.public_key(), ("m", "1"), false).unwrap();
         assert_eq!(read_policy(&dir, Some(&signed)).unwrap().input.max_batch, 8);
         // Deleted between the signature check and the read: not the default policy.
         std::fs::remove_file(dir.join("policy.toml")).unwrap();
@@ -755,7 +789,7 @@ mod tests {
         // A folder signed without a policy, and an unsigned one, get the default.
         std::fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
         sign(&dir, &key);
-        let signed = verify_signature(&dir, &key.public_key(), "m", "1").unwrap();
+        let signed = verify_signature(&dir, &key.public_key(), ("m", "1"), false).unwrap();
         assert_eq!(read_policy(&dir, Some(&signed)).unwrap(), Policy::default());
         assert_eq!(read_policy(&dir, None).unwrap(), Policy::default());
     }

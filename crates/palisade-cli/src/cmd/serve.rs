@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// Load models without a signature check (development only; every load logs a warning).
     #[arg(long, conflicts_with = "trusted_key")]
     allow_unsigned: bool,
+    /// Load only versions whose signature names the model and the version (`palisade sign
+    /// --name MODEL/VERSION`), refusing those that name the version alone, which verify for a
+    /// copy of the folder under any model's name.
+    #[arg(long, conflicts_with = "allow_unsigned")]
+    require_signed_names: bool,
     /// When an answered request's audit entry is durable: `full` fsyncs the audit log before
     /// each answer (survives power loss); `process` appends it to a journal beside the log
     /// without an fsync (survives `kill -9` of the gateway, not a power cut). The daily budgets'
@@ -270,6 +275,10 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             "--models needs --trusted-key KEY.pub (models load only if their signature verifies), or --allow-unsigned for development"
         ),
     };
+    let trust = match trust {
+        Trust::Key(k) if args.require_signed_names => Trust::KeyNamed(k),
+        t => t,
+    };
     let repo = match &args.models {
         None => install_bundled(&args.state)?,
         Some(r) => r.clone(),
@@ -316,6 +325,10 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
     };
     let trust_text = match &trust {
         Trust::Key(k) => format!("signatures verified against {}", k.hint()),
+        Trust::KeyNamed(k) => format!(
+            "signatures naming model and version verified against {}",
+            k.hint()
+        ),
         Trust::Unsigned => "UNSIGNED models allowed".into(),
     };
     gw.withdrawn = Some(withdrawn);
@@ -343,9 +356,15 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         // Made once the gateway can serve: a key made by a start that then fails would never
         // be shown (`palisade keys` can still make one).
         let first = state.first_admin_key()?;
+        // Where the sockets are bound: a port 0 asked for is the port the system chose.
+        let bound = |l: &tokio::net::TcpListener, asked: &str| {
+            l.local_addr().map_or(asked.to_string(), |a| a.to_string())
+        };
+        let listening = bound(&http, &args.listen);
+        let grpc_listening = grpc.as_ref().map(|g| bound(g, &args.grpc_listen));
         let started = Started {
-            listening: &args.listen,
-            grpc_listening: grpc.as_ref().map(|_| args.grpc_listen.as_str()),
+            listening: &listening,
+            grpc_listening: grpc_listening.as_deref(),
             state: &args.state,
             models: loaded.iter().map(|(m, v)| format!("{m}/{v}")).collect(),
             trust: trust_text,
