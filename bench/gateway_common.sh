@@ -32,7 +32,7 @@ mkdir -p "$REPO/mnist/1"
 cp models/mnist_cnn_public.onnx "$REPO/mnist/1/model.onnx"
 cp bench/bench-policy.toml "$REPO/mnist/1/policy.toml"
 "$BIN" keygen --private-key "$STATE/bench.key" --public-key "$STATE/bench.pub" > /dev/null
-"$BIN" sign --private-key "$STATE/bench.key" --signature "$REPO/mnist/1/model.sig" "$REPO/mnist/1" > /dev/null
+"$BIN" sign --private-key "$STATE/bench.key" --name mnist/1 --signature "$REPO/mnist/1/model.sig" "$REPO/mnist/1" > /dev/null
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do { kill -9 "$p" && wait "$p"; } > /dev/null 2>&1 || true; done
