@@ -315,7 +315,10 @@ impl LocalLimits {
         // More units than a burst holds can never pass (validation keeps batches within the
         // bursts, `Policy::batch_limit`; a policy built in code may not): refused, to retry once
         // the whole burst has come back.
-        let never = |r: Rate| ceil_secs(gcra_params(r).0.saturating_mul(gcra_params(r).1.get()));
+        let never = |r: Rate| {
+            let (per, burst) = gcra_params(r);
+            ceil_secs(per.saturating_mul(burst.get()))
+        };
         // A refusal's wait until `units` fit, and then the retry's `before` units first.
         let after = |r: Rate, nu: governor::NotUntil<_>| {
             ceil_secs(nu.wait_time_from(now) + gcra_params(r).0.saturating_mul(before))
@@ -625,23 +628,8 @@ impl Guard for RateLimit {
             Some(Principal(k)) => k.clone(),
             None => return reject(StatusCode::UNAUTHORIZED, "rate-limit", "not authenticated"),
         };
-        let live = || {
-            self.models
-                .served(name)
-                .iter()
-                .map(|m| m.policy.limits.clone())
-                .collect()
-        };
-        let charge = Charge {
-            key: &caller.lineage,
-            model: name,
-            limits: &model.policy.limits,
-            units: NonZeroU32::MIN,
-            before: 0,
-            t_ms: now_ms(),
-            live: &live,
-        };
-        let items = match admit(&*self.limits, charge, &self.metrics).await {
+        let units = (NonZeroU32::MIN, 0);
+        let items = match self.charge(&caller.lineage, &model, units).await {
             Ok(items) => items,
             Err(refused) => return refused,
         };
@@ -656,8 +644,37 @@ impl Guard for RateLimit {
     }
 }
 
-/// Asks `limits` to charge `c`, within [`STORE_TIMEOUT`]: the header items, or the refusal (429,
-/// or 503 when the store could not answer) to send back.
+impl RateLimit {
+    /// Charges `units` (with the units the request charged before, [`Charge::before`]) by the
+    /// key line `key` to `model`'s limits, within [`STORE_TIMEOUT`]: the header items, or the
+    /// refusal (429, or 503 when the store could not answer) to send back.
+    async fn charge(
+        &self,
+        key: &String,
+        model: &crate::ServedModel,
+        (units, before): (NonZeroU32, u32),
+    ) -> Result<Vec<Item>, Response> {
+        let live = || {
+            self.models
+                .served(&model.name)
+                .iter()
+                .map(|m| m.policy.limits.clone())
+                .collect()
+        };
+        let c = Charge {
+            key,
+            model: &model.name,
+            limits: &model.policy.limits,
+            units,
+            before,
+            t_ms: now_ms(),
+            live: &live,
+        };
+        admit(&*self.limits, c, &self.metrics).await
+    }
+}
+
+/// Asks `limits` to charge `c`, within [`STORE_TIMEOUT`] (see [`RateLimit::charge`]).
 async fn admit(
     limits: &dyn LimitStore,
     c: Charge<'_>,
@@ -728,24 +745,7 @@ impl Guard for ChargeBatch {
             return call_next(next, req).await;
         };
         let (model, caller) = (v.model.clone(), caller.clone());
-        let live = || {
-            self.0
-                .models
-                .served(&model.name)
-                .iter()
-                .map(|m| m.policy.limits.clone())
-                .collect()
-        };
-        let charge = Charge {
-            key: &caller.lineage,
-            model: &model.name,
-            limits: &model.policy.limits,
-            units,
-            before: 1,
-            t_ms: now_ms(),
-            live: &live,
-        };
-        let items = match admit(&*self.0.limits, charge, &self.0.metrics).await {
+        let items = match self.0.charge(&caller.lineage, &model, (units, 1)).await {
             Ok(items) => items,
             Err(refused) => return refused,
         };
