@@ -7,6 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::repository;
+
 const BUDGET: u64 = 3;
 
 fn free_addr() -> String {
@@ -93,19 +96,6 @@ fn serve_with(dir: &Path, args: &[&str]) -> (Child, String, serde_json::Value) {
         std::thread::sleep(Duration::from_millis(100));
     }
     (child, addr, started)
-}
-
-/// A model repository in `dir` (`repo/mnist/1`) with `policy` as the model's policy.
-fn repository(dir: &Path, policy: &str) {
-    let version = dir.join("repo/mnist/1");
-    std::fs::create_dir_all(&version).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::copy(
-        root.join("models/mnist_cnn_public.onnx"),
-        version.join("model.onnx"),
-    )
-    .unwrap();
-    std::fs::write(version.join("policy.toml"), policy).unwrap();
 }
 
 fn stop(mut gw: Child) {

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+
 fn palisade(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(args)
@@ -408,15 +410,7 @@ fn sign_verify_seal_registry_provenance() {
 fn serve_can_require_signatures_that_name_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let version = d.join("repo/mnist/1");
-    std::fs::create_dir_all(&version).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::fs::copy(
-        root.join("models/mnist_cnn_public.onnx"),
-        version.join("model.onnx"),
-    )
-    .unwrap();
-    std::fs::write(version.join("policy.toml"), "[input]\nrange = [0.0, 1.0]\n").unwrap();
+    common::repository(d, "[input]\nrange = [0.0, 1.0]\n");
     expect(
         d,
         &["keygen", "--private-key", "k.pem", "--public-key", "k.pub"],
