@@ -1333,8 +1333,8 @@ impl Writer {
 /// checkpoint its WAL: work no answer waits for, which at the default priority took a core from
 /// the async worker and the inference threads in bursts (a tick's entries at once) and showed in
 /// their tail latency. Open loop at 3,000 requests per second (`bench/gateway_latency.sh`,
-/// 2026-12-06, one run each), the added p99 was 0.32 ms at 16 connections and 0.54 ms at 64 at
-/// nice 10, against 0.83-1.03 and 0.58-0.92 ms in two runs at nice 0. Under `Durability::Full`
+/// 2026-12-06, two runs each), the added p99 was 0.32-0.33 ms at 16 connections and 0.48-0.54 ms
+/// at 64 at nice 10, against 0.83-1.03 and 0.58-0.92 ms at nice 0. Under `Durability::Full`
 /// the writer is on the answer's path, and a checkpoint in RESTART mode blocks it, so there
 /// neither is lowered (a lowered thread holding what the path waits for would be a priority
 /// inversion). Linux gives a nice value per thread; raising it needs no privilege.
