@@ -182,36 +182,50 @@ fn journal_files_go_only_after_what_they_held_is_fsynced() {
         eprintln!("skipped: no {strace}; set PALISADE_REQUIRE_STRACE to fail instead");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log_dir = dir.path().join("log");
-    std::fs::create_dir(&log_dir).unwrap();
-    let trace = dir.path().join("trace");
-    let status = Command::new(&strace)
-        .args(["-f", "-qq", "-y", "-o"])
-        .arg(&trace)
-        .args([
-            "-e",
-            "trace=write,pwrite64,writev,pwritev,pwritev2,fsync,fdatasync,unlink,unlinkat",
-            "--",
-        ])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "scenario", "--test-threads=1"])
-        .env(DIR_VAR, &log_dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "the scenario failed under strace");
-    let trace = std::fs::read_to_string(&trace).unwrap();
-    let calls = parse(&trace);
-    let db = log_dir.join("audit.db").canonicalize().unwrap();
-    let db = db.to_str().unwrap();
-    // Not vacuous: entries went through the journal and the WAL, and three files were deleted.
-    assert!(
-        calls
-            .iter()
-            .any(|c| c.name.starts_with("pwrite") && c.path == format!("{db}-wal")),
-        "no write to the WAL in the trace"
-    );
-    let (deletions, problems) = unsynced_deletions(&calls, db);
+    // The scenario deletes three files (it checks that they are gone). A trace that shows fewer
+    // missed a deletion (1 run in 4 on a loaded 2-core VM, 2026-12-06, at any thread
+    // priority): that attempt is run again, up to three times. A deletion before its fsync, in
+    // any attempt, fails at once.
+    let attempt = || {
+        let dir = tempfile::tempdir().unwrap();
+        let log_dir = dir.path().join("log");
+        std::fs::create_dir(&log_dir).unwrap();
+        let trace = dir.path().join("trace");
+        let status = Command::new(&strace)
+            .args(["-f", "-qq", "-y", "-o"])
+            .arg(&trace)
+            .args([
+                "-e",
+                "trace=write,pwrite64,writev,pwritev,pwritev2,fsync,fdatasync,unlink,unlinkat",
+                "--",
+            ])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "scenario", "--test-threads=1"])
+            .env(DIR_VAR, &log_dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "the scenario failed under strace");
+        let trace = std::fs::read_to_string(&trace).unwrap();
+        let calls = parse(&trace);
+        let db = log_dir.join("audit.db").canonicalize().unwrap();
+        let db = db.to_str().unwrap();
+        // Not vacuous: entries went through the journal and the WAL, and three files were deleted.
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.name.starts_with("pwrite") && c.path == format!("{db}-wal")),
+            "no write to the WAL in the trace"
+        );
+        unsynced_deletions(&calls, db)
+    };
+    let mut deletions = 0;
+    for _ in 0..3 {
+        let problems;
+        (deletions, problems) = attempt();
+        assert!(problems.is_empty(), "{problems:#?}");
+        if deletions == 3 {
+            break;
+        }
+    }
     assert_eq!(deletions, 3, "journal files deleted");
-    assert!(problems.is_empty(), "{problems:#?}");
 }
