@@ -16,7 +16,11 @@
 //! at most the units of its batches in flight where those are more), never gain any. With [`Durability::Process`] a power cut may lose the last reservations, and
 //! so give back what they covered. A graceful stop ([`Budgets::close`]) writes the exact counts,
 //! so a planned restart loses nothing. Days are the gateway clock's UTC days: rows of days before
-//! yesterday are deleted on opening, so a clock far ahead at a start forgets today's counts.
+//! yesterday are deleted on opening, so a clock far ahead at a start forgets today's counts. A
+//! clock stepping back across midnight counts against the later day stored, but a day stored more
+//! than [`DAYS_AHEAD`] after the clock's was counted by a clock that was wrong (set far ahead, then
+//! corrected): it is forgotten, with a warning, at opening and at the budget's next charge, for
+//! counting against it would hold a spent budget until the clock reached that day.
 //!
 //! When the ledger cannot be written, the requests that need a reservation are refused (the
 //! limits fail closed) until a write succeeds again; the spends already reserved go on.
@@ -38,6 +42,17 @@ use crate::audit::Durability;
 /// The largest block reserved at once: with a budget past 64 × this, a crash costs a client at
 /// most this many requests (1/64 of a smaller budget).
 pub const MAX_BLOCK: u64 = 1 << 20;
+
+/// How many days after the clock's a stored day may be and still be counted against: a clock
+/// stepping back across midnight leaves the next day stored; a day further ahead was counted by a
+/// clock that was wrong, and is forgotten.
+pub const DAYS_AHEAD: u64 = 1;
+
+/// Whether `stored`, a budget's day, is one a clock at `today` counts against rather than
+/// forgets.
+fn counted(stored: u64, today: u64) -> bool {
+    stored >= today && stored - today <= DAYS_AHEAD
+}
 
 /// How many units a reservation covers beyond what is spent, for a budget of `limit`.
 fn block(limit: u64) -> u64 {
@@ -137,22 +152,26 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS budgets (
         reserved INTEGER NOT NULL,
         PRIMARY KEY (key, model)) WITHOUT ROWID;";
 
-/// Raises the stored reservation; a later day replaces an earlier one, an earlier day is ignored.
+/// Raises the stored reservation; a later day replaces an earlier one, an earlier day is ignored
+/// unless the stored one is more than a day ([`DAYS_AHEAD`]) after it (a wrong clock's).
 const RESERVE: &str = "INSERT INTO budgets (key, model, day, reserved) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (key, model) DO UPDATE SET day = excluded.day, reserved = excluded.reserved
      WHERE excluded.day > budgets.day
+        OR budgets.day > excluded.day + 1
         OR (excluded.day = budgets.day AND excluded.reserved > budgets.reserved)";
 
-/// Sets the exact count of a day (at a graceful stop, when the count may be below the reservation).
+/// Sets the exact count of a day (at a graceful stop, when the count may be below the reservation),
+/// with [`RESERVE`]'s rule for days.
 const EXACT: &str = "INSERT INTO budgets (key, model, day, reserved) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (key, model) DO UPDATE SET day = excluded.day, reserved = excluded.reserved
-     WHERE excluded.day >= budgets.day";
+     WHERE excluded.day >= budgets.day OR budgets.day > excluded.day + 1";
 
 impl Budgets {
     /// Budgets kept in the ledger at `path` (created when missing), whose commits are fsynced
     /// with [`Durability::Full`] and survive `kill -9` but not a power cut with
     /// [`Durability::Process`]. Each budget resumes from the count the ledger holds for its day;
-    /// rows of days before `today - 1` are deleted.
+    /// rows of days before `today - 1` are deleted, and those more than [`DAYS_AHEAD`] after
+    /// `today` (with a warning).
     pub(crate) fn open(
         path: &Path,
         durability: Durability,
@@ -165,6 +184,18 @@ impl Budgets {
                 "DELETE FROM budgets WHERE day < ?1",
                 params![today.saturating_sub(1) as i64],
             )?;
+            let ahead = conn.execute(
+                "DELETE FROM budgets WHERE day > ?1",
+                params![today.saturating_add(DAYS_AHEAD) as i64],
+            )?;
+            if ahead > 0 {
+                tracing::warn!(
+                    ledger = %path.display(),
+                    today,
+                    budgets = ahead,
+                    "daily budget counts of days more than a day after the clock's were forgotten: the clock that counted them was wrong"
+                );
+            }
             let mut stmt = conn.prepare("SELECT key, model, day, reserved FROM budgets")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
@@ -216,7 +247,7 @@ impl Budgets {
     pub(crate) fn left(&self, key: &str, model: &str, day: u64, limit: u64) -> (u64, u64) {
         let used = lock(&self.shared.used);
         match used.get(key).and_then(|m| m.get(model)) {
-            Some(s) if s.day >= day => (limit.saturating_sub(s.spent), s.day),
+            Some(s) if counted(s.day, day) => (limit.saturating_sub(s.spent), s.day),
             _ => (limit, day),
         }
     }
@@ -255,8 +286,18 @@ impl Budgets {
             unreachable!("inserted above")
         };
         // Only a later day starts afresh: a clock stepping back across midnight must not zero
-        // the count, so an earlier day counts against the one stored.
-        if day > e.day {
+        // the count, so an earlier day counts against the one stored. Unless that one is days
+        // ahead: a wrong clock's, which would hold the budget until the clock came to it.
+        if !counted(e.day, day) {
+            if e.day > day {
+                tracing::warn!(
+                    key,
+                    model,
+                    stored_day = e.day,
+                    today = day,
+                    "a daily budget's count was of a day more than a day after the clock's; counting afresh"
+                );
+            }
             *e = Spent {
                 day,
                 ..Spent::default()
@@ -573,6 +614,60 @@ mod tests {
         assert_eq!(b.remaining("k", "other", 2, 2), 2);
     }
 
+    #[test]
+    fn a_day_stored_days_ahead_was_a_wrong_clocks_and_is_forgotten() {
+        let b = Budgets::default();
+        // The clock was set 100 days ahead while the key spent its budget.
+        assert_eq!(now(&b, "k", "m", 102, 2), Some(1));
+        assert_eq!(now(&b, "k", "m", 102, 2), Some(0));
+        assert_eq!(now(&b, "k", "m", 102, 2), None);
+        // Corrected: today's budget, not day 102's held for 100 days.
+        assert_eq!(b.remaining("k", "m", 2, 2), 2);
+        assert_eq!(now(&b, "k", "m", 2, 2), Some(1));
+        // A day ahead is still a step back across midnight, counted against the later day.
+        assert_eq!(now(&b, "k", "m", 3, 2), Some(1));
+        assert_eq!(b.remaining("k", "m", 2, 2), 1);
+        assert_eq!(now(&b, "k", "m", 2, 2), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_ledger_forgets_a_wrong_clocks_days_and_keeps_todays_count_over_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.db");
+        let (day, limit) = (20_000, 5);
+        // Spent under a clock 100 days ahead, then stopped.
+        let ahead = Budgets::open(&path, Durability::Process, day + 100).unwrap();
+        for left in (0..limit).rev() {
+            assert_eq!(
+                spend(&ahead, "k", "m", day + 100, limit).await.unwrap(),
+                Some(left)
+            );
+        }
+        ahead.close();
+        assert_eq!(
+            stored(&path),
+            [("k".into(), "m".into(), day as i64 + 100, 5)]
+        );
+        // Opened under the corrected clock: that day is forgotten.
+        let b = Budgets::open(&path, Durability::Process, day).unwrap();
+        assert_eq!(stored(&path), []);
+        assert_eq!(b.remaining("k", "m", day, limit), limit);
+        b.close();
+
+        // Corrected while running: today's count replaces the wrong day's row, and survives.
+        let b = Budgets::open(&path, Durability::Process, day + 100).unwrap();
+        assert_eq!(
+            spend(&b, "k", "m", day + 100, limit).await.unwrap(),
+            Some(4)
+        );
+        assert_eq!(spend(&b, "k", "m", day, limit).await.unwrap(), Some(4));
+        assert_eq!(spend(&b, "k", "m", day, limit).await.unwrap(), Some(3));
+        std::mem::forget(b); // a crash: the reservations stand
+        assert_eq!(stored(&path), [("k".into(), "m".into(), day as i64, 2)]);
+        let after = Budgets::open(&path, Durability::Process, day).unwrap();
+        assert_eq!(after.remaining("k", "m", day, limit), 3);
+    }
+
     #[tokio::test]
     async fn a_crash_never_refills_a_budget_and_a_graceful_stop_loses_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -587,8 +682,14 @@ mod tests {
         }
         // What a crash now would leave: at least what was spent, at most one block more.
         let held = |path: &Path| stored(path)[0].3 as u64;
+        // Nothing on its way to the ledger: what it holds stays as it is.
+        let settled = || {
+            let used = lock(&b.shared.used);
+            let e = &used["k"]["m"];
+            e.durable == e.asked
+        };
         let mut waited = 0;
-        while held(&path) < 130 {
+        while held(&path) < 130 || !settled() {
             // The next block is asked for ahead, by the writer thread.
             std::thread::sleep(std::time::Duration::from_millis(5));
             waited += 1;
