@@ -15,12 +15,11 @@
 //! lose up to one block of its budget (under 128 a day: the units of its requests in flight; and
 //! at most the units of its batches in flight where those are more), never gain any. With [`Durability::Process`] a power cut may lose the last reservations, and
 //! so give back what they covered. A graceful stop ([`Budgets::close`]) writes the exact counts,
-//! so a planned restart loses nothing. Days are the gateway clock's UTC days: rows of days before
-//! yesterday are deleted on opening, so a clock far ahead at a start forgets today's counts. A
-//! clock stepping back across midnight counts against the later day stored, but a day stored more
-//! than [`DAYS_AHEAD`] after the clock's was counted by a clock that was wrong (set far ahead, then
-//! corrected): it is forgotten, with a warning, at opening and at the budget's next charge, for
-//! counting against it would hold a spent budget until the clock reached that day.
+//! so a planned restart loses nothing. Days are the gateway clock's UTC days, and a count is never
+//! given back for the clock's sake: a clock stepping back counts against the later day stored, and
+//! a start under a clock days ahead forgets nothing. The cost falls the other way: a budget spent
+//! while the clock ran days ahead stays spent until the clock reaches that day again (to give it
+//! back, stop the gateway and delete the budget's row from `limits.db`).
 //!
 //! When the ledger cannot be written, the requests that need a reservation are refused (the
 //! limits fail closed) until a write succeeds again; the spends already reserved go on.
@@ -42,17 +41,6 @@ use crate::audit::Durability;
 /// The largest block reserved at once: with a budget past 64 × this, a crash costs a client at
 /// most this many requests (1/64 of a smaller budget).
 pub const MAX_BLOCK: u64 = 1 << 20;
-
-/// How many days after the clock's a stored day may be and still be counted against: a clock
-/// stepping back across midnight leaves the next day stored; a day further ahead was counted by a
-/// clock that was wrong, and is forgotten.
-pub const DAYS_AHEAD: u64 = 1;
-
-/// Whether `stored`, a budget's day, is one a clock at `today` counts against rather than
-/// forgets.
-fn counted(stored: u64, today: u64) -> bool {
-    stored >= today && stored - today <= DAYS_AHEAD
-}
 
 /// How many units a reservation covers beyond what is spent, for a budget of `limit`.
 fn block(limit: u64) -> u64 {
@@ -152,50 +140,28 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS budgets (
         reserved INTEGER NOT NULL,
         PRIMARY KEY (key, model)) WITHOUT ROWID;";
 
-/// Raises the stored reservation; a later day replaces an earlier one, an earlier day is ignored
-/// unless the stored one is more than a day ([`DAYS_AHEAD`]) after it (a wrong clock's).
+/// Raises the stored reservation; a later day replaces an earlier one, an earlier day is ignored.
 const RESERVE: &str = "INSERT INTO budgets (key, model, day, reserved) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (key, model) DO UPDATE SET day = excluded.day, reserved = excluded.reserved
      WHERE excluded.day > budgets.day
-        OR budgets.day > excluded.day + 1
         OR (excluded.day = budgets.day AND excluded.reserved > budgets.reserved)";
 
-/// Sets the exact count of a day (at a graceful stop, when the count may be below the reservation),
-/// with [`RESERVE`]'s rule for days.
+/// Sets the exact count of a day (at a graceful stop, when the count may be below the reservation).
 const EXACT: &str = "INSERT INTO budgets (key, model, day, reserved) VALUES (?1, ?2, ?3, ?4)
      ON CONFLICT (key, model) DO UPDATE SET day = excluded.day, reserved = excluded.reserved
-     WHERE excluded.day >= budgets.day OR budgets.day > excluded.day + 1";
+     WHERE excluded.day >= budgets.day";
 
 impl Budgets {
     /// Budgets kept in the ledger at `path` (created when missing), whose commits are fsynced
     /// with [`Durability::Full`] and survive `kill -9` but not a power cut with
-    /// [`Durability::Process`]. Each budget resumes from the count the ledger holds for its day;
-    /// rows of days before `today - 1` are deleted, and those more than [`DAYS_AHEAD`] after
-    /// `today` (with a warning).
-    pub(crate) fn open(
-        path: &Path,
-        durability: Durability,
-        today: u64,
-    ) -> Result<Self, LimitError> {
+    /// [`Durability::Process`]. Each budget resumes from the count the ledger holds for its day.
+    /// No row is deleted by the clock's reading at a start: a clock days ahead would take today's
+    /// counts for old ones (the ledger holds a row per key line and model, so it does not grow
+    /// with the days).
+    pub(crate) fn open(path: &Path, durability: Durability) -> Result<Self, LimitError> {
         let conn = open_ledger(path, durability).map_err(|e| unavailable(path, e))?;
         let mut table = Table::new();
         (|| -> rusqlite::Result<()> {
-            conn.execute(
-                "DELETE FROM budgets WHERE day < ?1",
-                params![today.saturating_sub(1) as i64],
-            )?;
-            let ahead = conn.execute(
-                "DELETE FROM budgets WHERE day > ?1",
-                params![today.saturating_add(DAYS_AHEAD) as i64],
-            )?;
-            if ahead > 0 {
-                tracing::warn!(
-                    ledger = %path.display(),
-                    today,
-                    budgets = ahead,
-                    "daily budget counts of days more than a day after the clock's were forgotten: the clock that counted them was wrong"
-                );
-            }
             let mut stmt = conn.prepare("SELECT key, model, day, reserved FROM budgets")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
@@ -247,7 +213,7 @@ impl Budgets {
     pub(crate) fn left(&self, key: &str, model: &str, day: u64, limit: u64) -> (u64, u64) {
         let used = lock(&self.shared.used);
         match used.get(key).and_then(|m| m.get(model)) {
-            Some(s) if counted(s.day, day) => (limit.saturating_sub(s.spent), s.day),
+            Some(s) if s.day >= day => (limit.saturating_sub(s.spent), s.day),
             _ => (limit, day),
         }
     }
@@ -286,18 +252,8 @@ impl Budgets {
             unreachable!("inserted above")
         };
         // Only a later day starts afresh: a clock stepping back across midnight must not zero
-        // the count, so an earlier day counts against the one stored. Unless that one is days
-        // ahead: a wrong clock's, which would hold the budget until the clock came to it.
-        if !counted(e.day, day) {
-            if e.day > day {
-                tracing::warn!(
-                    key,
-                    model,
-                    stored_day = e.day,
-                    today = day,
-                    "a daily budget's count was of a day more than a day after the clock's; counting afresh"
-                );
-            }
+        // the count, so an earlier day counts against the one stored.
+        if day > e.day {
             *e = Spent {
                 day,
                 ..Spent::default()
@@ -563,7 +519,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
         // A budget of 7: blocks of one unit, each written with its request.
-        let b = Budgets::open(&path, Durability::Process, 7).unwrap();
+        let b = Budgets::open(&path, Durability::Process).unwrap();
         let other = Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap(); // the writer's commit waits
         let Ok(Spend::Wait(_, seen)) = b.spend("k1", "m", 7, 10, 1, None) else {
@@ -612,60 +568,11 @@ mod tests {
         assert_eq!(now(&b, "k", "m", 1, 2), None);
         assert_eq!(b.remaining("k", "m", 3, 2), 2);
         assert_eq!(b.remaining("k", "other", 2, 2), 2);
-    }
-
-    #[test]
-    fn a_day_stored_days_ahead_was_a_wrong_clocks_and_is_forgotten() {
-        let b = Budgets::default();
-        // The clock was set 100 days ahead while the key spent its budget.
-        assert_eq!(now(&b, "k", "m", 102, 2), Some(1));
-        assert_eq!(now(&b, "k", "m", 102, 2), Some(0));
-        assert_eq!(now(&b, "k", "m", 102, 2), None);
-        // Corrected: today's budget, not day 102's held for 100 days.
-        assert_eq!(b.remaining("k", "m", 2, 2), 2);
-        assert_eq!(now(&b, "k", "m", 2, 2), Some(1));
-        // A day ahead is still a step back across midnight, counted against the later day.
-        assert_eq!(now(&b, "k", "m", 3, 2), Some(1));
-        assert_eq!(b.remaining("k", "m", 2, 2), 1);
-        assert_eq!(now(&b, "k", "m", 2, 2), Some(0));
-    }
-
-    #[tokio::test]
-    async fn a_ledger_forgets_a_wrong_clocks_days_and_keeps_todays_count_over_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("limits.db");
-        let (day, limit) = (20_000, 5);
-        // Spent under a clock 100 days ahead, then stopped.
-        let ahead = Budgets::open(&path, Durability::Process, day + 100).unwrap();
-        for left in (0..limit).rev() {
-            assert_eq!(
-                spend(&ahead, "k", "m", day + 100, limit).await.unwrap(),
-                Some(left)
-            );
-        }
-        ahead.close();
-        assert_eq!(
-            stored(&path),
-            [("k".into(), "m".into(), day as i64 + 100, 5)]
-        );
-        // Opened under the corrected clock: that day is forgotten.
-        let b = Budgets::open(&path, Durability::Process, day).unwrap();
-        assert_eq!(stored(&path), []);
-        assert_eq!(b.remaining("k", "m", day, limit), limit);
-        b.close();
-
-        // Corrected while running: today's count replaces the wrong day's row, and survives.
-        let b = Budgets::open(&path, Durability::Process, day + 100).unwrap();
-        assert_eq!(
-            spend(&b, "k", "m", day + 100, limit).await.unwrap(),
-            Some(4)
-        );
-        assert_eq!(spend(&b, "k", "m", day, limit).await.unwrap(), Some(4));
-        assert_eq!(spend(&b, "k", "m", day, limit).await.unwrap(), Some(3));
-        std::mem::forget(b); // a crash: the reservations stand
-        assert_eq!(stored(&path), [("k".into(), "m".into(), day as i64, 2)]);
-        let after = Budgets::open(&path, Durability::Process, day).unwrap();
-        assert_eq!(after.remaining("k", "m", day, limit), 3);
+        // However far back: a budget is never given back for the clock's sake.
+        assert_eq!(now(&b, "k", "m", 100, 2), Some(1));
+        assert_eq!(now(&b, "k", "m", 100, 2), Some(0));
+        assert_eq!(b.remaining("k", "m", 2, 2), 0);
+        assert_eq!(now(&b, "k", "m", 2, 2), None);
     }
 
     #[tokio::test]
@@ -673,7 +580,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
         let (day, limit) = (20_000, 6_400); // a block of 100 units
-        let b = Budgets::open(&path, Durability::Process, day).unwrap();
+        let b = Budgets::open(&path, Durability::Process).unwrap();
         for i in 1..=130 {
             assert_eq!(
                 spend(&b, "k", "m", day, limit).await.unwrap(),
@@ -697,7 +604,7 @@ mod tests {
         }
         assert!(held(&path) <= 130 + block(limit), "{}", held(&path));
         // A second gateway process on the file after the crash resumes from the reservation.
-        let after_crash = Budgets::open(&path, Durability::Process, day).unwrap();
+        let after_crash = Budgets::open(&path, Durability::Process).unwrap();
         assert_eq!(
             after_crash.remaining("k", "m", day, limit),
             limit - held(&path)
@@ -708,20 +615,28 @@ mod tests {
         // A graceful stop writes the exact count.
         b.close();
         assert_eq!(stored(&path), [("k".into(), "m".into(), day as i64, 130)]);
-        let reopened = Budgets::open(&path, Durability::Process, day).unwrap();
+        let reopened = Budgets::open(&path, Durability::Process).unwrap();
         assert_eq!(reopened.remaining("k", "m", day, limit), limit - 130);
         assert_eq!(
             spend(&reopened, "k", "m", day, limit).await.unwrap(),
             Some(limit - 131)
         );
-        // The next day starts afresh; rows older than yesterday are dropped on opening.
+        // The next day starts afresh.
         assert_eq!(
             spend(&reopened, "k", "m", day + 1, limit).await.unwrap(),
             Some(limit - 1)
         );
         reopened.close();
-        drop(Budgets::open(&path, Durability::Process, day + 3).unwrap());
-        assert_eq!(stored(&path), []);
+        // A start forgets nothing, and a clock read days behind at it counts against the day
+        // stored (before 2026-12-06, opening deleted the rows of days before the clock's
+        // yesterday: a start under a clock days ahead gave every budget back).
+        let behind = Budgets::open(&path, Durability::Process).unwrap();
+        assert_eq!(stored(&path), [("k".into(), "m".into(), day as i64 + 1, 1)]);
+        assert_eq!(
+            spend(&behind, "k", "m", day - 30, limit).await.unwrap(),
+            Some(limit - 2)
+        );
+        behind.close();
         // Spending after close is refused, not lost.
         assert!(b.spend("k", "m", day, limit, 1, None).is_err());
     }
@@ -730,7 +645,7 @@ mod tests {
     async fn racing_requests_spend_a_small_budget_exactly_once_each() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
-        let b = Arc::new(Budgets::open(&path, Durability::Process, 7).unwrap());
+        let b = Arc::new(Budgets::open(&path, Durability::Process).unwrap());
         // A budget under 128: a block of one, every unit written before it is spent.
         let tasks: Vec<_> = (0..200)
             .map(|_| {
@@ -753,7 +668,7 @@ mod tests {
     async fn racing_batches_spend_all_their_units_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
-        let b = Arc::new(Budgets::open(&path, Durability::Process, 7).unwrap());
+        let b = Arc::new(Budgets::open(&path, Durability::Process).unwrap());
         // Batches of 1 to 5 samples, 240 in all, against a budget of 100 (blocks of one).
         let tasks: Vec<_> = (0..80u64)
             .map(|i| {
@@ -789,7 +704,7 @@ mod tests {
         b.close();
         assert_eq!(stored(&path)[0].3 as u64, granted);
         // More than is left: refused, spending nothing.
-        let reopened = Budgets::open(&path, Durability::Process, 7).unwrap();
+        let reopened = Budgets::open(&path, Durability::Process).unwrap();
         let left = 100 - granted;
         assert_eq!(
             spend_n(&reopened, "k", "m", 7, 100, left + 1)
@@ -805,7 +720,7 @@ mod tests {
     async fn a_ledger_that_cannot_be_written_refuses_what_it_would_have_to_hold() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
-        let b = Budgets::open(&path, Durability::Process, 7).unwrap();
+        let b = Budgets::open(&path, Durability::Process).unwrap();
         assert_eq!(spend(&b, "k", "m", 7, 10).await.unwrap(), Some(9));
         // A budget of 10 has blocks of one: each unit is written before it is spent, so
         // another hand breaking the file makes the next request fail, and those after it, until
