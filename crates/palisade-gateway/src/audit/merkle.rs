@@ -259,13 +259,17 @@ pub fn verify_consistency(
     if first > second {
         return false;
     }
-    if first == second {
-        return proof.is_empty() && first_root == second_root;
-    }
     if first == 0 {
         // Every tree extends the empty tree; there is nothing to prove but that the first root
-        // is the empty tree's (else any pair of roots would pass as consistent).
-        return proof.is_empty() && *first_root == empty_root();
+        // is the empty tree's (else any pair of roots would pass as consistent), and, for an
+        // empty second tree, that its root is too (checked before `first == second`, which
+        // would take any root as the empty tree's: review, 2026-12-06).
+        return proof.is_empty()
+            && *first_root == empty_root()
+            && (second > 0 || *second_root == empty_root());
+    }
+    if first == second {
+        return proof.is_empty() && first_root == second_root;
     }
     let mut path: Vec<Hash> = proof.to_vec();
     if first.is_power_of_two() {
@@ -548,5 +552,59 @@ mod tests {
             &[0xbb; 32],
             &[other]
         ));
+    }
+
+    #[test]
+    fn the_empty_tree_is_consistent_with_itself_only_under_the_empty_root() {
+        let other = [0xaa; 32];
+        assert!(verify_consistency(0, 0, &empty_root(), &empty_root(), &[]));
+        assert!(!verify_consistency(0, 0, &other, &other, &[]));
+        assert!(!verify_consistency(0, 0, &empty_root(), &other, &[]));
+    }
+
+    /// A proof verifies only for the index, leaf and sizes it was made for, and only whole.
+    #[test]
+    fn proofs_are_bound_to_their_index_leaf_and_sizes() {
+        let l = leaves(24);
+        for n in 1..=l.len() {
+            let r = root(&l[..n]);
+            for i in 0..n {
+                let p = inclusion_proof(i, &l[..n]).unwrap();
+                for j in (0..n + 2).filter(|&j| j != i) {
+                    assert!(
+                        !verify_inclusion(j as u64, n as u64, &l[i], &p, &r),
+                        "{i} as {j} of {n}"
+                    );
+                    if j < n {
+                        assert!(
+                            !verify_inclusion(i as u64, n as u64, &l[j], &p, &r),
+                            "leaf {j} at {i} of {n}"
+                        );
+                    }
+                }
+            }
+            for m in 1..=n {
+                let p = consistency_proof(m, &l[..n]).unwrap();
+                let rm = root(&l[..m]);
+                for m2 in (1..=n).filter(|&m2| m2 != m) {
+                    let rm2 = root(&l[..m2]);
+                    assert!(
+                        !verify_consistency(m2 as u64, n as u64, &rm2, &r, &p),
+                        "{m} as {m2} of {n}"
+                    );
+                }
+                if let Some((_, shorter)) = p.split_last() {
+                    assert!(
+                        !verify_consistency(m as u64, n as u64, &rm, &r, shorter),
+                        "{m} of {n}, cut"
+                    );
+                }
+                let longer = [&p[..], &[r]].concat();
+                assert!(
+                    !verify_consistency(m as u64, n as u64, &rm, &r, &longer),
+                    "{m} of {n}, extended"
+                );
+            }
+        }
     }
 }
