@@ -129,15 +129,19 @@ pub fn check_infer_message(msg: &[u8]) -> Result<(), String> {
                     MAX_RANK,
                 )?;
                 at_most("parameters on an input", count(body, 4), MAX_PARAMETERS)?;
-                for contents in fields(body) {
-                    if let Field::Len(5, contents) = contents {
-                        at_most(
-                            "bytes_contents entries in an input",
-                            count(contents, 8),
-                            MAX_BYTES_ELEMENTS,
-                        )?;
-                    }
-                }
+                // `contents` sent in several pieces is one message to prost, which merges them:
+                // their entries count together.
+                let bytes_elements = fields(body)
+                    .filter_map(|f| match f {
+                        Field::Len(5, contents) => Some(count(contents, 8)),
+                        _ => None,
+                    })
+                    .fold(0usize, usize::saturating_add);
+                at_most(
+                    "bytes_contents entries in an input",
+                    bytes_elements,
+                    MAX_BYTES_ELEMENTS,
+                )?;
             }
             6 => {
                 tensors += 1;
@@ -328,6 +332,60 @@ mod tests {
                 .unwrap_err()
                 .contains("dimensions")
         );
+    }
+
+    /// Appends field `number` as a length-delimited field holding `body`.
+    fn len_field(out: &mut Vec<u8>, number: u8, body: &[u8]) {
+        out.push(number << 3 | 2);
+        let mut n = body.len();
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(body);
+    }
+
+    /// An input's `contents` sent in two pieces is one message to prost, which merges them: the
+    /// entries of both count against the bound (each piece alone is under it) (review, 2026-12-06).
+    #[test]
+    fn contents_sent_in_pieces_count_together() {
+        let half = InferTensorContents {
+            bytes_contents: vec![Vec::new(); MAX_BYTES_ELEMENTS / 2 + 10_000],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut input = InferInputTensor {
+            name: "input".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        len_field(&mut input, 5, &half);
+        len_field(&mut input, 5, &half);
+        let mut msg = ModelInferRequest {
+            model_name: "m".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        len_field(&mut msg, 5, &input);
+        let decoded = ModelInferRequest::decode(&msg[..]).unwrap();
+        let entries = decoded.inputs[0]
+            .contents
+            .as_ref()
+            .unwrap()
+            .bytes_contents
+            .len();
+        assert!(entries > MAX_BYTES_ELEMENTS, "{entries}");
+        let e = check_infer_message(&msg).unwrap_err();
+        assert!(e.contains("bytes_contents"), "{e}");
+        // One piece alone passes.
+        let mut one = ModelInferRequest::default().encode_to_vec();
+        let mut input = InferInputTensor::default().encode_to_vec();
+        len_field(&mut input, 5, &half);
+        len_field(&mut one, 5, &input);
+        assert_eq!(check_infer_message(&one), Ok(()));
     }
 
     #[test]
