@@ -404,3 +404,59 @@ async fn a_request_naming_too_many_tensors_is_refused_before_it_is_translated() 
     assert!(e.message().contains("dimensions"), "{e:?}");
     s.stop().await;
 }
+
+/// What a call asks for that this server would not answer as asked is refused, as over REST:
+/// tritonclient's `class_count` (an output's `classification` parameter), which was answered
+/// with the FP32 scores; typed `contents` beside `raw_input_contents`, which were ignored; and
+/// an FP32 input's values in another typed field, which got an error about `binary_data_size`
+/// (review, 2026-12-06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_asking_what_the_server_would_not_answer_as_asked_is_refused() {
+    let s = start().await;
+    let mut c = client(&s).await;
+    let x = [0.1f32, 0.2, 0.3, 0.4];
+    let mut classify = infer_request("lin", &x, vec![1, 1, 2, 2], &s.query.key);
+    classify.get_mut().outputs = vec![model_infer_request::InferRequestedOutputTensor {
+        name: "logits".into(),
+        parameters: [(
+            "classification".to_string(),
+            InferParameter {
+                parameter_choice: Some(infer_parameter::ParameterChoice::Int64Param(2)),
+            },
+        )]
+        .into(),
+    }];
+    let e = c.model_infer(classify).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("'classification'"), "{e:?}");
+
+    // The input's values as typed contents, with or without the raw ones too.
+    let typed = |contents: InferTensorContents, raw_too: bool| {
+        let mut r = infer_request("lin", &x, vec![1, 1, 2, 2], &s.query.key);
+        if !raw_too {
+            r.get_mut().raw_input_contents.clear();
+        }
+        r.get_mut().inputs[0].contents = Some(contents);
+        r
+    };
+    let fp32 = InferTensorContents {
+        fp32_contents: x.to_vec(),
+        ..Default::default()
+    };
+    let ints = InferTensorContents {
+        int_contents: vec![0, 0, 0, 1],
+        ..Default::default()
+    };
+    for (call, says) in [
+        (typed(fp32.clone(), true), "raw_input_contents"),
+        (typed(ints, false), "fp32_contents"),
+    ] {
+        let e = c.model_infer(call).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(says), "{e:?}");
+    }
+    // The same values in fp32_contents alone are served.
+    let ok = typed(fp32, false);
+    c.model_infer(ok).await.unwrap();
+    s.stop().await;
+}

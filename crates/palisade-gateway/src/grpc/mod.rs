@@ -223,6 +223,18 @@ struct BinaryOutputs {
     binary_data_output: bool,
 }
 
+/// How many values a tensor's typed `contents` hold, in all its fields.
+fn contents_len(c: &InferTensorContents) -> usize {
+    c.bool_contents.len()
+        + c.int_contents.len()
+        + c.int64_contents.len()
+        + c.uint_contents.len()
+        + c.uint64_contents.len()
+        + c.fp32_contents.len()
+        + c.fp64_contents.len()
+        + c.bytes_contents.len()
+}
+
 /// The OIP binary-extension body equivalent to a gRPC infer request: (body, JSON header length).
 /// A request naming more than [`MAX_TENSORS`] tensors, or a tensor of more than [`MAX_RANK`]
 /// dimensions, is refused (`INVALID_ARGUMENT`) before anything is built.
@@ -246,6 +258,38 @@ pub fn infer_body(req: &ModelInferRequest) -> Result<(Vec<u8>, usize), Status> {
             req.raw_input_contents.len(),
             req.inputs.len()
         )));
+    }
+    // tritonclient's `class_count` asks for the classification extension's "score:index"
+    // strings, as over REST: the FP32 scores would not be what was asked for.
+    if let Some(o) = req
+        .outputs
+        .iter()
+        .find(|o| o.parameters.contains_key("classification"))
+    {
+        return Err(Status::invalid_argument(
+            oip::CodecError::Unsupported {
+                name: o.name.clone(),
+                parameter: "classification",
+            }
+            .to_string(),
+        ));
+    }
+    for t in &req.inputs {
+        let Some(c) = t.contents.as_ref().filter(|c| contents_len(c) > 0) else {
+            continue;
+        };
+        if !req.raw_input_contents.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "input '{}' has contents as well as raw_input_contents; send its values in one",
+                t.name
+            )));
+        }
+        if t.datatype == "FP32" && c.fp32_contents.len() != contents_len(c) {
+            return Err(Status::invalid_argument(format!(
+                "input '{}' is FP32: its values go in fp32_contents",
+                t.name
+            )));
+        }
     }
     let mut data: Vec<u8> = Vec::new();
     let mut inputs = Vec::with_capacity(req.inputs.len());
