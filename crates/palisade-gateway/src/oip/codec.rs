@@ -5,7 +5,7 @@
 //! nothing panics on any input (see `fuzz/fuzz_targets/oip_request.rs`).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use thiserror::Error;
 
 /// Why a request body is not a well-formed infer request.
@@ -117,7 +117,7 @@ struct WireRequest {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Params>,
     inputs: Vec<WireInput>,
     #[serde(default)]
     outputs: Option<Vec<WireOutput>>,
@@ -129,9 +129,29 @@ struct WireInput {
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Params>,
     #[serde(default)]
     data: Option<FlatData>,
+}
+
+/// A `parameters` map (of the request, an input or an output), as far as this server acts on
+/// it: its other entries are skipped as they are parsed, not kept. Kept as `Value` trees, an
+/// entry holding a long array took about 15 times its size in memory, as `data` did before
+/// [`FlatData`] (review, 2026-12-06).
+#[derive(Deserialize, Default)]
+struct Params {
+    /// An input's size in the binary section.
+    #[serde(default)]
+    binary_data_size: Option<serde_json::Number>,
+    /// Whether an output comes back as binary data.
+    #[serde(default)]
+    binary_data: Option<bool>,
+    /// Whether outputs come back as binary data (the request's).
+    #[serde(default)]
+    binary_data_output: Option<bool>,
+    /// The classification extension, which this server does not implement.
+    #[serde(default)]
+    classification: Option<serde::de::IgnoredAny>,
 }
 
 /// Most dimensions a REST input's shape may have, as over gRPC.
@@ -234,7 +254,7 @@ impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
 struct WireOutput {
     name: String,
     #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Params>,
 }
 
 /// The datatypes of the protocol (anything else is a protocol error).
@@ -242,13 +262,6 @@ const DATATYPES: &[&str] = &[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
     "FP32", "FP64", "BYTES", "BF16",
 ];
-
-fn bool_param(p: &Option<Map<String, Value>>, key: &str) -> bool {
-    p.as_ref()
-        .and_then(|m| m.get(key))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-}
 
 /// Decodes an infer request body. `header_len` is the `Inference-Header-Content-Length` value,
 /// when the binary extension is used.
@@ -299,7 +312,7 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
         let binary_size = inp
             .parameters
             .as_ref()
-            .and_then(|p| p.get("binary_data_size"));
+            .and_then(|p| p.binary_data_size.as_ref());
         let data = match binary_size {
             Some(v) => {
                 let declared = v.as_u64().ok_or_else(|| {
@@ -375,17 +388,17 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
     }
     let mut outputs = Vec::new();
     for o in wire.outputs.unwrap_or_default() {
-        let param = |key: &str| o.parameters.as_ref().and_then(|m| m.get(key));
+        let params = o.parameters.unwrap_or_default();
         // tritonclient's `class_count` asks for the classification extension's "score:index"
         // strings; answering the FP32 scores instead would not be what was asked for.
-        if param("classification").is_some() {
+        if params.classification.is_some() {
             return Err(CodecError::Unsupported {
                 name: o.name,
                 parameter: "classification",
             });
         }
         outputs.push(RequestedOutput {
-            binary: param("binary_data").and_then(Value::as_bool),
+            binary: params.binary_data,
             name: o.name,
         });
     }
@@ -393,7 +406,10 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
         id: wire.id,
         inputs,
         outputs,
-        binary_data_output: bool_param(&wire.parameters, "binary_data_output"),
+        binary_data_output: wire
+            .parameters
+            .and_then(|p| p.binary_data_output)
+            .unwrap_or(false),
     })
 }
 
