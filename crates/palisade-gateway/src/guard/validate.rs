@@ -109,22 +109,30 @@ fn decompress(raw: Bytes, encoding: Option<&str>, limit: usize) -> Result<Bytes,
     let take = limit as u64 + 1;
     let res = match enc.as_deref() {
         None | Some("identity") => return Ok(raw),
-        Some("gzip") | Some("x-gzip") => flate2::read::GzDecoder::new(&raw[..])
+        // A gzip body is a series of members (RFC 1952), each decoded; bytes after the last
+        // that do not begin another member are refused, not dropped (review, 2026-12-06).
+        Some("gzip") | Some("x-gzip") => flate2::read::MultiGzDecoder::new(&raw[..])
             .take(take)
             .read_to_end(&mut out),
         Some("deflate") => {
             // RFC 9110's "deflate" is zlib-wrapped; some clients send raw deflate.
-            let zlib = flate2::read::ZlibDecoder::new(&raw[..])
-                .take(take)
-                .read_to_end(&mut out);
-            if zlib.is_err() {
+            let mut zlib = flate2::bufread::ZlibDecoder::new(&raw[..]);
+            let read = (&mut zlib).take(take).read_to_end(&mut out);
+            let (read, used) = if read.is_err() {
                 out.clear();
-                flate2::read::DeflateDecoder::new(&raw[..])
-                    .take(take)
-                    .read_to_end(&mut out)
+                let mut deflate = flate2::bufread::DeflateDecoder::new(&raw[..]);
+                let read = (&mut deflate).take(take).read_to_end(&mut out);
+                (read, deflate.total_in())
             } else {
-                zlib
+                (read, zlib.total_in())
+            };
+            let after = (raw.len() as u64).saturating_sub(used);
+            if read.is_ok() && out.len() <= limit && after > 0 {
+                return Err(BodyError::Corrupt(format!(
+                    "{after} bytes follow the end of the compressed body"
+                )));
             }
+            read
         }
         Some(other) => {
             return Err(BodyError::Encoding(format!(
@@ -360,9 +368,60 @@ mod tests {
 
     use palisade_core::{InputRange, LinearClassifier};
 
-    use super::{check_request, first_outside};
+    use super::{BodyError, check_request, decompress, first_outside};
     use crate::oip::decode_request;
     use crate::{Policy, ServedModel};
+
+    fn compressed<W: std::io::Write>(mut w: W, b: &[u8]) -> W {
+        w.write_all(b).unwrap();
+        w
+    }
+
+    fn gzip(b: &[u8]) -> Vec<u8> {
+        let w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        compressed(w, b).finish().unwrap()
+    }
+
+    fn inflated(raw: Vec<u8>, encoding: &str) -> Result<Vec<u8>, String> {
+        match decompress(raw.into(), Some(encoding), 1 << 20) {
+            Ok(b) => Ok(b.to_vec()),
+            Err(BodyError::Corrupt(why)) => Err(why),
+            Err(BodyError::TooLarge) => Err("too large".into()),
+            Err(_) => Err("other".into()),
+        }
+    }
+
+    /// A gzip body is every member's bytes in turn; a deflate one is one stream. Bytes after
+    /// either are refused, not dropped (review, 2026-12-06: only the first gzip member was read,
+    /// and whatever followed a stream was ignored).
+    #[test]
+    fn a_compressed_body_is_read_whole_and_nothing_may_follow_it() {
+        let body = b"{\"inputs\": []} and some more text to make two members".to_vec();
+        let (a, b) = body.split_at(20);
+        assert_eq!(
+            inflated([gzip(a), gzip(b)].concat(), "gzip"),
+            Ok(body.clone())
+        );
+        assert_eq!(inflated(gzip(&body), "x-gzip"), Ok(body.clone()));
+        let garbage = b"not compressed".to_vec();
+        assert!(inflated([gzip(&body), garbage.clone()].concat(), "gzip").is_err());
+
+        let c = flate2::Compression::fast();
+        let zlib = compressed(flate2::write::ZlibEncoder::new(Vec::new(), c), &body)
+            .finish()
+            .unwrap();
+        let deflate = compressed(flate2::write::DeflateEncoder::new(Vec::new(), c), &body)
+            .finish()
+            .unwrap();
+        for stream in [zlib, deflate] {
+            assert_eq!(inflated(stream.clone(), "deflate"), Ok(body.clone()));
+            let after = inflated([stream, garbage.clone()].concat(), "deflate").unwrap_err();
+            assert!(after.contains("14 bytes follow"), "{after}");
+        }
+        // Still bounded: a body that inflates past the limit is too large, not corrupt.
+        let bomb = gzip(&vec![0; 2 << 20]);
+        assert_eq!(inflated(bomb, "gzip"), Err("too large".into()));
+    }
 
     #[test]
     fn a_checked_batch_takes_the_input_values_and_a_refusal_leaves_the_request_alone() {
