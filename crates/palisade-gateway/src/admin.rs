@@ -63,6 +63,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v2/audit/proof/inclusion", get(inclusion))
         .route("/v2/audit/proof/consistency", get(consistency))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(crate::server::method_not_allowed)
         .with_state(state)
 }
 

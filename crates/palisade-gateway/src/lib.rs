@@ -8,25 +8,28 @@
 //! back out through them, like the layers of an onion:
 //!
 //! ```text
-//!                  requests                                     responses
-//!                   │                                             ▲
-//!   ┌───────────────┼─────────────── metrics ─────────────────────┼───────────────┐
-//!   │ ┌─────────────┼─────────────── audit ───────────────────────┼─────────────┐ │  entry durable,
-//!   │ │ ┌───────────┼─────────────── authenticate ────────────────┼───────────┐ │ │  then released
-//!   │ │ │ ┌─────────┼─────────────── authorise ───────────────────┼─────────┐ │ │ │
-//!   │ │ │ │ ┌───────┼─────────────── admit ───────────────────────┼───────┐ │ │ │ │  503 when the queue is full
-//!   │ │ │ │ │ ┌─────┼─────────────── rate limit ──────────────────┼─────┐ │ │ │ │ │  + RateLimit headers
-//!   │ │ │ │ │ │ ┌───┼─────────────── validate ────────────────────┼───┐ │ │ │ │ │ │
-//!   │ │ │ │ │ │ │ ┌─┼─────────────── charge batch ────────────────┼─┐ │ │ │ │ │ │ │  the batch's other samples
-//!   │ │ │ │ │ │ │ │ │ ┌───────────── harden output ─────────────┐ │ │ │ │ │ │ │ │ │  logits → body
-//!   │ │ │ │ │ │ │ │ │ │              infer (model)              │ │ │ │ │ │ │ │ │ │
-//!   │ │ │ │ │ │ │ │ │ └─────────────────────────────────────────┘ │ │ │ │ │ │ │ │ │
-//!   └─┴─┴─┴─┴─┴─┴─┴─┴─────────────────────────────────────────────┴─┴─┴─┴─┴─┴─┴─┴─┘
+//!                    requests                                   responses
+//!                     │                                             ▲
+//!   ┌─────────────────┼─────────────── metrics ─────────────────────┼─────────────────┐
+//!   │ ┌───────────────┼─────────────── audit ───────────────────────┼───────────────┐ │  entry durable, then released
+//!   │ │ ┌─────────────┼─────────────── methods ─────────────────────┼─────────────┐ │ │  405 for another method
+//!   │ │ │ ┌───────────┼─────────────── authenticate ────────────────┼───────────┐ │ │ │
+//!   │ │ │ │ ┌─────────┼─────────────── authorise ───────────────────┼─────────┐ │ │ │ │
+//!   │ │ │ │ │ ┌───────┼─────────────── admit ───────────────────────┼───────┐ │ │ │ │ │  503 when the queue is full
+//!   │ │ │ │ │ │ ┌─────┼─────────────── rate limit ──────────────────┼─────┐ │ │ │ │ │ │  + RateLimit headers
+//!   │ │ │ │ │ │ │ ┌───┼─────────────── validate ────────────────────┼───┐ │ │ │ │ │ │ │
+//!   │ │ │ │ │ │ │ │ ┌─┼─────────────── charge batch ────────────────┼─┐ │ │ │ │ │ │ │ │  the batch's other samples
+//!   │ │ │ │ │ │ │ │ │ │ ┌───────────── harden output ─────────────┐ │ │ │ │ │ │ │ │ │ │  logits → body
+//!   │ │ │ │ │ │ │ │ │ │ │              infer (model)              │ │ │ │ │ │ │ │ │ │ │
+//!   │ │ │ │ │ │ │ │ │ │ └─────────────────────────────────────────┘ │ │ │ │ │ │ │ │ │ │
+//!   └─┴─┴─┴─┴─┴─┴─┴─┴─┴─────────────────────────────────────────────┴─┴─┴─┴─┴─┴─┴─┴─┴─┘
 //! ```
 //!
 //! - **metrics** ([`metrics::Measure`]): counts and times every request (no per-client labels).
 //! - **audit** ([`guard::audit`]): appends every request's outcome to the Merkle log and waits
 //!   until it is durable before the response leaves; fails closed.
+//! - **methods** ([`guard::allow`]): a model route's methods (`POST` for infer, `GET` or `HEAD`
+//!   for the rest) → 405 with `Allow`.
 //! - **authenticate** ([`guard::authn`]): API key → 401.
 //! - **authorise** ([`guard::authz`]): role for the route, TOTP for admin actions → 403/401,
 //!   429 once a key's TOTP is locked after wrong codes.

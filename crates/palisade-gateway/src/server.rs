@@ -23,6 +23,7 @@ use crate::grpc::audit::AuditUnreached;
 use crate::grpc::keyfirst::KeyFirst;
 use crate::grpc::prescan::Prescan;
 use crate::guard::admit::Admit;
+use crate::guard::allow::AllowedMethods;
 use crate::guard::audit::{Audit, WriteAhead};
 use crate::guard::authn::Authenticate;
 use crate::guard::authz::Authorise;
@@ -574,19 +575,21 @@ impl Gateway {
             .route_service("/v2/admin/{*rest}", admin.clone())
             .route_service("/v2/audit/{*rest}", admin)
             .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(GuardLayer(Measure(self.metrics.clone())))
     }
 }
 
 impl Gateway {
-    /// The guarded model routes: audit → authenticate → authorise → admit → rate limit →
-    /// validate → harden → infer. REST and gRPC both go through this one stack.
+    /// The guarded model routes: audit → methods → authenticate → authorise → admit → rate limit
+    /// → validate → harden → infer. REST and gRPC both go through this one stack.
     pub fn model_stack(&self) -> Next {
         let svc = ServiceBuilder::new()
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),
                 self.metrics.clone(),
             )))
+            .layer(GuardLayer(AllowedMethods))
             .layer(GuardLayer(Authenticate::new(self.keys.clone())))
             .layer(GuardLayer(Authorise::new(self.keys.clone())))
             .layer(GuardLayer(Admit::new(self.inference.clone())))
@@ -609,6 +612,15 @@ impl Gateway {
             ));
         Next::new(svc)
     }
+}
+
+/// A route's answer to a method it does not take, as JSON like every other error (axum adds the
+/// `Allow` header).
+pub(crate) async fn method_not_allowed(method: axum::http::Method) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("{method} is not a method of this route"),
+    )
 }
 
 async fn server_metadata() -> Response {

@@ -880,3 +880,48 @@ async fn a_batch_costs_its_samples() {
     let r = send("requests", 1).await;
     assert_eq!(r.status, 429, "{r:?}");
 }
+
+/// Each route answers only its own methods, with a JSON 405 and `Allow`: a `GET` with an infer
+/// body had been served as an infer, a `POST` to a model's metadata path answered with it, and
+/// axum's own 405 had an empty body (review, 2026-12-06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_answers_only_its_own_methods() {
+    let s = start().await;
+    let auth = bearer(&s.query);
+    let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
+    let r = request(
+        s.addr,
+        "GET",
+        "/v2/models/lin/infer",
+        &[("Authorization", &auth)],
+        &body,
+    )
+    .await;
+    assert_eq!(r.status, 405, "{r:?}");
+    assert!(r.error().contains("use POST"), "{r:?}");
+    assert_eq!(r.headers.get("allow").map(String::as_str), Some("POST"));
+    let entry = s.last_audit_entry();
+    assert_eq!(entry["decision"], "denied:method", "{entry}");
+    assert_eq!(entry["status"], 405, "{entry}");
+
+    for path in ["/v2/models/lin", "/v2/models/lin/ready"] {
+        let r = request(s.addr, "POST", path, &[("Authorization", &auth)], b"{}").await;
+        assert_eq!(r.status, 405, "{path}: {r:?}");
+        assert_eq!(
+            r.headers.get("allow").map(String::as_str),
+            Some("GET, HEAD")
+        );
+        let r = request(s.addr, "GET", path, &[("Authorization", &auth)], b"").await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+
+    let r = request(s.addr, "DELETE", "/v2/health/live", &[], b"").await;
+    assert_eq!(r.status, 405, "{r:?}");
+    assert!(r.error().contains("DELETE"), "{r:?}");
+    assert!(
+        r.headers.get("allow").is_some_and(|a| a.contains("GET")),
+        "{r:?}"
+    );
+    still_serving(&s).await;
+    s.stop().await;
+}

@@ -27,6 +27,7 @@ use crate::model::ServedModel;
 use crate::oip::InferRequest;
 
 pub mod admit;
+pub mod allow;
 pub mod audit;
 pub mod authn;
 pub mod authz;

@@ -1,0 +1,70 @@
+//! Methods: each model route answers the method the Open Inference Protocol gives it, `GET` (or
+//! `HEAD`) for a model's metadata and readiness and `POST` for infer. Another method gets 405
+//! with `Allow`, audited as `denied:method`, before any other guard reads the request: the
+//! routes had been told apart by their paths alone, so a `GET` with a body was served as an
+//! infer, and a `POST` to a metadata path answered with the metadata (review, 2026-12-06).
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+
+use super::{Decision, Guard, Next, call_next, error_response};
+use crate::oip::{ModelAction, Target, target_of};
+
+/// The method guard.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowedMethods;
+
+/// The methods a model route answers, as its `Allow` header lists them, and whether `method`
+/// is one of them.
+fn allowed(action: ModelAction, method: &Method) -> (&'static str, bool) {
+    match action {
+        ModelAction::Infer => ("POST", method == Method::POST),
+        ModelAction::Metadata | ModelAction::Ready => {
+            ("GET, HEAD", method == Method::GET || method == Method::HEAD)
+        }
+    }
+}
+
+impl Guard for AllowedMethods {
+    async fn handle(self, mut req: Request, next: Next) -> Response {
+        let Target::Model { action, .. } = *target_of(&mut req) else {
+            return call_next(next, req).await;
+        };
+        let (allow, ok) = allowed(action, req.method());
+        if ok {
+            return call_next(next, req).await;
+        }
+        let mut r = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!(
+                "{} is not a method of a model's {}; use {allow}",
+                req.method(),
+                action.as_str()
+            ),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        r.extensions_mut().insert(Decision::Denied("method"));
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_model_route_answers_its_own_methods() {
+        assert_eq!(allowed(ModelAction::Infer, &Method::POST), ("POST", true));
+        for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
+            assert!(!allowed(ModelAction::Infer, &m).1, "{m}");
+        }
+        for action in [ModelAction::Metadata, ModelAction::Ready] {
+            assert!(allowed(action, &Method::GET).1);
+            assert!(allowed(action, &Method::HEAD).1);
+            assert!(!allowed(action, &Method::POST).1);
+            assert!(!allowed(action, &Method::DELETE).1);
+        }
+    }
+}
