@@ -75,13 +75,23 @@ struct Call {
     began: bool,
     /// Whether this line is where the call returned (a whole line or a `resumed` one).
     returned: bool,
+    /// Whether the call returned 0 (on both lines of a split call, once it has returned): an
+    /// fsync or an unlink that failed is neither a sync nor a deletion.
+    zero: bool,
+}
+
+/// Whether a line that returned says it returned 0 (`... = 0`, with no error after).
+fn returned_zero(line: &str) -> bool {
+    line.rsplit_once(" = ")
+        .is_some_and(|(_, ret)| ret.trim() == "0")
 }
 
 /// Parses `strace -f -y` output: `TID name(args) = ret`, or a call split across threads as
 /// `TID name(args <unfinished ...>` and later `TID <... name resumed>...) = ret`.
 fn parse(trace: &str) -> Vec<Call> {
-    let mut calls = Vec::new();
-    let mut started: std::collections::HashMap<u32, String> = Default::default();
+    let mut calls: Vec<Call> = Vec::new();
+    // A split call's first line, by thread: its path, and where it is in `calls`.
+    let mut started: std::collections::HashMap<u32, (String, usize)> = Default::default();
     for line in trace.lines() {
         let Some((tid, rest)) = line.split_once(' ') else {
             continue;
@@ -92,13 +102,21 @@ fn parse(trace: &str) -> Vec<Call> {
         let rest = rest.trim_start();
         if let Some(resumed) = rest.strip_prefix("<... ") {
             let name = resumed.split(' ').next().unwrap_or_default().to_string();
-            let path = started.remove(&tid).unwrap_or_default();
+            let zero = returned_zero(rest);
+            let path = match started.remove(&tid) {
+                Some((path, first)) => {
+                    calls[first].zero = zero;
+                    path
+                }
+                None => String::new(),
+            };
             calls.push(Call {
                 tid,
                 name,
                 path,
                 began: false,
                 returned: true,
+                zero,
             });
             continue;
         }
@@ -108,7 +126,7 @@ fn parse(trace: &str) -> Vec<Call> {
         let path = call_path(name, args);
         let returned = !rest.ends_with("<unfinished ...>");
         if !returned {
-            started.insert(tid, path.clone());
+            started.insert(tid, (path.clone(), calls.len()));
         }
         calls.push(Call {
             tid,
@@ -116,6 +134,7 @@ fn parse(trace: &str) -> Vec<Call> {
             path,
             began: true,
             returned,
+            zero: returned && returned_zero(rest),
         });
     }
     calls
@@ -137,7 +156,7 @@ fn call_path(name: &str, args: &str) -> String {
 }
 
 #[test]
-fn paths_are_read_from_the_calls_own_arguments() {
+fn each_line_is_read_for_its_own_path_and_result() {
     let trace = "\
 11 unlink(\"/s/audit.db.journal-1\" <unfinished ...>
 12 pwrite64(5</s/audit.db-wal>, \"a<b>\"..., 4096, 0 <unfinished ...>
@@ -145,21 +164,33 @@ fn paths_are_read_from_the_calls_own_arguments() {
 12 <... pwrite64 resumed>) = 4096
 11 unlinkat(AT_FDCWD</cwd>, \"/s/audit.db.journal-2\", 0) = 0
 13 fsync(7</s/audit.db>) = 0
+13 fsync(7</s/audit.db>) = -1 EIO (Input/output error)
+11 unlink(\"/s/audit.db.journal-3\") = -1 ENOENT (No such file or directory)
 ";
     let calls = parse(trace);
-    let paths: Vec<(&str, &str, bool, bool)> = calls
+    let read: Vec<(&str, &str, bool, bool, bool)> = calls
         .iter()
-        .map(|c| (c.name.as_str(), c.path.as_str(), c.began, c.returned))
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.path.as_str(),
+                c.began,
+                c.returned,
+                c.zero,
+            )
+        })
         .collect();
     assert_eq!(
-        paths,
+        read,
         [
-            ("unlink", "/s/audit.db.journal-1", true, false),
-            ("pwrite64", "/s/audit.db-wal", true, false),
-            ("unlink", "/s/audit.db.journal-1", false, true),
-            ("pwrite64", "/s/audit.db-wal", false, true),
-            ("unlinkat", "/s/audit.db.journal-2", true, true),
-            ("fsync", "/s/audit.db", true, true),
+            ("unlink", "/s/audit.db.journal-1", true, false, true),
+            ("pwrite64", "/s/audit.db-wal", true, false, false),
+            ("unlink", "/s/audit.db.journal-1", false, true, true),
+            ("pwrite64", "/s/audit.db-wal", false, true, false),
+            ("unlinkat", "/s/audit.db.journal-2", true, true, true),
+            ("fsync", "/s/audit.db", true, true, true),
+            ("fsync", "/s/audit.db", true, true, false),
+            ("unlink", "/s/audit.db.journal-3", true, true, false),
         ]
     );
 }
@@ -176,6 +207,7 @@ fn unsynced_deletions(calls: &[Call], db: &str) -> (usize, Vec<String>) {
     let mut deletions = 0;
     for (i, c) in calls.iter().enumerate() {
         if !(c.began
+            && c.zero
             && matches!(c.name.as_str(), "unlink" | "unlinkat")
             && c.path.contains(".journal-"))
         {
@@ -191,7 +223,7 @@ fn unsynced_deletions(calls: &[Call], db: &str) -> (usize, Vec<String>) {
             if let Some(w) = last_write {
                 let synced = calls[w + 1..i]
                     .iter()
-                    .any(|s| is_sync(&s.name) && s.returned && &s.path == file);
+                    .any(|s| is_sync(&s.name) && s.returned && s.zero && &s.path == file);
                 if !synced {
                     problems.push(format!(
                         "{} deleted while a write to {file} was not fsynced",
