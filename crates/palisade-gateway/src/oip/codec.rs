@@ -117,7 +117,7 @@ struct WireRequest {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
-    parameters: Option<Params>,
+    parameters: Option<RequestParams>,
     inputs: Vec<WireInput>,
     #[serde(default)]
     outputs: Option<Vec<WireOutput>>,
@@ -129,29 +129,89 @@ struct WireInput {
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
-    parameters: Option<Params>,
+    parameters: Option<InputParams>,
     #[serde(default)]
     data: Option<FlatData>,
 }
 
-/// A `parameters` map (of the request, an input or an output), as far as this server acts on
-/// it: its other entries are skipped as they are parsed, not kept. Kept as `Value` trees, an
-/// entry holding a long array took about 15 times its size in memory, as `data` did before
-/// [`FlatData`] (review, 2026-12-06).
-#[derive(Deserialize, Default)]
-struct Params {
-    /// An input's size in the binary section.
-    #[serde(default)]
-    binary_data_size: Option<serde_json::Number>,
-    /// Whether an output comes back as binary data.
-    #[serde(default)]
-    binary_data: Option<bool>,
-    /// Whether outputs come back as binary data (the request's).
-    #[serde(default)]
-    binary_data_output: Option<bool>,
-    /// The classification extension, which this server does not implement.
-    #[serde(default)]
-    classification: Option<serde::de::IgnoredAny>,
+/// A `parameters` map (of the request, an input or an output) as far as this server acts on it:
+/// a JSON object whose entries the server reads are typed (a `null` one is absent) and whose
+/// others are skipped as they are parsed, not kept. Kept as `Value` trees, an entry holding a
+/// long array took about 15 times its size in memory, as `data` did before [`FlatData`]
+/// (review, 2026-12-06). Each level reads only its own keys, so that a client's own parameter
+/// of the same name elsewhere is left alone, and only an object is a map (serde's derived
+/// structs would take an array's items as the fields in order).
+macro_rules! parameters {
+    ($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident: $ty:ty),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Default)]
+        struct $name {
+            $($(#[$fdoc])* $field: Option<$ty>,)+
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Entries;
+                impl<'de> serde::de::Visitor<'de> for Entries {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a parameters object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<$name, A::Error> {
+                        let mut out = $name::default();
+                        let mut seen = Vec::new();
+                        while let Some(key) = map.next_key::<String>()? {
+                            match key.as_str() {
+                                $(stringify!($field) => {
+                                    if seen.contains(&stringify!($field)) {
+                                        return Err(serde::de::Error::duplicate_field(
+                                            stringify!($field),
+                                        ));
+                                    }
+                                    seen.push(stringify!($field));
+                                    out.$field = map.next_value::<Option<$ty>>()?;
+                                })+
+                                _ => {
+                                    map.next_value::<serde::de::IgnoredAny>()?;
+                                }
+                            }
+                        }
+                        Ok(out)
+                    }
+                }
+                d.deserialize_map(Entries)
+            }
+        }
+    };
+}
+
+parameters! {
+    /// The request's `parameters`.
+    RequestParams {
+        /// Whether outputs come back as binary data.
+        binary_data_output: bool,
+    }
+}
+
+parameters! {
+    /// An input's `parameters`.
+    InputParams {
+        /// The input's size in the binary section.
+        binary_data_size: serde_json::Number,
+    }
+}
+
+parameters! {
+    /// An output's `parameters`.
+    OutputParams {
+        /// Whether the output comes back as binary data.
+        binary_data: bool,
+        /// The classification extension, which this server does not implement.
+        classification: serde::de::IgnoredAny,
+    }
 }
 
 /// Most dimensions a REST input's shape may have, as over gRPC.
@@ -254,7 +314,7 @@ impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
 struct WireOutput {
     name: String,
     #[serde(default)]
-    parameters: Option<Params>,
+    parameters: Option<OutputParams>,
 }
 
 /// The datatypes of the protocol (anything else is a protocol error).
@@ -701,6 +761,44 @@ mod tests {
         let classify = body(r#"{"name":"y","parameters":{"classification":2}}"#);
         let e = decode_request(classify.as_bytes(), None).unwrap_err();
         assert!(e.to_string().contains("'classification'"), "{e}");
+    }
+
+    /// Each `parameters` object is read for its own level's keys only; a known key of the wrong
+    /// type or given twice is refused, a `null` one is absent, and only an object is a map.
+    #[test]
+    fn parameters_are_objects_read_for_their_own_keys() {
+        let decode = |request: &str, input: &str, output: &str| {
+            decode_request(
+                format!(
+                    r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[1],"parameters":{input}}}],"outputs":[{{"name":"y","parameters":{output}}}],"parameters":{request}}}"#
+                )
+                .as_bytes(),
+                None,
+            )
+        };
+        // Another level's key, or a client's own, is left alone.
+        let r = decode(
+            r#"{"binary_data":"x","mine":[1,2]}"#,
+            r#"{"binary_data_output":1}"#,
+            r#"{"binary_data_size":"y","binary_data":null}"#,
+        )
+        .unwrap();
+        assert!(!r.binary_data_output);
+        assert_eq!(r.outputs[0].binary, None);
+        for (request, input, output, says) in [
+            ("[true]", "{}", "{}", "a parameters object"),
+            ("{}", "[16]", "{}", "a parameters object"),
+            ("{}", "{}", r#"{"binary_data":"yes"}"#, "boolean"),
+            (
+                r#"{"binary_data_output":true,"binary_data_output":false}"#,
+                "{}",
+                "{}",
+                "duplicate field",
+            ),
+        ] {
+            let e = decode(request, input, output).unwrap_err().to_string();
+            assert!(e.contains(says), "{request} {input} {output}: {e}");
+        }
     }
 
     #[test]
