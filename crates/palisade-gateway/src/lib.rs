@@ -12,8 +12,8 @@
 //!                     │                                             ▲
 //!   ┌─────────────────┼─────────────── metrics ─────────────────────┼─────────────────┐
 //!   │ ┌───────────────┼─────────────── audit ───────────────────────┼───────────────┐ │  entry durable, then released
-//!   │ │ ┌─────────────┼─────────────── methods ─────────────────────┼─────────────┐ │ │  405 for another method
-//!   │ │ │ ┌───────────┼─────────────── authenticate ────────────────┼───────────┐ │ │ │
+//!   │ │ ┌─────────────┼─────────────── authenticate ────────────────┼─────────────┐ │ │
+//!   │ │ │ ┌───────────┼─────────────── methods ─────────────────────┼───────────┐ │ │ │  405 for another method
 //!   │ │ │ │ ┌─────────┼─────────────── authorise ───────────────────┼─────────┐ │ │ │ │
 //!   │ │ │ │ │ ┌───────┼─────────────── admit ───────────────────────┼───────┐ │ │ │ │ │  503 when the queue is full
 //!   │ │ │ │ │ │ ┌─────┼─────────────── rate limit ──────────────────┼─────┐ │ │ │ │ │ │  + RateLimit headers
@@ -28,9 +28,9 @@
 //! - **metrics** ([`metrics::Measure`]): counts and times every request (no per-client labels).
 //! - **audit** ([`guard::audit`]): appends every request's outcome to the Merkle log and waits
 //!   until it is durable before the response leaves; fails closed.
+//! - **authenticate** ([`guard::authn`]): API key → 401.
 //! - **methods** ([`guard::allow`]): a model route's methods (`POST` for infer, `GET` or `HEAD`
 //!   for the rest) → 405 with `Allow`.
-//! - **authenticate** ([`guard::authn`]): API key → 401.
 //! - **authorise** ([`guard::authz`]): role for the route, TOTP for admin actions → 403/401,
 //!   429 once a key's TOTP is locked after wrong codes.
 //! - **admit** ([`guard::admit`]): the inference queue at its limit → 503 with `Retry-After`,

@@ -581,7 +581,7 @@ impl Gateway {
 }
 
 impl Gateway {
-    /// The guarded model routes: audit → methods → authenticate → authorise → admit → rate limit
+    /// The guarded model routes: audit → authenticate → methods → authorise → admit → rate limit
     /// → validate → harden → infer. REST and gRPC both go through this one stack.
     pub fn model_stack(&self) -> Next {
         let svc = ServiceBuilder::new()
@@ -589,8 +589,8 @@ impl Gateway {
                 self.audit.clone(),
                 self.metrics.clone(),
             )))
-            .layer(GuardLayer(AllowedMethods))
             .layer(GuardLayer(Authenticate::new(self.keys.clone())))
+            .layer(GuardLayer(AllowedMethods))
             .layer(GuardLayer(Authorise::new(self.keys.clone())))
             .layer(GuardLayer(Admit::new(self.inference.clone())))
             .layer(GuardLayer(RateLimit::new(
@@ -617,10 +617,13 @@ impl Gateway {
 /// A route's answer to a method it does not take, as JSON like every other error (axum adds the
 /// `Allow` header).
 pub(crate) async fn method_not_allowed(method: axum::http::Method) -> Response {
-    error_response(
+    let mut r = error_response(
         StatusCode::METHOD_NOT_ALLOWED,
         &format!("{method} is not a method of this route"),
-    )
+    );
+    r.extensions_mut()
+        .insert(crate::guard::Decision::Denied("method"));
+    r
 }
 
 async fn server_metadata() -> Response {

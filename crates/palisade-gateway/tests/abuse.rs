@@ -903,6 +903,10 @@ async fn a_route_answers_only_its_own_methods() {
     let entry = s.last_audit_entry();
     assert_eq!(entry["decision"], "denied:method", "{entry}");
     assert_eq!(entry["status"], 405, "{entry}");
+    assert_eq!(entry["key_id"], s.query.record.id.as_str(), "{entry}");
+    // Without a key, the key is what is missing.
+    let r = request(s.addr, "GET", "/v2/models/lin/infer", &[], &body).await;
+    assert_eq!(r.status, 401, "{r:?}");
 
     for path in ["/v2/models/lin", "/v2/models/lin/ready"] {
         let r = request(s.addr, "POST", path, &[("Authorization", &auth)], b"{}").await;

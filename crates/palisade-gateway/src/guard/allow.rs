@@ -1,8 +1,9 @@
 //! Methods: each model route answers the method the Open Inference Protocol gives it, `GET` (or
 //! `HEAD`) for a model's metadata and readiness and `POST` for infer. Another method gets 405
-//! with `Allow`, audited as `denied:method`, before any other guard reads the request: the
-//! routes had been told apart by their paths alone, so a `GET` with a body was served as an
-//! infer, and a `POST` to a metadata path answered with the metadata (review, 2026-12-06).
+//! with `Allow`, audited as `denied:method` with the key that sent it, after authentication and
+//! before any guard reads the body: the routes had been told apart by their paths alone, so a
+//! `GET` with a body was served as an infer, and a `POST` to a metadata path answered with the
+//! metadata (review, 2026-12-06).
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
