@@ -42,6 +42,16 @@ use crate::audit::Durability;
 /// most this many requests (1/64 of a smaller budget).
 pub const MAX_BLOCK: u64 = 1 << 20;
 
+/// What is logged of budgets counted for days after the clock's tomorrow.
+const CLOCK_BEHIND: &str = "daily budgets are counted for days after tomorrow by this clock: it is \
+     behind now, or was ahead when they were spent; they count against those days (none is given \
+     back for the clock's sake), so a key that spent its budget is refused until then unless its \
+     row is deleted from limits.db while the gateway is stopped";
+
+/// Whether [`Budgets::spend`] has logged [`CLOCK_BEHIND`] (once a process: every charge of such a
+/// budget would).
+static CLOCK_BEHIND_LOGGED: AtomicBool = AtomicBool::new(false);
+
 /// How many units a reservation covers beyond what is spent, for a budget of `limit`.
 fn block(limit: u64) -> u64 {
     (limit / 64).clamp(1, MAX_BLOCK)
@@ -157,11 +167,30 @@ impl Budgets {
     /// [`Durability::Process`]. Each budget resumes from the count the ledger holds for its day.
     /// No row is deleted by the clock's reading at a start: a clock days ahead would take today's
     /// counts for old ones (the ledger holds a row per key line and model, so it does not grow
-    /// with the days).
-    pub(crate) fn open(path: &Path, durability: Durability) -> Result<Self, LimitError> {
+    /// with the days). Budgets counted for a day after `today`'s tomorrow are logged (a warning):
+    /// they stay spent until then.
+    pub(crate) fn open(
+        path: &Path,
+        durability: Durability,
+        today: u64,
+    ) -> Result<Self, LimitError> {
         let conn = open_ledger(path, durability).map_err(|e| unavailable(path, e))?;
         let mut table = Table::new();
         (|| -> rusqlite::Result<()> {
+            let ahead: i64 = conn.query_row(
+                "SELECT count(*) FROM budgets WHERE day > ?1",
+                params![today.saturating_add(1) as i64],
+                |r| r.get(0),
+            )?;
+            if ahead > 0 {
+                tracing::warn!(
+                    ledger = %path.display(),
+                    budgets = ahead,
+                    today,
+                    "{}",
+                    CLOCK_BEHIND
+                );
+            }
             let mut stmt = conn.prepare("SELECT key, model, day, reserved FROM budgets")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
@@ -253,6 +282,16 @@ impl Budgets {
         };
         // Only a later day starts afresh: a clock stepping back across midnight must not zero
         // the count, so an earlier day counts against the one stored.
+        if e.day > day.saturating_add(1) && !CLOCK_BEHIND_LOGGED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                key,
+                model,
+                stored_day = e.day,
+                today = day,
+                "{}",
+                CLOCK_BEHIND
+            );
+        }
         if day > e.day {
             *e = Spent {
                 day,
@@ -519,7 +558,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
         // A budget of 7: blocks of one unit, each written with its request.
-        let b = Budgets::open(&path, Durability::Process).unwrap();
+        let b = Budgets::open(&path, Durability::Process, 7).unwrap();
         let other = Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap(); // the writer's commit waits
         let Ok(Spend::Wait(_, seen)) = b.spend("k1", "m", 7, 10, 1, None) else {
@@ -580,7 +619,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
         let (day, limit) = (20_000, 6_400); // a block of 100 units
-        let b = Budgets::open(&path, Durability::Process).unwrap();
+        let b = Budgets::open(&path, Durability::Process, day).unwrap();
         for i in 1..=130 {
             assert_eq!(
                 spend(&b, "k", "m", day, limit).await.unwrap(),
@@ -604,7 +643,7 @@ mod tests {
         }
         assert!(held(&path) <= 130 + block(limit), "{}", held(&path));
         // A second gateway process on the file after the crash resumes from the reservation.
-        let after_crash = Budgets::open(&path, Durability::Process).unwrap();
+        let after_crash = Budgets::open(&path, Durability::Process, day).unwrap();
         assert_eq!(
             after_crash.remaining("k", "m", day, limit),
             limit - held(&path)
@@ -615,7 +654,7 @@ mod tests {
         // A graceful stop writes the exact count.
         b.close();
         assert_eq!(stored(&path), [("k".into(), "m".into(), day as i64, 130)]);
-        let reopened = Budgets::open(&path, Durability::Process).unwrap();
+        let reopened = Budgets::open(&path, Durability::Process, day).unwrap();
         assert_eq!(reopened.remaining("k", "m", day, limit), limit - 130);
         assert_eq!(
             spend(&reopened, "k", "m", day, limit).await.unwrap(),
@@ -630,7 +669,7 @@ mod tests {
         // A start forgets nothing, and a clock read days behind at it counts against the day
         // stored (before 2026-12-06, opening deleted the rows of days before the clock's
         // yesterday: a start under a clock days ahead gave every budget back).
-        let behind = Budgets::open(&path, Durability::Process).unwrap();
+        let behind = Budgets::open(&path, Durability::Process, day).unwrap();
         assert_eq!(stored(&path), [("k".into(), "m".into(), day as i64 + 1, 1)]);
         assert_eq!(
             spend(&behind, "k", "m", day - 30, limit).await.unwrap(),
@@ -645,7 +684,7 @@ mod tests {
     async fn racing_requests_spend_a_small_budget_exactly_once_each() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
-        let b = Arc::new(Budgets::open(&path, Durability::Process).unwrap());
+        let b = Arc::new(Budgets::open(&path, Durability::Process, 7).unwrap());
         // A budget under 128: a block of one, every unit written before it is spent.
         let tasks: Vec<_> = (0..200)
             .map(|_| {
@@ -668,7 +707,7 @@ mod tests {
     async fn racing_batches_spend_all_their_units_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
-        let b = Arc::new(Budgets::open(&path, Durability::Process).unwrap());
+        let b = Arc::new(Budgets::open(&path, Durability::Process, 7).unwrap());
         // Batches of 1 to 5 samples, 240 in all, against a budget of 100 (blocks of one).
         let tasks: Vec<_> = (0..80u64)
             .map(|i| {
@@ -704,7 +743,7 @@ mod tests {
         b.close();
         assert_eq!(stored(&path)[0].3 as u64, granted);
         // More than is left: refused, spending nothing.
-        let reopened = Budgets::open(&path, Durability::Process).unwrap();
+        let reopened = Budgets::open(&path, Durability::Process, 7).unwrap();
         let left = 100 - granted;
         assert_eq!(
             spend_n(&reopened, "k", "m", 7, 100, left + 1)
@@ -720,7 +759,7 @@ mod tests {
     async fn a_ledger_that_cannot_be_written_refuses_what_it_would_have_to_hold() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("limits.db");
-        let b = Budgets::open(&path, Durability::Process).unwrap();
+        let b = Budgets::open(&path, Durability::Process, 7).unwrap();
         assert_eq!(spend(&b, "k", "m", 7, 10).await.unwrap(), Some(9));
         // A budget of 10 has blocks of one: each unit is written before it is spent, so
         // another hand breaking the file makes the next request fail, and those after it, until

@@ -245,7 +245,7 @@ impl LocalLimits {
     /// [`MAX_BUDGET_BLOCK`] requests) but never refill it.
     pub fn open(path: &std::path::Path, durability: Durability) -> Result<Self, LimitError> {
         Ok(LocalLimits {
-            budgets: Budgets::open(path, durability)?,
+            budgets: Budgets::open(path, durability, now_ms() / DAY_MS)?,
             ..LocalLimits::default()
         })
     }
