@@ -407,7 +407,7 @@ async fn a_request_naming_too_many_tensors_is_refused_before_it_is_translated() 
 
 /// What a call asks for that this server would not answer as asked is refused, as over REST:
 /// tritonclient's `class_count` (an output's `classification` parameter), which was answered
-/// with the FP32 scores; typed `contents` beside `raw_input_contents`, which were ignored; and
+/// with the FP32 scores; a tensor in a shared-memory region; typed `contents` beside `raw_input_contents`, which were ignored; and
 /// an FP32 input's values in another typed field, which got an error about `binary_data_size`
 /// (review, 2026-12-06).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,6 +429,19 @@ async fn a_call_asking_what_the_server_would_not_answer_as_asked_is_refused() {
     let e = c.model_infer(classify).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("'classification'"), "{e:?}");
+    let mut shared = infer_request("lin", &x, vec![1, 1, 2, 2], &s.query.key);
+    shared.get_mut().raw_input_contents.clear();
+    shared.get_mut().inputs[0].parameters = [(
+        "shared_memory_region".to_string(),
+        InferParameter {
+            parameter_choice: Some(infer_parameter::ParameterChoice::StringParam("r".into())),
+        },
+    )]
+    .into();
+    let e = c.model_infer(shared).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("input 'input'"), "{e:?}");
+    assert!(e.message().contains("'shared_memory_region'"), "{e:?}");
 
     // The input's values as typed contents, with or without the raw ones too.
     let typed = |contents: InferTensorContents, raw_too: bool| {

@@ -259,20 +259,35 @@ pub fn infer_body(req: &ModelInferRequest) -> Result<(Vec<u8>, usize), Status> {
             req.inputs.len()
         )));
     }
-    // tritonclient's `class_count` asks for the classification extension's "score:index"
-    // strings, as over REST: the FP32 scores would not be what was asked for.
-    if let Some(o) = req
-        .outputs
-        .iter()
-        .find(|o| o.parameters.contains_key("classification"))
-    {
-        return Err(Status::invalid_argument(
+    // Extensions this server does not implement, refused as over REST. tritonclient's
+    // `class_count` asks for the classification extension's "score:index" strings, which the
+    // FP32 scores are not; a tensor in a shared-memory region would be read as empty, or
+    // answered in the message while the client reads the region.
+    let unsupported = |tensor, name: &str, parameter| {
+        Status::invalid_argument(
             oip::CodecError::Unsupported {
-                name: o.name.clone(),
-                parameter: "classification",
+                tensor,
+                name: name.to_string(),
+                parameter,
             }
             .to_string(),
-        ));
+        )
+    };
+    for parameter in ["classification", "shared_memory_region"] {
+        if let Some(o) = req
+            .outputs
+            .iter()
+            .find(|o| o.parameters.contains_key(parameter))
+        {
+            return Err(unsupported("output", &o.name, parameter));
+        }
+    }
+    if let Some(i) = req
+        .inputs
+        .iter()
+        .find(|i| i.parameters.contains_key("shared_memory_region"))
+    {
+        return Err(unsupported("input", &i.name, "shared_memory_region"));
     }
     for t in &req.inputs {
         let Some(c) = t.contents.as_ref().filter(|c| contents_len(c) > 0) else {

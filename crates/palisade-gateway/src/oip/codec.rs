@@ -59,10 +59,12 @@ pub enum CodecError {
         /// What is wrong.
         detail: String,
     },
-    /// An output parameter of an extension this server does not implement.
-    #[error("output '{name}': the '{parameter}' parameter is not supported")]
+    /// A tensor's parameter of an extension this server does not implement.
+    #[error("{tensor} '{name}': the '{parameter}' parameter is not supported")]
     Unsupported {
-        /// Output name.
+        /// `input` or `output`.
+        tensor: &'static str,
+        /// The tensor's name.
         name: String,
         /// The parameter.
         parameter: &'static str,
@@ -201,6 +203,8 @@ parameters! {
     InputParams {
         /// The input's size in the binary section.
         binary_data_size: serde_json::Number,
+        /// The shared-memory extension, which this server does not implement.
+        shared_memory_region: serde::de::IgnoredAny,
     }
 }
 
@@ -211,6 +215,8 @@ parameters! {
         binary_data: bool,
         /// The classification extension, which this server does not implement.
         classification: serde::de::IgnoredAny,
+        /// The shared-memory extension, which this server does not implement.
+        shared_memory_region: serde::de::IgnoredAny,
     }
 }
 
@@ -369,6 +375,17 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
             })?;
             shape.push(d);
         }
+        if inp
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.shared_memory_region.is_some())
+        {
+            return Err(CodecError::Unsupported {
+                tensor: "input",
+                name,
+                parameter: "shared_memory_region",
+            });
+        }
         let binary_size = inp
             .parameters
             .as_ref()
@@ -453,8 +470,18 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
         // strings; answering the FP32 scores instead would not be what was asked for.
         if params.classification.is_some() {
             return Err(CodecError::Unsupported {
+                tensor: "output",
                 name: o.name,
                 parameter: "classification",
+            });
+        }
+        // An output asked into a shared-memory region would be answered in the body instead,
+        // and the client would read what the region held before.
+        if params.shared_memory_region.is_some() {
+            return Err(CodecError::Unsupported {
+                tensor: "output",
+                name: o.name,
+                parameter: "shared_memory_region",
             });
         }
         outputs.push(RequestedOutput {
@@ -789,6 +816,18 @@ mod tests {
             ("[true]", "{}", "{}", "a parameters object"),
             ("{}", "[16]", "{}", "a parameters object"),
             ("{}", "{}", r#"{"binary_data":"yes"}"#, "boolean"),
+            (
+                "{}",
+                r#"{"shared_memory_region":"r"}"#,
+                "{}",
+                "input 'x': the 'shared_memory_region' parameter is not supported",
+            ),
+            (
+                "{}",
+                "{}",
+                r#"{"shared_memory_region":"r"}"#,
+                "output 'y': the 'shared_memory_region' parameter is not supported",
+            ),
             (
                 r#"{"binary_data_output":true,"binary_data_output":false}"#,
                 "{}",
