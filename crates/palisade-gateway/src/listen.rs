@@ -58,13 +58,212 @@ impl Default for ServeOptions {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, with [`ServeOptions::default`].
+/// Raises this process's soft limit on open files to its hard limit, as a server holding one
+/// descriptor per connection should (the usual soft limit is 1,024; the hard one, often far
+/// higher, is what an administrator granted). Returns the soft limit before and after (`None`:
+/// unlimited). An unlimited hard limit is left alone (Linux refuses it as a soft one).
+pub fn raise_open_files_limit() -> std::io::Result<(Option<u64>, Option<u64>)> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.maximum.is_none() || limit.current >= limit.maximum && limit.current.is_some() {
+        return Ok((limit.current, limit.current));
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )?;
+    Ok((limit.current, getrlimit(Resource::Nofile).current))
+}
+
+/// The connections a process's listeners hold, and how many they may hold: share one between
+/// the listeners of a process, as they share its file descriptors.
+///
+/// Without a bound, a client that opened connections and sent nothing held each until its
+/// first-request deadline, and about a thousand of them used up the usual 1,024 descriptors:
+/// `accept` failed, and the gateway could open nothing else, until they timed out. At the bound
+/// a new connection is taken only once another has gone: the connection that has been idle
+/// longest (no request being handled on it) is closed to make room, those that never brought a
+/// request before those that did; if every connection has a request in progress, new ones wait
+/// in the kernel's backlog until one ends. So idle connections cannot lock out a client that
+/// sends requests; a client that keeps as many requests in progress as the bound allows can, and
+/// is for the rate limits and the inference queue to answer. A closed idle connection costs a
+/// keep-alive client a reconnect; an HTTP/2 client whose connection is closed while a request of
+/// its is on the way sees that request fail, as when a proxy restarts.
+#[derive(Debug, Clone)]
+pub struct Connections(Arc<Table>);
+
+#[derive(Debug)]
+struct Table {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<u64, Arc<Activity>>>,
+    next: AtomicU64,
+    /// Told each time a connection ends.
+    closed: tokio::sync::Notify,
+    shed: AtomicU64,
+}
+
+/// The default bound on connections, when open files allow it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+impl Connections {
+    /// At most `max` connections (at least one).
+    pub fn new(max: usize) -> Self {
+        Connections(Arc::new(Table {
+            max: max.max(1),
+            open: Default::default(),
+            next: AtomicU64::new(0),
+            closed: tokio::sync::Notify::new(),
+            shed: AtomicU64::new(0),
+        }))
+    }
+
+    /// At most [`DEFAULT_MAX_CONNECTIONS`], and fewer where this process's limit on open files
+    /// (its soft limit now: see [`raise_open_files_limit`]) would not leave room for the
+    /// gateway's own files: 128 descriptors, or half of the limit if it is under 256, are kept
+    /// for them.
+    pub fn for_open_files() -> Self {
+        Connections::new(
+            Connections::open_files_allow()
+                .map_or(DEFAULT_MAX_CONNECTIONS, |n| n.min(DEFAULT_MAX_CONNECTIONS)),
+        )
+    }
+
+    /// The most connections this process's soft limit on open files leaves room for, keeping
+    /// descriptors for the gateway's own files as [`Connections::for_open_files`] says (`None`:
+    /// no limit).
+    pub fn open_files_allow() -> Option<usize> {
+        max_for_open_files(rustix::process::getrlimit(rustix::process::Resource::Nofile).current)
+    }
+
+    /// The bound.
+    pub fn max(&self) -> usize {
+        self.0.max
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    /// Idle connections closed to make room for new ones, since this was made.
+    pub fn shed(&self) -> u64 {
+        self.0.shed.load(Ordering::Relaxed)
+    }
+}
+
+/// The connections a soft limit of `files` open files leaves room for (`None`: unlimited).
+fn max_for_open_files(files: Option<u64>) -> Option<usize> {
+    let files = usize::try_from(files?).unwrap_or(usize::MAX);
+    Some(files.saturating_sub(128.min(files / 2)).max(1))
+}
+
+impl Table {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<Activity>>> {
+        // The map holds no invariant a panic could break halfway.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a new connection; it is forgotten when the returned slot is dropped.
+    fn enter(self: &Arc<Self>, activity: Arc<Activity>) -> Slot {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, activity);
+        Slot {
+            table: self.clone(),
+            id,
+        }
+    }
+
+    /// Asks the connection idle longest to close, if one is idle and not already asked; says
+    /// whether one was asked.
+    fn shed_one(&self) -> bool {
+        let open = self.lock();
+        let victim = open
+            .values()
+            .filter(|a| {
+                a.handling.load(Ordering::Acquire) == 0 && !a.shedding.load(Ordering::Acquire)
+            })
+            .min_by_key(|a| a.last_active());
+        match victim {
+            Some(victim) => {
+                victim.shedding.store(true, Ordering::Release);
+                victim.shed.notify_one();
+                self.shed.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A connection's place in its [`Table`].
+struct Slot {
+    table: Arc<Table>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.table.lock().remove(&self.id);
+        self.table.closed.notify_one();
+    }
+}
+
+/// Waits until `connections` has room for one more, closing idle ones to make it; `false` if
+/// `shutdown` came first. Nothing is closed until a connection is waiting for room.
+async fn room(
+    connections: &Connections,
+    shutdown: &mut Pin<&mut (impl Future<Output = ()> + Send)>,
+    warned: &mut bool,
+) -> bool {
+    let table = &connections.0;
+    loop {
+        let closed = table.closed.notified();
+        if table.lock().len() < table.max {
+            *warned = false;
+            return true;
+        }
+        let asked = table.shed_one();
+        if !*warned {
+            *warned = true;
+            tracing::warn!(
+                max = table.max,
+                "at the bound on connections: closing the idle ones longest idle to make room \
+                 for new ones, which wait while every connection has a request in progress"
+            );
+        }
+        // A connection asked to close goes at once unless a request came in on it meanwhile
+        // (then another is asked); none idle: the next one to end makes room.
+        let again = if asked {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            () = closed => {}
+            () = tokio::time::sleep(again) => {}
+            () = shutdown.as_mut() => return false,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, with [`ServeOptions::default`] and
+/// [`Connections::for_open_files`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    serve_with(listener, router, shutdown, ServeOptions::default()).await
+    serve_with(
+        listener,
+        router,
+        shutdown,
+        ServeOptions::default(),
+        Connections::for_open_files(),
+    )
+    .await
 }
 
 /// How long shutdown waits for open connections to finish their requests.
@@ -77,12 +276,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// protocol: hyper's own HTTP/1 deadline starts only once the connection is known to be HTTP/1,
 /// after its first bytes, and HTTP/2 has none, so a client that connected and sent nothing, or
 /// only part of HTTP/2's opening, would otherwise hold its connection for good. Afterwards it
-/// must not stay idle (no request in progress) past [`ServeOptions::idle_timeout`].
+/// must not stay idle (no request in progress) past [`ServeOptions::idle_timeout`]. It counts
+/// against `connections`, which listeners of one process share.
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
+    connections: Connections,
 ) -> Result<(), GatewayError> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -94,6 +295,7 @@ pub async fn serve_with(
     let (stop_tx, stop_rx) = watch::channel(());
     let (open_tx, open_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut warned = false;
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -105,7 +307,13 @@ pub async fn serve_with(
             },
             () = &mut shutdown => break,
         };
+        // At the bound, the new connection waits (its descriptor the only one past the bound)
+        // until there is room for it.
+        if !room(&connections, &mut shutdown, &mut warned).await {
+            break;
+        }
         let activity = Arc::new(Activity::new());
+        let slot = connections.0.enter(activity.clone());
         let counted = activity.clone();
         let router = router.clone();
         let service = service_fn(move |req: axum::http::Request<Incoming>| {
@@ -171,8 +379,17 @@ pub async fn serve_with(
                         stopping = true;
                         conn.as_mut().graceful_shutdown();
                     }
+                    () = activity.shed.notified() => {
+                        // Closed to make room, unless a request came in meanwhile.
+                        if activity.handling.load(Ordering::Acquire) == 0 {
+                            tracing::debug!("idle connection closed to make room for a new one");
+                            break;
+                        }
+                        activity.shedding.store(false, Ordering::Release);
+                    }
                 }
             }
+            drop(slot);
             drop(open);
         });
     }
@@ -199,6 +416,7 @@ pub async fn serve_with(
 /// is then idle like an empty one: it cannot hold the connection for good. Any write counts,
 /// HTTP/2 `PING` answers too: a client that pings keeps its connection, as one sending a cheap
 /// request now and then would.
+#[derive(Debug)]
 struct Activity {
     opened: tokio::time::Instant,
     /// Requests begun whose response is not ready yet.
@@ -207,6 +425,9 @@ struct Activity {
     answered: AtomicU64,
     /// When bytes were last written to the socket: see [`Activity::stamp`].
     written: AtomicU64,
+    /// Asked to close to make room for a new connection ([`Table::shed_one`]).
+    shedding: std::sync::atomic::AtomicBool,
+    shed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -216,6 +437,8 @@ impl Activity {
             handling: AtomicUsize::new(0),
             answered: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            shedding: Default::default(),
+            shed: tokio::sync::Notify::new(),
         }
     }
 
@@ -229,6 +452,19 @@ impl Activity {
         match at.load(Ordering::Acquire) {
             0 => None,
             t => Some(self.opened + Duration::from_millis(t - 1)),
+        }
+    }
+
+    /// Whether it has had a request, and when it was last active (opened, or its last answer or
+    /// write, whichever is later): the connection with the least of these is the first closed
+    /// to make room.
+    fn last_active(&self) -> (bool, tokio::time::Instant) {
+        match self.when(&self.answered) {
+            None => (false, self.opened),
+            Some(answered) => (
+                true,
+                answered.max(self.when(&self.written).unwrap_or(answered)),
+            ),
         }
     }
 
@@ -371,6 +607,170 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{Resource, getrlimit};
+        let (_, after) = raise_open_files_limit().unwrap();
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!(after, limit.current);
+        if limit.maximum.is_some() {
+            assert_eq!(limit.current, limit.maximum);
+        }
+        // A second call finds nothing to raise.
+        assert_eq!(raise_open_files_limit().unwrap(), (after, after));
+    }
+
+    #[test]
+    fn the_bound_on_connections_leaves_files_for_the_gateway() {
+        assert_eq!(max_for_open_files(None), None);
+        assert_eq!(max_for_open_files(Some(1 << 20)), Some((1 << 20) - 128));
+        assert_eq!(max_for_open_files(Some(1024)), Some(896));
+        assert_eq!(max_for_open_files(Some(256)), Some(128));
+        assert_eq!(max_for_open_files(Some(100)), Some(50));
+        assert_eq!(max_for_open_files(Some(1)), Some(1));
+        assert_eq!(max_for_open_files(Some(0)), Some(1));
+        assert!(Connections::for_open_files().max() <= DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(Connections::new(0).max(), 1);
+    }
+
+    /// Whether the server closes `conn` within `within` (reading and dropping what it sends).
+    async fn closes(conn: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut sink = Vec::new();
+        tokio::time::timeout(within, conn.read_to_end(&mut sink))
+            .await
+            .is_ok()
+    }
+
+    /// Sends a GET of `path` on `conn` and reads the status line and headers of its answer (the
+    /// router's answers here are short and sent at once).
+    async fn get_on(conn: &mut tokio::net::TcpStream, path: &str, close: bool) -> String {
+        let connection = if close { "close" } else { "keep-alive" };
+        conn.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: {connection}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("answered within 10 s")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn at_the_bound_the_connection_idle_longest_makes_room_silent_ones_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let connections = Connections::new(3);
+        tokio::spawn(serve_with(
+            listener,
+            router,
+            std::future::pending(),
+            ServeOptions::default(),
+            connections.clone(),
+        ));
+        // A keep-alive client that has had its answer, then two that sent nothing.
+        let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(
+            get_on(&mut kept, "/", false)
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while connections.open() < 3 {
+            assert!(Instant::now() < deadline, "{} open", connections.open());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Each new client is served; the silent connections go first, the older first, then
+        // the keep-alive connection idle longest.
+        let mut new = Vec::new();
+        for i in 0..3 {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let t = Instant::now();
+            let reply = get_on(&mut conn, "/", false).await;
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+            new.push(conn);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let gone = if i < 2 { &mut silent[i] } else { &mut kept };
+            assert!(closes(gone, Duration::from_secs(2)).await, "{i}");
+            if i == 0 {
+                assert!(!closes(&mut silent[1], Duration::from_millis(100)).await);
+            }
+        }
+        assert_eq!(connections.shed(), 3);
+        // The newer keep-alive connections are still there.
+        for conn in &mut new {
+            assert!(get_on(conn, "/", false).await.starts_with("HTTP/1.1 200"));
+        }
+        assert_eq!(connections.open(), 3);
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        metrics.watch_connections(connections.clone());
+        for _ in 0..2 {
+            let text = metrics.render();
+            for line in [
+                "palisade_connections_open 3",
+                "palisade_connections_max 3",
+                "palisade_connections_shed_total 3",
+            ] {
+                assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn at_the_bound_a_request_in_progress_keeps_its_connection_and_new_ones_wait() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "ok" })).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                "slow"
+            }),
+        );
+        let connections = Connections::new(2);
+        tokio::spawn(serve_with(
+            listener,
+            router,
+            std::future::pending(),
+            ServeOptions::default(),
+            connections.clone(),
+        ));
+        let t = Instant::now();
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    get_on(&mut conn, "/slow", true).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut new = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let reply = get_on(&mut new, "/", true).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        // Served only once a slow request had ended.
+        assert!(
+            t.elapsed() >= Duration::from_millis(550),
+            "{:?}",
+            t.elapsed()
+        );
+        for s in slow {
+            let reply = s.await.unwrap();
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        }
+        assert_eq!(connections.shed(), 0);
+    }
+
     /// Sends `bytes` on a new connection and returns how long the server took to close it
     /// (failing if it kept it open 10 s).
     async fn closed_after(addr: std::net::SocketAddr, bytes: &[u8]) -> Duration {
@@ -402,6 +802,7 @@ mod tests {
                 let _ = stopped.await;
             },
             options,
+            Connections::for_open_files(),
         ));
 
         // Headers trickled (hyper's HTTP/1 deadline), nothing at all, part of HTTP/2's opening,
@@ -471,6 +872,7 @@ mod tests {
             router,
             std::future::pending(),
             options,
+            Connections::for_open_files(),
         ));
         addr
     }

@@ -28,6 +28,14 @@ pub struct Metrics {
     limits_failures: IntCounter,
     audit_failures: IntCounter,
     inference_queue: IntGauge,
+    connections_open: IntGauge,
+    connections_max: IntGauge,
+    connections_shed: IntCounter,
+    /// The connections counted in `connections_*`, once given ([`Metrics::watch_connections`]).
+    connections: Arc<std::sync::OnceLock<crate::listen::Connections>>,
+    /// Held while `connections_shed` is brought up to date, so that two renders do not both add
+    /// the same difference.
+    shed_counting: Arc<std::sync::Mutex<()>>,
     /// The series of every route in [`ROUTES`], looked up once here rather than per request.
     routes: Arc<[RouteSeries]>,
 }
@@ -128,6 +136,21 @@ impl Metrics {
             "inference_queue",
             "Model calls waiting for an inference thread (when /metrics was read)",
         )?;
+        let connections_open = IntGauge::new(
+            "connections_open",
+            "Client connections open (when /metrics was read)",
+        )?;
+        let connections_max = IntGauge::new(
+            "connections_max",
+            "Client connections the gateway holds at most",
+        )?;
+        let connections_shed = IntCounter::new(
+            "connections_shed_total",
+            "Idle connections closed to make room for new ones at the bound on connections",
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_max.clone()))?;
+        registry.register(Box::new(connections_shed.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -159,6 +182,11 @@ impl Metrics {
             limits_check,
             limits_failures,
             inference_queue,
+            connections_open,
+            connections_max,
+            connections_shed,
+            connections: Default::default(),
+            shed_counting: Default::default(),
             routes,
         })
     }
@@ -191,8 +219,25 @@ impl Metrics {
         self.samples.with_label_values(&[model]).inc_by(n as u64);
     }
 
+    /// Counts `connections` in the `connections_*` metrics (the first given only).
+    pub fn watch_connections(&self, connections: crate::listen::Connections) {
+        let _ = self.connections.set(connections);
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
+        if let Some(c) = self.connections.get() {
+            self.connections_open
+                .set(i64::try_from(c.open()).unwrap_or(i64::MAX));
+            self.connections_max
+                .set(i64::try_from(c.max()).unwrap_or(i64::MAX));
+            let _counting = self.shed_counting.lock().unwrap_or_else(|p| p.into_inner());
+            let shed = c.shed();
+            let counted = self.connections_shed.get();
+            if shed > counted {
+                self.connections_shed.inc_by(shed - counted);
+            }
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "metrics encoding failed");

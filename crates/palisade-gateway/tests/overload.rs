@@ -1,7 +1,8 @@
 //! A full inference queue: the request that finds it full is refused 503 with `Retry-After`,
 //! audited and counted as an overload, without being charged to the caller's rate limit or daily
 //! budget, and the calls already waiting are answered once the model frees up. A request
-//! admitted before the queue filled is served, not refused after its charge.
+//! admitted before the queue filled is served, not refused after its charge. Idle connections
+//! up to the process's open-file limit do not lock out a client that sends requests.
 
 mod common;
 
@@ -210,4 +211,82 @@ async fn wait_until(cond: impl Fn() -> bool) {
         assert!(t.elapsed() < Duration::from_secs(10), "timed out");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+const FLOOD_CHILD: &str = "PALISADE_TEST_FD_FLOOD_CHILD";
+
+/// A client opens more connections than the server's open-file limit allows (256, a stand-in for
+/// the usual 1,024) and sends nothing; a client that then sends a request is answered at once,
+/// not after the idle ones' 30 s first-request deadline (before the bound on connections,
+/// `accept` failed with EMFILE until then). The server runs in a child process, which alone has
+/// the low limit.
+#[test]
+fn idle_connections_past_the_open_file_limit_do_not_lock_out_a_client() {
+    use std::io::BufRead as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const NAME: &str = "idle_connections_past_the_open_file_limit_do_not_lock_out_a_client";
+    if std::env::var_os(FLOOD_CHILD).is_some() {
+        use rustix::process::{Resource, Rlimit, setrlimit};
+        let limit = Rlimit {
+            current: Some(256),
+            maximum: Some(256),
+        };
+        setrlimit(Resource::Nofile, limit).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            println!("PORT {}", listener.local_addr().unwrap().port());
+            let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+            palisade_gateway::serve(listener, router, std::future::pending())
+                .await
+                .unwrap();
+        });
+        return;
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(FLOOD_CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let _child = Kill(child);
+    let port: u16 = loop {
+        let line = lines.next().expect("the server printed its port").unwrap();
+        if let Some(p) = line.split("PORT ").nth(1) {
+            break p.trim().parse().unwrap();
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut idle = Vec::new();
+        for _ in 0..320 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..3 {
+            let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
+            ok.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut reply = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), ok.read_to_end(&mut reply))
+                .await
+                .expect("a request was answered within 5 s despite 320 idle connections")
+                .unwrap();
+            let reply = String::from_utf8_lossy(&reply);
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        }
+        drop(idle);
+    });
 }

@@ -75,6 +75,13 @@ pub struct ServeArgs {
     /// queue).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     inference_queue: Option<u32>,
+    /// Connections held at once, on both addresses together. At the bound, a new connection
+    /// closes the one idle longest (those that never sent a request first) or, if every
+    /// connection has a request in progress, waits until one ends. Default: 10000, or fewer if
+    /// the open-file limit (raised at start to its hard limit) would not leave 128 files for the
+    /// gateway's own; a larger value is lowered to that, with a warning.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
     /// Keep the rate limits and daily budgets in this Redis server, shared with every gateway
     /// pointed at it (`redis://[user:password@]host:port[/db]`, `rediss://…` over TLS, or
     /// `redis+unix:///path`), instead of in this process and limits.db. The environment
@@ -209,6 +216,8 @@ struct Started<'a> {
     inference_queue_limit: Option<usize>,
     /// Where the rate limits are counted: `local`, or `redis` and the key prefix.
     limits: String,
+    /// Connections held at once, on both addresses together.
+    max_connections: usize,
     /// Only on the first start: the admin key, shown once.
     #[serde(flatten)]
     first_admin: Option<&'a palisade_gateway::keys::NewKey>,
@@ -258,6 +267,36 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             anyhow::bail!("{flag} needs --limits-redis (or PALISADE_LIMITS_REDIS)");
         }
     }
+    // One descriptor per connection: the soft limit on open files (often 1,024) goes up to what
+    // the hard one allows before the bound on connections is taken from it.
+    match palisade_gateway::listen::raise_open_files_limit() {
+        Ok((before, after)) if before != after => tracing::info!(
+            before = before.map_or("unlimited".into(), |n| n.to_string()),
+            after = after.map_or("unlimited".into(), |n| n.to_string()),
+            "raised the limit on open files"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the limit on open files"),
+    }
+    let connections = {
+        use palisade_gateway::listen::Connections;
+        match (
+            args.max_connections.map(|n| n as usize),
+            Connections::open_files_allow(),
+        ) {
+            (None, _) => Connections::for_open_files(),
+            (Some(n), Some(allow)) if n > allow => {
+                tracing::warn!(
+                    asked = n,
+                    max = allow,
+                    "--max-connections is more than the limit on open files leaves room for \
+                     (with 128 kept for the gateway's own files); using the most it allows"
+                );
+                Connections::new(allow)
+            }
+            (Some(n), _) => Connections::new(n),
+        }
+    };
     let given = match &args.trusted_key {
         Some(k) => Some(Trust::Key(Arc::new(
             palisade_supply::keys::PublicKey::from_pem_file(k)
@@ -338,6 +377,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         trust,
     });
     let inference_threads = gw.inference.threads();
+    gw.metrics.watch_connections(connections.clone());
     let router = gw.router();
 
     rt.block_on(async move {
@@ -372,6 +412,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             async_threads,
             inference_queue_limit: queue_limit,
             limits,
+            max_connections: connections.max(),
             first_admin: first.as_ref(),
         };
         let show = |s: &Started<'_>| {
@@ -390,6 +431,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             if let Some(n) = s.inference_queue_limit {
                 t.push_str(&format!(" (at most {n} calls waiting)"));
             }
+            t.push_str(&format!("; at most {} connections", s.max_connections));
             if s.limits != "local" {
                 t.push_str(&format!("; rate limits in {}", s.limits));
             }
@@ -436,9 +478,15 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         for listener in std::iter::once(http).chain(grpc) {
             let router = router.clone();
             let mut rx = rx.clone();
-            tasks.spawn(palisade_gateway::serve(listener, router, async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }));
+            tasks.spawn(palisade_gateway::serve_with(
+                listener,
+                router,
+                async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                },
+                Default::default(),
+                connections.clone(),
+            ));
         }
         shutdown_signal().await;
         tracing::info!("shutting down: finishing requests in flight");
