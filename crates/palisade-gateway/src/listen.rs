@@ -661,17 +661,9 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_bound_the_connection_idle_longest_makes_room_silent_ones_first() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let router = Router::new().route("/", get(|| async { "ok" }));
         let connections = Connections::new(3);
-        tokio::spawn(serve_with(
-            listener,
-            router,
-            std::future::pending(),
-            ServeOptions::default(),
-            connections.clone(),
-        ));
+        let addr = serve_counted(router, ServeOptions::default(), connections.clone()).await;
         // A keep-alive client that has had its answer, then two that sent nothing.
         let mut kept = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert!(
@@ -728,8 +720,6 @@ mod tests {
 
     #[tokio::test]
     async fn at_the_bound_a_request_in_progress_keeps_its_connection_and_new_ones_wait() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let router = Router::new().route("/", get(|| async { "ok" })).route(
             "/slow",
             get(|| async {
@@ -738,13 +728,7 @@ mod tests {
             }),
         );
         let connections = Connections::new(2);
-        tokio::spawn(serve_with(
-            listener,
-            router,
-            std::future::pending(),
-            ServeOptions::default(),
-            connections.clone(),
-        ));
+        let addr = serve_counted(router, ServeOptions::default(), connections.clone()).await;
         let t = Instant::now();
         let slow: Vec<_> = (0..2)
             .map(|_| {
@@ -865,6 +849,14 @@ mod tests {
     }
 
     async fn serve_on_loopback(router: Router, options: ServeOptions) -> std::net::SocketAddr {
+        serve_counted(router, options, Connections::for_open_files()).await
+    }
+
+    async fn serve_counted(
+        router: Router,
+        options: ServeOptions,
+        connections: Connections,
+    ) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve_with(
@@ -872,7 +864,7 @@ mod tests {
             router,
             std::future::pending(),
             options,
-            Connections::for_open_files(),
+            connections,
         ));
         addr
     }
