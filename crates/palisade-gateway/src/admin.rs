@@ -7,6 +7,7 @@
 //! | POST | `/v2/admin/keys` `{"name", "roles", "expires_in_s"?}` | admin |
 //! | POST | `/v2/admin/keys/{id}/revoke` | admin |
 //! | POST | `/v2/admin/keys/{id}/rotate` `{"overlap_s"}` | admin |
+//! | POST | `/v2/admin/keys/{id}/budget/reset` `{"model"?}` | admin |
 //! | POST | `/v2/admin/models/{m}/load` `{"version"}` | deploy |
 //! | POST | `/v2/admin/models/{m}/rollback` | deploy |
 //! | GET | `/v2/audit/checkpoint` | audit |
@@ -48,6 +49,8 @@ pub struct AdminState {
     pub source: Option<crate::loader::ModelSource>,
     /// Where rollbacks are kept across restarts (`None`: in memory only).
     pub withdrawn: Option<Arc<crate::loader::Withdrawn>>,
+    /// The rate limits and daily budgets, for giving a budget back.
+    pub limits: Arc<dyn crate::guard::ratelimit::LimitStore>,
 }
 
 /// The admin and audit routes.
@@ -56,6 +59,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v2/admin/keys", get(list_keys).post(create_key))
         .route("/v2/admin/keys/{id}/revoke", post(revoke_key))
         .route("/v2/admin/keys/{id}/rotate", post(rotate_key))
+        .route("/v2/admin/keys/{id}/budget/reset", post(reset_budget))
         .route("/v2/admin/models/{model}/load", post(load_model))
         .route("/v2/admin/models/{model}/rollback", post(rollback))
         .route("/v2/audit/checkpoint", get(checkpoint))
@@ -194,6 +198,77 @@ async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
         Ok(k) => json_response(StatusCode::CREATED, &k),
         Err(r) => r,
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBudget {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// Gives back the daily budget of key `id`'s line (the key, the key it was rotated from and
+/// those rotated from it) on one model, or on every model served when the body names none (an
+/// empty body does): its count starts afresh, whatever day it counted. For a customer refused
+/// by mistake, or a budget spent while the clock ran days ahead, which would otherwise stay
+/// spent until the clock reached that day. The rates are left as they are.
+async fn reset_budget(State(s): State<AdminState>, Path(p): Params, body: Bytes) -> Response {
+    let id = param(&p, "id");
+    let req: ResetBudget = if body.iter().all(u8::is_ascii_whitespace) {
+        ResetBudget { model: None }
+    } else {
+        match parse_json(&body) {
+            Ok(r) => r,
+            Err(m) => return bad_request(&m),
+        }
+    };
+    let models = match req.model {
+        Some(m) if s.models.get(&m, None).is_none() => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                &format!("no model named {m:?} is served"),
+            );
+        }
+        Some(m) => vec![m],
+        None => s.models.names(),
+    };
+    let keys = s.keys.clone();
+    let wanted = id.clone();
+    let record = match off_workers(move || keys.list(), key_error).await {
+        Ok(list) => list.into_iter().find(|k| k.id == wanted),
+        Err(r) => return r,
+    };
+    let Some(record) = record else {
+        return key_error(KeyError::NotFound(id));
+    };
+    let mut budgets = Vec::with_capacity(models.len());
+    for model in models {
+        match s.limits.reset_budget(&record.lineage, &model).await {
+            Ok(given_back) => {
+                budgets.push(serde_json::json!({ "model": model, "given_back": given_back }));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, key = %id, model, "giving back a daily budget failed");
+                let done: Vec<_> = budgets.iter().map(|b| b["model"].clone()).collect();
+                let mut r = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "giving back the budget on {model:?} failed (given back before it: \
+                         {done:?}): {e}"
+                    ),
+                );
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+                return r;
+            }
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "line": record.lineage, "budgets": budgets }),
+    )
 }
 
 #[derive(Deserialize)]

@@ -541,6 +541,7 @@ impl Gateway {
                 audit_public_key: self.audit_public_key,
                 source: self.source.clone(),
                 withdrawn: self.withdrawn.clone(),
+                limits: self.limits.clone(),
             }));
         let admin = self.detached_actions(admin);
         let ready_models = self.models.clone();

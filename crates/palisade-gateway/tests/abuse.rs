@@ -638,7 +638,7 @@ async fn a_rotated_key_shares_the_limits_of_its_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
     use palisade_gateway::guard::ratelimit::{
-        AdmitFuture, Charge, LimitError, LimitStore, LocalLimits,
+        AdmitFuture, Charge, LimitError, LimitStore, LocalLimits, ResetFuture,
     };
     use std::sync::{Arc, Mutex};
 
@@ -660,6 +660,10 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
                 "top2" => Box::pin(std::future::pending()),
                 _ => self.inner.admit(c),
             }
+        }
+
+        fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str) -> ResetFuture<'a> {
+            self.inner.reset_budget(line, model)
         }
     }
 
@@ -879,6 +883,63 @@ async fn a_batch_costs_its_samples() {
     }
     let r = send("requests", 1).await;
     assert_eq!(r.status, 429, "{r:?}");
+
+    // An administrator gives the budget back: on one model, then on every model served.
+    let admin = bearer(&s.admin);
+    let id = keys[1].1["Bearer pal_".len()..][..12].to_string();
+    let reset = |body: &'static [u8], offset: i64| {
+        let (admin, path, code) = (
+            admin.clone(),
+            format!("/v2/admin/keys/{id}/budget/reset"),
+            totp_now(&s.admin, offset),
+        );
+        let addr = s.addr;
+        async move {
+            let headers = [
+                ("Authorization", admin.as_str()),
+                ("X-Palisade-TOTP", &code),
+            ];
+            request(addr, "POST", &path, &headers, body).await
+        }
+    };
+    let today = now_ms() / 86_400_000;
+    let r = reset(br#"{"model": "requests"}"#, -1).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json()["budgets"],
+        serde_json::json!([{"model": "requests", "given_back": {"day": today, "spent": 2}}]),
+        "{r:?}"
+    );
+    assert!(
+        s.last_audit_entry()["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/budget/reset"),
+        "{}",
+        s.last_audit_entry()
+    );
+    let r = send("requests", 1).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(state(&r).contains("\"day\";r=1;"), "{r:?}");
+    let r = reset(br#"{"model": "nope"}"#, 0).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.error().contains("\"nope\""), "{r:?}");
+    // Every model: this key line spent on `requests` only (the other key spent `samples`).
+    let r = reset(b"", 1).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let given: Vec<_> = r.json()["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| !b["given_back"].is_null())
+        .cloned()
+        .collect();
+    assert_eq!(
+        given,
+        vec![serde_json::json!({"model": "requests", "given_back": {"day": today, "spent": 1}})],
+        "{r:?}"
+    );
+    assert_eq!(send("samples", 1).await.status, 429);
 }
 
 /// Each route answers only its own methods, with a JSON 405 and `Allow`: a `GET` with an infer

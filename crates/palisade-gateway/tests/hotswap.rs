@@ -441,6 +441,15 @@ impl palisade_gateway::guard::ratelimit::LimitStore for SwapWhileCharging {
             ))
         })
     }
+
+    /// Charges nothing, so has nothing to give back.
+    fn reset_budget<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> palisade_gateway::guard::ratelimit::ResetFuture<'a> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use palisade_gateway::guard::ratelimit::{
-    Admission, Charge, Item, LimitError, LimitStore, LocalLimits,
+    Admission, Charge, GivenBack, Item, LimitError, LimitStore, LocalLimits,
 };
 use palisade_gateway::guard::redis_limits::{RedisLimits, RedisTls};
 use palisade_gateway::policy::{Count, LimitPolicy, Rate};
@@ -435,6 +435,44 @@ async fn a_day_behind_counts_against_the_later_day() {
         charge(&store, "old", &policy, week_ago).await.0,
         "daily query budget exhausted"
     );
+}
+
+/// A budget given back counts from zero again, on both stores alike, whatever day it counted; the
+/// rates and the other budgets are left as they are.
+#[tokio::test]
+async fn a_budget_given_back_counts_from_zero() {
+    let Some(server) = redis() else { return };
+    let shared = RedisLimits::connect(&server.url(), "reset:", &RedisTls::default())
+        .await
+        .unwrap();
+    let local = LocalLimits::default();
+    let policy = budget_only(2);
+    let t = noon();
+    for store in [&shared as &dyn LimitStore, &local] {
+        // A day ahead (a clock that ran ahead), and the other key's today.
+        for _ in 0..2 {
+            assert_eq!(charge(store, "k", &policy, t + DAY_MS).await.0, "admitted");
+        }
+        assert_eq!(charge(store, "k2", &policy, t).await.0, "admitted");
+        assert_eq!(
+            charge(store, "k", &policy, t).await.0,
+            "daily query budget exhausted"
+        );
+        let given = store.reset_budget("k", "m").await.unwrap();
+        assert_eq!(
+            given,
+            Some(GivenBack {
+                day: t / DAY_MS + 1,
+                spent: 2
+            })
+        );
+        assert_eq!(store.reset_budget("k", "m").await.unwrap(), None);
+        assert_eq!(store.reset_budget("k", "other").await.unwrap(), None);
+        let (what, items, _) = charge(store, "k", &policy, t).await;
+        assert_eq!((what, items[0].remaining), ("admitted", 1));
+        let (what, items, _) = charge(store, "k2", &policy, t).await;
+        assert_eq!((what, items[0].remaining), ("admitted", 0));
+    }
 }
 
 /// A gateway whose day runs more than a day ahead of Redis's charges no budget (an error: 503):

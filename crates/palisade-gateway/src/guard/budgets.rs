@@ -18,8 +18,8 @@
 //! so a planned restart loses nothing. Days are the gateway clock's UTC days, and a count is never
 //! given back for the clock's sake: a clock stepping back counts against the later day stored, and
 //! a start under a clock days ahead forgets nothing. The cost falls the other way: a budget spent
-//! while the clock ran days ahead stays spent until the clock reaches that day again (to give it
-//! back, stop the gateway and delete the budget's row from `limits.db`).
+//! while the clock ran days ahead stays spent until the clock reaches that day again, or until
+//! an administrator gives it back ([`Budgets::reset`], the admin API's budget reset).
 //!
 //! When the ledger cannot be written, the requests that need a reservation are refused (the
 //! limits fail closed) until a write succeeds again; the spends already reserved go on.
@@ -45,8 +45,8 @@ pub const MAX_BLOCK: u64 = 1 << 20;
 /// What is logged of budgets counted for days after the clock's tomorrow.
 const CLOCK_BEHIND: &str = "daily budgets are counted for days after tomorrow by this clock: it is \
      behind now, or was ahead when they were spent; they count against those days (none is given \
-     back for the clock's sake), so a key that spent its budget is refused until then unless its \
-     row is deleted from limits.db while the gateway is stopped";
+     back for the clock's sake), so a key that spent its budget is refused until then unless an \
+     administrator gives it back (POST /v2/admin/keys/{id}/budget/reset)";
 
 /// Whether [`Budgets::spend`] has logged [`CLOCK_BEHIND`] (once a process: every charge of such a
 /// budget would).
@@ -75,6 +75,9 @@ struct Spent {
     failures: u64,
     /// Why the last of them failed; `None` once a write has succeeded since.
     why: Option<Arc<str>>,
+    /// How many times the budget was given back ([`Budgets::reset`]): a reservation asked before
+    /// a reset raises nothing once written.
+    epoch: u64,
 }
 
 type Table = HashMap<String, HashMap<String, Spent>>;
@@ -129,8 +132,14 @@ struct Ledger {
 }
 
 enum Msg {
-    /// Hold at least `reserved` for (key, model, day).
-    Reserve(String, String, u64, u64),
+    /// Hold at least `reserved` for (key, model, day), asked in the budget's epoch.
+    Reserve(String, String, u64, u64, u64),
+    /// Forget (key, model)'s row, then say whether that was done.
+    Reset(
+        String,
+        String,
+        tokio::sync::oneshot::Sender<Result<(), Arc<str>>>,
+    ),
     /// Write these exact counts and stop.
     Close(Vec<(String, String, u64, u64)>),
 }
@@ -155,6 +164,9 @@ const RESERVE: &str = "INSERT INTO budgets (key, model, day, reserved) VALUES (?
      ON CONFLICT (key, model) DO UPDATE SET day = excluded.day, reserved = excluded.reserved
      WHERE excluded.day > budgets.day
         OR (excluded.day = budgets.day AND excluded.reserved > budgets.reserved)";
+
+/// Forgets a budget: given back.
+const FORGET: &str = "DELETE FROM budgets WHERE key = ?1 AND model = ?2";
 
 /// Sets the exact count of a day (at a graceful stop, when the count may be below the reservation).
 const EXACT: &str = "INSERT INTO budgets (key, model, day, reserved) VALUES (?1, ?2, ?3, ?4)
@@ -295,6 +307,7 @@ impl Budgets {
         if day > e.day {
             *e = Spent {
                 day,
+                epoch: e.epoch,
                 ..Spent::default()
             };
         }
@@ -326,7 +339,7 @@ impl Budgets {
                 && e.durable < limit
             {
                 e.asked = (e.spent + block).min(limit);
-                if !ledger.send(key, model, e.day, e.asked) {
+                if !ledger.send(key, model, e) {
                     e.asked = e.durable;
                 }
             }
@@ -357,15 +370,76 @@ impl Budgets {
         }
         .min(limit);
         if want > e.asked {
-            if !ledger.send(key, model, e.day, want) {
+            e.asked = want;
+            if !ledger.send(key, model, e) {
+                e.asked = e.durable;
                 return Err(unavailable(&ledger.path, "closed"));
             }
-            e.asked = want;
         }
         // Registered before the table is unlocked: the writer's signal cannot come in between.
         let mut wait = Box::pin(self.shared.progressed.notified());
         wait.as_mut().enable();
         Ok(Spend::Wait(wait, e.failures))
+    }
+
+    /// Gives back `key`'s budget on `model`: nothing counts as spent any more, whatever day it
+    /// counted (one ahead of the clock included), and the next spend starts today's count
+    /// afresh. Returns the day counted and the units it had spent (`None`: none). With a ledger,
+    /// answers once the ledger has forgotten the budget, so that a restart does not bring the
+    /// count back; if that write fails, the budget is given back in this process only, and the
+    /// error says so (a retry writes it again).
+    pub(crate) async fn reset(
+        &self,
+        key: &str,
+        model: &str,
+    ) -> Result<Option<(u64, u64)>, LimitError> {
+        let (given, written) = {
+            let mut used = lock(&self.shared.used);
+            if let Some(ledger) = &self.ledger
+                && self.shared.closed.load(Ordering::Acquire)
+            {
+                return Err(unavailable(&ledger.path, "closed"));
+            }
+            let given = used.get_mut(key).and_then(|t| t.get_mut(model)).map(|e| {
+                let given = (e.day, e.spent);
+                *e = Spent {
+                    epoch: e.epoch + 1,
+                    failures: e.failures,
+                    ..Spent::default()
+                };
+                given
+            });
+            // Told under the lock: after every reservation asked before the reset, before any
+            // asked after it.
+            let written = match &self.ledger {
+                None => None,
+                Some(ledger) => {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    if !ledger.tell(Msg::Reset(key.into(), model.into(), tx)) {
+                        return Err(unavailable(&ledger.path, "closed"));
+                    }
+                    Some((ledger, rx))
+                }
+            };
+            (given, written)
+        };
+        if let Some((ledger, rx)) = written {
+            let failed = match rx.await {
+                Ok(Ok(())) => None,
+                Ok(Err(why)) => Some(why.to_string()),
+                Err(_) => Some("the writer stopped".to_string()),
+            };
+            if let Some(why) = failed {
+                return Err(unavailable(
+                    &ledger.path,
+                    format!(
+                        "the budget is given back in this process, but the ledger could not \
+                         forget it (a restart would bring the count back; retry): {why}"
+                    ),
+                ));
+            }
+        }
+        Ok(given.filter(|&(_, spent)| spent > 0))
     }
 
     /// Writes the exact counts to the ledger and stops its writer; later spends that need the
@@ -404,12 +478,20 @@ impl Drop for Budgets {
 }
 
 impl Ledger {
-    /// Asks the writer for a reservation; false once closed.
-    fn send(&self, key: &str, model: &str, day: u64, reserved: u64) -> bool {
-        lock(&self.tx).as_ref().is_some_and(|tx| {
-            tx.send(Msg::Reserve(key.into(), model.into(), day, reserved))
-                .is_ok()
-        })
+    /// Asks the writer to reserve `e.asked` for `e`'s day; false once closed.
+    fn send(&self, key: &str, model: &str, e: &Spent) -> bool {
+        self.tell(Msg::Reserve(
+            key.into(),
+            model.into(),
+            e.day,
+            e.asked,
+            e.epoch,
+        ))
+    }
+
+    /// Gives the writer `m`; false once closed.
+    fn tell(&self, m: Msg) -> bool {
+        lock(&self.tx).as_ref().is_some_and(|tx| tx.send(m).is_ok())
     }
 }
 
@@ -426,36 +508,44 @@ fn open_ledger(path: &Path, durability: Durability) -> rusqlite::Result<Connecti
     Ok(conn)
 }
 
-/// The ledger's writer: commits the reservations asked since its last commit in one
-/// transaction, then raises the budgets' durable counts (or marks them failed) and wakes the
-/// requests waiting for them.
+/// The ledger's writer: commits the reservations and resets asked since its last commit, in
+/// order, in one transaction; then raises the budgets' durable counts (or marks them failed),
+/// answers the resets and wakes the requests waiting.
 fn write_loop(mut conn: Connection, path: &Path, shared: &Shared, rx: mpsc::Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         let mut close = None;
         for m in std::iter::once(first).chain(rx.try_iter()) {
             match m {
-                Msg::Reserve(k, m, d, n) => batch.push((k, m, d, n)),
                 Msg::Close(exact) => close = Some(exact),
+                m => batch.push(m),
             }
         }
-        let written = commit(&mut conn, RESERVE, &batch);
+        let written = commit_batch(&mut conn, &batch);
         let why: Option<Arc<str>> = written.as_ref().err().map(|e| {
             tracing::error!(error = %e, ledger = %path.display(), "could not reserve daily budget units; requests that need them are refused");
             e.to_string().into()
         });
         {
             let mut used = lock(&shared.used);
-            for (k, m, d, n) in &batch {
-                let Some(e) = used.get_mut(k).and_then(|t| t.get_mut(m)) else {
+            for m in batch {
+                let (k, m, d, n, epoch) = match m {
+                    Msg::Reserve(k, m, d, n, epoch) => (k, m, d, n, epoch),
+                    Msg::Reset(_, _, answer) => {
+                        let _ = answer.send(why.clone().map_or(Ok(()), Err));
+                        continue;
+                    }
+                    Msg::Close(_) => continue,
+                };
+                let Some(e) = used.get_mut(&k).and_then(|t| t.get_mut(&m)) else {
                     continue;
                 };
-                if e.day != *d {
+                if e.day != d || e.epoch != epoch {
                     continue;
                 }
                 match &why {
                     None => {
-                        e.durable = e.durable.max(*n);
+                        e.durable = e.durable.max(n);
                         e.asked = e.asked.max(e.durable);
                         e.why = None;
                     }
@@ -476,6 +566,30 @@ fn write_loop(mut conn: Connection, path: &Path, shared: &Shared, rx: mpsc::Rece
             return;
         }
     }
+}
+
+/// Writes `batch`'s reservations and resets, in order, in one transaction.
+fn commit_batch(conn: &mut Connection, batch: &[Msg]) -> rusqlite::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    {
+        let mut reserve = tx.prepare_cached(RESERVE)?;
+        let mut forget = tx.prepare_cached(FORGET)?;
+        for m in batch {
+            match m {
+                Msg::Reserve(k, m, d, n, _) => {
+                    reserve.execute(params![k, m, *d as i64, *n as i64])?;
+                }
+                Msg::Reset(k, m, _) => {
+                    forget.execute(params![k, m])?;
+                }
+                Msg::Close(_) => {}
+            }
+        }
+    }
+    tx.commit()
 }
 
 fn commit(
@@ -582,6 +696,101 @@ mod tests {
             1,
             "reserved for the one request in flight"
         );
+    }
+
+    #[tokio::test]
+    async fn a_budget_given_back_stays_given_back_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.db");
+        let (today, limit) = (20_000, 4);
+        let b = Budgets::open(&path, Durability::Process, today).unwrap();
+        // Spent while the clock ran 30 days ahead, and on another model today.
+        for _ in 0..4 {
+            spend(&b, "k", "m", today + 30, limit)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        spend(&b, "k", "other", today, limit)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(spend(&b, "k", "m", today, limit).await.unwrap(), None);
+        assert_eq!(b.reset("k", "m").await.unwrap(), Some((today + 30, 4)));
+        // Nothing left to give back; an unknown budget neither.
+        assert_eq!(b.reset("k", "m").await.unwrap(), None);
+        assert_eq!(b.reset("nobody", "m").await.unwrap(), None);
+        assert_eq!(b.remaining("k", "m", today, limit), limit);
+        assert_eq!(b.remaining("k", "other", today, limit), limit - 1);
+        assert_eq!(spend(&b, "k", "m", today, limit).await.unwrap(), Some(3));
+        // A crash now: the ledger holds today's new count, not the old one.
+        std::mem::forget(b);
+        let rows = stored(&path);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(
+            rows.iter()
+                .any(|r| r.1 == "m" && r.2 == today as i64 && r.3 >= 1 && r.3 <= 4),
+            "{rows:?}"
+        );
+        let again = Budgets::open(&path, Durability::Process, today).unwrap();
+        assert!(again.remaining("k", "m", today, limit) < limit);
+        assert_eq!(again.remaining("k", "m", today + 30, limit), limit);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_asked_before_a_reset_does_not_count_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.db");
+        let (today, limit) = (20_000, 6_400); // blocks of 100
+        let b = Budgets::open(&path, Durability::Process, today).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap(); // the writer's commit waits
+        let Ok(Spend::Wait(..)) = b.spend("k", "m", today, limit, 1, None) else {
+            panic!("the first spend waits for the ledger")
+        };
+        // The block's write is held up; the reset is asked behind it.
+        let reset = b.reset("k", "m");
+        let unblock = async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            other.execute_batch("COMMIT").unwrap();
+        };
+        let (given, ()) = tokio::join!(reset, unblock);
+        assert_eq!(
+            given.unwrap(),
+            None,
+            "the waiting request had spent nothing"
+        );
+        {
+            let used = lock(&b.shared.used);
+            let e = &used["k"]["m"];
+            assert_eq!(
+                (e.spent, e.durable),
+                (0, 0),
+                "the old block was not counted"
+            );
+        }
+        assert!(stored(&path).is_empty(), "{:?}", stored(&path));
+        // The next spend reserves anew.
+        assert_eq!(
+            spend(&b, "k", "m", today, limit).await.unwrap(),
+            Some(limit - 1)
+        );
+        assert_eq!(stored(&path)[0].3, 100);
+    }
+
+    #[tokio::test]
+    async fn a_reset_after_close_is_refused_and_in_memory_one_needs_no_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Budgets::open(&dir.path().join("limits.db"), Durability::Process, 1).unwrap();
+        b.close();
+        assert!(matches!(
+            b.reset("k", "m").await,
+            Err(LimitError::Unavailable(_))
+        ));
+        let b = Budgets::default();
+        assert_eq!(now(&b, "k", "m", 1, 2), Some(1));
+        assert_eq!(b.reset("k", "m").await.unwrap(), Some((1, 1)));
+        assert_eq!(b.remaining("k", "m", 1, 2), 2);
     }
 
     #[test]

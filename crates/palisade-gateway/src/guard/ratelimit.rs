@@ -109,6 +109,20 @@ pub const STORE_TIMEOUT: Duration = Duration::from_millis(250);
 /// The answer of [`LimitStore::admit`].
 pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitError>> + Send + 'a>>;
 
+/// The answer of [`LimitStore::reset_budget`].
+pub type ResetFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<GivenBack>, LimitError>> + Send + 'a>>;
+
+/// A daily budget given back by [`LimitStore::reset_budget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct GivenBack {
+    /// The UTC day it counted (days since the epoch): today's, or a later one if the clock was
+    /// ahead when it was spent.
+    pub day: u64,
+    /// The units it had spent.
+    pub spent: u64,
+}
+
 /// Where the rate limits and daily budgets are counted.
 ///
 /// One call charges [`Charge::units`] to every limit its policy sets, all of them or none of
@@ -134,6 +148,12 @@ pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, LimitEr
 pub trait LimitStore: Send + Sync + 'static {
     /// Charges [`Charge::units`] to a request's limits (see the trait's documentation).
     fn admit<'a>(&'a self, charge: Charge<'a>) -> AdmitFuture<'a>;
+
+    /// Gives back key line `line`'s daily budget on `model`: nothing counts as spent, whatever
+    /// day it counted, and the next charge starts today's count afresh (the rates are left as
+    /// they are). Answers once the store holds that; what was given back (`None`: nothing was
+    /// spent).
+    fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str) -> ResetFuture<'a>;
 
     /// Called once the gateway has stopped serving: writes what must outlive the process (the
     /// exact budget counts of [`LocalLimits::open`]). Admissions after it may fail.
@@ -230,6 +250,16 @@ impl LimitStore for LocalLimits {
                     Err(refusal) => Admission::Refused(refusal),
                 },
             )
+        })
+    }
+
+    fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str) -> ResetFuture<'a> {
+        Box::pin(async move {
+            Ok(self
+                .budgets
+                .reset(line, model)
+                .await?
+                .map(|(day, spent)| GivenBack { day, spent }))
         })
     }
 

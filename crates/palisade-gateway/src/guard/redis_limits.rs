@@ -69,8 +69,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 
 use super::ratelimit::{
-    Admission, AdmitFuture, Charge, DAY_MS, DAY_SPENT, Item, KEY_EXCEEDED, LimitError, LimitStore,
-    MODEL_EXCEEDED, Refusal, ceil_secs, gcra_params, key_wait_after,
+    Admission, AdmitFuture, Charge, DAY_MS, DAY_SPENT, GivenBack, Item, KEY_EXCEEDED, LimitError,
+    LimitStore, MODEL_EXCEEDED, Refusal, ResetFuture, ceil_secs, gcra_params, key_wait_after,
 };
 use crate::policy::Rate;
 
@@ -528,6 +528,30 @@ impl RedisLimits {
 impl LimitStore for RedisLimits {
     fn admit<'a>(&'a self, charge: Charge<'a>) -> AdmitFuture<'a> {
         Box::pin(self.charge(charge))
+    }
+
+    fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str) -> ResetFuture<'a> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let key = format!("{}{{{model}}}:day:{line}", self.prefix);
+            // Read and deleted in one step, so that what is answered is what was given back.
+            let (day, spent): (Option<i64>, Option<i64>) = redis::pipe()
+                .atomic()
+                .hget(&key, "day")
+                .hget(&key, "spent")
+                .del(&key)
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| unavailable("giving back a daily budget failed", e))?;
+            Ok(match (day, spent) {
+                (Some(day), Some(spent)) if spent > 0 => Some(GivenBack {
+                    day: u64::try_from(day).unwrap_or(0),
+                    spent: u64::try_from(spent).unwrap_or(0),
+                }),
+                _ => None,
+            })
+        })
     }
 }
 
