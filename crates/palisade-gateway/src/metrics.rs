@@ -146,7 +146,7 @@ impl Metrics {
         )?;
         let connections_shed = IntCounter::new(
             "connections_shed_total",
-            "Idle connections closed to make room for new ones at the bound on connections",
+            "Connections closed to make room for new ones at the bound on connections",
         )?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_max.clone()))?;

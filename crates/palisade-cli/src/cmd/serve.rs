@@ -76,8 +76,9 @@ pub struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     inference_queue: Option<u32>,
     /// Connections held at once, on both addresses together. At the bound, a new connection
-    /// closes the one idle longest (those that never sent a request first) or, if every
-    /// connection has a request in progress, waits until one ends. Default: 10000, or fewer if
+    /// closes another: first one that has not completed a request within 2 s, then the
+    /// keep-alive one idle longest; never one with a request in progress or a response being
+    /// sent (if all are so, the new one waits until one is not). Default: 10000, or fewer if
     /// the open-file limit (raised at start to its hard limit) would not leave 128 files for the
     /// gateway's own; a larger value is lowered to that, with a warning.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
