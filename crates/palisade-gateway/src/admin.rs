@@ -242,25 +242,31 @@ async fn reset_budget(State(s): State<AdminState>, Path(p): Params, body: Bytes)
         return key_error(KeyError::NotFound(id));
     };
     let mut budgets = Vec::with_capacity(models.len());
+    let now = now_ms();
     for model in models {
-        match s.limits.reset_budget(&record.lineage, &model).await {
+        match s.limits.reset_budget(&record.lineage, &model, now).await {
             Ok(given_back) => {
                 budgets.push(serde_json::json!({ "model": model, "given_back": given_back }));
             }
             Err(e) => {
                 tracing::error!(error = %e, key = %id, model, "giving back a daily budget failed");
-                let done: Vec<_> = budgets.iter().map(|b| b["model"].clone()).collect();
-                let mut r = error_response(
+                // What was given back before the failure is said here: a retry finds those
+                // budgets already given back. A retry repeats nothing harmful, so the TOTP code
+                // is given back for it.
+                let mut r = json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "giving back the budget on {model:?} failed (given back before it: \
-                         {done:?}): {e}"
-                    ),
+                    &serde_json::json!({
+                        "error": format!("giving back the budget on {model:?} failed: {e}"),
+                        "id": id,
+                        "line": record.lineage,
+                        "budgets": budgets,
+                    }),
                 );
                 r.headers_mut().insert(
                     axum::http::header::RETRY_AFTER,
                     axum::http::HeaderValue::from_static("1"),
                 );
+                r.extensions_mut().insert(crate::guard::RetryAsIs);
                 return r;
             }
         }

@@ -646,6 +646,7 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
     struct Flaky {
         inner: LocalLimits,
         asked: Mutex<Vec<(String, String, Option<u32>)>>,
+        reset_failed: std::sync::atomic::AtomicBool,
     }
     impl LimitStore for Flaky {
         fn admit<'a>(&'a self, c: Charge<'a>) -> AdmitFuture<'a> {
@@ -662,8 +663,15 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
             }
         }
 
-        fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str) -> ResetFuture<'a> {
-            self.inner.reset_budget(line, model)
+        fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str, t: u64) -> ResetFuture<'a> {
+            // Fails once, as a ledger that cannot be written would.
+            if !self
+                .reset_failed
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Box::pin(async { Err(LimitError::Unavailable("ledger busy".into())) });
+            }
+            self.inner.reset_budget(line, model, t)
         }
     }
 
@@ -747,6 +755,33 @@ async fn infer_requests_fail_closed_when_the_limit_store_cannot_answer() {
     assert!(
         text.contains("palisade_limits_check_seconds_count 3"),
         "{text}"
+    );
+
+    // Giving a budget back fails once: a 503 saying so, and a retry as told, with the same TOTP
+    // code (given back, since the reset repeats nothing harmful), succeeds (review).
+    let admin = bearer(&s.admin);
+    let code = totp_now(&s.admin, 0);
+    let path = format!("/v2/admin/keys/{}/budget/reset", s.query.record.id);
+    let headers = [
+        ("Authorization", admin.as_str()),
+        ("X-Palisade-TOTP", &code),
+    ];
+    let r = request(s.addr, "POST", &path, &headers, br#"{"model": "limited"}"#).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("ledger busy"),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["budgets"], serde_json::json!([]), "{r:?}");
+    let wait: u64 = r.headers["retry-after"].parse().unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    let r = request(s.addr, "POST", &path, &headers, br#"{"model": "limited"}"#).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // (`limited` has no daily budget: nothing was spent.)
+    assert_eq!(
+        r.json()["budgets"],
+        serde_json::json!([{"model": "limited", "given_back": null}]),
+        "{r:?}"
     );
     s.stop().await;
 }

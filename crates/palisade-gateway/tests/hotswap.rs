@@ -447,6 +447,7 @@ impl palisade_gateway::guard::ratelimit::LimitStore for SwapWhileCharging {
         &'a self,
         _: &'a str,
         _: &'a str,
+        _: u64,
     ) -> palisade_gateway::guard::ratelimit::ResetFuture<'a> {
         Box::pin(async { Ok(None) })
     }

@@ -445,33 +445,41 @@ async fn a_budget_given_back_counts_from_zero() {
     let shared = RedisLimits::connect(&server.url(), "reset:", &RedisTls::default())
         .await
         .unwrap();
+    gives_back_as_local(&shared).await;
+}
+
+/// Budgets given back on `shared` and on a local store, on models whose keys lie in different
+/// slots (keys `gb*`).
+async fn gives_back_as_local(shared: &RedisLimits) {
     let local = LocalLimits::default();
     let policy = budget_only(2);
     let t = noon();
-    for store in [&shared as &dyn LimitStore, &local] {
-        // A day ahead (a clock that ran ahead), and the other key's today.
-        for _ in 0..2 {
-            assert_eq!(charge(store, "k", &policy, t + DAY_MS).await.0, "admitted");
+    for store in [shared as &dyn LimitStore, &local] {
+        for model in ["m", "a", "b", "c", "d"] {
+            let charge = |key, t| try_charge_on(store, model, key, &policy, t);
+            // A day ahead (a clock that ran ahead), the other key's today, and a third key's
+            // yesterday.
+            for _ in 0..2 {
+                assert_eq!(charge("gb", t + DAY_MS).await.unwrap().0, "admitted");
+            }
+            assert_eq!(charge("gb2", t).await.unwrap().0, "admitted");
+            assert_eq!(charge("gb3", t - DAY_MS).await.unwrap().0, "admitted");
+            assert_eq!(
+                charge("gb", t).await.unwrap().0,
+                "daily query budget exhausted"
+            );
+            let given = store.reset_budget("gb", model, t).await.unwrap();
+            let day = t / DAY_MS + 1;
+            assert_eq!(given, Some(GivenBack { day, spent: 2 }), "{model}");
+            assert_eq!(store.reset_budget("gb", model, t).await.unwrap(), None);
+            assert_eq!(store.reset_budget("gb", "other", t).await.unwrap(), None);
+            // Yesterday's count held nothing back today: nothing is said to be given back.
+            assert_eq!(store.reset_budget("gb3", model, t).await.unwrap(), None);
+            let (what, items, _) = charge("gb", t).await.unwrap();
+            assert_eq!((what, items[0].remaining), ("admitted", 1));
+            let (what, items, _) = charge("gb2", t).await.unwrap();
+            assert_eq!((what, items[0].remaining), ("admitted", 0));
         }
-        assert_eq!(charge(store, "k2", &policy, t).await.0, "admitted");
-        assert_eq!(
-            charge(store, "k", &policy, t).await.0,
-            "daily query budget exhausted"
-        );
-        let given = store.reset_budget("k", "m").await.unwrap();
-        assert_eq!(
-            given,
-            Some(GivenBack {
-                day: t / DAY_MS + 1,
-                spent: 2
-            })
-        );
-        assert_eq!(store.reset_budget("k", "m").await.unwrap(), None);
-        assert_eq!(store.reset_budget("k", "other").await.unwrap(), None);
-        let (what, items, _) = charge(store, "k", &policy, t).await;
-        assert_eq!((what, items[0].remaining), ("admitted", 1));
-        let (what, items, _) = charge(store, "k2", &policy, t).await;
-        assert_eq!((what, items[0].remaining), ("admitted", 0));
     }
 }
 
@@ -999,6 +1007,7 @@ async fn on_a_cluster_as_on_one_server() {
         .await
         .unwrap();
     decides_as_local(&a).await;
+    gives_back_as_local(&a).await;
 
     let b = RedisLimits::connect_cluster(&urls[2..], "t:", &none)
         .await

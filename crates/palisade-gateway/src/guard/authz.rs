@@ -124,17 +124,18 @@ impl Guard for Authorise {
                 }
             }
             let resp = call_next(next, req).await;
-            if super::audit::not_taken(&resp) {
-                // The action did not run (the audit log could not take its intent): the code its
-                // check used up is given back, so the caller can retry with it.
+            if super::audit::not_taken(&resp)
+                || resp.extensions().get::<super::RetryAsIs>().is_some()
+            {
+                // The action did not run (the audit log could not take its intent), or failed so
+                // that running it again is harmless: the code its check used up is given back,
+                // so the caller can retry with it.
                 let (keys, id) = (self.keys.clone(), key.id.clone());
                 let given =
                     tokio::task::spawn_blocking(move || keys.release_totp(&id, &code, now_ms()))
                         .await;
                 if !matches!(given, Ok(Ok(_))) {
-                    tracing::warn!(
-                        "could not give back the TOTP code of an action the audit log refused"
-                    );
+                    tracing::warn!("could not give back the TOTP code of an action to retry");
                 }
             }
             return resp;

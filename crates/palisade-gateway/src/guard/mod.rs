@@ -311,6 +311,12 @@ pub struct Prediction {
     pub logits: Arc<ndarray::Array2<f32>>,
 }
 
+/// Set on an admin action's failure that a retry of the same request mends and that repeats
+/// nothing done (the action is idempotent): the authorise guard gives back the TOTP code the
+/// request used, so that the `Retry-After` answered can be followed with it.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryAsIs;
+
 /// A JSON error response, `{"error": message}`.
 pub fn error_response(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "error": message }).to_string();

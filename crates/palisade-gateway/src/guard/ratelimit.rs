@@ -119,7 +119,8 @@ pub struct GivenBack {
     /// The UTC day it counted (days since the epoch): today's, or a later one if the clock was
     /// ahead when it was spent.
     pub day: u64,
-    /// The units it had spent.
+    /// The units it had spent (after a restart of a gateway keeping its budgets in `limits.db`,
+    /// up to one reservation block more: see [`LocalLimits::open`]).
     pub spent: u64,
 }
 
@@ -152,8 +153,8 @@ pub trait LimitStore: Send + Sync + 'static {
     /// Gives back key line `line`'s daily budget on `model`: nothing counts as spent, whatever
     /// day it counted, and the next charge starts today's count afresh (the rates are left as
     /// they are). Answers once the store holds that; what was given back (`None`: nothing was
-    /// spent).
-    fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str) -> ResetFuture<'a>;
+    /// spent on the UTC day of `t_ms`, milliseconds after the epoch, or on a later one).
+    fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str, t_ms: u64) -> ResetFuture<'a>;
 
     /// Called once the gateway has stopped serving: writes what must outlive the process (the
     /// exact budget counts of [`LocalLimits::open`]). Admissions after it may fail.
@@ -253,12 +254,13 @@ impl LimitStore for LocalLimits {
         })
     }
 
-    fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str) -> ResetFuture<'a> {
+    fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str, t_ms: u64) -> ResetFuture<'a> {
         Box::pin(async move {
             Ok(self
                 .budgets
                 .reset(line, model)
                 .await?
+                .filter(|&(day, _)| day >= t_ms / DAY_MS)
                 .map(|(day, spent)| GivenBack { day, spent }))
         })
     }

@@ -530,7 +530,7 @@ impl LimitStore for RedisLimits {
         Box::pin(self.charge(charge))
     }
 
-    fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str) -> ResetFuture<'a> {
+    fn reset_budget<'a>(&'a self, line: &'a str, model: &'a str, t_ms: u64) -> ResetFuture<'a> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let key = format!("{}{{{model}}}:day:{line}", self.prefix);
@@ -544,8 +544,9 @@ impl LimitStore for RedisLimits {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| unavailable("giving back a daily budget failed", e))?;
+            let today = i64::try_from(t_ms / DAY_MS).unwrap_or(i64::MAX);
             Ok(match (day, spent) {
-                (Some(day), Some(spent)) if spent > 0 => Some(GivenBack {
+                (Some(day), Some(spent)) if spent > 0 && day >= today => Some(GivenBack {
                     day: u64::try_from(day).unwrap_or(0),
                     spent: u64::try_from(spent).unwrap_or(0),
                 }),
