@@ -271,9 +271,9 @@ async fn room(
         table.waiting.fetch_add(1, Ordering::AcqRel);
         let stopped = tokio::select! {
             () = told => false,
-            // In case a connection became closable without a word (its socket taking writes
-            // again).
-            () = tokio::time::sleep(Duration::from_secs(1)) => false,
+            // Every change that makes a connection closable wakes this; a look now and then all
+            // the same, in case one was missed.
+            () = tokio::time::sleep(Duration::from_secs(5)) => false,
             () = shutdown.as_mut() => true,
         };
         table.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -893,7 +893,7 @@ mod tests {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert!(get_on(&mut c, "/", false).await.starts_with("HTTP/1.1 200"));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let a_gone = closes(&mut a, Duration::from_millis(100)).await;
+        let a_gone = closes(&mut a, Duration::from_secs(2)).await;
         let b_gone = closes(&mut b, Duration::from_millis(100)).await;
         assert_eq!((connections.shed(), a_gone, b_gone), (1, true, false));
     }
@@ -1073,11 +1073,11 @@ mod tests {
     }
 
     /// A connection waiting at the bound is let in when a request ends (its connection then
-    /// idle and closed for it), not at the next once-a-second look (review).
+    /// idle and closed for it), not at the next look, 5 s later (review).
     #[tokio::test]
     async fn a_waiting_connection_is_let_in_when_a_request_ends() {
         let (took, replies, shed) = two_slow_then_one(true).await;
-        assert!(took < Duration::from_millis(900), "{took:?}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
         for reply in replies {
             assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         }
