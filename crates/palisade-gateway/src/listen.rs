@@ -397,6 +397,11 @@ pub async fn serve_with(
                             if !activity.busy_since(asked, &options) {
                                 break;
                             }
+                            // Asked to make room but kept for its request: another is asked
+                            // instead, rather than a new connection waiting for this request.
+                            if activity.shedding.swap(false, Ordering::AcqRel) {
+                                activity.table.room.notify_waiters();
+                            }
                             due.as_mut().reset(
                                 tokio::time::Instant::now() + options.header_read_timeout,
                             );
