@@ -192,7 +192,7 @@ impl Table {
 
     /// Tells a new connection waiting for room that a connection may now be closed for it.
     fn wake_if_waiting(&self) {
-        if self.waiting.load(Ordering::Acquire) > 0 {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
             self.room.notify_waiters();
         }
     }
@@ -239,11 +239,12 @@ async fn room(
 ) -> Option<Slot> {
     let table = &connections.0;
     loop {
-        // Registered before the table is looked at: a connection that ends after cannot be
-        // missed.
+        // Registered, and counted as waiting, before the table is looked at: a connection that
+        // ends or becomes closable after cannot be missed.
         let told = table.room.notified();
         let mut told = std::pin::pin!(told);
         told.as_mut().enable();
+        let _waiting = Waiting::new(table);
         {
             let mut open = table.lock();
             if open.len() < table.max {
@@ -268,7 +269,6 @@ async fn room(
                  once a minute)"
             );
         }
-        table.waiting.fetch_add(1, Ordering::AcqRel);
         let stopped = tokio::select! {
             () = told => false,
             // Every change that makes a connection closable wakes this; a look now and then all
@@ -276,10 +276,25 @@ async fn room(
             () = tokio::time::sleep(Duration::from_secs(5)) => false,
             () = shutdown.as_mut() => true,
         };
-        table.waiting.fetch_sub(1, Ordering::AcqRel);
         if stopped {
             return None;
         }
+    }
+}
+
+/// A new connection counted in [`Table::waiting`] while it lives.
+struct Waiting<'a>(&'a Table);
+
+impl<'a> Waiting<'a> {
+    fn new(table: &'a Table) -> Self {
+        table.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(table)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -341,7 +356,7 @@ pub async fn serve_with(
             },
             () = &mut shutdown => break,
         };
-        let activity = Arc::new(Activity::new(connections.0.clone()));
+        let activity = Arc::new(Activity::new(connections.0.clone(), options.idle_timeout));
         // At the bound, the new connection waits (its descriptor the only one past the bound)
         // until there is room for it.
         let Some(slot) = room(&connections, &activity, &mut shutdown, &mut warned).await else {
@@ -493,6 +508,9 @@ struct Activity {
     shedding: std::sync::atomic::AtomicBool,
     shed: tokio::sync::Notify,
     table: Arc<Table>,
+    /// [`ServeOptions::idle_timeout`]: how long a body still held keeps the connection from
+    /// being closed to make room.
+    idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for Activity {
@@ -506,7 +524,7 @@ impl std::fmt::Debug for Activity {
 }
 
 impl Activity {
-    fn new(table: Arc<Table>) -> Self {
+    fn new(table: Arc<Table>, idle_timeout: Duration) -> Self {
         Activity {
             opened: tokio::time::Instant::now(),
             handling: AtomicUsize::new(0),
@@ -518,15 +536,21 @@ impl Activity {
             shedding: Default::default(),
             shed: tokio::sync::Notify::new(),
             table,
+            idle_timeout,
         }
     }
 
     /// Whether the connection may be closed to make room: no request being handled, no
-    /// response being sent.
+    /// response being sent. A body that hyper still holds an idle timeout after the last answer
+    /// no longer counts: an HTTP/2 client that opens no flow-control window for it, and pings,
+    /// would otherwise hold the connection for good (review). (A socket that does not take
+    /// writes does count: it stops the writes, and the idle deadline then closes it.)
     fn closable(&self) -> bool {
-        self.handling.load(Ordering::Acquire) == 0
-            && self.sending.load(Ordering::Acquire) == 0
-            && !self.blocked.load(Ordering::Acquire)
+        let held = self.sending.load(Ordering::Acquire) > 0
+            && self
+                .when(&self.answered)
+                .is_none_or(|at| at.elapsed() < self.idle_timeout);
+        self.handling.load(Ordering::Acquire) == 0 && !held && !self.blocked.load(Ordering::Acquire)
     }
 
     /// The order in which closable connections are closed to make room, least first: those
@@ -951,10 +975,11 @@ mod tests {
         );
         let connections = Connections::new(2);
         let addr = serve_counted(router, ServeOptions::default(), connections.clone()).await;
-        let mut big = tokio::net::TcpStream::connect(addr).await.unwrap();
-        big.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        let mut big = sent(
+            addr,
+            b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         let mut buf = vec![0u8; 1 << 16];
         let mut got = big.read(&mut buf).await.unwrap();
         // The client pauses reading; the kernel's buffers fill and the writes stall.
@@ -982,10 +1007,10 @@ mod tests {
         assert!(got > SIZE, "the response was cut after {got} bytes");
     }
 
-    /// Counts the warnings logged.
-    struct CountWarns(Arc<AtomicUsize>);
+    /// Runs its function on each warning logged.
+    struct OnWarn(Box<dyn Fn() + Send + Sync>);
 
-    impl tracing::Subscriber for CountWarns {
+    impl tracing::Subscriber for OnWarn {
         fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
             true
         }
@@ -996,7 +1021,7 @@ mod tests {
         fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
         fn event(&self, e: &tracing::Event<'_>) {
             if *e.metadata().level() == tracing::Level::WARN {
-                self.0.fetch_add(1, Ordering::Relaxed);
+                (self.0)();
             }
         }
         fn enter(&self, _: &tracing::span::Id) {}
@@ -1012,7 +1037,11 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        tracing::subscriber::with_default(CountWarns(warns.clone()), || {
+        let counted = warns.clone();
+        let count = OnWarn(Box::new(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }));
+        tracing::subscriber::with_default(count, || {
             rt.block_on(async {
                 let router = Router::new().route("/", get(|| async { "ok" }));
                 let connections = Connections::new(2);
@@ -1205,7 +1234,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_still_being_read_keeps_its_connection_and_a_stalled_one_does_not() {
-        use axum::body::Body;
         use http_body_util::BodyExt as _;
 
         let router = Router::new()
@@ -1225,17 +1253,9 @@ mod tests {
 
         // HTTP/2: a body sent over 1.2 s, four idle timeouts, arrives whole (the connection
         // is not taken for idle while it is sent, nor dropped under it).
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
+        let (mut sender, conn) = h2_connect(addr).await;
         tokio::spawn(conn);
-        let req = axum::http::Request::get(format!("http://{addr}/slow"))
-            .body(Body::empty())
-            .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
+        let resp = h2_get(&mut sender, addr, "/slow").await;
         let body = resp.into_body().collect().await.expect("the whole body");
         assert_eq!(body.to_bytes().len(), 60);
 
@@ -1424,11 +1444,7 @@ mod tests {
                 resp.into_body().collect().await.unwrap().to_bytes()
             }
         };
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
+        let (mut sender, conn) = h2_connect(addr).await;
         let conn = tokio::spawn(conn);
 
         // Requests 200 ms apart, and one that runs three times the idle timeout: never idle.
@@ -1452,5 +1468,151 @@ mod tests {
             took >= Duration::from_millis(250) && took < Duration::from_secs(3),
             "{took:?}"
         );
+    }
+
+    /// A request that ends while the waiting connection logs (before it waits) still wakes it
+    /// (review: it waited for the 5 s look).
+    #[test]
+    fn a_request_ending_between_the_look_and_the_wait_is_not_missed() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(|| {
+                std::mem::forget(tracing::dispatcher::set_default(&tracing::Dispatch::new(
+                    // Blocks the thread that logs "at the bound" for a second, as a slow log
+                    // sink would.
+                    OnWarn(Box::new(|| std::thread::sleep(Duration::from_secs(1)))),
+                )))
+            })
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let router = Router::new().route("/", get(|| async { "ok" })).route(
+                "/slow",
+                get(|| async {
+                    // Ended from a thread outside the runtime, so that it completes while the
+                    // worker that logs is blocked.
+                    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_millis(300));
+                        let _ = tx.send(());
+                    });
+                    let _ = rx.await;
+                    "slow"
+                }),
+            );
+            let connections = Connections::new(1);
+            let addr = serve_counted(router, ServeOptions::default(), connections.clone()).await;
+            let _a = sent(addr, b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let t = Instant::now();
+            let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let reply = get_on(&mut b, "/", true).await;
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+            // The slow request ended at ~0.2 s; the log line took 1 s: let in by ~1.1 s, not
+            // at the 5 s look.
+            assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        });
+    }
+
+    /// An idle HTTP/2 keep-alive connection asked to close (GOAWAY) frees its slot promptly.
+    #[tokio::test]
+    async fn an_idle_http2_connection_makes_room_promptly() {
+        use http_body_util::BodyExt as _;
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let connections = Connections::new(1);
+        let addr = serve_counted(router, ServeOptions::default(), connections.clone()).await;
+        let (mut sender, conn) = h2_connect(addr).await;
+        let conn = tokio::spawn(conn);
+        let resp = h2_get(&mut sender, addr, "/").await;
+        assert_eq!(
+            &resp.into_body().collect().await.unwrap().to_bytes()[..],
+            b"ok"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let reply = get_on(&mut b, "/", true).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        tokio::time::timeout(Duration::from_secs(2), conn)
+            .await
+            .expect("h2 conn ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(connections.shed(), 1);
+    }
+
+    /// An HTTP/2 client that opens a zero flow-control window, takes a response's headers and
+    /// never its body, and pings now and then, does not hold its connection against new ones
+    /// for good (review: hyper's pipe held the body, and the pings kept it from idling).
+    #[tokio::test]
+    async fn an_http2_stream_with_no_window_does_not_hold_a_slot_for_good() {
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        };
+        let connections = Connections::new(1);
+        let addr = serve_counted(router, options, connections.clone()).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(0)
+            .keep_alive_interval(Duration::from_millis(300))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = h2_get(&mut sender, addr, "/").await;
+        // The body is never read.
+        let _held = resp;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Let in once the body held counts no more (idle timeout 1 s), well within get_on's 10 s.
+        let mut b = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(get_on(&mut b, "/", true).await.starts_with("HTTP/1.1 200"));
+    }
+
+    /// Sends a GET of `path` over an HTTP/2 connection and returns its 200 answer.
+    async fn h2_get(
+        sender: &mut hyper::client::conn::http2::SendRequest<axum::body::Body>,
+        addr: std::net::SocketAddr,
+        path: &str,
+    ) -> axum::http::Response<Incoming> {
+        let req = axum::http::Request::get(format!("http://{addr}{path}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp
+    }
+
+    /// A new connection to `addr` on which `bytes` were sent.
+    async fn sent(addr: std::net::SocketAddr, bytes: &[u8]) -> tokio::net::TcpStream {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(bytes).await.unwrap();
+        conn
+    }
+
+    /// An HTTP/2 connection to `addr`: its sender, and the connection to drive.
+    async fn h2_connect(
+        addr: std::net::SocketAddr,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<axum::body::Body>,
+        hyper::client::conn::http2::Connection<
+            TokioIo<tokio::net::TcpStream>,
+            axum::body::Body,
+            TokioExecutor,
+        >,
+    ) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap()
     }
 }
