@@ -618,13 +618,11 @@ impl Gateway {
 /// A route's answer to a method it does not take, as JSON like every other error (axum adds the
 /// `Allow` header).
 pub(crate) async fn method_not_allowed(method: axum::http::Method) -> Response {
-    let mut r = error_response(
+    crate::guard::reject(
         StatusCode::METHOD_NOT_ALLOWED,
+        "method",
         &format!("{method} is not a method of this route"),
-    );
-    r.extensions_mut()
-        .insert(crate::guard::Decision::Denied("method"));
-    r
+    )
 }
 
 async fn server_metadata() -> Response {

@@ -9,7 +9,7 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 
-use super::{Decision, Guard, Next, call_next, error_response};
+use super::{Guard, Next, call_next, reject};
 use crate::oip::{ModelAction, Target, target_of};
 
 /// The method guard.
@@ -36,8 +36,9 @@ impl Guard for AllowedMethods {
         if ok {
             return call_next(next, req).await;
         }
-        let mut r = error_response(
+        let mut r = reject(
             StatusCode::METHOD_NOT_ALLOWED,
+            "method",
             &format!(
                 "{} is not a method of a model's {}; use {allow}",
                 req.method(),
@@ -46,7 +47,6 @@ impl Guard for AllowedMethods {
         );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
-        r.extensions_mut().insert(Decision::Denied("method"));
         r
     }
 }
