@@ -115,7 +115,9 @@ struct Table {
     room: tokio::sync::Notify,
     /// New connections waiting for room: while there are some, requests that end tell `room`.
     waiting: AtomicUsize,
-    shed: AtomicU64,
+    /// Connections closed to make room: the `connections_shed_total` metric itself, which
+    /// [`crate::metrics::Metrics::watch_connections`] registers.
+    shed: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Table {
@@ -123,7 +125,7 @@ impl std::fmt::Debug for Table {
         f.debug_struct("Table")
             .field("max", &self.max)
             .field("open", &self.lock().len())
-            .field("shed", &self.shed)
+            .field("shed", &self.shed.get())
             .finish_non_exhaustive()
     }
 }
@@ -140,7 +142,12 @@ impl Connections {
             next: AtomicU64::new(0),
             room: tokio::sync::Notify::new(),
             waiting: AtomicUsize::new(0),
-            shed: AtomicU64::new(0),
+            // A constant, valid name: this cannot fail.
+            shed: prometheus::IntCounter::new(
+                "connections_shed_total",
+                "Connections closed to make room for new ones at the bound on connections",
+            )
+            .expect("a valid metric name"),
         }))
     }
 
@@ -153,6 +160,17 @@ impl Connections {
             Connections::open_files_allow()
                 .map_or(DEFAULT_MAX_CONNECTIONS, |n| n.min(DEFAULT_MAX_CONNECTIONS)),
         )
+    }
+
+    /// At most `asked` connections (`None`: [`Connections::for_open_files`]), but no more than
+    /// the open-file limit leaves room for ([`Connections::open_files_allow`]); the second value
+    /// is what was asked when it had to be lowered.
+    pub fn at_most(asked: Option<usize>) -> (Self, Option<usize>) {
+        match (asked, Connections::open_files_allow()) {
+            (None, _) => (Connections::for_open_files(), None),
+            (Some(n), Some(allow)) if n > allow => (Connections::new(allow), Some(n)),
+            (Some(n), _) => (Connections::new(n), None),
+        }
     }
 
     /// The most connections this process's soft limit on open files leaves room for, keeping
@@ -174,7 +192,12 @@ impl Connections {
 
     /// Connections closed to make room for new ones, since this was made.
     pub fn shed(&self) -> u64 {
-        self.0.shed.load(Ordering::Relaxed)
+        self.0.shed.get()
+    }
+
+    /// The counter behind [`Connections::shed`], for a metrics registry.
+    pub(crate) fn shed_counter(&self) -> prometheus::IntCounter {
+        self.0.shed.clone()
     }
 }
 
@@ -446,7 +469,7 @@ pub async fn serve_with(
                             activity.table.room.notify_waiters();
                             continue;
                         }
-                        activity.table.shed.fetch_add(1, Ordering::Relaxed);
+                        activity.table.shed.inc();
                         if activity.when(&activity.answered).is_none() {
                             tracing::debug!("a connection with no request closed to make room");
                             break;
@@ -809,6 +832,19 @@ mod tests {
         assert_eq!(max_for_open_files(Some(1)), Some(1));
         assert_eq!(max_for_open_files(Some(0)), Some(1));
         assert!(Connections::for_open_files().max() <= DEFAULT_MAX_CONNECTIONS);
+        // Asked for: as asked, unless the open files leave room for fewer.
+        let (c, lowered) = Connections::at_most(Some(5));
+        assert_eq!((c.max(), lowered), (5, None));
+        let (c, lowered) = Connections::at_most(None);
+        assert_eq!(
+            (c.max(), lowered),
+            (Connections::for_open_files().max(), None)
+        );
+        let (c, lowered) = Connections::at_most(Some(usize::MAX));
+        match Connections::open_files_allow() {
+            Some(allow) => assert_eq!((c.max(), lowered), (allow, Some(usize::MAX))),
+            None => assert_eq!((c.max(), lowered), (usize::MAX, None)),
+        }
         assert_eq!(Connections::new(0).max(), 1);
     }
 

@@ -30,12 +30,8 @@ pub struct Metrics {
     inference_queue: IntGauge,
     connections_open: IntGauge,
     connections_max: IntGauge,
-    connections_shed: IntCounter,
     /// The connections counted in `connections_*`, once given ([`Metrics::watch_connections`]).
     connections: Arc<std::sync::OnceLock<crate::listen::Connections>>,
-    /// Held while `connections_shed` is brought up to date, so that two renders do not both add
-    /// the same difference.
-    shed_counting: Arc<std::sync::Mutex<()>>,
     /// The series of every route in [`ROUTES`], looked up once here rather than per request.
     routes: Arc<[RouteSeries]>,
 }
@@ -144,13 +140,8 @@ impl Metrics {
             "connections_max",
             "Client connections the gateway holds at most",
         )?;
-        let connections_shed = IntCounter::new(
-            "connections_shed_total",
-            "Connections closed to make room for new ones at the bound on connections",
-        )?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_max.clone()))?;
-        registry.register(Box::new(connections_shed.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -184,9 +175,7 @@ impl Metrics {
             inference_queue,
             connections_open,
             connections_max,
-            connections_shed,
             connections: Default::default(),
-            shed_counting: Default::default(),
             routes,
         })
     }
@@ -219,9 +208,15 @@ impl Metrics {
         self.samples.with_label_values(&[model]).inc_by(n as u64);
     }
 
-    /// Counts `connections` in the `connections_*` metrics (the first given only).
+    /// Counts `connections` in the `connections_*` metrics (the first given only): the open and
+    /// most gauges as /metrics is read, and their own counter of connections closed to make room.
     pub fn watch_connections(&self, connections: crate::listen::Connections) {
-        let _ = self.connections.set(connections);
+        let shed = connections.shed_counter();
+        if self.connections.set(connections).is_ok()
+            && let Err(e) = self.registry.register(Box::new(shed))
+        {
+            tracing::error!(error = %e, "the connections_shed_total metric could not be registered");
+        }
     }
 
     /// The text exposition format.
@@ -231,12 +226,6 @@ impl Metrics {
                 .set(i64::try_from(c.open()).unwrap_or(i64::MAX));
             self.connections_max
                 .set(i64::try_from(c.max()).unwrap_or(i64::MAX));
-            let _counting = self.shed_counting.lock().unwrap_or_else(|p| p.into_inner());
-            let shed = c.shed();
-            let counted = self.connections_shed.get();
-            if shed > counted {
-                self.connections_shed.inc_by(shed - counted);
-            }
         }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {

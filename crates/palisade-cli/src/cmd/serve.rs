@@ -279,25 +279,16 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not raise the limit on open files"),
     }
-    let connections = {
-        use palisade_gateway::listen::Connections;
-        match (
-            args.max_connections.map(|n| n as usize),
-            Connections::open_files_allow(),
-        ) {
-            (None, _) => Connections::for_open_files(),
-            (Some(n), Some(allow)) if n > allow => {
-                tracing::warn!(
-                    asked = n,
-                    max = allow,
-                    "--max-connections is more than the limit on open files leaves room for \
-                     (with 128 kept for the gateway's own files); using the most it allows"
-                );
-                Connections::new(allow)
-            }
-            (Some(n), _) => Connections::new(n),
-        }
-    };
+    let (connections, lowered) =
+        palisade_gateway::listen::Connections::at_most(args.max_connections.map(|n| n as usize));
+    if let Some(asked) = lowered {
+        tracing::warn!(
+            asked,
+            max = connections.max(),
+            "--max-connections is more than the limit on open files leaves room for (with 128 \
+             kept for the gateway's own files); using the most it allows"
+        );
+    }
     let given = match &args.trusted_key {
         Some(k) => Some(Trust::Key(Arc::new(
             palisade_supply::keys::PublicKey::from_pem_file(k)
