@@ -467,21 +467,21 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
     for o in wire.outputs.unwrap_or_default() {
         let params = o.parameters.unwrap_or_default();
         // tritonclient's `class_count` asks for the classification extension's "score:index"
-        // strings; answering the FP32 scores instead would not be what was asked for.
-        if params.classification.is_some() {
+        // strings; answering the FP32 scores instead would not be what was asked for. An output
+        // asked into a shared-memory region would be answered in the body instead, and the
+        // client would read what the region held before.
+        let asked = [
+            ("classification", params.classification.is_some()),
+            (
+                "shared_memory_region",
+                params.shared_memory_region.is_some(),
+            ),
+        ];
+        if let Some(&(parameter, _)) = asked.iter().find(|(_, given)| *given) {
             return Err(CodecError::Unsupported {
                 tensor: "output",
                 name: o.name,
-                parameter: "classification",
-            });
-        }
-        // An output asked into a shared-memory region would be answered in the body instead,
-        // and the client would read what the region held before.
-        if params.shared_memory_region.is_some() {
-            return Err(CodecError::Unsupported {
-                tensor: "output",
-                name: o.name,
-                parameter: "shared_memory_region",
+                parameter,
             });
         }
         outputs.push(RequestedOutput {
