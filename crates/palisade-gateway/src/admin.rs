@@ -234,8 +234,8 @@ async fn reset_budget(State(s): State<AdminState>, Path(p): Params, body: Bytes)
     };
     let keys = s.keys.clone();
     let wanted = id.clone();
-    let record = match off_workers(move || keys.list(), key_error).await {
-        Ok(list) => list.into_iter().find(|k| k.id == wanted),
+    let record = match off_workers(move || keys.find(&wanted), key_error).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
     let Some(record) = record else {

@@ -242,6 +242,8 @@ pub trait KeyStore: Send + Sync + 'static {
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError>;
     /// All keys.
     fn list(&self) -> Result<Vec<KeyRecord>, KeyError>;
+    /// The key `id`, revoked or expired ones too (`None`: no such key).
+    fn find(&self, id: &str) -> Result<Option<KeyRecord>, KeyError>;
     /// Checks a TOTP code for key `id` and consumes it (a code works once). After
     /// [`TOTP_MAX_FAILS`] refused codes, each within [`TOTP_LOCKOUT`] of the one before, answers
     /// [`KeyError::TotpLocked`] for every code until [`TOTP_LOCKOUT`] after the last of them.
@@ -945,6 +947,11 @@ impl KeyStore for SqliteKeyStore {
         Ok(rows.map(|r| r.map(|(k, _)| k)).collect::<Result<_, _>>()?)
     }
 
+    fn find(&self, id: &str) -> Result<Option<KeyRecord>, KeyError> {
+        let guard = self.lock();
+        Ok(self.get(&guard.conn, id)?.map(|(k, _)| k))
+    }
+
     fn release_totp(&self, id: &str, code: &str, now_ms: u64) -> Result<bool, KeyError> {
         if !totp_shaped(code) {
             return Ok(false);
@@ -1427,6 +1434,32 @@ mod tests {
         assert_eq!(r.lineage, first.record.id);
         let listed = s.list().unwrap();
         assert!(listed.iter().all(|r| r.lineage == first.record.id));
+        // Found by id as listed, a revoked key too; an unknown id is no key.
+        assert!(s.revoke(&second.record.id, T0 + 3).unwrap());
+        for k in [&first, &second, &third] {
+            let found = s.find(&k.record.id).unwrap().expect("a stored key");
+            let as_listed = listed.iter().find(|r| r.id == k.record.id).unwrap();
+            assert_eq!(
+                (
+                    found.lineage.as_str(),
+                    found.name.as_str(),
+                    found.created_ms
+                ),
+                (
+                    as_listed.lineage.as_str(),
+                    as_listed.name.as_str(),
+                    as_listed.created_ms
+                )
+            );
+        }
+        assert!(
+            s.find(&second.record.id)
+                .unwrap()
+                .unwrap()
+                .revoked_ms
+                .is_some()
+        );
+        assert!(s.find("000000000000").unwrap().is_none());
     }
 
     #[test]
