@@ -48,10 +48,6 @@ const CLOCK_BEHIND: &str = "daily budgets are counted for days after tomorrow by
      back for the clock's sake), so a key that spent its budget is refused until then unless an \
      administrator gives it back (POST /v2/admin/keys/{id}/budget/reset)";
 
-/// Whether [`Budgets::spend`] has logged [`CLOCK_BEHIND`] (once a process: every charge of such a
-/// budget would).
-static CLOCK_BEHIND_LOGGED: AtomicBool = AtomicBool::new(false);
-
 /// How many units a reservation covers beyond what is spent, for a budget of `limit`.
 fn block(limit: u64) -> u64 {
     (limit / 64).clamp(1, MAX_BLOCK)
@@ -120,6 +116,9 @@ struct Shared {
     progressed: Notify,
     /// Set by [`Budgets::close`]: nothing more is spent from the ledger's reservations.
     closed: AtomicBool,
+    /// Whether [`Budgets::spend`] has logged [`CLOCK_BEHIND`] (once: every charge of such a
+    /// budget would).
+    behind_logged: AtomicBool,
 }
 
 /// The writer of the ledger file.
@@ -294,7 +293,8 @@ impl Budgets {
         };
         // Only a later day starts afresh: a clock stepping back across midnight must not zero
         // the count, so an earlier day counts against the one stored.
-        if e.day > day.saturating_add(1) && !CLOCK_BEHIND_LOGGED.swap(true, Ordering::Relaxed) {
+        if e.day > day.saturating_add(1) && !self.shared.behind_logged.swap(true, Ordering::Relaxed)
+        {
             tracing::warn!(
                 key,
                 model,
