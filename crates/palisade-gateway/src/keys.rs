@@ -235,9 +235,10 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Revokes a key at once: when this returns, no gateway on the same store accepts it.
     /// Returns false if it was already revoked. May block for a few milliseconds.
     fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError>;
-    /// Makes a successor with the same roles and the same expiry; the old key stays valid for
-    /// `overlap`, or until its own expiry if sooner. A revoked or expired key, or an overlap
-    /// that does not fit the store's clock, is refused. May block for a few milliseconds (as
+    /// Makes a successor with the same roles and the expiry the old key was made with; the old
+    /// key stays valid for `overlap`, or until its own expiry if sooner (a zero overlap revokes
+    /// it). A revoked or expired key, or an overlap that does not fit the store's clock, is
+    /// refused. May block for a few milliseconds (as
     /// `revoke`).
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError>;
     /// All keys.
@@ -463,7 +464,8 @@ impl SqliteKeyStore {
                  lineage        TEXT,
                  totp_released  INTEGER,
                  totp_fails_before     INTEGER NOT NULL DEFAULT 0,
-                 totp_failed_ms_before INTEGER);
+                 totp_failed_ms_before INTEGER,
+                 made_expires_ms       INTEGER);
              CREATE TABLE IF NOT EXISTS outbox (
                  seq      INTEGER PRIMARY KEY AUTOINCREMENT,
                  entry    BLOB NOT NULL,
@@ -478,6 +480,7 @@ impl SqliteKeyStore {
             ("keys", "totp_released", "INTEGER"),
             ("keys", "totp_fails_before", "INTEGER NOT NULL DEFAULT 0"),
             ("keys", "totp_failed_ms_before", "INTEGER"),
+            ("keys", "made_expires_ms", "INTEGER"),
             ("outbox", "tried_at", "INTEGER"),
         ] {
             let has: i64 = tx.query_row(
@@ -487,6 +490,11 @@ impl SqliteKeyStore {
             )?;
             if has == 0 {
                 tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+                // What a key was made with is, for a key made before it was recorded, the
+                // expiry it has now (a rotation that cut it short is not known any more).
+                if column == "made_expires_ms" {
+                    tx.execute_batch("UPDATE keys SET made_expires_ms = expires_ms")?;
+                }
             }
         }
         tx.commit()?;
@@ -718,7 +726,7 @@ impl SqliteKeyStore {
         if roles.is_empty() {
             return Err(KeyError::Invalid("a key needs at least one role".into()));
         }
-        if name.is_empty() || name.len() > 64 || name.contains(char::is_control) {
+        if name.is_empty() || name.chars().count() > 64 || name.contains(char::is_control) {
             return Err(KeyError::Invalid(
                 "a key name is 1 to 64 printable characters".into(),
             ));
@@ -757,8 +765,9 @@ impl SqliteKeyStore {
         });
         let roles_s: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
         conn.execute(
-            "INSERT INTO keys (id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8)",
+            "INSERT INTO keys (id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage,
+                               made_expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?6)",
             params![
                 id,
                 name,
@@ -904,17 +913,25 @@ impl KeyStore for SqliteKeyStore {
         if old.expires_ms.is_some_and(|e| now_ms >= e) {
             return Err(KeyError::Invalid(format!("key {id} has expired")));
         }
+        // The successor lives no longer than the key it replaces was meant to: the expiry that
+        // key was made with, not the end of an overlap that an earlier rotation of it set (the
+        // key rotated again in its overlap, its first successor lost; review).
+        let made_expires: Option<i64> = tx
+            .prepare_cached("SELECT made_expires_ms FROM keys WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))?;
         let end = old.expires_ms.map_or(end, |e| e.min(end));
+        // With no overlap the key ends at once, as a revocation does: not by an expiry of now,
+        // which a clock that steps back would undo (review).
+        let ended = (end <= now_ms).then_some(now_ms as i64);
         tx.execute(
-            "UPDATE keys SET expires_ms = ?2 WHERE id = ?1",
-            params![id, end as i64],
+            "UPDATE keys SET expires_ms = ?2, revoked_ms = COALESCE(revoked_ms, ?3) WHERE id = ?1",
+            params![id, end as i64, ended],
         )?;
-        // The successor lives no longer than the key it replaces was meant to.
         let new = Self::insert(
             &tx,
             &old.name,
             &old.roles,
-            old.expires_ms,
+            made_expires.map(|e| e.max(0) as u64),
             Some(&old.lineage),
             now_ms,
         )?;
@@ -1251,7 +1268,7 @@ mod tests {
         cli.rotate(&k2.record.id, Duration::ZERO, T0 + 5).unwrap();
         assert_eq!(
             gateway.authenticate(&k2.key, T0 + 5).unwrap(),
-            Authn::Expired(k2.record.id.clone())
+            Authn::Revoked(k2.record.id.clone())
         );
         // Our own revocation drops our cache (data_version does not count own writes).
         let k3 = gateway.create("svc3", &[Role::Audit], None, T0).unwrap();
@@ -1506,6 +1523,74 @@ mod tests {
         assert_eq!(
             s.authenticate(&old.key, T0 + 60_000).unwrap(),
             Authn::Expired(old.record.id.clone())
+        );
+    }
+
+    /// Rotating a key a second time while it is in its overlap (the first successor lost:
+    /// `palisade keys rotate` could not show it and revoked it, or the admin API's answer never
+    /// reached the client) gives the successor the expiry the key was made with, not the end of
+    /// the first overlap (review).
+    #[test]
+    fn a_second_rotation_in_the_overlap_gives_the_successor_the_original_expiry() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let old = s.create("svc", &[Role::Audit], None, T0).unwrap();
+        let lost = s
+            .rotate(&old.record.id, Duration::from_secs(3600), T0)
+            .unwrap();
+        assert_eq!(lost.record.expires_ms, None);
+        // The first successor was never seen: taken back, as `palisade keys` does.
+        assert!(s.revoke(&lost.record.id, T0 + 1).unwrap());
+        // The old key is still in its overlap: rotate it again.
+        let again = s
+            .rotate(&old.record.id, Duration::from_secs(3600), T0 + 1000)
+            .unwrap();
+        assert_eq!(
+            again.record.expires_ms, None,
+            "the second successor inherits the old key's overlap end"
+        );
+        let t = T0 + 3_600_000 + 1;
+        assert!(
+            matches!(s.authenticate(&again.key, t).unwrap(), Authn::Valid(_)),
+            "the successor of a key that never expired has expired: {:?}",
+            s.authenticate(&again.key, t).unwrap()
+        );
+    }
+
+    /// A rotation with no overlap ends the old key at once whatever the clock does after: an
+    /// expiry of "now" would be undone by a clock that steps back (an NTP correction of a clock
+    /// that ran ahead; review).
+    #[test]
+    fn a_key_rotated_away_with_no_overlap_stays_refused_when_the_clock_steps_back() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let old = s.create("svc", &[Role::Audit], None, T0).unwrap();
+        s.rotate(&old.record.id, Duration::ZERO, T0 + 60_000)
+            .unwrap();
+        assert_eq!(
+            s.authenticate(&old.key, T0 + 60_000).unwrap(),
+            Authn::Revoked(old.record.id.clone())
+        );
+        // The clock is corrected by one second.
+        assert_eq!(
+            s.authenticate(&old.key, T0 + 59_000).unwrap(),
+            Authn::Revoked(old.record.id.clone()),
+            "a key rotated away with no overlap is accepted again after the clock stepped back"
+        );
+    }
+
+    /// A key name is up to 64 characters, as its refusal says, not 64 bytes: 64 characters of a
+    /// non-Latin script (192 bytes) are a name, 65 are not (review).
+    #[test]
+    fn a_key_name_is_counted_in_characters() {
+        let s = SqliteKeyStore::in_memory().unwrap();
+        let name = "鍵".repeat(64);
+        let made = s.create(&name, &[Role::Audit], None, T0);
+        assert!(made.is_ok(), "a 64-character name: {}", made.unwrap_err());
+        let e = s
+            .create(&"鍵".repeat(65), &[Role::Audit], None, T0)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("1 to 64 printable characters"),
+            "{e}"
         );
     }
 

@@ -44,7 +44,7 @@ enum KeysAction {
         id: String,
     },
     /// Make a successor with the same roles and expiry; the old key lives for the overlap (not
-    /// past its own expiry).
+    /// past its own expiry; an overlap of 0 revokes it).
     Rotate {
         /// The key id.
         id: String,
