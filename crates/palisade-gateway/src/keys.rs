@@ -1819,6 +1819,27 @@ mod tests {
     }
 
     #[test]
+    fn a_key_made_before_its_expiry_was_recorded_passes_on_the_expiry_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let s = SqliteKeyStore::open(&path).unwrap();
+        let k = s
+            .create("svc", &[Role::Audit], Some(T0 + 86_400_000), T0)
+            .unwrap();
+        drop(s);
+        // As a database made before `made_expires_ms` holds it.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE keys DROP COLUMN made_expires_ms")
+            .unwrap();
+        let s = SqliteKeyStore::open(&path).unwrap();
+        let next = s
+            .rotate(&k.record.id, Duration::from_secs(60), T0 + 1)
+            .unwrap();
+        assert_eq!(next.record.expires_ms, Some(T0 + 86_400_000));
+    }
+
+    #[test]
     fn roles_parse_and_print() {
         for r in [
             "query:mnist",
