@@ -33,6 +33,7 @@ use crate::hexfmt;
 use crate::keys::{KeyError, KeyStore, Role};
 use crate::model::{ModelRepository, RepositoryError};
 use crate::now_ms;
+use base64::Engine as _;
 
 /// What the admin API works on.
 #[derive(Clone)]
@@ -402,19 +403,47 @@ async fn checkpoint(State(s): State<AdminState>) -> Response {
     }
 }
 
+/// An audit entry as `GET /v2/audit/entries/{i}` answers it.
+#[derive(serde::Serialize)]
+struct Entry {
+    index: u64,
+    entry: Box<serde_json::value::RawValue>,
+    leaf_input: String,
+}
+
 async fn entry(State(s): State<AdminState>, Path(p): Params) -> Response {
     let Ok(index) = param(&p, "index").parse::<u64>() else {
         return bad_request("the entry index must be a non-negative integer");
     };
     let log = s.audit.clone();
     match off_workers(move || log.entry(index), audit_error).await {
-        Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(v) => json_response(
-                StatusCode::OK,
-                &serde_json::json!({ "index": index, "entry": v }),
-            ),
-            Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        },
+        Ok(Some(bytes)) => {
+            // The entry as stored, byte for byte: `leaf_input` (base64, as RFC 6962's
+            // get-entries has it) is what the inclusion proof's leaf is the hash of, whatever a
+            // client's JSON library does to `entry`, which is the same bytes spliced in as they
+            // are (parsed and written again, its keys came back in another order and hashed to
+            // no leaf; review, 2026-12-06).
+            let leaf_input = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            let raw = String::from_utf8(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|t| {
+                    serde_json::value::RawValue::from_string(t).map_err(|e| e.to_string())
+                });
+            match raw {
+                Ok(entry) => json_response(
+                    StatusCode::OK,
+                    &Entry {
+                        index,
+                        entry,
+                        leaf_input,
+                    },
+                ),
+                Err(e) => error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("entry {index} is not JSON: {e}"),
+                ),
+            }
+        }
         Ok(None) => error_response(StatusCode::NOT_FOUND, &format!("no entry {index}")),
         Err(r) => r,
     }

@@ -16,7 +16,13 @@
 //! when a fatal signal is pending) leaves a prefix of a record at the end of the last file. That
 //! record's request was never answered: readers stop at it. A write that fails (a full disk) is
 //! cut back off the file before the error is returned, so no later record follows a torn one; if
-//! even that fails the journal refuses every later append.
+//! even that fails the journal refuses every later append. Anything else a reader cannot take,
+//! a whole record that fails its CRC, bytes after a record that are not a prefix of one, or a
+//! torn record in a file that is not the last, is corruption, not a torn write: the journal is
+//! refused (the log does not open, `audit verify` reports it), never cut short there, which would
+//! drop acknowledged entries (review, 2026-12-06). Only zeros after the last record are taken as
+//! torn as well: a file extended by the file system but never written (a power cut, which
+//! `process` durability does not promise to survive, but which should not keep the log shut).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
@@ -114,6 +120,24 @@ pub(crate) fn decode(bytes: &[u8]) -> (Vec<(u64, Vec<u8>)>, usize) {
     (out, bytes.len() - at)
 }
 
+/// Whether `rest`, the bytes after a file's last good record (see [`decode`]), can be what a
+/// torn write leaves: a prefix of a record (an incomplete header, or a header whose data runs
+/// past the end), or zeros. `Err` says what else it is.
+fn torn(rest: &[u8]) -> Result<(), String> {
+    if rest.len() < HEADER || rest.iter().all(|&b| b == 0) {
+        return Ok(());
+    }
+    let len = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
+    if len > MAX_ENTRY {
+        return Err(format!("a record claims {len} bytes (at most {MAX_ENTRY})"));
+    }
+    if HEADER + len > rest.len() {
+        return Ok(());
+    }
+    let index = u64::from_le_bytes(rest[8..16].try_into().unwrap_or_default());
+    Err(format!("the record of entry {index} fails its CRC"))
+}
+
 /// Everything the journal of `db` holds: its files, and their entries in index order.
 #[derive(Debug, Default)]
 pub(crate) struct Contents {
@@ -132,7 +156,9 @@ pub(crate) struct Contents {
 /// database after misses nothing, and [`beyond`] still finds a hole the database does not fill.
 pub(crate) fn read(db: &Path) -> Result<Contents, AuditError> {
     let mut c = Contents::default();
-    for (first, path) in files(db)? {
+    let files = files(db)?;
+    let last = files.len().saturating_sub(1);
+    for (n, (first, path)) in files.into_iter().enumerate() {
         let mut bytes = Vec::new();
         match File::open(&path) {
             Ok(mut f) => f.read_to_end(&mut bytes)?,
@@ -144,8 +170,22 @@ pub(crate) fn read(db: &Path) -> Result<Contents, AuditError> {
             }
             Err(e) => return Err(e.into()),
         };
-        let (records, torn) = decode(&bytes);
-        c.torn_bytes += torn;
+        let (records, rest) = decode(&bytes);
+        if rest > 0 {
+            let at = bytes.len() - rest;
+            let why = match torn(&bytes[at..]) {
+                Ok(()) if n == last => None,
+                Ok(()) => Some("a torn record, in a file that is not the last".to_string()),
+                Err(why) => Some(why),
+            };
+            if let Some(why) = why {
+                return Err(AuditError::Corrupt(format!(
+                    "{} is corrupt at byte {at}: {why}",
+                    path.display()
+                )));
+            }
+        }
+        c.torn_bytes += rest;
         if let Some((idx, _)) = records.first()
             && *idx != first
         {
@@ -352,7 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_or_corrupt_tail_ends_the_journal_there() {
+    fn a_torn_tail_ends_the_journal_there_and_anything_else_is_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let db = db(&dir);
         let mut j = Journal::create(&db, 0).unwrap();
@@ -367,11 +407,29 @@ mod tests {
             assert_eq!(c.entries.len(), 2, "cut at {cut}");
             assert_eq!(c.torn_bytes, cut - last);
         }
-        // A flipped bit in the second record's data ends the journal after the first.
+        // Zeros after the last record (a file extended, never written) are torn too.
+        let mut zeros = full[..last].to_vec();
+        zeros.resize(full.len() + 100, 0);
+        std::fs::write(&path, &zeros).unwrap();
+        assert_eq!(read(&db).unwrap().entries.len(), 2);
+        // A flipped bit in a whole record, in the middle or the last, is corruption: the
+        // acknowledged entries after it are not dropped as a torn tail would be.
+        let corrupt = |c: Result<Contents, AuditError>| matches!(c, Err(AuditError::Corrupt(m)) if m.contains("fails its CRC"));
+        for at in [HEADER + 3 + HEADER, full.len() - 1] {
+            let mut bad = full.clone();
+            bad[at] ^= 1;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(corrupt(read(&db)), "a flipped bit at {at}");
+        }
+        // So is a length no record has.
         let mut bad = full.clone();
-        bad[HEADER + 3 + HEADER] ^= 1;
+        bad[last..last + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         std::fs::write(&path, &bad).unwrap();
-        assert_eq!(read(&db).unwrap().entries.len(), 1);
+        assert!(matches!(read(&db), Err(AuditError::Corrupt(m)) if m.contains("claims")));
+        // A torn record in a file that another follows cannot be a kill's.
+        std::fs::write(&path, &full[..full.len() - 1]).unwrap();
+        journaled(&db, 3, &[b"four"]);
+        assert!(matches!(read(&db), Err(AuditError::Corrupt(m)) if m.contains("not the last")));
     }
 
     #[test]

@@ -1033,10 +1033,27 @@ pub(crate) fn inclusion_from(
     let mut node = |level, idx| node_at(conn, level, idx);
     let proof = merkle::inclusion_proof_by(index, size, &mut node)?
         .ok_or_else(|| AuditError::OutOfRange(format!("index {index}")))?;
+    // The leaf is the entry's data hashed now, not the hash stored beside it: a proof for an
+    // entry whose data was rewritten (and its stored hash left) would otherwise verify against
+    // the signed root (review, 2026-12-06).
+    let data: Vec<u8> = conn
+        .query_row(
+            "SELECT data FROM entries WHERE idx = ?1",
+            params![index as i64],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))?;
+    let leaf = merkle::leaf_hash(&data);
+    if leaf != node(0, index)? {
+        return Err(AuditError::Corrupt(format!(
+            "entry {index}'s data does not hash to the leaf stored for it"
+        )));
+    }
     Ok(InclusionProof {
         index,
         size,
-        leaf: hexfmt::encode(&node(0, index)?),
+        leaf: hexfmt::encode(&leaf),
         root: hexfmt::encode(&merkle::range_root(0, size, &mut node)?),
         path: proof.iter().map(|h| hexfmt::encode(h)).collect(),
     })
@@ -1871,5 +1888,69 @@ mod tests {
         assert_eq!(log.size().unwrap(), 3);
         std::mem::forget(log); // kill -9
         try_open_log(&db, 8, Durability::Process).expect("the killed log opens");
+    }
+
+    // A journal record corrupted in the middle of a file is not a torn tail (review, 2026-12-06).
+
+    /// A killed gateway's state: entries 0..4 in SQLite, 4..8 acknowledged in the journal only;
+    /// then one byte of entry 5's data in the journal is changed. Entry 5 is a whole record
+    /// with entries 6 and 7 after it, so this is not a write cut short by a kill (a torn write
+    /// is a prefix of a record at the end of the last file): the journal is corrupt.
+    fn corrupted_journal_state(db: &Path) -> std::path::PathBuf {
+        let rt = runtime();
+        let log = open_log(db, 4, Durability::Full);
+        for i in 0..4 {
+            rt.block_on(log.append(record(i))).unwrap();
+        }
+        log.close();
+        let mut j = Journal::create(db, 4).unwrap();
+        let tail: Vec<Vec<u8>> = (4..8).map(record).collect();
+        j.append(tail.iter().map(Vec::as_slice)).unwrap();
+        drop(j);
+        let files = journal::files(db).unwrap();
+        assert_eq!(files.len(), 1);
+        let path = files[0].1.clone();
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Record of entry 4: 16-byte header + its data; entry 5's data starts after its header.
+        let at = 16 + record(4).len() + 16 + 2;
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn verify_reports_a_journal_record_corrupted_before_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        corrupted_journal_state(&db);
+        let pk = CheckpointSigner::from_seed(&[4; 32]).public_key();
+        let r = super::super::verify_log(&db, &pk, &[]).unwrap();
+        assert!(
+            !r.ok(),
+            "a journal whose entry 5 fails its CRC, with entries 6 and 7 after it, verified: \
+             {} entries, {} from the journal, problems {:?}",
+            r.entries,
+            r.journal_entries,
+            r.problems
+        );
+    }
+
+    #[test]
+    fn opening_refuses_a_journal_record_corrupted_before_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let path = corrupted_journal_state(&db);
+        let opened = try_open_log(&db, 4, Durability::Process);
+        let size = opened.as_ref().ok().map(|l| l.size().unwrap());
+        assert!(
+            opened.is_err(),
+            "the log opened over a corrupt journal: size {size:?} (acknowledged entries 5..8 \
+             dropped), journal file still there: {}",
+            path.exists()
+        );
+        assert!(
+            path.exists(),
+            "the corrupt journal (the evidence) was deleted"
+        );
     }
 }
