@@ -185,3 +185,39 @@ fn a_checkpoint_beyond_the_log_means_entries_were_removed() {
         assert!(problem(&v).contains("removed"), "{v}");
     }
 }
+
+/// An entry whose data was rewritten, its stored leaf hash left, gets no inclusion proof: exit
+/// 1, saying so (a proof built from the stored hash verified against the signed root).
+#[test]
+fn a_rewritten_entry_gets_no_inclusion_proof() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    append(d, 7, 0, 10);
+    save_checkpoint(d, "at10.json");
+    write_key(d, "audit.pub", 7);
+    rusqlite::Connection::open(d.join("audit.db"))
+        .unwrap()
+        .execute(
+            "UPDATE entries SET data = CAST('{\"entry\":99}' AS BLOB) WHERE idx = 3",
+            [],
+        )
+        .unwrap();
+    let (code, v) = audit_keyed(
+        d,
+        &["inclusion", "--index", "3", "--checkpoint", "at10.json"],
+    );
+    assert_eq!((code, v["verifies"].as_bool()), (1, Some(false)), "{v}");
+    assert!(
+        v["problem"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not hash"),
+        "{v}"
+    );
+    // Its neighbours still prove against the checkpoint.
+    let (code, v) = audit_keyed(
+        d,
+        &["inclusion", "--index", "4", "--checkpoint", "at10.json"],
+    );
+    assert_eq!(code, 0, "{v}");
+}

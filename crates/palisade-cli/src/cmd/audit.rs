@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use palisade_gateway::audit::merkle::Hash;
-use palisade_gateway::audit::{SignedCheckpoint, open_offline, verify_log};
+use palisade_gateway::audit::{AuditError, SignedCheckpoint, open_offline, verify_log};
 use palisade_gateway::keys::SqliteKeyStore;
 use palisade_gateway::server::{StatePaths, read_public_key};
 
@@ -153,6 +153,16 @@ struct Truncated {
     log_entries: u64,
     verifies: bool,
     checked_against: Vec<CheckedAgainst>,
+}
+
+/// What is printed instead of an inclusion proof for an entry whose data no longer hashes to the
+/// leaf stored for it: it was rewritten (exit 1).
+#[derive(Debug, serde::Serialize)]
+struct Unprovable {
+    index: u64,
+    size: u64,
+    verifies: bool,
+    problem: String,
 }
 
 /// Reads a signed checkpoint saved as JSON: the bare checkpoint or the API's
@@ -392,7 +402,21 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                 return Ok(outcome);
             }
             let size = size.or_else(|| checkpoints.largest()).unwrap_or(have);
-            let p = log.inclusion(index, size)?;
+            let p = match log.inclusion(index, size) {
+                // The entry no longer hashes to its stored leaf: rewritten (exit 1, as a
+                // checkpoint the log no longer gives is).
+                Err(AuditError::Corrupt(problem)) => {
+                    let out = Unprovable {
+                        index,
+                        size,
+                        verifies: false,
+                        problem,
+                    };
+                    ctx.emit(&out, |o| format!("entry {}: {}", o.index, o.problem))?;
+                    return Ok(Outcome::Findings);
+                }
+                r => r?,
+            };
             let checked_against = checkpoints.check(have, &[p.tree()])?;
             Proved {
                 verifies: p.verify(),
