@@ -317,6 +317,7 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
     let models = s.models.clone();
     let withdrawn = s.withdrawn.clone();
     let deploy = move || {
+        let _swapping = withdrawn.as_ref().map(|w| w.swapping());
         if let Some(w) = &withdrawn {
             w.set(&served.name, &served.version, false)
                 .map_err(Swap::State)?;
@@ -359,6 +360,7 @@ async fn rollback(State(s): State<AdminState>, Path(p): Params) -> Response {
     // Noted in the state folder first: a rollback that a restart would undo is not done.
     let withdrawn = s.withdrawn.clone();
     let roll = move || {
+        let _swapping = withdrawn.as_ref().map(|w| w.swapping());
         let active = models
             .get(&model, None)
             .ok_or_else(|| Swap::Repository(RepositoryError::NotFound(model.clone())))?;

@@ -16,7 +16,9 @@ use axum::response::Response;
 use tower::Service;
 
 use crate::guard::admit::refusal;
-use crate::guard::{Decision, Prediction, ValidatedInfer, error_response, json_response};
+use crate::guard::{
+    ClientGone, Decision, Prediction, ValidatedInfer, error_response, json_response,
+};
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::oip::{ModelAction, Target, target_of};
@@ -81,10 +83,24 @@ impl ModelService {
                 };
                 let n = v.input.shape()[0];
                 let job = v.clone();
+                // A request whose client has gone is finished for its audit entry, but the
+                // model is not run for it: nobody will read the scores.
+                let gone = req.extensions().get::<ClientGone>().cloned();
+                let left = move || gone.as_ref().is_some_and(ClientGone::now);
+                if left() {
+                    return client_left();
+                }
                 let out = self
                     .inference
-                    .run_admitted(move || job.model.classifier.logits(job.input.view()))
+                    .run_admitted(move || {
+                        (!left()).then(|| job.model.classifier.logits(job.input.view()))
+                    })
                     .await;
+                let out = match out {
+                    Ok(None) => return client_left(),
+                    Ok(Some(r)) => Ok(r),
+                    Err(e) => Err(e),
+                };
                 let logits = match out {
                     // A score that is not finite would leave as JSON `null` (not FP32 data)
                     // or, label only, as a confident label 0 for a row of NaNs.
@@ -114,6 +130,17 @@ impl ModelService {
             }
         }
     }
+}
+
+/// The answer to a request whose client left before the model ran for it (never sent: the
+/// audit guard records it).
+fn client_left() -> Response {
+    let status =
+        StatusCode::from_u16(crate::guard::audit::CLIENT_LEFT).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut r = error_response(status, "the client left before the model ran");
+    // What the guards decided; the status says it was not run.
+    r.extensions_mut().insert(Decision::Allowed);
+    r
 }
 
 fn internal(message: &str) -> Response {

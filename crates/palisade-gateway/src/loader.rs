@@ -502,6 +502,9 @@ pub fn load_repository(
 pub struct Withdrawn {
     path: PathBuf,
     versions: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Held by a load or a rollback from reading what is served to its note and its swap: see
+    /// [`Withdrawn::swapping`].
+    swaps: std::sync::Mutex<()>,
 }
 
 impl Withdrawn {
@@ -524,7 +527,17 @@ impl Withdrawn {
         Ok(Withdrawn {
             path: path.to_path_buf(),
             versions: std::sync::Mutex::new(versions),
+            swaps: Default::default(),
         })
+    }
+
+    /// Held for the whole of a load or a rollback (what is served read, the note written, the
+    /// swap made), so that two do not interleave: of two rollbacks at once, the one that found
+    /// the version moved took it off the notes again after the other had taken it down, and a
+    /// restart served the version rolled back (review, 2026-12-06).
+    pub fn swapping(&self) -> std::sync::MutexGuard<'_, ()> {
+        // Guards no data: a panic while held breaks nothing.
+        self.swaps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `model` `version` was rolled back.

@@ -16,8 +16,9 @@
 //! but 2-5% fewer at 16 connections on 2 cores, where the spinning thread takes CPU that the
 //! async worker needs (bare endpoint and gateway, 3 rounds each, 2026-12-05).
 //!
-//! A call whose caller has gone (a client that disconnected while it waited) is skipped rather
-//! than run. By default the queue is not bounded: what bounds it is the callers in flight, one
+//! A call whose caller has gone (its future dropped while it waited) is skipped rather than run
+//! (in the gateway a request whose client left keeps its caller, for its audit entry, and the
+//! model service skips the call itself). By default the queue is not bounded: what bounds it is the callers in flight, one
 //! per HTTP/1 connection or HTTP/2 stream. With a limit ([`InferencePool::new`]) a
 //! call that finds the queue full is refused without waiting for a thread ([`PoolError::Busy`],
 //! which the gateway answers 503 with `Retry-After`): under overload, latency stays bounded and

@@ -60,6 +60,8 @@ pub struct Gateway {
     pub inference: Arc<InferencePool>,
     /// Permits for admin requests running in tasks of their own (`Gateway::detached_actions`).
     admin_tasks: Arc<tokio::sync::Semaphore>,
+    /// Requests whose client went away, finished for their audit entries.
+    orphans: Arc<crate::guard::audit::Orphans>,
 }
 
 /// Admin requests that may run in tasks of their own at once; past it an admin request runs in
@@ -410,20 +412,23 @@ impl LocalState {
             withdrawn: None,
             inference,
             admin_tasks: Arc::new(tokio::sync::Semaphore::new(ADMIN_TASKS as usize)),
+            orphans: Default::default(),
         })
     }
 }
 
 impl Gateway {
-    /// Waits until the admin requests running in tasks of their own have ended: call it once the
-    /// servers have stopped, before the process exits, so that an action whose client left just
-    /// before the shutdown still gets its audit entry.
+    /// Waits until the admin requests running in tasks of their own, and the requests whose
+    /// client left being finished for their entries ([`crate::guard::audit::Orphans`]), have
+    /// ended: call it once the servers have stopped, before the process exits, so that an action
+    /// or a request whose client left just before the shutdown still gets its audit entry.
     pub async fn settle(&self) {
         // Every permit back means no such task is left; closed, the semaphore admits no more.
         if let Ok(all) = self.admin_tasks.acquire_many(ADMIN_TASKS).await {
             all.forget();
             self.admin_tasks.close();
         }
+        self.orphans.settled().await;
     }
 
     /// `admin` (the admin and audit stack, audit outermost) with each admin action run in a
@@ -526,6 +531,7 @@ impl Gateway {
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),
                 self.metrics.clone(),
+                self.orphans.clone(),
             )))
             .layer(GuardLayer(Authenticate::new(self.keys.clone())))
             .layer(GuardLayer(Authorise::new(self.keys.clone())))
@@ -589,6 +595,7 @@ impl Gateway {
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),
                 self.metrics.clone(),
+                self.orphans.clone(),
             )))
             .layer(GuardLayer(Authenticate::new(self.keys.clone())))
             .layer(GuardLayer(AllowedMethods))

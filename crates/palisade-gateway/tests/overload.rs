@@ -6,93 +6,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ndarray::{Array2, ArrayViewD};
-use palisade_core::{Classifier, LinearClassifier, ModelError, ModelInfo};
 use palisade_gateway::pool::InferencePool;
-
-/// The test's linear model, whose calls wait until the gate opens.
-struct Gated {
-    inner: LinearClassifier,
-    gate: Arc<(Mutex<bool>, Condvar)>,
-    /// Calls that have reached the model.
-    entered: Arc<AtomicUsize>,
-}
-
-impl Classifier for Gated {
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-
-    fn logits(&self, x: ArrayViewD<'_, f32>) -> Result<Array2<f32>, ModelError> {
-        self.entered.fetch_add(1, Ordering::SeqCst);
-        let (open, cv) = &*self.gate;
-        let guard = open.lock().unwrap();
-        // Bounded, so a broken test fails on its assertions instead of hanging.
-        let _ = cv
-            .wait_timeout_while(guard, Duration::from_secs(20), |o| !*o)
-            .unwrap();
-        self.inner.logits(x)
-    }
-}
-
-/// A gateway with one inference thread and at most one call waiting, serving the model "slow"
-/// (the linear model behind a gate, under `policy`); and a query key for it.
-struct Slow {
-    pool: Arc<InferencePool>,
-    s: Server,
-    gate: Arc<(Mutex<bool>, Condvar)>,
-    entered: Arc<AtomicUsize>,
-    auth: String,
-}
-
-impl Slow {
-    async fn start(policy: &str) -> Slow {
-        let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
-        let s = start_on(None, Some(pool.clone())).await;
-        let gate = Arc::new((Mutex::new(false), Condvar::new()));
-        let entered = Arc::new(AtomicUsize::new(0));
-        let mut slow = served("slow", "1", policy);
-        slow.classifier = Arc::new(Gated {
-            inner: linear("slow"),
-            gate: gate.clone(),
-            entered: entered.clone(),
-        });
-        s.models.deploy(slow).unwrap();
-        let auth = query_auth(&s, "slow");
-        Slow {
-            pool,
-            s,
-            gate,
-            entered,
-            auth,
-        }
-    }
-
-    /// Sends an infer request from a task.
-    fn infer(&self, body: &[u8]) -> tokio::task::JoinHandle<Reply> {
-        let (addr, auth, body) = (self.s.addr, self.auth.clone(), body.to_vec());
-        tokio::spawn(async move { post_infer(addr, "slow", &auth, &body).await })
-    }
-
-    /// Fills the queue: one call holds the thread, one waits; returns both.
-    async fn fill(&self, body: &[u8]) -> [tokio::task::JoinHandle<Reply>; 2] {
-        let running = self.infer(body);
-        wait_until(|| self.entered.load(Ordering::SeqCst) == 1).await;
-        let waiting = self.infer(body);
-        wait_until(|| self.pool.queued() == 1).await;
-        [running, waiting]
-    }
-
-    fn open_gate(&self) {
-        *self.gate.0.lock().unwrap() = true;
-        self.gate.1.notify_all();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
@@ -100,7 +18,7 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
     let policy = format!(
         "{LIN_POLICY}[limits]\nper_key = {{ rate = 1, period_ms = 600000, burst = 3 }}\ndaily_budget = 3\n"
     );
-    let slow = Slow::start(&policy).await;
+    let slow = Slow::start(&policy, Some(1)).await;
     let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
     let [running, waiting] = slow.fill(&body).await;
 
@@ -179,7 +97,7 @@ async fn requests_still_sending_their_bodies_do_not_fill_the_inference_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_admitted_before_the_queue_filled_is_served_not_refused_after_its_charge() {
-    let slow = Slow::start(LIN_POLICY).await;
+    let slow = Slow::start(LIN_POLICY, Some(1)).await;
     let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
     // Admitted (and charged) while the queue is empty; its body is still on the way.
     let late = stalled_infer(slow.s.addr, "slow", &slow.auth, &body).await;
@@ -202,15 +120,6 @@ async fn a_request_admitted_before_the_queue_filled_is_served_not_refused_after_
     }
     assert_eq!(slow.pool.queued(), 0);
     slow.s.stop().await;
-}
-
-/// Waits (at most 10 s) until `cond` holds.
-async fn wait_until(cond: impl Fn() -> bool) {
-    let t = std::time::Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 const FLOOD_CHILD: &str = "PALISADE_TEST_FD_FLOOD_CHILD";

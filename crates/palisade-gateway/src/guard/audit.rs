@@ -13,7 +13,9 @@
 //! taken (503).
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -42,12 +44,96 @@ const MAX_RESPONSE: usize = 256 << 20;
 pub struct Audit {
     log: Arc<dyn AuditLog>,
     metrics: Arc<Metrics>,
+    orphans: Arc<Orphans>,
 }
 
 impl Audit {
-    /// Appends to `log`.
-    pub fn new(log: Arc<dyn AuditLog>, metrics: Arc<Metrics>) -> Self {
-        Audit { log, metrics }
+    /// Appends to `log`; requests whose client goes away are finished as `orphans` (see there).
+    pub fn new(log: Arc<dyn AuditLog>, metrics: Arc<Metrics>, orphans: Arc<Orphans>) -> Self {
+        Audit {
+            log,
+            metrics,
+            orphans,
+        }
+    }
+}
+
+/// The status an entry records for a request whose client went away before its answer (nginx's
+/// "client closed request"); its `decision` is what the guards decided.
+pub const CLIENT_LEFT: u16 = 499;
+
+/// Requests whose client went away before their answer (a closed connection, a reset HTTP/2
+/// stream), each finished in a task of its own so that it still gets its audit entry: by then
+/// it may have been charged to the key's limits and run through the model, and the log must
+/// say so (review, 2026-12-06: such a request left no entry). The entry records the status
+/// [`CLIENT_LEFT`]. [`Orphans::settled`] waits until none is left.
+#[derive(Debug, Default)]
+pub struct Orphans {
+    running: AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl Orphans {
+    /// Requests being finished now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Waits until every request being finished has its entry.
+    pub async fn settled(&self) {
+        loop {
+            let done = self.done.notified();
+            let mut done = std::pin::pin!(done);
+            done.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+/// A request's passage through the stack and the audit log, finished in a task of its own if
+/// it is dropped before its end (its client gone): see [`Orphans`].
+struct Finishing {
+    work: Option<std::pin::Pin<Box<dyn Future<Output = Response> + Send>>>,
+    gone: Arc<AtomicBool>,
+    orphans: Arc<Orphans>,
+}
+
+impl Future for Finishing {
+    type Output = Response;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Response> {
+        let Some(work) = self.work.as_mut() else {
+            unreachable!("polled after it was ready")
+        };
+        let r = std::task::ready!(work.as_mut().poll(cx));
+        self.work = None;
+        std::task::Poll::Ready(r)
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        let Some(work) = self.work.take() else { return };
+        self.gone.store(true, Ordering::Release);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("a request whose client left could not be finished: no runtime");
+            return;
+        };
+        let orphans = self.orphans.clone();
+        orphans.running.fetch_add(1, Ordering::AcqRel);
+        rt.spawn(async move {
+            // Dropped, not sent: the client has gone.
+            drop(work.await);
+            if orphans.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                orphans.done.notify_waiters();
+            }
+        });
     }
 }
 
@@ -64,6 +150,43 @@ impl Guard for Audit {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let target = target_of(&mut req);
+        let gone = Arc::new(AtomicBool::new(false));
+        req.extensions_mut().insert(super::ClientGone(gone.clone()));
+        let orphans = self.orphans.clone();
+        let pass = Passage {
+            started,
+            ts_ms,
+            via,
+            method,
+            uri,
+            target,
+            gone: gone.clone(),
+        };
+        Finishing {
+            work: Some(Box::pin(self.finish(pass, next, req))),
+            gone,
+            orphans,
+        }
+        .await
+    }
+}
+
+/// What the audit guard notes of a request before passing it on.
+struct Passage {
+    started: Instant,
+    ts_ms: u64,
+    via: Option<String>,
+    method: Method,
+    uri: axum::http::Uri,
+    target: Arc<Target>,
+    /// Set once the client has gone ([`Finishing`]).
+    gone: Arc<AtomicBool>,
+}
+
+impl Audit {
+    /// Passes `req` on and writes its entry: the request's whole passage after the guard has
+    /// noted it.
+    async fn finish(self, pass: Passage, next: Next, req: Request) -> Response {
         let resp = call_next(next, req).await;
         let (parts, body) = resp.into_parts();
         let (mut parts, bytes) = match axum::body::to_bytes(body, MAX_RESPONSE).await {
@@ -101,22 +224,26 @@ impl Guard for Audit {
             .map(|p| p.0.id.as_str())
             .or_else(|| ext.get::<PresentedKeyId>().map(|k| k.0.as_str()));
         let record = AuditRecord {
-            ts_ms,
+            ts_ms: pass.ts_ms,
             key_id: key_id.map(Cow::Borrowed),
-            method: Cow::Borrowed(via.as_deref().unwrap_or(method.as_str())),
-            path: Cow::Borrowed(uri.path()),
-            action: Cow::Borrowed(target.action()),
-            model: target.model().map(Cow::Borrowed),
+            method: Cow::Borrowed(pass.via.as_deref().unwrap_or(pass.method.as_str())),
+            path: Cow::Borrowed(pass.uri.path()),
+            action: Cow::Borrowed(pass.target.action()),
+            model: pass.target.model().map(Cow::Borrowed),
             version: ext
                 .get::<ServedVersion>()
                 .map(|v| Cow::Borrowed(v.0.as_str())),
             decision: decision.as_str(),
-            status: parts.status.as_u16(),
+            status: if pass.gone.load(Ordering::Acquire) {
+                CLIENT_LEFT
+            } else {
+                parts.status.as_u16()
+            },
             input_sha256: ext
                 .get::<InputDigest>()
                 .map(|d| Cow::Borrowed(d.0.as_str())),
             output_sha256: Some(Cow::Owned(output_sha256)),
-            latency_us: started.elapsed().as_micros() as u64,
+            latency_us: pass.started.elapsed().as_micros() as u64,
             operator: None,
         };
         let appended = append(&*self.log, &self.metrics, &record).await;
@@ -361,7 +488,9 @@ mod tests {
         let req = axum::http::Request::post("/v2/models/m/infer")
             .body(Body::empty())
             .unwrap();
-        let resp = Audit::new(log.clone(), metrics).handle(req, failing).await;
+        let resp = Audit::new(log.clone(), metrics, Default::default())
+            .handle(req, failing)
+            .await;
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(log.size().unwrap(), 1);
         let entry: serde_json::Value =

@@ -261,6 +261,18 @@ impl Decision {
     }
 }
 
+/// Set once the request's client has gone before its answer (request extension from the audit
+/// guard, which then finishes the request for its entry): the model is not run for it.
+#[derive(Debug, Clone)]
+pub struct ClientGone(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl ClientGone {
+    /// Whether the client has gone.
+    pub fn now(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// The authenticated caller (request extension from authentication; copied onto the response).
 #[derive(Debug, Clone)]
 pub struct Principal(pub Arc<KeyRecord>);

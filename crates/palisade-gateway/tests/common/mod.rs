@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use ndarray::{Array1, Array2};
-use palisade_core::{InputRange, LinearClassifier};
+use ndarray::{Array1, Array2, ArrayViewD};
+use palisade_core::{Classifier, InputRange, LinearClassifier, ModelError, ModelInfo};
 use palisade_gateway::audit::{AuditLog, CheckpointPolicy, Durability};
 use palisade_gateway::guard::ratelimit::LimitStore;
 use palisade_gateway::keys::{KeyStore, NewKey, Role};
@@ -462,4 +464,116 @@ pub fn binary_infer(values: &[f32], shape: &[usize], declared: usize) -> (Vec<u8
 pub fn totp_now(k: &NewKey, offset_steps: i64) -> String {
     let t = (now_ms() as i64 + offset_steps * 30_000) as u64;
     palisade_gateway::keys::totp_code(k.totp_secret.as_deref().unwrap(), t).unwrap()
+}
+
+/// The test's linear model, whose calls wait until the gate opens.
+pub struct Gated {
+    pub inner: LinearClassifier,
+    pub gate: Arc<(Mutex<bool>, Condvar)>,
+    /// Calls that have reached the model.
+    pub entered: Arc<AtomicUsize>,
+}
+
+impl Classifier for Gated {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn logits(&self, x: ArrayViewD<'_, f32>) -> Result<Array2<f32>, ModelError> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        let (open, cv) = &*self.gate;
+        let guard = open.lock().unwrap();
+        // Bounded, so a broken test fails on its assertions instead of hanging.
+        let _ = cv
+            .wait_timeout_while(guard, Duration::from_secs(20), |o| !*o)
+            .unwrap();
+        self.inner.logits(x)
+    }
+}
+
+/// A gateway with one inference thread and at most `queue` calls waiting, serving the model "slow"
+/// (the linear model behind a gate, under `policy`); and a query key for it.
+pub struct Slow {
+    pub pool: Arc<InferencePool>,
+    pub s: Server,
+    pub gate: Arc<(Mutex<bool>, Condvar)>,
+    pub entered: Arc<AtomicUsize>,
+    pub auth: String,
+}
+
+impl Slow {
+    pub async fn start(policy: &str, queue: Option<usize>) -> Slow {
+        let pool = Arc::new(InferencePool::new(Some(1), queue).unwrap());
+        let s = start_on(None, Some(pool.clone())).await;
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let entered = Arc::new(AtomicUsize::new(0));
+        let mut slow = served("slow", "1", policy);
+        slow.classifier = Arc::new(Gated {
+            inner: linear("slow"),
+            gate: gate.clone(),
+            entered: entered.clone(),
+        });
+        s.models.deploy(slow).unwrap();
+        let auth = query_auth(&s, "slow");
+        Slow {
+            pool,
+            s,
+            gate,
+            entered,
+            auth,
+        }
+    }
+
+    /// Sends an infer request from a task.
+    pub fn infer(&self, body: &[u8]) -> tokio::task::JoinHandle<Reply> {
+        let (addr, auth, body) = (self.s.addr, self.auth.clone(), body.to_vec());
+        tokio::spawn(async move { post_infer(addr, "slow", &auth, &body).await })
+    }
+
+    /// Fills the queue: one call holds the thread, one waits; returns both.
+    pub async fn fill(&self, body: &[u8]) -> [tokio::task::JoinHandle<Reply>; 2] {
+        let running = self.infer(body);
+        wait_until(|| self.entered.load(Ordering::SeqCst) == 1).await;
+        let waiting = self.infer(body);
+        wait_until(|| self.pool.queued() == 1).await;
+        [running, waiting]
+    }
+
+    /// Sends a whole infer request on a connection of its own, and returns the connection (to
+    /// drop: a client that leaves before its answer).
+    pub async fn send_and_keep(&self, body: &[u8]) -> TcpStream {
+        let mut conn = TcpStream::connect(self.s.addr).await.unwrap();
+        let head = format!(
+            "POST /v2/models/slow/infer HTTP/1.1\r\nHost: t\r\nAuthorization: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.auth,
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(body).await.unwrap();
+        conn
+    }
+
+    /// The audit entries of model "slow" from index `from` on.
+    pub fn entries(&self, from: u64) -> Vec<serde_json::Value> {
+        self.s
+            .audit_entries(from)
+            .into_iter()
+            .filter(|e| e["model"] == "slow")
+            .collect()
+    }
+
+    pub fn open_gate(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+}
+
+/// Waits (at most 10 s) until `cond` holds.
+pub async fn wait_until(cond: impl Fn() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
