@@ -114,11 +114,11 @@ impl ModelService {
                             l.nrows()
                         ));
                     }
-                    Ok(Err(e)) => return internal(&format!("inference failed: {e}")),
+                    Ok(Err(e)) => return failed(&e),
                     // The pool stopped (the gateway is shutting down). A full queue does not
                     // refuse a request the admit guard let through: it has been charged.
                     Err(e @ (PoolError::Busy { .. } | PoolError::Stopped)) => return refusal(&e),
-                    Err(e) => return internal(&format!("inference failed: {e}")),
+                    Err(e) => return failed(&e),
                 };
                 self.metrics.samples(&model.name, n);
                 let mut r = Response::new(Body::empty());
@@ -140,6 +140,19 @@ fn client_left() -> Response {
     let mut r = error_response(status, "the client left before the model ran");
     // What the guards decided; the status says it was not run.
     r.extensions_mut().insert(Decision::Allowed);
+    r
+}
+
+/// A model call that failed: the error is logged, and the client is told only that it failed.
+/// The error's text (a runtime's error chain, a panic's message) says how the model and the
+/// server are built, which is none of a caller's business (review, 2026-12-06).
+fn failed(e: &dyn std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "inference failed");
+    let mut r = error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "inference failed (the gateway's log has the details)",
+    );
+    r.extensions_mut().insert(Decision::Error);
     r
 }
 
