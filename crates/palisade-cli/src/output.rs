@@ -34,6 +34,12 @@ impl Ctx {
         value: &T,
         text: impl FnOnce(&T) -> String,
     ) -> anyhow::Result<()> {
+        if stdout_goes_nowhere() {
+            anyhow::bail!(
+                "stdout is the null device (redirected to /dev/null, or closed): the new key \
+                 would be shown to no one"
+            );
+        }
         self.write(value, text)?
             .map_err(|e| anyhow::anyhow!("cannot write the new key to stdout: {e}"))
     }
@@ -58,6 +64,21 @@ impl Ctx {
     pub fn progress(&self) -> bool {
         !self.json
     }
+}
+
+/// Whether stdout is the null device: redirected to `/dev/null`, or closed (Rust's runtime
+/// opens the null device on a closed descriptor 1 at start, and writes to it succeed: a key
+/// "shown" there was shown to no one; review, 2026-12-06).
+fn stdout_goes_nowhere() -> bool {
+    let Ok(out) = rustix::fs::fstat(std::io::stdout()) else {
+        return true;
+    };
+    let Ok(null) = rustix::fs::stat("/dev/null") else {
+        return false;
+    };
+    let char_device =
+        |m| rustix::fs::FileType::from_raw_mode(m) == rustix::fs::FileType::CharacterDevice;
+    char_device(out.st_mode) && char_device(null.st_mode) && out.st_rdev == null.st_rdev
 }
 
 /// The levels `--log` takes, alone or as `target=level`.

@@ -239,9 +239,10 @@ pub struct LocalState {
     durability: Durability,
     /// Held by [`LocalState::drain_key_outbox`] (by its blocking thread): one drain at a time.
     drain: Arc<tokio::sync::Mutex<()>>,
-    /// An exclusive lock on `<dir>/lock`, held while this value lives: two gateways on one
-    /// state folder would interleave their audit logs.
-    _lock: fs::File,
+    /// An exclusive lock on `<dir>/lock`, held while this value, its audit log or its limits
+    /// live (they hold it too: they may write to the folder after this value is dropped, when
+    /// they close): two gateways on one state folder would interleave their audit logs.
+    lock: Arc<fs::File>,
 }
 
 impl std::fmt::Debug for LocalState {
@@ -307,6 +308,8 @@ impl LocalState {
             checkpoints,
             durability,
         )?);
+        let lock = Arc::new(lock);
+        audit.hold(lock.clone());
         Ok(LocalState {
             paths,
             keys,
@@ -315,7 +318,7 @@ impl LocalState {
             limits: Mutex::default(),
             durability,
             drain: Arc::default(),
-            _lock: lock,
+            lock,
         })
     }
 
@@ -327,6 +330,7 @@ impl LocalState {
             return Ok(l.clone());
         }
         let l = Arc::new(LocalLimits::open(&self.paths.limits_db(), self.durability)?);
+        l.hold(self.lock.clone());
         *held = Some(l.clone());
         Ok(l)
     }
@@ -660,5 +664,99 @@ mod tests {
         );
         drop(first);
         LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full).unwrap();
+    }
+
+    /// `palisade serve` captures its `Arc<LocalState>` in its async block before its `Gateway`
+    /// (first use: `state.first_admin_key()`), so at the end of the block the state, and with
+    /// it the folder's lock, is dropped first, and the gateway, which holds the audit log and
+    /// the budgets ledger, after it. Whatever holds the log, the folder must stay locked until
+    /// the log is closed: a restart racing the shutdown otherwise opens the log while the old
+    /// process still ingests its journal, signs its last checkpoint and deletes journal files.
+    #[test]
+    fn the_folder_stays_locked_while_its_audit_log_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let first =
+            LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process).unwrap();
+        let gw = first.gateway(Arc::new(ModelRepository::new())).unwrap();
+        drop(first); // what `palisade serve` does before dropping its gateway
+        let second = LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process);
+        assert!(
+            second.is_err(),
+            "a second gateway opened the state folder while the first one's audit log and \
+             budgets ledger were still open"
+        );
+        drop(gw);
+    }
+
+    /// The harm of the above with `process` durability: the first gateway's audit log, closing
+    /// after its lock was released, deletes every journal file beside the database, the one
+    /// the second gateway has just started included; the second then journals acknowledged
+    /// entries into a file that is no longer in the folder (lost to a `kill -9` before its
+    /// ingester copies them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_closing_after_its_lock_went_keeps_the_next_gateways_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let first =
+            LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process).unwrap();
+        let gw = first.gateway(Arc::new(ModelRepository::new())).unwrap();
+        drop(first);
+        let Ok(second) =
+            LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process)
+        else {
+            return; // refused: the lock held, nothing to show
+        };
+        let journal = |d: &Path| {
+            fs::read_dir(d)
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("audit.db.journal-")
+                })
+                .count()
+        };
+        assert_eq!(journal(dir.path()), 1, "the second gateway's journal file");
+        drop(gw); // the first process's last Arc to its log goes: SqliteAuditLog::close
+        second
+            .audit
+            .append(b"{\"acknowledged\":true}".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            journal(dir.path()),
+            1,
+            "the first gateway's close deleted the journal the second one appends to"
+        );
+    }
+
+    /// The state folder deleted under a running gateway (an operator's `rm -rf`, a volume
+    /// unmounted): SQLite and the journal go on writing to files no longer in any folder, so
+    /// every later entry is acknowledged (the request answered) and lost when the process
+    /// exits. Appends must fail (the request answered 503) once the log's files are gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_audit_log_whose_folder_was_deleted_refuses_appends() {
+        let mut acknowledged = Vec::new();
+        for durability in [Durability::Full, Durability::Process] {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("state");
+            let state = LocalState::open(&dir, CheckpointPolicy::default(), durability).unwrap();
+            state
+                .audit
+                .append(b"{\"before\":1}".to_vec())
+                .await
+                .unwrap();
+            fs::remove_dir_all(&dir).unwrap();
+            let after = state.audit.append(b"{\"after\":1}".to_vec()).await;
+            let synced = state.audit.sync();
+            if after.is_ok() && synced.is_ok() {
+                acknowledged.push(format!("{durability:?} (index {after:?}, sync {synced:?})"));
+            }
+        }
+        assert!(
+            acknowledged.is_empty(),
+            "entries acknowledged into an audit log whose folder no longer exists: {}",
+            acknowledged.join(", ")
+        );
     }
 }

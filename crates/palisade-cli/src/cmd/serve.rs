@@ -310,6 +310,17 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         Trust::Key(k) if args.require_signed_names => Trust::KeyNamed(k),
         t => t,
     };
+    // The state folder first: its lock is held before anything in it is read or written (the
+    // bundled model installed, the rolled-back versions read), so that a gateway starting while
+    // another is still stopping does not read what that one is still writing (review).
+    let state = Arc::new(
+        LocalState::open(
+            &args.state,
+            Default::default(),
+            args.audit_durability.into(),
+        )
+        .with_context(|| format!("opening the state folder {}", args.state.display()))?,
+    );
     let repo = match &args.models {
         None => install_bundled(&args.state)?,
         Some(r) => r.clone(),
@@ -329,14 +340,6 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             repo.display()
         );
     }
-    let state = Arc::new(
-        LocalState::open(
-            &args.state,
-            Default::default(),
-            args.audit_durability.into(),
-        )
-        .with_context(|| format!("opening the state folder {}", args.state.display()))?,
-    );
     let queue_limit = args.inference_queue.map(|n| n as usize);
     let inference = Arc::new(
         InferencePool::new(args.inference_threads.map(usize::from), queue_limit)

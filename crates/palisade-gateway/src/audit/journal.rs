@@ -307,6 +307,20 @@ impl Journal {
         if let Some(why) = &self.broken {
             return Err(AuditError::Write(why.clone()));
         }
+        // A journal file deleted under the gateway (its state folder removed) takes writes that
+        // no one will read: every entry would be acknowledged and lost (review, 2026-12-06).
+        // One `fstat` per group.
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            if self.file.metadata()?.nlink() == 0 {
+                let why = format!(
+                    "{} was deleted: the audit log's folder was removed",
+                    self.path.display()
+                );
+                self.broken = Some(why.clone());
+                return Err(AuditError::Write(why));
+            }
+        }
         if self.len >= ROTATE_BYTES {
             let fresh = Journal::create(&self.db, self.next)?;
             let old = std::mem::replace(&mut self.file, fresh.file);

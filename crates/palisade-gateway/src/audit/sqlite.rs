@@ -158,6 +158,9 @@ pub struct SqliteAuditLog {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     wal: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
     db: PathBuf,
+    /// Values kept until the log is closed ([`SqliteAuditLog::hold`]); dropped after `drop`
+    /// has closed it.
+    held: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 /// `Durability::Process`: the appending threads' group write to the journal, and what the
@@ -551,6 +554,7 @@ impl SqliteAuditLog {
             policy,
             last_checkpoint_size,
             last_checkpoint_at: Instant::now(),
+            file: writer_file_id(path)?,
         };
         writer.replay_journal(path)?;
         // Entries a killed gateway left unsigned are signed now, not at the next checkpoint due.
@@ -606,7 +610,16 @@ impl SqliteAuditLog {
             writer: Mutex::new(Some(handle)),
             wal: Mutex::new(Some((wal_tx, wal))),
             db: path.to_path_buf(),
+            held: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Keeps `value` until this log has been closed and dropped: the lock on a state folder,
+    /// say, which must not be let go while the log may still write there (its close signs a
+    /// checkpoint and deletes the journal files; a gateway that took the folder over meanwhile
+    /// lost its own journal; review, 2026-12-06).
+    pub fn hold(&self, value: Arc<dyn std::any::Any + Send + Sync>) {
+        lock(&self.held).push(value);
     }
 
     /// With `Durability::Process`, waits until SQLite holds every entry acknowledged so far, so
@@ -1092,9 +1105,48 @@ struct Writer {
     policy: CheckpointPolicy,
     last_checkpoint_size: u64,
     last_checkpoint_at: Instant,
+    /// The database file's device and inode when opened (`None`: in memory): see
+    /// [`Writer::still_there`].
+    file: Option<(u64, u64)>,
+}
+
+/// The device and inode of the database at `path` for [`Writer::still_there`] (`None` in
+/// memory).
+fn writer_file_id(path: &Path) -> Result<Option<(u64, u64)>, AuditError> {
+    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+        return Ok(None);
+    }
+    Ok(Some(file_id(path)?))
+}
+
+/// A file's device and inode.
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
 }
 
 impl Writer {
+    /// Fails unless the database file is still where it was opened: SQLite goes on writing to a
+    /// file that was deleted (the state folder removed by an operator, or by someone hiding
+    /// what the log holds), and every entry committed after would be acknowledged and lost
+    /// with the process (review, 2026-12-06). One `stat` per commit.
+    fn still_there(&self) -> Result<(), AuditError> {
+        let (Some(was), Some(path)) = (self.file, self.conn.path().filter(|p| !p.is_empty()))
+        else {
+            return Ok(());
+        };
+        match file_id(Path::new(path)) {
+            Ok(now) if now == was => Ok(()),
+            Ok(_) => Err(AuditError::Write(format!(
+                "{path} was replaced by another file since the audit log opened it"
+            ))),
+            Err(e) => Err(AuditError::Write(format!(
+                "{path} is no longer there ({e}): the audit log's folder was deleted or moved"
+            ))),
+        }
+    }
+
     /// The writer thread: commits the appends sent to it (`Full`), answers checkpoint requests
     /// and signs a checkpoint when entries have waited `policy.every` without one.
     fn run(shared: &Mutex<Writer>, rx: mpsc::Receiver<Msg>) {
@@ -1161,6 +1213,7 @@ impl Writer {
         I: IntoIterator<Item = &'a [u8]>,
         I::IntoIter: ExactSizeIterator,
     {
+        self.still_there()?;
         let entries = entries.into_iter();
         let after = self.frontier.size() + entries.len() as u64;
         let due = after > self.last_checkpoint_size

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -224,6 +224,9 @@ pub struct LocalLimits {
     models: RwLock<HashMap<String, Vec<Arc<ModelLimiters>>>>,
     budgets: Budgets,
     clock: DefaultClock,
+    /// Values kept until the budgets have been written and closed ([`LocalLimits::hold`]):
+    /// declared last, dropped last.
+    held: Mutex<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for LocalLimits {
@@ -280,6 +283,15 @@ impl LocalLimits {
             budgets: Budgets::open(path, durability, now_ms() / DAY_MS)?,
             ..LocalLimits::default()
         })
+    }
+
+    /// Keeps `value` until these limits have been dropped, after the budgets' last counts are
+    /// written: the lock on a state folder, say (see [`crate::audit::SqliteAuditLog::hold`]).
+    pub fn hold(&self, value: Arc<dyn std::any::Any + Send + Sync>) {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(value);
     }
 
     /// The limiters of `model` under `policy`, made on first use. Making a set first drops
