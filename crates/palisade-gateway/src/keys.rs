@@ -497,6 +497,10 @@ impl SqliteKeyStore {
                 }
             }
         }
+        crate::schema::check(&tx, crate::schema::KEYS).map_err(|e| match e {
+            crate::schema::SchemaError::Sqlite(e) => KeyError::Sqlite(e),
+            e => KeyError::Invalid(format!("key database: {e}")),
+        })?;
         tx.commit()?;
         Ok(SqliteKeyStore {
             store: Mutex::new(Store {

@@ -90,6 +90,7 @@ pub mod model;
 pub mod oip;
 pub mod policy;
 pub mod pool;
+mod schema;
 pub mod server;
 #[cfg(feature = "tract")]
 pub mod tract_runtime;

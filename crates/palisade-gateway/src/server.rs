@@ -651,6 +651,50 @@ async fn server_metadata() -> Response {
 mod tests {
     use super::*;
 
+    /// A state folder whose databases a later Palisade wrote (a downgrade) is refused, each file
+    /// left as it was, rather than misread or "migrated".
+    #[test]
+    fn databases_of_a_later_schema_are_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state =
+            LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full).unwrap();
+        state.local_limits().unwrap();
+        drop(state);
+        let paths = StatePaths::new(dir.path());
+        let version = |p: &Path| -> i64 {
+            rusqlite::Connection::open(p)
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        for db in [paths.keys_db(), paths.audit_db(), paths.limits_db()] {
+            assert_eq!(version(&db), 1, "{}", db.display());
+        }
+        for db in [paths.keys_db(), paths.audit_db(), paths.limits_db()] {
+            rusqlite::Connection::open(&db)
+                .unwrap()
+                .pragma_update(None, "user_version", 99)
+                .unwrap();
+            let opened =
+                LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Full)
+                    .and_then(|s| s.local_limits().map(|_| s));
+            let e = opened.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("later Palisade"), "{}: {e}", db.display());
+            assert_eq!(version(&db), 99, "{}", db.display());
+            rusqlite::Connection::open(&db)
+                .unwrap()
+                .pragma_update(None, "user_version", 1)
+                .unwrap();
+        }
+        // The offline verifier refuses it too.
+        rusqlite::Connection::open(paths.audit_db())
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let e = crate::audit::verify_log(&paths.audit_db(), &[0; 32], &[]).unwrap_err();
+        assert!(e.to_string().contains("later Palisade"), "{e}");
+    }
+
     #[test]
     fn one_state_folder_serves_one_gateway_at_a_time() {
         let dir = tempfile::tempdir().unwrap();

@@ -65,6 +65,9 @@ pub enum AuditError {
     /// The stored log is inconsistent.
     #[error("audit log corrupt: {0}")]
     Corrupt(String),
+    /// The database's schema is not one this build knows (written by a later version).
+    #[error("audit database: {0}")]
+    Schema(String),
 }
 
 /// Resolves with the entry's index once it is durable.

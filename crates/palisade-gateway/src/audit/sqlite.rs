@@ -239,6 +239,7 @@ pub(crate) fn open_conn(path: &Path, durability: Durability) -> Result<Connectio
              hash  BLOB NOT NULL,
              PRIMARY KEY (level, idx)) WITHOUT ROWID;",
     )?;
+    crate::schema::check(&conn, crate::schema::AUDIT)?;
     Ok(conn)
 }
 

@@ -65,6 +65,7 @@ pub fn verify_log(
     let journal = journal::read(db);
     // Read-write open so that a WAL left by a killed writer is read (nothing is written).
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    crate::schema::readable(&conn, crate::schema::AUDIT)?;
     let mut problems = Vec::new();
     let mut unknown_fields = BTreeMap::new();
 

@@ -495,7 +495,10 @@ impl Ledger {
     }
 }
 
-fn open_ledger(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+fn open_ledger(
+    path: &Path,
+    durability: Durability,
+) -> Result<Connection, crate::schema::SchemaError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -505,6 +508,7 @@ fn open_ledger(path: &Path, durability: Durability) -> rusqlite::Result<Connecti
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.execute_batch(SCHEMA)?;
+    crate::schema::check(&conn, crate::schema::LIMITS)?;
     Ok(conn)
 }
 
