@@ -28,6 +28,7 @@ pub struct Metrics {
     limits_failures: IntCounter,
     audit_failures: IntCounter,
     inference_queue: IntGauge,
+    inference_longest: prometheus::Gauge,
     connections_open: IntGauge,
     connections_max: IntGauge,
     /// The connections counted in `connections_*`, once given ([`Metrics::watch_connections`]).
@@ -132,6 +133,11 @@ impl Metrics {
             "inference_queue",
             "Model calls waiting for an inference thread (when /metrics was read)",
         )?;
+        let inference_longest = prometheus::Gauge::new(
+            "inference_longest_running_seconds",
+            "How long the longest model call running now has run, 0 if none (when /metrics was \
+             read): a call that never returns holds its inference thread for good",
+        )?;
         let connections_open = IntGauge::new(
             "connections_open",
             "Client connections open (when /metrics was read)",
@@ -151,6 +157,7 @@ impl Metrics {
         registry.register(Box::new(limits_check.clone()))?;
         registry.register(Box::new(limits_failures.clone()))?;
         registry.register(Box::new(inference_queue.clone()))?;
+        registry.register(Box::new(inference_longest.clone()))?;
         let routes = ROUTES
             .iter()
             .map(|&route| {
@@ -173,6 +180,7 @@ impl Metrics {
             limits_check,
             limits_failures,
             inference_queue,
+            inference_longest,
             connections_open,
             connections_max,
             connections: Default::default(),
@@ -197,10 +205,13 @@ impl Metrics {
         }
     }
 
-    /// Records how many model calls wait for an inference thread.
-    pub fn inference_queue(&self, queued: usize) {
+    /// Records how many model calls wait for an inference thread, and how long the longest
+    /// running one has run (`None`: none runs).
+    pub fn inference_queue(&self, queued: usize, longest: Option<Duration>) {
         self.inference_queue
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
+        self.inference_longest
+            .set(longest.map_or(0.0, |d| d.as_secs_f64()));
     }
 
     /// Records `n` samples through `model`.

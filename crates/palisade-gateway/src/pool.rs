@@ -48,6 +48,10 @@ pub struct InferencePool {
     limit: Option<usize>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     count: usize,
+    /// Per thread, when its running call began, as microseconds since `born` plus one (0: no
+    /// call running): see [`InferencePool::longest_running`].
+    running: Arc<[std::sync::atomic::AtomicU64]>,
+    born: std::time::Instant,
 }
 
 impl std::fmt::Debug for InferencePool {
@@ -116,10 +120,14 @@ impl InferencePool {
         let count = threads.max(1);
         let (tx, rx) = channel::unbounded::<Job>();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let born = std::time::Instant::now();
+        let running: Arc<[std::sync::atomic::AtomicU64]> =
+            (0..count).map(|_| Default::default()).collect();
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
             let rx = rx.clone();
             let waiting = waiting.clone();
+            let running = running.clone();
             // On an error the threads started so far see the queue close and exit.
             handles.push(
                 std::thread::Builder::new()
@@ -128,7 +136,10 @@ impl InferencePool {
                         // Ends once the queue is closed and empty: queued calls still run.
                         for job in rx.iter() {
                             waiting.fetch_sub(1, Ordering::AcqRel);
+                            let since = born.elapsed().as_micros() as u64 + 1;
+                            running[i].store(since, Ordering::Release);
                             job();
+                            running[i].store(0, Ordering::Release);
                         }
                     })?,
             );
@@ -139,6 +150,8 @@ impl InferencePool {
             limit: limit.map(|n| n.max(1)),
             threads: Mutex::new(handles),
             count,
+            running,
+            born,
         })
     }
 
@@ -150,6 +163,20 @@ impl InferencePool {
     /// Calls waiting for a thread.
     pub fn queued(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
+    }
+
+    /// How long the longest call running now has run (`None`: no call is running). A model
+    /// call cannot be stopped from outside its thread: one that never returns holds its thread
+    /// for good, and this, exported as `palisade_inference_longest_running_seconds`, is how an
+    /// operator sees it (with the queue's depth growing once every thread is held).
+    pub fn longest_running(&self) -> Option<std::time::Duration> {
+        let now = self.born.elapsed().as_micros() as u64 + 1;
+        self.running
+            .iter()
+            .map(|r| r.load(Ordering::Acquire))
+            .filter(|&since| since != 0)
+            .min()
+            .map(|since| std::time::Duration::from_micros(now.saturating_sub(since)))
     }
 
     /// Whether a call made now would be refused: [`PoolError::Busy`] when the queue is at its
@@ -447,6 +474,39 @@ mod tests {
         assert_eq!(rt.block_on(pool.run(|| 3)).unwrap(), 3);
         pool.shutdown();
         assert!(matches!(pool.check(), Err(PoolError::Stopped)));
+    }
+
+    #[test]
+    fn the_longest_running_call_is_seen_while_it_runs() {
+        let pool = Arc::new(InferencePool::new(Some(2), None).unwrap());
+        let rt = runtime();
+        assert_eq!(pool.longest_running(), None);
+        let first = held(&pool, &rt);
+        std::thread::sleep(Duration::from_millis(50));
+        // The second call begins after this.
+        let t2 = std::time::Instant::now();
+        let second = held(&pool, &rt);
+        // The first call's age, not the second's.
+        let longest = pool.longest_running().expect("two calls run");
+        assert!(longest >= Duration::from_millis(50), "{longest:?}");
+        drop(first);
+        let t = std::time::Instant::now();
+        // Once the first has ended, the longest is the second, begun after `t2`.
+        while pool.longest_running().is_some_and(|d| d > t2.elapsed()) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the first call's end was not seen"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(second);
+        while pool.longest_running().is_some() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the second call's end was not seen"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     #[test]
