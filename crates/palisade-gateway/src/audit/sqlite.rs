@@ -976,14 +976,7 @@ impl AuditLog for SqliteAuditLog {
 
     fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, AuditError> {
         self.catch_up()?;
-        self.with_reader(|c| {
-            Ok(c.query_row(
-                "SELECT data FROM entries WHERE idx = ?1",
-                params![index as i64],
-                |r| r.get(0),
-            )
-            .optional()?)
-        })
+        self.with_reader(|c| entry_data(c, index))
     }
 
     fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
@@ -1032,6 +1025,17 @@ impl AuditLog for SqliteAuditLog {
 /// writer keep from completing.
 const SYNC_TRIES: u32 = 100;
 
+/// The stored bytes of entry `index` (`None`: no such entry).
+fn entry_data(conn: &Connection, index: u64) -> Result<Option<Vec<u8>>, AuditError> {
+    Ok(conn
+        .query_row(
+            "SELECT data FROM entries WHERE idx = ?1",
+            params![index as i64],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Inclusion proof of entry `index` in the tree of the first `size` entries stored in `conn`.
 pub(crate) fn inclusion_from(
     conn: &Connection,
@@ -1050,13 +1054,7 @@ pub(crate) fn inclusion_from(
     // The leaf is the entry's data hashed now, not the hash stored beside it: a proof for an
     // entry whose data was rewritten (and its stored hash left) would otherwise verify against
     // the signed root (review, 2026-12-06).
-    let data: Vec<u8> = conn
-        .query_row(
-            "SELECT data FROM entries WHERE idx = ?1",
-            params![index as i64],
-            |r| r.get(0),
-        )
-        .optional()?
+    let data = entry_data(conn, index)?
         .ok_or_else(|| AuditError::Corrupt(format!("entry {index} is missing")))?;
     let leaf = merkle::leaf_hash(&data);
     if leaf != node(0, index)? {
