@@ -555,7 +555,7 @@ impl SqliteAuditLog {
             policy,
             last_checkpoint_size,
             last_checkpoint_at: Instant::now(),
-            file: writer_file_id(path)?,
+            file: (path.to_path_buf(), file_id(path)?),
         };
         writer.replay_journal(path)?;
         // Entries a killed gateway left unsigned are signed now, not at the next checkpoint due.
@@ -1104,18 +1104,8 @@ struct Writer {
     policy: CheckpointPolicy,
     last_checkpoint_size: u64,
     last_checkpoint_at: Instant,
-    /// The database file's device and inode when opened (`None`: in memory): see
-    /// [`Writer::still_there`].
-    file: Option<(u64, u64)>,
-}
-
-/// The device and inode of the database at `path` for [`Writer::still_there`] (`None` in
-/// memory).
-fn writer_file_id(path: &Path) -> Result<Option<(u64, u64)>, AuditError> {
-    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
-        return Ok(None);
-    }
-    Ok(Some(file_id(path)?))
+    /// The database file, and its device and inode when opened: see [`Writer::still_there`].
+    file: (PathBuf, (u64, u64)),
 }
 
 /// A file's device and inode.
@@ -1131,17 +1121,16 @@ impl Writer {
     /// what the log holds), and every entry committed after would be acknowledged and lost
     /// with the process (review, 2026-12-06). One `stat` per commit.
     fn still_there(&self) -> Result<(), AuditError> {
-        let (Some(was), Some(path)) = (self.file, self.conn.path().filter(|p| !p.is_empty()))
-        else {
-            return Ok(());
-        };
-        match file_id(Path::new(path)) {
-            Ok(now) if now == was => Ok(()),
+        let (path, was) = &self.file;
+        match file_id(path) {
+            Ok(now) if now == *was => Ok(()),
             Ok(_) => Err(AuditError::Write(format!(
-                "{path} was replaced by another file since the audit log opened it"
+                "{} was replaced by another file since the audit log opened it",
+                path.display()
             ))),
             Err(e) => Err(AuditError::Write(format!(
-                "{path} is no longer there ({e}): the audit log's folder was deleted or moved"
+                "{} is no longer there ({e}): the audit log's folder was deleted or moved",
+                path.display()
             ))),
         }
     }
