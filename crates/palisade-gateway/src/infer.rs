@@ -96,25 +96,21 @@ impl ModelService {
                         (!left()).then(|| job.model.classifier.logits(job.input.view()))
                     })
                     .await;
-                let out = match out {
-                    Ok(None) => return client_left(),
-                    Ok(Some(r)) => Ok(r),
-                    Err(e) => Err(e),
-                };
                 let logits = match out {
+                    Ok(None) => return client_left(),
                     // A score that is not finite would leave as JSON `null` (not FP32 data)
                     // or, label only, as a confident label 0 for a row of NaNs.
-                    Ok(Ok(l)) if l.nrows() == n && !l.iter().all(|x| x.is_finite()) => {
+                    Ok(Some(Ok(l))) if l.nrows() == n && !l.iter().all(|x| x.is_finite()) => {
                         return internal("the model returned a score that is not finite");
                     }
-                    Ok(Ok(l)) if l.nrows() == n => l,
-                    Ok(Ok(l)) => {
+                    Ok(Some(Ok(l))) if l.nrows() == n => l,
+                    Ok(Some(Ok(l))) => {
                         return internal(&format!(
                             "the model returned {} rows for a batch of {n}",
                             l.nrows()
                         ));
                     }
-                    Ok(Err(e)) => return failed(&e),
+                    Ok(Some(Err(e))) => return failed(&e),
                     // The pool stopped (the gateway is shutting down). A full queue does not
                     // refuse a request the admit guard let through: it has been charged.
                     Err(e @ (PoolError::Busy { .. } | PoolError::Stopped)) => return refusal(&e),

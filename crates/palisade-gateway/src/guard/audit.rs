@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -26,8 +26,8 @@ use axum::response::Response;
 use super::authn::{key_store_failed, presented_key, unauthorised, why_refused};
 use super::validate::{self, BodyError};
 use super::{
-    BodyDigest, Decision, Guard, InputDigest, Next, PresentedKeyId, Principal, ServedVersion,
-    call_next, error_response,
+    BodyDigest, ClientGone, Decision, Guard, InputDigest, Next, PresentedKeyId, Principal,
+    ServedVersion, call_next, error_response,
 };
 use crate::audit::{AuditLog, AuditRecord};
 use crate::deadline::DeadlineBody;
@@ -97,7 +97,7 @@ impl Orphans {
 /// it is dropped before its end (its client gone): see [`Orphans`].
 struct Finishing {
     work: Option<std::pin::Pin<Box<dyn Future<Output = Response> + Send>>>,
-    gone: Arc<AtomicBool>,
+    gone: ClientGone,
     orphans: Arc<Orphans>,
 }
 
@@ -120,7 +120,7 @@ impl Future for Finishing {
 impl Drop for Finishing {
     fn drop(&mut self) {
         let Some(work) = self.work.take() else { return };
-        self.gone.store(true, Ordering::Release);
+        self.gone.set();
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::error!("a request whose client left could not be finished: no runtime");
             return;
@@ -150,8 +150,8 @@ impl Guard for Audit {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let target = target_of(&mut req);
-        let gone = Arc::new(AtomicBool::new(false));
-        req.extensions_mut().insert(super::ClientGone(gone.clone()));
+        let gone = ClientGone::default();
+        req.extensions_mut().insert(gone.clone());
         let orphans = self.orphans.clone();
         let pass = Passage {
             started,
@@ -180,7 +180,7 @@ struct Passage {
     uri: axum::http::Uri,
     target: Arc<Target>,
     /// Set once the client has gone ([`Finishing`]).
-    gone: Arc<AtomicBool>,
+    gone: ClientGone,
 }
 
 impl Audit {
@@ -234,7 +234,7 @@ impl Audit {
                 .get::<ServedVersion>()
                 .map(|v| Cow::Borrowed(v.0.as_str())),
             decision: decision.as_str(),
-            status: if pass.gone.load(Ordering::Acquire) {
+            status: if pass.gone.now() {
                 CLIENT_LEFT
             } else {
                 parts.status.as_u16()

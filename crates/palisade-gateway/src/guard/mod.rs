@@ -263,13 +263,18 @@ impl Decision {
 
 /// Set once the request's client has gone before its answer (request extension from the audit
 /// guard, which then finishes the request for its entry): the model is not run for it.
-#[derive(Debug, Clone)]
-pub struct ClientGone(pub Arc<std::sync::atomic::AtomicBool>);
+#[derive(Debug, Clone, Default)]
+pub struct ClientGone(Arc<std::sync::atomic::AtomicBool>);
 
 impl ClientGone {
     /// Whether the client has gone.
     pub fn now(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Notes that the client has gone.
+    pub(crate) fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
