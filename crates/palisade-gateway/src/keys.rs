@@ -497,10 +497,7 @@ impl SqliteKeyStore {
                 }
             }
         }
-        crate::schema::check(&tx, crate::schema::KEYS).map_err(|e| match e {
-            crate::schema::SchemaError::Sqlite(e) => KeyError::Sqlite(e),
-            e => KeyError::Invalid(format!("key database: {e}")),
-        })?;
+        crate::schema::check(&tx, crate::schema::KEYS)?;
         tx.commit()?;
         Ok(SqliteKeyStore {
             store: Mutex::new(Store {

@@ -31,6 +31,15 @@ pub(crate) enum SchemaError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+impl From<SchemaError> for crate::keys::KeyError {
+    fn from(e: SchemaError) -> Self {
+        match e {
+            SchemaError::Sqlite(e) => crate::keys::KeyError::Sqlite(e),
+            e => crate::keys::KeyError::Invalid(format!("key database: {e}")),
+        }
+    }
+}
+
 impl From<SchemaError> for crate::audit::AuditError {
     fn from(e: SchemaError) -> Self {
         match e {
