@@ -719,59 +719,63 @@ mod tests {
     #[test]
     fn the_folder_stays_locked_while_its_audit_log_is_open() {
         let dir = tempfile::tempdir().unwrap();
-        let first =
-            LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process).unwrap();
+        let open =
+            || LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process);
+        let first = open().unwrap();
         let gw = first.gateway(Arc::new(ModelRepository::new())).unwrap();
         drop(first); // what `palisade serve` does before dropping its gateway
-        let second = LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process);
         assert!(
-            second.is_err(),
+            matches!(open(), Err(GatewayError::InUse(_))),
             "a second gateway opened the state folder while the first one's audit log and \
              budgets ledger were still open"
         );
+        // The budget ledger holds the lock too, until it has written its last counts.
+        let limits = gw.limits.clone();
         drop(gw);
+        assert!(
+            matches!(open(), Err(GatewayError::InUse(_))),
+            "a second gateway opened the state folder while the first one's budget ledger was \
+             still open"
+        );
+        drop(limits);
+        open().expect("the folder, once everything of the first gateway has closed");
     }
 
     /// The harm of the above with `process` durability: the first gateway's audit log, closing
-    /// after its lock was released, deletes every journal file beside the database, the one
-    /// the second gateway has just started included; the second then journals acknowledged
-    /// entries into a file that is no longer in the folder (lost to a `kill -9` before its
-    /// ingester copies them).
+    /// after its lock was released, deleted every journal file beside the database, the one the
+    /// second gateway had just started included; the second then journaled acknowledged entries
+    /// into a file no longer in the folder (lost to a `kill -9` before its ingester copied
+    /// them). Now the second is refused until the first's log has closed, and then keeps its
+    /// journal.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_closing_after_its_lock_went_keeps_the_next_gateways_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let first =
-            LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process).unwrap();
+        let open =
+            || LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process);
+        let first = open().unwrap();
         let gw = first.gateway(Arc::new(ModelRepository::new())).unwrap();
         drop(first);
-        let Ok(second) =
-            LocalState::open(dir.path(), CheckpointPolicy::default(), Durability::Process)
-        else {
-            return; // refused: the lock held, nothing to show
-        };
-        let journal = |d: &Path| {
-            fs::read_dir(d)
-                .unwrap()
-                .filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with("audit.db.journal-")
-                })
-                .count()
-        };
-        assert_eq!(journal(dir.path()), 1, "the second gateway's journal file");
+        assert!(
+            matches!(open(), Err(GatewayError::InUse(_))),
+            "the folder was opened while the first gateway's audit log was still open"
+        );
         drop(gw); // the first process's last Arc to its log goes: SqliteAuditLog::close
+        let second = open().unwrap();
         second
             .audit
             .append(b"{\"acknowledged\":true}".to_vec())
             .await
             .unwrap();
-        assert_eq!(
-            journal(dir.path()),
-            1,
-            "the first gateway's close deleted the journal the second one appends to"
-        );
+        let journal = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("audit.db.journal-")
+            })
+            .count();
+        assert_eq!(journal, 1, "the second gateway's journal file is gone");
     }
 
     /// The state folder deleted under a running gateway (an operator's `rm -rf`, a volume
