@@ -155,8 +155,9 @@ struct Truncated {
     checked_against: Vec<CheckedAgainst>,
 }
 
-/// What is printed instead of an inclusion proof for an entry whose data no longer hashes to the
-/// leaf stored for it: it was rewritten (exit 1).
+/// What is printed instead of an inclusion proof when the stored log is inconsistent where the
+/// proof would be built: an entry whose data no longer hashes to the leaf stored for it (it was
+/// rewritten), or an entry or a node missing (exit 1).
 #[derive(Debug, serde::Serialize)]
 struct Unprovable {
     index: u64,
@@ -403,8 +404,8 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
             }
             let size = size.or_else(|| checkpoints.largest()).unwrap_or(have);
             let p = match log.inclusion(index, size) {
-                // The entry no longer hashes to its stored leaf: rewritten (exit 1, as a
-                // checkpoint the log no longer gives is).
+                // The stored log is inconsistent (an entry rewritten, an entry or node
+                // missing): tampering, exit 1, as a checkpoint the log no longer gives is.
                 Err(AuditError::Corrupt(problem)) => {
                     let out = Unprovable {
                         index,
