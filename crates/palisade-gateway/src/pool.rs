@@ -20,9 +20,9 @@
 //! (in the gateway a request whose client left keeps its caller, for its audit entry, and the
 //! model service skips the call itself). By default the queue is not bounded: what bounds it is
 //! the callers in flight, one per HTTP/1 connection or HTTP/2 stream. With a limit
-//! ([`InferencePool::new`]) a call that finds the queue full is refused without waiting for a thread ([`PoolError::Busy`],
-//! which the gateway answers 503 with `Retry-After`): under overload, latency stays bounded and
-//! clients can go elsewhere. [`InferencePool::check`] says whether a call made now would be
+//! ([`InferencePool::new`]) a call that finds the queue full is refused without waiting for a
+//! thread ([`PoolError::Busy`], which the gateway answers 503 with `Retry-After`): under
+//! overload, latency stays bounded and clients can go elsewhere. [`InferencePool::check`] says whether a call made now would be
 //! refused, without queueing one: the gateway asks it before the rate limiter charges a request
 //! to the caller's quota, and makes the call later with [`InferencePool::run_admitted`], which
 //! queues it even if the queue has filled in between (a request is not refused after it has
