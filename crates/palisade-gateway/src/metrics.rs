@@ -207,7 +207,7 @@ impl Metrics {
 
     /// Records how many model calls wait for an inference thread, and how long the longest
     /// running one has run (`None`: none runs).
-    pub fn inference_queue(&self, queued: usize, longest: Option<Duration>) {
+    pub fn inference_pool(&self, queued: usize, longest: Option<Duration>) {
         self.inference_queue
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
         self.inference_longest

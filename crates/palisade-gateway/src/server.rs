@@ -573,7 +573,7 @@ impl Gateway {
             .route(
                 "/metrics",
                 get(move || async move {
-                    metrics.inference_queue(inference.queued(), inference.longest_running());
+                    metrics.inference_pool(inference.queued(), inference.longest_running());
                     (
                         [("content-type", "text/plain; version=0.0.4")],
                         metrics.render(),
