@@ -65,7 +65,8 @@ pub enum AuditError {
     /// The stored log is inconsistent.
     #[error("audit log corrupt: {0}")]
     Corrupt(String),
-    /// The database's schema is not one this build knows (written by a later version).
+    /// The database's schema is not one this build knows: written by a later version, or not an
+    /// audit log at all.
     #[error("audit database: {0}")]
     Schema(String),
 }
@@ -241,16 +242,20 @@ impl ConsistencyProof {
     }
 }
 
-/// Opens the audit database read-only-ish for offline use (proofs from the CLI).
+/// Opens the audit database at `path` for proofs and inspection (`palisade audit checkpoint`,
+/// `inclusion`, `consistency`), changing nothing in it: neither its tables nor its journal mode,
+/// nor by copying its WAL into it. It reads what the database holds; entries that a killed
+/// gateway left only in its journal are in the log once the gateway has opened it again
+/// (`palisade audit verify` reads the journal too).
 pub fn open_offline(path: &Path) -> Result<OfflineLog, AuditError> {
-    if !path.exists() {
+    if !path.is_file() {
         return Err(AuditError::Io(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("{} does not exist", path.display()),
+            format!("{} is not a file", path.display()),
         )));
     }
     Ok(OfflineLog {
-        conn: std::sync::Mutex::new(sqlite::open_conn(path, Durability::Full)?),
+        conn: std::sync::Mutex::new(sqlite::open_for_proofs(path)?),
     })
 }
 

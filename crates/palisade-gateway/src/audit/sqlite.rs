@@ -371,15 +371,56 @@ pub(crate) fn table_exists(conn: &Connection, name: &str) -> Result<bool, AuditE
         .exists(params![name])?)
 }
 
+/// Opens the audit database at `path` to read it, changing nothing in it. A read-write
+/// connection would do more than it is asked: closing the last one copies the WAL into the
+/// database and deletes the WAL. A WAL that a killed gateway left is read all the same; SQLite
+/// makes its index file (`-shm`) beside the database if that is missing, which is then the one
+/// file written.
+pub(crate) fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    crate::schema::readable(&conn, crate::schema::AUDIT)?;
+    Ok(conn)
+}
+
+/// The audit database at `path` opened by [`open_read_only`], for proofs: it must have the log's
+/// tables. One made before the `nodes` table gets an empty one in the connection's temporary
+/// schema, so that proofs are built from its leaves.
+pub(crate) fn open_for_proofs(path: &Path) -> Result<Connection, AuditError> {
+    let conn = open_read_only(path)?;
+    is_a_log(&conn, path)?;
+    if !table_exists(&conn, "nodes")? {
+        conn.execute_batch(
+            "CREATE TEMP TABLE nodes (
+                 level INTEGER NOT NULL,
+                 idx   INTEGER NOT NULL,
+                 hash  BLOB NOT NULL,
+                 PRIMARY KEY (level, idx)) WITHOUT ROWID;",
+        )?;
+    }
+    Ok(conn)
+}
+
+/// Fails unless the database on `conn` (at `path`) has the tables every audit log has.
+pub(crate) fn is_a_log(conn: &Connection, path: &Path) -> Result<(), AuditError> {
+    for table in ["entries", "checkpoints"] {
+        if !table_exists(conn, table)? {
+            return Err(AuditError::Schema(format!(
+                "{} is not an audit log: it has no `{table}` table",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Whether the audit database at `db` exists and holds a signed checkpoint, read without
 /// changing it; one that cannot be read counts as holding one.
 pub(crate) fn has_checkpoints(db: &Path) -> bool {
     if !db.exists() {
         return false;
     }
-    // Read-write (nothing is written) so that a WAL a killed gateway left is read.
-    let Ok(conn) = Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-    else {
+    let Ok(conn) = open_read_only(db) else {
         return true;
     };
     match table_exists(&conn, "checkpoints") {
@@ -1508,6 +1549,121 @@ mod tests {
         let full = open_log(&dir.path().join("full.db"), 1, Durability::Full);
         full.sync().unwrap();
         full.close();
+    }
+
+    /// The files in `dir` and their contents' digests, apart from the contents of SQLite's WAL
+    /// index (`-shm`), which every reader of a WAL writes its read marks to.
+    fn files(dir: &Path) -> std::collections::BTreeMap<String, [u8; 32]> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                let bytes = if name.ends_with("-shm") {
+                    Vec::new()
+                } else {
+                    std::fs::read(e.path()).unwrap()
+                };
+                (name, merkle::leaf_hash(&bytes))
+            })
+            .collect()
+    }
+
+    /// The offline readers (`palisade audit checkpoint|inclusion|consistency|verify`, and the
+    /// gateway's look before it opens a log) read a WAL that a killed gateway left and change
+    /// nothing: they opened the database read-write, and closing copied the WAL into it and
+    /// deleted the WAL (review, 2026-12-06).
+    #[test]
+    fn offline_readers_read_a_killed_gateways_wal_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let policy = CheckpointPolicy {
+            every_entries: 2,
+            every: Duration::from_secs(3600),
+        };
+        let signer = CheckpointSigner::from_seed(&[4; 32]);
+        let public = signer.public_key();
+        let log = SqliteAuditLog::open(&db, signer, policy, Durability::Full).unwrap();
+        let rt = runtime();
+        for i in 0..5 {
+            rt.block_on(log.append(record(i))).unwrap();
+        }
+        // The files as a kill would leave them, taken while the log is open; its WAL holds the
+        // entries that its checkpointer has not yet copied into the database.
+        let copy = tempfile::tempdir().unwrap();
+        for name in ["audit.db", "audit.db-wal", "audit.db-shm"] {
+            std::fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
+        }
+        log.close();
+        let there = copy.path().join("audit.db");
+        let before = files(copy.path());
+        assert!(
+            std::fs::metadata(copy.path().join("audit.db-wal"))
+                .unwrap()
+                .len()
+                > 0
+        );
+
+        assert!(has_checkpoints(&there));
+        let off = crate::audit::open_offline(&there).unwrap();
+        assert_eq!(off.size().unwrap(), 5);
+        assert_eq!(off.latest_checkpoint().unwrap().unwrap().checkpoint.size, 4);
+        assert!(off.inclusion(4, 5).unwrap().verify());
+        assert!(off.consistency(2, 5).unwrap().verify());
+        drop(off);
+        let report = crate::audit::verify_log(&there, &public, &[]).unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
+        assert_eq!(files(copy.path()), before);
+    }
+
+    /// A file that is not an audit log is refused by the offline readers, and left as it was
+    /// (opening it for proofs made the log's tables in it and switched it to WAL).
+    #[test]
+    fn offline_readers_refuse_what_is_not_an_audit_log_and_leave_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.db");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        let before = files(dir.path());
+        for path in [&other, &empty] {
+            let e = crate::audit::open_offline(path).unwrap_err();
+            assert!(e.to_string().contains("is not an audit log"), "{e}");
+            let e = crate::audit::verify_log(path, &[0; 32], &[]).unwrap_err();
+            assert!(e.to_string().contains("is not an audit log"), "{e}");
+        }
+        assert_eq!(files(dir.path()), before);
+    }
+
+    /// A log made before the `nodes` table still gives proofs offline, from its leaves, and
+    /// does not get the table.
+    #[test]
+    fn offline_proofs_of_a_log_without_stored_nodes_come_from_its_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        let log = open_log(&db, 1, Durability::Full);
+        let rt = runtime();
+        for i in 0..40u8 {
+            rt.block_on(log.append(vec![b'{', i, b'}'])).unwrap();
+        }
+        let with_nodes = crate::audit::open_offline(&db)
+            .unwrap()
+            .inclusion(3, 40)
+            .unwrap();
+        log.close();
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("DROP TABLE nodes;")
+            .unwrap();
+        let off = crate::audit::open_offline(&db).unwrap();
+        let p = off.inclusion(3, 40).unwrap();
+        assert!(p.verify());
+        assert_eq!((p.root, p.path), (with_nodes.root, with_nodes.path));
+        drop(off);
+        assert!(!table_exists(&Connection::open(&db).unwrap(), "nodes").unwrap());
     }
 
     fn synchronous(conn: &Connection) -> i64 {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
+use rusqlite::OptionalExtension as _;
 use serde::Serialize;
 
 use super::merkle::{self, Frontier};
@@ -63,9 +63,8 @@ pub fn verify_log(
     // once the database holds all of it, so whatever leaves the journal meanwhile is in the
     // database when its entries are read.
     let journal = journal::read(db);
-    // Read-write open so that a WAL left by a killed writer is read (nothing is written).
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    crate::schema::readable(&conn, crate::schema::AUDIT)?;
+    let conn = sqlite::open_read_only(db)?;
+    sqlite::is_a_log(&conn, db)?;
     let mut problems = Vec::new();
     let mut unknown_fields = BTreeMap::new();
 
