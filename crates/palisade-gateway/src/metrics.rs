@@ -29,6 +29,7 @@ pub struct Metrics {
     audit_failures: IntCounter,
     inference_queue: IntGauge,
     inference_longest: prometheus::Gauge,
+    client_left: IntGauge,
     connections_open: IntGauge,
     connections_max: IntGauge,
     /// The connections counted in `connections_*`, once given ([`Metrics::watch_connections`]).
@@ -138,6 +139,11 @@ impl Metrics {
             "How long the longest model call running now has run, 0 if none (when /metrics was \
              read): a call that never returns holds its inference thread for good",
         )?;
+        let client_left = IntGauge::new(
+            "requests_client_left_finishing",
+            "Requests whose client went away before the answer, still being finished for their \
+             audit entry (when /metrics was read); at the bound, new requests wait",
+        )?;
         let connections_open = IntGauge::new(
             "connections_open",
             "Client connections open (when /metrics was read)",
@@ -158,6 +164,7 @@ impl Metrics {
         registry.register(Box::new(limits_failures.clone()))?;
         registry.register(Box::new(inference_queue.clone()))?;
         registry.register(Box::new(inference_longest.clone()))?;
+        registry.register(Box::new(client_left.clone()))?;
         let routes = ROUTES
             .iter()
             .map(|&route| {
@@ -181,6 +188,7 @@ impl Metrics {
             limits_failures,
             inference_queue,
             inference_longest,
+            client_left,
             connections_open,
             connections_max,
             connections: Default::default(),
@@ -212,6 +220,12 @@ impl Metrics {
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
         self.inference_longest
             .set(longest.map_or(0.0, |d| d.as_secs_f64()));
+    }
+
+    /// Records how many requests whose client left are being finished.
+    pub fn client_left(&self, finishing: usize) {
+        self.client_left
+            .set(i64::try_from(finishing).unwrap_or(i64::MAX));
     }
 
     /// Records `n` samples through `model`.

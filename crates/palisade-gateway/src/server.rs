@@ -422,6 +422,13 @@ impl LocalState {
 }
 
 impl Gateway {
+    /// Finishes at most `most` requests whose client left at once; past that, new requests wait
+    /// ([`crate::guard::audit::Orphans`]; default [`crate::guard::audit::MAX_ORPHANS`]). Call it
+    /// before the routers are made.
+    pub fn bound_orphans(&mut self, most: usize) {
+        self.orphans = Arc::new(crate::guard::audit::Orphans::at_most(most));
+    }
+
     /// Waits until the admin requests running in tasks of their own, and the requests whose
     /// client left being finished for their entries ([`crate::guard::audit::Orphans`]), have
     /// ended: call it once the servers have stopped, before the process exits, so that an action
@@ -557,6 +564,7 @@ impl Gateway {
         let ready_models = self.models.clone();
         let metrics = self.metrics.clone();
         let inference = self.inference.clone();
+        let orphans = self.orphans.clone();
         Router::new()
             .route("/v2/health/live", get(|| async { StatusCode::OK }))
             .route(
@@ -574,6 +582,7 @@ impl Gateway {
                 "/metrics",
                 get(move || async move {
                     metrics.inference_pool(inference.queued(), inference.longest_running());
+                    metrics.client_left(orphans.running());
                     (
                         [("content-type", "text/plain; version=0.0.4")],
                         metrics.render(),

@@ -85,6 +85,56 @@ async fn a_queued_call_whose_client_left_is_audited_and_not_run() {
     slow.s.stop().await;
 }
 
+/// Requests whose client left are finished in tasks of their own, which nothing else bounds: at
+/// the bound a new request waits before anything is done for it, and goes on once one of them
+/// has its entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_requests_wait_while_the_bound_on_requests_whose_client_left_is_reached() {
+    let slow = Slow::start_tweaked(LIN_POLICY, None, |gw| gw.bound_orphans(1)).await;
+    let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
+    let before = slow.s.audit_entries(0).len() as u64;
+    // The first request's model call runs (held at the gate), and its client leaves.
+    let conn = slow.send_and_keep(&body).await;
+    wait_until(|| slow.entered.load(Ordering::SeqCst) == 1).await;
+    drop(conn);
+    let finishing = |n: usize| {
+        let addr = slow.s.addr;
+        async move {
+            let m = request(addr, "GET", "/metrics", &[], b"").await;
+            String::from_utf8_lossy(&m.body)
+                .contains(&format!("palisade_requests_client_left_finishing {n}\n"))
+        }
+    };
+    for _ in 0..500 {
+        if finishing(1).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        finishing(1).await,
+        "the request whose client left is not being finished"
+    );
+    // The second waits in the audit guard: it is neither admitted to the inference queue nor
+    // audited yet.
+    let second = slow.infer(&body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(slow.pool.queued(), 0, "a request went on past the bound");
+    assert!(!second.is_finished());
+    assert!(slow.entries(before).is_empty());
+    // Once the first has its entry, the second goes on and is answered.
+    slow.open_gate();
+    assert_eq!(second.await.unwrap().status, 200);
+    let statuses: Vec<_> = slow
+        .entries(before)
+        .iter()
+        .map(|e| e["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [Some(499), Some(200)]);
+    assert!(finishing(0).await);
+    slow.s.stop().await;
+}
+
 /// A ModelInfer message that is not valid protobuf is the client's fault: it should be refused
 /// `INVALID_ARGUMENT` (3), as the gateway's own audit entry for it says (status 400). tonic answers
 /// `INTERNAL` (13), which tells the client, its retry policy and its alerts that the server broke.

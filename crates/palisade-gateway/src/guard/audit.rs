@@ -67,13 +67,46 @@ pub const CLIENT_LEFT: u16 = 499;
 /// it may have been charged to the key's limits and run through the model, and the log must
 /// say so (review, 2026-12-06: such a request left no entry). The entry records the status
 /// [`CLIENT_LEFT`]. [`Orphans::settled`] waits until none is left.
-#[derive(Debug, Default)]
+///
+/// They are bounded: while [`Orphans::most`] are being finished, a new request waits before
+/// the audit guard does anything for it (no key looked up, nothing charged or run), and goes on
+/// once one has finished. Without the bound, a client that left each request as soon as it was
+/// sent, and sent the next on a new connection or HTTP/2 stream, grew them without end while
+/// what they wait for (a model call, the audit log's disk, the limits' store) was slow: neither
+/// the bound on connections nor on streams counts a request whose client has gone. A request
+/// dropped while it waits has had nothing done for it, and has no entry.
+#[derive(Debug)]
 pub struct Orphans {
     running: AtomicUsize,
-    done: tokio::sync::Notify,
+    /// Told when one finishes and the count falls to the bound or below, or to zero.
+    changed: tokio::sync::Notify,
+    most: usize,
+}
+
+/// The default bound on requests whose client left that are being finished at once.
+pub const MAX_ORPHANS: usize = 1024;
+
+impl Default for Orphans {
+    fn default() -> Self {
+        Orphans::at_most(MAX_ORPHANS)
+    }
 }
 
 impl Orphans {
+    /// At most `most` (at least one) being finished before new requests wait.
+    pub fn at_most(most: usize) -> Self {
+        Orphans {
+            running: AtomicUsize::new(0),
+            changed: tokio::sync::Notify::new(),
+            most: most.max(1),
+        }
+    }
+
+    /// The bound.
+    pub fn most(&self) -> usize {
+        self.most
+    }
+
     /// Requests being finished now.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Acquire)
@@ -81,14 +114,30 @@ impl Orphans {
 
     /// Waits until every request being finished has its entry.
     pub async fn settled(&self) {
+        self.wait_until(|n| n == 0).await;
+    }
+
+    /// Waits until fewer than the bound are being finished.
+    async fn room(&self) {
+        self.wait_until(|n| n < self.most).await;
+    }
+
+    async fn wait_until(&self, enough: impl Fn(usize) -> bool) {
         loop {
-            let done = self.done.notified();
-            let mut done = std::pin::pin!(done);
-            done.as_mut().enable();
-            if self.running() == 0 {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if enough(self.running()) {
                 return;
             }
-            done.await;
+            changed.await;
+        }
+    }
+
+    fn finished(&self) {
+        let before = self.running.fetch_sub(1, Ordering::AcqRel);
+        if before == 1 || before <= self.most {
+            self.changed.notify_waiters();
         }
     }
 }
@@ -130,15 +179,16 @@ impl Drop for Finishing {
         rt.spawn(async move {
             // Dropped, not sent: the client has gone.
             drop(work.await);
-            if orphans.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-                orphans.done.notify_waiters();
-            }
+            orphans.finished();
         });
     }
 }
 
 impl Guard for Audit {
     async fn handle(self, mut req: Request, next: Next) -> Response {
+        if self.orphans.running() >= self.orphans.most {
+            self.orphans.room().await;
+        }
         let started = Instant::now();
         let ts_ms = now_ms();
         let via = req

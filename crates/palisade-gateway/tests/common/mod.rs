@@ -74,6 +74,14 @@ pub async fn start_on(
     start_full(source, inference, |_| {}).await
 }
 
+/// A gateway running its models on `inference`, changed by `tweak` before its routers are made.
+pub async fn start_tweaked(
+    inference: Option<Arc<InferencePool>>,
+    tweak: impl FnOnce(&mut Gateway),
+) -> Server {
+    start_full(None, inference, tweak).await
+}
+
 /// A gateway counting its rate limits in `limits`.
 pub async fn start_limited_by(limits: Arc<dyn LimitStore>) -> Server {
     start_full(None, None, |gw| gw.limits = limits).await
@@ -503,8 +511,17 @@ pub struct Slow {
 
 impl Slow {
     pub async fn start(policy: &str, queue: Option<usize>) -> Slow {
+        Slow::start_tweaked(policy, queue, |_| {}).await
+    }
+
+    /// [`Slow::start`], the gateway changed by `tweak` before its routers are made.
+    pub async fn start_tweaked(
+        policy: &str,
+        queue: Option<usize>,
+        tweak: impl FnOnce(&mut Gateway),
+    ) -> Slow {
         let pool = Arc::new(InferencePool::new(Some(1), queue).unwrap());
-        let s = start_on(None, Some(pool.clone())).await;
+        let s = start_tweaked(Some(pool.clone()), tweak).await;
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let entered = Arc::new(AtomicUsize::new(0));
         let mut slow = served("slow", "1", policy);
