@@ -318,3 +318,51 @@ fn redis_settings_that_cannot_work_stop_the_start() {
         assert_eq!(keys, serde_json::json!([]), "a failed start made a key");
     }
 }
+
+/// `--max-connections-per-address`: with a bound of one, a second connection from the same
+/// address is closed as soon as it is accepted, the first one is served on, and /metrics counts
+/// the refusal. (In this file for its `serve` helpers.)
+#[test]
+fn serve_closes_a_connection_past_the_bound_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    repository(d, "[input]\nrange = [0.0, 1.0]\n");
+    let (gw, addr, started) =
+        serve_with(d, &["--state", "st", "--max-connections-per-address", "1"]);
+    assert_eq!(started["max_connections_per_address"], 1, "{started}");
+    // Let the readiness checks' connections end.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held = std::net::TcpStream::connect(&addr).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = |c: &mut std::net::TcpStream| {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") && c.read(&mut byte).unwrap_or(0) == 1 {
+            got.push(byte[0]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    held.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(head(&mut held).starts_with("HTTP/1.1 200"));
+
+    let mut second = std::net::TcpStream::connect(&addr).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = second.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut reply = Vec::new();
+    let _ = second.read_to_end(&mut reply);
+    assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
+
+    held.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut metrics = String::new();
+    held.read_to_string(&mut metrics).unwrap();
+    assert!(
+        metrics.contains("palisade_connections_refused_total 1\n"),
+        "{metrics}"
+    );
+    stop(gw);
+}

@@ -118,6 +118,13 @@ struct Table {
     /// Connections closed to make room: the `connections_shed_total` metric itself, which
     /// [`crate::metrics::Metrics::watch_connections`] registers.
     shed: prometheus::IntCounter,
+    /// The most connections one source ([`source_of`]) may hold; 0: no bound.
+    per_source: AtomicUsize,
+    /// Connections held by each source, while [`Table::per_source`] is set.
+    by_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Connections closed at once because their source held its most: the
+    /// `connections_refused_total` metric.
+    refused: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Table {
@@ -142,13 +149,75 @@ impl Connections {
             next: AtomicU64::new(0),
             room: tokio::sync::Notify::new(),
             waiting: AtomicUsize::new(0),
-            // A constant, valid name: this cannot fail.
+            // Constant, valid names: these cannot fail.
             shed: prometheus::IntCounter::new(
                 "connections_shed_total",
                 "Connections closed to make room for new ones at the bound on connections",
             )
             .expect("a valid metric name"),
+            per_source: AtomicUsize::new(0),
+            by_source: Default::default(),
+            refused: prometheus::IntCounter::new(
+                "connections_refused_total",
+                "Connections closed as soon as they were accepted because their address already \
+                 held as many as the bound per address allows",
+            )
+            .expect("a valid metric name"),
         }))
+    }
+
+    /// At most `most` connections (at least one) from one address at once, counting an IPv6
+    /// address by its /64 prefix (what one host is usually given) and an IPv4-mapped one as the
+    /// IPv4 address. A connection past it is closed as soon as it is accepted, before anything
+    /// is read from it, and counted in `connections_refused_total`; it waits for nothing and
+    /// closes no other. `None`: no bound per address (the default: behind a proxy or a NAT,
+    /// every client has the proxy's address).
+    ///
+    /// Without one, a single client could take every connection the bound on connections
+    /// allows by keeping a request in progress on each (a body sent slowly, within its
+    /// deadline), and the clients after it would wait.
+    pub fn limit_per_address(&self, most: Option<usize>) {
+        self.0
+            .per_source
+            .store(most.map_or(0, |n| n.max(1)), Ordering::Relaxed);
+    }
+
+    /// The bound per address, if any.
+    pub fn per_address(&self) -> Option<usize> {
+        match self.0.per_source.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Connections refused because their address held as many as it may, since this was made.
+    pub fn refused(&self) -> u64 {
+        self.0.refused.get()
+    }
+
+    /// The counter behind [`Connections::refused`], for a metrics registry.
+    pub(crate) fn refused_counter(&self) -> prometheus::IntCounter {
+        self.0.refused.clone()
+    }
+
+    /// Counts a connection from `peer` against its address's bound: its place, held until
+    /// dropped, or `None` if the address holds as many as it may (counted as refused).
+    fn admit_from(&self, peer: std::net::IpAddr) -> Option<FromSource> {
+        let table = &self.0;
+        let most = table.per_source.load(Ordering::Relaxed);
+        if most == 0 {
+            return Some(FromSource(None));
+        }
+        let source = source_of(peer);
+        let mut held = table.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(source).or_insert(0);
+        if *n >= most {
+            drop(held);
+            table.refused.inc();
+            return None;
+        }
+        *n += 1;
+        Some(FromSource(Some((table.clone(), source))))
     }
 
     /// At most [`DEFAULT_MAX_CONNECTIONS`], and fewer where this process's limit on open files
@@ -198,6 +267,41 @@ impl Connections {
     /// The counter behind [`Connections::shed`], for a metrics registry.
     pub(crate) fn shed_counter(&self) -> prometheus::IntCounter {
         self.0.shed.clone()
+    }
+}
+
+/// What the bound per address counts a peer as: an IPv4 address as itself, an IPv6 one by its
+/// /64 prefix, an IPv4-mapped IPv6 one as the IPv4 address.
+fn source_of(peer: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match peer {
+        IpAddr::V4(a) => IpAddr::V4(a),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = a.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// A connection's place in its address's count ([`Connections::limit_per_address`]); `None`
+/// where there is no bound per address.
+struct FromSource(Option<(Arc<Table>, std::net::IpAddr)>);
+
+impl Drop for FromSource {
+    fn drop(&mut self) {
+        let Some((table, source)) = self.0.take() else {
+            return;
+        };
+        let mut held = table.by_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut e) = held.entry(source) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 }
 
@@ -367,17 +471,31 @@ pub async fn serve_with(
     let (stop_tx, stop_rx) = watch::channel(());
     let (open_tx, open_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut warned = None;
+    let (mut warned, mut warned_refused) = (None, None::<tokio::time::Instant>);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Some(from) = connections.admit_from(peer.ip()) else {
+            drop(tcp);
+            if warned_refused.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                warned_refused = Some(tokio::time::Instant::now());
+                tracing::warn!(
+                    address = %peer.ip(),
+                    per_address = connections.per_address(),
+                    refused_so_far = connections.refused(),
+                    "closed a connection from an address that holds as many as the bound per \
+                     address allows (logged at most once a minute)"
+                );
+            }
+            continue;
         };
         let activity = Arc::new(Activity::new(connections.0.clone(), options.idle_timeout));
         // At the bound, the new connection waits (its descriptor the only one past the bound)
@@ -483,6 +601,7 @@ pub async fn serve_with(
                 }
             }
             drop(slot);
+            drop(from);
             drop(open);
         });
     }
@@ -1152,6 +1271,77 @@ mod tests {
             assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         }
         assert_eq!(shed, 1);
+    }
+
+    #[test]
+    fn an_address_is_counted_as_a_host_ipv6_by_its_64_prefix() {
+        use std::net::IpAddr;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            source_of(ip("2001:db8:1:2:ffff:1:2:3")),
+            source_of(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:3::1"))
+        );
+    }
+
+    /// A connection from `local` (a loopback address) to `addr`.
+    async fn connect_from(local: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    /// Whether the server closes `conn` (within 2 s) before answering anything.
+    async fn refused(mut conn: tokio::net::TcpStream) -> bool {
+        let _ = conn
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut got = Vec::new();
+        match tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut got)).await {
+            Ok(Ok(_)) => got.is_empty(),
+            Ok(Err(_)) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// An address at its bound gets no more connections: the next is closed at once, another
+    /// address is served meanwhile, and once one of its connections has gone it gets one again.
+    #[tokio::test]
+    async fn a_connection_past_its_addresss_bound_is_closed_and_others_are_served() {
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let connections = Connections::new(100);
+        connections.limit_per_address(Some(2));
+        assert_eq!(connections.per_address(), Some(2));
+        let addr = serve_counted(router, ServeOptions::default(), connections.clone()).await;
+
+        let first = connect_from("127.0.0.1", addr).await;
+        let second = connect_from("127.0.0.1", addr).await;
+        wait_for(|| connections.open() == 2).await;
+        assert!(refused(connect_from("127.0.0.1", addr).await).await);
+        assert_eq!(connections.refused(), 1);
+        // Another address is not held back by the first one's bound.
+        let other = connect_from("127.0.0.2", addr).await;
+        assert!(!refused(other).await, "another address was refused");
+        drop(first);
+        wait_for(|| connections.open() == 1).await;
+        assert!(!refused(connect_from("127.0.0.1", addr).await).await);
+        assert_eq!(connections.refused(), 1);
+        drop(second);
+    }
+
+    /// Waits (at most 5 s) until `cond` holds.
+    async fn wait_for(cond: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !cond() {
+            assert!(t.elapsed() < Duration::from_secs(5), "timed out");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Sends `bytes` on a new connection and returns how long the server took to close it

@@ -234,13 +234,16 @@ impl Metrics {
     }
 
     /// Counts `connections` in the `connections_*` metrics (the first given only): the open and
-    /// most gauges as /metrics is read, and their own counter of connections closed to make room.
+    /// most gauges as /metrics is read, and their own counters of connections closed to make
+    /// room and refused for the bound per address.
     pub fn watch_connections(&self, connections: crate::listen::Connections) {
-        let shed = connections.shed_counter();
-        if self.connections.set(connections).is_ok()
-            && let Err(e) = self.registry.register(Box::new(shed))
-        {
-            tracing::error!(error = %e, "the connections_shed_total metric could not be registered");
+        let counters = [connections.shed_counter(), connections.refused_counter()];
+        if self.connections.set(connections).is_ok() {
+            for c in counters {
+                if let Err(e) = self.registry.register(Box::new(c)) {
+                    tracing::error!(error = %e, "a connections_* counter could not be registered");
+                }
+            }
         }
     }
 

@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// gateway's own; a larger value is lowered to that, with a warning.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
+    /// Connections one client address may hold at once (an IPv6 address counted by its /64
+    /// prefix); a connection past it is closed as soon as it is accepted, and counted in
+    /// `palisade_connections_refused_total`. Default: no bound per address. Leave it off behind
+    /// a reverse proxy or a NAT, where clients share an address.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_address: Option<u32>,
     /// Keep the rate limits and daily budgets in this Redis server, shared with every gateway
     /// pointed at it (`redis://[user:password@]host:port[/db]`, `rediss://…` over TLS, or
     /// `redis+unix:///path`), instead of in this process and limits.db. The environment
@@ -219,6 +225,8 @@ struct Started<'a> {
     limits: String,
     /// Connections held at once, on both addresses together.
     max_connections: usize,
+    /// Connections one client address may hold at once; `None`: no bound.
+    max_connections_per_address: Option<usize>,
     /// Only on the first start: the admin key, shown once.
     #[serde(flatten)]
     first_admin: Option<&'a palisade_gateway::keys::NewKey>,
@@ -281,6 +289,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
     }
     let (connections, lowered) =
         palisade_gateway::listen::Connections::at_most(args.max_connections.map(|n| n as usize));
+    connections.limit_per_address(args.max_connections_per_address.map(|n| n as usize));
     if let Some(asked) = lowered {
         tracing::warn!(
             asked,
@@ -408,6 +417,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             inference_queue_limit: queue_limit,
             limits,
             max_connections: connections.max(),
+            max_connections_per_address: connections.per_address(),
             first_admin: first.as_ref(),
         };
         let show = |s: &Started<'_>| {
@@ -427,6 +437,9 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
                 t.push_str(&format!(" (at most {n} calls waiting)"));
             }
             t.push_str(&format!("; at most {} connections", s.max_connections));
+            if let Some(n) = s.max_connections_per_address {
+                t.push_str(&format!(" ({n} per client address)"));
+            }
             if s.limits != "local" {
                 t.push_str(&format!("; rate limits in {}", s.limits));
             }
