@@ -125,6 +125,9 @@ struct Table {
     /// Connections closed at once because their source held its most: the
     /// `connections_refused_total` metric.
     refused: prometheus::IntCounter,
+    /// Looks through every connection for one to close ([`room`]).
+    #[cfg(test)]
+    looks: AtomicU64,
 }
 
 impl std::fmt::Debug for Table {
@@ -163,6 +166,8 @@ impl Connections {
                  held as many as the bound per address allows",
             )
             .expect("a valid metric name"),
+            #[cfg(test)]
+            looks: AtomicU64::new(0),
         }))
     }
 
@@ -355,9 +360,17 @@ impl Drop for Slot {
 /// How often "at the bound on connections" is logged, at most.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// How often, at most, a new connection waiting at the bound looks through every connection for
+/// one to close. Each request that ends while one waits wakes it, and a look is O(connections):
+/// with every connection busy (requests sending their bodies slowly, within their deadline), a
+/// look per request that ended cost the worker a pass over up to 10,000 connections per answer.
+const LOOK_EVERY: Duration = Duration::from_millis(10);
+
 /// Waits until `connections` has room for `activity`'s connection, closing another to make it
 /// (see [`Connections`]), and gives it its place; `None` if `shutdown` came first. Nothing is
 /// closed until a connection is waiting for room, nor a second while one asked is on its way.
+/// A connection that ends makes room at once; a look for one to close is made at most every
+/// [`LOOK_EVERY`].
 async fn room(
     connections: &Connections,
     activity: &Arc<Activity>,
@@ -365,6 +378,7 @@ async fn room(
     warned: &mut Option<tokio::time::Instant>,
 ) -> Option<Slot> {
     let table = &connections.0;
+    let mut looked: Option<tokio::time::Instant> = None;
     loop {
         // Registered, and counted as waiting, before the table is looked at: a connection that
         // ends or becomes closable after cannot be missed.
@@ -372,6 +386,9 @@ async fn room(
         let mut told = std::pin::pin!(told);
         told.as_mut().enable();
         let _waiting = Waiting::new(table);
+        // Every change that makes a connection closable wakes this; a look now and then all
+        // the same, in case one was missed.
+        let mut next_look = Duration::from_secs(5);
         {
             let mut open = table.lock();
             if open.len() < table.max {
@@ -382,8 +399,16 @@ async fn room(
                     id,
                 });
             }
-            if !open.values().any(|a| a.shedding.load(Ordering::Acquire)) {
-                shed_one(&open);
+            match looked.map(|at| at.elapsed()) {
+                Some(since) if since < LOOK_EVERY => next_look = LOOK_EVERY - since,
+                _ => {
+                    looked = Some(tokio::time::Instant::now());
+                    #[cfg(test)]
+                    table.looks.fetch_add(1, Ordering::Relaxed);
+                    if !open.values().any(|a| a.shedding.load(Ordering::Acquire)) {
+                        shed_one(&open);
+                    }
+                }
             }
         }
         if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
@@ -398,9 +423,7 @@ async fn room(
         }
         let stopped = tokio::select! {
             () = told => false,
-            // Every change that makes a connection closable wakes this; a look now and then all
-            // the same, in case one was missed.
-            () = tokio::time::sleep(Duration::from_secs(5)) => false,
+            () = tokio::time::sleep(next_look) => false,
             () = shutdown.as_mut() => true,
         };
         if stopped {
@@ -1212,18 +1235,23 @@ mod tests {
         assert_eq!(warns.load(Ordering::Relaxed), 1);
     }
 
+    /// `/` answers at once, `/slow` after `slow`.
+    fn slow_router(slow: Duration) -> Router {
+        Router::new().route("/", get(|| async { "ok" })).route(
+            "/slow",
+            get(move || async move {
+                tokio::time::sleep(slow).await;
+                "slow"
+            }),
+        )
+    }
+
     /// With a bound of 2: two clients each send a request that takes 600 ms (on connections
     /// kept alive or not), and 200 ms later a third connects and sends one. Returns how long
     /// after the start the third was answered, the slow requests' answers, and how many
     /// connections were closed to make room.
     async fn two_slow_then_one(keep_alive: bool) -> (Duration, Vec<String>, u64) {
-        let router = Router::new().route("/", get(|| async { "ok" })).route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_millis(600)).await;
-                "slow"
-            }),
-        );
+        let router = slow_router(Duration::from_millis(600));
         let connections = Connections::new(2);
         let addr = serve_counted(router, ServeOptions::default(), connections.clone()).await;
         let t = Instant::now();
@@ -1342,6 +1370,53 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(5), "timed out");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// A connection waiting at the bound looks for one to close at most every `LOOK_EVERY`, not
+    /// each time a request ends (a look is a pass over every connection), and still gets in.
+    #[tokio::test]
+    async fn a_waiting_connection_looks_for_room_at_most_every_look_every() {
+        use http_body_util::BodyExt as _;
+        let router = slow_router(Duration::from_millis(1500));
+        let connections = Connections::new(2);
+        let addr = serve_counted(router, ServeOptions::default(), connections.clone()).await;
+        // Both places busy: an HTTP/2 connection with a slow stream, an HTTP/1 slow request.
+        let (mut sender, conn) = h2_connect(addr).await;
+        tokio::spawn(conn);
+        let mut slow_stream = sender.clone();
+        let slow = tokio::spawn(async move { h2_get(&mut slow_stream, addr, "/slow").await });
+        let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        wait_for(|| connections.open() == 2).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A third connection waits for room.
+        let waiting = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            get_on(&mut c, "/", true).await
+        });
+        wait_for(|| connections.0.waiting.load(Ordering::SeqCst) == 1).await;
+        // Requests end one after another on the HTTP/2 connection, each waking the waiter.
+        let looks = || connections.0.looks.load(Ordering::Relaxed);
+        let (before, t) = (looks(), Instant::now());
+        for _ in 0..200 {
+            let r = h2_get(&mut sender, addr, "/").await;
+            r.into_body().collect().await.unwrap();
+        }
+        let (took, made) = (t.elapsed(), looks() - before);
+        let allowed = (took.as_millis() / LOOK_EVERY.as_millis()) as u64 + 2;
+        assert!(
+            made <= allowed,
+            "{made} looks in {took:?} for 200 requests that ended (at most {allowed})"
+        );
+        // Once the slow requests are answered, a connection can be closed for the waiting one.
+        slow.await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting connection got in")
+            .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     }
 
     /// Sends `bytes` on a new connection and returns how long the server took to close it
