@@ -276,18 +276,24 @@ impl Connections {
 }
 
 /// What the bound per address counts a peer as: an IPv4 address as itself, an IPv6 one by its
-/// /64 prefix, an IPv4-mapped IPv6 one as the IPv4 address.
+/// /64 prefix (what one host is usually given), except where the prefix is shared by hosts: an
+/// IPv4 address mapped (`::ffff:0:0/96`) or translated (NAT64, `64:ff9b::/96`) into IPv6 as
+/// the IPv4 address, a link-local one (`fe80::/10`, every host of the link in one /64) as the
+/// whole address.
 fn source_of(peer: std::net::IpAddr) -> std::net::IpAddr {
-    use std::net::{IpAddr, Ipv6Addr};
-    match peer {
-        IpAddr::V4(a) => IpAddr::V4(a),
-        IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = a.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let IpAddr::V6(a) = peer else {
+        return peer;
+    };
+    let s = a.segments();
+    if let Some(v4) = a.to_ipv4_mapped() {
+        IpAddr::V4(v4)
+    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        IpAddr::V4(Ipv4Addr::from(u128::from(a) as u32))
+    } else if s[0] & 0xffc0 == 0xfe80 {
+        peer
+    } else {
+        IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
     }
 }
 
@@ -1315,6 +1321,16 @@ mod tests {
         assert_ne!(
             source_of(ip("2001:db8:1:2::1")),
             source_of(ip("2001:db8:1:3::1"))
+        );
+        // Prefixes hosts share (review): link-local hosts each count alone, NAT64 as IPv4.
+        assert_ne!(
+            source_of(ip("fe80::1c2d:3eff:fe4f:5a6b")),
+            source_of(ip("fe80::aa00:4ff:fe21:9c3d"))
+        );
+        assert_eq!(source_of(ip("64:ff9b::c000:207")), ip("192.0.2.7"));
+        assert_ne!(
+            source_of(ip("64:ff9b::c000:207")),
+            source_of(ip("64:ff9b::c000:208"))
         );
     }
 

@@ -84,7 +84,7 @@ pub struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
     /// Connections one client address may hold at once (an IPv6 address counted by its /64
-    /// prefix); a connection past it is closed as soon as it is accepted, and counted in
+    /// prefix, a link-local one whole); a connection past it is closed as soon as it is accepted, and counted in
     /// `palisade_connections_refused_total`. Default: no bound per address. Leave it off behind
     /// a reverse proxy or a NAT, where clients share an address.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
