@@ -376,11 +376,30 @@ pub(crate) fn table_exists(conn: &Connection, name: &str) -> Result<bool, AuditE
 /// database and deletes the WAL. A WAL that a killed gateway left is read all the same; SQLite
 /// makes its index file (`-shm`) beside the database if that is missing, which is then the one
 /// file written.
+///
+/// A database with a hot rollback journal (a writer stopped in a transaction, in rollback
+/// mode; a gateway keeps its log in WAL mode and leaves none) cannot be read without rolling
+/// that back, a write: it is refused with an error that says so.
 pub(crate) fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    crate::schema::readable(&conn, crate::schema::AUDIT)?;
-    Ok(conn)
+    match crate::schema::readable(&conn, crate::schema::AUDIT) {
+        Err(crate::schema::SchemaError::Sqlite(e))
+            if e.sqlite_error()
+                .is_some_and(|e| e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK) =>
+        {
+            Err(AuditError::Schema(format!(
+                "{} has a hot rollback journal (a writer stopped in the middle of a transaction) \
+                 that must be rolled back before it can be read: open it once with sqlite3, on \
+                 a copy if it is evidence",
+                path.display()
+            )))
+        }
+        r => {
+            r?;
+            Ok(conn)
+        }
+    }
 }
 
 /// The audit database at `path` opened by [`open_read_only`], for proofs: it must have the log's
@@ -1664,6 +1683,38 @@ mod tests {
         assert_eq!((p.root, p.path), (with_nodes.root, with_nodes.path));
         drop(off);
         assert!(!table_exists(&Connection::open(&db).unwrap(), "nodes").unwrap());
+    }
+
+    /// A database in rollback mode with a hot journal cannot be read without a write: the
+    /// offline readers refuse it saying so (review, 2026-12-06: a bare "attempt to write a
+    /// readonly database"), and leave it.
+    #[test]
+    fn offline_readers_refuse_a_hot_rollback_journal_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("audit.db");
+        drop(open_conn(&db, Durability::Full).unwrap());
+        let c = Connection::open(&db).unwrap();
+        c.pragma_update(None, "journal_mode", "DELETE").unwrap();
+        c.pragma_update(None, "cache_size", 1).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE; CREATE TABLE junk (b BLOB);")
+            .unwrap();
+        for _ in 0..200 {
+            c.execute("INSERT INTO junk VALUES (randomblob(4000))", [])
+                .unwrap();
+        }
+        // The files as a writer stopped mid-transaction leaves them.
+        let copy = tempfile::tempdir().unwrap();
+        for name in ["audit.db", "audit.db-journal"] {
+            std::fs::copy(dir.path().join(name), copy.path().join(name)).unwrap();
+        }
+        drop(c);
+        let there = copy.path().join("audit.db");
+        let before = files(copy.path());
+        let e = crate::audit::verify_log(&there, &[0; 32], &[]).unwrap_err();
+        assert!(e.to_string().contains("hot rollback journal"), "{e}");
+        let e = crate::audit::open_offline(&there).unwrap_err();
+        assert!(e.to_string().contains("hot rollback journal"), "{e}");
+        assert_eq!(files(copy.path()), before);
     }
 
     fn synchronous(conn: &Connection) -> i64 {
