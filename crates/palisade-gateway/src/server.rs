@@ -60,8 +60,10 @@ pub struct Gateway {
     pub inference: Arc<InferencePool>,
     /// Permits for admin requests running in tasks of their own (`Gateway::detached_actions`).
     admin_tasks: Arc<tokio::sync::Semaphore>,
-    /// Requests whose client went away, finished for their audit entries.
-    orphans: Arc<crate::guard::audit::Orphans>,
+    /// Requests whose client went away, finished for their audit entries: those of the model
+    /// routes, and those of the admin and audit routes, bounded apart so that requests left
+    /// behind a model call that never returns cannot hold up the admin API.
+    orphans: [Arc<crate::guard::audit::Orphans>; 2],
 }
 
 /// Admin requests that may run in tasks of their own at once; past it an admin request runs in
@@ -421,12 +423,18 @@ impl LocalState {
     }
 }
 
+/// Which of [`Gateway`]'s bounds on requests whose client left a stack uses.
+const MODEL_ROUTES: usize = 0;
+const ADMIN_ROUTES: usize = 1;
+
 impl Gateway {
-    /// Finishes at most `most` requests whose client left at once; past that, new requests wait
+    /// Finishes at most `most` requests whose client left at once on the model routes, and as
+    /// many on the admin and audit routes; past that, new requests on those routes wait
     /// ([`crate::guard::audit::Orphans`]; default [`crate::guard::audit::MAX_ORPHANS`]). Call it
     /// before the routers are made.
     pub fn bound_orphans(&mut self, most: usize) {
-        self.orphans = Arc::new(crate::guard::audit::Orphans::at_most(most));
+        self.orphans =
+            std::array::from_fn(|_| Arc::new(crate::guard::audit::Orphans::at_most(most)));
     }
 
     /// Waits until the admin requests running in tasks of their own, and the requests whose
@@ -439,7 +447,9 @@ impl Gateway {
             all.forget();
             self.admin_tasks.close();
         }
-        self.orphans.settled().await;
+        for o in &self.orphans {
+            o.settled().await;
+        }
     }
 
     /// `admin` (the admin and audit stack, audit outermost) with each admin action run in a
@@ -542,7 +552,7 @@ impl Gateway {
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),
                 self.metrics.clone(),
-                self.orphans.clone(),
+                self.orphans[ADMIN_ROUTES].clone(),
             )))
             .layer(GuardLayer(Authenticate::new(self.keys.clone())))
             .layer(GuardLayer(Authorise::new(self.keys.clone())))
@@ -582,7 +592,7 @@ impl Gateway {
                 "/metrics",
                 get(move || async move {
                     metrics.inference_pool(inference.queued(), inference.longest_running());
-                    metrics.client_left(orphans.running());
+                    metrics.client_left(orphans.iter().map(|o| o.running()).sum());
                     (
                         [("content-type", "text/plain; version=0.0.4")],
                         metrics.render(),
@@ -608,7 +618,7 @@ impl Gateway {
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),
                 self.metrics.clone(),
-                self.orphans.clone(),
+                self.orphans[MODEL_ROUTES].clone(),
             )))
             .layer(GuardLayer(Authenticate::new(self.keys.clone())))
             .layer(GuardLayer(AllowedMethods))

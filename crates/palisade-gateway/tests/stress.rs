@@ -135,6 +135,35 @@ async fn new_requests_wait_while_the_bound_on_requests_whose_client_left_is_reac
     slow.s.stop().await;
 }
 
+/// The admin and audit routes have a bound of their own on requests whose client left: model
+/// requests left behind a model call that does not return must not hold up the audit API or a
+/// key's revocation (review, 2026-12-06: with one bound they waited behind them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_left_behind_a_stuck_model_call_do_not_hold_up_the_admin_routes() {
+    let slow = Slow::start_tweaked(LIN_POLICY, None, |gw| gw.bound_orphans(1)).await;
+    let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
+    let conn = slow.send_and_keep(&body).await;
+    wait_until(|| slow.entered.load(Ordering::SeqCst) == 1).await;
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let auditor = bearer(&slow.s.auditor);
+    let asked = tokio::time::timeout(
+        Duration::from_secs(5),
+        request(
+            slow.s.addr,
+            "GET",
+            "/v2/audit/checkpoint",
+            &[("Authorization", auditor.as_str())],
+            b"",
+        ),
+    )
+    .await
+    .expect("the audit API waited behind a model request whose client left");
+    assert!(asked.status == 200 || asked.status == 404, "{asked:?}");
+    slow.open_gate();
+    slow.s.stop().await;
+}
+
 /// A ModelInfer message that is not valid protobuf is the client's fault: it should be refused
 /// `INVALID_ARGUMENT` (3), as the gateway's own audit entry for it says (status 400). tonic answers
 /// `INTERNAL` (13), which tells the client, its retry policy and its alerts that the server broke.

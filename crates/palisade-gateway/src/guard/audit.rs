@@ -70,11 +70,18 @@ pub const CLIENT_LEFT: u16 = 499;
 ///
 /// They are bounded: while [`Orphans::most`] are being finished, a new request waits before
 /// the audit guard does anything for it (no key looked up, nothing charged or run), and goes on
-/// once one has finished. Without the bound, a client that left each request as soon as it was
-/// sent, and sent the next on a new connection or HTTP/2 stream, grew them without end while
-/// what they wait for (a model call, the audit log's disk, the limits' store) was slow: neither
-/// the bound on connections nor on streams counts a request whose client has gone. A request
-/// dropped while it waits has had nothing done for it, and has no entry.
+/// once fewer are. Without the bound, a client that left each request as soon as it was sent,
+/// and sent the next on a new connection or HTTP/2 stream, grew them without end while what
+/// they wait for (a model call, the audit log's disk, the limits' store) was slow: neither the
+/// bound on connections nor on streams counts a request whose client has gone. So at most
+/// [`Orphans::most`] are being finished, plus the requests in progress that had passed the
+/// audit guard when the count was under it (which the bounds on connections and streams hold):
+/// every request waiting when one finishes goes on. A request dropped while it waits has had
+/// nothing done for it, and has no entry. A request whose passage panicked cannot be finished:
+/// it is logged, and takes no place.
+///
+/// The model routes and the admin routes have a bound each ([`crate::Gateway`]): requests left
+/// behind a model call that never returns must not hold up a key's revocation.
 #[derive(Debug)]
 pub struct Orphans {
     running: AtomicUsize,
@@ -146,8 +153,27 @@ impl Orphans {
 /// it is dropped before its end (its client gone): see [`Orphans`].
 struct Finishing {
     work: Option<std::pin::Pin<Box<dyn Future<Output = Response> + Send>>>,
+    /// Set while `work` is polled: dropped with it set, `work` panicked and cannot go on.
+    polling: bool,
     gone: ClientGone,
     orphans: Arc<Orphans>,
+}
+
+/// A place among the requests being finished ([`Orphans`]), given back when dropped, however
+/// the task holding it ends.
+struct Place(Arc<Orphans>);
+
+impl Place {
+    fn take(orphans: Arc<Orphans>) -> Self {
+        orphans.running.fetch_add(1, Ordering::AcqRel);
+        Place(orphans)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.finished();
+    }
 }
 
 impl Future for Finishing {
@@ -157,11 +183,15 @@ impl Future for Finishing {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Response> {
-        let Some(work) = self.work.as_mut() else {
+        let this = &mut *self;
+        let Some(work) = this.work.as_mut() else {
             unreachable!("polled after it was ready")
         };
-        let r = std::task::ready!(work.as_mut().poll(cx));
-        self.work = None;
+        this.polling = true;
+        let r = work.as_mut().poll(cx);
+        this.polling = false;
+        let r = std::task::ready!(r);
+        this.work = None;
         std::task::Poll::Ready(r)
     }
 }
@@ -170,16 +200,20 @@ impl Drop for Finishing {
     fn drop(&mut self) {
         let Some(work) = self.work.take() else { return };
         self.gone.set();
+        if self.polling {
+            // Unwinding from a panic inside the passage: polled again, it would only panic.
+            tracing::error!("a request's passage panicked; it has no audit entry");
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::error!("a request whose client left could not be finished: no runtime");
             return;
         };
-        let orphans = self.orphans.clone();
-        orphans.running.fetch_add(1, Ordering::AcqRel);
+        let place = Place::take(self.orphans.clone());
         rt.spawn(async move {
+            let _place = place;
             // Dropped, not sent: the client has gone.
             drop(work.await);
-            orphans.finished();
         });
     }
 }
@@ -214,6 +248,7 @@ impl Guard for Audit {
         };
         Finishing {
             work: Some(Box::pin(self.finish(pass, next, req))),
+            polling: false,
             gone,
             orphans,
         }
@@ -516,18 +551,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_response_whose_body_fails_is_answered_500_and_audited() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = Arc::new(
+    /// An audit log in `dir`.
+    fn test_log(dir: &std::path::Path) -> Arc<crate::audit::SqliteAuditLog> {
+        Arc::new(
             crate::audit::SqliteAuditLog::open(
-                &dir.path().join("audit.db"),
+                &dir.join("audit.db"),
                 crate::audit::CheckpointSigner::from_seed(&[1; 32]),
                 crate::audit::CheckpointPolicy::default(),
                 crate::audit::Durability::Full,
             )
             .unwrap(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn a_response_whose_body_fails_is_answered_500_and_audited() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = test_log(dir.path());
         let metrics = Arc::new(Metrics::new().unwrap());
         // The rest of the stack served the request, and its body then failed.
         let failing = Next::new(tower::service_fn(|_req: Request| async {
@@ -549,5 +589,41 @@ mod tests {
         assert_eq!(entry["decision"], "error", "{entry}");
         assert_eq!(entry["input_sha256"], "abc", "{entry}");
         assert_eq!(entry["model"], "m", "{entry}");
+    }
+
+    /// A request whose passage panicked cannot be finished: it takes no place among those being
+    /// finished. It took one for good (the task that was to finish it panicked at once, "async
+    /// fn resumed after panicking"), and at the bound every later request waited for ever
+    /// (review, 2026-12-06).
+    #[tokio::test]
+    async fn a_request_whose_passage_panicked_takes_no_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = test_log(dir.path());
+        let orphans = Arc::new(Orphans::at_most(1));
+        let audit = Audit::new(log, Arc::new(Metrics::new().unwrap()), orphans.clone());
+        let request = || {
+            axum::http::Request::post("/v2/models/m/infer")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let panicking = Next::new(tower::service_fn(|_req: Request| async {
+            if true {
+                panic!("a bug in the stack");
+            }
+            Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+        }));
+        let r = tokio::spawn(audit.clone().handle(request(), panicking)).await;
+        assert!(r.unwrap_err().is_panic());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert_eq!(orphans.running(), 0);
+        let fine = Next::new(tower::service_fn(|_req: Request| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+        }));
+        let served = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            audit.handle(request(), fine),
+        )
+        .await;
+        assert!(served.is_ok(), "the next request waits");
     }
 }
