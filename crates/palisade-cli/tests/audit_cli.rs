@@ -221,3 +221,32 @@ fn a_rewritten_entry_gets_no_inclusion_proof() {
     );
     assert_eq!(code, 0, "{v}");
 }
+
+/// A proof asked for an entry that a killed gateway left only in its journal (not yet copied
+/// into the database, which the gateway's next start does) is an error that says so and what to
+/// do, not a bare "out of range".
+#[test]
+fn a_proof_of_an_entry_still_only_in_the_journal_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    append(d, 3, 0, 2);
+    let entry = |i: u64| format!(r#"{{"n":{i}}}"#).into_bytes();
+    let (a, b) = (entry(2), entry(3));
+    palisade_gateway::audit::testing::journal(&d.join("audit.db"), 2, &[&a, &b]).unwrap();
+    for args in [
+        &["inclusion", "--index", "3"][..],
+        &["consistency", "--first", "1", "--second", "4"][..],
+    ] {
+        let (code, out) = audit(d, args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        let e = out["error"].as_str().unwrap_or_default();
+        assert!(
+            e.contains("2 more acknowledged entries are only in the journal")
+                && e.contains("palisade serve"),
+            "{args:?}: {e}"
+        );
+    }
+    // Within the database, proofs are given as before.
+    let (code, out) = audit(d, &["inclusion", "--index", "1"]);
+    assert_eq!((code, out["verifies"].as_bool()), (0, Some(true)), "{out}");
+}

@@ -416,7 +416,7 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                     ctx.emit(&out, |o| format!("entry {}: {}", o.index, o.problem))?;
                     return Ok(Outcome::Findings);
                 }
-                r => r?,
+                r => r.map_err(|e| not_in_the_database_yet(&log, have, e))?,
             };
             let checked_against = checkpoints.check(have, &[p.tree()])?;
             Proved {
@@ -448,7 +448,9 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                 return Ok(outcome);
             }
             let second = second.or_else(|| checkpoints.largest()).unwrap_or(have);
-            let p = log.consistency(first, second)?;
+            let p = log
+                .consistency(first, second)
+                .map_err(|e| not_in_the_database_yet(&log, have, e))?;
             let checked_against = checkpoints.check(have, &p.trees())?;
             Proved {
                 verifies: p.verify(),
@@ -467,5 +469,25 @@ pub fn run(ctx: &Ctx, args: AuditArgs) -> anyhow::Result<Outcome> {
                 )
             })
         }
+    }
+}
+
+/// `e`, and, where it says the log has too few entries while the journal beside the database
+/// holds more (a gateway killed before it copied them in), what to do about it.
+fn not_in_the_database_yet(
+    log: &palisade_gateway::audit::OfflineLog,
+    have: u64,
+    e: AuditError,
+) -> anyhow::Error {
+    match (&e, log.journaled_beyond(have)) {
+        (AuditError::OutOfRange(_), n) if n > 0 => anyhow::anyhow!(
+            "{e}; {n} more acknowledged entr{} only in the journal beside the database (its \
+             gateway stopped before copying {} in): start `palisade serve` on this state folder, \
+             which copies {} in, and ask again (`palisade audit verify` reads the journal now)",
+            if n == 1 { "y is" } else { "ies are" },
+            if n == 1 { "it" } else { "them" },
+            if n == 1 { "it" } else { "them" },
+        ),
+        _ => e.into(),
     }
 }

@@ -41,6 +41,21 @@ pub mod fuzzing {
     }
 }
 
+/// Support for other crates' tests. Not a stable API.
+#[doc(hidden)]
+pub mod testing {
+    /// Writes `entries` to the journal beside the audit database `db`, from index `first`, as a
+    /// gateway with `process` durability does before it copies them into the database.
+    pub fn journal(
+        db: &std::path::Path,
+        first: u64,
+        entries: &[&[u8]],
+    ) -> Result<(), super::AuditError> {
+        super::journal::Journal::create(db, first)?.append(entries.iter().copied())?;
+        Ok(())
+    }
+}
+
 use crate::hexfmt;
 
 /// What can go wrong with the audit log.
@@ -256,6 +271,7 @@ pub fn open_offline(path: &Path) -> Result<OfflineLog, AuditError> {
     }
     Ok(OfflineLog {
         conn: std::sync::Mutex::new(sqlite::open_for_proofs(path)?),
+        path: path.to_path_buf(),
     })
 }
 
@@ -263,6 +279,7 @@ pub fn open_offline(path: &Path) -> Result<OfflineLog, AuditError> {
 #[derive(Debug)]
 pub struct OfflineLog {
     conn: std::sync::Mutex<rusqlite::Connection>,
+    path: std::path::PathBuf,
 }
 
 impl OfflineLog {
@@ -277,6 +294,16 @@ impl OfflineLog {
     /// Number of entries.
     pub fn size(&self) -> Result<u64, AuditError> {
         self.with(sqlite::stored_size)
+    }
+
+    /// How many acknowledged entries past the database's first `size` are only in the journal
+    /// beside it: a gateway with `process` durability stopped (killed) before it copied them
+    /// into the database, which its next start does. Proofs cannot cover them until then. 0 if
+    /// the journal cannot be read (`palisade audit verify` says why).
+    pub fn journaled_beyond(&self, size: u64) -> u64 {
+        journal::read(&self.path).map_or(0, |j| {
+            j.entries.iter().filter(|(index, _)| *index >= size).count() as u64
+        })
     }
 
     /// Inclusion proof of entry `index` in the tree of `size` entries.

@@ -1969,6 +1969,11 @@ mod tests {
         let r = super::super::verify_log(&db, &pk, &[]).unwrap();
         assert!(r.ok(), "{:?}", r.problems);
         assert_eq!((r.entries, r.journal_entries, r.verified_up_to), (7, 3, 4));
+        // The offline log holds what the database does, and says what is only journaled.
+        let off = crate::audit::open_offline(&db).unwrap();
+        assert_eq!(off.size().unwrap(), 4);
+        assert_eq!((off.journaled_beyond(4), off.journaled_beyond(6)), (3, 1));
+        drop(off);
         // The root is the one the log has once it copies the journal in.
         let log = open_log(&db, 4, Durability::Full);
         assert_eq!(log.inclusion(0, 7).unwrap().root, r.root);
