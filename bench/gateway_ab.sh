@@ -16,7 +16,7 @@
 #
 # Code layout moves these figures as much as a change does. Two builds whose request paths did
 # the same work (37e1e01 and 19980ea; guard_chain's guards_minus_bare 21.5-23.7 and 20.6-23.3 µs
-# over three invocations each) differed by 16-26 µs of gateway CPU per request, 0.954 against
+# over three invocations each) differed by 17-26 µs of gateway CPU per request, 0.954 against
 # 0.877 of the bare endpoint at 16 connections (4 rounds, 2026-12-06). perf put the difference
 # in tract's im2col (Patcher::valid_2d, 26 against 33 µs per request), the same machine code at
 # another address. Built with RUSTFLAGS="-C llvm-args=-align-loops=64", the two builds differed
