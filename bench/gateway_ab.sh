@@ -6,12 +6,9 @@
 # of its gateway (`process` audit durability), and its gateway/bare ratio per round.
 #
 # Usage: VARIANTS="before=DIR_A after=DIR_B" bash bench/gateway_ab.sh
-#   where each DIR holds `bare_endpoint` and `palisade` built from one revision, e.g. (the bare
-#   endpoint built with palisade-cli's dependency features: see gateway_common.sh)
-#   cargo build --release -p palisade-cli && \
-#     cargo build --release -p palisade-cli -p palisade-gateway --features palisade-gateway/tract \
-#       --example bare_endpoint && \
-#     mkdir -p /tmp/ab/after && cp target/release/palisade target/release/examples/bare_endpoint /tmp/ab/after/
+#   where each DIR holds `palisade` built from one revision (its hidden `bench-endpoint` is the
+#   bare endpoint), e.g.
+#   cargo build --release -p palisade-cli && mkdir -p /tmp/ab/after && cp target/release/palisade /tmp/ab/after/
 #   (ROUNDS=4 SECONDS_PER_RUN=6 CONNS_LIST="1 16 64")
 #
 # Code layout moves these figures as much as a change does. Two builds whose request paths did
@@ -25,8 +22,8 @@ source "$(dirname "$0")/gateway_common.sh"
 [ -n "${VARIANTS:-}" ] || { echo "set VARIANTS=\"NAME=DIR ...\" (see the header)" >&2; exit 2; }
 for V in $VARIANTS; do
     D=${V#*=}
-    [ -x "$D/bare_endpoint" ] && [ -x "$D/palisade" ] || {
-        echo "$D must hold the executables bare_endpoint and palisade" >&2
+    [ -x "$D/palisade" ] || {
+        echo "$D must hold the executable palisade" >&2
         exit 2
     }
 done
@@ -40,7 +37,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
     for V in $VARIANTS; do
         N=${V%%=*} D=${V#*=}
         P=$(free_port)
-        start_bare "$P" "$D/bare_endpoint"
+        start_bare "$P" "$D/palisade"
         PID[bare/$N]=$BARE_PID
         URL[bare/$N]="http://127.0.0.1:$P/v2/models/mnist/infer"
         AUTHS[bare/$N]=""

@@ -5,15 +5,12 @@ cd "$(dirname "$0")/.."
 command -v wrk > /dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
 PROFILE=${PROFILE:-release}
 cargo build -q --profile "$PROFILE" -p palisade-cli
-# The bare endpoint is built in one invocation with palisade-cli, so that cargo compiles its
-# dependencies with the features palisade-cli's graph turns on: built alone, tract (through
-# smallvec, half, ...) got other features than in `palisade`, and different machine code. Its
-# im2col took 21 µs per request there against 29-35 µs in `palisade` (perf, 16 connections,
-# two runs each, 2026-12-04), a difference of tract builds, not of guards.
-cargo build -q --profile "$PROFILE" -p palisade-cli -p palisade-gateway --features palisade-gateway/tract --example bare_endpoint
 TDIR=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 BIN=$TDIR/palisade
-BARE=$TDIR/examples/bare_endpoint
+# The bare endpoint is `palisade bench-endpoint` (hidden): the same binary, so the same machine
+# code for tract. A separate binary (an example, until 2026-12-06) got other machine code, or the
+# same code at other addresses, and its im2col differed from `palisade`'s by up to 8 µs per
+# request either way (perf, 2026-12-04 and 2026-12-06): a difference of builds, not of guards.
 # STATE_DIR: where the servers' state (audit log, journal, limits.db) goes; the default, a fresh
 # folder under $TMPDIR, may be a tmpfs, where an fsync costs nothing (the machine line says
 # which file system it is).
@@ -118,8 +115,8 @@ run_wrk() { # URL CONNECTIONS SECONDS -> one JSON line
 
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 
-start_bare() { # PORT [BARE_BINARY]; sets BARE_PID once the endpoint answers an infer
-    "${2:-$BARE}" models/mnist_cnn_public.onnx "127.0.0.1:$1" 2>> "$STATE/bare.log" &
+start_bare() { # PORT [PALISADE_BINARY]; sets BARE_PID once the endpoint answers an infer
+    "${2:-$BIN}" bench-endpoint --model models/mnist_cnn_public.onnx --listen "127.0.0.1:$1" 2>> "$STATE/bare.log" &
     BARE_PID=$!
     PIDS+=("$BARE_PID")
     # The bare endpoint has no health route.

@@ -11,7 +11,7 @@
 # per request that take ~3 µs natively; compare builds, not the absolute guard share.
 # Needs valgrind. Slow: two builds at N=1500 took 19 minutes on a 2-vCPU VM (N=50: 1.5 minutes for one).
 # Usage: VARIANTS="before=DIR after=DIR" N=1500 bash bench/gateway_instructions.sh
-#   (each DIR holds a build's `palisade` and `bare_endpoint`, as for gateway_ab.sh; default: this
+#   (each DIR holds a build's `palisade`, whose `bench-endpoint` is the bare one; default: this
 #   checkout's target/release). Build another revision with its own CARGO_TARGET_DIR: a worktree
 #   built into this checkout's target folder leaves artifacts that cargo, whose fingerprints do
 #   not name the checkout, then takes as up to date for this one.
@@ -19,7 +19,7 @@ source "$(dirname "$0")/gateway_common.sh"
 command -v valgrind > /dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 2; }
 [ -n "${VARIANTS:-}" ] || VARIANTS="this=$TDIR"
 N=${N:-1500}
-bare_of() { [ -x "$1/bare_endpoint" ] && echo "$1/bare_endpoint" || echo "$1/examples/bare_endpoint"; }
+bare_of() { echo "$1/palisade"; }
 client() { # PORT N AUTH: N requests, one at a time, on one connection
 python3 - "$1" "$2" "$3" <<'PY'
 import http.client, os, sys
@@ -39,7 +39,7 @@ for V in $VARIANTS; do
   for mode in bare gw; do
     P=$(free_port)
     if [ $mode = bare ]; then
-      valgrind --tool=callgrind --callgrind-out-file=$STATE/cg.$name.$mode.%p "$(bare_of "$dir")" models/mnist_cnn_public.onnx "127.0.0.1:$P" 2>>$STATE/vg.log &
+      valgrind --tool=callgrind --callgrind-out-file=$STATE/cg.$name.$mode.%p "$(bare_of "$dir")" bench-endpoint --model models/mnist_cnn_public.onnx --listen "127.0.0.1:$P" 2>>$STATE/vg.log &
       PID=$!; A=
       for _ in $(seq 1 600); do curl -fs -o /dev/null -H "Inference-Header-Content-Length: $HLEN" --data-binary @"$BODY" "http://127.0.0.1:$P/v2/models/mnist/infer" && break; sleep 0.5; done
     else

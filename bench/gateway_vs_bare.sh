@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# Bare tract inference behind a plain endpoint (examples/bare_endpoint.rs: the gateway's interim
-# tract runtime, the same OIP codec, no guards) vs `palisade serve` with the full guard chain
-# (authenticate, authorise, rate limit, validate, harden, audit, metrics), at 1, 16 and 64
-# connections, in one run. `serve` runs the model through palisade-model's ONNX classifier; both
-# build the same tract plan (symbolic batch, optimised), and under callgrind both spent 2.7 M
-# instructions per request in tract (2026-12-02).
+# Bare tract inference behind a plain endpoint (`palisade bench-endpoint`, hidden: the same
+# binary, ONNX classifier, inference threads and OIP codec as `serve`, behind a plain axum
+# server, no guards) vs `palisade serve` with the full guard chain (authenticate, authorise,
+# rate limit, validate, harden, audit, metrics), at 1, 16 and 64 connections, in one run.
 # The gateway runs twice, once per audit durability: `full` (fsync before each answer) and
 # `process` (survives kill -9 of the gateway, not a power cut).
 # The figures also go into a picture, bench/gateway_chart.py: throughput and p99 per connection

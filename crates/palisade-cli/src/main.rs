@@ -68,6 +68,9 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// The main job on the embedded defaults: train, evaluate and check the native CNN.
     Demo(cmd::demo::DemoArgs),
+    /// The gateway benchmarks' bare endpoint: a model with no guards, on loopback only.
+    #[command(hide = true)]
+    BenchEndpoint(cmd::serve::BenchEndpointArgs),
 }
 
 /// mimalloc rather than glibc's allocator: the gateway allocates per request on many threads
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(&ctx, args),
         Command::Eval(args) => cmd::eval::run(&ctx, args),
         Command::Demo(args) => cmd::demo::run(&ctx, args),
+        Command::BenchEndpoint(args) => cmd::serve::bench_endpoint(args),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

@@ -366,3 +366,35 @@ fn serve_closes_a_connection_past_the_bound_per_address() {
     );
     stop(gw);
 }
+
+/// `palisade bench-endpoint` (hidden, the benchmarks' bare endpoint) has no guards: it refuses
+/// an address that is not loopback, and on loopback answers an infer with no key.
+#[test]
+fn the_bench_endpoint_listens_only_on_loopback_and_answers_without_a_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["bench-endpoint", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("only on a loopback address"), "{stderr}");
+
+    let addr = free_addr();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["bench-endpoint", "--listen", &addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let s = infer(&addr, "none");
+        if s != 0 || Instant::now() > end {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
+}

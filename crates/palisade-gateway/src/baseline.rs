@@ -85,3 +85,10 @@ async fn infer(
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
+
+/// Serves `router` on `listener` as `axum::serve` does, with none of [`crate::serve`]'s
+/// deadlines or bound on connections: the plain endpoint the benchmarks compare the gateway
+/// with.
+pub async fn serve_plain(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    axum::serve(listener, router).await
+}

@@ -182,6 +182,61 @@ impl Runtime for OnnxRuntime {
     }
 }
 
+/// `palisade bench-endpoint` (hidden): the gateway benchmarks' bare endpoint. A model behind
+/// `palisade_gateway::baseline`'s plain infer route: the same ONNX classifier, inference pool,
+/// async runtime and OIP codec as `serve`, and no guards. It is in this binary so that the
+/// benchmarks compare the guards and not two builds of tract: builds whose request paths did the
+/// same work differed by up to 26 µs per request, in tract's im2col placed elsewhere in the
+/// binary (`bench/gateway_ab.sh`). It has no keys, limits or audit, so it listens only on a
+/// loopback address.
+#[derive(Debug, clap::Args)]
+pub struct BenchEndpointArgs {
+    /// The ONNX model (default: the bundled MNIST model), served as `mnist`.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A loopback address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: std::net::SocketAddr,
+}
+
+/// Runs [`BenchEndpointArgs`] until killed.
+pub fn bench_endpoint(args: BenchEndpointArgs) -> anyhow::Result<Outcome> {
+    anyhow::ensure!(
+        args.listen.ip().is_loopback(),
+        "--listen {}: the bench endpoint has no guards, so it listens only on a loopback address",
+        args.listen
+    );
+    let (path, bytes) = match &args.model {
+        Some(p) => (
+            p.clone(),
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        ),
+        None => (PathBuf::from("mnist/1/model.onnx"), BUNDLED_MODEL.to_vec()),
+    };
+    let loaded = OnnxRuntime
+        .load(&path, &bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let inference = Arc::new(InferencePool::new(None, None).context("starting inference threads")?);
+    let app = palisade_gateway::baseline::router(
+        loaded.classifier,
+        inference,
+        "mnist",
+        "1",
+        &loaded.output_name,
+    );
+    let rt = palisade_gateway::pool::async_runtime(None).context("starting the async runtime")?;
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::warn!(listen = %args.listen, "bench endpoint: no guards");
+        palisade_gateway::baseline::serve_plain(l, app)
+            .await
+            .context("serving")?;
+        Ok(Outcome::Success)
+    })
+}
+
 /// Writes the bundled model folder under `state` (rewriting it if it differs) and returns the
 /// repository folder.
 fn install_bundled(state: &Path) -> anyhow::Result<PathBuf> {
