@@ -8,9 +8,10 @@ cargo build -q --profile "$PROFILE" -p palisade-cli
 TDIR=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 BIN=$TDIR/palisade
 # The bare endpoint is `palisade bench-endpoint` (hidden): the same binary, so the same machine
-# code for tract. A separate binary (an example, until 2026-12-06) got other machine code, or the
-# same code at other addresses, and its im2col differed from `palisade`'s by up to 8 µs per
-# request either way (perf, 2026-12-04 and 2026-12-06): a difference of builds, not of guards.
+# code for tract. A separate binary (an example, until 2026-12-06) got other machine code: its
+# im2col took 21 µs per request against 29-35 µs in `palisade` (perf, 16 connections,
+# 2026-12-04); and two `palisade` builds whose request paths did the same work spent 26 and 33 µs
+# there, the same code at other addresses (2026-12-06): differences of builds, not of guards.
 # STATE_DIR: where the servers' state (audit log, journal, limits.db) goes; the default, a fresh
 # folder under $TMPDIR, may be a tmpfs, where an fsync costs nothing (the machine line says
 # which file system it is).
