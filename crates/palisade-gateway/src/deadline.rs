@@ -45,6 +45,11 @@ impl BodyClock {
         self.last_moved.fetch_max(ns, Ordering::AcqRel);
     }
 
+    /// When the call arrived.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
     /// From the call's arrival to its body's last frame or end so far.
     pub fn took(&self) -> Duration {
         Duration::from_nanos(self.last_moved.load(Ordering::Acquire))

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -17,7 +18,7 @@ use tower::Service;
 
 use crate::guard::admit::refusal;
 use crate::guard::{
-    ClientGone, Decision, Prediction, ValidatedInfer, error_response, json_response,
+    CallDeadline, ClientGone, Decision, Prediction, ValidatedInfer, error_response, json_response,
 };
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
@@ -90,11 +91,27 @@ impl ModelService {
                 if left() {
                     return client_left();
                 }
+                // The policy's deadline, or the caller's own if that is sooner.
+                let now = std::time::Instant::now();
+                let mut wait = (
+                    Duration::from_millis(model.policy.inference.timeout_ms),
+                    "the model's inference.timeout_ms",
+                );
+                if let Some(t) = v.request.timeout.filter(|&t| t < wait.0) {
+                    wait = (t, "the request's timeout parameter");
+                }
+                if let Some(CallDeadline(at)) = req.extensions().get::<CallDeadline>() {
+                    let left = at.saturating_duration_since(now);
+                    if left < wait.0 {
+                        wait = (left, "what was left of the call's grpc-timeout");
+                    }
+                }
                 let out = self
                     .inference
-                    .run_admitted(move || {
-                        (!left()).then(|| job.model.classifier.logits(job.input.view()))
-                    })
+                    .run_admitted_until(
+                        move || (!left()).then(|| job.model.classifier.logits(job.input.view())),
+                        now + wait.0,
+                    )
                     .await;
                 let logits = match out {
                     Ok(None) => return client_left(),
@@ -114,6 +131,10 @@ impl ModelService {
                     // The pool stopped (the gateway is shutting down). A full queue does not
                     // refuse a request the admit guard let through: it has been charged.
                     Err(e @ (PoolError::Busy { .. } | PoolError::Stopped)) => return refusal(&e),
+                    Err(PoolError::TimedOut) => {
+                        self.metrics.inference_timeout(&model.name);
+                        return timed_out(wait);
+                    }
                     Err(e) => return failed(&e),
                 };
                 self.metrics.samples(&model.name, n);
@@ -136,6 +157,21 @@ fn client_left() -> Response {
     let mut r = error_response(status, "the client left before the model ran");
     // What the guards decided; the status says it was not run.
     r.extensions_mut().insert(Decision::Allowed);
+    r
+}
+
+/// The answer to an infer request whose model call did not finish within `wait`, the deadline
+/// `why` names: 504, which the gRPC translation answers `DEADLINE_EXCEEDED`. The gateway failed
+/// to answer in time, so the audit log records an error.
+fn timed_out((wait, why): (Duration, &str)) -> Response {
+    let mut r = error_response(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!(
+            "the model did not answer within {} ms ({why})",
+            wait.as_millis()
+        ),
+    );
+    r.extensions_mut().insert(Decision::Error);
     r
 }
 

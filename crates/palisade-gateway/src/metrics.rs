@@ -29,6 +29,8 @@ pub struct Metrics {
     audit_failures: IntCounter,
     inference_queue: IntGauge,
     inference_longest: prometheus::Gauge,
+    inference_stuck: IntGauge,
+    inference_timeouts: IntCounterVec,
     client_left: IntGauge,
     connections_open: IntGauge,
     connections_max: IntGauge,
@@ -139,6 +141,19 @@ impl Metrics {
             "How long the longest model call running now has run, 0 if none (when /metrics was \
              read): a call that never returns holds its inference thread for good",
         )?;
+        let inference_stuck = IntGauge::new(
+            "inference_threads_stuck",
+            "Inference threads given up on, still running a model call past its deadline (when \
+             /metrics was read); another thread took the place of each, within a bound",
+        )?;
+        let inference_timeouts = IntCounterVec::new(
+            Opts::new(
+                "inference_timeouts_total",
+                "Infer requests answered 504 because the model did not answer before their \
+                 deadline (the policy's inference.timeout_ms or the request's own), by model",
+            ),
+            &["model"],
+        )?;
         let client_left = IntGauge::new(
             "requests_client_left_finishing",
             "Requests whose client went away before the answer, still being finished for their \
@@ -164,6 +179,8 @@ impl Metrics {
         registry.register(Box::new(limits_failures.clone()))?;
         registry.register(Box::new(inference_queue.clone()))?;
         registry.register(Box::new(inference_longest.clone()))?;
+        registry.register(Box::new(inference_stuck.clone()))?;
+        registry.register(Box::new(inference_timeouts.clone()))?;
         registry.register(Box::new(client_left.clone()))?;
         let routes = ROUTES
             .iter()
@@ -188,6 +205,8 @@ impl Metrics {
             limits_failures,
             inference_queue,
             inference_longest,
+            inference_stuck,
+            inference_timeouts,
             client_left,
             connections_open,
             connections_max,
@@ -213,13 +232,20 @@ impl Metrics {
         }
     }
 
-    /// Records how many model calls wait for an inference thread, and how long the longest
-    /// running one has run (`None`: none runs).
-    pub fn inference_pool(&self, queued: usize, longest: Option<Duration>) {
+    /// Records how many model calls wait for an inference thread, how long the longest
+    /// running one has run (`None`: none runs), and how many threads were given up on.
+    pub fn inference_pool(&self, queued: usize, longest: Option<Duration>, stuck: usize) {
         self.inference_queue
             .set(i64::try_from(queued).unwrap_or(i64::MAX));
         self.inference_longest
             .set(longest.map_or(0.0, |d| d.as_secs_f64()));
+        self.inference_stuck
+            .set(i64::try_from(stuck).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an infer request answered 504 because `model` did not answer before its deadline.
+    pub fn inference_timeout(&self, model: &str) {
+        self.inference_timeouts.with_label_values(&[model]).inc();
     }
 
     /// Records how many requests whose client left are being finished.

@@ -13,6 +13,9 @@
 //! daily_budget = 100000   # samples per key per UTC day
 //! count = "samples"       # what the rates and the budget count: samples | requests
 //!
+//! [inference]             # the model call
+//! timeout_ms = 30000      # answered 504 (gRPC: DEADLINE_EXCEEDED) if not done within this
+//!
 //! [output]                # harden
 //! reveal = "logits"       # logits | probabilities | label
 //! top_k = 3
@@ -69,6 +72,8 @@ pub struct Policy {
     pub input: InputPolicy,
     /// Rate limits and budgets.
     pub limits: LimitPolicy,
+    /// The model call.
+    pub inference: InferencePolicy,
     /// Output hardening.
     pub output: OutputPolicy,
 }
@@ -100,6 +105,30 @@ impl Default for InputPolicy {
             max_batch: 64,
             range: None,
             body_timeout_ms: DEFAULT_BODY_TIMEOUT_MS,
+        }
+    }
+}
+
+/// The model call's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferencePolicy {
+    /// How long a request may wait for the model, in milliseconds, from when the model service
+    /// queues its call (after every guard before it has passed): then it is answered 504
+    /// (gRPC: `DEADLINE_EXCEEDED`). A request's own shorter deadline (the OIP `timeout`
+    /// parameter, gRPC's `grpc-timeout`) wins. A call not yet started is dropped; one running
+    /// cannot be stopped, and another inference thread takes its place (see
+    /// [`crate::pool::STAND_INS_PER_THREAD`]).
+    pub timeout_ms: u64,
+}
+
+/// [`InferencePolicy::timeout_ms`] unless the policy says otherwise.
+pub const DEFAULT_INFER_TIMEOUT_MS: u64 = 30_000;
+
+impl Default for InferencePolicy {
+    fn default() -> Self {
+        InferencePolicy {
+            timeout_ms: DEFAULT_INFER_TIMEOUT_MS,
         }
     }
 }
@@ -277,6 +306,9 @@ impl Policy {
         if self.input.body_timeout_ms == 0 || self.input.body_timeout_ms > 600_000 {
             return bad("input.body_timeout_ms must be in 1..=600000 (10 minutes)".into());
         }
+        if self.inference.timeout_ms == 0 || self.inference.timeout_ms > 600_000 {
+            return bad("inference.timeout_ms must be in 1..=600000 (10 minutes)".into());
+        }
         if let Some([lo, hi]) = self.input.range
             && !(lo.is_finite() && hi.is_finite() && lo <= hi)
         {
@@ -355,6 +387,8 @@ mod tests {
             [limits]
             per_key = { rate = 10, period_ms = 1000, burst = 5 }
             daily_budget = 100
+            [inference]
+            timeout_ms = 250
             [output]
             reveal = "probabilities"
             top_k = 3
@@ -368,6 +402,11 @@ mod tests {
         assert_eq!(
             Policy::default().input.body_timeout_ms,
             DEFAULT_BODY_TIMEOUT_MS
+        );
+        assert_eq!(p.inference.timeout_ms, 250);
+        assert_eq!(
+            Policy::default().inference.timeout_ms,
+            DEFAULT_INFER_TIMEOUT_MS
         );
         assert_eq!(p.output.top_k, Some(3));
         assert_eq!(Policy::from_toml("").unwrap(), Policy::default());
@@ -412,7 +451,15 @@ mod tests {
                 Policy::from_toml(&format!("[input]\nbody_timeout_ms = {t}")),
                 Err(PolicyError::Invalid(_))
             ));
+            assert!(matches!(
+                Policy::from_toml(&format!("[inference]\ntimeout_ms = {t}")),
+                Err(PolicyError::Invalid(_))
+            ));
         }
+        assert!(matches!(
+            Policy::from_toml("[inference]\ntimeout = 5"),
+            Err(PolicyError::Parse(_))
+        ));
         assert!(matches!(
             Policy::from_toml("[input]\nrange = [1.0, 0.0]"),
             Err(PolicyError::Invalid(_))

@@ -29,39 +29,80 @@
 //! been charged). [`InferencePool::queued`] is exported as the `palisade_inference_queue` gauge.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel as channel;
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A queued call, and when its caller stops waiting for it (µs since the pool began, plus one;
+/// 0: never). The thread that takes it says whether that time has passed.
+struct Job {
+    deadline: u64,
+    run: Box<dyn FnOnce(bool) + Send>,
+}
 
 /// A fixed set of inference threads.
 pub struct InferencePool {
     /// `None` once the pool is shut down.
     queue: RwLock<Option<channel::Sender<Job>>>,
-    /// Calls queued and not yet taken by a thread (counted here rather than by a bounded
-    /// channel, so that an admitted call can go past the limit).
-    waiting: Arc<AtomicUsize>,
     /// Most calls `run` lets wait.
     limit: Option<usize>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    count: usize,
-    /// Per thread, when its running call began, as microseconds since `born` plus one (0: no
-    /// call running): see [`InferencePool::longest_running`].
-    running: Arc<[std::sync::atomic::AtomicU64]>,
-    born: std::time::Instant,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for InferencePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InferencePool")
-            .field("threads", &self.count)
+            .field("threads", &self.shared.count)
             .field("queued", &self.queued())
             .finish()
     }
 }
+
+/// What the pool and its threads share.
+struct Shared {
+    /// Calls queued and not yet taken by a thread (counted here rather than by a bounded
+    /// channel, so that an admitted call can go past the limit).
+    waiting: AtomicUsize,
+    /// The threads the pool keeps taking calls.
+    count: usize,
+    /// Where every thread takes its calls from (a thread started to stand in for one held by a
+    /// call past its deadline takes a clone).
+    rx: channel::Receiver<Job>,
+    born: Instant,
+    /// Per slot (a thread's place; [`STAND_INS_PER_THREAD`] more than `count`), when its
+    /// running call began, as microseconds since `born` plus one (0: no call running): see
+    /// [`InferencePool::longest_running`].
+    running: Box<[AtomicU64]>,
+    /// Per slot, the running call's deadline, in the same unit (0: none).
+    deadline: Box<[AtomicU64]>,
+    /// Per slot, set once its thread is given up on: its call ran past its deadline and a
+    /// thread was started (or would have been, within the bound) in its place.
+    given_up: Box<[AtomicBool]>,
+    crew: Mutex<Crew>,
+}
+
+/// The threads, under a lock taken only to start or retire one.
+#[derive(Default)]
+struct Crew {
+    /// Per slot, its thread if one lives there.
+    threads: Vec<Option<JoinHandle<()>>>,
+    /// Threads alive.
+    live: usize,
+    /// Threads given up on and still running their call.
+    stuck: usize,
+}
+
+/// A model call cannot be stopped from outside its thread. One that runs past its deadline is
+/// given up on: its caller is answered, and another thread takes its place, so that the pool
+/// goes on with `count` threads taking calls. The thread given up on ends once its call returns
+/// if the pool has enough threads by then. At most this many stand-ins per configured thread run
+/// at once: calls that never return could otherwise make threads without end. With every thread
+/// and every stand-in held, calls wait in the queue until their deadline and are then dropped
+/// without running.
+pub const STAND_INS_PER_THREAD: usize = 1;
 
 /// Why a call on the pool gave no result.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +114,10 @@ pub enum PoolError {
     /// The pool was shut down before the call ran.
     #[error("the inference threads have stopped")]
     Stopped,
+    /// The call did not finish before its deadline: it was dropped unrun if no thread had
+    /// taken it yet, else its result will be thrown away (see [`STAND_INS_PER_THREAD`]).
+    #[error("the model call did not finish before its deadline")]
+    TimedOut,
     /// The queue was full: the call was not queued.
     #[error("{}", busy_message(*.limit))]
     Busy {
@@ -118,65 +163,65 @@ impl InferencePool {
         let threads =
             threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let count = threads.max(1);
+        let slots = count * (1 + STAND_INS_PER_THREAD);
         let (tx, rx) = channel::unbounded::<Job>();
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let born = std::time::Instant::now();
-        let running: Arc<[std::sync::atomic::AtomicU64]> =
-            (0..count).map(|_| Default::default()).collect();
-        let mut handles = Vec::with_capacity(count);
-        for i in 0..count {
-            let rx = rx.clone();
-            let waiting = waiting.clone();
-            let running = running.clone();
-            // On an error the threads started so far see the queue close and exit.
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("palisade-infer-{i}"))
-                    .spawn(move || {
-                        // Ends once the queue is closed and empty: queued calls still run.
-                        for job in rx.iter() {
-                            waiting.fetch_sub(1, Ordering::AcqRel);
-                            let since = born.elapsed().as_micros() as u64 + 1;
-                            running[i].store(since, Ordering::Release);
-                            job();
-                            running[i].store(0, Ordering::Release);
-                        }
-                    })?,
-            );
+        let shared = Arc::new(Shared {
+            waiting: AtomicUsize::new(0),
+            count,
+            rx,
+            born: Instant::now(),
+            running: (0..slots).map(|_| Default::default()).collect(),
+            deadline: (0..slots).map(|_| Default::default()).collect(),
+            given_up: (0..slots).map(|_| Default::default()).collect(),
+            crew: Mutex::new(Crew {
+                threads: (0..slots).map(|_| None).collect(),
+                ..Crew::default()
+            }),
+        });
+        {
+            let mut crew = shared.crew();
+            for slot in 0..count {
+                // On an error the threads started so far see the queue close and exit.
+                shared.start(&mut crew, slot)?;
+            }
         }
         Ok(InferencePool {
             queue: RwLock::new(Some(tx)),
-            waiting,
             limit: limit.map(|n| n.max(1)),
-            threads: Mutex::new(handles),
-            count,
-            running,
-            born,
+            shared,
         })
     }
 
     /// How many threads run calls.
     pub fn threads(&self) -> usize {
-        self.count
+        self.shared.count
     }
 
     /// Calls waiting for a thread.
     pub fn queued(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        self.shared.waiting.load(Ordering::Acquire)
+    }
+
+    /// Threads given up on that are still running their call (see [`STAND_INS_PER_THREAD`]),
+    /// exported as `palisade_inference_threads_stuck`.
+    pub fn stuck(&self) -> usize {
+        self.shared.crew().stuck
     }
 
     /// How long the longest call running now has run (`None`: no call is running). A model
     /// call cannot be stopped from outside its thread: one that never returns holds its thread
-    /// for good, and this, exported as `palisade_inference_longest_running_seconds`, is how an
-    /// operator sees it (with the queue's depth growing once every thread is held).
-    pub fn longest_running(&self) -> Option<std::time::Duration> {
-        let now = self.born.elapsed().as_micros() as u64 + 1;
-        self.running
+    /// for good (past its deadline, another thread takes its place, within a bound: see
+    /// [`STAND_INS_PER_THREAD`]). This, exported as
+    /// `palisade_inference_longest_running_seconds`, is how an operator sees it.
+    pub fn longest_running(&self) -> Option<Duration> {
+        let now = self.shared.now();
+        self.shared
+            .running
             .iter()
             .map(|r| r.load(Ordering::Acquire))
             .filter(|&since| since != 0)
             .min()
-            .map(|since| std::time::Duration::from_micros(now.saturating_sub(since)))
+            .map(|since| Duration::from_micros(now.saturating_sub(since)))
     }
 
     /// Whether a call made now would be refused: [`PoolError::Busy`] when the queue is at its
@@ -201,7 +246,7 @@ impl InferencePool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.call(f, true).await
+        self.call(f, true, None).await
     }
 
     /// Runs `f` as [`InferencePool::run`] does, but never refuses it for a full queue: for a
@@ -213,17 +258,40 @@ impl InferencePool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.call(f, false).await
+        self.call(f, false, None).await
     }
 
-    async fn call<T, F>(&self, f: F, within_limit: bool) -> Result<T, PoolError>
+    /// [`InferencePool::run_admitted`], waiting for the result until `deadline` at most: then
+    /// [`PoolError::TimedOut`]. A call no thread has taken by then is dropped without running;
+    /// a thread still running it is given up on and another takes its place (see
+    /// [`STAND_INS_PER_THREAD`]). Needs a runtime with timers.
+    pub async fn run_admitted_until<T, F>(&self, f: F, deadline: Instant) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.call(f, false, Some(deadline)).await
+    }
+
+    async fn call<T, F>(
+        &self,
+        f: F,
+        within_limit: bool,
+        deadline: Option<Instant>,
+    ) -> Result<T, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
+        let due = deadline.map_or(0, |d| self.shared.at(d));
+        let run = Box::new(move |overdue: bool| {
             if tx.is_closed() {
+                return;
+            }
+            // Taken after its deadline, before its caller's timer has said so: not run.
+            if overdue {
+                let _ = tx.send(Err(PoolError::TimedOut));
                 return;
             }
             let out =
@@ -235,26 +303,37 @@ impl InferencePool {
             let Some(q) = q.as_ref() else {
                 return Err(PoolError::Stopped);
             };
+            let waiting = &self.shared.waiting;
             match self.limit {
                 Some(limit) if within_limit => {
-                    self.waiting
+                    waiting
                         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                             (w < limit).then_some(w + 1)
                         })
                         .map_err(|_| PoolError::Busy { limit })?;
                 }
                 _ => {
-                    self.waiting.fetch_add(1, Ordering::AcqRel);
+                    waiting.fetch_add(1, Ordering::AcqRel);
                 }
             }
             // The threads hold the receivers until the sender is dropped, which the lock held
             // here prevents, so this fails only if every thread has died.
-            if q.send(job).is_err() {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if q.send(Job { deadline: due, run }).is_err() {
+                waiting.fetch_sub(1, Ordering::AcqRel);
                 return Err(PoolError::Stopped);
             }
         }
-        rx.await.unwrap_or(Err(PoolError::Stopped))
+        let Some(deadline) = deadline else {
+            return rx.await.unwrap_or(Err(PoolError::Stopped));
+        };
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(out) => out.unwrap_or(Err(PoolError::Stopped)),
+            Err(_) => {
+                // The receiver is dropped: a call not yet taken is skipped.
+                self.shared.stand_in_for_overdue();
+                Err(PoolError::TimedOut)
+            }
+        }
     }
 
     /// Stops taking calls; the threads finish the calls already queued, then exit. Dropping the
@@ -270,11 +349,114 @@ impl InferencePool {
     /// exited. It blocks: call it from a plain thread, not an async worker.
     pub fn shutdown_and_join(&self) {
         self.shutdown();
-        let handles =
-            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        // A thread given up on may never return: it is left, not joined.
+        let handles: Vec<JoinHandle<()>> = {
+            let mut crew = self.shared.crew();
+            let given_up = &self.shared.given_up;
+            crew.threads
+                .iter_mut()
+                .enumerate()
+                .filter(|(slot, _)| !given_up[*slot].load(Ordering::Acquire))
+                .filter_map(|(_, t)| t.take())
+                .collect()
+        };
         for h in handles {
             // A thread only ends by its loop ending: job panics are caught inside the job.
             let _ = h.join();
+        }
+    }
+}
+
+impl Shared {
+    fn crew(&self) -> MutexGuard<'_, Crew> {
+        // Nothing under the lock panics between two changes that must go together.
+        self.crew.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Microseconds since the pool began, plus one.
+    fn now(&self) -> u64 {
+        self.born.elapsed().as_micros() as u64 + 1
+    }
+
+    /// `t` in the unit of [`Shared::now`].
+    fn at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.born).as_micros() as u64 + 1
+    }
+
+    /// Starts a thread in `slot`.
+    fn start(self: &Arc<Self>, crew: &mut Crew, slot: usize) -> std::io::Result<()> {
+        let shared = self.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("palisade-infer-{slot}"))
+            .spawn(move || shared.work(slot))?;
+        crew.threads[slot] = Some(handle);
+        crew.live += 1;
+        Ok(())
+    }
+
+    /// A thread's loop: ends once the queue is closed and empty (queued calls still run), or
+    /// after a call it was given up on, if the pool has threads enough without it.
+    fn work(self: Arc<Self>, slot: usize) {
+        for job in self.rx.iter() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            let now = self.now();
+            self.deadline[slot].store(job.deadline, Ordering::Release);
+            self.running[slot].store(now, Ordering::Release);
+            (job.run)(job.deadline != 0 && now >= job.deadline);
+            self.running[slot].store(0, Ordering::Release);
+            self.deadline[slot].store(0, Ordering::Release);
+            if self.given_up[slot].load(Ordering::Acquire) && self.retire(slot) {
+                return;
+            }
+        }
+    }
+
+    /// A thread given up on is back from its call: it ends if the threads not held are enough
+    /// without it, else it takes calls again.
+    fn retire(&self, slot: usize) -> bool {
+        let mut crew = self.crew();
+        if !self.given_up[slot].swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        crew.stuck -= 1;
+        if crew.live - crew.stuck > self.count {
+            crew.live -= 1;
+            // Dropping the handle detaches the thread, which ends as this returns.
+            crew.threads[slot] = None;
+            return true;
+        }
+        false
+    }
+
+    /// A caller stopped waiting at its deadline: every thread whose call has run past its own
+    /// deadline is given up on, and threads are started until `count` are not held, within
+    /// [`STAND_INS_PER_THREAD`].
+    fn stand_in_for_overdue(self: &Arc<Self>) {
+        let mut crew = self.crew();
+        let now = self.now();
+        for slot in 0..crew.threads.len() {
+            let due = self.deadline[slot].load(Ordering::Acquire);
+            if crew.threads[slot].is_some()
+                && self.running[slot].load(Ordering::Acquire) != 0
+                && due != 0
+                && due <= now
+                && !self.given_up[slot].swap(true, Ordering::AcqRel)
+            {
+                crew.stuck += 1;
+            }
+        }
+        while crew.live - crew.stuck < self.count {
+            let Some(free) = crew.threads.iter().position(Option::is_none) else {
+                break;
+            };
+            if let Err(e) = self.start(&mut crew, free) {
+                tracing::error!(error = %e, "could not start an inference thread in place of one held past its deadline");
+                break;
+            }
+            tracing::warn!(
+                stuck = crew.stuck,
+                "a model call ran past its deadline; another inference thread takes its place"
+            );
         }
     }
 }
@@ -523,5 +705,160 @@ mod tests {
         // Joining waits until the thread has taken every queued call.
         pool.shutdown_and_join();
         assert!(!ran.load(Ordering::SeqCst), "the abandoned call ran");
+    }
+
+    /// Calls `f` with a deadline `after` from now, from a task.
+    fn call_until<T: Send + 'static>(
+        pool: &Arc<InferencePool>,
+        rt: &tokio::runtime::Runtime,
+        after: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<T, PoolError>> {
+        let p = pool.clone();
+        let deadline = Instant::now() + after;
+        rt.spawn(async move { p.run_admitted_until(f, deadline).await })
+    }
+
+    /// A call that holds its thread until the returned sender is dropped, with a deadline
+    /// `after` from now; returns once it runs.
+    fn hang(
+        pool: &Arc<InferencePool>,
+        rt: &tokio::runtime::Runtime,
+        after: Duration,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<(), PoolError>>,
+    ) {
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let call = call_until(pool, rt, after, move || {
+            started_tx.send(()).unwrap();
+            let _ = gate.recv();
+        });
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        (release, call)
+    }
+
+    fn live(pool: &InferencePool) -> usize {
+        pool.shared.crew().live
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_is_answered_and_another_thread_takes_its_place() {
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
+        let rt = runtime();
+        let t = Instant::now();
+        let (release, stuck) = hang(&pool, &rt, Duration::from_millis(100));
+        let err = rt.block_on(stuck).unwrap().unwrap_err();
+        assert!(matches!(err, PoolError::TimedOut), "{err}");
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert_eq!((pool.stuck(), live(&pool)), (1, 2));
+        // The one configured thread is held; the stand-in serves the next call.
+        let next = call_until(&pool, &rt, Duration::from_secs(10), || 5);
+        assert_eq!(rt.block_on(next).unwrap().unwrap(), 5);
+        assert!(
+            pool.longest_running().is_some(),
+            "the held call still shows"
+        );
+        // Back from its call, the thread given up on ends: the pool has its one thread.
+        drop(release);
+        assert!(eventually(|| pool.stuck() == 0 && live(&pool) == 1));
+        assert_eq!(rt.block_on(pool.run(|| 6)).unwrap(), 6);
+        pool.shutdown_and_join();
+    }
+
+    #[test]
+    fn a_call_still_queued_at_its_deadline_is_dropped_unrun_and_no_thread_is_given_up() {
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
+        let rt = runtime();
+        // Held by a call without a deadline: never given up on.
+        let release = held(&pool, &rt);
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let late = call_until(&pool, &rt, Duration::from_millis(50), move || {
+            flag.store(true, Ordering::SeqCst)
+        });
+        let err = rt.block_on(late).unwrap().unwrap_err();
+        assert!(matches!(err, PoolError::TimedOut), "{err}");
+        assert_eq!((pool.stuck(), live(&pool)), (0, 1));
+        drop(release);
+        pool.shutdown_and_join();
+        assert!(
+            !ran.load(Ordering::SeqCst),
+            "the call ran after its deadline"
+        );
+        assert_eq!(pool.queued(), 0);
+    }
+
+    #[test]
+    fn a_call_taken_after_its_deadline_is_not_run() {
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        // The deadline has passed when the thread takes the call; the timer may not have fired.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let run = Box::new(move |overdue: bool| {
+            if !overdue {
+                flag.store(true, Ordering::SeqCst);
+            }
+            let _ = tx.send(overdue);
+        });
+        pool.shared.waiting.fetch_add(1, Ordering::AcqRel);
+        read(&pool.queue)
+            .as_ref()
+            .unwrap()
+            .send(Job { deadline: 1, run })
+            .unwrap();
+        assert!(rx.blocking_recv().unwrap(), "the thread saw it overdue");
+        assert!(!ran.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn stand_ins_are_bounded_and_calls_then_wait_until_their_deadline() {
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
+        let rt = runtime();
+        let short = Duration::from_millis(50);
+        let (first, a) = hang(&pool, &rt, short);
+        assert!(matches!(rt.block_on(a).unwrap(), Err(PoolError::TimedOut)));
+        // The stand-in takes the next call, which hangs too.
+        let (second, b) = hang(&pool, &rt, short);
+        assert!(matches!(rt.block_on(b).unwrap(), Err(PoolError::TimedOut)));
+        assert_eq!(
+            (pool.stuck(), live(&pool)),
+            (2, 1 + STAND_INS_PER_THREAD),
+            "no thread beyond the bound"
+        );
+        // Every thread is held: a call waits in the queue until its deadline, unrun.
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let c = call_until(&pool, &rt, short, move || {
+            flag.store(true, Ordering::SeqCst)
+        });
+        assert!(matches!(rt.block_on(c).unwrap(), Err(PoolError::TimedOut)));
+        assert_eq!(live(&pool), 1 + STAND_INS_PER_THREAD);
+        // Once the held calls return, one thread remains and serves again.
+        drop(first);
+        drop(second);
+        assert!(eventually(|| pool.stuck() == 0 && live(&pool) == 1));
+        assert_eq!(rt.block_on(pool.run(|| 1)).unwrap(), 1);
+        pool.shutdown_and_join();
+        assert!(!ran.load(Ordering::SeqCst), "a call ran after its deadline");
+    }
+
+    #[test]
+    fn shutdown_and_join_does_not_wait_for_a_thread_given_up_on() {
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
+        let rt = runtime();
+        let (release, a) = hang(&pool, &rt, Duration::from_millis(20));
+        assert!(matches!(rt.block_on(a).unwrap(), Err(PoolError::TimedOut)));
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let p = pool.clone();
+        std::thread::spawn(move || {
+            p.shutdown_and_join();
+            let _ = done_tx.send(());
+        });
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("shutdown_and_join waited for the held call");
+        drop(release);
     }
 }

@@ -591,7 +591,11 @@ impl Gateway {
             .route(
                 "/metrics",
                 get(move || async move {
-                    metrics.inference_pool(inference.queued(), inference.longest_running());
+                    metrics.inference_pool(
+                        inference.queued(),
+                        inference.longest_running(),
+                        inference.stuck(),
+                    );
                     metrics.client_left(orphans.iter().map(|o| o.running()).sum());
                     (
                         [("content-type", "text/plain; version=0.0.4")],

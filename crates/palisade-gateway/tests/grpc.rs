@@ -473,3 +473,80 @@ async fn a_call_asking_what_the_server_would_not_answer_as_asked_is_refused() {
     c.model_infer(ok).await.unwrap();
     s.stop().await;
 }
+
+/// A gRPC call's deadline (`grpc-timeout`, which tonic's `set_timeout` and tritonclient's
+/// `client_timeout` send) bounds its wait for the model, as does the request's `timeout`
+/// parameter: past either, the call is answered `DEADLINE_EXCEEDED` by the server, not left
+/// waiting on a held model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_deadline_bounds_its_wait_for_the_model() {
+    let slow = Slow::start(LIN_POLICY, None).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", slow.s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = GrpcInferenceServiceClient::new(channel);
+    let call = || {
+        let mut r = infer_request("slow", &[0.1, 0.2, 0.3, 0.4], vec![1, 1, 2, 2], "");
+        r.metadata_mut()
+            .insert("authorization", slow.auth.parse().unwrap());
+        r
+    };
+    // Over a raw connection: tonic's client would give up at its own deadline first.
+    let message = {
+        use tonic_prost::prost::Message as _;
+        call().into_inner().encode_to_vec()
+    };
+    let (code, message) = grpc_raw_with(
+        slow.s.addr,
+        "ModelInfer",
+        &[("authorization", &slow.auth), ("grpc-timeout", "200m")],
+        http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&message))),
+    )
+    .await;
+    assert_eq!(
+        code,
+        (Code::DeadlineExceeded as i32).to_string(),
+        "{message}"
+    );
+    assert!(message.contains("grpc-timeout"), "{message}");
+
+    let mut hurried = call();
+    hurried.get_mut().parameters.insert(
+        "timeout".into(),
+        InferParameter {
+            parameter_choice: Some(infer_parameter::ParameterChoice::Int64Param(50_000)),
+        },
+    );
+    let e = c.model_infer(hurried).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(
+        e.message()
+            .contains("within 50 ms (the request's timeout parameter)"),
+        "{e:?}"
+    );
+
+    // A timeout that is not a number of microseconds is refused.
+    let mut odd = call();
+    odd.get_mut().parameters.insert(
+        "timeout".into(),
+        InferParameter {
+            parameter_choice: Some(infer_parameter::ParameterChoice::StringParam("1s".into())),
+        },
+    );
+    let e = c.model_infer(odd).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    let statuses: Vec<u64> = slow
+        .entries(0)
+        .iter()
+        .filter_map(|e| e["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [504, 504], "{statuses:?}");
+    // The refusal before translation is audited too (as the other translation refusals are).
+    let last = slow.s.last_audit_entry();
+    assert_eq!(last["status"], 400, "{last}");
+    slow.open_gate();
+    slow.s.stop().await;
+}

@@ -2,7 +2,8 @@
 //! audited and counted as an overload, without being charged to the caller's rate limit or daily
 //! budget, and the calls already waiting are answered once the model frees up. A request
 //! admitted before the queue filled is served, not refused after its charge. Idle connections
-//! up to the process's open-file limit do not lock out a client that sends requests.
+//! up to the process's open-file limit do not lock out a client that sends requests. A model
+//! call past its deadline is answered 504 and its thread is stood in for.
 
 mod common;
 
@@ -69,6 +70,69 @@ async fn a_full_inference_queue_answers_503_and_the_waiting_calls_are_served() {
         1,
         "{decisions:?}"
     );
+    slow.s.stop().await;
+}
+
+/// A model call past the policy's `inference.timeout_ms`, or past the request's own `timeout`
+/// parameter if that is shorter, is answered 504, audited `error` and counted; the one
+/// inference thread, held, is stood in for, so another model is still served meanwhile. Before,
+/// the request waited for as long as the model did, and the held thread served nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_call_past_its_deadline_is_a_504_and_another_thread_serves_on() {
+    let slow = Slow::start(
+        &format!("{LIN_POLICY}[inference]\ntimeout_ms = 300\n"),
+        None,
+    )
+    .await;
+    let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
+    let t = std::time::Instant::now();
+    let late = slow.infer(&body).await.unwrap();
+    assert_eq!(late.status, 504, "{late:?}");
+    assert!(
+        late.error()
+            .contains("within 300 ms (the model's inference.timeout_ms)"),
+        "{late:?}"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "it waited for the model"
+    );
+    assert_eq!(slow.pool.stuck(), 1);
+    let entry = slow.entries(0).pop().expect("an audit entry");
+    assert_eq!(
+        (entry["decision"].as_str(), entry["status"].as_u64()),
+        (Some("error"), Some(504)),
+        "{entry}"
+    );
+
+    // The thread is held by the gate; another model is served on the thread standing in.
+    let other = post_infer(slow.s.addr, "lin", &bearer(&slow.s.query), &body).await;
+    assert_eq!(other.status, 200, "{other:?}");
+
+    // The request's own deadline, in microseconds (Triton's `timeout`), when it is shorter.
+    let hurried = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32",
+                    "data": [0.1, 0.2, 0.3, 0.4]}],
+        "parameters": {"timeout": 50_000}
+    });
+    let r = slow.infer(hurried.to_string().as_bytes()).await.unwrap();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.error().contains("within 50 ms"), "{r:?}");
+
+    let metrics = request(slow.s.addr, "GET", "/metrics", &[], b"").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for line in [
+        "palisade_inference_timeouts_total{model=\"slow\"} 2",
+        "palisade_inference_threads_stuck 2",
+    ] {
+        assert!(text.contains(line), "no {line} in\n{text}");
+    }
+    // Once the model returns, the threads given up on end, and the pool serves as before.
+    slow.open_gate();
+    wait_until(|| slow.pool.stuck() == 0).await;
+    let again = slow.infer(&body).await.unwrap();
+    assert_eq!(again.status, 200, "{again:?}");
     slow.s.stop().await;
 }
 

@@ -87,8 +87,21 @@ impl GrpcGateway {
             }
         }
         req.extensions_mut().insert(Via(rpc));
-        if let Some(clock) = call.extensions().get::<crate::deadline::BodyClock>() {
+        let clock = call.extensions().get::<crate::deadline::BodyClock>();
+        if let Some(clock) = clock {
             req.extensions_mut().insert(clock.clone());
+        }
+        if let Some(t) = call
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+        {
+            let from = clock.map_or_else(std::time::Instant::now, |c| c.arrived());
+            // A timeout too far ahead to add is no deadline at all.
+            if let Some(at) = from.checked_add(t) {
+                req.extensions_mut().insert(crate::guard::CallDeadline(at));
+            }
         }
         // From here the model stack's audit guard records the call.
         if let Some(r) = call.extensions().get::<audit::Reached>() {
@@ -109,6 +122,26 @@ impl GrpcGateway {
     }
 }
 
+/// A `grpc-timeout` header's value: at most 8 digits and a unit, `H`, `M`, `S`, `m`, `u` or `n`
+/// (gRPC over HTTP/2). `None` when it is not one: the call then has no deadline of its own.
+fn grpc_timeout(v: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let (digits, unit) = v.split_at_checked(v.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The gRPC status for a refused REST request, with the guard's message. A `Retry-After` (rate
 /// limit, overload) travels as `retry-after` and as gRPC's retry pushback
 /// (`grpc-retry-pushback-ms`, gRFC A6), which gRPC clients with retries configured obey.
@@ -124,7 +157,7 @@ fn status_of(status: StatusCode, headers: &axum::http::HeaderMap, body: &[u8]) -
         StatusCode::UNAUTHORIZED => Code::Unauthenticated,
         StatusCode::FORBIDDEN => Code::PermissionDenied,
         StatusCode::NOT_FOUND => Code::NotFound,
-        StatusCode::REQUEST_TIMEOUT => Code::DeadlineExceeded,
+        StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
         StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
         StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
         _ => Code::Internal,
@@ -221,6 +254,9 @@ struct BinaryData {
 #[derive(Serialize)]
 struct BinaryOutputs {
     binary_data_output: bool,
+    /// The request's `timeout` parameter (microseconds), passed on as REST's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<u64>,
 }
 
 /// How many values a tensor's typed `contents` hold, in all its fields.
@@ -306,6 +342,18 @@ pub fn infer_body(req: &ModelInferRequest) -> Result<(Vec<u8>, usize), Status> {
             )));
         }
     }
+    // Triton's request timeout, in microseconds: an int64 (tritonclient's `timeout`).
+    let timeout = match req.parameters.get("timeout").map(|p| &p.parameter_choice) {
+        None => None,
+        Some(Some(inference::infer_parameter::ParameterChoice::Int64Param(us))) if *us >= 0 => {
+            Some(*us as u64)
+        }
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "parameter 'timeout' must be an int64 number of microseconds, 0 or more",
+            ));
+        }
+    };
     let mut data: Vec<u8> = Vec::new();
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for (i, t) in req.inputs.iter().enumerate() {
@@ -342,6 +390,7 @@ pub fn infer_body(req: &ModelInferRequest) -> Result<(Vec<u8>, usize), Status> {
             .collect(),
         parameters: BinaryOutputs {
             binary_data_output: true,
+            timeout,
         },
     };
     let mut body = serde_json::to_vec(&header).map_err(|e| Status::internal(e.to_string()))?;
@@ -531,5 +580,37 @@ impl GrpcInferenceService for GrpcGateway {
         Err(Status::unimplemented(
             "models are deployed through the admin API (role deploy, with TOTP)",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_read_as_the_protocol_writes_them_and_nothing_else() {
+        assert_eq!(grpc_timeout("200m"), Some(Duration::from_millis(200)));
+        assert_eq!(grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in [
+            "",
+            "m",
+            "100",
+            "123456789m",
+            "1.5S",
+            "-1S",
+            "10s",
+            "10 m",
+            "1é",
+        ] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
     }
 }

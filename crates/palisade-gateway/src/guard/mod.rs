@@ -291,6 +291,11 @@ pub struct PresentedKeyId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct Via(pub &'static str);
 
+/// When the caller stops waiting, as its own protocol said (request extension): gRPC's
+/// `grpc-timeout`, counted from the call's arrival. The model service answers no later.
+#[derive(Debug, Clone, Copy)]
+pub struct CallDeadline(pub std::time::Instant);
+
 /// SHA-256 (hex) of the decompressed request body (response extension from validation).
 #[derive(Debug, Clone)]
 pub struct InputDigest(pub String);

@@ -112,6 +112,9 @@ pub struct InferRequest {
     /// `parameters.binary_data_output`: whether outputs come back as binary data, unless an
     /// output's own `binary_data` says otherwise (Triton's binary data extension).
     pub binary_data_output: bool,
+    /// `parameters.timeout`, in microseconds as Triton and tritonclient give it: how long the
+    /// client will wait for the model (0 or absent: the model's policy alone decides).
+    pub timeout: Option<std::time::Duration>,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +198,8 @@ parameters! {
     RequestParams {
         /// Whether outputs come back as binary data.
         binary_data_output: bool,
+        /// Microseconds the client will wait (Triton's request timeout).
+        timeout: u64,
     }
 }
 
@@ -489,14 +494,16 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
             name: o.name,
         });
     }
+    let params = wire.parameters.unwrap_or_default();
     Ok(InferRequest {
         id: wire.id,
         inputs,
         outputs,
-        binary_data_output: wire
-            .parameters
-            .and_then(|p| p.binary_data_output)
-            .unwrap_or(false),
+        binary_data_output: params.binary_data_output.unwrap_or(false),
+        timeout: params
+            .timeout
+            .filter(|&us| us != 0)
+            .map(std::time::Duration::from_micros),
     })
 }
 
@@ -654,6 +661,25 @@ mod tests {
         )
         .unwrap();
         assert!(r.binary_data_output);
+        assert_eq!(r.timeout, None);
+    }
+
+    #[test]
+    fn the_requests_timeout_is_in_microseconds_and_zero_is_none() {
+        let with = |t: &str| {
+            decode_request(
+                format!(r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","data":[1]}}],"parameters":{{"timeout":{t}}}}}"#)
+                    .as_bytes(),
+                None,
+            )
+        };
+        assert_eq!(
+            with("250000").unwrap().timeout,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(with("0").unwrap().timeout, None);
+        assert!(with("-1").is_err());
+        assert!(with("\"soon\"").is_err());
     }
 
     #[test]

@@ -401,6 +401,20 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    grpc_raw_with(addr, method, &[("authorization", auth)], body).await
+}
+
+/// [`grpc_raw_to`] with the request headers `headers` (the key among them, if any).
+pub async fn grpc_raw_with<B>(
+    addr: SocketAddr,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: B,
+) -> (String, String)
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use http_body_util::BodyExt as _;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -410,14 +424,15 @@ where
             .await
             .unwrap();
     tokio::spawn(conn);
-    let req = axum::http::Request::post(format!(
+    let mut req = axum::http::Request::post(format!(
         "http://{addr}/inference.GRPCInferenceService/{method}"
     ))
     .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .header("authorization", auth)
-    .body(body)
-    .unwrap();
+    .header("te", "trailers");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(body).unwrap();
     let (parts, body) = h2.send_request(req).await.unwrap().into_parts();
     let trailers = body
         .collect()
