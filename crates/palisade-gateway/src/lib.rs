@@ -92,10 +92,11 @@ pub mod policy;
 pub mod pool;
 mod schema;
 pub mod server;
+pub mod tls;
 #[cfg(feature = "tract")]
 pub mod tract_runtime;
 
-pub use listen::{ServeOptions, serve, serve_with};
+pub use listen::{ServeOptions, serve, serve_tls_with, serve_with};
 pub use model::{ModelRepository, ServedModel};
 pub use policy::{Count, Policy};
 pub use server::{Gateway, LocalState, StatePaths};

@@ -490,12 +490,28 @@ pub async fn serve_with(
     options: ServeOptions,
     connections: Connections,
 ) -> Result<(), GatewayError> {
+    serve_tls_with(listener, router, shutdown, options, connections, None).await
+}
+
+/// [`serve_with`], over TLS when `tls` is given: each connection's handshake must be done within
+/// the header deadline ([`ServeOptions::header_read_timeout`]), counts as a connection without a
+/// request (it may be closed to make room), and is dropped if it fails (logged at debug: a
+/// client that does not trust the certificate, or speaks plain HTTP to the TLS port).
+pub async fn serve_tls_with(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+    connections: Connections,
+    tls: Option<Arc<crate::tls::TlsServer>>,
+) -> Result<(), GatewayError> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     // `stop` tells the connections to finish; each holds an `open` receiver until it ends.
     let (stop_tx, stop_rx) = watch::channel(());
     let (open_tx, open_rx) = watch::channel(());
@@ -553,12 +569,24 @@ pub async fn serve_with(
             tcp,
             activity: activity.clone(),
         };
-        let conn = builder
-            .serve_connection(TokioIo::new(watched), service)
-            .into_owned();
         let mut stop = stop_rx.clone();
         let open = open_rx.clone();
+        let tls = tls.as_ref().map(|t| t.acceptor());
+        let builder = builder.clone();
         tokio::spawn(async move {
+            let io = match tls {
+                None => Stream::Plain(watched),
+                Some(tls) => match handshake(tls, watched, &activity, &options, &mut stop).await {
+                    Some(s) => Stream::Tls(Box::new(s)),
+                    None => {
+                        drop((slot, from, open));
+                        return;
+                    }
+                },
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
             let mut conn = std::pin::pin!(conn);
             // Looked at when the first request is due or the connection could first be idle too
             // long, whichever comes first, and then as `idle_until` says.
@@ -646,6 +674,101 @@ pub async fn serve_with(
         );
     }
     Ok(())
+}
+
+/// A TLS handshake on a new connection, within the header deadline; `None` (the connection is
+/// to be dropped) if it fails, runs out of time, the server is stopping, or the connection is
+/// asked to make room meanwhile.
+async fn handshake(
+    tls: tokio_rustls::TlsAcceptor,
+    io: Watched,
+    activity: &Activity,
+    options: &ServeOptions,
+    stop: &mut watch::Receiver<()>,
+) -> Option<tokio_rustls::server::TlsStream<Watched>> {
+    tokio::select! {
+        done = tokio::time::timeout(options.header_read_timeout, tls.accept(io)) => match done {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not done within the header deadline");
+                None
+            }
+        },
+        _ = stop.changed() => None,
+        () = activity.shed.notified() => {
+            activity.table.shed.inc();
+            tracing::debug!("a connection still in its TLS handshake closed to make room");
+            None
+        }
+    }
+}
+
+/// A connection's byte stream: the socket, or TLS over it.
+enum Stream {
+    Plain(Watched),
+    Tls(Box<tokio_rustls::server::TlsStream<Watched>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// What a connection is doing, for its idle deadlines: requests being handled, when the last was

@@ -5,10 +5,13 @@
 //! Without `redis-server` on the PATH (or at `$PALISADE_REDIS_SERVER`) these tests say so and
 //! pass, unless `PALISADE_REQUIRE_REDIS` is set, as `.ci/run` sets it after installing Redis.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Pki, pki};
 use palisade_gateway::guard::ratelimit::{
     Admission, Charge, GivenBack, Item, LimitError, LimitStore, LocalLimits,
 };
@@ -596,40 +599,6 @@ async fn eventually<T>(within: Duration, mut attempt: impl AsyncFnMut() -> Resul
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// PEM of a CA, of a certificate it signed for `names` (DNS names or IP addresses), and of that
-/// certificate's key.
-struct Pki {
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-fn pki(names: &[&str]) -> (Pki, Pki) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    // Each with a name of its own: a leaf named as its issuer looks self-signed to OpenSSL.
-    let named = |names: Vec<String>, cn: &str| {
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p
-    };
-    let mut ca_params = named(Vec::new(), "palisade test CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: Vec<String>| {
-        let key = KeyPair::generate().unwrap();
-        let cn = names[0].clone();
-        let cert = named(names, &cn).signed_by(&key, &ca).unwrap();
-        Pki {
-            ca: ca.pem(),
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    };
-    let server = leaf(names.iter().map(|n| n.to_string()).collect());
-    let client = leaf(vec!["gateway".into()]);
-    (server, client)
 }
 
 /// `redis-server` arguments for clients over TLS only on `port`, with `pki`'s certificate (its

@@ -74,6 +74,11 @@ pub async fn start_on(
     start_full(source, inference, |_| {}).await
 }
 
+/// A gateway serving over TLS with `tls`.
+pub async fn start_tls(tls: Arc<palisade_gateway::tls::TlsServer>) -> Server {
+    start_serving(None, None, |_| {}, Some(tls)).await
+}
+
 /// A gateway running its models on `inference`, changed by `tweak` before its routers are made.
 pub async fn start_tweaked(
     inference: Option<Arc<InferencePool>>,
@@ -97,6 +102,15 @@ async fn start_full(
     source: Option<palisade_gateway::loader::ModelSource>,
     inference: Option<Arc<InferencePool>>,
     tweak: impl FnOnce(&mut Gateway),
+) -> Server {
+    start_serving(source, inference, tweak, None).await
+}
+
+async fn start_serving(
+    source: Option<palisade_gateway::loader::ModelSource>,
+    inference: Option<Arc<InferencePool>>,
+    tweak: impl FnOnce(&mut Gateway),
+    tls: Option<Arc<palisade_gateway::tls::TlsServer>>,
 ) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let state = Arc::new(
@@ -147,9 +161,16 @@ async fn start_full(
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let router = gw.router();
     let task = tokio::spawn(async move {
-        palisade_gateway::serve(listener, router, async {
-            let _ = rx.await;
-        })
+        palisade_gateway::serve_tls_with(
+            listener,
+            router,
+            async {
+                let _ = rx.await;
+            },
+            Default::default(),
+            palisade_gateway::listen::Connections::for_open_files(),
+            tls,
+        )
         .await
         .unwrap();
     });
@@ -608,4 +629,40 @@ pub async fn wait_until(cond: impl Fn() -> bool) {
         assert!(t.elapsed() < Duration::from_secs(10), "timed out");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// PEM of a CA, of a certificate it signed for `names` (DNS names or IP addresses), and of that
+/// certificate's key.
+pub struct Pki {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// A server certificate for `names` and a client certificate (named "gateway"), issued by one
+/// new CA.
+pub fn pki(names: &[&str]) -> (Pki, Pki) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    // Each with a name of its own: a leaf named as its issuer looks self-signed to OpenSSL.
+    let named = |names: Vec<String>, cn: &str| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p
+    };
+    let mut ca_params = named(Vec::new(), "palisade test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cn = names[0].clone();
+        let cert = named(names, &cn).signed_by(&key, &ca).unwrap();
+        Pki {
+            ca: ca.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    };
+    let server = leaf(names.iter().map(|n| n.to_string()).collect());
+    let client = leaf(vec!["gateway".into()]);
+    (server, client)
 }

@@ -1,0 +1,369 @@
+//! The gateway over TLS: REST over HTTP/1.1 and gRPC over HTTP/2 (chosen by ALPN) through the
+//! same guards; plain HTTP, an untrusted certificate and a missing client certificate (mutual
+//! TLS) refused at the handshake while the server goes on; a handshake that never ends dropped at
+//! the header deadline; a renewed certificate served to new connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use hyper_util::rt::TokioIo;
+use palisade_gateway::tls::{TlsFiles, TlsServer, server_config};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// The files of `server`'s certificate in `dir`, with `client_ca` as the CA of client
+/// certificates if given.
+fn files(dir: &Path, server: &Pki, client_ca: Option<&str>) -> TlsFiles {
+    TlsFiles {
+        cert: write(dir, "cert.pem", &server.cert),
+        key: write(dir, "key.pem", &server.key),
+        client_ca: client_ca.map(|ca| write(dir, "client-ca.pem", ca)),
+    }
+}
+
+/// A TLS connection to `addr` as `localhost`, trusting `ca`, offering `alpn`, with `client`'s
+/// certificate if given.
+async fn connect(
+    addr: SocketAddr,
+    ca: &str,
+    alpn: &[u8],
+    client: Option<&Pki>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(c.cert.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(c.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    // TLS 1.3 sends the server's verdict on a client certificate after the handshake: a
+    // refused one shows at the first read.
+    tls.flush().await?;
+    Ok(tls)
+}
+
+/// An HTTP/1.1 request over `tls`: (status, body).
+async fn https1(
+    tls: TlsStream<TcpStream>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>), hyper::Error> {
+    use http_body_util::BodyExt as _;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send
+        .send_request(
+            req.body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap(),
+        )
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes().to_vec();
+    Ok((status, body))
+}
+
+fn infer_body() -> Vec<u8> {
+    json_infer(&[0.1, 0.2, 0.3, 0.4], 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_grpc_are_served_over_tls_and_what_cannot_be_trusted_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = pki(&["localhost"]);
+    let tls = Arc::new(TlsServer::load(files(dir.path(), &server, None)).unwrap());
+    let s = start_tls(tls).await;
+    let auth = bearer(&s.query);
+
+    // REST over HTTP/1.1, through the guards: a key is still needed.
+    let conn = connect(s.addr, &server.ca, b"http/1.1", None)
+        .await
+        .unwrap();
+    assert_eq!(conn.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (status, body) = https1(conn, "POST", "/v2/models/lin/infer", &headers, infer_body())
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let conn = connect(s.addr, &server.ca, b"http/1.1", None)
+        .await
+        .unwrap();
+    let (status, _) = https1(conn, "POST", "/v2/models/lin/infer", &[], infer_body())
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+
+    // gRPC over HTTP/2, as ALPN chose.
+    let conn = connect(s.addr, &server.ca, b"h2", None).await.unwrap();
+    assert_eq!(conn.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, driver) = hyper::client::conn::http2::handshake::<
+        _,
+        _,
+        http_body_util::Full<bytes::Bytes>,
+    >(hyper_util::rt::TokioExecutor::new(), TokioIo::new(conn))
+    .await
+    .unwrap();
+    tokio::spawn(driver);
+    let req =
+        axum::http::Request::post("https://localhost/inference.GRPCInferenceService/ServerLive")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(grpc_frame(
+                &[],
+            ))))
+            .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let trailers = {
+        use http_body_util::BodyExt as _;
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .trailers()
+            .cloned()
+    };
+    assert_eq!(
+        trailers
+            .and_then(|t| t.get("grpc-status").cloned())
+            .unwrap(),
+        "0"
+    );
+
+    // Plain HTTP to the TLS port: no answer, the connection closed.
+    let mut plain = TcpStream::connect(s.addr).await.unwrap();
+    plain
+        .write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got))
+        .await
+        .expect("the plain connection was closed");
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "{got:?}");
+
+    // A client that does not trust the certificate's CA does not get in.
+    let (other, _) = pki(&["localhost"]);
+    assert!(connect(s.addr, &other.ca, b"http/1.1", None).await.is_err());
+
+    // And the server goes on.
+    let conn = connect(s.addr, &server.ca, b"http/1.1", None)
+        .await
+        .unwrap();
+    let (status, _) = https1(conn, "GET", "/v2/health/live", &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = pki(&["localhost"]);
+    let tls = Arc::new(TlsServer::load(files(dir.path(), &server, Some(&server.ca))).unwrap());
+    let s = start_tls(tls).await;
+
+    let conn = connect(s.addr, &server.ca, b"http/1.1", Some(&client))
+        .await
+        .unwrap();
+    let (status, _) = https1(conn, "GET", "/v2/health/live", &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // Without a certificate, or with one of another CA: refused (TLS 1.3 says so after the
+    // handshake, so the request fails if the handshake did not).
+    let (_, stranger) = pki(&["localhost"]);
+    for who in [None, Some(&stranger)] {
+        let refused = match connect(s.addr, &server.ca, b"http/1.1", who).await {
+            Err(_) => true,
+            Ok(conn) => https1(conn, "GET", "/v2/health/live", &[], Vec::new())
+                .await
+                .is_err(),
+        };
+        assert!(
+            refused,
+            "served a client with {:?}",
+            who.map(|_| "another CA's certificate")
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_not_done_within_the_header_deadline_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = pki(&["localhost"]);
+    let tls = Arc::new(TlsServer::load(files(dir.path(), &server, None)).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let options = palisade_gateway::ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let connections = palisade_gateway::listen::Connections::for_open_files();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(palisade_gateway::serve_tls_with(
+        listener,
+        router,
+        async {
+            let _ = rx.await;
+        },
+        options,
+        connections.clone(),
+        Some(tls),
+    ));
+    // Connected, and silent: the server closes the connection.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the silent connection was never closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    // It no longer counts against the bound on connections.
+    let t = std::time::Instant::now();
+    while connections.open() != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "still counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_to_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, _) = pki(&["localhost"]);
+    let f = files(dir.path(), &old, None);
+    let tls = Arc::new(TlsServer::load(f.clone()).unwrap());
+    let s = start_tls(tls.clone()).await;
+    assert!(!tls.reload_if_changed().unwrap(), "nothing changed");
+    let open = connect(s.addr, &old.ca, b"http/1.1", None).await.unwrap();
+
+    // Renewed by another CA, the certificate written first: not loaded until its key is.
+    let (new, _) = pki(&["localhost"]);
+    std::fs::write(&f.cert, &new.cert).unwrap();
+    assert!(tls.reload_if_changed().is_err());
+    assert!(connect(s.addr, &old.ca, b"http/1.1", None).await.is_ok());
+    std::fs::write(&f.key, &new.key).unwrap();
+    assert!(tls.reload_if_changed().unwrap());
+    assert!(connect(s.addr, &old.ca, b"http/1.1", None).await.is_err());
+    let conn = connect(s.addr, &new.ca, b"http/1.1", None).await.unwrap();
+    let (status, _) = https1(conn, "GET", "/v2/health/live", &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    // A connection made before keeps its certificate.
+    let (status, _) = https1(open, "GET", "/v2/health/live", &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // `watch` does the same on its own.
+    let watcher = tokio::spawn(tls.clone().watch(Duration::from_millis(20)));
+    let (newer, _) = pki(&["localhost"]);
+    std::fs::write(&f.key, &newer.key).unwrap();
+    std::fs::write(&f.cert, &newer.cert).unwrap();
+    let t = std::time::Instant::now();
+    while connect(s.addr, &newer.ca, b"http/1.1", None).await.is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "never reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watcher.abort();
+    s.stop().await;
+}
+
+#[test]
+fn unusable_files_are_refused_saying_which_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = pki(&["localhost"]);
+    let cert = write(dir.path(), "c.pem", &server.cert);
+    let key = write(dir.path(), "k.pem", &server.key);
+    let err = |cert: &Path, key: &Path, ca: Option<PathBuf>| {
+        server_config(&TlsFiles {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            client_ca: ca,
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    let missing = dir.path().join("missing.pem");
+    let e = err(&missing, &key, None);
+    assert!(
+        e.contains("cannot read") && e.contains("missing.pem"),
+        "{e}"
+    );
+    let garbage = write(dir.path(), "g.pem", "not PEM at all");
+    let e = err(&garbage, &key, None);
+    assert!(e.contains("g.pem") && e.contains("no CERTIFICATE"), "{e}");
+    let e = err(&cert, &cert, None);
+    assert!(e.contains("k.pem") || e.contains("c.pem"), "{e}");
+    assert!(e.contains("no usable private key"), "{e}");
+    let wrong = write(dir.path(), "w.pem", &client.key);
+    let e = err(&cert, &wrong, None);
+    assert!(e.contains("refused"), "{e}");
+    let e = err(&cert, &key, Some(garbage));
+    assert!(e.contains("g.pem"), "{e}");
+    // The good ones load, with ALPN for both protocols.
+    let config = server_config(&TlsFiles {
+        cert,
+        key,
+        client_ca: Some(write(dir.path(), "ca.pem", &server.ca)),
+    })
+    .unwrap();
+    assert_eq!(config.alpn_protocols, [&b"h2"[..], b"http/1.1"]);
+}
