@@ -16,8 +16,8 @@
 //! but 2-5% fewer at 16 connections on 2 cores, where the spinning thread takes CPU that the
 //! async worker needs (bare endpoint and gateway, 3 rounds each, 2026-12-05).
 //!
-//! A call whose caller has gone (its future dropped while it waited) is skipped rather than run
-//! (in the gateway a request whose client left keeps its caller, for its audit entry, and the
+//! A call whose caller has gone (its future dropped while it waited) is taken out of the queue,
+//! or skipped if a thread had just taken it (in the gateway a request whose client left keeps its caller, for its audit entry, and the
 //! model service skips the call itself). By default the queue is not bounded: what bounds it is
 //! the callers in flight, one per HTTP/1 connection or HTTP/2 stream. With a limit
 //! ([`InferencePool::new`]) a call that finds the queue full is refused without waiting for a
@@ -27,26 +27,33 @@
 //! to the caller's quota, and makes the call later with [`InferencePool::run_admitted`], which
 //! queues it even if the queue has filled in between (a request is not refused after it has
 //! been charged). [`InferencePool::queued`] is exported as the `palisade_inference_queue` gauge.
+//!
+//! A call may have a deadline ([`InferencePool::run_admitted_until`]). One still queued then is
+//! taken out of the queue, with what it holds; one running cannot be stopped, so its thread is
+//! given up on and another takes its place (see [`STAND_INS_PER_THREAD`]). The queue is a
+//! `VecDeque` under a mutex rather than a channel so that a call can be taken out of it: a
+//! channel kept every call dropped at its deadline, and its input, until a thread came to it,
+//! which with every thread held was never, while their count filled the queue's limit (review,
+//! 2026-12-06). A caller wakes a thread only when one sleeps.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel as channel;
-
-/// A queued call, and when its caller stops waiting for it (µs since the pool began, plus one;
-/// 0: never). The thread that takes it says whether that time has passed.
+/// A queued call: its number (to take it out of the queue), when its caller stops waiting for it
+/// (µs since the pool began, plus one; 0: never), and the call, told by the thread that takes
+/// it whether that time has passed.
 struct Job {
+    id: u64,
     deadline: u64,
     run: Box<dyn FnOnce(bool) + Send>,
 }
 
 /// A fixed set of inference threads.
 pub struct InferencePool {
-    /// `None` once the pool is shut down.
-    queue: RwLock<Option<channel::Sender<Job>>>,
     /// Most calls `run` lets wait.
     limit: Option<usize>,
     shared: Arc<Shared>,
@@ -63,14 +70,16 @@ impl std::fmt::Debug for InferencePool {
 
 /// What the pool and its threads share.
 struct Shared {
-    /// Calls queued and not yet taken by a thread (counted here rather than by a bounded
-    /// channel, so that an admitted call can go past the limit).
+    queue: Mutex<Queue>,
+    /// Signalled when a call is queued for a sleeping thread, or the queue closes.
+    ready: Condvar,
+    /// Calls queued and not yet taken by a thread (kept beside the queue, so that admission reads
+    /// it without the lock).
     waiting: AtomicUsize,
+    /// Set once the pool is shut down (kept beside the queue, as `waiting` is).
+    closed: AtomicBool,
     /// The threads the pool keeps taking calls.
     count: usize,
-    /// Where every thread takes its calls from (a thread started to stand in for one held by a
-    /// call past its deadline takes a clone).
-    rx: channel::Receiver<Job>,
     born: Instant,
     /// Per slot (a thread's place; [`STAND_INS_PER_THREAD`] more than `count`), when its
     /// running call began, as microseconds since `born` plus one (0: no call running): see
@@ -82,9 +91,21 @@ struct Shared {
     /// thread was started (or would have been, within the bound) in its place.
     given_up: Box<[AtomicBool]>,
     crew: Mutex<Crew>,
+    /// Signalled when a thread ends or is given up on ([`InferencePool::shutdown_and_join`]).
+    changed: Condvar,
 }
 
-/// The threads, under a lock taken only to start or retire one.
+/// The calls waiting for a thread.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Threads waiting for a call.
+    sleepers: usize,
+    closed: bool,
+    next_id: u64,
+}
+
+/// The threads, under a lock taken only to start, give up on or retire one.
 #[derive(Default)]
 struct Crew {
     /// Per slot, its thread if one lives there.
@@ -100,8 +121,8 @@ struct Crew {
 /// goes on with `count` threads taking calls. The thread given up on ends once its call returns
 /// if the pool has enough threads by then. At most this many stand-ins per configured thread run
 /// at once: calls that never return could otherwise make threads without end. With every thread
-/// and every stand-in held, calls wait in the queue until their deadline and are then dropped
-/// without running.
+/// and every stand-in held, calls wait in the queue until their deadline and are then taken out
+/// of it without running.
 pub const STAND_INS_PER_THREAD: usize = 1;
 
 /// Why a call on the pool gave no result.
@@ -164,11 +185,12 @@ impl InferencePool {
             threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let count = threads.max(1);
         let slots = count * (1 + STAND_INS_PER_THREAD);
-        let (tx, rx) = channel::unbounded::<Job>();
         let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
             waiting: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             count,
-            rx,
             born: Instant::now(),
             running: (0..slots).map(|_| Default::default()).collect(),
             deadline: (0..slots).map(|_| Default::default()).collect(),
@@ -177,19 +199,21 @@ impl InferencePool {
                 threads: (0..slots).map(|_| None).collect(),
                 ..Crew::default()
             }),
+            changed: Condvar::new(),
         });
-        {
-            let mut crew = shared.crew();
-            for slot in 0..count {
-                // On an error the threads started so far see the queue close and exit.
-                shared.start(&mut crew, slot)?;
-            }
-        }
-        Ok(InferencePool {
-            queue: RwLock::new(Some(tx)),
+        let pool = InferencePool {
             limit: limit.map(|n| n.max(1)),
             shared,
-        })
+        };
+        {
+            let mut crew = pool.shared.crew();
+            for slot in 0..count {
+                // On an error the pool is dropped, which closes the queue: the threads started
+                // so far end.
+                pool.shared.start(&mut crew, slot)?;
+            }
+        }
+        Ok(pool)
     }
 
     /// How many threads run calls.
@@ -229,7 +253,7 @@ impl InferencePool {
     /// may fill before the call is made, which [`InferencePool::run`] then refuses and
     /// [`InferencePool::run_admitted`] does not.
     pub fn check(&self) -> Result<(), PoolError> {
-        if read(&self.queue).is_none() {
+        if self.shared.closed.load(Ordering::Acquire) {
             return Err(PoolError::Stopped);
         }
         match self.limit {
@@ -240,7 +264,7 @@ impl InferencePool {
 
     /// Runs `f` on an inference thread and returns its result; refused at once
     /// ([`PoolError::Busy`]) when the queue is at its limit. Dropping the returned future before
-    /// the call starts cancels it.
+    /// the call starts cancels it: it is taken out of the queue.
     pub async fn run<T, F>(&self, f: F) -> Result<T, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -262,9 +286,9 @@ impl InferencePool {
     }
 
     /// [`InferencePool::run_admitted`], waiting for the result until `deadline` at most: then
-    /// [`PoolError::TimedOut`]. A call no thread has taken by then is dropped without running;
-    /// a thread still running it is given up on and another takes its place (see
-    /// [`STAND_INS_PER_THREAD`]). Needs a runtime with timers.
+    /// [`PoolError::TimedOut`]. A call no thread has taken by then is taken out of the queue,
+    /// dropping what it holds; a thread still running it is given up on and another takes its
+    /// place (see [`STAND_INS_PER_THREAD`]). Needs a runtime with timers.
     pub async fn run_admitted_until<T, F>(&self, f: F, deadline: Instant) -> Result<T, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -298,39 +322,29 @@ impl InferencePool {
                 std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|_| PoolError::Panicked);
             let _ = tx.send(out);
         });
-        {
-            let q = read(&self.queue);
-            let Some(q) = q.as_ref() else {
-                return Err(PoolError::Stopped);
-            };
-            let waiting = &self.shared.waiting;
-            match self.limit {
-                Some(limit) if within_limit => {
-                    waiting
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                            (w < limit).then_some(w + 1)
-                        })
-                        .map_err(|_| PoolError::Busy { limit })?;
-                }
-                _ => {
-                    waiting.fetch_add(1, Ordering::AcqRel);
-                }
-            }
-            // The threads hold the receivers until the sender is dropped, which the lock held
-            // here prevents, so this fails only if every thread has died.
-            if q.send(Job { deadline: due, run }).is_err() {
-                waiting.fetch_sub(1, Ordering::AcqRel);
-                return Err(PoolError::Stopped);
-            }
-        }
-        let Some(deadline) = deadline else {
-            return rx.await.unwrap_or(Err(PoolError::Stopped));
+        let id = self
+            .shared
+            .push(run, due, self.limit.filter(|_| within_limit))?;
+        // A caller that goes away (its future dropped) takes its call back out of the queue.
+        let mut queued = Queued {
+            shared: &self.shared,
+            id: Some(id),
         };
-        match tokio::time::timeout_at(deadline.into(), rx).await {
+        let Some(deadline) = deadline else {
+            let out = rx.await;
+            queued.id = None;
+            return out.unwrap_or(Err(PoolError::Stopped));
+        };
+        let out = tokio::time::timeout_at(deadline.into(), rx).await;
+        queued.id = None;
+        match out {
             Ok(out) => out.unwrap_or(Err(PoolError::Stopped)),
             Err(_) => {
-                // The receiver is dropped: a call not yet taken is skipped.
-                self.shared.stand_in_for_overdue();
+                // Still queued: out of the queue, with what it holds. Taken by a thread: that
+                // thread is past the deadline, unless the call ended meanwhile.
+                if !self.shared.take_back(id) {
+                    self.shared.stand_in_for_overdue();
+                }
                 Err(PoolError::TimedOut)
             }
         }
@@ -339,30 +353,50 @@ impl InferencePool {
     /// Stops taking calls; the threads finish the calls already queued, then exit. Dropping the
     /// pool does the same.
     pub fn shutdown(&self) {
-        self.queue
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let mut q = self.shared.queue();
+        q.closed = true;
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.ready.notify_all();
     }
 
     /// Shuts the pool down and waits until its threads have run the calls already queued and
-    /// exited. It blocks: call it from a plain thread, not an async worker.
+    /// exited, except threads given up on (before or during the wait), which may never return.
+    /// It blocks: call it from a plain thread, not an async worker.
     pub fn shutdown_and_join(&self) {
         self.shutdown();
-        // A thread given up on may never return: it is left, not joined.
-        let handles: Vec<JoinHandle<()>> = {
-            let mut crew = self.shared.crew();
-            let given_up = &self.shared.given_up;
-            crew.threads
-                .iter_mut()
-                .enumerate()
-                .filter(|(slot, _)| !given_up[*slot].load(Ordering::Acquire))
-                .filter_map(|(_, t)| t.take())
-                .collect()
-        };
-        for h in handles {
-            // A thread only ends by its loop ending: job panics are caught inside the job.
+        let mut crew = self.shared.crew();
+        while crew.live > crew.stuck {
+            crew = self
+                .shared
+                .changed
+                .wait(crew)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        // The threads that ended are joined (at once); those given up on are left.
+        let ended: Vec<JoinHandle<()>> = crew
+            .threads
+            .iter_mut()
+            .filter_map(|t| t.take_if(|h| h.is_finished()))
+            .collect();
+        drop(crew);
+        for h in ended {
             let _ = h.join();
+        }
+    }
+}
+
+/// A call in the queue whose caller may go away: dropped while it holds the call's number, it
+/// takes the call back out of the queue (if no thread has taken it), so that what the call holds
+/// is freed now rather than when a thread comes to it.
+struct Queued<'a> {
+    shared: &'a Shared,
+    id: Option<u64>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.shared.take_back(id);
         }
     }
 }
@@ -373,6 +407,10 @@ impl Shared {
         self.crew.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Microseconds since the pool began, plus one.
     fn now(&self) -> u64 {
         self.born.elapsed().as_micros() as u64 + 1
@@ -381,6 +419,66 @@ impl Shared {
     /// `t` in the unit of [`Shared::now`].
     fn at(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.born).as_micros() as u64 + 1
+    }
+
+    /// Queues a call (refused [`PoolError::Busy`] when `limit` calls wait already), waking a
+    /// sleeping thread if there is one; returns its number.
+    fn push(
+        &self,
+        run: Box<dyn FnOnce(bool) + Send>,
+        deadline: u64,
+        limit: Option<usize>,
+    ) -> Result<u64, PoolError> {
+        let mut q = self.queue();
+        if q.closed {
+            return Err(PoolError::Stopped);
+        }
+        if let Some(limit) = limit
+            && q.jobs.len() >= limit
+        {
+            return Err(PoolError::Busy { limit });
+        }
+        let id = q.next_id;
+        q.next_id += 1;
+        q.jobs.push_back(Job { id, deadline, run });
+        self.waiting.store(q.jobs.len(), Ordering::Release);
+        if q.sleepers > 0 {
+            self.ready.notify_one();
+        }
+        Ok(id)
+    }
+
+    /// The next call, waiting for one; `None` once the queue is closed and empty.
+    fn pop(&self) -> Option<Job> {
+        let mut q = self.queue();
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                self.waiting.store(q.jobs.len(), Ordering::Release);
+                return Some(job);
+            }
+            if q.closed {
+                return None;
+            }
+            q.sleepers += 1;
+            q = self.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q.sleepers -= 1;
+        }
+    }
+
+    /// Takes call `id` out of the queue if no thread has taken it: whether it was there.
+    fn take_back(&self, id: u64) -> bool {
+        let job = {
+            let mut q = self.queue();
+            let Some(at) = q.jobs.iter().position(|j| j.id == id) else {
+                return false;
+            };
+            let job = q.jobs.remove(at);
+            self.waiting.store(q.jobs.len(), Ordering::Release);
+            job
+        };
+        // Dropped outside the lock: what it holds may take time to free.
+        drop(job);
+        true
     }
 
     /// Starts a thread in `slot`.
@@ -397,28 +495,36 @@ impl Shared {
     /// A thread's loop: ends once the queue is closed and empty (queued calls still run), or
     /// after a call it was given up on, if the pool has threads enough without it.
     fn work(self: Arc<Self>, slot: usize) {
-        for job in self.rx.iter() {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            let now = self.now();
-            self.deadline[slot].store(job.deadline, Ordering::Release);
-            self.running[slot].store(now, Ordering::Release);
-            (job.run)(job.deadline != 0 && now >= job.deadline);
-            self.running[slot].store(0, Ordering::Release);
-            self.deadline[slot].store(0, Ordering::Release);
-            if self.given_up[slot].load(Ordering::Acquire) && self.retire(slot) {
+        while let Some(job) = self.pop() {
+            self.deadline[slot].store(job.deadline, Ordering::SeqCst);
+            self.running[slot].store(self.now(), Ordering::SeqCst);
+            // Looked at once `running` is set: a caller whose deadline passed before then has
+            // either seen this thread running its call, or the call is overdue here.
+            let overdue = job.deadline != 0 && self.now() >= job.deadline;
+            (job.run)(overdue);
+            self.running[slot].store(0, Ordering::SeqCst);
+            self.deadline[slot].store(0, Ordering::SeqCst);
+            if self.given_up[slot].load(Ordering::SeqCst) && self.retire(slot) {
                 return;
             }
         }
+        let mut crew = self.crew();
+        if self.given_up[slot].swap(false, Ordering::SeqCst) {
+            crew.stuck -= 1;
+        }
+        crew.live -= 1;
+        self.changed.notify_all();
     }
 
     /// A thread given up on is back from its call: it ends if the threads not held are enough
     /// without it, else it takes calls again.
     fn retire(&self, slot: usize) -> bool {
         let mut crew = self.crew();
-        if !self.given_up[slot].swap(false, Ordering::AcqRel) {
+        if !self.given_up[slot].swap(false, Ordering::SeqCst) {
             return false;
         }
         crew.stuck -= 1;
+        self.changed.notify_all();
         if crew.live - crew.stuck > self.count {
             crew.live -= 1;
             // Dropping the handle detaches the thread, which ends as this returns.
@@ -428,22 +534,35 @@ impl Shared {
         false
     }
 
-    /// A caller stopped waiting at its deadline: every thread whose call has run past its own
-    /// deadline is given up on, and threads are started until `count` are not held, within
-    /// [`STAND_INS_PER_THREAD`].
+    /// A caller stopped waiting at its deadline, its call taken by a thread: every thread whose
+    /// call has run past its own deadline is given up on, and, unless the pool is shut down,
+    /// threads are started until `count` are not held, within [`STAND_INS_PER_THREAD`].
     fn stand_in_for_overdue(self: &Arc<Self>) {
         let mut crew = self.crew();
         let now = self.now();
+        let overdue = |slot: usize| {
+            let due = self.deadline[slot].load(Ordering::SeqCst);
+            due != 0 && due <= now && self.running[slot].load(Ordering::SeqCst) != 0
+        };
         for slot in 0..crew.threads.len() {
-            let due = self.deadline[slot].load(Ordering::Acquire);
-            if crew.threads[slot].is_some()
-                && self.running[slot].load(Ordering::Acquire) != 0
-                && due != 0
-                && due <= now
-                && !self.given_up[slot].swap(true, Ordering::AcqRel)
+            if crew.threads[slot].is_none()
+                || !overdue(slot)
+                || self.given_up[slot].swap(true, Ordering::SeqCst)
             {
-                crew.stuck += 1;
+                continue;
             }
+            // Looked at again once marked: a call that ended (or a next one that began) since
+            // the first look is not held, and the thread, which may have missed the mark, is
+            // not counted.
+            if overdue(slot) {
+                crew.stuck += 1;
+                self.changed.notify_all();
+            } else {
+                self.given_up[slot].store(false, Ordering::SeqCst);
+            }
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return;
         }
         while crew.live - crew.stuck < self.count {
             let Some(free) = crew.threads.iter().position(Option::is_none) else {
@@ -466,11 +585,6 @@ fn busy_message(limit: usize) -> String {
         1 => "the server is busy: 1 model call is already waiting".into(),
         n => format!("the server is busy: {n} model calls are already waiting"),
     }
-}
-
-/// The lock guards no invariant a panic could break (it only holds the sender).
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for InferencePool {
@@ -701,6 +815,9 @@ mod tests {
         let abandoned = queue_one(&pool, &rt, move || flag.store(true, Ordering::SeqCst));
         abandoned.abort();
         let _ = rt.block_on(abandoned);
+        // Taken out of the queue at once, with what it holds.
+        assert_eq!(pool.queued(), 0);
+        assert!(pool.shared.queue().jobs.is_empty());
         drop(release);
         // Joining waits until the thread has taken every queued call.
         pool.shutdown_and_join();
@@ -803,12 +920,7 @@ mod tests {
             }
             let _ = tx.send(overdue);
         });
-        pool.shared.waiting.fetch_add(1, Ordering::AcqRel);
-        read(&pool.queue)
-            .as_ref()
-            .unwrap()
-            .send(Job { deadline: 1, run })
-            .unwrap();
+        pool.shared.push(run, 1, None).unwrap();
         assert!(rx.blocking_recv().unwrap(), "the thread saw it overdue");
         assert!(!ran.load(Ordering::SeqCst));
     }
@@ -860,5 +972,83 @@ mod tests {
         done.recv_timeout(Duration::from_secs(10))
             .expect("shutdown_and_join waited for the held call");
         drop(release);
+    }
+
+    /// A call that passes its deadline while `shutdown_and_join` waits is given up on
+    /// like any other (its caller is answered `TimedOut`), so the join must not wait for it.
+    #[test]
+    fn shutdown_and_join_does_not_wait_for_a_call_that_passes_its_deadline_during_the_join() {
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
+        let rt = runtime();
+        let (release, a) = hang(&pool, &rt, Duration::from_millis(300));
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let p = pool.clone();
+        std::thread::spawn(move || {
+            p.shutdown_and_join();
+            let _ = done_tx.send(());
+        });
+        // The caller is answered at its deadline: the thread is past it, held by the call.
+        assert!(matches!(rt.block_on(a).unwrap(), Err(PoolError::TimedOut)));
+        let stuck = pool.stuck();
+        let joined = done.recv_timeout(Duration::from_secs(5));
+        drop(release);
+        assert!(
+            joined.is_ok(),
+            "shutdown_and_join still waits for a call 5 s past its deadline (stuck = {stuck})"
+        );
+    }
+
+    /// A call answered `TimedOut` while still queued is dropped: it is no longer a call
+    /// waiting for a thread, neither in `queued` (the `palisade_inference_queue` gauge) nor
+    /// against the queue's limit (`check`, which the admit guard answers 503 with).
+    #[test]
+    fn a_call_dropped_at_its_deadline_no_longer_counts_as_waiting() {
+        let pool = Arc::new(InferencePool::new(Some(1), Some(1)).unwrap());
+        let rt = runtime();
+        // The one thread runs a long call (its deadline far off, as the policy's 30 s).
+        let (release, long) = hang(&pool, &rt, Duration::from_secs(30));
+        let late = call_until(&pool, &rt, Duration::from_millis(50), || 1);
+        assert!(matches!(
+            rt.block_on(late).unwrap(),
+            Err(PoolError::TimedOut)
+        ));
+        let (queued, check) = (pool.queued(), pool.check());
+        drop(release);
+        let _ = rt.block_on(long);
+        assert_eq!(
+            queued, 0,
+            "a call already answered TimedOut still counts as waiting"
+        );
+        assert!(check.is_ok(), "a dropped call fills the queue: {check:?}");
+    }
+
+    /// With every thread and stand-in held, calls answered `TimedOut` at their deadline
+    /// ("dropped without running") stay in the queue with everything they captured (in the
+    /// gateway, the request's validated input) until a thread frees: without a queue limit the
+    /// queue then grows with every request, though no caller waits any more (the module doc says
+    /// "what bounds it is the callers in flight").
+    #[test]
+    fn calls_dropped_at_their_deadline_do_not_stay_queued_holding_their_captures() {
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
+        let rt = runtime();
+        let short = Duration::from_millis(30);
+        let (first, a) = hang(&pool, &rt, short);
+        assert!(matches!(rt.block_on(a).unwrap(), Err(PoolError::TimedOut)));
+        let (second, b) = hang(&pool, &rt, short);
+        assert!(matches!(rt.block_on(b).unwrap(), Err(PoolError::TimedOut)));
+        let payload = Arc::new(vec![0u8; 1 << 20]);
+        for _ in 0..10 {
+            let p = payload.clone();
+            let c = call_until(&pool, &rt, short, move || p.len());
+            assert!(matches!(rt.block_on(c).unwrap(), Err(PoolError::TimedOut)));
+        }
+        let (kept, queued) = (Arc::strong_count(&payload) - 1, pool.queued());
+        drop(first);
+        drop(second);
+        assert_eq!(
+            (kept, queued),
+            (0, 0),
+            "(captures kept, calls queued) after 10 calls were answered TimedOut"
+        );
     }
 }

@@ -269,3 +269,33 @@ fn idle_connections_past_the_open_file_limit_do_not_lock_out_a_client() {
         drop(idle);
     });
 }
+
+/// With `--inference-queue 1`, a request whose own `timeout` has passed while it waited
+/// in the queue is answered 504 and dropped; it is no longer a call waiting for the model, so
+/// the next request is not refused 503 "1 model call is already waiting" for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_at_its_timeout_does_not_hold_the_queue_full() {
+    let slow = Slow::start(LIN_POLICY, Some(1)).await;
+    let body = json_infer(&[0.1, 0.2, 0.3, 0.4], 1);
+    // One call holds the one thread (the policy's deadline, 30 s, is far off).
+    let running = slow.infer(&body);
+    wait_until(|| slow.entered.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
+    let hurried = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32",
+                    "data": [0.1, 0.2, 0.3, 0.4]}],
+        "parameters": {"timeout": 200_000}
+    })
+    .to_string();
+    let first = slow.infer(hurried.as_bytes()).await.unwrap();
+    assert_eq!(first.status, 504, "{first:?}");
+    let queued = slow.pool.queued();
+    // Nothing waits for the model now: the next request is queued, then times out too.
+    let second = slow.infer(hurried.as_bytes()).await.unwrap();
+    slow.open_gate();
+    let _ = running.await;
+    assert_eq!(
+        second.status, 504,
+        "queued() = {queued} after the first was answered 504: {second:?}"
+    );
+    slow.s.stop().await;
+}
