@@ -398,3 +398,141 @@ fn the_bench_endpoint_listens_only_on_loopback_and_answers_without_a_key() {
     let _ = child.wait();
     assert_eq!(status, 200);
 }
+
+/// A CA's PEM, and the PEM of a certificate for 127.0.0.1 it issued and of its key.
+fn tls_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "palisade test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Sends one HTTP/1.1 request over TLS, trusting `ca`, and returns the status code (0 if there
+/// was no answer, or the handshake failed).
+fn https(addr: &str, ca: &str, request: &[u8]) -> u16 {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let Ok(tcp) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    if tls.write_all(request).is_err() {
+        return 0;
+    }
+    let mut reply = Vec::new();
+    let _ = tls.read_to_end(&mut reply);
+    String::from_utf8_lossy(&reply)
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `serve --tls-cert --tls-key` serves HTTPS (and says so), refuses plain HTTP, and unusable
+/// files stop the start with an error naming the flag and the file.
+#[test]
+fn serve_over_tls_answers_https_and_refuses_unusable_files_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    repository(d, "[input]\nrange = [0.0, 1.0]\n");
+    let (ca, cert, key) = tls_pki();
+    std::fs::write(d.join("cert.pem"), &cert).unwrap();
+    std::fs::write(d.join("key.pem"), &key).unwrap();
+
+    // A missing key file: a clear error before anything else, exit status 2, no panic.
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "serve",
+            "--models",
+            "repo",
+            "--allow-unsigned",
+            "--state",
+            "st",
+        ])
+        .args(["--tls-cert", "cert.pem", "--tls-key", "nokey.pem"])
+        .args(["--listen", &free_addr(), "--grpc-listen", "none"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--tls-cert/--tls-key") && stderr.contains("nokey.pem"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("loading"),
+        "models were loaded first: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // --tls-key alone is a usage error.
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["serve", "--tls-key", "key.pem"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tls-cert"), "{stderr}");
+
+    let addr = free_addr();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "--json",
+            "serve",
+            "--models",
+            "repo",
+            "--allow-unsigned",
+            "--state",
+            "st",
+        ])
+        .args(["--tls-cert", "cert.pem", "--tls-key", "key.pem"])
+        .args(["--listen", &addr, "--grpc-listen", "none"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    let started = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the gateway exited before it said where it serves");
+        text.push_str(&line);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            break v;
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    assert_eq!(started["tls"], "tls", "{started}");
+    let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let end = Instant::now() + Duration::from_secs(120);
+    while https(&addr, &ca, ready) != 200 {
+        assert!(Instant::now() < end, "the gateway never answered over TLS");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Plain HTTP gets no answer.
+    assert_eq!(http(&addr, ready), 0);
+    stop(child);
+}

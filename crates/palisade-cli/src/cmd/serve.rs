@@ -13,6 +13,7 @@ use palisade_gateway::audit::Durability;
 use palisade_gateway::guard::redis_limits::{RedisLimits, RedisTls};
 use palisade_gateway::loader::{self, LoadedModel, ModelSource, Runtime, Trust};
 use palisade_gateway::pool::InferencePool;
+use palisade_gateway::tls::{TlsFiles, TlsServer};
 use palisade_gateway::{LocalState, ModelRepository};
 use palisade_model::onnx::{OnnxModel, OnnxOptions};
 use serde::Serialize;
@@ -89,6 +90,35 @@ pub struct ServeArgs {
     /// a reverse proxy or a NAT, where clients share an address.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_address: Option<u32>,
+    /// Serve over TLS (REST and gRPC, on both addresses) with this certificate chain (PEM, the
+    /// server's own certificate first); needs --tls-key. The files are read again when they
+    /// change (looked at every 10 s): new connections get a renewed certificate. Without TLS,
+    /// API keys and TOTP codes cross the network in clear: keep a plain listener on loopback,
+    /// or behind a proxy that terminates TLS.
+    #[arg(
+        long,
+        env = "PALISADE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(
+        long,
+        env = "PALISADE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// With --tls-cert: require a client certificate issued by one of the CAs in this PEM file
+    /// (mutual TLS). API keys are still required.
+    #[arg(
+        long,
+        env = "PALISADE_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
     /// Keep the rate limits and daily budgets in this Redis server, shared with every gateway
     /// pointed at it (`redis://[user:password@]host:port[/db]`, `rediss://…` over TLS, or
     /// `redis+unix:///path`), instead of in this process and limits.db. The environment
@@ -282,6 +312,8 @@ struct Started<'a> {
     max_connections: usize,
     /// Connections one client address may hold at once; `None`: no bound.
     max_connections_per_address: Option<usize>,
+    /// `none`, `tls`, or `mutual` (client certificates required).
+    tls: &'static str,
     /// Only on the first start: the admin key, shown once.
     #[serde(flatten)]
     first_admin: Option<&'a palisade_gateway::keys::NewKey>,
@@ -320,6 +352,28 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
     {
         args.limits_redis = None;
     }
+    // Empty TLS variables (`${X:-}` in a compose file) mean no TLS, as unset ones do.
+    for p in [
+        &mut args.tls_cert,
+        &mut args.tls_key,
+        &mut args.tls_client_ca,
+    ] {
+        if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            *p = None;
+        }
+    }
+    // Read before anything else is done: a certificate that does not load stops the start.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            TlsServer::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            })
+            .context("--tls-cert/--tls-key")?,
+        )),
+        _ => None,
+    };
     if args.limits_redis.is_none() {
         let redis_only = [
             ("--limits-redis-cluster", args.limits_redis_cluster),
@@ -473,12 +527,18 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             limits,
             max_connections: connections.max(),
             max_connections_per_address: connections.per_address(),
+            tls: match &tls {
+                None => "none",
+                Some(t) if t.files().client_ca.is_some() => "mutual",
+                Some(_) => "tls",
+            },
             first_admin: first.as_ref(),
         };
         let show = |s: &Started<'_>| {
             let mut t = format!(
-                "serving {} on http://{} (gRPC also on {}), state in {}; {}; {} inference thread{}, {} async thread{}",
+                "serving {} on {}://{} (gRPC also on {}), state in {}; {}; {} inference thread{}, {} async thread{}",
                 s.models.join(", "),
+                if s.tls == "none" { "http" } else { "https" },
                 s.listening,
                 s.grpc_listening.unwrap_or("the same port"),
                 s.state.display(),
@@ -494,6 +554,9 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             t.push_str(&format!("; at most {} connections", s.max_connections));
             if let Some(n) = s.max_connections_per_address {
                 t.push_str(&format!(" ({n} per client address)"));
+            }
+            if s.tls == "mutual" {
+                t.push_str("; client certificates required");
             }
             if s.limits != "local" {
                 t.push_str(&format!("; rate limits in {}", s.limits));
@@ -538,10 +601,23 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             })
         };
         let mut tasks = tokio::task::JoinSet::new();
+        let watcher = tls
+            .clone()
+            .map(|t| tokio::spawn(t.watch(std::time::Duration::from_secs(10))));
         for listener in std::iter::once(http).chain(grpc) {
+            if tls.is_none()
+                && let Ok(addr) = listener.local_addr()
+                && !addr.ip().is_loopback()
+            {
+                tracing::warn!(
+                    %addr,
+                    "listening off loopback without TLS: API keys and TOTP codes cross the \
+                     network in clear (give --tls-cert and --tls-key, or put a TLS proxy in front)"
+                );
+            }
             let router = router.clone();
             let mut rx = rx.clone();
-            tasks.spawn(palisade_gateway::serve_with(
+            tasks.spawn(palisade_gateway::serve_tls_with(
                 listener,
                 router,
                 async move {
@@ -549,6 +625,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
                 },
                 Default::default(),
                 connections.clone(),
+                tls.clone(),
             ));
         }
         shutdown_signal().await;
@@ -577,6 +654,9 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             _ = shutdown_signal() => {
                 tracing::warn!("a second signal: stopping without waiting for the requests in flight");
             }
+        }
+        if let Some(w) = watcher {
+            w.abort();
         }
         // Stopped between two drains (not in the middle of one, which would append an entry
         // and leave it queued, to be appended again).
