@@ -59,6 +59,17 @@ fn serve(dir: &Path) -> (Child, String, Option<String>) {
 
 /// [`serve`] with other arguments (a state folder among them); the JSON it printed on start.
 fn serve_with(dir: &Path, args: &[&str]) -> (Child, String, serde_json::Value) {
+    let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    serve_until(dir, args, |addr| http(addr, ready) == 200)
+}
+
+/// `palisade --json serve` in `dir` with `args`, on a free address, once `ready` holds for it:
+/// the process, the address and the JSON it printed on start.
+fn serve_until(
+    dir: &Path,
+    args: &[&str],
+    ready: impl Fn(&str) -> bool,
+) -> (Child, String, serde_json::Value) {
     let addr = free_addr();
     let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["--json", "serve", "--models", "repo"])
@@ -90,8 +101,7 @@ fn serve_with(dir: &Path, args: &[&str]) -> (Child, String, serde_json::Value) {
     };
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let end = Instant::now() + Duration::from_secs(120);
-    let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    while http(&addr, ready) != 200 {
+    while !ready(&addr) {
         assert!(Instant::now() < end, "the gateway never became ready");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -495,43 +505,20 @@ fn serve_over_tls_answers_https_and_refuses_unusable_files_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--tls-cert"), "{stderr}");
 
-    let addr = free_addr();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args([
-            "--json",
-            "serve",
-            "--models",
-            "repo",
-            "--allow-unsigned",
+    let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (child, addr, started) = serve_until(
+        d,
+        &[
             "--state",
             "st",
-        ])
-        .args(["--tls-cert", "cert.pem", "--tls-key", "key.pem"])
-        .args(["--listen", &addr, "--grpc-listen", "none"])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut text = String::new();
-    let started = loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert!(n > 0, "the gateway exited before it said where it serves");
-        text.push_str(&line);
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            break v;
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
+        ],
+        |addr| https(addr, &ca, ready) == 200,
+    );
     assert_eq!(started["tls"], "tls", "{started}");
-    let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    let end = Instant::now() + Duration::from_secs(120);
-    while https(&addr, &ca, ready) != 200 {
-        assert!(Instant::now() < end, "the gateway never answered over TLS");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     // Plain HTTP gets no answer.
     assert_eq!(http(&addr, ready), 0);
     stop(child);
