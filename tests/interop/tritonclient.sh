@@ -2,7 +2,10 @@
 # NVIDIA's tritonclient, unchanged, against `palisade serve` (the bundled MNIST model):
 # HTTP with binary tensors, HTTP with JSON tensors, and gRPC must return the same logits, equal
 # to PyTorch's own logits for the same 16 images (data/reference-parity) to 1e-4. A request
-# without a key must be refused. Afterwards the audit log must verify offline.
+# without a key must be refused. Afterwards the audit log must verify offline. Then the same
+# over TLS (`serve --tls-cert --tls-key`, a CA made here with Python's cryptography): HTTP with
+# `ssl=True` and gRPC with `ssl=True, root_certificates=`, gRPC with a deadline
+# (`client_timeout`, sent as grpc-timeout) and HTTP with the request `timeout` parameter.
 #
 # Usage: bash tests/interop/tritonclient.sh [--prepare]   (creates .venv-interop; needs python3 and cargo)
 set -euo pipefail
@@ -12,7 +15,7 @@ VENV="$ROOT/.venv-interop"
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q --disable-pip-version-check "tritonclient[http,grpc]" numpy
+"$VENV/bin/pip" install -q --disable-pip-version-check "tritonclient[http,grpc]" numpy cryptography
 # --prepare: only make the venv (CI does it while Rust compiles).
 if [ "${1:-}" = "--prepare" ]; then exit 0; fi
 
@@ -102,3 +105,82 @@ PY
 
 kill -TERM $PID; wait $PID || true
 "$BIN" audit verify --state "$STATE"
+
+# Over TLS: a CA and a certificate for 127.0.0.1 made here, a gateway of its own (the first one's
+# state folder stays locked until it has exited).
+"$VENV/bin/python" - "$STATE" <<'PY'
+import datetime, ipaddress, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+out = sys.argv[1]
+now = datetime.datetime.now(datetime.timezone.utc)
+def cert(subject, key, issuer, issuer_key, ca, san=None):
+    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if san:
+        b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+ca_key = ec.generate_private_key(ec.SECP256R1())
+ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "palisade interop CA")])
+ca = cert(ca_name, ca_key, ca_name, ca_key, True)
+key = ec.generate_private_key(ec.SECP256R1())
+leaf = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), key, ca_name,
+            ca_key, False, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+open(f"{out}/ca.pem", "wb").write(ca.public_bytes(serialization.Encoding.PEM))
+open(f"{out}/cert.pem", "wb").write(leaf.public_bytes(serialization.Encoding.PEM))
+open(f"{out}/key.pem", "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+PY
+"$BIN" --json serve --state "$STATE/tls" --listen "127.0.0.1:$HTTP_PORT" \
+    --grpc-listen "127.0.0.1:$GRPC_PORT" --tls-cert "$STATE/cert.pem" --tls-key "$STATE/key.pem" \
+    > "$STATE/tls-key.json" 2> "$STATE/tls.log" &
+PID=$!
+for _ in $(seq 1 200); do
+    if curl -fs --cacert "$STATE/ca.pem" "https://127.0.0.1:$HTTP_PORT/v2/health/ready" > /dev/null 2>&1; then break; fi
+    if ! kill -0 $PID 2>/dev/null; then cat "$STATE/tls.log"; exit 1; fi
+    sleep 0.1
+done
+"$VENV/bin/python" - "$STATE" "$HTTP_PORT" "$GRPC_PORT" <<'PY'
+import json, sys
+import numpy as np
+import tritonclient.http as th
+import tritonclient.grpc as tg
+state, http_port, grpc_port = sys.argv[1:]
+ca = f"{state}/ca.pem"
+key = json.load(open(f"{state}/tls-key.json"))["key"]
+x = np.load("data/reference-parity/public_attacks_x16.npy").astype(np.float32)
+ref = np.load("data/reference-parity/public_attacks_logits16.npy").astype(np.float32)
+h = th.InferenceServerClient(url=f"127.0.0.1:{http_port}", ssl=True, ssl_options={"ca_certs": ca})
+assert h.is_server_ready()
+i = th.InferInput("input", list(x.shape), "FP32")
+i.set_data_from_numpy(x, binary_data=True)
+# The request's own timeout, in microseconds (well above what the model takes).
+http = h.infer("mnist", [i], headers={"Authorization": f"Bearer {key}"},
+               timeout=30_000_000).as_numpy("logits")
+g = tg.InferenceServerClient(url=f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=ca)
+gi = tg.InferInput("input", list(x.shape), "FP32")
+gi.set_data_from_numpy(x)
+grpc = g.infer("mnist", [gi], headers={"authorization": f"Bearer {key}"},
+               client_timeout=30).as_numpy("logits")
+for name, y in [("https", http), ("grpc+tls", grpc)]:
+    d = float(np.abs(y - ref).max())
+    print(f"{name:12s} shape {y.shape} max |logits - pytorch| = {d:.2e}")
+    assert y.shape == (16, 10) and d < 1e-4, name
+# Plain HTTP to the TLS port is not served.
+plain = th.InferenceServerClient(url=f"127.0.0.1:{http_port}", connection_timeout=5, network_timeout=5)
+try:
+    plain.is_server_live()
+    raise SystemExit("plain HTTP was served on the TLS port")
+except SystemExit:
+    raise
+except Exception as e:
+    print("plain HTTP refused:", type(e).__name__)
+print("OK: tritonclient over TLS (HTTP and gRPC) agrees with PyTorch")
+PY
+kill -TERM $PID; wait $PID || true
+"$BIN" audit verify --state "$STATE/tls"
