@@ -523,3 +523,54 @@ fn serve_over_tls_answers_https_and_refuses_unusable_files_clearly() {
     assert_eq!(http(&addr, ready), 0);
     stop(child);
 }
+
+/// Empty `PALISADE_TLS_*` variables (`${X:-}` in a compose file) mean no TLS, as unset ones do;
+/// clap's path parser refused them and serve did not start (review, 2026-12-06).
+#[test]
+fn empty_tls_environment_variables_mean_no_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    repository(d, "[input]\nrange = [0.0, 1.0]\n");
+    let addr = free_addr();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "serve",
+            "--models",
+            "repo",
+            "--allow-unsigned",
+            "--state",
+            "st",
+        ])
+        .args(["--listen", &addr, "--grpc-listen", "none"])
+        .env("PALISADE_TLS_CERT", "")
+        .env("PALISADE_TLS_KEY", "")
+        .env("PALISADE_TLS_CLIENT_CA", "")
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first start shows an admin key: its output is read, as a person would.
+    let mut out = child.stdout.take().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            panic!("serve exited ({status}) instead of serving without TLS: {stderr}");
+        }
+        if http(&addr, ready) == 200 {
+            break;
+        }
+        assert!(Instant::now() < end, "the gateway never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(child);
+}

@@ -574,6 +574,10 @@ pub async fn serve_tls_with(
         let tls = tls.as_ref().map(|t| t.acceptor());
         let builder = builder.clone();
         tokio::spawn(async move {
+            // The first request is due a header deadline from here, once the connection has
+            // room: a TLS handshake is part of that time (review, 2026-12-06); time spent
+            // waiting at the bound on connections is not.
+            let began = tokio::time::Instant::now();
             let io = match tls {
                 None => Stream::Plain(watched),
                 Some(tls) => match handshake(tls, watched, &activity, &options, &mut stop).await {
@@ -591,7 +595,7 @@ pub async fn serve_tls_with(
             // Looked at when the first request is due or the connection could first be idle too
             // long, whichever comes first, and then as `idle_until` says.
             let first_look = options.header_read_timeout.min(options.idle_timeout);
-            let mut due = std::pin::pin!(tokio::time::sleep(first_look));
+            let mut due = std::pin::pin!(tokio::time::sleep_until(began + first_look));
             // When it was asked to close for idling: dropped at the next `due` if still open.
             let (mut asked, mut stopping) = (None, false);
             loop {

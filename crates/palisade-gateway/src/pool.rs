@@ -329,6 +329,7 @@ impl InferencePool {
         let mut queued = Queued {
             shared: &self.shared,
             id: Some(id),
+            deadline,
         };
         let Some(deadline) = deadline else {
             let out = rx.await;
@@ -340,11 +341,12 @@ impl InferencePool {
         match out {
             Ok(out) => out.unwrap_or(Err(PoolError::Stopped)),
             Err(_) => {
-                // Still queued: out of the queue, with what it holds. Taken by a thread: that
-                // thread is past the deadline, unless the call ended meanwhile.
-                if !self.shared.take_back(id) {
-                    self.shared.stand_in_for_overdue();
-                }
+                // Still queued: out of the queue, with what it holds. Either way a thread may be
+                // past a deadline: this call's, if a thread took it, or, if it waited because
+                // every thread was held, that of a call whose own caller went away before its
+                // deadline and so never looked (review, 2026-12-06).
+                self.shared.take_back(id);
+                self.shared.stand_in_for_overdue();
                 Err(PoolError::TimedOut)
             }
         }
@@ -387,16 +389,27 @@ impl InferencePool {
 
 /// A call in the queue whose caller may go away: dropped while it holds the call's number, it
 /// takes the call back out of the queue (if no thread has taken it), so that what the call holds
-/// is freed now rather than when a thread comes to it.
+/// is freed now rather than when a thread comes to it. A call a thread has taken, with a
+/// deadline, is looked at again at its deadline, as its caller would have (review, 2026-12-06):
+/// a call that then runs on is stood in for.
 struct Queued<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     id: Option<u64>,
+    deadline: Option<Instant>,
 }
 
 impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.shared.take_back(id);
+        let Some(id) = self.id else { return };
+        if self.shared.take_back(id) {
+            return;
+        }
+        if let (Some(deadline), Ok(rt)) = (self.deadline, tokio::runtime::Handle::try_current()) {
+            let shared = self.shared.clone();
+            rt.spawn(async move {
+                tokio::time::sleep_until(deadline.into()).await;
+                shared.stand_in_for_overdue();
+            });
         }
     }
 }
@@ -858,6 +871,33 @@ mod tests {
 
     fn live(pool: &InferencePool) -> usize {
         pool.shared.crew().live
+    }
+
+    /// A call stuck past its deadline whose caller went away before it (so never looked) is
+    /// stood in for when a later call times out, even one that timed out still queued: else,
+    /// with every thread so held, the pool never ran anything again (review, 2026-12-06).
+    #[test]
+    fn a_call_stuck_past_its_deadline_is_stood_in_for_even_if_its_caller_went_away() {
+        let pool = Arc::new(InferencePool::new(Some(1), None).unwrap());
+        let rt = runtime();
+        let (release, caller) = hang(&pool, &rt, Duration::from_millis(100));
+        // The caller goes away while its call runs (before the deadline).
+        caller.abort();
+        let _ = rt.block_on(caller);
+        std::thread::sleep(Duration::from_millis(300));
+        // Well past the stuck call's deadline: calls with a deadline of their own.
+        let results: Vec<_> = (0..3)
+            .map(|_| {
+                rt.block_on(call_until(&pool, &rt, Duration::from_millis(500), || 5))
+                    .unwrap()
+            })
+            .collect();
+        let stuck = pool.stuck();
+        drop(release);
+        assert!(
+            results.iter().all(|r| matches!(r, Ok(5))),
+            "no call ran past the stuck one (stuck threads counted: {stuck}): {results:?}"
+        );
     }
 
     #[test]

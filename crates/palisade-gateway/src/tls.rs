@@ -50,13 +50,27 @@ pub enum TlsError {
         /// What is wrong with it.
         what: String,
     },
-    /// rustls refused the certificate and key (a key that does not match the certificate, an
-    /// unsupported key type).
-    #[error("the TLS certificate and key were refused: {0}")]
-    Config(#[from] rustls::Error),
+    /// rustls refused the certificate and key (a key that does not match the certificate, a
+    /// certificate it cannot parse, an unsupported key type).
+    #[error("the TLS certificate {cert} and key {key} were refused: {source}")]
+    Config {
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// Why.
+        #[source]
+        source: rustls::Error,
+    },
     /// The client CA could not be used to check client certificates.
-    #[error("the client CA was refused: {0}")]
-    ClientCa(#[from] rustls::server::VerifierBuilderError),
+    #[error("the client CA {path} was refused: {source}")]
+    ClientCa {
+        /// The CA file.
+        path: String,
+        /// Why.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
 }
 
 /// What the files looked like when last read: (modified, length, inode) of each, following
@@ -185,9 +199,15 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM) in it ({e})"),
         )
     })?;
+    let refused = |source| TlsError::Config {
+        cert: files.cert.display().to_string(),
+        key: files.key.display().to_string(),
+        source,
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+        .with_safe_default_protocol_versions()
+        .map_err(refused)?;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -199,11 +219,15 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             }
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()?;
+                    .build()
+                    .map_err(|source| TlsError::ClientCa {
+                        path: ca.display().to_string(),
+                        source,
+                    })?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = builder.with_single_cert(chain, key).map_err(refused)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -104,6 +104,39 @@ async fn https1(
     Ok((status, body))
 }
 
+/// A one-route router served over `tls` with a header deadline of `header`: its address, its
+/// connections, the sender that stops it, and its task.
+async fn serve_plain_router(
+    tls: Arc<TlsServer>,
+    header: Duration,
+) -> (
+    SocketAddr,
+    palisade_gateway::listen::Connections,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), palisade_gateway::GatewayError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+    let options = palisade_gateway::ServeOptions {
+        header_read_timeout: header,
+        ..Default::default()
+    };
+    let connections = palisade_gateway::listen::Connections::for_open_files();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(palisade_gateway::serve_tls_with(
+        listener,
+        router,
+        async {
+            let _ = rx.await;
+        },
+        options,
+        connections.clone(),
+        Some(tls),
+    ));
+    (addr, connections, tx, task)
+}
+
 fn infer_body() -> Vec<u8> {
     json_infer(&[0.1, 0.2, 0.3, 0.4], 1)
 }
@@ -240,25 +273,7 @@ async fn a_handshake_not_done_within_the_header_deadline_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _) = pki(&["localhost"]);
     let tls = Arc::new(TlsServer::load(files(dir.path(), &server, None)).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-    let options = palisade_gateway::ServeOptions {
-        header_read_timeout: Duration::from_millis(300),
-        ..Default::default()
-    };
-    let connections = palisade_gateway::listen::Connections::for_open_files();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(palisade_gateway::serve_tls_with(
-        listener,
-        router,
-        async {
-            let _ = rx.await;
-        },
-        options,
-        connections.clone(),
-        Some(tls),
-    ));
+    let (addr, connections, tx, task) = serve_plain_router(tls, Duration::from_millis(300)).await;
     // Connected, and silent: the server closes the connection.
     let mut silent = TcpStream::connect(addr).await.unwrap();
     let t = std::time::Instant::now();
@@ -366,4 +381,100 @@ fn unusable_files_are_refused_saying_which_and_why() {
     })
     .unwrap();
     assert_eq!(config.alpn_protocols, [&b"h2"[..], b"http/1.1"]);
+}
+
+// ---- review (33): defects found in 9fea0f6 ----
+
+/// A client config trusting `ca`, offering `alpn`.
+fn client_config(ca: &str, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
+}
+
+/// A TLS connection must bring its first request within the header deadline of its arrival,
+/// handshake included: the deadline for the first request began when the handshake ended, so a
+/// client that handshook late and then stayed silent held its connection for up to twice the
+/// header deadline (review, 2026-12-06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_must_bring_its_first_request_within_the_header_deadline_of_its_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = pki(&["localhost"]);
+    let tls = Arc::new(TlsServer::load(files(dir.path(), &server, None)).unwrap());
+    let (addr, _, tx, task) = serve_plain_router(tls, Duration::from_millis(1000)).await;
+    let t = std::time::Instant::now();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    // The handshake late but within the header deadline; then nothing.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut conn = tokio_rustls::TlsConnector::from(client_config(&server.ca, b"http/1.1"))
+        .connect(name, tcp)
+        .await
+        .expect("the handshake, within the header deadline, succeeds");
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "never closed");
+    let held = t.elapsed();
+    assert!(
+        held < Duration::from_millis(1500),
+        "a silent TLS connection was held {held:?} with a header deadline of 1 s"
+    );
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// A key that does not belong to the certificate is refused naming the files: rustls's error
+/// named neither (review, 2026-12-06).
+#[test]
+fn a_key_not_matching_its_certificate_is_refused_naming_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = pki(&["localhost"]);
+    let e = server_config(&TlsFiles {
+        cert: write(dir.path(), "served-cert.pem", &server.cert),
+        key: write(dir.path(), "other-key.pem", &client.key),
+        client_ca: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("other-key.pem") || e.contains("served-cert.pem"),
+        "names no file: {e}"
+    );
+}
+
+/// The same for a CERTIFICATE block that holds no certificate (a truncated or corrupted file):
+/// the PEM parses, and rustls then fails to parse the DER.
+#[test]
+fn a_certificate_block_that_is_not_a_certificate_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = pki(&["localhost"]);
+    let e = server_config(&TlsFiles {
+        cert: write(
+            dir.path(),
+            "broken-cert.pem",
+            "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n",
+        ),
+        key: write(dir.path(), "k.pem", &server.key),
+        client_ca: None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("broken-cert.pem"), "names no file: {e}");
 }

@@ -99,7 +99,8 @@ pub struct ServeArgs {
         long,
         env = "PALISADE_TLS_CERT",
         value_name = "PEM",
-        requires = "tls_key"
+        requires = "tls_key",
+        value_parser = any_path
     )]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
@@ -107,7 +108,8 @@ pub struct ServeArgs {
         long,
         env = "PALISADE_TLS_KEY",
         value_name = "PEM",
-        requires = "tls_cert"
+        requires = "tls_cert",
+        value_parser = any_path
     )]
     tls_key: Option<PathBuf>,
     /// With --tls-cert: require a client certificate issued by one of the CAs in this PEM file
@@ -116,7 +118,8 @@ pub struct ServeArgs {
         long,
         env = "PALISADE_TLS_CLIENT_CA",
         value_name = "PEM",
-        requires = "tls_cert"
+        requires = "tls_cert",
+        value_parser = any_path
     )]
     tls_client_ca: Option<PathBuf>,
     /// Keep the rate limits and daily budgets in this Redis server, shared with every gateway
@@ -338,6 +341,12 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// A path, empty allowed: clap's own parser refuses an empty value, which from an environment
+/// variable (`${X:-}` in a compose file) means none (review, 2026-12-06).
+fn any_path(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
 }
 
 /// Runs `palisade serve` until SIGINT or SIGTERM.
@@ -607,7 +616,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         for listener in std::iter::once(http).chain(grpc) {
             if tls.is_none()
                 && let Ok(addr) = listener.local_addr()
-                && !addr.ip().is_loopback()
+                && !addr.ip().to_canonical().is_loopback()
             {
                 tracing::warn!(
                     %addr,
