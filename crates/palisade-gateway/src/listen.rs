@@ -579,9 +579,9 @@ pub async fn serve_tls_with(
             // waiting at the bound on connections is not.
             let began = tokio::time::Instant::now();
             let io = match tls {
-                None => Stream::Plain(watched),
+                None => Stream::Left(watched),
                 Some(tls) => match handshake(tls, watched, &activity, &options, &mut stop).await {
-                    Some(s) => Stream::Tls(Box::new(s)),
+                    Some(s) => Stream::Right(Box::new(s)),
                     None => {
                         drop((slot, from, open));
                         return;
@@ -712,68 +712,7 @@ async fn handshake(
 }
 
 /// A connection's byte stream: the socket, or TLS over it.
-enum Stream {
-    Plain(Watched),
-    Tls(Box<tokio_rustls::server::TlsStream<Watched>>),
-}
-
-impl tokio::io::AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+type Stream = tokio_util::either::Either<Watched, Box<tokio_rustls::server::TlsStream<Watched>>>;
 
 /// What a connection is doing, for its idle deadlines: requests being handled, when the last was
 /// answered, and when bytes were last written to the client.
