@@ -496,7 +496,9 @@ pub async fn serve_with(
 /// [`serve_with`], over TLS when `tls` is given: each connection's handshake must be done within
 /// the header deadline ([`ServeOptions::header_read_timeout`]), counts as a connection without a
 /// request (it may be closed to make room), and is dropped if it fails (logged at debug: a
-/// client that does not trust the certificate, or speaks plain HTTP to the TLS port).
+/// client that does not trust the certificate, or speaks plain HTTP to the TLS port). Without
+/// TLS on an address off loopback it warns once that API keys and TOTP codes cross the network
+/// in clear.
 pub async fn serve_tls_with(
     listener: TcpListener,
     router: Router,
@@ -505,6 +507,16 @@ pub async fn serve_tls_with(
     connections: Connections,
     tls: Option<Arc<crate::tls::TlsServer>>,
 ) -> Result<(), GatewayError> {
+    if tls.is_none()
+        && let Ok(addr) = listener.local_addr()
+        && !addr.ip().to_canonical().is_loopback()
+    {
+        tracing::warn!(
+            %addr,
+            "listening off loopback without TLS: API keys and TOTP codes cross the network in \
+             clear (give --tls-cert and --tls-key, or put a TLS proxy in front)"
+        );
+    }
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -614,16 +614,6 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             .clone()
             .map(|t| tokio::spawn(t.watch(std::time::Duration::from_secs(10))));
         for listener in std::iter::once(http).chain(grpc) {
-            if tls.is_none()
-                && let Ok(addr) = listener.local_addr()
-                && !addr.ip().to_canonical().is_loopback()
-            {
-                tracing::warn!(
-                    %addr,
-                    "listening off loopback without TLS: API keys and TOTP codes cross the \
-                     network in clear (give --tls-cert and --tls-key, or put a TLS proxy in front)"
-                );
-            }
             let router = router.clone();
             let mut rx = rx.clone();
             tasks.spawn(palisade_gateway::serve_tls_with(
