@@ -315,11 +315,22 @@ struct Started<'a> {
     max_connections: usize,
     /// Connections one client address may hold at once; `None`: no bound.
     max_connections_per_address: Option<usize>,
-    /// `none`, `tls`, or `mutual` (client certificates required).
-    tls: &'static str,
+    tls: TlsMode,
     /// Only on the first start: the admin key, shown once.
     #[serde(flatten)]
     first_admin: Option<&'a palisade_gateway::keys::NewKey>,
+}
+
+/// How the listeners speak (start-up JSON: `none`, `tls`, or `mutual`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum TlsMode {
+    /// Plain HTTP.
+    None,
+    /// TLS.
+    Tls,
+    /// TLS, client certificates required.
+    Mutual,
 }
 
 async fn shutdown_signal() {
@@ -537,9 +548,9 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             max_connections: connections.max(),
             max_connections_per_address: connections.per_address(),
             tls: match &tls {
-                None => "none",
-                Some(t) if t.files().client_ca.is_some() => "mutual",
-                Some(_) => "tls",
+                None => TlsMode::None,
+                Some(t) if t.files().client_ca.is_some() => TlsMode::Mutual,
+                Some(_) => TlsMode::Tls,
             },
             first_admin: first.as_ref(),
         };
@@ -547,7 +558,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             let mut t = format!(
                 "serving {} on {}://{} (gRPC also on {}), state in {}; {}; {} inference thread{}, {} async thread{}",
                 s.models.join(", "),
-                if s.tls == "none" { "http" } else { "https" },
+                if s.tls == TlsMode::None { "http" } else { "https" },
                 s.listening,
                 s.grpc_listening.unwrap_or("the same port"),
                 s.state.display(),
@@ -564,7 +575,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             if let Some(n) = s.max_connections_per_address {
                 t.push_str(&format!(" ({n} per client address)"));
             }
-            if s.tls == "mutual" {
+            if s.tls == TlsMode::Mutual {
                 t.push_str("; client certificates required");
             }
             if s.limits != "local" {
