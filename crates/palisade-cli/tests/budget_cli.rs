@@ -108,6 +108,24 @@ fn serve_until(
     (child, addr, started)
 }
 
+/// `palisade serve` of the repository in `d` (unsigned), its state in `st`, with `args`,
+/// listening on `listen` and not on a second address: to run as the caller chooses.
+fn serve_in(d: &Path, listen: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    c.args([
+        "serve",
+        "--models",
+        "repo",
+        "--allow-unsigned",
+        "--state",
+        "st",
+    ])
+    .args(args)
+    .args(["--listen", listen, "--grpc-listen", "none"])
+    .current_dir(d);
+    c
+}
+
 fn stop(mut gw: Child) {
     Command::new("kill")
         .args(["-TERM", &gw.id().to_string()])
@@ -297,20 +315,7 @@ fn redis_settings_that_cannot_work_stop_the_start() {
         ),
     ];
     for (args, says) in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args([
-                "serve",
-                "--models",
-                "repo",
-                "--allow-unsigned",
-                "--state",
-                "st",
-            ])
-            .args(args)
-            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "none"])
-            .current_dir(d)
-            .output()
-            .unwrap();
+        let out = serve_in(d, "127.0.0.1:0", args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
@@ -471,20 +476,13 @@ fn serve_over_tls_answers_https_and_refuses_unusable_files_clearly() {
     std::fs::write(d.join("key.pem"), &key).unwrap();
 
     // A missing key file: a clear error before anything else, exit status 2, no panic.
-    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args([
-            "serve",
-            "--models",
-            "repo",
-            "--allow-unsigned",
-            "--state",
-            "st",
-        ])
-        .args(["--tls-cert", "cert.pem", "--tls-key", "nokey.pem"])
-        .args(["--listen", &free_addr(), "--grpc-listen", "none"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let out = serve_in(
+        d,
+        &free_addr(),
+        &["--tls-cert", "cert.pem", "--tls-key", "nokey.pem"],
+    )
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -532,16 +530,7 @@ fn empty_tls_environment_variables_mean_no_tls() {
     let d = dir.path();
     repository(d, "[input]\nrange = [0.0, 1.0]\n");
     let addr = free_addr();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args([
-            "serve",
-            "--models",
-            "repo",
-            "--allow-unsigned",
-            "--state",
-            "st",
-        ])
-        .args(["--listen", &addr, "--grpc-listen", "none"])
+    let mut child = serve_in(d, &addr, &[])
         .env("PALISADE_TLS_CERT", "")
         .env("PALISADE_TLS_KEY", "")
         .env("PALISADE_TLS_CLIENT_CA", "")

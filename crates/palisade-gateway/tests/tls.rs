@@ -137,6 +137,17 @@ async fn serve_plain_router(
     (addr, connections, tx, task)
 }
 
+/// `GET /v2/health/live` over HTTP/1.1 on a new TLS connection to `addr` (trusting `ca`, with
+/// `client`'s certificate if given): its status, or `None` if the connection or the request
+/// failed.
+async fn live(addr: SocketAddr, ca: &str, client: Option<&Pki>) -> Option<u16> {
+    let conn = connect(addr, ca, b"http/1.1", client).await.ok()?;
+    let (status, _) = https1(conn, "GET", "/v2/health/live", &[], Vec::new())
+        .await
+        .ok()?;
+    Some(status)
+}
+
 fn infer_body() -> Vec<u8> {
     json_infer(&[0.1, 0.2, 0.3, 0.4], 1)
 }
@@ -224,13 +235,7 @@ async fn rest_and_grpc_are_served_over_tls_and_what_cannot_be_trusted_is_refused
     assert!(connect(s.addr, &other.ca, b"http/1.1", None).await.is_err());
 
     // And the server goes on.
-    let conn = connect(s.addr, &server.ca, b"http/1.1", None)
-        .await
-        .unwrap();
-    let (status, _) = https1(conn, "GET", "/v2/health/live", &[], Vec::new())
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(live(s.addr, &server.ca, None).await, Some(200));
     s.stop().await;
 }
 
@@ -241,24 +246,13 @@ async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
     let tls = Arc::new(TlsServer::load(files(dir.path(), &server, Some(&server.ca))).unwrap());
     let s = start_tls(tls).await;
 
-    let conn = connect(s.addr, &server.ca, b"http/1.1", Some(&client))
-        .await
-        .unwrap();
-    let (status, _) = https1(conn, "GET", "/v2/health/live", &[], Vec::new())
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(live(s.addr, &server.ca, Some(&client)).await, Some(200));
 
     // Without a certificate, or with one of another CA: refused (TLS 1.3 says so after the
     // handshake, so the request fails if the handshake did not).
     let (_, stranger) = pki(&["localhost"]);
     for who in [None, Some(&stranger)] {
-        let refused = match connect(s.addr, &server.ca, b"http/1.1", who).await {
-            Err(_) => true,
-            Ok(conn) => https1(conn, "GET", "/v2/health/live", &[], Vec::new())
-                .await
-                .is_err(),
-        };
+        let refused = live(s.addr, &server.ca, who).await.is_none();
         assert!(
             refused,
             "served a client with {:?}",
@@ -316,11 +310,7 @@ async fn a_renewed_certificate_is_served_to_new_connections() {
     std::fs::write(&f.key, &new.key).unwrap();
     assert!(tls.reload_if_changed().unwrap());
     assert!(connect(s.addr, &old.ca, b"http/1.1", None).await.is_err());
-    let conn = connect(s.addr, &new.ca, b"http/1.1", None).await.unwrap();
-    let (status, _) = https1(conn, "GET", "/v2/health/live", &[], Vec::new())
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    assert_eq!(live(s.addr, &new.ca, None).await, Some(200));
     // A connection made before keeps its certificate.
     let (status, _) = https1(open, "GET", "/v2/health/live", &[], Vec::new())
         .await
