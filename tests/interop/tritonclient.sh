@@ -167,6 +167,15 @@ gi = tg.InferInput("input", list(x.shape), "FP32")
 gi.set_data_from_numpy(x)
 grpc = g.infer("mnist", [gi], headers={"authorization": f"Bearer {key}"},
                client_timeout=30).as_numpy("logits")
+# A timeout no model call can meet: answered 504 by the gateway, so tritonclient's `timeout`
+# reaches it.
+from tritonclient.utils import InferenceServerException
+try:
+    h.infer("mnist", [i], headers={"Authorization": f"Bearer {key}"}, timeout=1)
+    raise SystemExit("a request with a 1 µs timeout was served")
+except InferenceServerException as e:
+    assert "did not answer within" in (e.message() or ""), e
+    print("1 µs timeout:", e.status(), (e.message() or "")[:60])
 for name, y in [("https", http), ("grpc+tls", grpc)]:
     d = float(np.abs(y - ref).max())
     print(f"{name:12s} shape {y.shape} max |logits - pytorch| = {d:.2e}")

@@ -166,10 +166,17 @@ fn client_left() -> Response {
 fn timed_out((wait, why): (Duration, &str)) -> Response {
     let mut r = error_response(
         StatusCode::GATEWAY_TIMEOUT,
-        &format!(
-            "the model did not answer within {} ms ({why})",
-            wait.as_millis()
-        ),
+        &if wait < Duration::from_millis(1) {
+            format!(
+                "the model did not answer within {} µs ({why})",
+                wait.as_micros()
+            )
+        } else {
+            format!(
+                "the model did not answer within {} ms ({why})",
+                wait.as_millis()
+            )
+        },
     );
     r.extensions_mut().insert(Decision::Error);
     r
