@@ -125,6 +125,9 @@ struct Table {
     /// Connections closed at once because their source held its most: the
     /// `connections_refused_total` metric.
     refused: prometheus::IntCounter,
+    /// TLS handshakes that did not complete, by [`HandshakeFailure`]: the
+    /// `tls_handshake_failures_total` metric.
+    tls_failed: prometheus::IntCounterVec,
     /// Looks through every connection for one to close ([`room`]).
     #[cfg(test)]
     looks: AtomicU64,
@@ -164,6 +167,14 @@ impl Connections {
                 "connections_refused_total",
                 "Connections closed as soon as they were accepted because their address already \
                  held as many as the bound per address allows",
+            )
+            .expect("a valid metric name"),
+            tls_failed: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "tls_handshake_failures_total",
+                    "TLS handshakes on the gateway's listeners that did not complete, by reason",
+                ),
+                &["reason"],
             )
             .expect("a valid metric name"),
             #[cfg(test)]
@@ -272,6 +283,78 @@ impl Connections {
     /// The counter behind [`Connections::shed`], for a metrics registry.
     pub(crate) fn shed_counter(&self) -> prometheus::IntCounter {
         self.0.shed.clone()
+    }
+
+    /// TLS handshakes that did not complete for `why`, since this was made.
+    pub fn tls_failures(&self, why: HandshakeFailure) -> u64 {
+        self.0.tls_failed.with_label_values(&[why.label()]).get()
+    }
+
+    /// The counters behind [`Connections::tls_failures`], for a metrics registry.
+    pub(crate) fn tls_failures_counter(&self) -> prometheus::IntCounterVec {
+        self.0.tls_failed.clone()
+    }
+}
+
+/// Why a TLS handshake did not complete: the `reason` label of `tls_handshake_failures_total`.
+/// A few fixed values, so that the metric has no per-client series; the error itself is logged
+/// at debug.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// The bytes were not TLS: a plain HTTP client on the TLS port, as a rule.
+    NotTls,
+    /// The client ended the handshake with an alert: most often it does not trust the server's
+    /// certificate (an unknown CA, a name that does not match, an expired certificate).
+    ClientAlert,
+    /// Mutual TLS: the client sent no certificate, or one the client CA does not vouch for.
+    ClientCertificate,
+    /// The client closed the connection, or it failed, before the handshake was done (a TCP
+    /// health check, as a rule).
+    Closed,
+    /// Not done within the header deadline.
+    Timeout,
+    /// Any other failure (no protocol version or cipher suite in common, a malformed message).
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in the order the metric lists them.
+    pub const ALL: [HandshakeFailure; 6] = [
+        HandshakeFailure::NotTls,
+        HandshakeFailure::ClientAlert,
+        HandshakeFailure::ClientCertificate,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Other,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::NotTls => "not_tls",
+            HandshakeFailure::ClientAlert => "client_alert",
+            HandshakeFailure::ClientCertificate => "client_certificate",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// The reason of a failed handshake, from the error tokio-rustls gave (an I/O error that
+    /// carries rustls's own error when the protocol failed).
+    pub fn of(e: &std::io::Error) -> Self {
+        use rustls::Error as E;
+        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) else {
+            return HandshakeFailure::Closed;
+        };
+        match tls {
+            E::InvalidMessage(_) | E::InappropriateMessage { .. } => HandshakeFailure::NotTls,
+            E::AlertReceived(_) => HandshakeFailure::ClientAlert,
+            E::NoCertificatesPresented | E::InvalidCertificate(_) => {
+                HandshakeFailure::ClientCertificate
+            }
+            _ => HandshakeFailure::Other,
+        }
     }
 }
 
@@ -706,10 +789,14 @@ async fn handshake(
         done = tokio::time::timeout(options.header_read_timeout, tls.accept(io)) => match done {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "TLS handshake failed");
+                let why = HandshakeFailure::of(&e);
+                activity.table.tls_failed.with_label_values(&[why.label()]).inc();
+                tracing::debug!(error = %e, reason = why.label(), "TLS handshake failed");
                 None
             }
             Err(_) => {
+                let why = HandshakeFailure::Timeout;
+                activity.table.tls_failed.with_label_values(&[why.label()]).inc();
                 tracing::debug!("TLS handshake not done within the header deadline");
                 None
             }

@@ -260,14 +260,23 @@ impl Metrics {
     }
 
     /// Counts `connections` in the `connections_*` metrics (the first given only): the open and
-    /// most gauges as /metrics is read, and their own counters of connections closed to make
-    /// room and refused for the bound per address.
+    /// most gauges as /metrics is read, their own counters of connections closed to make room
+    /// and refused for the bound per address, and `tls_handshake_failures_total` by reason.
     pub fn watch_connections(&self, connections: crate::listen::Connections) {
-        let counters = [connections.shed_counter(), connections.refused_counter()];
+        let tls = connections.tls_failures_counter();
+        // Each reason shows from the start, at 0, rather than only once it has happened.
+        for why in crate::listen::HandshakeFailure::ALL {
+            tls.with_label_values(&[why.label()]);
+        }
+        let counters: [Box<dyn prometheus::core::Collector>; 3] = [
+            Box::new(connections.shed_counter()),
+            Box::new(connections.refused_counter()),
+            Box::new(tls),
+        ];
         if self.connections.set(connections).is_ok() {
             for c in counters {
-                if let Err(e) = self.registry.register(Box::new(c)) {
-                    tracing::error!(error = %e, "a connections_* counter could not be registered");
+                if let Err(e) = self.registry.register(c) {
+                    tracing::error!(error = %e, "a connection counter could not be registered");
                 }
             }
         }

@@ -292,6 +292,96 @@ async fn a_handshake_not_done_within_the_header_deadline_is_dropped() {
     task.await.unwrap().unwrap();
 }
 
+/// Each handshake that does not complete is counted under its reason in
+/// `palisade_tls_handshake_failures_total`, and one that completes under none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failed_handshake_is_counted_by_its_reason() {
+    use palisade_gateway::listen::HandshakeFailure as F;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = pki(&["localhost"]);
+    let tls = Arc::new(TlsServer::load(files(dir.path(), &server, Some(&server.ca))).unwrap());
+    let (addr, connections, tx, task) = serve_plain_router(tls, Duration::from_millis(300)).await;
+    let metrics = palisade_gateway::metrics::Metrics::new().unwrap();
+    metrics.watch_connections(connections.clone());
+    let counted = |why: F| connections.tls_failures(why);
+    // Waits until `why` has been counted `n` times (the server counts after the client is done),
+    // and checks that no other reason was.
+    let expect = async |why: F, n: u64, before: &[(F, u64)]| {
+        let t = std::time::Instant::now();
+        while counted(why) < n {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{why:?} never counted"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(counted(why), n, "{why:?}");
+        for (other, was) in before {
+            if *other != why {
+                assert_eq!(counted(*other), *was, "{other:?} counted for {why:?}");
+            }
+        }
+    };
+    let snapshot = || F::ALL.map(|f| (f, counted(f)));
+    let render = metrics.render();
+    for f in F::ALL {
+        let line = format!(
+            "palisade_tls_handshake_failures_total{{reason=\"{}\"}} 0",
+            f.label()
+        );
+        assert!(render.contains(&line), "{line} not in\n{render}");
+    }
+
+    // A good client (answered, 404 by this one-route router): nothing counted.
+    assert!(live(addr, &server.ca, Some(&client)).await.is_some());
+    assert_eq!(snapshot().iter().map(|(_, n)| n).sum::<u64>(), 0);
+
+    // Plain HTTP to the TLS port.
+    let before = snapshot();
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = plain.read(&mut [0u8; 64]).await;
+    expect(F::NotTls, 1, &before).await;
+
+    // A client that does not trust the server's CA says so with an alert.
+    let before = snapshot();
+    let (other, stranger) = pki(&["localhost"]);
+    assert!(
+        connect(addr, &other.ca, b"http/1.1", Some(&client))
+            .await
+            .is_err()
+    );
+    expect(F::ClientAlert, 1, &before).await;
+
+    // Mutual TLS: no client certificate, then one of another CA.
+    let before = snapshot();
+    assert_eq!(live(addr, &server.ca, None).await, None);
+    expect(F::ClientCertificate, 1, &before).await;
+    let before = snapshot();
+    assert_eq!(live(addr, &server.ca, Some(&stranger)).await, None);
+    expect(F::ClientCertificate, 2, &before).await;
+
+    // Connected and closed at once (a TCP health check).
+    let before = snapshot();
+    drop(TcpStream::connect(addr).await.unwrap());
+    expect(F::Closed, 1, &before).await;
+
+    // Connected and silent past the header deadline.
+    let before = snapshot();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut [0u8; 16])).await;
+    expect(F::Timeout, 1, &before).await;
+
+    let render = metrics.render();
+    let line = "palisade_tls_handshake_failures_total{reason=\"client_certificate\"} 2";
+    assert!(render.contains(line), "{line} not in\n{render}");
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_is_served_to_new_connections() {
     let dir = tempfile::tempdir().unwrap();
