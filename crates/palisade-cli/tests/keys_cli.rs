@@ -117,3 +117,127 @@ fn key_changes_by_the_cli_reach_the_audit_log() {
         "{v}"
     );
 }
+
+/// `palisade keys create --client-cert` binds the key to the certificate's SHA-256, `list`
+/// shows it, `rotate --client-cert` moves it and a plain `rotate` keeps it; a file that is not
+/// a certificate is refused naming it, and no key is made.
+#[test]
+fn keys_bind_to_client_certificates() {
+    use rcgen::{CertificateParams, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let c = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let path = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&path, c.pem()).unwrap();
+        let der = c.der().to_vec();
+        (
+            path,
+            palisade_gateway::keys::ClientCertificate::of_der(&der).to_string(),
+        )
+    };
+    let (alice, alice_sha) = cert("alice");
+    let (renewed, renewed_sha) = cert("alice-renewed");
+    let made = palisade(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--state",
+            "st",
+            "--name",
+            "alice",
+            "--role",
+            "query:*",
+            "--client-cert",
+            alice.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        made["record"]["client_cert_sha256"],
+        alice_sha.as_str(),
+        "{made}"
+    );
+    let id = made["record"]["id"].as_str().unwrap().to_string();
+    let listed = palisade(dir.path(), &["keys", "list", "--state", "st"]);
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(entry["client_cert_sha256"], alice_sha.as_str());
+    let kept = palisade(
+        dir.path(),
+        &["keys", "rotate", "--state", "st", &id, "--overlap", "1m"],
+    );
+    assert_eq!(
+        kept["record"]["client_cert_sha256"],
+        alice_sha.as_str(),
+        "{kept}"
+    );
+    let kept_id = kept["record"]["id"].as_str().unwrap();
+    let moved = palisade(
+        dir.path(),
+        &[
+            "keys",
+            "rotate",
+            "--state",
+            "st",
+            kept_id,
+            "--overlap",
+            "1m",
+            "--client-cert",
+            renewed.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        moved["record"]["client_cert_sha256"],
+        renewed_sha.as_str(),
+        "{moved}"
+    );
+
+    // Bad files: a clear error naming the file, and no key made.
+    let before = palisade(dir.path(), &["keys", "list", "--state", "st"])
+        .as_array()
+        .unwrap()
+        .len();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    for (file, says) in [
+        (junk.clone(), "no CERTIFICATE"),
+        (dir.path().join("missing.pem"), "cannot read"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args([
+                "keys",
+                "create",
+                "--state",
+                "st",
+                "--name",
+                "x",
+                "--role",
+                "audit",
+                "--client-cert",
+            ])
+            .arg(&file)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            err.contains(says) && err.contains(file.file_name().unwrap().to_str().unwrap()),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let after = palisade(dir.path(), &["keys", "list", "--state", "st"])
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+}

@@ -4,9 +4,9 @@
 //! | method | path | role |
 //! |---|---|---|
 //! | GET | `/v2/admin/keys` | admin |
-//! | POST | `/v2/admin/keys` `{"name", "roles", "expires_in_s"?}` | admin |
+//! | POST | `/v2/admin/keys` `{"name", "roles", "expires_in_s"?, "client_cert_sha256"?}` | admin |
 //! | POST | `/v2/admin/keys/{id}/revoke` | admin |
-//! | POST | `/v2/admin/keys/{id}/rotate` `{"overlap_s"}` | admin |
+//! | POST | `/v2/admin/keys/{id}/rotate` `{"overlap_s", "client_cert_sha256"?}` | admin |
 //! | POST | `/v2/admin/keys/{id}/budget/reset` `{"model"?}` | admin |
 //! | POST | `/v2/admin/models/{m}/load` `{"version"}` | deploy |
 //! | POST | `/v2/admin/models/{m}/rollback` | deploy |
@@ -30,7 +30,7 @@ use serde::Deserialize;
 use crate::audit::{AuditError, AuditLog};
 use crate::guard::{Decision, error_response, json_response, off_worker_if};
 use crate::hexfmt;
-use crate::keys::{KeyError, KeyStore, Role};
+use crate::keys::{ClientCertificate, KeyError, KeyStore, Role};
 use crate::model::{ModelRepository, RepositoryError};
 use crate::now_ms;
 use base64::Engine as _;
@@ -106,6 +106,14 @@ struct CreateKey {
     roles: Vec<String>,
     #[serde(default)]
     expires_in_s: Option<u64>,
+    /// The client certificate to bind the key to (`keys::ClientCertificate`).
+    #[serde(default)]
+    client_cert_sha256: Option<String>,
+}
+
+/// A thumbprint given in a request, parsed.
+fn thumbprint(given: Option<&str>) -> Result<Option<ClientCertificate>, KeyError> {
+    given.map(str::parse).transpose()
 }
 
 /// Runs `f` off the async workers ([`off_worker_if`]): the key database and the audit log are
@@ -143,13 +151,17 @@ async fn create_key(State(s): State<AdminState>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return key_error(e),
     };
+    let client_cert = match thumbprint(req.client_cert_sha256.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return key_error(e),
+    };
     let now = now_ms();
     let expires = req
         .expires_in_s
         .map(|s| now.saturating_add(s.saturating_mul(1000)));
     let keys = s.keys.clone();
     match off_workers(
-        move || keys.create(&req.name, &roles, expires, now),
+        move || keys.create_bound(&req.name, &roles, expires, client_cert, now),
         key_error,
     )
     .await
@@ -185,6 +197,9 @@ async fn revoke_key(State(s): State<AdminState>, Path(p): Params) -> Response {
 #[serde(deny_unknown_fields)]
 struct Rotate {
     overlap_s: u64,
+    /// The client certificate to bind the successor to, in place of the old key's.
+    #[serde(default)]
+    client_cert_sha256: Option<String>,
 }
 
 async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -> Response {
@@ -193,9 +208,14 @@ async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
         Ok(r) => r,
         Err(m) => return bad_request(&m),
     };
+    let client_cert = match thumbprint(req.client_cert_sha256.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return key_error(e),
+    };
     let keys = s.keys.clone();
     let overlap = Duration::from_secs(req.overlap_s);
-    match off_workers(move || keys.rotate(&id, overlap, now_ms()), key_error).await {
+    let rotate = move || keys.rotate_rebinding(&id, overlap, client_cert, now_ms());
+    match off_workers(rotate, key_error).await {
         Ok(k) => json_response(StatusCode::CREATED, &k),
         Err(r) => r,
     }

@@ -64,7 +64,8 @@ impl BodyClock {
 pub const KEYLESS_BODY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a gRPC call's body may take, before its model is known: the longest
-/// `input.body_timeout_ms` of the models the caller's key may query, or [`KEYLESS_BODY_TIMEOUT`]
+/// `input.body_timeout_ms` of the models the caller's key (valid from the connection's
+/// client certificate `client`) may query, or [`KEYLESS_BODY_TIMEOUT`]
 /// when that is less or it may query none. A model's long deadline is for its own callers; its
 /// short one is held by validate once the call names it. The key is looked up only when some
 /// model allows more than the keyless wait.
@@ -72,6 +73,7 @@ pub fn grpc_body_limit(
     models: &crate::ModelRepository,
     keys: &dyn crate::keys::KeyStore,
     headers: &axum::http::HeaderMap,
+    client: Option<&crate::keys::ClientCertificate>,
 ) -> Duration {
     let keyless = KEYLESS_BODY_TIMEOUT;
     // When no model allows more than the keyless wait there is no need to look at the key.
@@ -84,7 +86,7 @@ pub fn grpc_body_limit(
     let Some(presented) = crate::guard::authn::presented_key(headers) else {
         return keyless;
     };
-    match keys.authenticate(presented, crate::now_ms()) {
+    match keys.authenticate_from(presented, client, crate::now_ms()) {
         Ok(crate::keys::Authn::Valid(key)) => models
             .longest_body_timeout(|model| key.may_query(model))
             .map_or(keyless, |own| own.max(keyless)),

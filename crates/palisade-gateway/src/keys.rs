@@ -156,6 +156,85 @@ impl<'de> Deserialize<'de> for Role {
     }
 }
 
+/// A client certificate as a key is bound to it: the SHA-256 of the certificate's DER encoding
+/// (RFC 8705's `x5t#S256` thumbprint), shown and parsed as 64 hex digits. `openssl x509
+/// -noout -fingerprint -sha256` prints the same digest with colons, which parse too.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientCertificate([u8; 32]);
+
+impl ClientCertificate {
+    /// The thumbprint of a certificate in DER.
+    pub fn of_der(der: &[u8]) -> Self {
+        ClientCertificate(Sha256::digest(der).into())
+    }
+
+    /// The thumbprint of the first certificate in PEM text (a client's certificate file, whose
+    /// first block is its own certificate).
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        match CertificateDer::pem_slice_iter(pem).next() {
+            Some(Ok(der)) => Ok(Self::of_der(&der)),
+            Some(Err(e)) => Err(KeyError::Invalid(format!(
+                "the client certificate is not valid PEM: {e}"
+            ))),
+            None => Err(KeyError::Invalid(
+                "the client certificate file holds no CERTIFICATE block".into(),
+            )),
+        }
+    }
+
+    /// The digest.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl FromStr for ClientCertificate {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        let digits: String = s.trim().chars().filter(|c| *c != ':').collect();
+        let bad = || {
+            KeyError::Invalid(format!(
+                "'{s}' is not a SHA-256 certificate thumbprint (64 hex digits, colons allowed)"
+            ))
+        };
+        if digits.len() != 64 || !digits.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(ClientCertificate(out))
+    }
+}
+
+impl fmt::Display for ClientCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::hexfmt::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientCertificate({self})")
+    }
+}
+
+impl Serialize for ClientCertificate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientCertificate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// What the store knows about a key (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -177,6 +256,16 @@ pub struct KeyRecord {
     /// made by rotation the first key of its line, so that rotating a key neither refills its
     /// budget nor, during the overlap, doubles its rate.
     pub lineage: String,
+    /// The client certificate the key is bound to, if any: the key is then valid only on a
+    /// mutual TLS connection that presented that certificate (RFC 8705's certificate-bound
+    /// tokens), so that a key copied from a log or a config file is of no use without the
+    /// certificate's private key.
+    #[serde(
+        default,
+        rename = "client_cert_sha256",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_cert: Option<ClientCertificate>,
 }
 
 impl KeyRecord {
@@ -188,6 +277,15 @@ impl KeyRecord {
     /// Whether one of the key's roles lets it query `model`.
     pub fn may_query(&self, model: &str) -> bool {
         self.roles.iter().any(|r| r.allows_query(model))
+    }
+
+    /// Whether the key may be used on a connection that presented `client` (`None`: no client
+    /// certificate): any connection for an unbound key, only one with its certificate for a
+    /// bound one.
+    pub fn admits(&self, client: Option<&ClientCertificate>) -> bool {
+        self.client_cert
+            .as_ref()
+            .is_none_or(|bound| client == Some(bound))
     }
 }
 
@@ -217,6 +315,8 @@ pub enum Authn {
     Revoked(String),
     /// Past its expiry (e.g. the old half of a rotation).
     Expired(String),
+    /// Valid, but bound to a client certificate the request's connection did not present.
+    WrongClient(String),
 }
 
 /// Where keys live. The SQLite store is the embedded default; PostgreSQL can implement this to
@@ -224,12 +324,37 @@ pub enum Authn {
 pub trait KeyStore: Send + Sync + 'static {
     /// Checks a presented key.
     fn authenticate(&self, presented: &str, now_ms: u64) -> Result<Authn, KeyError>;
+    /// Checks a key presented on a connection that presented the client certificate `client`
+    /// (`None`: none): [`KeyStore::authenticate`], and a key bound to another certificate, or
+    /// to one where none was presented, is [`Authn::WrongClient`].
+    fn authenticate_from(
+        &self,
+        presented: &str,
+        client: Option<&ClientCertificate>,
+        now_ms: u64,
+    ) -> Result<Authn, KeyError> {
+        Ok(match self.authenticate(presented, now_ms)? {
+            Authn::Valid(r) if !r.admits(client) => Authn::WrongClient(r.id.clone()),
+            other => other,
+        })
+    }
     /// Creates a key.
     fn create(
         &self,
         name: &str,
         roles: &[Role],
         expires_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<NewKey, KeyError> {
+        self.create_bound(name, roles, expires_ms, None, now_ms)
+    }
+    /// Creates a key, bound to `client_cert` if given (see [`KeyRecord::client_cert`]).
+    fn create_bound(
+        &self,
+        name: &str,
+        roles: &[Role],
+        expires_ms: Option<u64>,
+        client_cert: Option<ClientCertificate>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError>;
     /// Revokes a key at once: when this returns, no gateway on the same store accepts it.
@@ -240,7 +365,20 @@ pub trait KeyStore: Send + Sync + 'static {
     /// it). A revoked or expired key, or an overlap that does not fit the store's clock, is
     /// refused. May block for a few milliseconds (as
     /// `revoke`).
-    fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError>;
+    fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError> {
+        self.rotate_rebinding(id, overlap, None, now_ms)
+    }
+    /// [`KeyStore::rotate`], the successor bound to `client_cert` if given and otherwise to
+    /// the certificate the old key was bound to, if any: a client whose certificate is renewed
+    /// rotates its key to the new certificate, and uses the old key with the old certificate
+    /// for the overlap.
+    fn rotate_rebinding(
+        &self,
+        id: &str,
+        overlap: Duration,
+        client_cert: Option<ClientCertificate>,
+        now_ms: u64,
+    ) -> Result<NewKey, KeyError>;
     /// All keys.
     fn list(&self) -> Result<Vec<KeyRecord>, KeyError>;
     /// The key `id`, revoked or expired ones too (`None`: no such key).
@@ -465,7 +603,8 @@ impl SqliteKeyStore {
                  totp_released  INTEGER,
                  totp_fails_before     INTEGER NOT NULL DEFAULT 0,
                  totp_failed_ms_before INTEGER,
-                 made_expires_ms       INTEGER);
+                 made_expires_ms       INTEGER,
+                 client_cert_sha256    BLOB);
              CREATE TABLE IF NOT EXISTS outbox (
                  seq      INTEGER PRIMARY KEY AUTOINCREMENT,
                  entry    BLOB NOT NULL,
@@ -481,6 +620,7 @@ impl SqliteKeyStore {
             ("keys", "totp_fails_before", "INTEGER NOT NULL DEFAULT 0"),
             ("keys", "totp_failed_ms_before", "INTEGER"),
             ("keys", "made_expires_ms", "INTEGER"),
+            ("keys", "client_cert_sha256", "BLOB"),
             ("outbox", "tried_at", "INTEGER"),
         ] {
             let has: i64 = tx.query_row(
@@ -616,7 +756,7 @@ impl SqliteKeyStore {
         expires_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
-        self.create_as(Some(operator), name, roles, expires_ms, now_ms)
+        self.create_as(Some(operator), name, roles, expires_ms, None, now_ms)
     }
 
     fn create_as(
@@ -625,16 +765,18 @@ impl SqliteKeyStore {
         name: &str,
         roles: &[Role],
         expires_ms: Option<u64>,
+        client_cert: Option<ClientCertificate>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         // A new id changes no cached record: the cache holds only keys that were found.
         let w = self.write();
         let tx = w.unchecked_transaction()?;
-        let k = Self::insert(&tx, name, roles, expires_ms, None, now_ms)?;
+        let k = Self::insert(&tx, name, roles, expires_ms, None, client_cert, now_ms)?;
         let roles: Vec<String> = roles.iter().map(|r| format!(" --role {r}")).collect();
         let expiry = expires_ms.map_or(String::new(), |e| format!(" (expires at {e} ms)"));
+        let bound = client_cert.map_or(String::new(), |c| format!(" --client-cert sha256:{c}"));
         let command = format!(
-            "create key --name {name:?}{}: {}{expiry}",
+            "create key --name {name:?}{}{bound}: {}{expiry}",
             roles.concat(),
             k.record.id
         );
@@ -691,6 +833,11 @@ impl SqliteKeyStore {
         let lineage = row
             .get::<_, Option<String>>(8)?
             .unwrap_or_else(|| id.clone());
+        // A thumbprint that is not 32 bytes cannot have been written by this store: read as
+        // bound to a certificate nobody has (the key refused) rather than as unbound.
+        let client_cert = row
+            .get::<_, Option<Vec<u8>>>(9)?
+            .map(|b| ClientCertificate(<[u8; 32]>::try_from(b.as_slice()).unwrap_or([0xff; 32])));
         Ok((
             KeyRecord {
                 id,
@@ -701,6 +848,7 @@ impl SqliteKeyStore {
                 revoked_ms: row.get::<_, Option<i64>>(6)?.map(|v| v.max(0) as u64),
                 mfa: totp.is_some(),
                 lineage,
+                client_cert,
             },
             row.get(2)?,
         ))
@@ -709,7 +857,8 @@ impl SqliteKeyStore {
     fn get(&self, conn: &Connection, id: &str) -> Result<Option<(KeyRecord, Vec<u8>)>, KeyError> {
         Ok(conn
             .prepare_cached(
-                "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage
+                "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage,
+                        client_cert_sha256
                  FROM keys WHERE id = ?1",
             )?
             .query_row(params![id], Self::record)
@@ -722,6 +871,7 @@ impl SqliteKeyStore {
         roles: &[Role],
         expires_ms: Option<u64>,
         lineage: Option<&str>,
+        client_cert: Option<ClientCertificate>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         if roles.is_empty() {
@@ -767,8 +917,8 @@ impl SqliteKeyStore {
         let roles_s: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
         conn.execute(
             "INSERT INTO keys (id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage,
-                               made_expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?6)",
+                               made_expires_ms, client_cert_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?6, ?9)",
             params![
                 id,
                 name,
@@ -777,7 +927,8 @@ impl SqliteKeyStore {
                 now_ms as i64,
                 expires_ms.map(|v| v as i64),
                 totp_secret,
-                lineage
+                lineage,
+                client_cert.as_ref().map(|c| &c.0[..])
             ],
         )?;
         let (totp_b32, totp_uri) = match totp_secret {
@@ -802,6 +953,7 @@ impl SqliteKeyStore {
                 revoked_ms: None,
                 mfa,
                 lineage,
+                client_cert,
             },
             totp_secret: totp_b32,
             totp_uri,
@@ -849,14 +1001,22 @@ impl KeyStore for SqliteKeyStore {
         Ok(Authn::Valid(rec.clone()))
     }
 
-    fn create(
+    fn create_bound(
         &self,
         name: &str,
         roles: &[Role],
         expires_ms: Option<u64>,
+        client_cert: Option<ClientCertificate>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
-        self.create_as(self.operator.as_deref(), name, roles, expires_ms, now_ms)
+        self.create_as(
+            self.operator.as_deref(),
+            name,
+            roles,
+            expires_ms,
+            client_cert,
+            now_ms,
+        )
     }
 
     fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, KeyError> {
@@ -891,7 +1051,13 @@ impl KeyStore for SqliteKeyStore {
         done
     }
 
-    fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError> {
+    fn rotate_rebinding(
+        &self,
+        id: &str,
+        overlap: Duration,
+        client_cert: Option<ClientCertificate>,
+        now_ms: u64,
+    ) -> Result<NewKey, KeyError> {
         // The end of the overlap is stored as an i64: refuse one past it rather than wrap to a
         // negative time, which would end the old key at once.
         let end = u64::try_from(overlap.as_millis())
@@ -934,10 +1100,12 @@ impl KeyStore for SqliteKeyStore {
             &old.roles,
             made_expires.map(|e| e.max(0) as u64),
             Some(&old.lineage),
+            client_cert.or(old.client_cert),
             now_ms,
         )?;
+        let rebound = client_cert.map_or(String::new(), |c| format!(" --client-cert sha256:{c}"));
         let command = format!(
-            "rotate key {id} --overlap {}s: {} (the old key ends at {end} ms)",
+            "rotate key {id} --overlap {}s{rebound}: {} (the old key ends at {end} ms)",
             overlap.as_secs(),
             new.record.id
         );
@@ -958,7 +1126,8 @@ impl KeyStore for SqliteKeyStore {
         let guard = self.lock();
         let conn = &guard.conn;
         let mut stmt = conn.prepare(
-            "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage
+            "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage,
+                    client_cert_sha256
              FROM keys ORDER BY created_ms, id",
         )?;
         let rows = stmt.query_map([], Self::record)?;
@@ -1838,6 +2007,113 @@ mod tests {
             .rotate(&k.record.id, Duration::from_secs(60), T0 + 1)
             .unwrap();
         assert_eq!(next.record.expires_ms, Some(T0 + 86_400_000));
+    }
+
+    #[test]
+    fn a_binding_is_kept_on_disk_and_a_database_from_before_bindings_gets_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let cert = ClientCertificate::of_der(b"a client certificate");
+        let s = SqliteKeyStore::open(&path).unwrap();
+        let plain = s.create("plain", &[Role::Audit], None, T0).unwrap();
+        drop(s);
+        // As a database of schema 1 holds it: no column, version 1.
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "ALTER TABLE keys DROP COLUMN client_cert_sha256; PRAGMA user_version = 1",
+        )
+        .unwrap();
+        drop(old);
+        let s = SqliteKeyStore::open(&path).unwrap();
+        assert_eq!(s.find(&plain.record.id).unwrap().unwrap().client_cert, None);
+        let bound = s
+            .create_bound("bound", &[Role::Audit], None, Some(cert), T0)
+            .unwrap();
+        drop(s);
+        let s = SqliteKeyStore::open(&path).unwrap();
+        let found = s.find(&bound.record.id).unwrap().unwrap();
+        assert_eq!(found.client_cert, Some(cert));
+        assert_eq!(
+            s.list()
+                .unwrap()
+                .iter()
+                .filter(|k| k.client_cert.is_some())
+                .count(),
+            1
+        );
+        // Checked against the connection's certificate, or its absence.
+        let other = ClientCertificate::of_der(b"another");
+        let outcome = |client| s.authenticate_from(&bound.key, client, T0).unwrap();
+        assert!(matches!(outcome(Some(&cert)), Authn::Valid(_)));
+        assert_eq!(
+            outcome(Some(&other)),
+            Authn::WrongClient(bound.record.id.clone())
+        );
+        assert_eq!(outcome(None), Authn::WrongClient(bound.record.id.clone()));
+        assert!(matches!(
+            s.authenticate_from(&plain.key, Some(&other), T0).unwrap(),
+            Authn::Valid(_)
+        ));
+        // The file is now of schema 2, which a gateway that does not check bindings refuses.
+        let v: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 2);
+        // An operator's audit entry names the binding.
+        let s = SqliteKeyStore::open(&path).unwrap().for_operator("op");
+        s.create_bound("b2", &[Role::Audit], None, Some(cert), T0)
+            .unwrap();
+        let queued = s.outbox(10).unwrap();
+        let entry = String::from_utf8(queued.last().unwrap().entry.clone()).unwrap();
+        assert!(
+            entry.contains(&format!("--client-cert sha256:{cert}")),
+            "{entry}"
+        );
+    }
+
+    #[test]
+    fn thumbprints_parse_as_openssl_prints_them_and_nothing_else() {
+        let cert = ClientCertificate::of_der(b"x");
+        let hex = cert.to_string();
+        assert_eq!(hex.len(), 64);
+        let openssl: String = hex
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        for form in [hex.clone(), openssl, format!("  {hex}\n")] {
+            assert_eq!(form.parse::<ClientCertificate>().unwrap(), cert, "{form}");
+        }
+        for bad in [
+            "",
+            "abc",
+            &hex[..62],
+            &format!("{hex}00"),
+            &hex.replace('a', "g"),
+            "é",
+        ] {
+            let e = bad.parse::<ClientCertificate>().unwrap_err().to_string();
+            assert!(e.contains("thumbprint"), "{bad}: {e}");
+        }
+        // From PEM: the first certificate's DER.
+        let der = b"not really a certificate, but DER bytes all the same";
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::engine::general_purpose::STANDARD.encode(der)
+        );
+        assert_eq!(
+            ClientCertificate::from_pem(pem.as_bytes()).unwrap(),
+            ClientCertificate::of_der(der)
+        );
+        let e = ClientCertificate::from_pem(b"no PEM here")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no CERTIFICATE"), "{e}");
+        // Serialised as the hex.
+        assert_eq!(serde_json::to_value(cert).unwrap(), serde_json::json!(hex));
     }
 
     #[test]

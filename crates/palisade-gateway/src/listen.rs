@@ -643,23 +643,7 @@ pub async fn serve_tls_with(
         let Some(slot) = room(&connections, &activity, &mut shutdown, &mut warned).await else {
             break;
         };
-        let counted = activity.clone();
         let router = router.clone();
-        let service = service_fn(move |req: axum::http::Request<Incoming>| {
-            let request = Request::begin(counted.clone());
-            let call = router.clone().oneshot(req);
-            async move {
-                let response = call.await;
-                // Sending from now until hyper lets go of the body.
-                let sending = Sending::begin(request);
-                response.map(|r| {
-                    r.map(|body| Sent {
-                        body,
-                        _sending: sending,
-                    })
-                })
-            }
-        });
         let watched = Watched {
             tcp,
             activity: activity.clone(),
@@ -683,6 +667,36 @@ pub async fn serve_tls_with(
                     }
                 },
             };
+            // The client certificate of a mutual TLS connection, on each of its requests, for
+            // the keys bound to one (`keys::ClientCertificate`).
+            let client = match &io {
+                Stream::Right(tls) => tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|leaf| crate::keys::ClientCertificate::of_der(leaf)),
+                Stream::Left(_) => None,
+            };
+            let counted = activity.clone();
+            let service = service_fn(move |mut req: axum::http::Request<Incoming>| {
+                if let Some(client) = client {
+                    req.extensions_mut().insert(client);
+                }
+                let request = Request::begin(counted.clone());
+                let call = router.clone().oneshot(req);
+                async move {
+                    let response = call.await;
+                    // Sending from now until hyper lets go of the body.
+                    let sending = Sending::begin(request);
+                    response.map(|r| {
+                        r.map(|body| Sent {
+                            body,
+                            _sending: sending,
+                        })
+                    })
+                }
+            });
             let conn = builder
                 .serve_connection(TokioIo::new(io), service)
                 .into_owned();

@@ -5,8 +5,10 @@
 
 use rusqlite::Connection;
 
-/// The schema of `keys.db` (1: `made_expires_ms`, the expiry a key was made with).
-pub(crate) const KEYS: i64 = 1;
+/// The schema of `keys.db` (1: `made_expires_ms`, the expiry a key was made with; 2:
+/// `client_cert_sha256`, the client certificate a key is bound to, which a gateway of schema 1
+/// would not check: it must refuse the file rather than accept the key without the certificate).
+pub(crate) const KEYS: i64 = 2;
 /// The schema of the audit log's database.
 pub(crate) const AUDIT: i64 = 1;
 /// The schema of the budget ledger, `limits.db`.

@@ -492,7 +492,11 @@ impl Gateway {
                 axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
             ) && crate::guard::authn::presented_key(req.headers()).is_some_and(|k| {
                 matches!(
-                    keys.authenticate(k, crate::now_ms()),
+                    keys.authenticate_from(
+                        k,
+                        req.extensions().get::<crate::keys::ClientCertificate>(),
+                        crate::now_ms()
+                    ),
                     Ok(crate::keys::Authn::Valid(r)) if r.roles.iter().any(Role::needs_mfa)
                 )
             });
@@ -534,7 +538,8 @@ impl Gateway {
             .map_request(move |mut req: axum::extract::Request| {
                 let clock = deadline::BodyClock::start();
                 req.extensions_mut().insert(clock.clone());
-                let limit = deadline::grpc_body_limit(&repo, &*keys, req.headers());
+                let limit =
+                    deadline::grpc_body_limit(&repo, &*keys, req.headers(), req.extensions().get());
                 req.map(|b| {
                     Body::new(DeadlineBody::clocked(b, limit, clock).map_err(deadline::for_grpc))
                 })
@@ -690,10 +695,15 @@ mod tests {
                 .query_row("PRAGMA user_version", [], |r| r.get(0))
                 .unwrap()
         };
-        for db in [paths.keys_db(), paths.audit_db(), paths.limits_db()] {
-            assert_eq!(version(&db), 1, "{}", db.display());
+        let dbs = [
+            (paths.keys_db(), crate::schema::KEYS),
+            (paths.audit_db(), crate::schema::AUDIT),
+            (paths.limits_db(), crate::schema::LIMITS),
+        ];
+        for (db, ours) in &dbs {
+            assert_eq!(version(db), *ours, "{}", db.display());
         }
-        for db in [paths.keys_db(), paths.audit_db(), paths.limits_db()] {
+        for (db, ours) in dbs {
             rusqlite::Connection::open(&db)
                 .unwrap()
                 .pragma_update(None, "user_version", 99)
@@ -706,7 +716,7 @@ mod tests {
             assert_eq!(version(&db), 99, "{}", db.display());
             rusqlite::Connection::open(&db)
                 .unwrap()
-                .pragma_update(None, "user_version", 1)
+                .pragma_update(None, "user_version", ours)
                 .unwrap();
         }
         // The offline verifier refuses it too.

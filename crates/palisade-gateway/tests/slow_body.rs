@@ -87,27 +87,7 @@ async fn grpc_infer_slowly(
     auth: &str,
     pause: Duration,
 ) -> (String, String) {
-    use palisade_gateway::grpc::inference::ModelInferRequest;
-    use palisade_gateway::grpc::inference::model_infer_request::InferInputTensor;
-    use tonic_prost::prost::Message as _;
-
-    let message = ModelInferRequest {
-        model_name: model.into(),
-        inputs: vec![InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 1, 2, 2],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            [0.1f32, 0.2, 0.3, 0.4]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-        ],
-        ..Default::default()
-    }
-    .encode_to_vec();
+    let message = lin_infer_message(model);
     grpc_slowly(addr, "ModelInfer", &message, auth, pause).await
 }
 

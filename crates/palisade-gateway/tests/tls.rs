@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use hyper_util::rt::TokioIo;
+use palisade_gateway::keys::NewKey;
 use palisade_gateway::tls::{TlsFiles, TlsServer, server_config};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -184,39 +185,10 @@ async fn rest_and_grpc_are_served_over_tls_and_what_cannot_be_trusted_is_refused
     // gRPC over HTTP/2, as ALPN chose.
     let conn = connect(s.addr, &server.ca, b"h2", None).await.unwrap();
     assert_eq!(conn.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut h2, driver) = hyper::client::conn::http2::handshake::<
-        _,
-        _,
-        http_body_util::Full<bytes::Bytes>,
-    >(hyper_util::rt::TokioExecutor::new(), TokioIo::new(conn))
-    .await
-    .unwrap();
-    tokio::spawn(driver);
-    let req =
-        axum::http::Request::post("https://localhost/inference.GRPCInferenceService/ServerLive")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(http_body_util::Full::new(bytes::Bytes::from(grpc_frame(
-                &[],
-            ))))
-            .unwrap();
-    let resp = h2.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let trailers = {
-        use http_body_util::BodyExt as _;
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .trailers()
-            .cloned()
-    };
-    assert_eq!(
-        trailers
-            .and_then(|t| t.get("grpc-status").cloned())
-            .unwrap(),
-        "0"
-    );
+    let body = http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&[])));
+    let uri = "https://localhost/inference.GRPCInferenceService/ServerLive";
+    let (code, message) = grpc_call_over(conn, uri, &[], body).await;
+    assert_eq!(code, "0", "{message}");
 
     // Plain HTTP to the TLS port: no answer, the connection closed.
     let mut plain = TcpStream::connect(s.addr).await.unwrap();
@@ -557,4 +529,248 @@ fn a_certificate_block_that_is_not_a_certificate_is_refused_naming_the_file() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("broken-cert.pem"), "names no file: {e}");
+}
+
+/// A key of `s` that may query the linear model, bound to `cert`.
+fn bound_key(s: &Server, cert: palisade_gateway::keys::ClientCertificate) -> NewKey {
+    use palisade_gateway::keys::{KeyStore as _, Role};
+    let lin = [Role::Query("lin".into())];
+    s.state
+        .keys
+        .create_bound("bound", &lin, None, Some(cert), now_ms())
+        .unwrap()
+}
+
+/// An infer of the linear model with `key` over HTTP/1.1 on a new TLS connection to `addr`
+/// (trusting `ca`, with `client`'s certificate if given): its status and body.
+async fn infer_tls(
+    addr: SocketAddr,
+    ca: &str,
+    client: Option<&Pki>,
+    key: &NewKey,
+) -> (u16, String) {
+    let conn = connect(addr, ca, b"http/1.1", client).await.unwrap();
+    let auth = bearer(key);
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (status, body) = https1(conn, "POST", "/v2/models/lin/infer", &headers, infer_body())
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A `ModelInfer` call to the linear model over gRPC on a new TLS connection to `addr`
+/// (trusting `ca`, with `client`'s certificate), with `auth`: its `grpc-status` and
+/// `grpc-message`.
+async fn grpc_infer(addr: SocketAddr, ca: &str, client: &Pki, auth: &str) -> (String, String) {
+    let conn = connect(addr, ca, b"h2", Some(client)).await.unwrap();
+    let body = http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&lin_infer_message("lin"))));
+    let uri = "https://localhost/inference.GRPCInferenceService/ModelInfer";
+    grpc_call_over(conn, uri, &[("authorization", auth)], body).await
+}
+
+/// A key bound to a client certificate (RFC 8705's certificate-bound tokens) is served over
+/// REST and gRPC only on a connection that presented that certificate: another certificate of
+/// the same CA gets 401 / `UNAUTHENTICATED` naming why, and the refusal is audited under the
+/// key. An unbound key is served whichever certificate the connection presented; a rotation
+/// keeps the binding, or moves it to a renewed certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_bound_to_a_client_certificate_is_served_only_with_that_certificate() {
+    use palisade_gateway::audit::AuditLog as _;
+    use palisade_gateway::keys::{ClientCertificate, KeyStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, clients) = pki_with_clients(&["localhost"], &["alice", "bob", "alice-renewed"]);
+    let [alice, bob, renewed] = &clients[..] else {
+        unreachable!()
+    };
+    let tls = Arc::new(TlsServer::load(files(dir.path(), &server, Some(&server.ca))).unwrap());
+    let s = start_tls(tls).await;
+    let thumb = |p: &Pki| ClientCertificate::from_pem(p.cert.as_bytes()).unwrap();
+    let bound = bound_key(&s, thumb(alice));
+    assert_eq!(bound.record.client_cert, Some(thumb(alice)));
+    let infer = async |who: &Pki, key: &NewKey| infer_tls(s.addr, &server.ca, Some(who), key).await;
+
+    let (status, body) = infer(alice, &bound).await;
+    assert_eq!(status, 200, "{body}");
+    let before = s.state.audit.size().unwrap();
+    let (status, body) = infer(bob, &bound).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("bound to a client certificate"), "{body}");
+    let entry = s.audit_entries(before).pop().unwrap();
+    assert_eq!(entry["decision"], "denied:authenticate", "{entry}");
+    assert_eq!(entry["key_id"], bound.record.id.as_str(), "{entry}");
+
+    // gRPC: refused before the message is read, with the same words.
+    let (code, _) = grpc_infer(s.addr, &server.ca, alice, &bearer(&bound)).await;
+    assert_eq!(code, "0");
+    let (code, message) = grpc_infer(s.addr, &server.ca, bob, &bearer(&bound)).await;
+    assert_eq!(code, "16", "{message}");
+    assert!(
+        message.contains("bound to a client certificate"),
+        "{message}"
+    );
+
+    // An unbound key: any certificate the CA vouches for.
+    for who in [alice, bob] {
+        assert_eq!(infer(who, &s.query).await.0, 200);
+    }
+
+    // Rotated, the successor keeps the binding; rotated to a renewed certificate, it moves, and
+    // the old key still works with the old certificate during the overlap.
+    let kept = s
+        .state
+        .keys
+        .rotate(&bound.record.id, Duration::from_secs(60), now_ms())
+        .unwrap();
+    assert_eq!(kept.record.client_cert, Some(thumb(alice)));
+    assert_eq!(infer(bob, &kept).await.0, 401);
+    let moved = s
+        .state
+        .keys
+        .rotate_rebinding(
+            &kept.record.id,
+            Duration::from_secs(60),
+            Some(thumb(renewed)),
+            now_ms(),
+        )
+        .unwrap();
+    assert_eq!(infer(renewed, &moved).await.0, 200);
+    assert_eq!(infer(alice, &moved).await.0, 401);
+    assert_eq!(infer(alice, &kept).await.0, 200);
+    // Listed with its thumbprint.
+    let listed = s.state.keys.find(&moved.record.id).unwrap().unwrap();
+    assert_eq!(
+        serde_json::to_value(&listed).unwrap()["client_cert_sha256"],
+        thumb(renewed).to_string()
+    );
+    s.stop().await;
+}
+
+/// A bound key on a connection without TLS, or with TLS but no client certificate, is refused:
+/// "no certificate" is not a match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_key_is_refused_where_no_client_certificate_was_presented() {
+    use palisade_gateway::keys::ClientCertificate;
+    let (_, client) = pki(&["localhost"]);
+    let thumb = ClientCertificate::from_pem(client.cert.as_bytes()).unwrap();
+    let s = start().await;
+    let bound = bound_key(&s, thumb);
+    let infer = async |key: &NewKey| {
+        let auth = bearer(key);
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        request(
+            s.addr,
+            "POST",
+            "/v2/models/lin/infer",
+            &headers,
+            &infer_body(),
+        )
+        .await
+    };
+    let r = infer(&bound).await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(infer(&s.query).await.status, 200);
+    s.stop().await;
+
+    // TLS without client certificates: the connection presents none.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = pki(&["localhost"]);
+    let s = start_tls(Arc::new(
+        TlsServer::load(files(dir.path(), &server, None)).unwrap(),
+    ))
+    .await;
+    let bound = bound_key(&s, thumb);
+    for (key, expected) in [(&bound, 401), (&s.query, 200)] {
+        assert_eq!(infer_tls(s.addr, &server.ca, None, key).await.0, expected);
+    }
+    s.stop().await;
+}
+
+/// The admin API binds a key at creation (`client_cert_sha256`) and moves the binding at
+/// rotation; a thumbprint that is not one is a 400 saying so, and makes no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_binds_keys_and_refuses_a_thumbprint_that_is_not_one() {
+    use palisade_gateway::keys::{ClientCertificate, KeyStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, clients) = pki_with_clients(&["localhost"], &["alice", "alice-renewed"]);
+    let [alice, renewed] = &clients[..] else {
+        unreachable!()
+    };
+    let s = start_tls(Arc::new(
+        TlsServer::load(files(dir.path(), &server, Some(&server.ca))).unwrap(),
+    ))
+    .await;
+    let thumb = |p: &Pki| ClientCertificate::from_pem(p.cert.as_bytes()).unwrap();
+    let admin = bearer(&s.admin);
+    let call = async |path: &str, body: serde_json::Value, step: i64| {
+        let conn = connect(s.addr, &server.ca, b"http/1.1", Some(alice))
+            .await
+            .unwrap();
+        let code = totp_now(&s.admin, step);
+        let headers = [
+            ("authorization", admin.as_str()),
+            ("x-palisade-totp", code.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let (status, body) = https1(conn, "POST", path, &headers, body.to_string().into_bytes())
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let keys_before = s.state.keys.list().unwrap().len();
+    let (status, body) = call(
+        "/v2/admin/keys",
+        serde_json::json!({"name": "x", "roles": ["query:lin"], "client_cert_sha256": "abc"}),
+        -1,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("thumbprint"),
+        "{body}"
+    );
+    assert_eq!(s.state.keys.list().unwrap().len(), keys_before);
+
+    // As `openssl x509 -fingerprint -sha256` prints it.
+    let colons = thumb(alice)
+        .to_string()
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    let (status, body) = call(
+        "/v2/admin/keys",
+        serde_json::json!({"name": "x", "roles": ["query:lin"], "client_cert_sha256": colons}),
+        0,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["record"]["client_cert_sha256"],
+        thumb(alice).to_string()
+    );
+    let id = body["record"]["id"].as_str().unwrap().to_string();
+    let (status, body) = call(
+        &format!("/v2/admin/keys/{id}/rotate"),
+        serde_json::json!({"overlap_s": 60, "client_cert_sha256": thumb(renewed).to_string()}),
+        1,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let successor = body["record"]["id"].as_str().unwrap();
+    assert_eq!(
+        s.state.keys.find(successor).unwrap().unwrap().client_cert,
+        Some(thumb(renewed))
+    );
+    s.stop().await;
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use palisade_gateway::keys::{KeyStore as _, NewKey, Role, SqliteKeyStore};
+use palisade_gateway::keys::{ClientCertificate, KeyStore as _, NewKey, Role, SqliteKeyStore};
 use palisade_gateway::server::StatePaths;
 
 use crate::cmd::Outcome;
@@ -35,6 +35,11 @@ enum KeysAction {
         /// Validity, e.g. 30d, 12h, 15m.
         #[arg(long)]
         expires_in: Option<String>,
+        /// Bind the key to this client certificate (PEM; its first certificate): the key is
+        /// then accepted only on a mutual TLS connection (`serve --tls-client-ca`) that
+        /// presented it.
+        #[arg(long, value_name = "PEM")]
+        client_cert: Option<PathBuf>,
     },
     /// List keys (never the keys themselves).
     List,
@@ -51,6 +56,10 @@ enum KeysAction {
         /// How long the old key stays valid, e.g. 1h.
         #[arg(long, default_value = "1h")]
         overlap: String,
+        /// Bind the successor to this client certificate (PEM) instead of the old key's (a
+        /// renewed client certificate); without it the successor keeps the old key's binding.
+        #[arg(long, value_name = "PEM")]
+        client_cert: Option<PathBuf>,
     },
 }
 
@@ -78,6 +87,17 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The thumbprint of the client certificate in the PEM file `path`, if given.
+fn thumbprint(path: Option<&std::path::Path>) -> anyhow::Result<Option<ClientCertificate>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read the client certificate {}", path.display()))?;
+    let cert = ClientCertificate::from_pem(&pem).with_context(|| path.display().to_string())?;
+    Ok(Some(cert))
+}
+
 /// How a new key is shown.
 pub fn show_new_key(k: &NewKey) -> String {
     let mut s = format!(
@@ -92,6 +112,12 @@ pub fn show_new_key(k: &NewKey) -> String {
             .join(", "),
         k.key
     );
+    if let Some(cert) = &k.record.client_cert {
+        s.push_str(&format!(
+            "\nBound to the client certificate with SHA-256 {cert}: accepted only over mutual TLS \
+             with that certificate."
+        ));
+    }
     if let (Some(secret), Some(uri)) = (&k.totp_secret, &k.totp_uri) {
         s.push_str(&format!(
             "\nAdmin actions also need a TOTP code (header X-Palisade-TOTP).\nTOTP secret: {secret}\n{uri}"
@@ -136,7 +162,9 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
             name,
             roles,
             expires_in,
+            client_cert,
         } => {
+            let client_cert = thumbprint(client_cert.as_deref())?;
             let roles = roles
                 .iter()
                 .map(|r| r.parse::<Role>())
@@ -149,7 +177,7 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
                 )),
                 None => None,
             };
-            let k = store.create(&name, &roles, expires, now)?;
+            let k = store.create_bound(&name, &roles, expires, client_cert, now)?;
             if let Err(e) = ctx.emit_secret(&k, show_new_key) {
                 take_back(&paths.keys_db(), &k.record.id)?;
                 return Err(e.context(format!(
@@ -178,8 +206,11 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
                         } else {
                             format!("  (rotated from line {})", k.lineage)
                         };
+                        let bound = k.client_cert.map_or(String::new(), |c| {
+                            format!("  (client certificate sha256:{c})")
+                        });
                         format!(
-                            "{}  {:8}  {:20}  {}{line}",
+                            "{}  {:8}  {:20}  {}{line}{bound}",
                             k.id,
                             status,
                             k.name,
@@ -201,8 +232,14 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
                 }
             })?;
         }
-        KeysAction::Rotate { id, overlap } => {
-            let k = store.rotate(&id, parse_duration(&overlap)?, now_ms())?;
+        KeysAction::Rotate {
+            id,
+            overlap,
+            client_cert,
+        } => {
+            let client_cert = thumbprint(client_cert.as_deref())?;
+            let k =
+                store.rotate_rebinding(&id, parse_duration(&overlap)?, client_cert, now_ms())?;
             let shown = ctx.emit_secret(&k, |k| {
                 format!(
                     "{} stays valid for {overlap} (not past its own expiry); its successor:\n{}",

@@ -68,7 +68,7 @@ impl AuditUnreached {
         match self.keys.authenticate(presented, now_ms()) {
             Ok(Authn::Valid(r)) => Some(r.id.clone()),
             Ok(Authn::Unknown(id)) => id,
-            Ok(Authn::Revoked(id) | Authn::Expired(id)) => Some(id),
+            Ok(Authn::Revoked(id) | Authn::Expired(id) | Authn::WrongClient(id)) => Some(id),
             Ok(Authn::Malformed) | Err(_) => None,
         }
     }

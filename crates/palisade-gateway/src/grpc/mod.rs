@@ -87,6 +87,10 @@ impl GrpcGateway {
             }
         }
         req.extensions_mut().insert(Via(rpc));
+        // The connection's client certificate, for a key bound to one.
+        if let Some(client) = call.extensions().get::<crate::keys::ClientCertificate>() {
+            req.extensions_mut().insert(*client);
+        }
         let clock = call.extensions().get::<crate::deadline::BodyClock>();
         if let Some(clock) = clock {
             req.extensions_mut().insert(clock.clone());

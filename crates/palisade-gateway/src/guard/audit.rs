@@ -31,7 +31,7 @@ use super::{
 };
 use crate::audit::{AuditLog, AuditRecord};
 use crate::deadline::DeadlineBody;
-use crate::keys::{Authn, KeyStore};
+use crate::keys::{Authn, ClientCertificate, KeyStore};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::oip::{Target, target_of};
@@ -441,7 +441,9 @@ impl WriteAhead {
     /// or is not the one the guards authenticated (or none was: refused, not let through).
     fn no_longer(&self, parts: &axum::http::request::Parts) -> Option<Response> {
         let authenticated = parts.extensions.get::<Principal>();
-        let again = presented_key(&parts.headers).map(|k| self.keys.authenticate(k, now_ms()));
+        let client = parts.extensions.get::<ClientCertificate>();
+        let again =
+            presented_key(&parts.headers).map(|k| self.keys.authenticate_from(k, client, now_ms()));
         let why = match (again, authenticated) {
             (Some(Ok(Authn::Valid(k))), Some(p)) if k.id == p.0.id => return None,
             (Some(Err(e)), _) => return Some(key_store_failed(&e)),

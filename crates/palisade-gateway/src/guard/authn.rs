@@ -1,6 +1,8 @@
 //! Authentication: who is calling. A request without a valid API key stops here with 401.
 //!
-//! The key is read from `Authorization: Bearer <key>` or `X-API-Key: <key>`. On success the
+//! The key is read from `Authorization: Bearer <key>` or `X-API-Key: <key>`. A key bound to a
+//! client certificate is valid only on a connection that presented it (the listener puts the
+//! connection's [`ClientCertificate`] on each of its requests). On success the
 //! caller's [`Principal`] goes on the request (for the guards inside) and on the response (for
 //! the audit guard outside).
 
@@ -11,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::{Guard, Next, PresentedKeyId, Principal, call_next, error_response, reject};
-use crate::keys::{Authn, KeyStore};
+use crate::keys::{Authn, ClientCertificate, KeyStore};
 use crate::now_ms;
 
 /// The authentication guard.
@@ -56,6 +58,10 @@ pub(crate) fn why_refused(outcome: &Authn) -> Option<&'static str> {
         Authn::Unknown(_) => Some("invalid API key"),
         Authn::Revoked(_) => Some("API key revoked"),
         Authn::Expired(_) => Some("API key expired"),
+        Authn::WrongClient(_) => Some(
+            "API key bound to a client certificate this connection did not present (connect \
+             with mutual TLS and that certificate)",
+        ),
     }
 }
 
@@ -85,7 +91,8 @@ impl Guard for Authenticate {
         let Some(key) = presented_key(req.headers()) else {
             return unauthorised("missing API key (send 'Authorization: Bearer pal_…')", None);
         };
-        let outcome = match self.keys.authenticate(key, now_ms()) {
+        let client = req.extensions().get::<ClientCertificate>();
+        let outcome = match self.keys.authenticate_from(key, client, now_ms()) {
             Ok(o) => o,
             Err(e) => return key_store_failed(&e),
         };
@@ -95,7 +102,7 @@ impl Guard for Authenticate {
                 let why = why_refused(&other).unwrap_or("invalid API key");
                 let id = match other {
                     Authn::Unknown(id) => id,
-                    Authn::Revoked(id) | Authn::Expired(id) => Some(id),
+                    Authn::Revoked(id) | Authn::Expired(id) | Authn::WrongClient(id) => Some(id),
                     Authn::Malformed | Authn::Valid(_) => None,
                 };
                 return unauthorised(why, id);

@@ -436,20 +436,36 @@ where
     B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let uri = format!("http://{addr}/inference.GRPCInferenceService/{method}");
+    grpc_call_over(tcp, &uri, headers, body).await
+}
+
+/// A gRPC call to `uri` over HTTP/2 on the connection `io` (a socket, or TLS over one), with
+/// `headers` and the request body `body`: its `grpc-status` and `grpc-message` (as
+/// [`grpc_raw`] returns them).
+pub async fn grpc_call_over<IO, B>(
+    io: IO,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: B,
+) -> (String, String)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use http_body_util::BodyExt as _;
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut h2, conn) =
-        hyper::client::conn::http2::handshake::<_, _, B>(TokioExecutor::new(), TokioIo::new(tcp))
+        hyper::client::conn::http2::handshake::<_, _, B>(TokioExecutor::new(), TokioIo::new(io))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let mut req = axum::http::Request::post(format!(
-        "http://{addr}/inference.GRPCInferenceService/{method}"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers");
+    let mut req = axum::http::Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
@@ -470,6 +486,30 @@ where
             .unwrap_or_default()
     };
     (get("grpc-status"), get("grpc-message"))
+}
+
+/// A `ModelInferRequest` for one sample of the linear model `model`, encoded.
+pub fn lin_infer_message(model: &str) -> Vec<u8> {
+    use palisade_gateway::grpc::inference::ModelInferRequest;
+    use palisade_gateway::grpc::inference::model_infer_request::InferInputTensor;
+    use tonic_prost::prost::Message as _;
+    ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 1, 2, 2],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![
+            [0.1f32, 0.2, 0.3, 0.4]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ],
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
 /// `message` as one gRPC length-prefixed frame (not compressed).
@@ -642,6 +682,13 @@ pub struct Pki {
 /// A server certificate for `names` and a client certificate (named "gateway"), issued by one
 /// new CA.
 pub fn pki(names: &[&str]) -> (Pki, Pki) {
+    let (server, mut clients) = pki_with_clients(names, &["gateway"]);
+    (server, clients.remove(0))
+}
+
+/// A server certificate for `names` and a client certificate for each of `clients`, issued by
+/// one new CA.
+pub fn pki_with_clients(names: &[&str], clients: &[&str]) -> (Pki, Vec<Pki>) {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     // Each with a name of its own: a leaf named as its issuer looks self-signed to OpenSSL.
     let named = |names: Vec<String>, cn: &str| {
@@ -663,6 +710,6 @@ pub fn pki(names: &[&str]) -> (Pki, Pki) {
         }
     };
     let server = leaf(names.iter().map(|n| n.to_string()).collect());
-    let client = leaf(vec!["gateway".into()]);
-    (server, client)
+    let clients = clients.iter().map(|c| leaf(vec![c.to_string()])).collect();
+    (server, clients)
 }
