@@ -178,6 +178,16 @@ async fn a_malformed_grpc_message_is_refused_invalid_argument() {
         status, "3",
         "a malformed message answered grpc-status {status} ({message}), not INVALID_ARGUMENT"
     );
+    assert!(
+        message.contains("not a valid ModelInferRequest"),
+        "{message}"
+    );
+    // So for every method: the service's codec decodes them all.
+    for method in ["ModelMetadata", "ModelReady", "ServerMetadata"] {
+        let garbage = http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&[0xff; 3])));
+        let (status, message) = grpc_raw_to(s.addr, method, &bearer(&s.query), garbage).await;
+        assert_eq!(status, "3", "{method}: {message}");
+    }
     s.stop().await;
 }
 

@@ -10,9 +10,11 @@
 //! message tonic cannot decode, a bad model name…) is audited by [`audit::AuditUnreached`].
 //!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
-//! 0.14 (`compile_fds` on the file's descriptor set, server and client, no transport), so that
-//! building needs no `protoc`. To regenerate: build a descriptor set of the proto and run
-//! `tonic_prost_build::configure().build_transport(false).compile_fds(..)` on it.
+//! 0.14 (`compile_fds` on the file's descriptor set, server and client, no transport, and
+//! [`codec::Codec`] as the codec), so that building needs no `protoc`. To regenerate: build a
+//! descriptor set of the proto and run
+//! `tonic_prost_build::configure().build_transport(false).codec_path("crate::grpc::codec::Codec")
+//! .compile_fds(..)` on it.
 
 use std::collections::HashMap;
 
@@ -28,6 +30,7 @@ use crate::model::ModelRepository;
 use crate::oip;
 
 pub mod audit;
+pub mod codec;
 pub mod keyfirst;
 pub mod prescan;
 

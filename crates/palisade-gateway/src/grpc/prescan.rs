@@ -7,9 +7,9 @@
 //! from sending one; this keeps a caller with one within what a request can need. The message is
 //! read whole (it is at most tonic's 4 MiB, which tonic reads whole too), its fields are walked
 //! without allocating, and a message that names more than the bounds below is refused
-//! `INVALID_ARGUMENT` before it is decoded. A message within the bounds is then decoded once, so
-//! that a malformed one is refused `INVALID_ARGUMENT` too; a compressed frame goes on to tonic,
-//! which refuses it as before.
+//! `INVALID_ARGUMENT` before it is decoded. A message within the bounds is then decoded once, by
+//! tonic with the service's codec ([`super::codec`]), which refuses a malformed one
+//! `INVALID_ARGUMENT` too; a compressed frame goes on to tonic, which refuses it as before.
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -208,12 +208,12 @@ fn unread(e: axum::Error) -> Status {
 }
 
 /// The gRPC frames of a unary call's body: each must be checked; a compressed one (flag 1) is
-/// left to tonic, which takes no compressed messages. A message within the bounds is also
-/// decoded once here: one that is not valid protobuf, or a frame cut short, is the client's
-/// fault and is refused `INVALID_ARGUMENT`, where tonic would answer `INTERNAL`, which tells a
-/// client, its retries and its alerts that the server failed (review, 2026-12-06).
+/// left to tonic, which takes no compressed messages. A frame cut short is the client's fault
+/// and is refused `INVALID_ARGUMENT`, where tonic would answer `INTERNAL`, which tells a
+/// client, its retries and its alerts that the server failed (review, 2026-12-06); a message
+/// that is not valid protobuf is refused so by the service's codec ([`super::codec`]), which
+/// decodes it once.
 fn check_frames(mut body: &[u8]) -> Result<(), Status> {
-    use tonic_prost::prost::Message as _;
     while !body.is_empty() {
         let Some(head) = body.get(..5) else {
             return Err(Status::invalid_argument(format!(
@@ -231,9 +231,6 @@ fn check_frames(mut body: &[u8]) -> Result<(), Status> {
         };
         if !compressed {
             check_infer_message(msg).map_err(Status::invalid_argument)?;
-            super::inference::ModelInferRequest::decode(msg).map_err(|e| {
-                Status::invalid_argument(format!("the message is not a ModelInferRequest: {e}"))
-            })?;
         }
         body = &body[5 + len..];
     }
