@@ -5,7 +5,8 @@
 # without a key must be refused. Afterwards the audit log must verify offline. Then the same
 # over TLS (`serve --tls-cert --tls-key`, a CA made here with Python's cryptography): HTTP with
 # `ssl=True` and gRPC with `ssl=True, root_certificates=`, gRPC with a deadline
-# (`client_timeout`, sent as grpc-timeout) and HTTP with the request `timeout` parameter.
+# (`client_timeout`, sent as grpc-timeout) and HTTP with the request `timeout` parameter. Then
+# over mutual TLS with a key bound to a client certificate (`keys create --client-cert`).
 #
 # Usage: bash tests/interop/tritonclient.sh [--prepare]   (creates .venv-interop; needs python3 and cargo)
 set -euo pipefail
@@ -135,6 +136,14 @@ open(f"{out}/ca.pem", "wb").write(ca.public_bytes(serialization.Encoding.PEM))
 open(f"{out}/cert.pem", "wb").write(leaf.public_bytes(serialization.Encoding.PEM))
 open(f"{out}/key.pem", "wb").write(key.private_bytes(serialization.Encoding.PEM,
     serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+# Two client certificates of the same CA, for mutual TLS: alice's, to which a key is bound, and
+# mallory's.
+for who in ["alice", "mallory"]:
+    k = ec.generate_private_key(ec.SECP256R1())
+    c = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, who)]), k, ca_name, ca_key, False)
+    open(f"{out}/{who}.pem", "wb").write(c.public_bytes(serialization.Encoding.PEM))
+    open(f"{out}/{who}-key.pem", "wb").write(k.private_bytes(serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 PY
 "$BIN" --json serve --state "$STATE/tls" --listen "127.0.0.1:$HTTP_PORT" \
     --grpc-listen "127.0.0.1:$GRPC_PORT" --tls-cert "$STATE/cert.pem" --tls-key "$STATE/key.pem" \
@@ -193,3 +202,72 @@ print("OK: tritonclient over TLS (HTTP and gRPC) agrees with PyTorch")
 PY
 kill -TERM $PID; wait $PID || true
 "$BIN" audit verify --state "$STATE/tls"
+
+# Mutual TLS (`serve --tls-client-ca`), with a key bound to alice's certificate (`keys create
+# --client-cert`): served to alice over HTTP and gRPC, refused to mallory (same CA, other
+# certificate) with 401 / UNAUTHENTICATED, and no handshake without a certificate.
+"$BIN" --json keys create --state "$STATE/mtls" --name alice --role 'query:*' \
+    --client-cert "$STATE/alice.pem" > "$STATE/alice-key.json" 2> /dev/null
+"$BIN" --json serve --state "$STATE/mtls" --listen "127.0.0.1:$HTTP_PORT" \
+    --grpc-listen "127.0.0.1:$GRPC_PORT" --tls-cert "$STATE/cert.pem" --tls-key "$STATE/key.pem" \
+    --tls-client-ca "$STATE/ca.pem" > /dev/null 2> "$STATE/mtls.log" &
+PID=$!
+for _ in $(seq 1 200); do
+    if curl -fs --cacert "$STATE/ca.pem" --cert "$STATE/alice.pem" --key "$STATE/alice-key.pem" \
+        "https://127.0.0.1:$HTTP_PORT/v2/health/ready" > /dev/null 2>&1; then break; fi
+    if ! kill -0 $PID 2>/dev/null; then cat "$STATE/mtls.log"; exit 1; fi
+    sleep 0.1
+done
+"$VENV/bin/python" - "$STATE" "$HTTP_PORT" "$GRPC_PORT" <<'PY'
+import json, sys
+import numpy as np
+import tritonclient.http as th
+import tritonclient.grpc as tg
+from tritonclient.utils import InferenceServerException
+state, http_port, grpc_port = sys.argv[1:]
+ca = f"{state}/ca.pem"
+key = json.load(open(f"{state}/alice-key.json"))["key"]
+x = np.load("data/reference-parity/public_attacks_x16.npy").astype(np.float32)
+ref = np.load("data/reference-parity/public_attacks_logits16.npy").astype(np.float32)
+def https(who):
+    opts = {"ca_certs": ca, "certfile": f"{state}/{who}.pem", "keyfile": f"{state}/{who}-key.pem"}
+    return th.InferenceServerClient(url=f"127.0.0.1:{http_port}", ssl=True, ssl_options=opts)
+def grpcs(who):
+    return tg.InferenceServerClient(url=f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=ca,
+                                    private_key=f"{state}/{who}-key.pem",
+                                    certificate_chain=f"{state}/{who}.pem")
+def infer_http(who):
+    i = th.InferInput("input", list(x.shape), "FP32")
+    i.set_data_from_numpy(x, binary_data=True)
+    return https(who).infer("mnist", [i], headers={"Authorization": f"Bearer {key}"}).as_numpy("logits")
+def infer_grpc(who):
+    i = tg.InferInput("input", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    return grpcs(who).infer("mnist", [i], headers={"authorization": f"Bearer {key}"}).as_numpy("logits")
+for name, y in [("https+cert", infer_http("alice")), ("grpc+cert", infer_grpc("alice"))]:
+    d = float(np.abs(y - ref).max())
+    print(f"{name:12s} shape {y.shape} max |logits - pytorch| = {d:.2e}")
+    assert y.shape == (16, 10) and d < 1e-4, name
+for name, call in [("https", infer_http), ("grpc", infer_grpc)]:
+    try:
+        call("mallory")
+        raise SystemExit(f"the key bound to alice's certificate was served to mallory over {name}")
+    except InferenceServerException as e:
+        status, message = str(e.status()), e.message() or ""
+        assert status in ("401", "StatusCode.UNAUTHENTICATED"), (name, status, message)
+        assert "bound to a client certificate" in message, (name, message)
+        print(f"{name}: mallory's certificate refused: {status}")
+# Without a client certificate there is no handshake.
+plain = th.InferenceServerClient(url=f"127.0.0.1:{http_port}", ssl=True,
+                                 ssl_options={"ca_certs": ca}, connection_timeout=5, network_timeout=5)
+try:
+    plain.is_server_live()
+    raise SystemExit("a client without a certificate was served under --tls-client-ca")
+except SystemExit:
+    raise
+except Exception as e:
+    print("no client certificate, no handshake:", type(e).__name__)
+print("OK: tritonclient over mutual TLS, with a key bound to its certificate")
+PY
+kill -TERM $PID; wait $PID || true
+"$BIN" audit verify --state "$STATE/mtls"
