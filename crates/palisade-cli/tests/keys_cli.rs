@@ -240,4 +240,42 @@ fn keys_bind_to_client_certificates() {
         .unwrap()
         .len();
     assert_eq!(before, after);
+
+    // A gateway that asks for no client certificate says at start that bound keys will be
+    // refused (here: the bound keys above, still active).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = dir.path().join("serve.log");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "--json",
+            "serve",
+            "--state",
+            "st",
+            "--listen",
+            &addr,
+            "--grpc-listen",
+            "none",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    until("the gateway", Duration::from_secs(120), || ready(&addr));
+    Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    serve.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("keys bound to client certificates are refused")
+            && said.contains("\"keys\":3"),
+        "{said}"
+    );
 }

@@ -511,6 +511,27 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
     });
     let inference_threads = gw.inference.threads();
     gw.metrics.watch_connections(connections.clone());
+    // A key bound to a client certificate is accepted only where one was presented: without
+    // mutual TLS every request with it is refused, which the operator should hear of now.
+    let mutual = tls.as_ref().is_some_and(|t| t.files().client_ca.is_some());
+    if !mutual {
+        use palisade_gateway::keys::KeyStore as _;
+        let now = crate::cmd::keys::now_ms();
+        let bound = state
+            .keys
+            .list()?
+            .iter()
+            .filter(|k| k.client_cert.is_some() && k.revoked_ms.is_none())
+            .filter(|k| k.expires_ms.is_none_or(|e| e > now))
+            .count();
+        if bound > 0 {
+            tracing::warn!(
+                keys = bound,
+                "keys bound to client certificates are refused on every request: this gateway \
+                 asks for no client certificate (give --tls-cert, --tls-key and --tls-client-ca)"
+            );
+        }
+    }
     let router = gw.router();
 
     rt.block_on(async move {
