@@ -37,6 +37,12 @@ fn audit(dir: &Path) -> (u64, u64) {
     )
 }
 
+/// A loopback address with a port free a moment ago.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
     while !f() {
@@ -68,12 +74,7 @@ fn key_changes_by_the_cli_reach_the_audit_log() {
     let k = keys(&["create", "--name", "svc", "--role", "query:*"]);
     let id = k["record"]["id"].as_str().unwrap().to_string();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let mut serve = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["--json", "serve", "--state", "st", "--listen", &addr])
         .args(["--grpc-listen", "none"])
@@ -243,12 +244,7 @@ fn keys_bind_to_client_certificates() {
 
     // A gateway that asks for no client certificate says at start that bound keys will be
     // refused (here: the bound keys above, still active).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let log = dir.path().join("serve.log");
     let mut serve = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args([
