@@ -199,7 +199,8 @@ impl FromStr for ClientCertificate {
                 "'{s}' is not a SHA-256 certificate thumbprint (64 hex digits, colons allowed)"
             ))
         };
-        if digits.len() != 64 || !digits.is_ascii() {
+        // Hex digits only: `from_str_radix` alone would also take a sign (`+f`; review).
+        if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let mut out = [0u8; 32];
@@ -508,8 +509,19 @@ const PREFIX: &str = "pal_";
 const ID_HEX: usize = 12;
 const MAX_KEY_LEN: usize = 128;
 
-fn hash_key(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
+/// What is stored of a key: SHA-256 of the key and, for a key bound to a client certificate,
+/// of the certificate's thumbprint with it. A gateway that knows no bindings (an older release
+/// still running on a shared database) compares the stored value with SHA-256 of the key alone,
+/// finds no match and refuses a bound key, rather than accept it without its certificate
+/// (review).
+fn hash_key(key: &str, client_cert: Option<&ClientCertificate>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(key.as_bytes());
+    if let Some(c) = client_cert {
+        h.update(b"\0client-cert-sha256\0");
+        h.update(c.0);
+    }
+    h.finalize().into()
 }
 
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -637,7 +649,11 @@ impl SqliteKeyStore {
                 }
             }
         }
-        crate::schema::check(&tx, crate::schema::KEYS)?;
+        // A later schema is refused; an older one is brought to 1, and to 2 only when a key is
+        // first bound (`insert`), so that until then the release before bindings can open it.
+        if crate::schema::readable(&tx, crate::schema::KEYS)? < crate::schema::KEYS_UNBOUND {
+            tx.pragma_update(None, "user_version", crate::schema::KEYS_UNBOUND)?;
+        }
         tx.commit()?;
         Ok(SqliteKeyStore {
             store: Mutex::new(Store {
@@ -922,7 +938,7 @@ impl SqliteKeyStore {
             params![
                 id,
                 name,
-                &hash_key(&key)[..],
+                &hash_key(&key, client_cert.as_ref())[..],
                 roles_s.join(","),
                 now_ms as i64,
                 expires_ms.map(|v| v as i64),
@@ -931,6 +947,13 @@ impl SqliteKeyStore {
                 client_cert.as_ref().map(|c| &c.0[..])
             ],
         )?;
+        // The first bound key takes the file to the schema of bindings, in the key's own
+        // transaction (its write lock held: no other writer can move the version meanwhile).
+        if client_cert.is_some()
+            && crate::schema::readable(conn, crate::schema::KEYS)? < crate::schema::KEYS
+        {
+            conn.pragma_update(None, "user_version", crate::schema::KEYS)?;
+        }
         let (totp_b32, totp_uri) = match totp_secret {
             Some(s) => {
                 let b32 = totp_for(s)?.secret().to_base32();
@@ -975,6 +998,11 @@ impl KeyStore for SqliteKeyStore {
                 .query_row([], |r| r.get(0))?;
             if cache.version != Some(version) {
                 cache.keys.clear();
+                // A file that another process has since brought to a later schema is read no
+                // more: its keys may carry what this build does not check (a gateway started
+                // before an upgrade on a shared database; review). The check at open alone
+                // would not see it.
+                crate::schema::readable(conn, crate::schema::KEYS)?;
                 cache.version = Some(version);
             }
             cache.asked = Some(asked);
@@ -989,7 +1017,7 @@ impl KeyStore for SqliteKeyStore {
             cache.keys.insert(id.to_string(), (Arc::new(rec), hash));
         }
         let (rec, hash) = &cache.keys[id];
-        if !ct_eq(hash, &hash_key(presented)) {
+        if !ct_eq(hash, &hash_key(presented, rec.client_cert.as_ref())) {
             return Ok(Authn::Unknown(Some(rec.id.clone())));
         }
         if rec.revoked_ms.is_some() {
@@ -1404,7 +1432,7 @@ mod tests {
             .conn
             .query_row("SELECT hash FROM keys", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(stored, hash_key(&k.key));
+        assert_eq!(stored, hash_key(&k.key, None));
     }
 
     #[test]
@@ -2026,6 +2054,14 @@ mod tests {
         drop(old);
         let s = SqliteKeyStore::open(&path).unwrap();
         assert_eq!(s.find(&plain.record.id).unwrap().unwrap().client_cert, None);
+        let version = || -> i64 {
+            Connection::open(&path)
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        // No key bound yet: still of the schema the release before bindings opens.
+        assert_eq!(version(), 1);
         let bound = s
             .create_bound("bound", &[Role::Audit], None, Some(cert), T0)
             .unwrap();
@@ -2055,11 +2091,20 @@ mod tests {
             Authn::Valid(_)
         ));
         // The file is now of schema 2, which a gateway that does not check bindings refuses.
-        let v: i64 = Connection::open(&path)
-            .unwrap()
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, 2);
+        assert_eq!(version(), 2);
+        // And a gateway of schema 1 already running on it, which reads the hash alone, finds
+        // no match for the bound key: SHA-256 of the key is not what is stored (review).
+        let stored = |id: &str| -> Vec<u8> {
+            Connection::open(&path)
+                .unwrap()
+                .query_row("SELECT hash FROM keys WHERE id = ?1", params![id], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        let sha256 = |key: &str| Sha256::digest(key.as_bytes()).to_vec();
+        assert_ne!(stored(&bound.record.id), sha256(&bound.key));
+        assert_eq!(stored(&plain.record.id), sha256(&plain.key));
         // An operator's audit entry names the binding.
         let s = SqliteKeyStore::open(&path).unwrap().for_operator("op");
         s.create_bound("b2", &[Role::Audit], None, Some(cert), T0)
@@ -2114,6 +2159,59 @@ mod tests {
         assert!(e.contains("no CERTIFICATE"), "{e}");
         // Serialised as the hex.
         assert_eq!(serde_json::to_value(cert).unwrap(), serde_json::json!(hex));
+    }
+
+    /// `u8::from_str_radix` takes a leading `+`: 32 pairs such as `+f` are 64 characters, pass
+    /// the length check, and parse as a thumbprint (`0f0f…`) that nobody wrote.
+    #[test]
+    fn a_thumbprint_with_sign_characters_is_refused() {
+        for bad in ["+f".repeat(32), format!("+0{}", "ab".repeat(31))] {
+            let parsed = bad.parse::<ClientCertificate>();
+            assert!(parsed.is_err(), "{bad} parsed as {parsed:?}");
+        }
+    }
+
+    /// The schema refusal that keeps a gateway which does not know bindings from accepting a
+    /// bound key without its certificate (`schema::KEYS`, 2) is made only when the file is
+    /// opened. A gateway already running when a later Palisade takes the file over (a rolling
+    /// upgrade of gateways sharing `keys.db`, or `palisade keys create --client-cert` from a newer
+    /// CLI next to an older `serve`) goes on serving the file's keys, new ones included, reading
+    /// none of what the later schema added: a schema-1 gateway accepts a key bound by a schema-2
+    /// one from any connection, certificate or none.
+    #[test]
+    fn a_running_gateway_takes_no_keys_from_a_file_a_later_schema_has_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let gateway = SqliteKeyStore::open(&path).unwrap();
+        let cli = SqliteKeyStore::open(&path).unwrap();
+        // A later Palisade brings the file to a schema this one does not know (a column this one
+        // does not read, as `client_cert_sha256` is to a gateway of schema 1), and makes a key
+        // that uses it.
+        let later = Connection::open(&path).unwrap();
+        later
+            .execute_batch(&format!(
+                "ALTER TABLE keys ADD COLUMN later_binding BLOB; PRAGMA user_version = {}",
+                crate::schema::KEYS + 1
+            ))
+            .unwrap();
+        let k = cli
+            .create("svc", &[Role::Query("*".into())], None, T0)
+            .unwrap();
+        later
+            .execute(
+                "UPDATE keys SET later_binding = x'01' WHERE id = ?1",
+                params![k.record.id],
+            )
+            .unwrap();
+        // Opened now, the file is refused...
+        assert!(SqliteKeyStore::open(&path).is_err());
+        // ...but the gateway that opened it before serves the key the later schema made.
+        std::thread::sleep(RECHECK_AFTER);
+        let outcome = gateway.authenticate(&k.key, T0 + 1);
+        assert!(
+            outcome.is_err(),
+            "a gateway on a file of a later schema took its key: {outcome:?}"
+        );
     }
 
     #[test]

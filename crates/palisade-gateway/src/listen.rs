@@ -348,7 +348,13 @@ impl HandshakeFailure {
             return HandshakeFailure::Closed;
         };
         match tls {
-            E::InvalidMessage(_) | E::InappropriateMessage { .. } => HandshakeFailure::NotTls,
+            // The first byte is no TLS record type: a plain HTTP request ('G', 'P'…), as a rule.
+            // Other malformed TLS is `Other` (review).
+            E::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+                HandshakeFailure::NotTls
+            }
+            // A client that ends the handshake with a polite close goes away, it refuses nothing.
+            E::AlertReceived(rustls::AlertDescription::CloseNotify) => HandshakeFailure::Closed,
             E::AlertReceived(_) => HandshakeFailure::ClientAlert,
             E::NoCertificatesPresented | E::InvalidCertificate(_) => {
                 HandshakeFailure::ClientCertificate

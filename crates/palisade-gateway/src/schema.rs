@@ -5,10 +5,15 @@
 
 use rusqlite::Connection;
 
-/// The schema of `keys.db` (1: `made_expires_ms`, the expiry a key was made with; 2:
-/// `client_cert_sha256`, the client certificate a key is bound to, which a gateway of schema 1
-/// would not check: it must refuse the file rather than accept the key without the certificate).
+/// The schema of `keys.db` (1: `made_expires_ms`, the expiry a key was made with; 2: a key is
+/// bound to a client certificate, `client_cert_sha256`, which a gateway of schema 1 would not
+/// check: it must refuse the file rather than rotate a bound key into an unbound one). A file
+/// is brought to 2 only when a key is first bound ([`KEYS_UNBOUND`] until then), so that a
+/// downgrade stays possible while no key is bound.
 pub(crate) const KEYS: i64 = 2;
+/// The schema of a `keys.db` in which no key was ever bound to a client certificate: the
+/// column is there, unused, and the release before bindings reads the file as its own.
+pub(crate) const KEYS_UNBOUND: i64 = 1;
 /// The schema of the audit log's database.
 pub(crate) const AUDIT: i64 = 1;
 /// The schema of the budget ledger, `limits.db`.

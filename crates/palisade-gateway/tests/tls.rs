@@ -354,6 +354,56 @@ async fn each_failed_handshake_is_counted_by_its_reason() {
     task.await.unwrap().unwrap();
 }
 
+/// Bytes that are TLS but not a TLS handshake that can go on (a ClientHello cut short, a record
+/// of application data before any handshake) are not "plain HTTP to the TLS port": they are
+/// counted under `other` ("a malformed message", as `HandshakeFailure::Other` says), not under
+/// `not_tls`, which an operator reads as clients speaking HTTP to the HTTPS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_tls_message_is_counted_as_other_not_as_not_tls() {
+    use palisade_gateway::listen::HandshakeFailure as F;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = pki(&["localhost"]);
+    let tls = Arc::new(TlsServer::load(files(dir.path(), &server, None)).unwrap());
+    let (addr, connections, tx, task) = serve_plain_router(tls, Duration::from_secs(5)).await;
+    let sent = [
+        // A handshake record holding a ClientHello of length 0.
+        &[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00][..],
+        // An application data record before any handshake.
+        &[0x17, 0x03, 0x03, 0x00, 0x01, 0x00][..],
+    ];
+    let mut counted_as = Vec::new();
+    for (n, bytes) in sent.iter().enumerate() {
+        let before = F::ALL.map(|f| connections.tls_failures(f));
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(bytes).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut [0u8; 64])).await;
+        let t = std::time::Instant::now();
+        let counted = || {
+            F::ALL
+                .iter()
+                .map(|f| connections.tls_failures(*f))
+                .sum::<u64>()
+        };
+        while counted() < n as u64 + 1 {
+            assert!(t.elapsed() < Duration::from_secs(10), "nothing counted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let why: Vec<_> = F::ALL
+            .iter()
+            .zip(before)
+            .filter(|(f, was)| connections.tls_failures(**f) > *was)
+            .map(|(f, _)| f.label())
+            .collect();
+        counted_as.push((format!("{bytes:02x?}"), why));
+    }
+    assert!(
+        counted_as.iter().all(|(_, why)| why == &["other"]),
+        "{counted_as:?}"
+    );
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_is_served_to_new_connections() {
     let dir = tempfile::tempdir().unwrap();
