@@ -947,11 +947,13 @@ impl SqliteKeyStore {
                 client_cert.as_ref().map(|c| &c.0[..])
             ],
         )?;
-        // The first bound key takes the file to the schema of bindings, in the key's own
-        // transaction (its write lock held: no other writer can move the version meanwhile).
-        if client_cert.is_some()
-            && crate::schema::readable(conn, crate::schema::KEYS)? < crate::schema::KEYS
-        {
+        // No key is written into a file a later release has taken over since this store opened
+        // it: a successor would lack what that release's schema constrains the old key with
+        // (review). The first bound key takes the file to the schema of bindings. Both in the
+        // key's own transaction, its write lock held: no other writer moves the version
+        // meanwhile.
+        let schema = crate::schema::readable(conn, crate::schema::KEYS)?;
+        if client_cert.is_some() && schema < crate::schema::KEYS {
             conn.pragma_update(None, "user_version", crate::schema::KEYS)?;
         }
         let (totp_b32, totp_uri) = match totp_secret {
@@ -2187,15 +2189,15 @@ mod tests {
         // A later Palisade brings the file to a schema this one does not know (a column this one
         // does not read, as `client_cert_sha256` is to a gateway of schema 1), and makes a key
         // that uses it.
+        let k = cli
+            .create("svc", &[Role::Query("*".into())], None, T0)
+            .unwrap();
         let later = Connection::open(&path).unwrap();
         later
             .execute_batch(&format!(
                 "ALTER TABLE keys ADD COLUMN later_binding BLOB; PRAGMA user_version = {}",
                 crate::schema::KEYS + 1
             ))
-            .unwrap();
-        let k = cli
-            .create("svc", &[Role::Query("*".into())], None, T0)
             .unwrap();
         later
             .execute(
@@ -2211,6 +2213,49 @@ mod tests {
         assert!(
             outcome.is_err(),
             "a gateway on a file of a later schema took its key: {outcome:?}"
+        );
+    }
+
+    /// Review of cbe460d: `authenticate` now refuses a file that a later schema has taken over,
+    /// but the store's writes do not look: a running gateway still rotates and creates keys in
+    /// it. A rotation copies what this build reads of the old key and nothing else, so a key the
+    /// later schema constrained (as `client_cert_sha256` constrains a key to a schema-1 build)
+    /// gets a successor without the constraint, which is the very downgrade `schema::KEYS` is
+    /// there to stop. `insert` looks at the version only for a bound key; the admin API reaches
+    /// `rotate` after the key checks, with the intent's fsync and the 10 ms recheck window
+    /// between them and the write.
+    #[test]
+    fn a_running_gateway_writes_no_keys_into_a_file_a_later_schema_has_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let gateway = SqliteKeyStore::open(&path).unwrap();
+        let k = gateway
+            .create("svc", &[Role::Query("*".into())], None, T0)
+            .unwrap();
+        let later = Connection::open(&path).unwrap();
+        later
+            .execute_batch(&format!(
+                "ALTER TABLE keys ADD COLUMN later_binding BLOB; PRAGMA user_version = {}",
+                crate::schema::KEYS + 1
+            ))
+            .unwrap();
+        later
+            .execute(
+                "UPDATE keys SET later_binding = x'01' WHERE id = ?1",
+                params![k.record.id],
+            )
+            .unwrap();
+        std::thread::sleep(RECHECK_AFTER);
+        // Reading is refused...
+        assert!(gateway.authenticate(&k.key, T0 + 1).is_err());
+        // ...writing is not: the successor carries none of the later schema's constraint.
+        let rotated = gateway.rotate(&k.record.id, Duration::from_secs(60), T0 + 2);
+        let created = gateway.create("new", &[Role::Query("*".into())], None, T0 + 3);
+        assert!(
+            rotated.is_err() && created.is_err(),
+            "a store wrote keys into a file of a later schema: rotate {:?}, create {:?}",
+            rotated.map(|n| n.record.id),
+            created.map(|n| n.record.id)
         );
     }
 

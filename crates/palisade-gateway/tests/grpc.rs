@@ -550,3 +550,36 @@ async fn a_calls_deadline_bounds_its_wait_for_the_model() {
     slow.open_gate();
     slow.s.stop().await;
 }
+
+/// Review of 573e195: the generated client decodes with the service's codec too
+/// (`codec_path` applies to client and server), so a response that does not decode reaches
+/// the caller as `INVALID_ARGUMENT` ("the message is not a valid ServerMetadataResponse"):
+/// on the client those bytes are the server's, and `INVALID_ARGUMENT` tells the caller that
+/// its own request was wrong (not to be retried, not a server fault to alert on). tonic's
+/// prost codec answers `INTERNAL`, as gRPC's status-code guide has it for a response that
+/// cannot be parsed.
+#[tokio::test]
+async fn a_response_that_does_not_decode_is_not_blamed_on_the_caller() {
+    use tonic::codegen::http;
+    let transport = tower::service_fn(|_req: http::Request<tonic::body::Body>| async {
+        // One uncompressed frame of 3 bytes that are no protobuf.
+        let frame = bytes::Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
+        let resp = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(http_body_util::Full::new(frame))
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(resp)
+    });
+    let mut c = GrpcInferenceServiceClient::new(transport);
+    let e = c
+        .server_metadata(ServerMetadataRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::Internal,
+        "an undecodable response answered {:?}: {}",
+        e.code(),
+        e.message()
+    );
+}

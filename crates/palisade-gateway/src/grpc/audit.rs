@@ -89,9 +89,9 @@ fn refused_with(resp: &Response) -> Option<Code> {
 
 /// The HTTP status the REST route answers for the refusal a gRPC code stands for. Before the
 /// guards nothing of the server's own can fail, so a code that does not name the refusal is the
-/// request's fault, 400: tonic answers a message it cannot decode with `INTERNAL` (and a body
-/// cut off with `UNKNOWN`); `ModelInfer` messages are decoded first by [`super::prescan`], which
-/// refuses those `INVALID_ARGUMENT`, but the other methods' still reach tonic.
+/// request's fault, 400: a message that cannot be decoded is `INVALID_ARGUMENT` (the service's
+/// codec, [`super::codec`]), an empty body or a frame cut short still tonic's `INTERNAL` (and a
+/// body cut off `UNKNOWN`).
 fn http_status(code: Code) -> u16 {
     match code {
         Code::Unauthenticated => 401,

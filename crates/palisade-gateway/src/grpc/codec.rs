@@ -1,8 +1,9 @@
 //! The service's protobuf codec: prost's (`tonic_prost`), except that a message that does not
 //! decode is answered `INVALID_ARGUMENT`, not prost's `INTERNAL`. A malformed request is the
 //! client's fault: `INTERNAL` tells a client, its retries and its alerts that the server failed
-//! (review, 2026-12-06). `inference.rs` uses it for every method, as `tonic-prost-build`'s
-//! `codec_path("crate::grpc::codec::Codec")` writes it.
+//! (review, 2026-12-06). `inference.rs`'s server uses it for every method, as
+//! `tonic-prost-build`'s `codec_path("crate::grpc::codec::Codec")` writes it; its client keeps
+//! prost's, since there the bytes that do not decode are the server's (review).
 //!
 //! Before, the prescan (`super::prescan`) decoded each `ModelInfer` message once more to make
 //! that distinction, and tonic then decoded it again.

@@ -10,11 +10,12 @@
 //! message tonic cannot decode, a bad model name…) is audited by [`audit::AuditUnreached`].
 //!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
-//! 0.14 (`compile_fds` on the file's descriptor set, server and client, no transport, and
-//! [`codec::Codec`] as the codec), so that building needs no `protoc`. To regenerate: build a
-//! descriptor set of the proto and run
-//! `tonic_prost_build::configure().build_transport(false).codec_path("crate::grpc::codec::Codec")
-//! .compile_fds(..)` on it.
+//! 0.14 (`compile_fds` on the file's descriptor set, no transport), so that building needs no
+//! `protoc`: the server with [`codec::Codec`] as its codec, the client with prost's (a response
+//! that does not decode is the server's fault, `INTERNAL`, not the caller's). To regenerate:
+//! build a descriptor set of the proto and run `tonic_prost_build::configure()
+//! .build_transport(false)` with `.build_client(false).codec_path("crate::grpc::codec::Codec")`
+//! and then with `.build_server(false)`, `.compile_fds(..)` on it, and join the two files.
 
 use std::collections::HashMap;
 
