@@ -2192,19 +2192,7 @@ mod tests {
         let k = cli
             .create("svc", &[Role::Query("*".into())], None, T0)
             .unwrap();
-        let later = Connection::open(&path).unwrap();
-        later
-            .execute_batch(&format!(
-                "ALTER TABLE keys ADD COLUMN later_binding BLOB; PRAGMA user_version = {}",
-                crate::schema::KEYS + 1
-            ))
-            .unwrap();
-        later
-            .execute(
-                "UPDATE keys SET later_binding = x'01' WHERE id = ?1",
-                params![k.record.id],
-            )
-            .unwrap();
+        taken_over_by_a_later_release(&path, &k.record.id);
         // Opened now, the file is refused...
         assert!(SqliteKeyStore::open(&path).is_err());
         // ...but the gateway that opened it before serves the key the later schema made.
@@ -2214,6 +2202,20 @@ mod tests {
             outcome.is_err(),
             "a gateway on a file of a later schema took its key: {outcome:?}"
         );
+    }
+
+    /// As a later Palisade would: the file at a schema this one does not know, with a column
+    /// this one does not read (as `client_cert_sha256` is to a gateway of schema 1), set on the
+    /// key `id`.
+    fn taken_over_by_a_later_release(path: &Path, id: &str) {
+        let later = Connection::open(path).unwrap();
+        let bump = format!(
+            "ALTER TABLE keys ADD COLUMN later_binding BLOB; PRAGMA user_version = {}",
+            crate::schema::KEYS + 1
+        );
+        later.execute_batch(&bump).unwrap();
+        let set = "UPDATE keys SET later_binding = x'01' WHERE id = ?1";
+        later.execute(set, params![id]).unwrap();
     }
 
     /// Review of cbe460d: `authenticate` now refuses a file that a later schema has taken over,
@@ -2232,19 +2234,7 @@ mod tests {
         let k = gateway
             .create("svc", &[Role::Query("*".into())], None, T0)
             .unwrap();
-        let later = Connection::open(&path).unwrap();
-        later
-            .execute_batch(&format!(
-                "ALTER TABLE keys ADD COLUMN later_binding BLOB; PRAGMA user_version = {}",
-                crate::schema::KEYS + 1
-            ))
-            .unwrap();
-        later
-            .execute(
-                "UPDATE keys SET later_binding = x'01' WHERE id = ?1",
-                params![k.record.id],
-            )
-            .unwrap();
+        taken_over_by_a_later_release(&path, &k.record.id);
         std::thread::sleep(RECHECK_AFTER);
         // Reading is refused...
         assert!(gateway.authenticate(&k.key, T0 + 1).is_err());
