@@ -182,11 +182,26 @@ async fn a_malformed_grpc_message_is_refused_invalid_argument() {
         message.contains("not a valid ModelInferRequest"),
         "{message}"
     );
-    // So for every method: the service's codec decodes them all.
-    for method in ["ModelMetadata", "ModelReady", "ServerMetadata"] {
-        let garbage = http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&[0xff; 3])));
-        let (status, message) = grpc_raw_to(s.addr, method, &bearer(&s.query), garbage).await;
-        assert_eq!(status, "3", "{method}: {message}");
+    // So for every method: the service's codec decodes them all. And a body without a message
+    // or with a frame cut short is the client's fault too, for every method (tonic answers
+    // both `INTERNAL`).
+    let cut_short = grpc_frame(&[0x0a, 0x01, b'x'])[..6].to_vec();
+    for method in [
+        "ModelInfer",
+        "ModelMetadata",
+        "ModelReady",
+        "ServerMetadata",
+        "ServerLive",
+    ] {
+        for body in [grpc_frame(&[0xff; 3]), Vec::new(), cut_short.clone()] {
+            if method == "ModelInfer" && body == grpc_frame(&[0xff; 3]) {
+                continue;
+            }
+            let sent = format!("{body:02x?}");
+            let body = http_body_util::Full::new(bytes::Bytes::from(body));
+            let (status, message) = grpc_raw_to(s.addr, method, &bearer(&s.query), body).await;
+            assert_eq!(status, "3", "{method} {sent}: {message}");
+        }
     }
     s.stop().await;
 }

@@ -22,6 +22,9 @@ use crate::guard::{Guard, Next, call_next};
 /// The method whose messages are walked: the only one whose message can be large.
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
+/// The service whose calls' framing is checked here.
+const SERVICE: &str = "/inference.GRPCInferenceService/";
+
 /// The largest message tonic decodes (its default), and so the most read here.
 pub const MAX_MESSAGE: usize = 4 << 20;
 
@@ -184,7 +187,9 @@ pub fn fuzz_property(msg: &[u8]) {
     }
 }
 
-/// The guard in front of tonic that walks each `ModelInfer` message (see the module docs).
+/// The guard in front of tonic that walks each `ModelInfer` message (see the module docs), and
+/// checks every call's framing: a body without a message, or with a frame cut short, is
+/// `INVALID_ARGUMENT` (tonic's answer is `INTERNAL`).
 #[derive(Clone, Default)]
 pub struct Prescan;
 
@@ -213,7 +218,13 @@ fn unread(e: axum::Error) -> Status {
 /// client, its retries and its alerts that the server failed (review, 2026-12-06); a message
 /// that is not valid protobuf is refused so by the service's codec ([`super::codec`]), which
 /// decodes it once.
-fn check_frames(mut body: &[u8]) -> Result<(), Status> {
+fn check_frames(mut body: &[u8], infer: bool) -> Result<(), Status> {
+    // tonic answers a unary call without a message `INTERNAL` ("Missing request message").
+    if body.is_empty() {
+        return Err(Status::invalid_argument(
+            "the call carries no message (a unary call sends exactly one)",
+        ));
+    }
     while !body.is_empty() {
         let Some(head) = body.get(..5) else {
             return Err(Status::invalid_argument(format!(
@@ -229,7 +240,7 @@ fn check_frames(mut body: &[u8]) -> Result<(), Status> {
                 body.len() - 5
             )));
         };
-        if !compressed {
+        if infer && !compressed {
             check_infer_message(msg).map_err(Status::invalid_argument)?;
         }
         body = &body[5 + len..];
@@ -239,16 +250,17 @@ fn check_frames(mut body: &[u8]) -> Result<(), Status> {
 
 impl Guard for Prescan {
     async fn handle(self, req: Request, next: Next) -> Response {
-        if req.uri().path() != MODEL_INFER {
+        if !req.uri().path().starts_with(SERVICE) {
             return call_next(next, req).await;
         }
+        let infer = req.uri().path() == MODEL_INFER;
         let (parts, body) = req.into_parts();
         // One message and its 5-byte frame header; tonic refuses a larger one as well.
         let bytes: Bytes = match axum::body::to_bytes(body, MAX_MESSAGE + 5).await {
             Ok(b) => b,
             Err(e) => return unread(e).into_http::<Body>(),
         };
-        if let Err(status) = check_frames(&bytes) {
+        if let Err(status) = check_frames(&bytes, infer) {
             return status.into_http::<Body>();
         }
         call_next(next, Request::from_parts(parts, Body::from(bytes))).await
