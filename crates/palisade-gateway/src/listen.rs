@@ -1137,6 +1137,39 @@ async fn accept_failed(e: std::io::Error) {
 mod tests {
     use std::time::Instant;
 
+    /// Each rustls error, as tokio-rustls hands it over (an `InvalidData` I/O error carrying
+    /// it), gets its reason; an I/O error without one is a connection that went away. The
+    /// `close_notify` arm has no end-to-end test: rustls's client sends none mid-handshake.
+    #[test]
+    fn handshake_errors_are_read_as_their_reasons() {
+        use rustls::{AlertDescription as A, Error as E, InvalidMessage as M};
+        let of =
+            |e: E| HandshakeFailure::of(&std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        assert_eq!(
+            of(E::InvalidMessage(M::InvalidContentType)),
+            HandshakeFailure::NotTls
+        );
+        assert_eq!(
+            of(E::InvalidMessage(M::MissingData("x"))),
+            HandshakeFailure::Other
+        );
+        assert_eq!(
+            of(E::AlertReceived(A::CloseNotify)),
+            HandshakeFailure::Closed
+        );
+        assert_eq!(
+            of(E::AlertReceived(A::UnknownCA)),
+            HandshakeFailure::ClientAlert
+        );
+        assert_eq!(
+            of(E::NoCertificatesPresented),
+            HandshakeFailure::ClientCertificate
+        );
+        assert_eq!(of(E::HandshakeNotComplete), HandshakeFailure::Other);
+        let gone = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(HandshakeFailure::of(&gone), HandshakeFailure::Closed);
+    }
+
     use axum::routing::get;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
