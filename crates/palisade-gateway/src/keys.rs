@@ -143,18 +143,25 @@ impl FromStr for Role {
     }
 }
 
-impl Serialize for Role {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
+/// Serde for a type as its `Display` text, read back with its `FromStr`.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl<'de> Deserialize<'de> for Role {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(Role);
 
 /// A client certificate as a key is bound to it: the SHA-256 of the certificate's DER encoding
 /// (RFC 8705's `x5t#S256` thumbprint), shown and parsed as 64 hex digits. `openssl x509
@@ -223,18 +230,7 @@ impl fmt::Debug for ClientCertificate {
     }
 }
 
-impl Serialize for ClientCertificate {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ClientCertificate {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(ClientCertificate);
 
 /// What the store knows about a key (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,6 +274,12 @@ impl KeyRecord {
     /// Whether one of the key's roles lets it query `model`.
     pub fn may_query(&self, model: &str) -> bool {
         self.roles.iter().any(|r| r.allows_query(model))
+    }
+
+    /// Whether the key is neither revoked nor expired at `now_ms` (what `authenticate` asks
+    /// before it answers `Valid`).
+    pub fn in_force(&self, now_ms: u64) -> bool {
+        self.revoked_ms.is_none() && self.expires_ms.is_none_or(|e| now_ms < e)
     }
 
     /// Whether the key may be used on a connection that presented `client` (`None`: no client

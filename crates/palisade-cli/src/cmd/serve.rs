@@ -521,8 +521,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             .keys
             .list()?
             .iter()
-            .filter(|k| k.client_cert.is_some() && k.revoked_ms.is_none())
-            .filter(|k| k.expires_ms.is_none_or(|e| e > now))
+            .filter(|k| k.client_cert.is_some() && k.in_force(now))
             .count();
         if bound > 0 {
             tracing::warn!(
