@@ -264,6 +264,31 @@ async fn a_handshake_not_done_within_the_header_deadline_is_dropped() {
     task.await.unwrap().unwrap();
 }
 
+/// The failed handshakes `act` made the server count, by reason (each reason whose count rose,
+/// and by how much), once at least one is counted: the server counts after the client is done.
+async fn counted_while(
+    connections: &palisade_gateway::listen::Connections,
+    act: impl std::future::Future<Output = ()>,
+) -> Vec<(palisade_gateway::listen::HandshakeFailure, u64)> {
+    use palisade_gateway::listen::HandshakeFailure as F;
+    let before = F::ALL.map(|f| connections.tls_failures(f));
+    act.await;
+    let rose = || -> Vec<(F, u64)> {
+        F::ALL
+            .iter()
+            .zip(before)
+            .map(|(f, was)| (*f, connections.tls_failures(*f) - was))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    };
+    let t = std::time::Instant::now();
+    while rose().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "nothing counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rose()
+}
+
 /// Each handshake that does not complete is counted under its reason in
 /// `palisade_tls_handshake_failures_total`, and one that completes under none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,26 +300,6 @@ async fn each_failed_handshake_is_counted_by_its_reason() {
     let (addr, connections, tx, task) = serve_plain_router(tls, Duration::from_millis(300)).await;
     let metrics = palisade_gateway::metrics::Metrics::new().unwrap();
     metrics.watch_connections(connections.clone());
-    let counted = |why: F| connections.tls_failures(why);
-    // Waits until `why` has been counted `n` times (the server counts after the client is done),
-    // and checks that no other reason was.
-    let expect = async |why: F, n: u64, before: &[(F, u64)]| {
-        let t = std::time::Instant::now();
-        while counted(why) < n {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "{why:?} never counted"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(counted(why), n, "{why:?}");
-        for (other, was) in before {
-            if *other != why {
-                assert_eq!(counted(*other), *was, "{other:?} counted for {why:?}");
-            }
-        }
-    };
-    let snapshot = || F::ALL.map(|f| (f, counted(f)));
     let render = metrics.render();
     for f in F::ALL {
         let line = format!(
@@ -306,46 +311,47 @@ async fn each_failed_handshake_is_counted_by_its_reason() {
 
     // A good client (answered, 404 by this one-route router): nothing counted.
     assert!(live(addr, &server.ca, Some(&client)).await.is_some());
-    assert_eq!(snapshot().iter().map(|(_, n)| n).sum::<u64>(), 0);
+    assert!(F::ALL.iter().all(|f| connections.tls_failures(*f) == 0));
 
     // Plain HTTP to the TLS port.
-    let before = snapshot();
-    let mut plain = TcpStream::connect(addr).await.unwrap();
-    plain
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let _ = plain.read(&mut [0u8; 64]).await;
-    expect(F::NotTls, 1, &before).await;
+    let counted = counted_while(&connections, async {
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = plain.read(&mut [0u8; 64]).await;
+    });
+    assert_eq!(counted.await, [(F::NotTls, 1)]);
 
     // A client that does not trust the server's CA says so with an alert.
-    let before = snapshot();
     let (other, stranger) = pki(&["localhost"]);
-    assert!(
-        connect(addr, &other.ca, b"http/1.1", Some(&client))
-            .await
-            .is_err()
-    );
-    expect(F::ClientAlert, 1, &before).await;
+    let counted = counted_while(&connections, async {
+        let refused = connect(addr, &other.ca, b"http/1.1", Some(&client)).await;
+        assert!(refused.is_err());
+    });
+    assert_eq!(counted.await, [(F::ClientAlert, 1)]);
 
     // Mutual TLS: no client certificate, then one of another CA.
-    let before = snapshot();
-    assert_eq!(live(addr, &server.ca, None).await, None);
-    expect(F::ClientCertificate, 1, &before).await;
-    let before = snapshot();
-    assert_eq!(live(addr, &server.ca, Some(&stranger)).await, None);
-    expect(F::ClientCertificate, 2, &before).await;
+    for who in [None, Some(&stranger)] {
+        let counted = counted_while(&connections, async {
+            assert_eq!(live(addr, &server.ca, who).await, None);
+        });
+        assert_eq!(counted.await, [(F::ClientCertificate, 1)]);
+    }
 
     // Connected and closed at once (a TCP health check).
-    let before = snapshot();
-    drop(TcpStream::connect(addr).await.unwrap());
-    expect(F::Closed, 1, &before).await;
+    let counted = counted_while(&connections, async {
+        drop(TcpStream::connect(addr).await.unwrap());
+    });
+    assert_eq!(counted.await, [(F::Closed, 1)]);
 
     // Connected and silent past the header deadline.
-    let before = snapshot();
-    let mut silent = TcpStream::connect(addr).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut [0u8; 16])).await;
-    expect(F::Timeout, 1, &before).await;
+    let counted = counted_while(&connections, async {
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut [0u8; 16])).await;
+    });
+    assert_eq!(counted.await, [(F::Timeout, 1)]);
 
     let render = metrics.render();
     let line = "palisade_tls_handshake_failures_total{reason=\"client_certificate\"} 2";
@@ -372,32 +378,16 @@ async fn a_malformed_tls_message_is_counted_as_other_not_as_not_tls() {
         &[0x17, 0x03, 0x03, 0x00, 0x01, 0x00][..],
     ];
     let mut counted_as = Vec::new();
-    for (n, bytes) in sent.iter().enumerate() {
-        let before = F::ALL.map(|f| connections.tls_failures(f));
-        let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(bytes).await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut [0u8; 64])).await;
-        let t = std::time::Instant::now();
-        let counted = || {
-            F::ALL
-                .iter()
-                .map(|f| connections.tls_failures(*f))
-                .sum::<u64>()
-        };
-        while counted() < n as u64 + 1 {
-            assert!(t.elapsed() < Duration::from_secs(10), "nothing counted");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let why: Vec<_> = F::ALL
-            .iter()
-            .zip(before)
-            .filter(|(f, was)| connections.tls_failures(**f) > *was)
-            .map(|(f, _)| f.label())
-            .collect();
-        counted_as.push((format!("{bytes:02x?}"), why));
+    for bytes in sent {
+        let counted = counted_while(&connections, async {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(bytes).await.unwrap();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut [0u8; 64])).await;
+        });
+        counted_as.push((format!("{bytes:02x?}"), counted.await));
     }
     assert!(
-        counted_as.iter().all(|(_, why)| why == &["other"]),
+        counted_as.iter().all(|(_, why)| why == &[(F::Other, 1)]),
         "{counted_as:?}"
     );
     let _ = tx.send(());
