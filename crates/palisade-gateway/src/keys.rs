@@ -2225,7 +2225,7 @@ mod tests {
     /// it. A rotation copies what this build reads of the old key and nothing else, so a key the
     /// later schema constrained (as `client_cert_sha256` constrains a key to a schema-1 build)
     /// gets a successor without the constraint, which is the very downgrade `schema::KEYS` is
-    /// there to stop. `insert` looks at the version only for a bound key; the admin API reaches
+    /// there to stop. `insert` looked at the version only for a bound key; the admin API reaches
     /// `rotate` after the key checks, with the intent's fsync and the 10 ms recheck window
     /// between them and the write.
     #[test]

@@ -513,8 +513,12 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
     gw.metrics.watch_connections(connections.clone());
     // A key bound to a client certificate is accepted only where one was presented: without
     // mutual TLS every request with it is refused, which the operator should hear of now.
-    let mutual = tls.as_ref().is_some_and(|t| t.files().client_ca.is_some());
-    if !mutual {
+    let tls_mode = match &tls {
+        None => TlsMode::None,
+        Some(t) if t.files().client_ca.is_some() => TlsMode::Mutual,
+        Some(_) => TlsMode::Tls,
+    };
+    if tls_mode != TlsMode::Mutual {
         use palisade_gateway::keys::KeyStore as _;
         let now = crate::cmd::keys::now_ms();
         let bound = state
@@ -567,11 +571,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             limits,
             max_connections: connections.max(),
             max_connections_per_address: connections.per_address(),
-            tls: match &tls {
-                None => TlsMode::None,
-                Some(t) if t.files().client_ca.is_some() => TlsMode::Mutual,
-                Some(_) => TlsMode::Tls,
-            },
+            tls: tls_mode,
             first_admin: first.as_ref(),
         };
         let show = |s: &Started<'_>| {
