@@ -35,6 +35,7 @@ seed_globs() { # TARGET -> find(1) name patterns of the files that seed it
         data_npy) echo "*.npy" ;;
         data_csv) echo "*.csv *.data *.test" ;;
         pem_key) echo "*.pem *.pub *.key" ;;
+        client_identity) echo "*.der *.crt *.cer" ;;
         *) echo "" ;;
     esac
 }

@@ -201,6 +201,33 @@ fn keys_bind_to_client_certificates() {
         "{moved}"
     );
 
+    // What a certificate presents, for binding by thumbprint or by name; a key bound by name.
+    let shown = palisade(dir.path(), &["keys", "identity", renewed.to_str().unwrap()]);
+    assert_eq!(
+        shown,
+        serde_json::json!({"client_cert_sha256": renewed_sha, "names": ["dns:alice-renewed"]})
+    );
+    let by_name = palisade(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--state",
+            "st",
+            "--name",
+            "by-name",
+            "--role",
+            "query:*",
+            "--client-san",
+            "DNS:Alice-Renewed",
+        ],
+    );
+    assert_eq!(
+        by_name["record"]["client_san"], "dns:alice-renewed",
+        "{by_name}"
+    );
+    assert!(by_name["record"].get("client_cert_sha256").is_none());
+
     // Bad files: a clear error naming the file, and no key made.
     let before = palisade(dir.path(), &["keys", "list", "--state", "st"])
         .as_array()
@@ -241,6 +268,33 @@ fn keys_bind_to_client_certificates() {
         .unwrap()
         .len();
     assert_eq!(before, after);
+    // A name that is not one, or both bindings: refused, saying why, and no key made.
+    for (args, says) in [
+        (vec!["--client-san", "alice"], "no kind"),
+        (vec!["--client-san", "dns:*.alice"], "wildcard"),
+        (
+            vec!["--client-san", "dns:alice", "--client-cert", "alice.pem"],
+            "cannot be used with",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args([
+                "keys", "create", "--state", "st", "--name", "x", "--role", "audit",
+            ])
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let after = palisade(dir.path(), &["keys", "list", "--state", "st"])
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
 
     // A gateway that asks for no client certificate says at start that bound keys will be
     // refused (here: the bound keys above, still active).
@@ -270,8 +324,8 @@ fn keys_bind_to_client_certificates() {
     serve.wait().unwrap();
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(
-        said.contains("keys bound to client certificates are refused")
-            && said.contains("\"keys\":3"),
+        said.contains("keys bound to client certificates (or their names) are refused")
+            && said.contains("\"keys\":4"),
         "{said}"
     );
 }

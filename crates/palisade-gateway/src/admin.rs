@@ -30,7 +30,7 @@ use serde::Deserialize;
 use crate::audit::{AuditError, AuditLog};
 use crate::guard::{Decision, error_response, json_response, off_worker_if};
 use crate::hexfmt;
-use crate::keys::{ClientCertificate, KeyError, KeyStore, Role};
+use crate::keys::{ClientBinding, KeyError, KeyStore, Role};
 use crate::model::{ModelRepository, RepositoryError};
 use crate::now_ms;
 use base64::Engine as _;
@@ -109,11 +109,27 @@ struct CreateKey {
     /// The client certificate to bind the key to (`keys::ClientCertificate`).
     #[serde(default)]
     client_cert_sha256: Option<String>,
+    /// The subject alternative name to bind the key to (`keys::SubjectName`), instead.
+    #[serde(default)]
+    client_san: Option<String>,
 }
 
-/// A thumbprint given in a request, parsed.
-fn thumbprint(given: Option<&str>) -> Result<Option<ClientCertificate>, KeyError> {
-    given.map(str::parse).transpose()
+/// The binding a request asks for: a thumbprint or a name, parsed; both at once is refused.
+fn binding(
+    thumbprint: Option<&str>,
+    name: Option<&str>,
+) -> Result<Option<ClientBinding>, KeyError> {
+    Ok(match (thumbprint, name) {
+        (Some(_), Some(_)) => {
+            return Err(KeyError::Invalid(
+                "a key is bound to a certificate (client_cert_sha256) or to a name                  (client_san), not both"
+                    .into(),
+            ));
+        }
+        (Some(t), None) => Some(ClientBinding::Certificate(t.parse()?)),
+        (None, Some(n)) => Some(ClientBinding::Name(n.parse()?)),
+        (None, None) => None,
+    })
 }
 
 /// Runs `f` off the async workers ([`off_worker_if`]): the key database and the audit log are
@@ -151,8 +167,8 @@ async fn create_key(State(s): State<AdminState>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return key_error(e),
     };
-    let client_cert = match thumbprint(req.client_cert_sha256.as_deref()) {
-        Ok(c) => c,
+    let bind = match binding(req.client_cert_sha256.as_deref(), req.client_san.as_deref()) {
+        Ok(b) => b,
         Err(e) => return key_error(e),
     };
     let now = now_ms();
@@ -161,7 +177,7 @@ async fn create_key(State(s): State<AdminState>, body: Bytes) -> Response {
         .map(|s| now.saturating_add(s.saturating_mul(1000)));
     let keys = s.keys.clone();
     match off_workers(
-        move || keys.create_bound(&req.name, &roles, expires, client_cert, now),
+        move || keys.create_bound(&req.name, &roles, expires, bind, now),
         key_error,
     )
     .await
@@ -197,9 +213,12 @@ async fn revoke_key(State(s): State<AdminState>, Path(p): Params) -> Response {
 #[serde(deny_unknown_fields)]
 struct Rotate {
     overlap_s: u64,
-    /// The client certificate to bind the successor to, in place of the old key's.
+    /// The client certificate to bind the successor to, in place of the old key's binding.
     #[serde(default)]
     client_cert_sha256: Option<String>,
+    /// The subject alternative name to bind the successor to, in place of the old key's.
+    #[serde(default)]
+    client_san: Option<String>,
 }
 
 async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -> Response {
@@ -208,13 +227,13 @@ async fn rotate_key(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
         Ok(r) => r,
         Err(m) => return bad_request(&m),
     };
-    let client_cert = match thumbprint(req.client_cert_sha256.as_deref()) {
-        Ok(c) => c,
+    let bind = match binding(req.client_cert_sha256.as_deref(), req.client_san.as_deref()) {
+        Ok(b) => b,
         Err(e) => return key_error(e),
     };
     let keys = s.keys.clone();
     let overlap = Duration::from_secs(req.overlap_s);
-    let rotate = move || keys.rotate_rebinding(&id, overlap, client_cert, now_ms());
+    let rotate = move || keys.rotate_rebinding(&id, overlap, bind, now_ms());
     match off_workers(rotate, key_error).await {
         Ok(k) => json_response(StatusCode::CREATED, &k),
         Err(r) => r,

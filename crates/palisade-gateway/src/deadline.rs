@@ -73,7 +73,7 @@ pub fn grpc_body_limit(
     models: &crate::ModelRepository,
     keys: &dyn crate::keys::KeyStore,
     headers: &axum::http::HeaderMap,
-    client: Option<&crate::keys::ClientCertificate>,
+    client: Option<&crate::keys::ClientIdentity>,
 ) -> Duration {
     let keyless = KEYLESS_BODY_TIMEOUT;
     // When no model allows more than the keyless wait there is no need to look at the key.

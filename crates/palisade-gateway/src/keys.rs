@@ -163,74 +163,12 @@ macro_rules! serde_as_text {
 
 serde_as_text!(Role);
 
-/// A client certificate as a key is bound to it: the SHA-256 of the certificate's DER encoding
-/// (RFC 8705's `x5t#S256` thumbprint), shown and parsed as 64 hex digits. `openssl x509
-/// -noout -fingerprint -sha256` prints the same digest with colons, which parse too.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientCertificate([u8; 32]);
-
-impl ClientCertificate {
-    /// The thumbprint of a certificate in DER.
-    pub fn of_der(der: &[u8]) -> Self {
-        ClientCertificate(Sha256::digest(der).into())
-    }
-
-    /// The thumbprint of the first certificate in PEM text (a client's certificate file, whose
-    /// first block is its own certificate).
-    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject as _;
-        match CertificateDer::pem_slice_iter(pem).next() {
-            Some(Ok(der)) => Ok(Self::of_der(&der)),
-            Some(Err(e)) => Err(KeyError::Invalid(format!(
-                "the client certificate is not valid PEM: {e}"
-            ))),
-            None => Err(KeyError::Invalid(
-                "the client certificate file holds no CERTIFICATE block".into(),
-            )),
-        }
-    }
-
-    /// The digest.
-    pub fn sha256(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl FromStr for ClientCertificate {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Self, KeyError> {
-        let digits: String = s.trim().chars().filter(|c| *c != ':').collect();
-        let bad = || {
-            KeyError::Invalid(format!(
-                "'{s}' is not a SHA-256 certificate thumbprint (64 hex digits, colons allowed)"
-            ))
-        };
-        // Hex digits only: `from_str_radix` alone would also take a sign (`+f`; review).
-        if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(ClientCertificate(out))
-    }
-}
-
-impl fmt::Display for ClientCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::hexfmt::encode(&self.0))
-    }
-}
-
-impl fmt::Debug for ClientCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientCertificate({self})")
-    }
-}
+pub use crate::identity::{
+    ClientBinding, ClientCertificate, ClientIdentity, NameKind, SubjectName,
+};
 
 serde_as_text!(ClientCertificate);
+serde_as_text!(SubjectName);
 
 /// What the store knows about a key (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +201,12 @@ pub struct KeyRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub client_cert: Option<ClientCertificate>,
+    /// The subject alternative name the key is bound to, if any: the key is then valid only on
+    /// a mutual TLS connection whose certificate (vouched for by the client CA) carries that
+    /// name, whichever certificate it is (see [`crate::identity`]). A key is bound to a
+    /// certificate or to a name, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_san: Option<SubjectName>,
 }
 
 impl KeyRecord {
@@ -282,13 +226,27 @@ impl KeyRecord {
         self.revoked_ms.is_none() && self.expires_ms.is_none_or(|e| now_ms < e)
     }
 
+    /// What the key is bound to, if anything.
+    pub fn binding(&self) -> Option<ClientBinding> {
+        match (&self.client_cert, &self.client_san) {
+            (Some(c), _) => Some(ClientBinding::Certificate(*c)),
+            (None, Some(n)) => Some(ClientBinding::Name(n.clone())),
+            (None, None) => None,
+        }
+    }
+
     /// Whether the key may be used on a connection that presented `client` (`None`: no client
-    /// certificate): any connection for an unbound key, only one with its certificate for a
-    /// bound one.
-    pub fn admits(&self, client: Option<&ClientCertificate>) -> bool {
-        self.client_cert
+    /// certificate): any connection for an unbound key, only one whose certificate is the one
+    /// it is bound to, or carries the name it is bound to, for a bound one.
+    pub fn admits(&self, client: Option<&ClientIdentity>) -> bool {
+        let cert = self
+            .client_cert
+            .is_none_or(|c| ClientBinding::Certificate(c).admits(client));
+        let name = self
+            .client_san
             .as_ref()
-            .is_none_or(|bound| client == Some(bound))
+            .is_none_or(|n| client.is_some_and(|client| client.names().contains(n)));
+        cert && name
     }
 }
 
@@ -318,7 +276,8 @@ pub enum Authn {
     Revoked(String),
     /// Past its expiry (e.g. the old half of a rotation).
     Expired(String),
-    /// Valid, but bound to a client certificate the request's connection did not present.
+    /// Valid, but bound to a client certificate (or a name) the request's connection did not
+    /// present.
     WrongClient(String),
 }
 
@@ -327,13 +286,13 @@ pub enum Authn {
 pub trait KeyStore: Send + Sync + 'static {
     /// Checks a presented key.
     fn authenticate(&self, presented: &str, now_ms: u64) -> Result<Authn, KeyError>;
-    /// Checks a key presented on a connection that presented the client certificate `client`
-    /// (`None`: none): [`KeyStore::authenticate`], and a key bound to another certificate, or
-    /// to one where none was presented, is [`Authn::WrongClient`].
+    /// Checks a key presented on a connection whose client presented `client` (`None`: no
+    /// certificate): [`KeyStore::authenticate`], and a key bound to another certificate or
+    /// name, or to one where none was presented, is [`Authn::WrongClient`].
     fn authenticate_from(
         &self,
         presented: &str,
-        client: Option<&ClientCertificate>,
+        client: Option<&ClientIdentity>,
         now_ms: u64,
     ) -> Result<Authn, KeyError> {
         Ok(match self.authenticate(presented, now_ms)? {
@@ -351,13 +310,14 @@ pub trait KeyStore: Send + Sync + 'static {
     ) -> Result<NewKey, KeyError> {
         self.create_bound(name, roles, expires_ms, None, now_ms)
     }
-    /// Creates a key, bound to `client_cert` if given (see [`KeyRecord::client_cert`]).
+    /// Creates a key, bound as `binding` says if given (see [`KeyRecord::client_cert`] and
+    /// [`KeyRecord::client_san`]).
     fn create_bound(
         &self,
         name: &str,
         roles: &[Role],
         expires_ms: Option<u64>,
-        client_cert: Option<ClientCertificate>,
+        binding: Option<ClientBinding>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError>;
     /// Revokes a key at once: when this returns, no gateway on the same store accepts it.
@@ -371,15 +331,16 @@ pub trait KeyStore: Send + Sync + 'static {
     fn rotate(&self, id: &str, overlap: Duration, now_ms: u64) -> Result<NewKey, KeyError> {
         self.rotate_rebinding(id, overlap, None, now_ms)
     }
-    /// [`KeyStore::rotate`], the successor bound to `client_cert` if given and otherwise to
-    /// the certificate the old key was bound to, if any: a client whose certificate is renewed
-    /// rotates its key to the new certificate, and uses the old key with the old certificate
-    /// for the overlap.
+    /// [`KeyStore::rotate`], the successor bound as `binding` says if given and otherwise as
+    /// the old key was, if it was: a client whose certificate is renewed rotates its key to the
+    /// new certificate, and uses the old key with the old certificate for the overlap (a key
+    /// bound to a name needs no such rotation; one can be rebound from a certificate to a name
+    /// this way).
     fn rotate_rebinding(
         &self,
         id: &str,
         overlap: Duration,
-        client_cert: Option<ClientCertificate>,
+        binding: Option<ClientBinding>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError>;
     /// All keys.
@@ -511,17 +472,24 @@ const PREFIX: &str = "pal_";
 const ID_HEX: usize = 12;
 const MAX_KEY_LEN: usize = 128;
 
-/// What is stored of a key: SHA-256 of the key and, for a key bound to a client certificate,
-/// of the certificate's thumbprint with it. A gateway that knows no bindings (an older release
-/// still running on a shared database) compares the stored value with SHA-256 of the key alone,
-/// finds no match and refuses a bound key, rather than accept it without its certificate
-/// (review).
-fn hash_key(key: &str, client_cert: Option<&ClientCertificate>) -> [u8; 32] {
+/// What is stored of a key: SHA-256 of the key and, for a bound key, of what it is bound to
+/// with it (the certificate's thumbprint, or the name). A gateway that knows no bindings, or
+/// not this kind (an older release still running on a shared database), compares the stored
+/// value with SHA-256 of the key alone, finds no match and refuses a bound key, rather than
+/// accept it without its certificate (review).
+fn hash_key(key: &str, binding: Option<&ClientBinding>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(key.as_bytes());
-    if let Some(c) = client_cert {
-        h.update(b"\0client-cert-sha256\0");
-        h.update(c.0);
+    match binding {
+        Some(ClientBinding::Certificate(c)) => {
+            h.update(b"\0client-cert-sha256\0");
+            h.update(c.0);
+        }
+        Some(ClientBinding::Name(n)) => {
+            h.update(b"\0client-san\0");
+            h.update(n.to_string().as_bytes());
+        }
+        None => {}
     }
     h.finalize().into()
 }
@@ -618,7 +586,8 @@ impl SqliteKeyStore {
                  totp_fails_before     INTEGER NOT NULL DEFAULT 0,
                  totp_failed_ms_before INTEGER,
                  made_expires_ms       INTEGER,
-                 client_cert_sha256    BLOB);
+                 client_cert_sha256    BLOB,
+                 client_san            TEXT);
              CREATE TABLE IF NOT EXISTS outbox (
                  seq      INTEGER PRIMARY KEY AUTOINCREMENT,
                  entry    BLOB NOT NULL,
@@ -635,6 +604,7 @@ impl SqliteKeyStore {
             ("keys", "totp_failed_ms_before", "INTEGER"),
             ("keys", "made_expires_ms", "INTEGER"),
             ("keys", "client_cert_sha256", "BLOB"),
+            ("keys", "client_san", "TEXT"),
             ("outbox", "tried_at", "INTEGER"),
         ] {
             let has: i64 = tx.query_row(
@@ -651,8 +621,9 @@ impl SqliteKeyStore {
                 }
             }
         }
-        // A later schema is refused; an older one is brought to 1, and to 2 only when a key is
-        // first bound (`insert`), so that until then the release before bindings can open it.
+        // A later schema is refused; an older one is brought to 1, and further only when a key
+        // is first bound (`insert`: 2 for a certificate, 3 for a name), so that until then the
+        // releases before those bindings can open it.
         if crate::schema::readable(&tx, crate::schema::KEYS)? < crate::schema::KEYS_UNBOUND {
             tx.pragma_update(None, "user_version", crate::schema::KEYS_UNBOUND)?;
         }
@@ -783,16 +754,16 @@ impl SqliteKeyStore {
         name: &str,
         roles: &[Role],
         expires_ms: Option<u64>,
-        client_cert: Option<ClientCertificate>,
+        binding: Option<ClientBinding>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         // A new id changes no cached record: the cache holds only keys that were found.
         let w = self.write();
         let tx = w.unchecked_transaction()?;
-        let k = Self::insert(&tx, name, roles, expires_ms, None, client_cert, now_ms)?;
+        let k = Self::insert(&tx, name, roles, expires_ms, None, binding.as_ref(), now_ms)?;
         let roles: Vec<String> = roles.iter().map(|r| format!(" --role {r}")).collect();
         let expiry = expires_ms.map_or(String::new(), |e| format!(" (expires at {e} ms)"));
-        let bound = client_cert.map_or(String::new(), |c| format!(" --client-cert sha256:{c}"));
+        let bound = binding.map_or(String::new(), |b| format!(" {b}"));
         let command = format!(
             "create key --name {name:?}{}{bound}: {}{expiry}",
             roles.concat(),
@@ -856,6 +827,18 @@ impl SqliteKeyStore {
         let client_cert = row
             .get::<_, Option<Vec<u8>>>(9)?
             .map(|b| ClientCertificate(<[u8; 32]>::try_from(b.as_slice()).unwrap_or([0xff; 32])));
+        // Nor is a name that does not parse: an error (the key refused, and said why), not an
+        // unbound key.
+        let client_san = match row.get::<_, Option<String>>(10)? {
+            None => None,
+            Some(text) => Some(text.parse::<SubjectName>().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    10,
+                    rusqlite::types::Type::Text,
+                    format!("key {id}'s client_san: {e}").into(),
+                )
+            })?),
+        };
         Ok((
             KeyRecord {
                 id,
@@ -867,6 +850,7 @@ impl SqliteKeyStore {
                 mfa: totp.is_some(),
                 lineage,
                 client_cert,
+                client_san,
             },
             row.get(2)?,
         ))
@@ -876,7 +860,7 @@ impl SqliteKeyStore {
         Ok(conn
             .prepare_cached(
                 "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage,
-                        client_cert_sha256
+                        client_cert_sha256, client_san
                  FROM keys WHERE id = ?1",
             )?
             .query_row(params![id], Self::record)
@@ -889,7 +873,7 @@ impl SqliteKeyStore {
         roles: &[Role],
         expires_ms: Option<u64>,
         lineage: Option<&str>,
-        client_cert: Option<ClientCertificate>,
+        binding: Option<&ClientBinding>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         if roles.is_empty() {
@@ -933,20 +917,26 @@ impl SqliteKeyStore {
             s
         });
         let roles_s: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        let (client_cert, client_san) = match binding {
+            Some(ClientBinding::Certificate(c)) => (Some(*c), None),
+            Some(ClientBinding::Name(n)) => (None, Some(n.clone())),
+            None => (None, None),
+        };
         conn.execute(
             "INSERT INTO keys (id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage,
-                               made_expires_ms, client_cert_sha256)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?6, ?9)",
+                               made_expires_ms, client_cert_sha256, client_san)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, ?8, ?6, ?9, ?10)",
             params![
                 id,
                 name,
-                &hash_key(&key, client_cert.as_ref())[..],
+                &hash_key(&key, binding)[..],
                 roles_s.join(","),
                 now_ms as i64,
                 expires_ms.map(|v| v as i64),
                 totp_secret,
                 lineage,
-                client_cert.as_ref().map(|c| &c.0[..])
+                client_cert.as_ref().map(|c| &c.0[..]),
+                client_san.as_ref().map(|n| n.to_string())
             ],
         )?;
         // No key is written into a file a later release has taken over since this store opened
@@ -955,8 +945,13 @@ impl SqliteKeyStore {
         // key's own transaction, its write lock held: no other writer moves the version
         // meanwhile.
         let schema = crate::schema::readable(conn, crate::schema::KEYS)?;
-        if client_cert.is_some() && schema < crate::schema::KEYS {
-            conn.pragma_update(None, "user_version", crate::schema::KEYS)?;
+        let needs = match binding {
+            Some(ClientBinding::Certificate(_)) => crate::schema::KEYS_CERT_BOUND,
+            Some(ClientBinding::Name(_)) => crate::schema::KEYS,
+            None => crate::schema::KEYS_UNBOUND,
+        };
+        if schema < needs {
+            conn.pragma_update(None, "user_version", needs)?;
         }
         let (totp_b32, totp_uri) = match totp_secret {
             Some(s) => {
@@ -981,6 +976,7 @@ impl SqliteKeyStore {
                 mfa,
                 lineage,
                 client_cert,
+                client_san,
             },
             totp_secret: totp_b32,
             totp_uri,
@@ -1021,7 +1017,7 @@ impl KeyStore for SqliteKeyStore {
             cache.keys.insert(id.to_string(), (Arc::new(rec), hash));
         }
         let (rec, hash) = &cache.keys[id];
-        if !ct_eq(hash, &hash_key(presented, rec.client_cert.as_ref())) {
+        if !ct_eq(hash, &hash_key(presented, rec.binding().as_ref())) {
             return Ok(Authn::Unknown(Some(rec.id.clone())));
         }
         if rec.revoked_ms.is_some() {
@@ -1038,7 +1034,7 @@ impl KeyStore for SqliteKeyStore {
         name: &str,
         roles: &[Role],
         expires_ms: Option<u64>,
-        client_cert: Option<ClientCertificate>,
+        binding: Option<ClientBinding>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         self.create_as(
@@ -1046,7 +1042,7 @@ impl KeyStore for SqliteKeyStore {
             name,
             roles,
             expires_ms,
-            client_cert,
+            binding,
             now_ms,
         )
     }
@@ -1087,7 +1083,7 @@ impl KeyStore for SqliteKeyStore {
         &self,
         id: &str,
         overlap: Duration,
-        client_cert: Option<ClientCertificate>,
+        binding: Option<ClientBinding>,
         now_ms: u64,
     ) -> Result<NewKey, KeyError> {
         // The end of the overlap is stored as an i64: refuse one past it rather than wrap to a
@@ -1132,10 +1128,10 @@ impl KeyStore for SqliteKeyStore {
             &old.roles,
             made_expires.map(|e| e.max(0) as u64),
             Some(&old.lineage),
-            client_cert.or(old.client_cert),
+            binding.clone().or_else(|| old.binding()).as_ref(),
             now_ms,
         )?;
-        let rebound = client_cert.map_or(String::new(), |c| format!(" --client-cert sha256:{c}"));
+        let rebound = binding.map_or(String::new(), |b| format!(" {b}"));
         let command = format!(
             "rotate key {id} --overlap {}s{rebound}: {} (the old key ends at {end} ms)",
             overlap.as_secs(),
@@ -1159,7 +1155,7 @@ impl KeyStore for SqliteKeyStore {
         let conn = &guard.conn;
         let mut stmt = conn.prepare(
             "SELECT id, name, hash, roles, created_ms, expires_ms, revoked_ms, totp_secret, lineage,
-                    client_cert_sha256
+                    client_cert_sha256, client_san
              FROM keys ORDER BY created_ms, id",
         )?;
         let rows = stmt.query_map([], Self::record)?;
@@ -1282,6 +1278,7 @@ pub fn totp_code(secret_base32: &str, now_ms: u64) -> Result<String, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema;
 
     const T0: u64 = 1_700_000_000_000;
 
@@ -2045,29 +2042,33 @@ mod tests {
     fn a_binding_is_kept_on_disk_and_a_database_from_before_bindings_gets_the_column() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.db");
-        let cert = ClientCertificate::of_der(b"a client certificate");
+        let client = ClientIdentity::of_der(b"a client certificate");
+        let cert = *client.certificate();
         let s = SqliteKeyStore::open(&path).unwrap();
         let plain = s.create("plain", &[Role::Audit], None, T0).unwrap();
         drop(s);
-        // As a database of schema 1 holds it: no column, version 1.
+        // As a database of schema 1 holds it: no columns, version 1.
         let old = Connection::open(&path).unwrap();
         old.execute_batch(
-            "ALTER TABLE keys DROP COLUMN client_cert_sha256; PRAGMA user_version = 1",
+            "ALTER TABLE keys DROP COLUMN client_cert_sha256;
+             ALTER TABLE keys DROP COLUMN client_san;
+             PRAGMA user_version = 1",
         )
         .unwrap();
         drop(old);
         let s = SqliteKeyStore::open(&path).unwrap();
         assert_eq!(s.find(&plain.record.id).unwrap().unwrap().client_cert, None);
-        let version = || -> i64 {
-            Connection::open(&path)
-                .unwrap()
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .unwrap()
-        };
+        let version = || user_version(&path);
         // No key bound yet: still of the schema the release before bindings opens.
         assert_eq!(version(), 1);
         let bound = s
-            .create_bound("bound", &[Role::Audit], None, Some(cert), T0)
+            .create_bound(
+                "bound",
+                &[Role::Audit],
+                None,
+                Some(ClientBinding::Certificate(cert)),
+                T0,
+            )
             .unwrap();
         drop(s);
         let s = SqliteKeyStore::open(&path).unwrap();
@@ -2082,9 +2083,9 @@ mod tests {
             1
         );
         // Checked against the connection's certificate, or its absence.
-        let other = ClientCertificate::of_der(b"another");
+        let other = ClientIdentity::of_der(b"another");
         let outcome = |client| s.authenticate_from(&bound.key, client, T0).unwrap();
-        assert!(matches!(outcome(Some(&cert)), Authn::Valid(_)));
+        assert!(matches!(outcome(Some(&client)), Authn::Valid(_)));
         assert_eq!(
             outcome(Some(&other)),
             Authn::WrongClient(bound.record.id.clone())
@@ -2111,14 +2112,180 @@ mod tests {
         assert_eq!(stored(&plain.record.id), sha256(&plain.key));
         // An operator's audit entry names the binding.
         let s = SqliteKeyStore::open(&path).unwrap().for_operator("op");
-        s.create_bound("b2", &[Role::Audit], None, Some(cert), T0)
-            .unwrap();
+        s.create_bound(
+            "b2",
+            &[Role::Audit],
+            None,
+            Some(ClientBinding::Certificate(cert)),
+            T0,
+        )
+        .unwrap();
         let queued = s.outbox(10).unwrap();
         let entry = String::from_utf8(queued.last().unwrap().entry.clone()).unwrap();
         assert!(
             entry.contains(&format!("--client-cert sha256:{cert}")),
             "{entry}"
         );
+    }
+
+    /// A client identity whose certificate carries `names` (URIs if they have "://", DNS names
+    /// otherwise), a new key pair each time: a renewal of the same names.
+    fn presenting(names: &[&str]) -> ClientIdentity {
+        use rcgen::SanType;
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = names
+            .iter()
+            .map(|n| match n.contains("://") {
+                true => SanType::URI((*n).try_into().unwrap()),
+                false => SanType::DnsName((*n).try_into().unwrap()),
+            })
+            .collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        ClientIdentity::of_der(p.self_signed(&key).unwrap().der())
+    }
+
+    /// The schema version in the header of the database at `path`.
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_key_bound_to_a_name_outlives_renewals_and_takes_the_file_to_the_schema_of_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let version = || user_version(&path);
+        let spiffe = "spiffe://example.org/ns/prod/sa/scorer";
+        let name: SubjectName = format!("uri:{spiffe}").parse().unwrap();
+        let s = SqliteKeyStore::open(&path).unwrap().for_operator("op");
+        let alice = presenting(&[spiffe]);
+        let by_cert = s
+            .create_bound(
+                "c",
+                &[Role::Audit],
+                None,
+                Some(ClientBinding::Certificate(*alice.certificate())),
+                T0,
+            )
+            .unwrap();
+        assert_eq!(version(), schema::KEYS_CERT_BOUND);
+        let by_name = s
+            .create_bound(
+                "n",
+                &[Role::Audit],
+                None,
+                Some(ClientBinding::Name(name.clone())),
+                T0,
+            )
+            .unwrap();
+        // A release that knows certificate bindings only would not check this one.
+        assert_eq!(version(), schema::KEYS);
+        assert_eq!(by_name.record.client_san, Some(name.clone()));
+        assert_eq!(by_name.record.client_cert, None);
+        let entry = String::from_utf8(s.outbox(10).unwrap().last().unwrap().entry.clone());
+        assert!(entry.unwrap().contains(&format!("--client-san {name}")));
+        drop(s);
+        let s = SqliteKeyStore::open(&path).unwrap();
+        let found = s.find(&by_name.record.id).unwrap().unwrap();
+        assert_eq!(found.binding(), Some(ClientBinding::Name(name.clone())));
+        let outcome = |key: &str, client: Option<&ClientIdentity>| {
+            s.authenticate_from(key, client, T0).unwrap()
+        };
+        // The certificate renewed (same name, new key pair, so another thumbprint): the key
+        // bound to the name still works; the one bound to the old certificate does not.
+        let renewed = presenting(&[spiffe]);
+        assert_ne!(renewed.certificate(), alice.certificate());
+        for client in [&alice, &renewed] {
+            assert!(matches!(
+                outcome(&by_name.key, Some(client)),
+                Authn::Valid(_)
+            ));
+        }
+        assert!(matches!(
+            outcome(&by_cert.key, Some(&alice)),
+            Authn::Valid(_)
+        ));
+        let wrong = |id: &str| Authn::WrongClient(id.to_string());
+        assert_eq!(
+            outcome(&by_cert.key, Some(&renewed)),
+            wrong(&by_cert.record.id)
+        );
+        // Another name, the same name as another kind, a name the certificate only starts
+        // with, or no certificate: refused.
+        for client in [
+            presenting(&["spiffe://example.org/ns/prod/sa/mallory"]),
+            presenting(&["spiffe://example.org/ns/prod/sa/scorer/x"]),
+            presenting(&["scorer.example.org"]),
+        ] {
+            assert_eq!(
+                outcome(&by_name.key, Some(&client)),
+                wrong(&by_name.record.id)
+            );
+        }
+        assert_eq!(outcome(&by_name.key, None), wrong(&by_name.record.id));
+        // Stored as bound: what a release before names compares (SHA-256 of the key alone)
+        // does not match.
+        let stored: Vec<u8> = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT hash FROM keys WHERE id = ?1",
+                params![by_name.record.id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_ne!(stored, Sha256::digest(by_name.key.as_bytes()).to_vec());
+        // Rotation keeps the name, or moves a certificate's key to a name.
+        let kept = s.rotate(&by_name.record.id, Duration::ZERO, T0).unwrap();
+        assert_eq!(
+            kept.record.binding(),
+            Some(ClientBinding::Name(name.clone()))
+        );
+        let moved = s
+            .rotate_rebinding(
+                &by_cert.record.id,
+                Duration::ZERO,
+                Some(ClientBinding::Name(name.clone())),
+                T0,
+            )
+            .unwrap();
+        assert_eq!(moved.record.client_cert, None);
+        assert!(matches!(
+            outcome(&moved.key, Some(&renewed)),
+            Authn::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn a_name_the_store_cannot_read_refuses_the_key_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let s = SqliteKeyStore::open(&path).unwrap();
+        let name: SubjectName = "dns:scorer.example.org".parse().unwrap();
+        let k = s
+            .create_bound(
+                "n",
+                &[Role::Audit],
+                None,
+                Some(ClientBinding::Name(name)),
+                T0,
+            )
+            .unwrap();
+        drop(s);
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE keys SET client_san = 'dns:*' WHERE id = ?1",
+                params![k.record.id],
+            )
+            .unwrap();
+        let s = SqliteKeyStore::open(&path).unwrap();
+        let e = s
+            .authenticate_from(&k.key, Some(&presenting(&["scorer.example.org"])), T0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("client_san") && e.contains(&k.record.id), "{e}");
     }
 
     #[test]

@@ -81,6 +81,7 @@ pub mod deadline;
 pub mod grpc;
 pub mod guard;
 mod hexfmt;
+pub mod identity;
 pub mod infer;
 pub mod keys;
 pub mod listen;

@@ -673,21 +673,22 @@ pub async fn serve_tls_with(
                     }
                 },
             };
-            // The client certificate of a mutual TLS connection, on each of its requests, for
-            // the keys bound to one (`keys::ClientCertificate`).
+            // What the client of a mutual TLS connection presented (its certificate's thumbprint
+            // and names, read once here), on each of its requests, for the keys bound to a
+            // certificate or a name (`identity`).
             let client = match &io {
                 Stream::Right(tls) => tls
                     .get_ref()
                     .1
                     .peer_certificates()
                     .and_then(|chain| chain.first())
-                    .map(|leaf| crate::keys::ClientCertificate::of_der(leaf)),
+                    .map(|leaf| crate::keys::ClientIdentity::of_der(leaf)),
                 Stream::Left(_) => None,
             };
             let counted = activity.clone();
             let service = service_fn(move |mut req: axum::http::Request<Incoming>| {
-                if let Some(client) = client {
-                    req.extensions_mut().insert(client);
+                if let Some(client) = &client {
+                    req.extensions_mut().insert(client.clone());
                 }
                 let request = Request::begin(counted.clone());
                 let call = router.clone().oneshot(req);

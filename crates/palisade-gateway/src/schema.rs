@@ -7,12 +7,17 @@ use rusqlite::Connection;
 
 /// The schema of `keys.db` (1: `made_expires_ms`, the expiry a key was made with; 2: a key is
 /// bound to a client certificate, `client_cert_sha256`, which a gateway of schema 1 would not
-/// check: it must refuse the file rather than rotate a bound key into an unbound one). A file
-/// is brought to 2 only when a key is first bound ([`KEYS_UNBOUND`] until then), so that a
-/// downgrade stays possible while no key is bound.
-pub(crate) const KEYS: i64 = 2;
+/// check: it must refuse the file rather than rotate a bound key into an unbound one; 3: a key
+/// is bound to a subject name, `client_san`, which a gateway of schema 2 would not check). A
+/// file is brought to 2 or 3 only when a key is first bound so ([`KEYS_UNBOUND`] until then),
+/// so that a downgrade stays possible while no key is bound that the older release would not
+/// check.
+pub(crate) const KEYS: i64 = 3;
+/// The schema of a `keys.db` in which a key was bound to a client certificate but none to a
+/// name: the release before name bindings reads it as its own.
+pub(crate) const KEYS_CERT_BOUND: i64 = 2;
 /// The schema of a `keys.db` in which no key was ever bound to a client certificate: the
-/// column is there, unused, and the release before bindings reads the file as its own.
+/// columns are there, unused, and the release before bindings reads the file as its own.
 pub(crate) const KEYS_UNBOUND: i64 = 1;
 /// The schema of the audit log's database.
 pub(crate) const AUDIT: i64 = 1;

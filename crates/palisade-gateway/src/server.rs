@@ -494,7 +494,7 @@ impl Gateway {
                 matches!(
                     keys.authenticate_from(
                         k,
-                        req.extensions().get::<crate::keys::ClientCertificate>(),
+                        req.extensions().get::<crate::keys::ClientIdentity>(),
                         crate::now_ms()
                     ),
                     Ok(crate::keys::Authn::Valid(r)) if r.roles.iter().any(Role::needs_mfa)

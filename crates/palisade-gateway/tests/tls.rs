@@ -573,11 +573,16 @@ fn a_certificate_block_that_is_not_a_certificate_is_refused_naming_the_file() {
 
 /// A key of `s` that may query the linear model, bound to `cert`.
 fn bound_key(s: &Server, cert: palisade_gateway::keys::ClientCertificate) -> NewKey {
+    bound_as(s, palisade_gateway::keys::ClientBinding::Certificate(cert))
+}
+
+/// A key of `s` that may query the linear model, bound as `binding` says.
+fn bound_as(s: &Server, binding: palisade_gateway::keys::ClientBinding) -> NewKey {
     use palisade_gateway::keys::{KeyStore as _, Role};
     let lin = [Role::Query("lin".into())];
     s.state
         .keys
-        .create_bound("bound", &lin, None, Some(cert), now_ms())
+        .create_bound("bound", &lin, None, Some(binding), now_ms())
         .unwrap()
 }
 
@@ -609,6 +614,33 @@ async fn grpc_infer(addr: SocketAddr, ca: &str, client: &Pki, auth: &str) -> (St
     let body = http_body_util::Full::new(bytes::Bytes::from(grpc_frame(&lin_infer_message("lin"))));
     let uri = "https://localhost/inference.GRPCInferenceService/ModelInfer";
     grpc_call_over(conn, uri, &[("authorization", auth)], body).await
+}
+
+/// An admin API `POST` of `body` to `path` on `s`, with its admin key and the TOTP code of
+/// `step` (codes are taken once each), over HTTP/1.1 on a new TLS connection with `client`'s
+/// certificate: the status and the JSON answer.
+async fn admin_post(
+    s: &Server,
+    ca: &str,
+    client: &Pki,
+    path: &str,
+    body: serde_json::Value,
+    step: i64,
+) -> (u16, serde_json::Value) {
+    let conn = connect(s.addr, ca, b"http/1.1", Some(client))
+        .await
+        .unwrap();
+    let admin = bearer(&s.admin);
+    let code = totp_now(&s.admin, step);
+    let headers = [
+        ("authorization", admin.as_str()),
+        ("x-palisade-totp", code.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (status, body) = https1(conn, "POST", path, &headers, body.to_string().into_bytes())
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
 }
 
 /// A key bound to a client certificate (RFC 8705's certificate-bound tokens) is served over
@@ -672,7 +704,9 @@ async fn a_key_bound_to_a_client_certificate_is_served_only_with_that_certificat
         .rotate_rebinding(
             &kept.record.id,
             Duration::from_secs(60),
-            Some(thumb(renewed)),
+            Some(palisade_gateway::keys::ClientBinding::Certificate(thumb(
+                renewed,
+            ))),
             now_ms(),
         )
         .unwrap();
@@ -685,6 +719,82 @@ async fn a_key_bound_to_a_client_certificate_is_served_only_with_that_certificat
         serde_json::to_value(&listed).unwrap()["client_cert_sha256"],
         thumb(renewed).to_string()
     );
+    s.stop().await;
+}
+
+/// A key bound to a name (a SPIFFE ID, in the client certificate's URI SAN) is served over
+/// REST and gRPC with every certificate the client CA issued with that name: a renewal (a new
+/// key pair, so another thumbprint) needs no rotation. A certificate with another name is
+/// refused. The admin API binds by name too (`client_san`), and refuses a name
+/// that is not one, and both bindings at once, making no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_bound_to_a_name_is_served_with_every_certificate_that_carries_it() {
+    use palisade_gateway::keys::{ClientBinding, ClientCertificate, KeyStore as _};
+    let dir = tempfile::tempdir().unwrap();
+    let scorer = "spiffe://palisade.test/ns/prod/sa/scorer";
+    let (server, clients) = pki_with_clients(
+        &["localhost"],
+        &[
+            scorer,
+            scorer,
+            "spiffe://palisade.test/ns/prod/sa/mallory",
+            "scorer.palisade.test",
+        ],
+    );
+    let [first, renewed, mallory, dns] = &clients[..] else {
+        unreachable!()
+    };
+    let tls = Arc::new(TlsServer::load(files(dir.path(), &server, Some(&server.ca))).unwrap());
+    let s = start_tls(tls).await;
+    let name = format!("uri:{scorer}");
+    let bound = bound_as(&s, ClientBinding::Name(name.parse().unwrap()));
+    let thumb = |p: &Pki| ClientCertificate::from_pem(p.cert.as_bytes()).unwrap();
+    assert_ne!(thumb(first), thumb(renewed));
+    for who in [first, renewed] {
+        let (status, body) = infer_tls(s.addr, &server.ca, Some(who), &bound).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // (A connection without a certificate gets no handshake here: `--tls-client-ca` asks for
+    // one. `a_bound_key_is_refused_where_no_client_certificate_was_presented` is that case.)
+    for who in [mallory, dns] {
+        let (status, body) = infer_tls(s.addr, &server.ca, Some(who), &bound).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("bound to a client certificate"), "{body}");
+    }
+    let (code, _) = grpc_infer(s.addr, &server.ca, renewed, &bearer(&bound)).await;
+    assert_eq!(code, "0");
+    let (code, message) = grpc_infer(s.addr, &server.ca, mallory, &bearer(&bound)).await;
+    assert_eq!(code, "16", "{message}");
+
+    let call = async |body: serde_json::Value, step: i64| {
+        admin_post(&s, &server.ca, first, "/v2/admin/keys", body, step).await
+    };
+    let keys_before = s.state.keys.list().unwrap().len();
+    for (step, body, says) in [
+        (
+            -1,
+            serde_json::json!({"name": "x", "roles": ["query:lin"], "client_san": "uri:nope"}),
+            "not a URI",
+        ),
+        (
+            0,
+            serde_json::json!({"name": "x", "roles": ["query:lin"], "client_san": name,
+                               "client_cert_sha256": thumb(first).to_string()}),
+            "not both",
+        ),
+    ] {
+        let (status, answer) = call(body, step).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
+    }
+    assert_eq!(s.state.keys.list().unwrap().len(), keys_before);
+    let (status, answer) = call(
+        serde_json::json!({"name": "x", "roles": ["query:lin"], "client_san": name}),
+        1,
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["record"]["client_san"], name.as_str());
     s.stop().await;
 }
 
@@ -746,24 +856,8 @@ async fn the_admin_api_binds_keys_and_refuses_a_thumbprint_that_is_not_one() {
     ))
     .await;
     let thumb = |p: &Pki| ClientCertificate::from_pem(p.cert.as_bytes()).unwrap();
-    let admin = bearer(&s.admin);
     let call = async |path: &str, body: serde_json::Value, step: i64| {
-        let conn = connect(s.addr, &server.ca, b"http/1.1", Some(alice))
-            .await
-            .unwrap();
-        let code = totp_now(&s.admin, step);
-        let headers = [
-            ("authorization", admin.as_str()),
-            ("x-palisade-totp", code.as_str()),
-            ("content-type", "application/json"),
-        ];
-        let (status, body) = https1(conn, "POST", path, &headers, body.to_string().into_bytes())
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-        )
+        admin_post(&s, &server.ca, alice, path, body, step).await
     };
     let keys_before = s.state.keys.list().unwrap().len();
     let (status, body) = call(

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use palisade_gateway::keys::{ClientCertificate, KeyStore as _, NewKey, Role, SqliteKeyStore};
+use palisade_gateway::keys::{
+    ClientBinding, ClientCertificate, ClientIdentity, KeyStore as _, NewKey, Role, SqliteKeyStore,
+    SubjectName,
+};
 use palisade_gateway::server::StatePaths;
 
 use crate::cmd::Outcome;
@@ -40,6 +43,19 @@ enum KeysAction {
         /// presented it.
         #[arg(long, value_name = "PEM")]
         client_cert: Option<PathBuf>,
+        /// Bind the key to a subject alternative name instead (dns:<name>, uri:<uri>,
+        /// ip:<address> or email:<address>): accepted only over mutual TLS with a certificate
+        /// the client CA issued with that name, whichever one (renewals keep the key working;
+        /// `keys identity` shows a certificate's names).
+        #[arg(long, value_name = "NAME", conflicts_with = "client_cert")]
+        client_san: Option<String>,
+    },
+    /// Show what a client certificate (PEM) presents to the gateway: its SHA-256 thumbprint
+    /// and the subject alternative names a key can be bound to.
+    Identity {
+        /// The certificate (its file's first certificate is read).
+        #[arg(value_name = "PEM")]
+        cert: PathBuf,
     },
     /// List keys (never the keys themselves).
     List,
@@ -56,10 +72,14 @@ enum KeysAction {
         /// How long the old key stays valid, e.g. 1h.
         #[arg(long, default_value = "1h")]
         overlap: String,
-        /// Bind the successor to this client certificate (PEM) instead of the old key's (a
-        /// renewed client certificate); without it the successor keeps the old key's binding.
+        /// Bind the successor to this client certificate (PEM) instead of the old key's
+        /// binding (a renewed client certificate); without it, or --client-san, the successor
+        /// is bound as the old key was.
         #[arg(long, value_name = "PEM")]
         client_cert: Option<PathBuf>,
+        /// Bind the successor to this subject alternative name instead (see `keys create`).
+        #[arg(long, value_name = "NAME", conflicts_with = "client_cert")]
+        client_san: Option<String>,
     },
 }
 
@@ -87,15 +107,31 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The thumbprint of the client certificate in the PEM file `path`, if given.
-fn thumbprint(path: Option<&std::path::Path>) -> anyhow::Result<Option<ClientCertificate>> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
+/// The identity the client certificate in the PEM file `path` presents.
+fn identity(path: &std::path::Path) -> anyhow::Result<ClientIdentity> {
     let pem = std::fs::read(path)
         .with_context(|| format!("cannot read the client certificate {}", path.display()))?;
-    let cert = ClientCertificate::from_pem(&pem).with_context(|| path.display().to_string())?;
-    Ok(Some(cert))
+    ClientIdentity::from_pem(&pem).with_context(|| path.display().to_string())
+}
+
+/// The binding asked for: the thumbprint of the certificate in the PEM file `cert`, or the
+/// name `san` (clap lets only one through).
+fn binding(
+    cert: Option<&std::path::Path>,
+    san: Option<&str>,
+) -> anyhow::Result<Option<ClientBinding>> {
+    Ok(match (cert, san) {
+        (Some(path), _) => Some(ClientBinding::Certificate(*identity(path)?.certificate())),
+        (None, Some(name)) => Some(ClientBinding::Name(name.parse::<SubjectName>()?)),
+        (None, None) => None,
+    })
+}
+
+/// What `keys identity` shows of a certificate.
+#[derive(serde::Serialize)]
+struct Shown {
+    client_cert_sha256: ClientCertificate,
+    names: Vec<SubjectName>,
 }
 
 /// How a new key is shown.
@@ -118,6 +154,12 @@ pub fn show_new_key(k: &NewKey) -> String {
              with that certificate."
         ));
     }
+    if let Some(name) = &k.record.client_san {
+        s.push_str(&format!(
+            "\nBound to the name {name}: accepted only over mutual TLS with a certificate the \
+             client CA issued with that name."
+        ));
+    }
     if let (Some(secret), Some(uri)) = (&k.totp_secret, &k.totp_uri) {
         s.push_str(&format!(
             "\nAdmin actions also need a TOTP code (header X-Palisade-TOTP).\nTOTP secret: {secret}\n{uri}"
@@ -136,8 +178,32 @@ pub fn take_back(db: &std::path::Path, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `palisade keys identity`.
+fn show_identity(ctx: &Ctx, cert: &std::path::Path) -> anyhow::Result<Outcome> {
+    let id = identity(cert)?;
+    let shown = Shown {
+        client_cert_sha256: *id.certificate(),
+        names: id.names().to_vec(),
+    };
+    ctx.emit(&shown, |s| {
+        let mut out = format!("client_cert_sha256 {}", s.client_cert_sha256);
+        if s.names.is_empty() {
+            out.push_str("\n(no subject alternative name a key can be bound to)");
+        }
+        for n in &s.names {
+            out.push_str(&format!("\nclient_san         {n}"));
+        }
+        out
+    })?;
+    Ok(Outcome::Success)
+}
+
 /// Runs `palisade keys`.
 pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
+    // Reads a certificate, not the key database.
+    if let KeysAction::Identity { cert } = &args.action {
+        return show_identity(ctx, cert);
+    }
     let paths = StatePaths::new(&args.state);
     if !matches!(args.action, KeysAction::Create { .. }) {
         // Only a database that is not there is "none": one that cannot be looked at (EACCES)
@@ -163,8 +229,9 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
             roles,
             expires_in,
             client_cert,
+            client_san,
         } => {
-            let client_cert = thumbprint(client_cert.as_deref())?;
+            let bind = binding(client_cert.as_deref(), client_san.as_deref())?;
             let roles = roles
                 .iter()
                 .map(|r| r.parse::<Role>())
@@ -177,7 +244,7 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
                 )),
                 None => None,
             };
-            let k = store.create_bound(&name, &roles, expires, client_cert, now)?;
+            let k = store.create_bound(&name, &roles, expires, bind, now)?;
             if let Err(e) = ctx.emit_secret(&k, show_new_key) {
                 take_back(&paths.keys_db(), &k.record.id)?;
                 return Err(e.context(format!(
@@ -206,9 +273,13 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
                         } else {
                             format!("  (rotated from line {})", k.lineage)
                         };
-                        let bound = k.client_cert.map_or(String::new(), |c| {
-                            format!("  (client certificate sha256:{c})")
-                        });
+                        let bound = match k.binding() {
+                            Some(ClientBinding::Certificate(c)) => {
+                                format!("  (client certificate sha256:{c})")
+                            }
+                            Some(ClientBinding::Name(n)) => format!("  (client name {n})"),
+                            None => String::new(),
+                        };
                         format!(
                             "{}  {:8}  {:20}  {}{line}{bound}",
                             k.id,
@@ -221,6 +292,7 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
                     .join("\n")
             })?;
         }
+        KeysAction::Identity { .. } => unreachable!("answered above"),
         KeysAction::Revoke { id } => {
             let changed = store.revoke(&id, now_ms())?;
             let v = serde_json::json!({ "id": id, "revoked": true, "was_active": changed });
@@ -236,10 +308,10 @@ pub fn run(ctx: &Ctx, args: KeysArgs) -> anyhow::Result<Outcome> {
             id,
             overlap,
             client_cert,
+            client_san,
         } => {
-            let client_cert = thumbprint(client_cert.as_deref())?;
-            let k =
-                store.rotate_rebinding(&id, parse_duration(&overlap)?, client_cert, now_ms())?;
+            let bind = binding(client_cert.as_deref(), client_san.as_deref())?;
+            let k = store.rotate_rebinding(&id, parse_duration(&overlap)?, bind, now_ms())?;
             let shown = ctx.emit_secret(&k, |k| {
                 format!(
                     "{} stays valid for {overlap} (not past its own expiry); its successor:\n{}",

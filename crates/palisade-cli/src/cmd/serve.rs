@@ -525,13 +525,13 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             .keys
             .list()?
             .iter()
-            .filter(|k| k.client_cert.is_some() && k.in_force(now))
+            .filter(|k| k.binding().is_some() && k.in_force(now))
             .count();
         if bound > 0 {
             tracing::warn!(
                 keys = bound,
-                "keys bound to client certificates are refused on every request: this gateway \
-                 asks for no client certificate (give --tls-cert, --tls-key and --tls-client-ca)"
+                "keys bound to client certificates (or their names) are refused on every \
+                 request: this gateway asks for no client certificate (give --tls-cert, --tls-key and --tls-client-ca)"
             );
         }
     }

@@ -24,7 +24,7 @@ use tonic::Status;
 
 use crate::guard::authn::{presented_key, why_refused};
 use crate::guard::{Guard, Next, call_next};
-use crate::keys::{Authn, ClientCertificate, KeyStore, Role};
+use crate::keys::{Authn, ClientIdentity, KeyStore, Role};
 use crate::now_ms;
 
 /// The methods of the inference service answered without a key.
@@ -57,7 +57,7 @@ impl KeyFirst {
                 "missing API key (send 'authorization: Bearer pal_…')",
             ));
         };
-        let client = req.extensions().get::<ClientCertificate>();
+        let client = req.extensions().get::<ClientIdentity>();
         match self.keys.authenticate_from(presented, client, now_ms()) {
             Ok(Authn::Valid(key)) => (!key.roles.iter().any(|r| matches!(r, Role::Query(_))))
                 .then(|| Status::permission_denied("the API key may query no model")),

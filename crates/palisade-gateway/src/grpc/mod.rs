@@ -91,9 +91,9 @@ impl GrpcGateway {
             }
         }
         req.extensions_mut().insert(Via(rpc));
-        // The connection's client certificate, for a key bound to one.
-        if let Some(client) = call.extensions().get::<crate::keys::ClientCertificate>() {
-            req.extensions_mut().insert(*client);
+        // What the connection's client presented, for a key bound to a certificate or a name.
+        if let Some(client) = call.extensions().get::<crate::keys::ClientIdentity>() {
+            req.extensions_mut().insert(client.clone());
         }
         let clock = call.extensions().get::<crate::deadline::BodyClock>();
         if let Some(clock) = clock {

@@ -31,7 +31,7 @@ use super::{
 };
 use crate::audit::{AuditLog, AuditRecord};
 use crate::deadline::DeadlineBody;
-use crate::keys::{Authn, ClientCertificate, KeyStore};
+use crate::keys::{Authn, ClientIdentity, KeyStore};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::oip::{Target, target_of};
@@ -441,7 +441,7 @@ impl WriteAhead {
     /// or is not the one the guards authenticated (or none was: refused, not let through).
     fn no_longer(&self, parts: &axum::http::request::Parts) -> Option<Response> {
         let authenticated = parts.extensions.get::<Principal>();
-        let client = parts.extensions.get::<ClientCertificate>();
+        let client = parts.extensions.get::<ClientIdentity>();
         let again =
             presented_key(&parts.headers).map(|k| self.keys.authenticate_from(k, client, now_ms()));
         let why = match (again, authenticated) {

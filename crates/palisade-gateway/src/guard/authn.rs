@@ -1,8 +1,9 @@
 //! Authentication: who is calling. A request without a valid API key stops here with 401.
 //!
 //! The key is read from `Authorization: Bearer <key>` or `X-API-Key: <key>`. A key bound to a
-//! client certificate is valid only on a connection that presented it (the listener puts the
-//! connection's [`ClientCertificate`] on each of its requests). On success the
+//! client certificate, or to a name, is valid only on a connection that presented that
+//! certificate, or one with that name (the listener puts the connection's [`ClientIdentity`] on
+//! each of its requests). On success the
 //! caller's [`Principal`] goes on the request (for the guards inside) and on the response (for
 //! the audit guard outside).
 
@@ -13,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::{Guard, Next, PresentedKeyId, Principal, call_next, error_response, reject};
-use crate::keys::{Authn, ClientCertificate, KeyStore};
+use crate::keys::{Authn, ClientIdentity, KeyStore};
 use crate::now_ms;
 
 /// The authentication guard.
@@ -59,8 +60,8 @@ pub(crate) fn why_refused(outcome: &Authn) -> Option<&'static str> {
         Authn::Revoked(_) => Some("API key revoked"),
         Authn::Expired(_) => Some("API key expired"),
         Authn::WrongClient(_) => Some(
-            "API key bound to a client certificate this connection did not present (connect \
-             with mutual TLS and that certificate)",
+            "API key bound to a client certificate (or to a name in one) that this connection \
+             did not present (connect with mutual TLS and a certificate the key is bound to)",
         ),
     }
 }
@@ -91,7 +92,7 @@ impl Guard for Authenticate {
         let Some(key) = presented_key(req.headers()) else {
             return unauthorised("missing API key (send 'Authorization: Bearer pal_…')", None);
         };
-        let client = req.extensions().get::<ClientCertificate>();
+        let client = req.extensions().get::<ClientIdentity>();
         let outcome = match self.keys.authenticate_from(key, client, now_ms()) {
             Ok(o) => o,
             Err(e) => return key_store_failed(&e),

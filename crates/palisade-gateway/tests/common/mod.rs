@@ -687,12 +687,21 @@ pub fn pki(names: &[&str]) -> (Pki, Pki) {
 }
 
 /// A server certificate for `names` and a client certificate for each of `clients`, issued by
-/// one new CA.
+/// one new CA. A name with "://" in it is a URI (a SPIFFE ID, say); the others are DNS names
+/// or IP addresses.
 pub fn pki_with_clients(names: &[&str], clients: &[&str]) -> (Pki, Vec<Pki>) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType,
+    };
     // Each with a name of its own: a leaf named as its issuer looks self-signed to OpenSSL.
     let named = |names: Vec<String>, cn: &str| {
-        let mut p = CertificateParams::new(names).unwrap();
+        let (uris, others): (Vec<String>, Vec<String>) =
+            names.into_iter().partition(|n| n.contains("://"));
+        let mut p = CertificateParams::new(others).unwrap();
+        for uri in uris {
+            p.subject_alt_names
+                .push(SanType::URI(uri.as_str().try_into().unwrap()));
+        }
         p.distinguished_name.push(DnType::CommonName, cn);
         p
     };

@@ -1,0 +1,529 @@
+//! Who the client at the other end of a mutual TLS connection is, as far as API keys care, and
+//! what a key may be bound to (RFC 8705's certificate-bound tokens).
+//!
+//! A connection that presented a client certificate (one the `--tls-client-ca` vouches for:
+//! rustls checked the chain before the first request) carries a [`ClientIdentity`] on each of its
+//! requests: the certificate's SHA-256 thumbprint and the subject alternative names it carries.
+//! A key can be bound ([`ClientBinding`]) either to one certificate, by thumbprint, or to a
+//! name, as RFC 8705 §2.1.2 binds clients by `tls_client_auth_san_dns`, `_uri`, `_ip` or
+//! `_email`. A thumbprint binding holds only until that certificate is renewed; a name binding
+//! holds across renewals, which is what short-lived certificates need (a SPIFFE ID such as
+//! `uri:spiffe://example.org/ns/prod/sa/scorer`, renewed every hour by SPIRE or a service mesh).
+//! The price of a name binding is trust in the CA's issuance: anyone the client CA issues a
+//! certificate with that name to can use the key.
+//!
+//! Names compare exactly, after the canonical form each kind has here: DNS names and e-mail
+//! domains in lower case, IP addresses as parsed (`::1` and `0::1` are one address), URIs as
+//! written. No wildcards: a certificate for `*.example.org` presents the name `*.example.org`,
+//! which no binding can name.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::keys::KeyError;
+
+/// A client certificate as a key is bound to it: the SHA-256 of the certificate's DER encoding
+/// (RFC 8705's `x5t#S256` thumbprint), shown and parsed as 64 hex digits. `openssl x509
+/// -noout -fingerprint -sha256` prints the same digest with colons, which parse too.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientCertificate(pub(crate) [u8; 32]);
+
+impl ClientCertificate {
+    /// The thumbprint of a certificate in DER.
+    pub fn of_der(der: &[u8]) -> Self {
+        ClientCertificate(Sha256::digest(der).into())
+    }
+
+    /// The thumbprint of the first certificate in PEM text (a client's certificate file, whose
+    /// first block is its own certificate).
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        Ok(Self::of_der(&first_certificate(pem)?))
+    }
+
+    /// The digest.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// The first certificate of PEM text, in DER.
+fn first_certificate(pem: &[u8]) -> Result<Vec<u8>, KeyError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    match CertificateDer::pem_slice_iter(pem).next() {
+        Some(Ok(der)) => Ok(der.to_vec()),
+        Some(Err(e)) => Err(KeyError::Invalid(format!(
+            "the client certificate is not valid PEM: {e}"
+        ))),
+        None => Err(KeyError::Invalid(
+            "the client certificate file holds no CERTIFICATE block".into(),
+        )),
+    }
+}
+
+impl FromStr for ClientCertificate {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        let digits: String = s.trim().chars().filter(|c| *c != ':').collect();
+        let bad = || {
+            KeyError::Invalid(format!(
+                "'{s}' is not a SHA-256 certificate thumbprint (64 hex digits, colons allowed)"
+            ))
+        };
+        // Hex digits only: `from_str_radix` alone would also take a sign (`+f`; review).
+        if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(ClientCertificate(out))
+    }
+}
+
+impl fmt::Display for ClientCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::hexfmt::encode(&self.0))
+    }
+}
+
+impl fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientCertificate({self})")
+    }
+}
+
+/// The kinds of subject alternative name a key can be bound to (RFC 5280's `GeneralName`s
+/// that RFC 8705 §2.1.2 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameKind {
+    /// `dNSName`: `dns:scorer.prod.example.org`.
+    Dns,
+    /// `uniformResourceIdentifier`: `uri:spiffe://example.org/ns/prod/sa/scorer`.
+    Uri,
+    /// `iPAddress`: `ip:10.0.0.7`, `ip:fd00::7`.
+    Ip,
+    /// `rfc822Name`: `email:ci@example.org`.
+    Email,
+}
+
+impl NameKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            NameKind::Dns => "dns",
+            NameKind::Uri => "uri",
+            NameKind::Ip => "ip",
+            NameKind::Email => "email",
+        }
+    }
+}
+
+/// A subject alternative name, in its canonical form (see the module's text), written
+/// `<kind>:<value>`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SubjectName {
+    kind: NameKind,
+    value: String,
+}
+
+/// The longest name taken: longer than any DNS name (253) and than URIs in practice.
+const MAX_NAME: usize = 2048;
+
+impl SubjectName {
+    /// A name of `kind` with `value`, checked and brought to its canonical form; why not, if
+    /// not.
+    pub fn new(kind: NameKind, value: &str) -> Result<Self, String> {
+        if value.is_empty() {
+            return Err("the name is empty".into());
+        }
+        if value.len() > MAX_NAME {
+            return Err(format!("the name is longer than {MAX_NAME} bytes"));
+        }
+        // IA5 text that prints: no spaces, no control characters, nothing outside ASCII (a
+        // certificate's names are IA5Strings; an internationalised name is in its A-label form).
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("a name is printable ASCII without spaces".into());
+        }
+        let value = match kind {
+            NameKind::Dns => {
+                if value.contains('*') {
+                    return Err(
+                        "a wildcard is not bound to: bind the exact name the client's \
+                         certificate carries"
+                            .into(),
+                    );
+                }
+                let lower = value.to_ascii_lowercase();
+                let host = lower.strip_suffix('.').unwrap_or(&lower);
+                let label_ok = |l: &str| {
+                    (1..=63).contains(&l.len())
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                if host.len() > 253 || !host.split('.').all(label_ok) {
+                    return Err("not a DNS name (labels of letters, digits, '-' and '_', \
+                                each 1 to 63 long, not starting or ending with '-', joined \
+                                by '.')"
+                        .into());
+                }
+                host.to_string()
+            }
+            NameKind::Uri => {
+                let scheme = value.split_once(':').map(|(s, _)| s).unwrap_or("");
+                let mut bytes = scheme.bytes();
+                let scheme_ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+                    && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+                if !scheme_ok {
+                    return Err("not a URI (it starts with a scheme and ':', as \
+                                spiffe://example.org/service does)"
+                        .into());
+                }
+                value.to_string()
+            }
+            NameKind::Ip => value
+                .parse::<IpAddr>()
+                .map_err(|_| "not an IP address".to_string())?
+                .to_string(),
+            NameKind::Email => match value.split_once('@') {
+                Some((local, domain))
+                    if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
+                {
+                    format!("{local}@{}", domain.to_ascii_lowercase())
+                }
+                _ => return Err("not an e-mail address (one '@' between two parts)".into()),
+            },
+        };
+        Ok(SubjectName { kind, value })
+    }
+
+    /// The kind of name.
+    pub fn kind(&self) -> NameKind {
+        self.kind
+    }
+
+    /// The name, in canonical form, without its kind.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// The names a certificate's subject alternative names extension carries, in DER; names
+    /// this module cannot take (other kinds, or values that are not valid names) are left out:
+    /// no binding names them.
+    fn of_certificate(der: &[u8]) -> Vec<SubjectName> {
+        use x509_cert::der::Decode as _;
+        use x509_cert::der::oid::AssociatedOid as _;
+        use x509_cert::ext::pkix::SubjectAltName;
+        use x509_cert::ext::pkix::name::GeneralName;
+        let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        let extensions = cert.tbs_certificate.extensions.unwrap_or_default();
+        for ext in extensions
+            .iter()
+            .filter(|e| e.extn_id == SubjectAltName::OID)
+        {
+            let Ok(san) = SubjectAltName::from_der(ext.extn_value.as_bytes()) else {
+                continue;
+            };
+            for name in san.0 {
+                let got = match &name {
+                    GeneralName::DnsName(s) => SubjectName::new(NameKind::Dns, s.as_str()),
+                    GeneralName::UniformResourceIdentifier(s) => {
+                        SubjectName::new(NameKind::Uri, s.as_str())
+                    }
+                    GeneralName::Rfc822Name(s) => SubjectName::new(NameKind::Email, s.as_str()),
+                    GeneralName::IpAddress(o) => {
+                        let ip = match o.as_bytes() {
+                            b if b.len() == 4 => <[u8; 4]>::try_from(b).map(IpAddr::from).ok(),
+                            b if b.len() == 16 => <[u8; 16]>::try_from(b).map(IpAddr::from).ok(),
+                            _ => None,
+                        };
+                        match ip {
+                            Some(ip) => Ok(SubjectName {
+                                kind: NameKind::Ip,
+                                value: ip.to_string(),
+                            }),
+                            None => continue,
+                        }
+                    }
+                    _ => continue,
+                };
+                if let Ok(n) = got {
+                    names.push(n);
+                }
+            }
+        }
+        names
+    }
+}
+
+impl FromStr for SubjectName {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        let bad = |why: &str| {
+            KeyError::Invalid(format!(
+                "'{s}' is not a subject name to bind a key to: {why} (written dns:<name>, \
+                 uri:<uri>, ip:<address> or email:<address>)"
+            ))
+        };
+        let Some((kind, value)) = s.split_once(':') else {
+            return Err(bad("it has no kind"));
+        };
+        let kind = match kind.to_ascii_lowercase().as_str() {
+            "dns" => NameKind::Dns,
+            "uri" => NameKind::Uri,
+            "ip" => NameKind::Ip,
+            "email" => NameKind::Email,
+            _ => return Err(bad(&format!("'{kind}' is not a kind of name"))),
+        };
+        SubjectName::new(kind, value).map_err(|why| bad(&why))
+    }
+}
+
+impl fmt::Display for SubjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind.prefix(), self.value)
+    }
+}
+
+impl fmt::Debug for SubjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SubjectName({self})")
+    }
+}
+
+/// What a mutual TLS connection's client presented: its certificate's thumbprint and names.
+/// Made once per connection, at the handshake, and shared by its requests.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity(Arc<Presented>);
+
+#[derive(PartialEq, Eq)]
+struct Presented {
+    certificate: ClientCertificate,
+    names: Vec<SubjectName>,
+}
+
+impl ClientIdentity {
+    /// The identity of a client certificate in DER (the leaf of the chain the client sent). A
+    /// certificate whose extensions do not parse presents no names (rustls has checked it
+    /// against the client CA by then, so that does not happen with a certificate it took).
+    pub fn of_der(der: &[u8]) -> Self {
+        ClientIdentity(Arc::new(Presented {
+            certificate: ClientCertificate::of_der(der),
+            names: SubjectName::of_certificate(der),
+        }))
+    }
+
+    /// The identity of the first certificate in PEM text.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        Ok(Self::of_der(&first_certificate(pem)?))
+    }
+
+    /// The certificate's thumbprint.
+    pub fn certificate(&self) -> &ClientCertificate {
+        &self.0.certificate
+    }
+
+    /// The subject alternative names it carries that a key can be bound to.
+    pub fn names(&self) -> &[SubjectName] {
+        &self.0.names
+    }
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("certificate", &self.0.certificate)
+            .field("names", &self.0.names)
+            .finish()
+    }
+}
+
+/// What a key is bound to: it is valid only on a mutual TLS connection whose client
+/// certificate is this one, or carries this name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientBinding {
+    /// One certificate, by thumbprint (RFC 8705 §3: the `x5t#S256` confirmation).
+    Certificate(ClientCertificate),
+    /// Any certificate the client CA vouches for that carries this subject alternative name
+    /// (RFC 8705 §2.1.2).
+    Name(SubjectName),
+}
+
+impl ClientBinding {
+    /// Whether a connection that presented `client` (`None`: no certificate) may use a key
+    /// bound so.
+    pub fn admits(&self, client: Option<&ClientIdentity>) -> bool {
+        let Some(client) = client else { return false };
+        match self {
+            ClientBinding::Certificate(c) => client.certificate() == c,
+            ClientBinding::Name(n) => client.names().contains(n),
+        }
+    }
+}
+
+impl fmt::Display for ClientBinding {
+    /// As `palisade keys` writes it in the audit log: the option that makes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientBinding::Certificate(c) => write!(f, "--client-cert sha256:{c}"),
+            ClientBinding::Name(n) => write!(f, "--client-san {n}"),
+        }
+    }
+}
+
+/// The property the `client_identity` fuzz target checks: any bytes, read as a certificate,
+/// give an identity without a panic, and every name it presents is in canonical form (its text
+/// parses back to itself); any text that parses as a name prints as text that parses back to
+/// the same name.
+pub fn fuzz_property(data: &[u8]) {
+    let id = ClientIdentity::of_der(data);
+    for n in id.names() {
+        assert_eq!(n.to_string().parse::<SubjectName>().ok().as_ref(), Some(n));
+    }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(n) = text.parse::<SubjectName>()
+    {
+        assert_eq!(n.to_string().parse::<SubjectName>().ok(), Some(n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Result<SubjectName, KeyError> {
+        s.parse()
+    }
+
+    #[test]
+    fn names_parse_to_their_canonical_form() {
+        for (given, canonical) in [
+            ("dns:Scorer.Prod.Example.ORG", "dns:scorer.prod.example.org"),
+            ("dns:scorer.example.org.", "dns:scorer.example.org"),
+            ("DNS:a_b.internal", "dns:a_b.internal"),
+            (
+                "uri:spiffe://example.org/ns/prod/sa/Scorer",
+                "uri:spiffe://example.org/ns/prod/sa/Scorer",
+            ),
+            ("ip:10.0.0.7", "ip:10.0.0.7"),
+            ("ip:fd00:0:0::7", "ip:fd00::7"),
+            ("email:CI@Example.ORG", "email:CI@example.org"),
+        ] {
+            assert_eq!(name(given).unwrap().to_string(), canonical, "{given}");
+        }
+    }
+
+    #[test]
+    fn what_is_not_a_name_is_refused_and_says_why() {
+        for (given, why) in [
+            ("scorer.example.org", "no kind"),
+            ("host:scorer", "not a kind of name"),
+            ("dns:", "empty"),
+            ("dns:*.example.org", "wildcard"),
+            ("dns:a..b", "not a DNS name"),
+            ("dns:-", "not a DNS name"),
+            ("uri:/no/scheme", "not a URI"),
+            ("uri:spiffe://example.org/a b", "printable ASCII"),
+            ("ip:10.0.0.256", "not an IP address"),
+            ("email:nobody", "not an e-mail"),
+            ("email:a@b@c", "not an e-mail"),
+            ("dns:caf\u{e9}.example", "printable ASCII"),
+        ] {
+            let e = name(given).unwrap_err().to_string();
+            assert!(e.contains(why), "{given}: {e}");
+        }
+        let long = format!("uri:x:{}", "a".repeat(MAX_NAME));
+        assert!(name(&long).unwrap_err().to_string().contains("longer"));
+    }
+
+    fn cert_with(names: Vec<rcgen::SanType>) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = names;
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_certificate_presents_its_names_in_canonical_form_and_its_thumbprint() {
+        use rcgen::SanType;
+        let der = cert_with(vec![
+            SanType::DnsName("Scorer.Example.org".try_into().unwrap()),
+            SanType::URI("spiffe://example.org/scorer".try_into().unwrap()),
+            SanType::IpAddress("fd00::7".parse().unwrap()),
+            SanType::IpAddress("10.0.0.7".parse().unwrap()),
+            SanType::Rfc822Name("ci@EXAMPLE.org".try_into().unwrap()),
+            // Not a name any binding can take: left out.
+            SanType::DnsName("*.example.org".try_into().unwrap()),
+        ]);
+        let id = ClientIdentity::of_der(&der);
+        let shown: Vec<String> = id.names().iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "dns:scorer.example.org",
+                "uri:spiffe://example.org/scorer",
+                "ip:fd00::7",
+                "ip:10.0.0.7",
+                "email:ci@example.org"
+            ]
+        );
+        assert_eq!(*id.certificate(), ClientCertificate::of_der(&der));
+        for n in &shown {
+            assert!(
+                ClientBinding::Name(n.parse().unwrap()).admits(Some(&id)),
+                "{n}"
+            );
+        }
+        assert!(!ClientBinding::Name(name("dns:other.example.org").unwrap()).admits(Some(&id)));
+        assert!(!ClientBinding::Name(name("dns:scorer.example.org").unwrap()).admits(None));
+        assert!(ClientBinding::Certificate(ClientCertificate::of_der(&der)).admits(Some(&id)));
+    }
+
+    #[test]
+    fn a_name_of_one_kind_does_not_match_the_same_text_of_another() {
+        use rcgen::SanType;
+        let id = ClientIdentity::of_der(&cert_with(vec![SanType::DnsName(
+            "scorer".try_into().unwrap(),
+        )]));
+        assert!(ClientBinding::Name(name("dns:scorer").unwrap()).admits(Some(&id)));
+        assert!(!ClientBinding::Name(name("uri:scorer:x").unwrap()).admits(Some(&id)));
+        assert!(!ClientBinding::Name(name("email:scorer@x").unwrap()).admits(Some(&id)));
+    }
+
+    #[test]
+    fn the_fuzz_property_holds_for_certificates_and_names_here() {
+        use rcgen::SanType;
+        fuzz_property(&cert_with(vec![
+            SanType::DnsName("A.example".try_into().unwrap()),
+            SanType::IpAddress("::ffff:10.0.0.1".parse().unwrap()),
+        ]));
+        for text in [
+            "dns:A.example.",
+            "ip:0:0::1",
+            "email:x@Y",
+            "uri:s:x",
+            "ip:1.2.3",
+        ] {
+            fuzz_property(text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_certificate_present_no_names() {
+        let id = ClientIdentity::of_der(b"not a certificate");
+        assert!(id.names().is_empty());
+        assert_eq!(
+            *id.certificate(),
+            ClientCertificate::of_der(b"not a certificate")
+        );
+    }
+}
