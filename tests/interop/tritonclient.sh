@@ -6,7 +6,8 @@
 # over TLS (`serve --tls-cert --tls-key`, a CA made here with Python's cryptography): HTTP with
 # `ssl=True` and gRPC with `ssl=True, root_certificates=`, gRPC with a deadline
 # (`client_timeout`, sent as grpc-timeout) and HTTP with the request `timeout` parameter. Then
-# over mutual TLS with a key bound to a client certificate (`keys create --client-cert`).
+# over mutual TLS with a key bound to a client certificate (`keys create --client-cert`) and one
+# bound to its SPIFFE ID (`--client-san`), served with a renewed certificate too.
 #
 # Usage: bash tests/interop/tritonclient.sh [--prepare]   (creates .venv-interop; needs python3 and cargo)
 set -euo pipefail
@@ -136,11 +137,13 @@ open(f"{out}/ca.pem", "wb").write(ca.public_bytes(serialization.Encoding.PEM))
 open(f"{out}/cert.pem", "wb").write(leaf.public_bytes(serialization.Encoding.PEM))
 open(f"{out}/key.pem", "wb").write(key.private_bytes(serialization.Encoding.PEM,
     serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-# Two client certificates of the same CA, for mutual TLS: alice's, to which a key is bound, and
-# mallory's.
-for who in ["alice", "mallory"]:
+# Client certificates of the same CA, for mutual TLS, each with a SPIFFE ID: alice's, to which a
+# key is bound, her renewed one (a new key pair, the same SPIFFE ID), and mallory's.
+for who in ["alice", "alice-renewed", "mallory"]:
     k = ec.generate_private_key(ec.SECP256R1())
-    c = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, who)]), k, ca_name, ca_key, False)
+    spiffe = f"spiffe://palisade.interop/{who.split('-')[0]}"
+    c = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, who)]), k, ca_name, ca_key, False,
+             [x509.UniformResourceIdentifier(spiffe)])
     open(f"{out}/{who}.pem", "wb").write(c.public_bytes(serialization.Encoding.PEM))
     open(f"{out}/{who}-key.pem", "wb").write(k.private_bytes(serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
@@ -205,9 +208,13 @@ kill -TERM $PID; wait $PID || true
 
 # Mutual TLS (`serve --tls-client-ca`), with a key bound to alice's certificate (`keys create
 # --client-cert`): served to alice over HTTP and gRPC, refused to mallory (same CA, other
-# certificate) with 401 / UNAUTHENTICATED, and no handshake without a certificate.
+# certificate) with 401 / UNAUTHENTICATED, and no handshake without a certificate. And a key
+# bound to alice's SPIFFE ID (`--client-san`): served with her certificate and with its renewal,
+# refused to mallory.
 "$BIN" --json keys create --state "$STATE/mtls" --name alice --role 'query:*' \
     --client-cert "$STATE/alice.pem" > "$STATE/alice-key.json" 2> /dev/null
+"$BIN" --json keys create --state "$STATE/mtls" --name alice-spiffe --role 'query:*' \
+    --client-san uri:spiffe://palisade.interop/alice > "$STATE/alice-san-key.json" 2> /dev/null
 "$BIN" --json serve --state "$STATE/mtls" --listen "127.0.0.1:$HTTP_PORT" \
     --grpc-listen "127.0.0.1:$GRPC_PORT" --tls-cert "$STATE/cert.pem" --tls-key "$STATE/key.pem" \
     --tls-client-ca "$STATE/ca.pem" > /dev/null 2> "$STATE/mtls.log" &
@@ -226,7 +233,8 @@ import tritonclient.grpc as tg
 from tritonclient.utils import InferenceServerException
 state, http_port, grpc_port = sys.argv[1:]
 ca = f"{state}/ca.pem"
-key = json.load(open(f"{state}/alice-key.json"))["key"]
+cert_key = json.load(open(f"{state}/alice-key.json"))["key"]
+san_key = json.load(open(f"{state}/alice-san-key.json"))["key"]
 x = np.load("data/reference-parity/public_attacks_x16.npy").astype(np.float32)
 ref = np.load("data/reference-parity/public_attacks_logits16.npy").astype(np.float32)
 def https(who):
@@ -236,27 +244,35 @@ def grpcs(who):
     return tg.InferenceServerClient(url=f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=ca,
                                     private_key=f"{state}/{who}-key.pem",
                                     certificate_chain=f"{state}/{who}.pem")
-def infer_http(who):
+def infer_http(who, key=cert_key):
     i = th.InferInput("input", list(x.shape), "FP32")
     i.set_data_from_numpy(x, binary_data=True)
     return https(who).infer("mnist", [i], headers={"Authorization": f"Bearer {key}"}).as_numpy("logits")
-def infer_grpc(who):
+def infer_grpc(who, key=cert_key):
     i = tg.InferInput("input", list(x.shape), "FP32")
     i.set_data_from_numpy(x)
     return grpcs(who).infer("mnist", [i], headers={"authorization": f"Bearer {key}"}).as_numpy("logits")
-for name, y in [("https+cert", infer_http("alice")), ("grpc+cert", infer_grpc("alice"))]:
+served = [("https+cert", infer_http("alice")), ("grpc+cert", infer_grpc("alice"))]
+for who in ["alice", "alice-renewed"]:
+    served += [(f"https+san {who}", infer_http(who, san_key)),
+               (f"grpc+san {who}", infer_grpc(who, san_key))]
+for name, y in served:
     d = float(np.abs(y - ref).max())
-    print(f"{name:12s} shape {y.shape} max |logits - pytorch| = {d:.2e}")
+    print(f"{name:24s} shape {y.shape} max |logits - pytorch| = {d:.2e}")
     assert y.shape == (16, 10) and d < 1e-4, name
-for name, call in [("https", infer_http), ("grpc", infer_grpc)]:
+refused = [("https", "alice-renewed", infer_http, cert_key), ("grpc", "alice-renewed", infer_grpc, cert_key)]
+for key in [cert_key, san_key]:
+    refused += [("https", "mallory", infer_http, key), ("grpc", "mallory", infer_grpc, key)]
+for name, who, call, key in refused:
     try:
-        call("mallory")
-        raise SystemExit(f"the key bound to alice's certificate was served to mallory over {name}")
+        call(who, key)
+        raise SystemExit(f"a key bound to alice was served to {who} over {name}")
     except InferenceServerException as e:
         status, message = str(e.status()), e.message() or ""
         assert status in ("401", "StatusCode.UNAUTHENTICATED"), (name, status, message)
         assert "bound to a client certificate" in message, (name, message)
-        print(f"{name}: mallory's certificate refused: {status}")
+        what = "certificate" if key == cert_key else "SPIFFE ID"
+        print(f"{name}: {who}'s certificate refused for the key bound to alice's {what}: {status}")
 # Without a client certificate there is no handshake.
 plain = th.InferenceServerClient(url=f"127.0.0.1:{http_port}", ssl=True,
                                  ssl_options={"ca_certs": ca}, connection_timeout=5, network_timeout=5)
@@ -267,7 +283,7 @@ except SystemExit:
     raise
 except Exception as e:
     print("no client certificate, no handshake:", type(e).__name__)
-print("OK: tritonclient over mutual TLS, with a key bound to its certificate")
+print("OK: tritonclient over mutual TLS, with keys bound to its certificate and to its SPIFFE ID")
 PY
 kill -TERM $PID; wait $PID || true
 "$BIN" audit verify --state "$STATE/mtls"
