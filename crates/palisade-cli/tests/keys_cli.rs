@@ -205,7 +205,7 @@ fn keys_bind_to_client_certificates() {
     let shown = palisade(dir.path(), &["keys", "identity", renewed.to_str().unwrap()]);
     assert_eq!(
         shown,
-        serde_json::json!({"client_cert_sha256": renewed_sha, "names": ["dns:alice-renewed"]})
+        serde_json::json!({"client_cert_sha256": renewed_sha, "client_san": ["dns:alice-renewed"]})
     );
     let by_name = palisade(
         dir.path(),

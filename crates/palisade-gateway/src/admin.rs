@@ -122,7 +122,8 @@ fn binding(
     Ok(match (thumbprint, name) {
         (Some(_), Some(_)) => {
             return Err(KeyError::Invalid(
-                "a key is bound to a certificate (client_cert_sha256) or to a name                  (client_san), not both"
+                "a key is bound to a certificate (client_cert_sha256) or to a name \
+                 (client_san), not both"
                     .into(),
             ));
         }
@@ -567,6 +568,19 @@ mod tests {
     async fn body_text(r: Response) -> String {
         let b = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
         String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    /// Review: the refusal of both bindings has a run of 18 spaces in the middle of its
+    /// sentence (a line break in the literal without a `\` continuation), and the admin API
+    /// answers it as is.
+    #[test]
+    fn review_the_refusal_of_both_bindings_reads_as_one_sentence() {
+        let thumb = "ab".repeat(32);
+        let e = binding(Some(&thumb), Some("dns:scorer.example.org"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not both"), "{e}");
+        assert!(!e.contains("  "), "{e:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

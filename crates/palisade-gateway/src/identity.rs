@@ -13,9 +13,10 @@
 //! certificate with that name to can use the key.
 //!
 //! Names compare exactly, after the canonical form each kind has here: DNS names and e-mail
-//! domains in lower case, IP addresses as parsed (`::1` and `0::1` are one address), URIs as
-//! written. No wildcards: a certificate for `*.example.org` presents the name `*.example.org`,
-//! which no binding can name.
+//! domains in lower case without a trailing dot, IP addresses as parsed (`::1` and `0::1` are
+//! one address; an IPv4-mapped IPv6 address, `::ffff:10.0.0.7`, is not `10.0.0.7`), URIs and
+//! e-mail local parts as written. No wildcards: a binding cannot name one, and a certificate's
+//! `*.example.org` is left out of the names it presents.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -110,15 +111,20 @@ pub enum NameKind {
     Ip,
     /// `rfc822Name`: `email:ci@example.org`.
     Email,
+    /// A name in the key database that this release cannot read (written by hand, or by a
+    /// later release): shown as stored, and no certificate presents it, so the key it binds
+    /// is refused. Never parsed from text.
+    Unreadable,
 }
 
 impl NameKind {
-    fn prefix(self) -> &'static str {
+    fn prefix(self) -> Option<&'static str> {
         match self {
-            NameKind::Dns => "dns",
-            NameKind::Uri => "uri",
-            NameKind::Ip => "ip",
-            NameKind::Email => "email",
+            NameKind::Dns => Some("dns"),
+            NameKind::Uri => Some("uri"),
+            NameKind::Ip => Some("ip"),
+            NameKind::Email => Some("email"),
+            NameKind::Unreadable => None,
         }
     }
 }
@@ -133,6 +139,34 @@ pub struct SubjectName {
 
 /// The longest name taken: longer than any DNS name (253) and than URIs in practice.
 const MAX_NAME: usize = 2048;
+
+/// A DNS name in canonical form (lower case, without a trailing dot); why not, if not one.
+fn dns_name(value: &str) -> Result<String, String> {
+    if value.contains('*') {
+        return Err(
+            "a wildcard is not bound to: bind the exact name the client's \
+                    certificate carries"
+                .into(),
+        );
+    }
+    let lower = value.to_ascii_lowercase();
+    let host = lower.strip_suffix('.').unwrap_or(&lower);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(
+            "not a DNS name (labels of letters, digits, '-' and '_', each 1 to 63 \
+                    long, not starting or ending with '-', joined by '.')"
+                .into(),
+        );
+    }
+    Ok(host.to_string())
+}
 
 impl SubjectName {
     /// A name of `kind` with `value`, checked and brought to its canonical form; why not, if
@@ -150,31 +184,7 @@ impl SubjectName {
             return Err("a name is printable ASCII without spaces".into());
         }
         let value = match kind {
-            NameKind::Dns => {
-                if value.contains('*') {
-                    return Err(
-                        "a wildcard is not bound to: bind the exact name the client's \
-                         certificate carries"
-                            .into(),
-                    );
-                }
-                let lower = value.to_ascii_lowercase();
-                let host = lower.strip_suffix('.').unwrap_or(&lower);
-                let label_ok = |l: &str| {
-                    (1..=63).contains(&l.len())
-                        && !l.starts_with('-')
-                        && !l.ends_with('-')
-                        && l.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                };
-                if host.len() > 253 || !host.split('.').all(label_ok) {
-                    return Err("not a DNS name (labels of letters, digits, '-' and '_', \
-                                each 1 to 63 long, not starting or ending with '-', joined \
-                                by '.')"
-                        .into());
-                }
-                host.to_string()
-            }
+            NameKind::Dns => dns_name(value)?,
             NameKind::Uri => {
                 let scheme = value.split_once(':').map(|(s, _)| s).unwrap_or("");
                 let mut bytes = scheme.bytes();
@@ -192,13 +202,14 @@ impl SubjectName {
                 .map_err(|_| "not an IP address".to_string())?
                 .to_string(),
             NameKind::Email => match value.split_once('@') {
-                Some((local, domain))
-                    if !local.is_empty() && !domain.is_empty() && !domain.contains('@') =>
-                {
-                    format!("{local}@{}", domain.to_ascii_lowercase())
+                Some((local, domain)) if !local.is_empty() && !domain.contains('@') => {
+                    let domain = dns_name(domain)
+                        .map_err(|why| format!("the e-mail address's domain: {why}"))?;
+                    format!("{local}@{domain}")
                 }
                 _ => return Err("not an e-mail address (one '@' between two parts)".into()),
             },
+            NameKind::Unreadable => return Err("not a kind of name".into()),
         };
         Ok(SubjectName { kind, value })
     }
@@ -213,55 +224,71 @@ impl SubjectName {
         &self.value
     }
 
-    /// The names a certificate's subject alternative names extension carries, in DER; names
-    /// this module cannot take (other kinds, or values that are not valid names) are left out:
-    /// no binding names them.
+    /// The names the subject alternative names extension of a certificate in DER carries.
+    /// Names this module cannot take (other kinds, values that are not valid names) are left
+    /// out, each on its own: the SAN is read entry by entry, so that one entry a stricter
+    /// parser would refuse (an `x400Address`, a `dNSName` with a byte past ASCII, which webpki
+    /// does not look into without name constraints) does not hide the others. A certificate
+    /// with two SAN extensions (RFC 5280 §4.2 allows one) presents none.
     fn of_certificate(der: &[u8]) -> Vec<SubjectName> {
-        use x509_cert::der::Decode as _;
+        use x509_cert::der::asn1::Any;
         use x509_cert::der::oid::AssociatedOid as _;
+        use x509_cert::der::{Decode as _, Tag, Tagged as _};
         use x509_cert::ext::pkix::SubjectAltName;
-        use x509_cert::ext::pkix::name::GeneralName;
         let Ok(cert) = x509_cert::Certificate::from_der(der) else {
             return Vec::new();
         };
-        let mut names = Vec::new();
         let extensions = cert.tbs_certificate.extensions.unwrap_or_default();
-        for ext in extensions
+        let mut sans = extensions
             .iter()
-            .filter(|e| e.extn_id == SubjectAltName::OID)
-        {
-            let Ok(san) = SubjectAltName::from_der(ext.extn_value.as_bytes()) else {
-                continue;
-            };
-            for name in san.0 {
-                let got = match &name {
-                    GeneralName::DnsName(s) => SubjectName::new(NameKind::Dns, s.as_str()),
-                    GeneralName::UniformResourceIdentifier(s) => {
-                        SubjectName::new(NameKind::Uri, s.as_str())
-                    }
-                    GeneralName::Rfc822Name(s) => SubjectName::new(NameKind::Email, s.as_str()),
-                    GeneralName::IpAddress(o) => {
-                        let ip = match o.as_bytes() {
-                            b if b.len() == 4 => <[u8; 4]>::try_from(b).map(IpAddr::from).ok(),
-                            b if b.len() == 16 => <[u8; 16]>::try_from(b).map(IpAddr::from).ok(),
-                            _ => None,
-                        };
-                        match ip {
-                            Some(ip) => Ok(SubjectName {
-                                kind: NameKind::Ip,
-                                value: ip.to_string(),
-                            }),
-                            None => continue,
-                        }
-                    }
-                    _ => continue,
+            .filter(|e| e.extn_id == SubjectAltName::OID);
+        let (Some(san), None) = (sans.next(), sans.next()) else {
+            return Vec::new();
+        };
+        // GeneralNames: a SEQUENCE of entries, each tagged with its kind (RFC 5280 §4.2.1.6).
+        let Ok(entries) = Vec::<Any>::from_der(san.extn_value.as_bytes()) else {
+            return Vec::new();
+        };
+        let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_string);
+        entries
+            .iter()
+            .filter_map(|entry| {
+                let Tag::ContextSpecific {
+                    constructed: false,
+                    number,
+                } = entry.tag()
+                else {
+                    return None;
                 };
-                if let Ok(n) = got {
-                    names.push(n);
+                let v = entry.value();
+                match number.value() {
+                    1 => SubjectName::new(NameKind::Email, &text(v)?).ok(),
+                    2 => SubjectName::new(NameKind::Dns, &text(v)?).ok(),
+                    6 => SubjectName::new(NameKind::Uri, &text(v)?).ok(),
+                    7 => {
+                        let ip = match v.len() {
+                            4 => IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
+                            16 => IpAddr::from(<[u8; 16]>::try_from(v).ok()?),
+                            _ => return None,
+                        };
+                        Some(SubjectName {
+                            kind: NameKind::Ip,
+                            value: ip.to_string(),
+                        })
+                    }
+                    _ => None,
                 }
-            }
+            })
+            .collect()
+    }
+
+    /// A name read from the key database that does not parse as one (written by hand, or by
+    /// a later release that takes more forms): kept as it is, and matching no certificate.
+    pub(crate) fn unreadable(stored: &str) -> Self {
+        SubjectName {
+            kind: NameKind::Unreadable,
+            value: stored.to_string(),
         }
-        names
     }
 }
 
@@ -290,7 +317,10 @@ impl FromStr for SubjectName {
 
 impl fmt::Display for SubjectName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.kind.prefix(), self.value)
+        match self.kind.prefix() {
+            Some(kind) => write!(f, "{kind}:{}", self.value),
+            None => f.write_str(&self.value),
+        }
     }
 }
 
@@ -313,8 +343,9 @@ struct Presented {
 
 impl ClientIdentity {
     /// The identity of a client certificate in DER (the leaf of the chain the client sent). A
-    /// certificate whose extensions do not parse presents no names (rustls has checked it
-    /// against the client CA by then, so that does not happen with a certificate it took).
+    /// certificate that does not parse presents no names; one entry of its SAN that does not
+    /// is left out (see [`SubjectName`]'s reading of certificates); a key bound to a name is
+    /// then refused, never admitted.
     pub fn of_der(der: &[u8]) -> Self {
         ClientIdentity(Arc::new(Presented {
             certificate: ClientCertificate::of_der(der),
@@ -371,7 +402,8 @@ impl ClientBinding {
 }
 
 impl fmt::Display for ClientBinding {
-    /// As `palisade keys` writes it in the audit log: the option that makes it.
+    /// As the audit log's entries of key changes name it: `--client-cert sha256:<hex>` (the
+    /// certificate's thumbprint, where the command took its file) or `--client-san <name>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientBinding::Certificate(c) => write!(f, "--client-cert sha256:{c}"),
@@ -417,6 +449,7 @@ mod tests {
             ("ip:10.0.0.7", "ip:10.0.0.7"),
             ("ip:fd00:0:0::7", "ip:fd00::7"),
             ("email:CI@Example.ORG", "email:CI@example.org"),
+            ("email:CI@Example.ORG.", "email:CI@example.org"),
         ] {
             assert_eq!(name(given).unwrap().to_string(), canonical, "{given}");
         }
@@ -436,6 +469,8 @@ mod tests {
             ("ip:10.0.0.256", "not an IP address"),
             ("email:nobody", "not an e-mail"),
             ("email:a@b@c", "not an e-mail"),
+            ("email:a@*.example.org", "wildcard"),
+            ("email:a@", "domain"),
             ("dns:caf\u{e9}.example", "printable ASCII"),
         ] {
             let e = name(given).unwrap_err().to_string();
@@ -514,6 +549,83 @@ mod tests {
             "ip:1.2.3",
         ] {
             fuzz_property(text.as_bytes());
+        }
+    }
+
+    /// The DER of a subjectAltName extension's value: a SEQUENCE of GeneralNames, each given
+    /// as its (context-specific) tag and contents (short forms only).
+    fn san_der(names: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (tag, v) in names {
+            body.push(*tag);
+            body.push(v.len() as u8);
+            body.extend_from_slice(v);
+        }
+        let mut out = vec![0x30, body.len() as u8];
+        out.extend(body);
+        out
+    }
+
+    /// A self-signed certificate whose subjectAltName extensions are exactly `exts` (rcgen adds
+    /// none of its own when `subject_alt_names` is empty).
+    fn cert_with_raw_sans(exts: &[Vec<u8>]) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::default();
+        for e in exts {
+            p.custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(
+                    &[2, 5, 29, 17],
+                    e.clone(),
+                ));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// RFC 5280 §4.2: a certificate MUST NOT include more than one instance of an extension
+    /// (webpki refuses such a certificate, `ExtensionValueInvalid`). `of_certificate` reads
+    /// every SAN extension and presents the names of all of them, so what `keys identity`
+    /// shows, and what a binding is checked against, is a set of names no verifier vouched for.
+    #[test]
+    fn review_a_certificate_with_two_san_extensions_presents_no_names() {
+        let uri = |s: &str| san_der(&[(0x86, s.as_bytes())]);
+        let der = cert_with_raw_sans(&[
+            uri("spiffe://example.org/ns/prod/sa/alice"),
+            uri("spiffe://example.org/ns/prod/sa/admin"),
+        ]);
+        let id = ClientIdentity::of_der(&der);
+        assert!(
+            id.names().is_empty(),
+            "a certificate with two SAN extensions presented {:?}",
+            id.names()
+        );
+    }
+
+    /// `of_der` says a certificate rustls took always has extensions x509-cert can read. Not
+    /// so: webpki does not look inside SAN entries of a client certificate (without name
+    /// constraints), but x509-cert refuses the whole extension for one entry it cannot decode
+    /// (an x400Address, which it has no variant for; a dNSName with a byte over 0x7F), and the
+    /// certificate then presents none of its names, its SPIFFE ID included.
+    #[test]
+    fn review_one_entry_x509_cert_cannot_decode_does_not_hide_the_other_names() {
+        let spiffe: &[u8] = b"spiffe://example.org/ns/prod/sa/scorer";
+        for (what, other) in [
+            ("x400Address", (0xa3u8, &[0x30u8, 0x00][..])),
+            (
+                "non-ASCII dNSName",
+                (0x82u8, "caf\u{e9}.example".as_bytes()),
+            ),
+        ] {
+            let der = cert_with_raw_sans(&[san_der(&[(0x86, spiffe), other])]);
+            let shown: Vec<String> = ClientIdentity::of_der(&der)
+                .names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            assert_eq!(
+                shown,
+                ["uri:spiffe://example.org/ns/prod/sa/scorer"],
+                "with an {what} beside it"
+            );
         }
     }
 

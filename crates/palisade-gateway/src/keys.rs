@@ -827,18 +827,13 @@ impl SqliteKeyStore {
         let client_cert = row
             .get::<_, Option<Vec<u8>>>(9)?
             .map(|b| ClientCertificate(<[u8; 32]>::try_from(b.as_slice()).unwrap_or([0xff; 32])));
-        // Nor is a name that does not parse: an error (the key refused, and said why), not an
-        // unbound key.
-        let client_san = match row.get::<_, Option<String>>(10)? {
-            None => None,
-            Some(text) => Some(text.parse::<SubjectName>().map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    10,
-                    rusqlite::types::Type::Text,
-                    format!("key {id}'s client_san: {e}").into(),
-                )
-            })?),
-        };
+        // Nor is a name that does not parse: read as bound to a name no certificate presents
+        // (the key refused), not as unbound, and not as an error, which would keep the key from
+        // being listed or revoked, and every other key from being listed (review).
+        let client_san = row.get::<_, Option<String>>(10)?.map(|text| {
+            text.parse::<SubjectName>()
+                .unwrap_or_else(|_| SubjectName::unreadable(&text))
+        });
         Ok((
             KeyRecord {
                 id,
@@ -1017,6 +1012,18 @@ impl KeyStore for SqliteKeyStore {
             cache.keys.insert(id.to_string(), (Arc::new(rec), hash));
         }
         let (rec, hash) = &cache.keys[id];
+        if rec
+            .client_san
+            .as_ref()
+            .is_some_and(|n| n.kind() == NameKind::Unreadable)
+        {
+            tracing::warn!(
+                key = %rec.id,
+                client_san = %rec.client_san.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+                "a key bound to a name this release cannot read is refused (revoke it, or run \
+                 the release that wrote it)"
+            );
+        }
         if !ct_eq(hash, &hash_key(presented, rec.binding().as_ref())) {
             return Ok(Authn::Unknown(Some(rec.id.clone())));
         }
@@ -2258,12 +2265,32 @@ mod tests {
     }
 
     #[test]
-    fn a_name_the_store_cannot_read_refuses_the_key_and_says_why() {
+    fn a_name_the_store_cannot_read_refuses_the_key_and_is_shown_as_stored() {
+        let (dir, k, _) = a_store_with_an_unreadable_name();
+        let path = dir.path().join("keys.db");
+        let s = SqliteKeyStore::open(&path).unwrap();
+        // No certificate presents it, whatever its names.
+        let outcome = s
+            .authenticate_from(&k.key, Some(&presenting(&["scorer.example.org"])), T0)
+            .unwrap();
+        assert!(!matches!(outcome, Authn::Valid(_)), "{outcome:?}");
+        let found = s.find(&k.record.id).unwrap().unwrap();
+        let shown = found.client_san.unwrap();
+        assert_eq!(
+            (shown.kind(), shown.to_string()),
+            (NameKind::Unreadable, "dns:*".into())
+        );
+    }
+
+    /// A store with a plain key and a key whose stored name was edited into one that does not
+    /// parse.
+    fn a_store_with_an_unreadable_name() -> (tempfile::TempDir, NewKey, NewKey) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.db");
         let s = SqliteKeyStore::open(&path).unwrap();
+        let plain = s.create("plain", &[Role::Audit], None, T0).unwrap();
         let name: SubjectName = "dns:scorer.example.org".parse().unwrap();
-        let k = s
+        let bad = s
             .create_bound(
                 "n",
                 &[Role::Audit],
@@ -2277,15 +2304,34 @@ mod tests {
             .unwrap()
             .execute(
                 "UPDATE keys SET client_san = 'dns:*' WHERE id = ?1",
-                params![k.record.id],
+                params![bad.record.id],
             )
             .unwrap();
-        let s = SqliteKeyStore::open(&path).unwrap();
-        let e = s
-            .authenticate_from(&k.key, Some(&presenting(&["scorer.example.org"])), T0)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("client_san") && e.contains(&k.record.id), "{e}");
+        (dir, bad, plain)
+    }
+
+    #[test]
+    fn review_a_key_whose_stored_name_does_not_parse_can_still_be_revoked() {
+        let (dir, bad, _) = a_store_with_an_unreadable_name();
+        let s = SqliteKeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let revoked = s.revoke(&bad.record.id, T0 + 1);
+        assert!(matches!(revoked, Ok(true)), "revoke: {revoked:?}");
+    }
+
+    /// Review: one such row makes `list` fail as a whole, so `palisade keys list`, the admin
+    /// API's list and `palisade serve` without `--tls-client-ca` (which lists the keys to warn
+    /// about bound ones, `serve.rs`) all fail because of one key.
+    #[test]
+    fn review_one_stored_name_that_does_not_parse_does_not_hide_every_key() {
+        let (dir, _, plain) = a_store_with_an_unreadable_name();
+        let s = SqliteKeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let listed = s.list();
+        assert!(
+            listed
+                .as_ref()
+                .is_ok_and(|l| l.iter().any(|k| k.id == plain.record.id)),
+            "list: {listed:?}"
+        );
     }
 
     #[test]
@@ -2343,7 +2389,7 @@ mod tests {
     }
 
     /// The schema refusal that keeps a gateway which does not know bindings from accepting a
-    /// bound key without its certificate (`schema::KEYS`, 2) is made only when the file is
+    /// bound key without its certificate (`schema::KEYS_CERT_BOUND`, 2, and `schema::KEYS`, 3) is made only when the file is
     /// opened. A gateway already running when a later Palisade takes the file over (a rolling
     /// upgrade of gateways sharing `keys.db`, or `palisade keys create --client-cert` from a newer
     /// CLI next to an older `serve`) goes on serving the file's keys, new ones included, reading

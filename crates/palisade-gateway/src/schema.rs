@@ -16,8 +16,9 @@ pub(crate) const KEYS: i64 = 3;
 /// The schema of a `keys.db` in which a key was bound to a client certificate but none to a
 /// name: the release before name bindings reads it as its own.
 pub(crate) const KEYS_CERT_BOUND: i64 = 2;
-/// The schema of a `keys.db` in which no key was ever bound to a client certificate: the
-/// columns are there, unused, and the release before bindings reads the file as its own.
+/// The schema of a `keys.db` in which no key was ever bound (to a client certificate or a
+/// name): the columns are there, unused, and the release before bindings reads the file as its
+/// own.
 pub(crate) const KEYS_UNBOUND: i64 = 1;
 /// The schema of the audit log's database.
 pub(crate) const AUDIT: i64 = 1;

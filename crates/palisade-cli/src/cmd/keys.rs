@@ -131,7 +131,8 @@ fn binding(
 #[derive(serde::Serialize)]
 struct Shown {
     client_cert_sha256: ClientCertificate,
-    names: Vec<SubjectName>,
+    /// The names a key can be bound to (`--client-san`).
+    client_san: Vec<SubjectName>,
 }
 
 /// How a new key is shown.
@@ -183,14 +184,14 @@ fn show_identity(ctx: &Ctx, cert: &std::path::Path) -> anyhow::Result<Outcome> {
     let id = identity(cert)?;
     let shown = Shown {
         client_cert_sha256: *id.certificate(),
-        names: id.names().to_vec(),
+        client_san: id.names().to_vec(),
     };
     ctx.emit(&shown, |s| {
         let mut out = format!("client_cert_sha256 {}", s.client_cert_sha256);
-        if s.names.is_empty() {
+        if s.client_san.is_empty() {
             out.push_str("\n(no subject alternative name a key can be bound to)");
         }
-        for n in &s.names {
+        for n in &s.client_san {
             out.push_str(&format!("\nclient_san         {n}"));
         }
         out
