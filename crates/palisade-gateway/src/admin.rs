@@ -574,7 +574,7 @@ mod tests {
     /// sentence (a line break in the literal without a `\` continuation), and the admin API
     /// answers it as is.
     #[test]
-    fn review_the_refusal_of_both_bindings_reads_as_one_sentence() {
+    fn the_refusal_of_both_bindings_reads_as_one_sentence() {
         let thumb = "ab".repeat(32);
         let e = binding(Some(&thumb), Some("dns:scorer.example.org"))
             .unwrap_err()

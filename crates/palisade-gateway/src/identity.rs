@@ -586,7 +586,7 @@ mod tests {
     /// every SAN extension and presents the names of all of them, so what `keys identity`
     /// shows, and what a binding is checked against, is a set of names no verifier vouched for.
     #[test]
-    fn review_a_certificate_with_two_san_extensions_presents_no_names() {
+    fn a_certificate_with_two_san_extensions_presents_no_names() {
         let uri = |s: &str| san_der(&[(0x86, s.as_bytes())]);
         let der = cert_with_raw_sans(&[
             uri("spiffe://example.org/ns/prod/sa/alice"),
@@ -606,7 +606,7 @@ mod tests {
     /// (an x400Address, which it has no variant for; a dNSName with a byte over 0x7F), and the
     /// certificate then presents none of its names, its SPIFFE ID included.
     #[test]
-    fn review_one_entry_x509_cert_cannot_decode_does_not_hide_the_other_names() {
+    fn one_entry_x509_cert_cannot_decode_does_not_hide_the_other_names() {
         let spiffe: &[u8] = b"spiffe://example.org/ns/prod/sa/scorer";
         for (what, other) in [
             ("x400Address", (0xa3u8, &[0x30u8, 0x00][..])),

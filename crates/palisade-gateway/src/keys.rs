@@ -2311,7 +2311,7 @@ mod tests {
     }
 
     #[test]
-    fn review_a_key_whose_stored_name_does_not_parse_can_still_be_revoked() {
+    fn a_key_whose_stored_name_does_not_parse_can_still_be_revoked() {
         let (dir, bad, _) = a_store_with_an_unreadable_name();
         let s = SqliteKeyStore::open(&dir.path().join("keys.db")).unwrap();
         let revoked = s.revoke(&bad.record.id, T0 + 1);
@@ -2322,7 +2322,7 @@ mod tests {
     /// API's list and `palisade serve` without `--tls-client-ca` (which lists the keys to warn
     /// about bound ones, `serve.rs`) all fail because of one key.
     #[test]
-    fn review_one_stored_name_that_does_not_parse_does_not_hide_every_key() {
+    fn one_stored_name_that_does_not_parse_does_not_hide_every_key() {
         let (dir, _, plain) = a_store_with_an_unreadable_name();
         let s = SqliteKeyStore::open(&dir.path().join("keys.db")).unwrap();
         let listed = s.list();
