@@ -282,13 +282,19 @@ impl SubjectName {
             .collect()
     }
 
-    /// A name read from the key database that does not parse as one (written by hand, or by
-    /// a later release that takes more forms): kept as it is, and matching no certificate.
-    pub(crate) fn unreadable(stored: &str) -> Self {
-        SubjectName {
-            kind: NameKind::Unreadable,
-            value: stored.to_string(),
-        }
+    /// A name as stored (in the key database, or a key record's JSON): the name, if the text
+    /// parses and is in the canonical form this release writes; otherwise (written by hand, or
+    /// by a release with other forms) [`NameKind::Unreadable`], kept as it is and matching no
+    /// certificate. The stored hash of a bound key covers the text as stored, so a name read
+    /// into another form would fail its key as a forgery.
+    pub(crate) fn stored(text: &str) -> Self {
+        text.parse::<SubjectName>()
+            .ok()
+            .filter(|n| n.to_string() == text)
+            .unwrap_or_else(|| SubjectName {
+                kind: NameKind::Unreadable,
+                value: text.to_string(),
+            })
     }
 }
 
@@ -637,5 +643,119 @@ mod tests {
             *id.certificate(),
             ClientCertificate::of_der(b"not a certificate")
         );
+    }
+
+    fn tlv(tag: u8, v: &[u8]) -> Vec<u8> {
+        assert!(v.len() < 128);
+        let mut o = vec![tag, v.len() as u8];
+        o.extend_from_slice(v);
+        o
+    }
+
+    fn shown_of(der: &[u8]) -> Vec<String> {
+        ClientIdentity::of_der(der)
+            .names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    /// No entry but a primitive [1], [2], [6] or [7] presents a name; what hides inside
+    /// an OtherName, a directoryName's CN, an explicitly tagged (constructed) [2] or [6], an
+    /// IP with a mask, is not read.
+    #[test]
+    fn tag_confusions_present_nothing() {
+        let dns = b"admin.example.org";
+        let uri = b"spiffe://example.org/ns/prod/sa/admin";
+        let mut other = tlv(0x06, &[0x2a, 0x03, 0x04]);
+        other.extend(tlv(0xa0, &tlv(0x86, uri)));
+        let mut cn = tlv(0x06, &[0x55, 0x04, 0x03]);
+        cn.extend(tlv(0x0c, dns));
+        let dir_name = tlv(0xa4, &tlv(0x30, &tlv(0x31, &tlv(0x30, &cn))));
+        for (what, entry) in [
+            (
+                "constructed [2] (explicit IA5String)",
+                tlv(0xa2, &tlv(0x16, dns)),
+            ),
+            (
+                "constructed [6] (explicit IA5String)",
+                tlv(0xa6, &tlv(0x16, uri)),
+            ),
+            ("OtherName holding a [6]", tlv(0xa0, &other)),
+            ("directoryName with CN", dir_name),
+            ("x400Address holding a [2]", tlv(0xa3, &tlv(0x82, dns))),
+            ("ediPartyName holding a [2]", tlv(0xa5, &tlv(0x82, dns))),
+            ("registeredID", tlv(0x88, &[0x2a, 0x03])),
+            (
+                "iPAddress with mask",
+                tlv(0x87, &[10, 0, 0, 7, 255, 255, 255, 255]),
+            ),
+            ("application [2]", tlv(0x42, dns)),
+            ("private [2]", tlv(0xc2, dns)),
+            ("universal IA5String", tlv(0x16, dns)),
+        ] {
+            let der = cert_with_raw_sans(&[tlv(0x30, &entry)]);
+            assert!(shown_of(&der).is_empty(), "{what}: {:?}", shown_of(&der));
+        }
+        // High-tag-number form of [2], and a non-minimal length: the SAN is refused as a whole.
+        let mut high = vec![0x30, 2 + 2 + dns.len() as u8, 0x9f, 0x02, dns.len() as u8];
+        high.extend_from_slice(dns);
+        assert!(shown_of(&cert_with_raw_sans(&[high])).is_empty());
+        let mut long = vec![0x30, 3 + dns.len() as u8, 0x82, 0x81, dns.len() as u8];
+        long.extend_from_slice(dns);
+        assert!(shown_of(&cert_with_raw_sans(&[long])).is_empty());
+    }
+
+    /// A critical SAN reads as a non-critical one; a SAN-shaped value under another
+    /// OID (issuerAltName, or a private one) or nested in another extension presents nothing.
+    #[test]
+    fn san_elsewhere_or_critical() {
+        let san = tlv(0x30, &tlv(0x82, b"admin.example.org"));
+        let mut p = rcgen::CertificateParams::default();
+        let mut e = rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 17], san.clone());
+        e.set_criticality(true);
+        p.custom_extensions.push(e);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = p.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(shown_of(&der), ["dns:admin.example.org"]);
+
+        let mut whole_ext = tlv(0x06, &[0x55, 0x1d, 0x11]);
+        whole_ext.extend(tlv(0x04, &san));
+        for (oid, content) in [
+            (&[2u64, 5, 29, 18][..], san.clone()),
+            (&[1, 3, 6, 1, 4, 1, 99999, 1][..], tlv(0x30, &whole_ext)),
+        ] {
+            let mut p = rcgen::CertificateParams::default();
+            p.custom_extensions
+                .push(rcgen::CustomExtension::from_oid_content(oid, content));
+            let der = p.self_signed(&key).unwrap().der().to_vec();
+            assert!(shown_of(&der).is_empty(), "{oid:?}");
+        }
+    }
+
+    /// 2.5.29.17 with a non-minimal arc (55 1d 80 11, which webpki treats as an unknown
+    /// extension) is not read as the SAN, and does not count as a second one either.
+    #[test]
+    fn non_minimal_san_oid_is_not_the_san() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        // 2.5.29.145 encodes as 55 1d 81 11: patched to 55 1d 80 11 (the same length).
+        p.custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 145],
+                tlv(0x30, &tlv(0x82, b"admin.example.org")),
+            ));
+        p.custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[2, 5, 29, 17],
+                tlv(0x30, &tlv(0x82, b"scorer.example.org")),
+            ));
+        let mut der = p.self_signed(&key).unwrap().der().to_vec();
+        let at = der
+            .windows(5)
+            .position(|w| w == [0x06, 0x04, 0x55, 0x1d, 0x81])
+            .unwrap();
+        der[at + 4] = 0x80;
+        assert_eq!(shown_of(&der), ["dns:scorer.example.org"]);
     }
 }

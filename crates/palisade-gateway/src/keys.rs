@@ -168,7 +168,20 @@ pub use crate::identity::{
 };
 
 serde_as_text!(ClientCertificate);
-serde_as_text!(SubjectName);
+impl Serialize for SubjectName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Read as the key database reads it: a name that does not parse, or is not in canonical form,
+/// is [`NameKind::Unreadable`] (it matches no certificate), so that a record with one still
+/// reads back (second review).
+impl<'de> Deserialize<'de> for SubjectName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(SubjectName::stored(&String::deserialize(d)?))
+    }
+}
 
 /// What the store knows about a key (never the key itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -827,13 +840,15 @@ impl SqliteKeyStore {
         let client_cert = row
             .get::<_, Option<Vec<u8>>>(9)?
             .map(|b| ClientCertificate(<[u8; 32]>::try_from(b.as_slice()).unwrap_or([0xff; 32])));
-        // Nor is a name that does not parse: read as bound to a name no certificate presents
-        // (the key refused), not as unbound, and not as an error, which would keep the key from
-        // being listed or revoked, and every other key from being listed (review).
-        let client_san = row.get::<_, Option<String>>(10)?.map(|text| {
-            text.parse::<SubjectName>()
-                .unwrap_or_else(|_| SubjectName::unreadable(&text))
-        });
+        // Nor is a name that does not parse, or is not in the canonical form this release
+        // writes (the stored hash covers the text as stored, so a name read into another form
+        // would fail the key as a forgery; second review): read as bound to a name no
+        // certificate presents (the key refused), not as unbound, and not as an error, which
+        // would keep the key from being listed or revoked, and every other key from being
+        // listed (review).
+        let client_san = row
+            .get::<_, Option<String>>(10)?
+            .map(|text| SubjectName::stored(&text));
         Ok((
             KeyRecord {
                 id,
@@ -873,6 +888,17 @@ impl SqliteKeyStore {
     ) -> Result<NewKey, KeyError> {
         if roles.is_empty() {
             return Err(KeyError::Invalid("a key needs at least one role".into()));
+        }
+        // No new key is bound to a name no certificate can present: a rotation that would keep
+        // such a binding says so instead (second review).
+        if let Some(ClientBinding::Name(n)) = binding
+            && n.kind() == NameKind::Unreadable
+        {
+            return Err(KeyError::Invalid(format!(
+                "the key is bound to a name this release cannot read ({:?}): give the \
+                 successor a binding (--client-san or --client-cert), or revoke the key",
+                n.value()
+            )));
         }
         if name.is_empty() || name.chars().count() > 64 || name.contains(char::is_control) {
             return Err(KeyError::Invalid(
@@ -1012,20 +1038,22 @@ impl KeyStore for SqliteKeyStore {
             cache.keys.insert(id.to_string(), (Arc::new(rec), hash));
         }
         let (rec, hash) = &cache.keys[id];
-        if rec
+        if !ct_eq(hash, &hash_key(presented, rec.binding().as_ref())) {
+            return Ok(Authn::Unknown(Some(rec.id.clone())));
+        }
+        // Said only to the key's holder (the secret matched): a forger who knows the id would
+        // otherwise write a warning per request (second review).
+        if let Some(n) = rec
             .client_san
             .as_ref()
-            .is_some_and(|n| n.kind() == NameKind::Unreadable)
+            .filter(|n| n.kind() == NameKind::Unreadable)
         {
             tracing::warn!(
                 key = %rec.id,
-                client_san = %rec.client_san.as_ref().map(|n| n.to_string()).unwrap_or_default(),
-                "a key bound to a name this release cannot read is refused (revoke it, or run \
-                 the release that wrote it)"
+                client_san = ?n.value(),
+                "a key bound to a name this release cannot read is refused (revoke it, rebind \
+                 it with `keys rotate --client-san`, or run the release that wrote it)"
             );
-        }
-        if !ct_eq(hash, &hash_key(presented, rec.binding().as_ref())) {
-            return Ok(Authn::Unknown(Some(rec.id.clone())));
         }
         if rec.revoked_ms.is_some() {
             return Ok(Authn::Revoked(rec.id.clone()));
@@ -2285,12 +2313,22 @@ mod tests {
     /// A store with a plain key and a key whose stored name was edited into one that does not
     /// parse.
     fn a_store_with_an_unreadable_name() -> (tempfile::TempDir, NewKey, NewKey) {
+        with_stored_name("dns:scorer.example.org", "dns:*", false)
+    }
+
+    /// A store with a plain key and a key bound to the name `made`, then edited to `stored`,
+    /// its hash too if `rehash` (as if written so).
+    fn with_stored_name(
+        made: &str,
+        stored: &str,
+        rehash: bool,
+    ) -> (tempfile::TempDir, NewKey, NewKey) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.db");
         let s = SqliteKeyStore::open(&path).unwrap();
         let plain = s.create("plain", &[Role::Audit], None, T0).unwrap();
-        let name: SubjectName = "dns:scorer.example.org".parse().unwrap();
-        let bad = s
+        let name: SubjectName = made.parse().unwrap();
+        let bound = s
             .create_bound(
                 "n",
                 &[Role::Audit],
@@ -2300,14 +2338,25 @@ mod tests {
             )
             .unwrap();
         drop(s);
-        Connection::open(&path)
-            .unwrap()
-            .execute(
-                "UPDATE keys SET client_san = 'dns:*' WHERE id = ?1",
-                params![bad.record.id],
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE keys SET client_san = ?2 WHERE id = ?1",
+            params![bound.record.id, stored],
+        )
+        .unwrap();
+        if rehash {
+            let mut h = Sha256::new();
+            h.update(bound.key.as_bytes());
+            h.update(b"\0client-san\0");
+            h.update(stored.as_bytes());
+            let hash: [u8; 32] = h.finalize().into();
+            conn.execute(
+                "UPDATE keys SET hash = ?2 WHERE id = ?1",
+                params![bound.record.id, &hash[..]],
             )
             .unwrap();
-        (dir, bad, plain)
+        }
+        (dir, bound, plain)
     }
 
     #[test]
@@ -2500,5 +2549,93 @@ mod tests {
             s.check_totp(&k.record.id, wrong, t + 7),
             Err(KeyError::TotpLocked { .. })
         ));
+    }
+
+    /// A stored name that parses but is not in the canonical form this release writes (here
+    /// `email:ci@example.org.`, with the domain's trailing dot an unlanded commit kept), its key
+    /// hashed with that text: not read into another form, whose hash would fail the key's
+    /// holder as a forger, but as unreadable, so the holder is refused as the wrong client and
+    /// told why (second review).
+    #[test]
+    fn a_stored_name_not_in_canonical_form_refuses_its_key_as_the_wrong_client() {
+        let old_text = "email:ci@example.org.";
+        let (dir, k, _) = with_stored_name("email:ci@example.org", old_text, true);
+        let s = SqliteKeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = vec![rcgen::SanType::Rfc822Name(
+            "ci@example.org".try_into().unwrap(),
+        )];
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let client = ClientIdentity::of_der(p.self_signed(&kp).unwrap().der());
+        let outcome = s.authenticate_from(&k.key, Some(&client), T0).unwrap();
+        assert_eq!(outcome, Authn::WrongClient(k.record.id.clone()));
+        let shown = s.find(&k.record.id).unwrap().unwrap().client_san.unwrap();
+        assert_eq!(
+            (shown.kind(), shown.value()),
+            (NameKind::Unreadable, old_text)
+        );
+    }
+
+    /// A rotation that would keep a binding to a name this release cannot read is refused (its
+    /// successor could never be used here), saying why; one that rebinds is made (second
+    /// review).
+    #[test]
+    fn rotating_a_key_bound_to_an_unreadable_name_is_refused_unless_it_rebinds() {
+        let (dir, bad, _) = a_store_with_an_unreadable_name();
+        let s = SqliteKeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let rotated = s.rotate(&bad.record.id, Duration::from_secs(60), T0 + 1);
+        let e = rotated.map(|n| n.record).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read") && e.contains("--client-san"),
+            "{e}"
+        );
+        let name: SubjectName = "dns:scorer.example.org".parse().unwrap();
+        let rebound = s
+            .rotate_rebinding(
+                &bad.record.id,
+                Duration::from_secs(60),
+                Some(ClientBinding::Name(name.clone())),
+                T0 + 1,
+            )
+            .unwrap();
+        assert_eq!(rebound.record.client_san, Some(name));
+    }
+
+    /// A record with an unreadable name reads back from its JSON, the name still unreadable
+    /// (second review).
+    #[test]
+    fn a_record_with_an_unreadable_name_round_trips_through_serde() {
+        let (dir, bad, _) = a_store_with_an_unreadable_name();
+        let s = SqliteKeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let rec = s.find(&bad.record.id).unwrap().unwrap();
+        let json = serde_json::to_string(&rec).unwrap();
+        let back = serde_json::from_str::<KeyRecord>(&json);
+        assert_eq!(back.unwrap(), rec, "{json}");
+    }
+
+    /// The "cannot read" warning is for the key's holder only: one who knows the id (it is not
+    /// secret) and makes up a secret writes no warning per request (second review).
+    #[test]
+    fn no_warning_for_a_forged_key_with_an_unreadable_name() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (dir, bad, _) = a_store_with_an_unreadable_name();
+        let s = SqliteKeyStore::open(&dir.path().join("keys.db")).unwrap();
+        let forged = format!("pal_{}_not-the-secret", bad.record.id);
+        let n = Arc::new(AtomicUsize::new(0));
+        let counted = n.clone();
+        let count = crate::test_support::OnWarn(Box::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        tracing::subscriber::with_default(count, || {
+            for _ in 0..100 {
+                let o = s.authenticate_from(&forged, None, T0).unwrap();
+                assert!(matches!(o, Authn::Unknown(_)), "{o:?}");
+            }
+        });
+        assert_eq!(
+            n.load(Ordering::SeqCst),
+            0,
+            "WARN lines for 100 forged keys"
+        );
     }
 }

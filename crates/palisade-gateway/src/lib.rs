@@ -97,6 +97,30 @@ pub mod tls;
 #[cfg(feature = "tract")]
 pub mod tract_runtime;
 
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A tracing subscriber that runs its function on each warning logged.
+    pub(crate) struct OnWarn(pub(crate) Box<dyn Fn() + Send + Sync>);
+
+    impl tracing::Subscriber for OnWarn {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, e: &tracing::Event<'_>) {
+            if *e.metadata().level() == tracing::Level::WARN {
+                (self.0)();
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+}
+
 pub use listen::{ServeOptions, serve, serve_tls_with, serve_with};
 pub use model::{ModelRepository, ServedModel};
 pub use policy::{Count, Policy};

@@ -1175,6 +1175,7 @@ mod tests {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
+    use crate::test_support::OnWarn;
 
     #[test]
     fn the_open_files_limit_is_raised_to_the_hard_one() {
@@ -1408,27 +1409,6 @@ mod tests {
             }
         }
         assert!(got > SIZE, "the response was cut after {got} bytes");
-    }
-
-    /// Runs its function on each warning logged.
-    struct OnWarn(Box<dyn Fn() + Send + Sync>);
-
-    impl tracing::Subscriber for OnWarn {
-        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-            true
-        }
-        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-            tracing::span::Id::from_u64(1)
-        }
-        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-        fn event(&self, e: &tracing::Event<'_>) {
-            if *e.metadata().level() == tracing::Level::WARN {
-                (self.0)();
-            }
-        }
-        fn enter(&self, _: &tracing::span::Id) {}
-        fn exit(&self, _: &tracing::span::Id) {}
     }
 
     /// A flood of connections at the bound is logged once, not once a connection (review: a
