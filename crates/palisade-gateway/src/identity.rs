@@ -70,20 +70,15 @@ impl FromStr for ClientCertificate {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
         let digits: String = s.trim().chars().filter(|c| *c != ':').collect();
-        let bad = || {
-            KeyError::Invalid(format!(
-                "'{s}' is not a SHA-256 certificate thumbprint (64 hex digits, colons allowed)"
-            ))
-        };
-        // Hex digits only: `from_str_radix` alone would also take a sign (`+f`; review).
-        if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(ClientCertificate(out))
+        // Hex digits only, either case (no sign: `+f` is refused; review).
+        crate::hexfmt::decode_32(&digits)
+            .map(ClientCertificate)
+            .ok_or_else(|| {
+                KeyError::Invalid(format!(
+                    "'{s}' is not a SHA-256 certificate thumbprint (64 hex digits, colons \
+                     allowed)"
+                ))
+            })
     }
 }
 
@@ -118,6 +113,10 @@ pub enum NameKind {
 }
 
 impl NameKind {
+    /// The kinds a name can be written as.
+    const WRITTEN: [NameKind; 4] = [NameKind::Dns, NameKind::Uri, NameKind::Ip, NameKind::Email];
+
+    /// The kind's prefix in a written name (`None`: not written so).
     fn prefix(self) -> Option<&'static str> {
         match self {
             NameKind::Dns => Some("dns"),
@@ -249,7 +248,6 @@ impl SubjectName {
         let Ok(entries) = Vec::<Any>::from_der(san.extn_value.as_bytes()) else {
             return Vec::new();
         };
-        let text = |v: &[u8]| std::str::from_utf8(v).ok().map(str::to_string);
         entries
             .iter()
             .filter_map(|entry| {
@@ -262,9 +260,9 @@ impl SubjectName {
                 };
                 let v = entry.value();
                 match number.value() {
-                    1 => SubjectName::new(NameKind::Email, &text(v)?).ok(),
-                    2 => SubjectName::new(NameKind::Dns, &text(v)?).ok(),
-                    6 => SubjectName::new(NameKind::Uri, &text(v)?).ok(),
+                    1 => SubjectName::new(NameKind::Email, std::str::from_utf8(v).ok()?).ok(),
+                    2 => SubjectName::new(NameKind::Dns, std::str::from_utf8(v).ok()?).ok(),
+                    6 => SubjectName::new(NameKind::Uri, std::str::from_utf8(v).ok()?).ok(),
                     7 => {
                         let ip = match v.len() {
                             4 => IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
@@ -310,12 +308,11 @@ impl FromStr for SubjectName {
         let Some((kind, value)) = s.split_once(':') else {
             return Err(bad("it has no kind"));
         };
-        let kind = match kind.to_ascii_lowercase().as_str() {
-            "dns" => NameKind::Dns,
-            "uri" => NameKind::Uri,
-            "ip" => NameKind::Ip,
-            "email" => NameKind::Email,
-            _ => return Err(bad(&format!("'{kind}' is not a kind of name"))),
+        let Some(kind) = NameKind::WRITTEN
+            .into_iter()
+            .find(|k| k.prefix().is_some_and(|p| p.eq_ignore_ascii_case(kind)))
+        else {
+            return Err(bad(&format!("'{kind}' is not a kind of name")));
         };
         SubjectName::new(kind, value).map_err(|why| bad(&why))
     }
