@@ -114,23 +114,15 @@ struct CreateKey {
     client_san: Option<String>,
 }
 
-/// The binding a request asks for: a thumbprint or a name, parsed; both at once is refused.
+/// The binding a request asks for: a thumbprint or a name, parsed ([`ClientBinding::one_of`]).
 fn binding(
     thumbprint: Option<&str>,
     name: Option<&str>,
 ) -> Result<Option<ClientBinding>, KeyError> {
-    Ok(match (thumbprint, name) {
-        (Some(_), Some(_)) => {
-            return Err(KeyError::Invalid(
-                "a key is bound to a certificate (client_cert_sha256) or to a name \
-                 (client_san), not both"
-                    .into(),
-            ));
-        }
-        (Some(t), None) => Some(ClientBinding::Certificate(t.parse()?)),
-        (None, Some(n)) => Some(ClientBinding::Name(n.parse()?)),
-        (None, None) => None,
-    })
+    ClientBinding::one_of(
+        thumbprint.map(str::parse).transpose()?,
+        name.map(str::parse).transpose()?,
+    )
 }
 
 /// Runs `f` off the async workers ([`off_worker_if`]): the key database and the audit log are

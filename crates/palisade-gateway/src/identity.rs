@@ -393,6 +393,24 @@ pub enum ClientBinding {
 }
 
 impl ClientBinding {
+    /// The binding asked for with a certificate, a name, or neither (`None`: unbound); a key is
+    /// bound to one or the other, so both at once is refused.
+    pub fn one_of(
+        certificate: Option<ClientCertificate>,
+        name: Option<SubjectName>,
+    ) -> Result<Option<Self>, KeyError> {
+        match (certificate, name) {
+            (Some(_), Some(_)) => Err(KeyError::Invalid(
+                "a key is bound to a certificate (client_cert_sha256, --client-cert) or to a \
+                 name (client_san, --client-san), not both"
+                    .into(),
+            )),
+            (Some(c), None) => Ok(Some(ClientBinding::Certificate(c))),
+            (None, Some(n)) => Ok(Some(ClientBinding::Name(n))),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// Whether a connection that presented `client` (`None`: no certificate) may use a key
     /// bound so.
     pub fn admits(&self, client: Option<&ClientIdentity>) -> bool {

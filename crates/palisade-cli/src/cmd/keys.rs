@@ -115,16 +115,17 @@ fn identity(path: &std::path::Path) -> anyhow::Result<ClientIdentity> {
 }
 
 /// The binding asked for: the thumbprint of the certificate in the PEM file `cert`, or the
-/// name `san` (clap lets only one through).
+/// name `san` ([`ClientBinding::one_of`]).
 fn binding(
     cert: Option<&std::path::Path>,
     san: Option<&str>,
 ) -> anyhow::Result<Option<ClientBinding>> {
-    Ok(match (cert, san) {
-        (Some(path), _) => Some(ClientBinding::Certificate(*identity(path)?.certificate())),
-        (None, Some(name)) => Some(ClientBinding::Name(name.parse::<SubjectName>()?)),
-        (None, None) => None,
-    })
+    let certificate = cert.map(|path| identity(path).map(|id| *id.certificate()));
+    let name = san.map(str::parse::<SubjectName>);
+    Ok(ClientBinding::one_of(
+        certificate.transpose()?,
+        name.transpose()?,
+    )?)
 }
 
 /// What `keys identity` shows of a certificate.
