@@ -2096,15 +2096,7 @@ mod tests {
         let version = || user_version(&path);
         // No key bound yet: still of the schema the release before bindings opens.
         assert_eq!(version(), 1);
-        let bound = s
-            .create_bound(
-                "bound",
-                &[Role::Audit],
-                None,
-                Some(ClientBinding::Certificate(cert)),
-                T0,
-            )
-            .unwrap();
+        let bound = bound_to(&s, "bound", ClientBinding::Certificate(cert));
         drop(s);
         let s = SqliteKeyStore::open(&path).unwrap();
         let found = s.find(&bound.record.id).unwrap().unwrap();
@@ -2147,20 +2139,19 @@ mod tests {
         assert_eq!(stored(&plain.record.id), sha256(&plain.key));
         // An operator's audit entry names the binding.
         let s = SqliteKeyStore::open(&path).unwrap().for_operator("op");
-        s.create_bound(
-            "b2",
-            &[Role::Audit],
-            None,
-            Some(ClientBinding::Certificate(cert)),
-            T0,
-        )
-        .unwrap();
+        bound_to(&s, "b2", ClientBinding::Certificate(cert));
         let queued = s.outbox(10).unwrap();
         let entry = String::from_utf8(queued.last().unwrap().entry.clone()).unwrap();
         assert!(
             entry.contains(&format!("--client-cert sha256:{cert}")),
             "{entry}"
         );
+    }
+
+    /// A key of `s` with the audit role, named `name`, bound as `binding` says.
+    fn bound_to(s: &SqliteKeyStore, name: &str, binding: ClientBinding) -> NewKey {
+        s.create_bound(name, &[Role::Audit], None, Some(binding), T0)
+            .unwrap()
     }
 
     /// A client identity whose certificate carries `names` (URIs if they have "://", DNS names
@@ -2196,25 +2187,9 @@ mod tests {
         let name: SubjectName = format!("uri:{spiffe}").parse().unwrap();
         let s = SqliteKeyStore::open(&path).unwrap().for_operator("op");
         let alice = presenting(&[spiffe]);
-        let by_cert = s
-            .create_bound(
-                "c",
-                &[Role::Audit],
-                None,
-                Some(ClientBinding::Certificate(*alice.certificate())),
-                T0,
-            )
-            .unwrap();
+        let by_cert = bound_to(&s, "c", ClientBinding::Certificate(*alice.certificate()));
         assert_eq!(version(), schema::KEYS_CERT_BOUND);
-        let by_name = s
-            .create_bound(
-                "n",
-                &[Role::Audit],
-                None,
-                Some(ClientBinding::Name(name.clone())),
-                T0,
-            )
-            .unwrap();
+        let by_name = bound_to(&s, "n", ClientBinding::Name(name.clone()));
         // A release that knows certificate bindings only would not check this one.
         assert_eq!(version(), schema::KEYS);
         assert_eq!(by_name.record.client_san, Some(name.clone()));
@@ -2328,15 +2303,7 @@ mod tests {
         let s = SqliteKeyStore::open(&path).unwrap();
         let plain = s.create("plain", &[Role::Audit], None, T0).unwrap();
         let name: SubjectName = made.parse().unwrap();
-        let bound = s
-            .create_bound(
-                "n",
-                &[Role::Audit],
-                None,
-                Some(ClientBinding::Name(name)),
-                T0,
-            )
-            .unwrap();
+        let bound = bound_to(&s, "n", ClientBinding::Name(name));
         drop(s);
         let conn = Connection::open(&path).unwrap();
         conn.execute(
