@@ -370,6 +370,16 @@ impl ClientIdentity {
     pub fn names(&self) -> &[SubjectName] {
         &self.0.names
     }
+
+    /// Whether it is the certificate `c`.
+    pub fn is(&self, c: &ClientCertificate) -> bool {
+        self.certificate() == c
+    }
+
+    /// Whether its certificate carries the name `n`.
+    pub fn carries(&self, n: &SubjectName) -> bool {
+        self.names().contains(n)
+    }
 }
 
 impl fmt::Debug for ClientIdentity {
@@ -414,11 +424,10 @@ impl ClientBinding {
     /// Whether a connection that presented `client` (`None`: no certificate) may use a key
     /// bound so.
     pub fn admits(&self, client: Option<&ClientIdentity>) -> bool {
-        let Some(client) = client else { return false };
-        match self {
-            ClientBinding::Certificate(c) => client.certificate() == c,
-            ClientBinding::Name(n) => client.names().contains(n),
-        }
+        client.is_some_and(|client| match self {
+            ClientBinding::Certificate(c) => client.is(c),
+            ClientBinding::Name(n) => client.carries(n),
+        })
     }
 }
 

@@ -252,13 +252,14 @@ impl KeyRecord {
     /// certificate): any connection for an unbound key, only one whose certificate is the one
     /// it is bound to, or carries the name it is bound to, for a bound one.
     pub fn admits(&self, client: Option<&ClientIdentity>) -> bool {
+        // Each binding the record holds must hold (insert writes one at most).
         let cert = self
             .client_cert
-            .is_none_or(|c| ClientBinding::Certificate(c).admits(client));
+            .is_none_or(|c| client.is_some_and(|id| id.is(&c)));
         let name = self
             .client_san
             .as_ref()
-            .is_none_or(|n| client.is_some_and(|client| client.names().contains(n)));
+            .is_none_or(|n| client.is_some_and(|id| id.carries(n)));
         cert && name
     }
 }

@@ -531,7 +531,8 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             tracing::warn!(
                 keys = bound,
                 "keys bound to client certificates (or their names) are refused on every \
-                 request: this gateway asks for no client certificate (give --tls-cert, --tls-key and --tls-client-ca)"
+                 request: this gateway asks for no client certificate (give --tls-cert, \
+                 --tls-key and --tls-client-ca)"
             );
         }
     }

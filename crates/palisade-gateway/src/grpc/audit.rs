@@ -90,8 +90,8 @@ fn refused_with(resp: &Response) -> Option<Code> {
 /// The HTTP status the REST route answers for the refusal a gRPC code stands for. Before the
 /// guards nothing of the server's own can fail, so a code that does not name the refusal is the
 /// request's fault, 400: a message that cannot be decoded is `INVALID_ARGUMENT` (the service's
-/// codec, [`super::codec`]), an empty body or a frame cut short still tonic's `INTERNAL` (and a
-/// body cut off `UNKNOWN`).
+/// codec, [`super::codec`]), and so is a call without a message or with a frame cut short
+/// ([`super::prescan`], for every method of the service).
 fn http_status(code: Code) -> u16 {
     match code {
         Code::Unauthenticated => 401,
