@@ -88,7 +88,15 @@ async fn infer(
 
 /// Serves `router` on `listener` as `axum::serve` does, with none of [`crate::serve`]'s
 /// deadlines or bound on connections: the plain endpoint the benchmarks compare the gateway
-/// with.
-pub async fn serve_plain(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(listener, router).await
+/// with. Returns once `shutdown` resolves and the connections in flight have been answered, so
+/// that the process can end normally (a build instrumented for profile-guided optimisation
+/// writes its profile only then).
+pub async fn serve_plain(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

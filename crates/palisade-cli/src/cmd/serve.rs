@@ -215,9 +215,9 @@ impl Runtime for OnnxRuntime {
     }
 }
 
-/// `palisade bench-endpoint` (hidden): the gateway benchmarks' bare endpoint. A model behind
-/// `palisade_gateway::baseline`'s plain infer route: the same ONNX classifier, inference pool,
-/// async runtime and OIP codec as `serve`, and no guards. It is in this binary so that the
+/// `palisade bench-endpoint` (hidden): the gateway benchmarks' bare endpoint, until SIGINT or
+/// SIGTERM. A model behind `palisade_gateway::baseline`'s plain infer route: the same ONNX
+/// classifier, inference pool, async runtime and OIP codec as `serve`, and no guards. It is in this binary so that the
 /// benchmarks compare the guards and not two builds of tract: builds whose request paths did the
 /// same work differed by 17-26 µs of CPU per request, most visibly in tract's im2col (26
 /// against 33 µs), the same machine code at another address (`bench/gateway_ab.sh`). It has no
@@ -263,7 +263,7 @@ pub fn bench_endpoint(args: BenchEndpointArgs) -> anyhow::Result<Outcome> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::warn!(listen = %args.listen, "bench endpoint: no guards");
-        palisade_gateway::baseline::serve_plain(l, app)
+        palisade_gateway::baseline::serve_plain(l, app, shutdown_signal())
             .await
             .context("serving")?;
         Ok(Outcome::Success)
