@@ -95,14 +95,27 @@ for name, y in [("http-binary", binary), ("http-json", js), ("http-gzip", gz), (
 assert np.array_equal(binary, grpc) and np.array_equal(binary, gz), "transports disagree"
 assert np.allclose(binary, js, atol=1e-6), "JSON and binary disagree"
 
+# Triton's model configuration extension, over both transports: the tensors of the metadata.
+hc = h.get_model_config("mnist", headers=hdr())
+gc = g.get_model_config("mnist", headers={"authorization": f"Bearer {key}"}, as_json=True)["config"]
+print("config:", hc)
+for c in (hc, gc):
+    assert c["name"] == "mnist" and int(c.get("max_batch_size", 0)) == 0, c
+    assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in c["input"]] == \
+        [("input", "TYPE_FP32", [-1, 1, 28, 28])], c
+    assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in c["output"]] == \
+        [(o["name"], "TYPE_" + o["datatype"], o["shape"]) for o in meta["outputs"]], (c, meta)
+
 for call in (lambda: h.infer("mnist", [http_input(x[:1])]),
-             lambda: g.infer("mnist", [gi])):
+             lambda: g.infer("mnist", [gi]),
+             lambda: h.get_model_config("mnist"),
+             lambda: g.get_model_config("mnist")):
     try:
         call()
         raise SystemExit("a request without a key was served")
     except InferenceServerException as e:
         print("refused without a key:", e.status(), (e.message() or "")[:60])
-print("OK: tritonclient HTTP (binary, JSON, gzip) and gRPC agree with PyTorch")
+print("OK: tritonclient HTTP (binary, JSON, gzip) and gRPC agree with PyTorch; both read the model configuration")
 PY
 
 kill -TERM $PID; wait $PID || true

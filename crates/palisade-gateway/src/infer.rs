@@ -70,6 +70,7 @@ impl ModelService {
             ModelAction::Metadata => {
                 json_response(StatusCode::OK, &model.metadata(self.models.versions(name)))
             }
+            ModelAction::Config => json_response(StatusCode::OK, &model.config()),
             ModelAction::Ready => {
                 let mut r = Response::new(Body::empty());
                 *r.status_mut() = StatusCode::OK;

@@ -41,7 +41,7 @@ pub struct Metrics {
 }
 
 /// Every value of the `route` label ([`route_label`]).
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 12] = [
     "health",
     "server",
     "metrics",
@@ -49,6 +49,7 @@ const ROUTES: [&str; 11] = [
     "metadata",
     "ready",
     "infer",
+    "config",
     "admin.keys",
     "admin.models",
     "audit",
@@ -358,6 +359,7 @@ mod tests {
             ("GET", "/v2/models/m"),
             ("GET", "/v2/models/m/versions/2/ready"),
             ("POST", "/v2/models/m/infer"),
+            ("GET", "/v2/models/m/config"),
             ("POST", "/v2/admin/keys"),
             ("POST", "/v2/admin/models/m/deploy"),
             ("GET", "/v2/audit/entries/0"),

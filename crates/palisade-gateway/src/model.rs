@@ -114,21 +114,93 @@ impl ServedModel {
         }
     }
 
-    /// Metadata of this version, listing `versions`.
-    pub fn metadata(&self, versions: Vec<String>) -> ModelMetadata {
+    /// The input tensor a client sends.
+    pub fn input(&self) -> TensorMetadata {
         let mut shape = vec![-1i64];
         shape.extend(self.classifier.info().input_shape.iter().map(|&d| d as i64));
+        TensorMetadata {
+            name: self.input_name.clone(),
+            datatype: "FP32",
+            shape,
+        }
+    }
+
+    /// Metadata of this version, listing `versions`.
+    pub fn metadata(&self, versions: Vec<String>) -> ModelMetadata {
         ModelMetadata {
             name: self.name.clone(),
             versions,
             platform: self.platform.clone(),
-            inputs: vec![TensorMetadata {
-                name: self.input_name.clone(),
-                datatype: "FP32",
-                shape,
-            }],
+            inputs: vec![self.input()],
             outputs: self.outputs(),
         }
+    }
+
+    /// This version's configuration as Triton's model configuration extension gives it, for
+    /// clients that ask for it (tritonclient's `get_model_config`): the same tensors as
+    /// [`ServedModel::metadata`]. `max_batch_size` is 0, Triton's "no batching of its own", so
+    /// `dims` are whole shapes, the batch dimension `-1` among them.
+    pub fn config(&self) -> ModelConfig {
+        let tensor = |t: TensorMetadata| ConfigTensor {
+            name: t.name,
+            data_type: triton_data_type(t.datatype),
+            dims: t.shape,
+        };
+        ModelConfig {
+            name: self.name.clone(),
+            platform: self.platform.clone(),
+            max_batch_size: 0,
+            input: vec![tensor(self.input())],
+            output: self.outputs().into_iter().map(tensor).collect(),
+        }
+    }
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]/config` response: the part of Triton's `ModelConfig`
+/// (model_config.proto, in its JSON form) that describes a Palisade model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelConfig {
+    /// Name.
+    pub name: String,
+    /// Platform, as in the metadata.
+    pub platform: String,
+    /// 0: the model takes whole batches, and its dims include the batch dimension.
+    pub max_batch_size: i32,
+    /// Inputs.
+    pub input: Vec<ConfigTensor>,
+    /// Outputs, as the output policy shapes them.
+    pub output: Vec<ConfigTensor>,
+}
+
+/// A tensor in a [`ModelConfig`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigTensor {
+    /// Name.
+    pub name: String,
+    /// Triton's `DataType` name (`TYPE_FP32`, …).
+    pub data_type: &'static str,
+    /// Shape, `-1` where any size goes.
+    pub dims: Vec<i64>,
+}
+
+/// Triton's `DataType` name of an OIP datatype (`BYTES` is Triton's `TYPE_STRING`).
+pub fn triton_data_type(datatype: &str) -> &'static str {
+    match datatype {
+        "BOOL" => "TYPE_BOOL",
+        "UINT8" => "TYPE_UINT8",
+        "UINT16" => "TYPE_UINT16",
+        "UINT32" => "TYPE_UINT32",
+        "UINT64" => "TYPE_UINT64",
+        "INT8" => "TYPE_INT8",
+        "INT16" => "TYPE_INT16",
+        "INT32" => "TYPE_INT32",
+        "INT64" => "TYPE_INT64",
+        "FP16" => "TYPE_FP16",
+        "FP32" => "TYPE_FP32",
+        "FP64" => "TYPE_FP64",
+        "BYTES" => "TYPE_STRING",
+        "BF16" => "TYPE_BF16",
+        _ => "TYPE_INVALID",
     }
 }
 

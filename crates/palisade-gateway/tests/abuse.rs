@@ -465,6 +465,71 @@ async fn hardened_outputs_reveal_only_what_the_policy_allows() {
     s.stop().await;
 }
 
+/// Triton's model configuration extension (`GET …/config`, tritonclient's `get_model_config`):
+/// the tensors of the metadata as Triton names them, outputs as the policy shapes them, behind
+/// the same key and role as the metadata, and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_configuration_is_the_metadata_in_tritons_terms_behind_the_same_guards() {
+    let s = start().await;
+    let a = bearer(&s.admin);
+    let get = |path: String, auth: Option<String>| async move {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        request(s.addr, "GET", &path, &headers, b"").await
+    };
+    let config = |model: &str| format!("/v2/models/{model}/config");
+    let r = get(config("lin"), Some(a.clone())).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({
+            "name": "lin",
+            "platform": "palisade-linear",
+            "max_batch_size": 0,
+            "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [-1, 1, 2, 2]}],
+            "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [-1, 3]}],
+        })
+    );
+    let r = get(config("top2"), Some(a.clone())).await;
+    assert_eq!(
+        r.json()["output"],
+        serde_json::json!([
+            {"name": "logits", "data_type": "TYPE_FP32", "dims": [-1, 2]},
+            {"name": "logits_classes", "data_type": "TYPE_INT64", "dims": [-1, 2]},
+        ])
+    );
+    let r = get("/v2/models/label/versions/1/config".into(), Some(a.clone())).await;
+    assert_eq!(
+        r.json()["output"],
+        serde_json::json!([{"name": "label", "data_type": "TYPE_INT64", "dims": [-1]}])
+    );
+    // The same guards as the metadata: a key, and the query role on that model.
+    let q = bearer(&s.query);
+    let r = get(config("lin"), Some(q.clone())).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let entry = s.last_audit_entry();
+    assert_eq!(
+        (&entry["action"], &entry["decision"]),
+        (&serde_json::json!("config"), &serde_json::json!("allowed")),
+        "{entry}"
+    );
+    let r = get(config("top2"), Some(q.clone())).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = get(config("lin"), None).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = get(config("nosuch"), Some(a.clone())).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = get("/v2".into(), None).await;
+    assert!(
+        r.json()["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("model_configuration")),
+        "{r:?}"
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_needs_totp_once_and_revocation_is_immediate() {
     let s = start().await;
@@ -1004,7 +1069,11 @@ async fn a_route_answers_only_its_own_methods() {
     let r = request(s.addr, "GET", "/v2/models/lin/infer", &[], &body).await;
     assert_eq!(r.status, 401, "{r:?}");
 
-    for path in ["/v2/models/lin", "/v2/models/lin/ready"] {
+    for path in [
+        "/v2/models/lin",
+        "/v2/models/lin/ready",
+        "/v2/models/lin/config",
+    ] {
         let r = request(s.addr, "POST", path, &[("Authorization", &auth)], b"{}").await;
         assert_eq!(r.status, 405, "{path}: {r:?}");
         assert_eq!(

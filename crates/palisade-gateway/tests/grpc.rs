@@ -207,6 +207,84 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
     s.stop().await;
 }
 
+/// Triton's `ModelConfig` call (tritonclient's `get_model_config`): the REST configuration as
+/// Triton's message, behind the same key and role, and audited as a `config` of the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_model_config_is_triton_s_message_behind_the_same_guards() {
+    let s = start().await;
+    let mut c = client(&s).await;
+    let ask = |name: &str, version: &str, key: &str| {
+        with_key(
+            ModelConfigRequest {
+                name: name.into(),
+                version: version.into(),
+            },
+            key,
+        )
+    };
+    let config = c
+        .model_config(ask("top2", "1", &s.admin.key))
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(
+        config,
+        ModelConfig {
+            name: "top2".into(),
+            platform: "palisade-linear".into(),
+            max_batch_size: 0,
+            input: vec![ModelInput {
+                name: "input".into(),
+                data_type: DataType::TypeFp32 as i32,
+                dims: vec![-1, 1, 2, 2],
+            }],
+            output: vec![
+                ModelOutput {
+                    name: "logits".into(),
+                    data_type: DataType::TypeFp32 as i32,
+                    dims: vec![-1, 2],
+                },
+                ModelOutput {
+                    name: "logits_classes".into(),
+                    data_type: DataType::TypeInt64 as i32,
+                    dims: vec![-1, 2],
+                },
+            ],
+        }
+    );
+    let entry = s.last_audit_entry();
+    assert_eq!(entry["method"], "GRPC ModelConfig", "{entry}");
+    assert_eq!(entry["action"], "config", "{entry}");
+    // A query key for another model, no key, and a model that is not there.
+    let e = c
+        .model_config(ask("top2", "", &s.query.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = c
+        .model_config(tonic::Request::new(ModelConfigRequest {
+            name: "lin".into(),
+            version: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    let e = c
+        .model_config(ask("nosuch", "", &s.admin.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let meta = c
+        .server_metadata(ServerMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.extensions, vec!["model_configuration".to_string()]);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_refused_before_the_guards_are_audited_too() {
     let s = start().await;

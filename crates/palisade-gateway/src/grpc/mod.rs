@@ -9,6 +9,9 @@
 //! (`authorization: Bearer …` or `x-api-key`). A call refused before it can be translated (a
 //! message tonic cannot decode, a bad model name…) is audited by [`audit::AuditUnreached`].
 //!
+//! Triton's `ModelConfig` call (its model configuration extension, which tritonclient's
+//! `get_model_config` uses) is served the same way, from `GET …/config`.
+//!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
 //! 0.14 (`compile_fds` on the file's descriptor set, no transport), so that building needs no
 //! `protoc`: the server with [`codec::Codec`] as its codec, the client with prost's (a response
@@ -506,7 +509,7 @@ impl GrpcInferenceService for GrpcGateway {
         Ok(tonic::Response::new(ServerMetadataResponse {
             name: "palisade".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec![],
+            extensions: vec!["model_configuration".into()],
         }))
     }
 
@@ -589,6 +592,71 @@ impl GrpcInferenceService for GrpcGateway {
             "models are deployed through the admin API (role deploy, with TOTP)",
         ))
     }
+
+    /// Triton's model configuration extension: `GET …/config` through the model stack.
+    async fn model_config(
+        &self,
+        r: tonic::Request<ModelConfigRequest>,
+    ) -> Result<tonic::Response<ModelConfigResponse>, Status> {
+        let path = model_path(&r.get_ref().name, &r.get_ref().version, "/config")?;
+        let (_, body) = self
+            .call("ModelConfig", Method::GET, path, &r, &[], Vec::new())
+            .await?;
+        Ok(tonic::Response::new(ModelConfigResponse {
+            config: Some(model_config(&body)?),
+        }))
+    }
+}
+
+/// The REST model configuration (`crate::model::ModelConfig`'s JSON) as Triton's message.
+fn model_config(body: &[u8]) -> Result<ModelConfig, Status> {
+    #[derive(Deserialize)]
+    struct Tensor {
+        name: String,
+        data_type: String,
+        dims: Vec<i64>,
+    }
+    #[derive(Deserialize)]
+    struct Config {
+        name: String,
+        platform: String,
+        max_batch_size: i32,
+        input: Vec<Tensor>,
+        output: Vec<Tensor>,
+    }
+    let c: Config = serde_json::from_slice(body).map_err(|e| Status::internal(e.to_string()))?;
+    let data_type = |t: &str| {
+        DataType::from_str_name(t)
+            .map(|d| d as i32)
+            .ok_or_else(|| Status::internal(format!("no Triton data type {t}")))
+    };
+    Ok(ModelConfig {
+        name: c.name,
+        platform: c.platform,
+        max_batch_size: c.max_batch_size,
+        input: c
+            .input
+            .into_iter()
+            .map(|t| {
+                Ok(ModelInput {
+                    data_type: data_type(&t.data_type)?,
+                    name: t.name,
+                    dims: t.dims,
+                })
+            })
+            .collect::<Result<_, Status>>()?,
+        output: c
+            .output
+            .into_iter()
+            .map(|t| {
+                Ok(ModelOutput {
+                    data_type: data_type(&t.data_type)?,
+                    name: t.name,
+                    dims: t.dims,
+                })
+            })
+            .collect::<Result<_, Status>>()?,
+    })
 }
 
 #[cfg(test)]

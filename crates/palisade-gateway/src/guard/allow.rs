@@ -21,7 +21,7 @@ pub struct AllowedMethods;
 fn allowed(action: ModelAction, method: &Method) -> (&'static str, bool) {
     match action {
         ModelAction::Infer => ("POST", method == Method::POST),
-        ModelAction::Metadata | ModelAction::Ready => {
+        ModelAction::Metadata | ModelAction::Ready | ModelAction::Config => {
             ("GET, HEAD", method == Method::GET || method == Method::HEAD)
         }
     }
@@ -61,7 +61,11 @@ mod tests {
         for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
             assert!(!allowed(ModelAction::Infer, &m).1, "{m}");
         }
-        for action in [ModelAction::Metadata, ModelAction::Ready] {
+        for action in [
+            ModelAction::Metadata,
+            ModelAction::Ready,
+            ModelAction::Config,
+        ] {
             assert!(allowed(action, &Method::GET).1);
             assert!(allowed(action, &Method::HEAD).1);
             assert!(!allowed(action, &Method::POST).1);

@@ -25,6 +25,8 @@ pub enum ModelAction {
     Ready,
     /// `POST /v2/models/{m}[/versions/{v}]/infer`
     Infer,
+    /// `GET /v2/models/{m}[/versions/{v}]/config` (Triton's model configuration extension)
+    Config,
 }
 
 impl ModelAction {
@@ -34,6 +36,7 @@ impl ModelAction {
             ModelAction::Metadata => "metadata",
             ModelAction::Ready => "ready",
             ModelAction::Infer => "infer",
+            ModelAction::Config => "config",
         }
     }
 }
@@ -76,6 +79,7 @@ impl Target {
                     [] => ModelAction::Metadata,
                     ["ready"] => ModelAction::Ready,
                     ["infer"] => ModelAction::Infer,
+                    ["config"] => ModelAction::Config,
                     _ => return Target::Unknown,
                 };
                 Target::Model {
@@ -134,6 +138,11 @@ mod tests {
             Target::parse("/v2/models/mnist/versions/2/infer"),
             m("mnist", Some("2"), ModelAction::Infer)
         );
+        assert_eq!(
+            Target::parse("/v2/models/mnist/versions/1/config"),
+            m("mnist", Some("1"), ModelAction::Config)
+        );
+        assert_eq!(Target::parse("/v2/models/mnist/config/x"), Target::Unknown);
         assert_eq!(Target::parse("/v2/models/mnist/explode"), Target::Unknown);
         assert_eq!(Target::parse("/v2/models/../infer"), Target::Unknown);
         assert_eq!(
