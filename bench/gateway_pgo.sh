@@ -19,8 +19,10 @@
 # Then compare it with a plain build:
 #   VARIANTS="plain=DIR_OF_A_PLAIN_BUILD pgo=OUT_DIR" bash bench/gateway_ab.sh
 set -euo pipefail
+OUT=$(realpath -m "${1:?usage: bash bench/gateway_pgo.sh OUT_DIR}")
+CALLER=$PWD
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: bash bench/gateway_pgo.sh OUT_DIR}
+ROOT=$PWD
 PROFDATA=${LLVM_PROFDATA:-}
 if [ -z "$PROFDATA" ]; then
     PROFDATA=$(command -v llvm-profdata || true)
@@ -39,8 +41,11 @@ RUSTFLAGS="-Cprofile-generate=$WORK/raw" cargo build -q --release -p palisade-cl
 INSTRUMENTED=$WORK/gen/release/palisade
 
 # The training, with the benchmarks' own set-up (model repository, policy, body, wrk script).
+# gateway_common.sh finds the checkout from $0 as the caller gave it, so it is sourced from the
+# caller's folder; it also builds the plain release binary, which the training does not use.
 (
-    source bench/gateway_common.sh
+    cd "$CALLER"
+    source "$ROOT/bench/gateway_common.sh"
     BIN=$INSTRUMENTED
     stop() { # PID: SIGTERM, so that the process ends normally and writes its profile
         kill -TERM "$1"

@@ -104,7 +104,8 @@ for c in (hc, gc):
     assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in c["input"]] == \
         [("input", "TYPE_FP32", [-1, 1, 28, 28])], c
     assert [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in c["output"]] == \
-        [(o["name"], "TYPE_" + o["datatype"], o["shape"]) for o in meta["outputs"]], (c, meta)
+        [(o["name"], {"BYTES": "TYPE_STRING"}.get(o["datatype"], "TYPE_" + o["datatype"]),
+          o["shape"]) for o in meta["outputs"]], (c, meta)
 
 for call in (lambda: h.infer("mnist", [http_input(x[:1])]),
              lambda: g.infer("mnist", [gi]),

@@ -86,17 +86,39 @@ async fn infer(
     }
 }
 
+/// How long [`serve_plain`] waits, once told to stop, for the connections in flight.
+pub const PLAIN_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves `router` on `listener` as `axum::serve` does, with none of [`crate::serve`]'s
 /// deadlines or bound on connections: the plain endpoint the benchmarks compare the gateway
-/// with. Returns once `shutdown` resolves and the connections in flight have been answered, so
-/// that the process can end normally (a build instrumented for profile-guided optimisation
+/// with. Returns once `shutdown` resolves and the connections in flight have been answered, or
+/// [`PLAIN_SHUTDOWN_GRACE`] after it resolved if some have not (a client that sent half a
+/// request would otherwise hold the endpoint up for ever: it has no header or body deadline),
+/// so that the process can end normally (a build instrumented for profile-guided optimisation
 /// writes its profile only then).
 pub async fn serve_plain(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let told = stopping.clone();
+    let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown.await;
+        // Stores a permit if the grace below is not waiting yet.
+        told.notify_one();
+    });
+    tokio::select! {
+        r = serving.into_future() => r,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(PLAIN_SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(
+                grace = ?PLAIN_SHUTDOWN_GRACE,
+                "connections still open after the grace; leaving them"
+            );
+            Ok(())
+        }
+    }
 }

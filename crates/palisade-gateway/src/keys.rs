@@ -87,7 +87,7 @@ pub enum KeyError {
 /// A least-privilege role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Query (metadata, ready, infer) one model, or every model (`*`).
+    /// Query (metadata, configuration, ready, infer) one model, or every model (`*`).
     Query(String),
     /// Send data to ingest endpoints.
     Ingest,
