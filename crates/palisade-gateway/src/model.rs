@@ -143,7 +143,8 @@ impl ServedModel {
     pub fn config(&self) -> ModelConfig {
         let tensor = |t: TensorMetadata| ConfigTensor {
             name: t.name,
-            data_type: triton_data_type(t.datatype),
+            // Only the protocol's own datatypes reach here (this module's outputs).
+            data_type: crate::oip::triton_datatype(t.datatype).unwrap_or("TYPE_INVALID"),
             dims: t.shape,
         };
         ModelConfig {
@@ -181,27 +182,6 @@ pub struct ConfigTensor {
     pub data_type: &'static str,
     /// Shape, `-1` where any size goes.
     pub dims: Vec<i64>,
-}
-
-/// Triton's `DataType` name of an OIP datatype (`BYTES` is Triton's `TYPE_STRING`).
-pub fn triton_data_type(datatype: &str) -> &'static str {
-    match datatype {
-        "BOOL" => "TYPE_BOOL",
-        "UINT8" => "TYPE_UINT8",
-        "UINT16" => "TYPE_UINT16",
-        "UINT32" => "TYPE_UINT32",
-        "UINT64" => "TYPE_UINT64",
-        "INT8" => "TYPE_INT8",
-        "INT16" => "TYPE_INT16",
-        "INT32" => "TYPE_INT32",
-        "INT64" => "TYPE_INT64",
-        "FP16" => "TYPE_FP16",
-        "FP32" => "TYPE_FP32",
-        "FP64" => "TYPE_FP64",
-        "BYTES" => "TYPE_STRING",
-        "BF16" => "TYPE_BF16",
-        _ => "TYPE_INVALID",
-    }
 }
 
 #[derive(Default)]

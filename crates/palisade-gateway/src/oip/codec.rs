@@ -328,11 +328,33 @@ struct WireOutput {
     parameters: Option<OutputParams>,
 }
 
-/// The datatypes of the protocol (anything else is a protocol error).
-const DATATYPES: &[&str] = &[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
-    "FP32", "FP64", "BYTES", "BF16",
+/// The datatypes of the protocol (anything else is a protocol error), each with its name in
+/// Triton's model configuration (model_config.proto's `DataType`; `BYTES` is `TYPE_STRING`).
+const DATATYPES: &[(&str, &str)] = &[
+    ("BOOL", "TYPE_BOOL"),
+    ("UINT8", "TYPE_UINT8"),
+    ("UINT16", "TYPE_UINT16"),
+    ("UINT32", "TYPE_UINT32"),
+    ("UINT64", "TYPE_UINT64"),
+    ("INT8", "TYPE_INT8"),
+    ("INT16", "TYPE_INT16"),
+    ("INT32", "TYPE_INT32"),
+    ("INT64", "TYPE_INT64"),
+    ("FP16", "TYPE_FP16"),
+    ("FP32", "TYPE_FP32"),
+    ("FP64", "TYPE_FP64"),
+    ("BYTES", "TYPE_STRING"),
+    ("BF16", "TYPE_BF16"),
 ];
+
+/// Triton's model-configuration name of the protocol datatype `datatype`, `None` if it is not
+/// one.
+pub fn triton_datatype(datatype: &str) -> Option<&'static str> {
+    DATATYPES
+        .iter()
+        .find(|(d, _)| *d == datatype)
+        .map(|&(_, t)| t)
+}
 
 /// Decodes an infer request body. `header_len` is the `Inference-Header-Content-Length` value,
 /// when the binary extension is used.
@@ -352,7 +374,7 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<InferReq
     let mut inputs = Vec::with_capacity(wire.inputs.len().min(16));
     for inp in wire.inputs {
         let name = inp.name;
-        if !DATATYPES.contains(&inp.datatype.as_str()) {
+        if triton_datatype(&inp.datatype).is_none() {
             return Err(CodecError::Datatype {
                 name,
                 datatype: inp.datatype,
@@ -896,5 +918,18 @@ mod tests {
             decode_request(deep.as_bytes(), None),
             Err(CodecError::Json(_))
         ));
+    }
+
+    /// Every protocol datatype's Triton name is one of the `DataType` values of the proto that
+    /// the gRPC `ModelConfig` answers with.
+    #[test]
+    fn every_datatype_has_its_triton_name_in_the_proto() {
+        use crate::grpc::inference::DataType;
+        for (d, t) in super::DATATYPES {
+            let proto = DataType::from_str_name(t).unwrap_or_else(|| panic!("{d}: {t}"));
+            assert_eq!(proto.as_str_name(), *t);
+            assert_eq!(super::triton_datatype(d), Some(*t));
+        }
+        assert_eq!(super::triton_datatype("FP8"), None);
     }
 }

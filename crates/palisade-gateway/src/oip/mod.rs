@@ -5,7 +5,7 @@ pub mod route;
 
 pub use codec::{
     CodecError, EncodedResponse, InferRequest, InputTensor, OutputData, OutputTensor,
-    RequestedOutput, decode_request, encode_response,
+    RequestedOutput, decode_request, encode_response, triton_datatype,
 };
 pub use route::{ModelAction, Target, target_of};
 
