@@ -625,37 +625,34 @@ fn model_config(body: &[u8]) -> Result<ModelConfig, Status> {
         output: Vec<Tensor>,
     }
     let c: Config = serde_json::from_slice(body).map_err(|e| Status::internal(e.to_string()))?;
-    let data_type = |t: &str| {
-        DataType::from_str_name(t)
-            .map(|d| d as i32)
-            .ok_or_else(|| Status::internal(format!("no Triton data type {t}")))
-    };
+    // Inputs and outputs are two messages of Triton's with the same three fields.
+    fn tensors<T>(
+        ts: Vec<Tensor>,
+        make: impl Fn(String, i32, Vec<i64>) -> T,
+    ) -> Result<Vec<T>, Status> {
+        ts.into_iter()
+            .map(|t| {
+                let d = DataType::from_str_name(&t.data_type).ok_or_else(|| {
+                    Status::internal(format!("no Triton data type {}", t.data_type))
+                })?;
+                Ok(make(t.name, d as i32, t.dims))
+            })
+            .collect()
+    }
     Ok(ModelConfig {
         name: c.name,
         platform: c.platform,
         max_batch_size: c.max_batch_size,
-        input: c
-            .input
-            .into_iter()
-            .map(|t| {
-                Ok(ModelInput {
-                    data_type: data_type(&t.data_type)?,
-                    name: t.name,
-                    dims: t.dims,
-                })
-            })
-            .collect::<Result<_, Status>>()?,
-        output: c
-            .output
-            .into_iter()
-            .map(|t| {
-                Ok(ModelOutput {
-                    data_type: data_type(&t.data_type)?,
-                    name: t.name,
-                    dims: t.dims,
-                })
-            })
-            .collect::<Result<_, Status>>()?,
+        input: tensors(c.input, |name, data_type, dims| ModelInput {
+            name,
+            data_type,
+            dims,
+        })?,
+        output: tensors(c.output, |name, data_type, dims| ModelOutput {
+            name,
+            data_type,
+            dims,
+        })?,
     })
 }
 
