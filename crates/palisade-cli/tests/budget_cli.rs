@@ -126,12 +126,8 @@ fn serve_in(d: &Path, listen: &str, args: &[&str]) -> Command {
     c
 }
 
-fn stop(mut gw: Child) {
-    Command::new("kill")
-        .args(["-TERM", &gw.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(gw.wait().unwrap().success());
+fn stop(gw: Child) {
+    assert!(stopped_within(gw, Duration::from_secs(60)).success());
 }
 
 #[test]
@@ -397,8 +393,7 @@ fn the_bench_endpoint_listens_only_on_loopback_and_answers_without_a_key() {
     assert!(stderr.contains("only on a loopback address"), "{stderr}");
 
     let addr = free_addr();
-    let child = bench_endpoint(&addr);
-    assert!(stopped_within(child, Duration::from_secs(30)).success());
+    stop(bench_endpoint(&addr));
 }
 
 /// `palisade bench-endpoint` on `addr`, once it has answered an infer with 200.
