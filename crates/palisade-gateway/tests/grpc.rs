@@ -213,14 +213,17 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
 async fn grpc_model_config_is_triton_s_message_behind_the_same_guards() {
     let s = start().await;
     let mut c = client(&s).await;
+    // No key when `key` is empty.
     let ask = |name: &str, version: &str, key: &str| {
-        with_key(
-            ModelConfigRequest {
-                name: name.into(),
-                version: version.into(),
-            },
-            key,
-        )
+        let message = ModelConfigRequest {
+            name: name.into(),
+            version: version.into(),
+        };
+        if key.is_empty() {
+            tonic::Request::new(message)
+        } else {
+            with_key(message, key)
+        }
     };
     let config = c
         .model_config(ask("top2", "1", &s.admin.key))
@@ -258,24 +261,14 @@ async fn grpc_model_config_is_triton_s_message_behind_the_same_guards() {
     assert_eq!(entry["method"], "GRPC ModelConfig", "{entry}");
     assert_eq!(entry["action"], "config", "{entry}");
     // A query key for another model, no key, and a model that is not there.
-    let e = c
-        .model_config(ask("top2", "", &s.query.key))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    let e = c
-        .model_config(tonic::Request::new(ModelConfigRequest {
-            name: "lin".into(),
-            version: String::new(),
-        }))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    let e = c
-        .model_config(ask("nosuch", "", &s.admin.key))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    for (model, key, code) in [
+        ("top2", s.query.key.as_str(), Code::PermissionDenied),
+        ("lin", "", Code::Unauthenticated),
+        ("nosuch", s.admin.key.as_str(), Code::NotFound),
+    ] {
+        let e = c.model_config(ask(model, "", key)).await.unwrap_err();
+        assert_eq!(e.code(), code, "{model}: {e:?}");
+    }
     let meta = c
         .server_metadata(ServerMetadataRequest {})
         .await
