@@ -217,11 +217,12 @@ impl Runtime for OnnxRuntime {
 
 /// `palisade bench-endpoint` (hidden): the gateway benchmarks' bare endpoint, until SIGINT or
 /// SIGTERM. A model behind `palisade_gateway::baseline`'s plain infer route: the same ONNX
-/// classifier, inference pool, async runtime and OIP codec as `serve`, and no guards. It is in this binary so that the
-/// benchmarks compare the guards and not two builds of tract: builds whose request paths did the
-/// same work differed by 17-26 µs of CPU per request, most visibly in tract's im2col (26
-/// against 33 µs), the same machine code at another address (`bench/gateway_ab.sh`). It has no
-/// keys, limits or audit, so it listens only on a loopback address.
+/// classifier, inference pool, async runtime and OIP codec as `serve`, and no guards. It is in
+/// this binary so that the benchmarks compare the guards and not two builds of tract: builds
+/// whose request paths did the same work differed by 17-26 µs of CPU per request, most visibly
+/// in tract's im2col (26 against 33 µs), the same machine code at another address
+/// (`bench/gateway_ab.sh`). It has no keys, limits or audit, so it listens only on a loopback
+/// address.
 #[derive(Debug, clap::Args)]
 pub struct BenchEndpointArgs {
     /// The ONNX model (default: the bundled MNIST model), served as `mnist`.
