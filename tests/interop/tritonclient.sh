@@ -107,16 +107,37 @@ for c in (hc, gc):
         [(o["name"], {"BYTES": "TYPE_STRING"}.get(o["datatype"], "TYPE_" + o["datatype"]),
           o["shape"]) for o in meta["outputs"]], (c, meta)
 
+# Triton's statistics extension, over both transports: the four infers above, 16 rows each.
+gh = {"authorization": f"Bearer {key}"}
+hs = h.get_inference_statistics("mnist", headers=hdr())
+gs = g.get_inference_statistics("mnist", headers=gh, as_json=True)
+print("statistics:", hs["model_stats"][0]["inference_stats"])
+for s in (hs, gs):
+    (m,) = s["model_stats"]
+    assert m["name"] == "mnist" and int(m["inference_count"]) == 64, m
+    assert int(m["execution_count"]) == 4 and int(m["last_inference"]) > 0, m
+    st = m["inference_stats"]
+    for k in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        assert int(st[k]["count"]) == 4 and int(st[k]["ns"]) > 0, (k, st)
+    assert [int(b["batch_size"]) for b in m["batch_stats"]] == [16], m
+assert hs["model_stats"][0]["inference_stats"]["success"]["ns"] == \
+    int(gs["model_stats"][0]["inference_stats"]["success"]["ns"]), (hs, gs)
+# Without a model name: every model the key may query.
+assert [m["name"] for m in h.get_inference_statistics(headers=hdr())["model_stats"]] == ["mnist"]
+assert [m.name for m in g.get_inference_statistics(headers=gh).model_stats] == ["mnist"]
+
 for call in (lambda: h.infer("mnist", [http_input(x[:1])]),
              lambda: g.infer("mnist", [gi]),
              lambda: h.get_model_config("mnist"),
-             lambda: g.get_model_config("mnist")):
+             lambda: g.get_model_config("mnist"),
+             lambda: h.get_inference_statistics("mnist"),
+             lambda: g.get_inference_statistics()):
     try:
         call()
         raise SystemExit("a request without a key was served")
     except InferenceServerException as e:
         print("refused without a key:", e.status(), (e.message() or "")[:60])
-print("OK: tritonclient HTTP (binary, JSON, gzip) and gRPC agree with PyTorch; both read the model configuration")
+print("OK: tritonclient HTTP (binary, JSON, gzip) and gRPC agree with PyTorch; both read the model configuration and statistics")
 PY
 
 kill -TERM $PID; wait $PID || true

@@ -113,6 +113,7 @@ fn guarded(dir: &std::path::Path) -> (LocalState, Route, Arc<InferencePool>) {
             input_name: "input".into(),
             output_name: "logits".into(),
             platform: "palisade-linear".into(),
+            stats: Default::default(),
         })
         .expect("deploy");
     let gateway = state.gateway(models).expect("gateway");

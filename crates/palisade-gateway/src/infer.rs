@@ -1,4 +1,5 @@
-//! The innermost service of the model routes: metadata, readiness and inference.
+//! The innermost service of the model routes: metadata, readiness, configuration, statistics
+//! and inference.
 //!
 //! **Invariant:** inference never writes a response body. It puts the raw logits on the response
 //! as a [`Prediction`], and only the harden guard serialises outputs.
@@ -8,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -18,12 +19,14 @@ use tower::Service;
 
 use crate::guard::admit::refusal;
 use crate::guard::{
-    CallDeadline, ClientGone, Decision, Prediction, ValidatedInfer, error_response, json_response,
+    CallDeadline, ClientGone, Decision, Prediction, Principal, ValidatedInfer, error_response,
+    json_response,
 };
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::oip::{ModelAction, Target, target_of};
 use crate::pool::{InferencePool, PoolError};
+use crate::stats::StatisticsResponse;
 
 /// Answers model routes once every guard has passed.
 #[derive(Clone)]
@@ -49,6 +52,9 @@ impl ModelService {
 
     async fn answer(self, mut req: Request) -> Response {
         let target = target_of(&mut req);
+        if let Target::Statistics = &*target {
+            return self.every_statistics(&req);
+        }
         let Target::Model {
             name,
             version,
@@ -71,6 +77,22 @@ impl ModelService {
                 json_response(StatusCode::OK, &model.metadata(self.models.versions(name)))
             }
             ModelAction::Config => json_response(StatusCode::OK, &model.config()),
+            ModelAction::Statistics => {
+                // Without a version, every version served, as Triton answers.
+                let versions = match version {
+                    Some(_) => vec![model],
+                    None => self.models.served(name),
+                };
+                json_response(
+                    StatusCode::OK,
+                    &StatisticsResponse {
+                        model_stats: versions
+                            .iter()
+                            .map(|m| m.stats.snapshot(&m.name, &m.version))
+                            .collect(),
+                    },
+                )
+            }
             ModelAction::Ready => {
                 let mut r = Response::new(Body::empty());
                 *r.status_mut() = StatusCode::OK;
@@ -93,7 +115,7 @@ impl ModelService {
                     return client_left();
                 }
                 // The policy's deadline, or the caller's own if that is sooner.
-                let now = std::time::Instant::now();
+                let now = Instant::now();
                 let mut wait = (
                     Duration::from_millis(model.policy.inference.timeout_ms),
                     "the model's inference.timeout_ms",
@@ -107,13 +129,23 @@ impl ModelService {
                         wait = (left, "what was left of the call's grpc-timeout");
                     }
                 }
+                // When the call was taken by a thread and when it returned, for the statistics.
                 let out = self
                     .inference
                     .run_admitted_until(
-                        move || (!left()).then(|| job.model.classifier.logits(job.input.view())),
+                        move || {
+                            let started = Instant::now();
+                            let logits =
+                                (!left()).then(|| job.model.classifier.logits(job.input.view()));
+                            (logits, started, Instant::now())
+                        },
                         now + wait.0,
                     )
                     .await;
+                let (out, times) = match out {
+                    Ok((logits, started, ended)) => (Ok(logits), Some((started, ended))),
+                    Err(e) => (Err(e), None),
+                };
                 let logits = match out {
                     Ok(None) => return client_left(),
                     // A score that is not finite would leave as JSON `null` (not FP32 data)
@@ -139,14 +171,42 @@ impl ModelService {
                     Err(e) => return failed(&e),
                 };
                 self.metrics.samples(&model.name, n);
+                let (queue, infer) = times.map_or((Duration::ZERO, Duration::ZERO), |(s, e)| {
+                    (
+                        s.saturating_duration_since(now),
+                        e.saturating_duration_since(s),
+                    )
+                });
                 let mut r = Response::new(Body::empty());
                 r.extensions_mut().insert(Prediction {
                     validated: v,
                     logits: Arc::new(logits),
+                    queue,
+                    infer,
                 });
                 r
             }
         }
+    }
+}
+
+impl ModelService {
+    /// `GET /v2/models/stats`: every version of every model the key may query (authorise let
+    /// through only a key that may query some).
+    fn every_statistics(&self, req: &Request) -> Response {
+        let Some(Principal(key)) = req.extensions().get::<Principal>() else {
+            tracing::error!("a statistics request reached the models without a key");
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        };
+        let model_stats = self
+            .models
+            .names()
+            .iter()
+            .filter(|name| key.may_query(name))
+            .flat_map(|name| self.models.served(name))
+            .map(|m| m.stats.snapshot(&m.name, &m.version))
+            .collect();
+        json_response(StatusCode::OK, &StatisticsResponse { model_stats })
     }
 }
 

@@ -87,7 +87,8 @@ pub enum KeyError {
 /// A least-privilege role.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Role {
-    /// Query (metadata, configuration, ready, infer) one model, or every model (`*`).
+    /// Query (metadata, configuration, statistics, ready, infer) one model, or every model
+    /// (`*`).
     Query(String),
     /// Send data to ingest endpoints.
     Ingest,
@@ -231,6 +232,11 @@ impl KeyRecord {
     /// Whether one of the key's roles lets it query `model`.
     pub fn may_query(&self, model: &str) -> bool {
         self.roles.iter().any(|r| r.allows_query(model))
+    }
+
+    /// Whether the key may query some model (any `query` role).
+    pub fn may_query_some(&self) -> bool {
+        self.roles.iter().any(|r| matches!(r, Role::Query(_)))
     }
 
     /// Whether the key is neither revoked nor expired at `now_ms` (what `authenticate` asks

@@ -93,6 +93,7 @@ pub mod policy;
 pub mod pool;
 mod schema;
 pub mod server;
+pub mod stats;
 pub mod tls;
 #[cfg(feature = "tract")]
 pub mod tract_runtime;

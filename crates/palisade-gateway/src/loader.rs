@@ -169,6 +169,12 @@ pub fn load_version(
             "'{name}'/'{version}': names are 1 to 64 of [A-Za-z0-9_.-]"
         )));
     }
+    if name == crate::oip::route::STATISTICS {
+        return Err(GatewayError::Model(format!(
+            "no model may be called '{name}': GET /v2/models/{name} is the statistics of every \
+             model (Triton's statistics extension); rename its folder"
+        )));
+    }
     let loaded = runtime
         .load(&admitted.path, &admitted.bytes)
         .map_err(|e| GatewayError::Model(format!("{}: {e}", admitted.path.display())))?;
@@ -193,6 +199,7 @@ pub fn load_version(
         input_name: loaded.input_name,
         output_name: loaded.output_name,
         platform: loaded.platform,
+        stats: Default::default(),
     })
 }
 
@@ -664,6 +671,38 @@ mod tests {
         assert!(source.load("m", "1").is_ok());
         assert!(source.load("m", "2").is_err());
         assert!(source.load("../m", "1").is_err());
+    }
+
+    /// `GET /v2/models/stats` is every model's statistics, so a model called `stats` could not
+    /// be asked for its metadata: it is refused with the reason, signed or not.
+    #[test]
+    fn a_model_called_stats_is_refused_with_the_reason() {
+        use palisade_supply::keys::{Curve, SigningKey};
+        let repo = tempfile::tempdir().unwrap();
+        let dir = repo.path().join("stats/1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundled =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/mnist_cnn_public.onnx");
+        std::fs::copy(&bundled, dir.join("model.onnx")).unwrap();
+        let key = SigningKey::generate(Curve::P256);
+        sign(&dir, &key);
+        let trust = Trust::Key(Arc::new(key.public_key()));
+        let v = find_version(repo.path(), "stats", "1").unwrap();
+        let err = load_dir(&v, &Fake, &trust).unwrap_err().to_string();
+        assert!(err.contains("no model may be called 'stats'"), "{err}");
+        let models = ModelRepository::default();
+        let err = load_repository(repo.path(), &Fake, &trust, &models, None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("statistics"), "{err}");
+        assert!(models.names().is_empty());
+        // Any other name loads from the same bytes.
+        std::fs::rename(repo.path().join("stats"), repo.path().join("statistics")).unwrap();
+        let dir = repo.path().join("statistics/1");
+        std::fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
+        sign(&dir, &key);
+        let v = find_version(repo.path(), "statistics", "1").unwrap();
+        assert!(load_dir(&v, &Fake, &trust).is_ok());
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub struct Metrics {
 }
 
 /// Every value of the `route` label ([`route_label`]).
-const ROUTES: [&str; 12] = [
+const ROUTES: [&str; 13] = [
     "health",
     "server",
     "metrics",
@@ -50,6 +50,7 @@ const ROUTES: [&str; 12] = [
     "ready",
     "infer",
     "config",
+    "stats",
     "admin.keys",
     "admin.models",
     "audit",
@@ -360,6 +361,8 @@ mod tests {
             ("GET", "/v2/models/m/versions/2/ready"),
             ("POST", "/v2/models/m/infer"),
             ("GET", "/v2/models/m/config"),
+            ("GET", "/v2/models/m/versions/1/stats"),
+            ("GET", "/v2/models/stats"),
             ("POST", "/v2/admin/keys"),
             ("POST", "/v2/admin/models/m/deploy"),
             ("GET", "/v2/audit/entries/0"),

@@ -11,6 +11,7 @@ use palisade_core::Classifier;
 use serde::Serialize;
 
 use crate::policy::{Policy, Reveal};
+use crate::stats::VersionStats;
 
 /// Whether `s` may name a model or a version: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with a dot.
 pub fn valid_name(s: &str) -> bool {
@@ -37,6 +38,8 @@ pub struct ServedModel {
     pub output_name: String,
     /// Platform string for metadata (`onnx`, `palisade-linear`, …).
     pub platform: String,
+    /// What this version has served (Triton's statistics extension), from zero when loaded.
+    pub stats: VersionStats,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -364,6 +367,7 @@ mod tests {
             input_name: "x".into(),
             output_name: "y".into(),
             platform: "test".into(),
+            stats: Default::default(),
         }
     }
 

@@ -670,7 +670,7 @@ async fn server_metadata() -> Response {
         &serde_json::json!({
             "name": "palisade",
             "version": env!("CARGO_PKG_VERSION"),
-            "extensions": ["binary_tensor_data", "model_configuration"],
+            "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
         }),
     )
 }

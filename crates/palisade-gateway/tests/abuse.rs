@@ -530,6 +530,186 @@ async fn a_model_configuration_is_the_metadata_in_tritons_terms_behind_the_same_
     s.stop().await;
 }
 
+/// Triton's statistics extension (`GET /v2/models[/{m}[/versions/{v}]]/stats`, tritonclient's
+/// `get_inference_statistics`): each version counts what it served and what failed once it was
+/// its work, not what the guards refused before; a key sees the statistics of the models it may
+/// query and no others; the route is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_count_what_each_version_served_and_only_for_keys_that_may_query_it() {
+    let s = start().await;
+    let (a, q) = (bearer(&s.admin), bearer(&s.query));
+    let call = |method: &'static str, path: String, auth: Option<String>, body: Vec<u8>| async move {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        request(s.addr, method, &path, &headers, &body).await
+    };
+    let get = |path: &str, auth: &str| call("GET", path.into(), Some(auth.into()), vec![]);
+    let infer = |model: &str, body: Vec<u8>, auth: &str| {
+        call(
+            "POST",
+            format!("/v2/models/{model}/infer"),
+            Some(auth.into()),
+            body,
+        )
+    };
+    let fresh = get("/v2/models/lin/stats", &q).await;
+    assert_eq!(fresh.status, 200, "{fresh:?}");
+    let v = &fresh.json()["model_stats"][0];
+    assert_eq!((&v["name"], &v["version"]), (&"lin".into(), &"1".into()));
+    assert_eq!(
+        (&v["last_inference"], &v["execution_count"]),
+        (&0.into(), &0.into())
+    );
+
+    let before = now_ms();
+    assert_eq!(infer("lin", json_infer(&[0.1; 4], 1), &q).await.status, 200);
+    assert_eq!(infer("lin", json_infer(&[0.2; 8], 2), &q).await.status, 200);
+    // Its work, failed: a body that does not validate.
+    assert_eq!(infer("lin", json_infer(&[0.1; 3], 1), &q).await.status, 400);
+    // Not its work: refused before validation (no key; a key that may not query it).
+    let no_key = call(
+        "POST",
+        "/v2/models/lin/infer".into(),
+        None,
+        json_infer(&[0.1; 4], 1),
+    );
+    assert_eq!(no_key.await.status, 401);
+    assert_eq!(
+        infer("lin", json_infer(&[0.1; 4], 1), &bearer(&s.auditor))
+            .await
+            .status,
+        403
+    );
+    let r = get("/v2/models/lin/stats", &q).await;
+    let all = r.json();
+    assert_eq!(all["model_stats"].as_array().unwrap().len(), 1, "{all}");
+    let v = &all["model_stats"][0];
+    let last = v["last_inference"].as_u64().unwrap();
+    assert!(last >= before && last <= now_ms(), "{v}");
+    assert_eq!(
+        (&v["inference_count"], &v["execution_count"]),
+        (&3.into(), &2.into()),
+        "{v}"
+    );
+    let st = &v["inference_stats"];
+    let count = |k: &str| st[k]["count"].as_u64().unwrap();
+    let ns = |k: &str| st[k]["ns"].as_u64().unwrap();
+    assert_eq!((count("success"), count("fail")), (2, 1), "{st}");
+    for k in ["queue", "compute_input", "compute_infer", "compute_output"] {
+        assert_eq!(count(k), 2, "{k}: {st}");
+        assert!(
+            ns(k) <= ns("success"),
+            "{k} is part of a request's time: {st}"
+        );
+    }
+    assert!(ns("compute_infer") > 0 && ns("fail") > 0, "{st}");
+    assert_eq!((count("cache_hit"), count("cache_miss")), (0, 0));
+    let sizes: Vec<_> = v["batch_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["batch_size"].as_u64().unwrap(),
+                b["compute_infer"]["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(sizes, [(1, 1), (2, 1)], "{v}");
+    let entry = s.last_audit_entry();
+    assert_eq!(
+        (&entry["action"], &entry["model"], &entry["decision"]),
+        (&"stats".into(), &"lin".into(), &"allowed".into()),
+        "{entry}"
+    );
+
+    // A second version counts on its own; without a version, every version is listed.
+    s.models.deploy(served("lin", "2", LIN_POLICY)).unwrap();
+    assert_eq!(infer("lin", json_infer(&[0.1; 4], 1), &q).await.status, 200);
+    let both = get("/v2/models/lin/stats", &q).await.json();
+    let of = |v: &serde_json::Value| {
+        (
+            v["version"].as_str().unwrap().to_string(),
+            v["inference_stats"]["success"]["count"].as_u64().unwrap(),
+        )
+    };
+    let got: Vec<_> = both["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(of)
+        .collect();
+    assert_eq!(got, [("1".into(), 2), ("2".into(), 1)], "{both}");
+    let one = get("/v2/models/lin/versions/1/stats", &q).await.json();
+    let got: Vec<_> = one["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(of)
+        .collect();
+    assert_eq!(got, [("1".to_string(), 2)], "{one}");
+    assert_eq!(get("/v2/models/lin/versions/9/stats", &q).await.status, 404);
+    assert_eq!(get("/v2/models/nosuch/stats", &a).await.status, 404);
+
+    // Every model: those the key may query, and no other.
+    let names = |r: &Reply| -> Vec<String> {
+        r.json()["model_stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}/{}",
+                    m["name"].as_str().unwrap(),
+                    m["version"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let r = get("/v2/models/stats", &q).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(names(&r), ["limited/1", "lin/1", "lin/2"]);
+    let r = get("/v2/models/stats", &a).await;
+    assert_eq!(
+        names(&r),
+        ["label/1", "limited/1", "lin/1", "lin/2", "top2/1"]
+    );
+    let entry = s.last_audit_entry();
+    assert_eq!(
+        (&entry["action"], &entry["model"]),
+        (&"stats".into(), &serde_json::Value::Null),
+        "{entry}"
+    );
+    // Refused: a key with no query role, no key, another model's statistics, a method.
+    let r = get("/v2/models/stats", &bearer(&s.auditor)).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.error().contains("may not query any model"), "{r:?}");
+    assert_eq!(
+        call("GET", "/v2/models/stats".into(), None, vec![])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(get("/v2/models/top2/stats", &q).await.status, 403);
+    for path in ["/v2/models/stats", "/v2/models/lin/stats"] {
+        let r = call("POST", path.into(), Some(q.clone()), b"{}".to_vec()).await;
+        assert_eq!(r.status, 405, "{path}: {r:?}");
+        assert_eq!(r.headers["allow"], "GET, HEAD", "{path}");
+    }
+    // Reading statistics is not inference: lin/2 still counts one.
+    let again = get("/v2/models/lin/versions/2/stats", &q).await.json();
+    assert_eq!(again["model_stats"][0]["execution_count"], 1, "{again}");
+    let r = call("GET", "/v2".into(), None, vec![]).await;
+    assert!(
+        r.json()["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&"statistics".into()),
+        "{r:?}"
+    );
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_needs_totp_once_and_revocation_is_immediate() {
     let s = start().await;

@@ -28,6 +28,11 @@ fn infer_request(
         raw_input_contents: vec![raw],
         ..Default::default()
     };
+    keyed(message, key)
+}
+
+/// `message` as a call with the key `key`, or with no key when `key` is empty.
+fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
     if key.is_empty() {
         tonic::Request::new(message)
     } else {
@@ -213,17 +218,12 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
 async fn grpc_model_config_is_triton_s_message_behind_the_same_guards() {
     let s = start().await;
     let mut c = client(&s).await;
-    // No key when `key` is empty.
     let ask = |name: &str, version: &str, key: &str| {
         let message = ModelConfigRequest {
             name: name.into(),
             version: version.into(),
         };
-        if key.is_empty() {
-            tonic::Request::new(message)
-        } else {
-            with_key(message, key)
-        }
+        keyed(message, key)
     };
     let config = c
         .model_config(ask("top2", "1", &s.admin.key))
@@ -274,7 +274,106 @@ async fn grpc_model_config_is_triton_s_message_behind_the_same_guards() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(meta.extensions, vec!["model_configuration".to_string()]);
+    assert_eq!(meta.extensions, ["model_configuration", "statistics"]);
+    s.stop().await;
+}
+
+/// Triton's `ModelStatistics` call (tritonclient's `get_inference_statistics`): the REST
+/// statistics as Triton's message, for one version, one model or every model the key may query,
+/// behind the same guards; a gRPC infer counts as a REST one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_model_statistics_is_triton_s_message_behind_the_same_guards() {
+    let s = start().await;
+    let mut c = client(&s).await;
+    let x = [0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8];
+    c.model_infer(infer_request("lin", &x, vec![2, 1, 2, 2], &s.query.key))
+        .await
+        .unwrap();
+    let e = c
+        .model_infer(infer_request("lin", &x, vec![2, 4], &s.query.key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let ask = |name: &str, version: &str, key: &str| {
+        let message = ModelStatisticsRequest {
+            name: name.into(),
+            version: version.into(),
+        };
+        keyed(message, key)
+    };
+    let got = c
+        .model_statistics(ask("lin", "1", &s.query.key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.model_stats.len(), 1, "{got:?}");
+    let m = &got.model_stats[0];
+    assert_eq!((m.name.as_str(), m.version.as_str()), ("lin", "1"));
+    assert_eq!((m.inference_count, m.execution_count), (2, 1));
+    assert!(m.last_inference > 0);
+    let st = m.inference_stats.unwrap();
+    let count = |d: Option<StatisticDuration>| d.unwrap().count;
+    assert_eq!((count(st.success), count(st.fail)), (1, 1), "{st:?}");
+    assert_eq!(count(st.compute_infer), 1);
+    assert!(st.compute_infer.unwrap().ns > 0);
+    assert_eq!(m.batch_stats.len(), 1);
+    assert_eq!(m.batch_stats[0].batch_size, 2);
+    // It is the REST answer, field for field.
+    let rest = request(
+        s.addr,
+        "GET",
+        "/v2/models/lin/versions/1/stats",
+        &[("Authorization", &bearer(&s.query))],
+        b"",
+    )
+    .await
+    .json();
+    let r = &rest["model_stats"][0];
+    assert_eq!(r["last_inference"], m.last_inference, "{rest}");
+    assert_eq!(
+        r["inference_stats"]["success"]["ns"],
+        st.success.unwrap().ns
+    );
+    assert_eq!(r["inference_stats"]["queue"]["ns"], st.queue.unwrap().ns);
+    let entry = s.last_audit_entry();
+    assert_eq!(entry["action"], "stats", "{entry}");
+    // Every model the key may query, when no name is given.
+    let every = |key: &str| {
+        let mut c = c.clone();
+        let r = ask("", "", key);
+        async move {
+            c.model_statistics(r).await.map(|r| {
+                r.into_inner()
+                    .model_stats
+                    .into_iter()
+                    .map(|m| m.name)
+                    .collect::<Vec<_>>()
+            })
+        }
+    };
+    assert_eq!(every(&s.query.key).await.unwrap(), ["limited", "lin"]);
+    assert_eq!(
+        every(&s.admin.key).await.unwrap(),
+        ["label", "limited", "lin", "top2"]
+    );
+    let entry = s.last_audit_entry();
+    assert_eq!(entry["method"], "GRPC ModelStatistics", "{entry}");
+    // Refused: no query role at all, no key, another model, a model that is not there, a
+    // version without a name.
+    for (model, version, key, code) in [
+        ("", "", s.auditor.key.as_str(), Code::PermissionDenied),
+        ("", "", "", Code::Unauthenticated),
+        ("top2", "", s.query.key.as_str(), Code::PermissionDenied),
+        ("nosuch", "", s.admin.key.as_str(), Code::NotFound),
+        ("lin", "9", s.admin.key.as_str(), Code::NotFound),
+        ("", "1", s.admin.key.as_str(), Code::InvalidArgument),
+    ] {
+        let e = c
+            .model_statistics(ask(model, version, key))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{model}/{version}: {e:?}");
+    }
     s.stop().await;
 }
 

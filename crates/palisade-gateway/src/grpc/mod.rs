@@ -10,7 +10,8 @@
 //! message tonic cannot decode, a bad model name…) is audited by [`audit::AuditUnreached`].
 //!
 //! Triton's `ModelConfig` call (its model configuration extension, which tritonclient's
-//! `get_model_config` uses) is served the same way, from `GET …/config`.
+//! `get_model_config` uses) is served the same way, from `GET …/config`, and its
+//! `ModelStatistics` (the statistics extension: `get_inference_statistics`) from `GET …/stats`.
 //!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
 //! 0.14 (`compile_fds` on the file's descriptor set, no transport), so that building needs no
@@ -509,7 +510,7 @@ impl GrpcInferenceService for GrpcGateway {
         Ok(tonic::Response::new(ServerMetadataResponse {
             name: "palisade".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["model_configuration".into()],
+            extensions: vec!["model_configuration".into(), "statistics".into()],
         }))
     }
 
@@ -593,6 +594,28 @@ impl GrpcInferenceService for GrpcGateway {
         ))
     }
 
+    /// Triton's statistics extension: `GET …/stats` through the model stack; with no name,
+    /// every model the key may query (`GET /v2/models/stats`).
+    async fn model_statistics(
+        &self,
+        r: tonic::Request<ModelStatisticsRequest>,
+    ) -> Result<tonic::Response<ModelStatisticsResponse>, Status> {
+        let (name, version) = (&r.get_ref().name, &r.get_ref().version);
+        let path = match (name.is_empty(), version.is_empty()) {
+            (true, true) => format!("/v2/models/{}", oip::route::STATISTICS),
+            (true, false) => {
+                return Err(Status::invalid_argument(
+                    "a version was given without a model name",
+                ));
+            }
+            (false, _) => model_path(name, version, "/stats")?,
+        };
+        let (_, body) = self
+            .call("ModelStatistics", Method::GET, path, &r, &[], Vec::new())
+            .await?;
+        Ok(tonic::Response::new(model_statistics(&body)?))
+    }
+
     /// Triton's model configuration extension: `GET …/config` through the model stack.
     async fn model_config(
         &self,
@@ -606,6 +629,55 @@ impl GrpcInferenceService for GrpcGateway {
             config: Some(model_config(&body)?),
         }))
     }
+}
+
+/// The REST statistics (`crate::stats::StatisticsResponse`'s JSON) as Triton's message.
+fn model_statistics(body: &[u8]) -> Result<ModelStatisticsResponse, Status> {
+    use crate::stats;
+    let r: stats::StatisticsResponse =
+        serde_json::from_slice(body).map_err(|e| Status::internal(e.to_string()))?;
+    let d = |s: stats::StatDuration| {
+        Some(StatisticDuration {
+            count: s.count,
+            ns: s.ns,
+        })
+    };
+    Ok(ModelStatisticsResponse {
+        model_stats: r
+            .model_stats
+            .into_iter()
+            .map(|m| {
+                let s = m.inference_stats;
+                ModelStatistics {
+                    name: m.name,
+                    version: m.version,
+                    last_inference: m.last_inference,
+                    inference_count: m.inference_count,
+                    execution_count: m.execution_count,
+                    inference_stats: Some(InferStatistics {
+                        success: d(s.success),
+                        fail: d(s.fail),
+                        queue: d(s.queue),
+                        compute_input: d(s.compute_input),
+                        compute_infer: d(s.compute_infer),
+                        compute_output: d(s.compute_output),
+                        cache_hit: d(s.cache_hit),
+                        cache_miss: d(s.cache_miss),
+                    }),
+                    batch_stats: m
+                        .batch_stats
+                        .into_iter()
+                        .map(|b| InferBatchStatistics {
+                            batch_size: b.batch_size,
+                            compute_input: d(b.compute_input),
+                            compute_infer: d(b.compute_infer),
+                            compute_output: d(b.compute_output),
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    })
 }
 
 /// The REST model configuration (`crate::model::ModelConfig`'s JSON) as Triton's message.

@@ -1,5 +1,6 @@
 //! Methods: each model route answers the method the Open Inference Protocol gives it, `GET` (or
-//! `HEAD`) for a model's metadata and readiness and `POST` for infer. Another method gets 405
+//! `HEAD`) for a model's metadata, readiness, configuration and statistics (every model's too)
+//! and `POST` for infer. Another method gets 405
 //! with `Allow`, audited as `denied:method` with the key that sent it, after authentication and
 //! before any guard reads the body: the routes had been told apart by their paths alone, so a
 //! `GET` with a body was served as an infer, and a `POST` to a metadata path answered with the
@@ -21,16 +22,20 @@ pub struct AllowedMethods;
 fn allowed(action: ModelAction, method: &Method) -> (&'static str, bool) {
     match action {
         ModelAction::Infer => ("POST", method == Method::POST),
-        ModelAction::Metadata | ModelAction::Ready | ModelAction::Config => {
-            ("GET, HEAD", method == Method::GET || method == Method::HEAD)
-        }
+        ModelAction::Metadata
+        | ModelAction::Ready
+        | ModelAction::Config
+        | ModelAction::Statistics => ("GET, HEAD", method == Method::GET || method == Method::HEAD),
     }
 }
 
 impl Guard for AllowedMethods {
     async fn handle(self, mut req: Request, next: Next) -> Response {
-        let Target::Model { action, .. } = *target_of(&mut req) else {
-            return call_next(next, req).await;
+        // Every model's statistics are read as one model's are.
+        let action = match *target_of(&mut req) {
+            Target::Model { action, .. } => action,
+            Target::Statistics => ModelAction::Statistics,
+            _ => return call_next(next, req).await,
         };
         let (allow, ok) = allowed(action, req.method());
         if ok {
@@ -65,6 +70,7 @@ mod tests {
             ModelAction::Metadata,
             ModelAction::Ready,
             ModelAction::Config,
+            ModelAction::Statistics,
         ] {
             assert!(allowed(action, &Method::GET).1);
             assert!(allowed(action, &Method::HEAD).1);

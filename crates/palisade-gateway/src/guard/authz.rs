@@ -3,6 +3,7 @@
 //! | route | role |
 //! |---|---|
 //! | `/v2/models/{m}/…` | `query:{m}` or `query:*` |
+//! | `/v2/models/stats` | any `query` role (the answer holds the models it covers) |
 //! | `/v2/audit/…` | `audit` |
 //! | `/v2/admin/keys…` | `admin` + a TOTP code |
 //! | `/v2/admin/models…` | `deploy` + a TOTP code |
@@ -56,6 +57,17 @@ impl Guard for Authorise {
                     StatusCode::FORBIDDEN,
                     GUARD,
                     &format!("key {} may not query model '{name}'", key.id),
+                );
+            }
+            // Answered with the statistics of the models the key may query, and only those.
+            Target::Statistics => {
+                if key.may_query_some() {
+                    return call_next(next, req).await;
+                }
+                return reject(
+                    StatusCode::FORBIDDEN,
+                    GUARD,
+                    &format!("key {} may not query any model", key.id),
                 );
             }
             Target::Audit => (Role::Audit, false),

@@ -12,11 +12,13 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use ndarray::{Array2, Axis};
+use std::time::Instant;
 
 use super::{Decision, Guard, Next, Prediction, call_next, error_response, off_worker_if};
 use crate::model::ServedModel;
 use crate::oip::{self, OutputData, OutputTensor};
 use crate::policy::{NoiseKind, OutputPolicy, Reveal};
+use crate::stats::Served;
 
 /// Outputs up to this many values are hardened and encoded on the async worker; larger ones on a
 /// blocking thread.
@@ -121,6 +123,8 @@ impl Guard for Harden {
             return resp;
         };
         let heavy = pred.logits.len() > INLINE_VALUES;
+        let started = Instant::now();
+        let (queue, infer, rows) = (pred.queue, pred.infer, pred.logits.nrows());
         let encode = move || {
             let v = &pred.validated;
             let tensors = harden(&v.model, &v.model.policy.output, &pred.logits);
@@ -153,6 +157,12 @@ impl Guard for Harden {
             parts.headers.insert(oip::HEADER_LENGTH, v);
         }
         parts.extensions.insert(Decision::Allowed);
+        parts.extensions.insert(Served {
+            rows,
+            queue,
+            infer,
+            output: started.elapsed(),
+        });
         Response::from_parts(parts, Body::from(enc.body))
     }
 }
@@ -181,6 +191,7 @@ mod tests {
             input_name: "x".into(),
             output_name: "y".into(),
             platform: "test".into(),
+            stats: Default::default(),
         }
     }
 

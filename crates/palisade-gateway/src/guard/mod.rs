@@ -331,6 +331,10 @@ pub struct Prediction {
     pub validated: ValidatedInfer,
     /// Logits `[N, C]`.
     pub logits: Arc<ndarray::Array2<f32>>,
+    /// How long the call waited for an inference thread.
+    pub queue: std::time::Duration,
+    /// How long the model call took.
+    pub infer: std::time::Duration,
 }
 
 /// Set on an admin action's failure that a retry of the same request mends and that repeats

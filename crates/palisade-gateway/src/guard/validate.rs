@@ -13,7 +13,7 @@
 
 use std::io::Read as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -27,7 +27,9 @@ use super::{
 };
 use crate::deadline::{BodyClock, BodyTimedOut, DeadlineBody};
 use crate::model::{ModelRepository, ServedModel};
+use crate::now_ms;
 use crate::oip::{self, InferRequest, ModelAction, Target, target_of};
+use crate::stats::Served;
 
 const GUARD: &str = "validate";
 
@@ -278,86 +280,103 @@ impl Guard for Validate {
         if *action != ModelAction::Infer {
             return call_next(next, req).await;
         }
-        let limit = model.policy.input.max_body_bytes;
-        let declared_len = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared_len.is_some_and(|l| l > limit as u64) {
-            return too_large(limit);
-        }
-        let header_len = match req.headers().get(oip::HEADER_LENGTH) {
-            None => None,
-            Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
-                Some(h) => Some(h),
-                None => {
-                    return bad("Inference-Header-Content-Length is not a number".into());
-                }
-            },
-        };
-        let encoding = req
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let wait = Duration::from_millis(model.policy.input.body_timeout_ms);
-        // A gRPC call's body was read before its model was known (`deadline`).
-        if let Some(clock) = req.extensions().get::<BodyClock>()
-            && clock.took() > wait
-        {
-            return too_slow(model.policy.input.body_timeout_ms);
-        }
-        let (mut parts, body) = req.into_parts();
-        // A body already received is read at once and starts no timer.
-        let body = Body::new(DeadlineBody::new(body, wait));
-        let body_error = |e: BodyError| match e {
-            BodyError::TimedOut => too_slow(model.policy.input.body_timeout_ms),
-            BodyError::TooLarge => too_large(limit),
-            BodyError::Encoding(m) => reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, GUARD, &m),
-            BodyError::Corrupt(m) | BodyError::Read(m) => bad(m),
-        };
-        let raw = match read_body(body, limit).await {
-            Ok(b) => b,
-            Err(e) => return body_error(e),
-        };
-        // Decompressing, decoding, checking and hashing a large body takes milliseconds of CPU:
-        // on a blocking thread, not on the async worker that every connection shares.
-        let heavy = raw.len() > INLINE_BYTES || !uncompressed(encoding.as_deref());
-        let checking = model.clone();
-        let prepare = move || {
-            let bytes = decompress(raw, encoding.as_deref(), limit)?;
-            let checked = oip::decode_request(&bytes, header_len)
-                .map_err(|e| e.to_string())
-                .and_then(|mut r| check_request(&checking, &mut r).map(|x| (r, x)));
-            Ok((bytes, checked))
-        };
-        let (bytes, result) = match off_worker_if(heavy, "request validation", prepare).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return body_error(e),
-            Err(r) => return r,
-        };
-        // The digest is only for the audit log: it is computed while the model runs.
-        let digest = BodyDigest::start(bytes);
-        let (request, input) = match result {
-            Ok(v) => v,
-            Err(m) => {
-                let mut r = bad(m);
-                r.extensions_mut().insert(InputDigest(digest.get().await));
-                return r;
+        // Every request that reaches this point counts in the version's statistics: a success
+        // if the harden guard encoded its outputs, a failure otherwise (see `crate::stats`).
+        let started = Instant::now();
+        let mut input = Duration::ZERO;
+        let stats = model.clone();
+        let mut resp = async {
+            let limit = model.policy.input.max_body_bytes;
+            let declared_len = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared_len.is_some_and(|l| l > limit as u64) {
+                return too_large(limit);
             }
-        };
-        let version = ServedVersion(model.version.clone());
-        parts.extensions.insert(ValidatedInfer {
-            model,
-            request: Arc::new(request),
-            input: Arc::new(input),
-        });
-        let req = Request::from_parts(parts, Body::empty());
-        let (mut resp, digest) = call_next_meanwhile(next, req, || digest.compute_here()).await;
-        resp.extensions_mut()
-            .insert(InputDigest(digest.get().await));
-        resp.extensions_mut().insert(version);
+            let header_len = match req.headers().get(oip::HEADER_LENGTH) {
+                None => None,
+                Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+                    Some(h) => Some(h),
+                    None => {
+                        return bad("Inference-Header-Content-Length is not a number".into());
+                    }
+                },
+            };
+            let encoding = req
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let wait = Duration::from_millis(model.policy.input.body_timeout_ms);
+            // A gRPC call's body was read before its model was known (`deadline`).
+            if let Some(clock) = req.extensions().get::<BodyClock>()
+                && clock.took() > wait
+            {
+                return too_slow(model.policy.input.body_timeout_ms);
+            }
+            let (mut parts, body) = req.into_parts();
+            // A body already received is read at once and starts no timer.
+            let body = Body::new(DeadlineBody::new(body, wait));
+            let body_error = |e: BodyError| match e {
+                BodyError::TimedOut => too_slow(model.policy.input.body_timeout_ms),
+                BodyError::TooLarge => too_large(limit),
+                BodyError::Encoding(m) => reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, GUARD, &m),
+                BodyError::Corrupt(m) | BodyError::Read(m) => bad(m),
+            };
+            let raw = match read_body(body, limit).await {
+                Ok(b) => b,
+                Err(e) => return body_error(e),
+            };
+            // Decompressing, decoding, checking and hashing a large body takes milliseconds of CPU:
+            // on a blocking thread, not on the async worker that every connection shares.
+            let heavy = raw.len() > INLINE_BYTES || !uncompressed(encoding.as_deref());
+            let checking = model.clone();
+            let prepare = move || {
+                let bytes = decompress(raw, encoding.as_deref(), limit)?;
+                let checked = oip::decode_request(&bytes, header_len)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut r| check_request(&checking, &mut r).map(|x| (r, x)));
+                Ok((bytes, checked))
+            };
+            let decoding = Instant::now();
+            let (bytes, result) = match off_worker_if(heavy, "request validation", prepare).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return body_error(e),
+                Err(r) => return r,
+            };
+            input = decoding.elapsed();
+            // The digest is only for the audit log: it is computed while the model runs.
+            let digest = BodyDigest::start(bytes);
+            let (request, input) = match result {
+                Ok(v) => v,
+                Err(m) => {
+                    let mut r = bad(m);
+                    r.extensions_mut().insert(InputDigest(digest.get().await));
+                    return r;
+                }
+            };
+            let version = ServedVersion(model.version.clone());
+            parts.extensions.insert(ValidatedInfer {
+                model,
+                request: Arc::new(request),
+                input: Arc::new(input),
+            });
+            let req = Request::from_parts(parts, Body::empty());
+            let (mut resp, digest) = call_next_meanwhile(next, req, || digest.compute_here()).await;
+            resp.extensions_mut()
+                .insert(InputDigest(digest.get().await));
+            resp.extensions_mut().insert(version);
+            resp
+        }
+        .await;
+        match resp.extensions_mut().remove::<Served>() {
+            Some(served) => stats
+                .stats
+                .succeeded(started.elapsed(), input, &served, now_ms()),
+            None => stats.stats.failed(started.elapsed()),
+        }
         resp
     }
 }
@@ -442,6 +461,7 @@ mod tests {
             input_name: "x".into(),
             output_name: "logits".into(),
             platform: "test".into(),
+            stats: Default::default(),
         };
         let body = |data: &str| {
             format!(

@@ -27,6 +27,8 @@ pub enum ModelAction {
     Infer,
     /// `GET /v2/models/{m}[/versions/{v}]/config` (Triton's model configuration extension)
     Config,
+    /// `GET /v2/models/{m}[/versions/{v}]/stats` (Triton's statistics extension)
+    Statistics,
 }
 
 impl ModelAction {
@@ -37,6 +39,7 @@ impl ModelAction {
             ModelAction::Ready => "ready",
             ModelAction::Infer => "infer",
             ModelAction::Config => "config",
+            ModelAction::Statistics => "stats",
         }
     }
 }
@@ -53,6 +56,10 @@ pub enum Target {
         /// What is asked.
         action: ModelAction,
     },
+    /// `GET /v2/models/stats`: Triton's statistics of every model (those the key may query).
+    /// No model may be called `stats` (the loader refuses the name), as in Triton, where this
+    /// path is the statistics route too.
+    Statistics,
     /// `/v2/admin/keys…`: key management (role `admin`, with TOTP).
     AdminKeys,
     /// `/v2/admin/models…`: deployment (role `deploy`, with TOTP).
@@ -63,11 +70,16 @@ pub enum Target {
     Unknown,
 }
 
+/// The path segment after `/v2/models/` that names every model's statistics, and so cannot
+/// name a model.
+pub const STATISTICS: &str = "stats";
+
 impl Target {
     /// Parses a request path. Names must be valid model names (see [`crate::model::valid_name`]).
     pub fn parse(path: &str) -> Target {
         let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
         match segs.as_slice() {
+            ["", "v2", "models", STATISTICS] => Target::Statistics,
             ["", "v2", "models", name, rest @ ..] if crate::model::valid_name(name) => {
                 let (version, rest) = match rest {
                     ["versions", v, tail @ ..] if crate::model::valid_name(v) => {
@@ -80,6 +92,7 @@ impl Target {
                     ["ready"] => ModelAction::Ready,
                     ["infer"] => ModelAction::Infer,
                     ["config"] => ModelAction::Config,
+                    ["stats"] => ModelAction::Statistics,
                     _ => return Target::Unknown,
                 };
                 Target::Model {
@@ -99,6 +112,7 @@ impl Target {
     pub fn action(&self) -> &'static str {
         match self {
             Target::Model { action, .. } => action.as_str(),
+            Target::Statistics => "stats",
             Target::AdminKeys => "admin.keys",
             Target::AdminModels => "admin.models",
             Target::Audit => "audit",
@@ -143,6 +157,17 @@ mod tests {
             m("mnist", Some("1"), ModelAction::Config)
         );
         assert_eq!(Target::parse("/v2/models/mnist/config/x"), Target::Unknown);
+        assert_eq!(
+            Target::parse("/v2/models/mnist/stats"),
+            m("mnist", None, ModelAction::Statistics)
+        );
+        assert_eq!(
+            Target::parse("/v2/models/mnist/versions/3/stats"),
+            m("mnist", Some("3"), ModelAction::Statistics)
+        );
+        assert_eq!(Target::parse("/v2/models/stats"), Target::Statistics);
+        assert_eq!(Target::parse("/v2/models/stats/"), Target::Statistics);
+        assert_eq!(Target::parse("/v2/models/stats/x"), Target::Unknown);
         assert_eq!(Target::parse("/v2/models/mnist/explode"), Target::Unknown);
         assert_eq!(Target::parse("/v2/models/../infer"), Target::Unknown);
         assert_eq!(

@@ -52,6 +52,7 @@ pub fn served(name: &str, version: &str, policy: &str) -> ServedModel {
         input_name: "input".into(),
         output_name: "logits".into(),
         platform: "palisade-linear".into(),
+        stats: Default::default(),
     }
 }
 
