@@ -126,18 +126,28 @@ assert hs["model_stats"][0]["inference_stats"]["success"]["ns"] == \
 assert [m["name"] for m in h.get_inference_statistics(headers=hdr())["model_stats"]] == ["mnist"]
 assert [m.name for m in g.get_inference_statistics(headers=gh).model_stats] == ["mnist"]
 
+# Triton's repository index, over both transports.
+hi = h.get_model_repository_index(headers=hdr())
+gi_ = g.get_model_repository_index(headers=gh, as_json=True)["models"]
+print("repository index:", hi)
+assert [(m["name"], m["state"]) for m in hi] == [("mnist", "READY")], hi
+assert [(m["name"], m["version"], m["state"]) for m in gi_] == \
+    [(m["name"], m["version"], m["state"]) for m in hi], (gi_, hi)
+
 for call in (lambda: h.infer("mnist", [http_input(x[:1])]),
              lambda: g.infer("mnist", [gi]),
              lambda: h.get_model_config("mnist"),
              lambda: g.get_model_config("mnist"),
              lambda: h.get_inference_statistics("mnist"),
-             lambda: g.get_inference_statistics()):
+             lambda: g.get_inference_statistics(),
+             lambda: h.get_model_repository_index(),
+             lambda: g.get_model_repository_index()):
     try:
         call()
         raise SystemExit("a request without a key was served")
     except InferenceServerException as e:
         print("refused without a key:", e.status(), (e.message() or "")[:60])
-print("OK: tritonclient HTTP (binary, JSON, gzip) and gRPC agree with PyTorch; both read the model configuration and statistics")
+print("OK: tritonclient HTTP (binary, JSON, gzip) and gRPC agree with PyTorch; both read the model configuration, statistics and repository index")
 PY
 
 kill -TERM $PID; wait $PID || true

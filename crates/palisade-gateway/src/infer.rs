@@ -1,11 +1,12 @@
-//! The innermost service of the model routes: metadata, readiness, configuration, statistics
-//! and inference.
+//! The innermost service of the model routes: metadata, readiness, configuration, statistics,
+//! the repository index and inference.
 //!
 //! **Invariant:** inference never writes a response body. It puts the raw logits on the response
 //! as a [`Prediction`], and only the harden guard serialises outputs.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,10 +19,12 @@ use axum::response::Response;
 use tower::Service;
 
 use crate::guard::admit::refusal;
+use crate::guard::validate::read_small_body;
 use crate::guard::{
     CallDeadline, ClientGone, Decision, Prediction, Principal, ValidatedInfer, error_response,
-    json_response,
+    json_response, off_worker_if,
 };
+use crate::loader::{Withdrawn, repository_index};
 use crate::metrics::Metrics;
 use crate::model::ModelRepository;
 use crate::oip::{ModelAction, Target, target_of};
@@ -34,6 +37,9 @@ pub struct ModelService {
     models: Arc<ModelRepository>,
     metrics: Arc<Metrics>,
     inference: Arc<InferencePool>,
+    /// The repository folder the gateway loads from, for the index's unserved versions.
+    repo: Option<PathBuf>,
+    withdrawn: Option<Arc<Withdrawn>>,
 }
 
 impl ModelService {
@@ -47,13 +53,29 @@ impl ModelService {
             models,
             metrics,
             inference,
+            repo: None,
+            withdrawn: None,
         }
+    }
+
+    /// Lists in the repository index, beside the versions served, the versions of the folder
+    /// `repo` that are not, with `withdrawn` saying which a rollback took down.
+    pub fn with_repository(
+        mut self,
+        repo: Option<PathBuf>,
+        withdrawn: Option<Arc<Withdrawn>>,
+    ) -> Self {
+        self.repo = repo;
+        self.withdrawn = withdrawn;
+        self
     }
 
     async fn answer(self, mut req: Request) -> Response {
         let target = target_of(&mut req);
-        if let Target::Statistics = &*target {
-            return self.every_statistics(&req);
+        match &*target {
+            Target::Statistics => return self.every_statistics(&req),
+            Target::RepositoryIndex => return self.index(req).await,
+            _ => {}
         }
         let Target::Model {
             name,
@@ -190,7 +212,75 @@ impl ModelService {
     }
 }
 
+/// Largest body of a repository index request (`{"ready": true}` is 14 bytes).
+const INDEX_BODY: usize = 4096;
+
+/// How long a repository index request's body may take to arrive.
+const INDEX_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A repository index request: an empty body, `{}` or `{"ready": true|false}`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
 impl ModelService {
+    /// `POST /v2/repository/index`: Triton's repository index, of the models the key may query
+    /// (authorise let through only a key that may query some).
+    async fn index(&self, req: Request) -> Response {
+        let Some(Principal(key)) = req.extensions().get::<Principal>().cloned() else {
+            tracing::error!("a repository index request reached the models without a key");
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+        };
+        let body = match read_small_body(req.into_body(), INDEX_BODY, INDEX_BODY_TIMEOUT).await {
+            Ok(b) => b,
+            Err(refused) => return refused,
+        };
+        let asked: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            IndexRequest::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        &format!("invalid repository index request: {e}"),
+                    );
+                }
+            }
+        };
+        let (models, repo, withdrawn) = (
+            self.models.clone(),
+            self.repo.clone(),
+            self.withdrawn.clone(),
+        );
+        let listed = off_worker_if(true, "repository index", move || {
+            repository_index(
+                &models,
+                repo.as_deref(),
+                withdrawn.as_deref(),
+                |m| key.may_query(m),
+                asked.ready,
+            )
+        })
+        .await;
+        match listed {
+            Ok(Ok(entries)) => json_response(StatusCode::OK, &entries),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not list the model repository");
+                let mut r = error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "could not list the model repository (the gateway's log has the details)",
+                );
+                r.extensions_mut().insert(Decision::Error);
+                r
+            }
+            Err(r) => r,
+        }
+    }
+
     /// `GET /v2/models/stats`: every version of every model the key may query (authorise let
     /// through only a key that may query some).
     fn every_statistics(&self, req: &Request) -> Response {

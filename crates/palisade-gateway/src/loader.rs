@@ -456,6 +456,65 @@ fn read_policy(dir: &Path, signed: Option<&SignedFiles>) -> Result<Policy, Gatew
     })
 }
 
+/// One entry of Triton's repository index (`POST /v2/repository/index`, gRPC
+/// `RepositoryIndex`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexEntry {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// `READY` (served) or `UNAVAILABLE` (in the repository folder, not served).
+    pub state: String,
+    /// Why a version is unavailable: `rolled back` or `not loaded`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Triton's repository index, of the models `may_see` lets through: every version served
+/// (`READY`), then, when the gateway loads from the folder `repo`, the versions in it that are not
+/// served (`UNAVAILABLE`: `rolled back` if a rollback took it down, else `not loaded`), unless
+/// `ready_only`. By name, then version as the repository orders them. Reads the folder: call it
+/// off the async workers.
+pub fn repository_index(
+    models: &ModelRepository,
+    repo: Option<&Path>,
+    withdrawn: Option<&Withdrawn>,
+    may_see: impl Fn(&str) -> bool,
+    ready_only: bool,
+) -> Result<Vec<IndexEntry>, GatewayError> {
+    let entry = |name: &str, version: &str, reason: &str| IndexEntry {
+        name: name.into(),
+        version: version.into(),
+        state: if reason.is_empty() {
+            "READY"
+        } else {
+            "UNAVAILABLE"
+        }
+        .into(),
+        reason: reason.into(),
+    };
+    let mut out: Vec<IndexEntry> = Vec::new();
+    for name in models.names().iter().filter(|n| may_see(n)) {
+        out.extend(models.versions(name).iter().map(|v| entry(name, v, "")));
+    }
+    if let (Some(repo), false) = (repo, ready_only) {
+        for v in list_repository(repo)? {
+            if !may_see(&v.name) || models.get(&v.name, Some(&v.version)).is_some() {
+                continue;
+            }
+            let why = if withdrawn.is_some_and(|w| w.contains(&v.name, &v.version)) {
+                "rolled back"
+            } else {
+                "not loaded"
+            };
+            out.push(entry(&v.name, &v.version, why));
+        }
+    }
+    out.sort_by(|a, b| (&a.name, version_key(&a.version)).cmp(&(&b.name, version_key(&b.version))));
+    Ok(out)
+}
+
 /// Finds version `version` of model `name` in a repository folder.
 pub fn find_version(repo: &Path, name: &str, version: &str) -> Result<VersionDir, GatewayError> {
     if !valid_name(name) || !valid_name(version) {

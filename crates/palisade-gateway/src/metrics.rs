@@ -41,7 +41,7 @@ pub struct Metrics {
 }
 
 /// Every value of the `route` label ([`route_label`]).
-const ROUTES: [&str; 13] = [
+const ROUTES: [&str; 14] = [
     "health",
     "server",
     "metrics",
@@ -51,6 +51,7 @@ const ROUTES: [&str; 13] = [
     "infer",
     "config",
     "stats",
+    "index",
     "admin.keys",
     "admin.models",
     "audit",
@@ -363,6 +364,7 @@ mod tests {
             ("GET", "/v2/models/m/config"),
             ("GET", "/v2/models/m/versions/1/stats"),
             ("GET", "/v2/models/stats"),
+            ("POST", "/v2/repository/index"),
             ("POST", "/v2/admin/keys"),
             ("POST", "/v2/admin/models/m/deploy"),
             ("GET", "/v2/audit/entries/0"),

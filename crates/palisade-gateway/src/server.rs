@@ -609,6 +609,7 @@ impl Gateway {
                         .into_response()
                 }),
             )
+            .route_service("/v2/repository/index", models.clone())
             .route_service("/v2/models/{*rest}", models)
             .route_service("/inference.GRPCInferenceService/{*rest}", grpc)
             .route_service("/v2/admin/{*rest}", admin.clone())
@@ -645,11 +646,17 @@ impl Gateway {
                 self.metrics.clone(),
             )))
             .layer(GuardLayer(Harden))
-            .service(ModelService::new(
-                self.models.clone(),
-                self.metrics.clone(),
-                self.inference.clone(),
-            ));
+            .service(
+                ModelService::new(
+                    self.models.clone(),
+                    self.metrics.clone(),
+                    self.inference.clone(),
+                )
+                .with_repository(
+                    self.source.as_ref().map(|s| s.repo.clone()),
+                    self.withdrawn.clone(),
+                ),
+            );
         Next::new(svc)
     }
 }

@@ -377,6 +377,52 @@ async fn grpc_model_statistics_is_triton_s_message_behind_the_same_guards() {
     s.stop().await;
 }
 
+/// Triton's `RepositoryIndex` call (tritonclient's `get_model_repository_index`): the REST index
+/// as Triton's message, of the models the key may query, behind the same guards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_repository_index_is_triton_s_message_behind_the_same_guards() {
+    let s = start().await;
+    let mut c = client(&s).await;
+    let ask = |name: &str, key: &str| {
+        let message = RepositoryIndexRequest {
+            repository_name: name.into(),
+            ready: true,
+        };
+        keyed(message, key)
+    };
+    let got = c
+        .repository_index(ask("", &s.query.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let ready = |name: &str| repository_index_response::ModelIndex {
+        name: name.into(),
+        version: "1".into(),
+        state: "READY".into(),
+        reason: String::new(),
+    };
+    assert_eq!(got.models, [ready("limited"), ready("lin")]);
+    let entry = s.last_audit_entry();
+    assert_eq!(entry["method"], "GRPC RepositoryIndex", "{entry}");
+    assert_eq!(entry["action"], "index", "{entry}");
+    let all = c
+        .repository_index(ask("", &s.admin.key))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = all.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["label", "limited", "lin", "top2"]);
+    for (name, key, code) in [
+        ("", s.auditor.key.as_str(), Code::PermissionDenied),
+        ("", "", Code::Unauthenticated),
+        ("other", s.admin.key.as_str(), Code::InvalidArgument),
+    ] {
+        let e = c.repository_index(ask(name, key)).await.unwrap_err();
+        assert_eq!(e.code(), code, "{name}: {e:?}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_refused_before_the_guards_are_audited_too() {
     let s = start().await;

@@ -44,8 +44,8 @@ fn sign(dir: &Path, key: &SigningKey) {
     std::fs::write(sig, signed.bundle).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() {
+/// A gateway whose admin API loads from an empty repository folder, trusting the key returned.
+async fn serving_a_repository() -> (tempfile::TempDir, SigningKey, Server) {
     let repo = tempfile::tempdir().unwrap();
     let key = SigningKey::generate(Curve::P256);
     let source = ModelSource {
@@ -54,6 +54,12 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
         trust: Trust::Key(Arc::new(key.public_key())),
     };
     let s = start_with(Some(source)).await;
+    (repo, key, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() {
+    let (repo, key, s) = serving_a_repository().await;
     let a = bearer(&s.admin);
     // A TOTP code works once and codes must move forward: a second deploy key gives the test
     // more than the three codes of one key's window.
@@ -153,6 +159,136 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
     assert_eq!(r.status, 200, "{r:?}");
     let kept = palisade_gateway::loader::Withdrawn::open(&s.state.paths.rolled_back()).unwrap();
     assert!(!kept.contains("lin", "2"));
+    s.stop().await;
+}
+
+/// Triton's repository index (`POST /v2/repository/index`, tritonclient's
+/// `get_model_repository_index`): every version served is `READY`; a version of the folder that
+/// is not served is `UNAVAILABLE`, with why; `{"ready": true}` leaves those out; a key sees the
+/// models it may query and no others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_index_lists_what_is_served_and_what_is_not() {
+    let (repo, key, s) = serving_a_repository().await;
+    let deployer = s
+        .state
+        .keys
+        .create("deployer", &[Role::Deploy], None, now_ms())
+        .unwrap();
+    sign(&version(repo.path(), "1", ""), &key);
+    sign(&version(repo.path(), "2", ""), &key);
+    version(repo.path(), "3", ""); // never loaded
+    let admin = |k: &NewKey, action: &str, body: &'static [u8]| {
+        let (a, code, addr) = (bearer(k), totp_now(k, 0), s.addr);
+        let path = format!("/v2/admin/models/lin/{action}");
+        async move {
+            request(
+                addr,
+                "POST",
+                &path,
+                &[("Authorization", &a), ("X-Palisade-TOTP", &code)],
+                body,
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        admin(&s.admin, "load", br#"{"version":"2"}"#).await.status,
+        200
+    );
+    assert_eq!(admin(&deployer, "rollback", b"").await.status, 200);
+    let index = |auth: Option<String>, method: &'static str, body: &'static [u8]| {
+        let addr = s.addr;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+            request(addr, method, "/v2/repository/index", &headers, body).await
+        }
+    };
+    let listed = |r: &Reply| -> Vec<String> {
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let reason = e.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+                format!(
+                    "{}/{} {} {reason}",
+                    e["name"].as_str().unwrap(),
+                    e["version"].as_str().unwrap(),
+                    e["state"].as_str().unwrap()
+                )
+                .trim_end()
+                .to_string()
+            })
+            .collect()
+    };
+    // tritonclient sends an empty body.
+    let a = Some(bearer(&s.admin));
+    let all = listed(&index(a.clone(), "POST", b"").await);
+    assert_eq!(
+        all,
+        [
+            "label/1 READY",
+            "limited/1 READY",
+            "lin/1 READY",
+            "lin/2 UNAVAILABLE rolled back",
+            "lin/3 UNAVAILABLE not loaded",
+            "top2/1 READY",
+        ]
+    );
+    let entry = s.last_audit_entry();
+    assert_eq!(
+        (&entry["action"], &entry["decision"]),
+        (&"index".into(), &"allowed".into()),
+        "{entry}"
+    );
+    let ready = listed(&index(a.clone(), "POST", br#"{"ready": true}"#).await);
+    assert_eq!(
+        ready,
+        [
+            "label/1 READY",
+            "limited/1 READY",
+            "lin/1 READY",
+            "top2/1 READY"
+        ]
+    );
+    assert_eq!(
+        listed(&index(a.clone(), "POST", br#"{"ready": false}"#).await),
+        all
+    );
+    // A query key sees the models it may query.
+    let q = listed(&index(Some(bearer(&s.query)), "POST", b"{}").await);
+    assert_eq!(
+        q,
+        [
+            "limited/1 READY",
+            "lin/1 READY",
+            "lin/2 UNAVAILABLE rolled back",
+            "lin/3 UNAVAILABLE not loaded",
+        ]
+    );
+    // Refused: no key, no query role, another method, a body it cannot read.
+    assert_eq!(index(None, "POST", b"").await.status, 401);
+    let r = index(Some(bearer(&s.auditor)), "POST", b"").await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = index(a.clone(), "GET", b"").await;
+    assert_eq!(r.status, 405, "{r:?}");
+    assert_eq!(r.headers["allow"], "POST");
+    for (body, needle) in [
+        (
+            &br#"{"ready": "yes"}"#[..],
+            "invalid repository index request",
+        ),
+        (br#"{"redy": true}"#, "unknown field"),
+        (b"[", "invalid repository index request"),
+    ] {
+        let r = index(a.clone(), "POST", body).await;
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(r.error().contains(needle), "{}", r.error());
+    }
+    let big: &'static [u8] = Box::leak(vec![b' '; 5000].into_boxed_slice());
+    assert_eq!(index(a.clone(), "POST", big).await.status, 413);
     s.stop().await;
 }
 

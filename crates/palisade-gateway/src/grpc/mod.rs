@@ -11,7 +11,8 @@
 //!
 //! Triton's `ModelConfig` call (its model configuration extension, which tritonclient's
 //! `get_model_config` uses) is served the same way, from `GET …/config`, and its
-//! `ModelStatistics` (the statistics extension: `get_inference_statistics`) from `GET …/stats`.
+//! `ModelStatistics` (the statistics extension: `get_inference_statistics`) from `GET …/stats`,
+//! and `RepositoryIndex` (`get_model_repository_index`) from `POST /v2/repository/index`.
 //!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
 //! 0.14 (`compile_fds` on the file's descriptor set, no transport), so that building needs no
@@ -614,6 +615,38 @@ impl GrpcInferenceService for GrpcGateway {
             .call("ModelStatistics", Method::GET, path, &r, &[], Vec::new())
             .await?;
         Ok(tonic::Response::new(model_statistics(&body)?))
+    }
+
+    /// Triton's repository index: `POST /v2/repository/index` through the model stack.
+    /// Palisade serves one repository, so `repository_name` must be empty.
+    async fn repository_index(
+        &self,
+        r: tonic::Request<RepositoryIndexRequest>,
+    ) -> Result<tonic::Response<RepositoryIndexResponse>, Status> {
+        if !r.get_ref().repository_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "Palisade serves one model repository: leave repository_name empty",
+            ));
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "ready": r.get_ref().ready }))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let path = "/v2/repository/index".to_string();
+        let (_, body) = self
+            .call("RepositoryIndex", Method::POST, path, &r, &[], body)
+            .await?;
+        let entries: Vec<crate::loader::IndexEntry> =
+            serde_json::from_slice(&body).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(tonic::Response::new(RepositoryIndexResponse {
+            models: entries
+                .into_iter()
+                .map(|e| repository_index_response::ModelIndex {
+                    name: e.name,
+                    version: e.version,
+                    state: e.state,
+                    reason: e.reason,
+                })
+                .collect(),
+        }))
     }
 
     /// Triton's model configuration extension: `GET …/config` through the model stack.

@@ -31,24 +31,26 @@ fn allowed(action: ModelAction, method: &Method) -> (&'static str, bool) {
 
 impl Guard for AllowedMethods {
     async fn handle(self, mut req: Request, next: Next) -> Response {
-        // Every model's statistics are read as one model's are.
-        let action = match *target_of(&mut req) {
-            Target::Model { action, .. } => action,
-            Target::Statistics => ModelAction::Statistics,
+        let target = target_of(&mut req);
+        // Every model's statistics are read as one model's are; the repository index is asked
+        // with a `POST`, as Triton's is.
+        let (allow, ok) = match *target {
+            Target::Model { action, .. } => allowed(action, req.method()),
+            Target::Statistics => allowed(ModelAction::Statistics, req.method()),
+            Target::RepositoryIndex => ("POST", req.method() == Method::POST),
             _ => return call_next(next, req).await,
         };
-        let (allow, ok) = allowed(action, req.method());
         if ok {
             return call_next(next, req).await;
         }
+        let route = match &*target {
+            Target::Model { action, .. } => format!("a model's {}", action.as_str()),
+            other => format!("the {} route", other.action()),
+        };
         let mut r = reject(
             StatusCode::METHOD_NOT_ALLOWED,
             "method",
-            &format!(
-                "{} is not a method of a model's {}; use {allow}",
-                req.method(),
-                action.as_str()
-            ),
+            &format!("{} is not a method of {route}; use {allow}", req.method()),
         );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));

@@ -24,13 +24,12 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
 use super::authn::{key_store_failed, presented_key, unauthorised, why_refused};
-use super::validate::{self, BodyError};
+use super::validate;
 use super::{
     BodyDigest, ClientGone, Decision, Guard, InputDigest, Next, PresentedKeyId, Principal,
     ServedVersion, call_next, error_response,
 };
 use crate::audit::{AuditLog, AuditRecord};
-use crate::deadline::DeadlineBody;
 use crate::keys::{Authn, ClientIdentity, KeyStore};
 use crate::metrics::Metrics;
 use crate::now_ms;
@@ -470,18 +469,10 @@ impl Guard for WriteAhead {
         }
         let ts_ms = now_ms();
         let (parts, body) = req.into_parts();
-        // Read as validate reads a model's body, and refused as it refuses one (413, 408 and
-        // the connection closed, 400), as the validate guard's.
-        let body = Body::new(DeadlineBody::new(body, ADMIN_BODY_TIMEOUT));
-        let bytes = match validate::read_body(body, MAX_ADMIN_BODY).await {
+        let bytes = match validate::read_small_body(body, MAX_ADMIN_BODY, ADMIN_BODY_TIMEOUT).await
+        {
             Ok(b) => b,
-            Err(BodyError::TooLarge) => return validate::too_large(MAX_ADMIN_BODY),
-            Err(BodyError::TimedOut) => {
-                return validate::too_slow(ADMIN_BODY_TIMEOUT.as_millis() as u64);
-            }
-            Err(BodyError::Read(m) | BodyError::Corrupt(m) | BodyError::Encoding(m)) => {
-                return validate::bad(format!("could not read the request body: {m}"));
-            }
+            Err(refused) => return refused,
         };
         let record = AuditRecord {
             ts_ms,

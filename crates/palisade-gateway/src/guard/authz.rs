@@ -3,7 +3,7 @@
 //! | route | role |
 //! |---|---|
 //! | `/v2/models/{m}/…` | `query:{m}` or `query:*` |
-//! | `/v2/models/stats` | any `query` role (the answer holds the models it covers) |
+//! | `/v2/models/stats`, `/v2/repository/index` | any `query` role (the answer holds the models it covers) |
 //! | `/v2/audit/…` | `audit` |
 //! | `/v2/admin/keys…` | `admin` + a TOTP code |
 //! | `/v2/admin/models…` | `deploy` + a TOTP code |
@@ -59,8 +59,9 @@ impl Guard for Authorise {
                     &format!("key {} may not query model '{name}'", key.id),
                 );
             }
-            // Answered with the statistics of the models the key may query, and only those.
-            Target::Statistics => {
+            // Answered with the statistics, or the index entries, of the models the key may
+            // query, and only those.
+            Target::Statistics | Target::RepositoryIndex => {
                 if key.may_query_some() {
                     return call_next(next, req).await;
                 }

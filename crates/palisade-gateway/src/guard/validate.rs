@@ -98,6 +98,24 @@ pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyErr
     })
 }
 
+/// Reads a small body that is not a model's (an admin action's, a repository index request's)
+/// whole, within `timeout` and `limit` bytes, refused as a model's body is (413, 408 and the
+/// connection closed, 400).
+pub(crate) async fn read_small_body(
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Response> {
+    let body = Body::new(DeadlineBody::new(body, timeout));
+    read_body(body, limit).await.map_err(|e| match e {
+        BodyError::TooLarge => too_large(limit),
+        BodyError::TimedOut => too_slow(timeout.as_millis() as u64),
+        BodyError::Read(m) | BodyError::Corrupt(m) | BodyError::Encoding(m) => {
+            bad(format!("could not read the request body: {m}"))
+        }
+    })
+}
+
 /// Whether a body is sent without compression (`Content-Encoding` absent or `identity`).
 fn uncompressed(encoding: Option<&str>) -> bool {
     encoding.is_none_or(|e| e.trim().eq_ignore_ascii_case("identity"))

@@ -60,6 +60,8 @@ pub enum Target {
     /// No model may be called `stats` (the loader refuses the name), as in Triton, where this
     /// path is the statistics route too.
     Statistics,
+    /// `POST /v2/repository/index`: Triton's repository index, of the models the key may query.
+    RepositoryIndex,
     /// `/v2/admin/keys…`: key management (role `admin`, with TOTP).
     AdminKeys,
     /// `/v2/admin/models…`: deployment (role `deploy`, with TOTP).
@@ -101,6 +103,7 @@ impl Target {
                     action,
                 }
             }
+            ["", "v2", "repository", "index"] => Target::RepositoryIndex,
             ["", "v2", "admin", "keys", ..] => Target::AdminKeys,
             ["", "v2", "admin", "models", ..] => Target::AdminModels,
             ["", "v2", "audit", ..] => Target::Audit,
@@ -113,6 +116,7 @@ impl Target {
         match self {
             Target::Model { action, .. } => action.as_str(),
             Target::Statistics => "stats",
+            Target::RepositoryIndex => "index",
             Target::AdminKeys => "admin.keys",
             Target::AdminModels => "admin.models",
             Target::Audit => "audit",
@@ -168,6 +172,14 @@ mod tests {
         assert_eq!(Target::parse("/v2/models/stats"), Target::Statistics);
         assert_eq!(Target::parse("/v2/models/stats/"), Target::Statistics);
         assert_eq!(Target::parse("/v2/models/stats/x"), Target::Unknown);
+        assert_eq!(
+            Target::parse("/v2/repository/index"),
+            Target::RepositoryIndex
+        );
+        assert_eq!(
+            Target::parse("/v2/repository/models/m/load"),
+            Target::Unknown
+        );
         assert_eq!(Target::parse("/v2/models/mnist/explode"), Target::Unknown);
         assert_eq!(Target::parse("/v2/models/../infer"), Target::Unknown);
         assert_eq!(
