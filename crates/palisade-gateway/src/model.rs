@@ -39,7 +39,7 @@ pub struct ServedModel {
     /// Platform string for metadata (`onnx`, `palisade-linear`, …).
     pub platform: String,
     /// What this version has served (Triton's statistics extension), from zero when loaded.
-    pub stats: VersionStats,
+    pub stats: Arc<VersionStats>,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -226,6 +226,12 @@ pub enum RepositoryError {
     /// The active version is no longer the one the rollback was for (another changed it).
     #[error("model '{0}' is no longer served by version '{1}'")]
     Moved(String, String),
+    /// The name is the path segment of every model's statistics.
+    #[error(
+        "no model may be called '{0}': GET /v2/models/{0} is the statistics of every model \
+         (Triton's statistics extension)"
+    )]
+    Reserved(String),
 }
 
 impl ModelRepository {
@@ -244,6 +250,9 @@ impl ModelRepository {
 
     /// Adds a version and makes it the active one (hot swap).
     pub fn deploy(&self, model: ServedModel) -> Result<Arc<ServedModel>, RepositoryError> {
+        if model.name == crate::oip::route::STATISTICS {
+            return Err(RepositoryError::Reserved(model.name));
+        }
         let mut slots = self.write();
         let slot = slots.entry(model.name.clone()).or_default();
         if slot.versions.iter().any(|v| v.version == model.version) {
@@ -402,5 +411,17 @@ mod tests {
             r.rollback("x").unwrap_err(),
             RepositoryError::NotFound("x".into())
         );
+    }
+
+    /// A library caller deploying a model called `stats` is refused as the loader refuses it.
+    #[test]
+    fn no_model_called_stats_is_deployed() {
+        let r = ModelRepository::new();
+        let mut m = version("1");
+        m.name = "stats".into();
+        let err = r.deploy(m).unwrap_err();
+        assert_eq!(err, RepositoryError::Reserved("stats".into()));
+        assert!(err.to_string().contains("statistics"), "{err}");
+        assert!(r.names().is_empty());
     }
 }

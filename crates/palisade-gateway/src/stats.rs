@@ -9,9 +9,11 @@
 //!   sending the answer;
 //! - `fail`: infer requests for the version that reached validation and got no outputs (a body
 //!   that does not validate, a batch over a budget, a model call that failed, timed out or was
-//!   not run because its client had left), timed the same way. Requests refused earlier (no key,
-//!   a role that does not allow it, a rate limit) name a model but were never its work: they are
-//!   in the audit log and the metrics, not here;
+//!   not run because its client had left, or whose answer the audit log could not take and so
+//!   was withheld), timed the same way. Requests refused earlier (no key, a role that does not
+//!   allow it, a rate limit, a gRPC call refused while it was translated, such as one naming too
+//!   many tensors) name a model but were never its work: they are in the audit log and the
+//!   metrics, not here;
 //! - `queue`: the wait for an inference thread; `compute_input`: decoding and checking the body;
 //!   `compute_infer`: the model call; `compute_output`: hardening and encoding the outputs. Each
 //!   counts the successful requests (Palisade batches no requests together, so an execution is
@@ -24,11 +26,15 @@
 //! `response_stats` empty (no such accounting; no decoupled models). The counts start at zero
 //! when a version is loaded and live as long as it is served.
 //!
+//! The figures are of every caller of a version together, and any key that may query the model
+//! reads them, as in Triton: a key learns how busy the model is, never who sent what (the
+//! audit log, readable with the `audit` role only, says that).
+//!
 //! Recording costs one uncontended lock per request: the counts of a version are read and
 //! written together, so that a snapshot is of one instant.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -129,6 +135,46 @@ pub struct Served {
     pub output: Duration,
 }
 
+/// An infer request's part in its version's statistics, recorded once the audit guard has
+/// released or withheld its answer (response extension from the validate guard): an answer the
+/// audit log could not take leaves without its outputs, and counts as a failure (review,
+/// 2026-12-07: validate had counted it a success).
+#[derive(Debug, Clone)]
+pub struct Tally {
+    stats: Arc<VersionStats>,
+    total: Duration,
+    input: Duration,
+    served: Option<Served>,
+}
+
+impl Tally {
+    /// A request of the version counted by `stats` that took `total` from validation's start to
+    /// its outputs encoded (or its refusal), `input` of it decoding and checking its body, and
+    /// was `served` (the harden guard's extension) or not.
+    pub fn new(
+        stats: Arc<VersionStats>,
+        total: Duration,
+        input: Duration,
+        served: Option<Served>,
+    ) -> Self {
+        Tally {
+            stats,
+            total,
+            input,
+            served,
+        }
+    }
+
+    /// Records the request: a success if it was served and its answer `released` with its
+    /// outputs at `now_ms`, a failure otherwise.
+    pub fn record(self, released: bool, now_ms: u64) {
+        match (released, &self.served) {
+            (true, Some(s)) => self.stats.succeeded(self.total, self.input, s, now_ms),
+            _ => self.stats.failed(self.total),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counts {
     last_inference: u64,
@@ -197,6 +243,28 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    /// A served request counts as a success only if its answer was released.
+    #[test]
+    fn a_tally_is_a_success_only_when_served_and_released() {
+        let stats = Arc::new(VersionStats::default());
+        let served = Served {
+            rows: 3,
+            queue: ms(1),
+            infer: ms(2),
+            output: ms(3),
+        };
+        let tally = |served| Tally::new(stats.clone(), ms(10), ms(1), served);
+        tally(Some(served)).record(true, 5);
+        tally(Some(served)).record(false, 6);
+        tally(None).record(true, 7);
+        let got = stats.snapshot("m", "1");
+        assert_eq!((got.execution_count, got.inference_count), (1, 3));
+        assert_eq!(got.last_inference, 5);
+        let st = got.inference_stats;
+        assert_eq!((st.success.count, st.fail.count), (1, 2));
+        assert_eq!(st.fail.ns, 20_000_000);
     }
 
     #[test]

@@ -374,6 +374,23 @@ async fn grpc_model_statistics_is_triton_s_message_behind_the_same_guards() {
             .unwrap_err();
         assert_eq!(e.code(), code, "{model}/{version}: {e:?}");
     }
+    // No model is called `stats`: a metadata call naming it is not a statistics read (review,
+    // 2026-12-07: it was served, and audited, as one, and failed INTERNAL).
+    for key in [&s.admin.key, &s.query.key] {
+        let meta = ModelMetadataRequest {
+            name: "stats".into(),
+            version: String::new(),
+        };
+        let e = c.model_metadata(with_key(meta, key)).await.unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        let entry = s.last_audit_entry();
+        assert_eq!(
+            entry["path"], "/inference.GRPCInferenceService/ModelMetadata",
+            "{entry}"
+        );
+        assert_eq!(entry["decision"], "denied:grpc", "{entry}");
+        assert_eq!(entry["status"], 404, "{entry}");
+    }
     s.stop().await;
 }
 

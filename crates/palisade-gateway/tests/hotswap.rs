@@ -533,6 +533,20 @@ async fn admin_actions_are_written_ahead_and_not_taken_when_the_log_fails() {
     };
     assert!(valid());
     assert_eq!(s.audit_entries(0).len(), 3);
+    // An infer run while the log fails is answered 503 without its outputs, and its version's
+    // statistics count a failure, not a success (review, 2026-12-07).
+    let r = post_infer(s.addr, "lin", &bearer(&s.query), &json_infer(&[0.1; 8], 2)).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.json().get("outputs").is_none(), "{r:?}");
+    let v = s
+        .models
+        .get("lin", None)
+        .unwrap()
+        .stats
+        .snapshot("lin", "1");
+    let st = v.inference_stats;
+    assert_eq!((st.success.count, st.fail.count), (0, 1), "{v:?}");
+    assert_eq!((v.inference_count, v.execution_count), (0, 0), "{v:?}");
 
     // The log takes the intent, then fails: the revocation is done, and on the log. The code
     // of the refused attempt was given back: it works again.

@@ -204,13 +204,21 @@ fn rate_limit_metadata(headers: &axum::http::HeaderMap, meta: &mut tonic::metada
 /// The REST path of a model call. The name and the version (when given) must be valid model
 /// names ([`crate::model::valid_name`]), as REST's own paths are: pasted into a path unchecked,
 /// a `?`, `#` or `/` in them would send the call to another route (`lin?` made an infer a
-/// metadata request, `lin/infer?` a metadata call an infer).
+/// metadata request, `lin/infer?` a metadata call an infer). No model is called `stats`
+/// ([`oip::route::STATISTICS`]): a call naming it is `NOT_FOUND` here, as
+/// `/v2/models/stats` is every model's statistics (review, 2026-12-07: a `ModelMetadata`
+/// call for it was served, and audited, as a statistics read).
 fn model_path(name: &str, version: &str, tail: &str) -> Result<String, Status> {
     let valid = crate::model::valid_name;
     if !valid(name) || !(version.is_empty() || valid(version)) {
         return Err(Status::invalid_argument(
             "invalid model name or version (letters, digits, '_', '-' and '.', at most 64)",
         ));
+    }
+    if name == oip::route::STATISTICS {
+        return Err(Status::not_found(format!(
+            "no model may be called '{name}' (the name of every model's statistics)"
+        )));
     }
     Ok(if version.is_empty() {
         format!("/v2/models/{name}{tail}")

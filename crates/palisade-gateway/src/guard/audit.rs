@@ -34,6 +34,7 @@ use crate::keys::{Authn, ClientIdentity, KeyStore};
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::oip::{Target, target_of};
+use crate::stats::Tally;
 
 /// Largest response body the audit guard will hash (responses are built in memory, well below).
 const MAX_RESPONSE: usize = 256 << 20;
@@ -292,6 +293,7 @@ impl Audit {
         };
         // A large response (a large batch's scores) is hashed on a blocking thread.
         let output_sha256 = BodyDigest::start(bytes.clone()).get().await;
+        let tally = parts.extensions.remove::<Tally>();
         let ext = &parts.extensions;
         let decision = ext
             .get::<Decision>()
@@ -331,6 +333,10 @@ impl Audit {
             operator: None,
         };
         let appended = append(&*self.log, &self.metrics, &record).await;
+        // An infer request's statistics: served only if its outputs leave now.
+        if let Some(tally) = tally {
+            tally.record(appended.is_some() && parts.status.is_success(), now_ms());
+        }
         match appended {
             Some(index) => {
                 tracing::info!(

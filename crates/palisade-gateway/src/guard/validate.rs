@@ -27,9 +27,8 @@ use super::{
 };
 use crate::deadline::{BodyClock, BodyTimedOut, DeadlineBody};
 use crate::model::{ModelRepository, ServedModel};
-use crate::now_ms;
 use crate::oip::{self, InferRequest, ModelAction, Target, target_of};
-use crate::stats::Served;
+use crate::stats::{Served, Tally};
 
 const GUARD: &str = "validate";
 
@@ -299,7 +298,8 @@ impl Guard for Validate {
             return call_next(next, req).await;
         }
         // Every request that reaches this point counts in the version's statistics: a success
-        // if the harden guard encoded its outputs, a failure otherwise (see `crate::stats`).
+        // if the harden guard encoded its outputs and the audit guard releases them, a failure
+        // otherwise (see `crate::stats`); the audit guard records the tally.
         let started = Instant::now();
         let mut input = Duration::ZERO;
         let stats = model.clone();
@@ -389,12 +389,9 @@ impl Guard for Validate {
             resp
         }
         .await;
-        match resp.extensions_mut().remove::<Served>() {
-            Some(served) => stats
-                .stats
-                .succeeded(started.elapsed(), input, &served, now_ms()),
-            None => stats.stats.failed(started.elapsed()),
-        }
+        let served = resp.extensions_mut().remove::<Served>();
+        let tally = Tally::new(stats.stats.clone(), started.elapsed(), input, served);
+        resp.extensions_mut().insert(tally);
         resp
     }
 }
