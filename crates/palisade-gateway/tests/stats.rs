@@ -5,8 +5,6 @@
 mod common;
 
 use std::io::Write as _;
-use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 
@@ -116,30 +114,18 @@ async fn a_batch_refused_after_validation_fails_and_reading_statistics_is_free()
 }
 
 /// A model call past its `inference.timeout_ms` (504) is one failure, and the call returning
-/// later adds no success.
+/// later adds no success: the next request, served once it has returned, is the only one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timed_out_model_call_is_one_failure_and_no_later_success() {
-    use ndarray::{Array2, ArrayViewD};
-    use palisade_core::{Classifier, LinearClassifier, ModelError, ModelInfo};
-    struct Slow(LinearClassifier);
-    impl Classifier for Slow {
-        fn info(&self) -> &ModelInfo {
-            self.0.info()
-        }
-        fn logits(&self, x: ArrayViewD<'_, f32>) -> Result<Array2<f32>, ModelError> {
-            std::thread::sleep(Duration::from_millis(400));
-            self.0.logits(x)
-        }
-    }
-    let s = start().await;
-    let mut m = served("slow", "1", "[inference]\ntimeout_ms = 50\n");
-    m.classifier = Arc::new(Slow(linear("slow")));
-    s.models.deploy(m).unwrap();
-    let r = post_infer(s.addr, "slow", &bearer(&s.admin), &json_infer(&[0.1; 4], 1)).await;
+    let slow = Slow::start("[inference]\ntimeout_ms = 50\n", None).await;
+    let body = json_infer(&[0.1; 4], 1);
+    let r = slow.infer(&body).await.unwrap();
     assert_eq!(r.status, 504, "{r:?}");
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let v = stats_of(&s, "slow", "1").await;
-    assert_eq!(outcomes(&v), (0, 1), "{v}");
-    assert_eq!(v["execution_count"], 0, "{v}");
-    s.stop().await;
+    slow.open_gate();
+    let r = slow.infer(&body).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let v = stats_of(&slow.s, "slow", "1").await;
+    assert_eq!(outcomes(&v), (1, 1), "{v}");
+    assert_eq!(v["execution_count"], 1, "{v}");
+    slow.s.stop().await;
 }
