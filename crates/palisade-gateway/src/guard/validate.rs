@@ -301,8 +301,8 @@ impl Guard for Validate {
         // if the harden guard encoded its outputs and the audit guard releases them, a failure
         // otherwise (see `crate::stats`); the audit guard records the tally.
         let started = Instant::now();
-        let mut input = Duration::ZERO;
-        let stats = model.clone();
+        let mut decoding_took = Duration::ZERO;
+        let stats = model.stats.clone();
         let mut resp = async {
             let limit = model.policy.input.max_body_bytes;
             let declared_len = req
@@ -364,7 +364,7 @@ impl Guard for Validate {
                 Ok(Err(e)) => return body_error(e),
                 Err(r) => return r,
             };
-            input = decoding.elapsed();
+            decoding_took = decoding.elapsed();
             // The digest is only for the audit log: it is computed while the model runs.
             let digest = BodyDigest::start(bytes);
             let (request, input) = match result {
@@ -390,7 +390,7 @@ impl Guard for Validate {
         }
         .await;
         let served = resp.extensions_mut().remove::<Served>();
-        let tally = Tally::new(stats.stats.clone(), started.elapsed(), input, served);
+        let tally = Tally::new(stats, started.elapsed(), decoding_took, served);
         resp.extensions_mut().insert(tally);
         resp
     }
