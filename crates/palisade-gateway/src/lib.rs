@@ -27,10 +27,11 @@
 //!
 //! - **metrics** ([`metrics::Measure`]): counts and times every request (no per-client labels).
 //! - **audit** ([`guard::audit`]): appends every request's outcome to the Merkle log and waits
-//!   until it is durable before the response leaves; fails closed.
+//!   until it is durable before the response leaves; fails closed. It also records an infer
+//!   request's statistics ([`stats::Tally`]), a success only if it releases the answer.
 //! - **authenticate** ([`guard::authn`]): API key → 401.
-//! - **methods** ([`guard::allow`]): a model route's methods (`POST` for infer, `GET` or `HEAD`
-//!   for the rest) → 405 with `Allow`.
+//! - **methods** ([`guard::allow`]): a model route's methods (`POST` for infer and the
+//!   repository index, `GET` or `HEAD` for the rest) → 405 with `Allow`.
 //! - **authorise** ([`guard::authz`]): role for the route, TOTP for admin actions → 403/401,
 //!   429 once a key's TOTP is locked after wrong codes.
 //! - **admit** ([`guard::admit`]): the inference queue at its limit → 503 with `Retry-After`,
