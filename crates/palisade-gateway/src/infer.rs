@@ -108,10 +108,7 @@ impl ModelService {
                 json_response(
                     StatusCode::OK,
                     &StatisticsResponse {
-                        model_stats: versions
-                            .iter()
-                            .map(|m| m.stats.snapshot(&m.name, &m.version))
-                            .collect(),
+                        model_stats: versions.iter().map(|m| m.statistics()).collect(),
                     },
                 )
             }
@@ -294,7 +291,7 @@ impl ModelService {
             .iter()
             .filter(|name| key.may_query(name))
             .flat_map(|name| self.models.served(name))
-            .map(|m| m.stats.snapshot(&m.name, &m.version))
+            .map(|m| m.statistics())
             .collect();
         json_response(StatusCode::OK, &StatisticsResponse { model_stats })
     }

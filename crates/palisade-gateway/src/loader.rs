@@ -169,10 +169,11 @@ pub fn load_version(
             "'{name}'/'{version}': names are 1 to 64 of [A-Za-z0-9_.-]"
         )));
     }
+    // Refused before the file is loaded, in the words the repository would refuse it with.
     if name == crate::oip::route::STATISTICS {
+        let reserved = crate::model::RepositoryError::Reserved(name.into());
         return Err(GatewayError::Model(format!(
-            "no model may be called '{name}': GET /v2/models/{name} is the statistics of every \
-             model (Triton's statistics extension); rename its folder"
+            "{reserved}; rename its folder"
         )));
     }
     let loaded = runtime

@@ -158,6 +158,11 @@ impl ServedModel {
             output: self.outputs().into_iter().map(tensor).collect(),
         }
     }
+
+    /// What this version has served, as Triton's statistics extension gives it.
+    pub fn statistics(&self) -> crate::stats::ModelStatistics {
+        self.stats.snapshot(&self.name, &self.version)
+    }
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]/config` response: the part of Triton's `ModelConfig`

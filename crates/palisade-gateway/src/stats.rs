@@ -121,8 +121,8 @@ pub struct StatisticsResponse {
     pub model_stats: Vec<ModelStatistics>,
 }
 
-/// Where a successful request's time went (response extension from the harden guard, read by
-/// the validate guard, which records it).
+/// Where a successful request's time went (response extension from the harden guard, which
+/// the validate guard puts in the request's [`Tally`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Served {
     /// Rows inferred.
