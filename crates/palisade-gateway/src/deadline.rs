@@ -45,6 +45,15 @@ impl BodyClock {
         self.last_moved.fetch_max(ns, Ordering::AcqRel);
     }
 
+    /// The clock of one message of a stream, which began to arrive at `started` and took
+    /// `took` ([`crate::grpc::stream`]).
+    pub(crate) fn of_message(started: Instant, took: Duration) -> Self {
+        BodyClock {
+            arrived: started,
+            last_moved: Arc::new(AtomicU64::new(took.as_nanos().min(u64::MAX as u128) as u64)),
+        }
+    }
+
     /// When the call arrived.
     pub fn arrived(&self) -> Instant {
         self.arrived

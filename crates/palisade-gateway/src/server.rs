@@ -22,6 +22,7 @@ use crate::grpc::GrpcGateway;
 use crate::grpc::audit::AuditUnreached;
 use crate::grpc::keyfirst::KeyFirst;
 use crate::grpc::prescan::Prescan;
+use crate::grpc::stream;
 use crate::guard::admit::Admit;
 use crate::guard::allow::AllowedMethods;
 use crate::guard::audit::{Audit, WriteAhead};
@@ -534,25 +535,39 @@ impl Gateway {
         // before it is decoded (`grpc::prescan`), and the calls refused before the guards get
         // their audit entries.
         let (repo, keys) = (self.models.clone(), self.keys.clone());
+        let unreached =
+            AuditUnreached::new(self.audit.clone(), self.keys.clone(), self.metrics.clone());
         let grpc = ServiceBuilder::new()
             .map_request(move |mut req: axum::extract::Request| {
                 let clock = deadline::BodyClock::start();
                 req.extensions_mut().insert(clock.clone());
                 let limit =
                     deadline::grpc_body_limit(&repo, &*keys, req.headers(), req.extensions().get());
+                // A stream's body lasts as long as the stream: each of its messages gets the
+                // deadline instead (`grpc::stream`).
+                if req.uri().path() == stream::MODEL_STREAM_INFER {
+                    let times = stream::MessageTimes::default();
+                    req.extensions_mut().insert(times.clone());
+                    return req.map(|b| {
+                        Body::new(stream::MessageBody::new(
+                            b,
+                            limit,
+                            stream::STREAM_IDLE,
+                            times,
+                        ))
+                    });
+                }
                 req.map(|b| {
                     Body::new(DeadlineBody::clocked(b, limit, clock).map_err(deadline::for_grpc))
                 })
             })
-            .layer(GuardLayer(AuditUnreached::new(
-                self.audit.clone(),
-                self.keys.clone(),
-                self.metrics.clone(),
-            )))
+            .layer(GuardLayer(unreached.clone()))
             .layer(GuardLayer(KeyFirst::new(self.keys.clone())))
             .layer(GuardLayer(Prescan))
             .map_response(|r: axum::http::Response<tonic::body::Body>| r.map(Body::new))
-            .service(GrpcGateway::new(models.clone(), self.models.clone()).into_service());
+            .service(
+                GrpcGateway::new(models.clone(), self.models.clone(), unreached).into_service(),
+            );
         let admin = ServiceBuilder::new()
             .layer(GuardLayer(Audit::new(
                 self.audit.clone(),

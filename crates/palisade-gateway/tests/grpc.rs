@@ -48,20 +48,10 @@ fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
     r
 }
 
-/// A gRPC client of `s`.
-async fn client(s: &Server) -> GrpcInferenceServiceClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    GrpcInferenceServiceClient::new(channel)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_infer_matches_the_classifier_and_is_guarded() {
     let s = start().await;
-    let mut c = client(&s).await;
+    let mut c = grpc_client(&s).await;
     let x = [0.1f32, 0.9, 0.3, 0.4, 0.0, 1.0, 0.5, 0.25];
     let expected = linear("lin")
         .logits(
@@ -217,7 +207,7 @@ async fn grpc_infer_matches_the_classifier_and_is_guarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_model_config_is_triton_s_message_behind_the_same_guards() {
     let s = start().await;
-    let mut c = client(&s).await;
+    let mut c = grpc_client(&s).await;
     let ask = |name: &str, version: &str, key: &str| {
         let message = ModelConfigRequest {
             name: name.into(),
@@ -284,7 +274,7 @@ async fn grpc_model_config_is_triton_s_message_behind_the_same_guards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_model_statistics_is_triton_s_message_behind_the_same_guards() {
     let s = start().await;
-    let mut c = client(&s).await;
+    let mut c = grpc_client(&s).await;
     let x = [0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8];
     c.model_infer(infer_request("lin", &x, vec![2, 1, 2, 2], &s.query.key))
         .await
@@ -399,7 +389,7 @@ async fn grpc_model_statistics_is_triton_s_message_behind_the_same_guards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_repository_index_is_triton_s_message_behind_the_same_guards() {
     let s = start().await;
-    let mut c = client(&s).await;
+    let mut c = grpc_client(&s).await;
     let ask = |name: &str, key: &str| {
         let message = RepositoryIndexRequest {
             repository_name: name.into(),
@@ -443,7 +433,7 @@ async fn grpc_repository_index_is_triton_s_message_behind_the_same_guards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_refused_before_the_guards_are_audited_too() {
     let s = start().await;
-    let mut c = client(&s).await;
+    let mut c = grpc_client(&s).await;
     let x = [0.1f32, 0.9, 0.3, 0.4];
 
     // Two raw inputs for one declared input: the translator refuses it.
@@ -570,7 +560,7 @@ async fn a_call_without_a_usable_key_or_naming_too_much_is_refused_before_it_is_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_name_cannot_change_the_route_of_a_call() {
     let s = start().await;
-    let mut c = client(&s).await;
+    let mut c = grpc_client(&s).await;
     let x = [0.1f32, 0.2, 0.3, 0.4];
     // `?` would end the path (an infer sent as a metadata request), `/` add segments to it.
     for name in ["lin?", "lin/versions/1", "lin#", ""] {
@@ -613,7 +603,7 @@ async fn a_model_name_cannot_change_the_route_of_a_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_naming_too_many_tensors_is_refused_before_it_is_translated() {
     let s = start().await;
-    let mut c = client(&s).await;
+    let mut c = grpc_client(&s).await;
     let x = [0.1f32, 0.2, 0.3, 0.4];
     let mut many = infer_request("lin", &x, vec![1, 1, 2, 2], &s.query.key);
     many.get_mut().outputs = (0..palisade_gateway::grpc::MAX_TENSORS)
@@ -646,7 +636,7 @@ async fn a_request_naming_too_many_tensors_is_refused_before_it_is_translated() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_asking_what_the_server_would_not_answer_as_asked_is_refused() {
     let s = start().await;
-    let mut c = client(&s).await;
+    let mut c = grpc_client(&s).await;
     let x = [0.1f32, 0.2, 0.3, 0.4];
     let mut classify = infer_request("lin", &x, vec![1, 1, 2, 2], &s.query.key);
     classify.get_mut().outputs = vec![model_infer_request::InferRequestedOutputTensor {

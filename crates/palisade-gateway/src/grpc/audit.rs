@@ -123,12 +123,42 @@ impl Guard for AuditUnreached {
         let Some(code) = refused_with(&resp) else {
             return resp;
         };
-        let key_id = presented.and_then(|k| self.key_id(&k));
+        if self
+            .record(presented.as_deref(), uri.path(), code, started, ts_ms)
+            .await
+        {
+            resp.extensions_mut().insert(Decision::Denied(GUARD));
+            resp
+        } else {
+            let mut r = tonic::Status::unavailable(
+                "the audit log is unavailable; the request was not served",
+            )
+            .into_http::<Body>();
+            r.extensions_mut().insert(Decision::Error);
+            r
+        }
+    }
+}
+
+impl AuditUnreached {
+    /// Writes the entry of a call refused with `code` before the model stack, or of one
+    /// message of a stream refused so ([`super::stream`]): the gRPC `path`, the id of the key
+    /// `presented`, `denied:grpc` and the HTTP status of the same refusal over REST. False
+    /// when the log could not take it (the caller then answers `UNAVAILABLE`).
+    pub(crate) async fn record(
+        &self,
+        presented: Option<&str>,
+        path: &str,
+        code: Code,
+        started: Instant,
+        ts_ms: u64,
+    ) -> bool {
+        let key_id = presented.and_then(|k| self.key_id(k));
         let record = AuditRecord {
             ts_ms,
             key_id: key_id.as_deref().map(Cow::Borrowed),
             method: Cow::Borrowed("GRPC"),
-            path: Cow::Borrowed(uri.path()),
+            path: Cow::Borrowed(path),
             action: Cow::Borrowed("grpc"),
             model: None,
             version: None,
@@ -139,19 +169,8 @@ impl Guard for AuditUnreached {
             latency_us: started.elapsed().as_micros() as u64,
             operator: None,
         };
-        match crate::guard::audit::append(&*self.log, &self.metrics, &record).await {
-            Some(_) => {
-                resp.extensions_mut().insert(Decision::Denied(GUARD));
-                resp
-            }
-            None => {
-                let mut r = tonic::Status::unavailable(
-                    "the audit log is unavailable; the request was not served",
-                )
-                .into_http::<Body>();
-                r.extensions_mut().insert(Decision::Error);
-                r
-            }
-        }
+        crate::guard::audit::append(&*self.log, &self.metrics, &record)
+            .await
+            .is_some()
     }
 }

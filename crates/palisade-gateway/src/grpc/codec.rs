@@ -7,6 +7,10 @@
 //!
 //! Before, the prescan (`super::prescan`) decoded each `ModelInfer` message once more to make
 //! that distinction, and tonic then decoded it again.
+//!
+//! Before decoding, a message is held to its type's [`Bounds`]: a `ModelInferRequest` to
+//! [`super::prescan::check_infer_message`]'s, so that what a message names is counted on the
+//! wire, unary call or stream alike, before prost allocates for it.
 
 use std::marker::PhantomData;
 
@@ -28,7 +32,7 @@ impl<T, U> Default for Codec<T, U> {
 impl<T, U> tonic::codec::Codec for Codec<T, U>
 where
     T: Message + Send + 'static,
-    U: Message + Default + Send + 'static,
+    U: Message + Default + Bounds + Send + 'static,
 {
     type Encode = T;
     type Decode = U;
@@ -48,20 +52,26 @@ where
 #[derive(Debug, Clone)]
 pub struct Decoder<U>(ProstDecoder<U>);
 
-impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
+impl<U: Message + Default + Bounds> tonic::codec::Decoder for Decoder<U> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0.decode(buf).map_err(|s| match s.code() {
-            // prost's decoder fails only this way, and only on the bytes it was given.
-            Code::Internal => Status::invalid_argument(format!(
-                "the message is not a valid {}: {}",
-                short_name::<U>(),
-                s.message()
-            )),
-            _ => s,
-        })
+        use bytes::Buf as _;
+        if buf.chunk().len() == buf.remaining() {
+            U::within(buf.chunk()).map_err(Status::invalid_argument)?;
+            return self.0.decode(buf).map_err(|s| match s.code() {
+                // prost's decoder fails only this way, and only on the bytes it was given.
+                Code::Internal => not_valid::<U>(s.message()),
+                _ => s,
+            });
+        }
+        // tonic hands a message over in one piece; were it ever in several, it is joined first.
+        let whole = buf.copy_to_bytes(buf.remaining());
+        U::within(&whole).map_err(Status::invalid_argument)?;
+        U::decode(whole)
+            .map(Some)
+            .map_err(|e| not_valid::<U>(&e.to_string()))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
@@ -69,8 +79,48 @@ impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
     }
 }
 
+fn not_valid<U>(why: &str) -> Status {
+    Status::invalid_argument(format!(
+        "the message is not a valid {}: {why}",
+        short_name::<U>()
+    ))
+}
+
 /// `U`'s name without its path (`ModelInferRequest`).
 fn short_name<U>() -> &'static str {
     let full = std::any::type_name::<U>();
     full.rsplit("::").next().unwrap_or(full)
 }
+
+/// What a message must keep within before it is decoded (see the module documentation).
+pub trait Bounds {
+    /// Why `msg`, as sent, names more than a request may, if it does.
+    fn within(msg: &[u8]) -> Result<(), String> {
+        let _ = msg;
+        Ok(())
+    }
+}
+
+impl Bounds for super::inference::ModelInferRequest {
+    fn within(msg: &[u8]) -> Result<(), String> {
+        super::prescan::check_infer_message(msg)
+    }
+}
+
+/// Requests of a few fixed fields, or of strings alone: nothing to count.
+macro_rules! unbounded {
+    ($($t:ident),* $(,)?) => { $(impl Bounds for super::inference::$t {})* };
+}
+
+unbounded!(
+    ServerLiveRequest,
+    ServerReadyRequest,
+    ModelReadyRequest,
+    ServerMetadataRequest,
+    ModelMetadataRequest,
+    RepositoryModelLoadRequest,
+    RepositoryModelUnloadRequest,
+    ModelConfigRequest,
+    ModelStatisticsRequest,
+    RepositoryIndexRequest,
+);

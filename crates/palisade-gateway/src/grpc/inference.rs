@@ -341,6 +341,13 @@ pub mod repository_index_response {
         pub reason: ::prost::alloc::string::String,
     }
 }
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ModelStreamInferResponse {
+    #[prost(string, tag = "1")]
+    pub error_message: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub infer_response: ::core::option::Option<ModelInferResponse>,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum DataType {
@@ -595,6 +602,27 @@ pub mod grpc_inference_service_client {
             ));
             self.inner.unary(req, path, codec).await
         }
+        pub async fn model_stream_infer(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::ModelInferRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ModelStreamInferResponse>>,
+            tonic::Status,
+        > {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/inference.GRPCInferenceService/ModelStreamInfer",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut().insert(GrpcMethod::new(
+                "inference.GRPCInferenceService",
+                "ModelStreamInfer",
+            ));
+            self.inner.streaming(req, path, codec).await
+        }
         pub async fn repository_model_load(
             &mut self,
             request: impl tonic::IntoRequest<super::RepositoryModelLoadRequest>,
@@ -728,6 +756,15 @@ pub mod grpc_inference_service_server {
             &self,
             request: tonic::Request<super::ModelInferRequest>,
         ) -> std::result::Result<tonic::Response<super::ModelInferResponse>, tonic::Status>;
+        /// Server streaming response type for the ModelStreamInfer method.
+        type ModelStreamInferStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ModelStreamInferResponse, tonic::Status>,
+            > + std::marker::Send
+            + 'static;
+        async fn model_stream_infer(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::ModelInferRequest>>,
+        ) -> std::result::Result<tonic::Response<Self::ModelStreamInferStream>, tonic::Status>;
         async fn repository_model_load(
             &self,
             request: tonic::Request<super::RepositoryModelLoadRequest>,
@@ -1067,6 +1104,51 @@ pub mod grpc_inference_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/inference.GRPCInferenceService/ModelStreamInfer" => {
+                    #[allow(non_camel_case_types)]
+                    struct ModelStreamInferSvc<T: GrpcInferenceService>(pub Arc<T>);
+                    impl<T: GrpcInferenceService>
+                        tonic::server::StreamingService<super::ModelInferRequest>
+                        for ModelStreamInferSvc<T>
+                    {
+                        type Response = super::ModelStreamInferResponse;
+                        type ResponseStream = T::ModelStreamInferStream;
+                        type Future =
+                            BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::ModelInferRequest>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as GrpcInferenceService>::model_stream_infer(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ModelStreamInferSvc(inner);
+                        let codec = crate::grpc::codec::Codec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

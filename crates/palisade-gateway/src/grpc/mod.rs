@@ -14,13 +14,14 @@
 //! `ModelStatistics` (the statistics extension: `get_inference_statistics`) from `GET …/stats`,
 //! and `RepositoryIndex` (`get_model_repository_index`) from `POST /v2/repository/index`.
 //!
+//! Triton's `ModelStreamInfer` (tritonclient's `start_stream` and `async_stream_infer`) sends
+//! each message of a stream through the same stack as a request of its own ([`stream`]).
+//!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
 //! 0.14 (`compile_fds` on the file's descriptor set, no transport), so that building needs no
 //! `protoc`: the server with [`codec::Codec`] as its codec, the client with prost's (a response
-//! that does not decode is the server's fault, `INTERNAL`, not the caller's). To regenerate:
-//! build a descriptor set of the proto and run `tonic_prost_build::configure()
-//! .build_transport(false)` with `.build_client(false).codec_path("crate::grpc::codec::Codec")`
-//! and then with `.build_server(false)`, `.compile_fds(..)` on it, and join the two files.
+//! that does not decode is the server's fault, `INTERNAL`, not the caller's). To regenerate it
+//! after changing the proto: `bash crates/palisade-gateway/proto/regen/regen.sh`.
 
 use std::collections::HashMap;
 
@@ -39,6 +40,7 @@ pub mod audit;
 pub mod codec;
 pub mod keyfirst;
 pub mod prescan;
+pub mod stream;
 
 #[allow(
     missing_docs,
@@ -56,12 +58,46 @@ use inference::*;
 pub struct GrpcGateway {
     stack: Next,
     models: std::sync::Arc<ModelRepository>,
+    /// Writes the entries of a stream's messages refused before the stack.
+    unreached: audit::AuditUnreached,
+}
+
+/// What a translated request takes from the gRPC call it came in: the caller's credentials
+/// (metadata), the connection's client and the call's arrival (extensions), the clock of the
+/// message's body and the call's deadline.
+pub(crate) struct Caller<'a> {
+    pub(crate) metadata: &'a tonic::metadata::MetadataMap,
+    pub(crate) extensions: &'a tonic::Extensions,
+    pub(crate) clock: Option<crate::deadline::BodyClock>,
+    pub(crate) deadline: Option<std::time::Instant>,
+}
+
+/// The deadline a call's `grpc-timeout` sets, counted from its arrival, if it sets one. A
+/// timeout too far ahead to add is no deadline at all.
+fn call_deadline(
+    metadata: &tonic::metadata::MetadataMap,
+    arrived: std::time::Instant,
+) -> Option<std::time::Instant> {
+    let t = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout)?;
+    arrived.checked_add(t)
 }
 
 impl GrpcGateway {
-    /// Serves gRPC through `stack` (the guarded model routes).
-    pub fn new(stack: Next, models: std::sync::Arc<ModelRepository>) -> Self {
-        GrpcGateway { stack, models }
+    /// Serves gRPC through `stack` (the guarded model routes); a streaming call's messages
+    /// refused before the stack are audited by `unreached`.
+    pub fn new(
+        stack: Next,
+        models: std::sync::Arc<ModelRepository>,
+        unreached: audit::AuditUnreached,
+    ) -> Self {
+        GrpcGateway {
+            stack,
+            models,
+            unreached,
+        }
     }
 
     /// The tonic service, ready to mount at `/inference.GRPCInferenceService/`.
@@ -78,13 +114,37 @@ impl GrpcGateway {
         headers: &[(&'static str, String)],
         body: Vec<u8>,
     ) -> Result<(axum::http::response::Parts, Vec<u8>), Status> {
+        let clock = call.extensions().get::<crate::deadline::BodyClock>();
+        let arrived = clock.map_or_else(std::time::Instant::now, |c| c.arrived());
+        let caller = Caller {
+            metadata: call.metadata(),
+            extensions: call.extensions(),
+            clock: clock.cloned(),
+            deadline: call_deadline(call.metadata(), arrived),
+        };
+        self.call_with(rpc, method, path, caller, headers, body)
+            .await
+    }
+
+    /// The REST request `method path` with `body`, made of a call (or of one message of a
+    /// stream) from `caller`, through the model stack: its response's parts and body when it
+    /// succeeds, else the gRPC status of its refusal.
+    pub(crate) async fn call_with(
+        &self,
+        rpc: &'static str,
+        method: Method,
+        path: String,
+        caller: Caller<'_>,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+    ) -> Result<(axum::http::response::Parts, Vec<u8>), Status> {
         let mut req = Request::new(Body::from(body));
         *req.method_mut() = method;
         *req.uri_mut() = path
             .parse()
             .map_err(|_| Status::invalid_argument("invalid model name or version"))?;
         for name in ["authorization", "x-api-key", "x-palisade-totp"] {
-            if let Some(v) = call.metadata().get(name).and_then(|v| v.to_str().ok())
+            if let Some(v) = caller.metadata.get(name).and_then(|v| v.to_str().ok())
                 && let Ok(v) = HeaderValue::from_str(v)
             {
                 req.headers_mut().insert(name, v);
@@ -97,27 +157,17 @@ impl GrpcGateway {
         }
         req.extensions_mut().insert(Via(rpc));
         // What the connection's client presented, for a key bound to a certificate or a name.
-        if let Some(client) = call.extensions().get::<crate::keys::ClientIdentity>() {
+        if let Some(client) = caller.extensions.get::<crate::keys::ClientIdentity>() {
             req.extensions_mut().insert(client.clone());
         }
-        let clock = call.extensions().get::<crate::deadline::BodyClock>();
-        if let Some(clock) = clock {
-            req.extensions_mut().insert(clock.clone());
+        if let Some(clock) = caller.clock {
+            req.extensions_mut().insert(clock);
         }
-        if let Some(t) = call
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(grpc_timeout)
-        {
-            let from = clock.map_or_else(std::time::Instant::now, |c| c.arrived());
-            // A timeout too far ahead to add is no deadline at all.
-            if let Some(at) = from.checked_add(t) {
-                req.extensions_mut().insert(crate::guard::CallDeadline(at));
-            }
+        if let Some(at) = caller.deadline {
+            req.extensions_mut().insert(crate::guard::CallDeadline(at));
         }
         // From here the model stack's audit guard records the call.
-        if let Some(r) = call.extensions().get::<audit::Reached>() {
+        if let Some(r) = caller.extensions.get::<audit::Reached>() {
             r.mark();
         }
         let resp = match self.stack.clone().oneshot(req).await {
@@ -583,6 +633,18 @@ impl GrpcInferenceService for GrpcGateway {
         let mut resp = tonic::Response::new(infer_response(hl, &body)?);
         rate_limit_metadata(&parts.headers, resp.metadata_mut());
         Ok(resp)
+    }
+
+    type ModelStreamInferStream =
+        futures_util::stream::BoxStream<'static, Result<ModelStreamInferResponse, Status>>;
+
+    /// Triton's streaming inference: each message through the model stack as a request of its
+    /// own (see [`stream`]).
+    async fn model_stream_infer(
+        &self,
+        r: tonic::Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Result<tonic::Response<Self::ModelStreamInferStream>, Status> {
+        Ok(tonic::Response::new(stream::serve(self.clone(), r)))
     }
 
     async fn repository_model_load(

@@ -1,15 +1,20 @@
-//! A `ModelInfer` message's repeated fields, counted on the wire before tonic decodes it.
+//! A `ModelInfer` message's repeated fields, counted on the wire before it is decoded, and the
+//! framing of a unary call's body.
 //!
 //! Decoding can make far more of a message than was sent: an empty `inputs` entry is 2 bytes on
 //! the wire and a ~300-byte struct decoded, an empty `bytes` entry 2 bytes and a 24-byte `Vec`,
 //! a map entry a few bytes and a hash map slot with a `String`; a 4 MiB message of them made
 //! ~650 MB in prost alone (2026-12-06 review). [`super::keyfirst`] keeps callers without a key
-//! from sending one; this keeps a caller with one within what a request can need. The message is
-//! read whole (it is at most tonic's 4 MiB, which tonic reads whole too), its fields are walked
-//! without allocating, and a message that names more than the bounds below is refused
-//! `INVALID_ARGUMENT` before it is decoded. A message within the bounds is then decoded once, by
-//! tonic with the service's codec ([`super::codec`]), which refuses a malformed one
-//! `INVALID_ARGUMENT` too; a compressed frame goes on to tonic, which refuses it as before.
+//! from sending one; this keeps a caller with one within what a request can need.
+//! [`check_infer_message`] walks a message's fields without allocating, and the service's codec
+//! ([`super::codec`]) runs it on every `ModelInferRequest`, a unary call's or a stream's, before
+//! prost decodes it: a message that names more than the bounds below is refused
+//! `INVALID_ARGUMENT` undecoded. The codec then decodes a message within the bounds once, and
+//! refuses a malformed one `INVALID_ARGUMENT` too.
+//!
+//! [`Prescan`] reads a unary call's body whole (at most tonic's 4 MiB, which tonic reads whole
+//! too) and checks its framing, which tonic answers `INTERNAL` when it is broken; a stream's is
+//! checked as it arrives (`super::stream::MessageBody`).
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -18,9 +23,6 @@ use tonic::Status;
 
 use super::{MAX_RANK, MAX_TENSORS};
 use crate::guard::{Guard, Next, call_next};
-
-/// The method whose messages are walked: the only one whose message can be large.
-const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 /// The service whose calls' framing is checked here.
 const SERVICE: &str = "/inference.GRPCInferenceService/";
@@ -187,9 +189,8 @@ pub fn fuzz_property(msg: &[u8]) {
     }
 }
 
-/// The guard in front of tonic that walks each `ModelInfer` message (see the module docs), and
-/// checks every call's framing: a body without a message, or with a frame cut short, is
-/// `INVALID_ARGUMENT` (tonic's answer is `INTERNAL`).
+/// The guard in front of tonic that checks a unary call's framing: a body without a message, or
+/// with a frame cut short, is `INVALID_ARGUMENT` (tonic's answer is `INTERNAL`).
 #[derive(Clone, Default)]
 pub struct Prescan;
 
@@ -212,13 +213,13 @@ fn unread(e: axum::Error) -> Status {
     Status::cancelled(format!("the request body could not be read: {e}"))
 }
 
-/// The gRPC frames of a unary call's body: each must be checked; a compressed one (flag 1) is
-/// left to tonic, which takes no compressed messages. A frame cut short is the client's fault
+/// The gRPC frames of a unary call's body (a compressed one, flag 1, is left to tonic, which
+/// takes no compressed messages). A frame cut short is the client's fault
 /// and is refused `INVALID_ARGUMENT`, where tonic would answer `INTERNAL`, which tells a
 /// client, its retries and its alerts that the server failed (review, 2026-12-06); a message
 /// that is not valid protobuf is refused so by the service's codec ([`super::codec`]), which
 /// decodes it once.
-fn check_frames(mut body: &[u8], infer: bool) -> Result<(), Status> {
+fn check_frames(mut body: &[u8]) -> Result<(), Status> {
     // tonic answers a unary call without a message `INTERNAL` ("Missing request message").
     if body.is_empty() {
         return Err(Status::invalid_argument(
@@ -232,17 +233,13 @@ fn check_frames(mut body: &[u8], infer: bool) -> Result<(), Status> {
                 body.len()
             )));
         };
-        let compressed = head[0] != 0;
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let Some(msg) = body.get(5..5 + len) else {
+        if body.get(5..5 + len).is_none() {
             return Err(Status::invalid_argument(format!(
                 "the message is cut short: its frame says {len} bytes, {} follow",
                 body.len() - 5
             )));
         };
-        if infer && !compressed {
-            check_infer_message(msg).map_err(Status::invalid_argument)?;
-        }
         body = &body[5 + len..];
     }
     Ok(())
@@ -250,17 +247,19 @@ fn check_frames(mut body: &[u8], infer: bool) -> Result<(), Status> {
 
 impl Guard for Prescan {
     async fn handle(self, req: Request, next: Next) -> Response {
-        if !req.uri().path().starts_with(SERVICE) {
+        // A stream's messages are framed and timed by its body (`super::stream::MessageBody`).
+        if !req.uri().path().starts_with(SERVICE)
+            || req.uri().path() == super::stream::MODEL_STREAM_INFER
+        {
             return call_next(next, req).await;
         }
-        let infer = req.uri().path() == MODEL_INFER;
         let (parts, body) = req.into_parts();
         // One message and its 5-byte frame header; tonic refuses a larger one as well.
         let bytes: Bytes = match axum::body::to_bytes(body, MAX_MESSAGE + 5).await {
             Ok(b) => b,
             Err(e) => return unread(e).into_http::<Body>(),
         };
-        if let Err(status) = check_frames(&bytes, infer) {
+        if let Err(status) = check_frames(&bytes) {
             return status.into_http::<Body>();
         }
         call_next(next, Request::from_parts(parts, Body::from(bytes))).await

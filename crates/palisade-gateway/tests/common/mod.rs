@@ -489,6 +489,22 @@ where
     (get("grpc-status"), get("grpc-message"))
 }
 
+/// A gRPC client of `s`.
+pub async fn grpc_client(
+    s: &Server,
+) -> palisade_gateway::grpc::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
+    tonic::transport::Channel,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    palisade_gateway::grpc::inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(
+        channel,
+    )
+}
+
 /// A `ModelInferRequest` for one sample of the linear model `model`, encoded.
 pub fn lin_infer_message(model: &str) -> Vec<u8> {
     use palisade_gateway::grpc::inference::ModelInferRequest;

@@ -1,0 +1,645 @@
+//! Triton's streaming inference, `ModelStreamInfer` (tritonclient's `start_stream` and
+//! `async_stream_infer`): one call that carries many `ModelInferRequest` messages, each answered
+//! by a `ModelStreamInferResponse`.
+//!
+//! **Each message is a request of its own.** It is translated and sent through the model stack
+//! as a unary `ModelInfer` is: its own key check (a key revoked mid-stream refuses the next
+//! message), role, rate limit and budget charge, validation, hardening and audit entry (method
+//! `GRPC ModelStreamInfer`). A message the guards refuse is answered in the stream, as Triton
+//! does, with `error_message` (the guard's message) and, in `infer_response`, the request's id,
+//! model name and version; the stream goes on. A message refused before the stack (a model name
+//! that is not one, too many tensors) is audited here, as [`super::audit::AuditUnreached`]
+//! audits a unary call, and answered the same way.
+//!
+//! **What ends a stream.** A message that cannot be read: one that is not protobuf or names more
+//! than a request may ([`super::codec`]), one over tonic's 4 MiB, a body that ends within a
+//! message, or one of the two deadlines below. The stream then ends with that status (audited
+//! here; the messages before it are answered first), since what follows in the body cannot be
+//! trusted to be framed as the client meant. The call's own deadline (`grpc-timeout`,
+//! tritonclient's `stream_timeout`) ends it with `DEADLINE_EXCEEDED` too, and bounds each
+//! message's wait for the model, as a unary call's does.
+//!
+//! **Deadlines on the body.** A unary call's body must arrive whole within the deadline its key
+//! allows; a stream's body lasts as long as the stream. So [`MessageBody`] holds each message
+//! to that deadline instead, counted from its first byte, and the wait between two messages to
+//! [`STREAM_IDLE`]. Both count only the time the gateway is waiting to read: while every place
+//! of the stream is taken ([`IN_FLIGHT`]) it reads nothing, and what the client sent meanwhile
+//! waits in HTTP/2's flow-control window, not against the client. Each message's own time goes
+//! to the validate guard (a per-message [`BodyClock`]), which holds it to its model's
+//! `input.body_timeout_ms`, as for a unary call.
+//!
+//! **Order and concurrency.** At most [`IN_FLIGHT`] messages of a stream are in the stack at
+//! once; their answers leave in the order the messages came (tritonclient matches them by id in
+//! any case). A stream whose client goes away drops its messages in flight, each of which the
+//! audit guard then finishes and records with status 499, as for a unary call.
+
+use std::collections::VecDeque;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::Method;
+use futures_util::stream::{BoxStream, StreamExt as _};
+use hyper::body::{Frame, SizeHint};
+use tonic::Status;
+
+use super::inference::{
+    InferParameter, ModelInferRequest, ModelInferResponse, ModelStreamInferResponse,
+    infer_parameter::ParameterChoice,
+};
+use super::{GrpcGateway, infer_body, infer_response, model_path};
+use crate::deadline::BodyClock;
+use crate::now_ms;
+use crate::oip;
+
+/// The method served here.
+pub const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
+/// Most messages of one stream in the model stack at once.
+pub const IN_FLIGHT: usize = 8;
+
+/// How long a stream may wait for its next message before it is closed (`DEADLINE_EXCEEDED`):
+/// an open stream holds an HTTP/2 stream of its connection and a task.
+pub const STREAM_IDLE: Duration = Duration::from_secs(300);
+
+/// The request parameter with which tritonclient asks for `triton_final_response` on each
+/// answer (`async_stream_infer(enable_empty_final_response=True)`). A Palisade model gives one
+/// answer per request, so each answer is the final one and no empty one follows.
+const FINAL_RESPONSE_ASKED: &str = "triton_enable_empty_final_response";
+const FINAL_RESPONSE: &str = "triton_final_response";
+
+/// When each message of a stream began to arrive and how long it took, in order, from
+/// [`MessageBody`] to the handler (request extension). tonic decodes a message only once its
+/// frame has arrived whole, so each decoded message has its entry at the front.
+#[derive(Debug, Clone, Default)]
+pub struct MessageTimes(Arc<Mutex<VecDeque<(Instant, Duration)>>>);
+
+impl MessageTimes {
+    fn push(&self, started: Instant, took: Duration) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((started, took));
+    }
+
+    /// The clock of the next message decoded.
+    fn next(&self) -> Option<BodyClock> {
+        let (started, took) = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()?;
+        Some(BodyClock::of_message(started, took))
+    }
+}
+
+/// Where the body is in its gRPC framing: each message is a 5-byte header (a compression flag
+/// and a big-endian length) and that many bytes.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// `have` bytes of a header read (0: between messages).
+    Header { head: [u8; 5], have: usize },
+    /// `left` bytes of a message still to come.
+    Payload { left: u64 },
+}
+
+/// A streaming call's body, its messages each held to a deadline (see the module
+/// documentation). It fails with a gRPC status, which tonic then answers.
+pub struct MessageBody {
+    inner: Body,
+    /// What one message may take.
+    limit: Duration,
+    /// What the wait for the next message may take.
+    idle: Duration,
+    due: Pin<Box<tokio::time::Sleep>>,
+    /// Since when the reader has waited, if its last poll found nothing.
+    pending_since: Option<Instant>,
+    /// Time waited for the message under way, or between messages for the next one.
+    waited: Duration,
+    framing: Framing,
+    /// When the message under way began to arrive.
+    started: Instant,
+    times: MessageTimes,
+    done: bool,
+}
+
+impl MessageBody {
+    /// `inner`, each message due within `limit` of the time spent waiting for it, and the gaps
+    /// between messages within `idle`; each message's time noted in `times`.
+    pub fn new(inner: Body, limit: Duration, idle: Duration, times: MessageTimes) -> Self {
+        MessageBody {
+            inner,
+            limit,
+            idle,
+            due: Box::pin(tokio::time::sleep(idle)),
+            pending_since: None,
+            waited: Duration::ZERO,
+            framing: Framing::Header {
+                head: [0; 5],
+                have: 0,
+            },
+            started: Instant::now(),
+            times,
+            done: false,
+        }
+    }
+
+    fn within_message(&self) -> bool {
+        !matches!(self.framing, Framing::Header { have: 0, .. })
+    }
+
+    /// Follows the framing through `data`, which arrived at `now`.
+    fn advance(&mut self, mut data: &[u8], now: Instant) {
+        while !data.is_empty() {
+            match &mut self.framing {
+                Framing::Header { head, have } => {
+                    if *have == 0 {
+                        self.started = now;
+                        self.waited = Duration::ZERO;
+                    }
+                    let take = (5 - *have).min(data.len());
+                    head[*have..*have + take].copy_from_slice(&data[..take]);
+                    *have += take;
+                    data = &data[take..];
+                    if *have == 5 {
+                        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+                        self.framing = Framing::Payload {
+                            left: u64::from(len),
+                        };
+                    }
+                }
+                Framing::Payload { left } => {
+                    let take = (*left).min(data.len() as u64);
+                    *left -= take;
+                    data = &data[take as usize..];
+                }
+            }
+            if let Framing::Payload { left: 0 } = self.framing {
+                self.times.push(self.started, now - self.started);
+                self.framing = Framing::Header {
+                    head: [0; 5],
+                    have: 0,
+                };
+                self.waited = Duration::ZERO;
+            }
+        }
+    }
+
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        self.done = true;
+        Poll::Ready(Some(Err(axum::Error::new(status))))
+    }
+}
+
+impl hyper::body::Body for MessageBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let now = Instant::now();
+        if let Some(since) = this.pending_since.take() {
+            this.waited += now - since;
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.advance(data, now);
+                } else if this.within_message() {
+                    return this.fail(cut_short());
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) if this.within_message() => this.fail(cut_short()),
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let (allowed, late) = if this.within_message() {
+                    let ms = this.limit.as_millis();
+                    (
+                        this.limit,
+                        format!("a message did not arrive within {ms} ms"),
+                    )
+                } else {
+                    let s = this.idle.as_secs();
+                    (
+                        this.idle,
+                        format!("no message came for {s} s; the stream is closed"),
+                    )
+                };
+                let Some(left) = allowed.checked_sub(this.waited).filter(|l| !l.is_zero()) else {
+                    return this.fail(Status::deadline_exceeded(late));
+                };
+                this.pending_since = Some(now);
+                this.due
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(now + left));
+                if this.due.as_mut().poll(cx).is_ready() {
+                    return this.fail(Status::deadline_exceeded(late));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn cut_short() -> Status {
+    Status::invalid_argument("the stream ended within a message (its frame was cut short)")
+}
+
+/// What each message of a stream takes from its call.
+struct StreamCall {
+    gateway: GrpcGateway,
+    metadata: tonic::metadata::MetadataMap,
+    extensions: tonic::Extensions,
+    /// The key presented, for the audit entries of messages refused before the stack.
+    presented: Option<String>,
+    /// The call's own deadline (`grpc-timeout`), from its arrival.
+    deadline: Option<Instant>,
+    times: MessageTimes,
+}
+
+/// The answers to a `ModelStreamInfer` call's messages (see the module documentation).
+pub(super) fn serve(
+    gateway: GrpcGateway,
+    call: tonic::Request<tonic::Streaming<ModelInferRequest>>,
+) -> BoxStream<'static, Result<ModelStreamInferResponse, Status>> {
+    let (metadata, extensions, messages) = call.into_parts();
+    let headers = metadata.clone().into_headers();
+    let presented = crate::guard::authn::presented_key(&headers).map(str::to_owned);
+    let arrived = extensions
+        .get::<BodyClock>()
+        .map_or_else(Instant::now, BodyClock::arrived);
+    let deadline = super::call_deadline(&metadata, arrived);
+    let times = extensions
+        .get::<MessageTimes>()
+        .cloned()
+        .unwrap_or_default();
+    let call = Arc::new(StreamCall {
+        gateway,
+        metadata,
+        extensions,
+        presented,
+        deadline,
+        times,
+    });
+    let answers = messages
+        // Nothing is read after a message that could not be (tonic goes on failing).
+        .scan(false, |failed, m| {
+            let stop = *failed;
+            *failed = m.is_err();
+            std::future::ready((!stop).then_some(m))
+        })
+        .map(move |m| {
+            let call = call.clone();
+            async move {
+                match m {
+                    Ok(message) => Ok(call.answer(message).await),
+                    Err(status) => Err(call.unreadable(status).await),
+                }
+            }
+        })
+        .buffered(IN_FLIGHT)
+        // The first failure is the stream's last answer.
+        .scan(false, |failed, r| {
+            let stop = *failed;
+            *failed = r.is_err();
+            std::future::ready((!stop).then_some(r))
+        });
+    match deadline {
+        Some(at) => until(answers, at).boxed(),
+        None => answers.boxed(),
+    }
+}
+
+/// `answers`, ended with `DEADLINE_EXCEEDED` at `at` if they have not ended by then.
+fn until<S>(answers: S, at: Instant) -> impl futures_util::Stream<Item = S::Item> + Send
+where
+    S: futures_util::Stream<Item = Result<ModelStreamInferResponse, Status>> + Send + Unpin,
+{
+    let mut answers = Some(answers);
+    let mut due = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)));
+    futures_util::stream::poll_fn(move |cx| {
+        let Some(a) = answers.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(next) = a.poll_next_unpin(cx) {
+            if next.is_none() {
+                answers = None;
+            }
+            return Poll::Ready(next);
+        }
+        if due.as_mut().poll(cx).is_ready() {
+            // Dropped here: the messages still in the stack are finished by the audit guard.
+            answers = None;
+            return Poll::Ready(Some(Err(Status::deadline_exceeded(
+                "the call's deadline (grpc-timeout) passed; the stream is closed",
+            ))));
+        }
+        Poll::Pending
+    })
+}
+
+impl StreamCall {
+    /// One message's answer: the model's outputs, or the reason it was refused.
+    async fn answer(&self, mut message: ModelInferRequest) -> ModelStreamInferResponse {
+        let started = Instant::now();
+        let ts_ms = now_ms();
+        let clock = self.times.next();
+        let final_asked = match message.parameters.remove(FINAL_RESPONSE_ASKED) {
+            None => false,
+            Some(InferParameter {
+                parameter_choice: Some(ParameterChoice::BoolParam(b)),
+            }) => b,
+            Some(_) => {
+                let status = Status::invalid_argument(format!(
+                    "parameter '{FINAL_RESPONSE_ASKED}' must be a bool"
+                ));
+                return self.refused_here(&message, status, started, ts_ms).await;
+            }
+        };
+        let translated = model_path(&message.model_name, &message.model_version, "/infer")
+            .and_then(|path| infer_body(&message).map(|b| (path, b)));
+        let (path, (body, h)) = match translated {
+            Ok(t) => t,
+            Err(status) => return self.refused_here(&message, status, started, ts_ms).await,
+        };
+        let answered = self
+            .gateway
+            .call_with(
+                "ModelStreamInfer",
+                Method::POST,
+                path,
+                super::Caller {
+                    metadata: &self.metadata,
+                    extensions: &self.extensions,
+                    clock,
+                    deadline: self.deadline,
+                },
+                &[(oip::HEADER_LENGTH, h.to_string())],
+                body,
+            )
+            .await
+            .and_then(|(parts, body)| {
+                let hl = parts
+                    .headers
+                    .get(oip::HEADER_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                infer_response(hl, &body)
+            });
+        match answered {
+            Ok(mut r) => {
+                if final_asked {
+                    r.parameters.insert(
+                        FINAL_RESPONSE.into(),
+                        InferParameter {
+                            parameter_choice: Some(ParameterChoice::BoolParam(true)),
+                        },
+                    );
+                }
+                ModelStreamInferResponse {
+                    error_message: String::new(),
+                    infer_response: Some(r),
+                }
+            }
+            Err(status) => refusal(&message, &status),
+        }
+    }
+
+    /// A message refused before the model stack: audited here, answered in the stream.
+    async fn refused_here(
+        &self,
+        message: &ModelInferRequest,
+        status: Status,
+        started: Instant,
+        ts_ms: u64,
+    ) -> ModelStreamInferResponse {
+        let status = self.audited(status, started, ts_ms).await;
+        refusal(message, &status)
+    }
+
+    /// A message that could not be read: audited, and the stream's last answer.
+    async fn unreadable(&self, status: Status) -> Status {
+        // Its clock, if its frame arrived whole, belongs to no message that follows.
+        self.times.next();
+        self.audited(status, Instant::now(), now_ms()).await
+    }
+
+    /// `status`, once its entry is written; `UNAVAILABLE` if the audit log could not take it.
+    async fn audited(&self, status: Status, started: Instant, ts_ms: u64) -> Status {
+        let written = self
+            .gateway
+            .unreached
+            .record(
+                self.presented.as_deref(),
+                MODEL_STREAM_INFER,
+                status.code(),
+                started,
+                ts_ms,
+            )
+            .await;
+        if written {
+            status
+        } else {
+            Status::unavailable("the audit log is unavailable; the request was not served")
+        }
+    }
+}
+
+/// The in-stream answer to a refused message: the reason (with the wait a rate limit asks for,
+/// which a unary call gets as metadata), and which request it answers.
+fn refusal(message: &ModelInferRequest, status: &Status) -> ModelStreamInferResponse {
+    let mut reason = if status.message().is_empty() {
+        status.code().description().to_string()
+    } else {
+        status.message().to_string()
+    };
+    if let Some(secs) = status
+        .metadata()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+    {
+        reason.push_str(&format!(" (retry after {secs} s)"));
+    }
+    ModelStreamInferResponse {
+        error_message: reason,
+        infer_response: Some(ModelInferResponse {
+            model_name: message.model_name.clone(),
+            model_version: message.model_version.clone(),
+            id: message.id.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+    use http_body_util::channel::Channel;
+
+    use super::*;
+    use tonic::Code;
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8];
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// The error a body failed with, as the gRPC status tonic would find.
+    fn status_of(e: axum::Error) -> Status {
+        let src = std::error::Error::source(&e).expect("a source");
+        src.downcast_ref::<Status>().expect("a status").clone()
+    }
+
+    #[tokio::test]
+    async fn messages_are_followed_across_chunks_and_each_is_timed() {
+        let (mut tx, body) = Channel::<Bytes>::new(8);
+        let times = MessageTimes::default();
+        let mut b = MessageBody::new(
+            Body::new(body),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+            times.clone(),
+        );
+        let (one, two) = (frame(b"abc"), frame(b""));
+        let three = frame(&[7; 300]);
+        tokio::spawn(async move {
+            // The first message's header split, the second whole with the third's first bytes,
+            // the rest of the third 150 ms later.
+            tx.send_data(Bytes::copy_from_slice(&one[..2]))
+                .await
+                .unwrap();
+            let mut next = one[2..].to_vec();
+            next.extend_from_slice(&two);
+            next.extend_from_slice(&three[..10]);
+            tx.send_data(next.into()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            tx.send_data(Bytes::copy_from_slice(&three[10..]))
+                .await
+                .unwrap();
+        });
+        let mut got = Vec::new();
+        while let Some(f) = b.frame().await {
+            got.extend_from_slice(f.unwrap().data_ref().unwrap());
+        }
+        assert_eq!(got.len(), 8 + 5 + 305);
+        let took: Vec<Duration> = std::iter::from_fn(|| times.next())
+            .map(|c| c.took())
+            .collect();
+        assert_eq!(took.len(), 3, "{took:?}");
+        assert!(took[0] < Duration::from_millis(100), "{took:?}");
+        assert!(took[1] < Duration::from_millis(100), "{took:?}");
+        assert!(took[2] >= Duration::from_millis(140), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_message_fails_at_its_deadline_and_an_idle_stream_at_its_own() {
+        let (mut tx, body) = Channel::<Bytes>::new(8);
+        let mut b = MessageBody::new(
+            Body::new(body),
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            MessageTimes::default(),
+        );
+        tx.send_data(Bytes::copy_from_slice(&frame(b"abcdef")[..7]))
+            .await
+            .unwrap();
+        let t = Instant::now();
+        b.frame().await.unwrap().unwrap();
+        let e = b.frame().await.unwrap().unwrap_err();
+        let s = status_of(e);
+        assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+        assert!(s.message().contains("within 200 ms"), "{s:?}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            t.elapsed()
+        );
+        // Failed, it ends.
+        assert!(b.frame().await.is_none());
+
+        let (mut tx, body) = Channel::<Bytes>::new(8);
+        let mut b = MessageBody::new(
+            Body::new(body),
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            MessageTimes::default(),
+        );
+        tx.send_data(frame(b"x").into()).await.unwrap();
+        b.frame().await.unwrap().unwrap();
+        let e = b.frame().await.unwrap().unwrap_err();
+        let s = status_of(e);
+        assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
+        assert!(s.message().contains("no message came"), "{s:?}");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn time_the_reader_spends_elsewhere_is_not_the_client_s() {
+        // Half a message, then the reader goes away for longer than the deadline while the
+        // rest arrives: the message passes, since the gateway was not waiting for it.
+        let (mut tx, body) = Channel::<Bytes>::new(8);
+        let mut b = MessageBody::new(
+            Body::new(body),
+            Duration::from_millis(200),
+            Duration::from_millis(200),
+            MessageTimes::default(),
+        );
+        let f = frame(b"abcdef");
+        tx.send_data(Bytes::copy_from_slice(&f[..7])).await.unwrap();
+        b.frame().await.unwrap().unwrap();
+        tx.send_data(Bytes::copy_from_slice(&f[7..])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        b.frame().await.unwrap().unwrap();
+        drop(tx);
+        assert!(b.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_ending_within_a_message_is_the_client_s_fault() {
+        for (sent, trailers) in [(&frame(b"abcdef")[..7], false), (&[0u8, 0, 0][..], true)] {
+            let (mut tx, body) = Channel::<Bytes>::new(8);
+            let mut b = MessageBody::new(
+                Body::new(body),
+                Duration::from_secs(5),
+                Duration::from_secs(5),
+                MessageTimes::default(),
+            );
+            tx.send_data(Bytes::copy_from_slice(sent)).await.unwrap();
+            if trailers {
+                tx.send_trailers(Default::default()).await.unwrap();
+            }
+            drop(tx);
+            b.frame().await.unwrap().unwrap();
+            let s = status_of(b.frame().await.unwrap().unwrap_err());
+            assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+            assert!(s.message().contains("cut short"), "{s:?}");
+        }
+    }
+}

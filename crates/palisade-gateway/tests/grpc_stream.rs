@@ -1,0 +1,341 @@
+//! Triton's streaming inference (`ModelStreamInfer`): each message of a stream through the
+//! same guards as a unary call, refusals answered in the stream, unreadable messages ending it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt as _;
+use palisade_core::Classifier as _;
+use palisade_gateway::grpc::inference::infer_parameter::ParameterChoice;
+use palisade_gateway::grpc::inference::model_infer_request::InferInputTensor;
+use palisade_gateway::grpc::inference::*;
+use palisade_gateway::keys::{KeyStore as _, Role};
+use tonic_prost::prost::Message as _;
+
+const STREAM: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
+fn message(model: &str, id: &str, x: &[f32], shape: Vec<i64>) -> ModelInferRequest {
+    ModelInferRequest {
+        model_name: model.into(),
+        id: id.into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape,
+            ..Default::default()
+        }],
+        raw_input_contents: vec![x.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    }
+}
+
+/// The messages `rx` gives as a streaming call with the key `key`.
+fn streaming(
+    rx: tokio::sync::mpsc::Receiver<ModelInferRequest>,
+    key: &str,
+) -> tonic::Request<impl futures_util::Stream<Item = ModelInferRequest> + Send + 'static> {
+    let messages =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut r = tonic::Request::new(messages);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+fn floats(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_is_a_guarded_request_and_refusals_are_answered_in_the_stream() {
+    let s = start().await;
+    let mut c = grpc_client(&s).await;
+    let x = [0.1f32, 0.9, 0.3, 0.4];
+    let expected: Vec<f32> = linear("lin")
+        .logits(
+            ndarray::ArrayD::from_shape_vec(vec![1, 1, 2, 2], x.to_vec())
+                .unwrap()
+                .view(),
+        )
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let before = s.audit_entries(0).len();
+    let mut last = message("lin", "e", &x, vec![1, 1, 2, 2]);
+    last.parameters.insert(
+        "triton_enable_empty_final_response".into(),
+        InferParameter {
+            parameter_choice: Some(ParameterChoice::BoolParam(true)),
+        },
+    );
+    let sent = vec![
+        message("lin", "a", &x, vec![1, 1, 2, 2]),
+        // The wrong shape: validate refuses it.
+        message("lin", "b", &x, vec![1, 4]),
+        // A model the key may not query.
+        message("top2", "c", &x, vec![1, 1, 2, 2]),
+        // Not a model name: refused before the stack.
+        message("no/pe", "d", &x, vec![1, 1, 2, 2]),
+        last,
+        message("lin", "f", &x, vec![1, 1, 2, 2]),
+    ];
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for m in sent {
+        tx.send(m).await.unwrap();
+    }
+    drop(tx);
+    let answers: Vec<ModelStreamInferResponse> = c
+        .model_stream_infer(streaming(rx, &s.query.key))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    let ids: Vec<&str> = answers
+        .iter()
+        .map(|a| a.infer_response.as_ref().unwrap().id.as_str())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c", "d", "e", "f"], "in the order sent");
+    for i in [0, 4, 5] {
+        let a = &answers[i];
+        assert_eq!(a.error_message, "", "{a:?}");
+        let r = a.infer_response.as_ref().unwrap();
+        assert_eq!(r.model_name, "lin");
+        assert_eq!(floats(&r.raw_output_contents[0]), expected);
+    }
+    let fin = &answers[4].infer_response.as_ref().unwrap().parameters;
+    assert_eq!(
+        fin.get("triton_final_response")
+            .and_then(|p| p.parameter_choice.clone()),
+        Some(ParameterChoice::BoolParam(true))
+    );
+    assert!(
+        answers[0]
+            .infer_response
+            .as_ref()
+            .unwrap()
+            .parameters
+            .is_empty()
+    );
+    assert!(
+        answers[1].error_message.contains("expects [N, 1, 2, 2]"),
+        "{:?}",
+        answers[1]
+    );
+    assert!(
+        answers[2].error_message.contains("top2"),
+        "{:?}",
+        answers[2]
+    );
+    assert!(
+        answers[3].error_message.contains("invalid model name"),
+        "{:?}",
+        answers[3]
+    );
+
+    // One entry per message: five through the guards, one refused before them.
+    let entries = &s.audit_entries(0)[before..];
+    assert_eq!(entries.len(), 6, "{entries:?}");
+    let guarded: Vec<_> = entries
+        .iter()
+        .filter(|e| e["method"] == "GRPC ModelStreamInfer")
+        .collect();
+    assert_eq!(guarded.len(), 5, "{entries:?}");
+    // Messages run side by side: their entries are in the order they finished.
+    let mut statuses: Vec<u64> = guarded
+        .iter()
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 400, 403], "{entries:?}");
+    assert!(
+        guarded
+            .iter()
+            .all(|e| e["key_id"] == s.query.record.id.as_str())
+    );
+    let early = entries.iter().find(|e| e["method"] == "GRPC").unwrap();
+    assert_eq!(early["path"], STREAM, "{early}");
+    assert_eq!(early["decision"], "denied:grpc", "{early}");
+    assert_eq!(early["status"], 400, "{early}");
+    assert_eq!(early["key_id"], s.query.record.id.as_str(), "{early}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_mid_stream_is_refused_at_the_next_message_and_limits_count_each() {
+    let s = start().await;
+    let mut c = grpc_client(&s).await;
+    let x = [0.5f32; 4];
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut answers = c
+        .model_stream_infer(streaming(rx, &s.query.key))
+        .await
+        .unwrap()
+        .into_inner();
+    // "limited" allows a burst of 3 per key: the fourth message is over it.
+    for i in 0..4 {
+        tx.send(message("limited", &i.to_string(), &x, vec![1, 1, 2, 2]))
+            .await
+            .unwrap();
+        let a = answers.message().await.unwrap().unwrap();
+        if i < 3 {
+            assert_eq!(a.error_message, "", "{a:?}");
+        } else {
+            assert!(a.error_message.contains("retry after"), "{a:?}");
+        }
+    }
+    tx.send(message("lin", "before", &x, vec![1, 1, 2, 2]))
+        .await
+        .unwrap();
+    let a = answers.message().await.unwrap().unwrap();
+    assert_eq!(a.error_message, "", "{a:?}");
+    assert!(s.state.keys.revoke(&s.query.record.id, now_ms()).unwrap());
+    tx.send(message("lin", "after", &x, vec![1, 1, 2, 2]))
+        .await
+        .unwrap();
+    let a = answers.message().await.unwrap().unwrap();
+    assert!(a.error_message.contains("revoked"), "{a:?}");
+    drop(tx);
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "the stream ends"
+    );
+    let last = s.last_audit_entry();
+    assert_eq!(last["status"], 401, "{last}");
+    assert_eq!(last["method"], "GRPC ModelStreamInfer", "{last}");
+    s.stop().await;
+}
+
+/// The body of a streaming call, sent by hand: its frames, then its end.
+fn stream_body(frames: &[Vec<u8>]) -> http_body_util::Full<bytes::Bytes> {
+    http_body_util::Full::new(frames.concat().into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_cannot_be_read_ends_the_stream_after_the_answers_before_it() {
+    let s = start().await;
+    let auth = bearer(&s.query);
+    let good = grpc_frame(&lin_infer_message("lin"));
+    // Not protobuf.
+    let before = s.audit_entries(0).len();
+    let (code, message) = grpc_raw_to(
+        s.addr,
+        "ModelStreamInfer",
+        &auth,
+        stream_body(&[good.clone(), grpc_frame(&[0xff, 0xff]), good.clone()]),
+    )
+    .await;
+    assert_eq!(code, "3", "{message}");
+    assert!(
+        message.contains("not a valid ModelInferRequest"),
+        "{message}"
+    );
+    let entries = &s.audit_entries(0)[before..];
+    assert_eq!(
+        entries.len(),
+        2,
+        "the good message, the bad one; not the one after: {entries:?}"
+    );
+    let good_entry = entries.iter().find(|e| e["status"] == 200);
+    assert_eq!(
+        good_entry.unwrap()["method"],
+        "GRPC ModelStreamInfer",
+        "{entries:?}"
+    );
+    let bad = entries.iter().find(|e| e["path"] == STREAM).unwrap();
+    assert_eq!(bad["decision"], "denied:grpc", "{entries:?}");
+    assert_eq!(bad["status"], 400, "{entries:?}");
+
+    // Naming more tensors than a request may: refused before it is decoded.
+    let mut many = ModelInferRequest::decode(&lin_infer_message("lin")[..]).unwrap();
+    many.inputs = vec![InferInputTensor::default(); 100];
+    let (code, message) = grpc_raw_to(
+        s.addr,
+        "ModelStreamInfer",
+        &auth,
+        stream_body(&[grpc_frame(&many.encode_to_vec())]),
+    )
+    .await;
+    assert_eq!(code, "3", "{message}");
+    assert!(message.contains("tensors"), "{message}");
+
+    // A body that ends within a message.
+    let (code, message) = grpc_raw_to(
+        s.addr,
+        "ModelStreamInfer",
+        &auth,
+        stream_body(&[good.clone(), good[..good.len() - 3].to_vec()]),
+    )
+    .await;
+    assert_eq!(code, "3", "{message}");
+    assert!(message.contains("cut short"), "{message}");
+
+    // No key: refused before any message is read, and audited.
+    let (code, message) = grpc_raw_to(s.addr, "ModelStreamInfer", "", stream_body(&[good])).await;
+    assert_eq!(code, "16", "{message}");
+    let last = s.last_audit_entry();
+    assert_eq!(last["path"], STREAM, "{last}");
+    assert_eq!(last["status"], 401, "{last}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_is_held_to_its_deadline_not_the_stream() {
+    let s = start().await;
+    let policy = format!("{LIN_POLICY}body_timeout_ms = 300\n");
+    s.models.deploy(served("quick", "1", &policy)).unwrap();
+    let key = s
+        .state
+        .keys
+        .create("quick", &[Role::Query("quick".into())], None, now_ms())
+        .unwrap();
+    let auth = bearer(&key);
+    let good = grpc_frame(&lin_infer_message("quick"));
+    let before = s.audit_entries(0).len();
+    // A whole message; one sent in halves 600 ms apart, past "quick"'s 300 ms, which validate
+    // refuses in the stream; a whole one 1.5 s later, when the stream is older than the 2 s a
+    // body of this key may take before its model is known, and still read, since each message
+    // is held on its own; then half a message and nothing for 2.3 s: the stream ends
+    // DEADLINE_EXCEEDED at 2 s, the most any one message of this key may take.
+    let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes>::new(8);
+    let half = good.len() / 2;
+    let sender = {
+        let good = good.clone();
+        tokio::spawn(async move {
+            tx.send_data(good.clone().into()).await.unwrap();
+            tx.send_data(good[..half].to_vec().into()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            tx.send_data(good[half..].to_vec().into()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            tx.send_data(good.clone().into()).await.unwrap();
+            tx.send_data(good[..half].to_vec().into()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2300)).await;
+            drop(tx);
+        })
+    };
+    let t = std::time::Instant::now();
+    let (code, message) = grpc_raw_to(s.addr, "ModelStreamInfer", &auth, body).await;
+    assert_eq!(code, "4", "{message}");
+    assert!(message.contains("within 2000 ms"), "{message}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(4000),
+        "{:?}",
+        t.elapsed()
+    );
+    sender.abort();
+    let entries = &s.audit_entries(0)[before..];
+    let statuses: Vec<u64> = entries
+        .iter()
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 408, 200, 408], "{entries:?}");
+    assert_eq!(entries[1]["decision"], "denied:validate", "{entries:?}");
+    assert_eq!(entries[3]["decision"], "denied:grpc", "{entries:?}");
+    s.stop().await;
+}
