@@ -134,6 +134,44 @@ assert [(m["name"], m["state"]) for m in hi] == [("mnist", "READY")], hi
 assert [(m["name"], m["version"], m["state"]) for m in gi_] == \
     [(m["name"], m["version"], m["state"]) for m in hi], (gi_, hi)
 
+# Triton's streaming inference over gRPC: each sample a message of its own, answered in order
+# through the same guards; a message with the wrong shape is answered with its error and the
+# stream goes on; tritonclient's empty-final-response flag is answered on the response itself.
+import queue
+answers = queue.Queue()
+def stream_input(a):
+    i = tg.InferInput("input", list(a.shape), "FP32")
+    i.set_data_from_numpy(a)
+    return i
+g.start_stream(callback=lambda result, error: answers.put((result, error)), headers=gh)
+for k in range(4):
+    g.async_stream_infer("mnist", [stream_input(x[k:k + 1])], request_id=f"s{k}")
+g.async_stream_infer("mnist", [stream_input(x[:1].reshape(1, 784))], request_id="bad")
+g.async_stream_infer("mnist", [stream_input(x[4:5])], request_id="s4",
+                     enable_empty_final_response=True)
+g.stop_stream()
+got = [answers.get(timeout=60) for _ in range(6)]
+assert answers.empty()
+for k, (result, error) in zip([0, 1, 2, 3, None, 4], got):
+    if k is None:
+        assert result is None and error is not None, (result, error)
+        print("stream: the wrong shape answered in the stream:", error.message()[:70])
+        continue
+    assert error is None, error
+    r = result.get_response()
+    assert r.id == f"s{k}", r.id
+    d = float(np.abs(result.as_numpy("logits") - ref[k:k + 1]).max())
+    assert d < 1e-4, (k, d)
+assert got[5][0].get_response().parameters["triton_final_response"].bool_param
+print("stream: 5 of 6 messages answered in order, max |logits - pytorch| within 1e-4")
+refused = queue.Queue()
+g.start_stream(callback=lambda result, error: refused.put((result, error)))
+g.async_stream_infer("mnist", [stream_input(x[:1])])
+result, error = refused.get(timeout=30)
+g.stop_stream()
+assert result is None and error is not None and "API key" in error.message(), error
+print("stream refused without a key:", error.message()[:60])
+
 for call in (lambda: h.infer("mnist", [http_input(x[:1])]),
              lambda: g.infer("mnist", [gi]),
              lambda: h.get_model_config("mnist"),
@@ -147,7 +185,7 @@ for call in (lambda: h.infer("mnist", [http_input(x[:1])]),
         raise SystemExit("a request without a key was served")
     except InferenceServerException as e:
         print("refused without a key:", e.status(), (e.message() or "")[:60])
-print("OK: tritonclient HTTP (binary, JSON, gzip) and gRPC agree with PyTorch; both read the model configuration, statistics and repository index")
+print("OK: tritonclient HTTP (binary, JSON, gzip), gRPC and gRPC streaming agree with PyTorch; both read the model configuration, statistics and repository index")
 PY
 
 kill -TERM $PID; wait $PID || true
