@@ -694,12 +694,21 @@ pub async fn serve_tls_with(
                 let call = router.clone().oneshot(req);
                 async move {
                     let response = call.await;
-                    // Sending from now until hyper lets go of the body.
-                    let sending = Sending::begin(request);
+                    // Sending from now until hyper lets go of the body; a stream of answers
+                    // is still being handled until then too.
+                    let stream = response
+                        .as_ref()
+                        .is_ok_and(|r| r.extensions().get::<AnswersStream>().is_some());
+                    let (sending, handling) = if stream {
+                        (Sending::alongside(&request), Some(request))
+                    } else {
+                        (Sending::begin(request), None)
+                    };
                     response.map(|r| {
                         r.map(|body| Sent {
                             body,
                             _sending: sending,
+                            _handling: handling,
                         })
                     })
                 }
@@ -1006,12 +1015,26 @@ struct Sending(Arc<Activity>);
 impl Sending {
     /// Takes over from `request`, whose response is ready.
     fn begin(request: Request) -> Self {
+        let sending = Sending::alongside(&request);
+        drop(request);
+        sending
+    }
+
+    /// Begins beside `request`, whose response is a stream of answers ([`AnswersStream`]).
+    fn alongside(request: &Request) -> Self {
         let activity = request.0.clone();
         activity.sending.fetch_add(1, Ordering::AcqRel);
-        drop(request);
         Sending(activity)
     }
 }
+
+/// Marks a response whose body is a stream of answers to messages the client goes on sending
+/// (gRPC's `ModelStreamInfer`, `crate::grpc::stream`): its request counts as being handled until
+/// hyper lets go of the body, not only until the headers are ready, so that its connection is
+/// neither closed as idle nor shed to make room while the stream is open. The stream bounds
+/// its own idling (`crate::grpc::stream::STREAM_IDLE`).
+#[derive(Debug, Clone, Copy)]
+pub struct AnswersStream;
 
 impl Drop for Sending {
     fn drop(&mut self) {
@@ -1025,6 +1048,8 @@ struct Sent<B> {
     body: B,
     /// Held for its drop.
     _sending: Sending,
+    /// A stream of answers' request, held for its drop.
+    _handling: Option<Request>,
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Sent<B> {
@@ -1984,6 +2009,55 @@ mod tests {
             took >= Duration::from_millis(250) && took < Duration::from_secs(3),
             "{took:?}"
         );
+    }
+
+    /// A stream of answers (gRPC's `ModelStreamInfer`) is a request being handled for as long
+    /// as its body lasts: gaps between its answers longer than the idle timeout do not close
+    /// its connection (review, 2026-12-07: the stream counted as answered once its headers
+    /// were out, and its connection was closed as idle).
+    #[tokio::test]
+    async fn a_stream_of_answers_keeps_its_connection_while_it_lasts() {
+        use axum::body::{Body, Bytes};
+        use http_body_util::BodyExt as _;
+
+        let router = Router::new().route(
+            "/stream",
+            get(|| async {
+                let (mut tx, body) =
+                    http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
+                tokio::spawn(async move {
+                    for answer in ["a", "b", "c"] {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tx.send_data(Bytes::from_static(answer.as_bytes()))
+                            .await
+                            .unwrap();
+                    }
+                });
+                let mut r = axum::response::Response::new(Body::new(body));
+                r.extensions_mut().insert(AnswersStream);
+                r
+            }),
+        );
+        let options = ServeOptions {
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(300),
+        };
+        let addr = serve_on_loopback(router, options).await;
+        let (mut sender, conn) = h2_connect(addr).await;
+        let conn = tokio::spawn(conn);
+        let resp = h2_get(&mut sender, addr, "/stream").await;
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+            .await
+            .expect("the stream ended")
+            .expect("the stream was not cut")
+            .to_bytes();
+        assert_eq!(&body[..], b"abc");
+        // Once it has ended, the connection idles as any other.
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("the idle connection was closed")
+            .unwrap()
+            .unwrap();
     }
 
     /// A request that ends while the waiting connection logs (before it waits) still wakes it

@@ -79,37 +79,41 @@ async fn each_message_is_a_guarded_request_and_refusals_are_answered_in_the_stre
         message("lin", "b", &x, vec![1, 4]),
         // A model the key may not query.
         message("top2", "c", &x, vec![1, 1, 2, 2]),
-        // Not a model name: refused before the stack.
-        message("no/pe", "d", &x, vec![1, 1, 2, 2]),
         last,
         message("lin", "f", &x, vec![1, 1, 2, 2]),
+        // Not a model name: refused before the stack, and the stream's end.
+        message("no/pe", "d", &x, vec![1, 1, 2, 2]),
+        message("lin", "never", &x, vec![1, 1, 2, 2]),
     ];
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     for m in sent {
         tx.send(m).await.unwrap();
     }
     drop(tx);
-    let answers: Vec<ModelStreamInferResponse> = c
+    let mut answers: Vec<Result<ModelStreamInferResponse, tonic::Status>> = c
         .model_stream_infer(streaming(rx, &s.query.key))
         .await
         .unwrap()
         .into_inner()
-        .map(|r| r.unwrap())
         .collect()
         .await;
+    let end = answers.pop().unwrap().unwrap_err();
+    assert_eq!(end.code(), tonic::Code::InvalidArgument, "{end:?}");
+    assert!(end.message().contains("invalid model name"), "{end:?}");
+    let answers: Vec<ModelStreamInferResponse> = answers.into_iter().map(|a| a.unwrap()).collect();
     let ids: Vec<&str> = answers
         .iter()
         .map(|a| a.infer_response.as_ref().unwrap().id.as_str())
         .collect();
-    assert_eq!(ids, ["a", "b", "c", "d", "e", "f"], "in the order sent");
-    for i in [0, 4, 5] {
+    assert_eq!(ids, ["a", "b", "c", "e", "f"], "in the order sent");
+    for i in [0, 3, 4] {
         let a = &answers[i];
         assert_eq!(a.error_message, "", "{a:?}");
         let r = a.infer_response.as_ref().unwrap();
         assert_eq!(r.model_name, "lin");
         assert_eq!(floats(&r.raw_output_contents[0]), expected);
     }
-    let fin = &answers[4].infer_response.as_ref().unwrap().parameters;
+    let fin = &answers[3].infer_response.as_ref().unwrap().parameters;
     assert_eq!(
         fin.get("triton_final_response")
             .and_then(|p| p.parameter_choice.clone()),
@@ -133,13 +137,8 @@ async fn each_message_is_a_guarded_request_and_refusals_are_answered_in_the_stre
         "{:?}",
         answers[2]
     );
-    assert!(
-        answers[3].error_message.contains("invalid model name"),
-        "{:?}",
-        answers[3]
-    );
-
-    // One entry per message: five through the guards, one refused before them.
+    // One entry per message: five through the guards, one refused before them, none for the
+    // message after it.
     let entries = &s.audit_entries(0)[before..];
     assert_eq!(entries.len(), 6, "{entries:?}");
     let guarded: Vec<_> = entries
@@ -168,7 +167,7 @@ async fn each_message_is_a_guarded_request_and_refusals_are_answered_in_the_stre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_revoked_mid_stream_is_refused_at_the_next_message_and_limits_count_each() {
+async fn a_key_revoked_mid_stream_ends_it_at_the_next_message_and_limits_count_each() {
     let s = start().await;
     let mut c = grpc_client(&s).await;
     let x = [0.5f32; 4];
@@ -199,16 +198,18 @@ async fn a_key_revoked_mid_stream_is_refused_at_the_next_message_and_limits_coun
     tx.send(message("lin", "after", &x, vec![1, 1, 2, 2]))
         .await
         .unwrap();
-    let a = answers.message().await.unwrap().unwrap();
-    assert!(a.error_message.contains("revoked"), "{a:?}");
-    drop(tx);
-    assert!(
-        answers.message().await.unwrap().is_none(),
-        "the stream ends"
-    );
+    // Checked again before the message is translated: the stream ends there, audited.
+    let e = answers.message().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
     let last = s.last_audit_entry();
     assert_eq!(last["status"], 401, "{last}");
-    assert_eq!(last["method"], "GRPC ModelStreamInfer", "{last}");
+    assert_eq!(last["path"], STREAM, "{last}");
+    assert_eq!(last["key_id"], s.query.record.id.as_str(), "{last}");
+    // Nothing more is read.
+    let _ = tx.send(message("lin", "later", &x, vec![1, 1, 2, 2])).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.last_audit_entry(), last);
     s.stop().await;
 }
 

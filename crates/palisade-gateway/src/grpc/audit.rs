@@ -62,6 +62,11 @@ impl AuditUnreached {
         AuditUnreached { log, keys, metrics }
     }
 
+    /// The key store it names callers from.
+    pub(crate) fn keys(&self) -> &Arc<dyn KeyStore> {
+        &self.keys
+    }
+
     /// The id of the key `presented`, when the store knows it (valid or not: a revoked key's
     /// holder is worth naming).
     fn key_id(&self, presented: &str) -> Option<String> {

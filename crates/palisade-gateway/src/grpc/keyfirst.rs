@@ -52,20 +52,35 @@ impl KeyFirst {
         if KEYLESS.contains(&req.uri().path()) {
             return None;
         }
-        let Some(presented) = presented_key(req.headers()) else {
-            return Some(Status::unauthenticated(
-                "missing API key (send 'authorization: Bearer pal_…')",
-            ));
-        };
-        let client = req.extensions().get::<ClientIdentity>();
-        match self.keys.authenticate_from(presented, client, now_ms()) {
-            Ok(Authn::Valid(key)) => (!key.roles.iter().any(|r| matches!(r, Role::Query(_))))
-                .then(|| Status::permission_denied("the API key may query no model")),
-            Ok(other) => why_refused(&other).map(Status::unauthenticated),
-            Err(e) => {
-                tracing::error!(error = %e, "key store failed");
-                Some(Status::unavailable("key store unavailable"))
-            }
+        refusal(
+            &*self.keys,
+            presented_key(req.headers()),
+            req.extensions().get::<ClientIdentity>(),
+        )
+    }
+}
+
+/// Why the key `presented` (from the connection's client `client`) may not make a call that
+/// needs one, if it may not: `UNAUTHENTICATED` for no key or one that does not authenticate,
+/// `PERMISSION_DENIED` for one that may query no model, `UNAVAILABLE` when the key store
+/// failed. A stream checks its key with it again before each message (`super::stream`).
+pub(crate) fn refusal(
+    keys: &dyn KeyStore,
+    presented: Option<&str>,
+    client: Option<&ClientIdentity>,
+) -> Option<Status> {
+    let Some(presented) = presented else {
+        return Some(Status::unauthenticated(
+            "missing API key (send 'authorization: Bearer pal_…')",
+        ));
+    };
+    match keys.authenticate_from(presented, client, now_ms()) {
+        Ok(Authn::Valid(key)) => (!key.roles.iter().any(|r| matches!(r, Role::Query(_))))
+            .then(|| Status::permission_denied("the API key may query no model")),
+        Ok(other) => why_refused(&other).map(Status::unauthenticated),
+        Err(e) => {
+            tracing::error!(error = %e, "key store failed");
+            Some(Status::unavailable("key store unavailable"))
         }
     }
 }

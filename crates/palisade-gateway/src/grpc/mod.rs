@@ -644,7 +644,12 @@ impl GrpcInferenceService for GrpcGateway {
         &self,
         r: tonic::Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<tonic::Response<Self::ModelStreamInferStream>, Status> {
-        Ok(tonic::Response::new(stream::serve(self.clone(), r)))
+        let mut answers = tonic::Response::new(stream::serve(self.clone(), r));
+        // The connection counts the call as being handled for as long as its answers last.
+        answers
+            .extensions_mut()
+            .insert(crate::listen::AnswersStream);
+        Ok(answers)
     }
 
     async fn repository_model_load(

@@ -3,35 +3,47 @@
 //! by a `ModelStreamInferResponse`.
 //!
 //! **Each message is a request of its own.** It is translated and sent through the model stack
-//! as a unary `ModelInfer` is: its own key check (a key revoked mid-stream refuses the next
-//! message), role, rate limit and budget charge, validation, hardening and audit entry (method
-//! `GRPC ModelStreamInfer`). A message the guards refuse is answered in the stream, as Triton
-//! does, with `error_message` (the guard's message) and, in `infer_response`, the request's id,
-//! model name and version; the stream goes on. A message refused before the stack (a model name
-//! that is not one, too many tensors) is audited here, as [`super::audit::AuditUnreached`]
-//! audits a unary call, and answered the same way.
+//! as a unary `ModelInfer` is: its own key check, role, rate limit and budget charge,
+//! validation, hardening and audit entry (method `GRPC ModelStreamInfer`). A message the stack
+//! refuses (a wrong shape, a model the key may not query, a rate limit) is answered in the
+//! stream, as Triton does, with `error_message` (the guard's message, and the wait a rate limit
+//! asks for) and, in `infer_response`, the request's id, model name and version; the stream goes
+//! on.
 //!
-//! **What ends a stream.** A message that cannot be read: one that is not protobuf or names more
-//! than a request may ([`super::codec`]), one over tonic's 4 MiB, a body that ends within a
-//! message, or one of the two deadlines below. The stream then ends with that status (audited
-//! here; the messages before it are answered first), since what follows in the body cannot be
-//! trusted to be framed as the client meant. The call's own deadline (`grpc-timeout`,
-//! tritonclient's `stream_timeout`) ends it with `DEADLINE_EXCEEDED` too, and bounds each
-//! message's wait for the model, as a unary call's does.
+//! **What ends a stream**, with a status of its own after the answers to the messages before:
+//! - a message refused as it is read, before the stack, audited here as
+//!   [`super::audit::AuditUnreached`] audits such a unary call: one that cannot be read (not
+//!   protobuf, naming more than a request may ([`super::codec`]), over tonic's 4 MiB, a body
+//!   that ends within it), one that cannot be translated (a name that is not a model's, too
+//!   many tensors), or one whose key is no longer valid: the key is checked again as each
+//!   message is read, so a key revoked mid-stream ends it at its next message, and nothing
+//!   more is read or translated. What follows such a message is not read: a refusal before the
+//!   stack is not rate limited, and a stream of them would otherwise cost the gateway an audit
+//!   entry per few bytes;
+//! - the stack finding the key no longer valid (revoked between the two checks);
+//! - a body deadline (below), or the call's own (`grpc-timeout`, tritonclient's
+//!   `stream_timeout`), `DEADLINE_EXCEEDED`, audited too; the call's deadline also bounds each
+//!   message's wait for the model, as a unary call's does;
+//! - a client that takes no answer for [`STREAM_IDLE`] while [`IN_FLIGHT`] wait for it.
 //!
 //! **Deadlines on the body.** A unary call's body must arrive whole within the deadline its key
 //! allows; a stream's body lasts as long as the stream. So [`MessageBody`] holds each message
 //! to that deadline instead, counted from its first byte, and the wait between two messages to
 //! [`STREAM_IDLE`]. Both count only the time the gateway is waiting to read: while every place
 //! of the stream is taken ([`IN_FLIGHT`]) it reads nothing, and what the client sent meanwhile
-//! waits in HTTP/2's flow-control window, not against the client. Each message's own time goes
-//! to the validate guard (a per-message [`BodyClock`]), which holds it to its model's
+//! waits in HTTP/2's flow-control window, not against the client. Each message's own waiting
+//! time goes to the validate guard (a per-message [`BodyClock`]), which holds it to its model's
 //! `input.body_timeout_ms`, as for a unary call.
 //!
-//! **Order and concurrency.** At most [`IN_FLIGHT`] messages of a stream are in the stack at
-//! once; their answers leave in the order the messages came (tritonclient matches them by id in
-//! any case). A stream whose client goes away drops its messages in flight, each of which the
-//! audit guard then finishes and records with status 499, as for a unary call.
+//! **Order and concurrency.** The messages are answered by a task of the stream's own, so that
+//! those in the stack, the deadlines and the audit entries go on whether or not the client reads
+//! its answers. At most [`IN_FLIGHT`] messages of a stream are in the stack at once, and at most
+//! as many answers wait for the client; answers leave in the order the messages came
+//! (tritonclient matches them by id in any case). The connection counts the call as a request
+//! being handled for as long as the stream lasts (`crate::listen::AnswersStream`): it is not
+//! closed as idle or shed while the stream is open. A stream whose client goes away drops its
+//! messages in flight, each of which the audit guard then finishes and records with status 499,
+//! as for a unary call.
 
 use std::collections::VecDeque;
 use std::future::Future as _;
@@ -44,6 +56,7 @@ use axum::body::{Body, Bytes};
 use axum::http::Method;
 use futures_util::stream::{BoxStream, StreamExt as _};
 use hyper::body::{Frame, SizeHint};
+use tonic::Code;
 use tonic::Status;
 
 use super::inference::{
@@ -178,7 +191,9 @@ impl MessageBody {
                 }
             }
             if let Framing::Payload { left: 0 } = self.framing {
-                self.times.push(self.started, now - self.started);
+                // What the gateway waited for it, not its wall time: the time the reader spent
+                // elsewhere (every place of the stream taken) is not the client's.
+                self.times.push(self.started, self.waited);
                 self.framing = Framing::Header {
                     head: [0; 5],
                     have: 0,
@@ -275,14 +290,18 @@ struct StreamCall {
     gateway: GrpcGateway,
     metadata: tonic::metadata::MetadataMap,
     extensions: tonic::Extensions,
-    /// The key presented, for the audit entries of messages refused before the stack.
+    /// The key presented, checked again before each message and named in the audit entries of
+    /// messages refused before the stack.
     presented: Option<String>,
     /// The call's own deadline (`grpc-timeout`), from its arrival.
     deadline: Option<Instant>,
     times: MessageTimes,
 }
 
-/// The answers to a `ModelStreamInfer` call's messages (see the module documentation).
+/// The answers to a `ModelStreamInfer` call's messages (see the module documentation), made by
+/// a task of their own, so that the messages in the stack, the deadlines and the audit entries
+/// go on whether or not the client reads its answers, up to [`IN_FLIGHT`] answers it has not
+/// taken; an answer it does not take within [`STREAM_IDLE`] ends the stream.
 pub(super) fn serve(
     gateway: GrpcGateway,
     call: tonic::Request<tonic::Streaming<ModelInferRequest>>,
@@ -306,87 +325,187 @@ pub(super) fn serve(
         deadline,
         times,
     });
-    let answers = messages
-        // Nothing is read after a message that could not be (tonic goes on failing).
-        .scan(false, |failed, m| {
-            let stop = *failed;
-            *failed = m.is_err();
-            std::future::ready((!stop).then_some(m))
-        })
-        .map(move |m| {
-            let call = call.clone();
-            async move {
-                match m {
-                    Ok(message) => Ok(call.answer(message).await),
-                    Err(status) => Err(call.unreadable(status).await),
-                }
-            }
-        })
-        .buffered(IN_FLIGHT)
-        // The first failure is the stream's last answer.
-        .scan(false, |failed, r| {
-            let stop = *failed;
-            *failed = r.is_err();
-            std::future::ready((!stop).then_some(r))
-        });
-    match deadline {
-        Some(at) => until(answers, at).boxed(),
-        None => answers.boxed(),
-    }
+    let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    tokio::spawn(call.run(messages, tx));
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|answer| (answer, rx))
+    })
+    .boxed()
 }
 
-/// `answers`, ended with `DEADLINE_EXCEEDED` at `at` if they have not ended by then.
-fn until<S>(answers: S, at: Instant) -> impl futures_util::Stream<Item = S::Item> + Send
-where
-    S: futures_util::Stream<Item = Result<ModelStreamInferResponse, Status>> + Send + Unpin,
-{
-    let mut answers = Some(answers);
-    let mut due = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)));
-    futures_util::stream::poll_fn(move |cx| {
-        let Some(a) = answers.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Poll::Ready(next) = a.poll_next_unpin(cx) {
-            if next.is_none() {
-                answers = None;
-            }
-            return Poll::Ready(next);
-        }
-        if due.as_mut().poll(cx).is_ready() {
-            // Dropped here: the messages still in the stack are finished by the audit guard.
-            answers = None;
-            return Poll::Ready(Some(Err(Status::deadline_exceeded(
-                "the call's deadline (grpc-timeout) passed; the stream is closed",
-            ))));
-        }
-        Poll::Pending
-    })
+type Answer = Result<ModelStreamInferResponse, Status>;
+
+/// A message of a stream as it was read ([`StreamCall::read`]).
+enum Read {
+    /// Translated, for the model stack.
+    Ready(Translated),
+    /// Refused before the stack: the stream ends at it.
+    Refused {
+        status: Status,
+        started: Instant,
+        ts_ms: u64,
+    },
+}
+
+/// A message translated into its REST request, with what its answer names.
+struct Translated {
+    named: Named,
+    path: String,
+    body: Vec<u8>,
+    header_len: usize,
+    clock: Option<BodyClock>,
+    final_asked: bool,
+}
+
+/// What an answer names of the request it answers.
+struct Named {
+    id: String,
+    model_name: String,
+    model_version: String,
 }
 
 impl StreamCall {
-    /// One message's answer: the model's outputs, or the reason it was refused.
-    async fn answer(&self, mut message: ModelInferRequest) -> ModelStreamInferResponse {
-        let started = Instant::now();
+    /// Answers `messages` into `tx` until the stream ends: the client's end of it, a failure
+    /// (which is its last answer), the call's deadline, or the client gone.
+    async fn run(
+        self: Arc<Self>,
+        messages: tonic::Streaming<ModelInferRequest>,
+        tx: tokio::sync::mpsc::Sender<Answer>,
+    ) {
+        let (reader, call) = (self.clone(), self.clone());
+        let answers = messages
+            // Each message is checked as it is read, in order; nothing is read after one at
+            // which the stream ends.
+            .scan(false, move |ended, m| {
+                if *ended {
+                    return std::future::ready(None);
+                }
+                let read = reader.read(m);
+                *ended = matches!(read, Read::Refused { .. });
+                std::future::ready(Some(read))
+            })
+            .map(move |read| {
+                let call = call.clone();
+                async move {
+                    match read {
+                        Read::Ready(message) => call.answer(message).await,
+                        Read::Refused {
+                            status,
+                            started,
+                            ts_ms,
+                        } => Err(call.audited(status, started, ts_ms).await),
+                    }
+                }
+            })
+            .buffered(IN_FLIGHT);
+        let mut answers = std::pin::pin!(answers);
+        let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let due = tokio::time::sleep_until(self.deadline.unwrap_or(never).into());
+        let mut due = std::pin::pin!(due);
+        loop {
+            let answer = tokio::select! {
+                biased;
+                () = &mut due => break,
+                // Dropped with the stream: the messages still in the stack are finished, and
+                // recorded, by the audit guard.
+                () = tx.closed() => return,
+                next = answers.next() => match next {
+                    Some(a) => a,
+                    None => return,
+                },
+            };
+            let last = answer.is_err();
+            tokio::select! {
+                biased;
+                () = &mut due => break,
+                sent = tokio::time::timeout(STREAM_IDLE, tx.send(answer)) => {
+                    if !matches!(sent, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+            }
+            if last {
+                return;
+            }
+        }
+        let status = Status::deadline_exceeded(
+            "the call's deadline (grpc-timeout) passed; the stream is closed",
+        );
+        let status = self.audited(status, Instant::now(), now_ms()).await;
+        let _ = tx.try_send(Err(status));
+    }
+
+    /// Why the key presented may no longer send messages, if it may not (it was checked when
+    /// the stream opened; it may have been revoked or expired since).
+    fn key_refusal(&self) -> Option<Status> {
+        super::keyfirst::refusal(
+            &**self.gateway.unreached.keys(),
+            self.presented.as_deref(),
+            self.extensions.get(),
+        )
+    }
+
+    /// A message as it is read: translated for the stack, or refused before it, which ends the
+    /// stream (a message that could not be read, a key no longer valid, a request that cannot
+    /// be translated).
+    fn read(&self, m: Result<ModelInferRequest, Status>) -> Read {
         let ts_ms = now_ms();
+        // Its clock, if its frame arrived whole (a message tonic could not decode has one too).
         let clock = self.times.next();
+        let started = clock.as_ref().map_or_else(Instant::now, BodyClock::arrived);
+        let refused = |status| Read::Refused {
+            status,
+            started,
+            ts_ms,
+        };
+        let mut message = match m {
+            Ok(m) => m,
+            Err(status) => return refused(status),
+        };
+        if let Some(status) = self.key_refusal() {
+            return refused(status);
+        }
         let final_asked = match message.parameters.remove(FINAL_RESPONSE_ASKED) {
             None => false,
             Some(InferParameter {
                 parameter_choice: Some(ParameterChoice::BoolParam(b)),
             }) => b,
             Some(_) => {
-                let status = Status::invalid_argument(format!(
+                return refused(Status::invalid_argument(format!(
                     "parameter '{FINAL_RESPONSE_ASKED}' must be a bool"
-                ));
-                return self.refused_here(&message, status, started, ts_ms).await;
+                )));
             }
         };
         let translated = model_path(&message.model_name, &message.model_version, "/infer")
             .and_then(|path| infer_body(&message).map(|b| (path, b)));
-        let (path, (body, h)) = match translated {
-            Ok(t) => t,
-            Err(status) => return self.refused_here(&message, status, started, ts_ms).await,
-        };
+        match translated {
+            Ok((path, (body, header_len))) => Read::Ready(Translated {
+                named: Named {
+                    id: message.id,
+                    model_name: message.model_name,
+                    model_version: message.model_version,
+                },
+                path,
+                body,
+                header_len,
+                clock,
+                final_asked,
+            }),
+            Err(status) => refused(status),
+        }
+    }
+
+    /// One message's answer: the model's outputs, or the reason the stack refused it. A key
+    /// that the stack finds no longer valid ends the stream.
+    async fn answer(&self, message: Translated) -> Answer {
+        let Translated {
+            named,
+            path,
+            body,
+            header_len: h,
+            clock,
+            final_asked,
+        } = message;
         let answered = self
             .gateway
             .call_with(
@@ -421,32 +540,15 @@ impl StreamCall {
                         },
                     );
                 }
-                ModelStreamInferResponse {
+                Ok(ModelStreamInferResponse {
                     error_message: String::new(),
                     infer_response: Some(r),
-                }
+                })
             }
-            Err(status) => refusal(&message, &status),
+            // The key went between the check as it was read and the stack's (audited there).
+            Err(status) if status.code() == Code::Unauthenticated => Err(status),
+            Err(status) => Ok(refusal(named, &status)),
         }
-    }
-
-    /// A message refused before the model stack: audited here, answered in the stream.
-    async fn refused_here(
-        &self,
-        message: &ModelInferRequest,
-        status: Status,
-        started: Instant,
-        ts_ms: u64,
-    ) -> ModelStreamInferResponse {
-        let status = self.audited(status, started, ts_ms).await;
-        refusal(message, &status)
-    }
-
-    /// A message that could not be read: audited, and the stream's last answer.
-    async fn unreadable(&self, status: Status) -> Status {
-        // Its clock, if its frame arrived whole, belongs to no message that follows.
-        self.times.next();
-        self.audited(status, Instant::now(), now_ms()).await
     }
 
     /// `status`, once its entry is written; `UNAVAILABLE` if the audit log could not take it.
@@ -472,7 +574,7 @@ impl StreamCall {
 
 /// The in-stream answer to a refused message: the reason (with the wait a rate limit asks for,
 /// which a unary call gets as metadata), and which request it answers.
-fn refusal(message: &ModelInferRequest, status: &Status) -> ModelStreamInferResponse {
+fn refusal(named: Named, status: &Status) -> ModelStreamInferResponse {
     let mut reason = if status.message().is_empty() {
         status.code().description().to_string()
     } else {
@@ -488,9 +590,9 @@ fn refusal(message: &ModelInferRequest, status: &Status) -> ModelStreamInferResp
     ModelStreamInferResponse {
         error_message: reason,
         infer_response: Some(ModelInferResponse {
-            model_name: message.model_name.clone(),
-            model_version: message.model_version.clone(),
-            id: message.id.clone(),
+            model_name: named.model_name,
+            model_version: named.model_version,
+            id: named.id,
             ..Default::default()
         }),
     }
@@ -502,7 +604,6 @@ mod tests {
     use http_body_util::channel::Channel;
 
     use super::*;
-    use tonic::Code;
 
     fn frame(payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0u8];
