@@ -43,7 +43,9 @@ pub struct ServeOptions {
     /// of its response: a response the client reads slowly keeps its connection, one it has
     /// stopped reading for this long does not. Any write counts, HTTP/2 `PING` answers too: a
     /// client that pings keeps its connection, as one sending a cheap request now and then
-    /// would. HTTP/1 connections are usually closed sooner, by the header deadline.
+    /// would. HTTP/1 connections are usually closed sooner, by the header deadline. A gRPC
+    /// stream is a request in progress for as long as its task holds the connection
+    /// ([`ConnectionHold`]), which it bounds itself.
     pub idle_timeout: Duration,
 }
 
@@ -690,25 +692,21 @@ pub async fn serve_tls_with(
                 if let Some(client) = &client {
                     req.extensions_mut().insert(client.clone());
                 }
+                // A stream's answers outlast its response's headers: its task holds the
+                // connection while it lasts.
+                if req.uri().path() == crate::grpc::stream::MODEL_STREAM_INFER {
+                    req.extensions_mut().insert(ConnectionHold(counted.clone()));
+                }
                 let request = Request::begin(counted.clone());
                 let call = router.clone().oneshot(req);
                 async move {
                     let response = call.await;
-                    // Sending from now until hyper lets go of the body; a stream of answers
-                    // is still being handled until then too.
-                    let stream = response
-                        .as_ref()
-                        .is_ok_and(|r| r.extensions().get::<AnswersStream>().is_some());
-                    let (sending, handling) = if stream {
-                        (Sending::alongside(&request), Some(request))
-                    } else {
-                        (Sending::begin(request), None)
-                    };
+                    // Sending from now until hyper lets go of the body.
+                    let sending = Sending::begin(request);
                     response.map(|r| {
                         r.map(|body| Sent {
                             body,
                             _sending: sending,
-                            _handling: handling,
                         })
                     })
                 }
@@ -1015,26 +1013,37 @@ struct Sending(Arc<Activity>);
 impl Sending {
     /// Takes over from `request`, whose response is ready.
     fn begin(request: Request) -> Self {
-        let sending = Sending::alongside(&request);
-        drop(request);
-        sending
-    }
-
-    /// Begins beside `request`, whose response is a stream of answers ([`AnswersStream`]).
-    fn alongside(request: &Request) -> Self {
         let activity = request.0.clone();
         activity.sending.fetch_add(1, Ordering::AcqRel);
+        drop(request);
         Sending(activity)
     }
 }
 
-/// Marks a response whose body is a stream of answers to messages the client goes on sending
-/// (gRPC's `ModelStreamInfer`, `crate::grpc::stream`): its request counts as being handled until
-/// hyper lets go of the body, not only until the headers are ready, so that its connection is
-/// neither closed as idle nor shed to make room while the stream is open. The stream bounds
-/// its own idling (`crate::grpc::stream::STREAM_IDLE`).
-#[derive(Debug, Clone, Copy)]
-pub struct AnswersStream;
+/// A hold on a connection, put on the request of a streaming call (gRPC's `ModelStreamInfer`,
+/// `crate::grpc::stream`), whose answers outlast its response's headers: while the stream's
+/// task keeps a [`Held`] from it, the connection counts a request being handled, and is neither
+/// closed as idle nor shed to make room. The task bounds its own life: it ends when the client
+/// has taken no answer for `crate::grpc::stream::STREAM_IDLE`, and the stream's body fails when
+/// no message comes for as long.
+#[derive(Clone)]
+pub struct ConnectionHold(Arc<Activity>);
+
+impl ConnectionHold {
+    /// Holds the connection until the [`Held`] is dropped.
+    pub fn hold(&self) -> Held {
+        Held(Request::begin(self.0.clone()))
+    }
+}
+
+impl std::fmt::Debug for ConnectionHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionHold")
+    }
+}
+
+/// A connection held by a stream ([`ConnectionHold::hold`]), given back when dropped.
+pub struct Held(#[allow(dead_code, reason = "held for its drop")] Request);
 
 impl Drop for Sending {
     fn drop(&mut self) {
@@ -1048,8 +1057,6 @@ struct Sent<B> {
     body: B,
     /// Held for its drop.
     _sending: Sending,
-    /// A stream of answers' request, held for its drop.
-    _handling: Option<Request>,
 }
 
 impl<B: hyper::body::Body + Unpin> hyper::body::Body for Sent<B> {
@@ -2011,21 +2018,28 @@ mod tests {
         );
     }
 
-    /// A stream of answers (gRPC's `ModelStreamInfer`) is a request being handled for as long
-    /// as its body lasts: gaps between its answers longer than the idle timeout do not close
-    /// its connection (review, 2026-12-07: the stream counted as answered once its headers
-    /// were out, and its connection was closed as idle).
+    /// A stream of answers (gRPC's `ModelStreamInfer`) holds its connection for as long as its
+    /// task holds it: gaps between its answers longer than the idle timeout do not close the
+    /// connection (review, 2026-12-07: the stream counted as answered once its headers were
+    /// out, and its connection was closed as idle); once the task lets go, the connection idles
+    /// as any other.
     #[tokio::test]
-    async fn a_stream_of_answers_keeps_its_connection_while_it_lasts() {
+    async fn a_stream_holds_its_connection_while_its_task_lasts() {
         use axum::body::{Body, Bytes};
         use http_body_util::BodyExt as _;
 
         let router = Router::new().route(
-            "/stream",
-            get(|| async {
+            crate::grpc::stream::MODEL_STREAM_INFER,
+            get(|req: axum::extract::Request| async move {
+                let held = req
+                    .extensions()
+                    .get::<ConnectionHold>()
+                    .expect("a stream's request carries a hold")
+                    .hold();
                 let (mut tx, body) =
                     http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(1);
                 tokio::spawn(async move {
+                    let _held = held;
                     for answer in ["a", "b", "c"] {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         tx.send_data(Bytes::from_static(answer.as_bytes()))
@@ -2033,9 +2047,7 @@ mod tests {
                             .unwrap();
                     }
                 });
-                let mut r = axum::response::Response::new(Body::new(body));
-                r.extensions_mut().insert(AnswersStream);
-                r
+                axum::response::Response::new(Body::new(body))
             }),
         );
         let options = ServeOptions {
@@ -2045,7 +2057,7 @@ mod tests {
         let addr = serve_on_loopback(router, options).await;
         let (mut sender, conn) = h2_connect(addr).await;
         let conn = tokio::spawn(conn);
-        let resp = h2_get(&mut sender, addr, "/stream").await;
+        let resp = h2_get(&mut sender, addr, crate::grpc::stream::MODEL_STREAM_INFER).await;
         let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
             .await
             .expect("the stream ended")

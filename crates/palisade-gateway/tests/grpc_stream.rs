@@ -340,3 +340,35 @@ async fn each_message_is_held_to_its_deadline_not_the_stream() {
     assert_eq!(entries[3]["decision"], "denied:grpc", "{entries:?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_call_s_deadline_ends_the_stream_and_is_audited() {
+    let s = start().await;
+    let mut c = grpc_client(&s).await;
+    let x = [0.5f32; 4];
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut call = streaming(rx, &s.query.key);
+    call.set_timeout(Duration::from_millis(600));
+    let t = std::time::Instant::now();
+    let mut answers = c.model_stream_infer(call).await.unwrap().into_inner();
+    tx.send(message("lin", "a", &x, vec![1, 1, 2, 2]))
+        .await
+        .unwrap();
+    let a = answers.message().await.unwrap().unwrap();
+    assert_eq!(a.error_message, "", "{a:?}");
+    // The client keeps its end open and sends nothing more: the deadline ends the stream.
+    let e = answers.message().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("grpc-timeout"), "{e:?}");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let last = s.last_audit_entry();
+    assert_eq!(last["path"], STREAM, "{last}");
+    assert_eq!(last["status"], 408, "{last}");
+    assert_eq!(last["decision"], "denied:grpc", "{last}");
+    drop(tx);
+    s.stop().await;
+}

@@ -70,6 +70,8 @@ pub(crate) struct Caller<'a> {
     pub(crate) extensions: &'a tonic::Extensions,
     pub(crate) clock: Option<crate::deadline::BodyClock>,
     pub(crate) deadline: Option<std::time::Instant>,
+    /// Set when the stream a message came in has ended before its answer.
+    pub(crate) gone: Option<crate::guard::ClientGone>,
 }
 
 /// The deadline a call's `grpc-timeout` sets, counted from its arrival, if it sets one. A
@@ -121,6 +123,7 @@ impl GrpcGateway {
             extensions: call.extensions(),
             clock: clock.cloned(),
             deadline: call_deadline(call.metadata(), arrived),
+            gone: None,
         };
         self.call_with(rpc, method, path, caller, headers, body)
             .await
@@ -165,6 +168,9 @@ impl GrpcGateway {
         }
         if let Some(at) = caller.deadline {
             req.extensions_mut().insert(crate::guard::CallDeadline(at));
+        }
+        if let Some(gone) = caller.gone {
+            req.extensions_mut().insert(gone);
         }
         // From here the model stack's audit guard records the call.
         if let Some(r) = caller.extensions.get::<audit::Reached>() {
@@ -644,12 +650,7 @@ impl GrpcInferenceService for GrpcGateway {
         &self,
         r: tonic::Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<tonic::Response<Self::ModelStreamInferStream>, Status> {
-        let mut answers = tonic::Response::new(stream::serve(self.clone(), r));
-        // The connection counts the call as being handled for as long as its answers last.
-        answers
-            .extensions_mut()
-            .insert(crate::listen::AnswersStream);
-        Ok(answers)
+        Ok(tonic::Response::new(stream::serve(self.clone(), r)))
     }
 
     async fn repository_model_load(

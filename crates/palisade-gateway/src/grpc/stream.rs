@@ -24,7 +24,8 @@
 //! - a body deadline (below), or the call's own (`grpc-timeout`, tritonclient's
 //!   `stream_timeout`), `DEADLINE_EXCEEDED`, audited too; the call's deadline also bounds each
 //!   message's wait for the model, as a unary call's does;
-//! - a client that takes no answer for [`STREAM_IDLE`] while [`IN_FLIGHT`] wait for it.
+//! - a client that takes no answer for [`STREAM_IDLE`] while [`IN_FLIGHT`] wait for it, which
+//!   is told so if it ever reads again.
 //!
 //! **Deadlines on the body.** A unary call's body must arrive whole within the deadline its key
 //! allows; a stream's body lasts as long as the stream. So [`MessageBody`] holds each message
@@ -35,15 +36,22 @@
 //! time goes to the validate guard (a per-message [`BodyClock`]), which holds it to its model's
 //! `input.body_timeout_ms`, as for a unary call.
 //!
-//! **Order and concurrency.** The messages are answered by a task of the stream's own, so that
-//! those in the stack, the deadlines and the audit entries go on whether or not the client reads
-//! its answers. At most [`IN_FLIGHT`] messages of a stream are in the stack at once, and at most
-//! as many answers wait for the client; answers leave in the order the messages came
-//! (tritonclient matches them by id in any case). The connection counts the call as a request
-//! being handled for as long as the stream lasts (`crate::listen::AnswersStream`): it is not
-//! closed as idle or shed while the stream is open. A stream whose client goes away drops its
-//! messages in flight, each of which the audit guard then finishes and records with status 499,
-//! as for a unary call.
+//! **Order and concurrency.** One task reads the messages and starts each one's passage through
+//! the stack as a task of its own; another hands the answers to the client in the order the
+//! messages came (tritonclient matches them by id in any case). At most [`IN_FLIGHT`] messages
+//! are unanswered at once, and at most as many answers wait for the client; while they do,
+//! nothing more is read. Every message read goes through the stack, or is refused, and has its
+//! audit entry, however the stream ends: one still under way when the stream ends (its client
+//! gone, a deadline) answers no one, is recorded with status 499, and is not run if it has not
+//! reached the model yet, as for a unary call whose client left. The answering task holds the
+//! connection ([`crate::listen::ConnectionHold`]): it is neither closed as idle nor shed while
+//! the stream is open, and the stream bounds that itself: a client that takes no answer for
+//! [`STREAM_IDLE`] is given up on (`DEADLINE_EXCEEDED`), and a body with no message for as long
+//! fails.
+//!
+//! Not bounded here: a stream's tasks are not among the requests that shutdown waits for
+//! (`crate::guard::audit::Orphans`): one still running when the server has stopped is cut off
+//! with the runtime.
 
 use std::collections::VecDeque;
 use std::future::Future as _;
@@ -65,6 +73,7 @@ use super::inference::{
 };
 use super::{GrpcGateway, infer_body, infer_response, model_path};
 use crate::deadline::BodyClock;
+use crate::guard::ClientGone;
 use crate::now_ms;
 use crate::oip;
 
@@ -296,12 +305,14 @@ struct StreamCall {
     /// The call's own deadline (`grpc-timeout`), from its arrival.
     deadline: Option<Instant>,
     times: MessageTimes,
+    /// Set once the stream has ended: its messages still under way answer no one.
+    gone: ClientGone,
 }
 
-/// The answers to a `ModelStreamInfer` call's messages (see the module documentation), made by
-/// a task of their own, so that the messages in the stack, the deadlines and the audit entries
-/// go on whether or not the client reads its answers, up to [`IN_FLIGHT`] answers it has not
-/// taken; an answer it does not take within [`STREAM_IDLE`] ends the stream.
+/// The answers to a `ModelStreamInfer` call's messages (see the module documentation): one task
+/// reads the messages and starts each one's passage through the stack as a task of its own, at
+/// most [`IN_FLIGHT`] unanswered; another, which holds the connection
+/// ([`crate::listen::ConnectionHold`]), hands their answers to the client in order.
 pub(super) fn serve(
     gateway: GrpcGateway,
     call: tonic::Request<tonic::Streaming<ModelInferRequest>>,
@@ -317,6 +328,9 @@ pub(super) fn serve(
         .get::<MessageTimes>()
         .cloned()
         .unwrap_or_default();
+    let held = extensions
+        .get::<crate::listen::ConnectionHold>()
+        .map(crate::listen::ConnectionHold::hold);
     let call = Arc::new(StreamCall {
         gateway,
         metadata,
@@ -324,11 +338,25 @@ pub(super) fn serve(
         presented,
         deadline,
         times,
+        gone: ClientGone::default(),
     });
+    let (jobs_tx, jobs) = tokio::sync::mpsc::channel(IN_FLIGHT);
     let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
-    tokio::spawn(call.run(messages, tx));
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|answer| (answer, rx))
+    let (end_tx, end) = tokio::sync::oneshot::channel();
+    tokio::spawn(call.clone().read_all(messages, jobs_tx));
+    tokio::spawn(async move {
+        let _held = held;
+        call.answer_all(jobs, tx, end_tx).await;
+        // The passages still under way answer no one: their entries say so (499), and those
+        // not yet at the model are not run.
+        call.gone.set();
+    });
+    futures_util::stream::unfold((rx, Some(end)), |(mut rx, end)| async move {
+        if let Some(answer) = rx.recv().await {
+            return Some((answer, (rx, end)));
+        }
+        let status = end?.await.ok()?;
+        Some((Err(status), (rx, None)))
     })
     .boxed()
 }
@@ -365,74 +393,97 @@ struct Named {
 }
 
 impl StreamCall {
-    /// Answers `messages` into `tx` until the stream ends: the client's end of it, a failure
-    /// (which is its last answer), the call's deadline, or the client gone.
-    async fn run(
+    /// Reads the messages, in order, starting each one's passage, until the client's end of the
+    /// stream, a message at which it ends ([`Read::Refused`]), or the answering task's end.
+    async fn read_all(
         self: Arc<Self>,
-        messages: tonic::Streaming<ModelInferRequest>,
-        tx: tokio::sync::mpsc::Sender<Answer>,
+        mut messages: tonic::Streaming<ModelInferRequest>,
+        jobs: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Answer>>,
     ) {
-        let (reader, call) = (self.clone(), self.clone());
-        let answers = messages
-            // Each message is checked as it is read, in order; nothing is read after one at
-            // which the stream ends.
-            .scan(false, move |ended, m| {
-                if *ended {
-                    return std::future::ready(None);
-                }
-                let read = reader.read(m);
-                *ended = matches!(read, Read::Refused { .. });
-                std::future::ready(Some(read))
-            })
-            .map(move |read| {
-                let call = call.clone();
-                async move {
-                    match read {
-                        Read::Ready(message) => call.answer(message).await,
-                        Read::Refused {
-                            status,
-                            started,
-                            ts_ms,
-                        } => Err(call.audited(status, started, ts_ms).await),
-                    }
-                }
-            })
-            .buffered(IN_FLIGHT);
-        let mut answers = std::pin::pin!(answers);
-        let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let due = tokio::time::sleep_until(self.deadline.unwrap_or(never).into());
-        let mut due = std::pin::pin!(due);
         loop {
-            let answer = tokio::select! {
+            let m = tokio::select! {
                 biased;
-                () = &mut due => break,
-                // Dropped with the stream: the messages still in the stack are finished, and
-                // recorded, by the audit guard.
-                () = tx.closed() => return,
-                next = answers.next() => match next {
-                    Some(a) => a,
+                () = jobs.closed() => return,
+                m = messages.next() => match m {
+                    Some(m) => m,
                     None => return,
                 },
             };
-            let last = answer.is_err();
-            tokio::select! {
+            let read = self.read(m);
+            let last = matches!(read, Read::Refused { .. });
+            let call = self.clone();
+            // A task of its own: every message read goes through the stack, or is refused,
+            // and has its entry, however the stream ends.
+            let job = tokio::spawn(async move {
+                match read {
+                    Read::Ready(message) => call.answer(message).await,
+                    Read::Refused {
+                        status,
+                        started,
+                        ts_ms,
+                    } => Err(call.audited(status, started, ts_ms).await),
+                }
+            });
+            // Waits while IN_FLIGHT are unanswered, reading nothing meanwhile.
+            if jobs.send(job).await.is_err() || last {
+                return;
+            }
+        }
+    }
+
+    /// Hands the answers to `tx` in order until the stream ends: the client's end of it, a
+    /// failure (its last answer), the call's deadline, an answer the client has not taken for
+    /// [`STREAM_IDLE`], or the client gone. A deadline's end is audited and told through `end`.
+    async fn answer_all(
+        &self,
+        mut jobs: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Answer>>,
+        tx: tokio::sync::mpsc::Sender<Answer>,
+        end: tokio::sync::oneshot::Sender<Status>,
+    ) {
+        let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let due = tokio::time::sleep_until(self.deadline.unwrap_or(never).into());
+        let mut due = std::pin::pin!(due);
+        let late = || {
+            Status::deadline_exceeded(
+                "the call's deadline (grpc-timeout) passed; the stream is closed",
+            )
+        };
+        let why = loop {
+            let job = tokio::select! {
                 biased;
-                () = &mut due => break,
-                sent = tokio::time::timeout(STREAM_IDLE, tx.send(answer)) => {
-                    if !matches!(sent, Ok(Ok(()))) {
-                        return;
-                    }
+                () = &mut due => break late(),
+                () = tx.closed() => return,
+                job = jobs.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            let answer = tokio::select! {
+                biased;
+                () = &mut due => break late(),
+                () = tx.closed() => return,
+                answer = job => answer.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "a streamed message's passage failed");
+                    Err(Status::internal("the message could not be answered"))
+                }),
+            };
+            let last = answer.is_err();
+            match tokio::time::timeout(STREAM_IDLE, tx.send(answer)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    break Status::deadline_exceeded(format!(
+                        "no answer was taken for {} s; the stream is closed",
+                        STREAM_IDLE.as_secs()
+                    ));
                 }
             }
             if last {
                 return;
             }
-        }
-        let status = Status::deadline_exceeded(
-            "the call's deadline (grpc-timeout) passed; the stream is closed",
-        );
-        let status = self.audited(status, Instant::now(), now_ms()).await;
-        let _ = tx.try_send(Err(status));
+        };
+        let status = self.audited(why, Instant::now(), now_ms()).await;
+        let _ = end.send(status);
     }
 
     /// Why the key presented may no longer send messages, if it may not (it was checked when
@@ -517,6 +568,7 @@ impl StreamCall {
                     extensions: &self.extensions,
                     clock,
                     deadline: self.deadline,
+                    gone: Some(self.gone.clone()),
                 },
                 &[(oip::HEADER_LENGTH, h.to_string())],
                 body,

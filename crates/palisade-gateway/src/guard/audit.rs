@@ -234,8 +234,15 @@ impl Guard for Audit {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let target = target_of(&mut req);
-        let gone = ClientGone::default();
-        req.extensions_mut().insert(gone.clone());
+        // A message of a gRPC stream comes with its stream's: set when the stream has ended.
+        let gone = match req.extensions().get::<ClientGone>() {
+            Some(g) => g.clone(),
+            None => {
+                let g = ClientGone::default();
+                req.extensions_mut().insert(g.clone());
+                g
+            }
+        };
         let orphans = self.orphans.clone();
         let pass = Passage {
             started,
