@@ -38,19 +38,21 @@
 //!
 //! **Order and concurrency.** One task reads the messages and starts each one's passage through
 //! the stack as a task of its own; another hands the answers to the client in the order the
-//! messages came (tritonclient matches them by id in any case). At most [`IN_FLIGHT`] messages
-//! are unanswered at once, and at most as many answers wait for the client; while they do,
-//! nothing more is read. Every message read goes through the stack, or is refused, and has its
-//! audit entry, however the stream ends: one still under way when the stream ends (its client
-//! gone, a deadline) answers no one, is recorded with status 499, and is not run if it has not
-//! reached the model yet, as for a unary call whose client left. The answering task holds the
-//! connection ([`crate::listen::ConnectionHold`]): it is neither closed as idle nor shed while
-//! the stream is open, and the stream bounds that itself: a client that takes no answer for
-//! [`STREAM_IDLE`] is given up on (`DEADLINE_EXCEEDED`), and a body with no message for as long
-//! fails.
+//! messages came (tritonclient matches them by id in any case). At most [`IN_FLIGHT`] passages
+//! of a stream are unanswered at once (nothing more is read meanwhile), and at most as many
+//! answers wait for the client. Every message read goes through the stack, or is refused, and
+//! has its audit entry. When the stream ends early (its client gone, a deadline, a failure) the
+//! passages still under way are aborted: the audit guard finishes each among its bounded
+//! orphans (`crate::guard::audit::Orphans`) and records it with status 499, and one that has not
+//! reached the model is not run, as for a unary call whose client left. An answer already made
+//! when the stream ends, but not taken, is recorded as served, as a unary answer its client did
+//! not read. The answering task holds the connection ([`crate::listen::ConnectionHold`]): it is
+//! neither closed as idle nor shed while the stream is open, and the stream bounds that itself:
+//! when answers have waited [`STREAM_IDLE`] with none taken, the stream ends
+//! (`DEADLINE_EXCEEDED`, told after them), and a body with no message for as long fails.
 //!
-//! Not bounded here: a stream's tasks are not among the requests that shutdown waits for
-//! (`crate::guard::audit::Orphans`): one still running when the server has stopped is cut off
+//! Not bounded here: a stream's passages under way are not among the requests that shutdown
+//! waits for until they are aborted; one still running when the server has stopped is cut off
 //! with the runtime.
 
 use std::collections::VecDeque;
@@ -80,7 +82,8 @@ use crate::oip;
 /// The method served here.
 pub const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
-/// Most messages of one stream in the model stack at once.
+/// Most messages of one stream in the model stack, or answered and waiting for the client, at
+/// once (each).
 pub const IN_FLIGHT: usize = 8;
 
 /// How long a stream may wait for its next message before it is closed (`DEADLINE_EXCEEDED`):
@@ -340,28 +343,64 @@ pub(super) fn serve(
         times,
         gone: ClientGone::default(),
     });
-    let (jobs_tx, jobs) = tokio::sync::mpsc::channel(IN_FLIGHT);
+    // The answering task holds one passage outside the channel.
+    let (jobs_tx, jobs) = tokio::sync::mpsc::channel(IN_FLIGHT - 1);
     let (tx, rx) = tokio::sync::mpsc::channel(IN_FLIGHT);
     let (end_tx, end) = tokio::sync::oneshot::channel();
+    let taken = Arc::new(Taken::new());
     tokio::spawn(call.clone().read_all(messages, jobs_tx));
+    let taking = taken.clone();
     tokio::spawn(async move {
         let _held = held;
-        call.answer_all(jobs, tx, end_tx).await;
-        // The passages still under way answer no one: their entries say so (499), and those
-        // not yet at the model are not run.
-        call.gone.set();
+        call.answer_all(jobs, tx, end_tx, &taking).await;
     });
-    futures_util::stream::unfold((rx, Some(end)), |(mut rx, end)| async move {
+    futures_util::stream::unfold((rx, Some(end), taken), |(mut rx, end, taken)| async move {
         if let Some(answer) = rx.recv().await {
-            return Some((answer, (rx, end)));
+            taken.now();
+            return Some((answer, (rx, end, taken)));
         }
         let status = end?.await.ok()?;
-        Some((Err(status), (rx, None)))
+        Some((Err(status), (rx, None, taken)))
     })
     .boxed()
 }
 
 type Answer = Result<ModelStreamInferResponse, Status>;
+
+/// When the client last took an answer, in milliseconds from the stream's start.
+struct Taken {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Taken {
+    fn new() -> Self {
+        Taken {
+            start: Instant::now(),
+            last_ms: Default::default(),
+        }
+    }
+
+    fn now(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
+/// Why the answering task stopped before the client's end of the stream.
+enum Stop {
+    /// The client is gone: nothing to tell.
+    Gone,
+    /// A failure was the last answer: told.
+    Told,
+    /// The stream ends with this status, after the answers already queued.
+    With(Status),
+}
 
 /// A message of a stream as it was read ([`StreamCall::read`]).
 enum Read {
@@ -401,6 +440,10 @@ impl StreamCall {
         jobs: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Answer>>,
     ) {
         loop {
+            // A place first: nothing is read while every place is taken.
+            let Ok(place) = jobs.reserve().await else {
+                return;
+            };
             let m = tokio::select! {
                 biased;
                 () = jobs.closed() => return,
@@ -424,66 +467,102 @@ impl StreamCall {
                     } => Err(call.audited(status, started, ts_ms).await),
                 }
             });
-            // Waits while IN_FLIGHT are unanswered, reading nothing meanwhile.
-            if jobs.send(job).await.is_err() || last {
+            place.send(job);
+            if last {
                 return;
             }
         }
     }
 
     /// Hands the answers to `tx` in order until the stream ends: the client's end of it, a
-    /// failure (its last answer), the call's deadline, an answer the client has not taken for
-    /// [`STREAM_IDLE`], or the client gone. A deadline's end is audited and told through `end`.
+    /// failure (its last answer), the call's deadline, answers the client has not taken for
+    /// [`STREAM_IDLE`], or the client gone. An end of the gateway's is audited and told through
+    /// `end`, after the answers queued. A stream ended early aborts the passages still under
+    /// way: each is finished and recorded (499) by the audit guard's bounded orphans
+    /// (`crate::guard::audit::Orphans`), and not run if it has not reached the model.
     async fn answer_all(
         &self,
         mut jobs: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Answer>>,
         tx: tokio::sync::mpsc::Sender<Answer>,
         end: tokio::sync::oneshot::Sender<Status>,
+        taken: &Taken,
     ) {
         let never = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let due = tokio::time::sleep_until(self.deadline.unwrap_or(never).into());
         let mut due = std::pin::pin!(due);
-        let late = || {
-            Status::deadline_exceeded(
-                "the call's deadline (grpc-timeout) passed; the stream is closed",
-            )
-        };
-        let why = loop {
-            let job = tokio::select! {
+        // The passage being waited for, and its answer while it waits for a place.
+        let mut job: Option<tokio::task::JoinHandle<Answer>> = None;
+        let mut answer: Option<Answer> = None;
+        // Since when answers have been waiting for the client (none while the channel is empty).
+        let mut waiting_since: Option<Instant> = None;
+        let stop = loop {
+            if tx.capacity() == tx.max_capacity() {
+                waiting_since = None;
+            }
+            // The client's time runs from the first answer waiting, or from the last it took.
+            let stalled_at = waiting_since.map(|w| w.max(taken.last()) + STREAM_IDLE);
+            let stall = tokio::time::sleep_until(stalled_at.unwrap_or(never).into());
+            tokio::select! {
                 biased;
-                () = &mut due => break late(),
-                () = tx.closed() => return,
-                job = jobs.recv() => match job {
-                    Some(job) => job,
+                () = &mut due => break Stop::With(Status::deadline_exceeded(
+                    "the call's deadline (grpc-timeout) passed; the stream is closed",
+                )),
+                () = stall, if stalled_at.is_some() => {
+                    // Looked at again: the client may have taken one meanwhile.
+                    let at = waiting_since.map(|w| w.max(taken.last()) + STREAM_IDLE);
+                    if at.is_some_and(|at| at <= Instant::now()) {
+                        break Stop::With(Status::deadline_exceeded(format!(
+                            "no answer was taken for {} s; the stream is closed",
+                            STREAM_IDLE.as_secs()
+                        )));
+                    }
+                }
+                () = tx.closed() => break Stop::Gone,
+                j = jobs.recv(), if job.is_none() && answer.is_none() => match j {
+                    Some(j) => job = Some(j),
                     None => return,
                 },
-            };
-            let answer = tokio::select! {
-                biased;
-                () = &mut due => break late(),
-                () = tx.closed() => return,
-                answer = job => answer.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "a streamed message's passage failed");
-                    Err(Status::internal("the message could not be answered"))
-                }),
-            };
-            let last = answer.is_err();
-            match tokio::time::timeout(STREAM_IDLE, tx.send(answer)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    break Status::deadline_exceeded(format!(
-                        "no answer was taken for {} s; the stream is closed",
-                        STREAM_IDLE.as_secs()
-                    ));
+                // (Evaluated even when disabled: it must not assume a passage.)
+                a = async {
+                    match job.as_mut() {
+                        Some(j) => j.await,
+                        None => std::future::pending().await,
+                    }
+                }, if job.is_some() => {
+                    job = None;
+                    answer = Some(a.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "a streamed message's passage failed");
+                        Err(Status::internal("the message could not be answered"))
+                    }));
+                }
+                place = tx.reserve(), if answer.is_some() => {
+                    let Ok(place) = place else { break Stop::Gone };
+                    let a = answer.take().expect("an answer");
+                    let last = a.is_err();
+                    if waiting_since.is_none() {
+                        waiting_since = Some(Instant::now());
+                    }
+                    place.send(a);
+                    if last {
+                        break Stop::Told;
+                    }
                 }
             }
-            if last {
-                return;
-            }
         };
-        let status = self.audited(why, Instant::now(), now_ms()).await;
-        let _ = end.send(status);
+        // The passages still under way answer no one: their entries say so (499), and those
+        // not yet at the model are not run.
+        self.gone.set();
+        jobs.close();
+        if let Some(job) = job {
+            job.abort();
+        }
+        while let Ok(job) = jobs.try_recv() {
+            job.abort();
+        }
+        if let Stop::With(status) = stop {
+            let status = self.audited(status, Instant::now(), now_ms()).await;
+            let _ = end.send(status);
+        }
     }
 
     /// Why the key presented may no longer send messages, if it may not (it was checked when
