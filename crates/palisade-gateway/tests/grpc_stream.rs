@@ -372,3 +372,41 @@ async fn the_call_s_deadline_ends_the_stream_and_is_audited() {
     drop(tx);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_under_way_when_the_client_leaves_are_recorded_and_not_run() {
+    use std::sync::atomic::Ordering;
+    let slow = Slow::start(LIN_POLICY, None).await;
+    let key = slow.auth.trim_start_matches("Bearer ").to_string();
+    let mut c = grpc_client(&slow.s).await;
+    let x = [0.5f32; 4];
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let answers = c
+        .model_stream_infer(streaming(rx, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    // One message holds the model's only thread, two wait for it.
+    for id in ["1", "2", "3"] {
+        tx.send(message("slow", id, &x, vec![1, 1, 2, 2]))
+            .await
+            .unwrap();
+    }
+    wait_until(|| slow.entered.load(Ordering::SeqCst) == 1).await;
+    wait_until(|| slow.pool.queued() == 2).await;
+    // The client goes: the stream is reset.
+    drop(answers);
+    drop(tx);
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    slow.open_gate();
+    // Each has its entry, as a request whose client left; the two waiting were not run.
+    wait_until(|| slow.entries(0).len() == 3).await;
+    for e in slow.entries(0) {
+        assert_eq!(e["status"], 499, "{e}");
+        assert_eq!(e["method"], "GRPC ModelStreamInfer", "{e}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(slow.entered.load(Ordering::SeqCst), 1);
+    assert_eq!(slow.entries(0).len(), 3);
+}

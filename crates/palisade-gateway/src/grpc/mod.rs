@@ -72,6 +72,8 @@ pub(crate) struct Caller<'a> {
     pub(crate) deadline: Option<std::time::Instant>,
     /// Set when the stream a message came in has ended before its answer.
     pub(crate) gone: Option<crate::guard::ClientGone>,
+    /// Set by the audit guard when it takes a stream's message.
+    pub(crate) entered: Option<crate::guard::Entered>,
 }
 
 /// The deadline a call's `grpc-timeout` sets, counted from its arrival, if it sets one. A
@@ -124,6 +126,7 @@ impl GrpcGateway {
             clock: clock.cloned(),
             deadline: call_deadline(call.metadata(), arrived),
             gone: None,
+            entered: None,
         };
         self.call_with(rpc, method, path, caller, headers, body)
             .await
@@ -171,6 +174,9 @@ impl GrpcGateway {
         }
         if let Some(gone) = caller.gone {
             req.extensions_mut().insert(gone);
+        }
+        if let Some(entered) = caller.entered {
+            req.extensions_mut().insert(entered);
         }
         // From here the model stack's audit guard records the call.
         if let Some(r) = caller.extensions.get::<audit::Reached>() {

@@ -24,8 +24,8 @@
 //! - a body deadline (below), or the call's own (`grpc-timeout`, tritonclient's
 //!   `stream_timeout`), `DEADLINE_EXCEEDED`, audited too; the call's deadline also bounds each
 //!   message's wait for the model, as a unary call's does;
-//! - a client that takes no answer for [`STREAM_IDLE`] while [`IN_FLIGHT`] wait for it, which
-//!   is told so if it ever reads again.
+//! - answers waiting for the client with none taken for [`STREAM_IDLE`] (from the first that
+//!   waited, or the last taken), which the client is told after them if it ever reads again.
 //!
 //! **Deadlines on the body.** A unary call's body must arrive whole within the deadline its key
 //! allows; a stream's body lasts as long as the stream. So [`MessageBody`] holds each message
@@ -40,16 +40,17 @@
 //! the stack as a task of its own; another hands the answers to the client in the order the
 //! messages came (tritonclient matches them by id in any case). At most [`IN_FLIGHT`] passages
 //! of a stream are unanswered at once (nothing more is read meanwhile), and at most as many
-//! answers wait for the client. Every message read goes through the stack, or is refused, and
-//! has its audit entry. When the stream ends early (its client gone, a deadline, a failure) the
-//! passages still under way are aborted: the audit guard finishes each among its bounded
-//! orphans (`crate::guard::audit::Orphans`) and records it with status 499, and one that has not
-//! reached the model is not run, as for a unary call whose client left. An answer already made
-//! when the stream ends, but not taken, is recorded as served, as a unary answer its client did
-//! not read. The answering task holds the connection ([`crate::listen::ConnectionHold`]): it is
-//! neither closed as idle nor shed while the stream is open, and the stream bounds that itself:
-//! when answers have waited [`STREAM_IDLE`] with none taken, the stream ends
-//! (`DEADLINE_EXCEEDED`, told after them), and a body with no message for as long fails.
+//! answers wait in the stream's queue for the client (HTTP/2 buffers what it has taken). Every
+//! message read goes through the stack, or is refused, and has its audit entry. When the stream
+//! ends early (its client gone, a deadline, a failure, answers not taken) the passages still
+//! under way answer no one: those the audit guard has taken are aborted, and the guard finishes
+//! each among its bounded orphans (`crate::guard::audit::Orphans`); the others are left to run
+//! to their entry; all are recorded with status 499, and one that has not reached the model is
+//! not run, as for a unary call whose client left. An answer already made when the stream ends,
+//! but not taken, is recorded as served, as a unary answer its client did not read. The
+//! answering task holds the connection ([`crate::listen::ConnectionHold`]): it is neither closed
+//! as idle nor shed while the stream is open, and the stream bounds that itself, with the
+//! deadlines above.
 //!
 //! Not bounded here: a stream's passages under way are not among the requests that shutdown
 //! waits for until they are aborted; one still running when the server has stopped is cut off
@@ -75,7 +76,7 @@ use super::inference::{
 };
 use super::{GrpcGateway, infer_body, infer_response, model_path};
 use crate::deadline::BodyClock;
-use crate::guard::ClientGone;
+use crate::guard::{ClientGone, Entered};
 use crate::now_ms;
 use crate::oip;
 
@@ -392,6 +393,25 @@ impl Taken {
     }
 }
 
+/// A message's passage through the stack (or its refusal), as a task of its own.
+struct Job {
+    passage: tokio::task::JoinHandle<Answer>,
+    /// Set once the audit guard has taken it (`None`: a refusal, audited here).
+    entered: Option<Entered>,
+}
+
+impl Job {
+    /// For a stream that has ended (its `ClientGone` set): a passage the audit guard has taken
+    /// is aborted, and the guard finishes it among its bounded orphans (499, not run if it has
+    /// not reached the model); one it has not taken yet, or a refusal being audited, is left to
+    /// write its entry (499, nothing run, for the former).
+    fn stop(self) {
+        if self.entered.is_some_and(|e| e.now()) {
+            self.passage.abort();
+        }
+    }
+}
+
 /// Why the answering task stopped before the client's end of the stream.
 enum Stop {
     /// The client is gone: nothing to tell.
@@ -437,7 +457,7 @@ impl StreamCall {
     async fn read_all(
         self: Arc<Self>,
         mut messages: tonic::Streaming<ModelInferRequest>,
-        jobs: tokio::sync::mpsc::Sender<tokio::task::JoinHandle<Answer>>,
+        jobs: tokio::sync::mpsc::Sender<Job>,
     ) {
         loop {
             // A place first: nothing is read while every place is taken.
@@ -457,16 +477,26 @@ impl StreamCall {
             let call = self.clone();
             // A task of its own: every message read goes through the stack, or is refused,
             // and has its entry, however the stream ends.
-            let job = tokio::spawn(async move {
-                match read {
-                    Read::Ready(message) => call.answer(message).await,
-                    Read::Refused {
-                        status,
-                        started,
-                        ts_ms,
-                    } => Err(call.audited(status, started, ts_ms).await),
+            let job = match read {
+                Read::Ready(message) => {
+                    let entered = Entered::default();
+                    let seen = entered.clone();
+                    Job {
+                        passage: tokio::spawn(async move { call.answer(message, seen).await }),
+                        entered: Some(entered),
+                    }
                 }
-            });
+                Read::Refused {
+                    status,
+                    started,
+                    ts_ms,
+                } => Job {
+                    passage: tokio::spawn(async move {
+                        Err(call.audited(status, started, ts_ms).await)
+                    }),
+                    entered: None,
+                },
+            };
             place.send(job);
             if last {
                 return;
@@ -482,7 +512,7 @@ impl StreamCall {
     /// (`crate::guard::audit::Orphans`), and not run if it has not reached the model.
     async fn answer_all(
         &self,
-        mut jobs: tokio::sync::mpsc::Receiver<tokio::task::JoinHandle<Answer>>,
+        mut jobs: tokio::sync::mpsc::Receiver<Job>,
         tx: tokio::sync::mpsc::Sender<Answer>,
         end: tokio::sync::oneshot::Sender<Status>,
         taken: &Taken,
@@ -491,7 +521,7 @@ impl StreamCall {
         let due = tokio::time::sleep_until(self.deadline.unwrap_or(never).into());
         let mut due = std::pin::pin!(due);
         // The passage being waited for, and its answer while it waits for a place.
-        let mut job: Option<tokio::task::JoinHandle<Answer>> = None;
+        let mut job: Option<Job> = None;
         let mut answer: Option<Answer> = None;
         // Since when answers have been waiting for the client (none while the channel is empty).
         let mut waiting_since: Option<Instant> = None;
@@ -509,6 +539,9 @@ impl StreamCall {
                 )),
                 () = stall, if stalled_at.is_some() => {
                     // Looked at again: the client may have taken one meanwhile.
+                    if tx.capacity() == tx.max_capacity() {
+                        waiting_since = None;
+                    }
                     let at = waiting_since.map(|w| w.max(taken.last()) + STREAM_IDLE);
                     if at.is_some_and(|at| at <= Instant::now()) {
                         break Stop::With(Status::deadline_exceeded(format!(
@@ -525,7 +558,7 @@ impl StreamCall {
                 // (Evaluated even when disabled: it must not assume a passage.)
                 a = async {
                     match job.as_mut() {
-                        Some(j) => j.await,
+                        Some(j) => (&mut j.passage).await,
                         None => std::future::pending().await,
                     }
                 }, if job.is_some() => {
@@ -553,11 +586,11 @@ impl StreamCall {
         // not yet at the model are not run.
         self.gone.set();
         jobs.close();
-        if let Some(job) = job {
-            job.abort();
-        }
-        while let Ok(job) = jobs.try_recv() {
-            job.abort();
+        for job in job
+            .into_iter()
+            .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
+        {
+            job.stop();
         }
         if let Stop::With(status) = stop {
             let status = self.audited(status, Instant::now(), now_ms()).await;
@@ -627,7 +660,7 @@ impl StreamCall {
 
     /// One message's answer: the model's outputs, or the reason the stack refused it. A key
     /// that the stack finds no longer valid ends the stream.
-    async fn answer(&self, message: Translated) -> Answer {
+    async fn answer(&self, message: Translated, entered: Entered) -> Answer {
         let Translated {
             named,
             path,
@@ -648,6 +681,7 @@ impl StreamCall {
                     clock,
                     deadline: self.deadline,
                     gone: Some(self.gone.clone()),
+                    entered: Some(entered),
                 },
                 &[(oip::HEADER_LENGTH, h.to_string())],
                 body,

@@ -26,7 +26,7 @@ use axum::response::Response;
 use super::authn::{key_store_failed, presented_key, unauthorised, why_refused};
 use super::validate;
 use super::{
-    BodyDigest, ClientGone, Decision, Guard, InputDigest, Next, PresentedKeyId, Principal,
+    BodyDigest, ClientGone, Decision, Entered, Guard, InputDigest, Next, PresentedKeyId, Principal,
     ServedVersion, call_next, error_response,
 };
 use crate::audit::{AuditLog, AuditRecord};
@@ -244,6 +244,7 @@ impl Guard for Audit {
             }
         };
         let orphans = self.orphans.clone();
+        let entered = req.extensions().get::<Entered>().cloned();
         let pass = Passage {
             started,
             ts_ms,
@@ -253,13 +254,16 @@ impl Guard for Audit {
             target,
             gone: gone.clone(),
         };
-        Finishing {
+        let finishing = Finishing {
             work: Some(Box::pin(self.finish(pass, next, req))),
             polling: false,
             gone,
             orphans,
+        };
+        if let Some(entered) = entered {
+            entered.set();
         }
-        .await
+        finishing.await
     }
 }
 

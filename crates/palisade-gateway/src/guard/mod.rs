@@ -278,6 +278,23 @@ impl ClientGone {
     }
 }
 
+/// Set once the audit guard has taken the request (request extension put by a gRPC stream on
+/// each message's request, `crate::grpc::stream`): from then on, a passage dropped before its
+/// end is finished, and recorded, by the guard's orphans; before, it has had nothing done.
+#[derive(Debug, Clone, Default)]
+pub struct Entered(Arc<std::sync::atomic::AtomicBool>);
+
+impl Entered {
+    /// Whether the audit guard has taken the request.
+    pub fn now(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// The authenticated caller (request extension from authentication; copied onto the response).
 #[derive(Debug, Clone)]
 pub struct Principal(pub Arc<KeyRecord>);
