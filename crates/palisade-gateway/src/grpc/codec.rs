@@ -14,10 +14,10 @@
 
 use std::marker::PhantomData;
 
+use tonic::Status;
 use tonic::codec::{BufferSettings, DecodeBuf};
-use tonic::{Code, Status};
+use tonic_prost::ProstEncoder;
 use tonic_prost::prost::Message;
-use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// prost's codec, a decoding failure answered `INVALID_ARGUMENT`.
 #[derive(Debug, Clone)]
@@ -44,13 +44,13 @@ where
     }
 
     fn decoder(&mut self) -> Decoder<U> {
-        Decoder(ProstDecoder::default())
+        Decoder(PhantomData)
     }
 }
 
-/// prost's decoder, its failure answered `INVALID_ARGUMENT`.
+/// prost's decoding, after the message's [`Bounds`], its failure answered `INVALID_ARGUMENT`.
 #[derive(Debug, Clone)]
-pub struct Decoder<U>(ProstDecoder<U>);
+pub struct Decoder<U>(PhantomData<U>);
 
 impl<U: Message + Default + Bounds> tonic::codec::Decoder for Decoder<U> {
     type Item = U;
@@ -58,24 +58,17 @@ impl<U: Message + Default + Bounds> tonic::codec::Decoder for Decoder<U> {
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         use bytes::Buf as _;
-        if buf.chunk().len() == buf.remaining() {
-            U::within(buf.chunk()).map_err(Status::invalid_argument)?;
-            return self.0.decode(buf).map_err(|s| match s.code() {
-                // prost's decoder fails only this way, and only on the bytes it was given.
-                Code::Internal => not_valid::<U>(s.message()),
-                _ => s,
-            });
-        }
-        // tonic hands a message over in one piece; were it ever in several, it is joined first.
-        let whole = buf.copy_to_bytes(buf.remaining());
-        U::within(&whole).map_err(Status::invalid_argument)?;
-        U::decode(whole)
+        // The message in one piece (split off tonic's buffer, not copied), so that the bounds
+        // walk all of it whatever the buffer's layout.
+        let msg = buf.copy_to_bytes(buf.remaining());
+        U::within(&msg).map_err(Status::invalid_argument)?;
+        U::decode(msg)
             .map(Some)
             .map_err(|e| not_valid::<U>(&e.to_string()))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
+        BufferSettings::default()
     }
 }
 
