@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt as _;
 use palisade_core::Classifier as _;
+use palisade_gateway::grpc::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use palisade_gateway::grpc::inference::infer_parameter::ParameterChoice;
 use palisade_gateway::grpc::inference::model_infer_request::InferInputTensor;
 use palisade_gateway::grpc::inference::*;
@@ -42,6 +43,23 @@ fn streaming(
     r.metadata_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());
     r
+}
+
+/// A stream opened with the key `key`: the sender of its messages and its answers.
+async fn open(
+    c: &mut GrpcInferenceServiceClient<tonic::transport::Channel>,
+    key: &str,
+) -> (
+    tokio::sync::mpsc::Sender<ModelInferRequest>,
+    tonic::Streaming<ModelStreamInferResponse>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let answers = c
+        .model_stream_infer(streaming(rx, key))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, answers)
 }
 
 fn floats(raw: &[u8]) -> Vec<f32> {
@@ -171,12 +189,7 @@ async fn a_key_revoked_mid_stream_ends_it_at_the_next_message_and_limits_count_e
     let s = start().await;
     let mut c = grpc_client(&s).await;
     let x = [0.5f32; 4];
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut answers = c
-        .model_stream_infer(streaming(rx, &s.query.key))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut answers) = open(&mut c, &s.query.key).await;
     // "limited" allows a burst of 3 per key: the fourth message is over it.
     for i in 0..4 {
         tx.send(message("limited", &i.to_string(), &x, vec![1, 1, 2, 2]))
@@ -380,12 +393,7 @@ async fn messages_under_way_when_the_client_leaves_are_recorded_and_not_run() {
     let key = slow.auth.trim_start_matches("Bearer ").to_string();
     let mut c = grpc_client(&slow.s).await;
     let x = [0.5f32; 4];
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let answers = c
-        .model_stream_infer(streaming(rx, &key))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, answers) = open(&mut c, &key).await;
     // One message holds the model's only thread, two wait for it.
     for id in ["1", "2", "3"] {
         tx.send(message("slow", id, &x, vec![1, 1, 2, 2]))

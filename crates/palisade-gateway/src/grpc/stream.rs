@@ -783,16 +783,30 @@ mod tests {
         src.downcast_ref::<Status>().expect("a status").clone()
     }
 
-    #[tokio::test]
-    async fn messages_are_followed_across_chunks_and_each_is_timed() {
-        let (mut tx, body) = Channel::<Bytes>::new(8);
+    /// A body fed through the returned sender, each message due within `limit_ms` and the gaps
+    /// between them within `idle_ms`, and the times it notes.
+    fn fed(
+        limit_ms: u64,
+        idle_ms: u64,
+    ) -> (
+        http_body_util::channel::Sender<Bytes>,
+        MessageBody,
+        MessageTimes,
+    ) {
+        let (tx, body) = Channel::<Bytes>::new(8);
         let times = MessageTimes::default();
-        let mut b = MessageBody::new(
+        let b = MessageBody::new(
             Body::new(body),
-            Duration::from_secs(5),
-            Duration::from_secs(5),
+            Duration::from_millis(limit_ms),
+            Duration::from_millis(idle_ms),
             times.clone(),
         );
+        (tx, b, times)
+    }
+
+    #[tokio::test]
+    async fn messages_are_followed_across_chunks_and_each_is_timed() {
+        let (mut tx, mut b, times) = fed(5000, 5000);
         let (one, two) = (frame(b"abc"), frame(b""));
         let three = frame(&[7; 300]);
         tokio::spawn(async move {
@@ -826,13 +840,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_message_fails_at_its_deadline_and_an_idle_stream_at_its_own() {
-        let (mut tx, body) = Channel::<Bytes>::new(8);
-        let mut b = MessageBody::new(
-            Body::new(body),
-            Duration::from_millis(200),
-            Duration::from_secs(60),
-            MessageTimes::default(),
-        );
+        let (mut tx, mut b, _) = fed(200, 60000);
         tx.send_data(Bytes::copy_from_slice(&frame(b"abcdef")[..7]))
             .await
             .unwrap();
@@ -850,13 +858,7 @@ mod tests {
         // Failed, it ends.
         assert!(b.frame().await.is_none());
 
-        let (mut tx, body) = Channel::<Bytes>::new(8);
-        let mut b = MessageBody::new(
-            Body::new(body),
-            Duration::from_secs(60),
-            Duration::from_millis(200),
-            MessageTimes::default(),
-        );
+        let (mut tx, mut b, _) = fed(60000, 200);
         tx.send_data(frame(b"x").into()).await.unwrap();
         b.frame().await.unwrap().unwrap();
         let e = b.frame().await.unwrap().unwrap_err();
@@ -870,13 +872,7 @@ mod tests {
     async fn time_the_reader_spends_elsewhere_is_not_the_client_s() {
         // Half a message, then the reader goes away for longer than the deadline while the
         // rest arrives: the message passes, since the gateway was not waiting for it.
-        let (mut tx, body) = Channel::<Bytes>::new(8);
-        let mut b = MessageBody::new(
-            Body::new(body),
-            Duration::from_millis(200),
-            Duration::from_millis(200),
-            MessageTimes::default(),
-        );
+        let (mut tx, mut b, _) = fed(200, 200);
         let f = frame(b"abcdef");
         tx.send_data(Bytes::copy_from_slice(&f[..7])).await.unwrap();
         b.frame().await.unwrap().unwrap();
@@ -890,13 +886,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_ending_within_a_message_is_the_client_s_fault() {
         for (sent, trailers) in [(&frame(b"abcdef")[..7], false), (&[0u8, 0, 0][..], true)] {
-            let (mut tx, body) = Channel::<Bytes>::new(8);
-            let mut b = MessageBody::new(
-                Body::new(body),
-                Duration::from_secs(5),
-                Duration::from_secs(5),
-                MessageTimes::default(),
-            );
+            let (mut tx, mut b, _) = fed(5000, 5000);
             tx.send_data(Bytes::copy_from_slice(sent)).await.unwrap();
             if trailers {
                 tx.send_trailers(Default::default()).await.unwrap();
