@@ -262,7 +262,8 @@ impl Decision {
 }
 
 /// Set once the request's client has gone before its answer (request extension from the audit
-/// guard, which then finishes the request for its entry): the model is not run for it.
+/// guard, which then finishes the request for its entry; the messages of a gRPC stream share
+/// their stream's, set when it ends, `crate::grpc::stream`): the model is not run for it.
 #[derive(Debug, Clone, Default)]
 pub struct ClientGone(Arc<std::sync::atomic::AtomicBool>);
 
