@@ -134,6 +134,52 @@ assert [(m["name"], m["state"]) for m in hi] == [("mnist", "READY")], hi
 assert [(m["name"], m["version"], m["state"]) for m in gi_] == \
     [(m["name"], m["version"], m["state"]) for m in hi], (gi_, hi)
 
+# Triton's load and unload (tritonclient's load_model and unload_model), over both transports:
+# the role deploy and a TOTP code in X-Palisade-TOTP, as the admin API's actions. A code is taken
+# once and codes must move forward: the first key's three codes (the last step, this one, the
+# next) make a deploy key, unload and load over HTTP; the deploy key's unload and load over gRPC.
+import base64, hashlib, hmac, struct, time, urllib.request
+def totp(secret, step):
+    k = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    d = hmac.new(k, struct.pack(">Q", int(time.time()) // 30 + step), hashlib.sha1).digest()
+    o = d[-1] & 15
+    return "%06d" % ((struct.unpack(">I", d[o:o + 4])[0] & 0x7FFFFFFF) % 1000000)
+first = json.load(open(sys.argv[1]))
+secret = first["totp_secret"]
+def admin(step):
+    return {"Authorization": f"Bearer {key}", "X-Palisade-TOTP": totp(secret, step)}
+made = urllib.request.urlopen(urllib.request.Request(
+    f"http://127.0.0.1:{sys.argv[2]}/v2/admin/keys", method="POST",
+    data=json.dumps({"name": "deployer", "roles": ["deploy"]}).encode(),
+    headers={**admin(-1), "Content-Type": "application/json"}))
+deployer = json.load(made)
+def deploying(step):
+    return {"authorization": f"Bearer {deployer['key']}",
+            "x-palisade-totp": totp(deployer["totp_secret"], step)}
+h.unload_model("mnist", headers=admin(0))
+assert not h.is_model_ready("mnist", headers=hdr())
+try:
+    http_infer(True)
+    raise SystemExit("an unloaded model was served")
+except InferenceServerException as e:
+    assert e.status() == "404", e
+print("unloaded over HTTP; its index entry:",
+      [(m["name"], m["state"], m.get("reason")) for m in h.get_model_repository_index(headers=hdr())])
+h.load_model("mnist", headers=admin(1))
+assert h.is_model_ready("mnist", headers=hdr())
+g.unload_model("mnist", headers=deploying(-1))
+assert not g.is_model_ready("mnist", headers=gh)
+g.load_model("mnist", headers=deploying(0))
+assert g.is_model_ready("mnist", headers=gh)
+assert np.array_equal(http_infer(True), binary), "the model loaded again answers otherwise"
+try:
+    g.load_model("mnist", headers=gh)
+    raise SystemExit("a load without a TOTP code was done")
+except InferenceServerException as e:
+    assert "TOTP" in e.message(), e
+    print("load refused without a TOTP code:", e.status(), e.message()[:50])
+print("load and unload: HTTP and gRPC, the same logits after the reload")
+
 # Triton's streaming inference over gRPC: each sample a message of its own, answered in order
 # through the same guards; a message with the wrong shape is answered with its error and the
 # stream goes on; tritonclient's empty-final-response flag is answered on the response itself.
@@ -179,13 +225,15 @@ for call in (lambda: h.infer("mnist", [http_input(x[:1])]),
              lambda: h.get_inference_statistics("mnist"),
              lambda: g.get_inference_statistics(),
              lambda: h.get_model_repository_index(),
-             lambda: g.get_model_repository_index()):
+             lambda: g.get_model_repository_index(),
+             lambda: h.unload_model("mnist"),
+             lambda: g.unload_model("mnist")):
     try:
         call()
         raise SystemExit("a request without a key was served")
     except InferenceServerException as e:
         print("refused without a key:", e.status(), (e.message() or "")[:60])
-print("OK: tritonclient HTTP (binary, JSON, gzip), gRPC and gRPC streaming agree with PyTorch; both read the model configuration, statistics and repository index")
+print("OK: tritonclient HTTP (binary, JSON, gzip), gRPC and gRPC streaming agree with PyTorch; both read the model configuration, statistics and repository index, and load and unload")
 PY
 
 kill -TERM $PID; wait $PID || true

@@ -10,6 +10,8 @@
 //! | POST | `/v2/admin/keys/{id}/budget/reset` `{"model"?}` | admin |
 //! | POST | `/v2/admin/models/{m}/load` `{"version"}` | deploy |
 //! | POST | `/v2/admin/models/{m}/rollback` | deploy |
+//! | POST | `/v2/repository/models/{m}/load` `{"parameters"?}` (Triton's) | deploy |
+//! | POST | `/v2/repository/models/{m}/unload` `{"parameters"?}` (Triton's) | deploy |
 //! | GET | `/v2/audit/checkpoint` | audit |
 //! | GET | `/v2/audit/entries/{i}` | audit |
 //! | GET | `/v2/audit/proof/inclusion?index=I&size=N` | audit |
@@ -63,6 +65,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/v2/admin/keys/{id}/budget/reset", post(reset_budget))
         .route("/v2/admin/models/{model}/load", post(load_model))
         .route("/v2/admin/models/{model}/rollback", post(rollback))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
         .route("/v2/audit/checkpoint", get(checkpoint))
         .route("/v2/audit/entries/{index}", get(entry))
         .route("/v2/audit/proof/inclusion", get(inclusion))
@@ -344,8 +351,15 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
         Ok(m) => m,
         Err(r) => return r,
     };
+    deploy(&s, served).await
+}
+
+/// Makes `served`, loaded through every check, the active version of its model (and takes it,
+/// and its model, off the rolled-back and unloaded notes first).
+async fn deploy(s: &AdminState, served: crate::model::ServedModel) -> Response {
     // A version refused here (loaded meanwhile) is freed where it is dropped: off the workers.
-    // Loaded again, a version rolled back before is no longer kept from a restart.
+    // Loaded again, a version rolled back before is no longer kept from a restart, nor is its
+    // model if it was unloaded.
     let models = s.models.clone();
     let withdrawn = s.withdrawn.clone();
     let deploy = move || {
@@ -360,6 +374,209 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
         Ok(m) => json_response(
             StatusCode::OK,
             &serde_json::json!({ "model": m.name, "active_version": m.version }),
+        ),
+        Err(r) => r,
+    }
+}
+
+/// Why a request is refused: its status and message (small, where a `Response` is not).
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn new(status: StatusCode, message: &str) -> Self {
+        Refusal(status, message.to_string())
+    }
+
+    fn bad(message: &str) -> Self {
+        Refusal::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn answer(self) -> Response {
+        error_response(self.0, &self.1)
+    }
+}
+
+/// The body of Triton's load and unload requests: empty, `{}` or `{"parameters": {…}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepositoryRequest {
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Checks the body of Triton's load (`unload` false) or unload request. Of Triton's parameters,
+/// an unload's `unload_dependents` is taken (Palisade serves no ensembles: no model has
+/// dependents); a load's `config` and `file:…`, which would replace what the repository folder
+/// holds, are refused, as is anything else.
+fn repository_request(body: &[u8], unload: bool) -> Result<(), Refusal> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let r: RepositoryRequest = serde_json::from_slice(body).map_err(|e| {
+        Refusal::bad(&format!(
+            "expected an empty body or {{\"parameters\": {{…}}}}: {e}"
+        ))
+    })?;
+    for (name, value) in &r.parameters {
+        match name.as_str() {
+            "unload_dependents" if unload && value.is_boolean() => {}
+            "unload_dependents" if unload => {
+                return Err(Refusal::bad(
+                    "parameter 'unload_dependents' must be true or false",
+                ));
+            }
+            "config" if !unload => {
+                return Err(Refusal::bad(
+                    "Palisade loads only the signed versions in its repository folder: a load's \
+                     'config' parameter, which would replace the version's configuration, is \
+                     refused",
+                ));
+            }
+            n if !unload && n.starts_with("file:") => {
+                return Err(Refusal::bad(&format!(
+                    "Palisade loads only the signed versions in its repository folder: a load's \
+                     file parameters ('{n}'), which would replace its files, are refused"
+                )));
+            }
+            n => return Err(Refusal::bad(&format!("unknown parameter '{n}'"))),
+        }
+    }
+    Ok(())
+}
+
+/// The versions of `model` in the repository folder `repo`, in the repository's order.
+fn versions_in(repo: &std::path::Path, model: &str) -> Result<Vec<String>, Refusal> {
+    let listed = crate::loader::list_repository(repo).map_err(|e| {
+        tracing::error!(error = %e, "could not list the model repository");
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not list the model repository (the gateway's log has the details)",
+        )
+    })?;
+    Ok(listed
+        .into_iter()
+        .filter(|v| v.name == model)
+        .map(|v| v.version)
+        .collect())
+}
+
+/// Triton's load (`POST /v2/repository/models/{m}/load`, tritonclient's `load_model`): serves
+/// the highest version of `m` in the repository folder that was not rolled back, loaded through
+/// the signature and scan checks, as the admin API's load does. Nothing to do (200) when that
+/// version is already the active one; 409 when it is served but another is active (a rollback
+/// through the admin API says which), or when every version was rolled back (the admin API
+/// loads one by its version); 404 when the folder has no such model.
+async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Bytes) -> Response {
+    let model = param(&p, "model");
+    if let Err(r) = repository_request(&body, false) {
+        return r.answer();
+    }
+    let Some(source) = s.source.clone() else {
+        return error_response(
+            StatusCode::CONFLICT,
+            "this gateway was started without a model repository to load from",
+        );
+    };
+    let models = s.models.clone();
+    let withdrawn = s.withdrawn.clone();
+    let name = model.clone();
+    // The version chosen, loaded; or, when it is served already, its name.
+    let load = move || -> Result<Result<crate::model::ServedModel, String>, Refusal> {
+        let versions = versions_in(&source.repo, &name)?;
+        let Some(version) = versions
+            .iter()
+            .rev()
+            .find(|v| !withdrawn.as_ref().is_some_and(|w| w.contains(&name, v)))
+        else {
+            return Err(if versions.is_empty() {
+                Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    &format!("the repository folder holds no model '{name}'"),
+                )
+            } else {
+                Refusal::new(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "every version of '{name}' in the repository folder was rolled back: \
+                         load one by its version through POST /v2/admin/models/{name}/load"
+                    ),
+                )
+            });
+        };
+        if models.get(&name, Some(version)).is_some() {
+            return Ok(Err(version.clone()));
+        }
+        let served = source
+            .load(&name, version)
+            .map_err(|e| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()))?;
+        Ok(Ok(served))
+    };
+    let served = match off_workers(load, Refusal::answer).await {
+        Ok(Ok(served)) => served,
+        Ok(Err(version)) => {
+            let active = s.models.get(&model, None).map(|m| m.version.clone());
+            return if active.as_deref() == Some(version.as_str()) {
+                json_response(
+                    StatusCode::OK,
+                    &serde_json::json!({ "model": model, "active_version": version }),
+                )
+            } else {
+                error_response(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "version '{version}' of '{model}', the highest not rolled back, is \
+                         served, but version '{}' is active: roll back to it through POST \
+                         /v2/admin/models/{model}/rollback",
+                        active.unwrap_or_default()
+                    ),
+                )
+            };
+        }
+        Err(r) => return r,
+    };
+    deploy(&s, served).await
+}
+
+/// Triton's unload (`POST /v2/repository/models/{m}/unload`, tritonclient's `unload_model`):
+/// stops serving every version of `m`, and notes it in the state folder first, so that a restart
+/// does not serve it again (a load, Triton's or the admin API's, does). A request under way
+/// keeps its version. 200 too when `m` is in the repository folder but not served (unloaded
+/// already, or never loaded: now kept from a restart); 404 when it is neither.
+async fn repository_unload(State(s): State<AdminState>, Path(p): Params, body: Bytes) -> Response {
+    let model = param(&p, "model");
+    if let Err(r) = repository_request(&body, true) {
+        return r.answer();
+    }
+    let models = s.models.clone();
+    let withdrawn = s.withdrawn.clone();
+    let repo = s.source.as_ref().map(|src| src.repo.clone());
+    let name = model.clone();
+    let unload = move || -> Result<Vec<String>, Refusal> {
+        let _swapping = withdrawn.as_ref().map(|w| w.swapping());
+        if models.versions(&name).is_empty() {
+            let in_folder = match &repo {
+                Some(repo) => !versions_in(repo, &name)?.is_empty(),
+                None => false,
+            };
+            if !in_folder {
+                return Err(Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    &RepositoryError::NotFound(name.clone()).to_string(),
+                ));
+            }
+        }
+        if let Some(w) = &withdrawn {
+            w.set_unloaded(&name, true)
+                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+        }
+        // Freed here, off the workers, unless a request still holds a version.
+        let gone = models.unload(&name).unwrap_or_default();
+        Ok(gone.iter().map(|m| m.version.clone()).collect())
+    };
+    match off_workers(unload, Refusal::answer).await {
+        Ok(versions) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "model": model, "unloaded_versions": versions }),
         ),
         Err(r) => r,
     }

@@ -467,14 +467,15 @@ pub struct IndexEntry {
     pub version: String,
     /// `READY` (served) or `UNAVAILABLE` (in the repository folder, not served).
     pub state: String,
-    /// Why a version is unavailable: `rolled back` or `not loaded`.
+    /// Why a version is unavailable: `rolled back`, `unloaded` or `not loaded`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
 
 /// Triton's repository index, of the models `may_see` lets through: every version served
 /// (`READY`), then, when the gateway loads from the folder `repo`, the versions in it that are not
-/// served (`UNAVAILABLE`: `rolled back` if a rollback took it down, else `not loaded`), unless
+/// served (`UNAVAILABLE`: `rolled back` if a rollback took it down, `unloaded` if an unload took
+/// its model down, else `not loaded`), unless
 /// `ready_only`. By name, then version as the repository orders them. Reads the folder: call it
 /// off the async workers.
 pub fn repository_index(
@@ -506,6 +507,8 @@ pub fn repository_index(
             }
             let why = if withdrawn.is_some_and(|w| w.contains(&v.name, &v.version)) {
                 "rolled back"
+            } else if withdrawn.is_some_and(|w| w.unloaded(&v.name)) {
+                "unloaded"
             } else {
                 "not loaded"
             };
@@ -538,7 +541,8 @@ pub fn find_version(repo: &Path, name: &str, version: &str) -> Result<VersionDir
 }
 
 /// Loads every version of a repository into `models` (the last version of each model becomes
-/// the active one). Stops at the first version that fails its checks.
+/// the active one), but the models `withdrawn` notes as unloaded and the versions it notes as
+/// rolled back. Stops at the first version that fails its checks.
 pub fn load_repository(
     repo: &Path,
     runtime: &dyn Runtime,
@@ -548,6 +552,10 @@ pub fn load_repository(
 ) -> Result<Vec<(String, String)>, GatewayError> {
     let mut loaded = Vec::new();
     for v in list_repository(repo)? {
+        if withdrawn.is_some_and(|w| w.unloaded(&v.name)) {
+            tracing::info!(model = %v.name, version = %v.version, "not loaded: its model was unloaded");
+            continue;
+        }
         if withdrawn.is_some_and(|w| w.contains(&v.name, &v.version)) {
             tracing::info!(model = %v.name, version = %v.version, "not loaded: rolled back");
             continue;
@@ -561,47 +569,84 @@ pub fn load_repository(
     Ok(loaded)
 }
 
-/// The versions rolled back through the admin API, kept in the state folder
-/// (`rolled-back.json`, written atomically on each change), so that a restart does not serve a
-/// version a rollback took down (every version folder of the repository was loaded, the highest
-/// active, 2026-12-06 review). Loading a version again through the admin API takes it off.
+/// The versions rolled back and the models unloaded through the admin API, kept in the state
+/// folder (`rolled-back.json`, written atomically on each change), so that a restart does not
+/// serve a version a rollback took down (every version folder of the repository was loaded, the
+/// highest active, 2026-12-06 review), nor a model an unload took down. Loading a version again
+/// takes it off, and loads its model again.
+///
+/// The file is a list of `[model, version]` pairs while no model is unloaded (what gateways
+/// before the unload wrote, and read), else `{"rolled_back": [[model, version], …],
+/// "unloaded": [model, …]}`.
 #[derive(Debug)]
 pub struct Withdrawn {
     path: PathBuf,
-    versions: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
-    /// Held by a load or a rollback from reading what is served to its note and its swap: see
-    /// [`Withdrawn::swapping`].
+    state: std::sync::Mutex<Kept>,
+    /// Held by a load, an unload or a rollback from reading what is served to its note and its
+    /// swap: see [`Withdrawn::swapping`].
     swaps: std::sync::Mutex<()>,
+}
+
+/// What [`Withdrawn`] keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Kept {
+    rolled_back: std::collections::BTreeSet<(String, String)>,
+    #[serde(default)]
+    unloaded: std::collections::BTreeSet<String>,
+}
+
+impl Kept {
+    fn parse(bytes: &[u8]) -> Result<Kept, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum OnDisk {
+            Versions(Vec<(String, String)>),
+            Both(Kept),
+        }
+        Ok(match serde_json::from_slice(bytes)? {
+            OnDisk::Versions(list) => Kept {
+                rolled_back: list.into_iter().collect(),
+                unloaded: Default::default(),
+            },
+            OnDisk::Both(k) => k,
+        })
+    }
+
+    fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        if self.unloaded.is_empty() {
+            serde_json::to_vec_pretty(&self.rolled_back)
+        } else {
+            serde_json::to_vec_pretty(self)
+        }
+    }
 }
 
 impl Withdrawn {
     /// The set kept at `path` (empty when there is no such file yet). A file that cannot be read
     /// or parsed is an error: loading every version instead would undo the rollbacks.
     pub fn open(path: &Path) -> Result<Self, GatewayError> {
-        let versions = match std::fs::read(path) {
-            Ok(bytes) => {
-                let list: Vec<(String, String)> = serde_json::from_slice(&bytes).map_err(|e| {
-                    GatewayError::State(format!(
-                        "{} is not a list of rolled-back versions: {e}",
-                        path.display()
-                    ))
-                })?;
-                list.into_iter().collect()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        let state = match std::fs::read(path) {
+            Ok(bytes) => Kept::parse(&bytes).map_err(|e| {
+                GatewayError::State(format!(
+                    "{} is not a list of rolled-back versions and unloaded models: {e}",
+                    path.display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Kept::default(),
             Err(e) => return Err(GatewayError::io(path, e)),
         };
         Ok(Withdrawn {
             path: path.to_path_buf(),
-            versions: std::sync::Mutex::new(versions),
+            state: std::sync::Mutex::new(state),
             swaps: Default::default(),
         })
     }
 
-    /// Held for the whole of a load or a rollback (what is served read, the note written, the
-    /// swap made), so that two do not interleave: of two rollbacks at once, the one that found
-    /// the version moved took it off the notes again after the other had taken it down, and a
-    /// restart served the version rolled back (review, 2026-12-06).
+    /// Held for the whole of a load, an unload or a rollback (what is served read, the note
+    /// written, the swap made), so that two do not interleave: of two rollbacks at once, the one
+    /// that found the version moved took it off the notes again after the other had taken it
+    /// down, and a restart served the version rolled back (review, 2026-12-06).
     pub fn swapping(&self) -> std::sync::MutexGuard<'_, ()> {
         // Guards no data: a panic while held breaks nothing.
         self.swaps.lock().unwrap_or_else(|p| p.into_inner())
@@ -610,34 +655,65 @@ impl Withdrawn {
     /// Whether `model` `version` was rolled back.
     pub fn contains(&self, model: &str, version: &str) -> bool {
         self.lock()
+            .rolled_back
             .contains(&(model.to_string(), version.to_string()))
     }
 
-    /// Notes `model` `version` as rolled back (`true`) or loaded again (`false`), on disk before
-    /// it returns; on an error the set is as it was.
+    /// Whether `model` was unloaded (and not loaded since).
+    pub fn unloaded(&self, model: &str) -> bool {
+        self.lock().unloaded.contains(model)
+    }
+
+    /// Whether any model is kept unloaded.
+    pub fn any_unloaded(&self) -> bool {
+        !self.lock().unloaded.is_empty()
+    }
+
+    /// Notes `model` `version` as rolled back (`true`) or loaded again (`false`: its model is
+    /// then no longer unloaded either), on disk before it returns; on an error the notes are as
+    /// they were.
     pub fn set(&self, model: &str, version: &str, rolled_back: bool) -> Result<(), GatewayError> {
-        let mut versions = self.lock();
-        let mut next = versions.clone();
-        let entry = (model.to_string(), version.to_string());
-        let changed = if rolled_back {
-            next.insert(entry)
-        } else {
-            next.remove(&entry)
-        };
-        if !changed {
+        self.change(|k| {
+            let entry = (model.to_string(), version.to_string());
+            if rolled_back {
+                k.rolled_back.insert(entry);
+            } else {
+                k.rolled_back.remove(&entry);
+                k.unloaded.remove(model);
+            }
+        })
+    }
+
+    /// Notes `model` as unloaded (`true`) or loaded again (`false`), on disk before it returns;
+    /// on an error the notes are as they were.
+    pub fn set_unloaded(&self, model: &str, unloaded: bool) -> Result<(), GatewayError> {
+        self.change(|k| {
+            if unloaded {
+                k.unloaded.insert(model.to_string());
+            } else {
+                k.unloaded.remove(model);
+            }
+        })
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Kept)) -> Result<(), GatewayError> {
+        let mut kept = self.lock();
+        let mut next = kept.clone();
+        f(&mut next);
+        if next == *kept {
             return Ok(());
         }
-        let list: Vec<&(String, String)> = next.iter().collect();
-        let bytes =
-            serde_json::to_vec_pretty(&list).map_err(|e| GatewayError::State(e.to_string()))?;
+        let bytes = next
+            .to_bytes()
+            .map_err(|e| GatewayError::State(e.to_string()))?;
         palisade_supply::atomic::write_atomic(&self.path, &bytes)
             .map_err(|e| GatewayError::State(format!("{}: {e}", self.path.display())))?;
-        *versions = next;
+        *kept = next;
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<(String, String)>> {
-        self.versions.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -784,6 +860,35 @@ mod tests {
         let gone = Withdrawn::open(&dir.path().join("no/such/dir/rolled-back.json")).unwrap();
         assert!(gone.set("m", "4", true).is_err());
         assert!(!gone.contains("m", "4"));
+    }
+
+    /// Unloads are kept beside the rollbacks; a file with no unload stays in the list form older
+    /// gateways read; loading a version again loads its model again.
+    #[test]
+    fn unloads_are_kept_on_disk_beside_rollbacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rolled-back.json");
+        let w = Withdrawn::open(&path).unwrap();
+        w.set("m", "2", true).unwrap();
+        let list: Vec<(String, String)> =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(list, [("m".to_string(), "2".to_string())]);
+        w.set_unloaded("m", true).unwrap();
+        w.set_unloaded("n", true).unwrap();
+        let again = Withdrawn::open(&path).unwrap();
+        assert!(again.unloaded("m") && again.unloaded("n") && again.contains("m", "2"));
+        assert!(!again.unloaded("o") && again.any_unloaded());
+        // A version of m loaded again: m is loaded again, its other rollbacks stay.
+        again.set("m", "3", false).unwrap();
+        let third = Withdrawn::open(&path).unwrap();
+        assert!(!third.unloaded("m") && third.unloaded("n") && third.contains("m", "2"));
+        third.set_unloaded("n", false).unwrap();
+        let list: Vec<(String, String)> =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(list.len(), 1);
+        // A file with fields it does not know is refused, not read as empty.
+        std::fs::write(&path, br#"{"rolled_back": [], "unloaded": [], "x": 1}"#).unwrap();
+        assert!(Withdrawn::open(&path).is_err());
     }
 
     #[test]

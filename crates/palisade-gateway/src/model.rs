@@ -306,6 +306,17 @@ impl ModelRepository {
         Ok(active)
     }
 
+    /// Stops serving `name`, every version of it (Triton's unload): its versions, oldest first,
+    /// for the caller to drop where freeing them is no trouble. A request under way keeps the
+    /// version it holds.
+    pub fn unload(&self, name: &str) -> Result<Vec<Arc<ServedModel>>, RepositoryError> {
+        let slot = self
+            .write()
+            .remove(name)
+            .ok_or_else(|| RepositoryError::NotFound(name.to_string()))?;
+        Ok(slot.versions)
+    }
+
     /// The active version, or the named one.
     pub fn get(&self, name: &str, version: Option<&str>) -> Option<Arc<ServedModel>> {
         let slots = self.read();
@@ -415,6 +426,35 @@ mod tests {
         assert_eq!(
             r.rollback("x").unwrap_err(),
             RepositoryError::NotFound("x".into())
+        );
+    }
+
+    /// An unloaded model is not served, under any version, and a request that held a version
+    /// keeps it; deployed again, the model starts afresh from that version.
+    #[test]
+    fn an_unloaded_model_is_served_no_more_until_deployed_again() {
+        let r = ModelRepository::new();
+        for v in ["1", "2"] {
+            r.deploy(version(v)).unwrap();
+        }
+        let held = r.get("m", None).unwrap();
+        let gone = r.unload("m").unwrap();
+        assert_eq!(
+            gone.iter().map(|m| m.version.as_str()).collect::<Vec<_>>(),
+            ["1", "2"]
+        );
+        assert!(r.get("m", None).is_none() && r.get("m", Some("1")).is_none());
+        assert!(r.names().is_empty());
+        assert_eq!(held.version, "2");
+        assert_eq!(
+            r.unload("m").unwrap_err(),
+            RepositoryError::NotFound("m".into())
+        );
+        r.deploy(version("2")).unwrap();
+        assert_eq!(r.versions("m"), ["2"]);
+        assert_eq!(
+            r.rollback("m").unwrap_err(),
+            RepositoryError::NoPrevious("m".into())
         );
     }
 

@@ -537,6 +537,29 @@ impl Gateway {
         let (repo, keys) = (self.models.clone(), self.keys.clone());
         let unreached =
             AuditUnreached::new(self.audit.clone(), self.keys.clone(), self.metrics.clone());
+        let admin = ServiceBuilder::new()
+            .layer(GuardLayer(Audit::new(
+                self.audit.clone(),
+                self.metrics.clone(),
+                self.orphans[ADMIN_ROUTES].clone(),
+            )))
+            .layer(GuardLayer(Authenticate::new(self.keys.clone())))
+            .layer(GuardLayer(Authorise::new(self.keys.clone())))
+            .layer(GuardLayer(WriteAhead::new(
+                self.audit.clone(),
+                self.metrics.clone(),
+                self.keys.clone(),
+            )))
+            .service(admin::router(AdminState {
+                keys: self.keys.clone(),
+                models: self.models.clone(),
+                audit: self.audit.clone(),
+                audit_public_key: self.audit_public_key,
+                source: self.source.clone(),
+                withdrawn: self.withdrawn.clone(),
+                limits: self.limits.clone(),
+            }));
+        let admin = self.detached_actions(admin);
         let grpc = ServiceBuilder::new()
             .map_request(move |mut req: axum::extract::Request| {
                 let clock = deadline::BodyClock::start();
@@ -566,31 +589,10 @@ impl Gateway {
             .layer(GuardLayer(Prescan))
             .map_response(|r: axum::http::Response<tonic::body::Body>| r.map(Body::new))
             .service(
-                GrpcGateway::new(models.clone(), self.models.clone(), unreached).into_service(),
+                GrpcGateway::new(models.clone(), self.models.clone(), unreached)
+                    .with_admin(Next::new(admin.clone()))
+                    .into_service(),
             );
-        let admin = ServiceBuilder::new()
-            .layer(GuardLayer(Audit::new(
-                self.audit.clone(),
-                self.metrics.clone(),
-                self.orphans[ADMIN_ROUTES].clone(),
-            )))
-            .layer(GuardLayer(Authenticate::new(self.keys.clone())))
-            .layer(GuardLayer(Authorise::new(self.keys.clone())))
-            .layer(GuardLayer(WriteAhead::new(
-                self.audit.clone(),
-                self.metrics.clone(),
-                self.keys.clone(),
-            )))
-            .service(admin::router(AdminState {
-                keys: self.keys.clone(),
-                models: self.models.clone(),
-                audit: self.audit.clone(),
-                audit_public_key: self.audit_public_key,
-                source: self.source.clone(),
-                withdrawn: self.withdrawn.clone(),
-                limits: self.limits.clone(),
-            }));
-        let admin = self.detached_actions(admin);
         let ready_models = self.models.clone();
         let metrics = self.metrics.clone();
         let inference = self.inference.clone();
@@ -627,6 +629,7 @@ impl Gateway {
             .route_service("/v2/repository/index", models.clone())
             .route_service("/v2/models/{*rest}", models)
             .route_service("/inference.GRPCInferenceService/{*rest}", grpc)
+            .route_service("/v2/repository/models/{*rest}", admin.clone())
             .route_service("/v2/admin/{*rest}", admin.clone())
             .route_service("/v2/audit/{*rest}", admin)
             .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
@@ -692,7 +695,7 @@ async fn server_metadata() -> Response {
         &serde_json::json!({
             "name": "palisade",
             "version": env!("CARGO_PKG_VERSION"),
-            "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+            "extensions": ["binary_tensor_data", "model_configuration", "model_repository", "statistics"],
         }),
     )
 }

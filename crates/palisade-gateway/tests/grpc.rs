@@ -264,7 +264,10 @@ async fn grpc_model_config_is_triton_s_message_behind_the_same_guards() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(meta.extensions, ["model_configuration", "statistics"]);
+    assert_eq!(
+        meta.extensions,
+        ["model_configuration", "model_repository", "statistics"]
+    );
     s.stop().await;
 }
 

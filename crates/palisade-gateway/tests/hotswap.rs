@@ -44,6 +44,48 @@ fn sign(dir: &Path, key: &SigningKey) {
     std::fs::write(sig, signed.bundle).unwrap();
 }
 
+/// POSTs `body` to `path` with the key `k` and its TOTP code of now.
+async fn with_code(addr: std::net::SocketAddr, k: &NewKey, path: String, body: &[u8]) -> Reply {
+    let (a, code) = (bearer(k), totp_now(k, 0));
+    request(
+        addr,
+        "POST",
+        &path,
+        &[("Authorization", &a), ("X-Palisade-TOTP", &code)],
+        body,
+    )
+    .await
+}
+
+/// What a restart of `s` would serve of `repo`, signed by `key`: the repository loaded as
+/// `palisade serve` loads it, leaving out what the state folder keeps down; and what it loaded.
+fn restart(
+    repo: &Path,
+    key: &SigningKey,
+    s: &Server,
+) -> (palisade_gateway::ModelRepository, Vec<(String, String)>) {
+    let kept = palisade_gateway::loader::Withdrawn::open(&s.state.paths.rolled_back()).unwrap();
+    let restarted = palisade_gateway::ModelRepository::new();
+    let trust = Trust::Key(Arc::new(key.public_key()));
+    let loaded = palisade_gateway::loader::load_repository(
+        repo,
+        &LinearRuntime,
+        &trust,
+        &restarted,
+        Some(&kept),
+    )
+    .unwrap();
+    (restarted, loaded)
+}
+
+/// Whether the audit log holds a deployment (`admin.models`) answered 200 whose `field` is
+/// `value`.
+fn deployed(s: &Server, field: &str, value: &str) -> bool {
+    s.audit_entries(0)
+        .iter()
+        .any(|e| e[field] == value && e["action"] == "admin.models" && e["status"] == 200)
+}
+
 /// A gateway whose admin API loads from an empty repository folder, trusting the key returned.
 async fn serving_a_repository() -> (tempfile::TempDir, SigningKey, Server) {
     let repo = tempfile::tempdir().unwrap();
@@ -141,16 +183,7 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
     assert!(kept.contains("lin", "2"));
     sign(&version(repo.path(), "1", ""), &key);
     std::fs::remove_dir_all(&v3).unwrap(); // signed by an untrusted key: would fail the start
-    let restarted = palisade_gateway::ModelRepository::new();
-    let trust = Trust::Key(Arc::new(key.public_key()));
-    palisade_gateway::loader::load_repository(
-        repo.path(),
-        &LinearRuntime,
-        &trust,
-        &restarted,
-        Some(&kept),
-    )
-    .unwrap();
+    let (restarted, _) = restart(repo.path(), &key, &s);
     assert_eq!(restarted.get("lin", None).unwrap().version, "1");
     assert!(restarted.get("lin", Some("2")).is_none());
 
@@ -177,25 +210,28 @@ async fn the_repository_index_lists_what_is_served_and_what_is_not() {
     sign(&version(repo.path(), "1", ""), &key);
     sign(&version(repo.path(), "2", ""), &key);
     version(repo.path(), "3", ""); // never loaded
-    let admin = |k: &NewKey, action: &str, body: &'static [u8]| {
-        let (a, code, addr) = (bearer(k), totp_now(k, 0), s.addr);
-        let path = format!("/v2/admin/models/lin/{action}");
-        async move {
-            request(
-                addr,
-                "POST",
-                &path,
-                &[("Authorization", &a), ("X-Palisade-TOTP", &code)],
-                body,
-            )
-            .await
-        }
-    };
     assert_eq!(
-        admin(&s.admin, "load", br#"{"version":"2"}"#).await.status,
+        with_code(
+            s.addr,
+            &s.admin,
+            "/v2/admin/models/lin/load".into(),
+            br#"{"version":"2"}"#
+        )
+        .await
+        .status,
         200
     );
-    assert_eq!(admin(&deployer, "rollback", b"").await.status, 200);
+    assert_eq!(
+        with_code(
+            s.addr,
+            &deployer,
+            "/v2/admin/models/lin/rollback".into(),
+            b""
+        )
+        .await
+        .status,
+        200
+    );
     let index = |auth: Option<String>, method: &'static str, body: &'static [u8]| {
         let addr = s.addr;
         async move {
@@ -289,6 +325,300 @@ async fn the_repository_index_lists_what_is_served_and_what_is_not() {
     }
     let big: &'static [u8] = Box::leak(vec![b' '; 5000].into_boxed_slice());
     assert_eq!(index(a.clone(), "POST", big).await.status, 413);
+    s.stop().await;
+}
+
+/// Triton's load and unload (`POST /v2/repository/models/{m}/load` and `…/unload`,
+/// tritonclient's `load_model` and `unload_model`): role `deploy` with a TOTP code, as the admin
+/// API's load; a load serves the highest version of the folder not rolled back, under the same
+/// checks; an unload takes every version down and keeps the model down across a restart, until
+/// it is loaded again; parameters that would replace the folder's files are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_load_and_unload_serve_and_take_down_a_model_under_the_deploy_role() {
+    let (repo, key, s) = serving_a_repository().await;
+    // A TOTP code is accepted once: each action gets a deploy key of its own.
+    let deployer = || {
+        s.state
+            .keys
+            .create("deployer", &[Role::Deploy], None, now_ms())
+            .unwrap()
+    };
+    // An action of the deploy role: POST `path` with a fresh key and its code.
+    let act = |path: String, body: &'static [u8]| {
+        let (k, addr) = (deployer(), s.addr);
+        async move { with_code(addr, &k, path, body).await }
+    };
+    let triton = |action: &str, model: &str, body: &'static [u8]| {
+        act(format!("/v2/repository/models/{model}/{action}"), body)
+    };
+    let (admin_auth, body) = (bearer(&s.admin), json_infer(&[0.5; 4], 1));
+    let infer = || post_infer(s.addr, "lin", &admin_auth, &body);
+    assert_eq!(infer().await.status, 200);
+
+    // The folder holds no lin yet (the test's lin/1 was deployed from elsewhere).
+    let r = triton("load", "lin", b"").await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.error().contains("holds no model 'lin'"), "{}", r.error());
+    // Version 2 unsigned: refused by the checks; signed, served; version 3 is rolled back
+    // below and so not what a load picks.
+    let v2 = version(repo.path(), "2", "[input]\nmax_batch = 2\n");
+    let r = triton("load", "lin", b"").await;
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(r.error().contains("no signature"), "{}", r.error());
+    sign(&v2, &key);
+    let r = triton("load", "lin", b"{}").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["active_version"], "2");
+    assert_eq!(s.models.get("lin", None).unwrap().version, "2");
+    // Again: nothing to do.
+    let r = triton("load", "lin", br#"{"parameters": {}}"#).await;
+    assert_eq!(
+        (r.status, r.json()["active_version"].clone()),
+        (200, "2".into())
+    );
+    assert_eq!(s.models.versions("lin"), ["1", "2"]);
+
+    // What Palisade does not take: a configuration or files in place of the folder's, anything
+    // unknown, a body it cannot read.
+    for (action, body, needle) in [
+        (
+            "load",
+            &br#"{"parameters": {"config": "{}"}}"#[..],
+            "'config'",
+        ),
+        (
+            "load",
+            br#"{"parameters": {"file:1/model.onnx": "AAAA"}}"#,
+            "file:1/model.onnx",
+        ),
+        (
+            "load",
+            br#"{"parameters": {"unload_dependents": true}}"#,
+            "unknown parameter",
+        ),
+        (
+            "unload",
+            br#"{"parameters": {"unload_dependents": "yes"}}"#,
+            "true or false",
+        ),
+        (
+            "unload",
+            br#"{"parameters": {"config": "{}"}}"#,
+            "unknown parameter",
+        ),
+        ("unload", br#"{"version": "2"}"#, "unknown field"),
+        ("load", b"[", "expected an empty body"),
+    ] {
+        let r = triton(action, "lin", body).await;
+        assert_eq!(r.status, 400, "{action} {r:?}");
+        assert!(r.error().contains(needle), "{}", r.error());
+    }
+    assert_eq!(s.models.get("lin", None).unwrap().version, "2");
+
+    // Without the TOTP code, or with a query key: refused.
+    for (auth, status) in [(bearer(&deployer()), 401), (bearer(&s.query), 403)] {
+        for action in ["load", "unload"] {
+            let r = request(
+                s.addr,
+                "POST",
+                &format!("/v2/repository/models/lin/{action}"),
+                &[("Authorization", &auth)],
+                b"",
+            )
+            .await;
+            assert_eq!(r.status, status, "{action} {r:?}");
+        }
+    }
+    assert!(s.models.get("lin", None).is_some());
+
+    // Unload: every version down, the model no longer served, audited.
+    let r = triton(
+        "unload",
+        "lin",
+        br#"{"parameters": {"unload_dependents": false}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["unloaded_versions"], serde_json::json!(["1", "2"]));
+    assert!(s.models.get("lin", None).is_none());
+    assert_eq!(infer().await.status, 404);
+    assert!(
+        deployed(&s, "path", "/v2/repository/models/lin/unload"),
+        "no entry for the unload"
+    );
+    // Kept across a restart: loading the repository as `palisade serve` starts leaves it out.
+    let (restarted, loaded) = restart(repo.path(), &key, &s);
+    assert!(loaded.is_empty() && restarted.get("lin", None).is_none());
+    // The index says why.
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/repository/index",
+        &[("Authorization", &bearer(&s.admin))],
+        b"",
+    )
+    .await;
+    let lin: Vec<_> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "lin")
+        .cloned()
+        .collect();
+    assert_eq!(lin.len(), 1, "{lin:?}");
+    assert_eq!(
+        (&lin[0]["state"], &lin[0]["reason"]),
+        (&"UNAVAILABLE".into(), &"unloaded".into())
+    );
+    // Unloading it again is nothing to do; a model neither served nor in the folder is not found.
+    let r = triton("unload", "lin", b"").await;
+    assert_eq!(
+        (r.status, r.json()["unloaded_versions"].clone()),
+        (200, serde_json::json!([]))
+    );
+    assert_eq!(triton("unload", "nothing", b"").await.status, 404);
+
+    // A load serves it again, from the highest version not rolled back.
+    let v3 = version(repo.path(), "3", "");
+    sign(&v3, &key);
+    let r = triton("load", "lin", b"").await;
+    assert_eq!(
+        (r.status, r.json()["active_version"].clone()),
+        (200, "3".into()),
+        "{r:?}"
+    );
+    let rollback = || act("/v2/admin/models/lin/rollback".into(), b"");
+    let r = rollback().await;
+    assert_eq!(r.status, 409, "only version 3 is served: {r:?}");
+    let r = act("/v2/admin/models/lin/load".into(), br#"{"version":"2"}"#).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = rollback().await;
+    assert_eq!(
+        (r.status, r.json()["active_version"].clone()),
+        (200, "3".into()),
+        "{r:?}"
+    );
+    // Version 2 rolled back: a load keeps to 3, which is active, so there is nothing to do.
+    let r = triton("load", "lin", b"").await;
+    assert_eq!(
+        (r.status, r.json()["active_version"].clone()),
+        (200, "3".into()),
+        "{r:?}"
+    );
+    let kept = palisade_gateway::loader::Withdrawn::open(&s.state.paths.rolled_back()).unwrap();
+    assert!(!kept.unloaded("lin") && kept.contains("lin", "2"));
+    s.stop().await;
+}
+
+/// Triton's `RepositoryModelLoad` and `RepositoryModelUnload` over gRPC: the REST load and
+/// unload through the admin stack (the key's `deploy` role checked before the message is read,
+/// the TOTP code in `x-palisade-totp` metadata), Triton's message layout and KServe's (the
+/// model's name in field 1) both read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_load_and_unload_go_through_the_admin_stack() {
+    use palisade_gateway::grpc::inference::{
+        ModelRepositoryParameter, RepositoryModelLoadRequest, RepositoryModelUnloadRequest,
+        model_repository_parameter::ParameterChoice,
+    };
+    use tonic::Code;
+    let (repo, key, s) = serving_a_repository().await;
+    sign(&version(repo.path(), "2", ""), &key);
+    let mut c = grpc_client(&s).await;
+    // A call from a fresh deploy key with its code (`totp` false: without one).
+    fn deploying<T>(s: &Server, message: T, totp: bool) -> tonic::Request<T> {
+        let k = s
+            .state
+            .keys
+            .create("deployer", &[Role::Deploy], None, now_ms())
+            .unwrap();
+        let mut r = tonic::Request::new(message);
+        r.metadata_mut()
+            .insert("authorization", bearer(&k).parse().unwrap());
+        if totp {
+            r.metadata_mut()
+                .insert("x-palisade-totp", totp_now(&k, 0).parse().unwrap());
+        }
+        r
+    }
+    let call = |m, totp| deploying(&s, m, totp);
+    let load = |repository: &str, model: &str| RepositoryModelLoadRequest {
+        repository_name: repository.into(),
+        model_name: model.into(),
+        parameters: Default::default(),
+    };
+    let got = c
+        .repository_model_load(call(load("", "lin"), true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.is_loaded && got.model_name == "lin", "{got:?}");
+    assert_eq!(s.models.get("lin", None).unwrap().version, "2");
+    assert!(
+        deployed(&s, "method", "GRPC RepositoryModelLoad"),
+        "no entry for the load"
+    );
+
+    // Refused: a query key (before its message is read), no TOTP code, another repository, a
+    // configuration in place of the folder's, more parameters than the bounds.
+    let mut query = load("", "lin");
+    let mut config = load("", "lin");
+    config.parameters.insert(
+        "config".into(),
+        ModelRepositoryParameter {
+            parameter_choice: Some(ParameterChoice::StringParam("{}".into())),
+        },
+    );
+    let mut many = load("", "lin");
+    for i in 0..65 {
+        many.parameters
+            .insert(format!("p{i}"), ModelRepositoryParameter::default());
+    }
+    let q = {
+        let mut r = tonic::Request::new(std::mem::take(&mut query));
+        r.metadata_mut()
+            .insert("authorization", bearer(&s.query).parse().unwrap());
+        r
+    };
+    let e = c.repository_model_load(q).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    for (message, totp, code, needle) in [
+        (load("", "lin"), false, Code::Unauthenticated, "TOTP"),
+        (
+            load("other", "lin"),
+            true,
+            Code::InvalidArgument,
+            "one model repository",
+        ),
+        (config, true, Code::InvalidArgument, "'config'"),
+        (many, true, Code::InvalidArgument, "parameters"),
+        (load("", "nothing"), true, Code::NotFound, "holds no model"),
+    ] {
+        let e = c
+            .repository_model_load(call(message, totp))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(e.message().contains(needle), "{e:?}");
+    }
+
+    // KServe's layout: the name in field 1.
+    let unload = RepositoryModelUnloadRequest {
+        repository_name: "lin".into(),
+        model_name: String::new(),
+        parameters: Default::default(),
+    };
+    let got = c
+        .repository_model_unload(deploying(&s, unload, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(got.is_unloaded && got.model_name == "lin", "{got:?}");
+    assert!(s.models.get("lin", None).is_none());
+    c.repository_model_load(call(load("lin", ""), true))
+        .await
+        .unwrap();
+    assert_eq!(s.models.versions("lin"), ["2"]);
     s.stop().await;
 }
 

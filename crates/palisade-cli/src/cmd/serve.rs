@@ -473,10 +473,18 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
     let loaded =
         loader::load_repository(&repo, runtime.as_ref(), &trust, &models, Some(&withdrawn))
             .with_context(|| format!("loading the models in {}", repo.display()))?;
-    if loaded.is_empty() {
+    // A repository whose every model was unloaded (Triton's unload) starts serving nothing, not
+    // ready, so that a load can serve one again.
+    if loaded.is_empty() && !withdrawn.any_unloaded() {
         anyhow::bail!(
             "{} holds no model (expected <model>/<version>/model.onnx)",
             repo.display()
+        );
+    }
+    if loaded.is_empty() {
+        tracing::warn!(
+            repository = %repo.display(),
+            "every model of the repository was unloaded: serving none until one is loaded (POST /v2/repository/models/<model>/load)"
         );
     }
     let queue_limit = args.inference_queue.map(|n| n as usize);

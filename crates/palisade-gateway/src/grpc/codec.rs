@@ -100,6 +100,18 @@ impl Bounds for super::inference::ModelInferRequest {
     }
 }
 
+impl Bounds for super::inference::RepositoryModelLoadRequest {
+    fn within(msg: &[u8]) -> Result<(), String> {
+        super::prescan::check_repository_message(msg)
+    }
+}
+
+impl Bounds for super::inference::RepositoryModelUnloadRequest {
+    fn within(msg: &[u8]) -> Result<(), String> {
+        super::prescan::check_repository_message(msg)
+    }
+}
+
 /// Requests of a few fixed fields, or of strings alone: nothing to count.
 macro_rules! unbounded {
     ($($t:ident),* $(,)?) => { $(impl Bounds for super::inference::$t {})* };
@@ -111,8 +123,6 @@ unbounded!(
     ModelReadyRequest,
     ServerMetadataRequest,
     ModelMetadataRequest,
-    RepositoryModelLoadRequest,
-    RepositoryModelUnloadRequest,
     ModelConfigRequest,
     ModelStatisticsRequest,
     RepositoryIndexRequest,

@@ -183,9 +183,36 @@ pub struct InferTensorContents {
     pub bytes_contents: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ModelRepositoryParameter {
+    #[prost(
+        oneof = "model_repository_parameter::ParameterChoice",
+        tags = "1, 2, 3, 4"
+    )]
+    pub parameter_choice: ::core::option::Option<model_repository_parameter::ParameterChoice>,
+}
+/// Nested message and enum types in `ModelRepositoryParameter`.
+pub mod model_repository_parameter {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum ParameterChoice {
+        #[prost(bool, tag = "1")]
+        BoolParam(bool),
+        #[prost(int64, tag = "2")]
+        Int64Param(i64),
+        #[prost(string, tag = "3")]
+        StringParam(::prost::alloc::string::String),
+        #[prost(bytes, tag = "4")]
+        BytesParam(::prost::alloc::vec::Vec<u8>),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RepositoryModelLoadRequest {
     #[prost(string, tag = "1")]
+    pub repository_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
     pub model_name: ::prost::alloc::string::String,
+    #[prost(map = "string, message", tag = "3")]
+    pub parameters:
+        ::std::collections::HashMap<::prost::alloc::string::String, ModelRepositoryParameter>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RepositoryModelLoadResponse {
@@ -194,10 +221,15 @@ pub struct RepositoryModelLoadResponse {
     #[prost(bool, tag = "2")]
     pub is_loaded: bool,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RepositoryModelUnloadRequest {
     #[prost(string, tag = "1")]
+    pub repository_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
     pub model_name: ::prost::alloc::string::String,
+    #[prost(map = "string, message", tag = "3")]
+    pub parameters:
+        ::std::collections::HashMap<::prost::alloc::string::String, ModelRepositoryParameter>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RepositoryModelUnloadResponse {

@@ -9,9 +9,10 @@
 //!
 //! So every call but the three the gateway answers without a key (`ServerLive`, `ServerReady`,
 //! `ServerMetadata`, as REST's health and server metadata routes) must present a key that
-//! authenticates and that may query at least one model, else it is answered at once,
+//! authenticates and that may query at least one model (that has the role `deploy`, for
+//! Triton's `RepositoryModelLoad` and `RepositoryModelUnload`), else it is answered at once,
 //! trailers-only, without its message being read: `UNAUTHENTICATED` (no key, a malformed,
-//! unknown, revoked or expired one), `PERMISSION_DENIED` (a key that may query no model), or
+//! unknown, revoked or expired one), `PERMISSION_DENIED` (a key without the role), or
 //! `UNAVAILABLE` (the key store failed). [`super::audit::AuditUnreached`], outside, writes those
 //! calls' entries. The guards inside check the key again, against the model the call names.
 
@@ -34,6 +35,12 @@ const KEYLESS: [&str; 3] = [
     "/inference.GRPCInferenceService/ServerMetadata",
 ];
 
+/// The methods of the inference service that deploy (the admin stack's, role `deploy`).
+pub(crate) const DEPLOYING: [&str; 2] = [
+    "/inference.GRPCInferenceService/RepositoryModelLoad",
+    "/inference.GRPCInferenceService/RepositoryModelUnload",
+];
+
 /// The guard in front of tonic that refuses a call without a usable key before its message is
 /// read.
 #[derive(Clone)]
@@ -52,22 +59,26 @@ impl KeyFirst {
         if KEYLESS.contains(&req.uri().path()) {
             return None;
         }
+        let path = req.uri().path();
         refusal(
             &*self.keys,
             presented_key(req.headers()),
             req.extensions().get::<ClientIdentity>(),
+            DEPLOYING.contains(&path),
         )
     }
 }
 
 /// Why the key `presented` (from the connection's client `client`) may not make a call that
 /// needs one, if it may not: `UNAUTHENTICATED` for no key or one that does not authenticate,
-/// `PERMISSION_DENIED` for one that may query no model, `UNAVAILABLE` when the key store
-/// failed. A stream checks its key with it again before each message (`super::stream`).
+/// `PERMISSION_DENIED` for one that may query no model (that is not a `deploy` key, when
+/// `deploying`), `UNAVAILABLE` when the key store failed. A stream checks its key with it again
+/// before each message (`super::stream`).
 pub(crate) fn refusal(
     keys: &dyn KeyStore,
     presented: Option<&str>,
     client: Option<&ClientIdentity>,
+    deploying: bool,
 ) -> Option<Status> {
     let Some(presented) = presented else {
         return Some(Status::unauthenticated(
@@ -75,6 +86,8 @@ pub(crate) fn refusal(
         ));
     };
     match keys.authenticate_from(presented, client, now_ms()) {
+        Ok(Authn::Valid(key)) if deploying => (!key.roles.contains(&Role::Deploy))
+            .then(|| Status::permission_denied("the API key may not deploy (role 'deploy')")),
         Ok(Authn::Valid(key)) => (!key.roles.iter().any(|r| matches!(r, Role::Query(_))))
             .then(|| Status::permission_denied("the API key may query no model")),
         Ok(other) => why_refused(&other).map(Status::unauthenticated),

@@ -53,10 +53,14 @@ pub mod inference;
 use inference::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use inference::*;
 
-/// The gRPC service: a translator in front of the model stack.
+/// The gRPC service: a translator in front of the model stack (and of the admin stack, for
+/// Triton's load and unload).
 #[derive(Clone)]
 pub struct GrpcGateway {
     stack: Next,
+    /// The admin routes' stack, for `RepositoryModelLoad` and `RepositoryModelUnload` (`None`:
+    /// they are not served).
+    admin: Option<Next>,
     models: std::sync::Arc<ModelRepository>,
     /// Writes the entries of a stream's messages refused before the stack.
     unreached: audit::AuditUnreached,
@@ -99,9 +103,17 @@ impl GrpcGateway {
     ) -> Self {
         GrpcGateway {
             stack,
+            admin: None,
             models,
             unreached,
         }
+    }
+
+    /// Serves Triton's `RepositoryModelLoad` and `RepositoryModelUnload` through `admin` (the
+    /// guarded admin routes: role `deploy`, a TOTP code in `x-palisade-totp`, written ahead).
+    pub fn with_admin(mut self, admin: Next) -> Self {
+        self.admin = Some(admin);
+        self
     }
 
     /// The tonic service, ready to mount at `/inference.GRPCInferenceService/`.
@@ -133,8 +145,9 @@ impl GrpcGateway {
     }
 
     /// The REST request `method path` with `body`, made of a call (or of one message of a
-    /// stream) from `caller`, through the model stack: its response's parts and body when it
-    /// succeeds, else the gRPC status of its refusal.
+    /// stream) from `caller`, through the model stack (the admin stack for a path under
+    /// `/v2/repository/models/`): its response's parts and body when it succeeds, else the gRPC
+    /// status of its refusal.
     pub(crate) async fn call_with(
         &self,
         rpc: &'static str,
@@ -144,6 +157,13 @@ impl GrpcGateway {
         headers: &[(&'static str, String)],
         body: Vec<u8>,
     ) -> Result<(axum::http::response::Parts, Vec<u8>), Status> {
+        let stack = if path.starts_with(REPOSITORY_MODELS) {
+            self.admin.clone().ok_or_else(|| {
+                Status::unimplemented("this gateway loads and unloads no model over gRPC")
+            })?
+        } else {
+            self.stack.clone()
+        };
         let mut req = Request::new(Body::from(body));
         *req.method_mut() = method;
         *req.uri_mut() = path
@@ -178,11 +198,11 @@ impl GrpcGateway {
         if let Some(entered) = caller.entered {
             req.extensions_mut().insert(entered);
         }
-        // From here the model stack's audit guard records the call.
+        // From here the stack's audit guard records the call.
         if let Some(r) = caller.extensions.get::<audit::Reached>() {
             r.mark();
         }
-        let resp = match self.stack.clone().oneshot(req).await {
+        let resp = match stack.oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
         };
@@ -196,6 +216,9 @@ impl GrpcGateway {
         Ok((parts, bytes.to_vec()))
     }
 }
+
+/// The paths of Triton's load and unload, which go to the admin stack.
+const REPOSITORY_MODELS: &str = "/v2/repository/models/";
 
 /// A `grpc-timeout` header's value: at most 8 digits and a unit, `H`, `M`, `S`, `m`, `u` or `n`
 /// (gRPC over HTTP/2). `None` when it is not one: the call then has no deadline of its own.
@@ -234,6 +257,8 @@ fn status_of(status: StatusCode, headers: &axum::http::HeaderMap, body: &[u8]) -
         StatusCode::NOT_FOUND => Code::NotFound,
         StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
         StatusCode::TOO_MANY_REQUESTS => Code::ResourceExhausted,
+        // A load or unload refused for what is served or what the folder holds.
+        StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY => Code::FailedPrecondition,
         StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
         _ => Code::Internal,
     };
@@ -287,6 +312,54 @@ fn model_path(name: &str, version: &str, tail: &str) -> Result<String, Status> {
     } else {
         format!("/v2/models/{name}/versions/{version}{tail}")
     })
+}
+
+/// The model's name and the REST body of a Triton load or unload request. Triton's request has
+/// the name in `model_name` (field 2) and leaves `repository_name` (field 1) empty, as Palisade
+/// serves one repository; KServe's has the name in field 1 and nothing else, and is read so. The
+/// parameters travel as JSON for the admin API to judge (bytes as base64).
+fn repository_call(
+    repository_name: &str,
+    model_name: &str,
+    parameters: &HashMap<String, ModelRepositoryParameter>,
+) -> Result<(String, Vec<u8>), Status> {
+    use base64::Engine as _;
+    use model_repository_parameter::ParameterChoice;
+    let name = match (repository_name.is_empty(), model_name.is_empty()) {
+        (true, _) => model_name,
+        (false, true) if parameters.is_empty() => repository_name,
+        (false, _) => {
+            return Err(Status::invalid_argument(
+                "Palisade serves one model repository: leave repository_name empty",
+            ));
+        }
+    };
+    if !crate::model::valid_name(name) {
+        return Err(Status::invalid_argument(
+            "invalid model name (letters, digits, '_', '-' and '.', at most 64)",
+        ));
+    }
+    if parameters.is_empty() {
+        return Ok((name.to_string(), Vec::new()));
+    }
+    let params: serde_json::Map<String, serde_json::Value> = parameters
+        .iter()
+        .map(|(k, p)| {
+            let v = match &p.parameter_choice {
+                Some(ParameterChoice::BoolParam(b)) => serde_json::Value::from(*b),
+                Some(ParameterChoice::Int64Param(i)) => serde_json::Value::from(*i),
+                Some(ParameterChoice::StringParam(t)) => serde_json::Value::from(t.as_str()),
+                Some(ParameterChoice::BytesParam(b)) => {
+                    serde_json::Value::from(base64::engine::general_purpose::STANDARD.encode(b))
+                }
+                None => serde_json::Value::Null,
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "parameters": params }))
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok((name.to_string(), body))
 }
 
 /// Most tensors, inputs and outputs together, that a `ModelInferRequest` may name. A served
@@ -581,7 +654,11 @@ impl GrpcInferenceService for GrpcGateway {
         Ok(tonic::Response::new(ServerMetadataResponse {
             name: "palisade".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["model_configuration".into(), "statistics".into()],
+            extensions: vec![
+                "model_configuration".into(),
+                "model_repository".into(),
+                "statistics".into(),
+            ],
         }))
     }
 
@@ -659,22 +736,37 @@ impl GrpcInferenceService for GrpcGateway {
         Ok(tonic::Response::new(stream::serve(self.clone(), r)))
     }
 
+    /// Triton's load: `POST /v2/repository/models/{m}/load` through the admin stack (see
+    /// [`crate::admin`]).
     async fn repository_model_load(
         &self,
-        _r: tonic::Request<RepositoryModelLoadRequest>,
+        r: tonic::Request<RepositoryModelLoadRequest>,
     ) -> Result<tonic::Response<RepositoryModelLoadResponse>, Status> {
-        Err(Status::unimplemented(
-            "models are deployed through the admin API (role deploy, with TOTP)",
-        ))
+        let q = r.get_ref();
+        let (name, body) = repository_call(&q.repository_name, &q.model_name, &q.parameters)?;
+        let path = format!("{REPOSITORY_MODELS}{name}/load");
+        self.call("RepositoryModelLoad", Method::POST, path, &r, &[], body)
+            .await?;
+        Ok(tonic::Response::new(RepositoryModelLoadResponse {
+            model_name: name,
+            is_loaded: true,
+        }))
     }
 
+    /// Triton's unload: `POST /v2/repository/models/{m}/unload` through the admin stack.
     async fn repository_model_unload(
         &self,
-        _r: tonic::Request<RepositoryModelUnloadRequest>,
+        r: tonic::Request<RepositoryModelUnloadRequest>,
     ) -> Result<tonic::Response<RepositoryModelUnloadResponse>, Status> {
-        Err(Status::unimplemented(
-            "models are deployed through the admin API (role deploy, with TOTP)",
-        ))
+        let q = r.get_ref();
+        let (name, body) = repository_call(&q.repository_name, &q.model_name, &q.parameters)?;
+        let path = format!("{REPOSITORY_MODELS}{name}/unload");
+        self.call("RepositoryModelUnload", Method::POST, path, &r, &[], body)
+            .await?;
+        Ok(tonic::Response::new(RepositoryModelUnloadResponse {
+            model_name: name,
+            is_unloaded: true,
+        }))
     }
 
     /// Triton's statistics extension: `GET …/stats` through the model stack; with no name,

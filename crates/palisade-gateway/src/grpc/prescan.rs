@@ -163,11 +163,22 @@ pub fn check_infer_message(msg: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a `RepositoryModelLoadRequest` or `RepositoryModelUnloadRequest` message, as sent:
+/// its `parameters` map (field 3) at most [`MAX_PARAMETERS`] entries.
+pub fn check_repository_message(msg: &[u8]) -> Result<(), String> {
+    at_most("load or unload parameters", count(msg, 3), MAX_PARAMETERS)
+}
+
 /// The fuzz target's property (`fuzz/fuzz_targets/grpc_prescan.rs`): any bytes are walked
 /// without a panic, and a message the walk lets through decodes, if prost decodes it at all,
 /// within every bound: the walk never counts less than prost makes.
 pub fn fuzz_property(msg: &[u8]) {
     use tonic_prost::prost::Message as _;
+    if check_repository_message(msg).is_ok()
+        && let Ok(r) = super::inference::RepositoryModelLoadRequest::decode(msg)
+    {
+        assert!(r.parameters.len() <= MAX_PARAMETERS);
+    }
     let passed = check_infer_message(msg).is_ok();
     let Ok(r) = super::inference::ModelInferRequest::decode(msg) else {
         return;

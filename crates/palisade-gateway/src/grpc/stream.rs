@@ -605,6 +605,7 @@ impl StreamCall {
             &**self.gateway.unreached.keys(),
             self.presented.as_deref(),
             self.extensions.get(),
+            false,
         )
     }
 

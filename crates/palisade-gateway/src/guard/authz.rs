@@ -6,7 +6,7 @@
 //! | `/v2/models/stats`, `/v2/repository/index` | any `query` role (the answer holds the models it covers) |
 //! | `/v2/audit/…` | `audit` |
 //! | `/v2/admin/keys…` | `admin` + a TOTP code |
-//! | `/v2/admin/models…` | `deploy` + a TOTP code |
+//! | `/v2/admin/models…`, `/v2/repository/models/{m}/load` and `…/unload` | `deploy` + a TOTP code |
 //!
 //! (`ingest` and `train` exist for the data and training endpoints; no route needs them yet.)
 //! Anything else under a guarded prefix is refused. The TOTP code travels in `X-Palisade-TOTP`

@@ -64,7 +64,8 @@ pub enum Target {
     RepositoryIndex,
     /// `/v2/admin/keys…`: key management (role `admin`, with TOTP).
     AdminKeys,
-    /// `/v2/admin/models…`: deployment (role `deploy`, with TOTP).
+    /// `/v2/admin/models…`, and Triton's `POST /v2/repository/models/{m}/load` and `…/unload`:
+    /// deployment (role `deploy`, with TOTP).
     AdminModels,
     /// `/v2/audit…`: the audit log (role `audit`).
     Audit,
@@ -104,6 +105,7 @@ impl Target {
                 }
             }
             ["", "v2", "repository", "index"] => Target::RepositoryIndex,
+            ["", "v2", "repository", "models", _, "load" | "unload"] => Target::AdminModels,
             ["", "v2", "admin", "keys", ..] => Target::AdminKeys,
             ["", "v2", "admin", "models", ..] => Target::AdminModels,
             ["", "v2", "audit", ..] => Target::Audit,
@@ -178,8 +180,17 @@ mod tests {
         );
         assert_eq!(
             Target::parse("/v2/repository/models/m/load"),
+            Target::AdminModels
+        );
+        assert_eq!(
+            Target::parse("/v2/repository/models/m/unload/"),
+            Target::AdminModels
+        );
+        assert_eq!(
+            Target::parse("/v2/repository/models/m/reload"),
             Target::Unknown
         );
+        assert_eq!(Target::parse("/v2/repository/models/m"), Target::Unknown);
         assert_eq!(Target::parse("/v2/models/mnist/explode"), Target::Unknown);
         assert_eq!(Target::parse("/v2/models/../infer"), Target::Unknown);
         assert_eq!(
