@@ -1024,8 +1024,8 @@ impl Sending {
 /// `crate::grpc::stream`), whose answers outlast its response's headers: while the stream's
 /// task keeps a [`Held`] from it, the connection counts a request being handled, and is neither
 /// closed as idle nor shed to make room. The task bounds its own life: it ends when the client
-/// has taken no answer for `crate::grpc::stream::STREAM_IDLE`, and the stream's body fails when
-/// no message comes for as long.
+/// has taken no answer for the stream idle time (`crate::Gateway::stream_idle`), and the
+/// stream's body fails when no message comes for as long.
 #[derive(Clone)]
 pub struct ConnectionHold(Arc<Activity>);
 

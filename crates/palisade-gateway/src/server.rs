@@ -57,6 +57,9 @@ pub struct Gateway {
     pub source: Option<crate::loader::ModelSource>,
     /// Where rollbacks are kept across restarts (`None`: in memory only).
     pub withdrawn: Option<Arc<crate::loader::Withdrawn>>,
+    /// How long a gRPC stream may wait for its next message, and its answers for the client,
+    /// before it is closed ([`crate::grpc::stream::STREAM_IDLE`] by default).
+    pub stream_idle: std::time::Duration,
     /// The threads that run the models (one per core unless set otherwise).
     pub inference: Arc<InferencePool>,
     /// Permits for admin requests running in tasks of their own (`Gateway::detached_actions`).
@@ -417,6 +420,7 @@ impl LocalState {
             audit_public_key: self.public_key,
             source: None,
             withdrawn: None,
+            stream_idle: crate::grpc::stream::STREAM_IDLE,
             inference,
             admin_tasks: Arc::new(tokio::sync::Semaphore::new(ADMIN_TASKS as usize)),
             orphans: Default::default(),
@@ -535,6 +539,7 @@ impl Gateway {
         // before it is decoded (`grpc::prescan`), and the calls refused before the guards get
         // their audit entries.
         let (repo, keys) = (self.models.clone(), self.keys.clone());
+        let stream_idle = self.stream_idle;
         let unreached =
             AuditUnreached::new(self.audit.clone(), self.keys.clone(), self.metrics.clone());
         let admin = ServiceBuilder::new()
@@ -572,12 +577,7 @@ impl Gateway {
                     let times = stream::MessageTimes::default();
                     req.extensions_mut().insert(times.clone());
                     return req.map(|b| {
-                        Body::new(stream::MessageBody::new(
-                            b,
-                            limit,
-                            stream::STREAM_IDLE,
-                            times,
-                        ))
+                        Body::new(stream::MessageBody::new(b, limit, stream_idle, times))
                     });
                 }
                 req.map(|b| {
@@ -591,6 +591,7 @@ impl Gateway {
             .service(
                 GrpcGateway::new(models.clone(), self.models.clone(), unreached)
                     .with_admin(Next::new(admin.clone()))
+                    .with_stream_idle(self.stream_idle)
                     .into_service(),
             );
         let ready_models = self.models.clone();

@@ -418,3 +418,72 @@ async fn messages_under_way_when_the_client_leaves_are_recorded_and_not_run() {
     assert_eq!(slow.entered.load(Ordering::SeqCst), 1);
     assert_eq!(slow.entries(0).len(), 3);
 }
+
+/// A client that takes none of the answers for the stream idle time (here 1 s) is given up on:
+/// the stream ends `DEADLINE_EXCEEDED`, audited, told after the answers queued, and no more of
+/// its messages are read. The client's stream window (64 bytes) keeps the answers at the
+/// gateway while it reads none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_no_answer_is_given_up_on_after_the_idle_time() {
+    let s = start_tweaked(None, |gw| gw.stream_idle = Duration::from_secs(1)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.addr))
+        .unwrap()
+        .initial_stream_window_size(64)
+        .connect()
+        .await
+        .unwrap();
+    let mut c = GrpcInferenceServiceClient::new(channel);
+    let x = [0.5f32; 4];
+    let (tx, mut answers) = open(&mut c, &s.query.key).await;
+    // More than the stream holds (8 in the stack, 8 answered and waiting): its reading stops,
+    // so the wait for the next message is not what ends it.
+    let sending = tokio::spawn(async move {
+        for i in 0..40 {
+            let m = message("lin", &i.to_string(), &x, vec![1, 1, 2, 2]);
+            if tx.send(m).await.is_err() {
+                break;
+            }
+        }
+        tx
+    });
+    let ended = |s: &Server| {
+        s.audit_entries(0)
+            .iter()
+            .any(|e| e["path"] == STREAM && e["decision"] == "denied:grpc")
+    };
+    let t = std::time::Instant::now();
+    while !ended(&s) && t.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(20),
+        "the stream ended after {took:?}"
+    );
+    let served = s
+        .audit_entries(0)
+        .iter()
+        .filter(|e| e["method"] == "GRPC ModelStreamInfer" && e["status"] == 200)
+        .count();
+    assert!((1..40).contains(&served), "{served} of 40 messages served");
+    // The client reads at last: the answers queued, then why the stream ended.
+    let mut answered = 0;
+    let e = loop {
+        match answers.message().await {
+            Ok(Some(a)) => {
+                assert_eq!(a.error_message, "", "{a:?}");
+                answered += 1;
+            }
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("no answer was taken for 1 s"), "{e:?}");
+    assert!(
+        answered >= 1 && answered <= served,
+        "{answered} of {served}"
+    );
+    drop(sending.await.unwrap());
+    s.stop().await;
+}

@@ -76,6 +76,12 @@ pub struct ServeArgs {
     /// queue).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     inference_queue: Option<u32>,
+    /// How long a gRPC stream (Triton's streaming inference) may wait for its next message, and
+    /// its answers for the client to take them, before it is closed with DEADLINE_EXCEEDED
+    /// (1 to 86400 s). An open stream holds a task and an HTTP/2 stream of its connection.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    grpc_stream_idle_s: u32,
     /// Connections held at once, on both addresses together. At the bound, a new connection
     /// closes another: first one that has not completed a request within 2 s, then the
     /// keep-alive one idle longest; never one with a request in progress or a response being
@@ -513,6 +519,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         Trust::Unsigned => "UNSIGNED models allowed".into(),
     };
     gw.withdrawn = Some(withdrawn);
+    gw.stream_idle = std::time::Duration::from_secs(args.grpc_stream_idle_s.into());
     gw.source = Some(ModelSource {
         repo: repo.clone(),
         runtime,

@@ -64,6 +64,8 @@ pub struct GrpcGateway {
     models: std::sync::Arc<ModelRepository>,
     /// Writes the entries of a stream's messages refused before the stack.
     unreached: audit::AuditUnreached,
+    /// How long a stream's answers may wait for the client ([`stream::STREAM_IDLE`] unless set).
+    stream_idle: std::time::Duration,
 }
 
 /// What a translated request takes from the gRPC call it came in: the caller's credentials
@@ -106,7 +108,15 @@ impl GrpcGateway {
             admin: None,
             models,
             unreached,
+            stream_idle: stream::STREAM_IDLE,
         }
+    }
+
+    /// Closes a stream whose answers the client has not taken for `idle` (the wait for its
+    /// next message is the router's, `stream::MessageBody`).
+    pub fn with_stream_idle(mut self, idle: std::time::Duration) -> Self {
+        self.stream_idle = idle;
+        self
     }
 
     /// Serves Triton's `RepositoryModelLoad` and `RepositoryModelUnload` through `admin` (the

@@ -24,13 +24,14 @@
 //! - a body deadline (below), or the call's own (`grpc-timeout`, tritonclient's
 //!   `stream_timeout`), `DEADLINE_EXCEEDED`, audited too; the call's deadline also bounds each
 //!   message's wait for the model, as a unary call's does;
-//! - answers waiting for the client with none taken for [`STREAM_IDLE`] (from the first that
-//!   waited, or the last taken), which the client is told after them if it ever reads again.
+//! - answers waiting for the client with none taken for the stream idle time ([`STREAM_IDLE`]
+//!   unless set otherwise; from the first that waited, or the last taken), which the client is
+//!   told after them if it ever reads again.
 //!
 //! **Deadlines on the body.** A unary call's body must arrive whole within the deadline its key
 //! allows; a stream's body lasts as long as the stream. So [`MessageBody`] holds each message
 //! to that deadline instead, counted from its first byte, and the wait between two messages to
-//! [`STREAM_IDLE`]. Both count only the time the gateway is waiting to read: while every place
+//! the stream idle time. Both count only the time the gateway is waiting to read: while every place
 //! of the stream is taken ([`IN_FLIGHT`]) it reads nothing, and what the client sent meanwhile
 //! waits in HTTP/2's flow-control window, not against the client. Each message's own waiting
 //! time goes to the validate guard (a per-message [`BodyClock`]), which holds it to its model's
@@ -87,8 +88,10 @@ pub const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStrea
 /// once (each).
 pub const IN_FLIGHT: usize = 8;
 
-/// How long a stream may wait for its next message before it is closed (`DEADLINE_EXCEEDED`):
-/// an open stream holds an HTTP/2 stream of its connection and a task.
+/// How long a stream may wait for its next message, and its answers for the client, before it is
+/// closed (`DEADLINE_EXCEEDED`), unless the gateway sets another
+/// ([`crate::Gateway::stream_idle`], `serve --grpc-stream-idle-s`): an open stream holds an
+/// HTTP/2 stream of its connection and a task.
 pub const STREAM_IDLE: Duration = Duration::from_secs(300);
 
 /// The request parameter with which tritonclient asks for `triton_final_response` on each
@@ -506,7 +509,7 @@ impl StreamCall {
 
     /// Hands the answers to `tx` in order until the stream ends: the client's end of it, a
     /// failure (its last answer), the call's deadline, answers the client has not taken for
-    /// [`STREAM_IDLE`], or the client gone. An end of the gateway's is audited and told through
+    /// the stream idle time, or the client gone. An end of the gateway's is audited and told through
     /// `end`, after the answers queued. A stream ended early aborts the passages still under
     /// way: each is finished and recorded (499) by the audit guard's bounded orphans
     /// (`crate::guard::audit::Orphans`), and not run if it has not reached the model.
@@ -530,7 +533,8 @@ impl StreamCall {
                 waiting_since = None;
             }
             // The client's time runs from the first answer waiting, or from the last it took.
-            let stalled_at = waiting_since.map(|w| w.max(taken.last()) + STREAM_IDLE);
+            let idle = self.gateway.stream_idle;
+            let stalled_at = waiting_since.map(|w| w.max(taken.last()) + idle);
             let stall = tokio::time::sleep_until(stalled_at.unwrap_or(never).into());
             tokio::select! {
                 biased;
@@ -542,11 +546,11 @@ impl StreamCall {
                     if tx.capacity() == tx.max_capacity() {
                         waiting_since = None;
                     }
-                    let at = waiting_since.map(|w| w.max(taken.last()) + STREAM_IDLE);
+                    let at = waiting_since.map(|w| w.max(taken.last()) + idle);
                     if at.is_some_and(|at| at <= Instant::now()) {
                         break Stop::With(Status::deadline_exceeded(format!(
                             "no answer was taken for {} s; the stream is closed",
-                            STREAM_IDLE.as_secs()
+                            idle.as_secs_f64()
                         )));
                     }
                 }
