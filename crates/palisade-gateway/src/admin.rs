@@ -351,22 +351,47 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
         Ok(m) => m,
         Err(r) => return r,
     };
-    deploy(&s, served).await
+    deploy(&s, served, Chosen::Named).await
 }
 
-/// Makes `served`, loaded through every check, the active version of its model (and takes it,
-/// and its model, off the rolled-back and unloaded notes first).
-async fn deploy(s: &AdminState, served: crate::model::ServedModel) -> Response {
+/// How a load chose the version it deploys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Chosen {
+    /// Named by the caller (the admin API's load).
+    Named,
+    /// The repository folder's highest version not rolled back (Triton's load).
+    Highest,
+}
+
+/// Makes `served`, loaded through every check, the active version of its model, and notes it
+/// loaded first ([`crate::loader::Withdrawn::loaded`]: off the rolled-back versions; if its
+/// model was unloaded, the model off the unloaded ones and its other versions in the folder kept
+/// down, so that a restart serves what is served then). A version chosen as the highest not
+/// rolled back is refused (409) if a rollback took it down meanwhile.
+async fn deploy(s: &AdminState, served: crate::model::ServedModel, chosen: Chosen) -> Response {
     // A version refused here (loaded meanwhile) is freed where it is dropped: off the workers.
-    // Loaded again, a version rolled back before is no longer kept from a restart, nor is its
-    // model if it was unloaded.
     let models = s.models.clone();
     let withdrawn = s.withdrawn.clone();
+    let repo = s.source.as_ref().map(|src| src.repo.clone());
     let deploy = move || {
         let _swapping = withdrawn.as_ref().map(|w| w.swapping());
         if let Some(w) = &withdrawn {
-            w.set(&served.name, &served.version, false)
-                .map_err(Swap::State)?;
+            let (name, version) = (&served.name, &served.version);
+            if chosen == Chosen::Highest && w.contains(name, version) {
+                return Err(Swap::Conflict(format!(
+                    "version '{version}' of '{name}' was rolled back while it was being loaded"
+                )));
+            }
+            let others = match (&repo, w.unloaded(name)) {
+                (Some(repo), true) => crate::loader::list_repository(repo)
+                    .map_err(Swap::State)?
+                    .into_iter()
+                    .filter(|v| v.name == *name)
+                    .map(|v| v.version)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            w.loaded(name, version, &others).map_err(Swap::State)?;
         }
         models.deploy(served).map_err(Swap::Repository)
     };
@@ -515,26 +540,28 @@ async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Byt
         Ok(Ok(served)) => served,
         Ok(Err(version)) => {
             let active = s.models.get(&model, None).map(|m| m.version.clone());
-            return if active.as_deref() == Some(version.as_str()) {
-                json_response(
+            return match active {
+                Some(active) if active == version => json_response(
                     StatusCode::OK,
                     &serde_json::json!({ "model": model, "active_version": version }),
-                )
-            } else {
-                error_response(
+                ),
+                Some(active) => error_response(
                     StatusCode::CONFLICT,
                     &format!(
                         "version '{version}' of '{model}', the highest not rolled back, is \
-                         served, but version '{}' is active: roll back to it through POST \
-                         /v2/admin/models/{model}/rollback",
-                        active.unwrap_or_default()
+                         served, but version '{active}' is active: roll back to it through POST \
+                         /v2/admin/models/{model}/rollback"
                     ),
-                )
+                ),
+                None => error_response(
+                    StatusCode::CONFLICT,
+                    &format!("'{model}' was unloaded while it was being loaded: load it again"),
+                ),
             };
         }
         Err(r) => return r,
     };
-    deploy(&s, served).await
+    deploy(&s, served, Chosen::Highest).await
 }
 
 /// Triton's unload (`POST /v2/repository/models/{m}/unload`, tritonclient's `unload_model`):
@@ -552,25 +579,28 @@ async fn repository_unload(State(s): State<AdminState>, Path(p): Params, body: B
     let repo = s.source.as_ref().map(|src| src.repo.clone());
     let name = model.clone();
     let unload = move || -> Result<Vec<String>, Refusal> {
-        let _swapping = withdrawn.as_ref().map(|w| w.swapping());
-        if models.versions(&name).is_empty() {
-            let in_folder = match &repo {
-                Some(repo) => !versions_in(repo, &name)?.is_empty(),
-                None => false,
-            };
-            if !in_folder {
-                return Err(Refusal::new(
-                    StatusCode::NOT_FOUND,
-                    &RepositoryError::NotFound(name.clone()).to_string(),
-                ));
+        let gone = {
+            let _swapping = withdrawn.as_ref().map(|w| w.swapping());
+            if models.versions(&name).is_empty() {
+                let in_folder = match &repo {
+                    Some(repo) => !versions_in(repo, &name)?.is_empty(),
+                    None => false,
+                };
+                if !in_folder {
+                    return Err(Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        &RepositoryError::NotFound(name.clone()).to_string(),
+                    ));
+                }
             }
-        }
-        if let Some(w) = &withdrawn {
-            w.set_unloaded(&name, true)
-                .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
-        }
-        // Freed here, off the workers, unless a request still holds a version.
-        let gone = models.unload(&name).unwrap_or_default();
+            if let Some(w) = &withdrawn {
+                w.set_unloaded(&name, true)
+                    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+            }
+            models.unload(&name).unwrap_or_default()
+        };
+        // Freed here, off the workers and after the swap lock, unless a request holds a
+        // version still.
         Ok(gone.iter().map(|m| m.version.clone()).collect())
     };
     match off_workers(unload, Refusal::answer).await {
@@ -588,6 +618,8 @@ enum Swap {
     Repository(RepositoryError),
     /// The state folder could not note it (answered 500).
     State(crate::GatewayError),
+    /// What it was to do no longer holds (answered 409).
+    Conflict(String),
 }
 
 impl Swap {
@@ -598,6 +630,7 @@ impl Swap {
             }
             Swap::Repository(e) => error_response(StatusCode::CONFLICT, &e.to_string()),
             Swap::State(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Swap::Conflict(m) => error_response(StatusCode::CONFLICT, &m),
         }
     }
 }

@@ -569,6 +569,14 @@ pub fn load_repository(
     Ok(loaded)
 }
 
+/// Whether a gateway serving `models`, with the notes `withdrawn`, is ready (`/v2/health/ready`,
+/// gRPC `ServerReady`): when it serves a model, or serves none because models were unloaded
+/// (so that a load balancer keeps sending it the load that serves one again; Triton is ready
+/// with no model loaded too).
+pub fn ready(models: &ModelRepository, withdrawn: Option<&Withdrawn>) -> bool {
+    !models.names().is_empty() || withdrawn.is_some_and(Withdrawn::any_unloaded)
+}
+
 /// The versions rolled back and the models unloaded through the admin API, kept in the state
 /// folder (`rolled-back.json`, written atomically on each change), so that a restart does not
 /// serve a version a rollback took down (every version folder of the repository was loaded, the
@@ -598,19 +606,14 @@ struct Kept {
 
 impl Kept {
     fn parse(bytes: &[u8]) -> Result<Kept, serde_json::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum OnDisk {
-            Versions(Vec<(String, String)>),
-            Both(Kept),
-        }
-        Ok(match serde_json::from_slice(bytes)? {
-            OnDisk::Versions(list) => Kept {
+        // The list form first; what is not one is read as the object, whose error says why.
+        if let Ok(list) = serde_json::from_slice::<Vec<(String, String)>>(bytes) {
+            return Ok(Kept {
                 rolled_back: list.into_iter().collect(),
                 unloaded: Default::default(),
-            },
-            OnDisk::Both(k) => k,
-        })
+            });
+        }
+        serde_json::from_slice(bytes)
     }
 
     fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
@@ -669,9 +672,8 @@ impl Withdrawn {
         !self.lock().unloaded.is_empty()
     }
 
-    /// Notes `model` `version` as rolled back (`true`) or loaded again (`false`: its model is
-    /// then no longer unloaded either), on disk before it returns; on an error the notes are as
-    /// they were.
+    /// Notes `model` `version` as rolled back (`true`) or not (`false`), on disk before it
+    /// returns; on an error the notes are as they were. A load notes with [`Withdrawn::loaded`].
     pub fn set(&self, model: &str, version: &str, rolled_back: bool) -> Result<(), GatewayError> {
         self.change(|k| {
             let entry = (model.to_string(), version.to_string());
@@ -679,7 +681,28 @@ impl Withdrawn {
                 k.rolled_back.insert(entry);
             } else {
                 k.rolled_back.remove(&entry);
-                k.unloaded.remove(model);
+            }
+        })
+    }
+
+    /// Notes `model` `version` as loaded: off the rolled-back versions, and, if its model was
+    /// unloaded, its model off the unloaded ones and its `others` (the model's other versions in
+    /// the repository folder) on the rolled-back ones, so that a restart serves what is served
+    /// then, this version alone, not every version the unload took down. One write, on disk
+    /// before it returns; on an error the notes are as they were.
+    pub fn loaded(
+        &self,
+        model: &str,
+        version: &str,
+        others: &[String],
+    ) -> Result<(), GatewayError> {
+        self.change(|k| {
+            k.rolled_back
+                .remove(&(model.to_string(), version.to_string()));
+            if k.unloaded.remove(model) {
+                for v in others.iter().filter(|v| *v != version) {
+                    k.rolled_back.insert((model.to_string(), v.clone()));
+                }
             }
         })
     }
@@ -878,17 +901,37 @@ mod tests {
         let again = Withdrawn::open(&path).unwrap();
         assert!(again.unloaded("m") && again.unloaded("n") && again.contains("m", "2"));
         assert!(!again.unloaded("o") && again.any_unloaded());
-        // A version of m loaded again: m is loaded again, its other rollbacks stay.
-        again.set("m", "3", false).unwrap();
+        // Version 3 of m loaded: m is loaded again, with 3 alone: its other versions in the
+        // folder are kept down, the one rolled back before too.
+        let folder = ["1", "2", "3"].map(String::from);
+        again.loaded("m", "3", &folder).unwrap();
         let third = Withdrawn::open(&path).unwrap();
-        assert!(!third.unloaded("m") && third.unloaded("n") && third.contains("m", "2"));
+        assert!(!third.unloaded("m") && third.unloaded("n"));
+        assert!(third.contains("m", "1") && third.contains("m", "2") && !third.contains("m", "3"));
+        // Loaded while not unloaded: only its own note goes.
+        third.loaded("m", "1", &folder).unwrap();
+        assert!(!third.contains("m", "1") && third.contains("m", "2"));
         third.set_unloaded("n", false).unwrap();
         let list: Vec<(String, String)> =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(list.len(), 1);
+        assert_eq!(list, [("m".to_string(), "2".to_string())]);
         // A file with fields it does not know is refused, not read as empty.
         std::fs::write(&path, br#"{"rolled_back": [], "unloaded": [], "x": 1}"#).unwrap();
-        assert!(Withdrawn::open(&path).is_err());
+        let err = Withdrawn::open(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown field `x`"), "{err}");
+    }
+
+    /// Ready when a model is served, or when none is because models were unloaded.
+    #[test]
+    fn ready_with_a_model_or_with_none_after_an_unload() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Withdrawn::open(&dir.path().join("rolled-back.json")).unwrap();
+        let models = ModelRepository::new();
+        assert!(!ready(&models, None) && !ready(&models, Some(&w)));
+        w.set("m", "1", true).unwrap();
+        assert!(!ready(&models, Some(&w)), "a rollback is no unload");
+        w.set_unloaded("m", true).unwrap();
+        assert!(ready(&models, Some(&w)));
     }
 
     #[test]

@@ -592,9 +592,11 @@ impl Gateway {
                 GrpcGateway::new(models.clone(), self.models.clone(), unreached)
                     .with_admin(Next::new(admin.clone()))
                     .with_stream_idle(self.stream_idle)
+                    .with_withdrawn(self.withdrawn.clone())
                     .into_service(),
             );
         let ready_models = self.models.clone();
+        let ready_withdrawn = self.withdrawn.clone();
         let metrics = self.metrics.clone();
         let inference = self.inference.clone();
         let orphans = self.orphans.clone();
@@ -603,7 +605,7 @@ impl Gateway {
             .route(
                 "/v2/health/ready",
                 get(move || async move {
-                    if ready_models.names().is_empty() {
+                    if !crate::loader::ready(&ready_models, ready_withdrawn.as_deref()) {
                         error_response(StatusCode::SERVICE_UNAVAILABLE, "no model loaded")
                     } else {
                         StatusCode::OK.into_response()

@@ -488,6 +488,10 @@ async fn triton_load_and_unload_serve_and_take_down_a_model_under_the_deploy_rol
         (200, "3".into()),
         "{r:?}"
     );
+    // Version 3 alone, across a restart too: the versions the unload took down stay down.
+    let (restarted, _) = restart(repo.path(), &key, &s);
+    assert_eq!(restarted.versions("lin"), ["3"]);
+    assert_eq!(s.models.versions("lin"), ["3"]);
     let rollback = || act("/v2/admin/models/lin/rollback".into(), b"");
     let r = rollback().await;
     assert_eq!(r.status, 409, "only version 3 is served: {r:?}");

@@ -479,15 +479,19 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
     let loaded =
         loader::load_repository(&repo, runtime.as_ref(), &trust, &models, Some(&withdrawn))
             .with_context(|| format!("loading the models in {}", repo.display()))?;
-    // A repository whose every model was unloaded (Triton's unload) starts serving nothing, not
-    // ready, so that a load can serve one again.
-    if loaded.is_empty() && !withdrawn.any_unloaded() {
-        anyhow::bail!(
-            "{} holds no model (expected <model>/<version>/model.onnx)",
-            repo.display()
-        );
-    }
+    // A repository whose every model was unloaded (Triton's unload) starts serving none, ready,
+    // so that a load can serve one again; one that holds no model, or loaded none for another
+    // reason, is an error.
     if loaded.is_empty() {
+        let listed = loader::list_repository(&repo)
+            .with_context(|| format!("listing the models in {}", repo.display()))?;
+        if listed.is_empty() || listed.iter().any(|v| !withdrawn.unloaded(&v.name)) {
+            anyhow::bail!(
+                "{} holds no model that may be served (expected <model>/<version>/model.onnx, \
+                 not every version rolled back)",
+                repo.display()
+            );
+        }
         tracing::warn!(
             repository = %repo.display(),
             "every model of the repository was unloaded: serving none until one is loaded (POST /v2/repository/models/<model>/load)"

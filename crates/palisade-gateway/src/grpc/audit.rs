@@ -1,8 +1,9 @@
-//! The audit entries of gRPC calls refused before the model stack.
+//! The audit entries of gRPC calls refused before the model stack (or, for a load or unload,
+//! the admin stack).
 //!
 //! A gRPC call reaches the guards only once tonic has read and decoded its message and the
-//! translator has made a REST request of it; the audit guard in the model stack records it from
-//! there on. What fails earlier is refused by [`super::keyfirst`], tonic or the translator: a
+//! translator has made a REST request of it; the audit guard of the stack it goes to records it
+//! from there on. What fails earlier is refused by [`super::keyfirst`], tonic or the translator: a
 //! call without a usable key (before its message is read), a message that is not protobuf, one
 //! over tonic's 4 MiB limit, a body that missed its deadline, a bad model name, raw inputs that
 //! do not match the declared ones, too many tensors, an unknown method. Those calls are requests too,

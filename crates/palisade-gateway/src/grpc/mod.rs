@@ -17,6 +17,11 @@
 //! Triton's `ModelStreamInfer` (tritonclient's `start_stream` and `async_stream_infer`) sends
 //! each message of a stream through the same stack as a request of its own ([`stream`]).
 //!
+//! Triton's `RepositoryModelLoad` and `RepositoryModelUnload` (`load_model`, `unload_model`)
+//! are admin actions: translated the same way, into `POST /v2/repository/models/{m}/load` and
+//! `…/unload`, they go through the admin stack (audit, authenticate, authorise with the role
+//! `deploy` and a TOTP code, write-ahead; see [`crate::admin`]).
+//!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
 //! 0.14 (`compile_fds` on the file's descriptor set, no transport), so that building needs no
 //! `protoc`: the server with [`codec::Codec`] as its codec, the client with prost's (a response
@@ -66,6 +71,8 @@ pub struct GrpcGateway {
     unreached: audit::AuditUnreached,
     /// How long a stream's answers may wait for the client ([`stream::STREAM_IDLE`] unless set).
     stream_idle: std::time::Duration,
+    /// The rolled-back versions and unloaded models, for `ServerReady`.
+    withdrawn: Option<std::sync::Arc<crate::loader::Withdrawn>>,
 }
 
 /// What a translated request takes from the gRPC call it came in: the caller's credentials
@@ -109,7 +116,18 @@ impl GrpcGateway {
             models,
             unreached,
             stream_idle: stream::STREAM_IDLE,
+            withdrawn: None,
         }
+    }
+
+    /// Answers `ServerReady` as REST's readiness does with the notes `withdrawn`
+    /// ([`crate::loader::ready`]).
+    pub fn with_withdrawn(
+        mut self,
+        withdrawn: Option<std::sync::Arc<crate::loader::Withdrawn>>,
+    ) -> Self {
+        self.withdrawn = withdrawn;
+        self
     }
 
     /// Closes a stream whose answers the client has not taken for `idle` (the wait for its
@@ -637,7 +655,7 @@ impl GrpcInferenceService for GrpcGateway {
         _r: tonic::Request<ServerReadyRequest>,
     ) -> Result<tonic::Response<ServerReadyResponse>, Status> {
         Ok(tonic::Response::new(ServerReadyResponse {
-            ready: !self.models.names().is_empty(),
+            ready: crate::loader::ready(&self.models, self.withdrawn.as_deref()),
         }))
     }
 
