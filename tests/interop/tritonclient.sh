@@ -150,7 +150,7 @@ def admin(step):
     return {"Authorization": f"Bearer {key}", "X-Palisade-TOTP": totp(secret, step)}
 made = urllib.request.urlopen(urllib.request.Request(
     f"http://127.0.0.1:{sys.argv[2]}/v2/admin/keys", method="POST",
-    data=json.dumps({"name": "deployer", "roles": ["deploy"]}).encode(),
+    data=json.dumps({"name": "deployer", "roles": ["deploy", "admin"]}).encode(),
     headers={**admin(-1), "Content-Type": "application/json"}))
 deployer = json.load(made)
 def deploying(step):
@@ -181,6 +181,24 @@ except InferenceServerException as e:
     assert "TOTP" in e.message(), e
     print("load refused without a TOTP code:", e.status(), e.message()[:50])
 print("load and unload: HTTP and gRPC, the same logits after the reload")
+
+# Triton's logging extension: read with the admin role alone, changed with a TOTP code too.
+hl = h.get_log_settings(headers=hdr())
+gl = g.get_log_settings(headers=gh, as_json=True)["settings"]
+print("log settings:", hl)
+# `palisade serve` logs warnings and errors unless --log says otherwise.
+assert hl["log_verbose_level"] == 0 and hl["log_error"] and hl["log_format"] == "json", hl
+assert gl["log_error"]["bool_param"] and gl["log_format"]["string_param"] == "json", gl
+changed = h.update_log_settings({"log_verbose_level": 1},
+                                headers={k.title(): v for k, v in deploying(1).items()})
+assert changed["log_verbose_level"] == 1, changed
+assert g.get_log_settings(headers=gh, as_json=True)["settings"]["log_verbose_level"]["uint32_param"] == 1
+try:
+    h.update_log_settings({"log_file": "/tmp/palisade.log"}, headers=hdr())
+    raise SystemExit("a log setting was changed without a TOTP code")
+except InferenceServerException as e:
+    assert "TOTP" in e.message(), e
+print("log settings: read, and the verbose level changed to 1")
 
 # Triton's streaming inference over gRPC: each sample a message of its own, answered in order
 # through the same guards; a message with the wrong shape is answered with its error and the
@@ -214,7 +232,12 @@ assert got[5][0].get_response().parameters["triton_final_response"].bool_param
 print("stream: 5 of 6 messages answered in order, max |logits - pytorch| within 1e-4")
 refused = queue.Queue()
 g.start_stream(callback=lambda result, error: refused.put((result, error)))
-g.async_stream_infer("mnist", [stream_input(x[:1])])
+try:
+    g.async_stream_infer("mnist", [stream_input(x[:1])])
+except InferenceServerException as e:
+    # The refusal (sent at once, before the message is read) came first: tritonclient then
+    # refuses to send, and has handed the refusal to the callback.
+    assert "no longer in valid state" in e.message(), e
 result, error = refused.get(timeout=30)
 g.stop_stream()
 assert result is None and error is not None and "API key" in error.message(), error
@@ -235,7 +258,7 @@ for call in (lambda: h.infer("mnist", [http_input(x[:1])]),
         raise SystemExit("a request without a key was served")
     except InferenceServerException as e:
         print("refused without a key:", e.status(), (e.message() or "")[:60])
-print("OK: tritonclient HTTP (binary, JSON, gzip), gRPC and gRPC streaming agree with PyTorch; both read the model configuration, statistics and repository index, and load and unload")
+print("OK: tritonclient HTTP (binary, JSON, gzip), gRPC and gRPC streaming agree with PyTorch; both read the model configuration, statistics and repository index, load and unload, and read and change the log settings")
 PY
 
 kill -TERM $PID; wait $PID || true

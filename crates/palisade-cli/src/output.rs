@@ -104,6 +104,7 @@ pub fn check_log_filter(level: &str) -> anyhow::Result<()> {
 /// lines when `json` (servers). A log line that cannot be written is dropped: with the
 /// subscriber's default, a broken stderr (a log shipper that died) made every log line a panic,
 /// the audit guard's among them, after the request's entry was committed and before its answer.
+/// The filter can be replaced while the process runs: [`logger`] gives the handle.
 pub fn init_logging(level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -111,11 +112,76 @@ pub fn init_logging(level: &str, json: bool) {
         .with_env_filter(filter)
         .log_internal_errors(false)
         .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
+    // The handle's type is the formatter's: each kind is kept behind the same two closures.
+    let logger = if json {
+        let builder = builder.json().with_filter_reloading();
+        let handle = builder.reload_handle();
+        let h = handle.clone();
+        let _ = builder.try_init();
+        Logger::new(
+            "json",
+            move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
+            move |f| handle.reload(f).map_err(|e| e.to_string()),
+        )
     } else {
-        builder.try_init()
+        let builder = builder.with_filter_reloading();
+        let handle = builder.reload_handle();
+        let h = handle.clone();
+        let _ = builder.try_init();
+        Logger::new(
+            "default",
+            move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
+            move |f| handle.reload(f).map_err(|e| e.to_string()),
+        )
     };
+    let _ = LOGGER.set(std::sync::Arc::new(logger));
+}
+
+static LOGGER: std::sync::OnceLock<std::sync::Arc<Logger>> = std::sync::OnceLock::new();
+
+/// The process's logger, once [`init_logging`] has installed it: what `palisade serve` hands the
+/// gateway for Triton's logging extension (`/v2/logging`).
+pub fn logger() -> Option<std::sync::Arc<Logger>> {
+    LOGGER.get().cloned()
+}
+
+type LevelHint = Box<dyn Fn() -> Option<tracing::level_filters::LevelFilter> + Send + Sync>;
+type Reload = Box<dyn Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// The filter of the installed subscriber, read and replaced.
+pub struct Logger {
+    format: &'static str,
+    level: LevelHint,
+    reload: Reload,
+}
+
+impl Logger {
+    fn new(
+        format: &'static str,
+        level: impl Fn() -> Option<tracing::level_filters::LevelFilter> + Send + Sync + 'static,
+        reload: impl Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        Logger {
+            format,
+            level: Box::new(level),
+            reload: Box::new(reload),
+        }
+    }
+}
+
+impl palisade_gateway::logging::LogControl for Logger {
+    fn level(&self) -> tracing::level_filters::LevelFilter {
+        // A filter without a hint may enable anything.
+        (self.level)().unwrap_or(tracing::level_filters::LevelFilter::TRACE)
+    }
+
+    fn set_level(&self, level: tracing::level_filters::LevelFilter) -> Result<(), String> {
+        (self.reload)(tracing_subscriber::EnvFilter::new(level.to_string()))
+    }
+
+    fn format(&self) -> &'static str {
+        self.format
+    }
 }
 
 /// Prints an error as one line (its cause chain joined by ": ") and returns exit code 2.

@@ -12,6 +12,8 @@
 //! | POST | `/v2/admin/models/{m}/rollback` | deploy |
 //! | POST | `/v2/repository/models/{m}/load` `{"parameters"?}` (Triton's) | deploy |
 //! | POST | `/v2/repository/models/{m}/unload` `{"parameters"?}` (Triton's) | deploy |
+//! | GET | `/v2/logging` (Triton's) | admin, no TOTP |
+//! | POST | `/v2/logging` `{"log_info"?, "log_verbose_level"?, …}` (Triton's) | admin |
 //! | GET | `/v2/audit/checkpoint` | audit |
 //! | GET | `/v2/audit/entries/{i}` | audit |
 //! | GET | `/v2/audit/proof/inclusion?index=I&size=N` | audit |
@@ -54,6 +56,8 @@ pub struct AdminState {
     pub withdrawn: Option<Arc<crate::loader::Withdrawn>>,
     /// The rate limits and daily budgets, for giving a budget back.
     pub limits: Arc<dyn crate::guard::ratelimit::LimitStore>,
+    /// The process's logger (`None`: `/v2/logging` answers 404).
+    pub log: Option<Arc<dyn crate::logging::LogControl>>,
 }
 
 /// The admin and audit routes.
@@ -70,6 +74,7 @@ pub fn router(state: AdminState) -> Router {
             "/v2/repository/models/{model}/unload",
             post(repository_unload),
         )
+        .route("/v2/logging", get(log_settings).post(update_log_settings))
         .route("/v2/audit/checkpoint", get(checkpoint))
         .route("/v2/audit/entries/{index}", get(entry))
         .route("/v2/audit/proof/inclusion", get(inclusion))
@@ -379,7 +384,8 @@ async fn deploy(s: &AdminState, served: crate::model::ServedModel, chosen: Chose
             let (name, version) = (&served.name, &served.version);
             if chosen == Chosen::Highest && w.contains(name, version) {
                 return Err(Swap::Conflict(format!(
-                    "version '{version}' of '{name}' was rolled back while it was being loaded"
+                    "version '{version}' of '{name}' was taken down while it was being loaded \
+                     (rolled back, or kept down by a load of another version)"
                 )));
             }
             let others = match (&repo, w.unloaded(name)) {
@@ -393,7 +399,14 @@ async fn deploy(s: &AdminState, served: crate::model::ServedModel, chosen: Chose
             };
             w.loaded(name, version, &others).map_err(Swap::State)?;
         }
-        models.deploy(served).map_err(Swap::Repository)
+        match models.deploy(served) {
+            // Two of Triton's loads at once (a retry, say): the second finds done what it asked.
+            Err(RepositoryError::Exists(name, version)) if chosen == Chosen::Highest => models
+                .get(&name, None)
+                .filter(|m| m.version == version)
+                .ok_or(Swap::Repository(RepositoryError::Exists(name, version))),
+            done => done.map_err(Swap::Repository),
+        }
     };
     match off_workers(deploy, Swap::answer).await {
         Ok(m) => json_response(
@@ -610,6 +623,57 @@ async fn repository_unload(State(s): State<AdminState>, Path(p): Params, body: B
         ),
         Err(r) => r,
     }
+}
+
+/// The logger, or the answer that there is none to read or change.
+fn logger(s: &AdminState) -> Result<&Arc<dyn crate::logging::LogControl>, Refusal> {
+    s.log.as_ref().ok_or_else(|| {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            "this gateway's logging cannot be read or changed while it runs",
+        )
+    })
+}
+
+/// Triton's `GET /v2/logging` (tritonclient's `get_log_settings`).
+async fn log_settings(State(s): State<AdminState>) -> Response {
+    let log = match logger(&s) {
+        Ok(l) => l,
+        Err(r) => return r.answer(),
+    };
+    let settings = crate::logging::LogSettings::of(log.level(), log.format());
+    json_response(StatusCode::OK, &settings)
+}
+
+/// Triton's `POST /v2/logging` (tritonclient's `update_log_settings`): the settings sent
+/// (a JSON object of some of them) applied to the logger; the settings after. 400 for settings
+/// the logger cannot take, and nothing changed (see [`crate::logging`]).
+async fn update_log_settings(State(s): State<AdminState>, body: Bytes) -> Response {
+    let log = match logger(&s) {
+        Ok(l) => l,
+        Err(r) => return r.answer(),
+    };
+    let update: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => return bad_request(&format!("expected a JSON object of log settings: {e}")),
+    };
+    let now = crate::logging::LogSettings::of(log.level(), log.format());
+    let next = match now.updated(&update).and_then(|n| n.level().map(|l| (n, l))) {
+        Ok(n) => n,
+        Err(e) => return bad_request(&e),
+    };
+    if let Err(e) = log.set_level(next.1) {
+        tracing::error!(error = %e, "could not change the log level");
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not change the log level (the gateway's log has the details)",
+        );
+    }
+    tracing::warn!(level = %next.1, "log level changed through the admin API");
+    json_response(
+        StatusCode::OK,
+        &crate::logging::LogSettings::of(log.level(), log.format()),
+    )
 }
 
 /// Why a load or rollback was not done.

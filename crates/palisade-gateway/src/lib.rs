@@ -87,6 +87,7 @@ pub mod infer;
 pub mod keys;
 pub mod listen;
 pub mod loader;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod oip;

@@ -581,7 +581,8 @@ pub fn ready(models: &ModelRepository, withdrawn: Option<&Withdrawn>) -> bool {
 /// folder (`rolled-back.json`, written atomically on each change), so that a restart does not
 /// serve a version a rollback took down (every version folder of the repository was loaded, the
 /// highest active, 2026-12-06 review), nor a model an unload took down. Loading a version again
-/// takes it off, and loads its model again.
+/// takes it off; loading an unloaded model keeps its other versions in the folder down, as
+/// rolled back ([`Withdrawn::loaded`]).
 ///
 /// The file is a list of `[model, version]` pairs while no model is unloaded (what gateways
 /// before the unload wrote, and read), else `{"rolled_back": [[model, version], …],
@@ -606,8 +607,10 @@ struct Kept {
 
 impl Kept {
     fn parse(bytes: &[u8]) -> Result<Kept, serde_json::Error> {
-        // The list form first; what is not one is read as the object, whose error says why.
-        if let Ok(list) = serde_json::from_slice::<Vec<(String, String)>>(bytes) {
+        // The list form (what gateways before unloads wrote) or the object, by its first byte,
+        // so that an error is the one of the form the file has.
+        if bytes.trim_ascii_start().starts_with(b"[") {
+            let list: Vec<(String, String)> = serde_json::from_slice(bytes)?;
             return Ok(Kept {
                 rolled_back: list.into_iter().collect(),
                 unloaded: Default::default(),

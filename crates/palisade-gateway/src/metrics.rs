@@ -41,7 +41,7 @@ pub struct Metrics {
 }
 
 /// Every value of the `route` label ([`route_label`]).
-const ROUTES: [&str; 14] = [
+const ROUTES: [&str; 15] = [
     "health",
     "server",
     "metrics",
@@ -55,6 +55,7 @@ const ROUTES: [&str; 14] = [
     "admin.keys",
     "admin.models",
     "audit",
+    "logging",
     "unknown",
 ];
 
@@ -368,6 +369,8 @@ mod tests {
             ("POST", "/v2/admin/keys"),
             ("POST", "/v2/admin/models/m/deploy"),
             ("GET", "/v2/audit/entries/0"),
+            ("POST", "/v2/repository/models/m/load"),
+            ("POST", "/v2/logging"),
             ("GET", "/nowhere"),
         ] {
             let route = route_label(&mut request(method, path));

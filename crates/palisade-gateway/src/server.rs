@@ -60,6 +60,8 @@ pub struct Gateway {
     /// How long a gRPC stream may wait for its next message, and its answers for the client,
     /// before it is closed ([`crate::grpc::stream::STREAM_IDLE`] by default).
     pub stream_idle: std::time::Duration,
+    /// The process's logger, for Triton's logging extension (`None`: not served).
+    pub log: Option<Arc<dyn crate::logging::LogControl>>,
     /// The threads that run the models (one per core unless set otherwise).
     pub inference: Arc<InferencePool>,
     /// Permits for admin requests running in tasks of their own (`Gateway::detached_actions`).
@@ -421,6 +423,7 @@ impl LocalState {
             source: None,
             withdrawn: None,
             stream_idle: crate::grpc::stream::STREAM_IDLE,
+            log: None,
             inference,
             admin_tasks: Arc::new(tokio::sync::Semaphore::new(ADMIN_TASKS as usize)),
             orphans: Default::default(),
@@ -563,6 +566,7 @@ impl Gateway {
                 source: self.source.clone(),
                 withdrawn: self.withdrawn.clone(),
                 limits: self.limits.clone(),
+                log: self.log.clone(),
             }));
         let admin = self.detached_actions(admin);
         let grpc = ServiceBuilder::new()
@@ -633,6 +637,7 @@ impl Gateway {
             .route_service("/v2/models/{*rest}", models)
             .route_service("/inference.GRPCInferenceService/{*rest}", grpc)
             .route_service("/v2/repository/models/{*rest}", admin.clone())
+            .route_service("/v2/logging", admin.clone())
             .route_service("/v2/admin/{*rest}", admin.clone())
             .route_service("/v2/audit/{*rest}", admin)
             .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
@@ -698,7 +703,7 @@ async fn server_metadata() -> Response {
         &serde_json::json!({
             "name": "palisade",
             "version": env!("CARGO_PKG_VERSION"),
-            "extensions": ["binary_tensor_data", "model_configuration", "model_repository", "statistics"],
+            "extensions": ["binary_tensor_data", "model_configuration", "model_repository", "statistics", "logging"],
         }),
     )
 }

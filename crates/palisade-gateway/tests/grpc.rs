@@ -266,7 +266,12 @@ async fn grpc_model_config_is_triton_s_message_behind_the_same_guards() {
         .into_inner();
     assert_eq!(
         meta.extensions,
-        ["model_configuration", "model_repository", "statistics"]
+        [
+            "model_configuration",
+            "model_repository",
+            "statistics",
+            "logging"
+        ]
     );
     s.stop().await;
 }

@@ -487,3 +487,28 @@ async fn a_client_that_takes_no_answer_is_given_up_on_after_the_idle_time() {
     drop(sending.await.unwrap());
     s.stop().await;
 }
+
+/// A stream whose client sends no next message for the stream idle time (here 1 s), all its
+/// answers taken, is closed `DEADLINE_EXCEEDED` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_no_next_message_is_closed_after_the_idle_time() {
+    let s = start_tweaked(None, |gw| gw.stream_idle = Duration::from_secs(1)).await;
+    let mut c = grpc_client(&s).await;
+    let (tx, mut answers) = open(&mut c, &s.query.key).await;
+    tx.send(message("lin", "a", &[0.5; 4], vec![1, 1, 2, 2]))
+        .await
+        .unwrap();
+    let a = answers.message().await.unwrap().unwrap();
+    assert_eq!(a.error_message, "", "{a:?}");
+    let t = std::time::Instant::now();
+    let e = answers.message().await.unwrap_err();
+    let took = t.elapsed();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("no message came for 1 s"), "{e:?}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    drop(tx);
+    s.stop().await;
+}

@@ -515,6 +515,43 @@ async fn triton_load_and_unload_serve_and_take_down_a_model_under_the_deploy_rol
     s.stop().await;
 }
 
+/// With every model unloaded the gateway stays ready (REST and gRPC), as Triton does, so that a
+/// load balancer keeps sending it the load that serves one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_models_were_all_unloaded_stays_ready() {
+    let (_repo, _key, s) = serving_a_repository().await;
+    let ready = || async {
+        let r = request(s.addr, "GET", "/v2/health/ready", &[], b"").await;
+        let mut c = grpc_client(&s).await;
+        let g = c
+            .server_ready(palisade_gateway::grpc::inference::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready;
+        (r.status, g)
+    };
+    assert_eq!(ready().await, (200, true));
+    for model in s.models.names() {
+        let k = s
+            .state
+            .keys
+            .create("deployer", &[Role::Deploy], None, now_ms())
+            .unwrap();
+        let r = with_code(
+            s.addr,
+            &k,
+            format!("/v2/repository/models/{model}/unload"),
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{model}: {r:?}");
+    }
+    assert!(s.models.names().is_empty());
+    assert_eq!(ready().await, (200, true));
+    s.stop().await;
+}
+
 /// Triton's `RepositoryModelLoad` and `RepositoryModelUnload` over gRPC: the REST load and
 /// unload through the admin stack (the key's `deploy` role checked before the message is read,
 /// the TOTP code in `x-palisade-totp` metadata), Triton's message layout and KServe's (the

@@ -241,6 +241,7 @@ async fn concurrent_rollbacks_keep_the_version_rolled_back_withdrawn() {
             source: None,
             withdrawn: Some(withdrawn),
             limits: gw.limits.clone(),
+            log: None,
         });
         let call = || {
             let app = app.clone();

@@ -524,6 +524,7 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
     };
     gw.withdrawn = Some(withdrawn);
     gw.stream_idle = std::time::Duration::from_secs(args.grpc_stream_idle_s.into());
+    gw.log = crate::output::logger().map(|l| l as Arc<dyn palisade_gateway::logging::LogControl>);
     gw.source = Some(ModelSource {
         repo: repo.clone(),
         runtime,

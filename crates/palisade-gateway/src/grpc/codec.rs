@@ -112,6 +112,12 @@ impl Bounds for super::inference::RepositoryModelUnloadRequest {
     }
 }
 
+impl Bounds for super::inference::LogSettingsRequest {
+    fn within(msg: &[u8]) -> Result<(), String> {
+        super::prescan::check_log_settings_message(msg)
+    }
+}
+
 /// Requests of a few fixed fields, or of strings alone: nothing to count.
 macro_rules! unbounded {
     ($($t:ident),* $(,)?) => { $(impl Bounds for super::inference::$t {})* };

@@ -10,7 +10,8 @@
 //! So every call but the three the gateway answers without a key (`ServerLive`, `ServerReady`,
 //! `ServerMetadata`, as REST's health and server metadata routes) must present a key that
 //! authenticates and that may query at least one model (that has the role `deploy`, for
-//! Triton's `RepositoryModelLoad` and `RepositoryModelUnload`), else it is answered at once,
+//! Triton's `RepositoryModelLoad` and `RepositoryModelUnload`; `admin`, for `LogSettings`), else
+//! it is answered at once,
 //! trailers-only, without its message being read: `UNAUTHENTICATED` (no key, a malformed,
 //! unknown, revoked or expired one), `PERMISSION_DENIED` (a key without the role), or
 //! `UNAVAILABLE` (the key store failed). [`super::audit::AuditUnreached`], outside, writes those
@@ -41,6 +42,18 @@ pub(crate) const DEPLOYING: [&str; 2] = [
     "/inference.GRPCInferenceService/RepositoryModelUnload",
 ];
 
+/// The role a call of the inference service at `path` needs of its key before its message is
+/// read: `None` for a query role on some model.
+pub(crate) fn role_needed(path: &str) -> Option<Role> {
+    if DEPLOYING.contains(&path) {
+        Some(Role::Deploy)
+    } else if path == "/inference.GRPCInferenceService/LogSettings" {
+        Some(Role::Admin)
+    } else {
+        None
+    }
+}
+
 /// The guard in front of tonic that refuses a call without a usable key before its message is
 /// read.
 #[derive(Clone)]
@@ -64,21 +77,21 @@ impl KeyFirst {
             &*self.keys,
             presented_key(req.headers()),
             req.extensions().get::<ClientIdentity>(),
-            DEPLOYING.contains(&path),
+            role_needed(path),
         )
     }
 }
 
 /// Why the key `presented` (from the connection's client `client`) may not make a call that
 /// needs one, if it may not: `UNAUTHENTICATED` for no key or one that does not authenticate,
-/// `PERMISSION_DENIED` for one that may query no model (that is not a `deploy` key, when
-/// `deploying`), `UNAVAILABLE` when the key store failed. A stream checks its key with it again
-/// before each message (`super::stream`).
+/// `PERMISSION_DENIED` for one that may query no model (that lacks the role `needs`, when
+/// given), `UNAVAILABLE` when the key store failed. A stream checks its key with it again before
+/// each message (`super::stream`).
 pub(crate) fn refusal(
     keys: &dyn KeyStore,
     presented: Option<&str>,
     client: Option<&ClientIdentity>,
-    deploying: bool,
+    needs: Option<Role>,
 ) -> Option<Status> {
     let Some(presented) = presented else {
         return Some(Status::unauthenticated(
@@ -86,10 +99,12 @@ pub(crate) fn refusal(
         ));
     };
     match keys.authenticate_from(presented, client, now_ms()) {
-        Ok(Authn::Valid(key)) if deploying => (!key.roles.contains(&Role::Deploy))
-            .then(|| Status::permission_denied("the API key may not deploy (role 'deploy')")),
-        Ok(Authn::Valid(key)) => (!key.roles.iter().any(|r| matches!(r, Role::Query(_))))
-            .then(|| Status::permission_denied("the API key may query no model")),
+        Ok(Authn::Valid(key)) => match needs {
+            Some(role) => (!key.has(&role))
+                .then(|| Status::permission_denied(format!("the API key lacks the '{role}' role"))),
+            None => (!key.roles.iter().any(|r| matches!(r, Role::Query(_))))
+                .then(|| Status::permission_denied("the API key may query no model")),
+        },
         Ok(other) => why_refused(&other).map(Status::unauthenticated),
         Err(e) => {
             tracing::error!(error = %e, "key store failed");

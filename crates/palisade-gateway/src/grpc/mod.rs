@@ -20,7 +20,9 @@
 //! Triton's `RepositoryModelLoad` and `RepositoryModelUnload` (`load_model`, `unload_model`)
 //! are admin actions: translated the same way, into `POST /v2/repository/models/{m}/load` and
 //! `…/unload`, they go through the admin stack (audit, authenticate, authorise with the role
-//! `deploy` and a TOTP code, write-ahead; see [`crate::admin`]).
+//! `deploy` and a TOTP code, write-ahead; see [`crate::admin`]). So does `LogSettings`
+//! (`get_log_settings`, `update_log_settings`), from `GET` or `POST /v2/logging`
+//! ([`crate::logging`]).
 //!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
 //! 0.14 (`compile_fds` on the file's descriptor set, no transport), so that building needs no
@@ -185,9 +187,9 @@ impl GrpcGateway {
         headers: &[(&'static str, String)],
         body: Vec<u8>,
     ) -> Result<(axum::http::response::Parts, Vec<u8>), Status> {
-        let stack = if path.starts_with(REPOSITORY_MODELS) {
+        let stack = if path.starts_with(REPOSITORY_MODELS) || path == LOGGING {
             self.admin.clone().ok_or_else(|| {
-                Status::unimplemented("this gateway loads and unloads no model over gRPC")
+                Status::unimplemented("this gateway takes no admin action over gRPC")
             })?
         } else {
             self.stack.clone()
@@ -247,6 +249,9 @@ impl GrpcGateway {
 
 /// The paths of Triton's load and unload, which go to the admin stack.
 const REPOSITORY_MODELS: &str = "/v2/repository/models/";
+
+/// The path of Triton's log settings, which goes to the admin stack.
+const LOGGING: &str = "/v2/logging";
 
 /// A `grpc-timeout` header's value: at most 8 digits and a unit, `H`, `M`, `S`, `m`, `u` or `n`
 /// (gRPC over HTTP/2). `None` when it is not one: the call then has no deadline of its own.
@@ -686,6 +691,7 @@ impl GrpcInferenceService for GrpcGateway {
                 "model_configuration".into(),
                 "model_repository".into(),
                 "statistics".into(),
+                "logging".into(),
             ],
         }))
     }
@@ -795,6 +801,60 @@ impl GrpcInferenceService for GrpcGateway {
             model_name: name,
             is_unloaded: true,
         }))
+    }
+
+    /// Triton's logging extension: `GET /v2/logging` (no settings sent) or `POST` (some sent)
+    /// through the admin stack; the settings after, as Triton's message.
+    async fn log_settings(
+        &self,
+        r: tonic::Request<LogSettingsRequest>,
+    ) -> Result<tonic::Response<LogSettingsResponse>, Status> {
+        use log_settings_request::setting_value::ParameterChoice as In;
+        use log_settings_response::setting_value::ParameterChoice as Out;
+        let sent = &r.get_ref().settings;
+        let (method, body) = if sent.is_empty() {
+            (Method::GET, Vec::new())
+        } else {
+            let update: serde_json::Map<String, serde_json::Value> = sent
+                .iter()
+                .map(|(k, v)| {
+                    let v = match &v.parameter_choice {
+                        Some(In::BoolParam(b)) => serde_json::Value::from(*b),
+                        Some(In::Uint32Param(n)) => serde_json::Value::from(*n),
+                        Some(In::StringParam(t)) => serde_json::Value::from(t.as_str()),
+                        None => serde_json::Value::Null,
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            let body = serde_json::to_vec(&update).map_err(|e| Status::internal(e.to_string()))?;
+            (Method::POST, body)
+        };
+        let (_, body) = self
+            .call("LogSettings", method, LOGGING.to_string(), &r, &[], body)
+            .await?;
+        let now: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&body).map_err(|e| Status::internal(e.to_string()))?;
+        let settings = now
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let choice = match v {
+                    serde_json::Value::Bool(b) => Out::BoolParam(b),
+                    serde_json::Value::Number(n) => {
+                        Out::Uint32Param(u32::try_from(n.as_u64()?).ok()?)
+                    }
+                    serde_json::Value::String(t) => Out::StringParam(t),
+                    _ => return None,
+                };
+                Some((
+                    k,
+                    log_settings_response::SettingValue {
+                        parameter_choice: Some(choice),
+                    },
+                ))
+            })
+            .collect();
+        Ok(tonic::Response::new(LogSettingsResponse { settings }))
     }
 
     /// Triton's statistics extension: `GET …/stats` through the model stack; with no name,

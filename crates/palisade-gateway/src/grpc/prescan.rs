@@ -169,6 +169,12 @@ pub fn check_repository_message(msg: &[u8]) -> Result<(), String> {
     at_most("load or unload parameters", count(msg, 3), MAX_PARAMETERS)
 }
 
+/// Checks a `LogSettingsRequest` message, as sent: its `settings` map (field 1) at most
+/// [`MAX_PARAMETERS`] entries.
+pub fn check_log_settings_message(msg: &[u8]) -> Result<(), String> {
+    at_most("log settings", count(msg, 1), MAX_PARAMETERS)
+}
+
 /// The fuzz target's property (`fuzz/fuzz_targets/grpc_prescan.rs`): any bytes are walked
 /// without a panic, and a message the walk lets through decodes, if prost decodes it at all,
 /// within every bound: the walk never counts less than prost makes.
@@ -178,6 +184,11 @@ pub fn fuzz_property(msg: &[u8]) {
         && let Ok(r) = super::inference::RepositoryModelLoadRequest::decode(msg)
     {
         assert!(r.parameters.len() <= MAX_PARAMETERS);
+    }
+    if check_log_settings_message(msg).is_ok()
+        && let Ok(r) = super::inference::LogSettingsRequest::decode(msg)
+    {
+        assert!(r.settings.len() <= MAX_PARAMETERS);
     }
     let passed = check_infer_message(msg).is_ok();
     let Ok(r) = super::inference::ModelInferRequest::decode(msg) else {

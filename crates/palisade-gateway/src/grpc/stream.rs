@@ -509,8 +509,8 @@ impl StreamCall {
 
     /// Hands the answers to `tx` in order until the stream ends: the client's end of it, a
     /// failure (its last answer), the call's deadline, answers the client has not taken for
-    /// the stream idle time, or the client gone. An end of the gateway's is audited and told through
-    /// `end`, after the answers queued. A stream ended early aborts the passages still under
+    /// the stream idle time, or the client gone. An end of the gateway's is audited and told
+    /// through `end`, after the answers queued. A stream ended early aborts the passages still under
     /// way: each is finished and recorded (499) by the audit guard's bounded orphans
     /// (`crate::guard::audit::Orphans`), and not run if it has not reached the model.
     async fn answer_all(
@@ -609,7 +609,7 @@ impl StreamCall {
             &**self.gateway.unreached.keys(),
             self.presented.as_deref(),
             self.extensions.get(),
-            false,
+            None,
         )
     }
 

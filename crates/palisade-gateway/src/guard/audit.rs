@@ -480,7 +480,10 @@ impl Guard for WriteAhead {
     async fn handle(self, mut req: Request, next: Next) -> Response {
         let target = target_of(&mut req);
         if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
-            || !matches!(*target, Target::AdminKeys | Target::AdminModels)
+            || !matches!(
+                *target,
+                Target::AdminKeys | Target::AdminModels | Target::Logging
+            )
         {
             return call_next(next, req).await;
         }

@@ -6,6 +6,7 @@
 //! | `/v2/models/stats`, `/v2/repository/index` | any `query` role (the answer holds the models it covers) |
 //! | `/v2/audit/…` | `audit` |
 //! | `/v2/admin/keys…` | `admin` + a TOTP code |
+//! | `/v2/logging` | `admin`, + a TOTP code to change them |
 //! | `/v2/admin/models…`, `/v2/repository/models/{m}/load` and `…/unload` | `deploy` + a TOTP code |
 //!
 //! (`ingest` and `train` exist for the data and training endpoints; no route needs them yet.)
@@ -15,7 +16,7 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
 use super::{Guard, Next, Principal, call_next, reject, reject_retry};
@@ -74,6 +75,10 @@ impl Guard for Authorise {
             Target::Audit => (Role::Audit, false),
             Target::AdminKeys => (Role::Admin, true),
             Target::AdminModels => (Role::Deploy, true),
+            Target::Logging => (
+                Role::Admin,
+                !matches!(*req.method(), Method::GET | Method::HEAD),
+            ),
             Target::Unknown => {
                 return reject(StatusCode::NOT_FOUND, GUARD, "no such route");
             }

@@ -69,6 +69,8 @@ pub enum Target {
     AdminModels,
     /// `/v2/audit…`: the audit log (role `audit`).
     Audit,
+    /// `/v2/logging`: Triton's log settings (role `admin`; a change with TOTP).
+    Logging,
     /// Anything else under a guarded prefix (denied by default).
     Unknown,
 }
@@ -109,6 +111,7 @@ impl Target {
             ["", "v2", "admin", "keys", ..] => Target::AdminKeys,
             ["", "v2", "admin", "models", ..] => Target::AdminModels,
             ["", "v2", "audit", ..] => Target::Audit,
+            ["", "v2", "logging"] => Target::Logging,
             _ => Target::Unknown,
         }
     }
@@ -122,6 +125,7 @@ impl Target {
             Target::AdminKeys => "admin.keys",
             Target::AdminModels => "admin.models",
             Target::Audit => "audit",
+            Target::Logging => "logging",
             Target::Unknown => "unknown",
         }
     }
@@ -198,6 +202,8 @@ mod tests {
             Target::AdminKeys
         );
         assert_eq!(Target::parse("/v2/audit/checkpoint"), Target::Audit);
+        assert_eq!(Target::parse("/v2/logging"), Target::Logging);
+        assert_eq!(Target::parse("/v2/logging/x"), Target::Unknown);
         assert_eq!(Target::parse("/v2/adminx"), Target::Unknown);
     }
 
