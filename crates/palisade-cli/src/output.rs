@@ -175,8 +175,16 @@ impl palisade_gateway::logging::LogControl for Logger {
         (self.level)().unwrap_or(tracing::level_filters::LevelFilter::TRACE)
     }
 
+    /// A verbose level (`debug`, `trace`) is Palisade's own lines' (its crates' targets all begin
+    /// with `palisade`): the libraries beneath (hyper, h2, tonic…) stay at `info`, as Triton's
+    /// verbose level is the server's own logging.
     fn set_level(&self, level: tracing::level_filters::LevelFilter) -> Result<(), String> {
-        (self.reload)(tracing_subscriber::EnvFilter::new(level.to_string()))
+        let directives = if level > tracing::level_filters::LevelFilter::INFO {
+            format!("info,palisade={level}")
+        } else {
+            level.to_string()
+        };
+        (self.reload)(tracing_subscriber::EnvFilter::new(directives))
     }
 
     fn format(&self) -> &'static str {
@@ -264,5 +272,42 @@ mod tests {
         // A cause that only happens to end the text is kept.
         let e = anyhow::anyhow!("0").context("size 10");
         assert_eq!(super::one_line(&e), "size 10: 0");
+    }
+
+    /// The logger reads the filter's level and replaces it; a verbose level is Palisade's own.
+    #[test]
+    fn the_logger_reads_and_replaces_its_filter() {
+        use palisade_gateway::logging::LogControl as _;
+        use tracing::level_filters::LevelFilter;
+        let (layer, handle): (
+            tracing_subscriber::reload::Layer<_, tracing_subscriber::Registry>,
+            _,
+        ) = tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new("warn"));
+        let h = handle.clone();
+        let logger = super::Logger::new(
+            "json",
+            move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
+            move |f| handle.reload(f).map_err(|e| e.to_string()),
+        );
+        assert_eq!(logger.level(), LevelFilter::WARN);
+        logger.set_level(LevelFilter::DEBUG).unwrap();
+        assert_eq!(logger.level(), LevelFilter::DEBUG);
+        let shown = logger_filter(&layer);
+        assert!(
+            shown.contains("palisade=debug") && shown.contains("info"),
+            "{shown}"
+        );
+        logger.set_level(LevelFilter::OFF).unwrap();
+        assert_eq!(logger.level(), LevelFilter::OFF);
+        assert_eq!(logger.format(), "json");
+    }
+
+    fn logger_filter<S>(
+        layer: &tracing_subscriber::reload::Layer<tracing_subscriber::EnvFilter, S>,
+    ) -> String {
+        layer
+            .handle()
+            .with_current(|f| f.to_string())
+            .unwrap_or_default()
     }
 }
