@@ -148,15 +148,20 @@ first = json.load(open(sys.argv[1]))
 secret = first["totp_secret"]
 def admin(step):
     return {"Authorization": f"Bearer {key}", "X-Palisade-TOTP": totp(secret, step)}
-made = urllib.request.urlopen(urllib.request.Request(
-    f"http://127.0.0.1:{sys.argv[2]}/v2/admin/keys", method="POST",
-    data=json.dumps({"name": "deployer", "roles": ["deploy", "admin"]}).encode(),
-    headers={**admin(-1), "Content-Type": "application/json"}))
-deployer = json.load(made)
+def make_key(name, roles, step):
+    made = urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{sys.argv[2]}/v2/admin/keys", method="POST",
+        data=json.dumps({"name": name, "roles": roles}).encode(),
+        headers={**admin(step), "Content-Type": "application/json"}))
+    return json.load(made)
+# A deploy key alone loads and unloads; changing the log level takes an admin key.
+deployer = make_key("deployer", ["deploy"], -1)
+operator = make_key("operator", ["admin"], 0)
+def coded(k, step):
+    return {"authorization": f"Bearer {k['key']}", "x-palisade-totp": totp(k["totp_secret"], step)}
 def deploying(step):
-    return {"authorization": f"Bearer {deployer['key']}",
-            "x-palisade-totp": totp(deployer["totp_secret"], step)}
-h.unload_model("mnist", headers=admin(0))
+    return coded(deployer, step)
+h.unload_model("mnist", headers=admin(1))
 assert not h.is_model_ready("mnist", headers=hdr())
 # Ready with no model, as Triton is: a load balancer keeps sending it the load.
 assert h.is_server_ready() and g.is_server_ready()
@@ -167,11 +172,11 @@ except InferenceServerException as e:
     assert e.status() == "404", e
 print("unloaded over HTTP; its index entry:",
       [(m["name"], m["state"], m.get("reason")) for m in h.get_model_repository_index(headers=hdr())])
-h.load_model("mnist", headers=admin(1))
+h.load_model("mnist", headers=deploying(-1))
 assert h.is_model_ready("mnist", headers=hdr())
-g.unload_model("mnist", headers=deploying(-1))
+g.unload_model("mnist", headers=deploying(0))
 assert not g.is_model_ready("mnist", headers=gh)
-g.load_model("mnist", headers=deploying(0))
+g.load_model("mnist", headers=deploying(1))
 assert g.is_model_ready("mnist", headers=gh)
 assert np.array_equal(http_infer(True), binary), "the model loaded again answers otherwise"
 try:
@@ -189,8 +194,7 @@ print("log settings:", hl)
 # `palisade serve` logs warnings and errors unless --log says otherwise.
 assert hl["log_verbose_level"] == 0 and hl["log_error"] and hl["log_format"] == "json", hl
 assert gl["log_error"]["bool_param"] and gl["log_format"]["string_param"] == "json", gl
-changed = h.update_log_settings({"log_verbose_level": 1},
-                                headers={k.title(): v for k, v in deploying(1).items()})
+changed = h.update_log_settings({"log_verbose_level": 1}, headers=coded(operator, -1))
 assert changed["log_verbose_level"] == 1, changed
 assert g.get_log_settings(headers=gh, as_json=True)["settings"]["log_verbose_level"]["uint32_param"] == 1
 try:
@@ -262,6 +266,8 @@ print("OK: tritonclient HTTP (binary, JSON, gzip), gRPC and gRPC streaming agree
 PY
 
 kill -TERM $PID; wait $PID || true
+# The change of the log level is in the log itself (logged before it takes effect).
+grep -q 'log level changed' "$STATE/serve.log" || { echo "the log level's change is not in the log" >&2; exit 1; }
 "$BIN" audit verify --state "$STATE"
 
 # Over TLS: a CA and a certificate for 127.0.0.1 made here, a gateway of its own (the first one's

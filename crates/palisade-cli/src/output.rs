@@ -113,28 +113,33 @@ pub fn init_logging(level: &str, json: bool) {
         .log_internal_errors(false)
         .with_writer(std::io::stderr);
     // The handle's type is the formatter's: each kind is kept behind the same two closures.
+    // Kept only when this subscriber is the one installed.
     let logger = if json {
         let builder = builder.json().with_filter_reloading();
         let handle = builder.reload_handle();
         let h = handle.clone();
-        let _ = builder.try_init();
-        Logger::new(
-            "json",
-            move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
-            move |f| handle.reload(f).map_err(|e| e.to_string()),
-        )
+        builder.try_init().is_ok().then(|| {
+            Logger::new(
+                "json",
+                move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
+                move |f| handle.reload(f).map_err(|e| e.to_string()),
+            )
+        })
     } else {
         let builder = builder.with_filter_reloading();
         let handle = builder.reload_handle();
         let h = handle.clone();
-        let _ = builder.try_init();
-        Logger::new(
-            "default",
-            move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
-            move |f| handle.reload(f).map_err(|e| e.to_string()),
-        )
+        builder.try_init().is_ok().then(|| {
+            Logger::new(
+                "default",
+                move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
+                move |f| handle.reload(f).map_err(|e| e.to_string()),
+            )
+        })
     };
-    let _ = LOGGER.set(std::sync::Arc::new(logger));
+    if let Some(logger) = logger {
+        let _ = LOGGER.set(std::sync::Arc::new(logger));
+    }
 }
 
 static LOGGER: std::sync::OnceLock<std::sync::Arc<Logger>> = std::sync::OnceLock::new();
@@ -176,8 +181,8 @@ impl palisade_gateway::logging::LogControl for Logger {
     }
 
     /// A verbose level (`debug`, `trace`) is Palisade's own lines' (its crates' targets all begin
-    /// with `palisade`): the libraries beneath (hyper, h2, tonic…) stay at `info`, as Triton's
-    /// verbose level is the server's own logging.
+    /// with `palisade`): the libraries beneath (hyper, h2, tonic…) then log at `info`, as
+    /// Triton's verbose level is the server's own logging.
     fn set_level(&self, level: tracing::level_filters::LevelFilter) -> Result<(), String> {
         let directives = if level > tracing::level_filters::LevelFilter::INFO {
             format!("info,palisade={level}")

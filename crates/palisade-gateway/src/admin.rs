@@ -657,23 +657,17 @@ async fn update_log_settings(State(s): State<AdminState>, body: Bytes) -> Respon
         Ok(u) => u,
         Err(e) => return bad_request(&format!("expected a JSON object of log settings: {e}")),
     };
-    let now = crate::logging::LogSettings::of(log.level(), log.format());
-    let next = match now.updated(&update).and_then(|n| n.level().map(|l| (n, l))) {
-        Ok(n) => n,
-        Err(e) => return bad_request(&e),
-    };
-    if let Err(e) = log.set_level(next.1) {
-        tracing::error!(error = %e, "could not change the log level");
-        return error_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "could not change the log level (the gateway's log has the details)",
-        );
+    match crate::logging::apply(log.as_ref(), &update) {
+        Ok(applied) => json_response(StatusCode::OK, applied.settings()),
+        Err(e @ crate::logging::LogError::Failed(_)) => {
+            tracing::error!(error = %e, "could not change the log level");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not change the log level (the gateway's log has the details)",
+            )
+        }
+        Err(e) => bad_request(&e.to_string()),
     }
-    tracing::warn!(level = %next.1, "log level changed through the admin API");
-    json_response(
-        StatusCode::OK,
-        &crate::logging::LogSettings::of(log.level(), log.format()),
-    )
 }
 
 /// Why a load or rollback was not done.

@@ -159,6 +159,55 @@ impl LogSettings {
     }
 }
 
+/// Applies `update` (see [`LogSettings::updated`]) to `log`: the settings after, or why it cannot
+/// be (nothing changed then). One change at a time, so that two at once do not each undo the
+/// other's. Logged at the level before the change, so that a change that silences the log is
+/// in it; a change to the level already set changes nothing (the `--log` directives stay).
+pub fn apply(log: &dyn LogControl, update: &serde_json::Value) -> Result<Applied, LogError> {
+    static CHANGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = CHANGING.lock().unwrap_or_else(|p| p.into_inner());
+    let before = log.level();
+    let next = LogSettings::of(before, log.format())
+        .updated(update)
+        .map_err(LogError::Refused)?;
+    let level = next.level().map_err(LogError::Refused)?;
+    if level == before {
+        return Ok(Applied::Kept(next));
+    }
+    tracing::warn!(from = %before, to = %level, "log level changed through the admin API");
+    log.set_level(level).map_err(LogError::Failed)?;
+    Ok(Applied::Changed(LogSettings::of(log.level(), log.format())))
+}
+
+/// Why [`apply`] changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The settings cannot be taken (answered 400).
+    #[error("{0}")]
+    Refused(String),
+    /// The logger failed to change (answered 500).
+    #[error("the logger failed: {0}")]
+    Failed(String),
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The level was already the one asked for: the logger is untouched.
+    Kept(LogSettings),
+    /// The level was changed.
+    Changed(LogSettings),
+}
+
+impl Applied {
+    /// The settings now.
+    pub fn settings(&self) -> &LogSettings {
+        match self {
+            Applied::Kept(s) | Applied::Changed(s) => s,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

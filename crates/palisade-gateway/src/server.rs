@@ -597,10 +597,12 @@ impl Gateway {
                     .with_admin(Next::new(admin.clone()))
                     .with_stream_idle(self.stream_idle)
                     .with_withdrawn(self.withdrawn.clone())
+                    .with_extensions(extensions(self.log.is_some()))
                     .into_service(),
             );
         let ready_models = self.models.clone();
         let ready_withdrawn = self.withdrawn.clone();
+        let logging = self.log.is_some();
         let metrics = self.metrics.clone();
         let inference = self.inference.clone();
         let orphans = self.orphans.clone();
@@ -616,7 +618,7 @@ impl Gateway {
                     }
                 }),
             )
-            .route("/v2", get(server_metadata))
+            .route("/v2", get(move || server_metadata(logging)))
             .route(
                 "/metrics",
                 get(move || async move {
@@ -697,13 +699,25 @@ pub(crate) async fn method_not_allowed(method: axum::http::Method) -> Response {
     )
 }
 
-async fn server_metadata() -> Response {
+/// Triton's extensions a gateway serves over both transports (REST adds `binary_tensor_data`):
+/// `logging` only when it was handed a logger.
+pub fn extensions(logging: bool) -> Vec<&'static str> {
+    let mut e = vec!["model_configuration", "model_repository", "statistics"];
+    if logging {
+        e.push("logging");
+    }
+    e
+}
+
+async fn server_metadata(logging: bool) -> Response {
+    let mut served = vec!["binary_tensor_data"];
+    served.extend(extensions(logging));
     json_response(
         StatusCode::OK,
         &serde_json::json!({
             "name": "palisade",
             "version": env!("CARGO_PKG_VERSION"),
-            "extensions": ["binary_tensor_data", "model_configuration", "model_repository", "statistics", "logging"],
+            "extensions": served,
         }),
     )
 }

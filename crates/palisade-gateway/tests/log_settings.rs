@@ -15,8 +15,8 @@ use palisade_gateway::keys::{KeyStore as _, Role};
 use palisade_gateway::logging::LogControl;
 use tracing::level_filters::LevelFilter;
 
-/// A logger whose level is a value.
-struct Level(Mutex<LevelFilter>);
+/// A logger whose level is a value, and how many times it was set.
+struct Level(Mutex<LevelFilter>, std::sync::atomic::AtomicUsize);
 
 impl LogControl for Level {
     fn level(&self) -> LevelFilter {
@@ -24,6 +24,7 @@ impl LogControl for Level {
     }
     fn set_level(&self, level: LevelFilter) -> Result<(), String> {
         *self.0.lock().unwrap() = level;
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
     fn format(&self) -> &'static str {
@@ -32,7 +33,7 @@ impl LogControl for Level {
 }
 
 async fn serving_a_logger() -> (Arc<Level>, Server) {
-    let log = Arc::new(Level(Mutex::new(LevelFilter::INFO)));
+    let log = Arc::new(Level(Mutex::new(LevelFilter::INFO), Default::default()));
     let control: Arc<dyn LogControl> = log.clone();
     let s = start_tweaked(None, move |gw| gw.log = Some(control)).await;
     (log, s)
@@ -201,7 +202,8 @@ async fn grpc_log_settings_go_through_the_admin_stack() {
     s.stop().await;
 }
 
-/// A gateway with no logger to hand answers 404 (REST) and `NOT_FOUND` (gRPC).
+/// A gateway with no logger to hand answers 404 (REST) and `NOT_FOUND` (gRPC), and does not
+/// list the extension; one with a logger does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_logger_the_settings_are_not_found() {
     let s = start().await;
@@ -214,5 +216,54 @@ async fn without_a_logger_the_settings_are_not_found() {
     )
     .await;
     assert_eq!(r.status, 404, "{r:?}");
+    let mut c = grpc_client(&s).await;
+    let mut ask = tonic::Request::new(LogSettingsRequest::default());
+    ask.metadata_mut()
+        .insert("authorization", bearer(&s.admin).parse().unwrap());
+    let e = c.log_settings(ask).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let listed = |s: &Server| {
+        let addr = s.addr;
+        async move {
+            let r = request(addr, "GET", "/v2", &[], b"").await;
+            r.json()["extensions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e == "logging")
+        }
+    };
+    assert!(!listed(&s).await);
+    s.stop().await;
+    let (_log, s) = serving_a_logger().await;
+    assert!(listed(&s).await);
+    s.stop().await;
+}
+
+/// Settings that change nothing leave the logger untouched (its `--log` directives stay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_that_change_nothing_leave_the_logger_untouched() {
+    let (log, s) = serving_a_logger().await;
+    let k = s
+        .state
+        .keys
+        .create("admin", &[Role::Admin], None, now_ms())
+        .unwrap();
+    *log.0.lock().unwrap() = LevelFilter::WARN;
+    let sets = log.1.load(std::sync::atomic::Ordering::SeqCst);
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/logging",
+        &[
+            ("Authorization", &bearer(&k)),
+            ("X-Palisade-TOTP", &totp_now(&k, 0)),
+        ],
+        br#"{"log_warning": true, "log_verbose_level": 0}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["log_info"], false);
+    assert_eq!(log.1.load(std::sync::atomic::Ordering::SeqCst), sets);
     s.stop().await;
 }

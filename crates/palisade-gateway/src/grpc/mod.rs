@@ -75,6 +75,8 @@ pub struct GrpcGateway {
     stream_idle: std::time::Duration,
     /// The rolled-back versions and unloaded models, for `ServerReady`.
     withdrawn: Option<std::sync::Arc<crate::loader::Withdrawn>>,
+    /// Triton's extensions served, for `ServerMetadata`.
+    extensions: Vec<&'static str>,
 }
 
 /// What a translated request takes from the gRPC call it came in: the caller's credentials
@@ -119,7 +121,14 @@ impl GrpcGateway {
             unreached,
             stream_idle: stream::STREAM_IDLE,
             withdrawn: None,
+            extensions: crate::server::extensions(false),
         }
+    }
+
+    /// Lists `extensions` in `ServerMetadata` ([`crate::server::extensions`]).
+    pub fn with_extensions(mut self, extensions: Vec<&'static str>) -> Self {
+        self.extensions = extensions;
+        self
     }
 
     /// Answers `ServerReady` as REST's readiness does with the notes `withdrawn`
@@ -139,8 +148,9 @@ impl GrpcGateway {
         self
     }
 
-    /// Serves Triton's `RepositoryModelLoad` and `RepositoryModelUnload` through `admin` (the
-    /// guarded admin routes: role `deploy`, a TOTP code in `x-palisade-totp`, written ahead).
+    /// Serves Triton's `RepositoryModelLoad`, `RepositoryModelUnload` (role `deploy`) and
+    /// `LogSettings` (role `admin`) through `admin` (the guarded admin routes: a TOTP code in
+    /// `x-palisade-totp` for a change, written ahead).
     pub fn with_admin(mut self, admin: Next) -> Self {
         self.admin = Some(admin);
         self
@@ -176,8 +186,8 @@ impl GrpcGateway {
 
     /// The REST request `method path` with `body`, made of a call (or of one message of a
     /// stream) from `caller`, through the model stack (the admin stack for a path under
-    /// `/v2/repository/models/`): its response's parts and body when it succeeds, else the gRPC
-    /// status of its refusal.
+    /// `/v2/repository/models/` and for `/v2/logging`): its response's parts and body when it
+    /// succeeds, else the gRPC status of its refusal.
     pub(crate) async fn call_with(
         &self,
         rpc: &'static str,
@@ -687,12 +697,7 @@ impl GrpcInferenceService for GrpcGateway {
         Ok(tonic::Response::new(ServerMetadataResponse {
             name: "palisade".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec![
-                "model_configuration".into(),
-                "model_repository".into(),
-                "statistics".into(),
-                "logging".into(),
-            ],
+            extensions: self.extensions.iter().map(|e| e.to_string()).collect(),
         }))
     }
 
