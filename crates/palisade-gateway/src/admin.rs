@@ -382,19 +382,32 @@ async fn deploy(s: &AdminState, served: crate::model::ServedModel, chosen: Chose
         let _swapping = withdrawn.as_ref().map(|w| w.swapping());
         if let Some(w) = &withdrawn {
             let (name, version) = (&served.name, &served.version);
-            if chosen == Chosen::Highest && w.contains(name, version) {
-                return Err(Swap::Conflict(format!(
-                    "version '{version}' of '{name}' was taken down while it was being loaded \
-                     (rolled back, or kept down by a load of another version)"
-                )));
+            // Chosen as the highest version not rolled back: still so, under the lock.
+            if chosen == Chosen::Highest
+                && let Some(repo) = &repo
+            {
+                let (_, highest) =
+                    crate::loader::highest_version(repo, name, Some(w)).map_err(Swap::State)?;
+                if w.contains(name, version) {
+                    return Err(Swap::Conflict(format!(
+                        "version '{version}' of '{name}' was taken down while it was being \
+                         loaded (rolled back, or kept down by a load of another version)"
+                    )));
+                }
+                if highest.as_deref() != Some(version.as_str()) {
+                    return Err(Swap::Conflict(format!(
+                        "the repository changed while '{name}' was being loaded (its highest \
+                         version not rolled back is now '{}'): load it again",
+                        highest.unwrap_or_default()
+                    )));
+                }
             }
             let others = match (&repo, w.unloaded(name)) {
-                (Some(repo), true) => crate::loader::list_repository(repo)
-                    .map_err(Swap::State)?
-                    .into_iter()
-                    .filter(|v| v.name == *name)
-                    .map(|v| v.version)
-                    .collect(),
+                (Some(repo), true) => {
+                    crate::loader::highest_version(repo, name, None)
+                        .map_err(Swap::State)?
+                        .0
+                }
                 _ => Vec::new(),
             };
             w.loaded(name, version, &others).map_err(Swap::State)?;
@@ -484,18 +497,18 @@ fn repository_request(body: &[u8], unload: bool) -> Result<(), Refusal> {
 
 /// The versions of `model` in the repository folder `repo`, in the repository's order.
 fn versions_in(repo: &std::path::Path, model: &str) -> Result<Vec<String>, Refusal> {
-    let listed = crate::loader::list_repository(repo).map_err(|e| {
-        tracing::error!(error = %e, "could not list the model repository");
-        Refusal::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "could not list the model repository (the gateway's log has the details)",
-        )
-    })?;
-    Ok(listed
-        .into_iter()
-        .filter(|v| v.name == model)
-        .map(|v| v.version)
-        .collect())
+    crate::loader::highest_version(repo, model, None)
+        .map(|(versions, _)| versions)
+        .map_err(listing_failed)
+}
+
+/// The answer to a repository folder that could not be listed (the details go to the log).
+fn listing_failed(e: crate::GatewayError) -> Refusal {
+    tracing::error!(error = %e, "could not list the model repository");
+    Refusal::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "could not list the model repository (the gateway's log has the details)",
+    )
 }
 
 /// Triton's load (`POST /v2/repository/models/{m}/load`, tritonclient's `load_model`): serves
@@ -520,12 +533,10 @@ async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Byt
     let name = model.clone();
     // The version chosen, loaded; or, when it is served already, its name.
     let load = move || -> Result<Result<crate::model::ServedModel, String>, Refusal> {
-        let versions = versions_in(&source.repo, &name)?;
-        let Some(version) = versions
-            .iter()
-            .rev()
-            .find(|v| !withdrawn.as_ref().is_some_and(|w| w.contains(&name, v)))
-        else {
+        let (versions, highest) =
+            crate::loader::highest_version(&source.repo, &name, withdrawn.as_deref())
+                .map_err(listing_failed)?;
+        let Some(version) = highest.as_ref() else {
             return Err(if versions.is_empty() {
                 Refusal::new(
                     StatusCode::NOT_FOUND,

@@ -519,6 +519,26 @@ pub fn repository_index(
     Ok(out)
 }
 
+/// The versions of model `name` in the repository folder `repo`, in the repository's order, and
+/// the highest of them not rolled back (what Triton's load serves), if any.
+pub fn highest_version(
+    repo: &Path,
+    name: &str,
+    withdrawn: Option<&Withdrawn>,
+) -> Result<(Vec<String>, Option<String>), GatewayError> {
+    let versions: Vec<String> = list_repository(repo)?
+        .into_iter()
+        .filter(|v| v.name == name)
+        .map(|v| v.version)
+        .collect();
+    let highest = versions
+        .iter()
+        .rev()
+        .find(|v| !withdrawn.is_some_and(|w| w.contains(name, v)))
+        .cloned();
+    Ok((versions, highest))
+}
+
 /// Finds version `version` of model `name` in a repository folder.
 pub fn find_version(repo: &Path, name: &str, version: &str) -> Result<VersionDir, GatewayError> {
     if !valid_name(name) || !valid_name(version) {
@@ -922,6 +942,40 @@ mod tests {
         std::fs::write(&path, br#"{"rolled_back": [], "unloaded": [], "x": 1}"#).unwrap();
         let err = Withdrawn::open(&path).unwrap_err().to_string();
         assert!(err.contains("unknown field `x`"), "{err}");
+    }
+
+    /// Triton's load picks the highest version, in the repository's order, not rolled back.
+    #[test]
+    fn the_highest_version_not_rolled_back_is_picked() {
+        let repo = tempfile::tempdir().unwrap();
+        for (m, v) in [("m", "1"), ("m", "2"), ("m", "10"), ("n", "3")] {
+            let dir = repo.path().join(m).join(v);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("model.onnx"), b"x").unwrap();
+        }
+        let w = Withdrawn::open(&repo.path().join("rolled-back.json")).unwrap();
+        let (versions, highest) = highest_version(repo.path(), "m", Some(&w)).unwrap();
+        assert_eq!(
+            (versions, highest.as_deref()),
+            (["1", "2", "10"].map(String::from).to_vec(), Some("10"))
+        );
+        w.set("m", "10", true).unwrap();
+        assert_eq!(
+            highest_version(repo.path(), "m", Some(&w))
+                .unwrap()
+                .1
+                .as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            highest_version(repo.path(), "m", None)
+                .unwrap()
+                .1
+                .as_deref(),
+            Some("10")
+        );
+        let (none, nothing) = highest_version(repo.path(), "o", Some(&w)).unwrap();
+        assert!(none.is_empty() && nothing.is_none());
     }
 
     /// Ready when a model is served, or when none is because models were unloaded.
