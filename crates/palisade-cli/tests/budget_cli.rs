@@ -8,35 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::repository;
+use common::{free_addr, http, repository, serve_until};
 
 const BUDGET: u64 = 3;
-
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-/// Sends one HTTP/1.1 request and returns the status code (0 if there was no answer).
-fn http(addr: &str, request: &[u8]) -> u16 {
-    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
-        return 0;
-    };
-    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let _ = c.write_all(request);
-    let mut reply = Vec::new();
-    let _ = c.read_to_end(&mut reply);
-    let reply = String::from_utf8_lossy(&reply);
-    reply
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
 
 fn infer(addr: &str, key: &str) -> u16 {
     let data = vec!["0.5"; 784].join(",");
@@ -61,51 +35,6 @@ fn serve(dir: &Path) -> (Child, String, Option<String>) {
 fn serve_with(dir: &Path, args: &[&str]) -> (Child, String, serde_json::Value) {
     let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     serve_until(dir, args, |addr| http(addr, ready) == 200)
-}
-
-/// `palisade --json serve` in `dir` with `args`, on a free address, once `ready` holds for it:
-/// the process, the address and the JSON it printed on start.
-fn serve_until(
-    dir: &Path,
-    args: &[&str],
-    ready: impl Fn(&str) -> bool,
-) -> (Child, String, serde_json::Value) {
-    let addr = free_addr();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["--json", "serve", "--models", "repo"])
-        .args(args)
-        .args([
-            "--allow-unsigned",
-            "--listen",
-            &addr,
-            "--grpc-listen",
-            "none",
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The first JSON value on stdout says where it serves (and gives the first admin key, once);
-    // the rest is read on, so that the gateway never writes to a closed pipe.
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut text = String::new();
-    let started = loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert!(n > 0, "the gateway exited before it said where it serves");
-        text.push_str(&line);
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            break v;
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let end = Instant::now() + Duration::from_secs(120);
-    while !ready(&addr) {
-        assert!(Instant::now() < end, "the gateway never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (child, addr, started)
 }
 
 /// `palisade serve` of the repository in `d` (unsigned), its state in `st`, with `args`,

@@ -1,6 +1,9 @@
 //! Shared by the CLI's integration tests.
 
+use std::io::{Read as _, Write as _};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A model repository in `dir` (`repo/mnist/1`: the bundled model, unsigned) with `policy` as
 /// the model's policy.
@@ -14,4 +17,79 @@ pub fn repository(dir: &Path, policy: &str) {
     )
     .unwrap();
     std::fs::write(version.join("policy.toml"), policy).unwrap();
+}
+
+/// A loopback address with a port free a moment ago.
+#[allow(dead_code)] // not every test binary serves
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Sends one HTTP/1.1 request and returns the status code (0 if there was no answer).
+#[allow(dead_code)]
+pub fn http(addr: &str, request: &[u8]) -> u16 {
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = c.write_all(request);
+    let mut reply = Vec::new();
+    let _ = c.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    reply
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `palisade --json serve` in `dir` with `args`, on a free address, once `ready` holds for it:
+/// the process, the address and the JSON it printed on start.
+#[allow(dead_code)]
+pub fn serve_until(
+    dir: &Path,
+    args: &[&str],
+    ready: impl Fn(&str) -> bool,
+) -> (Child, String, serde_json::Value) {
+    let addr = free_addr();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["--json", "serve", "--models", "repo"])
+        .args(args)
+        .args([
+            "--allow-unsigned",
+            "--listen",
+            &addr,
+            "--grpc-listen",
+            "none",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first JSON value on stdout says where it serves (and gives the first admin key, once);
+    // the rest is read on, so that the gateway never writes to a closed pipe.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    let started = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the gateway exited before it said where it serves");
+        text.push_str(&line);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            break v;
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let end = Instant::now() + Duration::from_secs(120);
+    while !ready(&addr) {
+        assert!(Instant::now() < end, "the gateway never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, addr, started)
 }
