@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_addr, http, repository, serve_until};
+use common::{free_addr, http, repository, serve_in, serve_until};
 
 const BUDGET: u64 = 3;
 
@@ -35,24 +35,6 @@ fn serve(dir: &Path) -> (Child, String, Option<String>) {
 fn serve_with(dir: &Path, args: &[&str]) -> (Child, String, serde_json::Value) {
     let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     serve_until(dir, args, |addr| http(addr, ready) == 200)
-}
-
-/// `palisade serve` of the repository in `d` (unsigned), its state in `st`, with `args`,
-/// listening on `listen` and not on a second address: to run as the caller chooses.
-fn serve_in(d: &Path, listen: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_palisade"));
-    c.args([
-        "serve",
-        "--models",
-        "repo",
-        "--allow-unsigned",
-        "--state",
-        "st",
-    ])
-    .args(args)
-    .args(["--listen", listen, "--grpc-listen", "none"])
-    .current_dir(d);
-    c
 }
 
 fn stop(gw: Child) {

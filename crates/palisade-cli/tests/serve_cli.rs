@@ -2,10 +2,8 @@
 //! noted in the state folder) starts serving none and ready, so that a load can serve one again;
 //! a repository with no model it may serve is still an error.
 
-use std::process::Command;
-
 mod common;
-use common::{http, repository, serve_until};
+use common::{http, repository, serve_in, serve_until};
 
 const READY: &[u8] = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 const MODEL_READY: &[u8] =
@@ -42,19 +40,7 @@ fn a_repository_with_no_model_to_serve_is_an_error_whatever_was_unloaded() {
         br#"{"rolled_back": [], "unloaded": ["gone"]}"#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args([
-            "serve",
-            "--models",
-            "repo",
-            "--allow-unsigned",
-            "--state",
-            "st",
-        ])
-        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "none"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let out = serve_in(d, "127.0.0.1:0", &[]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds no model that may be served"), "{err}");

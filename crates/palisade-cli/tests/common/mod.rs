@@ -93,3 +93,22 @@ pub fn serve_until(
     }
     (child, addr, started)
 }
+
+/// `palisade serve` of the repository in `d` (unsigned), its state in `st`, with `args`,
+/// listening on `listen` and not on a second address: to run as the caller chooses.
+#[allow(dead_code)]
+pub fn serve_in(d: &Path, listen: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    c.args([
+        "serve",
+        "--models",
+        "repo",
+        "--allow-unsigned",
+        "--state",
+        "st",
+    ])
+    .args(args)
+    .args(["--listen", listen, "--grpc-listen", "none"])
+    .current_dir(d);
+    c
+}
