@@ -467,7 +467,8 @@ pub struct IndexEntry {
     pub version: String,
     /// `READY` (served) or `UNAVAILABLE` (in the repository folder, not served).
     pub state: String,
-    /// Why a version is unavailable: `rolled back`, `unloaded` or `not loaded`.
+    /// Why a version is unavailable: `rolled back`, `unloaded`, `kept down` (by a load of
+    /// another version after an unload) or `not loaded`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }
@@ -475,7 +476,8 @@ pub struct IndexEntry {
 /// Triton's repository index, of the models `may_see` lets through: every version served
 /// (`READY`), then, when the gateway loads from the folder `repo`, the versions in it that are not
 /// served (`UNAVAILABLE`: `rolled back` if a rollback took it down, `unloaded` if an unload took
-/// its model down, else `not loaded`), unless
+/// its model down, `kept down` if a load of another version after an unload did, else `not
+/// loaded`), unless
 /// `ready_only`. By name, then version as the repository orders them. Reads the folder: call it
 /// off the async workers.
 pub fn repository_index(
@@ -505,10 +507,12 @@ pub fn repository_index(
             if !may_see(&v.name) || models.get(&v.name, Some(&v.version)).is_some() {
                 continue;
             }
-            let why = if withdrawn.is_some_and(|w| w.contains(&v.name, &v.version)) {
+            let why = if withdrawn.is_some_and(|w| w.rolled_back(&v.name, &v.version)) {
                 "rolled back"
             } else if withdrawn.is_some_and(|w| w.unloaded(&v.name)) {
                 "unloaded"
+            } else if withdrawn.is_some_and(|w| w.contains(&v.name, &v.version)) {
+                "kept down"
             } else {
                 "not loaded"
             };
@@ -577,7 +581,7 @@ pub fn load_repository(
             continue;
         }
         if withdrawn.is_some_and(|w| w.contains(&v.name, &v.version)) {
-            tracing::info!(model = %v.name, version = %v.version, "not loaded: rolled back");
+            tracing::info!(model = %v.name, version = %v.version, "not loaded: rolled back, or kept down by a load of another version");
             continue;
         }
         let m = load_dir(&v, runtime, trust)?;
@@ -601,12 +605,12 @@ pub fn ready(models: &ModelRepository, withdrawn: Option<&Withdrawn>) -> bool {
 /// folder (`rolled-back.json`, written atomically on each change), so that a restart does not
 /// serve a version a rollback took down (every version folder of the repository was loaded, the
 /// highest active, 2026-12-06 review), nor a model an unload took down. Loading a version again
-/// takes it off; loading an unloaded model keeps its other versions in the folder down, as
-/// rolled back ([`Withdrawn::loaded`]).
+/// takes it off; loading an unloaded model keeps its other versions in the folder down
+/// ([`Withdrawn::loaded`]).
 ///
 /// The file is a list of `[model, version]` pairs while no model is unloaded (what gateways
 /// before the unload wrote, and read), else `{"rolled_back": [[model, version], …],
-/// "unloaded": [model, …]}`.
+/// "unloaded": [model, …], "kept_down": [[model, version], …]}`.
 #[derive(Debug)]
 pub struct Withdrawn {
     path: PathBuf,
@@ -623,6 +627,9 @@ struct Kept {
     rolled_back: std::collections::BTreeSet<(String, String)>,
     #[serde(default)]
     unloaded: std::collections::BTreeSet<String>,
+    /// The versions a load of an unloaded model kept down (its other folder versions).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    kept_down: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Kept {
@@ -633,14 +640,14 @@ impl Kept {
             let list: Vec<(String, String)> = serde_json::from_slice(bytes)?;
             return Ok(Kept {
                 rolled_back: list.into_iter().collect(),
-                unloaded: Default::default(),
+                ..Default::default()
             });
         }
         serde_json::from_slice(bytes)
     }
 
     fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        if self.unloaded.is_empty() {
+        if self.unloaded.is_empty() && self.kept_down.is_empty() {
             serde_json::to_vec_pretty(&self.rolled_back)
         } else {
             serde_json::to_vec_pretty(self)
@@ -678,8 +685,16 @@ impl Withdrawn {
         self.swaps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `model` `version` was rolled back.
+    /// Whether `model` `version` is kept down: rolled back, or kept down by a load of another
+    /// version of its model after an unload ([`Withdrawn::loaded`]).
     pub fn contains(&self, model: &str, version: &str) -> bool {
+        let entry = (model.to_string(), version.to_string());
+        let k = self.lock();
+        k.rolled_back.contains(&entry) || k.kept_down.contains(&entry)
+    }
+
+    /// Whether `model` `version` was rolled back (rather than kept down by a load).
+    pub fn rolled_back(&self, model: &str, version: &str) -> bool {
         self.lock()
             .rolled_back
             .contains(&(model.to_string(), version.to_string()))
@@ -708,9 +723,9 @@ impl Withdrawn {
         })
     }
 
-    /// Notes `model` `version` as loaded: off the rolled-back versions, and, if its model was
-    /// unloaded, its model off the unloaded ones and its `others` (the model's other versions in
-    /// the repository folder) on the rolled-back ones, so that a restart serves what is served
+    /// Notes `model` `version` as loaded: off the rolled-back and kept-down versions, and, if its
+    /// model was unloaded, its model off the unloaded ones and its `others` (the model's other
+    /// versions in the repository folder) kept down, so that a restart serves what is served
     /// then, this version alone, not every version the unload took down. One write, on disk
     /// before it returns; on an error the notes are as they were.
     pub fn loaded(
@@ -720,11 +735,15 @@ impl Withdrawn {
         others: &[String],
     ) -> Result<(), GatewayError> {
         self.change(|k| {
-            k.rolled_back
-                .remove(&(model.to_string(), version.to_string()));
+            let entry = (model.to_string(), version.to_string());
+            k.rolled_back.remove(&entry);
+            k.kept_down.remove(&entry);
             if k.unloaded.remove(model) {
                 for v in others.iter().filter(|v| *v != version) {
-                    k.rolled_back.insert((model.to_string(), v.clone()));
+                    let other = (model.to_string(), v.clone());
+                    if !k.rolled_back.contains(&other) {
+                        k.kept_down.insert(other);
+                    }
                 }
             }
         })
@@ -931,6 +950,8 @@ mod tests {
         let third = Withdrawn::open(&path).unwrap();
         assert!(!third.unloaded("m") && third.unloaded("n"));
         assert!(third.contains("m", "1") && third.contains("m", "2") && !third.contains("m", "3"));
+        // 1 is kept down by the load, 2 still rolled back.
+        assert!(!third.rolled_back("m", "1") && third.rolled_back("m", "2"));
         // Loaded while not unloaded: only its own note goes.
         third.loaded("m", "1", &folder).unwrap();
         assert!(!third.contains("m", "1") && third.contains("m", "2"));

@@ -78,6 +78,21 @@ fn restart(
     (restarted, loaded)
 }
 
+/// The repository index's entries of `model`, as the admin key sees them.
+async fn indexed(s: &Server, model: &str) -> Vec<serde_json::Value> {
+    let auth = bearer(&s.admin);
+    let r = request(
+        s.addr,
+        "POST",
+        "/v2/repository/index",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .await;
+    let all = r.json().as_array().cloned().unwrap_or_default();
+    all.into_iter().filter(|e| e["name"] == model).collect()
+}
+
 /// Whether the audit log holds a deployment (`admin.models`) answered 200 whose `field` is
 /// `value`.
 fn deployed(s: &Server, field: &str, value: &str) -> bool {
@@ -450,22 +465,7 @@ async fn triton_load_and_unload_serve_and_take_down_a_model_under_the_deploy_rol
     let (restarted, loaded) = restart(repo.path(), &key, &s);
     assert!(loaded.is_empty() && restarted.get("lin", None).is_none());
     // The index says why.
-    let r = request(
-        s.addr,
-        "POST",
-        "/v2/repository/index",
-        &[("Authorization", &bearer(&s.admin))],
-        b"",
-    )
-    .await;
-    let lin: Vec<_> = r
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["name"] == "lin")
-        .cloned()
-        .collect();
+    let lin = indexed(&s, "lin").await;
     assert_eq!(lin.len(), 1, "{lin:?}");
     assert_eq!(
         (&lin[0]["state"], &lin[0]["reason"]),
@@ -492,6 +492,12 @@ async fn triton_load_and_unload_serve_and_take_down_a_model_under_the_deploy_rol
     let (restarted, _) = restart(repo.path(), &key, &s);
     assert_eq!(restarted.versions("lin"), ["3"]);
     assert_eq!(s.models.versions("lin"), ["3"]);
+    let two: Vec<_> = indexed(&s, "lin")
+        .await
+        .into_iter()
+        .filter(|e| e["version"] == "2")
+        .collect();
+    assert_eq!(two[0]["reason"], "kept down", "{two:?}");
     let rollback = || act("/v2/admin/models/lin/rollback".into(), b"");
     let r = rollback().await;
     assert_eq!(r.status, 409, "only version 3 is served: {r:?}");
