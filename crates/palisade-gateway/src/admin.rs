@@ -364,7 +364,8 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
 enum Chosen {
     /// Named by the caller (the admin API's load).
     Named,
-    /// The repository folder's highest version not rolled back (Triton's load).
+    /// The repository folder's highest version neither rolled back nor kept down (Triton's
+    /// load; [`crate::loader::highest_version`]).
     Highest,
 }
 
@@ -382,7 +383,7 @@ async fn deploy(s: &AdminState, served: crate::model::ServedModel, chosen: Chose
         let _swapping = withdrawn.as_ref().map(|w| w.swapping());
         if let Some(w) = &withdrawn {
             let (name, version) = (&served.name, &served.version);
-            // Chosen as the highest version not rolled back: still so, under the lock.
+            // Chosen as the highest version not kept down: still so, under the lock.
             if chosen == Chosen::Highest
                 && let Some(repo) = &repo
             {
@@ -397,7 +398,7 @@ async fn deploy(s: &AdminState, served: crate::model::ServedModel, chosen: Chose
                 if highest.as_deref() != Some(version.as_str()) {
                     return Err(Swap::Conflict(format!(
                         "the repository changed while '{name}' was being loaded (its highest \
-                         version not rolled back is now '{}'): load it again",
+                         version not kept down is now '{}'): load it again",
                         highest.unwrap_or_default()
                     )));
                 }
@@ -512,10 +513,10 @@ fn listing_failed(e: crate::GatewayError) -> Refusal {
 }
 
 /// Triton's load (`POST /v2/repository/models/{m}/load`, tritonclient's `load_model`): serves
-/// the highest version of `m` in the repository folder that was not rolled back, loaded through
-/// the signature and scan checks, as the admin API's load does. Nothing to do (200) when that
-/// version is already the active one; 409 when it is served but another is active (a rollback
-/// through the admin API says which), or when every version was rolled back (the admin API
+/// the highest version of `m` in the repository folder neither rolled back nor kept down, loaded
+/// through the signature and scan checks, as the admin API's load does. Nothing to do (200) when
+/// that version is already the active one; 409 when it is served but another is active (a
+/// rollback through the admin API says which), or when every version is down (the admin API
 /// loads one by its version); 404 when the folder has no such model.
 async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Bytes) -> Response {
     let model = param(&p, "model");
@@ -546,8 +547,9 @@ async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Byt
                 Refusal::new(
                     StatusCode::CONFLICT,
                     &format!(
-                        "every version of '{name}' in the repository folder was rolled back: \
-                         load one by its version through POST /v2/admin/models/{name}/load"
+                        "every version of '{name}' in the repository folder was rolled back or \
+                         kept down: load one by its version through POST \
+                         /v2/admin/models/{name}/load"
                     ),
                 )
             });
@@ -572,7 +574,7 @@ async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Byt
                 Some(active) => error_response(
                     StatusCode::CONFLICT,
                     &format!(
-                        "version '{version}' of '{model}', the highest not rolled back, is \
+                        "version '{version}' of '{model}', the highest not kept down, is \
                          served, but version '{active}' is active: roll back to it through POST \
                          /v2/admin/models/{model}/rollback"
                     ),

@@ -524,7 +524,8 @@ pub fn repository_index(
 }
 
 /// The versions of model `name` in the repository folder `repo`, in the repository's order, and
-/// the highest of them not rolled back (what Triton's load serves), if any.
+/// the highest of them neither rolled back nor kept down ([`Withdrawn::contains`]: what Triton's
+/// load serves), if any.
 pub fn highest_version(
     repo: &Path,
     name: &str,
@@ -581,7 +582,12 @@ pub fn load_repository(
             continue;
         }
         if withdrawn.is_some_and(|w| w.contains(&v.name, &v.version)) {
-            tracing::info!(model = %v.name, version = %v.version, "not loaded: rolled back, or kept down by a load of another version");
+            let why = if withdrawn.is_some_and(|w| w.rolled_back(&v.name, &v.version)) {
+                "rolled back"
+            } else {
+                "kept down by a load of another version"
+            };
+            tracing::info!(model = %v.name, version = %v.version, "not loaded: {why}");
             continue;
         }
         let m = load_dir(&v, runtime, trust)?;
@@ -608,7 +614,8 @@ pub fn ready(models: &ModelRepository, withdrawn: Option<&Withdrawn>) -> bool {
 /// takes it off; loading an unloaded model keeps its other versions in the folder down
 /// ([`Withdrawn::loaded`]).
 ///
-/// The file is a list of `[model, version]` pairs while no model is unloaded (what gateways
+/// The file is a list of `[model, version]` pairs while no model is unloaded or version kept
+/// down (what gateways
 /// before the unload wrote, and read), else `{"rolled_back": [[model, version], …],
 /// "unloaded": [model, …], "kept_down": [[model, version], …]}`.
 #[derive(Debug)]
@@ -965,7 +972,7 @@ mod tests {
         assert!(err.contains("unknown field `x`"), "{err}");
     }
 
-    /// Triton's load picks the highest version, in the repository's order, not rolled back.
+    /// Triton's load picks the highest version, in the repository's order, not kept down.
     #[test]
     fn the_highest_version_not_rolled_back_is_picked() {
         let repo = tempfile::tempdir().unwrap();
