@@ -112,30 +112,21 @@ pub fn init_logging(level: &str, json: bool) {
         .with_env_filter(filter)
         .log_internal_errors(false)
         .with_writer(std::io::stderr);
-    // The handle's type is the formatter's: each kind is kept behind the same two closures.
     // Kept only when this subscriber is the one installed.
     let logger = if json {
         let builder = builder.json().with_filter_reloading();
         let handle = builder.reload_handle();
-        let h = handle.clone();
-        builder.try_init().is_ok().then(|| {
-            Logger::new(
-                "json",
-                move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
-                move |f| handle.reload(f).map_err(|e| e.to_string()),
-            )
-        })
+        builder
+            .try_init()
+            .is_ok()
+            .then(|| Logger::of("json", handle))
     } else {
         let builder = builder.with_filter_reloading();
         let handle = builder.reload_handle();
-        let h = handle.clone();
-        builder.try_init().is_ok().then(|| {
-            Logger::new(
-                "default",
-                move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
-                move |f| handle.reload(f).map_err(|e| e.to_string()),
-            )
-        })
+        builder
+            .try_init()
+            .is_ok()
+            .then(|| Logger::of("default", handle))
     };
     if let Some(logger) = logger {
         let _ = LOGGER.set(std::sync::Arc::new(logger));
@@ -161,15 +152,17 @@ pub struct Logger {
 }
 
 impl Logger {
-    fn new(
+    /// The logger of the filter `handle` reloads, writing `format`. The handle's type is its
+    /// subscriber's (one per formatter): it is kept behind the two closures.
+    fn of<S: Send + Sync + 'static>(
         format: &'static str,
-        level: impl Fn() -> Option<tracing::level_filters::LevelFilter> + Send + Sync + 'static,
-        reload: impl Fn(tracing_subscriber::EnvFilter) -> Result<(), String> + Send + Sync + 'static,
+        handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
     ) -> Self {
+        let read = handle.clone();
         Logger {
             format,
-            level: Box::new(level),
-            reload: Box::new(reload),
+            level: Box::new(move || read.with_current(|f| f.max_level_hint()).ok().flatten()),
+            reload: Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
         }
     }
 }
@@ -288,12 +281,7 @@ mod tests {
             tracing_subscriber::reload::Layer<_, tracing_subscriber::Registry>,
             _,
         ) = tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new("warn"));
-        let h = handle.clone();
-        let logger = super::Logger::new(
-            "json",
-            move || h.with_current(|f| f.max_level_hint()).ok().flatten(),
-            move |f| handle.reload(f).map_err(|e| e.to_string()),
-        );
+        let logger = super::Logger::of("json", handle);
         assert_eq!(logger.level(), LevelFilter::WARN);
         logger.set_level(LevelFilter::DEBUG).unwrap();
         assert_eq!(logger.level(), LevelFilter::DEBUG);
