@@ -184,6 +184,21 @@ impl GrpcGateway {
             .await
     }
 
+    /// Triton's load or unload (`action`) of the model a request names (`repository_call`),
+    /// as `POST /v2/repository/models/{m}/{action}` through the admin stack: the model's name.
+    async fn repository_action<T>(
+        &self,
+        rpc: &'static str,
+        action: &str,
+        (repository, model, parameters): (&str, &str, &HashMap<String, ModelRepositoryParameter>),
+        call: &tonic::Request<T>,
+    ) -> Result<String, Status> {
+        let (name, body) = repository_call(repository, model, parameters)?;
+        let path = format!("{REPOSITORY_MODELS}{name}/{action}");
+        self.call(rpc, Method::POST, path, call, &[], body).await?;
+        Ok(name)
+    }
+
     /// The REST request `method path` with `body`, made of a call (or of one message of a
     /// stream) from `caller`, through the model stack (the admin stack for a path under
     /// `/v2/repository/models/` and for `/v2/logging`): its response's parts and body when it
@@ -782,12 +797,12 @@ impl GrpcInferenceService for GrpcGateway {
         r: tonic::Request<RepositoryModelLoadRequest>,
     ) -> Result<tonic::Response<RepositoryModelLoadResponse>, Status> {
         let q = r.get_ref();
-        let (name, body) = repository_call(&q.repository_name, &q.model_name, &q.parameters)?;
-        let path = format!("{REPOSITORY_MODELS}{name}/load");
-        self.call("RepositoryModelLoad", Method::POST, path, &r, &[], body)
+        let named = (&*q.repository_name, &*q.model_name, &q.parameters);
+        let model_name = self
+            .repository_action("RepositoryModelLoad", "load", named, &r)
             .await?;
         Ok(tonic::Response::new(RepositoryModelLoadResponse {
-            model_name: name,
+            model_name,
             is_loaded: true,
         }))
     }
@@ -798,12 +813,12 @@ impl GrpcInferenceService for GrpcGateway {
         r: tonic::Request<RepositoryModelUnloadRequest>,
     ) -> Result<tonic::Response<RepositoryModelUnloadResponse>, Status> {
         let q = r.get_ref();
-        let (name, body) = repository_call(&q.repository_name, &q.model_name, &q.parameters)?;
-        let path = format!("{REPOSITORY_MODELS}{name}/unload");
-        self.call("RepositoryModelUnload", Method::POST, path, &r, &[], body)
+        let named = (&*q.repository_name, &*q.model_name, &q.parameters);
+        let model_name = self
+            .repository_action("RepositoryModelUnload", "unload", named, &r)
             .await?;
         Ok(tonic::Response::new(RepositoryModelUnloadResponse {
-            model_name: name,
+            model_name,
             is_unloaded: true,
         }))
     }
