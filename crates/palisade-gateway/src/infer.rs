@@ -129,7 +129,7 @@ impl ModelService {
                 // A request whose client has gone is finished for its audit entry, but the
                 // model is not run for it: nobody will read the scores.
                 let gone = req.extensions().get::<ClientGone>().cloned();
-                let left = move || gone.as_ref().is_some_and(ClientGone::now);
+                let left = move || gone.as_ref().is_some_and(|g| g.now());
                 if left() {
                     return client_left();
                 }

@@ -261,21 +261,31 @@ impl Decision {
     }
 }
 
-/// Set once the request's client has gone before its answer (request extension from the audit
-/// guard, which then finishes the request for its entry; the messages of a gRPC stream share
-/// their stream's, set when it ends, `crate::grpc::stream`): the model is not run for it.
+/// A flag set once and seen by every clone: what [`ClientGone`] and [`Entered`] hold.
 #[derive(Debug, Clone, Default)]
-pub struct ClientGone(Arc<std::sync::atomic::AtomicBool>);
+pub struct Flag(Arc<std::sync::atomic::AtomicBool>);
 
-impl ClientGone {
-    /// Whether the client has gone.
+impl Flag {
+    /// Whether it is set.
     pub fn now(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Notes that the client has gone.
     pub(crate) fn set(&self) {
         self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Set once the request's client has gone before its answer (request extension from the audit
+/// guard, which then finishes the request for its entry; the messages of a gRPC stream share
+/// their stream's, set when it ends, `crate::grpc::stream`): the model is not run for it.
+#[derive(Debug, Clone, Default)]
+pub struct ClientGone(pub Flag);
+
+impl std::ops::Deref for ClientGone {
+    type Target = Flag;
+    fn deref(&self) -> &Flag {
+        &self.0
     }
 }
 
@@ -283,16 +293,12 @@ impl ClientGone {
 /// each message's request, `crate::grpc::stream`): from then on, a passage dropped before its
 /// end is finished, and recorded, by the guard's orphans; before, it has had nothing done.
 #[derive(Debug, Clone, Default)]
-pub struct Entered(Arc<std::sync::atomic::AtomicBool>);
+pub struct Entered(pub Flag);
 
-impl Entered {
-    /// Whether the audit guard has taken the request.
-    pub fn now(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    pub(crate) fn set(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release);
+impl std::ops::Deref for Entered {
+    type Target = Flag;
+    fn deref(&self) -> &Flag {
+        &self.0
     }
 }
 
