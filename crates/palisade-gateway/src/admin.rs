@@ -98,17 +98,27 @@ fn key_error(e: KeyError) -> Response {
     let status = match e {
         KeyError::NotFound(_) => StatusCode::NOT_FOUND,
         KeyError::Role(_) | KeyError::Invalid(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => return internal("the key store failed", &e).answer(),
     };
     error_response(status, &e.to_string())
 }
 
 fn audit_error(e: AuditError) -> Response {
-    let status = match e {
-        AuditError::OutOfRange(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error_response(status, &e.to_string())
+    match e {
+        AuditError::OutOfRange(_) => error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+        _ => internal("the audit log could not be read", &e).answer(),
+    }
+}
+
+/// A 500 whose cause goes to the log only: a storage error's text names the state folder's
+/// files and the database's own words, which are for the operator reading the log, not for a
+/// caller. `what` says, in the answer and the log line, what failed.
+fn internal(what: &str, e: &dyn std::fmt::Display) -> Refusal {
+    tracing::error!(error = %e, "{what}");
+    Refusal::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &format!("{what} (the gateway's log has the details)"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -500,16 +510,7 @@ fn repository_request(body: &[u8], unload: bool) -> Result<(), Refusal> {
 fn versions_in(repo: &std::path::Path, model: &str) -> Result<Vec<String>, Refusal> {
     crate::loader::highest_version(repo, model, None)
         .map(|(versions, _)| versions)
-        .map_err(listing_failed)
-}
-
-/// The answer to a repository folder that could not be listed (the details go to the log).
-fn listing_failed(e: crate::GatewayError) -> Refusal {
-    tracing::error!(error = %e, "could not list the model repository");
-    Refusal::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "could not list the model repository (the gateway's log has the details)",
-    )
+        .map_err(|e| internal("could not list the model repository", &e))
 }
 
 /// Triton's load (`POST /v2/repository/models/{m}/load`, tritonclient's `load_model`): serves
@@ -536,7 +537,7 @@ async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Byt
     let load = move || -> Result<Result<crate::model::ServedModel, String>, Refusal> {
         let (versions, highest) =
             crate::loader::highest_version(&source.repo, &name, withdrawn.as_deref())
-                .map_err(listing_failed)?;
+                .map_err(|e| internal("could not list the model repository", &e))?;
         let Some(version) = highest.as_ref() else {
             return Err(if versions.is_empty() {
                 Refusal::new(
@@ -621,7 +622,7 @@ async fn repository_unload(State(s): State<AdminState>, Path(p): Params, body: B
             }
             if let Some(w) = &withdrawn {
                 w.set_unloaded(&name, true)
-                    .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
+                    .map_err(|e| internal("the state folder could not note the unload", &e))?;
             }
             models.unload(&name).unwrap_or_default()
         };
@@ -700,7 +701,7 @@ impl Swap {
                 error_response(StatusCode::NOT_FOUND, &e.to_string())
             }
             Swap::Repository(e) => error_response(StatusCode::CONFLICT, &e.to_string()),
-            Swap::State(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            Swap::State(e) => internal("the state folder could not note the change", &e).answer(),
             Swap::Conflict(m) => error_response(StatusCode::CONFLICT, &m),
         }
     }
@@ -894,6 +895,39 @@ mod tests {
             .to_string();
         assert!(e.contains("not both"), "{e}");
         assert!(!e.contains("  "), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_storage_failure_is_a_500_that_leaves_its_files_to_the_log() {
+        let io = || std::io::Error::other("/var/lib/palisade/audit.db: disk I/O error");
+        for (r, what) in [
+            (
+                audit_error(AuditError::Io(io())),
+                "audit log could not be read",
+            ),
+            (
+                key_error(KeyError::Create {
+                    path: "/var/lib/palisade/keys.db".into(),
+                    source: io(),
+                }),
+                "key store failed",
+            ),
+        ] {
+            assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let text = body_text(r).await;
+            assert!(
+                text.contains(what) && text.contains("log has the details"),
+                "{text}"
+            );
+            assert!(!text.contains("/var/lib"), "{text}");
+        }
+        // What the caller can mend is still said.
+        let r = audit_error(AuditError::OutOfRange("size 9 > 4".into()));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(body_text(r).await.contains("size 9 > 4"));
+        let r = key_error(KeyError::NotFound("k1".into()));
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(body_text(r).await.contains("k1"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -558,6 +558,53 @@ async fn a_gateway_whose_models_were_all_unloaded_stays_ready() {
     s.stop().await;
 }
 
+/// A rollback or unload that the state folder cannot note is not done: 500, the model served as
+/// before, and the answer names none of the folder's files (the gateway's log has them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_the_state_folder_cannot_note_is_refused_without_naming_its_files() {
+    let (repo, key, s) = serving_a_repository().await;
+    sign(&version(repo.path(), "2", ""), &key);
+    // A TOTP code is accepted once: each action gets a deploy key of its own.
+    let act = |path: &str, body: &'static [u8]| {
+        let k = s
+            .state
+            .keys
+            .create("deployer", &[Role::Deploy], None, now_ms())
+            .unwrap();
+        let (addr, path) = (s.addr, path.to_string());
+        async move { with_code(addr, &k, path, body).await }
+    };
+    let r = act("/v2/admin/models/lin/load", br#"{"version":"2"}"#).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The notes' file replaced by a folder: it can be neither read anew nor replaced.
+    let notes = s.state.paths.rolled_back();
+    let _ = std::fs::remove_file(&notes);
+    std::fs::create_dir(&notes).unwrap();
+    let folder = notes.parent().unwrap().to_str().unwrap().to_string();
+    for (path, what) in [
+        ("/v2/admin/models/lin/rollback", "could not note the change"),
+        (
+            "/v2/repository/models/lin/unload",
+            "could not note the unload",
+        ),
+    ] {
+        let r = act(path, b"").await;
+        assert_eq!(r.status, 500, "{path}: {r:?}");
+        let e = r.error();
+        assert!(e.contains(what) && e.contains("log has the details"), "{e}");
+        assert!(!e.contains(&folder) && !e.contains("rolled-back"), "{e}");
+        assert_eq!(s.models.get("lin", None).unwrap().version, "2", "{path}");
+        assert_eq!(s.models.versions("lin"), ["1", "2"], "{path}");
+    }
+    let last = s.audit_entries(0).pop().unwrap();
+    assert_eq!(
+        (last["status"].clone(), last["decision"].clone()),
+        (500.into(), "error".into()),
+        "{last}"
+    );
+    s.stop().await;
+}
+
 /// Triton's `RepositoryModelLoad` and `RepositoryModelUnload` over gRPC: the REST load and
 /// unload through the admin stack (the key's `deploy` role checked before the message is read,
 /// the TOTP code in `x-palisade-totp` metadata), Triton's message layout and KServe's (the
