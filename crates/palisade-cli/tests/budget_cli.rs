@@ -4,11 +4,11 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_addr, http, repository, serve_in, serve_until};
+use common::{Killed, free_addr, http, repository, serve_in, serve_until};
 
 const BUDGET: u64 = 3;
 
@@ -26,18 +26,18 @@ fn infer(addr: &str, key: &str) -> u16 {
 
 /// Starts `palisade serve` on the repository `repo` and state `st` of `dir`; returns the process
 /// and its address once it answers ready, and the first admin key if it printed one.
-fn serve(dir: &Path) -> (Child, String, Option<String>) {
+fn serve(dir: &Path) -> (Killed, String, Option<String>) {
     let (child, addr, started) = serve_with(dir, &["--state", "st"]);
     (child, addr, started["key"].as_str().map(str::to_string))
 }
 
 /// [`serve`] with other arguments (a state folder among them); the JSON it printed on start.
-fn serve_with(dir: &Path, args: &[&str]) -> (Child, String, serde_json::Value) {
+fn serve_with(dir: &Path, args: &[&str]) -> (Killed, String, serde_json::Value) {
     let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     serve_until(dir, args, |addr| http(addr, ready) == 200)
 }
 
-fn stop(gw: Child) {
+fn stop(gw: Killed) {
     assert!(stopped_within(gw, Duration::from_secs(60)).success());
 }
 
@@ -76,7 +76,7 @@ fn a_daily_budget_is_not_refilled_by_a_restart_or_a_crash() {
     gw.wait().unwrap();
 }
 
-fn crash_and_restart(mut gw: Child, dir: &Path) -> (Child, String) {
+fn crash_and_restart(mut gw: Killed, dir: &Path) -> (Killed, String) {
     gw.kill().unwrap();
     gw.wait().unwrap();
     let (gw, addr, _) = serve(dir);
@@ -133,10 +133,8 @@ fn gateways_with_their_limits_in_one_redis_share_them() {
     assert!(!d.join("a/limits.db").exists());
     std::fs::create_dir(d.join("b")).unwrap();
     std::fs::copy(d.join("a/keys.db"), d.join("b/keys.db")).unwrap();
-    let (a, at_a, _) = serve_with(d, &[&["--state", "a"][..], &shared].concat());
-    let _a = Killed(a);
-    let (b, at_b, started) = serve_with(d, &[&["--state", "b"][..], &shared].concat());
-    let _b = Killed(b);
+    let (_a, at_a, _) = serve_with(d, &[&["--state", "a"][..], &shared].concat());
+    let (_b, at_b, started) = serve_with(d, &[&["--state", "b"][..], &shared].concat());
     assert_eq!(started["key"], serde_json::Value::Null, "b knows a's keys");
 
     let statuses: Vec<u16> = [&at_a, &at_b, &at_a, &at_b, &at_a]
@@ -149,16 +147,6 @@ fn gateways_with_their_limits_in_one_redis_share_them() {
     redis.0.wait().unwrap();
     assert_eq!(infer(&at_a, &key), 503);
     assert_eq!(infer(&at_b, &key), 503);
-}
-
-/// A process killed when the test ends, passed or failed.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Redis settings that cannot work stop the start with a message and exit code 2, and no key is
@@ -308,13 +296,15 @@ fn the_bench_endpoint_listens_only_on_loopback_and_answers_without_a_key() {
 }
 
 /// `palisade bench-endpoint` on `addr`, once it has answered an infer with 200.
-fn bench_endpoint(addr: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["bench-endpoint", "--listen", addr])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn bench_endpoint(addr: &str) -> Killed {
+    let child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["bench-endpoint", "--listen", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let end = Instant::now() + Duration::from_secs(60);
     let status = loop {
         let s = infer(addr, "none");
@@ -323,17 +313,13 @@ fn bench_endpoint(addr: &str) -> Child {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    if status != 200 {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the bench endpoint answered {status}");
-    }
+    assert_eq!(status, 200, "the bench endpoint's answer");
     child
 }
 
 /// Sends `child` SIGTERM and returns how it ended, failing (not hanging) if it has not within
 /// `limit`.
-fn stopped_within(mut child: Child, limit: Duration) -> std::process::ExitStatus {
+fn stopped_within(mut child: Killed, limit: Duration) -> std::process::ExitStatus {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -491,15 +477,17 @@ fn empty_tls_environment_variables_mean_no_tls() {
     let d = dir.path();
     repository(d, "[input]\nrange = [0.0, 1.0]\n");
     let addr = free_addr();
-    let mut child = serve_in(d, &addr, &[])
-        .env("PALISADE_TLS_CERT", "")
-        .env("PALISADE_TLS_KEY", "")
-        .env("PALISADE_TLS_CLIENT_CA", "")
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Killed(
+        serve_in(d, &addr, &[])
+            .env("PALISADE_TLS_CERT", "")
+            .env("PALISADE_TLS_KEY", "")
+            .env("PALISADE_TLS_CLIENT_CA", "")
+            .current_dir(d)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // The first start shows an admin key: its output is read, as a person would.
     let mut out = child.stdout.take().unwrap();
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));

@@ -48,30 +48,57 @@ pub fn http(addr: &str, request: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
-/// `palisade --json serve` in `dir` with `args`, on a free address, once `ready` holds for it:
-/// the process, the address and the JSON it printed on start.
+/// A process killed when dropped: a test that fails leaves none running behind it.
+#[allow(dead_code)]
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Killed {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Killed {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// `palisade --json serve` in `dir` with `args`, on a port the system picks, once `ready` holds
+/// for it: the process, the address it bound and the JSON it printed on start.
 #[allow(dead_code)]
 pub fn serve_until(
     dir: &Path,
     args: &[&str],
     ready: impl Fn(&str) -> bool,
-) -> (Child, String, serde_json::Value) {
-    let addr = free_addr();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["--json", "serve", "--models", "repo"])
-        .args(args)
-        .args([
-            "--allow-unsigned",
-            "--listen",
-            &addr,
-            "--grpc-listen",
-            "none",
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+) -> (Killed, String, serde_json::Value) {
+    // Port 0, read back from what the gateway prints: a port found free beforehand could be
+    // taken by another test's process before the gateway binds it.
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["--json", "serve", "--models", "repo"])
+            .args(args)
+            .args([
+                "--allow-unsigned",
+                "--listen",
+                "127.0.0.1:0",
+                "--grpc-listen",
+                "none",
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // The first JSON value on stdout says where it serves (and gives the first admin key, once);
     // the rest is read on, so that the gateway never writes to a closed pipe.
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -86,6 +113,10 @@ pub fn serve_until(
         }
     };
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let addr = started["listening"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the gateway did not say where it listens: {started}"))
+        .to_string();
     let end = Instant::now() + Duration::from_secs(120);
     while !ready(&addr) {
         assert!(Instant::now() < end, "the gateway never became ready");
