@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Killed, free_addr, http, repository, serve_in, serve_until};
+use common::{Killed, free_addr, http, listening, repository, serve_in, serve_until, started};
 
 const BUDGET: u64 = 3;
 
@@ -425,7 +425,7 @@ fn serve_over_tls_answers_https_and_refuses_unusable_files_clearly() {
     // A missing key file: a clear error before anything else, exit status 2, no panic.
     let out = serve_in(
         d,
-        &free_addr(),
+        "127.0.0.1:0",
         &["--tls-cert", "cert.pem", "--tls-key", "nokey.pem"],
     )
     .output()
@@ -476,9 +476,8 @@ fn empty_tls_environment_variables_mean_no_tls() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     repository(d, "[input]\nrange = [0.0, 1.0]\n");
-    let addr = free_addr();
     let mut child = Killed(
-        serve_in(d, &addr, &[])
+        serve_in(d, "127.0.0.1:0", &["--json"])
             .env("PALISADE_TLS_CERT", "")
             .env("PALISADE_TLS_KEY", "")
             .env("PALISADE_TLS_CLIENT_CA", "")
@@ -488,21 +487,21 @@ fn empty_tls_environment_variables_mean_no_tls() {
             .spawn()
             .unwrap(),
     );
-    // The first start shows an admin key: its output is read, as a person would.
-    let mut out = child.stdout.take().unwrap();
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let exited = |child: &mut Killed, status: std::process::ExitStatus| {
+        let mut stderr = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+        panic!("serve exited ({status}) instead of serving without TLS: {stderr}");
+    };
+    let Some(started) = started(&mut child) else {
+        let status = child.wait().unwrap();
+        exited(&mut child, status)
+    };
+    let addr = listening(&started);
     let ready = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let end = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
-            panic!("serve exited ({status}) instead of serving without TLS: {stderr}");
+            exited(&mut child, status);
         }
         if http(&addr, ready) == 200 {
             break;

@@ -7,6 +7,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{Killed, listening, started};
+
 fn palisade(dir: &Path, args: &[&str]) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .arg("--json")
@@ -37,10 +40,28 @@ fn audit(dir: &Path) -> (u64, u64) {
     )
 }
 
-/// A loopback address with a port free a moment ago.
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+/// `palisade --json serve` on the state folder `st` of `dir` (the bundled model), its stderr to
+/// `stderr`, on a port the system picks: the process and the address it bound.
+fn serve(dir: &Path, stderr: Stdio) -> (Killed, String) {
+    let mut serve = Killed(
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args([
+                "--json",
+                "serve",
+                "--state",
+                "st",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--grpc-listen", "none"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    );
+    let addr = listening(&started(&mut serve).expect("serve started"));
+    (serve, addr)
 }
 
 fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -74,15 +95,7 @@ fn key_changes_by_the_cli_reach_the_audit_log() {
     let k = keys(&["create", "--name", "svc", "--role", "query:*"]);
     let id = k["record"]["id"].as_str().unwrap().to_string();
 
-    let addr = free_addr();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["--json", "serve", "--state", "st", "--listen", &addr])
-        .args(["--grpc-listen", "none"])
-        .current_dir(d)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut serve, addr) = serve(d, Stdio::null());
     until("the gateway", Duration::from_secs(120), || ready(&addr));
     // Keys existed: no first admin key; the queued change is in the log.
     until("the queued change", Duration::from_secs(10), || {
@@ -272,24 +285,8 @@ fn keys_bind_to_client_certificates() {
 
     // A gateway that asks for no client certificate says at start that bound keys will be
     // refused (here: the bound keys above, still active).
-    let addr = free_addr();
     let log = dir.path().join("serve.log");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args([
-            "--json",
-            "serve",
-            "--state",
-            "st",
-            "--listen",
-            &addr,
-            "--grpc-listen",
-            "none",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (mut serve, addr) = serve(dir.path(), std::fs::File::create(&log).unwrap().into());
     until("the gateway", Duration::from_secs(120), || ready(&addr));
     Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 /// A model repository in `dir` (`repo/mnist/1`: the bundled model, unsigned) with `policy` as
 /// the model's policy.
+#[allow(dead_code)] // not every test binary has a repository
 pub fn repository(dir: &Path, policy: &str) {
     let version = dir.join("repo/mnist/1");
     std::fs::create_dir_all(&version).unwrap();
@@ -72,6 +73,36 @@ impl std::ops::DerefMut for Killed {
     }
 }
 
+/// What `palisade --json serve`, spawned with its stdout piped, printed on start: the first JSON
+/// value on its stdout, which says where it serves (and gives the first admin key, once); `None`
+/// if it exited first. The rest is read on, so that the gateway never writes to a closed pipe.
+#[allow(dead_code)]
+pub fn started(child: &mut Child) -> Option<serde_json::Value> {
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout piped"));
+    let mut text = String::new();
+    let started = loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
+            return None;
+        }
+        text.push_str(&line);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            break v;
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    Some(started)
+}
+
+/// The HTTP address the gateway bound, from what it printed on start.
+#[allow(dead_code)]
+pub fn listening(started: &serde_json::Value) -> String {
+    started["listening"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the gateway did not say where it listens: {started}"))
+        .to_string()
+}
+
 /// `palisade --json serve` in `dir` with `args`, on a port the system picks, once `ready` holds
 /// for it: the process, the address it bound and the JSON it printed on start.
 #[allow(dead_code)]
@@ -99,24 +130,8 @@ pub fn serve_until(
             .spawn()
             .unwrap(),
     );
-    // The first JSON value on stdout says where it serves (and gives the first admin key, once);
-    // the rest is read on, so that the gateway never writes to a closed pipe.
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut text = String::new();
-    let started = loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert!(n > 0, "the gateway exited before it said where it serves");
-        text.push_str(&line);
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            break v;
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let addr = started["listening"]
-        .as_str()
-        .unwrap_or_else(|| panic!("the gateway did not say where it listens: {started}"))
-        .to_string();
+    let started = started(&mut child).expect("the gateway exited before it said where it serves");
+    let addr = listening(&started);
     let end = Instant::now() + Duration::from_secs(120);
     while !ready(&addr) {
         assert!(Instant::now() < end, "the gateway never became ready");
