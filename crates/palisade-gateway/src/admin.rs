@@ -103,9 +103,13 @@ fn key_error(e: KeyError) -> Response {
     error_response(status, &e.to_string())
 }
 
+/// A corrupt log is said as such, with what is wrong (no file's path: those come from opening
+/// the log, not from reading it): for an auditor that is the finding itself.
 fn audit_error(e: AuditError) -> Response {
     match e {
         AuditError::OutOfRange(_) => error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+        AuditError::Corrupt(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        AuditError::Closed => error_response(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
         _ => internal("the audit log could not be read", &e).answer(),
     }
 }
@@ -311,7 +315,10 @@ async fn reset_budget(State(s): State<AdminState>, Path(p): Params, body: Bytes)
                 let mut r = json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &serde_json::json!({
-                        "error": format!("giving back the budget on {model:?} failed: {e}"),
+                        "error": format!(
+                            "giving back the budget on {model:?} failed (the gateway's log has \
+                             the details); retry"
+                        ),
                         "id": id,
                         "line": record.lineage,
                         "budgets": budgets,
@@ -360,13 +367,22 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
     }
     let name = model.clone();
     let version = body.version.clone();
-    let unprocessable =
-        |e: crate::GatewayError| error_response(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
-    let served = match off_workers(move || source.load(&name, &version), unprocessable).await {
+    let refused = |e| load_refused(e).answer();
+    let served = match off_workers(move || source.load(&name, &version), refused).await {
         Ok(m) => m,
         Err(r) => return r,
     };
     deploy(&s, served, Chosen::Named).await
+}
+
+/// Why a version was not loaded: 422 with the check it failed (a signature, the scan, the
+/// policy), which the deployer needs to mend it; 500 when the folder could not be read, whose
+/// cause goes to the log.
+fn load_refused(e: crate::GatewayError) -> Refusal {
+    match e {
+        crate::GatewayError::Io { .. } => internal("could not read the model repository", &e),
+        _ => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+    }
 }
 
 /// How a load chose the version it deploys.
@@ -398,7 +414,7 @@ async fn deploy(s: &AdminState, served: crate::model::ServedModel, chosen: Chose
                 && let Some(repo) = &repo
             {
                 let (_, highest) =
-                    crate::loader::highest_version(repo, name, Some(w)).map_err(Swap::State)?;
+                    crate::loader::highest_version(repo, name, Some(w)).map_err(Swap::Listing)?;
                 if w.contains(name, version) {
                     return Err(Swap::Conflict(format!(
                         "version '{version}' of '{name}' was taken down while it was being \
@@ -416,7 +432,7 @@ async fn deploy(s: &AdminState, served: crate::model::ServedModel, chosen: Chose
             let others = match (&repo, w.unloaded(name)) {
                 (Some(repo), true) => {
                     crate::loader::highest_version(repo, name, None)
-                        .map_err(Swap::State)?
+                        .map_err(Swap::Listing)?
                         .0
                 }
                 _ => Vec::new(),
@@ -558,9 +574,7 @@ async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Byt
         if models.get(&name, Some(version)).is_some() {
             return Ok(Err(version.clone()));
         }
-        let served = source
-            .load(&name, version)
-            .map_err(|e| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()))?;
+        let served = source.load(&name, version).map_err(load_refused)?;
         Ok(Ok(served))
     };
     let served = match off_workers(load, Refusal::answer).await {
@@ -690,6 +704,8 @@ enum Swap {
     Repository(RepositoryError),
     /// The state folder could not note it (answered 500).
     State(crate::GatewayError),
+    /// The repository folder could not be listed (answered 500).
+    Listing(crate::GatewayError),
     /// What it was to do no longer holds (answered 409).
     Conflict(String),
 }
@@ -702,6 +718,7 @@ impl Swap {
             }
             Swap::Repository(e) => error_response(StatusCode::CONFLICT, &e.to_string()),
             Swap::State(e) => internal("the state folder could not note the change", &e).answer(),
+            Swap::Listing(e) => internal("could not list the model repository", &e).answer(),
             Swap::Conflict(m) => error_response(StatusCode::CONFLICT, &m),
         }
     }
@@ -921,6 +938,13 @@ mod tests {
             );
             assert!(!text.contains("/var/lib"), "{text}");
         }
+        // What an auditor is asking about is said: a corrupt log, one closed (shutting down).
+        let r = audit_error(AuditError::Corrupt("entry 3 is missing".into()));
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body_text(r).await.contains("corrupt: entry 3 is missing"));
+        let r = audit_error(AuditError::Closed);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body_text(r).await.contains("closed"));
         // What the caller can mend is still said.
         let r = audit_error(AuditError::OutOfRange("size 9 > 4".into()));
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);

@@ -553,9 +553,9 @@ pub fn find_version(repo: &Path, name: &str, version: &str) -> Result<VersionDir
     }
     let dir = repo.join(name).join(version);
     if !dir.join("model.onnx").is_file() {
+        // Said relative to the repository folder: the answer goes to an API caller.
         return Err(GatewayError::Model(format!(
-            "{} has no model.onnx",
-            dir.display()
+            "the repository folder has no {name}/{version}/model.onnx"
         )));
     }
     Ok(VersionDir {

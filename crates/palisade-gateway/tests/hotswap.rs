@@ -574,9 +574,22 @@ async fn a_swap_the_state_folder_cannot_note_is_refused_without_naming_its_files
         let (addr, path) = (s.addr, path.to_string());
         async move { with_code(addr, &k, path, body).await }
     };
+    // A version the folder does not hold: 422, said relative to the folder.
+    let r = act("/v2/admin/models/lin/load", br#"{"version":"9"}"#).await;
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(
+        r.error().contains("has no lin/9/model.onnx"),
+        "{}",
+        r.error()
+    );
+    assert!(
+        !r.error().contains(repo.path().to_str().unwrap()),
+        "{}",
+        r.error()
+    );
     let r = act("/v2/admin/models/lin/load", br#"{"version":"2"}"#).await;
     assert_eq!(r.status, 200, "{r:?}");
-    // The notes' file replaced by a folder: it can be neither read anew nor replaced.
+    // The notes' file replaced by a folder: the next note cannot replace it.
     let notes = s.state.paths.rolled_back();
     let _ = std::fs::remove_file(&notes);
     std::fs::create_dir(&notes).unwrap();
