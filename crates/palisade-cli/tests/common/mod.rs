@@ -75,23 +75,30 @@ impl std::ops::DerefMut for Killed {
 
 /// What `palisade --json serve`, spawned with its stdout piped, printed on start: the first JSON
 /// value on its stdout, which says where it serves (and gives the first admin key, once); `None`
-/// if it exited first. The rest is read on, so that the gateway never writes to a closed pipe.
+/// if it exited first. Fails the test after 120 s of silence. The rest is read on, so that the
+/// gateway never writes to a closed pipe.
 #[allow(dead_code)]
 pub fn started(child: &mut Child) -> Option<serde_json::Value> {
-    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout piped"));
-    let mut text = String::new();
-    let started = loop {
-        let mut line = String::new();
-        if std::io::BufRead::read_line(&mut out, &mut line).unwrap() == 0 {
-            return None;
-        }
-        text.push_str(&line);
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-            break v;
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Some(started)
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = std::io::BufReader::new(out);
+        let mut text = String::new();
+        let started = loop {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut out, &mut line).unwrap_or(0) == 0 {
+                break None;
+            }
+            text.push_str(&line);
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                break Some(v);
+            }
+        };
+        let _ = tx.send(started);
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the gateway printed nothing it could be told started by within 120 s")
 }
 
 /// The HTTP address the gateway bound, from what it printed on start.
