@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cmd::train::run(&ctx, args),
         Command::Eval(args) => cmd::eval::run(&ctx, args),
         Command::Demo(args) => cmd::demo::run(&ctx, args),
-        Command::BenchEndpoint(args) => cmd::serve::bench_endpoint(args),
+        Command::BenchEndpoint(args) => cmd::serve::bench_endpoint(&ctx, args),
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

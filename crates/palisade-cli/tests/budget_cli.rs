@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Killed, free_addr, http, listening, repository, serve_in, serve_until, started};
+use common::{Killed, http, listening, repository, serve_in, serve_until, started};
 
 const BUDGET: u64 = 3;
 
@@ -291,30 +291,31 @@ fn the_bench_endpoint_listens_only_on_loopback_and_answers_without_a_key() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("only on a loopback address"), "{stderr}");
 
-    let addr = free_addr();
-    stop(bench_endpoint(&addr));
+    stop(bench_endpoint().0);
 }
 
-/// `palisade bench-endpoint` on `addr`, once it has answered an infer with 200.
-fn bench_endpoint(addr: &str) -> Killed {
-    let child = Killed(
+/// `palisade --json bench-endpoint` on a port the system picks, once it has answered an infer
+/// with 200: the process and the address it bound.
+fn bench_endpoint() -> (Killed, String) {
+    let mut child = Killed(
         Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args(["bench-endpoint", "--listen", addr])
-            .stdout(Stdio::null())
+            .args(["--json", "bench-endpoint", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
+    let addr = listening(&started(&mut child).expect("the bench endpoint started"));
     let end = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        let s = infer(addr, "none");
+        let s = infer(&addr, "none");
         if s != 0 || Instant::now() > end {
             break s;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(status, 200, "the bench endpoint's answer");
-    child
+    (child, addr)
 }
 
 /// Sends `child` SIGTERM and returns how it ended, failing (not hanging) if it has not within
@@ -344,8 +345,7 @@ fn stopped_within(mut child: Killed, limit: Duration) -> std::process::ExitStatu
 #[test]
 fn the_bench_endpoint_ends_on_sigterm_while_a_client_holds_half_a_request() {
     use std::io::Write as _;
-    let addr = free_addr();
-    let child = bench_endpoint(&addr);
+    let (child, addr) = bench_endpoint();
     let mut heads = Vec::new();
     for half in [
         &b"POST /v2/models/mnist/infer HTTP/1.1\r\nHost: x\r\n"[..],

@@ -239,8 +239,9 @@ pub struct BenchEndpointArgs {
     listen: std::net::SocketAddr,
 }
 
-/// Runs [`BenchEndpointArgs`] until killed.
-pub fn bench_endpoint(args: BenchEndpointArgs) -> anyhow::Result<Outcome> {
+/// Runs [`BenchEndpointArgs`] until killed. With `--json`, says where it listens on stdout once
+/// bound (`{"listening": "127.0.0.1:PORT"}`: the port the system picked for port 0).
+pub fn bench_endpoint(ctx: &Ctx, args: BenchEndpointArgs) -> anyhow::Result<Outcome> {
     anyhow::ensure!(
         args.listen.ip().is_loopback(),
         "--listen {}: the bench endpoint has no guards, so it listens only on a loopback address",
@@ -269,7 +270,13 @@ pub fn bench_endpoint(args: BenchEndpointArgs) -> anyhow::Result<Outcome> {
         let l = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        tracing::warn!(listen = %args.listen, "bench endpoint: no guards");
+        let at = l.local_addr().context("reading the address bound")?;
+        tracing::warn!(listen = %at, "bench endpoint: no guards");
+        if ctx.json {
+            ctx.emit(&serde_json::json!({ "listening": at.to_string() }), |_| {
+                String::new()
+            })?;
+        }
         palisade_gateway::baseline::serve_plain(l, app, shutdown_signal())
             .await
             .context("serving")?;

@@ -20,17 +20,6 @@ pub fn repository(dir: &Path, policy: &str) {
     std::fs::write(version.join("policy.toml"), policy).unwrap();
 }
 
-/// A loopback address with a port free a moment ago.
-#[allow(dead_code)] // not every test binary serves
-pub fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
 /// Sends one HTTP/1.1 request and returns the status code (0 if there was no answer).
 #[allow(dead_code)]
 pub fn http(addr: &str, request: &[u8]) -> u16 {
@@ -73,9 +62,9 @@ impl std::ops::DerefMut for Killed {
     }
 }
 
-/// What `palisade --json serve`, spawned with its stdout piped, printed on start: the first JSON
-/// value on its stdout, which says where it serves (and gives the first admin key, once); `None`
-/// if it exited first. Fails the test after 120 s of silence. The rest is read on, so that the
+/// What `palisade --json serve` (or `bench-endpoint`), spawned with its stdout piped, printed on
+/// start: the first JSON value on its stdout, which says where it serves (and, from serve, gives
+/// the first admin key, once); `None` if it exited first. Fails the test after 120 s of silence. The rest is read on, so that the
 /// gateway never writes to a closed pipe.
 #[allow(dead_code)]
 pub fn started(child: &mut Child) -> Option<serde_json::Value> {
