@@ -64,8 +64,8 @@ impl std::ops::DerefMut for Killed {
 
 /// What `palisade --json serve` (or `bench-endpoint`), spawned with its stdout piped, printed on
 /// start: the first JSON value on its stdout, which says where it serves (and, from serve, gives
-/// the first admin key, once); `None` if it exited first. Fails the test after 120 s of silence. The rest is read on, so that the
-/// gateway never writes to a closed pipe.
+/// the first admin key, once); `None` if it exited first. Fails the test after 120 s of
+/// silence. The rest is read on, so that the gateway never writes to a closed pipe.
 #[allow(dead_code)]
 pub fn started(child: &mut Child) -> Option<serde_json::Value> {
     let out = child.stdout.take().expect("stdout piped");
