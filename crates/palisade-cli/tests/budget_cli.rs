@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Killed, http, listening, repository, serve_in, serve_until, started};
+use common::{Killed, exited_within, http, listening, repository, serve_in, serve_until, started};
 
 const BUDGET: u64 = 3;
 
@@ -325,18 +325,9 @@ fn stopped_within(mut child: Killed, limit: Duration) -> std::process::ExitStatu
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running {limit:?} after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Killed when dropped, on the way out of the panic.
+    exited_within(&mut child, limit)
+        .unwrap_or_else(|| panic!("still running {limit:?} after SIGTERM"))
 }
 
 /// A client that sent half a request does not keep the bench endpoint from ending on SIGTERM:

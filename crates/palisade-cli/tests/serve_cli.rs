@@ -3,7 +3,7 @@
 //! a repository with no model it may serve is still an error.
 
 mod common;
-use common::{http, repository, serve_in, serve_until};
+use common::{Killed, exited_within, http, repository, serve_in, serve_until};
 
 const READY: &[u8] = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
@@ -18,7 +18,7 @@ fn a_repository_whose_models_were_all_unloaded_starts_serving_none_and_ready() {
         br#"{"rolled_back": [], "unloaded": ["mnist"]}"#,
     )
     .unwrap();
-    let (mut gw, addr, started) = serve_until(d, &["--state", "st"], |a| http(a, READY) == 200);
+    let (_gw, addr, started) = serve_until(d, &["--state", "st"], |a| http(a, READY) == 200);
     // Not served: none listed at start, and the model not found by a key that may query it (the
     // first admin key may query every model).
     assert_eq!(started["models"], serde_json::json!([]), "{started}");
@@ -26,10 +26,7 @@ fn a_repository_whose_models_were_all_unloaded_starts_serving_none_and_ready() {
     let ask = format!(
         "GET /v2/models/mnist/ready HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
     );
-    let status = http(&addr, ask.as_bytes());
-    gw.kill().unwrap();
-    gw.wait().unwrap();
-    assert_eq!(status, 404);
+    assert_eq!(http(&addr, ask.as_bytes()), 404);
 }
 
 #[test]
@@ -45,23 +42,15 @@ fn a_repository_with_no_model_to_serve_is_an_error_whatever_was_unloaded() {
     )
     .unwrap();
     // Run with a deadline: a regression would serve instead of exiting.
-    let mut gw = serve_in(d, "127.0.0.1:0", &[])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = gw.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() >= end {
-            let _ = gw.kill();
-            let _ = gw.wait();
-            panic!("serve still runs after 60 s on a folder with no model to serve");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let mut gw = Killed(
+        serve_in(d, "127.0.0.1:0", &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let status = exited_within(&mut gw, std::time::Duration::from_secs(60))
+        .expect("serve still runs after 60 s on a folder with no model to serve");
     assert!(!status.success());
     let mut err = String::new();
     std::io::Read::read_to_string(&mut gw.stderr.take().unwrap(), &mut err).unwrap();

@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::{Killed, exited_within};
+
 /// `palisade ARGS` with its standard output closed (`>&-`), as a service manager or a shell
 /// script may start it.
 fn with_stdout_closed(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -71,31 +74,25 @@ fn a_first_admin_key_made_with_stdout_closed_is_not_left_active() {
     use std::io::Read as _;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut serve = Command::new("sh")
-        .arg("-c")
-        .arg(r#"exec "$0" "$@" >&-"#)
-        .arg(env!("CARGO_BIN_EXE_palisade"))
-        .args(["serve", "--state", "st", "--listen", "127.0.0.1:0"])
-        .args(["--grpc-listen", "none"])
-        .current_dir(d)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = serve.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() >= end {
-            let _ = serve.kill();
-            let _ = serve.wait();
-            let keys = listed(d);
-            panic!(
-                "serve with stdout closed still runs after 120 s; keys active: {:?}",
-                active(&keys)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut serve = Killed(
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec "$0" "$@" >&-"#)
+            .arg(env!("CARGO_BIN_EXE_palisade"))
+            .args(["serve", "--state", "st", "--listen", "127.0.0.1:0"])
+            .args(["--grpc-listen", "none"])
+            .current_dir(d)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let Some(status) = exited_within(&mut serve, std::time::Duration::from_secs(120)) else {
+        drop(serve); // killed, so that its keys are read as it left them
+        let keys = listed(d);
+        panic!(
+            "serve with stdout closed still runs after 120 s; keys active: {:?}",
+            active(&keys)
+        );
     };
     let mut stderr = String::new();
     serve

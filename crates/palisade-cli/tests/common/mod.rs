@@ -62,6 +62,21 @@ impl std::ops::DerefMut for Killed {
     }
 }
 
+/// How `child` ended, if it has within `limit` (polled every 50 ms); `None` if it still runs.
+#[allow(dead_code)]
+pub fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What `palisade --json serve` (or `bench-endpoint`), spawned with its stdout piped, printed on
 /// start: the first JSON value on its stdout, which says where it serves (and, from serve, gives
 /// the first admin key, once); `None` if it exited first. Fails the test after 120 s of
