@@ -430,11 +430,7 @@ async fn deploy(s: &AdminState, served: crate::model::ServedModel, chosen: Chose
                 }
             }
             let others = match (&repo, w.unloaded(name)) {
-                (Some(repo), true) => {
-                    crate::loader::highest_version(repo, name, None)
-                        .map_err(Swap::Listing)?
-                        .0
-                }
+                (Some(repo), true) => crate::loader::versions(repo, name).map_err(Swap::Listing)?,
                 _ => Vec::new(),
             };
             w.loaded(name, version, &others).map_err(Swap::State)?;
@@ -524,9 +520,12 @@ fn repository_request(body: &[u8], unload: bool) -> Result<(), Refusal> {
 
 /// The versions of `model` in the repository folder `repo`, in the repository's order.
 fn versions_in(repo: &std::path::Path, model: &str) -> Result<Vec<String>, Refusal> {
-    crate::loader::highest_version(repo, model, None)
-        .map(|(versions, _)| versions)
-        .map_err(|e| internal("could not list the model repository", &e))
+    crate::loader::versions(repo, model).map_err(listing_failed)
+}
+
+/// The answer to a repository folder that could not be listed.
+fn listing_failed(e: crate::GatewayError) -> Refusal {
+    internal("could not list the model repository", &e)
 }
 
 /// Triton's load (`POST /v2/repository/models/{m}/load`, tritonclient's `load_model`): serves
@@ -553,7 +552,7 @@ async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Byt
     let load = move || -> Result<Result<crate::model::ServedModel, String>, Refusal> {
         let (versions, highest) =
             crate::loader::highest_version(&source.repo, &name, withdrawn.as_deref())
-                .map_err(|e| internal("could not list the model repository", &e))?;
+                .map_err(listing_failed)?;
         let Some(version) = highest.as_ref() else {
             return Err(if versions.is_empty() {
                 Refusal::new(
@@ -718,7 +717,7 @@ impl Swap {
             }
             Swap::Repository(e) => error_response(StatusCode::CONFLICT, &e.to_string()),
             Swap::State(e) => internal("the state folder could not note the change", &e).answer(),
-            Swap::Listing(e) => internal("could not list the model repository", &e).answer(),
+            Swap::Listing(e) => listing_failed(e).answer(),
             Swap::Conflict(m) => error_response(StatusCode::CONFLICT, &m),
         }
     }

@@ -523,19 +523,23 @@ pub fn repository_index(
     Ok(out)
 }
 
-/// The versions of model `name` in the repository folder `repo`, in the repository's order, and
-/// the highest of them neither rolled back nor kept down ([`Withdrawn::contains`]: what Triton's
-/// load serves), if any.
+/// The versions of model `name` in the repository folder `repo`, in the repository's order.
+pub fn versions(repo: &Path, name: &str) -> Result<Vec<String>, GatewayError> {
+    Ok(list_repository(repo)?
+        .into_iter()
+        .filter(|v| v.name == name)
+        .map(|v| v.version)
+        .collect())
+}
+
+/// The [`versions`] of model `name` in `repo`, and the highest of them neither rolled back nor
+/// kept down ([`Withdrawn::contains`]: what Triton's load serves), if any.
 pub fn highest_version(
     repo: &Path,
     name: &str,
     withdrawn: Option<&Withdrawn>,
 ) -> Result<(Vec<String>, Option<String>), GatewayError> {
-    let versions: Vec<String> = list_repository(repo)?
-        .into_iter()
-        .filter(|v| v.name == name)
-        .map(|v| v.version)
-        .collect();
+    let versions = versions(repo, name)?;
     let highest = versions
         .iter()
         .rev()
