@@ -57,6 +57,20 @@ async fn with_code(addr: std::net::SocketAddr, k: &NewKey, path: String, body: &
     .await
 }
 
+/// A fresh key of the `deploy` role: a TOTP code is accepted once per key, so each action of a
+/// test gets a key of its own.
+fn deployer(s: &Server) -> NewKey {
+    s.state
+        .keys
+        .create("deployer", &[Role::Deploy], None, now_ms())
+        .unwrap()
+}
+
+/// An action of the `deploy` role: POSTs `body` to `path` with a fresh key and its code of now.
+async fn as_deployer(s: &Server, path: &str, body: &[u8]) -> Reply {
+    with_code(s.addr, &deployer(s), path.to_string(), body).await
+}
+
 /// What a restart of `s` would serve of `repo`, signed by `key`: the repository loaded as
 /// `palisade serve` loads it, leaving out what the state folder keeps down; and what it loaded.
 fn restart(
@@ -120,11 +134,7 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
     let a = bearer(&s.admin);
     // A TOTP code works once and codes must move forward: a second deploy key gives the test
     // more than the three codes of one key's window.
-    let deployer = s
-        .state
-        .keys
-        .create("deployer", &[Role::Deploy], None, now_ms())
-        .unwrap();
+    let deployer = deployer(&s);
     let load = |k: &NewKey, v: &'static str, step: i64| {
         let a = bearer(k);
         let code = totp_now(k, step);
@@ -217,11 +227,7 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_repository_index_lists_what_is_served_and_what_is_not() {
     let (repo, key, s) = serving_a_repository().await;
-    let deployer = s
-        .state
-        .keys
-        .create("deployer", &[Role::Deploy], None, now_ms())
-        .unwrap();
+    let deployer = deployer(&s);
     sign(&version(repo.path(), "1", ""), &key);
     sign(&version(repo.path(), "2", ""), &key);
     version(repo.path(), "3", ""); // never loaded
@@ -351,17 +357,9 @@ async fn the_repository_index_lists_what_is_served_and_what_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triton_load_and_unload_serve_and_take_down_a_model_under_the_deploy_role() {
     let (repo, key, s) = serving_a_repository().await;
-    // A TOTP code is accepted once: each action gets a deploy key of its own.
-    let deployer = || {
-        s.state
-            .keys
-            .create("deployer", &[Role::Deploy], None, now_ms())
-            .unwrap()
-    };
-    // An action of the deploy role: POST `path` with a fresh key and its code.
-    let act = |path: String, body: &'static [u8]| {
-        let (k, addr) = (deployer(), s.addr);
-        async move { with_code(addr, &k, path, body).await }
+    let server = &s;
+    let act = move |path: String, body: &'static [u8]| async move {
+        as_deployer(server, &path, body).await
     };
     let triton = |action: &str, model: &str, body: &'static [u8]| {
         act(format!("/v2/repository/models/{model}/{action}"), body)
@@ -431,7 +429,7 @@ async fn triton_load_and_unload_serve_and_take_down_a_model_under_the_deploy_rol
     assert_eq!(s.models.get("lin", None).unwrap().version, "2");
 
     // Without the TOTP code, or with a query key: refused.
-    for (auth, status) in [(bearer(&deployer()), 401), (bearer(&s.query), 403)] {
+    for (auth, status) in [(bearer(&deployer(&s)), 401), (bearer(&s.query), 403)] {
         for action in ["load", "unload"] {
             let r = request(
                 s.addr,
@@ -539,18 +537,7 @@ async fn a_gateway_whose_models_were_all_unloaded_stays_ready() {
     };
     assert_eq!(ready().await, (200, true));
     for model in s.models.names() {
-        let k = s
-            .state
-            .keys
-            .create("deployer", &[Role::Deploy], None, now_ms())
-            .unwrap();
-        let r = with_code(
-            s.addr,
-            &k,
-            format!("/v2/repository/models/{model}/unload"),
-            b"",
-        )
-        .await;
+        let r = as_deployer(&s, &format!("/v2/repository/models/{model}/unload"), b"").await;
         assert_eq!(r.status, 200, "{model}: {r:?}");
     }
     assert!(s.models.names().is_empty());
@@ -564,16 +551,7 @@ async fn a_gateway_whose_models_were_all_unloaded_stays_ready() {
 async fn a_swap_the_state_folder_cannot_note_is_refused_without_naming_its_files() {
     let (repo, key, s) = serving_a_repository().await;
     sign(&version(repo.path(), "2", ""), &key);
-    // A TOTP code is accepted once: each action gets a deploy key of its own.
-    let act = |path: &str, body: &'static [u8]| {
-        let k = s
-            .state
-            .keys
-            .create("deployer", &[Role::Deploy], None, now_ms())
-            .unwrap();
-        let (addr, path) = (s.addr, path.to_string());
-        async move { with_code(addr, &k, path, body).await }
-    };
+    let act = |path: &'static str, body: &'static [u8]| as_deployer(&s, path, body);
     // A version the folder does not hold: 422, said relative to the folder.
     let r = act("/v2/admin/models/lin/load", br#"{"version":"9"}"#).await;
     assert_eq!(r.status, 422, "{r:?}");
@@ -634,11 +612,7 @@ async fn grpc_load_and_unload_go_through_the_admin_stack() {
     let mut c = grpc_client(&s).await;
     // A call from a fresh deploy key with its code (`totp` false: without one).
     fn deploying<T>(s: &Server, message: T, totp: bool) -> tonic::Request<T> {
-        let k = s
-            .state
-            .keys
-            .create("deployer", &[Role::Deploy], None, now_ms())
-            .unwrap();
+        let k = deployer(s);
         let mut r = tonic::Request::new(message);
         r.metadata_mut()
             .insert("authorization", bearer(&k).parse().unwrap());
