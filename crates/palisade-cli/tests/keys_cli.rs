@@ -2,13 +2,12 @@
 //! gateway that runs on it (at once when it runs, when it starts otherwise), and the log
 //! verifies; `palisade audit verify` counts the changes still queued.
 
-use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Killed, listening, started};
+use common::{Killed, http, listening, started};
 
 fn palisade(dir: &Path, args: &[&str]) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_palisade"))
@@ -73,13 +72,10 @@ fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn ready(addr: &str) -> bool {
-    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = c.write_all(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut reply = String::new();
-    let _ = c.read_to_string(&mut reply);
-    reply.starts_with("HTTP/1.1 200")
+    http(
+        addr,
+        b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ) == 200
 }
 
 #[test]
