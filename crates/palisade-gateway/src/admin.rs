@@ -367,8 +367,12 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
     }
     let name = model.clone();
     let version = body.version.clone();
-    let refused = |e| load_refused(e).answer();
-    let served = match off_workers(move || source.load(&name, &version), refused).await {
+    let load = move || {
+        source
+            .load(&name, &version)
+            .map_err(|e| load_refused(&source.repo, e))
+    };
+    let served = match off_workers(load, Refusal::answer).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -377,12 +381,54 @@ async fn load_model(State(s): State<AdminState>, Path(p): Params, body: Bytes) -
 
 /// Why a version was not loaded: 422 with the check it failed (a signature, the scan, the
 /// policy), which the deployer needs to mend it; 500 when the folder could not be read, whose
-/// cause goes to the log.
-fn load_refused(e: crate::GatewayError) -> Refusal {
+/// cause goes to the log. The checks name the files they judged by their paths on this machine;
+/// the answer names them relative to the repository folder `repo` (`lin/2/model.sig`), and the
+/// log keeps the whole message.
+fn load_refused(repo: &std::path::Path, e: crate::GatewayError) -> Refusal {
     match e {
         crate::GatewayError::Io { .. } => internal("could not read the model repository", &e),
-        _ => Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        _ => {
+            let full = e.to_string();
+            let answer = relative_to(repo, &full);
+            if answer != full {
+                tracing::warn!(refused = %full, "a model version failed its checks");
+            }
+            Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, &answer)
+        }
     }
+}
+
+/// `message` with each path under `repo` said relative to it (the folder itself as `.`).
+fn relative_to(repo: &std::path::Path, message: &str) -> String {
+    let root = repo.display().to_string();
+    let root = root.trim_end_matches(std::path::MAIN_SEPARATOR);
+    if root.is_empty() {
+        return message.to_string();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(root) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + root.len()..];
+        // Only a whole path component: `/srv/models` is not the start of `/srv/models-old`.
+        if let Some(tail) = after.strip_prefix(std::path::MAIN_SEPARATOR) {
+            rest = tail;
+        } else if after.is_empty() || after.starts_with(|c: char| !path_char(c)) {
+            out.push('.');
+            rest = after;
+        } else {
+            out.push_str(root);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `c` can go on a path in a message (a name character or a separator): what follows
+/// the repository folder's own path in a message, when it is not one of these, ends that path.
+fn path_char(c: char) -> bool {
+    c.is_alphanumeric() || "._-~+@".contains(c) || std::path::is_separator(c)
 }
 
 /// How a load chose the version it deploys.
@@ -573,7 +619,9 @@ async fn repository_load(State(s): State<AdminState>, Path(p): Params, body: Byt
         if models.get(&name, Some(version)).is_some() {
             return Ok(Err(version.clone()));
         }
-        let served = source.load(&name, version).map_err(load_refused)?;
+        let served = source
+            .load(&name, version)
+            .map_err(|e| load_refused(&source.repo, e))?;
         Ok(Ok(served))
     };
     let served = match off_workers(load, Refusal::answer).await {
@@ -951,6 +999,50 @@ mod tests {
         let r = key_error(KeyError::NotFound("k1".into()));
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert!(body_text(r).await.contains("k1"));
+    }
+
+    #[test]
+    fn a_refused_load_names_files_relative_to_the_repository() {
+        let repo = std::path::Path::new("/srv/palisade/models");
+        for (message, said) in [
+            (
+                "/srv/palisade/models/lin/2: no signature at /srv/palisade/models/lin/2/model.sig",
+                "lin/2: no signature at lin/2/model.sig",
+            ),
+            // The folder itself, and a path that only starts like it.
+            ("/srv/palisade/models: empty", ".: empty"),
+            (
+                "/srv/palisade/models-old/lin/2 is elsewhere",
+                "/srv/palisade/models-old/lin/2 is elsewhere",
+            ),
+            (
+                "'lin'/'../x': names are 1 to 64",
+                "'lin'/'../x': names are 1 to 64",
+            ),
+        ] {
+            assert_eq!(relative_to(repo, message), said);
+        }
+        // A repository given with a trailing separator, or relative.
+        assert_eq!(
+            relative_to(
+                std::path::Path::new("/srv/m/"),
+                "/srv/m/a/1/policy.toml: bad"
+            ),
+            "a/1/policy.toml: bad"
+        );
+        assert_eq!(
+            relative_to(
+                std::path::Path::new("models"),
+                "models/a/1 is over the limit"
+            ),
+            "a/1 is over the limit"
+        );
+        let r = load_refused(
+            repo,
+            crate::GatewayError::Model("/srv/palisade/models/lin/2/model.sig: bad".into()),
+        );
+        assert_eq!(r.0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(r.1, "model: lin/2/model.sig: bad");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -156,6 +156,10 @@ async fn a_signed_version_hot_swaps_and_rolls_back_an_unsigned_one_is_refused() 
     let r = load(&s.admin, "2", -1).await;
     assert_eq!(r.status, 422, "{r:?}");
     assert!(r.error().contains("no signature"), "{}", r.error());
+    // The files it names are said relative to the repository folder.
+    assert!(r.error().contains("lin/2/model.sig"), "{}", r.error());
+    let root = repo.path().to_str().unwrap();
+    assert!(!r.error().contains(root), "{}", r.error());
     assert_eq!(s.models.get("lin", None).unwrap().version, "1");
 
     // Signed: loads and becomes active.
