@@ -80,6 +80,14 @@ use super::merkle::{self, Frontier, Hash};
 use super::{AppendFuture, AuditError, AuditLog, ConsistencyProof, InclusionProof};
 use crate::hexfmt;
 
+/// The page size of a new log's database (an existing one keeps its own: SQLite cannot change
+/// it in WAL mode). The log only appends, so larger pages mean fewer WAL frames, each a
+/// `pwrite(2)` by the committer and a `pread(2)` and `pwrite(2)` by the WAL checkpointer: with
+/// 16 KiB rather than SQLite's 4 KiB, 0.115 `pwrite` and 0.030 `pread` per request against 0.394
+/// and 0.112 at 16 connections with `process` durability (`perf stat -e
+/// 'syscalls:sys_enter_p*'` on the gateway under `bench/gateway_profile.sh`'s load, 2026-12-07).
+const PAGE_SIZE: i64 = 16384;
+
 /// Most entries committed in one transaction.
 const MAX_GROUP: usize = 4096;
 
@@ -221,6 +229,7 @@ impl std::fmt::Debug for SqliteAuditLog {
 pub(crate) fn open_conn(path: &Path, durability: Durability) -> Result<Connection, AuditError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", durability.synchronous())?;
     conn.execute_batch(
@@ -1545,6 +1554,39 @@ mod tests {
 
     fn open_log(db: &Path, seed: u8, durability: Durability) -> SqliteAuditLog {
         try_open_log(db, seed, durability).unwrap()
+    }
+
+    /// A new log's database has [`PAGE_SIZE`] pages; one made with SQLite's default keeps its
+    /// own, and opens and grows as before.
+    #[test]
+    fn a_new_log_has_large_pages_and_an_old_one_keeps_its_own() {
+        let page_size = |db: &Path| -> i64 {
+            Connection::open(db)
+                .unwrap()
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let new = dir.path().join("new.db");
+        let log = open_log(&new, 1, Durability::Process);
+        rt.block_on(log.append(b"{}".to_vec())).unwrap();
+        log.close();
+        assert_eq!(page_size(&new), PAGE_SIZE);
+
+        let old = dir.path().join("old.db");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE t (x); DROP TABLE t;")
+            .unwrap();
+        assert_eq!(page_size(&old), 4096);
+        for n in 1..=2u64 {
+            let log = open_log(&old, 1, Durability::Process);
+            rt.block_on(log.append(b"{}".to_vec())).unwrap();
+            assert_eq!(log.size().unwrap(), n);
+            log.close();
+        }
+        assert_eq!(page_size(&old), 4096);
     }
 
     /// With `process` durability, `sync` puts what was appended into the database file itself
