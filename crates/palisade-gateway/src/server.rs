@@ -70,6 +70,10 @@ pub struct Gateway {
     /// routes, and those of the admin and audit routes, bounded apart so that requests left
     /// behind a model call that never returns cannot hold up the admin API.
     orphans: [Arc<crate::guard::audit::Orphans>; 2],
+    /// The passages of gRPC streams' messages through the stack, each a task of its own
+    /// (`crate::grpc::stream`), which shutdown waits for with the orphans: one the audit guard
+    /// has not taken yet is among no orphans.
+    stream_passages: tokio_util::task::TaskTracker,
 }
 
 /// Admin requests that may run in tasks of their own at once; past it an admin request runs in
@@ -427,6 +431,7 @@ impl LocalState {
             inference,
             admin_tasks: Arc::new(tokio::sync::Semaphore::new(ADMIN_TASKS as usize)),
             orphans: Default::default(),
+            stream_passages: tokio_util::task::TaskTracker::new(),
         })
     }
 }
@@ -445,11 +450,14 @@ impl Gateway {
             std::array::from_fn(|_| Arc::new(crate::guard::audit::Orphans::at_most(most)));
     }
 
-    /// Waits until the admin requests running in tasks of their own, and the requests whose
-    /// client left being finished for their entries ([`crate::guard::audit::Orphans`]), have
-    /// ended: call it once the servers have stopped, before the process exits, so that an action
-    /// or a request whose client left just before the shutdown still gets its audit entry.
+    /// Waits until the admin requests running in tasks of their own, the requests whose client
+    /// left being finished for their entries ([`crate::guard::audit::Orphans`]), and the
+    /// passages of gRPC streams' messages have ended: call it once the servers have stopped,
+    /// before the process exits, so that an action or a request whose client left just before
+    /// the shutdown still gets its audit entry.
     pub async fn settle(&self) {
+        self.stream_passages.close();
+        self.stream_passages.wait().await;
         // Every permit back means no such task is left; closed, the semaphore admits no more.
         if let Ok(all) = self.admin_tasks.acquire_many(ADMIN_TASKS).await {
             all.forget();
@@ -596,6 +604,7 @@ impl Gateway {
                 GrpcGateway::new(models.clone(), self.models.clone(), unreached)
                     .with_admin(Next::new(admin.clone()))
                     .with_stream_idle(self.stream_idle)
+                    .with_passages(self.stream_passages.clone())
                     .with_withdrawn(self.withdrawn.clone())
                     .with_extensions(extensions(self.log.is_some()))
                     .into_service(),

@@ -419,6 +419,53 @@ async fn messages_under_way_when_the_client_leaves_are_recorded_and_not_run() {
     assert_eq!(slow.entries(0).len(), 3);
 }
 
+/// Shutdown waits for a stream's passage that the audit guard has not taken yet: here one held
+/// back, before anything is done for it, while the only place among the orphans is taken by a
+/// message whose client left. Once that one ends, the held one runs, and `settle` returns only
+/// after its entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_stream_s_passage_the_audit_guard_has_not_taken() {
+    use std::sync::atomic::Ordering;
+    let slow = Slow::start_tweaked(LIN_POLICY, None, |gw| gw.bound_orphans(1)).await;
+    let key = slow.auth.trim_start_matches("Bearer ").to_string();
+    let x = [0.5f32; 4];
+    // A message holds the model's only thread; its client leaves: it takes the orphans' place.
+    let mut first = grpc_client(&slow.s).await;
+    let (tx, answers) = open(&mut first, &key).await;
+    tx.send(message("slow", "1", &x, vec![1, 1, 2, 2]))
+        .await
+        .unwrap();
+    wait_until(|| slow.entered.load(Ordering::SeqCst) == 1).await;
+    drop((answers, tx, first));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another client's message waits for a place, not yet taken by the audit guard.
+    let mut second = grpc_client(&slow.s).await;
+    let (tx, mut answers) = open(&mut second, &key).await;
+    tx.send(message("slow", "2", &x, vec![1, 1, 2, 2]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(slow.entries(0).is_empty());
+    let settling = tokio::spawn({
+        let gateway = slow.s.gateway.clone();
+        async move { gateway.settle().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!settling.is_finished(), "settled with a message under way");
+    slow.open_gate();
+    tokio::time::timeout(Duration::from_secs(10), settling)
+        .await
+        .expect("settle did not return")
+        .unwrap();
+    // Both have their entries by then: the first as its client left, the second served.
+    let entries = slow.entries(0);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0]["status"], 499, "{entries:?}");
+    assert_eq!(entries[1]["status"], 200, "{entries:?}");
+    let answer = answers.message().await.unwrap().unwrap();
+    assert_eq!(answer.infer_response.unwrap().id, "2");
+}
+
 /// A client that takes none of the answers for the stream idle time (here 1 s) is given up on:
 /// the stream ends `DEADLINE_EXCEEDED`, audited, told after the answers queued, and no more of
 /// its messages are read. The client's stream window (64 bytes) keeps the answers at the

@@ -694,13 +694,15 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             while let Some(r) = tasks.join_next().await {
                 r.context("server task")??;
             }
-            // Admin actions whose clients left still finish with their audit entries.
+            // Admin actions, requests whose clients left and the messages of gRPC streams
+            // still finish with their audit entries.
             if tokio::time::timeout(std::time::Duration::from_secs(30), gw.settle())
                 .await
                 .is_err()
             {
                 tracing::error!(
-                    "admin requests still running 30 s after the shutdown; exiting without them"
+                    "requests still being finished for their audit entries 30 s after the \
+                     shutdown; exiting without them"
                 );
             }
             anyhow::Ok(())

@@ -77,6 +77,8 @@ pub struct GrpcGateway {
     withdrawn: Option<std::sync::Arc<crate::loader::Withdrawn>>,
     /// Triton's extensions served, for `ServerMetadata`.
     extensions: Vec<&'static str>,
+    /// Where a stream's passages are spawned ([`GrpcGateway::with_passages`]).
+    passages: tokio_util::task::TaskTracker,
 }
 
 /// What a translated request takes from the gRPC call it came in: the caller's credentials
@@ -122,7 +124,15 @@ impl GrpcGateway {
             stream_idle: stream::STREAM_IDLE,
             withdrawn: None,
             extensions: crate::server::extensions(false),
+            passages: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Runs the passages of streams' messages through the stack as tasks of `passages`, which
+    /// shutdown waits for (`crate::Gateway::settle`).
+    pub fn with_passages(mut self, passages: tokio_util::task::TaskTracker) -> Self {
+        self.passages = passages;
+        self
     }
 
     /// Lists `extensions` in `ServerMetadata` ([`crate::server::extensions`]).

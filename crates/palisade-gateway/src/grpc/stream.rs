@@ -53,9 +53,9 @@
 //! as idle nor shed while the stream is open, and the stream bounds that itself, with the
 //! deadlines above.
 //!
-//! Not bounded here: a stream's passages under way are not among the requests that shutdown
-//! waits for until they are aborted; one still running when the server has stopped is cut off
-//! with the runtime.
+//! Shutdown (`crate::Gateway::settle`) waits for every passage, those the audit guard has not
+//! taken yet included (they are tasks of the gateway's `TaskTracker`, not orphans), so that a
+//! message read just before the server stopped still has its entry.
 
 use std::collections::VecDeque;
 use std::future::Future as _;
@@ -478,14 +478,15 @@ impl StreamCall {
             let read = self.read(m);
             let last = matches!(read, Read::Refused { .. });
             let call = self.clone();
-            // A task of its own: every message read goes through the stack, or is refused,
-            // and has its entry, however the stream ends.
+            let passages = &self.gateway.passages;
+            // A task of its own, which shutdown waits for: every message read goes through the
+            // stack, or is refused, and has its entry, however the stream ends.
             let job = match read {
                 Read::Ready(message) => {
                     let entered = Entered::default();
                     let seen = entered.clone();
                     Job {
-                        passage: tokio::spawn(async move { call.answer(message, seen).await }),
+                        passage: passages.spawn(async move { call.answer(message, seen).await }),
                         entered: Some(entered),
                     }
                 }
@@ -494,9 +495,8 @@ impl StreamCall {
                     started,
                     ts_ms,
                 } => Job {
-                    passage: tokio::spawn(async move {
-                        Err(call.audited(status, started, ts_ms).await)
-                    }),
+                    passage: passages
+                        .spawn(async move { Err(call.audited(status, started, ts_ms).await) }),
                     entered: None,
                 },
             };

@@ -26,6 +26,8 @@ pub struct Server {
     pub query: NewKey,
     pub auditor: NewKey,
     pub dir: tempfile::TempDir,
+    /// The gateway serving (a clone: what it shares is shared), for [`Gateway::settle`].
+    pub gateway: Gateway,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -161,6 +163,7 @@ async fn start_serving(
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let router = gw.router();
+    let gateway = gw.clone();
     let task = tokio::spawn(async move {
         palisade_gateway::serve_tls_with(
             listener,
@@ -183,6 +186,7 @@ async fn start_serving(
         query,
         auditor,
         dir,
+        gateway,
         shutdown: Some(tx),
         task: Some(task),
     }
