@@ -410,6 +410,13 @@ fn relative_to(repo: &std::path::Path, message: &str) -> String {
     while let Some(at) = rest.find(root) {
         out.push_str(&rest[..at]);
         let after = &rest[at + root.len()..];
+        // Only a whole path: `models/` is not the end of `mnist-models/` (what came before, in
+        // `out`, ends with something that cannot be on a path).
+        if out.chars().next_back().is_some_and(path_char) {
+            out.push_str(root);
+            rest = after;
+            continue;
+        }
         // Only a whole path component: `/srv/models` is not the start of `/srv/models-old`.
         if let Some(tail) = after.strip_prefix(std::path::MAIN_SEPARATOR) {
             rest = tail;
@@ -1019,6 +1026,11 @@ mod tests {
                 "'lin'/'../x': names are 1 to 64",
                 "'lin'/'../x': names are 1 to 64",
             ),
+            // Its name inside another path is left alone.
+            (
+                "/srv/palisade/models/m/1: see /data/srv/palisade/models/m/1",
+                "m/1: see /data/srv/palisade/models/m/1",
+            ),
         ] {
             assert_eq!(relative_to(repo, message), said);
         }
@@ -1036,6 +1048,17 @@ mod tests {
                 "models/a/1 is over the limit"
             ),
             "a/1 is over the limit"
+        );
+        assert_eq!(
+            relative_to(
+                std::path::Path::new("models"),
+                "models/mnist-models/1/model.sig: bad"
+            ),
+            "mnist-models/1/model.sig: bad"
+        );
+        assert_eq!(
+            relative_to(std::path::Path::new("."), "`./m/1./model.sig`: bad"),
+            "`m/1./model.sig`: bad"
         );
         let r = load_refused(
             repo,
