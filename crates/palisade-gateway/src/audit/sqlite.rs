@@ -61,8 +61,8 @@
 //! hold that request, and the ones queued behind it, for as long as the copy and its fsyncs take
 //! (`bench/gateway_vs_bare.sh` measured a p99 of 323 ms at one connection with it, about 2 ms
 //! without). A second thread checkpoints on its own connection in `PASSIVE` mode, beside the
-//! writer, every [`WAL_CHECKPOINT_EVERY`]; when the WAL has grown past [`WAL_RESTART_FRAMES`]
-//! frames (a writer that never pauses leaves no moment for SQLite to start the WAL over), it
+//! writer, every [`WAL_CHECKPOINT_EVERY`]; when the WAL has grown past [`WAL_RESTART_BYTES`]
+//! of frames (a writer that never pauses leaves no moment for SQLite to start the WAL over), it
 //! checkpoints in `RESTART` mode, which holds the writer only for the frames written since the
 //! last pass.
 
@@ -94,8 +94,9 @@ const MAX_GROUP: usize = 4096;
 /// How often the WAL checkpointer copies committed frames into the database file.
 const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// WAL length (frames of one page) from which the checkpointer also starts the WAL over.
-const WAL_RESTART_FRAMES: i64 = 16_384;
+/// WAL length from which the checkpointer also starts the WAL over (in frames of one page each:
+/// 16,384 of SQLite's default 4 KiB, 4,096 of [`PAGE_SIZE`]).
+const WAL_RESTART_BYTES: i64 = 64 << 20;
 
 /// How long journaled entries gather before the ingester copies them into SQLite (`Process`).
 /// Each pass costs a wake-up and a transaction whatever it carries: at one connection, passes
@@ -1485,13 +1486,19 @@ fn wal_checkpointer(conn: Connection, stop: mpsc::Receiver<()>, background: bool
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
     };
+    // The log's own page size: one made before `PAGE_SIZE` keeps SQLite's default.
+    let page_size = conn
+        .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+        .unwrap_or(PAGE_SIZE)
+        .max(512);
+    let restart_frames = WAL_RESTART_BYTES / page_size;
     loop {
         let last = !matches!(
             stop.recv_timeout(WAL_CHECKPOINT_EVERY),
             Err(mpsc::RecvTimeoutError::Timeout)
         );
         match checkpoint("PASSIVE") {
-            Ok((_, frames, _)) if frames >= WAL_RESTART_FRAMES => {
+            Ok((_, frames, _)) if frames >= restart_frames => {
                 if let Err(e) = checkpoint("RESTART") {
                     tracing::warn!(error = %e, frames, "audit WAL restart failed");
                 }
@@ -1873,15 +1880,15 @@ mod tests {
         }
         // The writer never checkpoints (its commits stay short); the checkpointer copies the
         // WAL into the database file within a few of its periods.
-        let main_db_pages = || std::fs::metadata(&db).unwrap().len() / 4096;
+        let main_db_bytes = || std::fs::metadata(&db).unwrap().len();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while main_db_pages() < 100 && Instant::now() < deadline {
+        while main_db_bytes() < 400_000 && Instant::now() < deadline {
             std::thread::sleep(WAL_CHECKPOINT_EVERY);
         }
         assert!(
-            main_db_pages() >= 100,
-            "the database file has {} pages after 200 entries of 3 KB",
-            main_db_pages()
+            main_db_bytes() >= 400_000,
+            "the database file has {} bytes after 200 entries of 3 KB",
+            main_db_bytes()
         );
         log.close();
         let log = open_log(&db, 2, Durability::Full);
