@@ -62,6 +62,16 @@ async fn open(
     (tx, answers)
 }
 
+/// Sends `m` on a stream that is to end at it: the status it ends with.
+async fn ended_by(
+    tx: &tokio::sync::mpsc::Sender<ModelInferRequest>,
+    answers: &mut tonic::Streaming<ModelStreamInferResponse>,
+    m: ModelInferRequest,
+) -> tonic::Status {
+    tx.send(m).await.unwrap();
+    answers.message().await.unwrap_err()
+}
+
 fn floats(raw: &[u8]) -> Vec<f32> {
     raw.chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -208,11 +218,13 @@ async fn a_key_revoked_mid_stream_ends_it_at_the_next_message_and_limits_count_e
     let a = answers.message().await.unwrap().unwrap();
     assert_eq!(a.error_message, "", "{a:?}");
     assert!(s.state.keys.revoke(&s.query.record.id, now_ms()).unwrap());
-    tx.send(message("lin", "after", &x, vec![1, 1, 2, 2]))
-        .await
-        .unwrap();
     // Checked again before the message is translated: the stream ends there, audited.
-    let e = answers.message().await.unwrap_err();
+    let e = ended_by(
+        &tx,
+        &mut answers,
+        message("lin", "after", &x, vec![1, 1, 2, 2]),
+    )
+    .await;
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
     assert!(e.message().contains("revoked"), "{e:?}");
     let last = s.last_audit_entry();
@@ -422,7 +434,7 @@ async fn messages_under_way_when_the_client_leaves_are_recorded_and_not_run() {
 /// Shutdown waits for a stream's passage that the audit guard has not taken yet: here one held
 /// back, before anything is done for it, while the only place among the orphans is taken by a
 /// message whose client left. Once that one ends, the held one runs, and `settle` returns only
-/// after its entry.
+/// after its entry. A stream still open is refused its next message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_a_stream_s_passage_the_audit_guard_has_not_taken() {
     use std::sync::atomic::Ordering;
@@ -464,6 +476,21 @@ async fn shutdown_waits_for_a_stream_s_passage_the_audit_guard_has_not_taken() {
     assert_eq!(entries[1]["status"], 200, "{entries:?}");
     let answer = answers.message().await.unwrap().unwrap();
     assert_eq!(answer.infer_response.unwrap().id, "2");
+    // Once shutdown waits, a stream still open starts no more passages: its next message is
+    // refused, audited, and ends it.
+    let end = ended_by(
+        &tx,
+        &mut answers,
+        message("slow", "3", &x, vec![1, 1, 2, 2]),
+    )
+    .await;
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("shutting down"), "{end:?}");
+    // Refused before the stack, its entry names no model.
+    let refused = |e: &serde_json::Value| e["status"] == 503 && e["model"].is_null();
+    wait_until(|| slow.s.audit_entries(0).iter().any(refused)).await;
+    assert_eq!(slow.entries(0).len(), 2);
+    assert_eq!(slow.entered.load(Ordering::SeqCst), 2);
 }
 
 /// A client that takes none of the answers for the stream idle time (here 1 s) is given up on:

@@ -708,8 +708,9 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
             anyhow::Ok(())
         };
         // A second SIGINT or SIGTERM stops the wait (up to a minute: 30 s for the connections,
-        // 30 s for admin actions) but not what follows: the key changes still reach the audit
-        // log and the budgets' exact counts limits.db, which kill -9 would skip.
+        // 30 s for the requests still finishing for their entries) but not what follows: the key
+        // changes still reach the audit log and the budgets' exact counts limits.db, which
+        // kill -9 would skip.
         tokio::select! {
             r = graceful => r?,
             _ = shutdown_signal() => {

@@ -54,8 +54,10 @@
 //! deadlines above.
 //!
 //! Shutdown (`crate::Gateway::settle`) waits for every passage, those the audit guard has not
-//! taken yet included (they are tasks of the gateway's `TaskTracker`, not orphans), so that a
-//! message read just before the server stopped still has its entry.
+//! taken yet included (they are tasks of the gateway's `TaskTracker`, not orphans), and for the
+//! entry of a stream the gateway ends, so that a message read just before the server stopped
+//! still has its entry. A stream still open once that wait has begun is refused its next message
+//! (`UNAVAILABLE`, audited 503), which ends it: it cannot keep shutdown waiting.
 
 use std::collections::VecDeque;
 use std::future::Future as _;
@@ -597,6 +599,8 @@ impl StreamCall {
             job.stop();
         }
         if let Stop::With(status) = stop {
+            // Its entry is one that shutdown waits for too.
+            let _tracked = self.gateway.passages.token();
             let status = self.audited(status, Instant::now(), now_ms()).await;
             let _ = end.send(status);
         }
@@ -632,6 +636,13 @@ impl StreamCall {
         };
         if let Some(status) = self.key_refusal() {
             return refused(status);
+        }
+        // Shutdown waits for every passage (`crate::Gateway::settle`): a stream still open then
+        // must not go on starting them.
+        if self.gateway.passages.is_closed() {
+            return refused(Status::unavailable(
+                "the gateway is shutting down: this message was not run, and the stream is closed",
+            ));
         }
         let final_asked = match message.parameters.remove(FINAL_RESPONSE_ASKED) {
             None => false,
