@@ -61,7 +61,9 @@ BARE_URL="http://127.0.0.1:$BP/v2/models/mnist/infer"
 # so nothing of its own is in them), the bare endpoint's beside the gateway's, alternating over
 # ROUNDS runs each, medians. The async worker is where the guards run: it used 23 µs per request
 # on the bare endpoint and 31 µs on the gateway at 16 connections, but 34 and 53 µs at 1
-# connection, where each request finds it idle (2026-12-05). The CPU of a thread that starts or
+# connection, where each request finds it idle (2026-12-05); on another day of the same VM, 47.8
+# and 67.8 µs at 16 connections, 81.7 and 152.4 µs at 1 (2026-12-07): compare the two servers
+# within one run, not runs of different days. The CPU of a thread that starts or
 # ends within a run (a blocking-pool thread, for bodies over 64 KiB) is not counted whole. The
 # kernel keeps 15 characters of a thread name: palisade-infer-0 and -1 are both "palisade-infer-"
 # (counted together), palisade-audit-wal is "palisade-audit-".
