@@ -55,7 +55,9 @@ ROUNDS=${ROUNDS:-6}
 # throughput ratio towards 1 once the machine is saturated, at 16 and 64 connections).
 # At 16 and 64 connections the p99 is mostly queueing (connections / rate): added_p99 there
 # restates the throughput gap more than it measures the guards' latency.
-printf "%-8s %-5s %10s %10s %7s %7s %13s %9s %10s %10s %10s %8s %8s\n" audit conns bare_rps guard_rps ratio paired ratio_range cpu_ratio bare_p99 guard_p99 added_p99 bare_cpu guard_cpu
+# goal: whether the line meets the issue's goal, at least 0.95 of bare throughput (ratio) and at
+# most 1 ms added p99, and if not, which half it misses.
+printf "%-8s %-5s %10s %10s %7s %7s %13s %9s %10s %10s %10s %8s %8s %s\n" audit conns bare_rps guard_rps ratio paired ratio_range cpu_ratio bare_p99 guard_p99 added_p99 bare_cpu guard_cpu goal
 CONNS_LIST=${CONNS_LIST:-1 16 64}
 for C in $CONNS_LIST; do : > "$STATE/results-$C.jsonl"; done
 for ROUND in $(seq 1 "$ROUNDS"); do
@@ -90,9 +92,11 @@ for m in ("full", "process"):
     per_round = [r["run"]["rps"] / bare_runs[r["round"]] for r in rows if r["mode"] == m]
     spread = f"{min(per_round):.3f}-{max(per_round):.3f}"
     paired = statistics.median(per_round)
+    missed = [w for w, bad in (("ratio", g / b < 0.95), ("p99", gp - bp > 1.0)) if bad]
+    goal = "met" if not missed else "missed: " + ", ".join(missed)
     print(f"{m:<8} {c:<5} {b:10.1f} {g:10.1f} {g / b:7.3f} {paired:7.3f} {spread:>13}"
           f" {cpu('bare') / cpu(m):9.3f} {bp:8.3f}ms {gp:8.3f}ms"
-          f" {gp - bp:8.3f}ms {cpu('bare'):6.0f}us {cpu(m):6.0f}us")
+          f" {gp - bp:8.3f}ms {cpu('bare'):6.0f}us {cpu(m):6.0f}us {goal}")
 PY
 done
 SVG=${SVG:-target/bench/gateway_vs_bare.svg}
