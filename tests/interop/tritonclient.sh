@@ -204,6 +204,32 @@ except InferenceServerException as e:
     assert "TOTP" in e.message(), e
 print("log settings: read, and the verbose level changed to 1")
 
+# Triton's trace extension: read with the admin role alone, changed with a TOTP code too; the
+# requests a setting samples are written in Triton's trace format under the state folder.
+import os
+ht = h.get_trace_settings(headers=hdr())
+print("trace settings:", ht)
+assert ht["trace_level"] == ["OFF"] and ht["trace_rate"] == "1000", ht
+changed = h.update_trace_settings("mnist", {"trace_level": ["TIMESTAMPS"], "trace_rate": "1",
+                                            "trace_count": "2"}, headers=coded(operator, 0))
+assert changed["trace_level"] == ["TIMESTAMPS"] and changed["trace_count"] == "2", changed
+http_infer(True)
+http_infer(False)
+gt = g.get_trace_settings(model_name="mnist", headers=gh, as_json=True)["settings"]
+assert gt["trace_count"]["value"] == ["0"], gt
+# A setting sent without a value: the model's count follows the global one again.
+gt = g.update_trace_settings(model_name="mnist", settings={"trace_count": None},
+                             headers=coded(operator, 1), as_json=True)["settings"]
+assert gt["trace_count"]["value"] == ["-1"] and gt["trace_level"]["value"] == ["TIMESTAMPS"], gt
+written = os.path.join(os.path.dirname(sys.argv[1]), "traces", "trace.json.0")
+for _ in range(50):
+    if os.path.exists(written):
+        break
+    time.sleep(0.1)
+traced = json.load(open(written))
+assert [t["model_name"] for t in traced if "model_name" in t] == ["mnist", "mnist"], traced
+print("trace settings: two requests traced, written to", written)
+
 # Triton's streaming inference over gRPC: each sample a message of its own, answered in order
 # through the same guards; a message with the wrong shape is answered with its error and the
 # stream goes on; tritonclient's empty-final-response flag is answered on the response itself.

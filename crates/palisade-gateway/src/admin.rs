@@ -14,6 +14,8 @@
 //! | POST | `/v2/repository/models/{m}/unload` `{"parameters"?}` (Triton's) | deploy |
 //! | GET | `/v2/logging` (Triton's) | admin, no TOTP |
 //! | POST | `/v2/logging` `{"log_info"?, "log_verbose_level"?, …}` (Triton's) | admin |
+//! | GET | `/v2[/models/{m}]/trace/setting` (Triton's) | admin, no TOTP |
+//! | POST | `/v2[/models/{m}]/trace/setting` `{"trace_level"?, "trace_rate"?, …}` (Triton's) | admin |
 //! | GET | `/v2/audit/checkpoint` | audit |
 //! | GET | `/v2/audit/entries/{i}` | audit |
 //! | GET | `/v2/audit/proof/inclusion?index=I&size=N` | audit |
@@ -58,6 +60,8 @@ pub struct AdminState {
     pub limits: Arc<dyn crate::guard::ratelimit::LimitStore>,
     /// The process's logger (`None`: `/v2/logging` answers 404).
     pub log: Option<Arc<dyn crate::logging::LogControl>>,
+    /// The tracer (`None`: the trace settings answer 404).
+    pub trace: Option<Arc<crate::trace::Tracer>>,
 }
 
 /// The admin and audit routes.
@@ -75,6 +79,14 @@ pub fn router(state: AdminState) -> Router {
             post(repository_unload),
         )
         .route("/v2/logging", get(log_settings).post(update_log_settings))
+        .route(
+            "/v2/trace/setting",
+            get(global_trace_settings).post(update_global_trace_settings),
+        )
+        .route(
+            "/v2/models/{model}/trace/setting",
+            get(model_trace_settings).post(update_model_trace_settings),
+        )
         .route("/v2/audit/checkpoint", get(checkpoint))
         .route("/v2/audit/entries/{index}", get(entry))
         .route("/v2/audit/proof/inclusion", get(inclusion))
@@ -748,6 +760,76 @@ async fn update_log_settings(State(s): State<AdminState>, body: Bytes) -> Respon
                 "could not change the log level (the gateway's log has the details)",
             )
         }
+        Err(e) => bad_request(&e.to_string()),
+    }
+}
+
+/// The tracer, or the answer that there is none; and `model`, if named, served.
+fn tracer<'a>(
+    s: &'a AdminState,
+    model: Option<&str>,
+) -> Result<&'a Arc<crate::trace::Tracer>, Refusal> {
+    let t = s.trace.as_ref().ok_or_else(|| {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            "this gateway does not trace requests",
+        )
+    })?;
+    if let Some(m) = model
+        && !s.models.names().iter().any(|n| n == m)
+    {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            &format!("model '{m}' not found"),
+        ));
+    }
+    Ok(t)
+}
+
+/// Triton's `GET /v2/trace/setting` (tritonclient's `get_trace_settings`).
+async fn global_trace_settings(State(s): State<AdminState>) -> Response {
+    trace_settings(&s, None)
+}
+
+/// Triton's `GET /v2/models/{m}/trace/setting`.
+async fn model_trace_settings(State(s): State<AdminState>, Path(p): Params) -> Response {
+    trace_settings(&s, Some(&param(&p, "model")))
+}
+
+fn trace_settings(s: &AdminState, model: Option<&str>) -> Response {
+    match tracer(s, model) {
+        Ok(t) => json_response(StatusCode::OK, &t.settings(model)),
+        Err(r) => r.answer(),
+    }
+}
+
+/// Triton's `POST /v2/trace/setting` (tritonclient's `update_trace_settings`): the settings
+/// sent applied; the settings after. 400 for settings that cannot be taken, and nothing
+/// changed (see [`crate::trace`]).
+async fn update_global_trace_settings(State(s): State<AdminState>, body: Bytes) -> Response {
+    update_trace_settings(&s, None, &body)
+}
+
+/// Triton's `POST /v2/models/{m}/trace/setting`: the model's own settings.
+async fn update_model_trace_settings(
+    State(s): State<AdminState>,
+    Path(p): Params,
+    body: Bytes,
+) -> Response {
+    update_trace_settings(&s, Some(&param(&p, "model")), &body)
+}
+
+fn update_trace_settings(s: &AdminState, model: Option<&str>, body: &[u8]) -> Response {
+    let t = match tracer(s, model) {
+        Ok(t) => t,
+        Err(r) => return r.answer(),
+    };
+    let update: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(u) => u,
+        Err(e) => return bad_request(&format!("expected a JSON object of trace settings: {e}")),
+    };
+    match t.update(model, &update) {
+        Ok(settings) => json_response(StatusCode::OK, &settings),
         Err(e) => bad_request(&e.to_string()),
     }
 }

@@ -200,6 +200,7 @@ impl ModelService {
                 r.extensions_mut().insert(Prediction {
                     validated: v,
                     logits: Arc::new(logits),
+                    queued_at: now,
                     queue,
                     infer,
                 });

@@ -97,6 +97,7 @@ mod schema;
 pub mod server;
 pub mod stats;
 pub mod tls;
+pub mod trace;
 #[cfg(feature = "tract")]
 pub mod tract_runtime;
 

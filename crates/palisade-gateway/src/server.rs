@@ -62,6 +62,8 @@ pub struct Gateway {
     pub stream_idle: std::time::Duration,
     /// The process's logger, for Triton's logging extension (`None`: not served).
     pub log: Option<Arc<dyn crate::logging::LogControl>>,
+    /// The tracer, for Triton's trace extension (`None`: not served).
+    pub trace: Option<Arc<crate::trace::Tracer>>,
     /// The threads that run the models (one per core unless set otherwise).
     pub inference: Arc<InferencePool>,
     /// Permits for admin requests running in tasks of their own (`Gateway::detached_actions`).
@@ -115,6 +117,10 @@ impl StatePaths {
     /// The versions rolled back through the admin API ([`crate::loader::Withdrawn`]).
     pub fn rolled_back(&self) -> PathBuf {
         self.dir.join("rolled-back.json")
+    }
+    /// Where Triton's trace extension writes its traces (`trace.json.{n}`, [`crate::trace`]).
+    pub fn trace_file(&self) -> PathBuf {
+        self.dir.join("traces").join("trace.json")
     }
     /// The checkpoint signing key (32-byte Ed25519 seed, mode 0600).
     pub fn signing_key(&self) -> PathBuf {
@@ -428,6 +434,7 @@ impl LocalState {
             withdrawn: None,
             stream_idle: crate::grpc::stream::STREAM_IDLE,
             log: None,
+            trace: None,
             inference,
             admin_tasks: Arc::new(tokio::sync::Semaphore::new(ADMIN_TASKS as usize)),
             orphans: Default::default(),
@@ -465,6 +472,10 @@ impl Gateway {
         }
         for o in &self.orphans {
             o.settled().await;
+        }
+        // The traces taken, written: the last requests' among them.
+        if let Some(t) = self.trace.clone() {
+            let _ = tokio::task::spawn_blocking(move || t.flush()).await;
         }
     }
 
@@ -575,6 +586,7 @@ impl Gateway {
                 withdrawn: self.withdrawn.clone(),
                 limits: self.limits.clone(),
                 log: self.log.clone(),
+                trace: self.trace.clone(),
             }));
         let admin = self.detached_actions(admin);
         let grpc = ServiceBuilder::new()
@@ -606,12 +618,12 @@ impl Gateway {
                     .with_stream_idle(self.stream_idle)
                     .with_passages(self.stream_passages.clone())
                     .with_withdrawn(self.withdrawn.clone())
-                    .with_extensions(extensions(self.log.is_some()))
+                    .with_extensions(extensions(self.log.is_some(), self.trace.is_some()))
                     .into_service(),
             );
         let ready_models = self.models.clone();
         let ready_withdrawn = self.withdrawn.clone();
-        let logging = self.log.is_some();
+        let (logging, traced) = (self.log.is_some(), self.trace.is_some());
         let metrics = self.metrics.clone();
         let inference = self.inference.clone();
         let orphans = self.orphans.clone();
@@ -627,7 +639,7 @@ impl Gateway {
                     }
                 }),
             )
-            .route("/v2", get(move || server_metadata(logging)))
+            .route("/v2", get(move || server_metadata(logging, traced)))
             .route(
                 "/metrics",
                 get(move || async move {
@@ -645,10 +657,11 @@ impl Gateway {
                 }),
             )
             .route_service("/v2/repository/index", models.clone())
-            .route_service("/v2/models/{*rest}", models)
+            .route_service("/v2/models/{*rest}", models_or_trace(models, admin.clone()))
             .route_service("/inference.GRPCInferenceService/{*rest}", grpc)
             .route_service("/v2/repository/models/{*rest}", admin.clone())
             .route_service("/v2/logging", admin.clone())
+            .route_service("/v2/trace/setting", admin.clone())
             .route_service("/v2/admin/{*rest}", admin.clone())
             .route_service("/v2/audit/{*rest}", admin)
             .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })
@@ -662,11 +675,14 @@ impl Gateway {
     /// → validate → harden → infer. REST and gRPC both go through this one stack.
     pub fn model_stack(&self) -> Next {
         let svc = ServiceBuilder::new()
-            .layer(GuardLayer(Audit::new(
-                self.audit.clone(),
-                self.metrics.clone(),
-                self.orphans[MODEL_ROUTES].clone(),
-            )))
+            .layer(GuardLayer(
+                Audit::new(
+                    self.audit.clone(),
+                    self.metrics.clone(),
+                    self.orphans[MODEL_ROUTES].clone(),
+                )
+                .with_tracer(self.trace.clone()),
+            ))
             .layer(GuardLayer(Authenticate::new(self.keys.clone())))
             .layer(GuardLayer(AllowedMethods))
             .layer(GuardLayer(Authorise::new(self.keys.clone())))
@@ -698,6 +714,44 @@ impl Gateway {
     }
 }
 
+/// The path under `/v2/models/{m}` of a model's trace settings, which the admin stack answers.
+const TRACE_SETTING: &str = "/trace/setting";
+
+/// `/v2/models/…`: a model's trace settings (`/v2/models/{m}/trace/setting`) to `admin`, the
+/// rest to `models`. axum takes no route beside the catch-all, and a path's end is all it
+/// takes to tell them apart (the guards parse the target again).
+fn models_or_trace<A>(
+    models: Next,
+    admin: A,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static
+where
+    A: tower::Service<
+            axum::extract::Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    A::Future: Send + 'static,
+{
+    use futures_util::future::Either;
+    use tower::ServiceExt as _;
+    tower::service_fn(move |req: axum::extract::Request| {
+        if req.uri().path().ends_with(TRACE_SETTING) {
+            Either::Left(admin.clone().oneshot(req))
+        } else {
+            Either::Right(models.clone().oneshot(req))
+        }
+    })
+}
+
 /// A route's answer to a method it does not take, as JSON like every other error (axum adds the
 /// `Allow` header).
 pub(crate) async fn method_not_allowed(method: axum::http::Method) -> Response {
@@ -709,18 +763,21 @@ pub(crate) async fn method_not_allowed(method: axum::http::Method) -> Response {
 }
 
 /// Triton's extensions a gateway serves over both transports (REST adds `binary_tensor_data`):
-/// `logging` only when it was handed a logger.
-pub fn extensions(logging: bool) -> Vec<&'static str> {
+/// `logging` only when it was handed a logger, `trace` only when it was handed a tracer.
+pub fn extensions(logging: bool, traced: bool) -> Vec<&'static str> {
     let mut e = vec!["model_configuration", "model_repository", "statistics"];
     if logging {
         e.push("logging");
     }
+    if traced {
+        e.push("trace");
+    }
     e
 }
 
-async fn server_metadata(logging: bool) -> Response {
+async fn server_metadata(logging: bool, traced: bool) -> Response {
     let mut served = vec!["binary_tensor_data"];
-    served.extend(extensions(logging));
+    served.extend(extensions(logging, traced));
     json_response(
         StatusCode::OK,
         &serde_json::json!({

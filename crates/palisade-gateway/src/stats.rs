@@ -127,6 +127,10 @@ pub struct StatisticsResponse {
 pub struct Served {
     /// Rows inferred.
     pub rows: usize,
+    /// When the request was handed to the inference threads (for its trace; the model call
+    /// began `queue` later and ended `infer` after that, and the outputs were encoded `output`
+    /// after that).
+    pub queued_at: std::time::Instant,
     /// Waiting for an inference thread.
     pub queue: Duration,
     /// The model call.
@@ -163,6 +167,11 @@ impl Tally {
             input,
             served,
         }
+    }
+
+    /// Where a served request's time went (`None`: it was not served).
+    pub fn served(&self) -> Option<&Served> {
+        self.served.as_ref()
     }
 
     /// Records the request: a success if it was served and its answer `released` with its
@@ -251,6 +260,7 @@ mod tests {
         let stats = Arc::new(VersionStats::default());
         let served = Served {
             rows: 3,
+            queued_at: std::time::Instant::now(),
             queue: ms(1),
             infer: ms(2),
             output: ms(3),
@@ -277,6 +287,7 @@ mod tests {
 
         let served = |rows, q, i, o| Served {
             rows,
+            queued_at: std::time::Instant::now(),
             queue: ms(q),
             infer: ms(i),
             output: ms(o),

@@ -242,6 +242,7 @@ async fn concurrent_rollbacks_keep_the_version_rolled_back_withdrawn() {
             withdrawn: Some(withdrawn),
             limits: gw.limits.clone(),
             log: None,
+            trace: None,
         });
         let call = || {
             let app = app.clone();

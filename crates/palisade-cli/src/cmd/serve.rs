@@ -532,6 +532,12 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
     gw.withdrawn = Some(withdrawn);
     gw.stream_idle = std::time::Duration::from_secs(args.grpc_stream_idle_s.into());
     gw.log = crate::output::logger().map(|l| l as Arc<dyn palisade_gateway::logging::LogControl>);
+    gw.trace = Some(Arc::new(
+        palisade_gateway::trace::Tracer::new(
+            palisade_gateway::StatePaths::new(&args.state).trace_file(),
+        )
+        .context("starting the trace writer")?,
+    ));
     gw.source = Some(ModelSource {
         repo: repo.clone(),
         runtime,

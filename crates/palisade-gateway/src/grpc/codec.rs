@@ -118,6 +118,12 @@ impl Bounds for super::inference::LogSettingsRequest {
     }
 }
 
+impl Bounds for super::inference::TraceSettingRequest {
+    fn within(msg: &[u8]) -> Result<(), String> {
+        super::prescan::check_trace_settings_message(msg)
+    }
+}
+
 /// Requests of a few fixed fields, or of strings alone: nothing to count.
 macro_rules! unbounded {
     ($($t:ident),* $(,)?) => { $(impl Bounds for super::inference::$t {})* };

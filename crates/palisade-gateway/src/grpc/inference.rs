@@ -436,6 +436,40 @@ pub mod log_settings_response {
         }
     }
 }
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TraceSettingRequest {
+    #[prost(map = "string, message", tag = "1")]
+    pub settings: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        trace_setting_request::SettingValue,
+    >,
+    #[prost(string, tag = "2")]
+    pub model_name: ::prost::alloc::string::String,
+}
+/// Nested message and enum types in `TraceSettingRequest`.
+pub mod trace_setting_request {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+    pub struct SettingValue {
+        #[prost(string, repeated, tag = "1")]
+        pub value: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TraceSettingResponse {
+    #[prost(map = "string, message", tag = "1")]
+    pub settings: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        trace_setting_response::SettingValue,
+    >,
+}
+/// Nested message and enum types in `TraceSettingResponse`.
+pub mod trace_setting_response {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+    pub struct SettingValue {
+        #[prost(string, repeated, tag = "1")]
+        pub value: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    }
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum DataType {
@@ -823,6 +857,25 @@ pub mod grpc_inference_service_client {
             ));
             self.inner.unary(req, path, codec).await
         }
+        pub async fn trace_setting(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TraceSettingRequest>,
+        ) -> std::result::Result<tonic::Response<super::TraceSettingResponse>, tonic::Status>
+        {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/inference.GRPCInferenceService/TraceSetting",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new(
+                "inference.GRPCInferenceService",
+                "TraceSetting",
+            ));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -895,6 +948,10 @@ pub mod grpc_inference_service_server {
             &self,
             request: tonic::Request<super::LogSettingsRequest>,
         ) -> std::result::Result<tonic::Response<super::LogSettingsResponse>, tonic::Status>;
+        async fn trace_setting(
+            &self,
+            request: tonic::Request<super::TraceSettingRequest>,
+        ) -> std::result::Result<tonic::Response<super::TraceSettingResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct GrpcInferenceServiceServer<T> {
@@ -1504,6 +1561,48 @@ pub mod grpc_inference_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = LogSettingsSvc(inner);
+                        let codec = crate::grpc::codec::Codec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/inference.GRPCInferenceService/TraceSetting" => {
+                    #[allow(non_camel_case_types)]
+                    struct TraceSettingSvc<T: GrpcInferenceService>(pub Arc<T>);
+                    impl<T: GrpcInferenceService>
+                        tonic::server::UnaryService<super::TraceSettingRequest>
+                        for TraceSettingSvc<T>
+                    {
+                        type Response = super::TraceSettingResponse;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TraceSettingRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as GrpcInferenceService>::trace_setting(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TraceSettingSvc(inner);
                         let codec = crate::grpc::codec::Codec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

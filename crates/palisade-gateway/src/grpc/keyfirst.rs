@@ -10,7 +10,8 @@
 //! So every call but the three the gateway answers without a key (`ServerLive`, `ServerReady`,
 //! `ServerMetadata`, as REST's health and server metadata routes) must present a key that
 //! authenticates and that may query at least one model (that has the role `deploy`, for
-//! Triton's `RepositoryModelLoad` and `RepositoryModelUnload`; `admin`, for `LogSettings`), else
+//! Triton's `RepositoryModelLoad` and `RepositoryModelUnload`; `admin`, for `LogSettings` and
+//! `TraceSetting`), else
 //! it is answered at once,
 //! trailers-only, without its message being read: `UNAUTHENTICATED` (no key, a malformed,
 //! unknown, revoked or expired one), `PERMISSION_DENIED` (a key without the role), or
@@ -47,7 +48,9 @@ pub(crate) const DEPLOYING: [&str; 2] = [
 pub(crate) fn role_needed(path: &str) -> Option<Role> {
     if DEPLOYING.contains(&path) {
         Some(Role::Deploy)
-    } else if path == "/inference.GRPCInferenceService/LogSettings" {
+    } else if path == "/inference.GRPCInferenceService/LogSettings"
+        || path == "/inference.GRPCInferenceService/TraceSetting"
+    {
         Some(Role::Admin)
     } else {
         None

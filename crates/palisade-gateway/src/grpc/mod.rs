@@ -20,9 +20,10 @@
 //! Triton's `RepositoryModelLoad` and `RepositoryModelUnload` (`load_model`, `unload_model`)
 //! are admin actions: translated the same way, into `POST /v2/repository/models/{m}/load` and
 //! `…/unload`, they go through the admin stack (audit, authenticate, authorise with the role
-//! `deploy` and a TOTP code, write-ahead; see [`crate::admin`]). So does `LogSettings`
+//! `deploy` and a TOTP code, write-ahead; see [`crate::admin`]). So do `LogSettings`
 //! (`get_log_settings`, `update_log_settings`), from `GET` or `POST /v2/logging`
-//! ([`crate::logging`]).
+//! ([`crate::logging`]), and `TraceSetting` (`get_trace_settings`, `update_trace_settings`),
+//! from `GET` or `POST /v2[/models/{m}]/trace/setting` ([`crate::trace`]).
 //!
 //! `inference.rs` is generated from `proto/grpc_predict_v2.proto` with `tonic-prost-build`
 //! 0.14 (`compile_fds` on the file's descriptor set, no transport), so that building needs no
@@ -123,7 +124,7 @@ impl GrpcGateway {
             unreached,
             stream_idle: stream::STREAM_IDLE,
             withdrawn: None,
-            extensions: crate::server::extensions(false),
+            extensions: crate::server::extensions(false, false),
             passages: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -158,8 +159,8 @@ impl GrpcGateway {
         self
     }
 
-    /// Serves Triton's `RepositoryModelLoad`, `RepositoryModelUnload` (role `deploy`) and
-    /// `LogSettings` (role `admin`) through `admin` (the guarded admin routes: a TOTP code in
+    /// Serves Triton's `RepositoryModelLoad`, `RepositoryModelUnload` (role `deploy`),
+    /// `LogSettings` and `TraceSetting` (role `admin`) through `admin` (the guarded admin routes: a TOTP code in
     /// `x-palisade-totp` for a change, written ahead).
     pub fn with_admin(mut self, admin: Next) -> Self {
         self.admin = Some(admin);
@@ -209,9 +210,29 @@ impl GrpcGateway {
         Ok(name)
     }
 
+    /// Triton's settings at `path` through the admin stack: `GET` when `update` is empty,
+    /// else `POST` of it as a JSON object; the settings after, as a JSON object.
+    async fn settings_call<T>(
+        &self,
+        rpc: &'static str,
+        path: String,
+        call: &tonic::Request<T>,
+        update: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, Status> {
+        let (method, body) = if update.is_empty() {
+            (Method::GET, Vec::new())
+        } else {
+            let body = serde_json::to_vec(&update).map_err(|e| Status::internal(e.to_string()))?;
+            (Method::POST, body)
+        };
+        let (_, body) = self.call(rpc, method, path, call, &[], body).await?;
+        serde_json::from_slice(&body).map_err(|e| Status::internal(e.to_string()))
+    }
+
     /// The REST request `method path` with `body`, made of a call (or of one message of a
     /// stream) from `caller`, through the model stack (the admin stack for a path under
-    /// `/v2/repository/models/` and for `/v2/logging`): its response's parts and body when it
+    /// `/v2/repository/models/`, for `/v2/logging` and for the trace settings): its response's
+    /// parts and body when it
     /// succeeds, else the gRPC status of its refusal.
     pub(crate) async fn call_with(
         &self,
@@ -222,7 +243,10 @@ impl GrpcGateway {
         headers: &[(&'static str, String)],
         body: Vec<u8>,
     ) -> Result<(axum::http::response::Parts, Vec<u8>), Status> {
-        let stack = if path.starts_with(REPOSITORY_MODELS) || path == LOGGING {
+        let stack = if path.starts_with(REPOSITORY_MODELS)
+            || path == LOGGING
+            || matches!(oip::Target::parse(&path), oip::Target::Trace { .. })
+        {
             self.admin.clone().ok_or_else(|| {
                 Status::unimplemented("this gateway takes no admin action over gRPC")
             })?
@@ -841,30 +865,23 @@ impl GrpcInferenceService for GrpcGateway {
     ) -> Result<tonic::Response<LogSettingsResponse>, Status> {
         use log_settings_request::setting_value::ParameterChoice as In;
         use log_settings_response::setting_value::ParameterChoice as Out;
-        let sent = &r.get_ref().settings;
-        let (method, body) = if sent.is_empty() {
-            (Method::GET, Vec::new())
-        } else {
-            let update: serde_json::Map<String, serde_json::Value> = sent
-                .iter()
-                .map(|(k, v)| {
-                    let v = match &v.parameter_choice {
-                        Some(In::BoolParam(b)) => serde_json::Value::from(*b),
-                        Some(In::Uint32Param(n)) => serde_json::Value::from(*n),
-                        Some(In::StringParam(t)) => serde_json::Value::from(t.as_str()),
-                        None => serde_json::Value::Null,
-                    };
-                    (k.clone(), v)
-                })
-                .collect();
-            let body = serde_json::to_vec(&update).map_err(|e| Status::internal(e.to_string()))?;
-            (Method::POST, body)
-        };
-        let (_, body) = self
-            .call("LogSettings", method, LOGGING.to_string(), &r, &[], body)
+        let update: serde_json::Map<String, serde_json::Value> = r
+            .get_ref()
+            .settings
+            .iter()
+            .map(|(k, v)| {
+                let v = match &v.parameter_choice {
+                    Some(In::BoolParam(b)) => serde_json::Value::from(*b),
+                    Some(In::Uint32Param(n)) => serde_json::Value::from(*n),
+                    Some(In::StringParam(t)) => serde_json::Value::from(t.as_str()),
+                    None => serde_json::Value::Null,
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let now = self
+            .settings_call("LogSettings", LOGGING.to_string(), &r, update)
             .await?;
-        let now: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&body).map_err(|e| Status::internal(e.to_string()))?;
         let settings = now
             .into_iter()
             .filter_map(|(k, v)| {
@@ -885,6 +902,52 @@ impl GrpcInferenceService for GrpcGateway {
             })
             .collect();
         Ok(tonic::Response::new(LogSettingsResponse { settings }))
+    }
+
+    /// Triton's trace extension: `GET /v2[/models/{m}]/trace/setting` (no settings sent) or
+    /// `POST` (some sent) through the admin stack; the settings after, as Triton's message. A
+    /// setting sent without a value is JSON `null` (a model's setting follows the global one
+    /// again); one value is a string, except `trace_level`'s, always a list.
+    async fn trace_setting(
+        &self,
+        r: tonic::Request<TraceSettingRequest>,
+    ) -> Result<tonic::Response<TraceSettingResponse>, Status> {
+        let q = r.get_ref();
+        let path = if q.model_name.is_empty() {
+            "/v2/trace/setting".to_string()
+        } else if crate::model::valid_name(&q.model_name) {
+            format!("/v2/models/{}/trace/setting", q.model_name)
+        } else {
+            return Err(Status::invalid_argument("invalid model name"));
+        };
+        let update: serde_json::Map<String, serde_json::Value> = q
+            .settings
+            .iter()
+            .map(|(k, v)| {
+                let v = match v.value.as_slice() {
+                    [] => serde_json::Value::Null,
+                    [one] if k != "trace_level" => serde_json::Value::from(one.as_str()),
+                    many => serde_json::Value::from(many.to_vec()),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let now = self.settings_call("TraceSetting", path, &r, update).await?;
+        let settings = now
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let value = match v {
+                    serde_json::Value::String(s) => vec![s],
+                    serde_json::Value::Array(a) => a
+                        .into_iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect(),
+                    _ => return None,
+                };
+                Some((k, trace_setting_response::SettingValue { value }))
+            })
+            .collect();
+        Ok(tonic::Response::new(TraceSettingResponse { settings }))
     }
 
     /// Triton's statistics extension: `GET …/stats` through the model stack; with no name,

@@ -175,6 +175,28 @@ pub fn check_log_settings_message(msg: &[u8]) -> Result<(), String> {
     at_most("log settings", count(msg, 1), MAX_PARAMETERS)
 }
 
+/// Most values of one trace setting (`trace_level`'s levels; the others take one).
+pub const MAX_SETTING_VALUES: usize = 16;
+
+/// Checks a `TraceSettingRequest` message, as sent: its `settings` map (field 1) at most
+/// [`MAX_PARAMETERS`] entries, and each entry's value (field 2, a `SettingValue`, whose pieces
+/// prost merges) at most [`MAX_SETTING_VALUES`] strings (its field 1).
+pub fn check_trace_settings_message(msg: &[u8]) -> Result<(), String> {
+    at_most("trace settings", count(msg, 1), MAX_PARAMETERS)?;
+    for field in fields(msg) {
+        if let Field::Len(1, entry) = field {
+            let values = fields(entry)
+                .filter_map(|f| match f {
+                    Field::Len(2, value) => Some(count(value, 1)),
+                    _ => None,
+                })
+                .fold(0usize, usize::saturating_add);
+            at_most("values of one trace setting", values, MAX_SETTING_VALUES)?;
+        }
+    }
+    Ok(())
+}
+
 /// The fuzz target's property (`fuzz/fuzz_targets/grpc_prescan.rs`): any bytes are walked
 /// without a panic, and a message the walk lets through decodes, if prost decodes it at all,
 /// within every bound: the walk never counts less than prost makes.
@@ -189,6 +211,16 @@ pub fn fuzz_property(msg: &[u8]) {
         && let Ok(r) = super::inference::LogSettingsRequest::decode(msg)
     {
         assert!(r.settings.len() <= MAX_PARAMETERS);
+    }
+    if check_trace_settings_message(msg).is_ok()
+        && let Ok(r) = super::inference::TraceSettingRequest::decode(msg)
+    {
+        assert!(r.settings.len() <= MAX_PARAMETERS);
+        assert!(
+            r.settings
+                .values()
+                .all(|v| v.value.len() <= MAX_SETTING_VALUES)
+        );
     }
     let passed = check_infer_message(msg).is_ok();
     let Ok(r) = super::inference::ModelInferRequest::decode(msg) else {
@@ -433,6 +465,39 @@ mod tests {
         len_field(&mut input, 5, &half);
         len_field(&mut one, 5, &input);
         assert_eq!(check_infer_message(&one), Ok(()));
+    }
+
+    /// A trace setting's value sent in two pieces is one `SettingValue` to prost: its strings
+    /// count together.
+    #[test]
+    fn a_trace_setting_s_values_in_pieces_count_together() {
+        use crate::grpc::inference::TraceSettingRequest;
+        use crate::grpc::inference::trace_setting_request::SettingValue;
+        let half = SettingValue {
+            value: vec![String::new(); MAX_SETTING_VALUES / 2 + 1],
+        }
+        .encode_to_vec();
+        let mut entry = Vec::new();
+        len_field(&mut entry, 1, b"trace_level");
+        len_field(&mut entry, 2, &half);
+        let mut msg = Vec::new();
+        len_field(&mut msg, 1, &entry);
+        assert_eq!(check_trace_settings_message(&msg), Ok(()));
+        len_field(&mut entry, 2, &half);
+        let mut msg = Vec::new();
+        len_field(&mut msg, 1, &entry);
+        let decoded = TraceSettingRequest::decode(&msg[..]).unwrap();
+        assert!(decoded.settings["trace_level"].value.len() > MAX_SETTING_VALUES);
+        let e = check_trace_settings_message(&msg).unwrap_err();
+        assert!(e.contains("values of one trace setting"), "{e}");
+        // Too many settings.
+        let mut msg = Vec::new();
+        for i in 0..=MAX_PARAMETERS {
+            let mut entry = Vec::new();
+            len_field(&mut entry, 1, format!("s{i}").as_bytes());
+            len_field(&mut msg, 1, &entry);
+        }
+        assert!(check_trace_settings_message(&msg).is_err());
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub struct Audit {
     log: Arc<dyn AuditLog>,
     metrics: Arc<Metrics>,
     orphans: Arc<Orphans>,
+    tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl Audit {
@@ -54,8 +55,36 @@ impl Audit {
             log,
             metrics,
             orphans,
+            tracer: None,
         }
     }
+
+    /// Hands each served infer request, once its answer is released, to `tracer`
+    /// ([`crate::trace`]), which traces those its settings sample.
+    pub fn with_tracer(mut self, tracer: Option<Arc<crate::trace::Tracer>>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+}
+
+/// A served request's timestamps under Triton's names (see [`crate::trace`]): taken by the
+/// audit guard at `started`, handed to the inference threads, the model call, its outputs
+/// encoded, and now, its entry appended and its answer released.
+fn trace_stamps(
+    started: std::time::Instant,
+    served: &crate::stats::Served,
+) -> Vec<(&'static str, std::time::Instant)> {
+    let called = served.queued_at + served.queue;
+    let returned = called + served.infer;
+    vec![
+        ("REQUEST_START", started),
+        ("QUEUE_START", served.queued_at),
+        ("COMPUTE_START", called),
+        ("COMPUTE_INPUT_END", called),
+        ("COMPUTE_OUTPUT_START", returned),
+        ("COMPUTE_END", returned + served.output),
+        ("REQUEST_END", std::time::Instant::now()),
+    ]
 }
 
 /// The status an entry records for a request whose client went away before its answer (nginx's
@@ -346,7 +375,18 @@ impl Audit {
         let appended = append(&*self.log, &self.metrics, &record).await;
         // An infer request's statistics: served only if its outputs leave now.
         if let Some(tally) = tally {
-            tally.record(appended.is_some() && parts.status.is_success(), now_ms());
+            let released = appended.is_some() && parts.status.is_success();
+            // While nothing traces, one atomic load.
+            if released
+                && let Some(tracer) = self.tracer.as_ref().filter(|t| t.on())
+                && let (Some(served), Some(model)) = (tally.served(), pass.target.model())
+            {
+                let version = ext.get::<ServedVersion>().map_or("", |v| v.0.as_str());
+                tracer.served(model, version, appended, || {
+                    trace_stamps(pass.started, served)
+                });
+            }
+            tally.record(released, now_ms());
         }
         match appended {
             Some(index) => {
@@ -482,7 +522,7 @@ impl Guard for WriteAhead {
         if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
             || !matches!(
                 *target,
-                Target::AdminKeys | Target::AdminModels | Target::Logging
+                Target::AdminKeys | Target::AdminModels | Target::Logging | Target::Trace { .. }
             )
         {
             return call_next(next, req).await;

@@ -75,7 +75,7 @@ impl Guard for Authorise {
             Target::Audit => (Role::Audit, false),
             Target::AdminKeys => (Role::Admin, true),
             Target::AdminModels => (Role::Deploy, true),
-            Target::Logging => (
+            Target::Logging | Target::Trace { .. } => (
                 Role::Admin,
                 !matches!(*req.method(), Method::GET | Method::HEAD),
             ),

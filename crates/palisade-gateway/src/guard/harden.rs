@@ -124,7 +124,8 @@ impl Guard for Harden {
         };
         let heavy = pred.logits.len() > INLINE_VALUES;
         let started = Instant::now();
-        let (queue, infer, rows) = (pred.queue, pred.infer, pred.logits.nrows());
+        let (queued_at, queue, infer, rows) =
+            (pred.queued_at, pred.queue, pred.infer, pred.logits.nrows());
         let encode = move || {
             let v = &pred.validated;
             let tensors = harden(&v.model, &v.model.policy.output, &pred.logits);
@@ -159,6 +160,7 @@ impl Guard for Harden {
         parts.extensions.insert(Decision::Allowed);
         parts.extensions.insert(Served {
             rows,
+            queued_at,
             queue,
             infer,
             output: started.elapsed(),

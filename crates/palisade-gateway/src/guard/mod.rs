@@ -355,6 +355,8 @@ pub struct Prediction {
     pub validated: ValidatedInfer,
     /// Logits `[N, C]`.
     pub logits: Arc<ndarray::Array2<f32>>,
+    /// When the call was handed to the inference threads.
+    pub queued_at: std::time::Instant,
     /// How long the call waited for an inference thread.
     pub queue: std::time::Duration,
     /// How long the model call took.

@@ -71,6 +71,12 @@ pub enum Target {
     Audit,
     /// `/v2/logging`: Triton's log settings (role `admin`; a change with TOTP).
     Logging,
+    /// `/v2[/models/{m}]/trace/setting`: Triton's trace settings, global or of model `model`
+    /// (role `admin`; a change with TOTP).
+    Trace {
+        /// The model whose own settings are asked for, if any.
+        model: Option<String>,
+    },
     /// Anything else under a guarded prefix (denied by default).
     Unknown,
 }
@@ -85,6 +91,12 @@ impl Target {
         let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
         match segs.as_slice() {
             ["", "v2", "models", STATISTICS] => Target::Statistics,
+            ["", "v2", "trace", "setting"] => Target::Trace { model: None },
+            ["", "v2", "models", name, "trace", "setting"] if crate::model::valid_name(name) => {
+                Target::Trace {
+                    model: Some((*name).to_string()),
+                }
+            }
             ["", "v2", "models", name, rest @ ..] if crate::model::valid_name(name) => {
                 let (version, rest) = match rest {
                     ["versions", v, tail @ ..] if crate::model::valid_name(v) => {
@@ -126,6 +138,7 @@ impl Target {
             Target::AdminModels => "admin.models",
             Target::Audit => "audit",
             Target::Logging => "logging",
+            Target::Trace { .. } => "trace",
             Target::Unknown => "unknown",
         }
     }
@@ -134,6 +147,7 @@ impl Target {
     pub fn model(&self) -> Option<&str> {
         match self {
             Target::Model { name, .. } => Some(name),
+            Target::Trace { model } => model.as_deref(),
             _ => None,
         }
     }
@@ -204,6 +218,24 @@ mod tests {
         assert_eq!(Target::parse("/v2/audit/checkpoint"), Target::Audit);
         assert_eq!(Target::parse("/v2/logging"), Target::Logging);
         assert_eq!(Target::parse("/v2/logging/x"), Target::Unknown);
+        assert_eq!(
+            Target::parse("/v2/trace/setting"),
+            Target::Trace { model: None }
+        );
+        assert_eq!(
+            Target::parse("/v2/models/mnist/trace/setting/"),
+            Target::Trace {
+                model: Some("mnist".into())
+            }
+        );
+        assert_eq!(
+            Target::parse("/v2/models/mnist/versions/1/trace/setting"),
+            Target::Unknown
+        );
+        assert_eq!(
+            Target::parse("/v2/models/../trace/setting"),
+            Target::Unknown
+        );
         assert_eq!(Target::parse("/v2/adminx"), Target::Unknown);
     }
 
