@@ -87,6 +87,11 @@ pub fn router(state: AdminState) -> Router {
             "/v2/models/{model}/trace/setting",
             get(model_trace_settings).post(update_model_trace_settings),
         )
+        // The router sends the path with a trailing slash here too, as the guards read it.
+        .route(
+            "/v2/models/{model}/trace/setting/",
+            get(model_trace_settings).post(update_model_trace_settings),
+        )
         .route("/v2/audit/checkpoint", get(checkpoint))
         .route("/v2/audit/entries/{index}", get(entry))
         .route("/v2/audit/proof/inclusion", get(inclusion))
@@ -764,7 +769,8 @@ async fn update_log_settings(State(s): State<AdminState>, body: Bytes) -> Respon
     }
 }
 
-/// The tracer, or the answer that there is none; and `model`, if named, served.
+/// The tracer, or the answer that there is none; and `model`, if named, served or with a
+/// setting of its own (kept when it is unloaded, so that it can still be turned off).
 fn tracer<'a>(
     s: &'a AdminState,
     model: Option<&str>,
@@ -777,6 +783,7 @@ fn tracer<'a>(
     })?;
     if let Some(m) = model
         && !s.models.names().iter().any(|n| n == m)
+        && !t.has_own(m)
     {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,

@@ -473,7 +473,11 @@ impl Gateway {
         for o in &self.orphans {
             o.settled().await;
         }
-        // The traces taken, written: the last requests' among them.
+    }
+
+    /// Writes the traces taken and not yet written ([`crate::trace::Tracer::flush`], up to
+    /// 30 s): call it last at shutdown, whatever came of [`Gateway::settle`].
+    pub async fn write_traces(&self) {
         if let Some(t) = self.trace.clone() {
             let _ = tokio::task::spawn_blocking(move || t.flush()).await;
         }
@@ -714,12 +718,10 @@ impl Gateway {
     }
 }
 
-/// The path under `/v2/models/{m}` of a model's trace settings, which the admin stack answers.
-const TRACE_SETTING: &str = "/trace/setting";
-
 /// `/v2/models/…`: a model's trace settings (`/v2/models/{m}/trace/setting`) to `admin`, the
-/// rest to `models`. axum takes no route beside the catch-all, and a path's end is all it
-/// takes to tell them apart (the guards parse the target again).
+/// rest to `models` (axum takes no route beside the catch-all). The target is parsed here, once,
+/// and left on the request for the guards ([`crate::oip::target_of`]): routing and the guards
+/// read the same target.
 fn models_or_trace<A>(
     models: Next,
     admin: A,
@@ -743,8 +745,11 @@ where
 {
     use futures_util::future::Either;
     use tower::ServiceExt as _;
-    tower::service_fn(move |req: axum::extract::Request| {
-        if req.uri().path().ends_with(TRACE_SETTING) {
+    tower::service_fn(move |mut req: axum::extract::Request| {
+        if matches!(
+            *crate::oip::target_of(&mut req),
+            crate::oip::Target::Trace { .. }
+        ) {
             Either::Left(admin.clone().oneshot(req))
         } else {
             Either::Right(models.clone().oneshot(req))

@@ -128,9 +128,10 @@ pub struct Served {
     /// Rows inferred.
     pub rows: usize,
     /// When the request was handed to the inference threads (for its trace; the model call
-    /// began `queue` later and ended `infer` after that, and the outputs were encoded `output`
-    /// after that).
+    /// began `queue` later and ended `infer` after that).
     pub queued_at: std::time::Instant,
+    /// When its outputs were hardened and encoded (for its trace).
+    pub encoded_at: std::time::Instant,
     /// Waiting for an inference thread.
     pub queue: Duration,
     /// The model call.
@@ -261,6 +262,7 @@ mod tests {
         let served = Served {
             rows: 3,
             queued_at: std::time::Instant::now(),
+            encoded_at: std::time::Instant::now(),
             queue: ms(1),
             infer: ms(2),
             output: ms(3),
@@ -288,6 +290,7 @@ mod tests {
         let served = |rows, q, i, o| Served {
             rows,
             queued_at: std::time::Instant::now(),
+            encoded_at: std::time::Instant::now(),
             queue: ms(q),
             infer: ms(i),
             output: ms(o),

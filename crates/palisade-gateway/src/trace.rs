@@ -18,10 +18,15 @@
 //!   through the API, as in recent Triton releases: an admin key must not be able to make the
 //!   gateway write where it likes.
 //! - Every batch of traces goes to a file of its own, `{trace_file}.{n}`, numbered on from the
-//!   files already there and never overwriting one: with `log_frequency` 0, when tracing stops
-//!   (`OFF`, the count used up, shutdown) or when [`MAX_HELD`] traces wait in memory.
-//! - A trace is taken when the request's answer leaves with its outputs: only infer requests
-//!   that were served are counted and sampled.
+//!   files already there and never overwriting one: every `log_frequency` traces; with 0, when a
+//!   setting stops tracing (set `OFF`, its count used up), at shutdown, or when [`MAX_HELD`]
+//!   traces wait in memory. The settings share one series of files: a batch may hold several
+//!   models' traces, and is cut at the frequency of the setting of the trace that fills it.
+//! - A run of the gateway writes at most [`MAX_FILES`] files and [`MAX_BYTES`] bytes of traces:
+//!   past either, traces are no longer taken (logged once), so that tracing cannot fill the
+//!   disk the audit log is on.
+//! - A trace is taken once the request's audit entry is appended, as its answer leaves with
+//!   its outputs: only infer requests that were served are counted and sampled.
 //!
 //! The timestamps (`ns` since the Unix epoch) are Triton's names for Palisade's stages:
 //! `REQUEST_START` when the audit guard took the request (before authentication),
@@ -29,12 +34,13 @@
 //! `COMPUTE_START` and `COMPUTE_INPUT_END` when a thread called the model (inputs are decoded
 //! and checked before the queue), `COMPUTE_OUTPUT_START` when the call returned, `COMPUTE_END`
 //! when the outputs were hardened and encoded, and `REQUEST_END` when the audit entry was
-//! appended and the answer released. Each trace's model object carries the request's
+//! appended (the answer leaves then). Each trace's model object carries the request's
 //! `audit_index`, its entry in the audit log.
 //!
-//! A request pays for tracing only when some setting is on: one atomic load otherwise. Traces
-//! go to a writer thread through a bounded queue; a trace that finds it full is dropped and
-//! counted in the log rather than held up.
+//! A request pays for tracing only when some setting is on: one atomic load otherwise; while one
+//! is, each served request takes the settings' lock (uncontended but for an instant) to be
+//! counted. Traces go to a writer thread through a bounded queue; a trace that finds it full is
+//! dropped and counted in the log rather than held up.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +55,12 @@ pub const DEFAULT_RATE: u32 = 1000;
 
 /// Most traces held in memory before they are written, whatever `log_frequency` says.
 pub const MAX_HELD: usize = 10_000;
+
+/// Most trace files one run of the gateway writes.
+pub const MAX_FILES: u64 = 10_000;
+
+/// Most bytes of trace files one run of the gateway writes.
+pub const MAX_BYTES: u64 = 1 << 30;
 
 /// Traces that may wait for the writer thread.
 const QUEUE: usize = 4096;
@@ -197,6 +209,8 @@ pub struct Tracer {
     next_id: AtomicU64,
     dropped: AtomicU64,
     queue: mpsc::SyncSender<Msg>,
+    /// Set by the writer once [`MAX_FILES`] or [`MAX_BYTES`] is reached: no more traces.
+    full: std::sync::Arc<AtomicBool>,
     /// Where `Instant`s are put on the Unix clock.
     anchor: (Instant, u64),
 }
@@ -210,12 +224,22 @@ impl Tracer {
     /// A tracer, off, that writes its traces to `{file}.{n}` (`file`'s folder is made when the
     /// first traces are written). Starts the writer thread.
     pub fn new(file: impl Into<PathBuf>) -> std::io::Result<Tracer> {
-        let file = file.into();
+        Tracer::limited(file.into(), MAX_FILES, MAX_BYTES)
+    }
+
+    /// [`Tracer::new`] with a writer that stops at `files` files or `bytes` bytes.
+    fn limited(file: PathBuf, files: u64, bytes: u64) -> std::io::Result<Tracer> {
         let (queue, rx) = mpsc::sync_channel(QUEUE);
         let target = file.clone();
+        let full = std::sync::Arc::new(AtomicBool::new(false));
+        let limit = Limit {
+            files,
+            bytes,
+            full: full.clone(),
+        };
         std::thread::Builder::new()
             .name("palisade-trace".into())
-            .spawn(move || write_traces(&target, &rx))?;
+            .spawn(move || write_traces(&target, &rx, limit))?;
         Ok(Tracer {
             file,
             on: AtomicBool::new(false),
@@ -223,13 +247,20 @@ impl Tracer {
             next_id: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
             queue,
+            full,
             anchor: (Instant::now(), epoch_ns(SystemTime::now())),
         })
     }
 
     /// Whether any setting traces now (a request that finds none need not be handed over).
     pub fn on(&self) -> bool {
-        self.on.load(Ordering::Relaxed)
+        self.on.load(Ordering::Relaxed) && !self.full.load(Ordering::Relaxed)
+    }
+
+    /// Whether `model` has a setting of its own (which it keeps while it is not served, so that
+    /// it can still be read and turned off).
+    pub fn has_own(&self, model: &str) -> bool {
+        self.lock().models.contains_key(model)
     }
 
     /// Where traces are written (`{file}.{n}`).
@@ -259,49 +290,46 @@ impl Tracer {
         audit_index: Option<u64>,
         stamps: impl FnOnce() -> Vec<(&'static str, Instant)>,
     ) {
-        if !self.on.load(Ordering::Relaxed) {
+        if !self.on() {
             return;
         }
-        let (log_frequency, last) = {
-            let mut s = self.lock();
-            let global = s.global;
-            let Settings {
-                global: g,
-                global_seen,
-                models,
-            } = &mut *s;
-            let (setting, seen, count) = match models.get_mut(model) {
-                Some((own, seen)) => {
-                    let setting = own.over(&global);
-                    let count = if own.count.is_some() {
-                        own.count.as_mut()
-                    } else {
-                        Some(&mut g.count)
-                    };
-                    (setting, seen, count)
-                }
-                None => (global, global_seen, Some(&mut g.count)),
-            };
-            if !setting.traces() {
-                return;
+        let mut s = self.lock();
+        let global = s.global;
+        let Settings {
+            global: g,
+            global_seen,
+            models,
+        } = &mut *s;
+        let (setting, seen, count) = match models.get_mut(model) {
+            Some((own, seen)) => {
+                let setting = own.over(&global);
+                let count = if own.count.is_some() {
+                    own.count.as_mut()
+                } else {
+                    Some(&mut g.count)
+                };
+                (setting, seen, count)
             }
-            *seen += 1;
-            if *seen % u64::from(setting.rate.max(1)) != 0 {
-                return;
-            }
-            let mut last = false;
-            if let Some(c) = count
-                && *c > 0
-            {
-                *c -= 1;
-                last = *c == 0;
-            }
-            if last {
-                let on = s.any_on();
-                self.on.store(on, Ordering::Relaxed);
-            }
-            (setting.log_frequency, last)
+            None => (global, global_seen, Some(&mut g.count)),
         };
+        if !setting.traces() {
+            return;
+        }
+        *seen += 1;
+        if *seen % u64::from(setting.rate.max(1)) != 0 {
+            return;
+        }
+        let mut last = false;
+        if let Some(c) = count
+            && *c > 0
+        {
+            *c -= 1;
+            last = *c == 0;
+        }
+        if last {
+            let on = s.any_on();
+            self.on.store(on, Ordering::Relaxed);
+        }
         let trace = Trace {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             model: model.to_string(),
@@ -311,10 +339,12 @@ impl Tracer {
                 .into_iter()
                 .map(|(name, at)| (name, self.ns(at)))
                 .collect(),
-            log_frequency,
+            log_frequency: setting.log_frequency,
         };
+        // Sent under the lock (neither send blocks), so that the traces a count allowed are
+        // all ahead of the flush its last one sends: Triton writes a setting's traces once its
+        // count is used up.
         self.send(Msg::Trace(trace));
-        // Triton writes a setting's traces once its count is used up.
         if last {
             self.send(Msg::Flush(None));
         }
@@ -396,7 +426,12 @@ impl Tracer {
             .parse(model.is_some(), update)
             .map_err(TraceError::Refused)?;
         let mut s = self.lock();
-        let was_on = s.any_on();
+        let effective = |s: &Settings| {
+            model
+                .and_then(|m| s.models.get(m))
+                .map_or(s.global, |(own, _)| own.over(&s.global))
+        };
+        let traced = effective(&s).traces();
         match model {
             None => {
                 let g = &mut s.global;
@@ -436,6 +471,11 @@ impl Tracer {
         let on = s.any_on();
         self.on.store(on, Ordering::Relaxed);
         let view = self.view(&s, model);
+        // A setting that stops tracing writes what it took, as when its count is used up (sent
+        // under the lock, behind every trace it took).
+        if traced && !effective(&s).traces() {
+            self.send(Msg::Flush(None));
+        }
         drop(s);
         let now = Value::Object(view.clone());
         tracing::warn!(
@@ -443,10 +483,6 @@ impl Tracer {
             settings = %now,
             "trace settings changed through the admin API"
         );
-        // Tracing that stops writes what it took, as when its count is used up.
-        if was_on && !on {
-            self.send(Msg::Flush(None));
-        }
         Ok(view)
     }
 
@@ -567,21 +603,55 @@ fn level(v: &Value) -> Result<Level, String> {
     level.ok_or_else(|| "'trace_level' names no level: OFF or TIMESTAMPS".into())
 }
 
+/// What one run of the writer may write, and where it says it is done.
+struct Limit {
+    files: u64,
+    bytes: u64,
+    full: std::sync::Arc<AtomicBool>,
+}
+
 /// The writer thread: holds traces until a file's worth (or a flush) and writes each batch to
-/// the next free `{file}.{n}`.
-fn write_traces(file: &Path, rx: &mpsc::Receiver<Msg>) {
+/// the next free `{file}.{n}`, until `limit` is reached.
+fn write_traces(file: &Path, rx: &mpsc::Receiver<Msg>, limit: Limit) {
     let mut held: Vec<Trace> = Vec::new();
-    let mut next = 0u64;
+    let (mut next, mut files, mut bytes) = (0u64, 0u64, 0u64);
     let mut write = |held: &mut Vec<Trace>| {
         if held.is_empty() {
             return;
         }
-        match write_batch(file, &mut next, held) {
+        if limit.full.load(Ordering::Relaxed) {
+            held.clear();
+            return;
+        }
+        let body = match serde_json::to_vec_pretty(&as_json(held)) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(traces = held.len(), error = %e, "could not encode traces: they are lost");
+                held.clear();
+                return;
+            }
+        };
+        if files >= limit.files || bytes.saturating_add(body.len() as u64) > limit.bytes {
+            limit.full.store(true, Ordering::Relaxed);
+            tracing::error!(
+                files,
+                bytes,
+                "trace files reached this run's limit ({} files, {} bytes): no more traces are \
+                 taken until the gateway restarts",
+                limit.files,
+                limit.bytes
+            );
+            held.clear();
+            return;
+        }
+        match write_batch(file, &mut next, &body) {
             Ok(path) => {
-                tracing::info!(traces = held.len(), file = %path.display(), "traces written")
+                files += 1;
+                bytes += body.len() as u64;
+                tracing::info!(traces = held.len(), file = %path.display(), "traces written");
             }
             Err(e) => {
-                tracing::error!(traces = held.len(), error = %e, "could not write traces: they are lost")
+                tracing::error!(traces = held.len(), error = %e, "could not write traces: they are lost");
             }
         }
         held.clear();
@@ -606,9 +676,9 @@ fn write_traces(file: &Path, rx: &mpsc::Receiver<Msg>) {
     write(&mut held);
 }
 
-/// Writes `traces` to the first `{file}.{n}` from `*next` that does not exist yet (through a
+/// Writes `body` to the first `{file}.{n}` from `*next` that does not exist yet (through a
 /// temporary file, so that a reader never sees half a file), and moves `*next` past it.
-fn write_batch(file: &Path, next: &mut u64, traces: &[Trace]) -> std::io::Result<PathBuf> {
+fn write_batch(file: &Path, next: &mut u64, body: &[u8]) -> std::io::Result<PathBuf> {
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -625,7 +695,7 @@ fn write_batch(file: &Path, next: &mut u64, traces: &[Trace]) -> std::io::Result
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&as_json(traces))?)?;
+    std::fs::write(&tmp, body)?;
     std::fs::rename(&tmp, &path)?;
     Ok(path)
 }
@@ -667,6 +737,15 @@ mod tests {
             ("REQUEST_START", t),
             ("REQUEST_END", t + Duration::from_micros(5)),
         ]
+    }
+
+    /// Waits (up to 10 s) until `done`: for what the writer thread does on its own.
+    fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < until, "{what}: not within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn files(dir: &Path) -> Vec<Value> {
@@ -774,8 +853,9 @@ mod tests {
             t.served("m", "1", Some(i), stamps);
         }
         // Every second request of the first six traced (three traces: the count), in a file of
-        // two (the frequency) and, the count used up, a file of the last one.
-        t.flush();
+        // two (the frequency) and, the count used up, a file of the last one: written without
+        // a flush asked for.
+        wait_for("the count's last file", || files(dir.path()).len() == 3);
         assert_eq!(t.settings(None)["trace_count"], "0");
         assert!(
             !t.on.load(Ordering::Relaxed),
@@ -833,13 +913,48 @@ mod tests {
                 unreachable!("b follows the global setting, off")
             });
         }
+        assert!(t.has_own("a") && !t.has_own("b"));
+        // Set OFF, the setting writes what it took, without a flush asked for.
         t.update(Some("a"), &json!({"trace_level": "OFF"})).unwrap();
-        t.flush();
+        wait_for("the file of a setting turned off", || {
+            !files(&dir.path().join("t")).is_empty()
+        });
         let f = files(&dir.path().join("t"));
         assert_eq!(f.len(), 1, "{f:?}");
         let batch = f[0].as_array().unwrap();
         assert_eq!(batch.len(), 6);
         assert_eq!(batch[0]["model_version"], "v2");
         assert!(batch[0].get("audit_index").is_none());
+    }
+
+    #[test]
+    fn past_the_run_s_limit_no_more_traces_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tracer::limited(dir.path().join("trace.json"), 2, MAX_BYTES).unwrap();
+        t.update(
+            None,
+            &json!({"trace_level": "TIMESTAMPS", "trace_rate": "1", "log_frequency": "1"}),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            t.served("m", "1", None, stamps);
+        }
+        wait_for("the limit", || !t.on());
+        t.flush();
+        assert_eq!(files(dir.path()).len(), 2);
+        t.served("m", "1", None, || {
+            unreachable!("no trace taken past the limit")
+        });
+        // Bytes count too.
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tracer::limited(dir.path().join("trace.json"), 100, 10).unwrap();
+        t.update(
+            None,
+            &json!({"trace_level": "TIMESTAMPS", "trace_rate": "1"}),
+        )
+        .unwrap();
+        t.served("m", "1", None, stamps);
+        t.flush();
+        assert!(files(dir.path()).is_empty() && !t.on());
     }
 }

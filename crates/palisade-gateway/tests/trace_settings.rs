@@ -144,10 +144,16 @@ async fn the_admin_role_changes_trace_settings_and_the_requests_sampled_are_writ
         .map(|(i, _)| i)
         .collect();
     assert_eq!(infer_entries.len(), 3);
-    s.gateway.settle().await;
-    s.stop().await;
-
+    // The count used up, the traces are written without waiting for shutdown.
     let written = traces.path().join("trace.json.0");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !written.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "no trace file within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let batch: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&written).unwrap()).unwrap();
     let batch = batch.as_array().unwrap();
@@ -188,6 +194,36 @@ async fn the_admin_role_changes_trace_settings_and_the_requests_sampled_are_writ
             .collect();
         assert!(ns.windows(2).all(|w| w[0] <= w[1]), "in order: {ns:?}");
     }
+
+    // A model's own setting outlives the model: unloaded, it is still read and turned off. The
+    // path with a trailing slash, which the guards read as the same target, is served alike.
+    let r = change(
+        &s,
+        "/v2/models/top2/trace/setting/",
+        br#"{"trace_level": "TIMESTAMPS"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    s.models.unload("top2").unwrap();
+    let r = get("/v2/models/top2/trace/setting", admin.clone()).await;
+    assert_eq!(
+        (r.status, r.json()["trace_level"].clone()),
+        (200, json!(["TIMESTAMPS"]))
+    );
+    let r = change(
+        &s,
+        "/v2/models/top2/trace/setting",
+        br#"{"trace_level": "OFF"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        get("/v2/models/label/trace/setting", admin.clone())
+            .await
+            .status,
+        200
+    );
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

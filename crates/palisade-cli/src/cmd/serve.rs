@@ -717,12 +717,16 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         // 30 s for the requests still finishing for their entries) but not what follows: the key
         // changes still reach the audit log and the budgets' exact counts limits.db, which
         // kill -9 would skip.
-        tokio::select! {
-            r = graceful => r?,
+        let waited = tokio::select! {
+            r = graceful => r,
             _ = shutdown_signal() => {
                 tracing::warn!("a second signal: stopping without waiting for the requests in flight");
+                Ok(())
             }
-        }
+        };
+        // The traces taken and not yet written, whatever came of the wait.
+        gw.write_traces().await;
+        waited?;
         if let Some(w) = watcher {
             w.abort();
         }

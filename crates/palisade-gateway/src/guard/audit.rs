@@ -69,7 +69,7 @@ impl Audit {
 
 /// A served request's timestamps under Triton's names (see [`crate::trace`]): taken by the
 /// audit guard at `started`, handed to the inference threads, the model call, its outputs
-/// encoded, and now, its entry appended and its answer released.
+/// encoded, and now, its entry appended (its answer leaves next).
 fn trace_stamps(
     started: std::time::Instant,
     served: &crate::stats::Served,
@@ -82,7 +82,7 @@ fn trace_stamps(
         ("COMPUTE_START", called),
         ("COMPUTE_INPUT_END", called),
         ("COMPUTE_OUTPUT_START", returned),
-        ("COMPUTE_END", returned + served.output),
+        ("COMPUTE_END", served.encoded_at),
         ("REQUEST_END", std::time::Instant::now()),
     ]
 }

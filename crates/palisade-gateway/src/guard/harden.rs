@@ -158,12 +158,14 @@ impl Guard for Harden {
             parts.headers.insert(oip::HEADER_LENGTH, v);
         }
         parts.extensions.insert(Decision::Allowed);
+        let encoded_at = Instant::now();
         parts.extensions.insert(Served {
             rows,
             queued_at,
+            encoded_at,
             queue,
             infer,
-            output: started.elapsed(),
+            output: encoded_at - started,
         });
         Response::from_parts(parts, Body::from(enc.body))
     }
