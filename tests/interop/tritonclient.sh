@@ -288,7 +288,7 @@ for call in (lambda: h.infer("mnist", [http_input(x[:1])]),
         raise SystemExit("a request without a key was served")
     except InferenceServerException as e:
         print("refused without a key:", e.status(), (e.message() or "")[:60])
-print("OK: tritonclient HTTP (binary, JSON, gzip), gRPC and gRPC streaming agree with PyTorch; both read the model configuration, statistics and repository index, load and unload, and read and change the log settings")
+print("OK: tritonclient HTTP (binary, JSON, gzip), gRPC and gRPC streaming agree with PyTorch; both read the model configuration, statistics and repository index, load and unload, read and change the log settings, and trace two requests")
 PY
 
 kill -TERM $PID; wait $PID || true
