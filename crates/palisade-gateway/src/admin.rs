@@ -84,10 +84,14 @@ pub fn router(state: AdminState) -> Router {
             get(global_trace_settings).post(update_global_trace_settings),
         )
         .route(
+            "/v2/trace/setting/",
+            get(global_trace_settings).post(update_global_trace_settings),
+        )
+        .route(
             "/v2/models/{model}/trace/setting",
             get(model_trace_settings).post(update_model_trace_settings),
         )
-        // The router sends the path with a trailing slash here too, as the guards read it.
+        // The router sends the paths with a trailing slash here too, as the guards read them.
         .route(
             "/v2/models/{model}/trace/setting/",
             get(model_trace_settings).post(update_model_trace_settings),
@@ -837,6 +841,9 @@ fn update_trace_settings(s: &AdminState, model: Option<&str>, body: &[u8]) -> Re
     };
     match t.update(model, &update) {
         Ok(settings) => json_response(StatusCode::OK, &settings),
+        Err(e @ crate::trace::TraceError::Stopped(_)) => {
+            error_response(StatusCode::CONFLICT, &e.to_string())
+        }
         Err(e) => bad_request(&e.to_string()),
     }
 }

@@ -41,7 +41,7 @@ pub struct Metrics {
 }
 
 /// Every value of the `route` label ([`route_label`]).
-const ROUTES: [&str; 15] = [
+const ROUTES: [&str; 16] = [
     "health",
     "server",
     "metrics",
@@ -56,6 +56,7 @@ const ROUTES: [&str; 15] = [
     "admin.models",
     "audit",
     "logging",
+    "trace",
     "unknown",
 ];
 
@@ -371,6 +372,8 @@ mod tests {
             ("GET", "/v2/audit/entries/0"),
             ("POST", "/v2/repository/models/m/load"),
             ("POST", "/v2/logging"),
+            ("GET", "/v2/trace/setting"),
+            ("POST", "/v2/models/m/trace/setting"),
             ("GET", "/nowhere"),
         ] {
             let route = route_label(&mut request(method, path));

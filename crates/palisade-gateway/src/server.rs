@@ -666,6 +666,7 @@ impl Gateway {
             .route_service("/v2/repository/models/{*rest}", admin.clone())
             .route_service("/v2/logging", admin.clone())
             .route_service("/v2/trace/setting", admin.clone())
+            .route_service("/v2/trace/setting/", admin.clone())
             .route_service("/v2/admin/{*rest}", admin.clone())
             .route_service("/v2/audit/{*rest}", admin)
             .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route") })

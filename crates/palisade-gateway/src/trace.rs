@@ -23,8 +23,9 @@
 //!   traces wait in memory. The settings share one series of files: a batch may hold several
 //!   models' traces, and is cut at the frequency of the setting of the trace that fills it.
 //! - A run of the gateway writes at most [`MAX_FILES`] files and [`MAX_BYTES`] bytes of traces:
-//!   past either, traces are no longer taken (logged once), so that tracing cannot fill the
-//!   disk the audit log is on.
+//!   past either, no more traces are taken until it restarts (logged once; the settings then
+//!   say so in `palisade_trace_stopped`, and a change that would trace again is refused, 409),
+//!   so that one run's tracing cannot fill the disk the audit log is on.
 //! - A trace is taken once the request's audit entry is appended, as its answer leaves with
 //!   its outputs: only infer requests that were served are counted and sampled.
 //!
@@ -64,6 +65,10 @@ pub const MAX_BYTES: u64 = 1 << 30;
 
 /// Traces that may wait for the writer thread.
 const QUEUE: usize = 4096;
+
+/// Why no trace is taken once the writer's limit is reached.
+const STOPPED: &str = "trace files reached this run's limit (10,000 files or 1 GiB): no more \
+                       traces are taken until the gateway restarts";
 
 /// How long [`Tracer::flush`] waits for the writer.
 const FLUSH_WAIT: Duration = Duration::from_secs(30);
@@ -183,6 +188,8 @@ struct Trace {
     audit_index: Option<u64>,
     stamps: Vec<(&'static str, u64)>,
     log_frequency: u32,
+    /// The last trace its setting's count allowed: written at once, with those held.
+    flush_after: bool,
 }
 
 enum Msg {
@@ -197,6 +204,10 @@ pub enum TraceError {
     /// The settings sent cannot be taken (answered 400); nothing changed.
     #[error("{0}")]
     Refused(String),
+    /// Tracing has stopped for this run ([`MAX_FILES`], [`MAX_BYTES`]): a change that would
+    /// trace again is refused (answered 409); nothing changed.
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// The gateway's tracer: its settings, and the thread that writes its traces.
@@ -340,14 +351,12 @@ impl Tracer {
                 .map(|(name, at)| (name, self.ns(at)))
                 .collect(),
             log_frequency: setting.log_frequency,
+            flush_after: last,
         };
-        // Sent under the lock (neither send blocks), so that the traces a count allowed are
-        // all ahead of the flush its last one sends: Triton writes a setting's traces once its
-        // count is used up.
+        // Sent under the lock (it does not block), so that the traces a count allowed are all
+        // ahead of its last, which writes them: Triton writes a setting's traces once its count
+        // is used up.
         self.send(Msg::Trace(trace));
-        if last {
-            self.send(Msg::Flush(None));
-        }
     }
 
     fn send(&self, msg: Msg) {
@@ -379,8 +388,26 @@ impl Tracer {
     /// Writes the traces held and waits until they are written (at most 30 s): call it at
     /// shutdown. Blocks: not on an async worker.
     pub fn flush(&self) {
+        let until = Instant::now() + FLUSH_WAIT;
         let (done, wait) = mpsc::sync_channel(1);
-        if self.queue.send(Msg::Flush(Some(done))).is_ok() && wait.recv_timeout(FLUSH_WAIT).is_err()
+        let mut msg = Msg::Flush(Some(done));
+        // Queued within the time allowed too: a writer stuck on its disk holds up no shutdown.
+        loop {
+            match self.queue.try_send(msg) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(m)) if Instant::now() < until => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => {
+                    tracing::error!("the trace writer did not take the last traces in time");
+                    return;
+                }
+            }
+        }
+        if wait
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+            .is_err()
         {
             tracing::error!("the trace writer did not finish writing in time");
         }
@@ -411,6 +438,9 @@ impl Tracer {
             "log_frequency".into(),
             Value::from(setting.log_frequency.to_string()),
         );
+        if self.full.load(Ordering::Relaxed) {
+            m.insert("palisade_trace_stopped".into(), Value::from(STOPPED));
+        }
         m
     }
 
@@ -425,13 +455,11 @@ impl Tracer {
         let change = self
             .parse(model.is_some(), update)
             .map_err(TraceError::Refused)?;
+        if self.full.load(Ordering::Relaxed) && change.level == Some(Some(Level::Timestamps)) {
+            return Err(TraceError::Stopped(STOPPED.into()));
+        }
         let mut s = self.lock();
-        let effective = |s: &Settings| {
-            model
-                .and_then(|m| s.models.get(m))
-                .map_or(s.global, |(own, _)| own.over(&s.global))
-        };
-        let traced = effective(&s).traces();
+        let traced = tracing_settings(&s);
         match model {
             None => {
                 let g = &mut s.global;
@@ -471,9 +499,10 @@ impl Tracer {
         let on = s.any_on();
         self.on.store(on, Ordering::Relaxed);
         let view = self.view(&s, model);
-        // A setting that stops tracing writes what it took, as when its count is used up (sent
-        // under the lock, behind every trace it took).
-        if traced && !effective(&s).traces() {
+        // A setting that stops tracing (this one, or a model's that follows a global value
+        // changed) writes what it took, as when its count is used up (sent under the lock,
+        // behind every trace taken).
+        if traced.difference(&tracing_settings(&s)).next().is_some() {
             self.send(Msg::Flush(None));
         }
         drop(s);
@@ -542,6 +571,17 @@ impl Tracer {
         }
         Ok(c)
     }
+}
+
+/// The settings that trace now: `None` for the global one, and each model's own.
+fn tracing_settings(s: &Settings) -> std::collections::HashSet<Option<String>> {
+    let global = s.global.traces().then_some(None);
+    let models = s
+        .models
+        .iter()
+        .filter(|(_, (own, _))| own.over(&s.global).traces())
+        .map(|(m, _)| Some(m.clone()));
+    global.into_iter().chain(models).collect()
 }
 
 /// `value` parsed by `parse`, or `None` for `null`.
@@ -659,9 +699,9 @@ fn write_traces(file: &Path, rx: &mpsc::Receiver<Msg>, limit: Limit) {
     for msg in rx {
         match msg {
             Msg::Trace(t) => {
-                let every = t.log_frequency as usize;
+                let (every, now) = (t.log_frequency as usize, t.flush_after);
                 held.push(t);
-                if (every > 0 && held.len() >= every) || held.len() >= MAX_HELD {
+                if now || (every > 0 && held.len() >= every) || held.len() >= MAX_HELD {
                     write(&mut held);
                 }
             }
@@ -749,9 +789,15 @@ mod tests {
     }
 
     fn files(dir: &Path) -> Vec<Value> {
+        // Only finished files (`trace.json.N`), not one being written (`….N.tmp`).
         let mut names: Vec<_> = std::fs::read_dir(dir)
             .map(|d| d.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default();
+        names.retain(|p: &PathBuf| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.parse::<u64>().is_ok())
+        });
         names.sort_by_key(|p: &PathBuf| {
             p.extension()
                 .and_then(|e| e.to_str())
@@ -927,6 +973,24 @@ mod tests {
         assert!(batch[0].get("audit_index").is_none());
     }
 
+    /// A model's setting that follows the global count stops with it, and writes what it took.
+    #[test]
+    fn a_global_change_that_stops_a_model_s_setting_writes_its_traces() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tracer::new(dir.path().join("trace.json")).unwrap();
+        t.update(
+            Some("m"),
+            &json!({"trace_level": "TIMESTAMPS", "trace_rate": "1", "trace_count": null}),
+        )
+        .unwrap();
+        t.served("m", "1", None, stamps);
+        t.update(None, &json!({"trace_count": "0"})).unwrap();
+        assert!(!t.on());
+        wait_for("the file of the stopped setting", || {
+            files(dir.path()).len() == 1
+        });
+    }
+
     #[test]
     fn past_the_run_s_limit_no_more_traces_are_taken() {
         let dir = tempfile::tempdir().unwrap();
@@ -945,6 +1009,13 @@ mod tests {
         t.served("m", "1", None, || {
             unreachable!("no trace taken past the limit")
         });
+        // Said in the settings; turning tracing off is taken, on again refused.
+        assert!(t.settings(None).contains_key("palisade_trace_stopped"));
+        t.update(None, &json!({"trace_level": "OFF"})).unwrap();
+        let e = t
+            .update(None, &json!({"trace_level": "TIMESTAMPS"}))
+            .unwrap_err();
+        assert!(matches!(e, TraceError::Stopped(_)), "{e}");
         // Bytes count too.
         let dir = tempfile::tempdir().unwrap();
         let t = Tracer::limited(dir.path().join("trace.json"), 100, 10).unwrap();

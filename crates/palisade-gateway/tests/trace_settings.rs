@@ -58,6 +58,7 @@ async fn the_admin_role_changes_trace_settings_and_the_requests_sampled_are_writ
             "trace_count": "-1", "log_frequency": "0"})
     );
     // Another role, or none: refused. A model not served: not found.
+    assert_eq!(get("/v2/trace/setting/", admin.clone()).await.status, 200);
     assert_eq!(get("/v2/trace/setting", bearer(&s.query)).await.status, 403);
     assert_eq!(get("/v2/trace/setting", String::new()).await.status, 401);
     let r = get("/v2/models/nope/trace/setting", admin.clone()).await;

@@ -724,9 +724,11 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
                 Ok(())
             }
         };
-        // The traces taken and not yet written, whatever came of the wait.
-        gw.write_traces().await;
-        waited?;
+        if let Err(e) = waited {
+            // The traces taken and not yet written, before the error ends the process.
+            gw.write_traces().await;
+            return Err(e);
+        }
         if let Some(w) = watcher {
             w.abort();
         }
@@ -738,6 +740,8 @@ pub fn run(ctx: &Ctx, mut args: ServeArgs) -> anyhow::Result<Outcome> {
         // counts replace their reservations in limits.db, so that this restart costs no client
         // any of its budget. (On an error above, dropping the state writes them.)
         gw.limits.close();
+        // Last: the traces taken and not yet written (up to 30 s).
+        gw.write_traces().await;
         anyhow::Ok(())
     })?;
     Ok(Outcome::Success)

@@ -135,7 +135,7 @@ pub struct AuditRecord<'a> {
     /// What was asked: `infer`, `metadata`, `ready`, `admin.keys.create`, `audit.proof`, …
     #[serde(borrow)]
     pub action: Cow<'a, str>,
-    /// The model, for model routes.
+    /// The model, for model routes and a model's trace settings.
     #[serde(borrow)]
     pub model: Option<Cow<'a, str>>,
     /// The model version that answered, when one did.
