@@ -8,21 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Killed, exited_within, http, listening, repository, serve_in, serve_until, started};
+use common::{
+    Killed, exited_within, http, infer, listening, repository, serve_in, serve_until, started,
+};
 
 const BUDGET: u64 = 3;
-
-fn infer(addr: &str, key: &str) -> u16 {
-    let data = vec!["0.5"; 784].join(",");
-    let body = format!(
-        r#"{{"inputs": [{{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [{data}]}}]}}"#
-    );
-    let req = format!(
-        "POST /v2/models/mnist/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    http(addr, req.as_bytes())
-}
 
 /// Starts `palisade serve` on the repository `repo` and state `st` of `dir`; returns the process
 /// and its address once it answers ready, and the first admin key if it printed one.

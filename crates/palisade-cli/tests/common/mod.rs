@@ -38,6 +38,21 @@ pub fn http(addr: &str, request: &[u8]) -> u16 {
         .unwrap_or(0)
 }
 
+/// POSTs one MNIST-shaped JSON infer request (every pixel 0.5) to model `mnist` with `key`;
+/// returns the status code.
+#[allow(dead_code)]
+pub fn infer(addr: &str, key: &str) -> u16 {
+    let data = vec!["0.5"; 784].join(",");
+    let body = format!(
+        r#"{{"inputs": [{{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [{data}]}}]}}"#
+    );
+    let req = format!(
+        "POST /v2/models/mnist/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http(addr, req.as_bytes())
+}
+
 /// A process killed when dropped: a test that fails leaves none running behind it.
 #[allow(dead_code)]
 pub struct Killed(pub Child);
