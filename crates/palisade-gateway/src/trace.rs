@@ -1,8 +1,9 @@
 //! Triton's trace extension (`GET` and `POST /v2[/models/{m}]/trace/setting`, gRPC
 //! `TraceSetting`; tritonclient's `get_trace_settings` and `update_trace_settings`): the
-//! timestamps of sampled infer requests, written in Triton's trace file format so that its
-//! tools (`trace_summary.py`) read them. Settings are read with the `admin` role and changed
-//! with it and a TOTP code, written ahead in the audit log as every admin action is.
+//! timestamps of sampled infer requests, written in Triton's trace file format (per trace, an
+//! object naming its model, then one of its timestamps). Settings are read with the `admin`
+//! role and changed with it and a TOTP code, written ahead in the audit log as every admin
+//! action is.
 //!
 //! The settings are Triton's: `trace_level` (`OFF` or `TIMESTAMPS`), `trace_rate` (one request
 //! of every that many is traced), `trace_count` (traces left to take, `-1` for no end) and
