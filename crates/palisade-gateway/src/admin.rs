@@ -66,6 +66,9 @@ pub struct AdminState {
 
 /// The admin and audit routes.
 pub fn router(state: AdminState) -> Router {
+    // The router sends the trace paths with a trailing slash here too, as the guards read them.
+    let global_trace = get(global_trace_settings).post(update_global_trace_settings);
+    let model_trace = get(model_trace_settings).post(update_model_trace_settings);
     Router::new()
         .route("/v2/admin/keys", get(list_keys).post(create_key))
         .route("/v2/admin/keys/{id}/revoke", post(revoke_key))
@@ -79,23 +82,10 @@ pub fn router(state: AdminState) -> Router {
             post(repository_unload),
         )
         .route("/v2/logging", get(log_settings).post(update_log_settings))
-        .route(
-            "/v2/trace/setting",
-            get(global_trace_settings).post(update_global_trace_settings),
-        )
-        .route(
-            "/v2/trace/setting/",
-            get(global_trace_settings).post(update_global_trace_settings),
-        )
-        .route(
-            "/v2/models/{model}/trace/setting",
-            get(model_trace_settings).post(update_model_trace_settings),
-        )
-        // The router sends the paths with a trailing slash here too, as the guards read them.
-        .route(
-            "/v2/models/{model}/trace/setting/",
-            get(model_trace_settings).post(update_model_trace_settings),
-        )
+        .route("/v2/trace/setting", global_trace.clone())
+        .route("/v2/trace/setting/", global_trace)
+        .route("/v2/models/{model}/trace/setting", model_trace.clone())
+        .route("/v2/models/{model}/trace/setting/", model_trace)
         .route("/v2/audit/checkpoint", get(checkpoint))
         .route("/v2/audit/entries/{index}", get(entry))
         .route("/v2/audit/proof/inclusion", get(inclusion))

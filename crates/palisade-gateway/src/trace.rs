@@ -381,11 +381,6 @@ impl Tracer {
         }
     }
 
-    /// Traces dropped because the writer was behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
     /// Writes the traces held and waits until they are written (at most 30 s): call it at
     /// shutdown. Blocks: not on an async worker.
     pub fn flush(&self) {
@@ -532,7 +527,7 @@ impl Tracer {
                 "trace_level" => c.level = Some(nullable(value, level)?),
                 "trace_rate" => {
                     c.rate = Some(nullable(value, |v| {
-                        whole(name, v)
+                        whole(v)
                             .and_then(|n| u32::try_from(n).ok().filter(|&n| n >= 1).ok_or(()))
                             .map_err(|()| {
                                 "'trace_rate' must be a whole number from 1 to 4294967295".into()
@@ -541,14 +536,14 @@ impl Tracer {
                 }
                 "trace_count" => {
                     c.count = Some(nullable(value, |v| {
-                        whole(name, v).ok().filter(|&n| n >= -1).ok_or_else(|| {
+                        whole(v).ok().filter(|&n| n >= -1).ok_or_else(|| {
                             "'trace_count' must be -1 (no end) or a whole number from 0".into()
                         })
                     })?);
                 }
                 "log_frequency" => {
                     c.log_frequency = Some(nullable(value, |v| {
-                        whole(name, v)
+                        whole(v)
                             .ok()
                             .and_then(|n| u32::try_from(n).ok())
                             .ok_or_else(|| {
@@ -598,7 +593,7 @@ fn nullable<T>(
 }
 
 /// A whole number sent as a string (Triton's form) or as a number.
-fn whole(_name: &str, v: &Value) -> Result<i64, ()> {
+fn whole(v: &Value) -> Result<i64, ()> {
     match v {
         Value::String(s) => s.trim().parse().map_err(|_| ()),
         Value::Number(n) => n.as_i64().ok_or(()),
